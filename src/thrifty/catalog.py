@@ -1,0 +1,182 @@
+"""The model catalog: which models exist, who serves them, and what they cost.
+
+Prices are resolved in this order, first hit wins:
+1. the user's config (``models.<name>.price``), which can add or override anything;
+2. the bundled seed table below (the default model hierarchy, from ~$0.01 to $10 per million
+   output tokens; illustrative list prices, override them in config);
+3. the maintained ``genai-prices`` database, looked up by the upstream model name;
+4. unknown: the model still serves requests; its cost is recorded as unknown and warned.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from typing import Any
+
+log = logging.getLogger("thrifty.catalog")
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    """USD per million tokens. ``None`` cached/batch prices fall back as documented in cost.py."""
+
+    input: float
+    output: float
+    cached_input: float | None = None
+    cache_write: float | None = None
+    batch_input: float | None = None
+    batch_output: float | None = None
+    source: str = "config"
+
+    def with_overrides(self, values: dict[str, Any]) -> ModelPrice:
+        return replace(self, **{k: v for k, v in values.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One servable model: its public name, provider, upstream name, prices and tier."""
+
+    name: str
+    provider: str
+    upstream_model: str
+    price: ModelPrice | None
+    context_window: int | None = None
+    tier: str | None = None
+    aliases: tuple[str, ...] = ()
+    fallbacks: tuple[str, ...] = ()
+    supports_json_mode: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def output_price(self) -> float:
+        """Output price for ordering models cheapest-first; unknown sorts last."""
+        return self.price.output if self.price else float("inf")
+
+
+# The seed hierarchy. Keys are thrifty model names; the upstream model ids are the ones the
+# providers' OpenAI-compatible endpoints use.
+SEED_MODELS: dict[str, dict[str, Any]] = {
+    "qwen3-8b": {
+        "upstream_model": "qwen3-8b",
+        "tier": "nano",
+        "context_window": 32768,
+        "price": {"input": 0.005, "output": 0.01, "cached_input": 0.002},
+    },
+    "deepseek-v4-flash": {
+        "upstream_model": "deepseek-v4-flash",
+        "tier": "small",
+        "context_window": 128000,
+        "price": {"input": 0.07, "output": 0.25, "cached_input": 0.007},
+    },
+    "qwen3-32b": {
+        "upstream_model": "qwen3-32b",
+        "tier": "medium",
+        "context_window": 32768,
+        "price": {"input": 0.10, "output": 0.28, "cached_input": 0.04},
+    },
+    "deepseek-reasoner": {
+        "upstream_model": "deepseek-reasoner",
+        "tier": "large",
+        "context_window": 128000,
+        "price": {"input": 0.55, "output": 2.50, "cached_input": 0.14},
+    },
+    "gpt-4o": {
+        "upstream_model": "gpt-4o",
+        "tier": "premium",
+        "context_window": 128000,
+        "price": {"input": 2.50, "output": 10.00, "cached_input": 1.25, "batch_input": 1.25, "batch_output": 5.00},
+    },
+}
+
+
+def seed_price(name: str) -> ModelPrice | None:
+    entry = SEED_MODELS.get(name)
+    if not entry:
+        return None
+    return ModelPrice(**entry["price"], source="seed")
+
+
+@lru_cache(maxsize=512)
+def lookup_genai_price(model_ref: str, provider_id: str | None = None) -> ModelPrice | None:
+    """Per-million prices from genai-prices, or None when the database does not know the model.
+
+    Prices are read by pricing 1,000 tokens of each kind (a small request, so tiered models
+    give their base tier) and scaling; any failure of the library means "unknown", never an error.
+    """
+    try:
+        from genai_prices import Usage, calc_price
+
+        def per_million(**tokens: int) -> float:
+            calc = calc_price(Usage(**tokens), model_ref=model_ref, provider_id=provider_id)
+            return float(calc.total_price) * 1000.0
+
+        input_p = per_million(input_tokens=1000)
+        output_p = per_million(output_tokens=1000)
+        try:
+            cached_p: float | None = per_million(input_tokens=1000, cache_read_tokens=1000)
+        except Exception:
+            cached_p = None
+    except Exception as exc:  # LookupError for unknown models; anything else is a library fault
+        log.debug("genai-prices has no price for %s: %s", model_ref, exc)
+        return None
+    return ModelPrice(input=input_p, output=output_p, cached_input=cached_p, source="genai-prices")
+
+
+def resolve_price(
+    name: str, upstream_model: str, configured: dict[str, Any] | None, provider_hint: str | None = None
+) -> ModelPrice | None:
+    """The price of a model following the module's resolution order (config fields override)."""
+    base = seed_price(name) or seed_price(upstream_model) or lookup_genai_price(upstream_model, None)
+    if base is None and provider_hint:
+        base = lookup_genai_price(upstream_model, provider_hint)
+    if configured:
+        if base is None:
+            if "input" not in configured or "output" not in configured:
+                log.warning("model %s: partial price in config and no known base price; cost unknown", name)
+                return None
+            return ModelPrice(source="config", **{k: v for k, v in configured.items() if v is not None})
+        return replace(base.with_overrides(configured), source="config")
+    if base is None:
+        log.warning("model %s (%s): no known price; its cost will be recorded as unknown", name, upstream_model)
+    return base
+
+
+class Catalog:
+    """Lookup of models by name or alias, plus the baseline used to report savings."""
+
+    def __init__(self, models: list[ModelInfo], baseline: str | None = None) -> None:
+        self._models: dict[str, ModelInfo] = {}
+        self._aliases: dict[str, str] = {}
+        for m in models:
+            self._models[m.name] = m
+            for alias in m.aliases:
+                self._aliases[alias] = m.name
+        if baseline is None:
+            priced = [m for m in models if m.price is not None]
+            baseline = max(priced, key=lambda m: m.price.output if m.price else 0).name if priced else None
+        self.baseline_name = baseline
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._models or name in self._aliases
+
+    def __iter__(self) -> Any:
+        return iter(self._models.values())
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def get(self, name: str) -> ModelInfo | None:
+        return self._models.get(name) or self._models.get(self._aliases.get(name, ""))
+
+    @property
+    def baseline(self) -> ModelInfo | None:
+        return self.get(self.baseline_name) if self.baseline_name else None
+
+    def aliases(self) -> dict[str, str]:
+        return dict(self._aliases)
+
+    def by_price(self) -> list[ModelInfo]:
+        """Models cheapest output price first (the hierarchy)."""
+        return sorted(self._models.values(), key=lambda m: m.output_price)

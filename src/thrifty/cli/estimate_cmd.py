@@ -1,0 +1,69 @@
+"""``thrifty estimate``: what a monthly workload costs on each model, against the baseline."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import typer
+
+from thrifty.errors import InvalidRequestError
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("estimate")
+    def estimate_cmd(
+        models: str = typer.Option(
+            "qwen3-8b,deepseek-v4-flash,qwen3-32b,deepseek-reasoner,gpt-4o", "--models", "-m",
+            help="Comma-separated model names (catalog names or any model genai-prices knows).",
+        ),
+        requests: float = typer.Option(None, "--requests-per-month", "-n", help="Requests a month."),
+        input_tokens: float = typer.Option(0, "--input-tokens", help="Average input tokens per request."),
+        output_tokens: float = typer.Option(None, "--output-tokens", help="Average output tokens per request."),
+        baseline: str | None = typer.Option(None, help="Model to compare against (default: the priciest)."),
+        workloads: Path | None = typer.Option(None, "--workloads", help="YAML list of workloads instead of flags."),
+        config: Path | None = typer.Option(None, "--config", "-c", help="Use this config's models and prices."),
+        json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    ) -> None:
+        """Monthly cost per model for a workload, and the savings against the baseline."""
+        from thrifty.config import load_config
+        from thrifty.estimate import Workload, check_workload, estimate, load_workloads, price_of
+
+        catalog = load_config(config).build_catalog() if config else None
+        names = [m.strip() for m in models.split(",") if m.strip()]
+        if workloads:
+            wl = load_workloads(workloads)
+        else:
+            if requests is None or output_tokens is None:
+                raise InvalidRequestError("give --requests-per-month and --output-tokens, or --workloads FILE")
+            wl = [Workload("workload", requests, input_tokens, output_tokens)]
+        for w in wl:
+            check_workload(w)
+        all_models = sorted({*names, *(m for w in wl for m in w.models)})
+        if baseline is None:
+            priced = [(p.output, m) for m in all_models if (p := price_of(m, catalog)) is not None]
+            if not priced:
+                raise InvalidRequestError("none of the models has a known price; give prices in a --config")
+            baseline = max(priced)[1]
+        rows = estimate(wl, names, baseline, catalog)
+        if json_out:
+            typer.echo(json.dumps({"baseline": baseline, "rows": [asdict(r) for r in rows]}, indent=2))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"Monthly cost (baseline: {baseline})")
+        for col in ("workload", "model", "monthly $", "saved $", "saved %"):
+            table.add_column(col, justify="left" if col in ("workload", "model") else "right")
+
+        def money(v: float | None) -> str:
+            return "unknown" if v is None else f"{v:,.2f}"
+
+        for r in rows:
+            pct = "unknown" if r.saved_pct is None else f"{r.saved_pct:.1f}"
+            table.add_row(r.workload, r.model, money(r.monthly_usd), money(r.saved_usd), pct)
+        console = Console(file=io.StringIO(), width=110)
+        console.print(table)
+        typer.echo(console.file.getvalue())  # type: ignore[attr-defined]

@@ -1,0 +1,85 @@
+"""``thrifty mock-upstream``: run the mock OpenAI-compatible upstream in the foreground.
+
+Flags override the YAML file's default behaviour, so ``--latency-ms 50`` adds latency to every
+model without editing the file. See docs/mock-upstream.md for the file format.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from thrifty.mock.behaviour import MockConfig
+
+
+def build_config(
+    config: Path | None,
+    seed: int | None,
+    allow_models: list[str] | None,
+    api_key: str | None,
+    faults: dict[str, Any],
+) -> MockConfig:
+    """The ``MockConfig`` the flags describe (file first, then flags on top)."""
+    result = MockConfig.from_yaml(config) if config is not None else MockConfig()
+    update: dict[str, Any] = {}
+    if seed is not None:
+        update["seed"] = seed
+    if allow_models:
+        update["allowed_models"] = tuple(allow_models)
+    if api_key is not None:
+        update["api_key"] = api_key
+    if update:
+        result = MockConfig.from_dict({**result.model_dump(exclude_unset=True), **update})
+    set_faults = {k: v for k, v in faults.items() if v is not None}
+    return result.with_default_faults(**set_faults) if set_faults else result
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``mock-upstream`` command to the ``thrifty`` CLI."""
+
+    @app.command("mock-upstream")
+    def mock_upstream(
+        port: Annotated[int, typer.Option(help="Port to listen on.")] = 8001,
+        host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+        config: Annotated[
+            Path | None, typer.Option(help="Behaviours YAML file.", exists=True, dir_okay=False)
+        ] = None,
+        seed: Annotated[int | None, typer.Option(help="Seed for answers, jitter and error rates.")] = None,
+        latency_ms: Annotated[float | None, typer.Option(help="Fixed latency per request.")] = None,
+        jitter_ms: Annotated[float | None, typer.Option(help="Extra random latency, up to this.")] = None,
+        chunk_delay_ms: Annotated[float | None, typer.Option(help="Delay between stream chunks.")] = None,
+        error_rate: Annotated[float | None, typer.Option(help="Fraction of requests that fail.")] = None,
+        fail_status: Annotated[int | None, typer.Option(help="HTTP status of injected failures.")] = None,
+        allow_model: Annotated[
+            list[str] | None, typer.Option(help="Accept only these models (repeatable); others get 404.")
+        ] = None,
+        api_key: Annotated[str | None, typer.Option(help="Require this bearer key.")] = None,
+        log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+    ) -> None:
+        """Run a fake OpenAI-compatible LLM provider (deterministic answers, injectable failures)."""
+        import uvicorn
+
+        from thrifty.mock.app import create_app
+
+        faults = {
+            "latency_ms": latency_ms,
+            "jitter_ms": jitter_ms,
+            "chunk_delay_ms": chunk_delay_ms,
+            "error_rate": error_rate,
+            "fail_status": fail_status,
+        }
+        mock_config = build_config(config, seed, allow_model, api_key, faults)
+        typer.echo(f"thrifty mock upstream on http://{host}:{port}/v1 (Ctrl-C to stop)", err=True)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(mock_config),
+                host=host,
+                port=port,
+                loop="auto",
+                log_level=log_level,
+                access_log=False,
+            )
+        )
+        server.run()

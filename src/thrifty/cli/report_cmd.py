@@ -1,0 +1,36 @@
+"""``thrifty report``: requests, spend, baseline spend and savings from the ledger."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from thrifty.errors import InvalidRequestError
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("report")
+    def report(
+        config: Path = typer.Option(..., "--config", "-c", help="Config file naming the ledger to read."),
+        since: str | None = typer.Option(None, help="Only requests since: 7d, 24h, 30m or an ISO date."),
+        by: str | None = typer.Option(None, help="Group by model, task, tier, key, day, strategy or route."),
+        format: str = typer.Option("table", "--format", "-f", help="table, json or csv."),
+    ) -> None:
+        """Spend report: requests, spend, what the baseline would have cost, and savings."""
+        from thrifty.config import load_config
+        from thrifty.ledger.report import parse_since, render, spend_report
+        from thrifty.ledger.store import open_store
+
+        if format not in ("table", "json", "csv"):
+            raise InvalidRequestError(f"--format must be table, json or csv, got {format!r}")
+        cfg = load_config(config)
+        path = cfg.resolve_path(cfg.ledger.path)
+        if not cfg.ledger.dsn and not Path(path).exists():
+            raise InvalidRequestError(f"no ledger at {path} yet: serve some requests first")
+        store = open_store(path, cfg.ledger.dsn)
+        try:
+            rows = spend_report(store, by, parse_since(since))
+        finally:
+            store.close()
+        typer.echo(render(rows, format, by or "scope"))

@@ -1,0 +1,238 @@
+"""Typed configuration, read from one YAML file (or a dict) at the edge of the program.
+
+``${VAR}`` and ``${VAR:-default}`` in any string value are replaced from the environment when
+the file is loaded. Validation errors become one ``ConfigError`` whose message lists each
+problem as ``key.path: what is wrong (expected ...)``. Sections that later capabilities own
+(routes, cache, compression, batching, auth) are typed here too so that a typo anywhere is
+caught by ``thrifty config check``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from thrifty.catalog import Catalog, ModelInfo, resolve_price
+from thrifty.errors import ConfigError
+
+_SECRET_KEY_RE = re.compile(r"(api_key|dsn|redis_url|secret|password|token|admin_key)", re.I)
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class ProviderConfig(_Strict):
+    """An OpenAI-compatible endpoint."""
+
+    base_url: str
+    api_key: str | None = Field(default=None, repr=False)
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float = Field(default=120.0, gt=0)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=10)
+    backoff_base_s: float = Field(default=0.25, ge=0)
+    backoff_max_s: float = Field(default=8.0, ge=0)
+    max_connections: int = Field(default=256, ge=1)
+    kind: Literal["openai"] = "openai"
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+
+class PriceConfig(_Strict):
+    """USD per million tokens."""
+
+    input: float | None = Field(default=None, ge=0)
+    output: float | None = Field(default=None, ge=0)
+    cached_input: float | None = Field(default=None, ge=0)
+    cache_write: float | None = Field(default=None, ge=0)
+    batch_input: float | None = Field(default=None, ge=0)
+    batch_output: float | None = Field(default=None, ge=0)
+
+
+class ModelConfig(_Strict):
+    provider: str
+    upstream_model: str | None = None
+    tier: str | None = None
+    price: PriceConfig | None = None
+    context_window: int | None = Field(default=None, gt=0)
+    aliases: list[str] = Field(default_factory=list)
+    fallbacks: list[str] = Field(default_factory=list)
+    supports_json_mode: bool = True
+
+
+class LedgerConfig(_Strict):
+    path: str = "thrifty-ledger.db"
+    dsn: str | None = Field(default=None, repr=False)
+    enabled: bool = True
+    # Writes are batched off the response path; a failed batch is retried this many times
+    # before it is spilled to ``<path>.failed.jsonl`` and reported.
+    write_retries: int = Field(default=5, ge=0)
+    flush_interval_s: float = Field(default=0.05, gt=0)
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_body_bytes: int = Field(default=4_000_000, gt=0)
+    request_timeout_s: float = Field(default=300.0, gt=0)
+    log_prompts: bool = False
+
+
+class Config(_Strict):
+    """The whole configuration file."""
+
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    baseline: str | None = None
+    default_model: str | None = None
+    ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    # Sections owned by later capabilities; each module validates its own part.
+    routing: dict[str, Any] = Field(default_factory=dict)
+    cache: dict[str, Any] = Field(default_factory=dict)
+    compression: dict[str, Any] = Field(default_factory=dict)
+    batching: dict[str, Any] = Field(default_factory=dict)
+    auth: dict[str, Any] = Field(default_factory=dict)
+    redis_url: str | None = Field(default=None, repr=False)
+    # Where relative paths (ledger, cache files) are resolved from: the config file's folder.
+    base_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        problems = []
+        for name, m in self.models.items():
+            if m.provider not in self.providers:
+                problems.append(
+                    f"models.{name}.provider: unknown provider {m.provider!r} (expected one of {sorted(self.providers)})"
+                )
+            for fb in m.fallbacks:
+                if fb not in self.models:
+                    problems.append(f"models.{name}.fallbacks: unknown model {fb!r}")
+        if self.baseline is not None and self.baseline not in self.models:
+            problems.append(f"baseline: unknown model {self.baseline!r} (expected one of {sorted(self.models)})")
+        if self.default_model is not None and self.default_model not in self.models:
+            problems.append(f"default_model: unknown model {self.default_model!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def resolve_path(self, path: str) -> str:
+        if path == ":memory:" or os.path.isabs(path) or not self.base_dir:
+            return path
+        return os.path.join(self.base_dir, path)
+
+    def build_catalog(self) -> Catalog:
+        infos = []
+        for name, m in self.models.items():
+            upstream = m.upstream_model or name
+            configured = m.price.model_dump(exclude_none=True) if m.price else None
+            infos.append(
+                ModelInfo(
+                    name=name,
+                    provider=m.provider,
+                    upstream_model=upstream,
+                    price=resolve_price(name, upstream, configured),
+                    context_window=m.context_window,
+                    tier=m.tier,
+                    aliases=tuple(m.aliases),
+                    fallbacks=tuple(m.fallbacks),
+                    supports_json_mode=m.supports_json_mode,
+                )
+            )
+        return Catalog(infos, baseline=self.baseline)
+
+
+def interpolate_env(value: Any, env: dict[str, str] | None = None) -> Any:
+    """Replace ``${VAR}``/``${VAR:-default}`` in every string of a YAML tree.
+
+    A variable that is unset and has no default becomes "" (so a starter config with
+    ``${OPENAI_API_KEY}`` still serves a local mock upstream); ``config check`` warns about it.
+    """
+    env = dict(os.environ) if env is None else env
+    if isinstance(value, str):
+        return _ENV_RE.sub(lambda m: env.get(m.group(1), m.group(2) if m.group(2) is not None else ""), value)
+    if isinstance(value, dict):
+        return {k: interpolate_env(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate_env(v, env) for v in value]
+    return value
+
+
+def missing_env_vars(raw: Any, env: dict[str, str] | None = None) -> list[str]:
+    """Names of ``${VAR}`` references (without default) that the environment does not set."""
+    env = dict(os.environ) if env is None else env
+    found: list[str] = []
+
+    def walk(v: Any) -> None:
+        if isinstance(v, str):
+            found.extend(m.group(1) for m in _ENV_RE.finditer(v) if m.group(2) is None and m.group(1) not in env)
+        elif isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+
+    walk(raw)
+    return sorted(set(found))
+
+
+def read_raw(source: str | Path | dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The un-interpolated YAML tree and the folder relative paths resolve from."""
+    if isinstance(source, dict):
+        return source, None
+    path = Path(source)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (providers, models, ...)")
+    return raw, str(path.resolve().parent)
+
+
+def load_config(source: str | Path | dict[str, Any], env: dict[str, str] | None = None) -> Config:
+    """Read, interpolate and validate a config; raise ``ConfigError`` listing every problem."""
+    raw, base_dir = read_raw(source)
+    data = interpolate_env(raw, env)
+    if base_dir and not data.get("base_dir"):
+        data["base_dir"] = base_dir
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see docs/configuration.md)"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        elif "input" in err and err["type"] not in ("value_error",):
+            # Never echo a secret back, even a mistyped one.
+            shown = "<redacted>" if _SECRET_KEY_RE.search(loc) else repr(err["input"])[:80]
+            msg = f"{msg} (got {shown})"
+        lines.append(f"{loc}: {msg.removeprefix('Value error, ')}")
+    return "invalid configuration: " + "; ".join(lines)

@@ -1,0 +1,68 @@
+"""Exact cost of a call from the usage the provider returned.
+
+Rules (the part of gateways most often wrong):
+- ``Usage`` is already normalised (see types.Usage.from_openai): prompt_tokens includes cached
+  tokens, completion_tokens includes reasoning tokens.
+- cost = uncached input * input price + cached input * cached price (input price when the
+  model has no cache discount) + cache writes * cache-write price (input price when unknown)
+  + completion * output price.
+- Batch calls use the batch prices, or half the normal prices when only those are known
+  (OpenAI's and Anthropic's Batch APIs both discount 50%).
+- A provider-reported ``usage.cost`` wins over any computation.
+- Pricing never fails a request: an unknown price gives ``None`` (recorded as unknown).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from thrifty.catalog import ModelPrice
+from thrifty.types import Usage
+
+BATCH_DISCOUNT = 0.5
+_M = 1_000_000.0
+
+
+@dataclass(frozen=True)
+class Cost:
+    """A call's cost and where the figure came from (``provider``, ``computed`` or ``unknown``)."""
+
+    usd: float | None
+    source: str
+
+    @property
+    def known(self) -> bool:
+        return self.usd is not None
+
+
+def price_tokens(usage: Usage, price: ModelPrice | None, *, batch: bool = False) -> float | None:
+    """What ``usage`` costs at ``price`` (ignores any provider-reported cost)."""
+    if price is None:
+        return None
+    in_p, out_p = price.input, price.output
+    cached_p = price.cached_input if price.cached_input is not None else in_p
+    write_p = price.cache_write if price.cache_write is not None else in_p
+    if batch:
+        in_p = price.batch_input if price.batch_input is not None else in_p * BATCH_DISCOUNT
+        out_p = price.batch_output if price.batch_output is not None else out_p * BATCH_DISCOUNT
+        cached_p = min(cached_p, in_p)
+        write_p = min(write_p, in_p)
+    return (
+        usage.uncached_prompt_tokens * in_p
+        + usage.cached_tokens * cached_p
+        + usage.cache_write_tokens * write_p
+        + usage.completion_tokens * out_p
+    ) / _M
+
+
+def call_cost(usage: Usage, price: ModelPrice | None, *, batch: bool = False) -> Cost:
+    """The cost of one upstream call: the provider's own figure when reported, else computed."""
+    if usage.cost is not None:
+        return Cost(usage.cost, "provider")
+    usd = price_tokens(usage, price, batch=batch)
+    return Cost(usd, "computed" if usd is not None else "unknown")
+
+
+def estimate_cost(prompt_tokens: int, completion_tokens: int, price: ModelPrice | None) -> float | None:
+    """Cost of a hypothetical call (no cache hits), for estimates and budget guards."""
+    return price_tokens(Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens), price)

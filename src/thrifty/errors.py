@@ -1,0 +1,185 @@
+"""thrifty's one error hierarchy.
+
+Every failure thrifty raises on purpose is a ``ThriftyError``. Each class carries the
+HTTP status and the OpenAI error ``type``/``code`` it maps to, so the HTTP edge turns any of
+them into an OpenAI-format error body in one place (``to_openai``), and the CLI prints
+``str(err)`` as one line. Foreign exceptions (aiohttp, sqlite3, yaml, ...) are translated into
+this tree at the boundary where they occur, never matched by substring elsewhere.
+
+    ThriftyError
+    +-- ConfigError                 bad configuration file or value (CLI/startup, not HTTP)
+    +-- RequestError (4xx)          the client's request is wrong
+    |   +-- InvalidRequestError     400: malformed JSON, wrong types, empty messages
+    |   +-- AuthenticationError     401: missing or invalid API key
+    |   +-- PermissionDeniedError   403: key not allowed on this route/model
+    |   +-- NotFoundError           404: unknown model / route / resource
+    |   +-- PayloadTooLargeError    413: body over the configured limit
+    |   +-- RateLimitError          429: thrifty's own rate limit for a key
+    |   +-- BudgetExceededError     429: a key's budget for the period is spent
+    +-- UpstreamError (5xx)         the provider failed after retries and fallbacks
+    |   +-- UpstreamTimeoutError    504: the provider did not answer in time
+    |   +-- UpstreamRateLimitError  429: the provider kept rate-limiting us
+    |   +-- UpstreamStatusError     the provider answered with an error status (kept)
+    |   +-- UpstreamProtocolError   502: the provider answered something unreadable
+    +-- StorageError                ledger / cache backend failure (never fails a response)
+    +-- DataError                   an evaluation/outcome/pairs file cannot be read
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ThriftyError(Exception):
+    """Base of every error thrifty raises on purpose."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def to_openai(self) -> dict[str, Any]:
+        """The body OpenAI clients expect: ``{"error": {message, type, param, code}}``."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def headers(self) -> dict[str, str]:
+        """Extra HTTP headers for this error (Retry-After on 429s)."""
+        return {}
+
+
+class ConfigError(ThriftyError):
+    """The configuration is invalid; ``message`` names the key path and what was expected."""
+
+    status = 500
+    type = "config_error"
+
+
+class RequestError(ThriftyError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class InvalidRequestError(RequestError):
+    status = 400
+
+
+class AuthenticationError(RequestError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDeniedError(RequestError):
+    status = 403
+    type = "permission_error"
+
+
+class NotFoundError(RequestError):
+    status = 404
+    code = "model_not_found"
+
+
+class PayloadTooLargeError(RequestError):
+    status = 413
+    code = "payload_too_large"
+
+
+class _RetryAfterMixin:
+    retry_after: float | None = None
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"retry-after": str(max(1, round(self.retry_after)))}
+
+
+class RateLimitError(_RetryAfterMixin, RequestError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class BudgetExceededError(RateLimitError):
+    type = "insufficient_quota"
+    code = "budget_exceeded"
+
+
+class UpstreamError(ThriftyError):
+    """The provider failed. ``attempts`` keeps every failed attempt's short description."""
+
+    status = 502
+    type = "upstream_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        attempts: list[str] | None = None,
+        retryable: bool = False,
+    ) -> None:
+        super().__init__(message, code=code)
+        if status is not None:
+            self.status = status
+        self.attempts = list(attempts or [])
+        # Whether trying the same provider again can help (connection drops, 429, 5xx).
+        self.retryable = retryable
+
+
+class UpstreamTimeoutError(UpstreamError):
+    status = 504
+    type = "timeout"
+    code = "upstream_timeout"
+
+
+class UpstreamRateLimitError(_RetryAfterMixin, UpstreamError):
+    status = 429
+    type = "rate_limit_error"
+    code = "upstream_rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, attempts: list[str] | None = None) -> None:
+        super().__init__(message, attempts=attempts, retryable=True)
+        self.retry_after = retry_after
+
+
+class UpstreamStatusError(UpstreamError):
+    """The provider answered with an HTTP error; 4xx statuses are the client's fault and kept."""
+
+    def __init__(self, message: str, *, status: int, body: dict[str, Any] | None = None) -> None:
+        # A provider 4xx (bad parameter) is passed on as-is; a provider 5xx becomes our 502.
+        super().__init__(message, status=status if 400 <= status < 500 else 502, retryable=status >= 500)
+        self.upstream_status = status
+        self.body = body
+        if 400 <= status < 500:
+            self.type = "invalid_request_error"
+        err = (body or {}).get("error") if isinstance(body, dict) else None
+        if isinstance(err, dict):
+            self.param = err.get("param") if isinstance(err.get("param"), str) else None
+            if isinstance(err.get("code"), str):
+                self.code = err["code"]
+
+
+class UpstreamProtocolError(UpstreamError):
+    status = 502
+    code = "bad_upstream_response"
+
+
+class StorageError(ThriftyError):
+    status = 500
+    type = "storage_error"
+
+
+class DataError(ThriftyError):
+    status = 400
+    type = "data_error"

@@ -1,0 +1,1 @@
+"""Offline evaluation: replay recorded model outcomes through the real pipeline."""

@@ -1,0 +1,207 @@
+"""Outcome data: per-prompt results of several models, for replay evaluation and training.
+
+Two formats load into the same ``OutcomeSet``:
+
+RouterBench CSV (as in ../shared/data/routerbench): columns ``prompt`` (a Python-list literal of
+prompt parts), ``eval_name`` (the task), one score column per model, ``<model>|model_response``
+(list literal) and ``<model>|total_cost`` (USD). A row is identified by (file name, 0-based row).
+
+thrifty outcome JSONL (for users' own logged traffic), one object per line:
+
+    {"prompt": "text"  |  "messages": [{"role": ..., "content": ...}, ...],
+     "task": "faq",                                    # optional
+     "outcomes": {"<model>": {"score": 1.0,            # in [0, 1]; missing = 0
+                              "response": "text",
+                              "cost": 0.0012,          # USD, or give "usage" instead
+                              "usage": {"prompt_tokens": 900, "completion_tokens": 40}}}}
+
+Scores are kept apart from prompts and responses (``Item.scores``) so that code making
+decisions can be handed items without scores (``Item.blind()``), and tests can prove it.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from thrifty.errors import DataError
+
+csv.field_size_limit(sys.maxsize)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one model answered to one prompt and what that call cost."""
+
+    response: str
+    cost: float | None = None
+    usage: dict[str, Any] | None = None
+
+
+@dataclass
+class Item:
+    file: str
+    row: int
+    messages: list[dict[str, Any]]
+    task: str | None
+    outcomes: dict[str, Outcome]
+    scores: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def prompt(self) -> str:
+        """The user text of the item (all user messages joined)."""
+        return "\n".join(str(m.get("content", "")) for m in self.messages if m.get("role") == "user")
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.file, self.row)
+
+    def blind(self) -> Item:
+        """The same item without scores: what a decision-maker may see."""
+        return replace(self, scores={})
+
+    def cost(self, model: str) -> float:
+        out = self.outcomes.get(model)
+        return float(out.cost) if out is not None and out.cost is not None else 0.0
+
+
+@dataclass
+class OutcomeSet:
+    items: list[Item]
+    models: list[str]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[Item]:
+        return iter(self.items)
+
+    def tasks(self) -> list[str]:
+        return sorted({i.task or "(none)" for i in self.items})
+
+    def subset(self, indices: list[int]) -> OutcomeSet:
+        return OutcomeSet([self.items[i] for i in indices], self.models)
+
+    def merged(self, other: OutcomeSet) -> OutcomeSet:
+        models = self.models + [m for m in other.models if m not in self.models]
+        return OutcomeSet(self.items + other.items, models)
+
+
+def _literal_text(raw: str) -> str:
+    """RouterBench stores text as a Python list literal of parts; join them."""
+    raw = raw or ""
+    if raw.startswith("["):
+        try:
+            parts = ast.literal_eval(raw)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return raw
+        if isinstance(parts, list):
+            return "\n".join(str(p) for p in parts)
+    return raw
+
+
+def _float(raw: str | None) -> float | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        return None
+
+
+def load_routerbench_csv(path: Path) -> OutcomeSet:
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            header = reader.fieldnames or []
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+    if "prompt" not in header:
+        raise DataError(f"{path}: not a RouterBench CSV (no 'prompt' column)")
+    models = [h.split("|")[0] for h in header if h.endswith("|total_cost")]
+    if not models:
+        raise DataError(f"{path}: no '<model>|total_cost' columns")
+    items = []
+    for i, r in enumerate(rows):
+        outcomes = {}
+        scores = {}
+        for m in models:
+            outcomes[m] = Outcome(_literal_text(r.get(f"{m}|model_response", "")), _float(r.get(f"{m}|total_cost")))
+            scores[m] = _float(r.get(m)) or 0.0  # empty score = missing = wrong (data README)
+        items.append(
+            Item(path.name, i, [{"role": "user", "content": _literal_text(r["prompt"])}], r.get("eval_name") or None,
+                 outcomes, scores)
+        )
+    return OutcomeSet(items, models)
+
+
+def load_jsonl(path: Path) -> OutcomeSet:
+    items: list[Item] = []
+    models: list[str] = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+    row = 0
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            raise DataError(f"{path}:{lineno}: invalid JSON ({exc})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{lineno}: each line must be a JSON object")
+        if isinstance(obj.get("messages"), list):
+            messages = obj["messages"]
+        elif isinstance(obj.get("prompt"), str):
+            messages = [{"role": "user", "content": obj["prompt"]}]
+        else:
+            raise DataError(f"{path}:{lineno}: needs 'prompt' (string) or 'messages' (array)")
+        raw_out = obj.get("outcomes")
+        if not isinstance(raw_out, dict) or not raw_out:
+            raise DataError(f"{path}:{lineno}: needs 'outcomes': {{model: {{score, response, cost}}}}")
+        outcomes, scores = {}, {}
+        for m, o in raw_out.items():
+            if not isinstance(o, dict):
+                raise DataError(f"{path}:{lineno}: outcomes.{m} must be an object")
+            if m not in models:
+                models.append(m)
+            cost = o.get("cost")
+            outcomes[m] = Outcome(str(o.get("response", "")), float(cost) if isinstance(cost, int | float) else None,
+                                  o.get("usage") if isinstance(o.get("usage"), dict) else None)
+            score = o.get("score", 0.0)
+            scores[m] = float(score) if isinstance(score, int | float) else 0.0
+        task = obj.get("task")
+        items.append(Item(path.name, row, messages, task if isinstance(task, str) else None, outcomes, scores))
+        row += 1
+    return OutcomeSet(items, models)
+
+
+def load_outcomes(path: str | Path) -> OutcomeSet:
+    """One outcome file (.csv or .jsonl), or every such file in a folder (sorted by name)."""
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix in (".csv", ".jsonl"))
+        if not files:
+            raise DataError(f"{p}: no .csv or .jsonl outcome files in this folder")
+        result: OutcomeSet | None = None
+        for f in files:
+            part = load_outcomes(f)
+            result = part if result is None else result.merged(part)
+        assert result is not None
+        return result
+    if not p.exists():
+        raise DataError(f"{p}: no such file or folder")
+    if p.suffix == ".csv":
+        return load_routerbench_csv(p)
+    if p.suffix == ".jsonl":
+        return load_jsonl(p)
+    raise DataError(f"{p}: expected a .csv (RouterBench) or .jsonl (thrifty outcomes) file")

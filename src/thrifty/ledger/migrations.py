@@ -1,0 +1,71 @@
+"""Versioned ledger schema: an append-only list of named migrations.
+
+Each migration runs once, in order, inside a transaction; its name is recorded in
+``_thrifty_migrations``. Never edit a released migration: add a new one. The SQL is the common
+subset of SQLite and PostgreSQL so one list serves both stores.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[str, list[str]]] = [
+    (
+        "001_requests_and_attempts",
+        [
+            """CREATE TABLE IF NOT EXISTS requests (
+                request_id TEXT PRIMARY KEY,
+                ts DOUBLE PRECISION NOT NULL,
+                key_id TEXT,
+                tenant TEXT NOT NULL,
+                task TEXT,
+                route TEXT,
+                requested_model TEXT NOT NULL,
+                served_model TEXT,
+                tier TEXT,
+                strategy TEXT NOT NULL,
+                prompt_tokens INTEGER NOT NULL,
+                cached_tokens INTEGER NOT NULL,
+                completion_tokens INTEGER NOT NULL,
+                reasoning_tokens INTEGER NOT NULL,
+                cost_usd DOUBLE PRECISION,
+                baseline_cost_usd DOUBLE PRECISION,
+                cache_status TEXT,
+                cache_saved_usd DOUBLE PRECISION NOT NULL,
+                compression_saved_tokens INTEGER NOT NULL,
+                compression_saved_usd DOUBLE PRECISION NOT NULL,
+                n_attempts INTEGER NOT NULL,
+                escalations INTEGER NOT NULL,
+                latency_ms DOUBLE PRECISION NOT NULL,
+                status TEXT NOT NULL,
+                error_type TEXT,
+                error TEXT,
+                stream BOOLEAN NOT NULL,
+                batch BOOLEAN NOT NULL
+            )""",
+            """CREATE TABLE IF NOT EXISTS attempts (
+                request_id TEXT NOT NULL,
+                seq INTEGER NOT NULL,
+                ts DOUBLE PRECISION NOT NULL,
+                model TEXT NOT NULL,
+                provider TEXT NOT NULL,
+                tier TEXT,
+                purpose TEXT NOT NULL,
+                prompt_tokens INTEGER NOT NULL,
+                cached_tokens INTEGER NOT NULL,
+                completion_tokens INTEGER NOT NULL,
+                reasoning_tokens INTEGER NOT NULL,
+                cost_usd DOUBLE PRECISION,
+                cost_source TEXT NOT NULL,
+                latency_ms DOUBLE PRECISION NOT NULL,
+                status TEXT NOT NULL,
+                error TEXT,
+                score DOUBLE PRECISION,
+                score_reason TEXT,
+                accepted BOOLEAN,
+                batch BOOLEAN NOT NULL,
+                PRIMARY KEY (request_id, seq)
+            )""",
+            "CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts)",
+            "CREATE INDEX IF NOT EXISTS requests_key ON requests (key_id, ts)",
+        ],
+    ),
+]

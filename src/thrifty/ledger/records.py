@@ -1,0 +1,134 @@
+"""Ledger rows: one per client request and one per upstream attempt, built from the context."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from thrifty.pipeline.context import RequestContext
+from thrifty.redact import redact
+
+
+@dataclass
+class RequestRow:
+    request_id: str
+    ts: float
+    key_id: str | None
+    tenant: str
+    task: str | None
+    route: str | None
+    requested_model: str
+    served_model: str | None
+    tier: str | None
+    strategy: str
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+    cost_usd: float | None
+    baseline_cost_usd: float | None
+    cache_status: str | None
+    cache_saved_usd: float
+    compression_saved_tokens: int
+    compression_saved_usd: float
+    n_attempts: int
+    escalations: int
+    latency_ms: float
+    status: str
+    error_type: str | None
+    error: str | None
+    stream: bool
+    batch: bool
+
+
+@dataclass
+class AttemptRow:
+    request_id: str
+    seq: int
+    ts: float
+    model: str
+    provider: str
+    tier: str | None
+    purpose: str
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+    cost_usd: float | None
+    cost_source: str
+    latency_ms: float
+    status: str
+    error: str | None
+    score: float | None
+    score_reason: str | None
+    accepted: bool | None
+    batch: bool
+
+
+REQUEST_COLUMNS = [f.name for f in fields(RequestRow)]
+ATTEMPT_COLUMNS = [f.name for f in fields(AttemptRow)]
+
+
+def rows_from_context(ctx: RequestContext) -> tuple[RequestRow, list[AttemptRow]]:
+    """The rows for a finished request. Error texts are redacted: no key reaches the ledger."""
+    answers = [a for a in ctx.attempts if a.purpose == "answer" and a.status == "ok"]
+    req = RequestRow(
+        request_id=ctx.request_id,
+        ts=ctx.wall_started,
+        key_id=ctx.key_id,
+        tenant=ctx.tenant,
+        task=ctx.task,
+        route=ctx.route,
+        requested_model=ctx.request.model,
+        served_model=ctx.served_model,
+        tier=ctx.served_tier,
+        strategy=ctx.strategy,
+        prompt_tokens=ctx.usage.prompt_tokens,
+        cached_tokens=ctx.usage.cached_tokens,
+        completion_tokens=ctx.usage.completion_tokens,
+        reasoning_tokens=ctx.usage.reasoning_tokens,
+        cost_usd=ctx.cost_usd,
+        baseline_cost_usd=ctx.baseline_cost_usd,
+        cache_status=ctx.cache_status,
+        cache_saved_usd=ctx.cache_saved_usd,
+        compression_saved_tokens=ctx.compression_saved_tokens,
+        compression_saved_usd=ctx.compression_saved_usd,
+        n_attempts=len(ctx.attempts),
+        escalations=max(0, len(answers) - 1),
+        latency_ms=ctx.elapsed_ms,
+        status=ctx.status,
+        error_type=ctx.error_type,
+        error=redact(ctx.error)[:500] if ctx.error else None,
+        stream=ctx.request.stream,
+        batch=ctx.batch,
+    )
+    attempts = [
+        AttemptRow(
+            request_id=ctx.request_id,
+            seq=i,
+            ts=a.started,
+            model=a.model,
+            provider=a.provider,
+            tier=a.tier,
+            purpose=a.purpose,
+            prompt_tokens=a.usage.prompt_tokens,
+            cached_tokens=a.usage.cached_tokens,
+            completion_tokens=a.usage.completion_tokens,
+            reasoning_tokens=a.usage.reasoning_tokens,
+            cost_usd=a.cost_usd,
+            cost_source=a.cost_source,
+            latency_ms=a.latency_ms,
+            status=a.status,
+            error=redact(a.error)[:500] if a.error else None,
+            score=a.score,
+            score_reason=a.score_reason,
+            accepted=a.accepted,
+            batch=a.batch,
+        )
+        for i, a in enumerate(ctx.attempts)
+    ]
+    return req, attempts
+
+
+def as_tuple(row: RequestRow | AttemptRow) -> tuple[Any, ...]:
+    return tuple(asdict(row).values())

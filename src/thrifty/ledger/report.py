@@ -1,0 +1,116 @@
+"""Spend reports from the ledger: requests, spend, baseline spend and savings, grouped."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC
+
+from thrifty.errors import InvalidRequestError
+from thrifty.ledger.store import SQLStore
+
+GROUPS = {
+    "model": "COALESCE(served_model, requested_model)",
+    "task": "COALESCE(task, '(none)')",
+    "tier": "COALESCE(tier, '(none)')",
+    "key": "COALESCE(key_id, '(none)')",
+    "strategy": "strategy",
+    "route": "COALESCE(route, '(none)')",
+    # Day buckets in UTC, computed from epoch seconds in SQL both stores understand.
+    "day": "CAST(CAST(ts / 86400 AS INTEGER) AS TEXT)",
+}
+
+
+@dataclass
+class ReportRow:
+    group: str
+    requests: int
+    errors: int
+    spend_usd: float
+    baseline_usd: float
+    saved_usd: float
+    saved_pct: float
+    cache_hits: int
+    escalations: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def parse_since(value: str | None, now: float | None = None) -> float | None:
+    """``7d``, ``24h``, ``30m``, or an ISO date, to epoch seconds."""
+    if not value:
+        return None
+    now = time.time() if now is None else now
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    if value[-1:] in units and value[:-1].replace(".", "", 1).isdigit():
+        return now - float(value[:-1]) * units[value[-1]]
+    from datetime import datetime
+
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidRequestError(f"--since: expected like 7d, 24h, 30m or an ISO date, got {value!r}") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+def spend_report(store: SQLStore, by: str | None = None, since: float | None = None) -> list[ReportRow]:
+    if by is not None and by not in GROUPS:
+        raise InvalidRequestError(f"--by must be one of {', '.join(GROUPS)}, got {by!r}")
+    group_sql = GROUPS[by] if by else "'total'"
+    where = "WHERE ts >= ?" if since is not None else ""
+    sql = f"""
+        SELECT {group_sql} AS g,
+               COUNT(*),
+               SUM(CASE WHEN status = 'ok' THEN 0 ELSE 1 END),
+               COALESCE(SUM(cost_usd), 0),
+               COALESCE(SUM(CASE WHEN status = 'ok' THEN baseline_cost_usd ELSE 0 END), 0),
+               SUM(CASE WHEN cache_status = 'hit' THEN 1 ELSE 0 END),
+               COALESCE(SUM(escalations), 0),
+               COALESCE(SUM(prompt_tokens), 0),
+               COALESCE(SUM(completion_tokens), 0)
+        FROM requests {where}
+        GROUP BY g ORDER BY g
+    """
+    rows = store.query(sql, [since] if since is not None else [])
+    out = []
+    for g, n, errors, spend, base, hits, esc, pt, ct in rows:
+        label = str(g)
+        if by == "day":
+            label = time.strftime("%Y-%m-%d", time.gmtime(int(g) * 86400))
+        saved = float(base) - float(spend)
+        out.append(
+            ReportRow(label, int(n), int(errors), float(spend), float(base), saved,
+                      100.0 * saved / float(base) if base else 0.0, int(hits), int(esc), int(pt), int(ct))
+        )
+    return out
+
+
+def render(rows: list[ReportRow], fmt: str, group_label: str) -> str:
+    if fmt == "json":
+        return json.dumps([asdict(r) for r in rows], indent=2)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow([group_label, *list(asdict(rows[0]).keys())[1:]] if rows else [group_label])
+        for r in rows:
+            w.writerow(list(asdict(r).values()))
+        return buf.getvalue()
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="thrifty spend report")
+    for col in (group_label, "requests", "errors", "spend $", "baseline $", "saved $", "saved %", "cache hits",
+                "escalations"):
+        table.add_column(col, justify="left" if col == group_label else "right")
+    for r in rows:
+        table.add_row(r.group, str(r.requests), str(r.errors), f"{r.spend_usd:.6f}", f"{r.baseline_usd:.6f}",
+                      f"{r.saved_usd:.6f}", f"{r.saved_pct:.1f}", str(r.cache_hits), str(r.escalations))
+    console = Console(file=io.StringIO(), width=120, force_terminal=False)
+    console.print(table)
+    out = console.file.getvalue()  # type: ignore[attr-defined]
+    return str(out)

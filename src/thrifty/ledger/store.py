@@ -1,0 +1,144 @@
+"""Ledger storage: SQLite (embedded default, WAL) and PostgreSQL (shared), one SQL dialect.
+
+Both stores run the same migrations and queries; they differ only in how they connect and in
+their parameter placeholder. Calls are synchronous and made from the writer thread or the CLI,
+never on the event loop.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from thrifty.errors import StorageError
+from thrifty.ledger.migrations import MIGRATIONS
+from thrifty.ledger.records import ATTEMPT_COLUMNS, REQUEST_COLUMNS, AttemptRow, RequestRow, as_tuple
+
+
+class SQLStore:
+    """Shared logic; subclasses provide ``_connect`` and ``placeholder``."""
+
+    placeholder = "?"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._conn: Any = None
+
+    def _connect(self) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def conn(self) -> Any:
+        if self._conn is None:
+            self._conn = self._connect()
+            self.migrate()
+        return self._conn
+
+    def migrate(self) -> list[str]:
+        """Apply pending migrations; returns the names applied."""
+        conn = self._conn
+        cur = conn.cursor()
+        cur.execute("CREATE TABLE IF NOT EXISTS _thrifty_migrations (name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION)")
+        conn.commit()
+        cur.execute("SELECT name FROM _thrifty_migrations")
+        done = {r[0] for r in cur.fetchall()}
+        applied = []
+        for name, statements in MIGRATIONS:
+            if name in done:
+                continue
+            try:
+                for sql in statements:
+                    cur.execute(sql)
+                cur.execute(
+                    f"INSERT INTO _thrifty_migrations (name, applied_at) VALUES ({self.placeholder}, {self.placeholder})",
+                    (name, time.time()),
+                )
+                conn.commit()
+            except Exception as exc:
+                conn.rollback()
+                # Another process may have applied it at the same moment; re-check before failing.
+                cur.execute(f"SELECT 1 FROM _thrifty_migrations WHERE name = {self.placeholder}", (name,))
+                if cur.fetchone() is None:
+                    raise StorageError(f"ledger migration {name} failed: {exc}") from None
+            applied.append(name)
+        return applied
+
+    def write(self, requests: Sequence[RequestRow], attempts: Sequence[AttemptRow]) -> None:
+        """Insert rows in one transaction (all or nothing: no half-written request)."""
+        p = self.placeholder
+        req_sql = (
+            f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) VALUES ({', '.join([p] * len(REQUEST_COLUMNS))})"
+            " ON CONFLICT (request_id) DO NOTHING"
+        )
+        att_sql = (
+            f"INSERT INTO attempts ({', '.join(ATTEMPT_COLUMNS)}) VALUES ({', '.join([p] * len(ATTEMPT_COLUMNS))})"
+            " ON CONFLICT (request_id, seq) DO NOTHING"
+        )
+        with self._lock:
+            conn = self.conn
+            try:
+                cur = conn.cursor()
+                if requests:
+                    cur.executemany(req_sql, [as_tuple(r) for r in requests])
+                if attempts:
+                    cur.executemany(att_sql, [as_tuple(a) for a in attempts])
+                conn.commit()
+            except Exception as exc:
+                try:
+                    conn.rollback()
+                except Exception:
+                    self._conn = None  # broken connection: reconnect on the next try
+                raise StorageError(f"ledger write failed: {type(exc).__name__}: {exc}") from None
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read query written with ``?`` placeholders."""
+        if self.placeholder != "?":
+            sql = sql.replace("?", self.placeholder)
+        with self._lock:
+            try:
+                cur = self.conn.cursor()
+                cur.execute(sql, tuple(params))
+                return [tuple(r) for r in cur.fetchall()]
+            except StorageError:
+                raise
+            except Exception as exc:
+                try:
+                    self.conn.rollback()
+                except Exception:
+                    self._conn = None
+                raise StorageError(f"ledger query failed: {exc}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+class SQLiteStore(SQLStore):
+    placeholder = "?"
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open ledger {self.path}: {exc}") from None
+        return conn
+
+
+def open_store(path: str | None = None, dsn: str | None = None) -> SQLStore:
+    """The store a config names: PostgreSQL when a DSN is given, else the SQLite file."""
+    if dsn:
+        from thrifty.ledger.postgres import PostgresStore
+
+        return PostgresStore(dsn)
+    return SQLiteStore(path or "thrifty-ledger.db")

@@ -1,0 +1,109 @@
+"""Ledger writes off the response path, never lost silently.
+
+Requests put their rows on a queue and return; a daemon thread writes them in batches. A
+failed batch is retried with backoff; after ``retries`` failures it is appended to a spill file
+(``<ledger>.failed.jsonl``) and logged as an error, and ``failed_batches`` counts it for the
+metrics endpoint. ``flush()`` waits until everything queued so far is written (tests, shutdown).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from dataclasses import asdict
+
+from thrifty.errors import StorageError
+from thrifty.ledger.records import AttemptRow, RequestRow
+from thrifty.ledger.store import SQLStore
+
+log = logging.getLogger("thrifty.ledger")
+
+_Item = tuple[RequestRow, list[AttemptRow]] | threading.Event | None
+
+
+class LedgerWriter:
+    def __init__(
+        self, store: SQLStore, *, retries: int = 5, spill_path: str | None = None, max_batch: int = 500
+    ) -> None:
+        self.store = store
+        self.retries = retries
+        self.spill_path = spill_path
+        self.max_batch = max_batch
+        self.written = 0
+        self.failed_batches = 0
+        self._queue: queue.Queue[_Item] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="thrifty-ledger", daemon=True)
+        self._thread.start()
+
+    def submit(self, request: RequestRow, attempts: list[AttemptRow]) -> None:
+        self._queue.put((request, attempts))
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Block until every row submitted before this call is written (or spilled)."""
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
+
+    def close(self) -> None:
+        self.flush()
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+        self.store.close()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            batch: list[tuple[RequestRow, list[AttemptRow]]] = []
+            waiters: list[threading.Event] = []
+            stop = False
+            while True:
+                if item is None:
+                    stop = True
+                elif isinstance(item, threading.Event):
+                    waiters.append(item)
+                else:
+                    batch.append(item)
+                if len(batch) >= self.max_batch:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._write(batch)
+            for w in waiters:
+                w.set()
+            if stop:
+                return
+
+    def _write(self, batch: list[tuple[RequestRow, list[AttemptRow]]]) -> None:
+        requests = [r for r, _ in batch]
+        attempts = [a for _, rows in batch for a in rows]
+        delay = 0.05
+        for i in range(self.retries + 1):
+            try:
+                self.store.write(requests, attempts)
+                self.written += len(requests)
+                return
+            except StorageError as exc:
+                log.warning("ledger write failed (try %d of %d): %s", i + 1, self.retries + 1, exc)
+                if i < self.retries:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+        self.failed_batches += 1
+        self._spill(batch)
+
+    def _spill(self, batch: list[tuple[RequestRow, list[AttemptRow]]]) -> None:
+        if not self.spill_path:
+            log.error("ledger: %d request rows could not be written and no spill file is set", len(batch))
+            return
+        try:
+            with open(self.spill_path, "a", encoding="utf-8") as fh:
+                for req, attempts in batch:
+                    fh.write(json.dumps({"request": asdict(req), "attempts": [asdict(a) for a in attempts]}) + "\n")
+            log.error("ledger: %d request rows spilled to %s after repeated write failures", len(batch), self.spill_path)
+        except OSError as exc:
+            log.error("ledger: %d request rows lost: write and spill both failed (%s)", len(batch), exc)

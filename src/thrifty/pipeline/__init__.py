@@ -1,0 +1,1 @@
+"""The request pipeline: small stages composed by one list (see build.py)."""

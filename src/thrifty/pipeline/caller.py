@@ -1,0 +1,211 @@
+"""Calling a model: retries with backoff, fallbacks, pricing, and an Attempt for every try.
+
+Retries happen on connection errors, 429s and 5xx, with exponential backoff and full jitter,
+waiting at least what Retry-After asks (when it asks for more than ``backoff_max_s`` we move to
+the fallback models instead of stalling the client). When a model's retries are exhausted its
+configured fallbacks are tried in order. Every try lands in ``ctx.attempts`` and so in the ledger.
+A stream is retried only until its first chunk: after that the client already has part of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from thrifty.catalog import Catalog, ModelInfo
+from thrifty.config import ProviderConfig
+from thrifty.cost import call_cost
+from thrifty.errors import NotFoundError, UpstreamError
+from thrifty.pipeline.context import Attempt, RequestContext
+from thrifty.providers.base import Provider
+from thrifty.tokens import count_messages, count_text
+from thrifty.types import ChatRequest, Usage, response_text
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int = 2
+    backoff_base_s: float = 0.25
+    backoff_max_s: float = 8.0
+
+    @classmethod
+    def from_provider(cls, cfg: ProviderConfig | None) -> RetryPolicy:
+        if cfg is None:
+            return cls()
+        return cls(cfg.max_retries, cfg.backoff_base_s, cfg.backoff_max_s)
+
+    def delay(self, attempt: int, retry_after: float | None) -> float | None:
+        """Seconds to wait before retry number ``attempt`` (0-based); None means give up now."""
+        if retry_after is not None and retry_after > self.backoff_max_s:
+            return None
+        backoff = random.uniform(0, min(self.backoff_max_s, self.backoff_base_s * (2**attempt)))
+        return max(backoff, retry_after or 0.0)
+
+
+class ModelCaller:
+    """Turns "call model M with this request" into provider calls, with every attempt priced."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        providers: dict[str, Provider],
+        retry_policies: dict[str, RetryPolicy] | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.providers = providers
+        self.retry_policies = retry_policies or {}
+
+    def model(self, name: str) -> ModelInfo:
+        info = self.catalog.get(name)
+        if info is None:
+            raise NotFoundError(f"The model '{name}' does not exist in this gateway's catalog.", param="model")
+        return info
+
+    def _chain(self, name: str) -> list[ModelInfo]:
+        first = self.model(name)
+        chain = [first]
+        for fb in first.fallbacks:
+            info = self.catalog.get(fb)
+            if info is not None and info not in chain:
+                chain.append(info)
+        return chain
+
+    async def complete(
+        self,
+        ctx: RequestContext,
+        model_name: str,
+        request: ChatRequest | None = None,
+        *,
+        purpose: str = "answer",
+        batch: bool = False,
+    ) -> tuple[dict[str, Any], Attempt]:
+        """A non-streaming completion from ``model_name`` (or its fallbacks)."""
+        req = request or ctx.request
+        failures: list[str] = []
+        last: UpstreamError | None = None
+        for info in self._chain(model_name):
+            provider = self.providers[info.provider]
+            policy = self.retry_policies.get(info.provider, RetryPolicy())
+            body = req.to_body(info.upstream_model, stream=False)
+            for i in range(policy.max_retries + 1):
+                attempt = Attempt(model=info.name, provider=info.provider, started=time.time(), tier=info.tier,
+                                  purpose=purpose, batch=batch)
+                t0 = time.perf_counter()
+                try:
+                    response = await provider.complete(body)
+                except UpstreamError as exc:
+                    attempt.latency_ms = (time.perf_counter() - t0) * 1000
+                    attempt.status, attempt.error = "error", exc.message
+                    ctx.attempts.append(attempt)
+                    failures.append(exc.message)
+                    last = exc
+                    if not exc.retryable or i == policy.max_retries:
+                        break
+                    wait = policy.delay(i, getattr(exc, "retry_after", None))
+                    if wait is None:
+                        break
+                    await asyncio.sleep(wait)
+                    continue
+                attempt.latency_ms = (time.perf_counter() - t0) * 1000
+                self._price(attempt, info, req, response, batch)
+                ctx.attempts.append(attempt)
+                return response, attempt
+            if last is not None and not last.retryable and last.status < 500 and last.status != 429:
+                break  # a 4xx (bad parameter) fails the same way on every fallback
+        assert last is not None
+        last.attempts = failures
+        raise last
+
+    async def stream(
+        self, ctx: RequestContext, model_name: str, request: ChatRequest | None = None
+    ) -> tuple[AsyncIterator[dict[str, Any]], Attempt]:
+        """Open a stream from ``model_name`` (or its fallbacks): retried until its first chunk."""
+        req = request or ctx.request
+        failures: list[str] = []
+        last: UpstreamError | None = None
+        for info in self._chain(model_name):
+            provider = self.providers[info.provider]
+            policy = self.retry_policies.get(info.provider, RetryPolicy())
+            body = req.to_body(info.upstream_model, stream=True)
+            for i in range(policy.max_retries + 1):
+                attempt = Attempt(model=info.name, provider=info.provider, started=time.time(), tier=info.tier)
+                t0 = time.perf_counter()
+                it = provider.stream(body).__aiter__()
+                try:
+                    first = await it.__anext__()
+                except StopAsyncIteration:
+                    first = None
+                except UpstreamError as exc:
+                    attempt.latency_ms = (time.perf_counter() - t0) * 1000
+                    attempt.status, attempt.error = "error", exc.message
+                    ctx.attempts.append(attempt)
+                    failures.append(exc.message)
+                    last = exc
+                    if not exc.retryable or i == policy.max_retries:
+                        break
+                    wait = policy.delay(i, getattr(exc, "retry_after", None))
+                    if wait is None:
+                        break
+                    await asyncio.sleep(wait)
+                    continue
+                ctx.attempts.append(attempt)
+                return self._priced_stream(attempt, info, req, first, it, t0), attempt
+            if last is not None and not last.retryable and last.status < 500 and last.status != 429:
+                break
+        assert last is not None
+        last.attempts = failures
+        raise last
+
+    async def _priced_stream(
+        self,
+        attempt: Attempt,
+        info: ModelInfo,
+        req: ChatRequest,
+        first: dict[str, Any] | None,
+        it: AsyncIterator[dict[str, Any]],
+        t0: float,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Pass chunks through; price the attempt from the final usage chunk when the stream ends."""
+        usage_raw: Any = None
+        text_parts: list[str] = []
+        try:
+            chunk = first
+            while chunk is not None:
+                if chunk.get("usage"):
+                    usage_raw = chunk["usage"]
+                for choice in chunk.get("choices") or []:
+                    delta = choice.get("delta") or {}
+                    if isinstance(delta.get("content"), str):
+                        text_parts.append(delta["content"])
+                yield chunk
+                try:
+                    chunk = await it.__anext__()
+                except StopAsyncIteration:
+                    chunk = None
+        except UpstreamError as exc:
+            attempt.status, attempt.error = "error", exc.message
+            raise
+        finally:
+            attempt.latency_ms = (time.perf_counter() - t0) * 1000
+            fake = {"usage": usage_raw, "choices": [{"message": {"content": "".join(text_parts)}}]}
+            self._price(attempt, info, req, fake, False)
+
+    @staticmethod
+    def _price(attempt: Attempt, info: ModelInfo, req: ChatRequest, response: dict[str, Any], batch: bool) -> None:
+        raw = response.get("usage")
+        if raw:
+            usage = Usage.from_openai(raw)
+        else:
+            # No usage from the provider: count it ourselves so the ledger still has a figure.
+            usage = Usage(
+                prompt_tokens=count_messages(req.messages, req.params.get("tools")),
+                completion_tokens=count_text(response_text(response)),
+            )
+        cost = call_cost(usage, info.price, batch=batch)
+        attempt.usage = usage
+        attempt.cost_usd = cost.usd
+        attempt.cost_source = cost.source if raw else ("estimated" if cost.known else "unknown")

@@ -1,0 +1,1 @@
+"""Upstream LLM providers behind one small async interface (see base.py)."""

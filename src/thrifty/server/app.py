@@ -1,0 +1,152 @@
+"""ASGI app factory: the OpenAI-compatible routes in front of a Gateway.
+
+Every error leaves as an OpenAI-format body with the right status (``ThriftyError.to_openai``);
+an unexpected exception becomes a 500 that names the request id, with the traceback only in the
+server log. Streams end with ``data: [DONE]``; a stream that breaks mid-way ends with an error
+event instead, so OpenAI SDKs raise rather than return a silently truncated answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from thrifty.errors import InvalidRequestError, PayloadTooLargeError, ThriftyError
+from thrifty.pipeline.context import new_request_id
+from thrifty.types import ChatRequest
+
+if TYPE_CHECKING:
+    from thrifty.gateway import Gateway
+
+log = logging.getLogger("thrifty.server")
+
+# Incoming headers the pipeline may read (others are not copied into the context).
+_FORWARDED_HEADERS = ("x-thrifty-task", "x-thrifty-cache", "x-thrifty-route", "cache-control", "x-thrifty-max-cost")
+
+
+def error_response(exc: ThriftyError, request_id: str) -> JSONResponse:
+    headers = {"x-thrifty-request-id": request_id, **exc.headers()}
+    return JSONResponse(exc.to_openai(), status_code=exc.status, headers=headers)
+
+
+async def read_json_body(request: Request, limit: int) -> Any:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"Request body is {declared} bytes; the limit is {limit} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"Request body exceeds the limit of {limit} bytes.")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise InvalidRequestError("Request body is empty; expected a JSON object.")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"Request body is not valid JSON: {exc}") from None
+
+
+def tenant_of(request: Request) -> str:
+    """Without virtual keys, the client's bearer token (hashed, never stored) scopes its cache."""
+    auth = request.headers.get("authorization", "")
+    token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+    return "anon-" + hashlib.sha256(token.encode()).hexdigest()[:16] if token else "default"
+
+
+def create_app(gateway: Gateway) -> Starlette:
+    limit = gateway.config.server.max_body_bytes
+
+    async def chat_completions(request: Request) -> Response:
+        request_id = new_request_id()
+        t0 = time.perf_counter()
+        try:
+            body = await read_json_body(request, limit)
+            chat = ChatRequest.from_body(body)
+            auth = getattr(gateway, "authenticate", None)
+            key_id, tenant = (await auth(request, chat)) if auth else (None, tenant_of(request))
+            headers = {h: request.headers[h] for h in _FORWARDED_HEADERS if h in request.headers}
+            ctx = await gateway.handle(chat, headers=headers, key_id=key_id, tenant=tenant, request_id=request_id)
+        except ThriftyError as exc:
+            log.info("request %s failed: %s %s", request_id, exc.status, gateway.redactor(exc.message))
+            return error_response(exc, request_id)
+        except Exception:
+            log.exception("request %s: internal error", request_id)
+            return error_response(ThriftyError(f"Internal error (request id {request_id})."), request_id)
+        out_headers = {"x-thrifty-request-id": ctx.request_id, **ctx.response_headers}
+        if ctx.served_model:
+            out_headers["x-thrifty-model"] = ctx.served_model
+        if ctx.chunks is not None:
+            return StreamingResponse(
+                _sse(ctx.chunks, chat.include_usage, gateway, ctx.request_id),
+                media_type="text/event-stream",
+                headers={**out_headers, "cache-control": "no-cache"},
+            )
+        if ctx.cost_usd is not None:
+            out_headers["x-thrifty-cost-usd"] = f"{ctx.cost_usd:.8f}"
+        out_headers["x-thrifty-latency-ms"] = f"{(time.perf_counter() - t0) * 1000:.1f}"
+        return JSONResponse(ctx.response, headers=out_headers)
+
+    async def models(request: Request) -> Response:
+        now = int(time.time())
+        data = []
+        for m in gateway.catalog:
+            data.append({"id": m.name, "object": "model", "created": now, "owned_by": m.provider, "tier": m.tier})
+        for alias, target in gateway.catalog.aliases().items():
+            data.append({"id": alias, "object": "model", "created": now, "owned_by": "thrifty", "alias_of": target})
+        for route in getattr(gateway, "route_names", lambda: [])():
+            data.append({"id": route, "object": "model", "created": now, "owned_by": "thrifty-route"})
+        return JSONResponse({"object": "list", "data": data})
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "models": len(gateway.catalog), "pipeline": gateway.describe()})
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 404)
+        err = ThriftyError(f"No route for {request.method} {request.url.path}.")
+        err.status, err.type, err.code = status, "invalid_request_error", "not_found"
+        return error_response(err, new_request_id())
+
+    routes = [
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+    ]
+    routes.extend(getattr(gateway, "extra_routes", []))
+    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+    app.state.gateway = gateway
+    return app
+
+
+async def _sse(
+    chunks: AsyncIterator[dict[str, Any]], include_usage: bool, gateway: Gateway, request_id: str
+) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in chunks:
+            if not chunk.get("choices") and chunk.get("usage") and not include_usage:
+                continue  # we asked upstream for usage to price the call; the client did not
+            if not include_usage and "usage" in chunk and chunk.get("choices"):
+                chunk = {k: v for k, v in chunk.items() if k != "usage"}
+            yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+    except ThriftyError as exc:
+        log.info("stream %s broke: %s", request_id, gateway.redactor(exc.message))
+        yield b"data: " + json.dumps(exc.to_openai()).encode() + b"\n\n"
+        return
+    except Exception:
+        log.exception("stream %s: internal error", request_id)
+        err = ThriftyError(f"Internal error during the stream (request id {request_id}).")
+        yield b"data: " + json.dumps(err.to_openai()).encode() + b"\n\n"
+        return
+    yield b"data: [DONE]\n\n"

@@ -1,0 +1,269 @@
+"""The OpenAI chat-completions shapes thrifty works with.
+
+Requests keep every parameter the client sent (``params``) so that anything the upstream
+accepts passes through untouched; thrifty only reads the few fields it acts on. Responses stay
+OpenAI-shaped dicts (what clients receive), with ``Usage`` as the one normalised view of token
+counts across provider conventions.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from thrifty.errors import InvalidRequestError
+
+# Body keys thrifty consumes itself and never forwards upstream.
+THRIFTY_BODY_KEYS = frozenset({"thrifty", "cache"})
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+@dataclass
+class ChatRequest:
+    """One chat-completions request: the model asked for, messages, and every other parameter."""
+
+    model: str
+    messages: list[dict[str, Any]]
+    params: dict[str, Any] = field(default_factory=dict)
+    stream: bool = False
+    # thrifty's own per-request options (body key "thrifty", e.g. {"cache": false, "task": "faq"}).
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_body(cls, body: Any) -> ChatRequest:
+        """Validate an OpenAI request body; raise ``InvalidRequestError`` naming the bad field."""
+        if not isinstance(body, dict):
+            raise InvalidRequestError("Request body must be a JSON object.")
+        model = body.get("model")
+        if not isinstance(model, str) or not model.strip():
+            raise InvalidRequestError("'model' is required and must be a non-empty string.", param="model")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise InvalidRequestError("'messages' must be a non-empty array.", param="messages")
+        for i, msg in enumerate(messages):
+            _check_message(i, msg)
+        stream = body.get("stream", False)
+        if stream is not None and not isinstance(stream, bool):
+            raise InvalidRequestError("'stream' must be a boolean.", param="stream")
+        options: dict[str, Any] = {}
+        raw_opts = body.get("thrifty")
+        if raw_opts is not None:
+            if not isinstance(raw_opts, dict):
+                raise InvalidRequestError("'thrifty' must be an object of thrifty options.", param="thrifty")
+            options.update(raw_opts)
+        if "cache" in body:
+            # Shorthand `"cache": false` documented for clients that cannot send headers.
+            options["cache"] = body["cache"]
+        _check_param_types(body)
+        params = {
+            k: v for k, v in body.items() if k not in ("model", "messages", "stream") and k not in THRIFTY_BODY_KEYS
+        }
+        return cls(model=model, messages=messages, params=params, stream=bool(stream), options=options)
+
+    @property
+    def include_usage(self) -> bool:
+        opts = self.params.get("stream_options")
+        return bool(isinstance(opts, dict) and opts.get("include_usage"))
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        md = self.params.get("metadata")
+        return md if isinstance(md, dict) else {}
+
+    def to_body(self, model: str, *, stream: bool | None = None) -> dict[str, Any]:
+        """The body to send upstream for ``model`` (the provider's own model name)."""
+        body: dict[str, Any] = {"model": model, "messages": self.messages, **self.params}
+        use_stream = self.stream if stream is None else stream
+        if use_stream:
+            body["stream"] = True
+            # Always ask for usage: thrifty must price the stream even if the client did not ask.
+            opts = dict(body.get("stream_options") or {})
+            opts["include_usage"] = True
+            body["stream_options"] = opts
+        else:
+            body.pop("stream_options", None)
+        return body
+
+    def copy_with(self, **changes: Any) -> ChatRequest:
+        new = copy.copy(self)
+        for k, v in changes.items():
+            setattr(new, k, v)
+        return new
+
+    def last_user_text(self) -> str:
+        for msg in reversed(self.messages):
+            if msg.get("role") == "user":
+                from thrifty.tokens import content_text
+
+                return content_text(msg.get("content"))
+        return ""
+
+    def system_text(self) -> str:
+        from thrifty.tokens import content_text
+
+        return "\n".join(
+            content_text(m.get("content")) for m in self.messages if m.get("role") in ("system", "developer")
+        )
+
+
+def _check_message(i: int, msg: Any) -> None:
+    where = f"messages[{i}]"
+    if not isinstance(msg, dict):
+        raise InvalidRequestError(f"'{where}' must be an object with 'role' and 'content'.", param=where)
+    role = msg.get("role")
+    if role not in _ROLES:
+        raise InvalidRequestError(
+            f"'{where}.role' must be one of {sorted(_ROLES)}, got {role!r}.", param=f"{where}.role"
+        )
+    content = msg.get("content")
+    if content is None:
+        if role == "assistant" and (msg.get("tool_calls") or msg.get("function_call")):
+            return
+        raise InvalidRequestError(f"'{where}.content' is required.", param=f"{where}.content")
+    if isinstance(content, str):
+        return
+    if isinstance(content, list):
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise InvalidRequestError(
+                    f"'{where}.content[{j}]' must be an object with a 'type'.", param=f"{where}.content"
+                )
+            if part["type"] in ("text", "input_text") and not isinstance(part.get("text"), str):
+                raise InvalidRequestError(
+                    f"'{where}.content[{j}].text' must be a string.", param=f"{where}.content"
+                )
+        return
+    raise InvalidRequestError(
+        f"'{where}.content' must be a string or an array of content parts, got {type(content).__name__}.",
+        param=f"{where}.content",
+    )
+
+
+_NUMERIC_PARAMS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
+_INT_PARAMS = ("max_tokens", "max_completion_tokens", "n", "seed", "top_logprobs")
+
+
+def _check_param_types(body: dict[str, Any]) -> None:
+    for key in _NUMERIC_PARAMS:
+        v = body.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+            raise InvalidRequestError(f"'{key}' must be a number.", param=key)
+    for key in _INT_PARAMS:
+        v = body.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise InvalidRequestError(f"'{key}' must be an integer.", param=key)
+    n = body.get("n")
+    if isinstance(n, int) and n < 1:
+        raise InvalidRequestError("'n' must be at least 1.", param="n")
+    for key in ("tools", "stop"):
+        v = body.get(key)
+        if key == "tools" and v is not None and not isinstance(v, list):
+            raise InvalidRequestError("'tools' must be an array.", param="tools")
+        if key == "stop" and v is not None and not isinstance(v, str | list):
+            raise InvalidRequestError("'stop' must be a string or an array of strings.", param="stop")
+
+
+@dataclass
+class Usage:
+    """Token counts normalised to one convention.
+
+    ``prompt_tokens`` is ALL input tokens, cached ones included (OpenAI's convention);
+    ``cached_tokens`` is the part of them read from the provider's prompt cache;
+    ``cache_write_tokens`` the part written to it (Anthropic bills these at a premium);
+    ``completion_tokens`` is ALL output tokens, reasoning included, since reasoning bills as output;
+    ``cost`` is the provider's own figure for the call when it reports one (``usage.cost``).
+    """
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost: float | None = None
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def uncached_prompt_tokens(self) -> int:
+        return max(0, self.prompt_tokens - self.cached_tokens - self.cache_write_tokens)
+
+    def __add__(self, other: Usage) -> Usage:
+        cost = None if self.cost is None and other.cost is None else (self.cost or 0.0) + (other.cost or 0.0)
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            self.cached_tokens + other.cached_tokens,
+            self.cache_write_tokens + other.cache_write_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
+            cost,
+        )
+
+    @classmethod
+    def from_openai(cls, raw: Any) -> Usage:
+        """Read a provider's ``usage`` object, whatever its convention.
+
+        - OpenAI: prompt_tokens includes prompt_tokens_details.cached_tokens; completion_tokens
+          includes completion_tokens_details.reasoning_tokens.
+        - DeepSeek: prompt_cache_hit_tokens + prompt_cache_miss_tokens == prompt_tokens.
+        - Anthropic-style (input_tokens/output_tokens): input_tokens EXCLUDES
+          cache_read_input_tokens and cache_creation_input_tokens, so they are added back.
+        - A reasoning count larger than completion_tokens means the provider reported reasoning
+          apart from the answer; it is added so reasoning is never billed as free.
+        """
+        if not isinstance(raw, dict):
+            return cls()
+        g = _int_getter(raw)
+        if "input_tokens" in raw and "prompt_tokens" not in raw:
+            cached = g("cache_read_input_tokens")
+            written = g("cache_creation_input_tokens")
+            prompt = g("input_tokens") + cached + written
+            completion = g("output_tokens")
+        else:
+            prompt = g("prompt_tokens")
+            completion = g("completion_tokens")
+            details = raw.get("prompt_tokens_details")
+            cached = _int_getter(details)("cached_tokens") if isinstance(details, dict) else 0
+            written = 0
+            if not cached and "prompt_cache_hit_tokens" in raw:
+                cached = g("prompt_cache_hit_tokens")
+                if not prompt:
+                    prompt = cached + g("prompt_cache_miss_tokens")
+        cdetails = raw.get("completion_tokens_details") or raw.get("output_tokens_details")
+        reasoning = _int_getter(cdetails)("reasoning_tokens") if isinstance(cdetails, dict) else 0
+        if reasoning > completion:
+            completion += reasoning
+        cost_raw = raw.get("cost")
+        cost = float(cost_raw) if isinstance(cost_raw, int | float) and not isinstance(cost_raw, bool) else None
+        return cls(prompt, completion, min(cached, prompt), written, reasoning, cost)
+
+    def to_openai(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+            "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
+        }
+        if self.cost is not None:
+            out["cost"] = self.cost
+        return out
+
+
+def _int_getter(d: Any) -> Any:
+    def get(key: str) -> int:
+        v = d.get(key) if isinstance(d, dict) else None
+        return int(v) if isinstance(v, int | float) and not isinstance(v, bool) and v > 0 else 0
+
+    return get
+
+
+def response_text(response: dict[str, Any], index: int = 0) -> str:
+    """The assistant text of choice ``index`` of an OpenAI chat completion ("" when absent)."""
+    try:
+        content = response["choices"][index]["message"].get("content")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return ""
+    return content if isinstance(content, str) else ""

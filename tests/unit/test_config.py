@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from thrifty.cli.init_cmd import starter_config
+from thrifty.config import interpolate_env, load_config
+from thrifty.errors import ConfigError
+
+BASE = {"providers": {"p": {"base_url": "http://127.0.0.1:1/v1", "api_key": "${KEY}"}},
+        "models": {"m": {"provider": "p", "price": {"input": 1, "output": 2}}}}
+
+
+def test_env_interpolation_with_default_and_missing() -> None:
+    env = {"A": "x"}
+    assert interpolate_env({"k": ["${A}", "${B:-d}", "${C}"]}, env) == {"k": ["x", "d", ""]}
+
+
+def test_valid_config_and_baseline_defaults_to_priciest(tmp_path: Path) -> None:
+    cfg = load_config(BASE | {"models": {"a": {"provider": "p", "price": {"input": 1, "output": 2}},
+                                         "b": {"provider": "p", "price": {"input": 5, "output": 20}}}},
+                      env={"KEY": "sk-secret-value"})
+    assert cfg.providers["p"].api_key == "sk-secret-value"
+    assert cfg.build_catalog().baseline_name == "b"
+
+
+@pytest.mark.parametrize(
+    ("patch", "expected"),
+    [
+        ({"models": {"m": {"provider": "nope"}}}, "models.m.provider: unknown provider 'nope'"),
+        ({"models": {"m": {"provider": "p", "price": {"input": "cheap"}}}}, "models.m.price.input"),
+        ({"baseline": "ghost"}, "baseline: unknown model 'ghost'"),
+        ({"servr": {}}, "servr: unknown key"),
+        ({"providers": {"p": {"base_url": "ftp://x"}}}, "providers.p.base_url"),
+    ],
+)
+def test_precise_errors(patch: dict, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(BASE | patch, env={})
+    assert expected in str(err.value)
+
+
+def test_secret_values_are_not_echoed_in_errors() -> None:
+    bad = BASE | {"providers": {"p": {"base_url": "http://x", "api_key": ["sk-live-supersecret123"]}}}
+    with pytest.raises(ConfigError) as err:
+        load_config(bad, env={})
+    assert "supersecret" not in str(err.value)
+    assert "providers.p.api_key" in str(err.value)
+
+
+def test_yaml_syntax_error_names_line(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("providers:\n  p: [unclosed\n")
+    with pytest.raises(ConfigError, match="invalid YAML at line"):
+        load_config(f)
+
+
+def test_starter_config_is_valid_and_prices_the_seed_hierarchy(tmp_path: Path) -> None:
+    f = tmp_path / "thrifty.yaml"
+    f.write_text(starter_config("http://127.0.0.1:9999/v1", "MY_KEY"))
+    cfg = load_config(f, env={})
+    cat = cfg.build_catalog()
+    outputs = {m.name: m.price.output for m in cat if m.price}
+    assert outputs == {"qwen3-8b": 0.01, "deepseek-v4-flash": 0.25, "qwen3-32b": 0.28,
+                       "deepseek-reasoner": 2.50, "gpt-4o": 10.00}
+    assert cat.baseline_name == "gpt-4o"
+    # relative ledger path resolves next to the config file
+    assert cfg.resolve_path(cfg.ledger.path) == str(tmp_path / "thrifty-ledger.db")
+
+
+def test_config_overrides_seed_price_and_genai_prices_fills_unknowns() -> None:
+    cfg = load_config({"providers": BASE["providers"],
+                       "models": {"gpt-4o": {"provider": "p", "price": {"output": 12.0}},
+                                  "gpt-4o-mini": {"provider": "p"},
+                                  "my-local-llama": {"provider": "p"}}}, env={})
+    cat = cfg.build_catalog()
+    gpt4o = cat.get("gpt-4o")
+    assert gpt4o and gpt4o.price and (gpt4o.price.input, gpt4o.price.output) == (2.50, 12.0)
+    mini = cat.get("gpt-4o-mini")
+    assert mini and mini.price and mini.price.source == "genai-prices" and mini.price.output == pytest.approx(0.60)
+    local = cat.get("my-local-llama")
+    assert local is not None and local.price is None
