@@ -28,6 +28,16 @@ def _encoding() -> tiktoken.Encoding:
         return tiktoken.get_encoding("cl100k_base")
 
 
+def encoding() -> tiktoken.Encoding:
+    """The shared offline encoder (loaded once)."""
+    return _encoding()
+
+
+def encode(text: str) -> list[int]:
+    """Token ids of ``text`` (special-token strings are encoded as ordinary text)."""
+    return _encoding().encode(text, disallowed_special=()) if text else []
+
+
 def count_text(text: str) -> int:
     """Number of tokens in ``text``."""
     if not text:

@@ -118,7 +118,11 @@ def test_429_gets_a_retry_after_by_default() -> None:
 
 def test_recorder_redacts_credentials() -> None:
     recorder = Recorder(limit=2)
-    headers = [(b"Authorization", b"Bearer sk-test-abcdefgh1234"), (b"x-api-key", b"secretkey9876"), (b"a", b"b")]
+    headers = [
+        (b"Authorization", b"Bearer sk-test-abcdefgh1234"),
+        (b"x-api-key", b"secretkey9876"),
+        (b"a", b"b"),
+    ]
     for i in range(3):
         recorder.add("POST", "/v1/chat/completions", headers, {"i": i})
     items = recorder.last()

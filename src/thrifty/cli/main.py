@@ -22,6 +22,9 @@ COMMAND_MODULES: list[str] = [
     "thrifty.cli.config_cmd",
     "thrifty.cli.estimate_cmd",
     "thrifty.cli.report_cmd",
+    "thrifty.cli.demo_cmd",
+    "thrifty.cli.eval_cmd",
+    "thrifty.cli.replay_cmd",
 ]
 
 

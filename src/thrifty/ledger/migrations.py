@@ -68,4 +68,27 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "CREATE INDEX IF NOT EXISTS requests_key ON requests (key_id, ts)",
         ],
     ),
+    (
+        # Virtual keys (hashed; the key itself is shown once) and per-install settings (salt).
+        "002_ops_virtual_keys",
+        [
+            """CREATE TABLE IF NOT EXISTS virtual_keys (
+                key_id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                key_hash TEXT NOT NULL UNIQUE,
+                key_prefix TEXT NOT NULL,
+                budget_usd DOUBLE PRECISION,
+                period TEXT NOT NULL,
+                rpm INTEGER,
+                tpm INTEGER,
+                routes TEXT,
+                created_at DOUBLE PRECISION NOT NULL,
+                revoked_at DOUBLE PRECISION
+            )""",
+            """CREATE TABLE IF NOT EXISTS ops_settings (
+                name TEXT PRIMARY KEY,
+                value TEXT NOT NULL
+            )""",
+        ],
+    ),
 ]

@@ -9,6 +9,10 @@ from thrifty.ledger.store import SQLStore
 from thrifty.redact import redact
 
 
+# Arbitrary constant naming thrifty's migration lock (pg_advisory_lock takes a bigint).
+_MIGRATION_LOCK = 7_146_329_001
+
+
 class PostgresStore(SQLStore):
     placeholder = "%s"
 
@@ -22,7 +26,27 @@ class PostgresStore(SQLStore):
         except ImportError:
             raise StorageError("the PostgreSQL ledger needs the 'postgres' extra: pip install 'thrifty[postgres]'") from None
         try:
-            return psycopg.connect(self._dsn)
+            return psycopg.connect(self._dsn, connect_timeout=10, application_name="thrifty")
         except Exception as exc:
             # The DSN may hold a password: never echo it.
             raise StorageError(f"cannot connect to the PostgreSQL ledger: {redact(str(exc))}") from None
+
+    def migrate(self) -> list[str]:
+        """Migrate under a cluster-wide advisory lock: instances starting together take turns."""
+        cur = self._conn.cursor()
+        cur.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
+        try:
+            return super().migrate()
+        finally:
+            try:
+                self._conn.rollback()
+                cur.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+                self._conn.commit()
+            except Exception:
+                self._drop_connection()  # closing the session releases the lock too
+
+    def _is_disconnect(self, exc: Exception) -> bool:
+        import psycopg
+
+        closed = self._conn is None or bool(getattr(self._conn, "closed", False))
+        return closed or isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)

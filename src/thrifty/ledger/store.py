@@ -95,21 +95,54 @@ class SQLStore:
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read query written with ``?`` placeholders."""
+        return self._run(sql, params, fetch=True)  # type: ignore[return-value]
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one write statement (``?`` placeholders) in its own transaction; the row count."""
+        return self._run(sql, params, fetch=False)  # type: ignore[return-value]
+
+    def _run(self, sql: str, params: Sequence[Any], *, fetch: bool) -> list[tuple[Any, ...]] | int:
         if self.placeholder != "?":
             sql = sql.replace("?", self.placeholder)
         with self._lock:
-            try:
-                cur = self.conn.cursor()
-                cur.execute(sql, tuple(params))
-                return [tuple(r) for r in cur.fetchall()]
-            except StorageError:
-                raise
-            except Exception as exc:
+            # A shared server (PostgreSQL) may drop an idle connection (restart, failover,
+            # idle timeout): reconnect and run the statement once more before giving up.
+            for try_no in range(2):
                 try:
-                    self.conn.rollback()
-                except Exception:
-                    self._conn = None
-                raise StorageError(f"ledger query failed: {exc}") from None
+                    cur = self.conn.cursor()
+                    cur.execute(sql, tuple(params))
+                    out: list[tuple[Any, ...]] | int = [tuple(r) for r in cur.fetchall()] if fetch else cur.rowcount
+                    # Ending the transaction after reads too: no session sits "idle in
+                    # transaction" holding locks that would block another instance's migration.
+                    self._conn.commit()
+                    return out
+                except StorageError:
+                    raise
+                except Exception as exc:
+                    broken = self._is_disconnect(exc)
+                    try:
+                        if self._conn is not None:
+                            self._conn.rollback()
+                    except Exception:
+                        broken = True
+                    if broken:
+                        self._drop_connection()
+                        if try_no == 0:
+                            continue
+                    raise StorageError(f"ledger {'query' if fetch else 'write'} failed: {exc}") from None
+        raise AssertionError("unreachable")
+
+    def _is_disconnect(self, exc: Exception) -> bool:
+        """Whether ``exc`` means the connection is gone (subclasses know their driver)."""
+        return False
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
 
     def close(self) -> None:
         with self._lock:

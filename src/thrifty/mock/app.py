@@ -13,11 +13,12 @@ factory builds, never in globals, so tests can run several differently configure
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
 from starlette.applications import Starlette
@@ -33,6 +34,7 @@ from thrifty.mock.completion import Plan, Planner, validate
 from thrifty.mock.faults import HEADER, FaultState, parse_header
 from thrifty.mock.recorder import Recorder
 from thrifty.mock.usage import PromptCache, build_usage
+from thrifty.tokens import count_text
 
 _JSON = "application/json"
 
@@ -264,6 +266,14 @@ async def _until_disconnect(request: Request) -> None:
         pass
 
 
+@contextlib.asynccontextmanager
+async def _warm_up(app: Starlette) -> AsyncIterator[None]:
+    # Loading the BPE tables takes ~0.5 s; do it before the server reports ready, not inside
+    # the first request (which would then look like a hang to a test with a short timeout).
+    await asyncio.to_thread(count_text, "warm up")
+    yield
+
+
 def create_app(config: MockConfig | None = None) -> Starlette:
     """A new mock upstream app; ``app.state.mock`` is its ``MockUpstream`` (state, counters)."""
     mock = MockUpstream(config or MockConfig())
@@ -278,6 +288,6 @@ def create_app(config: MockConfig | None = None) -> Starlette:
         Route("/mock/reset", mock.reset, methods=["POST"]),
         Route("/mock/stats", mock.stats, methods=["GET"]),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, lifespan=_warm_up)
     app.state.mock = mock
     return app

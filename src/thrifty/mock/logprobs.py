@@ -11,20 +11,20 @@ import math
 from typing import Any
 
 from thrifty.mock import digest
-from thrifty.tokens import _encoding
+from thrifty.tokens import encoding
 
 _VOCAB_SPAN = 50_000  # alternatives are drawn from the common part of cl100k
 
 
 def _entry(token_id: int, logprob: float) -> dict[str, Any]:
-    raw = _encoding().decode_single_token_bytes(token_id)
+    raw = encoding().decode_single_token_bytes(token_id)
     return {"token": raw.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(raw)}
 
 
 def token_logprobs(text: str, key: bytes, top_n: int, offset: int = 0) -> list[dict[str, Any]]:
     """Entries for every token of ``text``; ``offset`` numbers tokens across stream chunks."""
     entries = []
-    for pos, token_id in enumerate(_encoding().encode(text, disallowed_special=()), start=offset):
+    for pos, token_id in enumerate(encoding().encode(text, disallowed_special=()), start=offset):
         u = digest.unit(key, f"lp{pos}")
         # p in (0.3, 1.0], skewed towards 1: most tokens of a fluent answer are near-certain.
         logprob = round(math.log(1.0 - 0.7 * u * u), 6)

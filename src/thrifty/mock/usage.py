@@ -23,7 +23,7 @@ from array import array
 from typing import Any
 
 from thrifty.mock.behaviour import ModelBehaviour
-from thrifty.tokens import _encoding, content_text
+from thrifty.tokens import content_text, encoding
 
 BLOCK = 128
 MIN_CACHED = 1024
@@ -41,7 +41,7 @@ class PromptCache:
 
     def lookup_and_store(self, model: str, messages: list[Any], tools: Any) -> int:
         """Cached tokens for this prompt, then remember its blocks for later requests."""
-        ids = _encoding().encode(_prompt_text(messages, tools), disallowed_special=())
+        ids = encoding().encode(_prompt_text(messages, tools), disallowed_special=())
         blocks = len(ids) // BLOCK
         if blocks * BLOCK < MIN_CACHED:
             return 0

@@ -147,7 +147,7 @@ class OpenAICompatProvider:
 
     def _connection_error(self, exc: Exception, mid_stream: bool = False) -> UpstreamError:
         kind = type(exc).__name__
-        where = "during the stream" if mid_stream else "connecting"
+        where = "during the stream: the stream broke before [DONE] (truncated)" if mid_stream else "connecting"
         # Mid-stream failures are not retried: part of the answer may already be with the client.
         return UpstreamError(
             self._redact(f"{self.name}: connection failed {where} ({kind}: {exc})"), retryable=not mid_stream

@@ -8,6 +8,7 @@ event instead, so OpenAI SDKs raise rather than return a silently truncated answ
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -125,7 +126,16 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/health", health, methods=["GET"]),
     ]
     routes.extend(getattr(gateway, "extra_routes", []))
-    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        # Pooled upstream connections belong to the server's loop: close them on that loop.
+        for provider in gateway.providers.values():
+            await provider.aclose()
+        gateway.flush()
+
+    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found}, lifespan=lifespan)
     app.state.gateway = gateway
     return app
 

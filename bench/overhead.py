@@ -1,0 +1,201 @@
+"""Gateway overhead: thrifty (ledger on) against a minimal pass-through proxy, in one run.
+
+    .venv/bin/python bench/overhead.py [--requests 2000] [--write]
+
+Starts, each in its own process on loopback: the mock upstream, the floor (the smallest
+useful proxy: Starlette + one pooled aiohttp session forwarding bytes, written below), and
+`thrifty serve` with its SQLite ledger. A load generator sends the same chat request at
+concurrency 1 and 64 to the mock directly, to the floor and to thrifty, and reports p50/p99
+latency and requests/s. Targets (issue 2): at concurrency 64 thrifty reaches >= 70% of the
+floor's requests/s; at concurrency 1 it adds <= 2 ms p50 over a direct call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+BODY = {
+    "model": "cheap",
+    "messages": [
+        {"role": "system", "content": "You are a helpful support assistant for an online shop."},
+        {"role": "user", "content": "How do I change the delivery address of an order I placed yesterday?"},
+    ],
+    "temperature": 0,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ---------------------------------------------------------------- the floor proxy
+def floor_app(upstream: str) -> Any:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    session: dict[str, aiohttp.ClientSession] = {}
+
+    async def proxy(request: Request) -> Response:
+        if "s" not in session:
+            session["s"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
+        body = await request.body()
+        async with session["s"].post(upstream + "/chat/completions", data=body,
+                                     headers={"content-type": "application/json"}) as r:
+            return Response(await r.read(), status_code=r.status, media_type="application/json")
+
+    return Starlette(routes=[Route("/v1/chat/completions", proxy, methods=["POST"])])
+
+
+def run_floor(port: int, upstream: str) -> None:
+    import uvicorn
+
+    uvicorn.run(floor_app(upstream), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# ---------------------------------------------------------------- processes
+def wait_ready(url: str, timeout: float = 30.0) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            req = urllib.request.Request(url, data=json.dumps(BODY).encode(), headers={"content-type": "application/json"})
+            with urllib.request.urlopen(req, timeout=2):
+                return
+        except (urllib.error.URLError, ConnectionError, OSError):
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def start(cmd: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+
+
+# ---------------------------------------------------------------- load
+async def load(url: str, n: int, concurrency: int) -> dict[str, float]:
+    latencies: list[float] = []
+    payload = json.dumps(BODY).encode()
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        queue = list(range(n))
+
+        async def worker() -> None:
+            while queue:
+                queue.pop()
+                t0 = time.perf_counter()
+                async with session.post(url, data=payload, headers={"content-type": "application/json"}) as r:
+                    await r.read()
+                    if r.status != 200:
+                        raise RuntimeError(f"{url}: HTTP {r.status}")
+                latencies.append((time.perf_counter() - t0) * 1000)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    latencies.sort()
+    return {
+        "p50_ms": statistics.median(latencies),
+        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        "rps": n / wall,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--requests", type=int, default=2000, help="requests per run at concurrency 64")
+    ap.add_argument("--write", action="store_true", help="write the results to docs/benchmarks.md")
+    ap.add_argument("--floor-server", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--upstream", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.floor_server:
+        run_floor(args.port, args.upstream)
+        return
+
+    py = sys.executable
+    thrifty = str(Path(py).parent / "thrifty")
+    mock_port, floor_port, gw_port = free_port(), free_port(), free_port()
+    upstream = f"http://127.0.0.1:{mock_port}/v1"
+    tmp = tempfile.mkdtemp(prefix="thrifty-bench-")
+    cfg = Path(tmp) / "thrifty.yaml"
+    cfg.write_text(
+        f"providers: {{mock: {{base_url: '{upstream}', api_key: sk-bench}}}}\n"
+        "models: {cheap: {provider: mock, price: {input: 0.1, output: 0.2}},"
+        " premium: {provider: mock, price: {input: 2.5, output: 10}}}\n"
+        f"ledger: {{path: '{tmp}/ledger.db'}}\n"
+    )
+    procs = [start([thrifty, "mock-upstream", "--port", str(mock_port)])]
+    try:
+        wait_ready(f"{upstream}/chat/completions")
+        procs.append(start([py, __file__, "--floor-server", "--port", str(floor_port), "--upstream", upstream]))
+        procs.append(start([thrifty, "serve", "--config", str(cfg), "--port", str(gw_port), "--log-level", "warning"]))
+        targets = {
+            "direct": f"{upstream}/chat/completions",
+            "floor": f"http://127.0.0.1:{floor_port}/v1/chat/completions",
+            "thrifty": f"http://127.0.0.1:{gw_port}/v1/chat/completions",
+        }
+        for url in targets.values():
+            wait_ready(url)
+        results: dict[tuple[str, int], dict[str, float]] = {}
+        for conc, n in ((1, max(200, args.requests // 10)), (64, args.requests)):
+            for name, url in targets.items():
+                asyncio.run(load(url, min(n, 100), conc))  # warm-up: pools, JIT-free caches
+                results[(name, conc)] = asyncio.run(load(url, n, conc))
+                r = results[(name, conc)]
+                print(f"c={conc:<3} {name:<8} p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  {r['rps']:8.1f} req/s")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=10)
+
+    d1, f1, t1 = results[("direct", 1)], results[("floor", 1)], results[("thrifty", 1)]
+    f64, t64 = results[("floor", 64)], results[("thrifty", 64)]
+    ratio = t64["rps"] / f64["rps"]
+    added_p50 = t1["p50_ms"] - d1["p50_ms"]
+    lines = [
+        "| target | concurrency | p50 ms | p99 ms | req/s |",
+        "|---|---|---|---|---|",
+    ]
+    for (name, conc), r in results.items():
+        lines.append(f"| {name} | {conc} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps']:.0f} |")
+    summary = [
+        "",
+        f"- thrifty req/s at concurrency 64 as a share of the floor's: **{ratio:.0%}** (target >= 70%)",
+        f"- p50 added by thrifty over a direct call at concurrency 1: **{added_p50:.2f} ms** (target <= 2 ms); "
+        f"the floor adds {f1['p50_ms'] - d1['p50_ms']:.2f} ms",
+        f"- p99 added at concurrency 64 over the floor: {t64['p99_ms'] - f64['p99_ms']:.2f} ms",
+        "",
+        "All three servers, the mock upstream and the load generator share this machine's 2 cores, so "
+        "absolute figures are noisy; the ratios come from one run of the same command.",
+    ]
+    print("\n".join(summary))
+    if args.write:
+        from mdreport import write_section
+
+        write_section("overhead", "Gateway overhead (issue 2)", f"python bench/overhead.py --requests {args.requests} --write",
+                      "\n".join(lines + summary))
+
+
+if __name__ == "__main__":
+    main()

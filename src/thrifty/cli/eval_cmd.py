@@ -1,0 +1,66 @@
+"""``thrifty eval``: judge a routing policy by the accuracy it keeps per dollar, on replayed outcomes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from thrifty.errors import InvalidRequestError
+
+
+def parse_sweep(value: str) -> tuple[float, ...]:
+    if value.strip().lower() in ("", "none", "off"):
+        return ()
+    try:
+        shares = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise InvalidRequestError(f"--sweep: expected comma-separated numbers like 0.05,0.1,0.2, got {value!r}") from None
+    if any(s <= 0 for s in shares):
+        raise InvalidRequestError("--sweep: every max cost share must be above 0")
+    return shares
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("eval")
+    def eval_(
+        data: str = typer.Option(..., "--data", help="Outcome file, folder of them, or dataset name (routerbench)."),
+        train: str | None = typer.Option(None, "--train", help="Fit the policy on this data, then judge on --data."),
+        policy: Path | None = typer.Option(None, "--policy", help="Policy YAML (routing section or thrifty config)."),
+        decisions: Path | None = typer.Option(None, "--decisions", help="Write one JSON line per prompt here."),
+        plot: Path | None = typer.Option(None, "--plot", help="Write the cost-quality frontier PNG here."),
+        as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
+        via_http: bool = typer.Option(False, "--via-http", help="Run through the gateway and replay over loopback."),
+        baseline: str = typer.Option("gpt-4-1106-preview", help="The model savings are measured against."),
+        max_cost_share: float | None = typer.Option(
+            None, "--max-cost-share", help="Fit the most accurate policy costing at most X times the baseline."),
+        folds: int = typer.Option(5, help="Folds of cross-validation when fitting without --train."),
+        no_fit: bool = typer.Option(False, "--no-fit", help="Use the policy exactly as written (no fitting)."),
+        sweep: str = typer.Option(
+            "0.02,0.05,0.1,0.2,0.35,0.6", help="Max cost shares re-fitted for the frontier ('none' to skip)."),
+        concurrency: int = typer.Option(32, help="Requests in flight at once."),
+        seed: int = typer.Option(0, help="Seed of the cross-validation split."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    ) -> None:
+        """Replay recorded outcomes of many LLMs through the real pipeline and score the policy."""
+        from thrifty.evaluation.evaluate import EvalOptions
+        from thrifty.evaluation.report import render_text, result_json, write_decisions, write_plot
+        from thrifty.evaluation.session import run_eval
+
+        if max_cost_share is not None and max_cost_share <= 0:
+            raise InvalidRequestError("--max-cost-share must be above 0")
+        options = EvalOptions(baseline=baseline, max_cost_share=max_cost_share, fit=not no_fit, folds=folds,
+                              seed=seed, sweep=parse_sweep(sweep), concurrency=concurrency, via_http=via_http,
+                              progress=not quiet and not as_json)
+        result = run_eval(data, train=train, policy=policy, options=options)
+        if decisions is not None:
+            write_decisions(result.decisions, decisions)
+        if plot is not None:
+            write_plot(result, plot)
+        if as_json:
+            typer.echo(result_json(result))
+            return
+        typer.echo(render_text(result))
+        for what, path in (("decisions", decisions), ("plot", plot)):
+            if path is not None:
+                typer.echo(f"{what} written to {path}")

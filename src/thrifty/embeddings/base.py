@@ -1,0 +1,69 @@
+"""The embedder interface and the factory that builds one from config."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from thrifty.errors import ConfigError
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Maps texts to L2-normalised float32 vectors (so a dot product is the cosine similarity)."""
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def name(self) -> str:
+        """A stable identifier of the model and its settings (stored next to vectors)."""
+        ...
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """An array of shape (len(texts), dim), dtype float32, each row of unit length (or zero)."""
+        ...
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm; all-zero rows stay zero (an empty text matches nothing)."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return (x / norms).astype(np.float32, copy=False)
+
+
+_KINDS = ("lexical", "minilm", "sentence")
+
+
+def build_embedder(spec: str | dict[str, Any] | None = None) -> Embedder:
+    """An embedder from a spec: ``"lexical"`` (default), ``"minilm"``/``"sentence"``, or a dict
+    ``{"kind": ..., **options}`` (lexical: dim, ngram_range, char_ngrams; sentence: model, device,
+    batch_size). Raises ``ConfigError`` for an unknown kind or a missing optional extra."""
+    if spec is None:
+        spec = "lexical"
+    opts: dict[str, Any]
+    if isinstance(spec, str):
+        kind, opts = spec, {}
+    elif isinstance(spec, dict):
+        opts = dict(spec)
+        kind = str(opts.pop("kind", "lexical"))
+    else:
+        raise ConfigError(f"embedder: expected a name or a mapping, got {type(spec).__name__}")
+    kind = kind.strip().lower()
+    if kind == "lexical":
+        from thrifty.embeddings.lexical import LexicalEmbedder
+
+        try:
+            return LexicalEmbedder(**opts)
+        except TypeError as exc:
+            raise ConfigError(f"embedder (lexical): {exc}") from None
+    if kind in ("minilm", "sentence", "all-minilm-l6-v2"):
+        from thrifty.embeddings.sentence import SentenceEmbedder
+
+        try:
+            return SentenceEmbedder(**opts)
+        except TypeError as exc:
+            raise ConfigError(f"embedder (sentence): {exc}") from None
+    raise ConfigError(f"embedder: unknown kind {kind!r} (expected one of {', '.join(_KINDS)})")

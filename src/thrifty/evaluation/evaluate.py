@@ -1,0 +1,208 @@
+"""``thrifty eval`` as a function: fit, replay through the pipeline, score, compare, sweep.
+
+How the policy's learned parts are fitted (so it is never judged on prompts it was fitted on):
+
+- ``train`` given: fitted once on ``train``, judged on all of ``data``;
+- otherwise (the default): k-fold cross-validation on ``data``: each fold's prompts are
+  answered by a policy fitted on the other folds;
+- ``fit=False``, or no fitter installed: the policy runs exactly as written.
+
+The budget sweep re-fits the policy with ``max_cost_share`` set to each value and replays again;
+its points, with the policy's own, trace the cost-quality frontier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from thrifty.errors import DataError
+from thrifty.evaluation import frontier
+from thrifty.evaluation.cv import kfold
+from thrifty.evaluation.dataset import Item, OutcomeSet
+from thrifty.evaluation.metrics import Decision, Row, aggregate, score_decisions
+from thrifty.evaluation.policy import (
+    FitFn,
+    GatewayFactory,
+    replay_config,
+    spec_max_cost_share,
+    standard_gateway,
+)
+from thrifty.evaluation.prices import derive_prices
+from thrifty.evaluation.reference import baseline_costs, reference_rows
+from thrifty.evaluation.runner import run_inprocess, run_via_http
+from thrifty.providers.replay import ReplayIndex
+
+DEFAULT_BASELINE = "gpt-4-1106-preview"
+DEFAULT_SWEEP = (0.02, 0.05, 0.1, 0.2, 0.35, 0.6)
+
+
+@dataclass
+class EvalOptions:
+    baseline: str = DEFAULT_BASELINE
+    max_cost_share: float | None = None
+    fit: bool = True
+    folds: int = 5
+    seed: int = 0
+    sweep: tuple[float, ...] = DEFAULT_SWEEP
+    concurrency: int = 32
+    via_http: bool = False
+    progress: bool = True
+
+
+@dataclass
+class EvalResult:
+    baseline: str
+    prompts: int
+    fitting: str
+    rows: list[Row]  # the policy first, then its sweep points, then the references
+    decisions: list[Decision]
+    figures: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def policy(self) -> Row:
+        return self.rows[0]
+
+    def row(self, name: str) -> Row:
+        for r in self.rows:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"baseline": self.baseline, "prompts": self.prompts, "fitting": self.fitting,
+                "rows": [r.to_json() for r in self.rows], "figures": self.figures, "timings_s": self.timings}
+
+
+class _Bar:
+    """A tqdm progress bar on stderr (silent when not a terminal or disabled)."""
+
+    def __init__(self, total: int, enabled: bool, desc: str) -> None:
+        self._bar: Any = None
+        if enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=desc, unit="prompt", leave=False, disable=None)
+
+    def __call__(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+class Evaluator:
+    def __init__(self, data: OutcomeSet, policy: dict[str, Any], options: EvalOptions, *,
+                 train: OutcomeSet | None = None, fit_fn: FitFn | None = None,
+                 gateway_factory: GatewayFactory = standard_gateway) -> None:
+        if options.baseline not in data.models:
+            raise DataError(f"baseline model {options.baseline!r} is not in the data "
+                            f"(models: {', '.join(data.models)}); pass --baseline")
+        self.data, self.train, self.policy, self.options = data, train, policy, options
+        self.fit_fn = fit_fn if options.fit else None
+        self.factory = gateway_factory
+        models = data.models + [m for m in (train.models if train else []) if m not in data.models]
+        self.models = models
+        # Prices only inform routers' estimates; billed cost is the recorded usage.cost.
+        self.prices = derive_prices(data if train is None else train.merged(data))
+        # The replay only ever sees the items with their scores stripped.
+        self.blind = [i.blind() for i in data.items]
+        self.index = ReplayIndex(OutcomeSet(self.blind, data.models))
+
+    @property
+    def fitting(self) -> str:
+        if self.fit_fn is None:
+            return "none (policy used as written)"
+        if self.train is not None:
+            return f"fitted once on --train ({len(self.train)} prompts)"
+        return f"{self.options.folds}-fold cross-validation on --data (seed {self.options.seed})"
+
+    def _fit(self, train: OutcomeSet, share: float | None) -> dict[str, Any]:
+        policy = dict(self.policy)
+        if self.fit_fn is not None:
+            policy["routing"] = self.fit_fn(train, max_cost_share=share, baseline=self.options.baseline,
+                                            spec=dict(self.policy.get("routing") or {}))
+        return policy
+
+    def _config(self, policy: dict[str, Any], base_url: str | None = None,
+                ledger_path: str | None = None) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"ledger_path": ledger_path}
+        if base_url:
+            kwargs["base_url"] = base_url
+        return replay_config(self.models, self.prices, self.options.baseline, policy, **kwargs)
+
+    def _run(self, policy: dict[str, Any], items: list[Item], bar: _Bar) -> list[Decision]:
+        if self.options.via_http:
+            return run_via_http(lambda url, ledger: self._config(policy, url, ledger), self.index, items,
+                                self.factory, concurrency=min(self.options.concurrency, 16), progress=bar)
+        return asyncio.run(run_inprocess(self._config(policy), self.index, items, self.factory,
+                                         concurrency=self.options.concurrency, progress=bar))
+
+    def decide(self, share: float | None, desc: str) -> list[Decision]:
+        """Decisions for every prompt of ``data`` by the policy fitted for ``share``."""
+        bar = _Bar(len(self.data), self.options.progress, desc)
+        try:
+            if self.fit_fn is None or self.train is not None:
+                policy = self._fit(self.train, share) if self.train is not None else self.policy
+                return self._run(policy, self.blind, bar)
+            by_key: dict[tuple[str, int], Decision] = {}
+            for train_idx, test_idx in kfold(self.data, self.options.folds, self.options.seed):
+                policy = self._fit(self.data.subset(train_idx), share)
+                for d in self._run(policy, [self.blind[i] for i in test_idx], bar):
+                    by_key[(d.file, d.row)] = d
+            return [by_key[i.key] for i in self.blind]
+        finally:
+            bar.close()
+
+    def run(self) -> EvalResult:
+        opts = self.options
+        timings: dict[str, float] = {}
+        base = baseline_costs(self.data, opts.baseline)
+        share = opts.max_cost_share if opts.max_cost_share is not None else spec_max_cost_share(self.policy)
+        t0 = time.perf_counter()
+        decisions = self.decide(share, "thrifty eval")
+        timings["policy"] = time.perf_counter() - t0
+        # Scores are read from here on, after every decision above is final.
+        rows = [aggregate("thrifty", "policy", score_decisions(decisions, self.data), base, self.fitting)]
+        if self.fit_fn is not None:
+            t1 = time.perf_counter()
+            for s in opts.sweep:
+                if share is not None and abs(s - share) < 1e-12:
+                    continue
+                sweep = self.decide(s, f"sweep ≤{s:g}x")
+                rows.append(aggregate(f"thrifty ≤{s:g}x", "sweep", score_decisions(sweep, self.data), base,
+                                      f"max_cost_share={s:g}"))
+            timings["sweep"] = time.perf_counter() - t1
+        rows.extend(reference_rows(self.data, opts.baseline))
+        return EvalResult(opts.baseline, len(self.data), self.fitting, rows, decisions,
+                          figures(rows, opts.baseline), timings)
+
+
+def figures(rows: list[Row], baseline: str) -> dict[str, Any]:
+    """Frontier points, AIQ of thrifty / of the models alone / of the oracle, and costs to reach."""
+    models = [r for r in rows if r.kind == "model"]
+    pt: Callable[[Row], tuple[float, float]] = lambda r: (r.overall.cost_share or 0.0, r.overall.accuracy)  # noqa: E731
+    cheapest = min(models, key=lambda r: r.overall.cost)
+    c_min = min(pt(r)[0] for r in models)
+    c_max = max(pt(r)[0] for r in models)
+    ours = [pt(r) for r in rows if r.kind in ("policy", "sweep")]
+    oracle = [pt(r) for r in rows if r.name == "oracle"]
+    base = next(r for r in models if r.name == f"always {baseline}")
+    target = base.overall.accuracy
+    return {
+        "points": sorted(ours),
+        "frontier": frontier.upper_hull([*ours, pt(cheapest)]),
+        "cost_range": [c_min, c_max],
+        "aiq": frontier.aiq([*ours, pt(cheapest)], c_min, c_max),
+        "aiq_models_only": frontier.aiq([pt(r) for r in models], c_min, c_max),
+        "aiq_oracle": frontier.aiq([*oracle, pt(cheapest)], c_min, c_max),
+        "baseline_accuracy": target,
+        "cost_share_to_baseline_accuracy": frontier.cost_to_reach(ours, target),
+        "cost_share_to_95pct_baseline_accuracy": frontier.cost_to_reach(ours, 0.95 * target),
+    }

@@ -1,0 +1,56 @@
+"""Per-token prices implied by recorded costs, for the replay catalog.
+
+Evaluated calls are billed with the recorded dollars (``usage.cost``), so prices never change a
+result's cost. The catalog still needs prices for what routers and cascades *estimate* before
+calling (cheapest-first ordering, budget guards), so each model gets the input and output
+prices (USD per million tokens) that best explain its recorded costs: a non-negative least
+squares fit of cost against counted prompt and completion tokens, on a fixed sample of rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from thrifty.evaluation.dataset import OutcomeSet
+from thrifty.tokens import count_messages, count_text
+
+_M = 1_000_000.0
+
+
+def derive_prices(data: OutcomeSet, sample: int = 200) -> dict[str, dict[str, float]]:
+    """``{model: {"input": usd_per_m, "output": usd_per_m}}`` for every model with recorded costs."""
+    step = max(1, len(data) // sample)
+    rows = data.items[::step][:sample]
+    prompt_tokens = [count_messages(i.messages) for i in rows]
+    prices: dict[str, dict[str, float]] = {}
+    for model in data.models:
+        xs, ys = [], []
+        for item, pt in zip(rows, prompt_tokens, strict=True):
+            out = item.outcomes.get(model)
+            if out is None or out.cost is None:
+                continue
+            usage = out.usage or {}
+            p = int(usage.get("prompt_tokens") or pt)
+            c = int(usage.get("completion_tokens") or count_text(out.response))
+            xs.append((p, c))
+            ys.append(out.cost)
+        if not xs or sum(ys) <= 0:
+            continue
+        prices[model] = _fit(np.array(xs, dtype=float), np.array(ys, dtype=float))
+    return prices
+
+
+def _fit(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    try:
+        from scipy.optimize import nnls
+
+        coef, _ = nnls(x, y)
+    except Exception:  # scipy missing or a degenerate sample: fall back to one blended price
+        coef = np.array([0.0, 0.0])
+    if coef.sum() <= 0:
+        blended = float(y.sum() / max(1.0, x.sum()))
+        coef = np.array([blended, blended])
+    inp, outp = float(coef[0]) * _M, float(coef[1]) * _M
+    # A model whose fit gives one side zero (e.g. flat per-call pricing) still gets a usable figure.
+    floor = max(inp, outp) * 1e-3
+    return {"input": round(max(inp, floor), 6), "output": round(max(outp, floor), 6)}

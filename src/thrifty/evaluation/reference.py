@@ -1,0 +1,79 @@
+"""Reference rows computed straight from the data, on the same prompts a policy is judged on.
+
+- every single model ("always M");
+- random routing: each prompt sent to a model drawn uniformly (its expected accuracy and cost,
+  so no seed makes it look better or worse);
+- the best per-task static choice: per task, the most accurate model on these prompts (ties go to
+  the cheaper one). It looks at the scores of the very prompts it is judged on, so it is an
+  upper bound for any "one model per task" policy, not a policy;
+- the oracle: per prompt, the cheapest model with the best score (the cheapest correct one when
+  any is correct). No router can beat it; it is the limit.
+"""
+
+from __future__ import annotations
+
+from thrifty.evaluation.dataset import Item, OutcomeSet
+from thrifty.evaluation.metrics import ItemResult, Row, aggregate, task_of
+
+
+def baseline_costs(data: OutcomeSet, baseline: str) -> list[float]:
+    return [item.cost(baseline) for item in data.items]
+
+
+def _single(item: Item, model: str) -> ItemResult:
+    return ItemResult(task_of(item), item.scores.get(model, 0.0), item.cost(model), 1)
+
+
+def single_model_rows(data: OutcomeSet, baseline: str) -> list[Row]:
+    base = baseline_costs(data, baseline)
+    return [aggregate(f"always {m}", "model", [_single(i, m) for i in data.items], base) for m in data.models]
+
+
+def random_row(data: OutcomeSet, baseline: str) -> Row:
+    results = []
+    for item in data.items:
+        models = [m for m in data.models if m in item.outcomes]
+        n = len(models) or 1
+        results.append(ItemResult(task_of(item), sum(item.scores.get(m, 0.0) for m in models) / n,
+                                  sum(item.cost(m) for m in models) / n, 1))
+    return aggregate("random routing", "reference", results, baseline_costs(data, baseline),
+                     "expected value of a uniform random model per prompt")
+
+
+def best_static_choice(data: OutcomeSet) -> dict[str, str]:
+    """Per task, the model with the highest mean score (ties: the lower total cost)."""
+    choice: dict[str, str] = {}
+    by_task: dict[str, list[Item]] = {}
+    for item in data.items:
+        by_task.setdefault(task_of(item), []).append(item)
+    for task, items in by_task.items():
+        def key(m: str, items: list[Item] = items) -> tuple[float, float]:
+            return (-sum(i.scores.get(m, 0.0) for i in items), sum(i.cost(m) for i in items))
+
+        choice[task] = min(data.models, key=key)
+    return choice
+
+
+def best_static_row(data: OutcomeSet, baseline: str) -> Row:
+    choice = best_static_choice(data)
+    results = [_single(i, choice[task_of(i)]) for i in data.items]
+    picks = ", ".join(f"{t}: {m}" for t, m in sorted(choice.items()))
+    return aggregate("best per-task model", "reference", results, baseline_costs(data, baseline),
+                     f"in-sample: {picks}")
+
+
+def oracle_model(item: Item, models: list[str]) -> str:
+    present = [m for m in models if m in item.outcomes] or models
+    best = max(item.scores.get(m, 0.0) for m in present)
+    return min((m for m in present if item.scores.get(m, 0.0) >= best), key=item.cost)
+
+
+def oracle_row(data: OutcomeSet, baseline: str) -> Row:
+    results = [_single(i, oracle_model(i, data.models)) for i in data.items]
+    return aggregate("oracle", "reference", results, baseline_costs(data, baseline),
+                     "cheapest best-scoring model per prompt: the limit")
+
+
+def reference_rows(data: OutcomeSet, baseline: str) -> list[Row]:
+    return [oracle_row(data, baseline), best_static_row(data, baseline), random_row(data, baseline),
+            *single_model_rows(data, baseline)]

@@ -1,0 +1,58 @@
+"""The ``gateway.authenticate`` hook: a request needs a valid, unrevoked virtual key.
+
+Keys are read from ``Authorization: Bearer <key>`` (what OpenAI SDKs send) or ``x-api-key``.
+The key itself is never logged or echoed; errors name the key id at most.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from starlette.requests import Request
+
+from thrifty.errors import AuthenticationError, PermissionDeniedError
+from thrifty.ops.keys import KeyStore
+from thrifty.types import ChatRequest
+
+
+def bearer_token(request: Request) -> str:
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return request.headers.get("x-api-key", "").strip()
+
+
+class Authenticator:
+    def __init__(self, keys: KeyStore, on_failure: Callable[[str], None] | None = None) -> None:
+        self.keys = keys
+        self.on_failure = on_failure  # metrics: count refusals by reason
+
+    async def __call__(self, request: Request, chat: ChatRequest) -> tuple[str, str]:
+        """(key_id, tenant) for the request; the key id is also its cache scope."""
+        token = bearer_token(request)
+        if not token:
+            self._failed("missing")
+            raise AuthenticationError(
+                "Missing API key: send 'Authorization: Bearer <virtual key>' (create one with `thrifty keys create`).")
+        key = await self.keys.afind(token)
+        if key is None:
+            self._failed("invalid")
+            raise AuthenticationError("Invalid API key.")
+        if not key.active:
+            self._failed("revoked")
+            raise AuthenticationError(f"API key {key.key_id} has been revoked.", code="key_revoked")
+        wanted = [chat.model]
+        route = request.headers.get("x-thrifty-route")
+        if route:
+            wanted.append(f"route:{route}")
+        for name in wanted:
+            if not key.allows(name):
+                self._failed("route")
+                raise PermissionDeniedError(
+                    f"Key {key.key_id} may not use {name!r}; it is limited to: {', '.join(key.routes)}.",
+                    param="model", code="model_not_allowed")
+        return key.key_id, key.key_id
+
+    def _failed(self, reason: str) -> None:
+        if self.on_failure is not None:
+            self.on_failure(reason)

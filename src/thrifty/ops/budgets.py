@@ -1,0 +1,70 @@
+"""Stage: enforce a virtual key's budget and rate limits around the rest of the pipeline.
+
+Before the request runs, its cost is estimated (prompt tokens counted offline + max_tokens, or
+``auth.default_completion_tokens``, priced at the requested model, or at the baseline model for
+``auto``/routes since the plan is not known yet) and reserved atomically with the rate-limit
+counters (see ratelimit.py). When the request is completely finished (after a stream's last
+chunk, or on failure) the reservation is settled with what it really spent (``ctx.cost_usd``).
+A refused request raises RateLimitError/BudgetExceededError: an OpenAI-style 429.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from thrifty.catalog import Catalog
+from thrifty.cost import estimate_cost
+from thrifty.ops.keys import KeyStore
+from thrifty.ops.ratelimit import Limiter, Ticket
+from thrifty.pipeline.context import Handler, RequestContext
+from thrifty.tokens import count_messages
+from thrifty.types import ChatRequest
+
+log = logging.getLogger("thrifty.ops")
+
+
+class BudgetStage:
+    def __init__(self, keys: KeyStore, limiter: Limiter, catalog: Catalog, default_completion_tokens: int = 512) -> None:
+        self.keys = keys
+        self.limiter = limiter
+        self.catalog = catalog
+        self.default_completion_tokens = default_completion_tokens
+
+    async def __call__(self, ctx: RequestContext, call_next: Handler) -> None:
+        key = await self.keys.aget(ctx.key_id) if ctx.key_id else None
+        if key is None or (key.budget_usd is None and key.rpm is None and key.tpm is None):
+            await call_next(ctx)
+            return
+        est_tokens, est_cost = self.estimate(ctx.request)
+        ticket = await self.limiter.admit(key, est_cost, est_tokens, time.time())
+        ctx.scratch["budget_ticket"] = ticket
+
+        async def settle(done: RequestContext) -> None:
+            await self.settle(done, ticket)
+
+        # The ledger stage runs finalizers exactly once, when the request has completely ended
+        # (success, failure, or the last chunk of a stream), so the reservation is always released.
+        ctx.finalizers.append(settle)
+        await call_next(ctx)
+
+    def estimate(self, request: ChatRequest) -> tuple[int, float]:
+        """(tokens, USD) to reserve for ``request`` before it runs."""
+        params: dict[str, Any] = request.params
+        prompt = count_messages(request.messages, params.get("tools"))
+        limit = params.get("max_completion_tokens") or params.get("max_tokens")
+        completion = limit if isinstance(limit, int) and limit > 0 else self.default_completion_tokens
+        n = params.get("n")
+        if isinstance(n, int) and n > 1:
+            completion *= n
+        info = self.catalog.get(request.model) or self.catalog.baseline
+        cost = estimate_cost(prompt, completion, info.price if info else None)
+        return prompt + completion, cost or 0.0
+
+    async def settle(self, ctx: RequestContext, ticket: Ticket) -> None:
+        cost = ctx.cost_usd if ctx.cost_usd is not None else ctx.spent_usd()
+        if cost is None:
+            cost = ticket.est_cost  # an unknown price: count what we reserved rather than nothing
+        tokens = sum(a.usage.prompt_tokens + a.usage.completion_tokens for a in ctx.attempts)
+        await self.limiter.settle(ticket, cost, tokens)

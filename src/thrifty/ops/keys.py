@@ -1,0 +1,205 @@
+"""Virtual API keys: created once, shown once, stored only as an HMAC-SHA256 hash.
+
+A key looks like ``thr-<43 url-safe chars>`` (256 random bits; the ``thr-`` shape is masked by
+thrifty.redact in every log line and error). The ledger database holds its hash, keyed with a
+secret salt (``auth.key_salt``, or a random per-install salt stored in ``ops_settings`` on
+first use), so a copy of the database alone cannot be used to test guessed keys offline.
+Keys, budgets and limits live in the ledger database, so every instance using the same
+PostgreSQL ledger sees the same keys; each instance caches lookups for ``key_cache_ttl_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from thrifty.errors import InvalidRequestError, NotFoundError
+from thrifty.ledger.store import SQLStore
+
+KEY_PREFIX = "thr-"
+PERIODS = ("day", "month")
+_CACHE_MAX = 10_000
+_COLUMNS = "key_id, name, key_prefix, budget_usd, period, rpm, tpm, routes, created_at, revoked_at"
+
+
+@dataclass(frozen=True)
+class VirtualKey:
+    key_id: str
+    name: str
+    key_prefix: str  # the first characters, to recognise a key in listings
+    budget_usd: float | None
+    period: str  # day | month (UTC)
+    rpm: int | None
+    tpm: int | None
+    routes: tuple[str, ...]  # allowed models/routes (glob patterns); empty = any
+    created_at: float
+    revoked_at: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+    def allows(self, model: str) -> bool:
+        return not self.routes or any(fnmatch.fnmatchcase(model, pattern) for pattern in self.routes)
+
+    def public(self) -> dict[str, Any]:
+        """What listings show (never the key or its hash)."""
+        out = asdict(self)
+        out["routes"] = list(self.routes)
+        out["active"] = self.active
+        return out
+
+
+def new_secret() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(secret: str, salt: str) -> str:
+    return hmac.new(salt.encode(), secret.encode(), hashlib.sha256).hexdigest()
+
+
+def validate_limits(
+    name: str, budget_usd: float | None, period: str, rpm: int | None, tpm: int | None, routes: list[str] | None
+) -> None:
+    if not name or not name.strip():
+        raise InvalidRequestError("a key needs a non-empty name", param="name")
+    if period not in PERIODS:
+        raise InvalidRequestError(f"period must be day or month, got {period!r}", param="period")
+    if budget_usd is not None and not budget_usd > 0:
+        raise InvalidRequestError(f"budget_usd must be positive, got {budget_usd}", param="budget_usd")
+    for label, value in (("rpm", rpm), ("tpm", tpm)):
+        if value is not None and value < 1:
+            raise InvalidRequestError(f"{label} must be at least 1, got {value}", param=label)
+    for r in routes or []:
+        if not isinstance(r, str) or not r.strip():
+            raise InvalidRequestError("routes must be non-empty model or route names", param="routes")
+
+
+class KeyStore:
+    """Keys in the ledger database. Sync methods (CLI, worker threads); ``a*`` ones for the loop."""
+
+    def __init__(self, store: SQLStore, *, salt: str | None = None, cache_ttl_s: float = 5.0) -> None:
+        self.store = store
+        self._salt = salt
+        self.cache_ttl_s = cache_ttl_s
+        self._by_hash: dict[str, tuple[float, VirtualKey | None]] = {}
+        self._by_id: dict[str, tuple[float, VirtualKey | None]] = {}
+
+    def salt(self) -> str:
+        if self._salt is None:
+            fresh = secrets.token_hex(32)
+            # Whoever inserts first wins; every instance then reads the same salt.
+            self.store.execute("INSERT INTO ops_settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                               ("key_salt", fresh))
+            rows = self.store.query("SELECT value FROM ops_settings WHERE name = ?", ("key_salt",))
+            self._salt = str(rows[0][0])
+        return self._salt
+
+    def create(
+        self,
+        name: str,
+        *,
+        budget_usd: float | None = None,
+        period: str = "month",
+        rpm: int | None = None,
+        tpm: int | None = None,
+        routes: list[str] | None = None,
+    ) -> tuple[VirtualKey, str]:
+        """A new key and its secret (the only time the secret exists outside the client)."""
+        validate_limits(name, budget_usd, period, rpm, tpm, routes)
+        secret = new_secret()
+        key = VirtualKey(
+            key_id="key_" + secrets.token_hex(6),
+            name=name.strip(),
+            key_prefix=secret[:8],
+            budget_usd=budget_usd,
+            period=period,
+            rpm=rpm,
+            tpm=tpm,
+            routes=tuple(r.strip() for r in routes or []),
+            created_at=time.time(),
+        )
+        self.store.execute(
+            "INSERT INTO virtual_keys (key_id, name, key_hash, key_prefix, budget_usd, period, rpm, tpm, routes,"
+            " created_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+            (key.key_id, key.name, hash_key(secret, self.salt()), key.key_prefix, budget_usd, period, rpm, tpm,
+             json.dumps(list(key.routes)), key.created_at),
+        )
+        return key, secret
+
+    def list(self, *, include_revoked: bool = True) -> list[VirtualKey]:
+        where = "" if include_revoked else " WHERE revoked_at IS NULL"
+        return [_row(r) for r in self.store.query(f"SELECT {_COLUMNS} FROM virtual_keys{where} ORDER BY created_at")]
+
+    def get(self, key_id: str) -> VirtualKey | None:
+        rows = self.store.query(f"SELECT {_COLUMNS} FROM virtual_keys WHERE key_id = ?", (key_id,))
+        return _row(rows[0]) if rows else None
+
+    def find(self, secret: str) -> VirtualKey | None:
+        rows = self.store.query(f"SELECT {_COLUMNS} FROM virtual_keys WHERE key_hash = ?",
+                                (hash_key(secret, self.salt()),))
+        return _row(rows[0]) if rows else None
+
+    def revoke(self, key_id: str) -> VirtualKey:
+        n = self.store.execute("UPDATE virtual_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
+                               (time.time(), key_id))
+        key = self.get(key_id)
+        if key is None:
+            raise NotFoundError(f"no key with id {key_id!r}", code="key_not_found")
+        if n == 0 and key.revoked_at is None:  # pragma: no cover - concurrent un-revoke does not exist
+            raise NotFoundError(f"key {key_id!r} could not be revoked", code="key_not_found")
+        self._by_id.pop(key_id, None)
+        self._by_hash = {h: v for h, v in self._by_hash.items() if v[1] is None or v[1].key_id != key_id}
+        return key
+
+    def spent_since(self, key_id: str, since: float) -> float:
+        rows = self.store.query("SELECT COALESCE(SUM(cost_usd), 0) FROM requests WHERE key_id = ? AND ts >= ?",
+                                (key_id, since))
+        return float(rows[0][0] or 0.0)
+
+    # Async, cached lookups for the request path (the store is synchronous: run it off the loop).
+    async def afind(self, secret: str) -> VirtualKey | None:
+        if self._salt is None:
+            await asyncio.to_thread(self.salt)
+        h = hash_key(secret, self.salt())
+        hit = self._by_hash.get(h)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        key = await asyncio.to_thread(self.find, secret)
+        if len(self._by_hash) > _CACHE_MAX:  # random wrong keys must not grow memory forever
+            self._by_hash.clear()
+        self._by_hash[h] = (time.monotonic() + self.cache_ttl_s, key)
+        if key is not None:
+            self._by_id[key.key_id] = (time.monotonic() + self.cache_ttl_s, key)
+        return key
+
+    async def aget(self, key_id: str) -> VirtualKey | None:
+        hit = self._by_id.get(key_id)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        key = await asyncio.to_thread(self.get, key_id)
+        self._by_id[key_id] = (time.monotonic() + self.cache_ttl_s, key)
+        return key
+
+
+def _row(r: tuple[Any, ...]) -> VirtualKey:
+    key_id, name, prefix, budget, period, rpm, tpm, routes, created, revoked = r
+    return VirtualKey(
+        key_id=str(key_id),
+        name=str(name),
+        key_prefix=str(prefix),
+        budget_usd=float(budget) if budget is not None else None,
+        period=str(period),
+        rpm=int(rpm) if rpm is not None else None,
+        tpm=int(tpm) if tpm is not None else None,
+        routes=tuple(json.loads(routes)) if routes else (),
+        created_at=float(created),
+        revoked_at=float(revoked) if revoked is not None else None,
+    )

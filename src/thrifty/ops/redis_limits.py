@@ -1,0 +1,151 @@
+"""Budgets and rate limits shared by many gateway instances: Redis, one Lua script per step.
+
+Each request costs two round trips: ADMIT checks rpm, tpm and the budget and, only if all
+pass, counts the request and reserves its estimate; SETTLE swaps the estimate for the real
+cost and tokens. Redis runs a script atomically, so concurrent instances can never both take
+the last of a budget. The same rule as the in-process limiter (ratelimit.py).
+
+Keys (``<prefix>`` is ``auth.redis_prefix``):
+  <prefix>:budget:<key_id>:<period>   hash {spent, reserved}; expires a day after the period
+  <prefix>:rpm:<key_id>:<minute>      requests in that minute window; expires after 2 minutes
+  <prefix>:tpm:<key_id>:<minute>      tokens in that minute window; expires after 2 minutes
+A budget hash that does not exist yet (first request of a period, or Redis was emptied) is
+seeded from the ledger's recorded spend for the period before it is used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from thrifty.errors import StorageError
+from thrifty.ops.keys import VirtualKey
+from thrifty.ops.ratelimit import Seed, Ticket, Usage, period_of, refuse, window_of
+from thrifty.redact import redact
+
+# ARGV: budget (-1: none), est_cost, rpm (-1), tpm (-1), est_tokens, budget_ttl, seed (-1: unknown)
+ADMIT = """
+local budget = tonumber(ARGV[1])
+local est = tonumber(ARGV[2])
+local rpm = tonumber(ARGV[3])
+local tpm = tonumber(ARGV[4])
+local etok = tonumber(ARGV[5])
+if budget >= 0 and redis.call('EXISTS', KEYS[1]) == 0 then
+  if tonumber(ARGV[7]) < 0 then return {'seed', '0', '0', '0', '0'} end
+  redis.call('HSET', KEYS[1], 'spent', ARGV[7], 'reserved', '0')
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
+end
+local n = tonumber(redis.call('GET', KEYS[2]) or '0')
+local t = tonumber(redis.call('GET', KEYS[3]) or '0')
+local spent = 0
+local reserved = 0
+if budget >= 0 then
+  spent = tonumber(redis.call('HGET', KEYS[1], 'spent') or '0')
+  reserved = tonumber(redis.call('HGET', KEYS[1], 'reserved') or '0')
+end
+local verdict = 'ok'
+if rpm >= 0 and n >= rpm then
+  verdict = 'rpm'
+elseif tpm >= 0 and (t >= tpm or (t > 0 and t + etok > tpm)) then
+  verdict = 'tpm'
+elseif budget >= 0 and spent + reserved + est > budget then
+  verdict = 'budget'
+end
+if verdict == 'ok' then
+  if budget >= 0 then redis.call('HINCRBYFLOAT', KEYS[1], 'reserved', ARGV[2]) end
+  if rpm >= 0 then redis.call('INCR', KEYS[2]); redis.call('EXPIRE', KEYS[2], 120) end
+  if tpm >= 0 then redis.call('INCRBY', KEYS[3], etok); redis.call('EXPIRE', KEYS[3], 120) end
+end
+return {verdict, tostring(spent), tostring(reserved), tostring(n), tostring(t)}
+"""
+
+# ARGV: cost, -est_cost, token correction, has_budget, has_tpm
+SETTLE = """
+if ARGV[4] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HINCRBYFLOAT', KEYS[1], 'spent', ARGV[1])
+  local r = tonumber(redis.call('HINCRBYFLOAT', KEYS[1], 'reserved', ARGV[2]))
+  if r < 1e-12 then redis.call('HSET', KEYS[1], 'reserved', '0') end
+end
+if ARGV[5] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then
+  local t = redis.call('INCRBY', KEYS[2], ARGV[3])
+  if t < 0 then redis.call('SET', KEYS[2], '0', 'KEEPTTL') end
+end
+return 1
+"""
+
+
+def _num(x: float) -> str:
+    # Fixed-point: Lua's tonumber and HINCRBYFLOAT both read it, and the same string is
+    # reserved and released so no rounding residue accumulates.
+    return f"{x:.12f}"
+
+
+class RedisLimiter:
+    def __init__(self, url: str, seed: Seed, *, prefix: str = "thrifty", client: Any = None) -> None:
+        import redis.asyncio as aioredis
+
+        self._client = client or aioredis.from_url(url)
+        self._seed = seed
+        self._prefix = prefix
+        self._admit = self._client.register_script(ADMIT)
+        self._settle = self._client.register_script(SETTLE)
+
+    def _keys(self, key_id: str, period_id: str, window: int) -> list[str]:
+        p = self._prefix
+        return [f"{p}:budget:{key_id}:{period_id}", f"{p}:rpm:{key_id}:{window}", f"{p}:tpm:{key_id}:{window}"]
+
+    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await script(keys=keys, args=args)
+        except Exception as exc:
+            # Fail closed: without the shared counters a budget cannot be enforced.
+            raise StorageError(f"budget store (Redis) unavailable: {redact(str(exc))}") from None
+
+    async def admit(self, key: VirtualKey, est_cost: float, est_tokens: int, now: float) -> Ticket:
+        period = period_of(key.period, now)
+        window = window_of(now)
+        keys = self._keys(key.key_id, period.id, window)
+        ttl = int(period.end - now) + 86400
+        args = [
+            _num(key.budget_usd) if key.budget_usd is not None else "-1", _num(est_cost),
+            key.rpm if key.rpm is not None else -1, key.tpm if key.tpm is not None else -1,
+            est_tokens, ttl, "-1",
+        ]
+        reply = await self._call(self._admit, keys, args)
+        if _s(reply[0]) == "seed":
+            args[-1] = _num(await self._seed(key.key_id, period.start))
+            reply = await self._call(self._admit, keys, args)
+        verdict = _s(reply[0])
+        if verdict != "ok":
+            raise refuse(verdict, key, now, spent=float(_s(reply[1])), est_cost=est_cost)
+        return Ticket(key.key_id, period.id, window, est_cost, est_tokens, key.budget_usd is not None,
+                      key.tpm is not None)
+
+    async def settle(self, ticket: Ticket, cost: float, tokens: int) -> None:
+        if ticket.settled:
+            return
+        ticket.settled = True
+        budget_key, _, tpm_key = self._keys(ticket.key_id, ticket.period_id, ticket.window)
+        await self._call(self._settle, [budget_key, tpm_key], [
+            _num(cost), "-" + _num(ticket.est_cost), tokens - ticket.est_tokens,
+            "1" if ticket.has_budget else "0", "1" if ticket.has_tpm else "0",
+        ])
+
+    async def usage(self, key: VirtualKey, now: float) -> Usage:
+        period = period_of(key.period, now)
+        budget_key, rpm_key, tpm_key = self._keys(key.key_id, period.id, window_of(now))
+        try:
+            spent, reserved = await self._client.hmget(budget_key, ["spent", "reserved"])
+            n, t = await self._client.mget([rpm_key, tpm_key])
+        except Exception as exc:
+            raise StorageError(f"budget store (Redis) unavailable: {redact(str(exc))}") from None
+        if spent is None:
+            spent = await self._seed(key.key_id, period.start)
+        return Usage(period.id, float(spent), float(reserved or 0), int(n or 0), int(t or 0))
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+

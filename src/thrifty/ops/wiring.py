@@ -1,0 +1,83 @@
+"""Attach operations to a Gateway: metrics, request logs, dashboard, and (when ``auth.enabled``)
+virtual keys, budgets, rate limits and the admin API. Everything hooks in through the
+gateway's extension points (observers, extra_routes, authenticate, one pipeline stage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from thrifty.errors import ConfigError
+from thrifty.ledger.store import SQLStore, open_store
+from thrifty.logs import request_logger
+from thrifty.ops.admin import admin_routes
+from thrifty.ops.auth import Authenticator
+from thrifty.ops.budgets import BudgetStage
+from thrifty.ops.config import AuthConfig
+from thrifty.ops.keys import KeyStore
+from thrifty.ops.ratelimit import Limiter, MemoryLimiter, Seed
+from thrifty.server.dashboard import dashboard_routes
+from thrifty.server.metrics import Metrics
+
+if TYPE_CHECKING:
+    from thrifty.gateway import Gateway
+
+
+class Ops:
+    """What operations added to one gateway (closed with it)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        config = gateway.config
+        auth: AuthConfig = config.auth
+        ledger = gateway.ledger
+        self.metrics = Metrics(ledger_failures=(lambda: float(ledger.failed_batches)) if ledger else None)
+        gateway.observers.append(self.metrics.observe)
+        gateway.observers.append(request_logger(config.server.log_prompts))
+        gateway.extra_routes.append(self.metrics.route())
+        # Keys and the dashboard read the ledger database on their own connection, so they
+        # never wait behind the writer thread's batches.
+        self.store: SQLStore | None = None
+        if config.ledger.enabled:
+            self.store = open_store(config.resolve_path(config.ledger.path), config.ledger.dsn)
+        gateway.extra_routes.extend(dashboard_routes(self.store, admin_key=auth.admin_key, require_admin=auth.enabled))
+        self.keys: KeyStore | None = None
+        self.limiter: Limiter | None = None
+        self.budget_stage: BudgetStage | None = None
+        if self.store is not None:
+            self.keys = KeyStore(self.store, salt=auth.key_salt, cache_ttl_s=auth.key_cache_ttl_s)
+        if auth.enabled:
+            if self.keys is None:
+                raise ConfigError("auth.enabled: virtual keys live in the ledger database; enable the ledger")
+            self.limiter = build_limiter(auth, config.redis_url, self.keys)
+            self.budget_stage = BudgetStage(self.keys, self.limiter, gateway.catalog, auth.default_completion_tokens)
+            gateway.authenticate = Authenticator(self.keys, self.metrics.auth_failed)
+        if self.keys is not None and auth.admin_key:
+            limiter = self.limiter or MemoryLimiter(_seeder(self.keys))
+            gateway.extra_routes.extend(admin_routes(self.keys, limiter, auth.admin_key))
+
+    async def aclose(self) -> None:
+        if self.limiter is not None:
+            await self.limiter.aclose()
+        if self.store is not None:
+            await asyncio.to_thread(self.store.close)
+
+
+def _seeder(keys: KeyStore) -> Seed:
+    async def seed(key_id: str, since: float) -> float:
+        return await asyncio.to_thread(keys.spent_since, key_id, since)
+
+    return seed
+
+
+def build_limiter(auth: AuthConfig, redis_url: str | None, keys: KeyStore) -> Limiter:
+    backend = auth.backend
+    if backend == "auto":
+        backend = "redis" if redis_url else "memory"
+    if backend == "redis":
+        if not redis_url:
+            raise ConfigError("auth.backend: redis needs redis_url to be set")
+        from thrifty.ops.redis_limits import RedisLimiter
+
+        return RedisLimiter(redis_url, _seeder(keys), prefix=auth.redis_prefix)
+    return MemoryLimiter(_seeder(keys))

@@ -1,0 +1,150 @@
+"""``GET /dashboard``: a self-contained spend page (no CDN), and ``/dashboard/data`` behind it.
+
+The data are aggregate queries over the ledger's ``requests`` table for a period (24h, 7d,
+30d, 90d or all): spend against the baseline over time, savings per strategy, tier mix,
+escalation and cache hit rates, top tasks and keys. When ``auth.enabled`` the data need the
+admin key (the page asks for it and keeps it in the browser's session storage only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from importlib import resources
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from thrifty.errors import InvalidRequestError, NotFoundError, ThriftyError
+from thrifty.ledger.store import SQLiteStore, SQLStore
+from thrifty.ops.admin import check_admin
+from thrifty.pipeline.context import new_request_id
+
+PERIODS: dict[str, tuple[float | None, int]] = {  # name -> (seconds back, bucket seconds)
+    "24h": (86400, 3600),
+    "7d": (7 * 86400, 6 * 3600),
+    "30d": (30 * 86400, 86400),
+    "90d": (90 * 86400, 86400),
+    "all": (None, 86400),
+}
+STRATEGIES = ("routing", "cascade", "cache", "compression", "batching", "passthrough")
+_ASSETS = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
+# A row's saving: what the baseline would have cost minus what it cost (a cache hit with no
+# baseline figure counts what the cache says it saved).
+_SAVED = ("CASE WHEN status <> 'ok' THEN 0 WHEN baseline_cost_usd IS NULL THEN cache_saved_usd "
+          "ELSE baseline_cost_usd - COALESCE(cost_usd, 0) END")
+
+
+def _bucket_sql(store: SQLStore, seconds: int) -> str:
+    # SQLite's CAST truncates; PostgreSQL's rounds, so it needs FLOOR (absent from some SQLite builds).
+    if isinstance(store, SQLiteStore):
+        return f"CAST(ts / {seconds} AS INTEGER)"
+    return f"CAST(FLOOR(ts / {seconds}) AS BIGINT)"
+
+
+def dashboard_data(store: SQLStore, period: str = "7d", now: float | None = None) -> dict[str, Any]:
+    """Everything the page draws, for one period."""
+    if period not in PERIODS:
+        raise InvalidRequestError(f"period must be one of {', '.join(PERIODS)}, got {period!r}", param="period")
+    now = time.time() if now is None else now
+    back, bucket = PERIODS[period]
+    since = now - back if back is not None else 0.0
+    q = store.query
+    (n, errors, spend, base, saved, hits, lookups, cascades, escalated, escalations, comp, pt, ct), = q(f"""
+        SELECT COUNT(*), COALESCE(SUM(CASE WHEN status = 'ok' THEN 0 ELSE 1 END), 0),
+               COALESCE(SUM(cost_usd), 0),
+               COALESCE(SUM(CASE WHEN status = 'ok' THEN baseline_cost_usd ELSE 0 END), 0),
+               COALESCE(SUM({_SAVED}), 0),
+               COALESCE(SUM(CASE WHEN cache_status = 'hit' THEN 1 ELSE 0 END), 0),
+               COALESCE(SUM(CASE WHEN cache_status IN ('hit', 'miss') THEN 1 ELSE 0 END), 0),
+               COALESCE(SUM(CASE WHEN strategy = 'cascade' THEN 1 ELSE 0 END), 0),
+               COALESCE(SUM(CASE WHEN escalations > 0 THEN 1 ELSE 0 END), 0),
+               COALESCE(SUM(escalations), 0),
+               COALESCE(SUM(compression_saved_usd), 0),
+               COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0)
+        FROM requests WHERE ts >= ?""", [since])
+    saved_total = float(saved) + float(comp)
+    totals = {
+        "requests": int(n), "errors": int(errors), "spend_usd": float(spend), "baseline_usd": float(base),
+        "saved_usd": saved_total, "saved_pct": 100.0 * saved_total / float(base) if base else 0.0,
+        "cache_hits": int(hits), "cache_lookups": int(lookups),
+        "cache_hit_rate": int(hits) / int(lookups) if lookups else 0.0,
+        "cascades": int(cascades), "escalations": int(escalations),
+        "escalation_rate": int(escalated) / int(cascades) if cascades else 0.0,
+        "compression_saved_usd": float(comp), "prompt_tokens": int(pt), "completion_tokens": int(ct),
+    }
+    b = _bucket_sql(store, bucket)
+    series = [
+        {"t": int(g) * bucket, "requests": int(r), "spend_usd": float(s), "baseline_usd": float(bl)}
+        for g, r, s, bl in q(f"""
+            SELECT {b} AS g, COUNT(*), COALESCE(SUM(cost_usd), 0),
+                   COALESCE(SUM(CASE WHEN status = 'ok' THEN baseline_cost_usd ELSE 0 END), 0)
+            FROM requests WHERE ts >= ? GROUP BY g ORDER BY g""", [since])
+    ]
+    by_strategy = {s: {"strategy": s, "requests": 0, "spend_usd": 0.0, "saved_usd": 0.0} for s in STRATEGIES}
+    for s, r, sp, sv in q(f"""SELECT strategy, COUNT(*), COALESCE(SUM(cost_usd), 0), COALESCE(SUM({_SAVED}), 0)
+                              FROM requests WHERE ts >= ? GROUP BY strategy""", [since]):
+        name = "batching" if s == "batch" else str(s)
+        entry = by_strategy.setdefault(name, {"strategy": name, "requests": 0, "spend_usd": 0.0, "saved_usd": 0.0})
+        entry["requests"] += int(r)
+        entry["spend_usd"] += float(sp)
+        entry["saved_usd"] += float(sv)
+    by_strategy["compression"]["saved_usd"] += float(comp)
+    tiers = [{"tier": str(t), "requests": int(r)} for t, r in q("""
+        SELECT COALESCE(tier, '(none)') AS t, COUNT(*) FROM requests WHERE ts >= ? AND status = 'ok'
+        GROUP BY t ORDER BY COUNT(*) DESC""", [since])]
+    tasks = [{"task": str(t), "requests": int(r), "spend_usd": float(s), "saved_usd": float(sv)}
+             for t, r, s, sv in q(f"""
+        SELECT COALESCE(task, '(none)') AS t, COUNT(*), COALESCE(SUM(cost_usd), 0), COALESCE(SUM({_SAVED}), 0)
+        FROM requests WHERE ts >= ? GROUP BY t ORDER BY COALESCE(SUM(cost_usd), 0) DESC, t LIMIT 10""", [since])]
+    names = {str(k): (str(nm), bd) for k, nm, bd in q("SELECT key_id, name, budget_usd FROM virtual_keys")}
+    keys = []
+    for k, r, s, sv in q(f"""
+        SELECT COALESCE(key_id, '(none)') AS k, COUNT(*), COALESCE(SUM(cost_usd), 0), COALESCE(SUM({_SAVED}), 0)
+        FROM requests WHERE ts >= ? GROUP BY k ORDER BY COALESCE(SUM(cost_usd), 0) DESC, k LIMIT 10""", [since]):
+        name, budget = names.get(str(k), ("", None))
+        keys.append({"key_id": str(k), "name": name, "requests": int(r), "spend_usd": float(s),
+                     "saved_usd": float(sv), "budget_usd": float(budget) if budget is not None else None})
+    return {
+        "period": period, "since": since, "now": now, "bucket_s": bucket, "totals": totals, "series": series,
+        "strategies": list(by_strategy.values()), "tiers": tiers, "tasks": tasks, "keys": keys,
+    }
+
+
+def _asset(name: str) -> str:
+    return resources.files("thrifty.server").joinpath("static", name).read_text(encoding="utf-8")
+
+
+def dashboard_routes(store: SQLStore | None, *, admin_key: str | None, require_admin: bool) -> list[Route]:
+    async def page(request: Request) -> Response:
+        return Response(_asset("dashboard.html"), media_type="text/html",
+                        headers={"cache-control": "no-store", "x-frame-options": "DENY",
+                                 "content-security-policy": "default-src 'self'; style-src 'self'; script-src 'self'"})
+
+    async def asset(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in _ASSETS:
+            err = NotFoundError(f"no dashboard asset {name!r}", code="not_found")
+            return JSONResponse(err.to_openai(), status_code=404)
+        return Response(_asset(name), media_type=_ASSETS[name], headers={"cache-control": "no-cache"})
+
+    async def data(request: Request) -> Response:
+        try:
+            if require_admin:
+                check_admin(request, admin_key)
+            if store is None:
+                raise InvalidRequestError("the dashboard needs the ledger: it is disabled in this config")
+            period = request.query_params.get("period", "7d")
+            body = await asyncio.to_thread(dashboard_data, store, period)
+        except ThriftyError as exc:
+            return JSONResponse(exc.to_openai(), status_code=exc.status,
+                                headers={"x-thrifty-request-id": new_request_id(), **exc.headers()})
+        return JSONResponse(body, headers={"cache-control": "no-store"})
+
+    return [
+        Route("/dashboard", page, methods=["GET"]),
+        Route("/dashboard/data", data, methods=["GET"]),
+        Route("/dashboard/static/{name}", asset, methods=["GET"]),
+    ]

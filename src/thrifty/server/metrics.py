@@ -1,0 +1,88 @@
+"""``GET /metrics``: Prometheus metrics fed by every finished request (a gateway observer).
+
+Labels are kept low-cardinality: served model, route (``-`` when none), strategy, status and
+cache status; never key ids, tenants or prompt text. Each Gateway has its own registry, so
+several gateways in one process (tests, embedding apps) do not mix their numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from thrifty.pipeline.context import RequestContext
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    def __init__(self, ledger_failures: Callable[[], float] | None = None) -> None:
+        r = self.registry = CollectorRegistry()
+        req_labels = ["model", "route", "strategy", "status"]
+        self.requests = Counter("thrifty_requests", "Finished client requests.", req_labels, registry=r)
+        self.errors = Counter("thrifty_errors", "Failed client requests, by error type.",
+                              ["model", "route", "error_type"], registry=r)
+        self.latency = Histogram("thrifty_request_latency_seconds", "Client request latency (to the last chunk).",
+                                 ["model", "route"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.upstream_latency = Histogram("thrifty_upstream_latency_seconds", "Latency of each upstream attempt.",
+                                          ["model", "purpose", "status"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.tokens = Counter("thrifty_tokens", "Tokens of served answers.", ["model", "route", "kind"], registry=r)
+        self.cost = Counter("thrifty_cost_usd", "What requests spent upstream (all attempts), USD.",
+                            ["model", "route"], registry=r)
+        self.baseline = Counter("thrifty_baseline_cost_usd", "What the baseline model would have cost, USD.",
+                                ["model", "route"], registry=r)
+        self.savings = Counter("thrifty_savings_usd", "Baseline cost minus cost, plus compression savings, USD.",
+                               ["route", "strategy"], registry=r)
+        self.cache = Counter("thrifty_cache_requests", "Requests by cache outcome.", ["route", "cache_status"],
+                             registry=r)
+        self.cache_hits = Counter("thrifty_cache_hits", "Requests answered from the cache.", ["route"], registry=r)
+        self.escalations = Counter("thrifty_escalations", "Cascade escalations to a bigger tier.",
+                                   ["route"], registry=r)
+        self.auth_failures = Counter("thrifty_auth_failures", "Requests refused by authentication.", ["reason"],
+                                     registry=r)
+        if ledger_failures is not None:
+            g = Gauge("thrifty_ledger_failed_batches", "Ledger batches spilled after repeated write failures.",
+                      registry=r)
+            g.set_function(ledger_failures)
+
+    def observe(self, ctx: RequestContext) -> None:
+        """A gateway observer: count one finished request."""
+        model = ctx.served_model or ctx.request.model
+        route = ctx.route or "-"
+        self.requests.labels(model, route, ctx.strategy, ctx.status).inc()
+        if ctx.status != "ok":
+            self.errors.labels(model, route, ctx.error_type or "unknown").inc()
+        self.latency.labels(model, route).observe(ctx.elapsed_ms / 1000.0)
+        for a in ctx.attempts:
+            self.upstream_latency.labels(a.model, a.purpose, a.status).observe(a.latency_ms / 1000.0)
+        u = ctx.usage
+        for kind, n in (("prompt", u.prompt_tokens), ("completion", u.completion_tokens), ("cached", u.cached_tokens)):
+            if n:
+                self.tokens.labels(model, route, kind).inc(n)
+        if ctx.cost_usd:
+            self.cost.labels(model, route).inc(ctx.cost_usd)
+        if ctx.status == "ok" and ctx.baseline_cost_usd is not None:
+            self.baseline.labels(model, route).inc(ctx.baseline_cost_usd)
+            saved = ctx.baseline_cost_usd - (ctx.cost_usd or 0.0) + ctx.compression_saved_usd
+            if saved > 0:
+                self.savings.labels(route, ctx.strategy).inc(saved)
+        if ctx.cache_status:
+            self.cache.labels(route, ctx.cache_status).inc()
+            if ctx.cache_status == "hit":
+                self.cache_hits.labels(route).inc()
+        answers = [a for a in ctx.attempts if a.purpose == "answer" and a.status == "ok"]
+        if len(answers) > 1:
+            self.escalations.labels(route).inc(len(answers) - 1)
+
+    def auth_failed(self, reason: str) -> None:
+        self.auth_failures.labels(reason).inc()
+
+    def route(self) -> Route:
+        async def metrics(request: Request) -> Response:
+            return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+        return Route("/metrics", metrics, methods=["GET"])
