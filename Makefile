@@ -3,12 +3,17 @@
 # bare machine needs nothing but python3, make and root for apt-get.
 
 SHELL := /bin/bash
+# pipefail: pip's output is filtered through sed below, pip's status must win.
+.SHELLFLAGS := -o pipefail -c
 .DEFAULT_GOAL := help
 
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install -q
+# pip.conf here names an extra index folder that may not exist; pip then warns
+# once per package even with -q. Drop only those lines.
+PIP_QUIET := 2>&1 | sed -u "/Location 'file:\/\/\/opt\/pypi-more/d"
 EXTRAS := embeddings,redis,postgres,gbm,dev
 PYTEST_ARGS ?=
 
@@ -42,13 +47,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(BASE_STAMP): pyproject.toml | $(BIN)/python
-	$(PIP) -e .
+	$(PIP) -e . $(PIP_QUIET)
 	@touch $@
 
 # torch==2.13.0 (embeddings extra) resolves to the CPU wheel that pip finds on
-# this machine's disk; pip's warnings about absent extra find-links are harmless.
+# this machine's disk (find-links in pip.conf), not a multi-GB CUDA download.
 $(FULL_STAMP): pyproject.toml | $(BIN)/python
-	$(PIP) -e '.[$(EXTRAS)]'
+	$(PIP) -e '.[$(EXTRAS)]' $(PIP_QUIET)
 	@touch $@ $(BASE_STAMP)
 
 demo: $(BASE_STAMP)

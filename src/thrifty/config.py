@@ -17,8 +17,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from thrifty.batching.config import BatchingConfig
+from thrifty.cache.config import CacheConfig
 from thrifty.catalog import Catalog, ModelInfo, resolve_price
+from thrifty.compress.config import CompressionConfig
 from thrifty.errors import ConfigError
+from thrifty.ops.config import AuthConfig
+from thrifty.routing.config import RoutingConfig
 
 _SECRET_KEY_RE = re.compile(r"(api_key|dsn|redis_url|secret|password|token|admin_key)", re.I)
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
@@ -100,11 +105,12 @@ class Config(_Strict):
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     # Sections owned by later capabilities; each module validates its own part.
-    routing: dict[str, Any] = Field(default_factory=dict)
-    cache: dict[str, Any] = Field(default_factory=dict)
-    compression: dict[str, Any] = Field(default_factory=dict)
-    batching: dict[str, Any] = Field(default_factory=dict)
-    auth: dict[str, Any] = Field(default_factory=dict)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    # Absent or empty: no cache stage. See docs/caching.md.
+    cache: CacheConfig | None = None
+    compression: CompressionConfig = Field(default_factory=CompressionConfig)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     redis_url: str | None = Field(default=None, repr=False)
     # Where relative paths (ledger, cache files) are resolved from: the config file's folder.
     base_dir: str | None = None

@@ -12,10 +12,13 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from thrifty.cache.build import build_cache_stage
+from thrifty.compress.stage import build_compress_stage
 from thrifty.config import Config, load_config
 from thrifty.errors import InvalidRequestError
 from thrifty.ledger.store import open_store
 from thrifty.ledger.writer import LedgerWriter
+from thrifty.ops.wiring import Ops
 from thrifty.pipeline.build import Stage, compose, describe
 from thrifty.pipeline.caller import ModelCaller, RetryPolicy
 from thrifty.pipeline.cascade import CascadeStage
@@ -30,6 +33,8 @@ from thrifty.types import ChatRequest
 
 if TYPE_CHECKING:
     import openai
+
+    from thrifty.routing.router import TaskRouter
 
 
 class Gateway:
@@ -52,6 +57,15 @@ class Gateway:
                 spill = config.resolve_path("thrifty-ledger.failed.jsonl")
             self.ledger = LedgerWriter(store, retries=config.ledger.write_retries, spill_path=spill)
         self.observers: list[Any] = []
+        self.extra_routes: list[Any] = []
+        # async (request, chat) -> (key_id, tenant); set by ops when auth is enabled.
+        self.authenticate: Any = None
+        # Metrics, request logs, dashboard; keys, budgets and the admin API when auth is on.
+        self.ops = Ops(self)
+        # Compression (system prompts, compaction, history) for the routes that opt in; None otherwise.
+        self.compress_stage = build_compress_stage(config, self.caller, self.catalog)
+        # Exact and semantic response cache; None when the config has no `cache` section.
+        self.cache_stage = build_cache_stage(config, self.catalog, self.caller)
         self.stages: list[Stage] = self._build_stages()
         self._handler = compose(self.stages)
 
@@ -71,10 +85,26 @@ class Gateway:
         sink = self.ledger.submit if self.ledger else None
         return [
             LedgerStage(sink, self.observers),
+            *([self.ops.budget_stage] if self.ops.budget_stage else []),
             NormalizeStage(),
-            RouteStage(self.catalog, router=None, default_model=self.config.default_model),
+            *([self.compress_stage] if self.compress_stage else []),
+            *([self.cache_stage] if self.cache_stage else []),
+            RouteStage(self.catalog, router=self.router, default_model=self.config.default_model),
             CascadeStage(self.caller, self.catalog),
         ]
+
+    @property
+    def router(self) -> TaskRouter | None:
+        """The routing policy (``routing:`` section), built once; None when no routes are configured."""
+        if not hasattr(self, "_router"):
+            from thrifty.routing import build_router
+
+            self._router = build_router(self.config, self.catalog)
+        return self._router
+
+    def route_names(self) -> list[str]:
+        """``auto`` and ``route:NAME`` for each configured route (listed by GET /v1/models)."""
+        return self.router.route_names() if self.router is not None else []
 
     def describe(self) -> str:
         return describe(self.stages)
@@ -141,6 +171,11 @@ class Gateway:
             self.ledger.flush()
 
     async def aclose(self) -> None:
+        await self.ops.aclose()
+        if self.cache_stage:
+            await self.cache_stage.aclose()
+        if self.compress_stage:
+            await asyncio.to_thread(self.compress_stage.close)
         for p in self.providers.values():
             await p.aclose()
         if self.ledger:

@@ -9,8 +9,18 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from thrifty.redact import redact
+
+if TYPE_CHECKING:
+    from thrifty.pipeline.context import RequestContext
+
+
+# Extra fields a record may carry (``log.info(..., extra={...})``); anything else is dropped.
+_FIELDS = ("request_id", "model", "status", "latency_ms", "cost_usd", "key_id", "route", "strategy", "tier",
+           "cache", "prompt_tokens", "completion_tokens", "error_type", "prompt")
 
 
 class JsonFormatter(logging.Formatter):
@@ -21,9 +31,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": redact(record.getMessage()),
         }
-        for key in ("request_id", "model", "status", "latency_ms", "cost_usd"):
+        for key in _FIELDS:
             if hasattr(record, key):
-                entry[key] = getattr(record, key)
+                value = getattr(record, key)
+                entry[key] = redact(value) if isinstance(value, str) else value
         if record.exc_info:
             entry["exc"] = redact(self.formatException(record.exc_info))
         return json.dumps(entry)
@@ -36,3 +47,28 @@ def setup_logging(level: str = "info") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+
+
+def request_logger(log_prompts: bool = False) -> Callable[[RequestContext], None]:
+    """A gateway observer writing one ``thrifty.request`` line per finished request.
+
+    It carries ids, model, cost and outcome; the prompt text only when ``server.log_prompts``.
+    """
+    log = logging.getLogger("thrifty.request")
+
+    def observe(ctx: RequestContext) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return
+        extra = {
+            "request_id": ctx.request_id, "model": ctx.served_model or ctx.request.model, "status": ctx.status,
+            "latency_ms": round(ctx.elapsed_ms, 1), "cost_usd": ctx.cost_usd, "key_id": ctx.key_id,
+            "route": ctx.route, "strategy": ctx.strategy, "tier": ctx.served_tier, "cache": ctx.cache_status,
+            "prompt_tokens": ctx.usage.prompt_tokens, "completion_tokens": ctx.usage.completion_tokens,
+            "error_type": ctx.error_type,
+        }
+        if log_prompts:
+            last = ctx.request.messages[-1].get("content") if ctx.request.messages else None
+            extra["prompt"] = (last if isinstance(last, str) else json.dumps(last))[:2000]
+        log.info("request %s %s", ctx.status, ctx.request_id, extra=extra)
+
+    return observe

@@ -6,30 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.rows import att, req
 from thrifty.errors import InvalidRequestError, StorageError
 from thrifty.ledger.migrations import MIGRATIONS
-from thrifty.ledger.records import AttemptRow, RequestRow
 from thrifty.ledger.report import parse_since, render, spend_report
 from thrifty.ledger.store import SQLiteStore
 from thrifty.ledger.writer import LedgerWriter
-
-
-def req(i: int, model: str, cost: float, base: float, ts: float | None = None, **kw: object) -> RequestRow:
-    fields = dict(
-        request_id=f"r{i}", ts=ts or time.time(), key_id=None, tenant="default", task="faq", route=None,
-        requested_model=model, served_model=model, tier=None, strategy="routing", prompt_tokens=10,
-        cached_tokens=0, completion_tokens=5, reasoning_tokens=0, cost_usd=cost, baseline_cost_usd=base,
-        cache_status=None, cache_saved_usd=0.0, compression_saved_tokens=0, compression_saved_usd=0.0,
-        n_attempts=1, escalations=0, latency_ms=1.0, status="ok", error_type=None, error=None, stream=False,
-        batch=False,
-    )
-    fields.update(kw)
-    return RequestRow(**fields)  # type: ignore[arg-type]
-
-
-def att(i: int) -> AttemptRow:
-    return AttemptRow(f"r{i}", 0, time.time(), "m", "p", None, "answer", 10, 0, 5, 0, 0.1, "computed", 1.0, "ok",
-                      None, None, None, None, False)
 
 
 def test_migrations_apply_once(tmp_path: Path) -> None:

@@ -22,9 +22,14 @@ COMMAND_MODULES: list[str] = [
     "thrifty.cli.config_cmd",
     "thrifty.cli.estimate_cmd",
     "thrifty.cli.report_cmd",
+    "thrifty.cli.cache_cmd",
     "thrifty.cli.demo_cmd",
     "thrifty.cli.eval_cmd",
     "thrifty.cli.replay_cmd",
+    "thrifty.cli.keys_cmd",
+    "thrifty.cli.compress_cmd",
+    "thrifty.cli.batch_cmd",
+    "thrifty.cli.route_cmd",
 ]
 
 

@@ -14,12 +14,13 @@ def register(app: typer.Typer) -> None:
     def report(
         config: Path = typer.Option(..., "--config", "-c", help="Config file naming the ledger to read."),
         since: str | None = typer.Option(None, help="Only requests since: 7d, 24h, 30m or an ISO date."),
+        until: str | None = typer.Option(None, help="Only requests before: an ISO date (or 7d: seven days ago)."),
         by: str | None = typer.Option(None, help="Group by model, task, tier, key, day, strategy or route."),
         format: str = typer.Option("table", "--format", "-f", help="table, json or csv."),
     ) -> None:
         """Spend report: requests, spend, what the baseline would have cost, and savings."""
         from thrifty.config import load_config
-        from thrifty.ledger.report import parse_since, render, spend_report
+        from thrifty.ledger.report import batch_savings, parse_since, render, spend_report
         from thrifty.ledger.store import open_store
 
         if format not in ("table", "json", "csv"):
@@ -30,7 +31,11 @@ def register(app: typer.Typer) -> None:
             raise InvalidRequestError(f"no ledger at {path} yet: serve some requests first")
         store = open_store(path, cfg.ledger.dsn)
         try:
-            rows = spend_report(store, by, parse_since(since))
+            rows = spend_report(store, by, parse_since(since), parse_since(until))
+            batch = batch_savings(store, cfg.build_catalog(), parse_since(since))
         finally:
             store.close()
         typer.echo(render(rows, format, by or "scope"))
+        if format == "table" and batch.requests:
+            typer.echo(f"provider batches: {batch.requests} calls, ${batch.spend_usd:.6f} spent, "
+                       f"${batch.full_price_usd:.6f} at normal prices, ${batch.saved_usd:.6f} saved")

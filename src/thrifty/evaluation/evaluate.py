@@ -123,12 +123,19 @@ class Evaluator:
             return f"fitted once on --train ({len(self.train)} prompts)"
         return f"{self.options.folds}-fold cross-validation on --data (seed {self.options.seed})"
 
-    def _fit(self, train: OutcomeSet, share: float | None) -> dict[str, Any]:
-        policy = dict(self.policy)
-        if self.fit_fn is not None:
-            policy["routing"] = self.fit_fn(train, max_cost_share=share, baseline=self.options.baseline,
-                                            spec=dict(self.policy.get("routing") or {}))
-        return policy
+    def _fit(self, train: OutcomeSet, shares: list[float | None]) -> list[dict[str, Any]]:
+        """One policy per budget in ``shares``, fitted on ``train`` (one fit for all when the
+        fitter offers ``fit_many``: the budgets only pick different points of one frontier)."""
+        if self.fit_fn is None:
+            return [self.policy for _ in shares]
+        spec = dict(self.policy.get("routing") or {})
+        many = getattr(self.fit_fn, "fit_many", None)
+        if many is not None:
+            sections = list(many(train, max_cost_shares=shares, baseline=self.options.baseline, spec=spec))
+        else:
+            sections = [self.fit_fn(train, max_cost_share=s, baseline=self.options.baseline, spec=spec)
+                        for s in shares]
+        return [{**self.policy, "routing": section} for section in sections]
 
     def _config(self, policy: dict[str, Any], base_url: str | None = None,
                 ledger_path: str | None = None) -> dict[str, Any]:
@@ -144,41 +151,38 @@ class Evaluator:
         return asyncio.run(run_inprocess(self._config(policy), self.index, items, self.factory,
                                          concurrency=self.options.concurrency, progress=bar))
 
-    def decide(self, share: float | None, desc: str) -> list[Decision]:
-        """Decisions for every prompt of ``data`` by the policy fitted for ``share``."""
-        bar = _Bar(len(self.data), self.options.progress, desc)
+    def decide(self, shares: list[float | None]) -> list[list[Decision]]:
+        """For each budget in ``shares``, decisions for every prompt of ``data`` by its policy."""
+        bar = _Bar(len(self.data) * len(shares), self.options.progress, "thrifty eval")
         try:
             if self.fit_fn is None or self.train is not None:
-                policy = self._fit(self.train, share) if self.train is not None else self.policy
-                return self._run(policy, self.blind, bar)
-            by_key: dict[tuple[str, int], Decision] = {}
+                policies = self._fit(self.train, shares) if self.train is not None else self._fit(self.data, shares)
+                return [self._run(policy, self.blind, bar) for policy in policies]
+            found: list[dict[tuple[str, int], Decision]] = [{} for _ in shares]
             for train_idx, test_idx in kfold(self.data, self.options.folds, self.options.seed):
-                policy = self._fit(self.data.subset(train_idx), share)
-                for d in self._run(policy, [self.blind[i] for i in test_idx], bar):
-                    by_key[(d.file, d.row)] = d
-            return [by_key[i.key] for i in self.blind]
+                # Fitted on the other folds only: this fold's prompts are never seen in fitting.
+                policies = self._fit(self.data.subset(train_idx), shares)
+                test = [self.blind[i] for i in test_idx]
+                for by_key, policy in zip(found, policies, strict=True):
+                    for d in self._run(policy, test, bar):
+                        by_key[(d.file, d.row)] = d
+            return [[by_key[i.key] for i in self.blind] for by_key in found]
         finally:
             bar.close()
 
     def run(self) -> EvalResult:
         opts = self.options
-        timings: dict[str, float] = {}
         base = baseline_costs(self.data, opts.baseline)
         share = opts.max_cost_share if opts.max_cost_share is not None else spec_max_cost_share(self.policy)
+        sweep = [s for s in opts.sweep if share is None or abs(s - share) > 1e-12] if self.fit_fn else []
         t0 = time.perf_counter()
-        decisions = self.decide(share, "thrifty eval")
-        timings["policy"] = time.perf_counter() - t0
+        decisions, *swept = self.decide([share, *sweep])
+        timings = {"fit_and_replay": time.perf_counter() - t0}
         # Scores are read from here on, after every decision above is final.
         rows = [aggregate("thrifty", "policy", score_decisions(decisions, self.data), base, self.fitting)]
-        if self.fit_fn is not None:
-            t1 = time.perf_counter()
-            for s in opts.sweep:
-                if share is not None and abs(s - share) < 1e-12:
-                    continue
-                sweep = self.decide(s, f"sweep ≤{s:g}x")
-                rows.append(aggregate(f"thrifty ≤{s:g}x", "sweep", score_decisions(sweep, self.data), base,
-                                      f"max_cost_share={s:g}"))
-            timings["sweep"] = time.perf_counter() - t1
+        for s, ds in zip(sweep, swept, strict=True):
+            rows.append(aggregate(f"thrifty ≤{s:g}x", "sweep", score_decisions(ds, self.data), base,
+                                  f"max_cost_share={s:g}"))
         rows.extend(reference_rows(self.data, opts.baseline))
         return EvalResult(opts.baseline, len(self.data), self.fitting, rows, decisions,
                           figures(rows, opts.baseline), timings)

@@ -66,20 +66,35 @@ def load_policy(path: str | Path | None) -> dict[str, Any]:
 
 
 def normalise_policy(raw: dict[str, Any]) -> dict[str, Any]:
-    if any(k in raw for k in ("routing", "providers", "models", "cache")):
+    if any(k in raw for k in (*POLICY_SECTIONS, "providers", "models")):
         return {k: copy.deepcopy(raw[k]) for k in POLICY_SECTIONS if k in raw}
     return {"routing": copy.deepcopy(raw)}
 
 
 def default_fit() -> FitFn | None:
-    """The routing package's fitter, or None while it is not installed."""
+    """The routing package's fitter, or None while it is not installed.
+
+    When ``thrifty.routing.fit`` also offers ``fit_many(train, *, max_cost_shares, baseline,
+    spec) -> [section, ...]`` it is used to fit every budget of a sweep in one go.
+    """
     try:
-        from thrifty.routing.fit import fit_policy
+        from thrifty.routing import fit as fit_module
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.startswith("thrifty.routing"):
             return None
         raise
-    return fit_policy  # type: ignore[no-any-return]
+    many = getattr(fit_module, "fit_many", None)
+    return _Fitter(fit_module.fit_policy, many) if many is not None else fit_module.fit_policy  # type: ignore[no-any-return]
+
+
+class _Fitter:
+    def __init__(self, one: Callable[..., dict[str, Any]], many: Callable[..., list[dict[str, Any]]]) -> None:
+        self._one = one
+        self.fit_many = many
+
+    def __call__(self, train: OutcomeSet, *, max_cost_share: float | None, baseline: str,
+                 spec: dict[str, Any]) -> dict[str, Any]:
+        return self._one(train, max_cost_share=max_cost_share, baseline=baseline, spec=spec)
 
 
 def spec_max_cost_share(policy: dict[str, Any]) -> float | None:

@@ -17,7 +17,7 @@ from thrifty.tokens import count_messages, count_text
 _M = 1_000_000.0
 
 
-def derive_prices(data: OutcomeSet, sample: int = 200) -> dict[str, dict[str, float]]:
+def derive_prices(data: OutcomeSet, sample: int = 100) -> dict[str, dict[str, float]]:
     """``{model: {"input": usd_per_m, "output": usd_per_m}}`` for every model with recorded costs."""
     step = max(1, len(data) // sample)
     rows = data.items[::step][:sample]
@@ -41,12 +41,19 @@ def derive_prices(data: OutcomeSet, sample: int = 200) -> dict[str, dict[str, fl
 
 
 def _fit(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    try:
-        from scipy.optimize import nnls
-
-        coef, _ = nnls(x, y)
-    except Exception:  # scipy missing or a degenerate sample: fall back to one blended price
-        coef = np.array([0.0, 0.0])
+    """Non-negative least squares for two coefficients: the unconstrained fit, else the best
+    one-coefficient fit (numpy only: importing scipy would cost seconds per run)."""
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    if (coef < 0).any():
+        candidates = []
+        for j in (0, 1):
+            col = x[:, j]
+            denom = float(col @ col)
+            c = max(0.0, float(col @ y) / denom) if denom > 0 else 0.0
+            one = np.zeros(2)
+            one[j] = c
+            candidates.append((float(((x @ one - y) ** 2).sum()), one))
+        coef = min(candidates, key=lambda t: t[0])[1]
     if coef.sum() <= 0:
         blended = float(y.sum() / max(1.0, x.sum()))
         coef = np.array([blended, blended])

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from thrifty.evaluation.evaluate import EvalResult
 from thrifty.evaluation.metrics import Decision, Row
 
@@ -55,7 +57,7 @@ def render_text(result: EvalResult) -> str:
             for t in tasks:
                 s = r.tasks.get(t)
                 if s is not None:
-                    per_task.append([f"{r.name} [{t}]", f"{s.accuracy:.3f}", f"${s.cost:.4f}", _pct(s.cost_share),
+                    per_task.append([escape(f"{r.name} [{t}]"), f"{s.accuracy:.3f}", f"${s.cost:.4f}", _pct(s.cost_share),
                                      f"{s.calls_per_prompt:.2f}", str(s.errors)])
         parts.append(_table("per task", cols, per_task))
     f = result.figures

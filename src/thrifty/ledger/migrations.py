@@ -91,4 +91,42 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        # Provider Batch API jobs (thrifty batch run --deferred): persisted so a restarted
+        # process resumes polling instead of resubmitting; inputs kept for resubmissions.
+        "003_batch_jobs",
+        [
+            """CREATE TABLE IF NOT EXISTS batch_jobs (
+                job_id TEXT PRIMARY KEY,
+                created DOUBLE PRECISION NOT NULL,
+                updated DOUBLE PRECISION NOT NULL,
+                status TEXT NOT NULL,
+                model TEXT NOT NULL,
+                provider TEXT NOT NULL,
+                task TEXT NOT NULL,
+                labels TEXT,
+                round INTEGER NOT NULL,
+                input_file_id TEXT,
+                batch_id TEXT,
+                provider_status TEXT,
+                n_items INTEGER NOT NULL,
+                error TEXT
+            )""",
+            """CREATE TABLE IF NOT EXISTS batch_job_items (
+                job_id TEXT NOT NULL,
+                seq INTEGER NOT NULL,
+                item_id TEXT NOT NULL,
+                input TEXT NOT NULL,
+                status TEXT NOT NULL,
+                round INTEGER NOT NULL,
+                tries INTEGER NOT NULL,
+                output TEXT,
+                error TEXT,
+                prompt_tokens INTEGER NOT NULL,
+                completion_tokens INTEGER NOT NULL,
+                cost_usd DOUBLE PRECISION,
+                PRIMARY KEY (job_id, seq)
+            )""",
+        ],
+    ),
 ]

@@ -8,13 +8,13 @@ from thrifty.errors import StorageError
 from thrifty.ledger.store import SQLStore
 from thrifty.redact import redact
 
-
 # Arbitrary constant naming thrifty's migration lock (pg_advisory_lock takes a bigint).
 _MIGRATION_LOCK = 7_146_329_001
 
 
 class PostgresStore(SQLStore):
     placeholder = "%s"
+    day_sql = "CAST(FLOOR(ts / 86400) AS BIGINT)"
 
     def __init__(self, dsn: str) -> None:
         super().__init__()

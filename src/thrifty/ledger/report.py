@@ -9,8 +9,11 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import UTC
 
+from thrifty.catalog import Catalog
+from thrifty.cost import price_tokens
 from thrifty.errors import InvalidRequestError
 from thrifty.ledger.store import SQLStore
+from thrifty.types import Usage
 
 GROUPS = {
     "model": "COALESCE(served_model, requested_model)",
@@ -19,8 +22,7 @@ GROUPS = {
     "key": "COALESCE(key_id, '(none)')",
     "strategy": "strategy",
     "route": "COALESCE(route, '(none)')",
-    # Day buckets in UTC, computed from epoch seconds in SQL both stores understand.
-    "day": "CAST(CAST(ts / 86400 AS INTEGER) AS TEXT)",
+    "day": "{day}",  # filled with the store's dialect-specific floor (SQLStore.day_sql)
 }
 
 
@@ -37,6 +39,10 @@ class ReportRow:
     escalations: int
     prompt_tokens: int
     completion_tokens: int
+    # Input tokens (and their dollars at the served model's input price) compression removed.
+    compression_saved_tokens: int = 0
+    compression_saved_usd: float = 0.0
+    batch_requests: int = 0  # requests answered through a provider Batch API
 
 
 def parse_since(value: str | None, now: float | None = None) -> float | None:
@@ -58,11 +64,20 @@ def parse_since(value: str | None, now: float | None = None) -> float | None:
     return dt.timestamp()
 
 
-def spend_report(store: SQLStore, by: str | None = None, since: float | None = None) -> list[ReportRow]:
+def spend_report(
+    store: SQLStore, by: str | None = None, since: float | None = None, until: float | None = None
+) -> list[ReportRow]:
     if by is not None and by not in GROUPS:
         raise InvalidRequestError(f"--by must be one of {', '.join(GROUPS)}, got {by!r}")
-    group_sql = GROUPS[by] if by else "'total'"
-    where = "WHERE ts >= ?" if since is not None else ""
+    group_sql = GROUPS[by].format(day=store.day_sql) if by else "'total'"
+    conds, params = [], []
+    if since is not None:
+        conds.append("ts >= ?")
+        params.append(since)
+    if until is not None:
+        conds.append("ts < ?")
+        params.append(until)
+    where = ("WHERE " + " AND ".join(conds)) if conds else ""
     sql = f"""
         SELECT {group_sql} AS g,
                COUNT(*),
@@ -72,20 +87,24 @@ def spend_report(store: SQLStore, by: str | None = None, since: float | None = N
                SUM(CASE WHEN cache_status = 'hit' THEN 1 ELSE 0 END),
                COALESCE(SUM(escalations), 0),
                COALESCE(SUM(prompt_tokens), 0),
-               COALESCE(SUM(completion_tokens), 0)
+               COALESCE(SUM(completion_tokens), 0),
+               COALESCE(SUM(compression_saved_tokens), 0),
+               COALESCE(SUM(compression_saved_usd), 0),
+               SUM(CASE WHEN batch THEN 1 ELSE 0 END)
         FROM requests {where}
         GROUP BY g ORDER BY g
     """
-    rows = store.query(sql, [since] if since is not None else [])
+    rows = store.query(sql, params)
     out = []
-    for g, n, errors, spend, base, hits, esc, pt, ct in rows:
+    for g, n, errors, spend, base, hits, esc, pt, ct, cst, csu, nb in rows:
         label = str(g)
         if by == "day":
             label = time.strftime("%Y-%m-%d", time.gmtime(int(g) * 86400))
         saved = float(base) - float(spend)
         out.append(
             ReportRow(label, int(n), int(errors), float(spend), float(base), saved,
-                      100.0 * saved / float(base) if base else 0.0, int(hits), int(esc), int(pt), int(ct))
+                      100.0 * saved / float(base) if base else 0.0, int(hits), int(esc), int(pt), int(ct),
+                      int(cst), float(csu), int(nb or 0))
         )
     return out
 
@@ -105,12 +124,46 @@ def render(rows: list[ReportRow], fmt: str, group_label: str) -> str:
 
     table = Table(title="thrifty spend report")
     for col in (group_label, "requests", "errors", "spend $", "baseline $", "saved $", "saved %", "cache hits",
-                "escalations"):
+                "escalations", "compressed tok", "compress $", "batch reqs"):
         table.add_column(col, justify="left" if col == group_label else "right")
     for r in rows:
         table.add_row(r.group, str(r.requests), str(r.errors), f"{r.spend_usd:.6f}", f"{r.baseline_usd:.6f}",
-                      f"{r.saved_usd:.6f}", f"{r.saved_pct:.1f}", str(r.cache_hits), str(r.escalations))
+                      f"{r.saved_usd:.6f}", f"{r.saved_pct:.1f}", str(r.cache_hits), str(r.escalations),
+                      str(r.compression_saved_tokens), f"{r.compression_saved_usd:.6f}", str(r.batch_requests))
     console = Console(file=io.StringIO(), width=120, force_terminal=False)
     console.print(table)
     out = console.file.getvalue()  # type: ignore[attr-defined]
     return str(out)
+
+
+@dataclass
+class BatchSavings:
+    """Provider Batch API use: what it cost, and what the same tokens cost at normal prices."""
+
+    requests: int
+    spend_usd: float
+    full_price_usd: float
+
+    @property
+    def saved_usd(self) -> float:
+        return self.full_price_usd - self.spend_usd
+
+
+def batch_savings(store: SQLStore, catalog: Catalog, since: float | None = None) -> BatchSavings:
+    """Re-price every batch attempt at its model's normal price (exact: same tokens, same model)."""
+    where = "WHERE a.batch AND a.status = 'ok'" + (" AND a.ts >= ?" if since is not None else "")
+    rows = store.query(
+        f"SELECT a.model, a.prompt_tokens, a.cached_tokens, a.completion_tokens, a.cost_usd FROM attempts a {where}",
+        [since] if since is not None else [],
+    )
+    spend = full = 0.0
+    for model, pt, cached, ct, cost in rows:
+        info = catalog.get(str(model))
+        normal = price_tokens(Usage(prompt_tokens=int(pt), completion_tokens=int(ct), cached_tokens=int(cached)),
+                              info.price if info else None)
+        if cost is None or normal is None:
+            continue
+        spend += float(cost)
+        full += normal
+    return BatchSavings(len(rows), spend, full)
+

@@ -7,6 +7,7 @@ never on the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -22,6 +23,9 @@ class SQLStore:
     """Shared logic; subclasses provide ``_connect`` and ``placeholder``."""
 
     placeholder = "?"
+    # Whole UTC days since the epoch. CAST truncates on SQLite but rounds on PostgreSQL,
+    # so each dialect says how to floor.
+    day_sql = "CAST(ts / 86400 AS INTEGER)"
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -139,10 +143,8 @@ class SQLStore:
     def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            try:
+            with contextlib.suppress(Exception):
                 conn.close()
-            except Exception:
-                pass
 
     def close(self) -> None:
         with self._lock:

@@ -19,6 +19,7 @@ from typing import Any
 
 from thrifty.mock import digest
 from thrifty.mock.behaviour import ModelBehaviour
+from thrifty.mock.packed import packed_answer
 from thrifty.tokens import content_text
 
 
@@ -77,7 +78,8 @@ def default_answer(req: AnswerRequest, behaviour: ModelBehaviour) -> str:
     return f"{text} | {filler}." if filler else text
 
 
-STRATEGIES: list[Strategy] = [fixed_answer, mapped_answer]
+# Packed requests first: a fixed answer must not replace a whole pack's JSON.
+STRATEGIES: list[Strategy] = [packed_answer, fixed_answer, mapped_answer]
 
 
 def answer_text(req: AnswerRequest, behaviour: ModelBehaviour) -> str:

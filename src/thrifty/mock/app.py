@@ -29,9 +29,11 @@ from starlette.types import Receive, Scope, Send
 
 from thrifty.errors import AuthenticationError, InvalidRequestError, NotFoundError, ThriftyError
 from thrifty.mock import _json, wire
+from thrifty.mock.batches import BatchAPI
 from thrifty.mock.behaviour import BehaviourTable, Faults, MockConfig, merge_faults
 from thrifty.mock.completion import Plan, Planner, validate
 from thrifty.mock.faults import HEADER, FaultState, parse_header
+from thrifty.mock.packed import PACK_FAULTS
 from thrifty.mock.recorder import Recorder
 from thrifty.mock.usage import PromptCache, build_usage
 from thrifty.tokens import count_text
@@ -152,7 +154,9 @@ class MockUpstream:
             body_json = wire.error_body(injected.status, injected.message)
             return _json_response(body_json, injected.status, injected.headers())
 
-        plan = self.planner.plan(raw, body, model, behaviour)
+        # A header that changes the answer (pack faults) must not reuse a plan cached without it.
+        directive = request.headers.get(HEADER)
+        plan = self.planner.plan(raw + directive.encode() if directive else raw, body, model, behaviour)
         cached = 0
         if behaviour.prompt_cache:
             cached = self.prompt_cache.lookup_and_store(model, body["messages"], body.get("tools"))
@@ -190,6 +194,8 @@ class MockUpstream:
             )
         behaviour = self.behaviours.get(model)
         faults = behaviour.faults if override is None else merge_faults(behaviour.faults, override)
+        if override is not None and override.model_fields_set & set(PACK_FAULTS):
+            behaviour = behaviour.model_copy(update={"faults": faults})  # packed answers read them
         return model, behaviour, faults
 
     def _stream(
@@ -288,6 +294,9 @@ def create_app(config: MockConfig | None = None) -> Starlette:
         Route("/mock/reset", mock.reset, methods=["POST"]),
         Route("/mock/stats", mock.stats, methods=["GET"]),
     ]
+    batches = BatchAPI(mock)  # OpenAI files + batches endpoints (mock/batches.py)
+    routes.extend(batches.routes())
     app = Starlette(routes=routes, lifespan=_warm_up)
     app.state.mock = mock
+    app.state.batches = batches
     return app

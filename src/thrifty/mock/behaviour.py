@@ -64,6 +64,14 @@ class Faults(_Frozen):
         default=None, ge=0, description="Close a stream after N chunks, no [DONE]."
     )
     malformed: bool = Field(default=False, description="Answer 200 with a body that is not valid JSON.")
+    # Packed requests (thrifty batch: K items in one call, see mock/packed.py) misbehave only
+    # when they hold at least ``pack_min_items`` items, so smaller retries can succeed.
+    pack_drop: int = Field(default=0, ge=0, description="Packed answers leave out N items.")
+    pack_duplicate: int = Field(default=0, ge=0, description="Packed answers repeat N items.")
+    pack_invalid: int = Field(default=0, ge=0, description="Packed answers give N items a null output.")
+    pack_reorder: bool = Field(default=False, description="Packed answers list items in another order.")
+    pack_break_json: bool = Field(default=False, description="Packed answers are cut-off JSON.")
+    pack_min_items: int = Field(default=2, ge=1, description="Pack faults apply from this many items.")
 
 
 class AnswerRule(_Frozen):
@@ -154,6 +162,17 @@ def merge_faults(base: Faults, override: Faults) -> Faults:
     return base.model_copy(update=update) if update else base
 
 
+class BatchSettings(_Frozen):
+    """The files/batches endpoints (mock/batches.py); also per batch via ``x-mock-batch``."""
+
+    completion_s: float = Field(default=0.0, ge=0, description="Seconds from creation to completed.")
+    line_fail_rate: float = Field(default=0.0, ge=0, le=1, description="Fraction of lines answered 500.")
+    expire: bool = Field(default=False, description="The batch expires with only half its lines done.")
+    affect_batches: int | None = Field(
+        default=None, ge=0, description="Failures and expiry hit only the first N batches (None: all)."
+    )
+
+
 class MockConfig(_Frozen):
     """Everything the mock upstream needs; build with ``from_dict``/``from_yaml`` or directly."""
 
@@ -165,6 +184,7 @@ class MockConfig(_Frozen):
     )
     api_key: str | None = Field(default=None, description="When set, requests must send this bearer key.")
     record_limit: int = Field(default=200, ge=0, description="How many requests /mock/requests keeps.")
+    batch: BatchSettings = BatchSettings()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MockConfig:

@@ -20,6 +20,7 @@ from thrifty.mock import digest
 from thrifty.mock.answers import AnswerRequest, answer_text, last_user_text
 from thrifty.mock.behaviour import ModelBehaviour
 from thrifty.mock.logprobs import token_logprobs
+from thrifty.mock.packed import is_packed
 from thrifty.mock.tools import choose_tool, example_from_schema, tool_call
 from thrifty.tokens import count_messages, count_text, truncate_text
 
@@ -191,6 +192,8 @@ def _shape(text: str, req: AnswerRequest) -> str:
                 pass
         return json.dumps({"answer": text})
     if fmt.get("type") == "json_schema":
+        if is_packed(req.body):  # shaped by mock/packed.py already (and maybe broken on purpose)
+            return text
         schema = (fmt.get("json_schema") or {}).get("schema") or {"type": "object"}
         return json.dumps(example_from_schema(schema, req.key, text))
     return text

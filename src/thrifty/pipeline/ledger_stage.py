@@ -25,7 +25,8 @@ class LedgerStage:
     def __init__(self, sink: Sink | None, observers: list[Callable[[RequestContext], None]] | None = None) -> None:
         self.sink = sink
         # Observers see every finished request (metrics, budgets) without owning the ledger.
-        self.observers = observers or []
+        # Keep the caller's list itself (even empty): gateway.observers may be appended to later.
+        self.observers = observers if observers is not None else []
 
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> None:
         try:

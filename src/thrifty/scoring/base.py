@@ -18,3 +18,33 @@ class Scorer(Protocol):
     async def score(self, request: ChatRequest, response: dict[str, Any]) -> Score:
         """How good ``response`` looks as an answer to ``request``."""
         ...
+
+
+async def score_answer(scorer: Any, ctx: Any, caller: Any, response: dict[str, Any]) -> Score:
+    """Run any scorer: those that call a model (``needs_caller``) get the context and caller."""
+    if getattr(scorer, "needs_caller", False):
+        result: Score = await scorer.score_with(ctx, caller, response)
+        return result
+    return await scorer.score(ctx.request, response)  # type: ignore[no-any-return]
+
+
+class CombinedScorer:
+    """The minimum of several scorers: an answer must pass every check (e.g. form, then judge)."""
+
+    def __init__(self, parts: list[Any]) -> None:
+        self.parts = parts
+        self.needs_caller = any(getattr(p, "needs_caller", False) for p in parts)
+
+    async def score(self, request: ChatRequest, response: dict[str, Any]) -> Score:
+        scores = [await p.score(request, response) for p in self.parts]
+        return min(scores, key=lambda s: s.value)
+
+    async def score_with(self, ctx: Any, caller: Any, response: dict[str, Any]) -> Score:
+        worst: Score | None = None
+        for p in self.parts:
+            s = await score_answer(p, ctx, caller, response)
+            if worst is None or s.value < worst.value:
+                worst = s
+            if s.value == 0.0:
+                break  # no later check can raise a minimum of zero; skip paid judges
+        return worst or Score(0.0, "no scorers")

@@ -30,7 +30,7 @@ PERIODS: dict[str, tuple[float | None, int]] = {  # name -> (seconds back, bucke
     "all": (None, 86400),
 }
 STRATEGIES = ("routing", "cascade", "cache", "compression", "batching", "passthrough")
-_ASSETS = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
+_ASSETS = {"dashboard.js": "text/javascript", "dashboard.css": "text/css", "favicon.svg": "image/svg+xml"}
 # A row's saving: what the baseline would have cost minus what it cost (a cache hit with no
 # baseline figure counts what the cache says it saved).
 _SAVED = ("CASE WHEN status <> 'ok' THEN 0 WHEN baseline_cost_usd IS NULL THEN cache_saved_usd "
@@ -83,7 +83,7 @@ def dashboard_data(store: SQLStore, period: str = "7d", now: float | None = None
                    COALESCE(SUM(CASE WHEN status = 'ok' THEN baseline_cost_usd ELSE 0 END), 0)
             FROM requests WHERE ts >= ? GROUP BY g ORDER BY g""", [since])
     ]
-    by_strategy = {s: {"strategy": s, "requests": 0, "spend_usd": 0.0, "saved_usd": 0.0} for s in STRATEGIES}
+    by_strategy: dict[str, dict[str, Any]] = {s: {"strategy": s, "requests": 0, "spend_usd": 0.0, "saved_usd": 0.0} for s in STRATEGIES}
     for s, r, sp, sv in q(f"""SELECT strategy, COUNT(*), COALESCE(SUM(cost_usd), 0), COALESCE(SUM({_SAVED}), 0)
                               FROM requests WHERE ts >= ? GROUP BY strategy""", [since]):
         name = "batching" if s == "batch" else str(s)

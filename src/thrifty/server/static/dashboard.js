@@ -64,16 +64,16 @@
       el("path", { d: series.length === 1 ? d + " l0.1,0" : d, class: `series ${cls}`, "data-series": cls }, s);
       for (const p of series) el("circle", { cx: x(p.t), cy: y(p[key]), r: 2.5, class: `series ${cls}` }, s);
     }
-    const lg = el("g", { transform: `translate(${W - R - 220},${T})` }, s);
+    const lg = el("g", { transform: `translate(${W - R - 250},${T})` }, s);
     el("rect", { x: 0, y: 0, width: 12, height: 3, fill: "#d9480f" }, lg);
     text(lg, 16, 5, "spend");
     el("rect", { x: 80, y: 0, width: 12, height: 3, fill: "#5c7cfa" }, lg);
     text(lg, 96, 5, "baseline (premium model)");
   }
 
-  function barChart(container, rows, label, value, fmt, title) {
+  function barChart(container, rows, label, value, fmt, title, width) {
     if (!rows.length) return empty(container, "Nothing yet.");
-    const W = 440, rowH = 24, L = 130, R = 70, H = rows.length * rowH + 10;
+    const W = width || 440, rowH = 24, L = 130, R = 70, H = rows.length * rowH + 10;
     const s = svg(container, W, H, title);
     const max = Math.max(1e-12, ...rows.map((r) => Math.abs(value(r))));
     rows.forEach((r, i) => {
@@ -152,7 +152,7 @@
     ], (r) => r.name, (r) => r.v, pct, "rates");
     barChart(document.getElementById("chart-tasks"), d.tasks, (r) => r.task, (r) => r.spend_usd, usd, "top tasks");
     barChart(document.getElementById("chart-keys"), d.keys, (r) => (r.name || r.key_id), (r) => r.spend_usd, usd,
-             "top keys");
+             "top keys", 900);
     keysTable(d.keys);
   }
 

@@ -1,0 +1,36 @@
+"""The ``batching`` section of the config (pydantic only: thrifty.config imports it).
+
+    batching:
+      model: deepseek-v4-flash     # default for `thrifty batch run` without --model/--route
+      pack: 10                     # items per packed call
+      concurrency: 4               # packed calls in flight
+      deferred:
+        completion_window: 24h
+        poll_interval_s: 30
+        max_resubmits: 2           # failed/expired items go into a new batch this many times
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DeferredConfig(_Strict):
+    completion_window: str = "24h"
+    poll_interval_s: float = Field(default=30.0, gt=0)
+    max_resubmits: int = Field(default=2, ge=0)
+    # The endpoint each batch line targets (OpenAI's Batch API field ``url``).
+    endpoint: str = "/v1/chat/completions"
+
+
+class BatchingConfig(_Strict):
+    model: str | None = None
+    route: str | None = None
+    pack: int = Field(default=10, ge=1, le=200)
+    concurrency: int = Field(default=4, ge=1, le=256)
+    max_output_tokens_per_item: int = Field(default=256, ge=1)
+    deferred: DeferredConfig = Field(default_factory=DeferredConfig)

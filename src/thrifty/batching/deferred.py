@@ -1,0 +1,271 @@
+"""Deferred work through a provider's Batch API, at batch prices, surviving restarts.
+
+    runner = DeferredRunner(gateway)
+    job = await runner.submit(items, task="...", model="cheap")   # idempotent: same input, same job
+    job = await runner.wait(job.job_id)                          # polls until finished
+    results = runner.results(job.job_id)
+
+One round = one provider batch: the pending items go into a JSONL file (one chat request per
+line, ``custom_id`` = ``r<round>-<seq>``), the file is uploaded, the batch is created and
+polled. When it ends (completed, expired, failed or cancelled) the output file gives the
+answers, priced at the model's batch price and written to the ledger as batch requests; items
+in the error file, missing, or with an invalid answer go into the next round, up to
+``max_resubmits`` times, after which they are reported failed with the reason, never dropped.
+Every step is persisted first (jobs.py), so ``poll`` after a restart continues the same job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from thrifty.batching import packing
+from thrifty.batching.items import Item, coerce_items
+from thrifty.batching.jobs import Job, JobItem, JobStore
+from thrifty.batching.runner import ItemResult, resolve_target
+from thrifty.cost import call_cost
+from thrifty.errors import ConfigError, InvalidRequestError, UpstreamError
+from thrifty.ledger.records import rows_from_context
+from thrifty.ledger.store import SQLStore, open_store
+from thrifty.pipeline.accounting import settle
+from thrifty.pipeline.context import Attempt, RequestContext
+from thrifty.providers.batch_api import BatchProvider, OpenAIBatchAPI
+from thrifty.types import ChatRequest, Usage, response_text
+
+if TYPE_CHECKING:
+    from thrifty.gateway import Gateway
+
+log = logging.getLogger("thrifty.batching")
+
+RUNNING = ("validating", "in_progress", "finalizing", "cancelling")
+
+
+def job_id_for(model: str, task: str, labels: list[str] | None, items: list[Item]) -> str:
+    """Same model, task, labels and items: same job (so running again resumes, never resubmits)."""
+    h = hashlib.sha256(json.dumps([model, task, labels, [[i.id, i.input] for i in items]]).encode())
+    return "bj_" + h.hexdigest()[:20]
+
+
+def open_job_store(gateway: Gateway) -> JobStore:
+    cfg = gateway.config
+    if not cfg.ledger.enabled:
+        raise ConfigError("deferred batches need the ledger (ledger.enabled: true): jobs are kept there")
+    return JobStore(open_store(cfg.resolve_path(cfg.ledger.path), cfg.ledger.dsn))
+
+
+class DeferredRunner:
+    def __init__(self, gateway: Gateway, jobs: JobStore | None = None,
+                 apis: dict[str, BatchProvider] | None = None) -> None:
+        self.gw = gateway
+        self.jobs = jobs or open_job_store(gateway)
+        self._apis: dict[str, BatchProvider] = dict(apis or {})
+        self.cfg = gateway.config.batching.deferred
+
+    def api(self, provider: str) -> BatchProvider:
+        if provider not in self._apis:
+            pcfg = self.gw.config.providers.get(provider)
+            if pcfg is None:
+                raise ConfigError(f"provider {provider!r} is not configured: no Batch API to call")
+            self._apis[provider] = OpenAIBatchAPI(provider, pcfg, self.gw.redactor)
+        return self._apis[provider]
+
+    async def aclose(self) -> None:
+        for api in self._apis.values():
+            await api.aclose()
+        store: SQLStore = self.jobs.store
+        await asyncio.to_thread(store.close)
+
+    # ---------------------------------------------------------------- submit / poll
+    async def submit(self, items: list[Any], *, task: str, model: str | None = None,
+                     labels: list[str] | None = None) -> Job:
+        """Create the job (or find the identical one) and send its first batch."""
+        checked = coerce_items(items)
+        target = resolve_target(self.gw, model, None)
+        info = self.gw.catalog.get(target)
+        if info is None:
+            raise InvalidRequestError(f"--deferred needs a model the catalog knows (got {target!r}); routes cannot "
+                                      "be used with provider batches")
+        job_id = job_id_for(info.name, task, labels, checked)
+        job = await asyncio.to_thread(self.jobs.find, job_id)
+        if job is None:
+            job = await asyncio.to_thread(self.jobs.create, job_id, info.name, info.provider, task, labels, checked)
+        return await self.poll(job.job_id)
+
+    async def poll(self, job_id: str) -> Job:
+        """Advance the job one step: send its round if not sent, else check the running batch."""
+        job = await asyncio.to_thread(self.jobs.get, job_id)
+        if job.status == "created":
+            await self._send_round(job)
+        elif job.status == "submitted":
+            await self._check(job)
+        return await asyncio.to_thread(self.jobs.get, job_id)
+
+    async def wait(self, job_id: str, interval: float | None = None, timeout: float | None = None) -> Job:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                job = await self.poll(job_id)
+            except UpstreamError as exc:  # the provider is down for a moment: keep the job, try again
+                log.warning("batch job %s: poll failed, will retry: %s", job_id, exc.message)
+                job = await asyncio.to_thread(self.jobs.get, job_id)
+            if job.done or (deadline is not None and time.monotonic() >= deadline):
+                return job
+            await asyncio.sleep(interval if interval is not None else self.cfg.poll_interval_s)
+
+    async def cancel(self, job_id: str) -> Job:
+        job = await asyncio.to_thread(self.jobs.get, job_id)
+        if job.done:
+            return job
+        if job.status == "submitted" and job.batch_id:
+            await self.api(job.provider).cancel_batch(job.batch_id)
+            await asyncio.to_thread(self.jobs.update, job.job_id, status="cancelling")
+            # Collect what the batch finished before the cancel; the rest is reported, not retried.
+            job = await asyncio.to_thread(self.jobs.get, job_id)
+            await self._check(job, cancelled=True)
+        else:
+            await asyncio.to_thread(self._finish, job, "cancelled", "cancelled before it was sent")
+        return await asyncio.to_thread(self.jobs.get, job_id)
+
+    def results(self, job_id: str) -> list[ItemResult]:
+        job = self.jobs.get(job_id)
+        out = []
+        for it in self.jobs.items(job.job_id):
+            done = it.status == "ok"
+            out.append(ItemResult(
+                it.item_id, it.output if done else None, it.status if it.status != "pending" else "pending",
+                "batch_api" if done else ("failed" if it.status == "failed" else "pending"),
+                it.cost_usd, float(it.prompt_tokens), float(it.completion_tokens), it.tries, it.error,
+            ))
+        return out
+
+    # ---------------------------------------------------------------- steps
+    def _line(self, job: Job, it: JobItem) -> dict[str, Any]:
+        info = self.gw.catalog.get(job.model)
+        assert info is not None
+        params = {"temperature": 0, "max_tokens": self.gw.config.batching.max_output_tokens_per_item}
+        req = ChatRequest(model=job.model, messages=packing.single_messages(job.task, Item(it.item_id, it.input),
+                                                                             job.labels), params=params)
+        return {"custom_id": f"r{job.round}-{it.seq}", "method": "POST", "url": self.cfg.endpoint,
+                "body": req.to_body(info.upstream_model, stream=False)}
+
+    async def _send_round(self, job: Job) -> None:
+        pending = await asyncio.to_thread(self.jobs.items, job.job_id, "pending")
+        if not pending:
+            await asyncio.to_thread(self._finish, job, "finished", None)
+            return
+        api = self.api(job.provider)
+        file_id = job.input_file_id
+        if file_id is None:
+            data = "".join(json.dumps(self._line(job, it), ensure_ascii=False) + "\n" for it in pending)
+            file_id = await api.upload_file(data.encode("utf-8"), f"{job.job_id}-r{job.round}.jsonl")
+            await asyncio.to_thread(self.jobs.update, job.job_id, input_file_id=file_id)
+        for it in pending:
+            await asyncio.to_thread(self.jobs.update_item, job.job_id, it.seq, round=job.round, tries=it.tries + 1)
+        batch = await api.create_batch(file_id, self.cfg.endpoint, self.cfg.completion_window,
+                                       {"thrifty_job": job.job_id, "round": str(job.round)})
+        await asyncio.to_thread(self.jobs.update, job.job_id, status="submitted", batch_id=str(batch["id"]),
+                                provider_status=str(batch.get("status")))
+
+    async def _check(self, job: Job, cancelled: bool = False) -> None:
+        assert job.batch_id is not None
+        api = self.api(job.provider)
+        batch = await api.get_batch(job.batch_id)
+        status = str(batch.get("status"))
+        await asyncio.to_thread(self.jobs.update, job.job_id, provider_status=status)
+        if status in RUNNING:
+            return
+        answered: dict[str, dict[str, Any]] = {}
+        for key in ("output_file_id", "error_file_id"):
+            if batch.get(key):
+                raw = await api.file_content(str(batch[key]))
+                for line in raw.decode("utf-8", "replace").splitlines():
+                    if line.strip():
+                        row = json.loads(line)
+                        answered[str(row.get("custom_id"))] = row
+        stop = cancelled or status == "cancelled"
+        problem = None
+        if status == "failed":
+            errs = (batch.get("errors") or {}).get("data") or []
+            problem = "batch failed: " + "; ".join(str(e.get("message")) for e in errs[:3] if isinstance(e, dict))
+        await asyncio.to_thread(self._collect, job, answered, stop, problem)
+
+    def _collect(self, job: Job, answered: dict[str, dict[str, Any]], stop: bool, problem: str | None) -> None:
+        """Record answers; retry or fail the rest; move the job to its next round or finish it."""
+        retry = False
+        for it in self.jobs.items(job.job_id, "pending"):
+            row = answered.get(f"r{job.round}-{it.seq}")
+            output, error = self._record(job, it, row) if row is not None else (None, problem or "missing from the results")
+            if output is not None:
+                continue
+            if stop or it.tries > self.cfg.max_resubmits:
+                self.jobs.update_item(job.job_id, it.seq, status="failed", error=error)
+            else:
+                self.jobs.update_item(job.job_id, it.seq, error=error)
+                retry = True
+        if retry and not stop:
+            self.jobs.update(job.job_id, status="created", round=job.round + 1, input_file_id=None, batch_id=None)
+        else:
+            self._finish(job, "cancelled" if stop else "finished", None)
+
+    def _record(self, job: Job, it: JobItem, row: dict[str, Any]) -> tuple[str | None, str]:
+        response = row.get("response") or {}
+        err = row.get("error")
+        body = response.get("body") if isinstance(response, dict) else None
+        if err or not isinstance(body, dict) or response.get("status_code") != 200:
+            msg = (err or {}).get("message") if isinstance(err, dict) else None
+            if msg is None and isinstance(body, dict) and isinstance(body.get("error"), dict):
+                msg = body["error"].get("message")
+            code = (err or {}).get("code") if isinstance(err, dict) else response.get("status_code")
+            return None, f"{code}: {msg}" if msg else str(code)
+        info = self.gw.catalog.get(job.model)
+        usage = Usage.from_openai(body.get("usage"))
+        cost = call_cost(usage, info.price if info else None, batch=True)
+        item = Item(it.item_id, it.input)
+        output = packing.valid_output(response_text(body), item, job.labels, None)
+        self._ledger(job, it, usage, cost.usd, cost.source)
+        self.jobs.update_item(
+            job.job_id, it.seq,
+            prompt_tokens=it.prompt_tokens + usage.prompt_tokens,
+            completion_tokens=it.completion_tokens + usage.completion_tokens,
+            cost_usd=None if cost.usd is None else (it.cost_usd or 0.0) + cost.usd,
+            **({"status": "ok", "output": output, "error": None} if output is not None else {}),
+        )
+        return output, "invalid answer" if output is None else ""
+
+    def _ledger(self, job: Job, it: JobItem, usage: Usage, cost: float | None, source: str) -> None:
+        if self.gw.ledger is None:
+            return
+        info = self.gw.catalog.get(job.model)
+        ctx = RequestContext(request=ChatRequest(model=job.model, messages=[{"role": "user", "content": ""}]),
+                             request_id=f"{job.job_id}-{it.seq}-r{job.round}")
+        ctx.task, ctx.batch, ctx.strategy = "batch", True, "batch"
+        attempt = Attempt(model=job.model, provider=job.provider, started=time.time(), usage=usage,
+                          cost_usd=cost, cost_source=source, tier=info.tier if info else None, batch=True,
+                          accepted=True)
+        ctx.attempts.append(attempt)
+        settle(ctx, self.gw.catalog, attempt)
+        req, attempts = rows_from_context(ctx)
+        self.gw.ledger.submit(req, attempts)
+
+    def _finish(self, job: Job, status: str, error: str | None) -> None:
+        if status == "cancelled":
+            for it in self.jobs.items(job.job_id, "pending"):
+                self.jobs.update_item(job.job_id, it.seq, status="failed", error=it.error or "cancelled")
+        self.jobs.update(job.job_id, status=status, error=error)
+
+
+async def run_deferred(gateway: Gateway, items: list[Any], *, task: str, model: str | None = None,
+                       labels: list[str] | None = None, interval: float | None = None,
+                       timeout: float | None = None) -> tuple[Job, list[ItemResult]]:
+    """Submit (or resume) and wait: the Python API of ``thrifty batch run --deferred``."""
+    runner = DeferredRunner(gateway)
+    try:
+        job = await runner.submit(items, task=task, model=model, labels=labels)
+        job = await runner.wait(job.job_id, interval, timeout)
+        return job, await asyncio.to_thread(runner.results, job.job_id)
+    finally:
+        await runner.aclose()

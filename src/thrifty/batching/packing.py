@@ -1,0 +1,136 @@
+"""One packed call: K items in, one JSON answer out, validated item by item.
+
+Request: the task and the answer format in the system message (with the ``thrifty-pack``
+marker), the items as ``{"items": [{"id": "1", "input": ...}, ...]}`` in the user message with
+pack-local ids "1".."K" (short ids cost fewer tokens and cannot collide), and a
+``response_format`` JSON schema when the model supports JSON mode. Answer:
+``{"results": [{"id": "1", "output": ...}, ...]}``. An item is accepted when its id appears
+exactly once with a valid output (a non-empty string; one of the labels when labels are given;
+and whatever the caller's ``validate`` says). Everything else is returned as failed, for the
+runner to retry in a smaller pack, then alone.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from thrifty.batching.items import Item
+
+MARKER = "thrifty-pack"  # the mock upstream (mock/packed.py) recognises packed requests by it
+SCHEMA_NAME = "thrifty_pack"
+
+Validator = Callable[[Item, str], bool]
+
+
+def pack_schema(labels: list[str] | None) -> dict[str, Any]:
+    output: dict[str, Any] = {"type": "string", "enum": list(labels)} if labels else {"type": "string"}
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["results"],
+        "properties": {"results": {"type": "array", "items": {
+            "type": "object", "additionalProperties": False, "required": ["id", "output"],
+            "properties": {"id": {"type": "string"}, "output": output},
+        }}},
+    }
+
+
+def labels_clause(labels: list[str] | None) -> str:
+    return f" Each output must be exactly one of: {', '.join(labels)}." if labels else ""
+
+
+def packed_messages(task: str, items: list[Item], labels: list[str] | None) -> list[dict[str, Any]]:
+    system = (
+        f"{task}\n\n{MARKER}: the user sends a JSON object {{\"items\": [{{\"id\", \"input\"}}]}}. "
+        "Apply the task to each item on its own. Reply with JSON only: "
+        "{\"results\": [{\"id\": <the item's id>, \"output\": <your answer for that item>}]}, "
+        "exactly one result per item, ids unchanged." + labels_clause(labels)
+    )
+    payload = {"items": [{"id": str(i + 1), "input": it.input} for i, it in enumerate(items)]}
+    user = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def packed_params(labels: list[str] | None, json_mode: bool, max_tokens: int) -> dict[str, Any]:
+    params: dict[str, Any] = {"temperature": 0, "max_tokens": max_tokens}
+    if json_mode:
+        params["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": SCHEMA_NAME, "strict": True, "schema": pack_schema(labels)},
+        }
+    return params
+
+
+def single_messages(task: str, item: Item, labels: list[str] | None) -> list[dict[str, Any]]:
+    """The one-item fallback (and the one-call-per-item baseline): a plain request."""
+    clause = labels_clause(labels).replace(" Each output", " The answer")
+    system = task + (clause + " Reply with the answer only." if labels else "")
+    return [{"role": "system", "content": system}, {"role": "user", "content": item.input}]
+
+
+def valid_output(value: Any, item: Item, labels: list[str] | None, validate: Validator | None) -> str | None:
+    """The accepted output text, or None."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip()
+    if labels:
+        match = next((lab for lab in labels if lab.lower() == text.lower().strip(" .!\"'")), None)
+        if match is None:
+            return None
+        text = match
+    if validate is not None and not validate(item, text):
+        return None
+    return text
+
+
+@dataclass
+class PackOutcome:
+    accepted: dict[str, str] = field(default_factory=dict)  # item id -> output
+    failed: dict[str, str] = field(default_factory=dict)  # item id -> why
+
+
+def parse_packed(text: str, items: list[Item], labels: list[str] | None,
+                 validate: Validator | None = None) -> PackOutcome:
+    out = PackOutcome()
+    local = {str(i + 1): it for i, it in enumerate(items)}
+    try:
+        data = json.loads(_strip_fence(text))
+        results = data["results"] if isinstance(data, dict) else data
+        if not isinstance(results, list):
+            raise ValueError("no results array")
+    except (ValueError, KeyError, TypeError) as exc:
+        for it in items:
+            out.failed[it.id] = f"answer was not the expected JSON ({type(exc).__name__})"
+        return out
+    rows = [r for r in results if isinstance(r, dict)]
+    counts = Counter(str(r.get("id")) for r in rows)
+    for r in rows:
+        lid = str(r.get("id"))
+        item = local.get(lid)
+        if item is None or item.id in out.accepted or item.id in out.failed:
+            continue
+        if counts[lid] > 1:
+            out.failed[item.id] = "duplicated in the answer"
+            continue
+        ok = valid_output(r.get("output"), item, labels, validate)
+        if ok is None:
+            out.failed[item.id] = "invalid output"
+        else:
+            out.accepted[item.id] = ok
+    for it in items:
+        if it.id not in out.accepted and it.id not in out.failed:
+            out.failed[it.id] = "missing from the answer"
+    return out
+
+
+def _strip_fence(text: str) -> str:
+    """Models without JSON mode often wrap JSON in a Markdown fence."""
+    t = text.strip()
+    if t.startswith("```"):
+        t = t.split("\n", 1)[1] if "\n" in t else ""
+        t = t.rsplit("```", 1)[0]
+    return t

@@ -1,0 +1,197 @@
+"""Packing K items per call, with fallbacks, so every item gets exactly one result.
+
+    results = await run_batch(gateway, items, task="Classify the sentiment", model="cheap", pack=10)
+
+Each pack of K items is one request through the gateway (so it is priced, routed and in the
+ledger like any other). Items the answer misses, duplicates or gets wrong are retried in a pack
+half the size, then one by one as plain requests; an item still failing is reported as failed
+with the reason, never dropped. Each call's cost and tokens are shared equally among the items
+it carried, so the item costs add up to exactly what the run spent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from thrifty.batching import packing
+from thrifty.batching.items import Item, coerce_items
+from thrifty.batching.progress import Progress
+from thrifty.errors import InvalidRequestError, ThriftyError
+from thrifty.types import ChatRequest, response_text
+
+if TYPE_CHECKING:
+    from thrifty.gateway import Gateway
+
+__all__ = ["Item", "ItemResult", "run_batch"]
+
+
+@dataclass
+class ItemResult:
+    """One output line: the answer (or why there is none), its cost share and how it was made."""
+
+    id: str
+    output: str | None
+    status: str  # ok | failed
+    produced: str  # packed | repacked | single | batch_api | failed
+    cost_usd: float | None = 0.0
+    prompt_tokens: float = 0.0
+    completion_tokens: float = 0.0
+    calls: int = 0  # upstream requests this item took part in
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "output": self.output, "status": self.status, "produced": self.produced,
+            "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 10),
+            "tokens": {"prompt": round(self.prompt_tokens, 2), "completion": round(self.completion_tokens, 2)},
+            "calls": self.calls, "error": self.error,
+        }
+
+
+def resolve_target(gateway: Gateway, model: str | None, route: str | None) -> str:
+    """The request ``model`` to send: --model, else route:NAME, else the config's defaults."""
+    if model and route:
+        raise InvalidRequestError("give --model or --route, not both")
+    cfg = gateway.config.batching
+    if model:
+        return model
+    if route:
+        return f"route:{route}"
+    if cfg.model:
+        return cfg.model
+    if cfg.route:
+        return f"route:{cfg.route}"
+    if gateway.config.default_model:
+        return gateway.config.default_model
+    raise InvalidRequestError("no model to run the batch on: pass --model or --route (or set batching.model)")
+
+
+class _Run:
+    def __init__(self, gateway: Gateway, target: str, task: str, labels: list[str] | None,
+                 validate: packing.Validator | None, progress: Progress, task_name: str) -> None:
+        self.gw = gateway
+        self.target = target
+        self.task = task
+        self.labels = labels
+        self.validate = validate
+        self.progress = progress
+        self.task_name = task_name
+        info = gateway.catalog.get(target)
+        self.json_mode = info.supports_json_mode if info is not None else True
+        self.max_per_item = gateway.config.batching.max_output_tokens_per_item
+        self.results: dict[str, ItemResult] = {}
+
+    def _result(self, item: Item) -> ItemResult:
+        if item.id not in self.results:
+            self.results[item.id] = ItemResult(item.id, None, "failed", "failed")
+        return self.results[item.id]
+
+    async def _call(self, items: list[Item], messages: list[dict[str, Any]],
+                    params: dict[str, Any]) -> tuple[str | None, str | None]:
+        """(answer text, error) of one request; its cost is shared among ``items``."""
+        req = ChatRequest(model=self.target, messages=messages, params=params,
+                          options={"task": self.task_name})
+        try:
+            ctx = await self.gw.handle(req)
+        except ThriftyError as exc:
+            # A call that failed after the gateway's retries billed nothing we can see.
+            return None, exc.message
+        text = response_text(ctx.response or {})
+        share = 1.0 / len(items)
+        cost = ctx.spent_usd()
+        prompt = sum(a.usage.prompt_tokens for a in ctx.attempts)
+        completion = sum(a.usage.completion_tokens for a in ctx.attempts)
+        for it in items:
+            r = self._result(it)
+            r.calls += 1
+            r.prompt_tokens += prompt * share
+            r.completion_tokens += completion * share
+            r.cost_usd = None if (cost is None or r.cost_usd is None) else r.cost_usd + cost * share
+        return text, None
+
+    async def pack(self, items: list[Item], level: int) -> None:
+        if len(items) == 1 or level >= 2:
+            for it in items:
+                await self.single(it)
+            return
+        messages = packing.packed_messages(self.task, items, self.labels)
+        params = packing.packed_params(self.labels, self.json_mode, self.max_per_item * len(items) + 50)
+        text, error = await self._call(items, messages, params)
+        if text is None:
+            outcome = packing.PackOutcome(failed={it.id: error or "no answer" for it in items})
+        else:
+            outcome = packing.parse_packed(text, items, self.labels, self.validate)
+        produced = "packed" if level == 0 else "repacked"
+        for it in items:
+            if it.id in outcome.accepted:
+                r = self._result(it)
+                r.output, r.status, r.produced, r.error = outcome.accepted[it.id], "ok", produced, None
+        self._done([it for it in items if it.id in outcome.accepted])
+        retry = [it for it in items if it.id in outcome.failed]
+        for it in retry:
+            self._result(it).error = outcome.failed[it.id]
+        if not retry:
+            return
+        size = max(1, (len(items) + 1) // 2) if len(retry) > 1 and level == 0 else 1
+        if size == 1:
+            for it in retry:
+                await self.single(it)
+        else:
+            for i in range(0, len(retry), size):
+                await self.pack(retry[i : i + size], level + 1)
+
+    async def single(self, item: Item) -> None:
+        params: dict[str, Any] = {"temperature": 0, "max_tokens": self.max_per_item}
+        text, error = await self._call([item], packing.single_messages(self.task, item, self.labels), params)
+        r = self._result(item)
+        ok = None if text is None else packing.valid_output(text, item, self.labels, self.validate)
+        if ok is not None:
+            r.output, r.status, r.produced, r.error = ok, "ok", "single", None
+        else:
+            r.status, r.produced = "failed", "failed"
+            r.error = error or f"invalid answer alone too: {(text or '')[:80]!r}"
+        self._done([item])
+
+    def _done(self, items: list[Item]) -> None:
+        if items:
+            cost = sum((self.results[it.id].cost_usd or 0.0) for it in items)
+            self.progress.update(len(items), cost)
+
+
+async def run_batch(
+    gateway: Gateway,
+    items: list[Any],
+    *,
+    task: str,
+    model: str | None = None,
+    route: str | None = None,
+    pack: int | None = None,
+    labels: list[str] | None = None,
+    validate: packing.Validator | None = None,
+    concurrency: int | None = None,
+    progress: bool = False,
+    task_name: str = "batch",
+) -> list[ItemResult]:
+    """Run ``task`` on every item, ``pack`` items per call; one ``ItemResult`` per item, in order."""
+    if not task.strip():
+        raise InvalidRequestError("--task must not be empty")
+    checked = coerce_items(items)
+    target = resolve_target(gateway, model, route)
+    size = pack or gateway.config.batching.pack
+    if size < 1:
+        raise InvalidRequestError("--pack must be at least 1")
+    bar = Progress(len(checked), enabled=progress)
+    run = _Run(gateway, target, task, labels, validate, bar, task_name)
+    sem = asyncio.Semaphore(concurrency or gateway.config.batching.concurrency)
+
+    async def one(chunk: list[Item]) -> None:
+        async with sem:
+            await run.pack(chunk, 0)
+
+    try:
+        await asyncio.gather(*(one(checked[i : i + size]) for i in range(0, len(checked), size)))
+    finally:
+        bar.close()
+    return [run.results[it.id] for it in checked]

@@ -1,0 +1,152 @@
+"""The shared backend: Redis, for several gateway instances serving one cache.
+
+Layout under the configured prefix ``P`` (the deployment namespace):
+- ``P:e:<key>``   hash {value, tenant, model, created}, with the entry's TTL;
+- ``P:z``         sorted set of keys by creation time: size limit (oldest evicted) and clears;
+- ``P:v:<index>`` list of packed vectors, append-only; a process remembers how far it has read;
+- ``P:l:<key>``   single-flight lock (SET NX PX), so concurrent gateways make one upstream call.
+Redis errors become misses (reads) or logged StorageErrors (writes): the cache never fails a request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import struct
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+
+from thrifty.cache.backends.base import EntryMeta, VectorRow, vec_bytes, vec_from
+from thrifty.errors import ConfigError, StorageError
+
+_HEADER = struct.Struct("<dI")  # expires, length of the JSON {key, text}
+
+
+class RedisBackend:
+    name = "redis"
+
+    def __init__(self, url: str, prefix: str = "thrifty", max_entries: int = 100_000) -> None:
+        try:
+            import redis.asyncio as aioredis
+        except ImportError:
+            raise ConfigError("the redis cache backend needs the optional extra: pip install 'thrifty[redis]'") from None
+        self._redis: Any = aioredis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self.prefix = f"{prefix}:cache"
+        self.max_entries = max_entries
+        self._tokens: dict[str, str] = {}
+
+    def _k(self, kind: str, key: str = "") -> str:
+        return f"{self.prefix}:{kind}:{key}" if key else f"{self.prefix}:{kind}"
+
+    async def get(self, key: str) -> bytes | None:
+        try:
+            value = await self._redis.hget(self._k("e", key), "value")
+        except Exception:
+            return None
+        return bytes(value) if value is not None else None
+
+    async def put(self, meta: EntryMeta, value: bytes) -> None:
+        ttl_ms = max(1, int((meta.expires - time.time()) * 1000))
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(self._k("e", meta.key), mapping={"value": value, "tenant": meta.tenant,
+                                                            "model": meta.model, "created": meta.created})
+                pipe.pexpire(self._k("e", meta.key), ttl_ms)
+                pipe.zadd(self._k("z"), {meta.key: meta.created})
+                pipe.zcard(self._k("z"))
+                *_, count = await pipe.execute()
+            if int(count) > self.max_entries:
+                await self._evict(int(count) - self.max_entries)
+        except Exception as exc:
+            raise StorageError(f"cache write failed (redis): {type(exc).__name__}") from None
+
+    async def _evict(self, n: int) -> None:
+        popped = await self._redis.zpopmin(self._k("z"), n)
+        if popped:
+            await self._redis.delete(*[self._k("e", k.decode()) for k, _ in popped])
+
+    async def add_vector(self, index_ns: str, meta: EntryMeta, text: str, vec: np.ndarray) -> None:
+        head = json.dumps({"key": meta.key, "text": text}).encode()
+        record = _HEADER.pack(meta.expires, len(head)) + head + vec_bytes(vec)
+        try:
+            await self._redis.rpush(self._k("v", index_ns), record)
+            await self._redis.pexpireat(self._k("v", index_ns), int(meta.expires * 1000))
+        except Exception as exc:
+            raise StorageError(f"cache vector write failed (redis): {type(exc).__name__}") from None
+
+    async def vectors_since(self, index_ns: str, cursor: int) -> tuple[list[VectorRow], int]:
+        try:
+            raws = await self._redis.lrange(self._k("v", index_ns), cursor, -1)
+        except Exception:
+            return [], cursor
+        out = []
+        for raw in raws:
+            cursor += 1
+            try:
+                expires, n = _HEADER.unpack_from(raw)
+                head = json.loads(raw[_HEADER.size:_HEADER.size + n])
+                vec = vec_from(raw[_HEADER.size + n:])
+            except (struct.error, ValueError):
+                continue  # a damaged record is skipped, never fatal
+            if vec is not None and isinstance(head, dict):
+                out.append(VectorRow(str(head.get("key")), str(head.get("text", "")), vec, float(expires)))
+        return out, cursor
+
+    async def try_lock(self, key: str, ttl_s: float) -> bool:
+        token = uuid.uuid4().hex
+        try:
+            ok = await self._redis.set(self._k("l", key), token, nx=True, px=max(1, int(ttl_s * 1000)))
+        except Exception:
+            return True  # Redis down: proceed without the lock rather than stall the client
+        if ok:
+            self._tokens[key] = token
+        return bool(ok)
+
+    async def unlock(self, key: str) -> None:
+        token = self._tokens.pop(key, None)
+        if token is None:
+            return
+        # Delete only our own lock (it may have expired and been taken by another process).
+        with contextlib.suppress(Exception):
+            await self._redis.eval(
+                "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
+                1, self._k("l", key), token,
+            )
+
+    async def clear(self, tenant: str | None = None, model: str | None = None,
+                    older_than: float | None = None) -> int:
+        hi = "(" + repr(older_than) if older_than is not None else "+inf"
+        keys = [k.decode() for k in await self._redis.zrangebyscore(self._k("z"), "-inf", hi)]
+        doomed = []
+        for start in range(0, len(keys), 500):
+            batch = keys[start:start + 500]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for k in batch:
+                    pipe.hmget(self._k("e", k), "tenant", "model")
+                metas = await pipe.execute()
+            for k, (t, m) in zip(batch, metas, strict=True):
+                if (tenant is None or (t is not None and t.decode() == tenant)) and (
+                        model is None or (m is not None and m.decode() == model)):
+                    doomed.append(k)
+        deleted = 0
+        for start in range(0, len(doomed), 500):
+            batch = doomed[start:start + 500]
+            deleted += int(await self._redis.delete(*[self._k("e", k) for k in batch]))
+            await self._redis.zrem(self._k("z"), *batch)
+        if tenant is None and model is None and older_than is None:
+            async for vk in self._redis.scan_iter(match=self._k("v", "*")):
+                await self._redis.delete(vk)
+        return deleted
+
+    async def stats(self) -> dict[str, int]:
+        n = int(await self._redis.zcard(self._k("z")))
+        vectors = 0
+        async for vk in self._redis.scan_iter(match=self._k("v", "*")):
+            vectors += int(await self._redis.llen(vk))
+        return {"entries": n, "bytes": 0, "vectors": vectors}
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()

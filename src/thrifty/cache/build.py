@@ -1,0 +1,63 @@
+"""Building the cache stage from the ``cache`` config section (None when caching is off)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from thrifty.cache.backends.base import CacheBackend
+from thrifty.cache.config import CacheConfig
+from thrifty.cache.semantic import SemanticCache
+from thrifty.cache.stage import CacheStage
+from thrifty.catalog import Catalog
+from thrifty.config import Config
+from thrifty.errors import ConfigError
+
+
+def open_backend(config: Config, cfg: CacheConfig) -> CacheBackend:
+    if cfg.backend == "redis":
+        url = cfg.redis_url or config.redis_url
+        if not url:
+            raise ConfigError("cache.backend is redis but neither cache.redis_url nor redis_url is set")
+        from thrifty.cache.backends.redis import RedisBackend
+
+        return RedisBackend(url, prefix=cfg.namespace, max_entries=cfg.max_entries)
+    from thrifty.cache.backends.sqlite import SQLiteBackend
+
+    return SQLiteBackend(config.resolve_path(cfg.path), max_entries=cfg.max_entries)
+
+
+def semantic_wanted(cfg: CacheConfig) -> bool:
+    return cfg.semantic.enabled or any(r.semantic for r in cfg.routes.values())
+
+
+def build_cache_stage(config: Config, catalog: Catalog, caller: Any = None) -> CacheStage | None:
+    cfg = config.cache
+    if cfg is None or not cfg.enabled:
+        return None
+    backend = open_backend(config, cfg)
+    semantic = None
+    if semantic_wanted(cfg):
+        from thrifty.embeddings import build_embedder
+
+        s = cfg.semantic
+        semantic = SemanticCache(backend, build_embedder(s.embedder), top_k=s.top_k, ann=s.ann,
+                                 ann_min_entries=s.ann_min_entries, refresh_s=s.refresh_s)
+    confirm = None
+    if cfg.semantic.confirm_model:
+        if catalog.get(cfg.semantic.confirm_model) is None:
+            raise ConfigError(f"cache.semantic.confirm_model: unknown model {cfg.semantic.confirm_model!r}")
+        from thrifty.cache.confirm import ConfirmModel
+
+        confirm = ConfirmModel(caller, cfg.semantic.confirm_model)
+    stage = CacheStage(cfg, backend, catalog, semantic, confirm)
+    # Fail at start-up, not on the first request, when a configured verifier file is unusable.
+    for path in {cfg.semantic.verifier, *(r.verifier for r in cfg.routes.values())}:
+        if path:
+            stage._verifiers[path] = _load(config.resolve_path(path))
+    return stage
+
+
+def _load(path: str) -> Any:
+    from thrifty.cache.verifier import LearnedVerifier
+
+    return LearnedVerifier.load(path)

@@ -1,0 +1,66 @@
+"""The ``cache`` section of the configuration file (validated with the rest of the config).
+
+Kept free of thrifty imports: ``thrifty.config`` imports this module to type its ``cache`` key.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SemanticConfig(_Strict):
+    """The semantic cache: nearest earlier question of the same scope, served only when verified."""
+
+    enabled: bool = False
+    # An embedder spec for thrifty.embeddings.build_embedder: "lexical" (default), "minilm", {...}.
+    embedder: str | dict[str, Any] = "lexical"
+    # A verifier file written by `thrifty cache calibrate`; None: the built-in rule verifier.
+    verifier: str | None = None
+    # Minimum verifier score to serve; None: the threshold stored in the verifier file.
+    threshold: float | None = Field(default=None)
+    top_k: int = Field(default=5, ge=1, le=50)
+    # A cheap model asked "same question?" before a semantic hit is served (costs one call).
+    confirm_model: str | None = None
+    # Namespaces with more vectors than this use the ANN index instead of exact numpy search.
+    ann_min_entries: int = Field(default=20_000, ge=0)
+    ann: Literal["auto", "hnswlib", "faiss", "none"] = "auto"
+    # How often an index re-reads vectors written by other gateway processes.
+    refresh_s: float = Field(default=1.0, ge=0)
+
+
+class RouteCacheConfig(_Strict):
+    """Per-route (``model: route:NAME``) or per-model overrides; unset fields inherit."""
+
+    enabled: bool | None = None
+    ttl_s: float | None = Field(default=None, gt=0)
+    require_deterministic: bool | None = None
+    semantic: bool | None = None
+    verifier: str | None = None
+    threshold: float | None = None
+
+
+class CacheConfig(_Strict):
+    enabled: bool = True
+    backend: Literal["sqlite", "redis"] = "sqlite"
+    path: str = "thrifty-cache.db"
+    # Redis URL for the shared backend; falls back to the top-level ``redis_url``.
+    redis_url: str | None = Field(default=None, repr=False)
+    # Prefix separating deployments sharing one store (e.g. staging/prod). The tenant is always
+    # part of every key as well; a namespace never merges tenants.
+    namespace: str = "thrifty"
+    ttl_s: float = Field(default=86_400.0, gt=0)
+    max_entries: int = Field(default=100_000, ge=1)
+    # Only cache requests with temperature 0 unless a route or the request opts in.
+    require_deterministic: bool = True
+    # Responses that call tools are not stored unless this is set (see docs/caching.md).
+    cache_tool_calls: bool = False
+    # Followers of an in-flight identical request wait at most this long for its answer.
+    lock_timeout_s: float = Field(default=30.0, gt=0)
+    semantic: SemanticConfig = Field(default_factory=SemanticConfig)
+    routes: dict[str, RouteCacheConfig] = Field(default_factory=dict)

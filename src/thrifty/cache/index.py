@@ -1,0 +1,156 @@
+"""Nearest-neighbour search over one semantic namespace's question vectors.
+
+Vectors are L2-normalised, so the inner product is the cosine similarity. Small namespaces use
+exact search in numpy; past ``ann_min_entries`` an HNSW graph (hnswlib, else faiss) is built in
+a worker thread and takes over once ready: exact search over N vectors of dimension d costs
+O(N*d) per lookup, which at 100k x 1024 floats is ~100 ms on a small CPU, while HNSW stays near
+a millisecond. faiss is preferred over hnswlib: same recall, faster to build and to query on the
+lexical vectors (docs/benchmarks.md, `python bench/cache_lookup.py --ann-compare 20000`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Protocol
+
+import numpy as np
+
+log = logging.getLogger("thrifty.cache")
+
+
+class Ann(Protocol):
+    def add(self, vecs: np.ndarray, start: int) -> None: ...
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class HnswlibAnn:
+    def __init__(self, dim: int, capacity: int, m: int = 16, ef_construction: int = 100, ef: int = 64) -> None:
+        import hnswlib
+
+        self._index: Any = hnswlib.Index(space="ip", dim=dim)
+        self._index.init_index(max_elements=max(capacity, 1024), ef_construction=ef_construction, M=m)
+        self._index.set_ef(ef)
+        self._lock = threading.Lock()
+
+    def add(self, vecs: np.ndarray, start: int) -> None:
+        with self._lock:
+            need = start + len(vecs)
+            if need > self._index.get_max_elements():
+                self._index.resize_index(max(need, 2 * self._index.get_max_elements()))
+            self._index.add_items(vecs, np.arange(start, need))
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        k = min(k, self._index.get_current_count())
+        labels, dist = self._index.knn_query(q[None, :], k=k)
+        return labels[0].astype(np.int64), (1.0 - dist[0]).astype(np.float32)
+
+
+class FaissAnn:
+    def __init__(self, dim: int, capacity: int, m: int = 16, ef_construction: int = 100, ef: int = 64) -> None:
+        import faiss
+
+        self._index: Any = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
+        self._index.hnsw.efConstruction = ef_construction
+        self._index.hnsw.efSearch = ef
+        self._lock = threading.Lock()
+
+    def add(self, vecs: np.ndarray, start: int) -> None:
+        with self._lock:
+            self._index.add(np.ascontiguousarray(vecs, dtype=np.float32))
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        sims, labels = self._index.search(q[None, :].astype(np.float32), k)
+        keep = labels[0] >= 0
+        return labels[0][keep].astype(np.int64), sims[0][keep].astype(np.float32)
+
+
+def make_ann(kind: str, dim: int, capacity: int) -> Ann | None:
+    """The ANN index named by ``kind`` ("auto": faiss, else hnswlib), or None if not installed."""
+    order = {"auto": ("faiss", "hnswlib"), "hnswlib": ("hnswlib",), "faiss": ("faiss",)}.get(kind, ())
+    for name in order:
+        try:
+            return HnswlibAnn(dim, capacity) if name == "hnswlib" else FaissAnn(dim, capacity)
+        except ImportError:
+            continue
+    return None
+
+
+class VectorIndex:
+    """The vectors of one namespace with their entry keys and question texts."""
+
+    def __init__(self, dim: int, *, ann: str = "auto", ann_min_entries: int = 20_000) -> None:
+        self.dim = dim
+        self.ann_kind = ann
+        self.ann_min_entries = ann_min_entries
+        self._mat = np.zeros((0, dim), dtype=np.float32)
+        self._n = 0
+        self.keys: list[str] = []
+        self.texts: list[str] = []
+        self.expires: list[float] = []
+        self._ann: Ann | None = None
+        self._ann_building = False
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def uses_ann(self) -> bool:
+        return self._ann is not None
+
+    def add(self, keys: list[str], texts: list[str], vecs: np.ndarray, expires: list[float]) -> None:
+        vecs = np.asarray(vecs, dtype=np.float32).reshape(-1, self.dim)
+        if not len(vecs):
+            return
+        with self._lock:
+            start = self._n
+            if start + len(vecs) > len(self._mat):
+                grown = np.zeros((max(start + len(vecs), 2 * len(self._mat), 256), self.dim), dtype=np.float32)
+                grown[:start] = self._mat[:start]
+                self._mat = grown
+            self._mat[start:start + len(vecs)] = vecs
+            self._n = start + len(vecs)
+            self.keys.extend(keys)
+            self.texts.extend(texts)
+            self.expires.extend(expires)
+            ann = self._ann
+        if ann is not None:
+            ann.add(vecs, start)
+        elif self._n >= self.ann_min_entries and self.ann_kind != "none" and not self._ann_building:
+            self._ann_building = True
+            threading.Thread(target=self._build_ann, name="thrifty-cache-ann", daemon=True).start()
+
+    def build_ann_now(self) -> bool:
+        """Build the ANN index synchronously (benchmarks, warm starts); False if unavailable."""
+        self._ann_building = True
+        self._build_ann()
+        return self._ann is not None
+
+    def _build_ann(self) -> None:
+        # Vectors added while the graph builds are caught up before it takes over.
+        n = self._n
+        ann = make_ann(self.ann_kind, self.dim, 2 * n)
+        if ann is None:
+            log.warning("no ANN library installed (pip install 'thrifty[ann]'); using exact search")
+            return
+        ann.add(self._mat[:n], 0)
+        with self._lock:
+            if self._n > n:
+                ann.add(self._mat[n:self._n], n)
+            self._ann = ann
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Positions and cosine similarities of the ``k`` nearest vectors, best first."""
+        q = np.asarray(q, dtype=np.float32).reshape(-1)
+        n = self._n
+        if n == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        if self._ann is not None:
+            return self._ann.search(q, k)
+        sims = self._mat[:n] @ q
+        k = min(k, n)
+        top = np.argpartition(-sims, k - 1)[:k] if k < n else np.arange(n)
+        order = np.argsort(-sims[top], kind="stable")
+        return top[order].astype(np.int64), sims[top[order]].astype(np.float32)

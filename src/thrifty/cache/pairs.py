@@ -1,0 +1,94 @@
+"""Labelled question pairs (``{"text_a", "text_b", "label"}`` JSONL) and the cache simulation on them.
+
+The simulation is the product's own semantic path: every ``text_a`` is cached in one scope, then
+every ``text_b`` is looked up with ``SemanticCache.search``, which sees the two texts and their
+similarity only. Labels are read by the scoring code after all lookups, never before.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from thrifty.cache.backends.memory import MemoryBackend
+from thrifty.cache.index import VectorIndex
+from thrifty.cache.semantic import SemanticCache
+from thrifty.cache.verifier import HitVerifier
+from thrifty.embeddings import Embedder
+from thrifty.errors import DataError
+
+
+@dataclass(frozen=True)
+class Pair:
+    text_a: str
+    text_b: str
+    label: int | None
+
+
+def read_pairs(path: str | Path) -> list[Pair]:
+    """Read a pairs file; ``DataError`` naming the line for anything malformed."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise DataError(f"cannot read pairs file {path}: {exc.strerror or exc}") from None
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise DataError(f"{path}:{n}: not valid JSON: {exc}") from None
+        if not isinstance(row, dict) or not isinstance(row.get("text_a"), str) or not isinstance(row.get("text_b"), str):
+            raise DataError(f"{path}:{n}: expected an object with string text_a and text_b")
+        label = row.get("label")
+        if label is not None and label not in (0, 1):
+            raise DataError(f"{path}:{n}: label must be 0 or 1, got {label!r}")
+        out.append(Pair(row["text_a"], row["text_b"], None if label is None else int(label)))
+    if not out:
+        raise DataError(f"{path}: no pairs")
+    return out
+
+
+def embed_all(embedder: Embedder, texts: list[str], batch: int = 512) -> np.ndarray:
+    parts = [embedder.embed(texts[i:i + batch]) for i in range(0, len(texts), batch)]
+    return np.concatenate(parts) if parts else np.zeros((0, embedder.dim), dtype=np.float32)
+
+
+class PairCache:
+    """Every distinct ``text_a`` cached in one scope of a SemanticCache."""
+
+    def __init__(self, texts_a: list[str], embedder: Embedder, *, top_k: int = 5, ann: str = "none",
+                 vecs: np.ndarray | None = None) -> None:
+        self.texts = list(dict.fromkeys(texts_a))
+        self.semantic = SemanticCache(MemoryBackend(), embedder, top_k=top_k, ann=ann)
+        self.index = VectorIndex(embedder.dim, ann=ann, ann_min_entries=0 if ann != "none" else 10**12)
+        vecs = embed_all(embedder, self.texts) if vecs is None else vecs
+        far = time.time() + 10 * 365 * 86400.0
+        self.index.add([f"a{i}" for i in range(len(self.texts))], self.texts, vecs, [far] * len(self.texts))
+
+    def candidates(self, query: str, qvec: np.ndarray) -> tuple[list[str], np.ndarray]:
+        pos, sims = self.index.search(qvec, self.semantic.top_k)
+        return [self.texts[int(p)] for p in pos], sims
+
+
+@dataclass(frozen=True)
+class Lookup:
+    served_text: str | None  # the best candidate (whatever its score)
+    score: float  # its verifier score (-inf when the cache had no candidate)
+    latency_ms: float
+
+
+def lookup_all(cache: PairCache, queries: list[str], qvecs: np.ndarray, verifier: HitVerifier) -> list[Lookup]:
+    """The product lookup for each query, threshold left open so every operating point can be read."""
+    out = []
+    for query, qvec in zip(queries, qvecs, strict=True):
+        t0 = time.perf_counter()
+        match = cache.semantic.search(cache.index, query, qvec, verifier, threshold=-np.inf)
+        ms = (time.perf_counter() - t0) * 1000
+        out.append(Lookup(match.text if match else None, match.score if match else -np.inf, ms))
+    return out

@@ -1,0 +1,119 @@
+"""The semantic cache: find the nearest earlier question in the same scope, serve it only if verified.
+
+A scope (keys.py) is everything but the final user question: tenant, model, system prompt,
+earlier turns and parameters. Each scope has its own vector index, keyed also by the embedder's
+name since vectors of different embedders do not compare. The index lives in process memory,
+is filled from the backend's vector log on first use and re-read every ``refresh_s`` so
+several gateway processes see each other's entries. Candidates are scored by the hit verifier
+(verifier.py); the best one is served only when its score clears the route's threshold. The
+verifier sees only the two question texts and their similarity: never labels, never answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from thrifty.cache.backends.base import CacheBackend, EntryMeta
+from thrifty.cache.index import VectorIndex
+from thrifty.cache.verifier import HitVerifier
+from thrifty.embeddings import Embedder
+
+# Embedders slower than this per call (sentence models) run on a worker thread.
+_INLINE_EMBEDDERS = ("lexical",)
+
+
+@dataclass(frozen=True)
+class SemanticMatch:
+    key: str
+    text: str
+    similarity: float
+    score: float
+
+
+@dataclass
+class _Slot:
+    index: VectorIndex
+    seen: set[str]
+    cursor: int = 0
+    refreshed: float = 0.0
+
+
+class SemanticCache:
+    def __init__(self, backend: CacheBackend, embedder: Embedder, *, top_k: int = 5, ann: str = "auto",
+                 ann_min_entries: int = 20_000, refresh_s: float = 1.0) -> None:
+        self.backend = backend
+        self.embedder = embedder
+        self.top_k = top_k
+        self.ann = ann
+        self.ann_min_entries = ann_min_entries
+        self.refresh_s = refresh_s
+        self._slots: dict[str, _Slot] = {}
+        self._inline = embedder.name.startswith(_INLINE_EMBEDDERS)
+
+    def index_ns(self, scope: str) -> str:
+        return hashlib.sha256(f"{scope}|{self.embedder.name}".encode()).hexdigest()[:40]
+
+    async def embed(self, text: str) -> np.ndarray:
+        if self._inline:
+            return self.embedder.embed([text])[0]
+        return (await asyncio.to_thread(self.embedder.embed, [text]))[0]
+
+    async def slot(self, scope: str) -> _Slot:
+        ns = self.index_ns(scope)
+        slot = self._slots.get(ns)
+        if slot is None:
+            slot = self._slots[ns] = _Slot(VectorIndex(self.embedder.dim, ann=self.ann,
+                                                       ann_min_entries=self.ann_min_entries), set())
+        now = time.monotonic()
+        if now - slot.refreshed >= self.refresh_s:
+            slot.refreshed = now
+            rows, slot.cursor = await self.backend.vectors_since(ns, slot.cursor)
+            fresh = [r for r in rows if r.key not in slot.seen and len(r.vec) == self.embedder.dim]
+            if fresh:
+                slot.seen.update(r.key for r in fresh)
+                slot.index.add([r.key for r in fresh], [r.text for r in fresh], np.stack([r.vec for r in fresh]),
+                               [r.expires for r in fresh])
+        return slot
+
+    async def lookup(self, scope: str, query: str, verifier: HitVerifier, threshold: float,
+                     qvec: np.ndarray | None = None) -> tuple[SemanticMatch | None, np.ndarray]:
+        """The verified best candidate for ``query`` (or None) and the query's vector."""
+        if qvec is None:
+            qvec = await self.embed(query)
+        slot = await self.slot(scope)
+        return self.search(slot.index, query, qvec, verifier, threshold), qvec
+
+    def search(self, index: VectorIndex, query: str, qvec: np.ndarray, verifier: HitVerifier,
+               threshold: float) -> SemanticMatch | None:
+        pos, sims = index.search(qvec, self.top_k)
+        now = time.time()
+        keep = [i for i, p in enumerate(pos) if index.expires[p] > now]
+        if not keep:
+            return None
+        pos, sims = pos[keep], sims[keep]
+        texts = [index.texts[p] for p in pos]
+        scores = verifier.score(query, texts, sims)
+        best = int(np.argmax(scores))
+        if scores[best] < threshold:
+            return None
+        p = int(pos[best])
+        return SemanticMatch(index.keys[p], texts[best], float(sims[best]), float(scores[best]))
+
+    async def add(self, scope: str, meta: EntryMeta, query: str, qvec: np.ndarray | None = None) -> None:
+        if qvec is None:
+            qvec = await self.embed(query)
+        ns = self.index_ns(scope)
+        await self.backend.add_vector(ns, meta, query, qvec)
+        slot = self._slots.get(ns)
+        if slot is not None and meta.key not in slot.seen:
+            slot.seen.add(meta.key)
+            slot.index.add([meta.key], [query], qvec[None, :], [meta.expires])
+
+    def forget(self) -> None:
+        """Drop the in-memory indexes (after a clear); they reload from the backend."""
+        self._slots.clear()

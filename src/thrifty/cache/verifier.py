@@ -1,0 +1,186 @@
+"""Hit verifiers: decide whether a cached question's answer may be served for a new question.
+
+- ``RuleVerifier``: the similarity, vetoed to 0 when numbers, negation, opposite words or named
+  entities differ. Needs no training; the default when no calibrated verifier is configured.
+- ``LearnedVerifier``: a gradient-boosted model (LightGBM; logistic regression without the
+  ``gbm`` extra) over the pair features of features.py plus the embedding similarity, with a
+  threshold calibrated on labelled pairs for a target false-hit rate (calibrate.py).
+
+A verifier file is JSON (model text, IDF table, threshold, provenance): loading it runs no code,
+unlike a pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from thrifty.cache.features import FEATURE_NAMES, build_idf, pair_features, vetoes
+from thrifty.errors import ConfigError
+
+FORMAT = "thrifty-cache-verifier/1"
+
+
+class HitVerifier(Protocol):
+    threshold: float
+
+    @property
+    def name(self) -> str: ...
+
+    def score(self, query: str, candidates: list[str], sims: np.ndarray) -> np.ndarray:
+        """One score per candidate, higher = more likely the same question."""
+        ...
+
+
+@dataclass
+class RuleVerifier:
+    """Cosine similarity with hard vetoes; a conservative threshold for the lexical embedder."""
+
+    threshold: float = 0.9
+
+    @property
+    def name(self) -> str:
+        return "rules"
+
+    def score(self, query: str, candidates: list[str], sims: np.ndarray) -> np.ndarray:
+        out = np.asarray(sims, dtype=np.float64).copy()
+        for i, cand in enumerate(candidates):
+            if vetoes(query, cand):
+                out[i] = 0.0
+        return out
+
+
+class _Model(Protocol):
+    def predict(self, x: np.ndarray) -> np.ndarray: ...
+
+    def dump(self) -> dict[str, Any]: ...
+
+
+class _Lgbm:
+    def __init__(self, booster: Any) -> None:
+        self.booster = booster
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.booster.predict(x, num_threads=1), dtype=np.float64)
+
+    def dump(self) -> dict[str, Any]:
+        return {"kind": "lgbm", "model": self.booster.model_to_string()}
+
+
+class _Logistic:
+    def __init__(self, mean: np.ndarray, scale: np.ndarray, coef: np.ndarray, intercept: float) -> None:
+        self.mean, self.scale, self.coef, self.intercept = mean, scale, coef, intercept
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        z = ((x - self.mean) / self.scale) @ self.coef + self.intercept
+        return np.asarray(1.0 / (1.0 + np.exp(-z)), dtype=np.float64)
+
+    def dump(self) -> dict[str, Any]:
+        return {"kind": "logreg", "mean": self.mean.tolist(), "scale": self.scale.tolist(),
+                "coef": self.coef.tolist(), "intercept": self.intercept}
+
+
+def _load_model(data: dict[str, Any]) -> _Model:
+    kind = data.get("kind")
+    if kind == "lgbm":
+        try:
+            import lightgbm
+        except ImportError:
+            raise ConfigError("this verifier needs LightGBM: pip install 'thrifty[gbm]'") from None
+        return _Lgbm(lightgbm.Booster(model_str=data["model"]))
+    if kind == "logreg":
+        return _Logistic(np.asarray(data["mean"]), np.asarray(data["scale"]), np.asarray(data["coef"]),
+                         float(data["intercept"]))
+    raise ConfigError(f"unknown verifier model kind {kind!r}")
+
+
+@dataclass
+class LearnedVerifier:
+    model: _Model
+    idf: dict[str, float]
+    threshold: float
+    embedder: str  # the embedder whose similarity the model was fitted on
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"learned:{self.info.get('model', 'lgbm')}"
+
+    def _idf(self, w: str) -> float:
+        return self.idf.get(w, self.idf["<unk>"])
+
+    def feature_rows(self, query: str, candidates: list[str], sims: np.ndarray) -> np.ndarray:
+        rows = [[*pair_features(c, query, self._idf), float(s)] for c, s in zip(candidates, sims, strict=True)]
+        return np.asarray(rows, dtype=np.float64).reshape(len(candidates), len(FEATURE_NAMES) + 1)
+
+    def score(self, query: str, candidates: list[str], sims: np.ndarray) -> np.ndarray:
+        if not candidates:
+            return np.zeros(0)
+        return self.model.predict(self.feature_rows(query, candidates, sims))
+
+    def save(self, path: str | Path) -> None:
+        doc = {"format": FORMAT, "threshold": self.threshold, "embedder": self.embedder,
+               "features": [*FEATURE_NAMES, "cosine"], "info": self.info, "idf": self.idf,
+               "model": self.model.dump()}
+        Path(path).write_text(json.dumps(doc), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> LearnedVerifier:
+        try:
+            doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read cache verifier {path}: {exc}") from None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise ConfigError(f"{path} is not a thrifty cache verifier (expected format {FORMAT})")
+        if doc.get("features") != [*FEATURE_NAMES, "cosine"]:
+            raise ConfigError(f"{path} was fitted on other features; re-run `thrifty cache calibrate`")
+        return cls(_load_model(doc["model"]), {str(k): float(v) for k, v in doc["idf"].items()},
+                   float(doc["threshold"]), str(doc.get("embedder", "")), dict(doc.get("info") or {}))
+
+
+def fit_model(x: np.ndarray, y: np.ndarray, kind: str = "lgbm", seed: int = 0) -> _Model:
+    """A fitted scorer for feature rows ``x`` and labels ``y`` (1 = same question)."""
+    if kind == "lgbm":
+        try:
+            import lightgbm
+        except ImportError:
+            kind = "logreg"
+        else:
+            clf = lightgbm.LGBMClassifier(
+                n_estimators=400, learning_rate=0.03, num_leaves=31, min_child_samples=20, subsample=0.8,
+                subsample_freq=1, colsample_bytree=0.5, reg_lambda=1.0, verbose=-1, n_jobs=2, random_state=seed,
+            )
+            clf.fit(x, y)
+            return _Lgbm(clf.booster_)
+    if kind == "logreg":
+        from sklearn.linear_model import LogisticRegression
+
+        mean = x.mean(axis=0)
+        scale = x.std(axis=0)
+        scale[scale == 0] = 1.0
+        lr = LogisticRegression(C=1.0, max_iter=2000).fit((x - mean) / scale, y)
+        return _Logistic(mean, scale, lr.coef_[0].astype(np.float64), float(lr.intercept_[0]))
+    raise ConfigError(f"unknown verifier model {kind!r} (expected lgbm or logreg)")
+
+
+def threshold_at(neg_scores: np.ndarray, max_rate: float) -> float:
+    """The smallest threshold such that at most ``max_rate`` of ``neg_scores`` reach it.
+
+    Serving rule: score >= threshold. Ties at the threshold count as served, so the returned
+    value sits just above the (k+1)-th highest negative score.
+    """
+    s = np.sort(np.asarray(neg_scores, dtype=np.float64))[::-1]
+    k = math.floor(max_rate * len(s))
+    if len(s) == 0:
+        return 0.0
+    if k >= len(s):
+        return float(s[-1])
+    return float(np.nextafter(s[k], np.inf))
+
+
+__all__ = ["HitVerifier", "LearnedVerifier", "RuleVerifier", "build_idf", "fit_model", "threshold_at"]

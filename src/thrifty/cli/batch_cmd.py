@@ -1,0 +1,199 @@
+"""``thrifty batch run|status|results|cancel``: many items, packed per call or sent as a
+provider batch at half price (see docs/compression-and-batching.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from thrifty.errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from thrifty.batching.jobs import Job
+    from thrifty.batching.runner import ItemResult
+    from thrifty.gateway import Gateway
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="Config file (default: $THRIFTY_CONFIG).")
+
+
+def _gateway(config: Path | None) -> Gateway:
+    from thrifty.gateway import Gateway
+
+    path = config or os.environ.get("THRIFTY_CONFIG")
+    if not path:
+        raise InvalidRequestError("no config: pass --config FILE or set THRIFTY_CONFIG")
+    return Gateway.from_config(path)
+
+
+def _write(results: list[ItemResult], out: Path | None) -> None:
+    lines = "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in results)
+    if out is None:
+        sys.stdout.write(lines)
+    else:
+        out.write_text(lines, encoding="utf-8")
+
+
+def _summary(results: list[ItemResult]) -> str:
+    ok = sum(r.status == "ok" for r in results)
+    failed = sum(r.status == "failed" for r in results)
+    pending = len(results) - ok - failed
+    costs = [r.cost_usd for r in results]
+    spent = None if any(c is None for c in costs) else sum(c or 0.0 for c in costs)
+    tokens = sum(r.prompt_tokens + r.completion_tokens for r in results) / max(1, len(results))
+    money = "cost unknown" if spent is None else f"${spent:.6f} spent (${spent / max(1, len(results)):.8f}/item)"
+    by: dict[str, int] = {}
+    for r in results:
+        by[r.produced] = by.get(r.produced, 0) + 1
+    made = ", ".join(f"{k} {v}" for k, v in sorted(by.items()))
+    tail = f", {pending} pending" if pending else ""
+    return f"{len(results)} items: {ok} ok, {failed} failed{tail} ({made}); {money}; {tokens:.1f} tokens/item"
+
+
+def _job_line(job: Job, counts: dict[str, int]) -> str:
+    shown = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    return (f"{job.job_id}  {job.status:<9}  round {job.round}  provider batch {job.batch_id or '-'} "
+            f"({job.provider_status or '-'})  {job.n_items} items: {shown}")
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(help="Run many items cheaply: packed calls, or provider batches (--deferred).",
+                        no_args_is_help=True)
+
+    @group.command("run")
+    def run(
+        items_file: Path = typer.Argument(..., metavar="ITEMS.jsonl", help='One {"id", "input"} object per line.'),
+        task: str = typer.Option(..., "--task", help="What to do with each item (the instruction)."),
+        model: str | None = typer.Option(None, "--model", help="Model to use."),
+        route: str | None = typer.Option(None, "--route", help="Route to use (instead of --model)."),
+        pack: int | None = typer.Option(None, "--pack", help="Items per call (default: batching.pack, 10)."),
+        out: Path | None = typer.Option(None, "--out", help="Write OUT.jsonl (default: standard output)."),
+        deferred: bool = typer.Option(False, "--deferred", help="Use the provider Batch API (half price, later)."),
+        labels: str | None = typer.Option(None, "--labels", help="Comma-separated allowed outputs (classification)."),
+        concurrency: int | None = typer.Option(None, "--concurrency", help="Packed calls in flight."),
+        wait: bool = typer.Option(True, "--wait/--no-wait", help="--deferred: wait for the results."),
+        poll_interval: float | None = typer.Option(None, "--poll-interval", help="--deferred: seconds between polls."),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+        config: Path | None = ConfigOpt,
+    ) -> None:
+        """Run --task on every item of ITEMS.jsonl: one output line per item, with its cost share."""
+        from thrifty.batching.items import load_items
+
+        items = load_items(items_file)
+        label_list = [x.strip() for x in labels.split(",") if x.strip()] if labels else None
+        gw = _gateway(config)
+
+        async def main() -> tuple[list[ItemResult], Job | None]:
+            try:
+                if deferred:
+                    from thrifty.batching.deferred import DeferredRunner
+
+                    if route:
+                        raise InvalidRequestError("--deferred needs --model (a provider batch runs on one model)")
+                    runner = DeferredRunner(gw)
+                    try:
+                        job = await runner.submit(items, task=task, model=model, labels=label_list)
+                        if wait:
+                            job = await runner.wait(job.job_id, poll_interval)
+                        return await asyncio.to_thread(runner.results, job.job_id), job
+                    finally:
+                        await runner.aclose()
+                from thrifty.batching.runner import run_batch
+
+                results = await run_batch(gw, items, task=task, model=model, route=route, pack=pack,
+                                          labels=label_list, concurrency=concurrency, progress=progress)
+                return results, None
+            finally:
+                await gw.aclose()
+
+        results, job = asyncio.run(main())
+        if job is not None and not job.done:
+            typer.echo(f"job {job.job_id} submitted ({job.provider_status}); "
+                       f"`thrifty batch status {job.job_id}` to check, `thrifty batch results {job.job_id}` to fetch",
+                       err=True)
+            typer.echo(job.job_id)
+            return
+        _write(results, out)
+        typer.echo(_summary(results), err=True)
+
+    @group.command("status")
+    def status(
+        job_id: str | None = typer.Argument(None, help="A job id (or its prefix); all jobs when omitted."),
+        config: Path | None = ConfigOpt,
+    ) -> None:
+        """Poll the provider once and show the job(s): status, round, items by state."""
+        from thrifty.batching.deferred import DeferredRunner
+
+        gw = _gateway(config)
+
+        async def main() -> list[str]:
+            runner = DeferredRunner(gw)
+            try:
+                jobs = [runner.jobs.get(job_id)] if job_id else runner.jobs.all_jobs()
+                lines = []
+                for job in jobs:
+                    if not job.done:
+                        job = await runner.poll(job.job_id)
+                    lines.append(_job_line(job, runner.jobs.counts(job.job_id)))
+                return lines
+            finally:
+                await runner.aclose()
+                await gw.aclose()
+
+        lines = asyncio.run(main())
+        typer.echo("\n".join(lines) if lines else "no batch jobs")
+
+    @group.command("results")
+    def results(
+        job_id: str = typer.Argument(..., help="A job id (or its prefix)."),
+        out: Path | None = typer.Option(None, "--out", help="Write OUT.jsonl (default: standard output)."),
+        wait: bool = typer.Option(False, "--wait/--no-wait", help="Poll until the job is finished."),
+        poll_interval: float | None = typer.Option(None, "--poll-interval", help="Seconds between polls."),
+        config: Path | None = ConfigOpt,
+    ) -> None:
+        """One line per item (pending ones too, until the job finishes)."""
+        from thrifty.batching.deferred import DeferredRunner
+
+        gw = _gateway(config)
+
+        async def main() -> tuple[list[ItemResult], Job]:
+            runner = DeferredRunner(gw)
+            try:
+                job = runner.jobs.get(job_id)
+                job = await (runner.wait(job.job_id, poll_interval) if wait else runner.poll(job.job_id))
+                return runner.results(job.job_id), job
+            finally:
+                await runner.aclose()
+                await gw.aclose()
+
+        found, job = asyncio.run(main())
+        _write(found, out)
+        typer.echo(f"{job.job_id} {job.status}: " + _summary(found), err=True)
+
+    @group.command("cancel")
+    def cancel(job_id: str = typer.Argument(..., help="A job id (or its prefix)."),
+               config: Path | None = ConfigOpt) -> None:
+        """Cancel the provider batch; answers it already has are kept, the rest reported failed."""
+        from thrifty.batching.deferred import DeferredRunner
+
+        gw = _gateway(config)
+
+        async def main() -> str:
+            runner = DeferredRunner(gw)
+            try:
+                job = await runner.cancel(job_id)
+                return _job_line(job, runner.jobs.counts(job.job_id))
+            finally:
+                await runner.aclose()
+                await gw.aclose()
+
+        typer.echo(asyncio.run(main()))
+
+    app.add_typer(group, name="batch")
+
+

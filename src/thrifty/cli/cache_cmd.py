@@ -1,0 +1,200 @@
+"""``thrifty cache stats|clear|eval|calibrate``: inspect, empty and measure the response cache."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from thrifty.errors import ConfigError, InvalidRequestError
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="Config file (default: $THRIFTY_CONFIG).")
+
+
+def _config(path: Path | None, required: bool = True) -> Any:
+    from thrifty.config import load_config
+
+    source = path or os.environ.get("THRIFTY_CONFIG")
+    if not source:
+        if required:
+            raise InvalidRequestError("no config: pass --config FILE or set THRIFTY_CONFIG")
+        return None
+    return load_config(source)
+
+
+def _backend(cfg: Any) -> Any:
+    from thrifty.cache.build import open_backend
+
+    if cfg.cache is None:
+        raise ConfigError("this config has no `cache` section (see docs/caching.md)")
+    return open_backend(cfg, cfg.cache)
+
+
+def _embedder(spec: str | None, cfg: Any) -> Any:
+    from thrifty.embeddings import build_embedder
+
+    if spec is None and cfg is not None and cfg.cache is not None:
+        return build_embedder(cfg.cache.semantic.embedder)
+    return build_embedder(spec or "lexical")
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(help="Inspect, clear and measure the response cache.", no_args_is_help=True)
+
+    @group.command("stats")
+    def stats(
+        config: Path | None = ConfigOpt,
+        since: str | None = typer.Option(None, help="Only requests since: 7d, 24h, 30m or an ISO date."),
+        by: str | None = typer.Option(None, help="Group by tenant, model, route or day."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    ) -> None:
+        """Hits, misses, hit rate and dollars saved (from the ledger), and what the cache holds."""
+        from thrifty.cache.stats import as_dicts, ledger_stats
+        from thrifty.ledger.report import parse_since
+        from thrifty.ledger.store import open_store
+
+        cfg = _config(config)
+        rows: list[Any] = []
+        path = cfg.resolve_path(cfg.ledger.path)
+        if cfg.ledger.dsn or Path(path).exists():
+            store = open_store(path, cfg.ledger.dsn)
+            try:
+                rows = ledger_stats(store, by, parse_since(since))
+            finally:
+                store.close()
+        backend = _backend(cfg)
+        try:
+            held = asyncio.run(backend.stats())
+        finally:
+            asyncio.run(backend.aclose())
+        if as_json:
+            typer.echo(json.dumps({"requests": as_dicts(rows), "store": held}, indent=2))
+            return
+        typer.echo(f"{'scope' if by is None else by:<24} {'hits':>8} {'misses':>8} {'bypass':>8} {'hit rate':>9} "
+                   f"{'saved $':>12}")
+        for r in rows:
+            typer.echo(f"{r.group:<24} {r.hits:>8} {r.misses:>8} {r.bypasses:>8} {r.hit_rate:>9.1%} "
+                       f"{r.saved_usd:>12.6f}")
+        if not rows:
+            typer.echo("(no cached-route requests in the ledger yet)")
+        typer.echo(f"store ({cfg.cache.backend}): {held['entries']} entries, {held['vectors']} vectors"
+                   + (f", {held['bytes']} bytes" if held["bytes"] else ""))
+
+    @group.command("clear")
+    def clear(
+        config: Path | None = ConfigOpt,
+        all_: bool = typer.Option(False, "--all", help="Delete every entry."),
+        tenant: str | None = typer.Option(None, help="Only this tenant's entries (key id or anon-... hash)."),
+        model: str | None = typer.Option(None, help="Only entries for this requested model."),
+        older_than: str | None = typer.Option(None, "--older-than", help="Only entries older than: 7d, 24h, 30m."),
+    ) -> None:
+        """Delete cache entries: all, by tenant, by model and/or older than an age."""
+        from thrifty.ledger.report import parse_since
+
+        if not (all_ or tenant or model or older_than):
+            raise InvalidRequestError("say what to clear: --all, --tenant, --model and/or --older-than")
+        cutoff = parse_since(older_than) if older_than else None
+        backend = _backend(_config(config))
+
+        async def run() -> int:
+            try:
+                return int(await backend.clear(tenant=tenant, model=model, older_than=cutoff))
+            finally:
+                await backend.aclose()
+
+        typer.echo(f"deleted {asyncio.run(run())} entries")
+
+    @group.command("eval")
+    def eval_(
+        pairs: Path = typer.Option(..., "--pairs", help="Labelled pairs JSONL: text_a, text_b, label."),
+        calibrate_on: Path | None = typer.Option(None, "--calibrate-on", help="Fit the verifier and threshold on "
+                                                 "these pairs, judge on --pairs."),
+        decisions: Path | None = typer.Option(None, "--decisions", help="Write {index, hit} per pair here."),
+        as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+        verifier: Path | None = typer.Option(None, help="A verifier file from `cache calibrate` (default: the "
+                                             "config's, else the built-in rule verifier)."),
+        embedder: str | None = typer.Option(None, help="lexical or minilm (default: the config's, else lexical)."),
+        max_false_hit_rate: float = typer.Option(0.005, "--max-false-hit-rate", help="Calibration target."),
+        model: str = typer.Option("lgbm", help="Verifier model for --calibrate-on: lgbm or logreg."),
+        top_k: int = typer.Option(5, "--top-k", help="Candidates the verifier sees per lookup."),
+        config: Path | None = ConfigOpt,
+    ) -> None:
+        """Cache every text_a, look up every text_b: duplicate hit rate, false-hit rate, latency."""
+        from thrifty.cache.calibrate import calibrate
+        from thrifty.cache.evaluation import decide_all, render_text, report
+        from thrifty.cache.pairs import read_pairs
+        from thrifty.cache.verifier import HitVerifier, LearnedVerifier, RuleVerifier
+
+        cfg = _config(config, required=False)
+        emb = _embedder(embedder, cfg)
+        judged = read_pairs(pairs)
+        fitted: dict[str, Any] = {}
+        ver: HitVerifier
+        if calibrate_on is not None:
+            cal = calibrate(read_pairs(calibrate_on), emb, max_false_hit_rate=max_false_hit_rate, model=model,
+                            top_k=top_k)
+            ver, fitted = cal.verifier, cal.summary()
+        elif verifier is not None:
+            ver = LearnedVerifier.load(verifier)
+        elif cfg is not None and cfg.cache is not None and cfg.cache.semantic.verifier:
+            ver = LearnedVerifier.load(cfg.resolve_path(cfg.cache.semantic.verifier))
+        else:
+            ver = RuleVerifier()
+        _check_embedder(ver, emb.name)
+        lookups, latency = decide_all(judged, emb, ver, top_k=top_k)
+        rep = report(judged, lookups, latency, ver, ver.threshold, emb)
+        if fitted:
+            rep["calibration"] = fitted
+        if decisions is not None:
+            with decisions.open("w", encoding="utf-8") as fh:
+                for i, lk in enumerate(lookups):
+                    fh.write(json.dumps({"index": i, "hit": bool(lk.score >= ver.threshold)}) + "\n")
+        typer.echo(json.dumps(rep, indent=2) if as_json else render_text(rep))
+
+    @group.command("calibrate")
+    def calibrate_(
+        pairs: Path = typer.Option(..., "--pairs", help="Labelled pairs JSONL: text_a, text_b, label."),
+        max_false_hit_rate: float = typer.Option(0.005, "--max-false-hit-rate",
+                                                 help="Largest share of non-duplicates that may be served."),
+        out: Path = typer.Option(Path("cache-verifier.json"), "--out", "-o", help="Where to write the verifier."),
+        embedder: str | None = typer.Option(None, help="lexical or minilm (default: the config's, else lexical)."),
+        model: str = typer.Option("lgbm", help="lgbm (needs the gbm extra) or logreg."),
+        folds: int = typer.Option(5, help="Cross-validation folds."),
+        margin: float = typer.Option(0.6, help="Calibrate to margin x the target, for new-data variance."),
+        top_k: int = typer.Option(5, "--top-k", help="Candidates the verifier sees per lookup."),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+        config: Path | None = ConfigOpt,
+    ) -> None:
+        """Fit a hit verifier and its threshold on labelled pairs; point cache.semantic.verifier at --out."""
+        from thrifty.cache.calibrate import calibrate
+        from thrifty.cache.pairs import read_pairs
+
+        if not 0 < max_false_hit_rate < 1:
+            raise InvalidRequestError("--max-false-hit-rate must be between 0 and 1")
+        cfg = _config(config, required=False)
+        emb = _embedder(embedder, cfg)
+        cal = calibrate(read_pairs(pairs), emb, max_false_hit_rate=max_false_hit_rate, model=model, folds=folds,
+                        margin=margin, top_k=top_k)
+        cal.verifier.save(out)
+        s = cal.summary()
+        s["out"] = str(out)
+        s["embedder"] = emb.name
+        if as_json:
+            typer.echo(json.dumps(s, indent=2))
+            return
+        typer.echo(f"wrote {out} (embedder {emb.name}, threshold {s['threshold']:.4f})")
+        typer.echo(f"cross-validated ({folds} folds): duplicate hit rate {s['cv_duplicate_hit_rate']:.2%}, "
+                   f"false-hit rate {s['cv_false_hit_rate']:.3%} (worst fold {s['cv_false_hit_rate_max']:.3%})")
+
+    app.add_typer(group, name="cache")
+
+
+def _check_embedder(verifier: Any, embedder_name: str) -> None:
+    fitted_on = getattr(verifier, "embedder", None)
+    if fitted_on and fitted_on != embedder_name:
+        raise ConfigError(f"the verifier was fitted with embedder {fitted_on}, not {embedder_name}: pass the "
+                          "same --embedder or re-run `thrifty cache calibrate`")

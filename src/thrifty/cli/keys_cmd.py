@@ -1,0 +1,91 @@
+"""``thrifty keys create|list|revoke``: virtual API keys, in the ledger database of a config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+if TYPE_CHECKING:
+    from thrifty.ledger.store import SQLStore
+    from thrifty.ops.keys import KeyStore
+
+
+def _keystore(config: Path) -> tuple[KeyStore, SQLStore]:
+    from thrifty.config import load_config
+    from thrifty.ledger.store import open_store
+    from thrifty.ops.keys import KeyStore
+
+    cfg = load_config(config)
+    store = open_store(cfg.resolve_path(cfg.ledger.path), cfg.ledger.dsn)
+    return KeyStore(store, salt=cfg.auth.key_salt), store
+
+
+def register(app: typer.Typer) -> None:
+    keys = typer.Typer(help="Virtual API keys: budgets, rate limits, allowed routes.", no_args_is_help=True)
+    app.add_typer(keys, name="keys")
+
+    @keys.command("create")
+    def create(
+        name: str = typer.Option(..., "--name", help="Who or what the key is for."),
+        budget_usd: float | None = typer.Option(None, "--budget-usd", help="Spend limit per period, USD."),
+        period: str = typer.Option("month", "--period", help="Budget period: day or month (UTC)."),
+        rpm: int | None = typer.Option(None, "--rpm", help="Requests per minute."),
+        tpm: int | None = typer.Option(None, "--tpm", help="Tokens per minute (prompt + completion)."),
+        routes: str | None = typer.Option(None, "--routes",
+                                          help="Comma-separated models/routes the key may use (globs; default any)."),
+        config: Path = typer.Option(..., "--config", "-c", help="The thrifty config naming the ledger database."),
+        json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    ) -> None:
+        """Create a key and print it: this is the only time it is shown."""
+        store_keys, store = _keystore(config)
+        try:
+            route_list = [r.strip() for r in routes.split(",") if r.strip()] if routes else []
+            key, secret = store_keys.create(name, budget_usd=budget_usd, period=period, rpm=rpm, tpm=tpm,
+                                            routes=route_list)
+        finally:
+            store.close()
+        if json_out:
+            typer.echo(json.dumps({**key.public(), "key": secret}))
+            return
+        typer.echo(secret)
+        typer.echo(f"created {key.key_id} ({key.name}); the key above is shown only once: store it now.", err=True)
+
+    @keys.command("list")
+    def list_keys(
+        config: Path = typer.Option(..., "--config", "-c", help="The thrifty config naming the ledger database."),
+        all_keys: bool = typer.Option(False, "--all", help="Include revoked keys."),
+        json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    ) -> None:
+        """List keys (ids, names, limits; never the keys themselves)."""
+        store_keys, store = _keystore(config)
+        try:
+            found = store_keys.list(include_revoked=all_keys)
+        finally:
+            store.close()
+        if json_out:
+            typer.echo(json.dumps([k.public() for k in found], indent=2))
+            return
+        if not found:
+            typer.echo("no keys yet: create one with `thrifty keys create --name NAME`")
+            return
+        typer.echo(f"{'key id':<18} {'name':<20} {'prefix':<9} {'budget':>12} {'rpm':>6} {'tpm':>8}  routes  state")
+        for k in found:
+            budget = f"${k.budget_usd:g}/{k.period}" if k.budget_usd is not None else "-"
+            typer.echo(f"{k.key_id:<18} {k.name[:20]:<20} {k.key_prefix:<9} {budget:>12} {k.rpm or '-':>6} "
+                       f"{k.tpm or '-':>8}  {','.join(k.routes) or '*'}  {'active' if k.active else 'revoked'}")
+
+    @keys.command("revoke")
+    def revoke(
+        key_id: str = typer.Argument(..., help="The key id (key_...), as `thrifty keys list` shows it."),
+        config: Path = typer.Option(..., "--config", "-c", help="The thrifty config naming the ledger database."),
+    ) -> None:
+        """Revoke a key: gateways refuse it within auth.key_cache_ttl_s seconds."""
+        store_keys, store = _keystore(config)
+        try:
+            key = store_keys.revoke(key_id)
+        finally:
+            store.close()
+        typer.echo(f"revoked {key.key_id} ({key.name})")

@@ -1,0 +1,81 @@
+"""Deterministic compaction: no model, same input gives the same bytes every time.
+
+1. whitespace: trailing spaces cut, runs of spaces/tabs folded, at most one blank line;
+2. markup: HTML comments and tags dropped, Markdown emphasis (``**x**``, ``__x__``) and
+   heading/rule decorations reduced to their text;
+3. duplicate paragraphs (same text after 1-2) removed, first occurrence kept;
+4. a user dictionary of long repeated phrases: each phrase used at least twice is replaced by
+   its short form, and one legend line ``[short = long phrase]`` is put first so the model can
+   read it back.
+
+Fenced code blocks (```...```) are left exactly as they are: whitespace matters there.
+"""
+
+from __future__ import annotations
+
+import re
+
+_FENCE = re.compile(r"(```.*?```)", re.S)
+_COMMENT = re.compile(r"<!--.*?-->", re.S)
+_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]*)?/?>")
+_EMPH = re.compile(r"(\*\*|__)(\S(?:.*?\S)?)\1")
+_HRULE = re.compile(r"^\s*([-*_=])(\s*\1){2,}\s*$", re.M)
+_HEADING = re.compile(r"^#{1,6}\s+", re.M)
+_SPACES = re.compile(r"[ \t]+")
+_BLANKS = re.compile(r"\n{3,}")
+
+
+def _compact_prose(text: str) -> str:
+    text = _COMMENT.sub("", text)
+    text = _TAG.sub("", text)
+    text = _EMPH.sub(r"\2", text)
+    text = _HRULE.sub("", text)
+    text = _HEADING.sub("", text)
+    lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
+    return _BLANKS.sub("\n\n", "\n".join(lines))
+
+
+def _dedupe(text: str, seen: set[str]) -> str:
+    kept = []
+    for para in text.split("\n\n"):
+        key = " ".join(para.lower().split())
+        if key and key in seen:
+            continue
+        seen.add(key)
+        kept.append(para)
+    return "\n\n".join(kept)
+
+
+def normalise(text: str, dedupe: bool = True) -> str:
+    """Steps 1-3 (3 when ``dedupe``): prose only, code fences untouched."""
+    parts = _FENCE.split(text)
+    seen: set[str] = set()
+    out = []
+    for i, part in enumerate(parts):
+        if i % 2:
+            out.append(part)
+            continue
+        prose = _compact_prose(part)
+        out.append(_dedupe(prose, seen) if dedupe else prose)
+    return "".join(out).strip()
+
+
+def apply_dictionary(text: str, dictionary: dict[str, str]) -> str:
+    """Step 4. Longer phrases first so overlapping entries do not fight."""
+    legend = []
+    for long in sorted(dictionary, key=len, reverse=True):
+        short = dictionary[long]
+        if text.count(long) >= 2:
+            text = text.replace(long, short)
+            legend.append(f"{short} = {long}")
+    if legend:
+        text = "[" + "; ".join(legend) + "]\n" + text
+    return text
+
+
+def compact(text: str, dictionary: dict[str, str] | None = None) -> str:
+    """All steps; returns ``text`` unchanged when compaction would not make it shorter."""
+    out = normalise(text)
+    if dictionary:
+        out = apply_dictionary(out, dictionary)
+    return out if len(out) < len(text) else text

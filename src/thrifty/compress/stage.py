@@ -1,0 +1,132 @@
+"""Stage: send fewer input tokens (between normalize and cache, so the cache keys on the
+compressed request and repeated prompts stay byte-identical for provider prompt caching).
+
+For a request whose route opts in (``compression.routes``): each string system/developer
+message is compacted (deterministic), then replaced by its stored compressed version when
+system-prompt compression is on; then the history is trimmed to the route's budget. Tokens
+saved go to ``ctx.compression_saved_tokens``; when the request is finished, a finalizer prices
+them at the served model's input price (``ctx.compression_saved_usd``). A cache hit saves the
+whole call, so compression claims nothing for it. ``"thrifty": {"compress": false}`` in the
+body skips the stage for one request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from thrifty.catalog import Catalog
+from thrifty.compress import history, prompts
+from thrifty.compress.compact import compact
+from thrifty.compress.config import CompressionConfig, RouteCompression
+from thrifty.compress.store import DocStore, open_doc_store
+from thrifty.compress.system_prompt import SystemPromptCompressor
+from thrifty.config import Config
+from thrifty.errors import ConfigError, UpstreamError
+from thrifty.pipeline.caller import ModelCaller
+from thrifty.pipeline.context import Handler, RequestContext
+from thrifty.tokens import content_text, count_text
+from thrifty.types import ChatRequest, response_text
+
+log = logging.getLogger("thrifty.compress")
+
+HEADER = "x-thrifty-compressed-tokens"
+
+
+class CompressStage:
+    def __init__(self, config: CompressionConfig, caller: ModelCaller, catalog: Catalog, store: DocStore) -> None:
+        self.config = config
+        self.caller = caller
+        self.catalog = catalog
+        self.store = store
+        self.prompts = SystemPromptCompressor(config, store, caller, config.store.memo_ttl_s)
+
+    async def __call__(self, ctx: RequestContext, call_next: Handler) -> None:
+        rc = self.config.for_request(ctx.route, ctx.request.model)
+        if rc is not None and ctx.request.options.get("compress", True) is not False:
+            await self.apply(ctx, rc)
+        await call_next(ctx)
+
+    async def apply(self, ctx: RequestContext, rc: RouteCompression) -> None:
+        original = ctx.request.messages
+        messages: list[dict[str, Any]] = []
+        saved = 0
+        for m in original:
+            content = m.get("content")
+            if m.get("role") in ("system", "developer") and isinstance(content, str):
+                text = compact(content, self.config.dictionary) if rc.compaction else content
+                if rc.system_prompt:
+                    text = await self.prompts.resolve(ctx, text) or text
+                if text != content:
+                    saved += count_text(content) - count_text(text)
+                    m = {**m, "content": text}
+            messages.append(m)
+        if rc.history_max_tokens is not None:
+            summarise = self._summariser(ctx, rc) if rc.summarize_history else None
+            trimmed = await history.trim(messages, rc.history_max_tokens, summarise, rc.summary_max_tokens)
+            messages = trimmed.messages
+            saved += trimmed.saved_tokens
+        if saved > 0:
+            ctx.request = ctx.request.copy_with(messages=messages)
+            ctx.compression_saved_tokens = saved
+            ctx.response_headers[HEADER] = str(saved)
+            ctx.finalizers.append(self._price_savings)
+
+    async def _price_savings(self, ctx: RequestContext) -> None:
+        if ctx.cache_status == "hit" or ctx.served_model is None:
+            ctx.compression_saved_usd = 0.0
+            return
+        info = self.catalog.get(ctx.served_model)
+        if info is not None and info.price is not None:
+            ctx.compression_saved_usd = ctx.compression_saved_tokens * info.price.input / 1_000_000
+
+    def _summariser(self, ctx: RequestContext, rc: RouteCompression) -> history.Summariser:
+        model = self.config.model
+        assert model is not None
+
+        async def summarise(dropped: list[dict[str, Any]]) -> str | None:
+            key = history.prefix_key(dropped, model)
+            doc = await asyncio.to_thread(self.store.get, "summary", key)
+            if doc is not None:
+                return str(doc["text"])
+            transcript = "\n".join(f"{m.get('role')}: {content_text(m.get('content'))}" for m in dropped)
+            req = ChatRequest(model=model, params={"temperature": 0, "max_tokens": rc.summary_max_tokens}, messages=[
+                {"role": "system", "content": prompts.SUMMARY_SYSTEM.format(target=rc.summary_max_tokens)},
+                {"role": "user", "content": transcript},
+            ])
+            try:
+                resp, _ = await self.caller.complete(ctx, model, req, purpose="summarize")
+            except UpstreamError as exc:
+                log.warning("history summary failed upstream, dropping the middle unsummarised: %s", exc.message)
+                return None
+            text = response_text(resp).strip()
+            if text:
+                await asyncio.to_thread(self.store.put, "summary", key, {"text": text, "model": model})
+            return text or None
+
+        return summarise
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def build_compress_stage(config: Config, caller: ModelCaller, catalog: Catalog) -> CompressStage | None:
+    """The stage for ``config.compression``, or None when no route opts in."""
+    cfg = compression_config(config)
+    if not cfg.active:
+        return None
+    if cfg.model is not None and catalog.get(cfg.model) is None:
+        raise ConfigError(f"compression.model: unknown model {cfg.model!r}")
+    store = open_doc_store(cfg.store, config.redis_url, config.resolve_path)
+    return CompressStage(cfg, caller, catalog, store)
+
+
+def compression_config(config: Config) -> CompressionConfig:
+    section: Any = config.compression
+    if isinstance(section, CompressionConfig):
+        return section
+    try:
+        return CompressionConfig.model_validate(section or {})
+    except Exception as exc:
+        raise ConfigError(f"compression: {exc}") from None

@@ -1,0 +1,138 @@
+"""System-prompt compression: once per distinct prompt, ever, then the same bytes every time.
+
+A prompt is keyed by the SHA-256 of its text. The first request that meets it (over
+``min_tokens``) has the cheap model compress it; requests arriving meanwhile wait for that one
+compression (single flight in this process; a store claim keeps other instances from starting a
+second one; they serve the original until the record exists). The result is validated
+(``validate.check``, then the optional A/B check) and stored with its verdict: a failed
+compression is recorded and the original keeps being used. Later requests read the stored
+record (memoised for ``memo_ttl_s`` so `thrifty compress approve/reject` apply within seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from thrifty.compress import prompts, versions
+from thrifty.compress.config import CompressionConfig
+from thrifty.compress.store import DocStore
+from thrifty.compress.validate import check
+from thrifty.errors import UpstreamError
+from thrifty.pipeline.caller import ModelCaller
+from thrifty.pipeline.context import RequestContext
+from thrifty.tokens import count_text
+from thrifty.types import ChatRequest, response_text
+
+log = logging.getLogger("thrifty.compress")
+
+KIND = "prompt"
+
+
+class SystemPromptCompressor:
+    def __init__(self, config: CompressionConfig, store: DocStore, caller: ModelCaller,
+                 memo_ttl_s: float = 5.0) -> None:
+        self.config = config
+        self.cfg = config.system_prompt
+        self.store = store
+        self.caller = caller
+        self.memo_ttl_s = memo_ttl_s
+        self._memo: dict[str, tuple[float, str | None]] = {}
+        self._inflight: dict[str, asyncio.Task[dict[str, Any] | None]] = {}
+
+    async def resolve(self, ctx: RequestContext, text: str) -> str | None:
+        """The compressed text to send instead of ``text``, or None to send the original."""
+        if count_text(text) < self.cfg.min_tokens:
+            return None
+        h = versions.prompt_hash(text)
+        memo = self._memo.get(h)
+        if memo is not None and time.monotonic() - memo[0] < self.memo_ttl_s:
+            return memo[1]
+        doc = await asyncio.to_thread(self.store.get, KIND, h)
+        if doc is None:
+            task = self._inflight.get(h)
+            if task is None:
+                task = asyncio.ensure_future(self._compress(ctx, h, text))
+                self._inflight[h] = task
+                task.add_done_callback(lambda _t: self._inflight.pop(h, None))
+            # shield: a client that disconnects must not cancel the compression others await.
+            doc = await asyncio.shield(task)
+            if doc is None:  # failed upstream, or another instance holds the claim
+                return None
+        version = versions.active(doc, self.cfg.require_approval)
+        use = version["text"] if version else None
+        self._memo[h] = (time.monotonic(), use)
+        return use
+
+    async def _compress(self, ctx: RequestContext, h: str, text: str) -> dict[str, Any] | None:
+        claimed = await asyncio.to_thread(self.store.claim, KIND, h, self.config.store.claim_ttl_s)
+        if not claimed:
+            return None
+        try:
+            doc = await asyncio.to_thread(self.store.get, KIND, h)
+            if doc is not None:  # another instance finished between our read and our claim
+                return doc
+            original_tokens = count_text(text)
+            target = self.cfg.target_tokens or max(16, int(original_tokens * self.cfg.target_ratio))
+            try:
+                compressed, cost = await self._call_model(ctx, text, target)
+            except UpstreamError as exc:
+                log.warning("compression of prompt %s failed upstream: %s", h[:12], exc.message)
+                self._memo[h] = (time.monotonic(), None)
+                return None
+            doc = versions.new_record(h, text, original_tokens)
+            verdict = check(text, compressed, self.cfg.must_keep, self.cfg.instruction_markers)
+            reason = verdict.reason
+            if verdict.ok and self.cfg.ab_check is not None:
+                ok, reason = await self._ab_check(ctx, text, compressed)
+                verdict.ok = ok
+            status = "validated" if verdict.ok else "failed"
+            versions.add_version(doc, compressed, count_text(compressed), status, reason,
+                                 self.config.model, cost)
+            if not verdict.ok:
+                log.warning("compressed prompt %s rejected by validation: %s", h[:12], reason)
+            await asyncio.to_thread(self.store.put, KIND, h, doc)
+            return doc
+        finally:
+            await asyncio.to_thread(self.store.release, KIND, h)
+
+    async def _call_model(self, ctx: RequestContext, text: str, target: int) -> tuple[str, float | None]:
+        assert self.config.model is not None
+        system = prompts.COMPRESS_SYSTEM.format(
+            markers=", ".join(self.cfg.instruction_markers) or "(none)",
+            must_keep="; ".join(self.cfg.must_keep) or "(none)",
+            target=target,
+        )
+        req = ChatRequest(
+            model=self.config.model,
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": text}],
+            params={"temperature": 0, "max_tokens": self.cfg.max_output_tokens},
+        )
+        response, attempt = await self.caller.complete(ctx, self.config.model, req, purpose="compress")
+        return response_text(response).strip(), attempt.cost_usd
+
+    async def _ab_check(self, ctx: RequestContext, original: str, compressed: str) -> tuple[bool, str]:
+        """Answer sample questions with both prompts; a cheap judge says whether they agree."""
+        ab = self.cfg.ab_check
+        assert ab is not None and self.config.model is not None
+        judge = ab.judge_model or self.config.model
+        agree = 0
+        for q in ab.questions:
+            answers = []
+            for system in (original, compressed):
+                req = ChatRequest(model=self.config.model, params={"temperature": 0},
+                                  messages=[{"role": "system", "content": system}, {"role": "user", "content": q}])
+                resp, _ = await self.caller.complete(ctx, self.config.model, req, purpose="compress")
+                answers.append(response_text(resp))
+            jreq = ChatRequest(model=judge, params={"temperature": 0, "max_tokens": 3}, messages=[
+                {"role": "system", "content": prompts.JUDGE_SYSTEM},
+                {"role": "user", "content": f"Question: {q}\n\nAnswer 1: {answers[0]}\n\nAnswer 2: {answers[1]}"},
+            ])
+            resp, _ = await self.caller.complete(ctx, judge, jreq, purpose="judge")
+            agree += response_text(resp).strip().upper().startswith("YES")
+        rate = agree / len(ab.questions)
+        if rate < ab.min_agreement:
+            return False, f"A/B check: answers agreed on {rate:.0%} of questions (< {ab.min_agreement:.0%})"
+        return True, f"A/B check: answers agreed on {rate:.0%} of questions"

@@ -1,0 +1,272 @@
+"""OpenAI's files and batches endpoints, so the Batch API flow is tested end to end over HTTP.
+
+    POST /v1/files                    multipart upload (purpose=batch), JSONL of requests
+    GET  /v1/files/{id}/content       a file's bytes (inputs, outputs, errors)
+    POST /v1/batches                  {input_file_id, endpoint, completion_window, metadata}
+    GET  /v1/batches/{id}             status; finished batches carry output/error file ids
+    POST /v1/batches/{id}/cancel      cancelled at once; unprocessed lines go to the error file
+
+A batch completes ``completion_s`` after creation (checked when it is read). Each line is
+answered exactly as ``POST /v1/chat/completions`` would answer its body (same plan, usage and
+model faults: a model configured with ``status`` fails its lines), with ``usage.cost`` halved
+as batch pricing. ``line_fail_rate`` answers that fraction of lines (by hash of the custom id
+and batch number) with a 500; ``expire`` ends the batch ``expired`` with only its first half
+answered, the rest in the error file with code ``batch_expired``; ``affect_batches: N`` limits
+both to the first N batches, so a resubmission can succeed. Settings come from
+``MockConfig.batch`` and per batch from the ``x-mock-batch`` header of the create call
+(``completion_s=0.2; line_fail_rate=0.3; expire``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from email.parser import BytesParser
+from email.policy import HTTP
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from thrifty.errors import InvalidRequestError, NotFoundError, ThriftyError
+from thrifty.mock import _json, digest, wire
+from thrifty.mock.behaviour import BatchSettings
+from thrifty.mock.completion import build_plan, validate
+from thrifty.mock.usage import build_usage
+
+if TYPE_CHECKING:
+    from thrifty.mock.app import MockUpstream
+
+BATCH_HEADER = "x-mock-batch"
+ENDPOINT = "/v1/chat/completions"
+
+
+def _json_response(body: Any, status: int = 200) -> Response:
+    return Response(_json.dumps(body), status_code=status, media_type="application/json")
+
+
+def _error(exc: ThriftyError) -> Response:
+    return _json_response(exc.to_openai(), exc.status)
+
+
+def parse_multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
+    """``name -> (filename, bytes)`` of a multipart/form-data body (stdlib only)."""
+    if "multipart/form-data" not in content_type:
+        raise InvalidRequestError("expected a multipart/form-data upload")
+    msg = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+    fields: dict[str, tuple[str | None, bytes]] = {}
+    for part in msg.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if isinstance(name, str):
+            payload = part.get_payload(decode=True)
+            fields[name] = (part.get_filename(), payload if isinstance(payload, bytes) else b"")
+    return fields
+
+
+def parse_settings(value: str, base: BatchSettings) -> BatchSettings:
+    fields: dict[str, Any] = {}
+    for item in value.split(";"):
+        name, sep, raw = item.strip().partition("=")
+        name = name.strip().lower().replace("-", "_")
+        if not name:
+            continue
+        if name not in BatchSettings.model_fields:
+            raise InvalidRequestError(f"{BATCH_HEADER}: unknown key {name!r}", param=BATCH_HEADER)
+        fields[name] = raw.strip() if sep else True
+    try:
+        override = BatchSettings.model_validate(fields)
+    except ValidationError as exc:
+        raise InvalidRequestError(f"{BATCH_HEADER}: {exc.errors()[0]['msg']}", param=BATCH_HEADER) from None
+    return base.model_copy(update={k: getattr(override, k) for k in override.model_fields_set})
+
+
+class BatchAPI:
+    """Files and batches held in memory by one mock server."""
+
+    def __init__(self, mock: MockUpstream) -> None:
+        self.mock = mock
+        self.files: dict[str, dict[str, Any]] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self._settings: dict[str, tuple[BatchSettings, int]] = {}
+        self._started: dict[str, float] = {}
+        self.created = 0  # batches created (tests assert a restart did not resubmit)
+        self.uploads = 0
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/files", self.upload, methods=["POST"]),
+            Route("/v1/files/{file_id}", self.file_info, methods=["GET"]),
+            Route("/v1/files/{file_id}/content", self.file_content, methods=["GET"]),
+            Route("/v1/batches", self.create, methods=["POST"]),
+            Route("/v1/batches/{batch_id}", self.get, methods=["GET"]),
+            Route("/v1/batches/{batch_id}/cancel", self.cancel, methods=["POST"]),
+        ]
+
+    def _new_file(self, data: bytes, filename: str, purpose: str) -> dict[str, Any]:
+        file_id = f"file-{self.mock._id_prefix}{len(self.files) + 1:06x}"
+        info = {"id": file_id, "object": "file", "bytes": len(data), "created_at": int(time.time()),
+                "filename": filename, "purpose": purpose}
+        self.files[file_id] = {"info": info, "data": data}
+        return info
+
+    async def upload(self, request: Request) -> Response:
+        raw = await request.body()
+        self.mock.recorder.add(request.method, request.scope["path"], request.scope["headers"], {"bytes": len(raw)})
+        try:
+            self._auth(request)
+            form = parse_multipart(request.headers.get("content-type", ""), raw)
+            if "file" not in form:
+                raise InvalidRequestError("missing 'file' field", param="file")
+            purpose = form.get("purpose", (None, b"batch"))[1].decode() or "batch"
+        except ThriftyError as exc:
+            return _error(exc)
+        self.uploads += 1
+        filename, data = form["file"]
+        return _json_response(self._new_file(data, filename or "upload.jsonl", purpose))
+
+    async def file_info(self, request: Request) -> Response:
+        found = self.files.get(request.path_params["file_id"])
+        if found is None:
+            return _error(NotFoundError("No such file.", code="not_found"))
+        return _json_response(found["info"])
+
+    async def file_content(self, request: Request) -> Response:
+        found = self.files.get(request.path_params["file_id"])
+        if found is None:
+            return _error(NotFoundError("No such file.", code="not_found"))
+        return Response(found["data"], media_type="application/octet-stream")
+
+    async def create(self, request: Request) -> Response:
+        try:
+            self._auth(request)
+            body = _json.loads(await request.body())
+            self.mock.recorder.add(request.method, request.scope["path"], request.scope["headers"], body)
+            file_id = body.get("input_file_id") if isinstance(body, dict) else None
+            if file_id not in self.files:
+                raise InvalidRequestError("input_file_id: no such file", param="input_file_id")
+            if body.get("endpoint") != ENDPOINT:
+                raise InvalidRequestError(f"endpoint must be {ENDPOINT}", param="endpoint")
+            settings = self.mock.config.batch
+            header = request.headers.get(BATCH_HEADER)
+            if header:
+                settings = parse_settings(header, settings)
+        except ValueError:
+            return _error(InvalidRequestError("We could not parse the JSON body of your request."))
+        except ThriftyError as exc:
+            return _error(exc)
+        self.created += 1
+        now = int(time.time())
+        batch_id = f"batch_{self.mock._id_prefix}{self.created:06x}"
+        lines = self.files[file_id]["data"].decode("utf-8", "replace").splitlines()
+        batch = {
+            "id": batch_id, "object": "batch", "endpoint": ENDPOINT, "errors": None,
+            "input_file_id": file_id, "completion_window": body.get("completion_window", "24h"),
+            "status": "in_progress", "output_file_id": None, "error_file_id": None,
+            "created_at": now, "in_progress_at": now, "expires_at": now + 86400, "finalizing_at": None,
+            "completed_at": None, "failed_at": None, "expired_at": None, "cancelling_at": None,
+            "cancelled_at": None, "request_counts": {"total": len([x for x in lines if x.strip()]),
+                                                     "completed": 0, "failed": 0},
+            "metadata": body.get("metadata"),
+        }
+        self.batches[batch_id] = batch
+        self._settings[batch_id] = (settings, self.created)
+        self._started[batch_id] = time.monotonic()
+        return _json_response(batch)
+
+    async def get(self, request: Request) -> Response:
+        batch = self.batches.get(request.path_params["batch_id"])
+        if batch is None:
+            return _error(NotFoundError("No such batch.", code="not_found"))
+        if batch["status"] == "in_progress":
+            settings, _ = self._settings[batch["id"]]
+            if time.monotonic() - self._started[batch["id"]] >= settings.completion_s:
+                self._finish(batch)
+        return _json_response(batch)
+
+    async def cancel(self, request: Request) -> Response:
+        batch = self.batches.get(request.path_params["batch_id"])
+        if batch is None:
+            return _error(NotFoundError("No such batch.", code="not_found"))
+        if batch["status"] == "in_progress":
+            now = int(time.time())
+            errors = [self._line_error(line, "batch_cancelled", "The batch was cancelled.")
+                      for line in self._lines(batch)]
+            batch.update(status="cancelled", cancelling_at=now, cancelled_at=now)
+            batch["request_counts"]["failed"] = len(errors)
+            batch["error_file_id"] = self._write(errors, batch["id"], "errors") if errors else None
+        return _json_response(batch)
+
+    def _auth(self, request: Request) -> None:
+        if self.mock._auth is not None and request.headers.get("authorization") != self.mock._auth:
+            from thrifty.errors import AuthenticationError
+
+            raise AuthenticationError("Incorrect API key provided.")
+
+    def _lines(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        out = []
+        for text in self.files[batch["input_file_id"]]["data"].decode("utf-8", "replace").splitlines():
+            if text.strip():
+                out.append(json.loads(text))
+        return out
+
+    def _write(self, rows: list[dict[str, Any]], batch_id: str, kind: str) -> str:
+        data = "".join(json.dumps(r) + "\n" for r in rows).encode("utf-8")
+        return str(self._new_file(data, f"{batch_id}_{kind}.jsonl", "batch_output")["id"])
+
+    @staticmethod
+    def _line_error(line: dict[str, Any], code: str, message: str) -> dict[str, Any]:
+        return {"id": f"batch_req_{digest.sub_key(b'e', str(line.get('custom_id'))).hex()[:16]}",
+                "custom_id": line.get("custom_id"), "response": None, "error": {"code": code, "message": message}}
+
+    def _finish(self, batch: dict[str, Any]) -> None:
+        settings, number = self._settings[batch["id"]]
+        affected = settings.affect_batches is None or number <= settings.affect_batches
+        now = int(time.time())
+        try:
+            lines = self._lines(batch)
+        except ValueError:
+            batch.update(status="failed", failed_at=now, errors={"object": "list", "data": [
+                {"code": "invalid_json_line", "message": "A line of the input file is not valid JSON.", "line": None}]})
+            return
+        outputs: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = []
+        cutoff = len(lines) // 2 if (settings.expire and affected) else len(lines)
+        for i, line in enumerate(lines):
+            if i >= cutoff:
+                errors.append(self._line_error(line, "batch_expired", "This request could not be executed before the completion window expired."))
+                continue
+            fail = affected and settings.line_fail_rate > 0 and digest.unit(
+                digest.sub_key(b"batch", number), f"fail{line.get('custom_id')}") < settings.line_fail_rate
+            row = self._answer(line, fail)
+            (outputs if row["response"] and row["response"]["status_code"] == 200 else errors).append(row)
+        batch["request_counts"].update(completed=len(outputs), failed=len(errors))
+        batch["output_file_id"] = self._write(outputs, batch["id"], "output") if outputs else None
+        batch["error_file_id"] = self._write(errors, batch["id"], "errors") if errors else None
+        if cutoff < len(lines):
+            batch.update(status="expired", expired_at=now)
+        else:
+            batch.update(status="completed", finalizing_at=now, completed_at=now)
+
+    def _answer(self, line: dict[str, Any], fail: bool) -> dict[str, Any]:
+        row_id = f"batch_req_{digest.sub_key(b'r', str(line.get('custom_id'))).hex()[:16]}"
+        base = {"id": row_id, "custom_id": line.get("custom_id"), "error": None}
+        body = line.get("body")
+        try:
+            model, _ = validate(body)
+        except ThriftyError as exc:
+            return {**base, "response": {"status_code": exc.status, "request_id": row_id, "body": exc.to_openai()}}
+        behaviour = self.mock.behaviours.get(model)
+        status = 500 if fail else behaviour.faults.status
+        if status is not None:
+            return {**base, "response": {"status_code": status, "request_id": row_id,
+                                         "body": wire.error_body(status, behaviour.faults.error_message)}}
+        assert isinstance(body, dict)  # validate() accepted it
+        plan = build_plan(self.mock.config.seed, body, model, behaviour)
+        usage = build_usage(behaviour, plan.prompt_tokens, plan.completion_tokens, plan.reasoning_tokens, 0)
+        if "cost" in usage:
+            usage["cost"] = round(usage["cost"] * 0.5, 10)  # batch price: half
+        completion = wire.completion(plan, f"chatcmpl-{row_id[10:]}", int(time.time()), usage,
+                                     behaviour.system_fingerprint)
+        return {**base, "response": {"status_code": 200, "request_id": row_id, "body": completion}}

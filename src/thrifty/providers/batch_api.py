@@ -1,0 +1,119 @@
+"""Provider Batch APIs (OpenAI-style: upload a JSONL file, create a batch, poll, fetch files).
+
+A separate small interface from the chat ``Provider``: few providers have it, and its calls
+are about files and jobs, not completions. Like providers, implementations raise only
+``thrifty.errors.UpstreamError`` subclasses.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol, runtime_checkable
+
+import aiohttp
+
+from thrifty.config import ProviderConfig
+from thrifty.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeoutError
+from thrifty.providers.openai_compat import OpenAICompatProvider
+from thrifty.redact import Redactor
+
+
+@runtime_checkable
+class BatchProvider(Protocol):
+    name: str
+
+    async def upload_file(self, data: bytes, filename: str) -> str:
+        """Upload a JSONL file of requests (purpose ``batch``); its file id."""
+        ...
+
+    async def create_batch(self, input_file_id: str, endpoint: str, completion_window: str,
+                           metadata: dict[str, str] | None = None) -> dict[str, Any]:
+        """Start a batch; the provider's batch object (``id``, ``status``...)."""
+        ...
+
+    async def get_batch(self, batch_id: str) -> dict[str, Any]: ...
+
+    async def cancel_batch(self, batch_id: str) -> dict[str, Any]: ...
+
+    async def file_content(self, file_id: str) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+
+class OpenAIBatchAPI:
+    """OpenAI's ``/files`` and ``/batches`` endpoints under a provider's ``base_url``."""
+
+    def __init__(self, name: str, config: ProviderConfig, redactor: Redactor | None = None) -> None:
+        self.name = name
+        self.config = config
+        self._redact = redactor or Redactor()
+        self._redact.add(config.api_key)
+        self._base = config.base_url
+        headers = dict(config.headers)
+        if config.api_key:
+            headers["authorization"] = f"Bearer {config.api_key}"
+        self._headers = headers
+        self._session: aiohttp.ClientSession | None = None
+        # Reuse the chat provider's mapping of HTTP errors to the thrifty error tree.
+        self._errors = OpenAICompatProvider(name, config, self._redact)
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            timeout = aiohttp.ClientTimeout(total=self.config.timeout_s, sock_connect=self.config.connect_timeout_s)
+            self._session = aiohttp.ClientSession(headers=self._headers, timeout=timeout)
+        return self._session
+
+    async def _request(self, method: str, path: str, *, json_body: Any = None, data: Any = None) -> bytes:
+        try:
+            async with self._get_session().request(method, self._base + path, json=json_body, data=data) as resp:
+                raw = await resp.read()
+                if resp.status >= 400:
+                    raise self._errors._status_error(resp.status, raw, resp.headers.get("retry-after"))
+                return raw
+        except UpstreamError:
+            raise
+        except TimeoutError:
+            raise UpstreamTimeoutError(f"{self.name}: {path} took more than {self.config.timeout_s:g}s") from None
+        except aiohttp.ClientError as exc:
+            raise self._errors._connection_error(exc) from None
+
+    async def _json(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        raw = await self._request(method, path, **kw)
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            raise UpstreamProtocolError(f"{self.name}: {path} answered something that is not JSON") from None
+        if not isinstance(data, dict):
+            raise UpstreamProtocolError(f"{self.name}: {path} answered {type(data).__name__}, not an object")
+        return data
+
+    async def upload_file(self, data: bytes, filename: str) -> str:
+        form = aiohttp.FormData()
+        form.add_field("purpose", "batch")
+        form.add_field("file", data, filename=filename, content_type="application/jsonl")
+        found = await self._json("POST", "/files", data=form)
+        if not isinstance(found.get("id"), str):
+            raise UpstreamProtocolError(f"{self.name}: file upload answered no id")
+        return str(found["id"])
+
+    async def create_batch(self, input_file_id: str, endpoint: str, completion_window: str,
+                           metadata: dict[str, str] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"input_file_id": input_file_id, "endpoint": endpoint,
+                                "completion_window": completion_window}
+        if metadata:
+            body["metadata"] = metadata
+        return await self._json("POST", "/batches", json_body=body)
+
+    async def get_batch(self, batch_id: str) -> dict[str, Any]:
+        return await self._json("GET", f"/batches/{batch_id}")
+
+    async def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        return await self._json("POST", f"/batches/{batch_id}/cancel")
+
+    async def file_content(self, file_id: str) -> bytes:
+        return await self._request("GET", f"/files/{file_id}/content")
+
+    async def aclose(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None

@@ -1,0 +1,78 @@
+"""The optional LLM classifier: when no rule, label, example or format gives a confident task,
+ask the cheapest configured model which task it is, then run that task's route.
+
+It calls a model, so it runs inside the cascade stage as a policy; its call is priced and in the
+ledger with ``purpose="classify"``. A route chosen this way is buffered, even when streaming.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from thrifty.errors import UpstreamError
+from thrifty.pipeline.caller import ModelCaller
+from thrifty.pipeline.context import Attempt, Plan, RequestContext, Tier
+from thrifty.routing.config import LLMClassifierConfig
+from thrifty.types import ChatRequest, response_text
+
+if TYPE_CHECKING:
+    from thrifty.routing.router import Decision, TaskRouter
+
+
+def classify_request(cfg: LLMClassifierConfig, request: ChatRequest) -> ChatRequest:
+    tasks = ", ".join(cfg.tasks)
+    system = (f"Classify the user's request into exactly one of these tasks: {tasks}. "
+              "Reply with the task name only; reply 'none' if no task fits.")
+    return ChatRequest(model=cfg.model, messages=[{"role": "system", "content": system},
+                                                  {"role": "user", "content": request.last_user_text()[-4000:]}],
+                       params={"max_tokens": cfg.max_tokens, "temperature": 0})
+
+
+def parse_task(reply: str, tasks: list[str]) -> str | None:
+    low = reply.strip().lower()
+    for t in sorted(tasks, key=len, reverse=True):  # longest first: "code-review" before "code"
+        if re.search(rf"(?<![\w-]){re.escape(t.lower())}(?![\w-])", low):
+            return t
+    return None
+
+
+@dataclass
+class LLMClassifier:
+    cfg: LLMClassifierConfig
+
+    def plan(self, router: TaskRouter, decision: Decision) -> Plan:
+        return Plan([Tier(self.cfg.model)], route=decision.route, reason=decision.reason,
+                    policy=_ClassifyThenRoute(self, router, decision))
+
+
+@dataclass
+class _ClassifyThenRoute:
+    clf: LLMClassifier
+    router: TaskRouter
+    decision: Decision
+
+    async def run(self, ctx: RequestContext, caller: ModelCaller) -> tuple[dict[str, Any], Attempt]:
+        cfg = self.clf.cfg
+        route, why = self.decision.route, self.decision.reason
+        try:
+            reply, attempt = await caller.complete(ctx, cfg.model, classify_request(cfg, ctx.request),
+                                                   purpose="classify")
+            task = parse_task(response_text(reply), cfg.tasks)
+            found = self.router.route_for_task(task) if task else None
+            attempt.score_reason = f"classified as {task!r}" if task else "no task recognised"
+            if found:
+                route, why = found, f"task {task!r} from llm classifier ({cfg.model})"
+                ctx.task = task
+        except UpstreamError as exc:
+            why += f"; llm classifier failed ({exc.message[:60]})"
+        ctx.route = route
+        plan = self.router.route_plan(route, ctx.request, why)
+        ctx.plan = plan
+        if plan.policy is not None:
+            result: tuple[dict[str, Any], Attempt] = await plan.policy.run(ctx, caller)
+            return result
+        response, served = await caller.complete(ctx, plan.tiers[0].model)
+        served.accepted = True
+        return response, served

@@ -1,0 +1,170 @@
+"""The router: ``model: "auto"`` / ``"route:NAME"`` -> a task -> a route -> a Plan.
+
+A route is one model, a cascade of tiers with a scorer, an agreement cascade, a learned
+state-table cascade, or a learned router choosing one model per prompt. The decision (and why)
+is kept on the plan's ``reason`` and shown by ``thrifty route explain``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from thrifty.catalog import Catalog
+from thrifty.errors import ConfigError, NotFoundError
+from thrifty.pipeline.context import Plan, RequestContext, Tier
+from thrifty.routing.classify import TaskClassifier, TaskGuess
+from thrifty.routing.config import RouteConfig, RoutingConfig, ScorerConfig
+from thrifty.routing.policies import BudgetGuard, StateTableCascade, TierCascade, vote_table
+from thrifty.types import ChatRequest
+
+ROUTE_PREFIX = "route:"
+
+
+@dataclass
+class Decision:
+    route: str
+    task: str | None
+    source: str
+    reason: str
+    guesses: list[TaskGuess] = field(default_factory=list)
+
+
+def build_scorer(cfg: ScorerConfig, base_dir: str | None) -> Any:
+    from thrifty.scoring.base import CombinedScorer
+    from thrifty.scoring.heuristics import HeuristicScorer
+
+    if cfg.kind == "heuristic":
+        return HeuristicScorer(cfg.expect, cfg.json_schema, cfg.min_chars)
+    if cfg.kind == "judge":
+        from thrifty.scoring.judge import JudgeScorer
+
+        if not cfg.judge_model:
+            raise ConfigError("routing: a judge scorer needs judge_model")
+        return JudgeScorer(cfg.judge_model, cfg.rubric)
+    if cfg.kind == "logprob":
+        from thrifty.scoring.logprob import LogprobScorer
+
+        return LogprobScorer()
+    if cfg.kind == "learned":
+        from thrifty.scoring.learned import LearnedScorer
+
+        if not cfg.file:
+            raise ConfigError("routing: a learned scorer needs file")
+        return LearnedScorer.load(_resolve(cfg.file, base_dir))
+    return CombinedScorer([build_scorer(p, base_dir) for p in cfg.parts])
+
+
+def _resolve(path: str, base_dir: str | None) -> str:
+    return str(Path(base_dir) / path) if base_dir and not Path(path).is_absolute() else path
+
+
+class TaskRouter:
+    def __init__(self, cfg: RoutingConfig, catalog: Catalog, base_dir: str | None = None) -> None:
+        self.cfg = cfg
+        self.catalog = catalog
+        missing = sorted(m for m in cfg.models_used() if catalog.get(m) is None)
+        if missing:
+            raise ConfigError(f"routing: unknown model(s) {', '.join(missing)} (add them under models:)")
+        self.classifier = TaskClassifier(cfg.classify, cfg.embedder, base_dir)
+        self.scorers = {name: build_scorer(r.scorer, base_dir) for name, r in cfg.routes.items() if r.tiers}
+        self.learned: dict[str, Any] = {}
+        for name, r in cfg.routes.items():
+            if r.learned:
+                from thrifty.routing.learned import LearnedRouter
+
+                self.learned[name] = LearnedRouter.load(_resolve(r.learned.file, base_dir))
+                unknown = [m for m in self.learned[name].models if catalog.get(m) is None]
+                if unknown:
+                    raise ConfigError(f"routing.routes.{name}.learned: model(s) not in the catalog: {unknown}")
+        self.llm = None
+        if cfg.classify.llm:
+            from thrifty.routing.llm_classifier import LLMClassifier
+
+            self.llm = LLMClassifier(cfg.classify.llm)
+
+    def route_names(self) -> list[str]:
+        return ["auto", *(ROUTE_PREFIX + name for name in self.cfg.routes)]
+
+    def route_for_task(self, task: str) -> str | None:
+        if task in self.cfg.tasks:
+            return self.cfg.tasks[task]
+        return task if task in self.cfg.routes else None
+
+    def decide(self, request: ChatRequest, headers: dict[str, str] | None = None) -> Decision:
+        """The route for a request and why (no model is called)."""
+        asked = request.model
+        if asked.startswith(ROUTE_PREFIX):
+            name = asked[len(ROUTE_PREFIX):]
+            if name not in self.cfg.routes:
+                raise NotFoundError(f"Unknown route '{name}'. Routes: {', '.join(sorted(self.cfg.routes))}",
+                                    param="model")
+            return Decision(name, None, "named", f"route requested by name ({asked})")
+        guesses = self.classifier.guesses(request, headers or {})
+        notes = []
+        for g in guesses:
+            route = self.route_for_task(g.task)
+            if route is None:
+                notes.append(f"{g.source} {g.task!r} has no route")
+                continue
+            if g.source == "embedding" and g.confidence < self.cfg.classify.min_confidence:
+                notes.append(f"embedding {g.task!r} below min_confidence ({g.confidence:.2f})")
+                continue
+            why = f"task {g.task!r} from {g.source} ({g.detail})"
+            return Decision(route, g.task, g.source, "; ".join([*notes, why]), guesses)
+        assert self.cfg.default_route is not None
+        why = "; ".join([*notes, f"no confident task: default route {self.cfg.default_route!r}"])
+        return Decision(self.cfg.default_route, None, "default", why, guesses)
+
+    def plan(self, ctx: RequestContext) -> Plan | None:
+        asked = ctx.request.model
+        if asked != "auto" and not asked.startswith(ROUTE_PREFIX):
+            return None
+        decision = self.decide(ctx.request, ctx.headers)
+        if decision.source == "default" and self.llm is not None:
+            plan = self.llm.plan(self, decision)
+        else:
+            plan = self.route_plan(decision.route, ctx.request, decision.reason)
+        ctx.task = decision.task
+        ctx.route = decision.route
+        return plan
+
+    def route_plan(self, name: str, request: ChatRequest, reason: str) -> Plan:
+        r: RouteConfig = self.cfg.routes[name]
+        guard = BudgetGuard(self.catalog, r.max_cost_usd)
+        if r.model:
+            return Plan([Tier(r.model)], route=name, reason=reason, max_cost_usd=r.max_cost_usd)
+        if r.tiers:
+            tiers = [(t.model, t.threshold) for t in r.tiers]
+            scorer = self.scorers[name]
+            extra = {"logprobs": True} if getattr(scorer, "wants_logprobs", False) else {}
+            return Plan([Tier(m, th) for m, th in tiers], route=name, reason=reason, scorer=scorer,
+                        max_cost_usd=r.max_cost_usd, policy=TierCascade(tiers, scorer, guard, extra))
+        if r.agreement:
+            a = r.agreement
+            agree = StateTableCascade(list(a.models), vote_table(len(a.models), a.min_agree), a.fallback, guard)
+            return Plan([*(Tier(m) for m in a.models), Tier(a.fallback)], route=name, reason=reason,
+                        max_cost_usd=r.max_cost_usd, policy=agree)
+        if r.state_table:
+            st = r.state_table
+            policy = StateTableCascade(list(st.order), dict(st.table), st.strong, guard, st.raw_letters)
+            return Plan([*(Tier(m) for m in st.order), Tier(st.strong)], route=name, reason=reason,
+                        max_cost_usd=r.max_cost_usd, policy=policy)
+        assert r.learned is not None
+        choice = self.learned[name].choose(request.last_user_text(), target=r.learned.target, lam=r.learned.lam,
+                                           allowed=r.learned.models)
+        return Plan([Tier(choice.model)], route=name, reason=f"{reason}; {choice.reason}",
+                    max_cost_usd=r.max_cost_usd)
+
+
+def build_router(config: Any, catalog: Catalog) -> TaskRouter | None:
+    """The router for a thrifty ``Config`` (or a bare ``routing:`` mapping); None when unconfigured."""
+    from thrifty.routing.config import parse_routing
+
+    section = getattr(config, "routing", config)
+    base_dir = getattr(config, "base_dir", None)
+    cfg = parse_routing(section if isinstance(section, RoutingConfig) else dict(section or {}))
+    if not cfg.routes:
+        return None
+    return TaskRouter(cfg, catalog, base_dir)

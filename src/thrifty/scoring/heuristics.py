@@ -1,0 +1,108 @@
+"""Cheap, local checks of an answer: is it there, is it a refusal, does it have the expected form.
+
+The expected form is read from the request when ``expect="auto"``: ``response_format`` asking
+for JSON (or a JSON schema) means JSON; a multiple-choice question means one option letter; a
+request to write a function means code that parses. Each check lowers the score and says why.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from thrifty.routing.formats import detect_family, extract_option, parse_python, python_blocks
+from thrifty.scoring.base import Score
+from thrifty.scoring.jsonschema import schema_problems
+from thrifty.types import ChatRequest, response_text
+
+_REFUSAL_RE = re.compile(
+    r"\b(i(?:'m| am) (?:sorry|unable|not able)|i can(?:no|')t (?:help|assist|answer|provide|do that)|"
+    r"as an ai(?: language model)?|i do not have (?:enough|access)|i don't know|cannot be determined|"
+    r"not enough information)\b",
+    re.I,
+)
+_FENCE_RE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```\s*$", re.S)
+
+
+def expected_form(request: ChatRequest) -> str:
+    """``json`` | ``option`` | ``code`` | ``text`` for this request."""
+    fmt = request.params.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
+        return "json"
+    family = detect_family(request.last_user_text())
+    return {"mc_multi": "option", "mc_binary": "option", "code": "code"}.get(family, "text")
+
+
+def request_schema(request: ChatRequest) -> dict[str, Any] | None:
+    fmt = request.params.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        js = fmt.get("json_schema")
+        if isinstance(js, dict) and isinstance(js.get("schema"), dict):
+            return js["schema"]
+    return None
+
+
+def parse_json_answer(text: str) -> Any:
+    """The JSON value in an answer (a ```json fence is allowed); raises ValueError if none."""
+    t = text.strip()
+    m = _FENCE_RE.match(t)
+    return json.loads(m.group(1) if m else t)
+
+
+class HeuristicScorer:
+    """Scores 0.0 (empty / refusal / wrong form) to 0.9 (well-formed answer); never 1.0, because
+    form says nothing certain about correctness."""
+
+    def __init__(self, expect: str = "auto", json_schema: dict[str, Any] | None = None, min_chars: int = 1) -> None:
+        self.expect = expect
+        self.json_schema = json_schema
+        self.min_chars = min_chars
+
+    async def score(self, request: ChatRequest, response: dict[str, Any]) -> Score:
+        return self.score_text(request, response_text(response), _finish_reason(response))
+
+    def score_text(self, request: ChatRequest, text: str, finish_reason: str | None = None) -> Score:
+        t = text.strip()
+        if not t:
+            return Score(0.0, "empty answer")
+        if len(t) < self.min_chars:
+            return Score(0.1, f"short answer ({len(t)} < {self.min_chars} chars)")
+        form = expected_form(request) if self.expect == "auto" else self.expect
+        value, reason = self._form(request, form, t)
+        if _REFUSAL_RE.search(t[:400]) and value > 0.2:
+            value, reason = 0.15, "refusal or failure phrase"
+        if finish_reason == "length":
+            value, reason = value * 0.6, reason + "; cut off (finish_reason=length)"
+        return Score(round(value, 4), reason)
+
+    def _form(self, request: ChatRequest, form: str, t: str) -> tuple[float, str]:
+        if form == "option":
+            letter = extract_option(t)
+            if letter is None:
+                return 0.2, "no option letter found"
+            return (0.9, f"option {letter}") if len(t) < 200 else (0.7, f"option {letter} in a long answer")
+        if form == "json":
+            try:
+                value = parse_json_answer(t)
+            except ValueError:
+                return 0.05, "invalid JSON"
+            schema = self.json_schema or request_schema(request)
+            if schema is not None:
+                problems = schema_problems(value, schema)
+                if problems:
+                    return 0.2, "JSON does not match the schema: " + problems[0]
+                return 0.9, "valid JSON matching the schema"
+            return 0.9, "valid JSON"
+        if form == "code":
+            for block in python_blocks(t):
+                tree = parse_python(block)
+                if tree is not None and tree.body:
+                    return 0.85, "code parses"
+            return 0.2, "no parseable Python code"
+        return (0.7, "non-empty answer") if len(t) >= 20 else (0.5, "very short answer")
+
+
+def _finish_reason(response: dict[str, Any]) -> str | None:
+    choices = response.get("choices") or []
+    return choices[0].get("finish_reason") if choices and isinstance(choices[0], dict) else None

@@ -1,0 +1,102 @@
+"""`thrifty cache eval` and `thrifty cache calibrate` on a slice of the QQP dev pairs.
+
+The label-shuffle test is the proof that lookups never read labels: the same pairs with their
+labels permuted must give exactly the same decisions.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from thrifty.cli.main import build_app
+
+
+def slice_pairs(data_dir: Path, start: int, n: int) -> list[dict[str, object]]:
+    lines = (data_dir / "qqp" / "pairs_dev.jsonl").read_text(encoding="utf-8").splitlines()[start:start + n]
+    return [json.loads(line) for line in lines]
+
+
+def write(path: Path, rows: list[dict[str, object]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def run(*args: str) -> str:
+    result = CliRunner().invoke(build_app(), ["cache", *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def decisions(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture
+def pairs(data_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
+    rows = slice_pairs(data_dir, 0, 300)
+    shuffled_labels = [r["label"] for r in rows]
+    random.Random(1).shuffle(shuffled_labels)
+    assert shuffled_labels != [r["label"] for r in rows]
+    shuffled = [{**r, "label": lab} for r, lab in zip(rows, shuffled_labels, strict=True)]
+    return write(tmp_path / "pairs.jsonl", rows), write(tmp_path / "shuffled.jsonl", shuffled)
+
+
+def test_decisions_do_not_depend_on_labels(pairs: tuple[Path, Path], tmp_path: Path) -> None:
+    real, shuffled = pairs
+    run("eval", "--pairs", str(real), "--decisions", str(tmp_path / "a.jsonl"))
+    run("eval", "--pairs", str(shuffled), "--decisions", str(tmp_path / "b.jsonl"))
+    a, b = decisions(tmp_path / "a.jsonl"), decisions(tmp_path / "b.jsonl")
+    assert a == b
+    assert [d["index"] for d in a] == list(range(300))
+    assert {type(d["hit"]) for d in a} == {bool}
+
+
+def test_calibrated_eval_decisions_do_not_depend_on_judged_labels(
+        pairs: tuple[Path, Path], data_dir: Path, tmp_path: Path) -> None:
+    real, shuffled = pairs
+    train = write(tmp_path / "train.jsonl", slice_pairs(data_dir, 1000, 600))
+    out_a = run("eval", "--pairs", str(real), "--calibrate-on", str(train), "--model", "logreg",
+                "--decisions", str(tmp_path / "a.jsonl"), "--json")
+    run("eval", "--pairs", str(shuffled), "--calibrate-on", str(train), "--model", "logreg",
+        "--decisions", str(tmp_path / "b.jsonl"))
+    assert decisions(tmp_path / "a.jsonl") == decisions(tmp_path / "b.jsonl")
+    rep = json.loads(out_a)
+    op = rep["operating_point"]
+    assert 0 <= op["false_hit_rate"] <= 1 and 0 <= op["duplicate_hit_rate"] <= 1
+    assert rep["calibration"]["threshold"] == op["threshold"]
+    assert rep["latency"]["lookup_p99_ms"] >= rep["latency"]["lookup_p50_ms"] > 0
+    hits = sum(d["hit"] for d in decisions(tmp_path / "a.jsonl"))
+    assert hits == round(op["hit_rate"] * 300)
+
+
+def test_calibrate_writes_a_verifier_that_eval_and_the_gateway_load(data_dir: Path, tmp_path: Path) -> None:
+    train = write(tmp_path / "train.jsonl", slice_pairs(data_dir, 2000, 600))
+    out = tmp_path / "verifier.json"
+    summary = json.loads(run("calibrate", "--pairs", str(train), "--max-false-hit-rate", "0.05", "--out", str(out),
+                             "--model", "logreg", "--folds", "3", "--json"))
+    assert out.exists() and len(summary["cv_folds"]) == 3
+    judged = write(tmp_path / "judged.jsonl", slice_pairs(data_dir, 4000, 100))
+    text = run("eval", "--pairs", str(judged), "--verifier", str(out))
+    assert f"threshold {summary['threshold']:.4f}" in text
+    from thrifty.gateway import Gateway
+
+    gw = Gateway.from_config({
+        "providers": {"p": {"base_url": "http://127.0.0.1:1/v1"}}, "models": {"m": {"provider": "p"}},
+        "ledger": {"enabled": False},
+        "cache": {"path": str(tmp_path / "c.db"), "semantic": {"enabled": True, "verifier": str(out)}},
+    })
+    assert gw.cache_stage is not None and gw.cache_stage.verifier(str(out)).threshold == summary["threshold"]
+    gw.close()
+
+
+def test_bad_pairs_file_is_one_line_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text_a": "x"}\n')
+    result = CliRunner().invoke(build_app(), ["cache", "eval", "--pairs", str(bad)])
+    assert result.exit_code != 0
+    assert "bad.jsonl:1" in str(result.exception) or "bad.jsonl:1" in result.output

@@ -1,0 +1,143 @@
+"""fit_policy / calibrate / learned router on synthetic outcome data (fast), including the
+guarantee that decisions never depend on scores."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from thrifty.cli.main import build_app
+from thrifty.config import load_config
+from thrifty.evaluation.dataset import Item, OutcomeSet, load_outcomes
+from thrifty.routing import build_router
+from thrifty.routing.calibrate import Target, calibrate, parse_target
+from thrifty.routing.config import parse_routing
+from thrifty.routing.fit import fit_many, fit_policy
+from thrifty.routing.learned import LearnedRouter, train_router
+from thrifty.routing.simulate import decide, simulate
+
+MODELS = ["weak", "mid", "big"]
+COST = {"weak": 0.001, "mid": 0.002, "big": 0.05}
+SPEC = {"fit": {"depth": 2, "lams": [0.0, 3.0, 10.0, 30.0, 100.0], "min_family_prompts": 5}}
+
+
+def synthetic(n: int = 120, seed: int = 0) -> OutcomeSet:
+    """Multiple-choice prompts: when weak and mid agree they are right; big is right 90%."""
+    rng = random.Random(seed)
+    items = []
+    for i in range(n):
+        gold = rng.choice("ABCD")
+        prompt = f"Question {i} about topic {rng.randint(0, 5)}?\nA) one\nB) two\nC) three\nD) four"
+        agree = rng.random() < 0.6
+        ans = {"weak": gold if agree or rng.random() < 0.3 else rng.choice("ABCD"),
+               "mid": gold if agree or rng.random() < 0.5 else rng.choice("ABCD"),
+               "big": gold if rng.random() < 0.9 else rng.choice("ABCD")}
+        from thrifty.evaluation.dataset import Outcome
+
+        items.append(Item("syn.jsonl", i, [{"role": "user", "content": prompt}], "quiz",
+                          {m: Outcome(a, COST[m]) for m, a in ans.items()},
+                          {m: float(a == gold) for m, a in ans.items()}))
+    return OutcomeSet(items, MODELS)
+
+
+def test_fit_policy_is_loadable_and_cheaper_than_the_baseline() -> None:
+    data = synthetic()
+    section = fit_policy(data, max_cost_share=0.5, baseline="big", spec=SPEC)
+    json.dumps(section)  # JSON-serialisable
+    from thrifty.catalog import Catalog, ModelInfo
+
+    router = build_router(section, Catalog([ModelInfo(m, "p", m, None) for m in MODELS]))
+    assert router is not None and "route:mc_multi" in router.route_names()
+    r = simulate(section, data, "big")
+    assert r.cost_share <= 0.5 + 1e-9
+    assert section["fitted"]["train_cost_share"] == pytest.approx(r.cost_share, abs=1e-3)
+    assert r.accuracy >= 0.8
+
+
+def test_budgets_are_monotone_and_fit_many_matches() -> None:
+    data = synthetic()
+    many = fit_many(data, max_cost_shares=[0.05, 0.3, 1.0], baseline="big", spec=SPEC)
+    shares = [s["fitted"]["train_cost_share"] for s in many]
+    accs = [s["fitted"]["train_accuracy"] for s in many]
+    assert shares == sorted(shares) and accs == sorted(accs)
+    assert many[1]["routes"] == fit_policy(data, max_cost_share=0.3, baseline="big", spec=SPEC)["routes"]
+
+
+def test_decisions_do_not_change_when_scores_are_shuffled() -> None:
+    data, test = synthetic(seed=1), synthetic(n=60, seed=2)
+    section = fit_policy(data, max_cost_share=0.3, baseline="big", spec=SPEC)
+    before = [decide(parse_routing(section), i.blind()) for i in test]
+    rng = random.Random(0)
+    for item in test.items:
+        vals = list(item.scores.values())
+        rng.shuffle(vals)
+        item.scores = dict(zip(item.scores, vals, strict=True))
+    assert [decide(parse_routing(section), i.blind()) for i in test] == before
+
+
+def test_calibrate_meets_a_relative_target() -> None:
+    assert parse_target("accuracy>=0.95*baseline") == Target(0.95, True)
+    assert parse_target("accuracy >= 0.8") == Target(0.8, False)
+    cal = calibrate(synthetic(), Target(0.95, True), baseline="big", spec=SPEC, folds=3,
+                    budgets=(0.05, 0.2, 0.5, 1.0))
+    assert cal.chosen_budget is not None
+    assert cal.cv[-1]["accuracy"] >= cal.required_accuracy
+    assert cal.section["fitted"]["calibration"]["met"] is True
+
+
+def write_jsonl(data: OutcomeSet, path: Path) -> None:
+    with path.open("w") as fh:
+        for item in data:
+            fh.write(json.dumps({"prompt": item.prompt, "task": item.task, "outcomes": {
+                m: {"score": item.scores[m], "response": o.response, "cost": o.cost}
+                for m, o in item.outcomes.items()}}) + "\n")
+
+
+def test_calibrate_cli_writes_a_config_that_loads(tmp_path: Path) -> None:
+    data_path = tmp_path / "outcomes.jsonl"
+    write_jsonl(synthetic(), data_path)
+    out = tmp_path / "calibrated.yaml"
+    runner = CliRunner()
+    res = runner.invoke(build_app(), ["calibrate", "--data", str(data_path), "--out", str(out), "--baseline", "big",
+                                      "--folds", "3", "--target", "accuracy>=0.9*baseline"])
+    assert res.exit_code == 0, res.output
+    assert "CV accuracy" in res.output
+    check = runner.invoke(build_app(), ["config", "check", str(out)])
+    assert check.exit_code == 0, check.output
+    cfg = load_config(out)
+    assert build_router(cfg, cfg.build_catalog()) is not None
+    explain = runner.invoke(build_app(), ["route", "explain", "Pick one\nA) x\nB) y\nC) z", "--config", str(out)])
+    assert explain.exit_code == 0 and "route:  mc_multi" in explain.output and "StateTableCascade" in explain.output
+
+
+def test_learned_router_round_trip(tmp_path: Path) -> None:
+    data = synthetic(200)
+    out = tmp_path / "router.json"
+    data_path = tmp_path / "o.jsonl"
+    write_jsonl(data, data_path)
+    res = CliRunner().invoke(build_app(), ["router", "train", "--data", str(data_path), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    router = LearnedRouter.load(out)
+    assert router.models == MODELS
+    again = train_router(load_outcomes(data_path))
+    prompt = data.items[0].prompt
+    assert router.predict(prompt).keys() == again.predict(prompt).keys()
+    p = router.predict(prompt)
+    assert p["big"][0] > p["weak"][0] and p["big"][1] == pytest.approx(0.05)
+    assert router.choose(prompt, target=0.0).model == "weak"  # cheapest meeting any target
+    assert router.choose(prompt, lam=0.0).model == "big"      # most likely right when cost is free
+    cfg: dict[str, Any] = {
+        "providers": {"p": {"base_url": "http://127.0.0.1:1/v1"}},
+        "models": {m: {"provider": "p"} for m in MODELS},
+        "routing": {"default_route": "l", "routes": {"l": {"learned": {"file": str(out), "target": 0.8}}}},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    loaded = load_config(tmp_path / "c.yaml")
+    r = build_router(loaded, loaded.build_catalog())
+    assert r is not None
