@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from mdreport import write_section
-
 from thrifty.gateway import Gateway
 from thrifty.providers.function import chat_response
 from thrifty.streaming import response_to_chunks

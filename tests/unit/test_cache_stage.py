@@ -285,7 +285,7 @@ async def test_semantic_hit_only_within_the_scope_and_when_verified(tmp_path: Pa
 
 
 async def test_clear_by_tenant_keeps_other_tenants(tmp_path: Path) -> None:
-    gw, up = make(tmp_path)
+    gw, _up = make(tmp_path)
     await ask(gw, tenant="alice")
     await ask(gw, tenant="bob")
     assert gw.cache_stage is not None
@@ -301,4 +301,27 @@ async def test_no_cache_section_means_no_stage(tmp_path: Path) -> None:
     gw = Gateway.from_config(cfg, providers={"p": FunctionProvider(Upstream())})
     assert "cache" not in gw.describe()
     assert (await ask(gw)).cache_status is None
+    await gw.aclose()
+
+
+async def test_confirm_model_must_agree_before_a_semantic_hit(tmp_path: Path) -> None:
+    verdict = {"say": "no"}
+    calls: list[str] = []
+
+    def fn(b: dict[str, Any]) -> dict[str, Any]:
+        calls.append(b["model"])
+        if b["model"] == "other":  # the confirming judge
+            return chat_response("other", verdict["say"], {"prompt_tokens": 30, "completion_tokens": 1})
+        return chat_response(b["model"], "answer " + b["messages"][-1]["content"], USAGE)
+
+    gw = Gateway.from_config(config(tmp_path, semantic={"enabled": True, "confirm_model": "other"}),
+                             providers={"p": FunctionProvider(fn)})
+    await ask(gw, text="How do I reset my password?")
+    refused = await ask(gw, text="how do i reset my password")
+    assert refused.cache_status == "miss" and calls == ["cheap", "other", "cheap"]
+    verdict["say"] = "Yes."
+    accepted = await ask(gw, text="How do I reset my password")
+    assert accepted.cache_status == "hit" and calls[-1] == "other"
+    judge = [a for a in accepted.attempts if a.purpose == "judge"]
+    assert len(judge) == 1 and accepted.cost_usd == pytest.approx(judge[0].cost_usd)
     await gw.aclose()

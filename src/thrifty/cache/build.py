@@ -53,7 +53,12 @@ def build_cache_stage(config: Config, catalog: Catalog, caller: Any = None) -> C
     # Fail at start-up, not on the first request, when a configured verifier file is unusable.
     for path in {cfg.semantic.verifier, *(r.verifier for r in cfg.routes.values())}:
         if path:
-            stage._verifiers[path] = _load(config.resolve_path(path))
+            verifier = _load(config.resolve_path(path))
+            if semantic is not None and verifier.embedder and verifier.embedder != semantic.embedder.name:
+                raise ConfigError(f"cache verifier {path} was calibrated with embedder {verifier.embedder}, but "
+                                  f"cache.semantic.embedder is {semantic.embedder.name}: re-run `thrifty cache "
+                                  "calibrate` with the same embedder")
+            stage._verifiers[path] = verifier
     return stage
 
 

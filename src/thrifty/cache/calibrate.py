@@ -6,6 +6,12 @@ So calibration replays the cache on the pairs: every text_a cached, every text_b
 and the verifier's score of the best candidate recorded out-of-fold (the scoring model never saw
 that query's pair). The threshold is where at most ``margin * max_false_hit_rate`` of the
 non-duplicates would be served; the margin leaves room for the variance of a new data set.
+
+Non-duplicates whose question is *identical* to a cached question (another pair's text_a:
+popular questions recur) are left out of the threshold: the exact cache answers them before the
+semantic cache is asked, and an identical question's answer is not a wrong answer. Counting them
+would push the threshold above every reworded duplicate. The CV figures report the false-hit
+rate both with and without them.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ class _Replay:
     cand: np.ndarray  # (n, k, d) features of each query's retrieved candidates
     cand_ok: np.ndarray  # (n, k) candidate slot is filled
     is_own: np.ndarray  # (n, k) candidate is the pair's own text_a
+    identical: np.ndarray  # (n,) some cached question is character-for-character the query
 
 
 def _replay(pairs: list[Pair], embedder: Embedder, idf: dict[str, float], top_k: int) -> _Replay:
@@ -60,6 +67,8 @@ def _replay(pairs: list[Pair], embedder: Embedder, idf: dict[str, float], top_k:
     cand = np.zeros((n, top_k, d))
     ok = np.zeros((n, top_k), dtype=bool)
     is_own = np.zeros((n, top_k), dtype=bool)
+    cached = set(cache.texts)
+    identical = np.array([p.text_b in cached for p in pairs], dtype=bool)
     for i, p in enumerate(pairs):
         own_row = [*pair_features(p.text_a, p.text_b, idf_fn), float(avecs[i] @ qvecs[i])]
         own[i] = own_row
@@ -68,7 +77,7 @@ def _replay(pairs: list[Pair], embedder: Embedder, idf: dict[str, float], top_k:
             ok[i, j] = True
             is_own[i, j] = t == p.text_a
             cand[i, j] = own_row if is_own[i, j] else [*pair_features(t, p.text_b, idf_fn), float(s)]
-    return _Replay(own, cand, ok, is_own)
+    return _Replay(own, cand, ok, is_own, identical)
 
 
 def _best(model: Any, r: _Replay, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -102,15 +111,18 @@ def calibrate(pairs: list[Pair], embedder: Embedder, *, max_false_hit_rate: floa
         fold_of[te] = f
     target = margin * max_false_hit_rate
     results = []
+    neg = (y == 0) & ~r.identical
     for f in range(folds):
         te, rest = fold_of == f, fold_of != f
-        thr = threshold_at(oof_best[rest & (y == 0)], target)
+        thr = threshold_at(oof_best[rest & neg], target)
         served = oof_best >= thr
         results.append({"fold": f, "threshold": thr,
-                        "duplicate_hit_rate": float(np.mean((served & oof_own)[te & (y == 1)])),
-                        "false_hit_rate": float(np.mean(served[te & (y == 0)]))})
+                        "duplicate_hit_rate": float(np.mean(served[te & (y == 1)])),
+                        "duplicate_own_hit_rate": float(np.mean((served & oof_own)[te & (y == 1)])),
+                        "false_hit_rate": float(np.mean(served[te & neg])),
+                        "false_hit_rate_with_identical": float(np.mean(served[te & (y == 0)]))})
     final = fit_model(r.own, y, model, seed)
-    threshold = threshold_at(oof_best[y == 0], target)
+    threshold = threshold_at(oof_best[neg], target)
     info = {"model": model, "pairs": len(pairs), "max_false_hit_rate": max_false_hit_rate, "margin": margin,
             "top_k": top_k, "folds": folds, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     verifier = LearnedVerifier(final, idf, threshold, embedder.name, info)

@@ -1,8 +1,11 @@
 """`thrifty cache eval`: replay the semantic cache on labelled pairs and measure it.
 
 Decisions are made first, from texts only (pairs.lookup_all); labels are read afterwards to
-score them. Rates: duplicate hit rate = duplicates served their own text_a's answer / all
-duplicates; false-hit rate = non-duplicates served anything / all non-duplicates.
+score them, exactly as a judge holding only the labels and the ``--decisions`` file would:
+duplicate hit rate = duplicates served from the cache / all duplicates; false-hit rate =
+non-duplicates served from the cache / all non-duplicates. Two stricter views are reported
+beside them: duplicates served their *own* text_a's answer, and how many false hits were a
+cached question identical to text_b (another pair's text_a; the exact cache would serve those).
 """
 
 from __future__ import annotations
@@ -45,11 +48,17 @@ def rates(pairs: list[Pair], lookups: list[Lookup], threshold: float) -> dict[st
     served = np.array([lk.score >= threshold for lk in lookups])
     own = np.array([lk.served_text == p.text_a for lk, p in zip(lookups, pairs, strict=True)])
     pos, neg = y == 1, y == 0
+    same = np.array([lk.served_text == p.text_b for lk, p in zip(lookups, pairs, strict=True)])
+
+    def mean(x: np.ndarray) -> float:
+        return float(np.mean(x)) if len(x) else float("nan")
+
     return {"threshold": float(threshold),
-            "duplicate_hit_rate": float(np.mean((served & own)[pos])) if pos.any() else float("nan"),
-            "false_hit_rate": float(np.mean(served[neg])) if neg.any() else float("nan"),
-            "hit_rate": float(np.mean(served)), "duplicates_served": int((served & own)[pos].sum()),
-            "false_hits": int(served[neg].sum())}
+            "duplicate_hit_rate": mean(served[pos]), "false_hit_rate": mean(served[neg]),
+            "duplicate_own_hit_rate": mean((served & own)[pos]), "hit_rate": mean(served),
+            "duplicates_served": int(served[pos].sum()), "false_hits": int(served[neg].sum()),
+            "false_hits_identical_text": int((served & same)[neg].sum()),
+            "false_hit_rate_excluding_identical": mean(served[neg & ~same])}
 
 
 def report(pairs: list[Pair], lookups: list[Lookup], latency: dict[str, float], verifier: HitVerifier,
@@ -72,14 +81,15 @@ def render_text(rep: dict[str, Any]) -> str:
     lines = [
         f"pairs {rep['pairs']} (duplicates {rep['duplicates']}, non-duplicates {rep['non_duplicates']}); "
         f"embedder {rep['embedder']}; verifier {rep['verifier']}",
-        f"operating point: threshold {op['threshold']:.4f}  duplicate hit rate {op['duplicate_hit_rate']:.2%}  "
-        f"false-hit rate {op['false_hit_rate']:.3%}",
+        f"operating point: threshold {op['threshold']:.4f}  duplicate hit rate {op['duplicate_hit_rate']:.2%} "
+        f"(own answer {op['duplicate_own_hit_rate']:.2%})  false-hit rate {op['false_hit_rate']:.3%} "
+        f"({op['false_hits']} false hits, {op['false_hits_identical_text']} of them an identical cached question)",
         "",
-        f"{'threshold':>10} {'dup hit rate':>13} {'false-hit rate':>15} {'hit rate':>9}",
+        f"{'threshold':>10} {'dup hit rate':>13} {'own answer':>11} {'false-hit rate':>15} {'hit rate':>9}",
     ]
     for r in rep["per_threshold"]:
-        lines.append(f"{r['threshold']:>10.4f} {r['duplicate_hit_rate']:>13.2%} {r['false_hit_rate']:>15.3%} "
-                     f"{r['hit_rate']:>9.2%}")
+        lines.append(f"{r['threshold']:>10.4f} {r['duplicate_hit_rate']:>13.2%} {r['duplicate_own_hit_rate']:>11.2%} "
+                     f"{r['false_hit_rate']:>15.3%} {r['hit_rate']:>9.2%}")
     lat = rep["latency"]
     lines += ["", f"lookup latency p50 {lat['lookup_p50_ms']:.2f} ms, p99 {lat['lookup_p99_ms']:.2f} ms "
               f"(+ query embedding p50 {lat['embed_p50_ms']:.2f} ms, p99 {lat['embed_p99_ms']:.2f} ms)"]

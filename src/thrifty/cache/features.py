@@ -13,6 +13,10 @@ import difflib
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
 
 _TOK = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _RAW_TOK = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+#'&-]*")
@@ -69,7 +73,7 @@ def negation_count(toks: Sequence[str]) -> int:
     return sum(w in NEGATIONS or w.endswith("n't") for w in toks)
 
 
-def opposite_count(only_a: set[str], only_b: set[str]) -> int:
+def opposite_count(only_a: AbstractSet[str], only_b: AbstractSet[str]) -> int:
     return sum(1 for w in only_a if OPPOSITES.get(w, set()) & only_b)
 
 
@@ -90,11 +94,11 @@ def _chargrams(toks: Sequence[str], n: int) -> set[str]:
     return {s[i:i + n] for i in range(len(s) - n + 1)}
 
 
-def _jac(x: set, y: set) -> float:  # type: ignore[type-arg]
+def _jac(x: AbstractSet[Any], y: AbstractSet[Any]) -> float:
     return 1.0 if not x and not y else len(x & y) / max(1, len(x | y))
 
 
-def _ovl(x: set, y: set) -> float:  # type: ignore[type-arg]
+def _ovl(x: AbstractSet[Any], y: AbstractSet[Any]) -> float:
     return 0.0 if not x or not y else len(x & y) / min(len(x), len(y))
 
 
@@ -111,21 +115,59 @@ def build_idf(texts: Iterable[str]) -> dict[str, float]:
     return idf
 
 
+@dataclass(frozen=True)
+class TextInfo:
+    """Everything pair_features needs from one text, computed once per text (see ``analyze``)."""
+
+    chars: int
+    toks: tuple[str, ...]
+    joined: str
+    words: frozenset[str]
+    content: frozenset[str]
+    stems: frozenset[str]
+    bigrams: frozenset[tuple[str, ...]]
+    trigrams: frozenset[tuple[str, ...]]
+    char3: frozenset[str]
+    char5: frozenset[str]
+    qwords: frozenset[str]
+    numbers: frozenset[str]
+    negations: int
+    entities: frozenset[str]
+    comparison: bool
+
+
+@lru_cache(maxsize=4096)
+def analyze(text: str) -> TextInfo:
+    """Per-text analysis, memoised: a lookup analyses its query once for all its candidates, and
+    popular cached questions stay analysed. (~17 KB each, hence the small memo.)"""
+    toks = tokens(text)
+    words = frozenset(toks)
+    content = words - STOP
+    return TextInfo(
+        chars=len(text), toks=tuple(toks), joined=" ".join(toks), words=words, content=content,
+        stems=frozenset(_stem(w) for w in content), bigrams=frozenset(_ngrams(toks, 2)),
+        trigrams=frozenset(_ngrams(toks, 3)), char3=frozenset(_chargrams(toks, 3)),
+        char5=frozenset(_chargrams(toks, 5)), qwords=frozenset(w for w in toks[:3] if w in QWORDS),
+        numbers=frozenset(numbers(text)), negations=negation_count(toks), entities=frozenset(entities(text)),
+        comparison="vs" in words or "or" in words,
+    )
+
+
 def pair_features(a: str, b: str, idf: Idf) -> list[float]:
     """The lexical feature row for the pair (a, b); see FEATURE_NAMES."""
-    ta, tb = tokens(a), tokens(b)
-    sa, sb = set(ta), set(tb)
-    ca, cb = sa - STOP, sb - STOP
-    sta, stb = {_stem(w) for w in ca}, {_stem(w) for w in cb}
+    A, B = analyze(a), analyze(b)
+    ta, tb = A.toks, B.toks
+    sa, sb = A.words, B.words
+    ca, cb = A.content, B.content
+    sta, stb = A.stems, B.stems
     da, db = sa - sb, sb - sa
     dca, dcb = ca - cb, cb - ca
     dsa, dsb = sta - stb, stb - sta
     la, lb = len(ta), len(tb)
     f: list[float] = [min(la, lb), max(la, lb), min(la, lb) / max(1, la, lb),
-                      min(len(a), len(b)) / max(1, len(a), len(b)), abs(la - lb)]
+                      min(A.chars, B.chars) / max(1, A.chars, B.chars), abs(la - lb)]
     f += [_jac(sa, sb), _ovl(sa, sb), _jac(ca, cb), _ovl(ca, cb), _jac(sta, stb), _ovl(sta, stb),
-          _jac(_ngrams(ta, 2), _ngrams(tb, 2)), _jac(_ngrams(ta, 3), _ngrams(tb, 3)),
-          _jac(_chargrams(ta, 3), _chargrams(tb, 3)), _jac(_chargrams(ta, 5), _chargrams(tb, 5))]
+          _jac(A.bigrams, B.bigrams), _jac(A.trigrams, B.trigrams), _jac(A.char3, B.char3), _jac(A.char5, B.char5)]
     f += [len(da) + len(db), min(len(da), len(db)), max(len(da), len(db)),
           len(dca) + len(dcb), min(len(dca), len(dcb)), max(len(dca), len(dcb)),
           len(dsa) + len(dsb), min(len(dsa), len(dsb))]
@@ -137,21 +179,19 @@ def pair_features(a: str, b: str, idf: Idf) -> list[float]:
     f += [shared / (wa + wb - shared + 1e-6), shared / min(wa, wb), sum(d_idf),
           d_idf[-1] if d_idf else 0.0, d_idf[-2] if len(d_idf) > 1 else 0.0,
           sum(ds_idf), max(ds_idf, default=0.0)]
-    f += [difflib.SequenceMatcher(None, " ".join(ta), " ".join(tb), autojunk=False).ratio(),
+    f += [difflib.SequenceMatcher(None, A.joined, B.joined, autojunk=False).ratio(),
           difflib.SequenceMatcher(None, ta, tb, autojunk=False).ratio(),
-          float(sorted(sa) == sorted(sb)), float(sta == stb)]
-    qa = {w for w in ta[:3] if w in QWORDS}
-    qb = {w for w in tb[:3] if w in QWORDS}
+          float(sa == sb), float(sta == stb)]
+    qa, qb = A.qwords, B.qwords
     f += [float(bool(ta) and bool(tb) and ta[0] == tb[0]), float(qa == qb), float(bool(qa ^ qb)),
           float(bool(ta) and bool(tb) and ta[-1] == tb[-1])]
-    na, nb = numbers(a), numbers(b)
+    na, nb = A.numbers, B.numbers
     f += [float(na != nb), len(na ^ nb), float(bool(na) and bool(nb) and na != nb)]
-    ga, gb = negation_count(ta), negation_count(tb)
+    ga, gb = A.negations, B.negations
     f += [abs(ga - gb), float((ga % 2) != (gb % 2))]
-    ea, eb = entities(a), entities(b)
+    ea, eb = A.entities, B.entities
     f += [len(ea ^ eb), _jac(ea, eb), float(bool(ea) and bool(eb) and not (ea & eb))]
-    f += [float(opposite_count(da, db)),
-          float(("vs" in sa or "or" in sa) != ("vs" in sb or "or" in sb))]
+    f += [float(opposite_count(da, db)), float(A.comparison != B.comparison)]
     return f
 
 

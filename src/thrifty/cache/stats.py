@@ -12,7 +12,7 @@ GROUPS = {
     "tenant": "tenant",
     "model": "COALESCE(served_model, requested_model)",
     "route": "COALESCE(route, '(none)')",
-    "day": "CAST(CAST(ts / 86400 AS INTEGER) AS TEXT)",
+    "day": "{day}",  # the store's dialect-specific day floor (SQLStore.day_sql)
 }
 
 
@@ -29,7 +29,7 @@ class CacheStatsRow:
 def ledger_stats(store: Any, by: str | None = None, since: float | None = None) -> list[CacheStatsRow]:
     if by is not None and by not in GROUPS:
         raise InvalidRequestError(f"--by must be one of {', '.join(GROUPS)}, got {by!r}")
-    group_sql = GROUPS[by] if by else "'total'"
+    group_sql = GROUPS[by].format(day=store.day_sql) if by else "'total'"
     where = "WHERE cache_status IS NOT NULL" + (" AND ts >= ?" if since is not None else "")
     rows = store.query(
         f"""SELECT {group_sql} AS g,

@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
 
 def _main_job(folder: Path, plot: Path, quiet: bool) -> None:
     from thrifty.evaluation.evaluate import EvalOptions
-    from thrifty.evaluation.report import render_text, savings_line, write_decisions, write_plot
+    from thrifty.evaluation.report import render_text, write_decisions, write_plot
     from thrifty.evaluation.session import run_eval
 
     typer.echo(f"thrifty demo: replaying RouterBench ({folder}) through the pipeline with the default policy",
@@ -56,9 +56,7 @@ def _main_job(folder: Path, plot: Path, quiet: bool) -> None:
     plot.parent.mkdir(parents=True, exist_ok=True)
     write_plot(result, plot)
     write_decisions(result.decisions, plot.with_name("decisions.jsonl"))
-    typer.echo(render_text(result))
-    typer.echo("")
-    typer.echo(savings_line(result))
+    typer.echo(render_text(result))  # ends with the savings line
     typer.echo(f"plot: {plot}   decisions: {plot.with_name('decisions.jsonl')}")
 
 

@@ -43,6 +43,10 @@ class ReportRow:
     compression_saved_tokens: int = 0
     compression_saved_usd: float = 0.0
     batch_requests: int = 0  # requests answered through a provider Batch API
+    # Response cache: misses, hits / (hits + misses), and what the hits would have cost.
+    cache_misses: int = 0
+    cache_hit_rate: float = 0.0
+    cache_saved_usd: float = 0.0
 
 
 def parse_since(value: str | None, now: float | None = None) -> float | None:
@@ -90,13 +94,15 @@ def spend_report(
                COALESCE(SUM(completion_tokens), 0),
                COALESCE(SUM(compression_saved_tokens), 0),
                COALESCE(SUM(compression_saved_usd), 0),
-               SUM(CASE WHEN batch THEN 1 ELSE 0 END)
+               SUM(CASE WHEN batch THEN 1 ELSE 0 END),
+               SUM(CASE WHEN cache_status = 'miss' THEN 1 ELSE 0 END),
+               COALESCE(SUM(cache_saved_usd), 0)
         FROM requests {where}
         GROUP BY g ORDER BY g
     """
     rows = store.query(sql, params)
     out = []
-    for g, n, errors, spend, base, hits, esc, pt, ct, cst, csu, nb in rows:
+    for g, n, errors, spend, base, hits, esc, pt, ct, cst, csu, nb, cmiss, csaved in rows:
         label = str(g)
         if by == "day":
             label = time.strftime("%Y-%m-%d", time.gmtime(int(g) * 86400))
@@ -104,7 +110,9 @@ def spend_report(
         out.append(
             ReportRow(label, int(n), int(errors), float(spend), float(base), saved,
                       100.0 * saved / float(base) if base else 0.0, int(hits), int(esc), int(pt), int(ct),
-                      int(cst), float(csu), int(nb or 0))
+                      int(cst), float(csu), int(nb or 0), int(cmiss or 0),
+                      int(hits) / (int(hits) + int(cmiss or 0)) if int(hits) + int(cmiss or 0) else 0.0,
+                      float(csaved))
         )
     return out
 
@@ -124,11 +132,12 @@ def render(rows: list[ReportRow], fmt: str, group_label: str) -> str:
 
     table = Table(title="thrifty spend report")
     for col in (group_label, "requests", "errors", "spend $", "baseline $", "saved $", "saved %", "cache hits",
-                "escalations", "compressed tok", "compress $", "batch reqs"):
+                "cache hit %", "cache $", "escalations", "compressed tok", "compress $", "batch reqs"):
         table.add_column(col, justify="left" if col == group_label else "right")
     for r in rows:
         table.add_row(r.group, str(r.requests), str(r.errors), f"{r.spend_usd:.6f}", f"{r.baseline_usd:.6f}",
-                      f"{r.saved_usd:.6f}", f"{r.saved_pct:.1f}", str(r.cache_hits), str(r.escalations),
+                      f"{r.saved_usd:.6f}", f"{r.saved_pct:.1f}", str(r.cache_hits),
+                      f"{100 * r.cache_hit_rate:.1f}", f"{r.cache_saved_usd:.6f}", str(r.escalations),
                       str(r.compression_saved_tokens), f"{r.compression_saved_usd:.6f}", str(r.batch_requests))
     console = Console(file=io.StringIO(), width=120, force_terminal=False)
     console.print(table)

@@ -10,8 +10,8 @@ gives them single flight.
 from __future__ import annotations
 
 import asyncio
-import os
 import contextlib
+import os
 import sqlite3
 import threading
 import time
