@@ -111,7 +111,7 @@ async def bench_semantic(n: int, lookups: int, ann: str, rng: random.Random) -> 
     embed_s = time.perf_counter() - t0
     pairs = load_pairs()
     cal_pairs = [Pair(p["text_a"], p["text_b"], int(p["label"])) for p in pairs[:3000]]
-    verifier = calibrate(cal_pairs, embedder, folds=3).verifier
+    verifier = calibrate(cal_pairs, embedder, folds=3, model="lgbm").verifier
     sem = SemanticCache(MemoryBackend(), embedder, top_k=5, ann=ann, ann_min_entries=10**12)
     slot = await sem.slot("bench")
     far = time.time() + 86400

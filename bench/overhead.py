@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -142,7 +143,7 @@ def main() -> None:
         f"providers: {{mock: {{base_url: '{upstream}', api_key: sk-bench}}}}\n"
         "models: {cheap: {provider: mock, price: {input: 0.1, output: 0.2}},"
         " premium: {provider: mock, price: {input: 2.5, output: 10}}}\n"
-        f"ledger: {{path: '{tmp}/ledger.db'}}\n"
+        f"ledger: {{path: '{tmp}/ledger.db', enabled: {os.environ.get('BENCH_LEDGER', 'true')}}}\n"
     )
     procs = [start([thrifty, "mock-upstream", "--port", str(mock_port)])]
     try:

@@ -119,6 +119,8 @@ class UpstreamError(ThriftyError):
 
     status = 502
     type = "upstream_error"
+    # Seconds the provider asked us to wait (Retry-After), when it said.
+    retry_after: float | None = None
 
     def __init__(
         self,

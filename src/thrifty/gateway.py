@@ -23,6 +23,7 @@ from thrifty.pipeline.build import Stage, compose, describe
 from thrifty.pipeline.caller import ModelCaller, RetryPolicy
 from thrifty.pipeline.cascade import CascadeStage
 from thrifty.pipeline.context import RequestContext
+from thrifty.pipeline.deferred_stage import build_deferred_stage
 from thrifty.pipeline.ledger_stage import LedgerStage
 from thrifty.pipeline.normalize import NormalizeStage
 from thrifty.pipeline.route import RouteStage
@@ -55,7 +56,8 @@ class Gateway:
             spill = None if config.ledger.dsn else path + ".failed.jsonl"
             if config.ledger.dsn:
                 spill = config.resolve_path("thrifty-ledger.failed.jsonl")
-            self.ledger = LedgerWriter(store, retries=config.ledger.write_retries, spill_path=spill)
+            self.ledger = LedgerWriter(store, retries=config.ledger.write_retries, spill_path=spill,
+                                       flush_interval_s=config.ledger.flush_interval_s)
         self.observers: list[Any] = []
         self.extra_routes: list[Any] = []
         # async (request, chat) -> (key_id, tenant); set by ops when auth is enabled.
@@ -83,6 +85,8 @@ class Gateway:
     def _build_stages(self) -> list[Stage]:
         """The pipeline in order (see pipeline/build.py for how the list is composed)."""
         sink = self.ledger.submit if self.ledger else None
+        # Requests marked deferrable go to the provider Batch API (batching.deferred.enabled).
+        deferred = build_deferred_stage(self)
         return [
             LedgerStage(sink, self.observers),
             *([self.ops.budget_stage] if self.ops.budget_stage else []),
@@ -90,6 +94,7 @@ class Gateway:
             *([self.compress_stage] if self.compress_stage else []),
             *([self.cache_stage] if self.cache_stage else []),
             RouteStage(self.catalog, router=self.router, default_model=self.config.default_model),
+            *([deferred] if deferred else []),
             CascadeStage(self.caller, self.catalog),
         ]
 

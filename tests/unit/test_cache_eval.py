@@ -78,8 +78,10 @@ def test_calibrate_writes_a_verifier_that_eval_and_the_gateway_load(data_dir: Pa
     train = write(tmp_path / "train.jsonl", slice_pairs(data_dir, 2000, 600))
     out = tmp_path / "verifier.json"
     summary = json.loads(run("calibrate", "--pairs", str(train), "--max-false-hit-rate", "0.05", "--out", str(out),
-                             "--model", "logreg", "--folds", "3", "--json"))
+                             "--model", "auto", "--folds", "3", "--json"))
     assert out.exists() and len(summary["cv_folds"]) == 3
+    # auto cross-validated both scorers and kept the one serving more duplicates at the target.
+    assert summary["cv_folds"][0]["model"] in ("lgbm", "cosine")
     judged = write(tmp_path / "judged.jsonl", slice_pairs(data_dir, 4000, 100))
     text = run("eval", "--pairs", str(judged), "--verifier", str(out))
     assert f"threshold {summary['threshold']:.4f}" in text

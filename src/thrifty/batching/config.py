@@ -8,6 +8,9 @@
         completion_window: 24h
         poll_interval_s: 30
         max_resubmits: 2           # failed/expired items go into a new batch this many times
+        enabled: false             # gateway requests marked deferrable go to the Batch API
+        window_s: 2                # ...gathered per (provider, model) for this long
+        max_items: 1000            # ...or until this many are waiting
 """
 
 from __future__ import annotations
@@ -25,6 +28,14 @@ class DeferredConfig(_Strict):
     max_resubmits: int = Field(default=2, ge=0)
     # The endpoint each batch line targets (OpenAI's Batch API field ``url``).
     endpoint: str = "/v1/chat/completions"
+    # Gateway requests marked deferrable (``"thrifty": {"deferrable": true}`` or the header
+    # ``x-thrifty-deferrable: 1``) are collected into provider batches only when enabled: a
+    # deferrable request's client waits until the batch ends, which can take up to a day.
+    # ``thrifty batch run --deferred`` works either way.
+    enabled: bool = False
+    window_s: float = Field(default=2.0, gt=0)
+    # OpenAI accepts at most 50,000 requests in one batch.
+    max_items: int = Field(default=1000, ge=1, le=50_000)
 
 
 class BatchingConfig(_Strict):

@@ -32,7 +32,7 @@ from thrifty.errors import DataError
 @dataclass
 class Calibration:
     verifier: LearnedVerifier
-    folds: list[dict[str, float]] = field(default_factory=list)
+    folds: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
@@ -80,18 +80,24 @@ def _replay(pairs: list[Pair], embedder: Embedder, idf: dict[str, float], top_k:
     return _Replay(own, cand, ok, is_own, identical)
 
 
-def _best(model: Any, r: _Replay, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Best candidate score per query and whether that best candidate is its own text_a."""
+def _best(model: Any, r: _Replay, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Best candidate score per query, whether it is the query's own text_a, and its similarity."""
     k, d = r.cand.shape[1], r.cand.shape[2]
     scores = model.predict(r.cand[idx].reshape(-1, d)).reshape(len(idx), k)
     scores = np.where(r.cand_ok[idx], scores, -np.inf)
     j = np.argmax(scores, axis=1)
-    return scores[np.arange(len(idx)), j], r.is_own[idx, j]
+    rows = np.arange(len(idx))
+    return scores[rows, j], r.is_own[idx, j], r.cand[idx, j, -1]
 
 
-def calibrate(pairs: list[Pair], embedder: Embedder, *, max_false_hit_rate: float = 0.005, model: str = "lgbm",
-              folds: int = 5, margin: float = 0.6, top_k: int = 5, seed: int = 0) -> Calibration:
-    """A verifier fitted on ``pairs`` with its threshold for ``max_false_hit_rate``, plus CV figures."""
+def calibrate(pairs: list[Pair], embedder: Embedder, *, max_false_hit_rate: float = 0.005, model: str = "auto",
+              folds: int = 5, margin: float = 1.0, top_k: int = 5, seed: int = 0) -> Calibration:
+    """A verifier fitted on ``pairs`` with its threshold for ``max_false_hit_rate``, plus CV figures.
+
+    ``model="auto"`` cross-validates the gradient-boosted verifier and the plain similarity and
+    keeps the one that serves more duplicates at the target (a sentence embedder's cosine can beat
+    the learned model on the cache protocol; the lexical embedder's cannot).
+    """
     from sklearn.model_selection import StratifiedKFold
 
     t0 = time.perf_counter()
@@ -102,28 +108,47 @@ def calibrate(pairs: list[Pair], embedder: Embedder, *, max_false_hit_rate: floa
         raise DataError(f"calibration needs at least {folds} duplicates and {folds} non-duplicates")
     idf = build_idf(dict.fromkeys(p.text_a for p in pairs))
     r = _replay(pairs, embedder, idf, top_k)
-    oof_best = np.zeros(len(pairs))
-    oof_own = np.zeros(len(pairs), dtype=bool)
-    fold_of = np.zeros(len(pairs), dtype=int)
-    for f, (tr, te) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed).split(r.own, y)):
-        m = fit_model(r.own[tr], y[tr], model, seed)
-        oof_best[te], oof_own[te] = _best(m, r, te)
-        fold_of[te] = f
+    split = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(r.own, y))
     target = margin * max_false_hit_rate
-    results = []
+    kinds = ["lgbm", "cosine"] if model == "auto" else [model]
+    tried = {kind: _cross_validate(kind, r, y, split, target, seed) for kind in kinds}
+    best = max(kinds, key=lambda k: float(np.mean([f["duplicate_hit_rate"] for f in tried[k][0]])))
+    results, oof_best, oof_sim = tried[best]
     neg = (y == 0) & ~r.identical
-    for f in range(folds):
+    final = fit_model(r.own, y, best, seed)
+    threshold = threshold_at(oof_best[neg], target)
+    # Candidates far less similar than any the verifier accepted here are not worth scoring: a
+    # label-free shortcut that keeps lookups cheap (it can only turn hits into misses).
+    accepted = oof_sim[oof_best >= threshold]
+    min_similarity = float(accepted.min()) - 0.05 if len(accepted) else -1.0
+    info = {"model": best, "pairs": len(pairs), "max_false_hit_rate": max_false_hit_rate, "margin": margin,
+            "top_k": top_k, "folds": folds, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "cv_duplicate_hit_rate": {k: float(np.mean([f["duplicate_hit_rate"] for f in v[0]]))
+                                      for k, v in tried.items()}}
+    verifier = LearnedVerifier(final, idf, threshold, embedder.name, info, min_similarity)
+    return Calibration(verifier, results, time.perf_counter() - t0)
+
+
+def _cross_validate(kind: str, r: _Replay, y: np.ndarray, split: list[tuple[np.ndarray, np.ndarray]],
+                    target: float, seed: int) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
+    """Per-fold figures at thresholds chosen on the other folds, and the out-of-fold best scores."""
+    oof_best = np.zeros(len(y))
+    oof_own = np.zeros(len(y), dtype=bool)
+    oof_sim = np.zeros(len(y))
+    fold_of = np.zeros(len(y), dtype=int)
+    for f, (tr, te) in enumerate(split):
+        m = fit_model(r.own[tr], y[tr], kind, seed)
+        oof_best[te], oof_own[te], oof_sim[te] = _best(m, r, te)
+        fold_of[te] = f
+    neg = (y == 0) & ~r.identical
+    results: list[dict[str, Any]] = []
+    for f in range(len(split)):
         te, rest = fold_of == f, fold_of != f
         thr = threshold_at(oof_best[rest & neg], target)
         served = oof_best >= thr
-        results.append({"fold": f, "threshold": thr,
+        results.append({"fold": f, "model": kind, "threshold": thr,
                         "duplicate_hit_rate": float(np.mean(served[te & (y == 1)])),
                         "duplicate_own_hit_rate": float(np.mean((served & oof_own)[te & (y == 1)])),
                         "false_hit_rate": float(np.mean(served[te & neg])),
                         "false_hit_rate_with_identical": float(np.mean(served[te & (y == 0)]))})
-    final = fit_model(r.own, y, model, seed)
-    threshold = threshold_at(oof_best[neg], target)
-    info = {"model": model, "pairs": len(pairs), "max_false_hit_rate": max_false_hit_rate, "margin": margin,
-            "top_k": top_k, "folds": folds, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    verifier = LearnedVerifier(final, idf, threshold, embedder.name, info)
-    return Calibration(verifier, results, time.perf_counter() - t0)
+    return results, oof_best, oof_sim

@@ -27,8 +27,9 @@ class SemanticConfig(_Strict):
     top_k: int = Field(default=5, ge=1, le=50)
     # A cheap model asked "same question?" before a semantic hit is served (costs one call).
     confirm_model: str | None = None
-    # Namespaces with more vectors than this use the ANN index instead of exact numpy search.
-    ann_min_entries: int = Field(default=20_000, ge=0)
+    # Namespaces with more vectors than this use the ANN index instead of exact numpy search
+    # (exact search costs O(entries x dim): ~100 ms at 100k x 1024 on a small CPU, docs/benchmarks.md).
+    ann_min_entries: int = Field(default=10_000, ge=0)
     ann: Literal["auto", "hnswlib", "faiss", "none"] = "auto"
     # How often an index re-reads vectors written by other gateway processes.
     refresh_s: float = Field(default=1.0, ge=0)

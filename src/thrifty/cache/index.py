@@ -1,7 +1,7 @@
 """Nearest-neighbour search over one semantic namespace's question vectors.
 
 Vectors are L2-normalised, so the inner product is the cosine similarity. Small namespaces use
-exact search in numpy; past ``ann_min_entries`` an HNSW graph (hnswlib, else faiss) is built in
+exact search in numpy; past ``ann_min_entries`` an HNSW graph (faiss, else hnswlib) is built in
 a worker thread and takes over once ready: exact search over N vectors of dimension d costs
 O(N*d) per lookup, which at 100k x 1024 floats is ~100 ms on a small CPU, while HNSW stays near
 a millisecond. faiss is preferred over hnswlib: same recall, faster to build and to query on the
@@ -80,7 +80,7 @@ def make_ann(kind: str, dim: int, capacity: int) -> Ann | None:
 class VectorIndex:
     """The vectors of one namespace with their entry keys and question texts."""
 
-    def __init__(self, dim: int, *, ann: str = "auto", ann_min_entries: int = 20_000) -> None:
+    def __init__(self, dim: int, *, ann: str = "auto", ann_min_entries: int = 10_000) -> None:
         self.dim = dim
         self.ann_kind = ann
         self.ann_min_entries = ann_min_entries

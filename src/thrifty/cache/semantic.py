@@ -45,7 +45,7 @@ class _Slot:
 
 class SemanticCache:
     def __init__(self, backend: CacheBackend, embedder: Embedder, *, top_k: int = 5, ann: str = "auto",
-                 ann_min_entries: int = 20_000, refresh_s: float = 1.0) -> None:
+                 ann_min_entries: int = 10_000, refresh_s: float = 1.0) -> None:
         self.backend = backend
         self.embedder = embedder
         self.top_k = top_k

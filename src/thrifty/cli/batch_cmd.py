@@ -137,7 +137,9 @@ def register(app: typer.Typer) -> None:
                 jobs = [runner.jobs.get(job_id)] if job_id else runner.jobs.all_jobs()
                 lines = []
                 for job in jobs:
-                    if not job.done:
+                    # Gateway jobs are polled by the gateway's collector, which serves the waiting
+                    # clients; polling them here would record their answers twice.
+                    if not job.done and not is_gateway_job(job):
                         job = await runner.poll(job.job_id)
                     lines.append(_job_line(job, runner.jobs.counts(job.job_id)))
                 return lines
@@ -164,7 +166,7 @@ def register(app: typer.Typer) -> None:
         async def main() -> tuple[list[ItemResult], Job]:
             runner = DeferredRunner(gw)
             try:
-                job = runner.jobs.get(job_id)
+                job = refuse_gateway_job(runner.jobs.get(job_id))
                 job = await (runner.wait(job.job_id, poll_interval) if wait else runner.poll(job.job_id))
                 return runner.results(job.job_id), job
             finally:
@@ -186,6 +188,7 @@ def register(app: typer.Typer) -> None:
         async def main() -> str:
             runner = DeferredRunner(gw)
             try:
+                refuse_gateway_job(runner.jobs.get(job_id))
                 job = await runner.cancel(job_id)
                 return _job_line(job, runner.jobs.counts(job.job_id))
             finally:
@@ -195,5 +198,21 @@ def register(app: typer.Typer) -> None:
         typer.echo(asyncio.run(main()))
 
     app.add_typer(group, name="batch")
+
+
+def is_gateway_job(job: Job) -> bool:
+    from thrifty.batching.collector import GATEWAY_TASK
+
+    return job.task == GATEWAY_TASK
+
+
+def refuse_gateway_job(job: Job) -> Job:
+    """Jobs of deferrable gateway requests belong to the gateway; the CLI only shows them."""
+    if is_gateway_job(job):
+        raise InvalidRequestError(
+            f"job {job.job_id} holds deferrable gateway requests; the gateway that created it polls and answers it"
+            " (`thrifty batch status` shows it)"
+        )
+    return job
 
 

@@ -119,7 +119,7 @@ def register(app: typer.Typer) -> None:
                                              "config's, else the built-in rule verifier)."),
         embedder: str | None = typer.Option(None, help="lexical or minilm (default: the config's, else lexical)."),
         max_false_hit_rate: float = typer.Option(0.005, "--max-false-hit-rate", help="Calibration target."),
-        model: str = typer.Option("lgbm", help="Verifier model for --calibrate-on: lgbm or logreg."),
+        model: str = typer.Option("auto", help="Verifier model for --calibrate-on: auto, lgbm, logreg or cosine."),
         top_k: int = typer.Option(5, "--top-k", help="Candidates the verifier sees per lookup."),
         config: Path | None = ConfigOpt,
     ) -> None:
@@ -162,9 +162,11 @@ def register(app: typer.Typer) -> None:
                                                  help="Largest share of non-duplicates that may be served."),
         out: Path = typer.Option(Path("cache-verifier.json"), "--out", "-o", help="Where to write the verifier."),
         embedder: str | None = typer.Option(None, help="lexical or minilm (default: the config's, else lexical)."),
-        model: str = typer.Option("lgbm", help="lgbm (needs the gbm extra) or logreg."),
+        model: str = typer.Option("auto", help="auto (the better of lgbm and cosine in CV), lgbm (gbm extra), "
+                                  "logreg or cosine."),
         folds: int = typer.Option(5, help="Cross-validation folds."),
-        margin: float = typer.Option(0.6, help="Calibrate to margin x the target, for new-data variance."),
+        margin: float = typer.Option(1.0, help="Calibrate to margin x the target (below 1: room for new-data "
+                                     "variance)."),
         top_k: int = typer.Option(5, "--top-k", help="Candidates the verifier sees per lookup."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         config: Path | None = ConfigOpt,
@@ -186,7 +188,8 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps(s, indent=2))
             return
-        typer.echo(f"wrote {out} (embedder {emb.name}, threshold {s['threshold']:.4f})")
+        typer.echo(f"wrote {out} (embedder {emb.name}, model {cal.verifier.info['model']}, "
+                   f"threshold {s['threshold']:.4f})")
         typer.echo(f"cross-validated ({folds} folds): duplicate hit rate {s['cv_duplicate_hit_rate']:.2%}, "
                    f"false-hit rate {s['cv_false_hit_rate']:.3%} (worst fold {s['cv_false_hit_rate_max']:.3%})")
 

@@ -26,9 +26,16 @@ _Item = tuple[RequestRow, list[AttemptRow]] | threading.Event | None
 
 class LedgerWriter:
     def __init__(
-        self, store: SQLStore, *, retries: int = 5, spill_path: str | None = None, max_batch: int = 500
+        self,
+        store: SQLStore,
+        *,
+        retries: int = 5,
+        spill_path: str | None = None,
+        max_batch: int = 500,
+        flush_interval_s: float = 0.05,
     ) -> None:
         self.store = store
+        self.flush_interval_s = flush_interval_s
         self.retries = retries
         self.spill_path = spill_path
         self.max_batch = max_batch
@@ -59,6 +66,9 @@ class LedgerWriter:
             batch: list[tuple[RequestRow, list[AttemptRow]]] = []
             waiters: list[threading.Event] = []
             stop = False
+            # Gather for up to `flush_interval_s` so that steady traffic is written in a few
+            # transactions a second: each write also competes with the event loop for the GIL.
+            deadline = time.monotonic() + self.flush_interval_s
             while True:
                 if item is None:
                     stop = True
@@ -66,12 +76,25 @@ class LedgerWriter:
                     waiters.append(item)
                 else:
                     batch.append(item)
-                if len(batch) >= self.max_batch:
+                if stop or waiters or len(batch) >= self.max_batch:
                     break
+                remaining = deadline - time.monotonic()
+                try:
+                    item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            # Take whatever else is already queued (a flush waits for rows submitted before it).
+            while not stop and len(batch) < self.max_batch:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
+                if item is None:
+                    stop = True
+                elif isinstance(item, threading.Event):
+                    waiters.append(item)
+                else:
+                    batch.append(item)
             if batch:
                 self._write(batch)
             for w in waiters:

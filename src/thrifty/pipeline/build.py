@@ -1,10 +1,11 @@
 """The pipeline, in order. This is the one place that says what happens to a request.
 
-    ledger( normalize -> compress -> cache -> route -> cascade )
+    ledger( budget -> normalize -> compress -> cache -> route -> deferred -> cascade )
 
-The ledger stage is first in the list because it wraps everything after it: it records the
-request once the rest has finished (or failed, or finished streaming). Stages a config does not
-use are simply absent from the list.
+The list itself is built in ``Gateway._build_stages``. The ledger stage is first because it
+wraps everything after it: it records the request once the rest has finished (or failed, or
+finished streaming). Stages a config does not use (budget, compress, cache, deferred) are
+simply absent from the list.
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from thrifty.catalog import Catalog, ModelInfo
 from thrifty.config import ProviderConfig
@@ -24,6 +24,8 @@ from thrifty.pipeline.context import Attempt, RequestContext
 from thrifty.providers.base import Provider
 from thrifty.tokens import count_messages, count_text
 from thrifty.types import ChatRequest, Usage, response_text
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -85,60 +87,54 @@ class ModelCaller:
     ) -> tuple[dict[str, Any], Attempt]:
         """A non-streaming completion from ``model_name`` (or its fallbacks)."""
         req = request or ctx.request
-        failures: list[str] = []
-        last: UpstreamError | None = None
-        for info in self._chain(model_name):
-            provider = self.providers[info.provider]
-            policy = self.retry_policies.get(info.provider, RetryPolicy())
-            body = req.to_body(info.upstream_model, stream=False)
-            for i in range(policy.max_retries + 1):
-                attempt = Attempt(model=info.name, provider=info.provider, started=time.time(), tier=info.tier,
-                                  purpose=purpose, batch=batch)
-                t0 = time.perf_counter()
-                try:
-                    response = await provider.complete(body)
-                except UpstreamError as exc:
-                    attempt.latency_ms = (time.perf_counter() - t0) * 1000
-                    attempt.status, attempt.error = "error", exc.message
-                    ctx.attempts.append(attempt)
-                    failures.append(exc.message)
-                    last = exc
-                    if not exc.retryable or i == policy.max_retries:
-                        break
-                    wait = policy.delay(i, getattr(exc, "retry_after", None))
-                    if wait is None:
-                        break
-                    await asyncio.sleep(wait)
-                    continue
-                attempt.latency_ms = (time.perf_counter() - t0) * 1000
-                self._price(attempt, info, req, response, batch)
-                ctx.attempts.append(attempt)
-                return response, attempt
-            if last is not None and not last.retryable and last.status < 500 and last.status != 429:
-                break  # a 4xx (bad parameter) fails the same way on every fallback
-        assert last is not None
-        last.attempts = failures
-        raise last
+
+        async def once(provider: Provider, info: ModelInfo, attempt: Attempt, t0: float) -> dict[str, Any]:
+            response = await provider.complete(req.to_body(info.upstream_model, stream=False))
+            attempt.latency_ms = (time.perf_counter() - t0) * 1000
+            self._price(attempt, info, req, response, batch)
+            return response
+
+        return await self._with_retries(ctx, model_name, once, purpose=purpose, batch=batch)
 
     async def stream(
         self, ctx: RequestContext, model_name: str, request: ChatRequest | None = None
     ) -> tuple[AsyncIterator[dict[str, Any]], Attempt]:
         """Open a stream from ``model_name`` (or its fallbacks): retried until its first chunk."""
         req = request or ctx.request
+
+        async def once(
+            provider: Provider, info: ModelInfo, attempt: Attempt, t0: float
+        ) -> AsyncIterator[dict[str, Any]]:
+            it = provider.stream(req.to_body(info.upstream_model, stream=True)).__aiter__()
+            try:
+                first: dict[str, Any] | None = await it.__anext__()
+            except StopAsyncIteration:
+                first = None
+            return self._priced_stream(attempt, info, req, first, it, t0)
+
+        return await self._with_retries(ctx, model_name, once)
+
+    async def _with_retries(
+        self,
+        ctx: RequestContext,
+        model_name: str,
+        once: Callable[[Provider, ModelInfo, Attempt, float], Awaitable[T]],
+        *,
+        purpose: str = "answer",
+        batch: bool = False,
+    ) -> tuple[T, Attempt]:
+        """Run ``once`` on ``model_name``, retrying and then falling back; every try is an Attempt."""
         failures: list[str] = []
         last: UpstreamError | None = None
         for info in self._chain(model_name):
             provider = self.providers[info.provider]
             policy = self.retry_policies.get(info.provider, RetryPolicy())
-            body = req.to_body(info.upstream_model, stream=True)
             for i in range(policy.max_retries + 1):
-                attempt = Attempt(model=info.name, provider=info.provider, started=time.time(), tier=info.tier)
+                attempt = Attempt(model=info.name, provider=info.provider, started=time.time(), tier=info.tier,
+                                  purpose=purpose, batch=batch)
                 t0 = time.perf_counter()
-                it = provider.stream(body).__aiter__()
                 try:
-                    first = await it.__anext__()
-                except StopAsyncIteration:
-                    first = None
+                    result = await once(provider, info, attempt, t0)
                 except UpstreamError as exc:
                     attempt.latency_ms = (time.perf_counter() - t0) * 1000
                     attempt.status, attempt.error = "error", exc.message
@@ -147,15 +143,15 @@ class ModelCaller:
                     last = exc
                     if not exc.retryable or i == policy.max_retries:
                         break
-                    wait = policy.delay(i, getattr(exc, "retry_after", None))
+                    wait = policy.delay(i, exc.retry_after)
                     if wait is None:
                         break
                     await asyncio.sleep(wait)
                     continue
                 ctx.attempts.append(attempt)
-                return self._priced_stream(attempt, info, req, first, it, t0), attempt
+                return result, attempt
             if last is not None and not last.retryable and last.status < 500 and last.status != 429:
-                break
+                break  # a 4xx (bad parameter) fails the same way on every fallback
         assert last is not None
         last.attempts = failures
         raise last

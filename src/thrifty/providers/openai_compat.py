@@ -142,7 +142,7 @@ class OpenAICompatProvider:
         safe_body = json.loads(self._redact(json.dumps(body))) if body else None
         err = UpstreamStatusError(message, status=status, body=safe_body)
         if retry_after and status >= 500:
-            err.retry_after = parse_retry_after(retry_after)  # type: ignore[attr-defined]
+            err.retry_after = parse_retry_after(retry_after)
         return err
 
     def _connection_error(self, exc: Exception, mid_stream: bool = False) -> UpstreamError:

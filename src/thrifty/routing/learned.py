@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from thrifty.artifacts import read_artifact
 from thrifty.embeddings import build_embedder
 from thrifty.errors import ConfigError, DataError
 from thrifty.evaluation.dataset import OutcomeSet
@@ -92,12 +93,7 @@ class LearnedRouter:
 
     @classmethod
     def load(cls, path: str | Path) -> LearnedRouter:
-        try:
-            obj = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read learned router file {path}: {exc}") from None
-        if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-            raise ConfigError(f"{path}: not a thrifty learned router file (expected format {FORMAT})")
+        obj = read_artifact(path, FORMAT, "learned router")
         return cls(obj["models"], np.asarray(obj["coef"]), np.asarray(obj["intercept"]), obj["costs"],
                    obj["embedder"], obj.get("meta"))
 

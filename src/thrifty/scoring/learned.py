@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from thrifty.errors import ConfigError, DataError
+from thrifty.artifacts import read_artifact
+from thrifty.errors import DataError
 from thrifty.evaluation.dataset import OutcomeSet
 from thrifty.routing.formats import FAMILIES, code_signature, detect_family, extract_option
 from thrifty.scoring.base import Score
@@ -54,12 +55,7 @@ class LearnedScorer:
 
     @classmethod
     def load(cls, path: str | Path) -> LearnedScorer:
-        try:
-            obj = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read learned scorer file {path}: {exc}") from None
-        if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-            raise ConfigError(f"{path}: not a thrifty learned scorer file (expected format {FORMAT})")
+        obj = read_artifact(path, FORMAT, "learned scorer")
         return cls(obj["models"], obj["coef"], obj["intercept"])
 
 

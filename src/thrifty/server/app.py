@@ -31,12 +31,23 @@ if TYPE_CHECKING:
 log = logging.getLogger("thrifty.server")
 
 # Incoming headers the pipeline may read (others are not copied into the context).
-_FORWARDED_HEADERS = ("x-thrifty-task", "x-thrifty-cache", "x-thrifty-route", "cache-control", "x-thrifty-max-cost")
+_FORWARDED_HEADERS = frozenset(("x-thrifty-task", "x-thrifty-cache", "x-thrifty-route", "cache-control", "x-thrifty-max-cost",
+                      "x-thrifty-deferrable"))
 
 
 def error_response(exc: ThriftyError, request_id: str) -> JSONResponse:
     headers = {"x-thrifty-request-id": request_id, **exc.headers()}
     return JSONResponse(exc.to_openai(), status_code=exc.status, headers=headers)
+
+
+def forwarded_headers(request: Request) -> dict[str, str]:
+    """The thrifty headers the pipeline reads, in one pass over the raw headers (names arrive lower-case)."""
+    out: dict[str, str] = {}
+    for name, value in request.headers.raw:
+        key = name.decode("latin-1")
+        if key in _FORWARDED_HEADERS:
+            out[key] = value.decode("latin-1")
+    return out
 
 
 async def read_json_body(request: Request, limit: int) -> Any:
@@ -77,7 +88,7 @@ def create_app(gateway: Gateway) -> Starlette:
             chat = ChatRequest.from_body(body)
             auth = getattr(gateway, "authenticate", None)
             key_id, tenant = (await auth(request, chat)) if auth else (None, tenant_of(request))
-            headers = {h: request.headers[h] for h in _FORWARDED_HEADERS if h in request.headers}
+            headers = forwarded_headers(request)
             ctx = await gateway.handle(chat, headers=headers, key_id=key_id, tenant=tenant, request_id=request_id)
         except ThriftyError as exc:
             log.info("request %s failed: %s %s", request_id, exc.status, gateway.redactor(exc.message))

@@ -8,6 +8,7 @@ several gateways in one process (tests, embedding apps) do not mix their numbers
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -29,6 +30,7 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 class Metrics:
     def __init__(self, ledger_failures: Callable[[], float] | None = None) -> None:
         r = self.registry = CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         req_labels = ["model", "route", "strategy", "status"]
         self.requests = Counter("thrifty_requests", "Finished client requests.", req_labels, registry=r)
         self.errors = Counter("thrifty_errors", "Failed client requests, by error type.",
@@ -56,34 +58,42 @@ class Metrics:
                       registry=r)
             g.set_function(ledger_failures)
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, memoised: prometheus_client's lookup costs ~15 us a call."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def observe(self, ctx: RequestContext) -> None:
         """A gateway observer: count one finished request."""
         model = ctx.served_model or ctx.request.model
         route = ctx.route or "-"
-        self.requests.labels(model, route, ctx.strategy, ctx.status).inc()
+        self._child(self.requests, model, route, ctx.strategy, ctx.status).inc()
         if ctx.status != "ok":
-            self.errors.labels(model, route, ctx.error_type or "unknown").inc()
-        self.latency.labels(model, route).observe(ctx.elapsed_ms / 1000.0)
+            self._child(self.errors, model, route, ctx.error_type or "unknown").inc()
+        self._child(self.latency, model, route).observe(ctx.elapsed_ms / 1000.0)
         for a in ctx.attempts:
-            self.upstream_latency.labels(a.model, a.purpose, a.status).observe(a.latency_ms / 1000.0)
+            self._child(self.upstream_latency, a.model, a.purpose, a.status).observe(a.latency_ms / 1000.0)
         u = ctx.usage
         for kind, n in (("prompt", u.prompt_tokens), ("completion", u.completion_tokens), ("cached", u.cached_tokens)):
             if n:
-                self.tokens.labels(model, route, kind).inc(n)
+                self._child(self.tokens, model, route, kind).inc(n)
         if ctx.cost_usd:
-            self.cost.labels(model, route).inc(ctx.cost_usd)
+            self._child(self.cost, model, route).inc(ctx.cost_usd)
         if ctx.status == "ok" and ctx.baseline_cost_usd is not None:
-            self.baseline.labels(model, route).inc(ctx.baseline_cost_usd)
+            self._child(self.baseline, model, route).inc(ctx.baseline_cost_usd)
             saved = ctx.baseline_cost_usd - (ctx.cost_usd or 0.0) + ctx.compression_saved_usd
             if saved > 0:
-                self.savings.labels(route, ctx.strategy).inc(saved)
+                self._child(self.savings, route, ctx.strategy).inc(saved)
         if ctx.cache_status:
-            self.cache.labels(route, ctx.cache_status).inc()
+            self._child(self.cache, route, ctx.cache_status).inc()
             if ctx.cache_status == "hit":
-                self.cache_hits.labels(route).inc()
+                self._child(self.cache_hits, route).inc()
         answers = [a for a in ctx.attempts if a.purpose == "answer" and a.status == "ok"]
         if len(answers) > 1:
-            self.escalations.labels(route).inc(len(answers) - 1)
+            self._child(self.escalations, route).inc(len(answers) - 1)
 
     def auth_failed(self, reason: str) -> None:
         self.auth_failures.labels(reason).inc()
