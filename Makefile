@@ -14,7 +14,7 @@ PIP := $(BIN)/python -m pip install -q
 # pip.conf here names an extra index folder that may not exist; pip then warns
 # once per package even with -q. Drop only those lines.
 PIP_QUIET := 2>&1 | sed -u "/Location 'file:\/\/\/opt\/pypi-more/d"
-EXTRAS := embeddings,redis,postgres,gbm,dev
+EXTRAS := embeddings,redis,postgres,gbm,ann,dev
 PYTEST_ARGS ?=
 
 # Stamp files remember that an install finished; depending on pyproject.toml
