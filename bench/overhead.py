@@ -3,8 +3,9 @@
     .venv/bin/python bench/overhead.py [--requests 2000] [--write]
 
 Starts, each in its own process on loopback: the mock upstream, the floor (the smallest
-useful proxy: Starlette + one pooled aiohttp session forwarding bytes, written below), and
-`thrifty serve` with its SQLite ledger. A load generator sends the same chat request at
+useful proxy: Starlette + one pooled aiohttp session forwarding bytes, written below),
+`thrifty serve` with its SQLite ledger, and `thrifty serve` with the ledger disabled (to show
+what the ledger costs). A load generator sends the same chat request at
 concurrency 1 and 64 to the mock directly, to the floor and to thrifty, and reports p50/p99
 latency and requests/s. Targets (issue 2): at concurrency 64 thrifty reaches >= 70% of the
 floor's requests/s; at concurrency 1 it adds <= 2 ms p50 over a direct call.
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import socket
 import statistics
 import subprocess
@@ -138,22 +138,29 @@ def main() -> None:
     mock_port, floor_port, gw_port = free_port(), free_port(), free_port()
     upstream = f"http://127.0.0.1:{mock_port}/v1"
     tmp = tempfile.mkdtemp(prefix="thrifty-bench-")
-    cfg = Path(tmp) / "thrifty.yaml"
-    cfg.write_text(
-        f"providers: {{mock: {{base_url: '{upstream}', api_key: sk-bench}}}}\n"
-        "models: {cheap: {provider: mock, price: {input: 0.1, output: 0.2}},"
-        " premium: {provider: mock, price: {input: 2.5, output: 10}}}\n"
-        f"ledger: {{path: '{tmp}/ledger.db', enabled: {os.environ.get('BENCH_LEDGER', 'true')}}}\n"
-    )
+    configs = {}
+    for name, ledger_on in (("thrifty", "true"), ("thrifty-noledger", "false")):
+        configs[name] = Path(tmp) / f"{name}.yaml"
+        configs[name].write_text(
+            f"providers: {{mock: {{base_url: '{upstream}', api_key: sk-bench}}}}\n"
+            "models: {cheap: {provider: mock, price: {input: 0.1, output: 0.2}},"
+            " premium: {provider: mock, price: {input: 2.5, output: 10}}}\n"
+            f"ledger: {{path: '{tmp}/{name}.db', enabled: {ledger_on}}}\n"
+        )
+    nl_port = free_port()
     procs = [start([thrifty, "mock-upstream", "--port", str(mock_port)])]
     try:
         wait_ready(f"{upstream}/chat/completions")
         procs.append(start([py, __file__, "--floor-server", "--port", str(floor_port), "--upstream", upstream]))
-        procs.append(start([thrifty, "serve", "--config", str(cfg), "--port", str(gw_port), "--log-level", "warning"]))
+        procs.append(start([thrifty, "serve", "--config", str(configs["thrifty"]), "--port", str(gw_port),
+                            "--log-level", "warning"]))
+        procs.append(start([thrifty, "serve", "--config", str(configs["thrifty-noledger"]), "--port", str(nl_port),
+                            "--log-level", "warning"]))
         targets = {
             "direct": f"{upstream}/chat/completions",
             "floor": f"http://127.0.0.1:{floor_port}/v1/chat/completions",
             "thrifty": f"http://127.0.0.1:{gw_port}/v1/chat/completions",
+            "thrifty-noledger": f"http://127.0.0.1:{nl_port}/v1/chat/completions",
         }
         for url in targets.values():
             wait_ready(url)
@@ -173,6 +180,7 @@ def main() -> None:
     d1, f1, t1 = results[("direct", 1)], results[("floor", 1)], results[("thrifty", 1)]
     f64, t64 = results[("floor", 64)], results[("thrifty", 64)]
     ratio = t64["rps"] / f64["rps"]
+    ratio_nl = results[("thrifty-noledger", 64)]["rps"] / f64["rps"]
     added_p50 = t1["p50_ms"] - d1["p50_ms"]
     lines = [
         "| target | concurrency | p50 ms | p99 ms | req/s |",
@@ -183,11 +191,12 @@ def main() -> None:
     summary = [
         "",
         f"- thrifty req/s at concurrency 64 as a share of the floor's: **{ratio:.0%}** (target >= 70%)",
+        f"- the same with the ledger disabled (what the SQLite ledger writes cost): {ratio_nl:.0%}",
         f"- p50 added by thrifty over a direct call at concurrency 1: **{added_p50:.2f} ms** (target <= 2 ms); "
         f"the floor adds {f1['p50_ms'] - d1['p50_ms']:.2f} ms",
         f"- p99 added at concurrency 64 over the floor: {t64['p99_ms'] - f64['p99_ms']:.2f} ms",
         "",
-        "All three servers, the mock upstream and the load generator share this machine's 2 cores, so "
+        "All the servers, the mock upstream and the load generator share this machine's 2 cores, so "
         "absolute figures are noisy; the ratios come from one run of the same command.",
     ]
     print("\n".join(summary))

@@ -42,6 +42,7 @@ class LedgerWriter:
         self.written = 0
         self.failed_batches = 0
         self._queue: queue.Queue[_Item] = queue.Queue()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="thrifty-ledger", daemon=True)
         self._thread.start()
 
@@ -52,54 +53,38 @@ class LedgerWriter:
         """Block until every row submitted before this call is written (or spilled)."""
         done = threading.Event()
         self._queue.put(done)
+        self._wake.set()
         return done.wait(timeout)
 
     def close(self) -> None:
         self.flush()
         self._queue.put(None)
+        self._wake.set()
         self._thread.join(timeout=10)
         self.store.close()
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            batch: list[tuple[RequestRow, list[AttemptRow]]] = []
-            waiters: list[threading.Event] = []
-            stop = False
-            # Gather for up to `flush_interval_s` so that steady traffic is written in a few
-            # transactions a second: each write also competes with the event loop for the GIL.
-            deadline = time.monotonic() + self.flush_interval_s
+            first = self._queue.get()
+            # Gather for up to `flush_interval_s` by sleeping, not by waiting on the queue: a
+            # queue wait would wake this thread (and take the GIL from the event loop) on every
+            # submitted row. flush() and close() cut the sleep short.
+            if not isinstance(first, threading.Event) and first is not None:
+                self._wake.wait(self.flush_interval_s)
+            self._wake.clear()
+            items: list[_Item] = [first]
             while True:
-                if item is None:
-                    stop = True
-                elif isinstance(item, threading.Event):
-                    waiters.append(item)
-                else:
-                    batch.append(item)
-                if stop or waiters or len(batch) >= self.max_batch:
-                    break
-                remaining = deadline - time.monotonic()
                 try:
-                    item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                    items.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            # Take whatever else is already queued (a flush waits for rows submitted before it).
-            while not stop and len(batch) < self.max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                elif isinstance(item, threading.Event):
-                    waiters.append(item)
-                else:
-                    batch.append(item)
-            if batch:
-                self._write(batch)
-            for w in waiters:
-                w.set()
-            if stop:
+            batch = [i for i in items if isinstance(i, tuple)]
+            for start in range(0, len(batch), self.max_batch):
+                self._write(batch[start : start + self.max_batch])
+            for i in items:
+                if isinstance(i, threading.Event):
+                    i.set()
+            if any(i is None for i in items):
                 return
 
     def _write(self, batch: list[tuple[RequestRow, list[AttemptRow]]]) -> None:

@@ -60,6 +60,7 @@ class ModelCaller:
         self.catalog = catalog
         self.providers = providers
         self.retry_policies = retry_policies or {}
+        self._chains: dict[str, list[ModelInfo]] = {}
 
     def model(self, name: str) -> ModelInfo:
         info = self.catalog.get(name)
@@ -68,12 +69,17 @@ class ModelCaller:
         return info
 
     def _chain(self, name: str) -> list[ModelInfo]:
+        """The model and its fallbacks, in order (memoised: the catalog does not change)."""
+        cached = self._chains.get(name)
+        if cached is not None:
+            return cached
         first = self.model(name)
         chain = [first]
         for fb in first.fallbacks:
             info = self.catalog.get(fb)
-            if info is not None and info not in chain:
+            if info is not None and all(info.name != c.name for c in chain):
                 chain.append(info)
+        self._chains[name] = chain
         return chain
 
     async def complete(

@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 
+from thrifty import fastjson
 from thrifty.config import ProviderConfig
 from thrifty.errors import (
     UpstreamError,
@@ -49,6 +50,11 @@ class OpenAICompatProvider:
         if config.api_key:
             headers["authorization"] = f"Bearer {config.api_key}"
         self._headers = headers
+        self._timeout = aiohttp.ClientTimeout(total=config.timeout_s, sock_connect=config.connect_timeout_s)
+        # A stream has no total deadline; it fails when the gap between chunks exceeds timeout_s.
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=config.connect_timeout_s, sock_read=config.timeout_s
+        )
 
     def _get_session(self) -> aiohttp.ClientSession:
         # Created lazily: an aiohttp session belongs to the event loop that first uses it.
@@ -63,14 +69,14 @@ class OpenAICompatProvider:
         self._session = None
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
-        timeout = aiohttp.ClientTimeout(total=self.config.timeout_s, sock_connect=self.config.connect_timeout_s)
+        timeout = self._timeout
         try:
-            async with self._get_session().post(self._url, data=json.dumps(body), timeout=timeout) as resp:
+            async with self._get_session().post(self._url, data=fastjson.dumps(body), timeout=timeout) as resp:
                 raw = await resp.read()
                 if resp.status >= 400:
                     raise self._status_error(resp.status, raw, resp.headers.get("retry-after"))
                 try:
-                    data = json.loads(raw)
+                    data = fastjson.loads(raw)
                 except ValueError:
                     raise UpstreamProtocolError(f"{self.name}: response is not valid JSON", retryable=True) from None
                 if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
@@ -86,13 +92,10 @@ class OpenAICompatProvider:
             raise self._connection_error(exc) from None
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        # A stream has no total deadline; it fails when the gap between chunks exceeds timeout_s.
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=self.config.connect_timeout_s, sock_read=self.config.timeout_s
-        )
+        timeout = self._stream_timeout
         done = False
         try:
-            async with self._get_session().post(self._url, data=json.dumps(body), timeout=timeout) as resp:
+            async with self._get_session().post(self._url, data=fastjson.dumps(body), timeout=timeout) as resp:
                 if resp.status >= 400:
                     raise self._status_error(resp.status, await resp.read(), resp.headers.get("retry-after"))
                 async for line in resp.content:
@@ -104,7 +107,7 @@ class OpenAICompatProvider:
                         done = True
                         break
                     try:
-                        chunk = json.loads(payload)
+                        chunk = fastjson.loads(payload)
                     except ValueError:
                         raise UpstreamProtocolError(f"{self.name}: stream chunk is not valid JSON") from None
                     if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:

@@ -21,7 +21,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from thrifty import fastjson
 from thrifty.errors import InvalidRequestError, PayloadTooLargeError, ThriftyError
+from thrifty.fastjson import FastJSONResponse
 from thrifty.pipeline.context import new_request_id
 from thrifty.types import ChatRequest
 
@@ -54,18 +56,21 @@ async def read_json_body(request: Request, limit: int) -> Any:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"Request body is {declared} bytes; the limit is {limit} bytes.")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"Request body exceeds the limit of {limit} bytes.")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
+    if declared and declared.isdigit():
+        raw = await request.body()  # size already checked against the limit
+    else:  # chunked upload: count as it arrives
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLargeError(f"Request body exceeds the limit of {limit} bytes.")
+            chunks.append(chunk)
+        raw = b"".join(chunks)
     if not raw.strip():
         raise InvalidRequestError("Request body is empty; expected a JSON object.")
     try:
-        return json.loads(raw)
+        return fastjson.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequestError(f"Request body is not valid JSON: {exc}") from None
 
@@ -108,7 +113,7 @@ def create_app(gateway: Gateway) -> Starlette:
         if ctx.cost_usd is not None:
             out_headers["x-thrifty-cost-usd"] = f"{ctx.cost_usd:.8f}"
         out_headers["x-thrifty-latency-ms"] = f"{(time.perf_counter() - t0) * 1000:.1f}"
-        return JSONResponse(ctx.response, headers=out_headers)
+        return FastJSONResponse(ctx.response, headers=out_headers)
 
     async def models(request: Request) -> Response:
         now = int(time.time())
@@ -160,7 +165,7 @@ async def _sse(
                 continue  # we asked upstream for usage to price the call; the client did not
             if not include_usage and "usage" in chunk and chunk.get("choices"):
                 chunk = {k: v for k, v in chunk.items() if k != "usage"}
-            yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+            yield b"data: " + fastjson.dumps(chunk) + b"\n\n"
     except ThriftyError as exc:
         log.info("stream %s broke: %s", request_id, gateway.redactor(exc.message))
         yield b"data: " + json.dumps(exc.to_openai()).encode() + b"\n\n"
