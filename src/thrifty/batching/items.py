@@ -7,12 +7,12 @@ naming the line, before a single call is made.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from thrifty.errors import DataError
+from thrifty.jsonl import iter_jsonl
 
 _TEXT_KEYS = ("input", "text", "prompt")
 
@@ -39,19 +39,7 @@ def parse_item(value: Any, line_no: int) -> Item:
 
 def load_items(path: str | Path) -> list[Item]:
     """Read and check ITEMS.jsonl (blank lines are skipped)."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
-    items = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except ValueError as exc:
-            raise DataError(f"{path}: line {n}: not valid JSON ({exc})") from None
-        items.append(parse_item(value, n))
+    items = [parse_item(value, n) for n, value in iter_jsonl(path, "items file")]
     return check_items(items)
 
 

@@ -7,7 +7,6 @@ similarity only. Labels are read by the scoring code after all lookups, never be
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from thrifty.cache.semantic import SemanticCache
 from thrifty.cache.verifier import HitVerifier
 from thrifty.embeddings import Embedder
 from thrifty.errors import DataError
+from thrifty.jsonl import iter_jsonl
 
 
 @dataclass(frozen=True)
@@ -31,18 +31,8 @@ class Pair:
 
 def read_pairs(path: str | Path) -> list[Pair]:
     """Read a pairs file; ``DataError`` naming the line for anything malformed."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise DataError(f"cannot read pairs file {path}: {exc.strerror or exc}") from None
     out = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as exc:
-            raise DataError(f"{path}:{n}: not valid JSON: {exc}") from None
+    for n, row in iter_jsonl(path, "pairs file"):
         if not isinstance(row, dict) or not isinstance(row.get("text_a"), str) or not isinstance(row.get("text_b"), str):
             raise DataError(f"{path}:{n}: expected an object with string text_a and text_b")
         label = row.get("label")
