@@ -82,7 +82,7 @@ def write_plot(result: EvalResult, path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 6))
+    fig, ax = plt.subplots(figsize=(11, 6))
     models = [r for r in result.rows if r.kind == "model"]
     for r in models:
         x, y = 100 * (r.overall.cost_share or 0.0), r.overall.accuracy
@@ -104,12 +104,18 @@ def write_plot(result: EvalResult, path: str | Path) -> None:
                    label=name)
     base = result.figures["baseline_accuracy"]
     ax.axhline(base, color="grey", ls=":", lw=1, label=f"{result.baseline} accuracy")
-    ax.set_xscale("symlog", linthresh=1.0)
+    # Costs span two orders of magnitude; a log axis bounded by the smallest positive cost
+    # keeps the cheap end readable (a zero cost, e.g. all cache hits, is drawn at the left edge).
+    shares = [100 * (r.overall.cost_share or 0.0) for r in result.rows] + [100 * c for c, _ in pts]
+    positive = [x for x in shares if x > 0]
+    ax.set_xscale("log")
+    if positive:
+        ax.set_xlim(min(positive) / 1.5, max(positive) * 1.5)
     ax.set_xlabel(f"cost, % of always {result.baseline}")
     ax.set_ylabel("accuracy (mean score)")
     ax.set_title(f"cost-quality frontier on {result.prompts} prompts")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: no point hidden
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
