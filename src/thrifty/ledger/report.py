@@ -139,7 +139,8 @@ def render(rows: list[ReportRow], fmt: str, group_label: str) -> str:
                       f"{r.saved_usd:.6f}", f"{r.saved_pct:.1f}", str(r.cache_hits),
                       f"{100 * r.cache_hit_rate:.1f}", f"{r.cache_saved_usd:.6f}", str(r.escalations),
                       str(r.compression_saved_tokens), f"{r.compression_saved_usd:.6f}", str(r.batch_requests))
-    console = Console(file=io.StringIO(), width=120, force_terminal=False)
+    # Wide enough for every column at its natural width: truncated money is worse than wrapping.
+    console = Console(file=io.StringIO(), width=400, force_terminal=False)
     console.print(table)
     out = console.file.getvalue()  # type: ignore[attr-defined]
     return str(out)
