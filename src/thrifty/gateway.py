@@ -22,7 +22,7 @@ from thrifty.ops.wiring import Ops
 from thrifty.pipeline.build import Stage, compose, describe
 from thrifty.pipeline.caller import ModelCaller, RetryPolicy
 from thrifty.pipeline.cascade import CascadeStage
-from thrifty.pipeline.context import RequestContext
+from thrifty.pipeline.context import RequestContext, new_request_id
 from thrifty.pipeline.deferred_stage import build_deferred_stage
 from thrifty.pipeline.ledger_stage import LedgerStage
 from thrifty.pipeline.normalize import NormalizeStage
@@ -124,9 +124,8 @@ class Gateway:
         request_id: str | None = None,
     ) -> RequestContext:
         """Run one request through the pipeline; the context holds the response or the chunks."""
-        ctx = RequestContext(request=request, headers=headers or {}, key_id=key_id)
-        if request_id:
-            ctx.request_id = request_id
+        ctx = RequestContext(request=request, headers=headers or {}, key_id=key_id,
+                             request_id=request_id or new_request_id())
         ctx.tenant = tenant or key_id or "default"
         await self._handler(ctx)
         return ctx

@@ -27,19 +27,6 @@ ADMIN = "multi-admin-key-1"
 PRICE = {"input": 1.0, "output": 2.0}
 
 
-@pytest.fixture
-def pg_dsn(postgres_dsn: str) -> Iterator[str]:
-    import psycopg
-    from psycopg.conninfo import make_conninfo
-
-    name = "thrifty_multi_" + secrets.token_hex(4)
-    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield make_conninfo(postgres_dsn, dbname=name)
-    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
 def thrifty_cmd(*args: str) -> list[str]:
     exe = Path(sys.executable).parent / "thrifty"
     return [str(exe), *args] if exe.exists() else [sys.executable, "-m", "thrifty.cli.main", *args]

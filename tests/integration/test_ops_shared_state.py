@@ -5,7 +5,6 @@ from __future__ import annotations
 import secrets
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +23,6 @@ from test_ops_budgets import run_overshoot, upstream
 from test_ops_dashboard_data import NOW, row
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
-
-
-@pytest.fixture
-def pg_dsn(postgres_dsn: str) -> Iterator[str]:
-    """A fresh database on the test server, dropped afterwards (tests never share tables)."""
-    import psycopg
-    from psycopg.conninfo import make_conninfo
-
-    name = "thrifty_ops_" + secrets.token_hex(4)
-    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield make_conninfo(postgres_dsn, dbname=name)
-    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def shared_config(redis_url: str, dsn: str, **auth: Any) -> dict[str, Any]:

@@ -16,7 +16,24 @@ from thrifty.streaming import response_to_chunks
 Fn = Callable[[dict[str, Any]], dict[str, Any] | Awaitable[dict[str, Any]]]
 
 
-class FunctionProvider:
+class InProcessProvider:
+    """Base for providers that produce a whole answer in-process and stream it as chunks."""
+
+    name: str
+
+    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        response = await self.complete(body)
+        for chunk in response_to_chunks(response):
+            yield chunk
+
+    async def aclose(self) -> None:
+        return None
+
+
+class FunctionProvider(InProcessProvider):
     def __init__(self, fn: Fn, name: str = "function") -> None:
         self.name = name
         self._fn = fn
@@ -29,14 +46,6 @@ class FunctionProvider:
             result = await result
         assert isinstance(result, dict)
         return result
-
-    async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        response = await self.complete(body)
-        for chunk in response_to_chunks(response):
-            yield chunk
-
-    async def aclose(self) -> None:
-        return None
 
 
 def chat_response(model: str, content: str, usage: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -16,13 +16,12 @@ Used in-process (``ReplayProvider``, no HTTP) and over HTTP (``thrifty replay-up
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from functools import lru_cache
 from typing import Any
 
 from thrifty.errors import InvalidRequestError, NotFoundError, UpstreamStatusError
 from thrifty.evaluation.dataset import Item, OutcomeSet
-from thrifty.streaming import response_to_chunks
+from thrifty.providers.function import InProcessProvider
 from thrifty.tokens import content_text, count_messages, count_text
 
 EVAL_ID_KEY = "eval_id"
@@ -118,7 +117,7 @@ class ReplayIndex:
         }
 
 
-class ReplayProvider:
+class ReplayProvider(InProcessProvider):
     """The replay as an in-process ``Provider`` (no HTTP): the fast path of ``thrifty eval``."""
 
     def __init__(self, index: ReplayIndex, name: str = "replay") -> None:
@@ -130,14 +129,6 @@ class ReplayProvider:
             return self.index.complete(body)
         except NotFoundError as exc:
             raise _as_upstream(exc) from None
-
-    async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        response = await self.complete(body)
-        for chunk in response_to_chunks(response):
-            yield chunk
-
-    async def aclose(self) -> None:
-        return None
 
 
 def _as_upstream(exc: NotFoundError) -> UpstreamStatusError:
