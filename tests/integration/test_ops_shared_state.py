@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import secrets
-import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from fixtures.budget_probe import run_overshoot, upstream
+from fixtures.rows import NOW
+from fixtures.rows import dashboard_row as row
 from thrifty.errors import RateLimitError
 from thrifty.gateway import Gateway
 from thrifty.ledger.postgres import PostgresStore
@@ -17,10 +19,6 @@ from thrifty.ledger.store import SQLiteStore
 from thrifty.ops.keys import KeyStore, VirtualKey
 from thrifty.ops.redis_limits import RedisLimiter
 from thrifty.server.dashboard import dashboard_data
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from test_ops_budgets import run_overshoot, upstream
-from test_ops_dashboard_data import NOW, row
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 

@@ -82,6 +82,10 @@ def test_calibrate_writes_a_verifier_that_eval_and_the_gateway_load(data_dir: Pa
     assert out.exists() and len(summary["cv_folds"]) == 3
     # auto cross-validated both scorers and kept the one serving more duplicates at the target.
     assert summary["cv_folds"][0]["model"] in ("lgbm", "cosine")
+    saved = json.loads(out.read_text())
+    # A learned verifier carries its difference-word model; the similarity alone needs none.
+    assert ("words" in saved) == (saved["model"]["kind"] == "lgbm")
+    assert saved["features"][-1] == "cosine"
     judged = write(tmp_path / "judged.jsonl", slice_pairs(data_dir, 4000, 100))
     text = run("eval", "--pairs", str(judged), "--verifier", str(out))
     assert f"threshold {summary['threshold']:.4f}" in text
@@ -102,3 +106,26 @@ def test_bad_pairs_file_is_one_line_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(build_app(), ["cache", "eval", "--pairs", str(bad)])
     assert result.exit_code != 0
     assert "bad.jsonl:1" in str(result.exception) or "bad.jsonl:1" in result.output
+
+
+def test_a_hit_is_text_a_verified_for_text_b() -> None:
+    from thrifty.cache.evaluation import decide_all, decision_rows, rates
+    from thrifty.cache.pairs import Pair
+    from thrifty.cache.verifier import RuleVerifier
+    from thrifty.embeddings import build_embedder
+
+    pairs = [Pair("How do I learn Python quickly?", "How can I learn Python quickly?", 1),
+             Pair("What is the capital of France?", "How do I learn Python quickly?", 0),
+             Pair("Why is the sky blue?", "Why is the ocean salty?", 0)]
+    verifier = RuleVerifier(threshold=0.5)
+    lookups, _ = decide_all(pairs, build_embedder("lexical"), verifier)
+    rows = decision_rows(pairs, lookups, verifier.threshold)
+    # Pair 1: its own text_a is the nearest cached question and clears the threshold.
+    assert rows[0] == {"index": 0, "hit": True, "served": True}
+    # Pair 2: text_b is identical to pair 1's cached text_a, so that entry is served (a right answer),
+    # but its own text_a is not verified: the label of this pair does not judge that answer: no hit.
+    assert rows[1] == {"index": 1, "hit": False, "served": True}
+    assert lookups[1].served_text == pairs[0].text_a
+    r = rates(pairs, lookups, verifier.threshold)
+    assert (r["duplicate_hit_rate"], r["served_other_entry"], r["served_other_entry_identical_text"]) == (1.0, 1, 1)
+    assert r["false_hit_rate"] == (0.5 if rows[2]["hit"] else 0.0)

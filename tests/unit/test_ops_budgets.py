@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import random
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from fixtures.budget_probe import run_overshoot, upstream
 from thrifty.errors import BudgetExceededError, RateLimitError
 from thrifty.gateway import Gateway
 from thrifty.ops.keys import VirtualKey
-from thrifty.ops.ratelimit import Limiter, MemoryLimiter, Ticket, Usage, period_of
-from thrifty.providers.function import FunctionProvider, chat_response
+from thrifty.ops.ratelimit import MemoryLimiter, period_of
 from thrifty.types import ChatRequest
 
 PRICE = {"input": 1.0, "output": 2.0}  # USD per million tokens
@@ -27,109 +25,6 @@ def config(tmp_path: Path, **auth: Any) -> dict[str, Any]:
         "ledger": {"path": str(tmp_path / "ledger.db")},
         "auth": {"enabled": True, "admin_key": "admin-secret-1", **auth},
     }
-
-
-def upstream(completion_tokens: int | None = None, jitter_s: float = 0.004) -> FunctionProvider:
-    """Answers after a random delay with the given completion size (default: the request's max_tokens)."""
-    rng = random.Random(7)
-
-    async def fn(body: dict[str, Any]) -> dict[str, Any]:
-        await asyncio.sleep(rng.uniform(0, jitter_s))
-        n = completion_tokens if completion_tokens is not None else int(body.get("max_tokens") or 16)
-        # 5 prompt tokens: fewer than thrifty counts for the prompt, as a real tokenizer's would be.
-        return chat_response(body["model"], "ok", {"prompt_tokens": 5, "completion_tokens": n})
-
-    return FunctionProvider(fn)
-
-
-@dataclass
-class ProbeState:
-    """Shared by every probe on one key: finds the requests in flight when spend reached the budget."""
-
-    budget: float
-    settled: float = 0.0
-    inflight: set[int] = field(default_factory=set)
-    costs: dict[int, float] = field(default_factory=dict)
-    at_reach: set[int] | None = None
-
-    def bound(self) -> float:
-        """What the requests in flight at that moment cost in the end."""
-        return sum(self.costs.get(t, 0.0) for t in self.at_reach or set())
-
-
-@dataclass
-class Probe:
-    """Wraps a limiter and reports admissions and settlements to a ProbeState."""
-
-    inner: Limiter
-    state: ProbeState
-
-    async def admit(self, key: VirtualKey, est_cost: float, est_tokens: int, now: float) -> Ticket:
-        t = await self.inner.admit(key, est_cost, est_tokens, now)
-        self.state.inflight.add(id(t))
-        return t
-
-    async def settle(self, ticket: Ticket, cost: float, tokens: int) -> None:
-        st = self.state
-        st.costs[id(ticket)] = cost
-        if st.at_reach is None and st.settled + cost >= st.budget:
-            st.at_reach = set(st.inflight)  # includes this request: it was in flight until now
-        st.inflight.discard(id(ticket))
-        st.settled += cost
-        await self.inner.settle(ticket, cost, tokens)
-
-    async def usage(self, key: VirtualKey, now: float) -> Usage:
-        return await self.inner.usage(key, now)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
-async def flood(gateways: list[Gateway], key_id: str, *, concurrency: int = 64, max_tokens: int | None = 100,
-                rounds: int = 40) -> tuple[int, int]:
-    """Waves of ``concurrency`` simultaneous requests (spread over ``gateways``) until a wave is all refused."""
-    body: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hello there"}]}
-    if max_tokens is not None:
-        body["max_tokens"] = max_tokens
-    ok = refused = 0
-
-    async def one(gw: Gateway) -> bool:
-        try:
-            await gw.handle(ChatRequest.from_body(body), key_id=key_id)
-            return True
-        except BudgetExceededError:
-            return False
-
-    for _ in range(rounds):
-        results = await asyncio.gather(*(one(gateways[i % len(gateways)]) for i in range(concurrency)))
-        ok += sum(results)
-        refused += len(results) - sum(results)
-        if not any(results):
-            break
-    return ok, refused
-
-
-def ledger_spend(gw: Gateway, key_id: str) -> float:
-    gw.flush()
-    assert gw.ops.store is not None
-    return float(gw.ops.store.query("SELECT COALESCE(SUM(cost_usd), 0) FROM requests WHERE key_id = ?",
-                                    [key_id])[0][0])
-
-
-async def run_overshoot(gateways: list[Gateway], budget: float, max_tokens: int | None) -> tuple[float, ProbeState]:
-    """Flood one key with 64 concurrent requests; (spend recorded in the ledger, probe state)."""
-    first = gateways[0]
-    assert first.ops.keys is not None
-    key, _ = first.ops.keys.create("load", budget_usd=budget, period="day")
-    state = ProbeState(budget)
-    for gw in gateways:
-        assert gw.ops.budget_stage is not None
-        gw.ops.budget_stage.limiter = Probe(gw.ops.budget_stage.limiter, state)
-    ok, refused = await flood(gateways, key.key_id, max_tokens=max_tokens)
-    assert ok > 64 and refused > 0  # several full waves were admitted before the budget stopped them
-    for gw in gateways:
-        gw.flush()
-    return ledger_spend(first, key.key_id), state
 
 
 async def test_estimates_that_hold_never_overshoot_under_64_concurrent(tmp_path: Path) -> None:

@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from fixtures.rows import NOW
+from fixtures.rows import dashboard_row as row
 from thrifty.errors import InvalidRequestError
-from thrifty.ledger.records import RequestRow
 from thrifty.ledger.store import SQLiteStore
 from thrifty.ops.keys import KeyStore
 from thrifty.server.dashboard import dashboard_data
-
-NOW = 1_750_000_000.0
-
-
-def row(i: int, **kw: Any) -> RequestRow:
-    base = RequestRow(
-        request_id=f"r{i}", ts=NOW - 60, key_id=None, tenant="t", task=None, route=None, requested_model="m",
-        served_model="m", tier="small", strategy="routing", prompt_tokens=10, cached_tokens=0,
-        completion_tokens=5, reasoning_tokens=0, cost_usd=0.01, baseline_cost_usd=0.05, cache_status=None,
-        cache_saved_usd=0.0, compression_saved_tokens=0, compression_saved_usd=0.0, n_attempts=1, escalations=0,
-        latency_ms=10.0, status="ok", error_type=None, error=None, stream=False, batch=False)
-    return dataclasses.replace(base, **kw)
 
 
 def test_aggregates(tmp_path: Path) -> None:

@@ -1,17 +1,14 @@
 """Fitting a hit verifier and its threshold on labelled pairs, judged the way the cache is used.
 
-The threshold is not read off pairwise scores: in the cache a new question meets the best of its
-top-k neighbours, which for a non-duplicate is often a *closer* near-miss than its own pair.
-So calibration replays the cache on the pairs: every text_a cached, every text_b looked up,
-and the verifier's score of the best candidate recorded out-of-fold (the scoring model never saw
-that query's pair). The threshold is where at most ``margin * max_false_hit_rate`` of the
-non-duplicates would be served; the margin leaves room for the variance of a new data set.
+A labelled pair says whether one cached question (text_a) may answer another (text_b). So the
+threshold is set where the verifier accepts at most ``margin * max_false_hit_rate`` of the
+non-duplicate pairs, scored out-of-fold (the scoring model never saw that pair): the verifier's
+own false-acceptance rate, which holds for any candidate it is shown, not only a pair's own.
 
-Non-duplicates whose question is *identical* to a cached question (another pair's text_a:
-popular questions recur) are left out of the threshold: the exact cache answers them before the
-semantic cache is asked, and an identical question's answer is not a wrong answer. Counting them
-would push the threshold above every reworded duplicate. The CV figures report the false-hit
-rate both with and without them.
+The cross-validation figures then replay the cache on the held-out fold: every text_a cached,
+every text_b looked up among its top-k neighbours. A pair's hit is text_a retrieved and verified
+for text_b, which its label judges (see evaluation.py); lookups that served another pair's entry
+are counted apart.
 """
 
 from __future__ import annotations
@@ -25,6 +22,7 @@ import numpy as np
 from thrifty.cache.features import FEATURE_NAMES, build_idf, pair_features
 from thrifty.cache.pairs import Pair, PairCache, embed_all
 from thrifty.cache.verifier import LearnedVerifier, fit_model, threshold_at
+from thrifty.cache.wordmodel import WordModel, diff_tokens, fit_word_model, oof_word_scores
 from thrifty.embeddings import Embedder
 from thrifty.errors import DataError
 
@@ -46,11 +44,13 @@ class Calibration:
 
 @dataclass
 class _Replay:
-    own: np.ndarray  # (n, d) features of each pair's own (text_a, text_b)
+    own: np.ndarray  # (n, d) features of each pair's own (text_a, text_b), similarity last
     cand: np.ndarray  # (n, k, d) features of each query's retrieved candidates
     cand_ok: np.ndarray  # (n, k) candidate slot is filled
     is_own: np.ndarray  # (n, k) candidate is the pair's own text_a
     identical: np.ndarray  # (n,) some cached question is character-for-character the query
+    own_tokens: list[list[str]]  # difference-word model input of each own pair
+    cand_tokens: list[list[list[str]]]  # ... and of each candidate (empty list for empty slots)
 
 
 def _replay(pairs: list[Pair], embedder: Embedder, idf: dict[str, float], top_k: int) -> _Replay:
@@ -69,25 +69,67 @@ def _replay(pairs: list[Pair], embedder: Embedder, idf: dict[str, float], top_k:
     is_own = np.zeros((n, top_k), dtype=bool)
     cached = set(cache.texts)
     identical = np.array([p.text_b in cached for p in pairs], dtype=bool)
+    own_tokens = [diff_tokens(p.text_a, p.text_b) for p in pairs]
+    cand_tokens: list[list[list[str]]] = []
     for i, p in enumerate(pairs):
         own_row = [*pair_features(p.text_a, p.text_b, idf_fn), float(avecs[i] @ qvecs[i])]
         own[i] = own_row
         texts, sims = cache.candidates(p.text_b, qvecs[i])
+        toks: list[list[str]] = [[] for _ in range(top_k)]
         for j, (t, s) in enumerate(zip(texts, sims, strict=True)):
             ok[i, j] = True
             is_own[i, j] = t == p.text_a
             cand[i, j] = own_row if is_own[i, j] else [*pair_features(t, p.text_b, idf_fn), float(s)]
-    return _Replay(own, cand, ok, is_own, identical)
+            toks[j] = own_tokens[i] if is_own[i, j] else diff_tokens(t, p.text_b)
+        cand_tokens.append(toks)
+    return _Replay(own, cand, ok, is_own, identical, own_tokens, cand_tokens)
 
 
-def _best(model: Any, r: _Replay, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Best candidate score per query, whether it is the query's own text_a, and its similarity."""
-    k, d = r.cand.shape[1], r.cand.shape[2]
-    scores = model.predict(r.cand[idx].reshape(-1, d)).reshape(len(idx), k)
+def _with_word_scores(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Insert the difference-word score as the second-to-last column (the similarity stays last)."""
+    return np.concatenate([x[..., :-1], w[..., None], x[..., -1:]], axis=-1)
+
+
+@dataclass
+class _Fitted:
+    model: Any
+    words: WordModel | None
+
+    def own_rows(self, r: _Replay, idx: np.ndarray) -> np.ndarray:
+        if self.words is None:
+            return r.own[idx]
+        return _with_word_scores(r.own[idx], self.words.scores([r.own_tokens[i] for i in idx]))
+
+    def cand_rows(self, r: _Replay, idx: np.ndarray) -> np.ndarray:
+        if self.words is None:
+            return r.cand[idx]
+        k = r.cand.shape[1]
+        w = self.words.scores([r.cand_tokens[i][j] for i in idx for j in range(k)]).reshape(len(idx), k)
+        return _with_word_scores(r.cand[idx], w)
+
+
+def _fit(kind: str, r: _Replay, y: np.ndarray, idx: np.ndarray, seed: int) -> _Fitted:
+    """The scorer fitted on pairs ``idx``. A learned scorer also gets the difference-word model,
+    trained on the same pairs, whose column it learns from out-of-fold scores."""
+    if kind == "cosine":
+        return _Fitted(fit_model(r.own[idx], y[idx], kind, seed), None)
+    toks = [r.own_tokens[i] for i in idx]
+    words = fit_word_model(toks, y[idx])
+    x = _with_word_scores(r.own[idx], oof_word_scores(toks, y[idx], seed=seed))
+    return _Fitted(fit_model(x, y[idx], kind, seed), words)
+
+
+def _best(fitted: _Fitted, r: _Replay, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per query: the best candidate's score, the own text_a's score (-inf if not retrieved), and
+    the best candidate's similarity."""
+    cand = fitted.cand_rows(r, idx)
+    k, d = cand.shape[1], cand.shape[2]
+    scores = fitted.model.predict(cand.reshape(-1, d)).reshape(len(idx), k)
     scores = np.where(r.cand_ok[idx], scores, -np.inf)
     j = np.argmax(scores, axis=1)
     rows = np.arange(len(idx))
-    return scores[rows, j], r.is_own[idx, j], r.cand[idx, j, -1]
+    own = np.where(r.is_own[idx], scores, -np.inf).max(axis=1)
+    return scores[rows, j], own, r.cand[idx, j, -1]
 
 
 def calibrate(pairs: list[Pair], embedder: Embedder, *, max_false_hit_rate: float = 0.005, model: str = "auto",
@@ -113,42 +155,46 @@ def calibrate(pairs: list[Pair], embedder: Embedder, *, max_false_hit_rate: floa
     kinds = ["lgbm", "cosine"] if model == "auto" else [model]
     tried = {kind: _cross_validate(kind, r, y, split, target, seed) for kind in kinds}
     best = max(kinds, key=lambda k: float(np.mean([f["duplicate_hit_rate"] for f in tried[k][0]])))
-    results, oof_best, oof_sim = tried[best]
-    neg = (y == 0) & ~r.identical
-    final = fit_model(r.own, y, best, seed)
-    threshold = threshold_at(oof_best[neg], target)
+    results, oof_pair, oof_best, oof_sim = tried[best]
+    final = _fit(best, r, y, np.arange(len(y)), seed)
+    threshold = threshold_at(oof_pair[y == 0], target)
     # Candidates far less similar than any the verifier accepted here are not worth scoring: a
     # label-free shortcut that keeps lookups cheap (it can only turn hits into misses).
-    accepted = oof_sim[oof_best >= threshold]
+    accepted = np.concatenate([oof_sim[oof_best >= threshold], r.own[oof_pair >= threshold, -1]])
     min_similarity = float(accepted.min()) - 0.05 if len(accepted) else -1.0
     info = {"model": best, "pairs": len(pairs), "max_false_hit_rate": max_false_hit_rate, "margin": margin,
             "top_k": top_k, "folds": folds, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "cv_duplicate_hit_rate": {k: float(np.mean([f["duplicate_hit_rate"] for f in v[0]]))
                                       for k, v in tried.items()}}
-    verifier = LearnedVerifier(final, idf, threshold, embedder.name, info, min_similarity)
+    verifier = LearnedVerifier(final.model, idf, threshold, embedder.name, info, min_similarity, final.words)
     return Calibration(verifier, results, time.perf_counter() - t0)
 
 
 def _cross_validate(kind: str, r: _Replay, y: np.ndarray, split: list[tuple[np.ndarray, np.ndarray]],
-                    target: float, seed: int) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
-    """Per-fold figures at thresholds chosen on the other folds, and the out-of-fold best scores."""
+                    target: float, seed: int) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray, np.ndarray]:
+    """Per-fold figures at thresholds chosen on the other folds; out-of-fold pair and best-candidate scores."""
+    oof_pair = np.zeros(len(y))
     oof_best = np.zeros(len(y))
-    oof_own = np.zeros(len(y), dtype=bool)
+    oof_own = np.zeros(len(y))  # the own text_a's score in the replay (-inf: not retrieved)
     oof_sim = np.zeros(len(y))
     fold_of = np.zeros(len(y), dtype=int)
     for f, (tr, te) in enumerate(split):
-        m = fit_model(r.own[tr], y[tr], kind, seed)
+        m = _fit(kind, r, y, tr, seed)
+        oof_pair[te] = m.model.predict(m.own_rows(r, te))
         oof_best[te], oof_own[te], oof_sim[te] = _best(m, r, te)
         fold_of[te] = f
-    neg = (y == 0) & ~r.identical
+    pos, neg = y == 1, y == 0
     results: list[dict[str, Any]] = []
     for f in range(len(split)):
         te, rest = fold_of == f, fold_of != f
-        thr = threshold_at(oof_best[rest & neg], target)
+        thr = threshold_at(oof_pair[rest & neg], target)
         served = oof_best >= thr
+        hit = oof_own >= thr
         results.append({"fold": f, "model": kind, "threshold": thr,
-                        "duplicate_hit_rate": float(np.mean(served[te & (y == 1)])),
-                        "duplicate_own_hit_rate": float(np.mean((served & oof_own)[te & (y == 1)])),
-                        "false_hit_rate": float(np.mean(served[te & neg])),
-                        "false_hit_rate_with_identical": float(np.mean(served[te & (y == 0)]))})
-    return results, oof_best, oof_sim
+                        "duplicate_hit_rate": float(np.mean(hit[te & pos])),
+                        "false_hit_rate": float(np.mean(hit[te & neg])),
+                        "duplicate_served_any_rate": float(np.mean(served[te & pos])),
+                        "non_duplicate_served_any_rate": float(np.mean(served[te & neg & ~r.identical])),
+                        "pairwise_duplicate_hit_rate": float(np.mean(oof_pair[te & pos] >= thr)),
+                        "pairwise_false_hit_rate": float(np.mean(oof_pair[te & neg] >= thr))})
+    return results, oof_pair, oof_best, oof_sim

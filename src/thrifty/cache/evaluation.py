@@ -1,11 +1,16 @@
 """`thrifty cache eval`: replay the semantic cache on labelled pairs and measure it.
 
 Decisions are made first, from texts only (pairs.lookup_all); labels are read afterwards to
-score them, exactly as a judge holding only the labels and the ``--decisions`` file would:
-duplicate hit rate = duplicates served from the cache / all duplicates; false-hit rate =
-non-duplicates served from the cache / all non-duplicates. Two stricter views are reported
-beside them: duplicates served their *own* text_a's answer, and how many false hits were a
-cached question identical to text_b (another pair's text_a; the exact cache would serve those).
+score them, exactly as a judge holding only the labels and the ``--decisions`` file would.
+
+A pair's label says whether text_a's answer is right for text_b, and nothing about any other
+cached question. So a pair's ``hit`` is what the label can judge: the cache would answer text_b
+with text_a's cached answer, i.e. text_a is among text_b's retrieved neighbours and the verifier
+accepts it (duplicate hit rate = such hits among duplicates, false-hit rate = among
+non-duplicates). When several cached questions pass, each was judged the same question as text_b
+and the best-scoring one is the answer served. Lookups that served an answer although text_a was
+not verified (another pair's entry) are reported apart ("served another entry"), with how many of
+them were a cached question identical to text_b (QQP repeats questions across pairs).
 """
 
 from __future__ import annotations
@@ -46,19 +51,31 @@ def decide_all(pairs: list[Pair], embedder: Embedder, verifier: HitVerifier, top
 def rates(pairs: list[Pair], lookups: list[Lookup], threshold: float) -> dict[str, float]:
     y = np.array([p.label if p.label is not None else -1 for p in pairs])
     served = np.array([lk.score >= threshold for lk in lookups])
-    own = np.array([lk.served_text == p.text_a for lk, p in zip(lookups, pairs, strict=True)])
-    pos, neg = y == 1, y == 0
+    hit = np.array([lk.score_of(p.text_a) >= threshold for lk, p in zip(lookups, pairs, strict=True)])
     same = np.array([lk.served_text == p.text_b for lk, p in zip(lookups, pairs, strict=True)])
+    other = served & ~hit
+    pos, neg = y == 1, y == 0
 
     def mean(x: np.ndarray) -> float:
         return float(np.mean(x)) if len(x) else float("nan")
 
     return {"threshold": float(threshold),
-            "duplicate_hit_rate": mean(served[pos]), "false_hit_rate": mean(served[neg]),
-            "duplicate_own_hit_rate": mean((served & own)[pos]), "hit_rate": mean(served),
-            "duplicates_served": int(served[pos].sum()), "false_hits": int(served[neg].sum()),
-            "false_hits_identical_text": int((served & same)[neg].sum()),
-            "false_hit_rate_excluding_identical": mean(served[neg & ~same])}
+            "duplicate_hit_rate": mean(hit[pos]), "false_hit_rate": mean(hit[neg]), "hit_rate": mean(hit),
+            "duplicates_served": int(hit[pos].sum()), "false_hits": int(hit[neg].sum()),
+            "served_rate": mean(served), "served_other_entry": int(other.sum()),
+            "served_other_entry_identical_text": int((other & same).sum()),
+            "duplicate_served_any_rate": mean(served[pos]), "non_duplicate_served_any_rate": mean(served[neg]),
+            "non_duplicate_served_any_rate_excluding_identical": mean(served[neg & ~same])}
+
+
+def decision_rows(pairs: list[Pair], lookups: list[Lookup], threshold: float) -> list[dict[str, Any]]:
+    """One ``--decisions`` line per pair: ``hit`` = the cache would answer text_b with text_a's answer.
+
+    ``served`` says whether any cached answer was served (possibly another pair's entry). Only texts
+    and verifier scores are read here, never labels.
+    """
+    return [{"index": i, "hit": bool(lk.score_of(p.text_a) >= threshold), "served": bool(lk.score >= threshold)}
+            for i, (p, lk) in enumerate(zip(pairs, lookups, strict=True))]
 
 
 def report(pairs: list[Pair], lookups: list[Lookup], latency: dict[str, float], verifier: HitVerifier,
@@ -81,15 +98,18 @@ def render_text(rep: dict[str, Any]) -> str:
     lines = [
         f"pairs {rep['pairs']} (duplicates {rep['duplicates']}, non-duplicates {rep['non_duplicates']}); "
         f"embedder {rep['embedder']}; verifier {rep['verifier']}",
-        f"operating point: threshold {op['threshold']:.4f}  duplicate hit rate {op['duplicate_hit_rate']:.2%} "
-        f"(own answer {op['duplicate_own_hit_rate']:.2%})  false-hit rate {op['false_hit_rate']:.3%} "
-        f"({op['false_hits']} false hits, {op['false_hits_identical_text']} of them an identical cached question)",
+        f"operating point: threshold {op['threshold']:.4f}  duplicate hit rate {op['duplicate_hit_rate']:.2%}  "
+        f"false-hit rate {op['false_hit_rate']:.3%} ({op['duplicates_served']} duplicates and {op['false_hits']} "
+        "non-duplicates answered with their text_a's answer)",
+        f"served another pair's entry: {op['served_other_entry']} lookups ({op['served_other_entry_identical_text']} "
+        "of them an identical cached question); any entry served: duplicates "
+        f"{op['duplicate_served_any_rate']:.2%}, non-duplicates {op['non_duplicate_served_any_rate']:.3%}",
         "",
-        f"{'threshold':>10} {'dup hit rate':>13} {'own answer':>11} {'false-hit rate':>15} {'hit rate':>9}",
+        f"{'threshold':>10} {'dup hit rate':>13} {'false-hit rate':>15} {'hit rate':>9} {'served any':>11}",
     ]
     for r in rep["per_threshold"]:
-        lines.append(f"{r['threshold']:>10.4f} {r['duplicate_hit_rate']:>13.2%} {r['duplicate_own_hit_rate']:>11.2%} "
-                     f"{r['false_hit_rate']:>15.3%} {r['hit_rate']:>9.2%}")
+        lines.append(f"{r['threshold']:>10.4f} {r['duplicate_hit_rate']:>13.2%} {r['false_hit_rate']:>15.3%} "
+                     f"{r['hit_rate']:>9.2%} {r['served_rate']:>11.2%}")
     lat = rep["latency"]
     lines += ["", f"lookup latency p50 {lat['lookup_p50_ms']:.2f} ms, p99 {lat['lookup_p99_ms']:.2f} ms "
               f"(+ query embedding p50 {lat['embed_p50_ms']:.2f} ms, p99 {lat['embed_p99_ms']:.2f} ms)"]

@@ -71,6 +71,13 @@ class Lookup:
     served_text: str | None  # the best candidate (whatever its score)
     score: float  # its verifier score (-inf when the cache had no candidate)
     latency_ms: float
+    # Every retrieved candidate and its verifier score: the pair's own text_a may be one of them.
+    texts: tuple[str, ...] = ()
+    scores: tuple[float, ...] = ()
+
+    def score_of(self, text: str) -> float:
+        """The verifier's score for cached question ``text`` (-inf when it was not retrieved)."""
+        return max((s for t, s in zip(self.texts, self.scores, strict=True) if t == text), default=-np.inf)
 
 
 def lookup_all(cache: PairCache, queries: list[str], qvecs: np.ndarray, verifier: HitVerifier) -> list[Lookup]:
@@ -78,7 +85,11 @@ def lookup_all(cache: PairCache, queries: list[str], qvecs: np.ndarray, verifier
     out = []
     for query, qvec in zip(queries, qvecs, strict=True):
         t0 = time.perf_counter()
-        match = cache.semantic.search(cache.index, query, qvec, verifier, threshold=-np.inf)
+        _, texts, _, scores = cache.semantic.candidates(cache.index, query, qvec, verifier)
         ms = (time.perf_counter() - t0) * 1000
-        out.append(Lookup(match.text if match else None, match.score if match else -np.inf, ms))
+        if texts:
+            best = int(np.argmax(scores))
+            out.append(Lookup(texts[best], float(scores[best]), ms, tuple(texts), tuple(float(s) for s in scores)))
+        else:
+            out.append(Lookup(None, -np.inf, ms))
     return out

@@ -88,16 +88,24 @@ class SemanticCache:
         slot = await self.slot(scope)
         return self.search(slot.index, query, qvec, verifier, threshold), qvec
 
-    def search(self, index: VectorIndex, query: str, qvec: np.ndarray, verifier: HitVerifier,
-               threshold: float) -> SemanticMatch | None:
+    def candidates(self, index: VectorIndex, query: str, qvec: np.ndarray,
+                   verifier: HitVerifier) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
+        """The live top-k neighbours of ``query``: index positions, texts, similarities, verifier scores."""
         pos, sims = index.search(qvec, self.top_k)
         now = time.time()
         keep = [i for i, p in enumerate(pos) if index.expires[p] > now]
-        if not keep:
-            return None
         pos, sims = pos[keep], sims[keep]
         texts = [index.texts[p] for p in pos]
-        scores = verifier.score(query, texts, sims)
+        scores = verifier.score(query, texts, sims) if texts else np.zeros(0)
+        return pos, texts, sims, scores
+
+    def search(self, index: VectorIndex, query: str, qvec: np.ndarray, verifier: HitVerifier,
+               threshold: float) -> SemanticMatch | None:
+        """The best verified candidate: every candidate at or above the threshold was judged the same
+        question, and the highest-scoring one is served."""
+        pos, texts, sims, scores = self.candidates(index, query, qvec, verifier)
+        if not texts:
+            return None
         best = int(np.argmax(scores))
         if scores[best] < threshold:
             return None

@@ -4,7 +4,8 @@
   entities differ. Needs no training; the default when no calibrated verifier is configured.
 - ``LearnedVerifier``: a calibrated scorer with a threshold for a target false-hit rate
   (calibrate.py). The scorer is a gradient-boosted model (LightGBM; logistic regression without
-  the ``gbm`` extra) over the pair features of features.py plus the embedding similarity, or the
+  the ``gbm`` extra) over the pair features of features.py, the difference-word model's score
+  (wordmodel.py) and the embedding similarity, or the
   similarity alone (``cosine``) when that measured better on the calibration pairs, as it can with
   a sentence embedder.
 
@@ -24,6 +25,7 @@ import numpy as np
 
 from thrifty.artifacts import read_artifact
 from thrifty.cache.features import FEATURE_NAMES, build_idf, pair_features, vetoes
+from thrifty.cache.wordmodel import WordModel
 from thrifty.errors import ConfigError
 
 FORMAT = "thrifty-cache-verifier/1"
@@ -124,17 +126,25 @@ class LearnedVerifier:
     # Candidates below this similarity are rejected unscored (calibrate.py sets it below every
     # candidate the verifier accepted in calibration), so most lookups skip feature extraction.
     min_similarity: float = -1.0
+    # The difference-word model whose score is a feature (None: a verifier without that column).
+    words: WordModel | None = None
 
     @property
     def name(self) -> str:
         return f"learned:{self.info.get('model', 'lgbm')}"
 
+    @property
+    def feature_names(self) -> list[str]:
+        return feature_names(self.words is not None)
+
     def _idf(self, w: str) -> float:
         return self.idf.get(w, self.idf["<unk>"])
 
     def feature_rows(self, query: str, candidates: list[str], sims: np.ndarray) -> np.ndarray:
-        rows = [[*pair_features(c, query, self._idf), float(s)] for c, s in zip(candidates, sims, strict=True)]
-        return np.asarray(rows, dtype=np.float64).reshape(len(candidates), len(FEATURE_NAMES) + 1)
+        words = self.words
+        rows = [[*pair_features(c, query, self._idf), *([words.score(c, query)] if words else []), float(s)]
+                for c, s in zip(candidates, sims, strict=True)]
+        return np.asarray(rows, dtype=np.float64).reshape(len(candidates), len(self.feature_names))
 
     def score(self, query: str, candidates: list[str], sims: np.ndarray) -> np.ndarray:
         out = np.full(len(candidates), -np.inf)
@@ -146,18 +156,26 @@ class LearnedVerifier:
     def save(self, path: str | Path) -> None:
         doc = {"format": FORMAT, "threshold": self.threshold, "min_similarity": self.min_similarity,
                "embedder": self.embedder,
-               "features": [*FEATURE_NAMES, "cosine"], "info": self.info, "idf": self.idf,
+               "features": self.feature_names, "info": self.info, "idf": self.idf,
                "model": self.model.dump()}
+        if self.words is not None:
+            doc["words"] = self.words.dump()
         Path(path).write_text(json.dumps(doc), encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> LearnedVerifier:
         doc = read_artifact(path, FORMAT, "cache verifier")
-        if doc.get("features") != [*FEATURE_NAMES, "cosine"]:
+        has_words = doc.get("features") == feature_names(True) and isinstance(doc.get("words"), dict)
+        if doc.get("features") != feature_names(has_words):
             raise ConfigError(f"{path} was fitted on other features; re-run `thrifty cache calibrate`")
         return cls(_load_model(doc["model"]), {str(k): float(v) for k, v in doc["idf"].items()},
                    float(doc["threshold"]), str(doc.get("embedder", "")), dict(doc.get("info") or {}),
-                   float(doc.get("min_similarity", -1.0)))
+                   float(doc.get("min_similarity", -1.0)), WordModel.from_dump(doc["words"]) if has_words else None)
+
+
+def feature_names(with_words: bool) -> list[str]:
+    """The verifier's columns: pair features, the difference-word score if any, the similarity last."""
+    return [*FEATURE_NAMES, *(["word_model"] if with_words else []), "cosine"]
 
 
 def fit_model(x: np.ndarray, y: np.ndarray, kind: str = "lgbm", seed: int = 0) -> _Model:

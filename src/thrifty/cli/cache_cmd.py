@@ -113,7 +113,8 @@ def register(app: typer.Typer) -> None:
         pairs: Path = typer.Option(..., "--pairs", help="Labelled pairs JSONL: text_a, text_b, label."),
         calibrate_on: Path | None = typer.Option(None, "--calibrate-on", help="Fit the verifier and threshold on "
                                                  "these pairs, judge on --pairs."),
-        decisions: Path | None = typer.Option(None, "--decisions", help="Write {index, hit} per pair here."),
+        decisions: Path | None = typer.Option(None, "--decisions", help="Write {index, hit, served} per pair here "
+                                               "(hit = the cache would answer text_b with text_a's answer)."),
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
         verifier: Path | None = typer.Option(None, help="A verifier file from `cache calibrate` (default: the "
                                              "config's, else the built-in rule verifier)."),
@@ -125,7 +126,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Cache every text_a, look up every text_b: duplicate hit rate, false-hit rate, latency."""
         from thrifty.cache.calibrate import calibrate
-        from thrifty.cache.evaluation import decide_all, render_text, report
+        from thrifty.cache.evaluation import decide_all, decision_rows, render_text, report
         from thrifty.cache.pairs import read_pairs
         from thrifty.cache.verifier import HitVerifier, LearnedVerifier, RuleVerifier
 
@@ -151,8 +152,8 @@ def register(app: typer.Typer) -> None:
             rep["calibration"] = fitted
         if decisions is not None:
             with decisions.open("w", encoding="utf-8") as fh:
-                for i, lk in enumerate(lookups):
-                    fh.write(json.dumps({"index": i, "hit": bool(lk.score >= ver.threshold)}) + "\n")
+                for row in decision_rows(judged, lookups, ver.threshold):
+                    fh.write(json.dumps(row) + "\n")
         typer.echo(json.dumps(rep, indent=2) if as_json else render_text(rep))
 
     @group.command("calibrate")
