@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.unit.test_routing_fit import SPEC, synthetic
 
+from fixtures.routing_data import SPEC, synthetic
 from thrifty.routing.candidates import FIXED_TABLES
 from thrifty.routing.fit import fit_frontier, fit_policy
 from thrifty.routing.simulate import simulate

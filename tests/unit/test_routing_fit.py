@@ -12,38 +12,16 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from fixtures.routing_data import MODELS, SPEC, synthetic
 from thrifty.cli.main import build_app
 from thrifty.config import load_config
-from thrifty.evaluation.dataset import Item, OutcomeSet, load_outcomes
+from thrifty.evaluation.dataset import OutcomeSet, load_outcomes
 from thrifty.routing import build_router
 from thrifty.routing.calibrate import Target, calibrate, parse_target
 from thrifty.routing.config import parse_routing
 from thrifty.routing.fit import fit_many, fit_policy
 from thrifty.routing.learned import LearnedRouter, train_router
 from thrifty.routing.simulate import decide, simulate
-
-MODELS = ["weak", "mid", "big"]
-COST = {"weak": 0.001, "mid": 0.002, "big": 0.05}
-SPEC = {"fit": {"depth": 2, "lams": [0.0, 3.0, 10.0, 30.0, 100.0], "min_family_prompts": 5}}
-
-
-def synthetic(n: int = 120, seed: int = 0) -> OutcomeSet:
-    """Multiple-choice prompts: when weak and mid agree they are right; big is right 90%."""
-    rng = random.Random(seed)
-    items = []
-    for i in range(n):
-        gold = rng.choice("ABCD")
-        prompt = f"Question {i} about topic {rng.randint(0, 5)}?\nA) one\nB) two\nC) three\nD) four"
-        agree = rng.random() < 0.6
-        ans = {"weak": gold if agree or rng.random() < 0.3 else rng.choice("ABCD"),
-               "mid": gold if agree or rng.random() < 0.5 else rng.choice("ABCD"),
-               "big": gold if rng.random() < 0.9 else rng.choice("ABCD")}
-        from thrifty.evaluation.dataset import Outcome
-
-        items.append(Item("syn.jsonl", i, [{"role": "user", "content": prompt}], "quiz",
-                          {m: Outcome(a, COST[m]) for m, a in ans.items()},
-                          {m: float(a == gold) for m, a in ans.items()}))
-    return OutcomeSet(items, MODELS)
 
 
 def test_fit_policy_is_loadable_and_cheaper_than_the_baseline() -> None:

@@ -95,7 +95,11 @@ class CacheStage:
 
     def verifier(self, path: str | None) -> HitVerifier:
         if path not in self._verifiers:
-            self._verifiers[path] = LearnedVerifier.load(path) if path else RuleVerifier()
+            if path:
+                self._verifiers[path] = LearnedVerifier.load(path)
+            else:
+                name = self.semantic.embedder.name if self.semantic is not None else "lexical"
+                self._verifiers[path] = RuleVerifier.for_embedder(name)
         return self._verifiers[path]
 
     async def _semantic(self, ctx: RequestContext, key: CacheKey, d: Decision) -> tuple[bool, np.ndarray | None]:

@@ -144,7 +144,7 @@ def register(app: typer.Typer) -> None:
         elif cfg is not None and cfg.cache is not None and cfg.cache.semantic.verifier:
             ver = LearnedVerifier.load(cfg.resolve_path(cfg.cache.semantic.verifier))
         else:
-            ver = RuleVerifier()
+            ver = RuleVerifier.for_embedder(emb.name)
         _check_embedder(ver, emb.name)
         lookups, latency = decide_all(judged, emb, ver, top_k=top_k)
         rep = report(judged, lookups, latency, ver, ver.threshold, emb)
