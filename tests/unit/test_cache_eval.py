@@ -27,9 +27,10 @@ def write(path: Path, rows: list[dict[str, object]]) -> Path:
 
 
 def run(*args: str) -> str:
+    """The command's stdout (progress goes to stderr, so --json stays parseable)."""
     result = CliRunner().invoke(build_app(), ["cache", *args])
     assert result.exit_code == 0, result.output
-    return result.output
+    return result.stdout
 
 
 def decisions(path: Path) -> list[dict[str, object]]:
@@ -65,7 +66,7 @@ def test_calibrated_eval_decisions_do_not_depend_on_judged_labels(
     run("eval", "--pairs", str(shuffled), "--calibrate-on", str(train), "--model", "logreg",
         "--decisions", str(tmp_path / "b.jsonl"))
     assert decisions(tmp_path / "a.jsonl") == decisions(tmp_path / "b.jsonl")
-    rep = json.loads(out_a)
+    rep = json.loads(out_a)  # parses: the progress lines went to stderr
     op = rep["operating_point"]
     assert 0 <= op["false_hit_rate"] <= 1 and 0 <= op["duplicate_hit_rate"] <= 1
     assert rep["calibration"]["threshold"] == op["threshold"]
@@ -129,3 +130,13 @@ def test_a_hit_is_text_a_verified_for_text_b() -> None:
     r = rates(pairs, lookups, verifier.threshold)
     assert (r["duplicate_hit_rate"], r["served_other_entry"], r["served_other_entry_identical_text"]) == (1.0, 1, 1)
     assert r["false_hit_rate"] == (0.5 if rows[2]["hit"] else 0.0)
+
+
+def test_calibrate_reports_progress_on_stderr_and_json_on_stdout(data_dir: Path, tmp_path: Path) -> None:
+    train = write(tmp_path / "train.jsonl", slice_pairs(data_dir, 6000, 200))
+    result = CliRunner().invoke(build_app(), ["cache", "calibrate", "--pairs", str(train), "--model", "logreg",
+                                              "--folds", "2", "--out", str(tmp_path / "v.json"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["threshold"] is not None
+    stages = [line for line in result.stderr.splitlines() if line.startswith("calibrate: ")]
+    assert len(stages) == 3 and "2-fold cross-validation of the logreg verifier" in stages[1]

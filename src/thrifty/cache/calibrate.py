@@ -14,6 +14,7 @@ are counted apart.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,7 +134,8 @@ def _best(fitted: _Fitted, r: _Replay, idx: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def calibrate(pairs: list[Pair], embedder: Embedder, *, max_false_hit_rate: float = 0.005, model: str = "auto",
-              folds: int = 5, margin: float = 1.0, top_k: int = 5, seed: int = 0) -> Calibration:
+              folds: int = 5, margin: float = 1.0, top_k: int = 5, seed: int = 0,
+              progress: Callable[[str], None] | None = None) -> Calibration:
     """A verifier fitted on ``pairs`` with its threshold for ``max_false_hit_rate``, plus CV figures.
 
     ``model="auto"`` cross-validates the gradient-boosted verifier and the plain similarity and
@@ -149,13 +151,19 @@ def calibrate(pairs: list[Pair], embedder: Embedder, *, max_false_hit_rate: floa
     if y.sum() < folds or (1 - y).sum() < folds:
         raise DataError(f"calibration needs at least {folds} duplicates and {folds} non-duplicates")
     idf = build_idf(dict.fromkeys(p.text_a for p in pairs))
+    say = progress or (lambda _msg: None)  # a sentence model takes minutes here: say what is running
+    say(f"calibrate: caching {len(pairs):,} text_a and looking up each text_b (embedder {embedder.name})")
     r = _replay(pairs, embedder, idf, top_k)
     split = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(r.own, y))
     target = margin * max_false_hit_rate
     kinds = ["lgbm", "cosine"] if model == "auto" else [model]
-    tried = {kind: _cross_validate(kind, r, y, split, target, seed) for kind in kinds}
+    tried = {}
+    for kind in kinds:
+        say(f"calibrate: {folds}-fold cross-validation of the {kind} verifier")
+        tried[kind] = _cross_validate(kind, r, y, split, target, seed)
     best = max(kinds, key=lambda k: float(np.mean([f["duplicate_hit_rate"] for f in tried[k][0]])))
     results, oof_pair, oof_best, oof_sim = tried[best]
+    say(f"calibrate: fitting the {best} verifier on all {len(pairs):,} pairs")
     final = _fit(best, r, y, np.arange(len(y)), seed)
     threshold = threshold_at(oof_pair[y == 0], target)
     # Candidates far less similar than any the verifier accepted here are not worth scoring: a

@@ -137,6 +137,7 @@ def register(app: typer.Typer) -> None:
         ver: HitVerifier
         if calibrate_on is not None:
             cal = calibrate(read_pairs(calibrate_on), emb, max_false_hit_rate=max_false_hit_rate, model=model,
+                            progress=_say,
                             top_k=top_k)
             ver, fitted = cal.verifier, cal.summary()
         elif verifier is not None:
@@ -146,6 +147,7 @@ def register(app: typer.Typer) -> None:
         else:
             ver = RuleVerifier.for_embedder(emb.name)
         _check_embedder(ver, emb.name)
+        _say(f"eval: caching the text_a and looking up the text_b of {len(judged):,} pairs")
         lookups, latency = decide_all(judged, emb, ver, top_k=top_k)
         rep = report(judged, lookups, latency, ver, ver.threshold, emb)
         if fitted:
@@ -181,6 +183,7 @@ def register(app: typer.Typer) -> None:
         cfg = _config(config, required=False)
         emb = _embedder(embedder, cfg)
         cal = calibrate(read_pairs(pairs), emb, max_false_hit_rate=max_false_hit_rate, model=model, folds=folds,
+                        progress=_say,
                         margin=margin, top_k=top_k)
         cal.verifier.save(out)
         s = cal.summary()
@@ -195,6 +198,11 @@ def register(app: typer.Typer) -> None:
                    f"false-hit rate {s['cv_false_hit_rate']:.3%} (worst fold {s['cv_false_hit_rate_max']:.3%})")
 
     app.add_typer(group, name="cache")
+
+
+def _say(message: str) -> None:
+    """Progress on stderr, so that --json output on stdout stays parseable."""
+    typer.echo(message, err=True)
 
 
 def _check_embedder(verifier: Any, embedder_name: str) -> None:
