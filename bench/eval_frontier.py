@@ -11,7 +11,6 @@ replaced; other benchmarks' sections are kept.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
@@ -72,15 +71,6 @@ def render(result: EvalResult, command: str, seconds: float, plot: str) -> str:
     return "\n".join(lines)
 
 
-def drop_unmarked_section(doc: str) -> str:
-    """Remove a copy of this section written before it had bench markers (up to the next heading
-    or marker), so that the marked section replaces it instead of being appended beside it."""
-    if HEADING not in doc or "<!-- bench:eval_frontier:start -->" in doc:
-        return doc
-    pattern = re.compile(re.escape(HEADING) + r".*?(?=^## |^<!-- bench:|\Z)", re.S | re.M)
-    return pattern.sub("", doc, count=1)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="routerbench")
@@ -94,8 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     write_plot(result, args.plot)
     command = "python bench/eval_frontier.py" + ("" if args.data == "routerbench" else f" --data {args.data}")
     out = Path(args.out)
-    if out.exists():
-        out.write_text(drop_unmarked_section(out.read_text(encoding="utf-8")), encoding="utf-8")
     write_section("eval_frontier", HEADING.removeprefix("## "), command, render(result, command, seconds, args.plot),
                   doc=out)
     print(savings_line(result))

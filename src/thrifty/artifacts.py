@@ -7,6 +7,7 @@ version fails with a clear ConfigError instead of a KeyError deep inside a model
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,4 +26,12 @@ def read_artifact(path: str | Path, fmt: str, what: str) -> dict[str, Any]:
 
 
 def write_artifact(path: str | Path, doc: dict[str, Any]) -> None:
-    Path(path).write_text(json.dumps(doc), encoding="utf-8")
+    """Write ``doc`` as JSON, atomically: a crash mid-write leaves the old file, never half a new one."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(doc), encoding="utf-8")
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {target}: {exc.strerror or exc}") from None

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from thrifty.batching.config import DeferredConfig
-from thrifty.batching.deferred import DeferredRunner
+from thrifty.batching.deferred import DeferredRunner, row_error
 from thrifty.batching.items import Item
 from thrifty.batching.jobs import Job, JobItem, JobStore
 from thrifty.catalog import ModelInfo
@@ -80,20 +80,6 @@ class _Group:
     info: ModelInfo
     waiting: list[_Waiting] = field(default_factory=list)
     timer: asyncio.Task[Any] | None = None
-
-
-def row_error(row: dict[str, Any]) -> str | None:
-    """Why a Batch API output/error line holds no answer; None when it holds one."""
-    response = row.get("response")
-    err = row.get("error")
-    body = response.get("body") if isinstance(response, dict) else None
-    if not err and isinstance(body, dict) and isinstance(response, dict) and response.get("status_code") == 200:
-        return None
-    msg = err.get("message") if isinstance(err, dict) else None
-    if msg is None and isinstance(body, dict) and isinstance(body.get("error"), dict):
-        msg = body["error"].get("message")
-    code = err.get("code") if isinstance(err, dict) else (response or {}).get("status_code")
-    return f"{code}: {msg}" if msg else str(code)
 
 
 class GatewayJobRunner(DeferredRunner):
@@ -287,22 +273,15 @@ class Collector:
         """
         cutoff = time.time() - self.stale_after_s
         try:
-            rows = await asyncio.to_thread(
-                self.jobs.store.query,
-                "SELECT job_id, status, updated FROM batch_jobs WHERE task = ? AND status IN ('created', 'submitted')"
-                " AND updated < ?", (GATEWAY_TASK, cutoff))
+            rows = await asyncio.to_thread(self.jobs.stale, GATEWAY_TASK, cutoff)
         except Exception as exc:  # never let housekeeping fail a request
             log.warning("cannot look for unfinished batch jobs: %s", exc)
             return []
         adopted = []
         for job_id, status, updated in rows:
-            job_id = str(job_id)
             if job_id in self._active:
                 continue
-            claimed = await asyncio.to_thread(
-                self.jobs.store.execute, "UPDATE batch_jobs SET updated = ? WHERE job_id = ? AND updated = ?",
-                (time.time(), job_id, updated))
-            if claimed != 1:
+            if not await asyncio.to_thread(self.jobs.claim, job_id, updated, time.time()):
                 continue  # another instance got there first
             adopted.append(job_id)
             if status == "created":

@@ -57,6 +57,20 @@ def open_job_store(gateway: Gateway) -> JobStore:
     return JobStore(open_store(cfg.resolve_path(cfg.ledger.path), cfg.ledger.dsn))
 
 
+def row_error(row: dict[str, Any]) -> str | None:
+    """Why a Batch API output/error line holds no answer; None when it holds one."""
+    response = row.get("response")
+    err = row.get("error")
+    body = response.get("body") if isinstance(response, dict) else None
+    if not err and isinstance(body, dict) and isinstance(response, dict) and response.get("status_code") == 200:
+        return None
+    msg = err.get("message") if isinstance(err, dict) else None
+    if msg is None and isinstance(body, dict) and isinstance(body.get("error"), dict):
+        msg = body["error"].get("message")
+    code = err.get("code") if isinstance(err, dict) else (response or {}).get("status_code")
+    return f"{code}: {msg}" if msg else str(code)
+
+
 class DeferredRunner:
     def __init__(self, gateway: Gateway, jobs: JobStore | None = None,
                  apis: dict[str, BatchProvider] | None = None) -> None:
@@ -212,15 +226,10 @@ class DeferredRunner:
             self._finish(job, "cancelled" if stop else "finished", None)
 
     def _record(self, job: Job, it: JobItem, row: dict[str, Any]) -> tuple[str | None, str]:
-        response = row.get("response") or {}
-        err = row.get("error")
-        body = response.get("body") if isinstance(response, dict) else None
-        if err or not isinstance(body, dict) or response.get("status_code") != 200:
-            msg = (err or {}).get("message") if isinstance(err, dict) else None
-            if msg is None and isinstance(body, dict) and isinstance(body.get("error"), dict):
-                msg = body["error"].get("message")
-            code = (err or {}).get("code") if isinstance(err, dict) else response.get("status_code")
-            return None, f"{code}: {msg}" if msg else str(code)
+        error = row_error(row)
+        if error is not None:
+            return None, error
+        body = row["response"]["body"]
         info = self.gw.catalog.get(job.model)
         usage = Usage.from_openai(body.get("usage"))
         cost = call_cost(usage, info.price if info else None, batch=True)

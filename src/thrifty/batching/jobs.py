@@ -112,6 +112,17 @@ class JobStore:
         sets = ", ".join(f"{k} = ?" for k in fields)
         self.store.execute(f"UPDATE batch_jobs SET {sets} WHERE job_id = ?", (*fields.values(), job_id))
 
+    def stale(self, task: str, cutoff: float) -> list[tuple[str, str, float]]:
+        """``(job_id, status, updated)`` of the unfinished jobs of ``task`` untouched since ``cutoff``."""
+        rows = self.store.query("SELECT job_id, status, updated FROM batch_jobs WHERE task = ? AND status IN "
+                                "('created', 'submitted') AND updated < ?", (task, cutoff))
+        return [(str(j), str(st), float(u)) for j, st, u in rows]
+
+    def claim(self, job_id: str, updated: float, now: float) -> bool:
+        """Touch the job only if nobody has since ``updated``: True for exactly one of several claimants."""
+        return bool(self.store.execute("UPDATE batch_jobs SET updated = ? WHERE job_id = ? AND updated = ?",
+                                       (now, job_id, updated)) == 1)
+
     def items(self, job_id: str, status: str | None = None) -> list[JobItem]:
         sql = f"SELECT {', '.join(_ITEM_COLS)} FROM batch_job_items WHERE job_id = ?"
         params: tuple[Any, ...] = (job_id,)

@@ -139,8 +139,7 @@ def calibrate(pairs: list[Pair], embedder: Embedder, *, max_false_hit_rate: floa
     """A verifier fitted on ``pairs`` with its threshold for ``max_false_hit_rate``, plus CV figures.
 
     ``model="auto"`` cross-validates the gradient-boosted verifier and the plain similarity and
-    keeps the one that serves more duplicates at the target (a sentence embedder's cosine can beat
-    the learned model on the cache protocol; the lexical embedder's cannot).
+    keeps the one that serves more duplicates at the target under cross-validation.
     """
     from sklearn.model_selection import StratifiedKFold
 

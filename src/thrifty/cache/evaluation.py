@@ -48,10 +48,17 @@ def decide_all(pairs: list[Pair], embedder: Embedder, verifier: HitVerifier, top
     return lookups, latency
 
 
+def decisions(pairs: list[Pair], lookups: list[Lookup], threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair: ``hit`` (the cache would answer text_b with text_a's answer) and ``served`` (some
+    cached answer was served, possibly another pair's entry). Reads texts and scores, never labels."""
+    hit = np.array([lk.score_of(p.text_a) >= threshold for lk, p in zip(lookups, pairs, strict=True)], dtype=bool)
+    served = np.array([lk.score >= threshold for lk in lookups], dtype=bool)
+    return hit, served
+
+
 def rates(pairs: list[Pair], lookups: list[Lookup], threshold: float) -> dict[str, float]:
     y = np.array([p.label if p.label is not None else -1 for p in pairs])
-    served = np.array([lk.score >= threshold for lk in lookups])
-    hit = np.array([lk.score_of(p.text_a) >= threshold for lk, p in zip(lookups, pairs, strict=True)])
+    hit, served = decisions(pairs, lookups, threshold)
     same = np.array([lk.served_text == p.text_b for lk, p in zip(lookups, pairs, strict=True)])
     other = served & ~hit
     pos, neg = y == 1, y == 0
@@ -69,13 +76,9 @@ def rates(pairs: list[Pair], lookups: list[Lookup], threshold: float) -> dict[st
 
 
 def decision_rows(pairs: list[Pair], lookups: list[Lookup], threshold: float) -> list[dict[str, Any]]:
-    """One ``--decisions`` line per pair: ``hit`` = the cache would answer text_b with text_a's answer.
-
-    ``served`` says whether any cached answer was served (possibly another pair's entry). Only texts
-    and verifier scores are read here, never labels.
-    """
-    return [{"index": i, "hit": bool(lk.score_of(p.text_a) >= threshold), "served": bool(lk.score >= threshold)}
-            for i, (p, lk) in enumerate(zip(pairs, lookups, strict=True))]
+    """One ``--decisions`` line per pair (see ``decisions``)."""
+    hit, served = decisions(pairs, lookups, threshold)
+    return [{"index": i, "hit": bool(h), "served": bool(s)} for i, (h, s) in enumerate(zip(hit, served, strict=True))]
 
 
 def report(pairs: list[Pair], lookups: list[Lookup], latency: dict[str, float], verifier: HitVerifier,

@@ -68,12 +68,21 @@ class PairCache:
 
 @dataclass(frozen=True)
 class Lookup:
-    served_text: str | None  # the best candidate (whatever its score)
-    score: float  # its verifier score (-inf when the cache had no candidate)
+    """One query's retrieved candidates with their verifier scores (the best one is what is served)."""
+
+    texts: tuple[str, ...]
+    scores: tuple[float, ...]
     latency_ms: float
-    # Every retrieved candidate and its verifier score: the pair's own text_a may be one of them.
-    texts: tuple[str, ...] = ()
-    scores: tuple[float, ...] = ()
+
+    @property
+    def score(self) -> float:
+        """The best candidate's score (-inf when the cache had no candidate)."""
+        return max(self.scores, default=-np.inf)
+
+    @property
+    def served_text(self) -> str | None:
+        """The best candidate, whatever its score."""
+        return self.texts[int(np.argmax(self.scores))] if self.texts else None
 
     def score_of(self, text: str) -> float:
         """The verifier's score for cached question ``text`` (-inf when it was not retrieved)."""
@@ -87,9 +96,5 @@ def lookup_all(cache: PairCache, queries: list[str], qvecs: np.ndarray, verifier
         t0 = time.perf_counter()
         _, texts, _, scores = cache.semantic.candidates(cache.index, query, qvec, verifier)
         ms = (time.perf_counter() - t0) * 1000
-        if texts:
-            best = int(np.argmax(scores))
-            out.append(Lookup(texts[best], float(scores[best]), ms, tuple(texts), tuple(float(s) for s in scores)))
-        else:
-            out.append(Lookup(None, -np.inf, ms))
+        out.append(Lookup(tuple(texts), tuple(float(s) for s in scores), ms))
     return out

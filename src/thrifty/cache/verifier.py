@@ -15,7 +15,6 @@ unlike a pickle.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from thrifty.artifacts import read_artifact
+from thrifty.artifacts import read_artifact, write_artifact
 from thrifty.cache.features import FEATURE_NAMES, build_idf, pair_features, vetoes
 from thrifty.cache.wordmodel import WordModel
 from thrifty.errors import ConfigError
@@ -167,7 +166,7 @@ class LearnedVerifier:
                "model": self.model.dump()}
         if self.words is not None:
             doc["words"] = self.words.dump()
-        Path(path).write_text(json.dumps(doc), encoding="utf-8")
+        write_artifact(path, doc)
 
     @classmethod
     def load(cls, path: str | Path) -> LearnedVerifier:

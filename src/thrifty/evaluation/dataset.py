@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import ast
 import csv
-import json
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from thrifty.errors import DataError
+from thrifty.jsonl import iter_jsonl
 
 csv.field_size_limit(sys.maxsize)
 
@@ -145,18 +145,7 @@ def load_routerbench_csv(path: Path) -> OutcomeSet:
 def load_jsonl(path: Path) -> OutcomeSet:
     items: list[Item] = []
     models: list[str] = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
-    row = 0
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError as exc:
-            raise DataError(f"{path}:{lineno}: invalid JSON ({exc})") from None
+    for row, (lineno, obj) in enumerate(iter_jsonl(path, "outcomes file")):
         if not isinstance(obj, dict):
             raise DataError(f"{path}:{lineno}: each line must be a JSON object")
         if isinstance(obj.get("messages"), list):
@@ -181,7 +170,6 @@ def load_jsonl(path: Path) -> OutcomeSet:
             scores[m] = float(score) if isinstance(score, int | float) else 0.0
         task = obj.get("task")
         items.append(Item(path.name, row, messages, task if isinstance(task, str) else None, outcomes, scores))
-        row += 1
     return OutcomeSet(items, models)
 
 

@@ -27,8 +27,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from thrifty import fastjson
 from thrifty.errors import AuthenticationError, InvalidRequestError, NotFoundError, ThriftyError
-from thrifty.mock import _json, wire
+from thrifty.mock import wire
 from thrifty.mock.batches import BatchAPI
 from thrifty.mock.behaviour import BehaviourTable, Faults, MockConfig, merge_faults
 from thrifty.mock.completion import Plan, Planner, validate
@@ -59,7 +60,7 @@ def _is_abort(record: logging.LogRecord) -> bool:
 
 
 def _json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(_json.dumps(body), status_code=status, headers=headers, media_type=_JSON)
+    return Response(fastjson.dumps(body), status_code=status, headers=headers, media_type=_JSON)
 
 
 def _error_response(exc: ThriftyError) -> Response:
@@ -128,7 +129,7 @@ class MockUpstream:
     async def chat_completions(self, request: Request) -> Response:
         raw = await request.body()
         try:
-            body = _json.loads(raw)
+            body = fastjson.loads(raw)
         except ValueError:
             self.recorder.add(
                 request.method,
@@ -172,7 +173,7 @@ class MockUpstream:
             return self._stream(
                 plan, response_id, created, usage if include_usage else None, behaviour, faults
             )
-        data = _json.dumps(wire.completion(plan, response_id, created, usage, behaviour.system_fingerprint))
+        data = fastjson.dumps(wire.completion(plan, response_id, created, usage, behaviour.system_fingerprint))
         if faults.malformed:
             data = data[: len(data) // 2]
         if faults.truncate_after is not None:
@@ -210,7 +211,7 @@ class MockUpstream:
         events = wire.chunks(
             plan, response_id, created, usage, behaviour.system_fingerprint, behaviour.stream_chunk_words
         )
-        parts: Iterator[bytes] = (b"data: " + _json.dumps(event) + b"\n\n" for event in events)
+        parts: Iterator[bytes] = (b"data: " + fastjson.dumps(event) + b"\n\n" for event in events)
         if faults.malformed:
             parts = iter([b'data: {"id": "chatcmpl-broken", "choices": [\n\n'])
         if faults.truncate_after is None:

@@ -30,8 +30,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from thrifty import fastjson
 from thrifty.errors import InvalidRequestError, NotFoundError, ThriftyError
-from thrifty.mock import _json, digest, wire
+from thrifty.mock import digest, wire
 from thrifty.mock.behaviour import BatchSettings
 from thrifty.mock.completion import build_plan, validate
 from thrifty.mock.usage import build_usage
@@ -44,7 +45,7 @@ ENDPOINT = "/v1/chat/completions"
 
 
 def _json_response(body: Any, status: int = 200) -> Response:
-    return Response(_json.dumps(body), status_code=status, media_type="application/json")
+    return Response(fastjson.dumps(body), status_code=status, media_type="application/json")
 
 
 def _error(exc: ThriftyError) -> Response:
@@ -141,7 +142,7 @@ class BatchAPI:
     async def create(self, request: Request) -> Response:
         try:
             self._auth(request)
-            body = _json.loads(await request.body())
+            body = fastjson.loads(await request.body())
             self.mock.recorder.add(request.method, request.scope["path"], request.scope["headers"], body)
             file_id = body.get("input_file_id") if isinstance(body, dict) else None
             if file_id not in self.files:

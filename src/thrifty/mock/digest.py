@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from thrifty.mock import _json
+from thrifty import fastjson
 
 # Request fields that change the answer text (shape-only fields like ``stream`` or ``n`` do not).
 _ANSWER_PARAMS = ("seed", "temperature", "top_p", "response_format", "tools", "tool_choice")
@@ -24,7 +24,7 @@ def request_key(seed: int, model: str, body: dict[str, Any]) -> bytes:
         if body.get(name) is not None:
             material[name] = body[name]
     try:
-        blob = _json.dumps(_sorted(material))
+        blob = fastjson.dumps(_sorted(material))
     except (TypeError, ValueError):  # exotic values orjson rejects (huge ints): fall back to repr
         blob = repr(material).encode("utf-8")
     return hashlib.blake2b(blob, digest_size=16).digest()

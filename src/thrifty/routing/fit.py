@@ -169,10 +169,6 @@ def pareto_points(points: list[tuple[float, float, Any]]) -> list[tuple[float, f
     return out
 
 
-def pareto(cands: list[Candidate]) -> list[Candidate]:
-    return [c for _, _, c in pareto_points([(c.correct, c.cost, c) for c in cands])]
-
-
 def combine(per_family: dict[str, list[Candidate]]) -> list[list[Candidate]]:
     """Pareto frontier of whole policies (one candidate per family), cheapest first."""
     combos: list[tuple[float, float, list[Candidate]]] = [(0.0, 0.0, [])]

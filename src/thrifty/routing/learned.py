@@ -11,7 +11,6 @@ same family. The file is JSON so it can be inspected and diffed.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from thrifty.artifacts import read_artifact
+from thrifty.artifacts import read_artifact, write_artifact
 from thrifty.embeddings import build_embedder
 from thrifty.errors import ConfigError, DataError
 from thrifty.evaluation.dataset import OutcomeSet
@@ -89,7 +88,7 @@ class LearnedRouter:
                 "costs": self.costs, "meta": self.meta}
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict()), encoding="utf-8")
+        write_artifact(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> LearnedRouter:

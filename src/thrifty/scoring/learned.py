@@ -7,7 +7,6 @@ refusal phrase, empty). One logistic regression; the file is JSON.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from thrifty.artifacts import read_artifact
+from thrifty.artifacts import read_artifact, write_artifact
 from thrifty.errors import DataError
 from thrifty.evaluation.dataset import OutcomeSet
 from thrifty.routing.formats import FAMILIES, code_signature, detect_family, extract_option
@@ -50,8 +49,8 @@ class LearnedScorer:
         return Score(round(p, 4), f"learned P(right) {p:.2f}")
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"format": FORMAT, "models": self.models, "coef": self.coef.tolist(),
-                                          "intercept": self.intercept}), encoding="utf-8")
+        write_artifact(path, {"format": FORMAT, "models": self.models, "coef": self.coef.tolist(),
+                              "intercept": self.intercept})
 
     @classmethod
     def load(cls, path: str | Path) -> LearnedScorer:

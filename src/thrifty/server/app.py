@@ -56,17 +56,14 @@ async def read_json_body(request: Request, limit: int) -> Any:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"Request body is {declared} bytes; the limit is {limit} bytes.")
-    if declared and declared.isdigit():
-        raw = await request.body()  # size already checked against the limit
-    else:  # chunked upload: count as it arrives
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLargeError(f"Request body exceeds the limit of {limit} bytes.")
-            chunks.append(chunk)
-        raw = b"".join(chunks)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():  # counted as it arrives: chunked uploads declare no length
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"Request body exceeds the limit of {limit} bytes.")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     if not raw.strip():
         raise InvalidRequestError("Request body is empty; expected a JSON object.")
     try:
