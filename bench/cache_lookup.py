@@ -33,7 +33,7 @@ from mdreport import write_section  # noqa: E402
 from thrifty.cache.backends.base import EntryMeta  # noqa: E402
 from thrifty.cache.backends.memory import MemoryBackend  # noqa: E402
 from thrifty.cache.backends.sqlite import SQLiteBackend  # noqa: E402
-from thrifty.cache.calibrate import calibrate  # noqa: E402
+from thrifty.cache.calibrate import MODELS, calibrate  # noqa: E402
 from thrifty.cache.config import CacheConfig  # noqa: E402
 from thrifty.cache.entry import CacheEntry  # noqa: E402
 from thrifty.cache.index import VectorIndex, make_ann  # noqa: E402
@@ -103,7 +103,7 @@ async def bench_exact(n: int, lookups: int, rng: random.Random) -> dict[str, flo
             "miss_p99": pct(miss_ms, 99)}
 
 
-async def bench_semantic(n: int, lookups: int, ann: str, rng: random.Random) -> dict[str, Any]:
+async def bench_semantic(n: int, lookups: int, ann: str, rng: random.Random, model: str) -> dict[str, Any]:
     embedder = build_embedder("lexical")
     texts = questions(n, rng)
     t0 = time.perf_counter()
@@ -111,7 +111,7 @@ async def bench_semantic(n: int, lookups: int, ann: str, rng: random.Random) -> 
     embed_s = time.perf_counter() - t0
     pairs = load_pairs()
     cal_pairs = [Pair(p["text_a"], p["text_b"], int(p["label"])) for p in pairs[:3000]]
-    verifier = calibrate(cal_pairs, embedder, folds=3, model="lgbm").verifier
+    verifier = calibrate(cal_pairs, embedder, folds=3, model=model).verifier
     sem = SemanticCache(MemoryBackend(), embedder, top_k=5, ann=ann, ann_min_entries=10**12)
     slot = await sem.slot("bench")
     far = time.time() + 86400
@@ -132,7 +132,7 @@ async def bench_semantic(n: int, lookups: int, ann: str, rng: random.Random) -> 
     built = slot.index.build_ann_now()
     build_s = time.perf_counter() - t0
     wall, cpu = await run(lookups) if built else ([], [])
-    return {"n": n, "dim": embedder.dim, "embedder": embedder.name, "embed_s": embed_s, "ann_build_s": build_s,
+    return {"n": n, "dim": embedder.dim, "embedder": embedder.name, "verifier": model, "embed_s": embed_s, "ann_build_s": build_s,
             "ann": built, "exact_p50": pct(exact_wall, 50), "exact_p99": pct(exact_wall, 99),
             "exact_cpu_p50": pct(exact_cpu, 50), "p50": pct(wall, 50) if wall else None,
             "p99": pct(wall, 99) if wall else None, "cpu_p50": pct(cpu, 50) if cpu else None,
@@ -180,7 +180,8 @@ def render(ex: dict[str, float], sem: dict[str, Any], cmp_rows: list[dict[str, A
         f"Target exact p99 < 1 ms: **{'met' if ok_exact else 'not met'}** ({ex['hit_p99']:.3f} ms).",
         "",
         f"Semantic cache, one namespace of {sem['n']:,} questions, embedder `{sem['embedder']}` (dim {sem['dim']}), "
-        "`SemanticCache.lookup` = embed the query + top-5 search + learned verifier on the 5 candidates:",
+        f"`SemanticCache.lookup` = embed the query + top-5 search + learned verifier (`{sem['verifier']}`) on the 5 "
+        "candidates (neighbourhood features included when the verifier uses them):",
         "",
         "| index | p50 ms | p99 ms | CPU p50 ms | CPU p99 ms |", "| --- | ---: | ---: | ---: | ---: |",
         f"| exact numpy (baseline, 200 lookups) | {sem['exact_p50']:.2f} | {sem['exact_p99']:.2f} | "
@@ -214,6 +215,8 @@ def main() -> None:
     ap.add_argument("--ann", default="auto", choices=["auto", "faiss", "hnswlib"])
     ap.add_argument("--ann-compare", type=int, default=0, metavar="N", help="also compare ANN libraries on N vectors")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--verifier-model", default="lgbm", choices=list(MODELS[1:]),
+                    help="the verifier calibrated for the semantic lookups")
     ap.add_argument("--write", action="store_true", help="write the results to docs/benchmarks.md")
     args = ap.parse_args()
     rng = random.Random(args.seed)
@@ -223,7 +226,7 @@ def main() -> None:
     for r in cmp_rows:
         r["n"] = f"{args.ann_compare:,} of "
         print("ann", r, flush=True)
-    sem = asyncio.run(bench_semantic(args.entries, args.lookups, args.ann, rng))
+    sem = asyncio.run(bench_semantic(args.entries, args.lookups, args.ann, rng, args.verifier_model))
     print("semantic", sem, flush=True)
     body = render(ex, sem, cmp_rows, args.entries)
     print(body)

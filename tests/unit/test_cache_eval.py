@@ -81,7 +81,7 @@ def test_calibrate_writes_a_verifier_that_eval_and_the_gateway_load(data_dir: Pa
     summary = json.loads(run("calibrate", "--pairs", str(train), "--max-false-hit-rate", "0.05", "--out", str(out),
                              "--model", "auto", "--folds", "3", "--json"))
     assert out.exists() and len(summary["cv_folds"]) == 3
-    # auto cross-validated both scorers and kept the one serving more duplicates at the target.
+    # auto cross-validated the scorers and kept the one serving the most duplicates at the target.
     assert summary["cv_folds"][0]["model"] in ("lgbm", "cosine")
     saved = json.loads(out.read_text())
     # A learned verifier carries its difference-word model; the similarity alone needs none.
@@ -140,3 +140,43 @@ def test_calibrate_reports_progress_on_stderr_and_json_on_stdout(data_dir: Path,
     assert json.loads(result.stdout)["threshold"] is not None
     stages = [line for line in result.stderr.splitlines() if line.startswith("calibrate: ")]
     assert len(stages) == 3 and "2-fold cross-validation of the logreg verifier" in stages[1]
+
+
+async def test_density_verifier_from_calibrate_runs_in_eval_and_in_the_gateway(
+        pairs: tuple[Path, Path], data_dir: Path, tmp_path: Path) -> None:
+    from thrifty.cache.density import DENSITY_NAMES
+    from thrifty.gateway import Gateway
+    from thrifty.providers.function import FunctionProvider, chat_response
+    from thrifty.types import ChatRequest
+
+    train = write(tmp_path / "train.jsonl", slice_pairs(data_dir, 3000, 600))
+    out = tmp_path / "dense.json"
+    summary = json.loads(run("calibrate", "--pairs", str(train), "--max-false-hit-rate", "0.05", "--out", str(out),
+                             "--model", "lgbm+density", "--folds", "3", "--json"))
+    saved = json.loads(out.read_text())
+    assert saved["density"] is True and saved["features"][-len(DENSITY_NAMES) - 2:-2] == DENSITY_NAMES
+    assert {f["model"] for f in summary["cv_folds"]} == {"lgbm+density"}
+    real, shuffled = pairs
+    run("eval", "--pairs", str(real), "--verifier", str(out), "--decisions", str(tmp_path / "a.jsonl"))
+    run("eval", "--pairs", str(shuffled), "--verifier", str(out), "--decisions", str(tmp_path / "b.jsonl"))
+    assert decisions(tmp_path / "a.jsonl") == decisions(tmp_path / "b.jsonl")
+
+    calls = []
+
+    async def upstream(body: dict[str, object]) -> dict[str, object]:
+        calls.append(body)
+        return chat_response(str(body["model"]), f"answer {len(calls)}", {"prompt_tokens": 5, "completion_tokens": 5})
+
+    gw = Gateway.from_config({
+        "providers": {"p": {"base_url": "http://127.0.0.1:1/v1"}}, "models": {"m": {"provider": "p"}},
+        "ledger": {"enabled": False},
+        "cache": {"path": str(tmp_path / "c.db"), "semantic": {"enabled": True, "verifier": str(out),
+                                                               "threshold": 0.0}},
+    }, providers={"p": FunctionProvider(upstream)})
+    ask = [{"model": "m", "temperature": 0, "messages": [{"role": "user", "content": q}]}
+           for q in ("How do I learn to knit quickly?", "how do I learn to knit quickly")]
+    first = await gw.handle(ChatRequest.from_body(ask[0]), tenant="t")
+    second = await gw.handle(ChatRequest.from_body(ask[1]), tenant="t")
+    # Threshold 0 serves any scored candidate: the density verifier scored the neighbour in the gateway.
+    assert (first.cache_status, second.cache_status) == ("miss", "hit") and len(calls) == 1
+    await gw.aclose()

@@ -16,6 +16,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from thrifty.cache.density import DensitySample
+
 log = logging.getLogger("thrifty.cache")
 
 
@@ -91,6 +93,7 @@ class VectorIndex:
         self.expires: list[float] = []
         self._ann: Ann | None = None
         self._ann_building = False
+        self._density: DensitySample | None = None
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -116,11 +119,25 @@ class VectorIndex:
             self.texts.extend(texts)
             self.expires.extend(expires)
             ann = self._ann
+            if self._density is not None:
+                self._density.add(texts, vecs)
         if ann is not None:
             ann.add(vecs, start)
         elif self._n >= self.ann_min_entries and self.ann_kind != "none" and not self._ann_building:
             self._ann_building = True
             threading.Thread(target=self._build_ann, name="thrifty-cache-ann", daemon=True).start()
+
+    def density(self) -> DensitySample:
+        """The namespace's neighbourhood sample (density.py), built on first use and kept up to date."""
+        with self._lock:
+            if self._density is None:
+                self._density = DensitySample(self.dim)
+                self._density.add(self.texts[:self._n], self._mat[:self._n])
+            return self._density
+
+    def vectors(self, pos: np.ndarray) -> np.ndarray:
+        """The stored vectors at positions ``pos``."""
+        return self._mat[np.asarray(pos, dtype=np.int64)]
 
     def build_ann_now(self) -> bool:
         """Build the ANN index synchronously (benchmarks, warm starts); False if unavailable."""

@@ -61,10 +61,6 @@ class PairCache:
         far = time.time() + 10 * 365 * 86400.0
         self.index.add([f"a{i}" for i in range(len(self.texts))], self.texts, vecs, [far] * len(self.texts))
 
-    def candidates(self, query: str, qvec: np.ndarray) -> tuple[list[str], np.ndarray]:
-        pos, sims = self.index.search(qvec, self.semantic.top_k)
-        return [self.texts[int(p)] for p in pos], sims
-
 
 @dataclass(frozen=True)
 class Lookup:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from thrifty.cache.backends.base import CacheBackend, EntryMeta
+from thrifty.cache.density import DENSITY_NAMES
 from thrifty.cache.index import VectorIndex
 from thrifty.cache.verifier import HitVerifier
 from thrifty.embeddings import Embedder
@@ -96,7 +97,17 @@ class SemanticCache:
         keep = [i for i, p in enumerate(pos) if index.expires[p] > now]
         pos, sims = pos[keep], sims[keep]
         texts = [index.texts[p] for p in pos]
-        scores = verifier.score(query, texts, sims) if texts else np.zeros(0)
+        if not texts:
+            return pos, texts, sims, np.zeros(0)
+        density = None
+        if verifier.uses_density:
+            # Only candidates the verifier will score need their neighbourhood (most lookups: none).
+            wanted = verifier.wants(sims)
+            if wanted.any():
+                density = np.zeros((len(texts), len(DENSITY_NAMES)))
+                density[wanted] = index.density().features(
+                    qvec, [t for t, w in zip(texts, wanted, strict=True) if w], index.vectors(pos[wanted]), sims[wanted])
+        scores = verifier.score(query, texts, sims, density)
         return pos, texts, sims, scores
 
     def search(self, index: VectorIndex, query: str, qvec: np.ndarray, verifier: HitVerifier,

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from thrifty.artifacts import read_artifact, write_artifact
+from thrifty.cache.density import DENSITY_NAMES
 from thrifty.cache.features import FEATURE_NAMES, build_idf, pair_features, vetoes
 from thrifty.cache.wordmodel import WordModel
 from thrifty.errors import ConfigError
@@ -36,8 +37,19 @@ class HitVerifier(Protocol):
     @property
     def name(self) -> str: ...
 
-    def score(self, query: str, candidates: list[str], sims: np.ndarray) -> np.ndarray:
-        """One score per candidate, higher = more likely the same question."""
+    @property
+    def uses_density(self) -> bool:
+        """Whether ``score`` wants the candidates' neighbourhood features (density.py)."""
+        ...
+
+    def wants(self, sims: np.ndarray) -> np.ndarray:
+        """Which candidates ``score`` will score (the others score -inf unseen)."""
+        ...
+
+    def score(self, query: str, candidates: list[str], sims: np.ndarray,
+              density: np.ndarray | None = None) -> np.ndarray:
+        """One score per candidate, higher = more likely the same question. ``density``: one row of
+        DENSITY_NAMES per candidate, for verifiers that use it."""
         ...
 
 
@@ -58,7 +70,15 @@ class RuleVerifier:
     def name(self) -> str:
         return "rules"
 
-    def score(self, query: str, candidates: list[str], sims: np.ndarray) -> np.ndarray:
+    @property
+    def uses_density(self) -> bool:
+        return False
+
+    def wants(self, sims: np.ndarray) -> np.ndarray:
+        return np.ones(len(sims), dtype=bool)
+
+    def score(self, query: str, candidates: list[str], sims: np.ndarray,
+              density: np.ndarray | None = None) -> np.ndarray:
         out = np.asarray(sims, dtype=np.float64).copy()
         for i, cand in enumerate(candidates):
             if vetoes(query, cand):
@@ -134,6 +154,8 @@ class LearnedVerifier:
     min_similarity: float = -1.0
     # The difference-word model whose score is a feature (None: a verifier without that column).
     words: WordModel | None = None
+    # Whether the neighbourhood features of density.py are columns of the model.
+    density: bool = False
 
     @property
     def name(self) -> str:
@@ -141,22 +163,36 @@ class LearnedVerifier:
 
     @property
     def feature_names(self) -> list[str]:
-        return feature_names(self.words is not None)
+        return feature_names(self.words is not None, self.density)
+
+    @property
+    def uses_density(self) -> bool:
+        return self.density
+
+    def wants(self, sims: np.ndarray) -> np.ndarray:
+        """Which candidates ``score`` will score (the others are rejected unscored)."""
+        return np.asarray(sims) >= self.min_similarity
 
     def _idf(self, w: str) -> float:
         return self.idf.get(w, self.idf["<unk>"])
 
-    def feature_rows(self, query: str, candidates: list[str], sims: np.ndarray) -> np.ndarray:
+    def feature_rows(self, query: str, candidates: list[str], sims: np.ndarray,
+                     density: np.ndarray | None = None) -> np.ndarray:
         words = self.words
-        rows = [[*pair_features(c, query, self._idf), *([words.score(c, query)] if words else []), float(s)]
-                for c, s in zip(candidates, sims, strict=True)]
+        if self.density and density is None:
+            raise ValueError("this verifier needs the candidates' density features")
+        rows = [[*pair_features(c, query, self._idf), *(density[i] if self.density else []),  # type: ignore[index]
+                 *([words.score(c, query)] if words else []), float(s)]
+                for i, (c, s) in enumerate(zip(candidates, sims, strict=True))]
         return np.asarray(rows, dtype=np.float64).reshape(len(candidates), len(self.feature_names))
 
-    def score(self, query: str, candidates: list[str], sims: np.ndarray) -> np.ndarray:
+    def score(self, query: str, candidates: list[str], sims: np.ndarray,
+              density: np.ndarray | None = None) -> np.ndarray:
         out = np.full(len(candidates), -np.inf)
-        keep = [i for i, s in enumerate(sims) if s >= self.min_similarity]
-        if keep:
-            out[keep] = self.model.predict(self.feature_rows(query, [candidates[i] for i in keep], sims[keep]))
+        keep = np.flatnonzero(self.wants(sims))
+        if len(keep):
+            dens = None if density is None else np.asarray(density)[keep]
+            out[keep] = self.model.predict(self.feature_rows(query, [candidates[i] for i in keep], sims[keep], dens))
         return out
 
     def save(self, path: str | Path) -> None:
@@ -166,22 +202,28 @@ class LearnedVerifier:
                "model": self.model.dump()}
         if self.words is not None:
             doc["words"] = self.words.dump()
+        if self.density:
+            doc["density"] = True
         write_artifact(path, doc)
 
     @classmethod
     def load(cls, path: str | Path) -> LearnedVerifier:
         doc = read_artifact(path, FORMAT, "cache verifier")
-        has_words = doc.get("features") == feature_names(True) and isinstance(doc.get("words"), dict)
-        if doc.get("features") != feature_names(has_words):
+        has_words = isinstance(doc.get("words"), dict)
+        has_density = bool(doc.get("density", False))
+        if doc.get("features") != feature_names(has_words, has_density):
             raise ConfigError(f"{path} was fitted on other features; re-run `thrifty cache calibrate`")
         return cls(_load_model(doc["model"]), {str(k): float(v) for k, v in doc["idf"].items()},
                    float(doc["threshold"]), str(doc.get("embedder", "")), dict(doc.get("info") or {}),
-                   float(doc.get("min_similarity", -1.0)), WordModel.from_dump(doc["words"]) if has_words else None)
+                   float(doc.get("min_similarity", -1.0)), WordModel.from_dump(doc["words"]) if has_words else None,
+                   has_density)
 
 
-def feature_names(with_words: bool) -> list[str]:
-    """The verifier's columns: pair features, the difference-word score if any, the similarity last."""
-    return [*FEATURE_NAMES, *(["word_model"] if with_words else []), "cosine"]
+def feature_names(with_words: bool, with_density: bool = False) -> list[str]:
+    """The verifier's columns: pair features, the neighbourhood features and the difference-word
+    score if any, the similarity last."""
+    return [*FEATURE_NAMES, *(DENSITY_NAMES if with_density else []), *(["word_model"] if with_words else []),
+            "cosine"]
 
 
 def fit_model(x: np.ndarray, y: np.ndarray, kind: str = "lgbm", seed: int = 0) -> _Model:

@@ -120,7 +120,8 @@ def register(app: typer.Typer) -> None:
                                              "config's, else the built-in rule verifier)."),
         embedder: str | None = typer.Option(None, help="lexical or minilm (default: the config's, else lexical)."),
         max_false_hit_rate: float = typer.Option(0.005, "--max-false-hit-rate", help="Calibration target."),
-        model: str = typer.Option("auto", help="Verifier model for --calibrate-on: auto, lgbm, logreg or cosine."),
+        model: str = typer.Option("auto", help="Verifier model for --calibrate-on: auto, lgbm+density, lgbm, "
+                                  "logreg+density, logreg or cosine (see `cache calibrate`)."),
         top_k: int = typer.Option(5, "--top-k", help="Candidates the verifier sees per lookup."),
         config: Path | None = ConfigOpt,
     ) -> None:
@@ -166,7 +167,8 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("cache-verifier.json"), "--out", "-o", help="Where to write the verifier."),
         embedder: str | None = typer.Option(None, help="lexical or minilm (default: the config's, else lexical)."),
         model: str = typer.Option("auto", help="auto (the better of lgbm and cosine in CV), lgbm (gbm extra), "
-                                  "logreg or cosine."),
+                                  "logreg, cosine, or opt-in lgbm+density / logreg+density: also weigh how "
+                                  "crowded the cache is around both questions (see docs/caching.md)."),
         folds: int = typer.Option(5, help="Cross-validation folds."),
         margin: float = typer.Option(1.0, help="Calibrate to margin x the target (below 1: room for new-data "
                                      "variance)."),
