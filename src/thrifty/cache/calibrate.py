@@ -76,7 +76,7 @@ def _replay(pairs: list[Pair], embedder: Embedder, idf: dict[str, float], top_k:
     cache = PairCache([p.text_a for p in pairs], embedder, top_k=top_k)
     qvecs = embed_all(embedder, [p.text_b for p in pairs])
     slot = {t: i for i, t in enumerate(cache.texts)}
-    avecs = cache.index._mat[[slot[p.text_a] for p in pairs]]
+    avecs = cache.index.vectors(np.array([slot[p.text_a] for p in pairs]))
     sample = cache.index.density() if density else None
     d = len(FEATURE_NAMES) + len(DENSITY_NAMES) + 1
     n = len(pairs)

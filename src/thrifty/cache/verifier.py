@@ -181,8 +181,8 @@ class LearnedVerifier:
         words = self.words
         if self.density and density is None:
             raise ValueError("this verifier needs the candidates' density features")
-        rows = [[*pair_features(c, query, self._idf), *(density[i] if self.density else []),  # type: ignore[index]
-                 *([words.score(c, query)] if words else []), float(s)]
+        dens = np.asarray(density) if self.density and density is not None else np.zeros((len(candidates), 0))
+        rows = [[*pair_features(c, query, self._idf), *dens[i], *([words.score(c, query)] if words else []), float(s)]
                 for i, (c, s) in enumerate(zip(candidates, sims, strict=True))]
         return np.asarray(rows, dtype=np.float64).reshape(len(candidates), len(self.feature_names))
 
