@@ -49,8 +49,8 @@ def pairs(data_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
 
 def test_decisions_do_not_depend_on_labels(pairs: tuple[Path, Path], tmp_path: Path) -> None:
     real, shuffled = pairs
-    run("eval", "--pairs", str(real), "--decisions", str(tmp_path / "a.jsonl"))
-    run("eval", "--pairs", str(shuffled), "--decisions", str(tmp_path / "b.jsonl"))
+    run("eval", "--pairs", str(real), "--embedder", "lexical", "--decisions", str(tmp_path / "a.jsonl"))
+    run("eval", "--pairs", str(shuffled), "--embedder", "lexical", "--decisions", str(tmp_path / "b.jsonl"))
     a, b = decisions(tmp_path / "a.jsonl"), decisions(tmp_path / "b.jsonl")
     assert a == b
     assert [d["index"] for d in a] == list(range(300))
@@ -62,9 +62,9 @@ def test_calibrated_eval_decisions_do_not_depend_on_judged_labels(
     real, shuffled = pairs
     train = write(tmp_path / "train.jsonl", slice_pairs(data_dir, 1000, 600))
     out_a = run("eval", "--pairs", str(real), "--calibrate-on", str(train), "--model", "logreg",
-                "--decisions", str(tmp_path / "a.jsonl"), "--json")
+                "--embedder", "lexical", "--decisions", str(tmp_path / "a.jsonl"), "--json")
     run("eval", "--pairs", str(shuffled), "--calibrate-on", str(train), "--model", "logreg",
-        "--decisions", str(tmp_path / "b.jsonl"))
+        "--embedder", "lexical", "--decisions", str(tmp_path / "b.jsonl"))
     assert decisions(tmp_path / "a.jsonl") == decisions(tmp_path / "b.jsonl")
     rep = json.loads(out_a)  # parses: the progress lines went to stderr
     op = rep["operating_point"]
@@ -76,6 +76,10 @@ def test_calibrated_eval_decisions_do_not_depend_on_judged_labels(
 
 
 def test_calibrate_writes_a_verifier_that_eval_and_the_gateway_load(data_dir: Path, tmp_path: Path) -> None:
+    """With no embedder named anywhere: calibrate uses "auto" (MiniLM when the embeddings extra is
+    installed) and eval and the gateway embed with the one the verifier file records."""
+    from thrifty.embeddings.base import sentence_extra_installed
+
     train = write(tmp_path / "train.jsonl", slice_pairs(data_dir, 2000, 600))
     out = tmp_path / "verifier.json"
     summary = json.loads(run("calibrate", "--pairs", str(train), "--max-false-hit-rate", "0.05", "--out", str(out),
@@ -98,6 +102,9 @@ def test_calibrate_writes_a_verifier_that_eval_and_the_gateway_load(data_dir: Pa
         "cache": {"path": str(tmp_path / "c.db"), "semantic": {"enabled": True, "verifier": str(out)}},
     })
     assert gw.cache_stage is not None and gw.cache_stage.verifier(str(out)).threshold == summary["threshold"]
+    assert summary["embedder"] == saved["embedder"] == ("sentence:all-MiniLM-L6-v2" if sentence_extra_installed()
+                                                        else "lexical-v1-d1024-w2-c3-5x0.5")
+    assert gw.cache_stage.semantic is not None and gw.cache_stage.semantic.embedder.name == saved["embedder"]
     gw.close()
 
 
@@ -152,11 +159,12 @@ async def test_density_verifier_from_calibrate_runs_in_eval_and_in_the_gateway(
     train = write(tmp_path / "train.jsonl", slice_pairs(data_dir, 3000, 600))
     out = tmp_path / "dense.json"
     summary = json.loads(run("calibrate", "--pairs", str(train), "--max-false-hit-rate", "0.05", "--out", str(out),
-                             "--model", "lgbm+density", "--folds", "3", "--json"))
+                             "--model", "lgbm+density", "--folds", "3", "--embedder", "lexical", "--json"))
     saved = json.loads(out.read_text())
     assert saved["density"] is True and saved["features"][-len(DENSITY_NAMES) - 2:-2] == DENSITY_NAMES
     assert {f["model"] for f in summary["cv_folds"]} == {"lgbm+density"}
     real, shuffled = pairs
+    # No --embedder: eval embeds with the one the verifier file names (lexical here).
     run("eval", "--pairs", str(real), "--verifier", str(out), "--decisions", str(tmp_path / "a.jsonl"))
     run("eval", "--pairs", str(shuffled), "--verifier", str(out), "--decisions", str(tmp_path / "b.jsonl"))
     assert decisions(tmp_path / "a.jsonl") == decisions(tmp_path / "b.jsonl")
@@ -180,3 +188,24 @@ async def test_density_verifier_from_calibrate_runs_in_eval_and_in_the_gateway(
     # Threshold 0 serves any scored candidate: the density verifier scored the neighbour in the gateway.
     assert (first.cache_status, second.cache_status) == ("miss", "hit") and len(calls) == 1
     await gw.aclose()
+
+
+def test_calibration_is_the_same_in_every_process(data_dir: Path, tmp_path: Path) -> None:
+    """Python salts string hashes per process, so anything summed in set order could move a tree
+    split; two processes with different hash seeds must write the same verifier."""
+    import os
+    import subprocess
+    import sys
+
+    train = write(tmp_path / "train.jsonl", slice_pairs(data_dir, 8000, 500))
+    docs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"v{seed}.json"
+        subprocess.run([sys.executable, "-m", "thrifty.cli.main", "cache", "calibrate", "--pairs", str(train),
+                        "--embedder", "lexical", "--model", "lgbm", "--folds", "3", "--max-false-hit-rate", "0.05",
+                        "--out", str(out)], check=True, capture_output=True,
+                       env={**os.environ, "PYTHONHASHSEED": seed})
+        doc = json.loads(out.read_text())
+        doc["info"].pop("created")
+        docs.append(doc)
+    assert docs[0] == docs[1]

@@ -40,7 +40,8 @@ def build_cache_stage(config: Config, catalog: Catalog, caller: Any = None) -> C
         from thrifty.embeddings import build_embedder
 
         s = cfg.semantic
-        semantic = SemanticCache(backend, build_embedder(s.embedder), top_k=s.top_k, ann=s.ann,
+        spec = s.embedder if s.embedder is not None else verifier_embedder(config, cfg)
+        semantic = SemanticCache(backend, build_embedder(spec), top_k=s.top_k, ann=s.ann,
                                  ann_min_entries=s.ann_min_entries, refresh_s=s.refresh_s)
     confirm = None
     if cfg.semantic.confirm_model:
@@ -60,6 +61,22 @@ def build_cache_stage(config: Config, catalog: Catalog, caller: Any = None) -> C
                                   "calibrate` with the same embedder")
             stage._verifiers[path] = verifier
     return stage
+
+
+def verifier_embedder(config: Config, cfg: CacheConfig) -> str:
+    """The embedder spec when the config names none: the one the verifier files were calibrated
+    with (a verifier only fits the similarity scale it was fitted on), else the lexical default."""
+    from thrifty.embeddings.base import spec_for_name
+
+    paths = sorted({p for p in (cfg.semantic.verifier, *(r.verifier for r in cfg.routes.values())) if p})
+    names = sorted({_load(config.resolve_path(p)).embedder for p in paths} - {""})
+    if not names:
+        return "lexical"
+    spec = spec_for_name(names[0])
+    if len(names) > 1 or spec is None:
+        raise ConfigError(f"cache verifiers were calibrated with embedder(s) {', '.join(names)}: set "
+                          "cache.semantic.embedder to the one they share")
+    return spec
 
 
 def _load(path: str) -> Any:

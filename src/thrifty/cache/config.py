@@ -18,8 +18,9 @@ class SemanticConfig(_Strict):
     """The semantic cache: nearest earlier question of the same scope, served only when verified."""
 
     enabled: bool = False
-    # An embedder spec for thrifty.embeddings.build_embedder: "lexical" (default), "minilm", {...}.
-    embedder: str | dict[str, Any] = "lexical"
+    # An embedder spec for thrifty.embeddings.build_embedder: "lexical", "minilm", "auto", {...}.
+    # None (default): the embedder the configured verifier file was calibrated with, else lexical.
+    embedder: str | dict[str, Any] | None = None
     # A verifier file written by `thrifty cache calibrate`; None: the built-in rule verifier.
     verifier: str | None = None
     # Minimum verifier score to serve; None: the threshold stored in the verifier file.

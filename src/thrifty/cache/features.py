@@ -171,14 +171,16 @@ def pair_features(a: str, b: str, idf: Idf) -> list[float]:
     f += [len(da) + len(db), min(len(da), len(db)), max(len(da), len(db)),
           len(dca) + len(dcb), min(len(dca), len(dcb)), max(len(dca), len(dcb)),
           len(dsa) + len(dsb), min(len(dsa), len(dsb))]
-    wa = sum(idf(w) for w in ca) or 1e-6
-    wb = sum(idf(w) for w in cb) or 1e-6
-    shared = sum(idf(w) for w in ca & cb)
+    # math.fsum: a set's iteration order follows the per-process string hash, and a plain float
+    # sum in another order differs in the last bits, enough to move a tree split between runs.
+    wa = math.fsum(idf(w) for w in ca) or 1e-6
+    wb = math.fsum(idf(w) for w in cb) or 1e-6
+    shared = math.fsum(idf(w) for w in ca & cb)
     d_idf = sorted(idf(w) for w in dca | dcb)
     ds_idf = [idf(w) for w in dsa | dsb]
-    f += [shared / (wa + wb - shared + 1e-6), shared / min(wa, wb), sum(d_idf),
+    f += [shared / (wa + wb - shared + 1e-6), shared / min(wa, wb), math.fsum(d_idf),
           d_idf[-1] if d_idf else 0.0, d_idf[-2] if len(d_idf) > 1 else 0.0,
-          sum(ds_idf), max(ds_idf, default=0.0)]
+          math.fsum(ds_idf), max(ds_idf, default=0.0)]
     f += [difflib.SequenceMatcher(None, A.joined, B.joined, autojunk=False).ratio(),
           difflib.SequenceMatcher(None, ta, tb, autojunk=False).ratio(),
           float(sa == sb), float(sta == stb)]

@@ -34,12 +34,33 @@ def _backend(cfg: Any) -> Any:
     return open_backend(cfg, cfg.cache)
 
 
-def _embedder(spec: str | None, cfg: Any) -> Any:
-    from thrifty.embeddings import build_embedder
+EMBEDDER_HELP = ("lexical, minilm or auto (default: the config's, else the verifier's, else auto: minilm when "
+                 "the embeddings extra is installed, else lexical).")
 
-    if spec is None and cfg is not None and cfg.cache is not None:
-        return build_embedder(cfg.cache.semantic.embedder)
-    return build_embedder(spec or "lexical")
+
+def _embedder(spec: str | None, cfg: Any, verifier: Path | None = None) -> Any:
+    """--embedder, else the config's, else the one the verifier in use was calibrated with, else
+    "auto": the bundled MiniLM when the embeddings extra is installed (it serves far more
+    duplicates at the same false-hit rate, docs/benchmarks.md), the lexical embedder without it."""
+    from thrifty.cache.build import verifier_embedder
+    from thrifty.embeddings import build_embedder
+    from thrifty.embeddings.base import spec_for_name
+
+    if spec is not None:
+        return build_embedder(spec)
+    if verifier is not None:
+        from thrifty.cache.verifier import LearnedVerifier
+
+        name = LearnedVerifier.load(verifier).embedder
+        if name and spec_for_name(name) is None:
+            raise ConfigError(f"the verifier was calibrated with embedder {name}: pass --embedder")
+        return build_embedder(spec_for_name(name) if name else "auto")
+    if cfg is not None and cfg.cache is not None:
+        if cfg.cache.semantic.embedder is not None:
+            return build_embedder(cfg.cache.semantic.embedder)
+        if cfg.cache.semantic.verifier:
+            return build_embedder(verifier_embedder(cfg, cfg.cache))
+    return build_embedder("auto")
 
 
 def register(app: typer.Typer) -> None:
@@ -118,7 +139,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
         verifier: Path | None = typer.Option(None, help="A verifier file from `cache calibrate` (default: the "
                                              "config's, else the built-in rule verifier)."),
-        embedder: str | None = typer.Option(None, help="lexical or minilm (default: the config's, else lexical)."),
+        embedder: str | None = typer.Option(None, help=EMBEDDER_HELP),
         max_false_hit_rate: float = typer.Option(0.005, "--max-false-hit-rate", help="Calibration target."),
         model: str = typer.Option("auto", help="Verifier model for --calibrate-on: auto, lgbm+density, lgbm, "
                                   "logreg+density, logreg or cosine (see `cache calibrate`)."),
@@ -132,7 +153,7 @@ def register(app: typer.Typer) -> None:
         from thrifty.cache.verifier import HitVerifier, LearnedVerifier, RuleVerifier
 
         cfg = _config(config, required=False)
-        emb = _embedder(embedder, cfg)
+        emb = _embedder(embedder, cfg, verifier if calibrate_on is None else None)
         judged = read_pairs(pairs)
         fitted: dict[str, Any] = {}
         ver: HitVerifier
@@ -165,7 +186,7 @@ def register(app: typer.Typer) -> None:
         max_false_hit_rate: float = typer.Option(0.005, "--max-false-hit-rate",
                                                  help="Largest share of non-duplicates that may be served."),
         out: Path = typer.Option(Path("cache-verifier.json"), "--out", "-o", help="Where to write the verifier."),
-        embedder: str | None = typer.Option(None, help="lexical or minilm (default: the config's, else lexical)."),
+        embedder: str | None = typer.Option(None, help=EMBEDDER_HELP),
         model: str = typer.Option("auto", help="auto (the better of lgbm and cosine in CV), lgbm (gbm extra), "
                                   "logreg, cosine, or opt-in lgbm+density / logreg+density: also weigh how "
                                   "crowded the cache is around both questions (see docs/caching.md)."),

