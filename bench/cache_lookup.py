@@ -5,7 +5,7 @@
 
 Exact: the gateway's lookup (`CacheStage.lookup`: SQLite primary-key read + checksum + decode)
 against a file holding N entries. Semantic: `SemanticCache.lookup` (query embedding, nearest
-neighbours, verifier over the top 5) against one namespace of N questions. Every figure is wall
+neighbours, verifier over the top 10, the default top_k) against one namespace of N questions. Every figure is wall
 time per lookup on this machine; CPU time per lookup is shown too because a loaded machine
 inflates wall-clock tails. The baseline in the same run is exact numpy search at the same N.
 """
@@ -34,7 +34,7 @@ from thrifty.cache.backends.base import EntryMeta  # noqa: E402
 from thrifty.cache.backends.memory import MemoryBackend  # noqa: E402
 from thrifty.cache.backends.sqlite import SQLiteBackend  # noqa: E402
 from thrifty.cache.calibrate import MODELS, calibrate  # noqa: E402
-from thrifty.cache.config import CacheConfig  # noqa: E402
+from thrifty.cache.config import DEFAULT_TOP_K, CacheConfig  # noqa: E402
 from thrifty.cache.entry import CacheEntry  # noqa: E402
 from thrifty.cache.index import VectorIndex, make_ann  # noqa: E402
 from thrifty.cache.pairs import Pair, embed_all  # noqa: E402
@@ -112,7 +112,7 @@ async def bench_semantic(n: int, lookups: int, ann: str, rng: random.Random, mod
     pairs = load_pairs()
     cal_pairs = [Pair(p["text_a"], p["text_b"], int(p["label"])) for p in pairs[:3000]]
     verifier = calibrate(cal_pairs, embedder, folds=3, model=model).verifier
-    sem = SemanticCache(MemoryBackend(), embedder, top_k=5, ann=ann, ann_min_entries=10**12)
+    sem = SemanticCache(MemoryBackend(), embedder, top_k=DEFAULT_TOP_K, ann=ann, ann_min_entries=10**12)
     slot = await sem.slot("bench")
     far = time.time() + 86400
     slot.index.add([f"k{i}" for i in range(n)], texts, vecs, [far] * n)
@@ -180,8 +180,8 @@ def render(ex: dict[str, float], sem: dict[str, Any], cmp_rows: list[dict[str, A
         f"Target exact p99 < 1 ms: **{'met' if ok_exact else 'not met'}** ({ex['hit_p99']:.3f} ms).",
         "",
         f"Semantic cache, one namespace of {sem['n']:,} questions, embedder `{sem['embedder']}` (dim {sem['dim']}), "
-        f"`SemanticCache.lookup` = embed the query + top-5 search + learned verifier (`{sem['verifier']}`) on the 5 "
-        "candidates (neighbourhood features included when the verifier uses them):",
+        f"`SemanticCache.lookup` = embed the query + top-{DEFAULT_TOP_K} search + learned verifier (`{sem['verifier']}`) "
+        f"on the {DEFAULT_TOP_K} candidates (neighbourhood features included when the verifier uses them):",
         "",
         "| index | p50 ms | p99 ms | CPU p50 ms | CPU p99 ms |", "| --- | ---: | ---: | ---: | ---: |",
         f"| exact numpy (baseline, 200 lookups) | {sem['exact_p50']:.2f} | {sem['exact_p99']:.2f} | "

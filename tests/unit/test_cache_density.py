@@ -113,3 +113,37 @@ def test_semantic_lookup_hands_the_verifier_each_candidates_neighbourhood(tmp_pa
     assert len(got_texts) == 3
     want = v.score(query, got_texts, sims, index.density().features(qvec, got_texts, index.vectors(pos), sims))
     assert np.allclose(scores, want)
+
+
+def test_gate_zeroes_what_the_plain_verifier_rejects_and_survives_a_round_trip(tmp_path: Path) -> None:
+    from thrifty.cache.verifier import _Cosine
+
+    v = density_verifier(tmp_path)
+    # The gate reads the rows without the neighbourhood columns; a cosine gate at 0.85 keeps only
+    # candidates at least that similar.
+    gated = LearnedVerifier(v.model, v.idf, v.threshold, v.embedder, v.info, density=True, gate=_Cosine(),
+                            gate_threshold=0.85)
+    gated.save(tmp_path / "g.json")
+    back = LearnedVerifier.load(tmp_path / "g.json")
+    assert json.loads((tmp_path / "g.json").read_text())["gate"]["threshold"] == 0.85
+    cands, sims = ["How do I learn knitting?", "How do I learn java?"], np.array([0.9, 0.8])
+    dens = np.random.default_rng(5).normal(size=(2, len(DENSITY_NAMES)))
+    plain = v.score("How can I learn knitting?", cands, sims, dens)
+    for ver in (gated, back):
+        got = ver.score("How can I learn knitting?", cands, sims, dens)
+        assert got[0] == pytest.approx(plain[0]) and got[1] == 0.0
+
+
+def test_density_calibration_gates_with_the_plain_verifier(data_dir: Path) -> None:
+    """The "+density" scorer is cross-validated after its plain gate and stores that gate."""
+    from thrifty.cache.calibrate import GATE_RATE, calibrate
+    from thrifty.cache.pairs import read_pairs
+    from thrifty.embeddings import build_embedder
+
+    pairs = read_pairs(data_dir / "qqp" / "pairs_dev.jsonl")[:600]
+    cal = calibrate(pairs, build_embedder("lexical"), model="logreg+density", folds=3, max_false_hit_rate=0.05)
+    v = cal.verifier
+    assert v.gate is not None and v.density and v.info["gate"] == {"model": "logreg",
+                                                                    "false_acceptance_rate": GATE_RATE}
+    assert set(v.info["cv_duplicate_hit_rate"]) == {"logreg", "logreg+density"}
+    assert {f["model"] for f in cal.folds} == {"logreg+density"}

@@ -86,7 +86,7 @@ def test_calibrate_writes_a_verifier_that_eval_and_the_gateway_load(data_dir: Pa
                              "--model", "auto", "--folds", "3", "--json"))
     assert out.exists() and len(summary["cv_folds"]) == 3
     # auto cross-validated the scorers and kept the one serving the most duplicates at the target.
-    assert summary["cv_folds"][0]["model"] in ("lgbm", "cosine")
+    assert summary["cv_folds"][0]["model"] in ("lgbm+density", "lgbm", "cosine")
     saved = json.loads(out.read_text())
     # A learned verifier carries its difference-word model; the similarity alone needs none.
     assert ("words" in saved) == (saved["model"]["kind"] == "lgbm")

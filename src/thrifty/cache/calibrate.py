@@ -20,22 +20,26 @@ from typing import Any
 
 import numpy as np
 
+from thrifty.cache.config import DEFAULT_TOP_K
 from thrifty.cache.density import DENSITY_NAMES
 from thrifty.cache.features import FEATURE_NAMES, build_idf, pair_features
 from thrifty.cache.pairs import Pair, PairCache, embed_all
-from thrifty.cache.verifier import LearnedVerifier, fit_model, threshold_at
+from thrifty.cache.verifier import LearnedVerifier, apply_gate, fit_model, threshold_at
 from thrifty.cache.wordmodel import WordModel, diff_tokens, fit_word_model, oof_word_scores
 from thrifty.embeddings import Embedder
 from thrifty.errors import DataError
 
 # What `--model` accepts. "auto" cross-validates AUTO_MODELS and keeps the one that accepts the most
-# duplicates at the target. "+density" adds the neighbourhood features of density.py; it is opt-in,
-# not tried by "auto": on QQP it accepts more labelled duplicates, but it also serves more cached
-# entries of *other* questions, and those include wrong answers on templated questions ("rehab
-# center in Union County IA" answered with the one for Marshall County AL), which the plain
-# verifier did not serve (docs/caching.md).
+# duplicates at the target. "+density" adds the neighbourhood features of density.py, gated by the
+# plain scorer: ungated, it served more cached entries of *other* questions than the plain one, and
+# those included wrong answers on templated questions ("rehab center in Union County IA" answered
+# with the one for Marshall County AL); gated, it served about as many as the plain one and none
+# of those (docs/caching.md).
 MODELS = ("auto", "lgbm+density", "lgbm", "logreg+density", "logreg", "cosine")
-AUTO_MODELS = ("lgbm", "cosine")
+AUTO_MODELS = ("lgbm+density", "lgbm", "cosine")
+# A "+density" verifier only scores candidates whose plain-verifier score reaches the plain
+# verifier's threshold for this false-acceptance rate (verifier.apply_gate).
+GATE_RATE = 0.01
 
 
 @dataclass
@@ -65,6 +69,9 @@ class _Replay:
     # Difference-word models by training rows: the learned scorers with and without the
     # neighbourhood features share them instead of fitting each twice.
     words: dict[bytes, tuple[WordModel, np.ndarray]] = field(default_factory=dict)
+    # Fitted scorers by (kind, training rows): a plain scorer fitted in its own cross-validation
+    # is reused as the gate of the "+density" scorer on the same rows.
+    fits: dict[tuple[str, bytes], _Fitted] = field(default_factory=dict)
 
 
 def _replay(pairs: list[Pair], embedder: Embedder, idf: dict[str, float], top_k: int, density: bool) -> _Replay:
@@ -124,6 +131,22 @@ class _Fitted:
     model: Any
     words: WordModel | None
     density: bool = False
+    gate: _Fitted | None = None
+    gate_threshold: float = 0.0
+
+    def predict_own(self, r: _Replay, idx: np.ndarray) -> np.ndarray:
+        """Scores of each pair's own (text_a, text_b)."""
+        s = np.asarray(self.model.predict(self.own_rows(r, idx)), dtype=np.float64)
+        return s if self.gate is None else apply_gate(s, self.gate.predict_own(r, idx), self.gate_threshold)
+
+    def predict_cand(self, r: _Replay, idx: np.ndarray) -> np.ndarray:
+        """Scores of each query's retrieved candidates, (len(idx), k); empty slots -inf."""
+        cand = self.cand_rows(r, idx)
+        k, d = cand.shape[1], cand.shape[2]
+        s = np.asarray(self.model.predict(cand.reshape(-1, d)), dtype=np.float64).reshape(len(idx), k)
+        if self.gate is not None:
+            s = apply_gate(s, self.gate.predict_cand(r, idx), self.gate_threshold)
+        return np.where(r.cand_ok[idx], s, -np.inf)
 
     def own_rows(self, r: _Replay, idx: np.ndarray) -> np.ndarray:
         x = r.own[idx][:, _columns(self.density)]
@@ -140,30 +163,39 @@ class _Fitted:
         return _with_word_scores(x, w)
 
 
-def _fit(kind: str, r: _Replay, y: np.ndarray, idx: np.ndarray, seed: int) -> _Fitted:
+def _fit(kind: str, r: _Replay, y: np.ndarray, idx: np.ndarray, seed: int,
+         gate_threshold: float | None = None) -> _Fitted:
     """The scorer fitted on pairs ``idx``. A learned scorer also gets the difference-word model,
     trained on the same pairs, whose column it learns from out-of-fold scores; ``+density`` adds
-    the neighbourhood features."""
+    the neighbourhood features and is gated by the plain scorer fitted on the same pairs at
+    ``gate_threshold``."""
     base, _, extra = kind.partition("+")
-    if base == "cosine":
-        return _Fitted(fit_model(r.own[idx], y[idx], base, seed), None)
-    density = extra == "density"
     memo = idx.tobytes() + seed.to_bytes(8, "little", signed=True)
-    if memo not in r.words:
-        toks = [r.own_tokens[i] for i in idx]
-        r.words[memo] = (fit_word_model(toks, y[idx]), oof_word_scores(toks, y[idx], seed=seed))
-    words, oof = r.words[memo]
-    x = _with_word_scores(r.own[idx][:, _columns(density)], oof)
-    return _Fitted(fit_model(x, y[idx], base, seed), words, density)
+    if (kind, memo) in r.fits and gate_threshold is None:
+        return r.fits[(kind, memo)]
+    if base == "cosine":
+        fitted = _Fitted(fit_model(r.own[idx], y[idx], base, seed), None)
+    else:
+        density = extra == "density"
+        if memo not in r.words:
+            toks = [r.own_tokens[i] for i in idx]
+            r.words[memo] = (fit_word_model(toks, y[idx]), oof_word_scores(toks, y[idx], seed=seed))
+        words, oof = r.words[memo]
+        x = _with_word_scores(r.own[idx][:, _columns(density)], oof)
+        fitted = _Fitted(fit_model(x, y[idx], base, seed), words, density)
+        if density:
+            if gate_threshold is None:
+                raise ValueError("a +density scorer needs its gate threshold")
+            fitted.gate, fitted.gate_threshold = _fit(base, r, y, idx, seed), gate_threshold
+            return fitted
+    r.fits[(kind, memo)] = fitted
+    return fitted
 
 
 def _best(fitted: _Fitted, r: _Replay, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per query: the best candidate's score, the own text_a's score (-inf if not retrieved), and
     the best candidate's similarity."""
-    cand = fitted.cand_rows(r, idx)
-    k, d = cand.shape[1], cand.shape[2]
-    scores = fitted.model.predict(cand.reshape(-1, d)).reshape(len(idx), k)
-    scores = np.where(r.cand_ok[idx], scores, -np.inf)
+    scores = fitted.predict_cand(r, idx)
     j = np.argmax(scores, axis=1)
     rows = np.arange(len(idx))
     own = np.where(r.is_own[idx], scores, -np.inf).max(axis=1)
@@ -171,7 +203,7 @@ def _best(fitted: _Fitted, r: _Replay, idx: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def calibrate(pairs: list[Pair], embedder: Embedder, *, max_false_hit_rate: float = 0.005, model: str = "auto",
-              folds: int = 5, margin: float = 1.0, top_k: int = 5, seed: int = 0,
+              folds: int = 5, margin: float = 1.0, top_k: int = DEFAULT_TOP_K, seed: int = 0,
               progress: Callable[[str], None] | None = None) -> Calibration:
     """A verifier fitted on ``pairs`` with its threshold for ``max_false_hit_rate``, plus CV figures.
 
@@ -195,10 +227,14 @@ def calibrate(pairs: list[Pair], embedder: Embedder, *, max_false_hit_rate: floa
     r = _replay(pairs, embedder, idf, top_k, density=any(k.endswith("+density") for k in kinds))
     split = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(r.own, y))
     target = margin * max_false_hit_rate
-    tried = {}
-    for kind in kinds:
+    # A "+density" scorer's gate is its plain scorer: cross-validate that first (its out-of-fold
+    # scores set the gate thresholds), also when only the "+density" one was asked for.
+    gates = [k.partition("+")[0] for k in kinds if k.endswith("+density")]
+    tried: dict[str, tuple[list[dict[str, Any]], np.ndarray, np.ndarray, np.ndarray]] = {}
+    for kind in dict.fromkeys([*gates, *kinds]):
         say(f"calibrate: {folds}-fold cross-validation of the {kind} verifier")
-        tried[kind] = _cross_validate(kind, r, y, split, target, seed)
+        gate_oof = tried[kind.partition("+")[0]][1] if kind.endswith("+density") else None
+        tried[kind] = _cross_validate(kind, r, y, split, target, seed, gate_oof)
     # Chosen on the pooled out-of-fold scores (duplicates accepted at the threshold that meets the
     # target over all pairs): the per-fold figures add the noise of moving a threshold between
     # folds, which flipped the choice between two scorers of near-equal per-fold means.
@@ -206,7 +242,10 @@ def calibrate(pairs: list[Pair], embedder: Embedder, *, max_false_hit_rate: floa
     best = max(kinds, key=lambda k: pooled[k])
     results, oof_pair, oof_best, oof_sim = tried[best]
     say(f"calibrate: fitting the {best} verifier on all {len(pairs):,} pairs")
-    final = _fit(best, r, y, np.arange(len(y)), seed)
+    gate_threshold = None
+    if best.endswith("+density"):
+        gate_threshold = threshold_at(tried[best.partition("+")[0]][1][y == 0], GATE_RATE)
+    final = _fit(best, r, y, np.arange(len(y)), seed, gate_threshold)
     threshold = threshold_at(oof_pair[y == 0], target)
     # Candidates far less similar than any the verifier accepted here are not worth scoring: a
     # label-free shortcut that keeps lookups cheap (it can only turn hits into misses).
@@ -217,8 +256,10 @@ def calibrate(pairs: list[Pair], embedder: Embedder, *, max_false_hit_rate: floa
             "cv_duplicate_hit_rate": {k: float(np.mean([f["duplicate_hit_rate"] for f in v[0]]))
                                       for k, v in tried.items()},
             "cv_pooled_duplicate_hit_rate": pooled}
+    if final.gate is not None:
+        info["gate"] = {"model": best.partition("+")[0], "false_acceptance_rate": GATE_RATE}
     verifier = LearnedVerifier(final.model, idf, threshold, embedder.name, info, min_similarity, final.words,
-                               final.density)
+                               final.density, final.gate.model if final.gate else None, final.gate_threshold)
     return Calibration(verifier, results, time.perf_counter() - t0)
 
 
@@ -228,19 +269,24 @@ def _pooled_hit_rate(oof_pair: np.ndarray, y: np.ndarray, target: float) -> floa
 
 
 def _cross_validate(kind: str, r: _Replay, y: np.ndarray, split: list[tuple[np.ndarray, np.ndarray]],
-                    target: float, seed: int) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray, np.ndarray]:
-    """Per-fold figures at thresholds chosen on the other folds; out-of-fold pair and best-candidate scores."""
+                    target: float, seed: int, gate_oof: np.ndarray | None = None,
+                    ) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray, np.ndarray]:
+    """Per-fold figures at thresholds chosen on the other folds; out-of-fold pair and best-candidate
+    scores. ``gate_oof``: the gate scorer's out-of-fold pair scores (for a "+density" kind)."""
     oof_pair = np.zeros(len(y))
     oof_best = np.zeros(len(y))
     oof_own = np.zeros(len(y))  # the own text_a's score in the replay (-inf: not retrieved)
     oof_sim = np.zeros(len(y))
     fold_of = np.zeros(len(y), dtype=int)
-    for f, (tr, te) in enumerate(split):
-        m = _fit(kind, r, y, tr, seed)
-        oof_pair[te] = m.model.predict(m.own_rows(r, te))
-        oof_best[te], oof_own[te], oof_sim[te] = _best(m, r, te)
+    for f, (_, te) in enumerate(split):
         fold_of[te] = f
     pos, neg = y == 1, y == 0
+    for f, (tr, te) in enumerate(split):
+        # The gate threshold from the gate's out-of-fold scores on the training folds only.
+        gate_threshold = None if gate_oof is None else threshold_at(gate_oof[(fold_of != f) & neg], GATE_RATE)
+        m = _fit(kind, r, y, tr, seed, gate_threshold)
+        oof_pair[te] = m.predict_own(r, te)
+        oof_best[te], oof_own[te], oof_sim[te] = _best(m, r, te)
     results: list[dict[str, Any]] = []
     for f in range(len(split)):
         te, rest = fold_of == f, fold_of != f

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from thrifty.cache.config import DEFAULT_TOP_K
 from thrifty.cache.pairs import Lookup, Pair, PairCache, embed_all, lookup_all
 from thrifty.cache.verifier import HitVerifier
 from thrifty.embeddings import Embedder
@@ -27,7 +28,7 @@ from thrifty.embeddings import Embedder
 _GRID_QUANTILES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995)
 
 
-def decide_all(pairs: list[Pair], embedder: Embedder, verifier: HitVerifier, top_k: int = 5,
+def decide_all(pairs: list[Pair], embedder: Embedder, verifier: HitVerifier, top_k: int = DEFAULT_TOP_K,
                ann: str = "none") -> tuple[list[Lookup], dict[str, float]]:
     """Cache every text_a, look up every text_b. Reads no label."""
     cache = PairCache([p.text_a for p in pairs], embedder, top_k=top_k, ann=ann)

@@ -9,7 +9,6 @@ the rarity (IDF) of the differing words. All are symmetric in the two texts wher
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -17,6 +16,8 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
+
+from rapidfuzz.distance import Indel
 
 _TOK = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _RAW_TOK = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+#'&-]*")
@@ -181,8 +182,9 @@ def pair_features(a: str, b: str, idf: Idf) -> list[float]:
     f += [shared / (wa + wb - shared + 1e-6), shared / min(wa, wb), math.fsum(d_idf),
           d_idf[-1] if d_idf else 0.0, d_idf[-2] if len(d_idf) > 1 else 0.0,
           math.fsum(ds_idf), max(ds_idf, default=0.0)]
-    f += [difflib.SequenceMatcher(None, A.joined, B.joined, autojunk=False).ratio(),
-          difflib.SequenceMatcher(None, ta, tb, autojunk=False).ratio(),
+    # Longest-common-subsequence ratios of the characters and of the words. rapidfuzz, not difflib:
+    # difflib's matcher took ~0.2-0.5 ms per pair, most of a 10-candidate lookup (docs/benchmarks.md).
+    f += [Indel.normalized_similarity(A.joined, B.joined), Indel.normalized_similarity(ta, tb),
           float(sa == sb), float(sta == stb)]
     qa, qb = A.qwords, B.qwords
     f += [float(bool(ta) and bool(tb) and ta[0] == tb[0]), float(qa == qb), float(bool(qa ^ qb)),
@@ -205,7 +207,7 @@ FEATURE_NAMES = [
     "diff_stems", "diff_stems_min",
     "idf_jac", "idf_ovl", "idf_diff_sum", "idf_diff_max", "idf_diff_second", "idf_diff_stems_sum",
     "idf_diff_stems_max",
-    "seq_chars", "seq_words", "same_bag", "same_stems",
+    "lcs_chars", "lcs_words", "same_bag", "same_stems",
     "same_first", "same_qwords", "qword_mismatch", "same_last",
     "numbers_differ", "numbers_symdiff", "both_numbers_differ",
     "negation_diff", "negation_parity",

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from thrifty.cache.backends.memory import MemoryBackend
+from thrifty.cache.config import DEFAULT_TOP_K
 from thrifty.cache.index import VectorIndex
 from thrifty.cache.semantic import SemanticCache
 from thrifty.cache.verifier import HitVerifier
@@ -52,7 +53,7 @@ def embed_all(embedder: Embedder, texts: list[str], batch: int = 512) -> np.ndar
 class PairCache:
     """Every distinct ``text_a`` cached in one scope of a SemanticCache."""
 
-    def __init__(self, texts_a: list[str], embedder: Embedder, *, top_k: int = 5, ann: str = "none",
+    def __init__(self, texts_a: list[str], embedder: Embedder, *, top_k: int = DEFAULT_TOP_K, ann: str = "none",
                  vecs: np.ndarray | None = None) -> None:
         self.texts = list(dict.fromkeys(texts_a))
         self.semantic = SemanticCache(MemoryBackend(), embedder, top_k=top_k, ann=ann)

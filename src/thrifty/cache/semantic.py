@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from thrifty.cache.backends.base import CacheBackend, EntryMeta
-from thrifty.cache.density import DENSITY_NAMES
+from thrifty.cache.config import DEFAULT_TOP_K
 from thrifty.cache.index import VectorIndex
 from thrifty.cache.verifier import HitVerifier
 from thrifty.embeddings import Embedder
@@ -45,7 +45,7 @@ class _Slot:
 
 
 class SemanticCache:
-    def __init__(self, backend: CacheBackend, embedder: Embedder, *, top_k: int = 5, ann: str = "auto",
+    def __init__(self, backend: CacheBackend, embedder: Embedder, *, top_k: int = DEFAULT_TOP_K, ann: str = "auto",
                  ann_min_entries: int = 10_000, refresh_s: float = 1.0) -> None:
         self.backend = backend
         self.embedder = embedder
@@ -99,15 +99,13 @@ class SemanticCache:
         texts = [index.texts[p] for p in pos]
         if not texts:
             return pos, texts, sims, np.zeros(0)
-        density = None
-        if verifier.uses_density:
-            # Only candidates the verifier will score need their neighbourhood (most lookups: none).
-            wanted = verifier.wants(sims)
-            if wanted.any():
-                density = np.zeros((len(texts), len(DENSITY_NAMES)))
-                density[wanted] = index.density().features(
-                    qvec, [t for t, w in zip(texts, wanted, strict=True) if w], index.vectors(pos[wanted]), sims[wanted])
-        scores = verifier.score(query, texts, sims, density)
+        def density(mask: np.ndarray) -> np.ndarray:
+            # Asked for only by a verifier that reads neighbourhoods, and only for the candidates
+            # it scores (most lookups: none).
+            return index.density().features(qvec, [t for t, m in zip(texts, mask, strict=True) if m],
+                                            index.vectors(pos[mask]), sims[mask])
+
+        scores = verifier.score(query, texts, sims, density if verifier.uses_density else None)
         return pos, texts, sims, scores
 
     def search(self, index: VectorIndex, query: str, qvec: np.ndarray, verifier: HitVerifier,

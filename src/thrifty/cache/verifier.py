@@ -16,6 +16,7 @@ unlike a pickle.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,6 +30,10 @@ from thrifty.cache.wordmodel import WordModel
 from thrifty.errors import ConfigError
 
 FORMAT = "thrifty-cache-verifier/1"
+
+# A verifier's neighbourhood features: one row of DENSITY_NAMES per candidate, or a function that
+# returns the rows of the candidates a boolean mask selects (computed only when asked for).
+Density = np.ndarray | Callable[[np.ndarray], np.ndarray]
 
 
 class HitVerifier(Protocol):
@@ -47,9 +52,9 @@ class HitVerifier(Protocol):
         ...
 
     def score(self, query: str, candidates: list[str], sims: np.ndarray,
-              density: np.ndarray | None = None) -> np.ndarray:
-        """One score per candidate, higher = more likely the same question. ``density``: one row of
-        DENSITY_NAMES per candidate, for verifiers that use it."""
+              density: Density | None = None) -> np.ndarray:
+        """One score per candidate, higher = more likely the same question. ``density``: the
+        candidates' neighbourhood features (see ``Density``), for verifiers that use them."""
         ...
 
 
@@ -78,7 +83,7 @@ class RuleVerifier:
         return np.ones(len(sims), dtype=bool)
 
     def score(self, query: str, candidates: list[str], sims: np.ndarray,
-              density: np.ndarray | None = None) -> np.ndarray:
+              density: Density | None = None) -> np.ndarray:
         out = np.asarray(sims, dtype=np.float64).copy()
         for i, cand in enumerate(candidates):
             if vetoes(query, cand):
@@ -156,6 +161,10 @@ class LearnedVerifier:
     words: WordModel | None = None
     # Whether the neighbourhood features of density.py are columns of the model.
     density: bool = False
+    # A neighbourhood verifier is gated by the plain verifier fitted on the same pairs: a candidate
+    # whose plain score is below ``gate_threshold`` scores 0 (see ``apply_gate``).
+    gate: _Model | None = None
+    gate_threshold: float = 0.0
 
     @property
     def name(self) -> str:
@@ -176,23 +185,43 @@ class LearnedVerifier:
     def _idf(self, w: str) -> float:
         return self.idf.get(w, self.idf["<unk>"])
 
-    def feature_rows(self, query: str, candidates: list[str], sims: np.ndarray,
-                     density: np.ndarray | None = None) -> np.ndarray:
+    def _plain_rows(self, query: str, candidates: list[str], sims: np.ndarray) -> np.ndarray:
+        """Rows of every column but the neighbourhood ones: pair features, word score, similarity."""
         words = self.words
-        if self.density and density is None:
-            raise ValueError("this verifier needs the candidates' density features")
-        dens = np.asarray(density) if self.density and density is not None else np.zeros((len(candidates), 0))
-        rows = [[*pair_features(c, query, self._idf), *dens[i], *([words.score(c, query)] if words else []), float(s)]
-                for i, (c, s) in enumerate(zip(candidates, sims, strict=True))]
-        return np.asarray(rows, dtype=np.float64).reshape(len(candidates), len(self.feature_names))
+        rows = [[*pair_features(c, query, self._idf), *([words.score(c, query)] if words else []), float(s)]
+                for c, s in zip(candidates, sims, strict=True)]
+        width = len(feature_names(words is not None))
+        return np.asarray(rows, dtype=np.float64).reshape(len(candidates), width)
 
     def score(self, query: str, candidates: list[str], sims: np.ndarray,
-              density: np.ndarray | None = None) -> np.ndarray:
+              density: Density | None = None) -> np.ndarray:
+        """Scores per candidate (-inf: below ``min_similarity``, unscored). A gated neighbourhood
+        verifier asks ``density`` only for the candidates its gate lets through, so most lookups
+        never compute a neighbourhood (each costs a product with the whole density sample)."""
         out = np.full(len(candidates), -np.inf)
         keep = np.flatnonzero(self.wants(sims))
-        if len(keep):
-            dens = None if density is None else np.asarray(density)[keep]
-            out[keep] = self.model.predict(self.feature_rows(query, [candidates[i] for i in keep], sims[keep], dens))
+        if not len(keep):
+            return out
+        plain = self._plain_rows(query, [candidates[i] for i in keep], np.asarray(sims)[keep])
+        if not self.density:
+            out[keep] = self.model.predict(plain)
+            return out
+        if density is None:
+            raise ValueError("this verifier needs the candidates' density features")
+        if self.gate is not None:
+            passed = self.gate.predict(plain) >= self.gate_threshold
+            out[keep[~passed]] = 0.0  # what apply_gate gives them
+            keep, plain = keep[passed], plain[passed]
+            if not len(keep):
+                return out
+        if callable(density):
+            mask = np.zeros(len(candidates), dtype=bool)
+            mask[keep] = True
+            dens = np.asarray(density(mask))
+        else:
+            dens = np.asarray(density)[keep]
+        nf = len(FEATURE_NAMES)
+        out[keep] = self.model.predict(np.concatenate([plain[:, :nf], dens, plain[:, nf:]], axis=1))
         return out
 
     def save(self, path: str | Path) -> None:
@@ -204,6 +233,8 @@ class LearnedVerifier:
             doc["words"] = self.words.dump()
         if self.density:
             doc["density"] = True
+        if self.gate is not None:
+            doc["gate"] = {"model": self.gate.dump(), "threshold": self.gate_threshold}
         write_artifact(path, doc)
 
     @classmethod
@@ -213,10 +244,31 @@ class LearnedVerifier:
         has_density = bool(doc.get("density", False))
         if doc.get("features") != feature_names(has_words, has_density):
             raise ConfigError(f"{path} was fitted on other features; re-run `thrifty cache calibrate`")
+        gate = doc.get("gate")
+        if gate is not None and not (isinstance(gate, dict) and isinstance(gate.get("model"), dict)):
+            raise ConfigError(f"{path}: malformed gate; re-run `thrifty cache calibrate`")
         return cls(_load_model(doc["model"]), {str(k): float(v) for k, v in doc["idf"].items()},
                    float(doc["threshold"]), str(doc.get("embedder", "")), dict(doc.get("info") or {}),
                    float(doc.get("min_similarity", -1.0)), WordModel.from_dump(doc["words"]) if has_words else None,
-                   has_density)
+                   has_density, _load_model(gate["model"]) if gate else None,
+                   float(gate["threshold"]) if gate else 0.0)
+
+
+def plain_columns(width: int, with_density: bool) -> np.ndarray:
+    """The columns of a verifier row of ``width`` columns that a verifier without the
+    neighbourhood features reads (all of them when there are none)."""
+    nf, nd = len(FEATURE_NAMES), len(DENSITY_NAMES) if with_density else 0
+    return np.r_[np.arange(nf), np.arange(nf + nd, width)]
+
+
+def apply_gate(scores: np.ndarray, gate_scores: np.ndarray, gate_threshold: float) -> np.ndarray:
+    """``scores`` where the gate's score reaches ``gate_threshold``, else 0 (never served).
+
+    Why a gate: the neighbourhood verifier alone served more cached answers of *other* questions
+    than the plain one, some of them wrong (templated questions differing only in a county or
+    town); it now only re-ranks candidates the plain verifier finds plausible (its score at a
+    1% false-acceptance rate), which on QQP also served more duplicates (docs/caching.md)."""
+    return np.where(np.asarray(gate_scores) >= gate_threshold, np.asarray(scores, dtype=np.float64), 0.0)
 
 
 def feature_names(with_words: bool, with_density: bool = False) -> list[str]:

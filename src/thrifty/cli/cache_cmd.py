@@ -10,6 +10,7 @@ from typing import Any
 
 import typer
 
+from thrifty.cache.config import DEFAULT_TOP_K
 from thrifty.errors import ConfigError, InvalidRequestError
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="Config file (default: $THRIFTY_CONFIG).")
@@ -143,7 +144,7 @@ def register(app: typer.Typer) -> None:
         max_false_hit_rate: float = typer.Option(0.005, "--max-false-hit-rate", help="Calibration target."),
         model: str = typer.Option("auto", help="Verifier model for --calibrate-on: auto, lgbm+density, lgbm, "
                                   "logreg+density, logreg or cosine (see `cache calibrate`)."),
-        top_k: int = typer.Option(5, "--top-k", help="Candidates the verifier sees per lookup."),
+        top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", help="Candidates the verifier sees per lookup."),
         config: Path | None = ConfigOpt,
     ) -> None:
         """Cache every text_a, look up every text_b: duplicate hit rate, false-hit rate, latency."""
@@ -187,13 +188,14 @@ def register(app: typer.Typer) -> None:
                                                  help="Largest share of non-duplicates that may be served."),
         out: Path = typer.Option(Path("cache-verifier.json"), "--out", "-o", help="Where to write the verifier."),
         embedder: str | None = typer.Option(None, help=EMBEDDER_HELP),
-        model: str = typer.Option("auto", help="auto (the better of lgbm and cosine in CV), lgbm (gbm extra), "
-                                  "logreg, cosine, or opt-in lgbm+density / logreg+density: also weigh how "
-                                  "crowded the cache is around both questions (see docs/caching.md)."),
+        model: str = typer.Option("auto", help="auto (the best of lgbm+density, lgbm and cosine in CV), lgbm "
+                                  "(gbm extra), logreg, cosine, or lgbm+density / logreg+density: also weigh how "
+                                  "crowded the cache is around both questions, gated by the plain scorer "
+                                  "(see docs/caching.md)."),
         folds: int = typer.Option(5, help="Cross-validation folds."),
         margin: float = typer.Option(1.0, help="Calibrate to margin x the target (below 1: room for new-data "
                                      "variance)."),
-        top_k: int = typer.Option(5, "--top-k", help="Candidates the verifier sees per lookup."),
+        top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", help="Candidates the verifier sees per lookup."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         config: Path | None = ConfigOpt,
     ) -> None:
