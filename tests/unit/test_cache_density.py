@@ -147,3 +147,12 @@ def test_density_calibration_gates_with_the_plain_verifier(data_dir: Path) -> No
                                                                     "false_acceptance_rate": GATE_RATE}
     assert set(v.info["cv_duplicate_hit_rate"]) == {"logreg", "logreg+density"}
     assert {f["model"] for f in cal.folds} == {"logreg+density"}
+
+
+def test_sample_size_bounds_the_work_per_neighbourhood() -> None:
+    from thrifty.cache.density import SAMPLE_FLOATS, SAMPLE_SIZE
+
+    assert DensitySample(384).size == SAMPLE_SIZE  # MiniLM: the full sample
+    lexical = DensitySample(1024).size
+    assert lexical < SAMPLE_SIZE and lexical * 1024 <= SAMPLE_FLOATS
+    assert DensitySample(8, size=3).size == 3

@@ -10,7 +10,7 @@ product path are in docs/benchmarks.md.
 
 Crowding depends on how many questions the cache holds, so a verifier calibrated on a 20,000-entry
 cache would misread a 100,000-entry one. The features are therefore measured against a fixed-size
-uniform sample of the namespace: the ``SAMPLE_SIZE`` cached questions with the smallest hash of
+uniform sample of the namespace: the ``sample_size(dim)`` cached questions with the smallest hash of
 their text (a bottom-k sample: deterministic, the same in calibration and at lookup, and kept up
 to date one insert at a time). A cache smaller than the sample is measured whole; it looks less
 crowded than calibration saw, and the verifier's scores drop (measured: a verifier calibrated on
@@ -29,6 +29,10 @@ import threading
 import numpy as np
 
 SAMPLE_SIZE = 4000
+# A neighbourhood costs one product with the sample per candidate, so the sample holds at most this
+# many floats: 4,000 questions at MiniLM's 384 dimensions, 1,500 for the 1,024-dimension lexical
+# embedder (whose 4,000-row product made lookups with the neighbourhood verifier miss the 15 ms p99).
+SAMPLE_FLOATS = SAMPLE_SIZE * 384
 NEIGHBOURS = 10
 DENSITY_NAMES = [
     "cand_nn1", "cand_nn3", "cand_nn10",  # the candidate's nearest other cached questions (mean of top 1/3/10)
@@ -41,6 +45,11 @@ DENSITY_NAMES = [
 ]
 
 
+def sample_size(dim: int) -> int:
+    """Rows of the density sample for vectors of ``dim`` dimensions."""
+    return max(NEIGHBOURS, min(SAMPLE_SIZE, SAMPLE_FLOATS // max(1, dim)))
+
+
 def text_hash(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
 
@@ -48,9 +57,9 @@ def text_hash(text: str) -> int:
 class DensitySample:
     """A bottom-k hash sample of one namespace's question vectors (at most ``size`` rows)."""
 
-    def __init__(self, dim: int, size: int = SAMPLE_SIZE) -> None:
+    def __init__(self, dim: int, size: int | None = None) -> None:
         self.dim = dim
-        self.size = size
+        self.size = sample_size(dim) if size is None else size
         self._mat = np.zeros((0, dim), dtype=np.float32)
         self._row: dict[str, int] = {}  # sampled text -> row
         self._heap: list[tuple[int, str]] = []  # (-hash, text): the largest sampled hash on top
