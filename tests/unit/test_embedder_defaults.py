@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from thrifty.cache.build import verifier_embedder
+from thrifty.cache.build import embedder_spec, load_verifiers
 from thrifty.cache.calibrate import calibrate
 from thrifty.cache.pairs import read_pairs
 from thrifty.config import load_config
@@ -59,14 +59,19 @@ def _config(tmp_path: Path, doc: dict[str, Any], embedder_name: str, **semantic:
                                   "semantic": {"enabled": True, "verifier": str(ver), **semantic}}})
 
 
+def verifier_embedder(cfg: Any) -> str:
+    """The embedder spec the gateway derives from the config's verifier files."""
+    return embedder_spec(load_verifiers(cfg, cfg.cache).values())
+
+
 def test_gateway_embeds_with_the_verifiers_embedder(tmp_path: Path, verifier_doc: dict[str, Any]) -> None:
     cfg = _config(tmp_path, verifier_doc, "sentence:all-MiniLM-L6-v2")
-    assert verifier_embedder(cfg, cfg.cache) == "minilm"
+    assert verifier_embedder(cfg) == "minilm"
     cfg = _config(tmp_path, verifier_doc, LexicalEmbedder().name)
-    assert verifier_embedder(cfg, cfg.cache) == "lexical"
-    with pytest.raises(ConfigError, match=r"set cache\.semantic\.embedder"):
+    assert verifier_embedder(cfg) == "lexical"
+    with pytest.raises(ConfigError, match=r"name the embedder \(cache\.semantic\.embedder"):
         cfg = _config(tmp_path, verifier_doc, "sentence:some-local-folder")
-        verifier_embedder(cfg, cfg.cache)
+        verifier_embedder(cfg)
     no_verifier = load_config({"providers": {"p": {"base_url": "http://127.0.0.1:1/v1"}},
                                "models": {"m": {"provider": "p"}}, "cache": {"semantic": {"enabled": True}}})
-    assert verifier_embedder(no_verifier, no_verifier.cache) == "lexical"
+    assert verifier_embedder(no_verifier) == "lexical"

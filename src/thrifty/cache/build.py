@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from thrifty.cache.backends.base import CacheBackend
@@ -35,12 +36,14 @@ def build_cache_stage(config: Config, catalog: Catalog, caller: Any = None) -> C
     if cfg is None or not cfg.enabled:
         return None
     backend = open_backend(config, cfg)
+    # Fail at start-up, not on the first request, when a configured verifier file is unusable.
+    verifiers = load_verifiers(config, cfg)
     semantic = None
     if semantic_wanted(cfg):
         from thrifty.embeddings import build_embedder
 
         s = cfg.semantic
-        spec = s.embedder if s.embedder is not None else verifier_embedder(config, cfg)
+        spec = s.embedder if s.embedder is not None else embedder_spec(verifiers.values())
         semantic = SemanticCache(backend, build_embedder(spec), top_k=s.top_k, ann=s.ann,
                                  ann_min_entries=s.ann_min_entries, refresh_s=s.refresh_s)
     confirm = None
@@ -51,31 +54,33 @@ def build_cache_stage(config: Config, catalog: Catalog, caller: Any = None) -> C
 
         confirm = ConfirmModel(caller, cfg.semantic.confirm_model)
     stage = CacheStage(cfg, backend, catalog, semantic, confirm)
-    # Fail at start-up, not on the first request, when a configured verifier file is unusable.
-    for path in {cfg.semantic.verifier, *(r.verifier for r in cfg.routes.values())}:
-        if path:
-            verifier = _load(config.resolve_path(path))
-            if semantic is not None and verifier.embedder and verifier.embedder != semantic.embedder.name:
-                raise ConfigError(f"cache verifier {path} was calibrated with embedder {verifier.embedder}, but "
-                                  f"cache.semantic.embedder is {semantic.embedder.name}: re-run `thrifty cache "
-                                  "calibrate` with the same embedder")
-            stage._verifiers[path] = verifier
+    for path, verifier in verifiers.items():
+        if semantic is not None and verifier.embedder and verifier.embedder != semantic.embedder.name:
+            raise ConfigError(f"cache verifier {path} was calibrated with embedder {verifier.embedder}, but "
+                              f"cache.semantic.embedder is {semantic.embedder.name}: re-run `thrifty cache "
+                              "calibrate` with the same embedder")
+        stage._verifiers[path] = verifier
     return stage
 
 
-def verifier_embedder(config: Config, cfg: CacheConfig) -> str:
-    """The embedder spec when the config names none: the one the verifier files were calibrated
-    with (a verifier only fits the similarity scale it was fitted on), else the lexical default."""
+def load_verifiers(config: Config, cfg: CacheConfig) -> dict[str, Any]:
+    """Every verifier file the cache section names (global and per route), by its configured path."""
+    paths = sorted({p for p in (cfg.semantic.verifier, *(r.verifier for r in cfg.routes.values())) if p})
+    return {p: _load(config.resolve_path(p)) for p in paths}
+
+
+def embedder_spec(verifiers: Iterable[Any]) -> str:
+    """The embedder spec when none is named: the one the verifiers were calibrated with (a verifier
+    only fits the similarity scale it was fitted on), else the lexical default."""
     from thrifty.embeddings.base import spec_for_name
 
-    paths = sorted({p for p in (cfg.semantic.verifier, *(r.verifier for r in cfg.routes.values())) if p})
-    names = sorted({_load(config.resolve_path(p)).embedder for p in paths} - {""})
+    names = sorted({v.embedder for v in verifiers} - {""})
     if not names:
         return "lexical"
     spec = spec_for_name(names[0])
     if len(names) > 1 or spec is None:
-        raise ConfigError(f"cache verifiers were calibrated with embedder(s) {', '.join(names)}: set "
-                          "cache.semantic.embedder to the one they share")
+        raise ConfigError(f"cache verifiers were calibrated with embedder(s) {', '.join(names)}: name the "
+                          "embedder (cache.semantic.embedder, or --embedder)")
     return spec
 
 

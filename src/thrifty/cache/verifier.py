@@ -47,10 +47,6 @@ class HitVerifier(Protocol):
         """Whether ``score`` wants the candidates' neighbourhood features (density.py)."""
         ...
 
-    def wants(self, sims: np.ndarray) -> np.ndarray:
-        """Which candidates ``score`` will score (the others score -inf unseen)."""
-        ...
-
     def score(self, query: str, candidates: list[str], sims: np.ndarray,
               density: Density | None = None) -> np.ndarray:
         """One score per candidate, higher = more likely the same question. ``density``: the
@@ -78,9 +74,6 @@ class RuleVerifier:
     @property
     def uses_density(self) -> bool:
         return False
-
-    def wants(self, sims: np.ndarray) -> np.ndarray:
-        return np.ones(len(sims), dtype=bool)
 
     def score(self, query: str, candidates: list[str], sims: np.ndarray,
               density: Density | None = None) -> np.ndarray:
@@ -252,13 +245,6 @@ class LearnedVerifier:
                    float(doc.get("min_similarity", -1.0)), WordModel.from_dump(doc["words"]) if has_words else None,
                    has_density, _load_model(gate["model"]) if gate else None,
                    float(gate["threshold"]) if gate else 0.0)
-
-
-def plain_columns(width: int, with_density: bool) -> np.ndarray:
-    """The columns of a verifier row of ``width`` columns that a verifier without the
-    neighbourhood features reads (all of them when there are none)."""
-    nf, nd = len(FEATURE_NAMES), len(DENSITY_NAMES) if with_density else 0
-    return np.r_[np.arange(nf), np.arange(nf + nd, width)]
 
 
 def apply_gate(scores: np.ndarray, gate_scores: np.ndarray, gate_threshold: float) -> np.ndarray:

@@ -39,28 +39,22 @@ EMBEDDER_HELP = ("lexical, minilm or auto (default: the config's, else the verif
                  "the embeddings extra is installed, else lexical).")
 
 
-def _embedder(spec: str | None, cfg: Any, verifier: Path | None = None) -> Any:
-    """--embedder, else the config's, else the one the verifier in use was calibrated with, else
-    "auto": the bundled MiniLM when the embeddings extra is installed (it serves far more
-    duplicates at the same false-hit rate, docs/benchmarks.md), the lexical embedder without it."""
-    from thrifty.cache.build import verifier_embedder
+def _embedder(spec: str | None, cfg: Any, verifier: Any = None) -> Any:
+    """--embedder, else the config's, else the one the verifier in use (``verifier``, else the
+    config's) was calibrated with, else "auto": the bundled MiniLM when the embeddings extra is
+    installed (it serves far more duplicates at the same false-hit rate, docs/benchmarks.md), the
+    lexical embedder without it."""
+    from thrifty.cache.build import embedder_spec, load_verifiers
     from thrifty.embeddings import build_embedder
-    from thrifty.embeddings.base import spec_for_name
 
     if spec is not None:
         return build_embedder(spec)
-    if verifier is not None:
-        from thrifty.cache.verifier import LearnedVerifier
-
-        name = LearnedVerifier.load(verifier).embedder
-        if name and spec_for_name(name) is None:
-            raise ConfigError(f"the verifier was calibrated with embedder {name}: pass --embedder")
-        return build_embedder(spec_for_name(name) if name else "auto")
-    if cfg is not None and cfg.cache is not None:
-        if cfg.cache.semantic.embedder is not None:
-            return build_embedder(cfg.cache.semantic.embedder)
-        if cfg.cache.semantic.verifier:
-            return build_embedder(verifier_embedder(cfg, cfg.cache))
+    if cfg is not None and cfg.cache is not None and cfg.cache.semantic.embedder is not None:
+        return build_embedder(cfg.cache.semantic.embedder)
+    if verifier is None and cfg is not None and cfg.cache is not None and cfg.cache.semantic.verifier:
+        verifier = load_verifiers(cfg, cfg.cache)[cfg.cache.semantic.verifier]
+    if getattr(verifier, "embedder", ""):
+        return build_embedder(embedder_spec([verifier]))
     return build_embedder("auto")
 
 
@@ -154,7 +148,13 @@ def register(app: typer.Typer) -> None:
         from thrifty.cache.verifier import HitVerifier, LearnedVerifier, RuleVerifier
 
         cfg = _config(config, required=False)
-        emb = _embedder(embedder, cfg, verifier if calibrate_on is None else None)
+        # The verifier file in use is read once: it also names the embedder when none is given.
+        loaded: LearnedVerifier | None = None
+        if calibrate_on is None and verifier is not None:
+            loaded = LearnedVerifier.load(verifier)
+        elif calibrate_on is None and cfg is not None and cfg.cache is not None and cfg.cache.semantic.verifier:
+            loaded = LearnedVerifier.load(cfg.resolve_path(cfg.cache.semantic.verifier))
+        emb = _embedder(embedder, cfg, loaded)
         judged = read_pairs(pairs)
         fitted: dict[str, Any] = {}
         ver: HitVerifier
@@ -163,12 +163,8 @@ def register(app: typer.Typer) -> None:
                             progress=_say,
                             top_k=top_k)
             ver, fitted = cal.verifier, cal.summary()
-        elif verifier is not None:
-            ver = LearnedVerifier.load(verifier)
-        elif cfg is not None and cfg.cache is not None and cfg.cache.semantic.verifier:
-            ver = LearnedVerifier.load(cfg.resolve_path(cfg.cache.semantic.verifier))
         else:
-            ver = RuleVerifier.for_embedder(emb.name)
+            ver = loaded if loaded is not None else RuleVerifier.for_embedder(emb.name)
         _check_embedder(ver, emb.name)
         _say(f"eval: caching the text_a and looking up the text_b of {len(judged):,} pairs")
         lookups, latency = decide_all(judged, emb, ver, top_k=top_k)
