@@ -32,6 +32,7 @@ from thrifty.cache.calibrate import MODELS, calibrate  # noqa: E402
 from thrifty.cache.evaluation import decide_all, report  # noqa: E402
 from thrifty.cache.pairs import Pair, read_pairs  # noqa: E402
 from thrifty.embeddings import build_embedder  # noqa: E402
+from thrifty.embeddings.base import TokenEmbedder, TokenVectors  # noqa: E402
 
 CACHE_DIR = ROOT / ".thrifty-cache"
 
@@ -79,6 +80,47 @@ class Memo:
         return np.stack([self.memo[t] for t in texts]) if texts else np.zeros((0, self.dim), np.float32)
 
 
+class TokenMemo(Memo):
+    """A Memo that also keeps each text's token vectors (the alignment features read them), in
+    .thrifty-cache/tokens-<embedder>.npz, checked on a sample like the vectors."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.tokens: dict[str, TokenVectors] = {}
+        self.tpath = self.path.with_name(self.path.name.replace("vectors-", "tokens-", 1))
+        if self.tpath.exists():
+            z = np.load(self.tpath, allow_pickle=False)
+            texts, ends, pieces, vecs = [str(t) for t in z["texts"]], z["ends"], z["pieces"], z["vecs"]
+            starts = np.r_[0, ends[:-1]]
+            stored = {t: TokenVectors(tuple(str(w) for w in pieces[a:b]), vecs[a:b])
+                      for t, a, b in zip(texts, starts, ends, strict=True)}
+            sample = [texts[int(i)] for i in np.random.default_rng(2).choice(len(texts), min(8, len(texts)),
+                                                                           replace=False)]
+            _, fresh = inner.embed_tokens(sample)
+            if all(f.tokens == stored[t].tokens and np.max(np.abs(f.vecs.astype(np.float32)
+                                                                  - stored[t].vecs.astype(np.float32)), initial=0) < 1e-2
+                   for t, f in zip(sample, fresh, strict=True)):
+                self.tokens = stored
+                print(f"{self.tpath.name}: {len(texts)} stored token vectors verified on {len(sample)} texts", flush=True)
+            else:
+                print(f"{self.tpath.name}: stored token vectors do not match the embedder; ignored", flush=True)
+
+    def save(self) -> None:
+        super().save()
+        texts = list(self.tokens)
+        tv = [self.tokens[t] for t in texts]
+        np.savez(self.tpath, texts=np.array(texts), ends=np.cumsum([len(t.tokens) for t in tv]),
+                 pieces=np.array([w for t in tv for w in t.tokens]), vecs=np.concatenate([t.vecs for t in tv]))
+
+    def embed_tokens(self, texts: list[str]) -> tuple[np.ndarray, list[TokenVectors]]:
+        todo = list(dict.fromkeys(t for t in texts if t not in self.tokens or t not in self.memo))
+        if todo:
+            vecs, toks = self.inner.embed_tokens(todo)
+            for t, v, tv in zip(todo, vecs, toks, strict=True):
+                self.memo[t], self.tokens[t] = v, tv
+        return self.embed(texts), [self.tokens[t] for t in texts]
+
+
 def folds_of(pairs: list[Pair], k: int, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(pairs))
@@ -86,7 +128,8 @@ def folds_of(pairs: list[Pair], k: int, seed: int) -> list[np.ndarray]:
 
 
 def run(embedder_spec: str, pairs: list[Pair], k: int, seed: int, model: str) -> dict[str, Any]:
-    emb = Memo(build_embedder(embedder_spec))
+    inner = build_embedder(embedder_spec)
+    emb = TokenMemo(inner) if isinstance(inner, TokenEmbedder) else Memo(inner)
     # Query embedding as the gateway does it (one text, no memo), timed on a sample.
     sample = [p.text_b for p in pairs[:: max(1, len(pairs) // 30)]][:30]
     emb.inner.embed(sample[:1])  # load the model first

@@ -26,3 +26,18 @@ def test_minilm_embeds_paraphrases_close() -> None:
     assert vecs.shape == (3, 384) and vecs.dtype == np.float32
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-4)
     assert float(vecs[0] @ vecs[1]) > float(vecs[0] @ vecs[2]) + 0.3
+
+
+def test_token_vectors_come_from_the_same_pass_as_the_sentence_vectors() -> None:
+    from thrifty.embeddings.base import TokenEmbedder
+
+    emb = build_embedder("minilm")
+    assert isinstance(emb, TokenEmbedder)
+    texts = ["How do I reset my password?", "hi", ""]
+    vecs, toks = emb.embed_tokens(texts)
+    assert np.allclose(vecs, emb.embed(texts), atol=1e-5)
+    # Word pieces between [CLS] and [SEP], padding dropped, rows of unit length.
+    assert toks[0].tokens == ("how", "do", "i", "reset", "my", "password", "?")
+    assert toks[1].tokens == ("hi",) and toks[2].tokens == ()
+    assert toks[0].vecs.shape == (7, 384) and toks[2].vecs.shape == (0, 384)
+    assert np.allclose(np.linalg.norm(toks[0].vecs.astype(np.float32), axis=1), 1.0, atol=1e-2)

@@ -20,13 +20,15 @@ from typing import Any
 
 import numpy as np
 
+from thrifty.cache.alignment import ALIGN_NAMES, alignment_features, piece_idf
 from thrifty.cache.config import DEFAULT_TOP_K
 from thrifty.cache.density import DENSITY_NAMES
 from thrifty.cache.features import FEATURE_NAMES, build_idf, pair_features
-from thrifty.cache.pairs import Pair, PairCache, embed_all
+from thrifty.cache.pairs import Pair, PairCache, embed_with_tokens
 from thrifty.cache.verifier import LearnedVerifier, apply_gate, fit_model, threshold_at
 from thrifty.cache.wordmodel import WordModel, diff_tokens, fit_word_model, oof_word_scores
 from thrifty.embeddings import Embedder
+from thrifty.embeddings.base import TokenEmbedder
 from thrifty.errors import DataError
 
 # What `--model` accepts. "auto" cross-validates AUTO_MODELS and keeps the one that accepts the most
@@ -72,20 +74,35 @@ class _Replay:
     # Fitted scorers by (kind, training rows): a plain scorer fitted in its own cross-validation
     # is reused as the gate of the "+density" scorer on the same rows.
     fits: dict[tuple[str, bytes], _Fitted] = field(default_factory=dict)
+    # Word-piece IDF of the alignment columns (None: the embedder has no token vectors, no columns).
+    align_idf: dict[str, float] | None = None
+
+    @property
+    def plain(self) -> int:
+        """How many columns precede the neighbourhood ones: pair features and alignment features."""
+        return len(FEATURE_NAMES) + (len(ALIGN_NAMES) if self.align_idf is not None else 0)
 
 
 def _replay(pairs: list[Pair], embedder: Embedder, idf: dict[str, float], top_k: int, density: bool) -> _Replay:
     """Every pair's features as the cache would see them; the neighbourhood columns stay 0 unless a
-    scorer being fitted reads them (they cost a product with the density sample per pair)."""
+    scorer being fitted reads them (they cost a product with the density sample per pair). With an
+    embedder that gives token vectors, the alignment columns follow the pair features."""
     def idf_fn(w: str) -> float:
         return idf.get(w, idf["<unk>"])
 
-    cache = PairCache([p.text_a for p in pairs], embedder, top_k=top_k)
-    qvecs = embed_all(embedder, [p.text_b for p in pairs])
+    align = isinstance(embedder, TokenEmbedder)
+    cache = PairCache([p.text_a for p in pairs], embedder, top_k=top_k, tokens=align)
+    qvecs, qtokens = embed_with_tokens(embedder, [p.text_b for p in pairs], align)
+    tokens = {**cache.tokens, **qtokens}
+    align_idf = piece_idf(cache.tokens[t].tokens for t in cache.texts) if align else None
+
+    def aligned(a: str, b: str) -> list[float]:
+        return alignment_features(tokens[a], tokens[b], align_idf) if align_idf is not None else []
+
     slot = {t: i for i, t in enumerate(cache.texts)}
     avecs = cache.index.vectors(np.array([slot[p.text_a] for p in pairs]))
     sample = cache.index.density() if density else None
-    d = len(FEATURE_NAMES) + len(DENSITY_NAMES) + 1
+    d = len(FEATURE_NAMES) + (len(ALIGN_NAMES) if align else 0) + len(DENSITY_NAMES) + 1
     n = len(pairs)
     own = np.zeros((n, d))
     cand = np.zeros((n, top_k, d))
@@ -103,16 +120,17 @@ def _replay(pairs: list[Pair], embedder: Embedder, idf: dict[str, float], top_k:
         dens = np.zeros((len(texts) + 1, len(DENSITY_NAMES))) if sample is None else sample.features(
             qvecs[i], [p.text_a, *texts], np.vstack([avecs[i][None, :], cache.index.vectors(pos)]),
             np.array([own_sim, *sims]))
-        own_row = [*pair_features(p.text_a, p.text_b, idf_fn), *dens[0], own_sim]
+        own_row = [*pair_features(p.text_a, p.text_b, idf_fn), *aligned(p.text_a, p.text_b), *dens[0], own_sim]
         own[i] = own_row
         toks: list[list[str]] = [[] for _ in range(top_k)]
         for j, (t, s) in enumerate(zip(texts, sims, strict=True)):
             ok[i, j] = True
             is_own[i, j] = t == p.text_a
-            cand[i, j] = own_row if is_own[i, j] else [*pair_features(t, p.text_b, idf_fn), *dens[j + 1], float(s)]
+            cand[i, j] = own_row if is_own[i, j] else [*pair_features(t, p.text_b, idf_fn), *aligned(t, p.text_b),
+                                                       *dens[j + 1], float(s)]
             toks[j] = own_tokens[i] if is_own[i, j] else diff_tokens(t, p.text_b)
         cand_tokens.append(toks)
-    return _Replay(own, cand, ok, is_own, identical, own_tokens, cand_tokens)
+    return _Replay(own, cand, ok, is_own, identical, own_tokens, cand_tokens, align_idf=align_idf)
 
 
 def _with_word_scores(x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -120,9 +138,9 @@ def _with_word_scores(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.concatenate([x[..., :-1], w[..., None], x[..., -1:]], axis=-1)
 
 
-def _columns(density: bool) -> np.ndarray:
+def _columns(r: _Replay, density: bool) -> np.ndarray:
     """The replay columns a scorer reads: all of them, or all but the neighbourhood features."""
-    nf, nd = len(FEATURE_NAMES), len(DENSITY_NAMES)
+    nf, nd = r.plain, len(DENSITY_NAMES)
     return np.arange(nf + nd + 1) if density else np.r_[np.arange(nf), nf + nd]
 
 
@@ -149,13 +167,13 @@ class _Fitted:
         return np.where(r.cand_ok[idx], s, -np.inf)
 
     def own_rows(self, r: _Replay, idx: np.ndarray) -> np.ndarray:
-        x = r.own[idx][:, _columns(self.density)]
+        x = r.own[idx][:, _columns(r, self.density)]
         if self.words is None:
             return x
         return _with_word_scores(x, self.words.scores([r.own_tokens[i] for i in idx]))
 
     def cand_rows(self, r: _Replay, idx: np.ndarray) -> np.ndarray:
-        x = r.cand[idx][:, :, _columns(self.density)]
+        x = r.cand[idx][:, :, _columns(r, self.density)]
         if self.words is None:
             return x
         k = r.cand.shape[1]
@@ -181,7 +199,7 @@ def _fit(kind: str, r: _Replay, y: np.ndarray, idx: np.ndarray, seed: int,
             toks = [r.own_tokens[i] for i in idx]
             r.words[memo] = (fit_word_model(toks, y[idx]), oof_word_scores(toks, y[idx], seed=seed))
         words, oof = r.words[memo]
-        x = _with_word_scores(r.own[idx][:, _columns(density)], oof)
+        x = _with_word_scores(r.own[idx][:, _columns(r, density)], oof)
         fitted = _Fitted(fit_model(x, y[idx], base, seed), words, density)
         if density:
             if gate_threshold is None:
@@ -259,7 +277,8 @@ def calibrate(pairs: list[Pair], embedder: Embedder, *, max_false_hit_rate: floa
     if final.gate is not None:
         info["gate"] = {"model": best.partition("+")[0], "false_acceptance_rate": GATE_RATE}
     verifier = LearnedVerifier(final.model, idf, threshold, embedder.name, info, min_similarity, final.words,
-                               final.density, final.gate.model if final.gate else None, final.gate_threshold)
+                               final.density, final.gate.model if final.gate else None, final.gate_threshold,
+                               r.align_idf if final.words is not None else None)
     return Calibration(verifier, results, time.perf_counter() - t0)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from thrifty.cache.config import DEFAULT_TOP_K
-from thrifty.cache.pairs import Lookup, Pair, PairCache, embed_all, lookup_all
+from thrifty.cache.pairs import Lookup, Pair, PairCache, embed_with_tokens, lookup_all
 from thrifty.cache.verifier import HitVerifier
 from thrifty.embeddings import Embedder
 
@@ -31,7 +31,7 @@ _GRID_QUANTILES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995)
 def decide_all(pairs: list[Pair], embedder: Embedder, verifier: HitVerifier, top_k: int = DEFAULT_TOP_K,
                ann: str = "none") -> tuple[list[Lookup], dict[str, float]]:
     """Cache every text_a, look up every text_b. Reads no label."""
-    cache = PairCache([p.text_a for p in pairs], embedder, top_k=top_k, ann=ann)
+    cache = PairCache([p.text_a for p in pairs], embedder, top_k=top_k, ann=ann, tokens=verifier.uses_tokens)
     queries = [p.text_b for p in pairs]
     # Query embedding is timed one text at a time (as the gateway does) on a sample.
     sample = queries[: min(500, len(queries))]
@@ -40,8 +40,8 @@ def decide_all(pairs: list[Pair], embedder: Embedder, verifier: HitVerifier, top
         t0 = time.perf_counter()
         embedder.embed([q])
         embed_ms.append((time.perf_counter() - t0) * 1000)
-    qvecs = embed_all(embedder, queries)
-    lookups = lookup_all(cache, queries, qvecs, verifier)
+    qvecs, qtokens = embed_with_tokens(embedder, queries, verifier.uses_tokens)
+    lookups = lookup_all(cache, queries, qvecs, verifier, qtokens)
     lat = np.array([lk.latency_ms for lk in lookups])
     latency = {"lookup_p50_ms": float(np.percentile(lat, 50)), "lookup_p99_ms": float(np.percentile(lat, 99)),
                "embed_p50_ms": float(np.percentile(embed_ms, 50)), "embed_p99_ms": float(np.percentile(embed_ms, 99)),

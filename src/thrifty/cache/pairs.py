@@ -19,7 +19,8 @@ from thrifty.cache.index import VectorIndex
 from thrifty.cache.semantic import SemanticCache
 from thrifty.cache.verifier import HitVerifier
 from thrifty.embeddings import Embedder
-from thrifty.errors import DataError
+from thrifty.embeddings.base import TokenEmbedder, TokenVectors
+from thrifty.errors import ConfigError, DataError
 from thrifty.jsonl import iter_jsonl
 
 
@@ -50,15 +51,37 @@ def embed_all(embedder: Embedder, texts: list[str], batch: int = 512) -> np.ndar
     return np.concatenate(parts) if parts else np.zeros((0, embedder.dim), dtype=np.float32)
 
 
+def embed_with_tokens(embedder: Embedder, texts: list[str], tokens: bool,
+                      batch: int = 512) -> tuple[np.ndarray, dict[str, TokenVectors]]:
+    """The texts' vectors and, when ``tokens``, their token vectors by text, from the same forward
+    passes. ``ConfigError`` when token vectors are asked of an embedder that has none."""
+    if not tokens:
+        return embed_all(embedder, texts, batch), {}
+    if not isinstance(embedder, TokenEmbedder):
+        raise ConfigError(f"this verifier reads token vectors, which embedder {embedder.name} does not give; "
+                          "use the embedder it was calibrated with")
+    parts: list[np.ndarray] = []
+    out: dict[str, TokenVectors] = {}
+    for i in range(0, len(texts), batch):
+        vecs, toks = embedder.embed_tokens(texts[i:i + batch])
+        parts.append(vecs)
+        out.update(zip(texts[i:i + batch], toks, strict=True))
+    return (np.concatenate(parts) if parts else np.zeros((0, embedder.dim), dtype=np.float32)), out
+
+
 class PairCache:
     """Every distinct ``text_a`` cached in one scope of a SemanticCache."""
 
     def __init__(self, texts_a: list[str], embedder: Embedder, *, top_k: int = DEFAULT_TOP_K, ann: str = "none",
-                 vecs: np.ndarray | None = None) -> None:
+                 vecs: np.ndarray | None = None, tokens: bool = False) -> None:
         self.texts = list(dict.fromkeys(texts_a))
         self.semantic = SemanticCache(MemoryBackend(), embedder, top_k=top_k, ann=ann)
         self.index = VectorIndex(embedder.dim, ann=ann, ann_min_entries=0 if ann != "none" else 10**12)
-        vecs = embed_all(embedder, self.texts) if vecs is None else vecs
+        # Token vectors by text (``tokens``: for a verifier with alignment features), kept for the
+        # whole simulation rather than in the lookup's bounded memo.
+        self.tokens: dict[str, TokenVectors] = {}
+        if vecs is None:
+            vecs, self.tokens = embed_with_tokens(embedder, self.texts, tokens)
         far = time.time() + 10 * 365 * 86400.0
         self.index.add([f"a{i}" for i in range(len(self.texts))], self.texts, vecs, [far] * len(self.texts))
 
@@ -86,12 +109,19 @@ class Lookup:
         return max((s for t, s in zip(self.texts, self.scores, strict=True) if t == text), default=-np.inf)
 
 
-def lookup_all(cache: PairCache, queries: list[str], qvecs: np.ndarray, verifier: HitVerifier) -> list[Lookup]:
-    """The product lookup for each query, threshold left open so every operating point can be read."""
+def lookup_all(cache: PairCache, queries: list[str], qvecs: np.ndarray, verifier: HitVerifier,
+               query_tokens: dict[str, TokenVectors] | None = None) -> list[Lookup]:
+    """The product lookup for each query, threshold left open so every operating point can be read.
+    ``query_tokens``: the queries' token vectors, for a verifier with alignment features."""
+    store = {**cache.tokens, **(query_tokens or {})}
+
+    def tokens(texts: list[str]) -> list[TokenVectors]:
+        return [store[t] for t in texts]
+
     out = []
     for query, qvec in zip(queries, qvecs, strict=True):
         t0 = time.perf_counter()
-        _, texts, _, scores = cache.semantic.candidates(cache.index, query, qvec, verifier)
+        _, texts, _, scores = cache.semantic.candidates(cache.index, query, qvec, verifier, tokens)
         ms = (time.perf_counter() - t0) * 1000
         out.append(Lookup(tuple(texts), tuple(float(s) for s in scores), ms))
     return out

@@ -13,19 +13,30 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 
+from thrifty.cache.alignment import Tokens
 from thrifty.cache.backends.base import CacheBackend, EntryMeta
 from thrifty.cache.config import DEFAULT_TOP_K
 from thrifty.cache.index import VectorIndex
 from thrifty.cache.verifier import HitVerifier
 from thrifty.embeddings import Embedder
+from thrifty.embeddings.base import TokenEmbedder, TokenVectors
+from thrifty.errors import ConfigError
 
 # Embedders slower than this per call (sentence models) run on a worker thread.
 _INLINE_EMBEDDERS = ("lexical",)
+# Token vectors kept per process for a verifier with alignment features: the cached questions a
+# lookup retrieves recur, and each costs a forward pass of the sentence model (~6 KB each).
+_TOKEN_MEMO = 4096
+
+# A lookup's neighbours: index positions, texts and similarities of the live top-k entries.
+Found = tuple[np.ndarray, list[str], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,8 @@ class SemanticCache:
         self.refresh_s = refresh_s
         self._slots: dict[str, _Slot] = {}
         self._inline = embedder.name.startswith(_INLINE_EMBEDDERS)
+        self._tokens: OrderedDict[str, TokenVectors] = OrderedDict()
+        self._tokens_lock = threading.Lock()
 
     def index_ns(self, scope: str) -> str:
         return hashlib.sha256(f"{scope}|{self.embedder.name}".encode()).hexdigest()[:40]
@@ -87,16 +100,50 @@ class SemanticCache:
         if qvec is None:
             qvec = await self.embed(query)
         slot = await self.slot(scope)
-        return self.search(slot.index, query, qvec, verifier, threshold), qvec
+        found = self.neighbours(slot.index, qvec)
+        tokens = None
+        if verifier.uses_tokens and found[1]:
+            # The sentence model's forward pass for the token vectors runs on a worker thread, as
+            # the query embedding does; only texts the verifier will score are sent.
+            wants = getattr(verifier, "wants", None)
+            mask = wants(found[2]) if wants else np.ones(len(found[1]), dtype=bool)
+            wanted = [query, *(t for t, m in zip(found[1], mask, strict=True) if m)]
+            await asyncio.to_thread(self.token_vectors, wanted)
+            tokens = self.token_vectors
+        return self.search(slot.index, query, qvec, verifier, threshold, tokens, found), qvec
 
-    def candidates(self, index: VectorIndex, query: str, qvec: np.ndarray,
-                   verifier: HitVerifier) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
-        """The live top-k neighbours of ``query``: index positions, texts, similarities, verifier scores."""
+    def token_vectors(self, texts: list[str]) -> list[TokenVectors]:
+        """Each text's token vectors, from a per-process memo or one forward pass for the rest."""
+        if not isinstance(self.embedder, TokenEmbedder):
+            raise ConfigError(f"the verifier needs token vectors, which embedder {self.embedder.name} does not give")
+        with self._tokens_lock:  # prefetches run on worker threads, scoring on the event loop
+            have = {t: self._tokens[t] for t in texts if t in self._tokens}
+        missing = list(dict.fromkeys(t for t in texts if t not in have))
+        if missing:
+            have.update(zip(missing, self.embedder.embed_tokens(missing)[1], strict=True))
+        with self._tokens_lock:
+            for t in texts:
+                self._tokens[t] = have[t]
+                self._tokens.move_to_end(t)
+            while len(self._tokens) > _TOKEN_MEMO:
+                self._tokens.popitem(last=False)
+        return [have[t] for t in texts]
+
+    def neighbours(self, index: VectorIndex, qvec: np.ndarray) -> Found:
+        """The live (unexpired) top-k entries nearest to ``qvec``."""
         pos, sims = index.search(qvec, self.top_k)
         now = time.time()
         keep = [i for i, p in enumerate(pos) if index.expires[p] > now]
         pos, sims = pos[keep], sims[keep]
-        texts = [index.texts[p] for p in pos]
+        return pos, [index.texts[p] for p in pos], sims
+
+    def candidates(self, index: VectorIndex, query: str, qvec: np.ndarray, verifier: HitVerifier,
+                   tokens: Tokens | None = None, found: Found | None = None,
+                   ) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
+        """The live top-k neighbours of ``query``: index positions, texts, similarities, verifier scores.
+        ``tokens``: token vectors by text, for a verifier with alignment features; ``found``: the
+        neighbours if already searched."""
+        pos, texts, sims = found if found is not None else self.neighbours(index, qvec)
         if not texts:
             return pos, texts, sims, np.zeros(0)
         def density(mask: np.ndarray) -> np.ndarray:
@@ -105,14 +152,15 @@ class SemanticCache:
             return index.density().features(qvec, [t for t, m in zip(texts, mask, strict=True) if m],
                                             index.vectors(pos[mask]), sims[mask])
 
-        scores = verifier.score(query, texts, sims, density if verifier.uses_density else None)
+        scores = verifier.score(query, texts, sims, density if verifier.uses_density else None,
+                                tokens if verifier.uses_tokens else None)
         return pos, texts, sims, scores
 
     def search(self, index: VectorIndex, query: str, qvec: np.ndarray, verifier: HitVerifier,
-               threshold: float) -> SemanticMatch | None:
+               threshold: float, tokens: Tokens | None = None, found: Found | None = None) -> SemanticMatch | None:
         """The best verified candidate: every candidate at or above the threshold was judged the same
         question, and the highest-scoring one is served."""
-        pos, texts, sims, scores = self.candidates(index, query, qvec, verifier)
+        pos, texts, sims, scores = self.candidates(index, query, qvec, verifier, tokens, found)
         if not texts:
             return None
         best = int(np.argmax(scores))

@@ -4,8 +4,9 @@
   entities differ. Needs no training; the default when no calibrated verifier is configured.
 - ``LearnedVerifier``: a calibrated scorer with a threshold for a target false-hit rate
   (calibrate.py). The scorer is a gradient-boosted model (LightGBM; logistic regression without
-  the ``gbm`` extra) over the pair features of features.py, the difference-word model's score
-  (wordmodel.py) and the embedding similarity, or the
+  the ``gbm`` extra) over the pair features of features.py, the token-alignment features of
+  alignment.py (sentence embedders only), the neighbourhood features of density.py (``+density``),
+  the difference-word model's score (wordmodel.py) and the embedding similarity, or the
   similarity alone (``cosine``) when that measured better on the calibration pairs, as it can with
   a sentence embedder.
 
@@ -24,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from thrifty.artifacts import read_artifact, write_artifact
+from thrifty.cache.alignment import ALIGN_NAMES, Tokens, alignment_features
 from thrifty.cache.density import DENSITY_NAMES
 from thrifty.cache.features import FEATURE_NAMES, build_idf, pair_features, vetoes
 from thrifty.cache.wordmodel import WordModel
@@ -47,10 +49,16 @@ class HitVerifier(Protocol):
         """Whether ``score`` wants the candidates' neighbourhood features (density.py)."""
         ...
 
+    @property
+    def uses_tokens(self) -> bool:
+        """Whether ``score`` wants the texts' token vectors (alignment.py)."""
+        ...
+
     def score(self, query: str, candidates: list[str], sims: np.ndarray,
-              density: Density | None = None) -> np.ndarray:
+              density: Density | None = None, tokens: Tokens | None = None) -> np.ndarray:
         """One score per candidate, higher = more likely the same question. ``density``: the
-        candidates' neighbourhood features (see ``Density``), for verifiers that use them."""
+        candidates' neighbourhood features (see ``Density``), for verifiers that use them;
+        ``tokens``: the token vectors of given texts, for verifiers with alignment features."""
         ...
 
 
@@ -75,8 +83,12 @@ class RuleVerifier:
     def uses_density(self) -> bool:
         return False
 
+    @property
+    def uses_tokens(self) -> bool:
+        return False
+
     def score(self, query: str, candidates: list[str], sims: np.ndarray,
-              density: Density | None = None) -> np.ndarray:
+              density: Density | None = None, tokens: Tokens | None = None) -> np.ndarray:
         out = np.asarray(sims, dtype=np.float64).copy()
         for i, cand in enumerate(candidates):
             if vetoes(query, cand):
@@ -158,6 +170,8 @@ class LearnedVerifier:
     # whose plain score is below ``gate_threshold`` scores 0 (see ``apply_gate``).
     gate: _Model | None = None
     gate_threshold: float = 0.0
+    # Word-piece IDF of the token-alignment features (alignment.py); None: no such columns.
+    align_idf: dict[str, float] | None = None
 
     @property
     def name(self) -> str:
@@ -165,11 +179,15 @@ class LearnedVerifier:
 
     @property
     def feature_names(self) -> list[str]:
-        return feature_names(self.words is not None, self.density)
+        return feature_names(self.words is not None, self.density, self.align_idf is not None)
 
     @property
     def uses_density(self) -> bool:
         return self.density
+
+    @property
+    def uses_tokens(self) -> bool:
+        return self.align_idf is not None
 
     def wants(self, sims: np.ndarray) -> np.ndarray:
         """Which candidates ``score`` will score (the others are rejected unscored)."""
@@ -178,16 +196,24 @@ class LearnedVerifier:
     def _idf(self, w: str) -> float:
         return self.idf.get(w, self.idf["<unk>"])
 
-    def _plain_rows(self, query: str, candidates: list[str], sims: np.ndarray) -> np.ndarray:
-        """Rows of every column but the neighbourhood ones: pair features, word score, similarity."""
-        words = self.words
-        rows = [[*pair_features(c, query, self._idf), *([words.score(c, query)] if words else []), float(s)]
-                for c, s in zip(candidates, sims, strict=True)]
-        width = len(feature_names(words is not None))
+    def _plain_rows(self, query: str, candidates: list[str], sims: np.ndarray,
+                    tokens: Tokens | None) -> np.ndarray:
+        """Rows of every column but the neighbourhood ones: pair features, alignment features,
+        word score, similarity."""
+        words, idf = self.words, self.align_idf
+        align: list[list[float]] = [[] for _ in candidates]
+        if idf is not None:
+            if tokens is None:
+                raise ValueError("this verifier needs the texts' token vectors")
+            tv = tokens([query, *candidates])
+            align = [alignment_features(t, tv[0], idf) for t in tv[1:]]
+        rows = [[*pair_features(c, query, self._idf), *al, *([words.score(c, query)] if words else []), float(s)]
+                for c, s, al in zip(candidates, sims, align, strict=True)]
+        width = len(feature_names(words is not None, False, idf is not None))
         return np.asarray(rows, dtype=np.float64).reshape(len(candidates), width)
 
     def score(self, query: str, candidates: list[str], sims: np.ndarray,
-              density: Density | None = None) -> np.ndarray:
+              density: Density | None = None, tokens: Tokens | None = None) -> np.ndarray:
         """Scores per candidate (-inf: below ``min_similarity``, unscored). A gated neighbourhood
         verifier asks ``density`` only for the candidates its gate lets through, so most lookups
         never compute a neighbourhood (each costs a product with the whole density sample)."""
@@ -195,7 +221,7 @@ class LearnedVerifier:
         keep = np.flatnonzero(self.wants(sims))
         if not len(keep):
             return out
-        plain = self._plain_rows(query, [candidates[i] for i in keep], np.asarray(sims)[keep])
+        plain = self._plain_rows(query, [candidates[i] for i in keep], np.asarray(sims)[keep], tokens)
         if not self.density:
             out[keep] = self.model.predict(plain)
             return out
@@ -213,7 +239,7 @@ class LearnedVerifier:
             dens = np.asarray(density(mask))
         else:
             dens = np.asarray(density)[keep]
-        nf = len(FEATURE_NAMES)
+        nf = len(FEATURE_NAMES) + (len(ALIGN_NAMES) if self.align_idf is not None else 0)
         out[keep] = self.model.predict(np.concatenate([plain[:, :nf], dens, plain[:, nf:]], axis=1))
         return out
 
@@ -228,6 +254,8 @@ class LearnedVerifier:
             doc["density"] = True
         if self.gate is not None:
             doc["gate"] = {"model": self.gate.dump(), "threshold": self.gate_threshold}
+        if self.align_idf is not None:
+            doc["alignment"] = {"idf": self.align_idf}
         write_artifact(path, doc)
 
     @classmethod
@@ -235,7 +263,10 @@ class LearnedVerifier:
         doc = read_artifact(path, FORMAT, "cache verifier")
         has_words = isinstance(doc.get("words"), dict)
         has_density = bool(doc.get("density", False))
-        if doc.get("features") != feature_names(has_words, has_density):
+        align = doc.get("alignment")
+        if align is not None and not (isinstance(align, dict) and isinstance(align.get("idf"), dict)):
+            raise ConfigError(f"{path}: malformed alignment table; re-run `thrifty cache calibrate`")
+        if doc.get("features") != feature_names(has_words, has_density, align is not None):
             raise ConfigError(f"{path} was fitted on other features; re-run `thrifty cache calibrate`")
         gate = doc.get("gate")
         if gate is not None and not (isinstance(gate, dict) and isinstance(gate.get("model"), dict)):
@@ -244,7 +275,8 @@ class LearnedVerifier:
                    float(doc["threshold"]), str(doc.get("embedder", "")), dict(doc.get("info") or {}),
                    float(doc.get("min_similarity", -1.0)), WordModel.from_dump(doc["words"]) if has_words else None,
                    has_density, _load_model(gate["model"]) if gate else None,
-                   float(gate["threshold"]) if gate else 0.0)
+                   float(gate["threshold"]) if gate else 0.0,
+                   {str(k): float(v) for k, v in align["idf"].items()} if align else None)
 
 
 def apply_gate(scores: np.ndarray, gate_scores: np.ndarray, gate_threshold: float) -> np.ndarray:
@@ -257,11 +289,11 @@ def apply_gate(scores: np.ndarray, gate_scores: np.ndarray, gate_threshold: floa
     return np.where(np.asarray(gate_scores) >= gate_threshold, np.asarray(scores, dtype=np.float64), 0.0)
 
 
-def feature_names(with_words: bool, with_density: bool = False) -> list[str]:
-    """The verifier's columns: pair features, the neighbourhood features and the difference-word
-    score if any, the similarity last."""
-    return [*FEATURE_NAMES, *(DENSITY_NAMES if with_density else []), *(["word_model"] if with_words else []),
-            "cosine"]
+def feature_names(with_words: bool, with_density: bool = False, with_align: bool = False) -> list[str]:
+    """The verifier's columns: pair features, the token-alignment, neighbourhood and difference-word
+    columns if any, the similarity last."""
+    return [*FEATURE_NAMES, *(ALIGN_NAMES if with_align else []), *(DENSITY_NAMES if with_density else []),
+            *(["word_model"] if with_words else []), "cosine"]
 
 
 def fit_model(x: np.ndarray, y: np.ndarray, kind: str = "lgbm", seed: int = 0) -> _Model:

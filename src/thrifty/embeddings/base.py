@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -23,6 +24,28 @@ class Embedder(Protocol):
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """An array of shape (len(texts), dim), dtype float32, each row of unit length (or zero)."""
+        ...
+
+
+@dataclass(frozen=True)
+class TokenVectors:
+    """A text's word pieces (special tokens left out) and their contextual vectors, rows of unit
+    length, stored as float16 (a cache eval holds tens of thousands of texts' pieces)."""
+
+    tokens: tuple[str, ...]
+    vecs: np.ndarray
+
+
+@runtime_checkable
+class TokenEmbedder(Protocol):
+    """An embedder that can also return each text's token vectors, from the same forward pass
+    (the sentence embedder; token-alignment features read them)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def embed_tokens(self, texts: list[str]) -> tuple[np.ndarray, list[TokenVectors]]:
+        """``embed(texts)`` and each text's ``TokenVectors``."""
         ...
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from thrifty.embeddings.base import normalize_rows
+from thrifty.embeddings.base import TokenVectors, normalize_rows
 from thrifty.errors import ConfigError
 
 _BUNDLED = "all-MiniLM-L6-v2"
@@ -91,3 +91,20 @@ class SentenceEmbedder:
             normalize_embeddings=True,
         )
         return normalize_rows(np.asarray(vecs, dtype=np.float32))
+
+    def embed_tokens(self, texts: list[str]) -> tuple[np.ndarray, list[TokenVectors]]:
+        """The sentence vectors and each text's word-piece vectors, from one forward pass."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32), []
+        model = self._load()
+        outs = model.encode([t or "" for t in texts], batch_size=self.batch_size, output_value=None,
+                            show_progress_bar=False)
+        vecs, toks = [], []
+        for out in outs:
+            vecs.append(np.asarray(out["sentence_embedding"].float().cpu().numpy(), dtype=np.float32))
+            n = int(out["attention_mask"].sum())
+            # Rows 1..n-2: the pieces between [CLS] and [SEP] (the rest is padding).
+            ids = out["input_ids"][1:n - 1].tolist()
+            emb = normalize_rows(out["token_embeddings"][1:n - 1].float().cpu().numpy())
+            toks.append(TokenVectors(tuple(model.tokenizer.convert_ids_to_tokens(ids)), emb.astype(np.float16)))
+        return normalize_rows(np.stack(vecs)), toks
