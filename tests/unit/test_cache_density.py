@@ -156,3 +156,31 @@ def test_sample_size_bounds_the_work_per_neighbourhood() -> None:
     lexical = DensitySample(1024).size
     assert lexical < SAMPLE_SIZE and lexical * 1024 <= SAMPLE_FLOATS
     assert DensitySample(8, size=3).size == 3
+
+
+def test_a_lookup_leaves_the_young_generation_collected() -> None:
+    """Each lookup ends with a young-generation collection, so the garbage collector never faces a
+    young generation grown by many lookups' memo churn in the middle of one (docs/caching.md)."""
+    import gc
+
+    from thrifty.cache.backends.memory import MemoryBackend
+    from thrifty.cache.semantic import SemanticCache
+    from thrifty.cache.verifier import RuleVerifier
+    from thrifty.embeddings import build_embedder
+
+    emb = build_embedder("lexical")
+    texts = [f"How do I cook dish number {i}?" for i in range(20)]
+    index = VectorIndex(emb.dim, ann="none")
+    index.add([f"k{i}" for i in range(len(texts))], texts, emb.embed(texts), [1e12] * len(texts))
+    cache = SemanticCache(MemoryBackend(), emb, top_k=3)
+    qvec = emb.embed(["How do I cook dish number 7?"])[0]
+    gc.collect()
+    survivors = [[i] for i in range(300)]  # young (tracked) objects that outlive the lookup
+    ids = {id(o) for o in survivors}
+
+    def young_survivors() -> int:
+        return sum(id(o) in ids for o in gc.get_objects(0))
+
+    assert young_survivors() == 300
+    _, found, _, _ = cache.candidates(index, "How do I cook dish number 7?", qvec, RuleVerifier())
+    assert found and young_survivors() == 0
