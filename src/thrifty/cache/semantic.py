@@ -106,8 +106,7 @@ class SemanticCache:
         if verifier.uses_tokens and found[1]:
             # The sentence model's forward pass for the token vectors runs on a worker thread, as
             # the query embedding does; only texts the verifier will score are sent.
-            wants = getattr(verifier, "wants", None)
-            mask = wants(found[2]) if wants else np.ones(len(found[1]), dtype=bool)
+            mask = verifier.wants(found[2])
             wanted = [query, *(t for t, m in zip(found[1], mask, strict=True) if m)]
             await asyncio.to_thread(self.token_vectors, wanted)
             tokens = self.token_vectors

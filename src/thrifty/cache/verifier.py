@@ -54,6 +54,11 @@ class HitVerifier(Protocol):
         """Whether ``score`` wants the texts' token vectors (alignment.py)."""
         ...
 
+    def wants(self, sims: np.ndarray) -> np.ndarray:
+        """Which candidates ``score`` will score (the others score -inf unseen): the lookup fetches
+        token vectors for these only."""
+        ...
+
     def score(self, query: str, candidates: list[str], sims: np.ndarray,
               density: Density | None = None, tokens: Tokens | None = None) -> np.ndarray:
         """One score per candidate, higher = more likely the same question. ``density``: the
@@ -86,6 +91,9 @@ class RuleVerifier:
     @property
     def uses_tokens(self) -> bool:
         return False
+
+    def wants(self, sims: np.ndarray) -> np.ndarray:
+        return np.ones(len(sims), dtype=bool)
 
     def score(self, query: str, candidates: list[str], sims: np.ndarray,
               density: Density | None = None, tokens: Tokens | None = None) -> np.ndarray:
