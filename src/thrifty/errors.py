@@ -8,6 +8,7 @@ this tree at the boundary where they occur, never matched by substring elsewhere
 
     ThriftyError
     +-- ConfigError                 bad configuration file or value (CLI/startup, not HTTP)
+    |   +-- UsageError              a command-line flag or argument is out of range or unusable
     +-- RequestError (4xx)          the client's request is wrong
     |   +-- InvalidRequestError     400: malformed JSON, wrong types, empty messages
     |   +-- AuthenticationError     401: missing or invalid API key
@@ -58,6 +59,13 @@ class ConfigError(ThriftyError):
 
     status = 500
     type = "config_error"
+
+
+class UsageError(ConfigError):
+    """A command-line flag or argument is invalid (out of range, not finite, an output path that
+    cannot be written); ``message`` names the flag. Checked before any work is done."""
+
+    type = "usage_error"
 
 
 class RequestError(ThriftyError):

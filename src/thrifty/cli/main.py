@@ -2,7 +2,8 @@
 
 Each command group lives in its own module exposing ``register(app)``; ``COMMAND_MODULES``
 is the one visible list of them. Errors from the thrifty tree are printed as one line
-(``thrifty: <message>``) with exit code 2, never as a traceback.
+(``thrifty: <message>``) with exit code 2, never as a traceback; so are operating-system
+errors reading or writing a file the user named (a full disk, a path that vanished mid-run).
 """
 
 from __future__ import annotations
@@ -59,6 +60,12 @@ def main(argv: list[str] | None = None) -> None:
         app(args=argv, prog_name="thrifty", standalone_mode=True)
     except ThriftyError as exc:
         typer.echo(f"thrifty: {exc}", err=True)
+        sys.exit(2)
+    except OSError as exc:
+        # Flags naming files are checked before work starts (cli/checks.py); this is the net
+        # for what changes underneath a run. One line, with the path when the OS gives it.
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        typer.echo(f"thrifty: {exc.strerror or exc}{where}", err=True)
         sys.exit(2)
 
 

@@ -18,6 +18,8 @@ from thrifty.embeddings.base import TokenVectors, normalize_rows
 from thrifty.errors import ConfigError
 
 _BUNDLED = "all-MiniLM-L6-v2"
+# Batches up to this size run the forward pass on one intra-op thread (see ``_encode``).
+SMALL_BATCH = 16
 
 
 def bundled_model_path() -> Path:
@@ -32,11 +34,18 @@ def bundled_model_path() -> Path:
 
 
 class SentenceEmbedder:
-    def __init__(self, model: str | None = None, device: str = "cpu", batch_size: int = 64) -> None:
+    def __init__(self, model: str | None = None, device: str = "cpu", batch_size: int = 64,
+                 threads: int | None = None) -> None:
         # ``model``: None or "all-MiniLM-L6-v2" for the bundled model, else a local folder.
+        # ``threads``: intra-op threads for large batches (None: torch's default when the model
+        # loads, which follows OMP_NUM_THREADS, else one per core).
         self.model_ref = model or _BUNDLED
         self.device = device
         self.batch_size = int(batch_size)
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ConfigError(f"embedder.threads: expected a positive whole number, got {threads!r}")
+        self.threads = threads
+        self._bulk_threads = threads or 1
         self._model: Any = None
         self._dim: int | None = 384 if self.model_ref == _BUNDLED else None
         self._lock = threading.Lock()
@@ -74,6 +83,9 @@ class SentenceEmbedder:
                     "the sentence embedder needs the optional extra: pip install 'thrifty[embeddings]'"
                 ) from None
             model = SentenceTransformer(path, device=self.device)
+            import torch
+
+            self._bulk_threads = self.threads or torch.get_num_threads()
             # Newer sentence-transformers renamed the getter; prefer the new name.
             get_dim = getattr(model, "get_embedding_dimension", None) or getattr(
                 model, "get_sentence_embedding_dimension", None
@@ -82,14 +94,29 @@ class SentenceEmbedder:
             self._model = model
             return model
 
+    def _encode(self, texts: list[str], **kwargs: Any) -> Any:
+        """``model.encode`` with the intra-op thread count set for this batch, in the calling
+        thread only (torch keeps it per OS thread, as OpenMP does).
+
+        Why: a query-sized batch gains little from splitting one small forward pass across cores,
+        and when the cores are busy (a gateway under load, any other process) torch's worker
+        threads wait for each other: on a loaded 2-core machine the embedding of one
+        200-character question took p50 39 ms / p90 536 ms on two threads against 40 / 61 ms
+        on one (bench/router_predict.py measures the router's prediction on it). Large batches
+        (calibration, `cache eval`) keep ``threads`` (default: torch's) for throughput.
+        """
+        import torch
+
+        model = self._load()
+        wanted = 1 if len(texts) <= SMALL_BATCH else self._bulk_threads
+        if torch.get_num_threads() != wanted:
+            torch.set_num_threads(wanted)
+        return model.encode([t or "" for t in texts], batch_size=self.batch_size, show_progress_bar=False, **kwargs)
+
     def embed(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        model = self._load()
-        vecs = model.encode(
-            [t or "" for t in texts], batch_size=self.batch_size, convert_to_numpy=True, show_progress_bar=False,
-            normalize_embeddings=True,
-        )
+        vecs = self._encode(texts, convert_to_numpy=True, normalize_embeddings=True)
         return normalize_rows(np.asarray(vecs, dtype=np.float32))
 
     def embed_tokens(self, texts: list[str]) -> tuple[np.ndarray, list[TokenVectors]]:
@@ -97,8 +124,7 @@ class SentenceEmbedder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32), []
         model = self._load()
-        outs = model.encode([t or "" for t in texts], batch_size=self.batch_size, output_value=None,
-                            show_progress_bar=False)
+        outs = self._encode(texts, output_value=None)
         vecs, toks = [], []
         for out in outs:
             vecs.append(np.asarray(out["sentence_embedding"].float().cpu().numpy(), dtype=np.float32))
