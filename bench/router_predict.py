@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [f"| rule route's format detection (baseline) | - | {base50:.3f} | {base99:.3f} | 1.0x | - | - |"]
     notes: list[str] = []
     auc_rows: list[str] = []
+    targets: list[tuple[str, float]] = []
     for name in [e.strip() for e in args.embedders.split(",") if e.strip()]:
         try:
             router = train_router(train, embedder=EMBEDDERS[name])
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             notes.append(f"- {name}: skipped ({str(exc).splitlines()[0]})")
             continue
         p50, p99 = timings(partial(router.choose, lam=0.0), prompts, args.repeats)
+        targets.append((name, p99))
         aucs, within_auc = held_out_auc(router, test)
         known = [a for a in aucs.values() if a is not None]
         mean_auc = statistics.mean(known) if known else float("nan")
@@ -133,9 +135,10 @@ def main(argv: list[str] | None = None) -> int:
                  "easier: the within-family column above is what the wording adds):\n\n"
                  "| embedder | " + " | ".join(models) + " |\n|---|" + "---:|" * len(models) + "\n"
                  + "\n".join(auc_rows) + "\n")
-    worst = max((float(r.split("|")[4]) for r in rows[1:]), default=None)
-    if worst is not None:
-        body += f"\nTarget (predictions under 5 ms): **{'met' if worst < 5 else 'not met'}** (worst p99 {worst:.2f} ms).\n"
+    for name, p99 in targets:
+        default = " (the default)" if name == "lexical" else ""
+        body += (f"\nTarget (predictions under 5 ms) with the {name} embedder{default}: "
+                 f"**{'met' if p99 < 5 else 'not met'}** (p99 {p99:.2f} ms).\n")
     if notes:
         body += "\n" + "\n".join(notes) + "\n"
     command = ".venv/bin/python bench/router_predict.py" + (

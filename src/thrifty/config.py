@@ -195,6 +195,16 @@ def missing_env_vars(raw: Any, env: dict[str, str] | None = None) -> list[str]:
     return sorted(set(found))
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """``invalid YAML at line L, column C: <problem>`` on one line: ``str(exc)`` spans ~8 lines
+    with a source excerpt, and the CLI prints errors as one. Shared by every YAML file thrifty
+    reads (config, policy, workloads, mock behaviours)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc)
+    return f"invalid YAML{where}: {' '.join(str(problem).split())}"
+
+
 def read_raw(source: str | Path | dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     """The un-interpolated YAML tree and the folder relative paths resolve from."""
     if isinstance(source, dict):
@@ -207,9 +217,7 @@ def read_raw(source: str | Path | dict[str, Any]) -> tuple[dict[str, Any], str |
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}: invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        raise ConfigError(f"{path}: {yaml_problem(exc)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (providers, models, ...)")
     return raw, str(path.resolve().parent)

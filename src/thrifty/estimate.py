@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,8 +62,12 @@ def estimate(workloads: list[Workload], models: list[str], baseline: str, catalo
 def load_workloads(path: Path) -> list[Workload]:
     try:
         raw: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read workloads file {path}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read workloads file {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        from thrifty.config import yaml_problem  # one line, not yaml's 8-line excerpt
+
+        raise ConfigError(f"workloads file {path}: {yaml_problem(exc)}") from None
     items = raw.get("workloads") if isinstance(raw, dict) else raw
     if not isinstance(items, list) or not items:
         raise ConfigError(f"{path}: expected a list of workloads (or a 'workloads:' key holding one)")
@@ -77,16 +82,34 @@ def load_workloads(path: Path) -> list[Workload]:
                     requests_per_month=float(item["requests_per_month"]),
                     input_tokens=float(item.get("input_tokens", 0)),
                     output_tokens=float(item.get("output_tokens", 0)),
-                    models=tuple(item.get("models") or ()),
+                    models=_model_names(item.get("models"), f"{path}: workloads[{i}].models"),
                 )
             )
         except KeyError as exc:
             raise ConfigError(f"{path}: workloads[{i}].{exc.args[0]}: required key is missing") from None
         except (TypeError, ValueError):
             raise ConfigError(f"{path}: workloads[{i}]: token counts and volume must be numbers") from None
+        check_workload(out[-1], f"{path}: workloads[{i}]")
     return out
 
 
-def check_workload(w: Workload) -> None:
-    if w.requests_per_month < 0 or w.input_tokens < 0 or w.output_tokens < 0:
-        raise InvalidRequestError(f"workload {w.name}: volume and token counts must not be negative")
+def _model_names(value: Any, where: str) -> tuple[str, ...]:
+    """A workload's ``models``: a list of names, or one name (``models: gpt-4o``), which
+    ``tuple()`` would otherwise split into one "model" per character."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,) if value.strip() else ()
+    if isinstance(value, list) and all(isinstance(m, str) and m.strip() for m in value):
+        return tuple(value)
+    raise ConfigError(f"{where}: expected a model name or a list of model names, got {value!r}")
+
+
+def check_workload(w: Workload, where: str | None = None) -> None:
+    """Volume and token counts must be finite and >= 0: NaN or inf would print as NaN in JSON
+    (which strict parsers reject) and as nan/inf in the table."""
+    for name in ("requests_per_month", "input_tokens", "output_tokens"):
+        value = getattr(w, name)
+        if not math.isfinite(value) or value < 0:
+            raise InvalidRequestError(f"{where or 'workload ' + w.name}: {name} must be a finite number >= 0, "
+                                      f"got {value}")

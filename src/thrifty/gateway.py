@@ -52,7 +52,8 @@ class Gateway:
         self.ledger: LedgerWriter | None = None
         if config.ledger.enabled:
             path = config.resolve_path(config.ledger.path)
-            store = open_store(path=path, dsn=config.ledger.dsn)
+            # check: a SQLite path that cannot be opened fails here, at startup, not on the first write.
+            store = open_store(path=path, dsn=config.ledger.dsn, check=True)
             spill = None if config.ledger.dsn else path + ".failed.jsonl"
             if config.ledger.dsn:
                 spill = config.resolve_path("thrifty-ledger.failed.jsonl")

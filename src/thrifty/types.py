@@ -78,7 +78,10 @@ class ChatRequest:
         if use_stream:
             body["stream"] = True
             # Always ask for usage: thrifty must price the stream even if the client did not ask.
-            opts = dict(body.get("stream_options") or {})
+            # from_body has already refused a non-object; a ChatRequest built in code gets the same
+            # treatment as none rather than a ValueError mid-request.
+            raw = body.get("stream_options")
+            opts = dict(raw) if isinstance(raw, dict) else {}
             opts["include_usage"] = True
             body["stream_options"] = opts
         else:
@@ -142,9 +145,17 @@ def _check_message(i: int, msg: Any) -> None:
 
 _NUMERIC_PARAMS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
 _INT_PARAMS = ("max_tokens", "max_completion_tokens", "n", "seed", "top_logprobs")
+# Parameters OpenAI defines as JSON objects. thrifty reads or rewrites some of them (stream_options
+# is copied into the upstream body, metadata.task picks a route), so a string or an array there
+# must be the client's 400, not a ValueError deep in the pipeline (a 500).
+_OBJECT_PARAMS = ("stream_options", "metadata", "response_format", "logit_bias")
 
 
 def _check_param_types(body: dict[str, Any]) -> None:
+    for key in _OBJECT_PARAMS:
+        v = body.get(key)
+        if v is not None and not isinstance(v, dict):
+            raise InvalidRequestError(f"'{key}' must be an object, got {_json_type(v)}.", param=key)
     for key in _NUMERIC_PARAMS:
         v = body.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
@@ -156,12 +167,25 @@ def _check_param_types(body: dict[str, Any]) -> None:
     n = body.get("n")
     if isinstance(n, int) and n < 1:
         raise InvalidRequestError("'n' must be at least 1.", param="n")
-    for key in ("tools", "stop"):
-        v = body.get(key)
-        if key == "tools" and v is not None and not isinstance(v, list):
-            raise InvalidRequestError("'tools' must be an array.", param="tools")
-        if key == "stop" and v is not None and not isinstance(v, str | list):
-            raise InvalidRequestError("'stop' must be a string or an array of strings.", param="stop")
+    # The items too: token counting and the cache key read each tool, and the message promises strings.
+    tools = body.get("tools")
+    if tools is not None and (not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools)):
+        raise InvalidRequestError("'tools' must be an array of objects.", param="tools")
+    stop = body.get("stop")
+    if stop is not None and not (isinstance(stop, str) or (
+            isinstance(stop, list) and all(isinstance(s, str) for s in stop))):
+        raise InvalidRequestError("'stop' must be a string or an array of strings.", param="stop")
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of ``value``'s type, for messages a client reads (not Python's names)."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else type(value).__name__
 
 
 @dataclass

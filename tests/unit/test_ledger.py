@@ -86,5 +86,17 @@ def test_write_that_keeps_failing_is_spilled_not_lost(tmp_path: Path) -> None:
 def test_parse_since() -> None:
     assert parse_since("2d", now=1_000_000) == 1_000_000 - 2 * 86400
     assert parse_since("2026-01-01") == pytest.approx(1767225600)
-    with pytest.raises(InvalidRequestError):
+    with pytest.raises(InvalidRequestError, match=r"^--since: "):
         parse_since("yesterday")
+    with pytest.raises(InvalidRequestError, match=r"^--until: "):
+        parse_since("2020-13-45", flag="--until")
+
+
+def test_json_report_is_strict_json() -> None:
+    import json
+
+    from thrifty.ledger.report import ReportRow
+
+    row = ReportRow("total", 0, 0, 0.0, 0.0, 0.0, float("nan"), 0, 0, 0, 0)
+    out = render([row], "json", "scope")
+    assert "NaN" not in out and json.loads(out)[0]["saved_pct"] is None

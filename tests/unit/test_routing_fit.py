@@ -12,10 +12,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from fixtures.routing_data import MODELS, SPEC, synthetic
+from fixtures.routing_data import MODELS, SPEC, synthetic, write_jsonl
 from thrifty.cli.main import build_app
 from thrifty.config import load_config
-from thrifty.evaluation.dataset import OutcomeSet, load_outcomes
+from thrifty.evaluation.dataset import load_outcomes
 from thrifty.routing import build_router
 from thrifty.routing.calibrate import Target, calibrate, parse_target
 from thrifty.routing.config import parse_routing
@@ -68,13 +68,6 @@ def test_calibrate_meets_a_relative_target() -> None:
     assert cal.cv[-1]["accuracy"] >= cal.required_accuracy
     assert cal.section["fitted"]["calibration"]["met"] is True
 
-
-def write_jsonl(data: OutcomeSet, path: Path) -> None:
-    with path.open("w") as fh:
-        for item in data:
-            fh.write(json.dumps({"prompt": item.prompt, "task": item.task, "outcomes": {
-                m: {"score": item.scores[m], "response": o.response, "cost": o.cost}
-                for m, o in item.outcomes.items()}}) + "\n")
 
 
 def test_calibrate_cli_writes_a_config_that_loads(tmp_path: Path) -> None:

@@ -18,13 +18,17 @@ from typing import TYPE_CHECKING, Any
 from thrifty.batching import packing
 from thrifty.batching.items import Item, coerce_items
 from thrifty.batching.progress import Progress
-from thrifty.errors import InvalidRequestError, ThriftyError
+from thrifty.errors import ConfigError, InvalidRequestError, ThriftyError, UsageError
 from thrifty.types import ChatRequest, response_text
 
 if TYPE_CHECKING:
     from thrifty.gateway import Gateway
 
 __all__ = ["Item", "ItemResult", "run_batch"]
+
+# How a request names a route (thrifty.routing.router.ROUTE_PREFIX; not imported, to keep this
+# module free of the routing package).
+ROUTE_PREFIX = "route:"
 
 
 @dataclass
@@ -51,21 +55,52 @@ class ItemResult:
 
 
 def resolve_target(gateway: Gateway, model: str | None, route: str | None) -> str:
-    """The request ``model`` to send: --model, else route:NAME, else the config's defaults."""
+    """The request ``model`` to send: --model, else route:NAME, else the config's defaults.
+
+    The name is checked against the config here, before any call: an unknown one would otherwise
+    fail every item one by one (each after the gateway's retries) and still look like a run."""
     if model and route:
         raise InvalidRequestError("give --model or --route, not both")
     cfg = gateway.config.batching
     if model:
-        return model
+        return _known_model(gateway, model, "--model")
     if route:
-        return f"route:{route}"
+        return _known_route(gateway, route, "--route")
     if cfg.model:
-        return cfg.model
+        return _known_model(gateway, cfg.model, "batching.model")
     if cfg.route:
-        return f"route:{cfg.route}"
+        return _known_route(gateway, cfg.route, "batching.route")
     if gateway.config.default_model:
         return gateway.config.default_model
     raise InvalidRequestError("no model to run the batch on: pass --model or --route (or set batching.model)")
+
+
+def _refuse(where: str, message: str) -> ConfigError:
+    """A flag's mistake is the user's command line (UsageError); a config key's is the config's."""
+    return UsageError(f"{where}: {message}") if where.startswith("--") else ConfigError(f"{where}: {message}")
+
+
+def _known_model(gateway: Gateway, name: str, where: str) -> str:
+    """``name`` when the gateway can serve it: a catalog model or alias, ``auto`` (with a router
+    or a default model) or ``route:NAME``; else an error listing what the config has."""
+    if name.startswith(ROUTE_PREFIX):
+        _known_route(gateway, name[len(ROUTE_PREFIX):], where)
+        return name
+    if gateway.catalog.get(name) is not None:
+        return name
+    if name == "auto" and (gateway.router is not None or gateway.config.default_model):
+        return name
+    known = ", ".join(sorted(m.name for m in gateway.catalog)) or "none"
+    raise _refuse(where, f"unknown model {name!r} (this config has: {known})")
+
+
+def _known_route(gateway: Gateway, name: str, where: str) -> str:
+    """``route:NAME`` when the config's routing section has that route, else an error listing them."""
+    routes = sorted(gateway.config.routing.routes)
+    if name not in routes:
+        known = f"this config has: {', '.join(routes)}" if routes else "this config has no routing.routes"
+        raise _refuse(where, f"unknown route {name!r} ({known})")
+    return ROUTE_PREFIX + name
 
 
 class _Run:
@@ -178,13 +213,18 @@ async def run_batch(
     if not task.strip():
         raise InvalidRequestError("--task must not be empty")
     checked = coerce_items(items)
-    target = resolve_target(gateway, model, route)
-    size = pack or gateway.config.batching.pack
+    # ``is None``, not ``or``: a 0 given on purpose is refused, not silently swapped for the default.
+    size = gateway.config.batching.pack if pack is None else pack
     if size < 1:
-        raise InvalidRequestError("--pack must be at least 1")
+        raise UsageError(f"--pack: expected a whole number >= 1, got {size}")
+    in_flight = gateway.config.batching.concurrency if concurrency is None else concurrency
+    if in_flight < 1:
+        # A semaphore below 1 raises (negative) or never lets a call through (0).
+        raise UsageError(f"--concurrency: expected a whole number >= 1, got {in_flight}")
+    target = resolve_target(gateway, model, route)
     bar = Progress(len(checked), enabled=progress)
     run = _Run(gateway, target, task, labels, validate, bar, task_name)
-    sem = asyncio.Semaphore(concurrency or gateway.config.batching.concurrency)
+    sem = asyncio.Semaphore(in_flight)
 
     async def one(chunk: list[Item]) -> None:
         async with sem:

@@ -97,23 +97,31 @@ def report(pairs: list[Pair], lookups: list[Lookup], latency: dict[str, float], 
     }
 
 
+def _fmt(value: float, spec: str) -> str:
+    """``value`` formatted, or "n/a" when it is NaN: a rate over no pairs (a file without
+    non-duplicates has no false-hit rate) is undefined, not a number to print as "nan%"."""
+    return format(value, spec) if np.isfinite(value) else "n/a"
+
+
 def render_text(rep: dict[str, Any]) -> str:
     op = rep["operating_point"]
     lines = [
         f"pairs {rep['pairs']} (duplicates {rep['duplicates']}, non-duplicates {rep['non_duplicates']}); "
         f"embedder {rep['embedder']}; verifier {rep['verifier']}",
-        f"operating point: threshold {op['threshold']:.4f}  duplicate hit rate {op['duplicate_hit_rate']:.2%}  "
-        f"false-hit rate {op['false_hit_rate']:.3%} ({op['duplicates_served']} duplicates and {op['false_hits']} "
-        "non-duplicates answered with their text_a's answer)",
+        f"operating point: threshold {op['threshold']:.4f}  duplicate hit rate {_fmt(op['duplicate_hit_rate'], '.2%')}  "
+        f"false-hit rate {_fmt(op['false_hit_rate'], '.3%')} ({op['duplicates_served']} duplicates and "
+        f"{op['false_hits']} non-duplicates answered with their text_a's answer)",
         f"served another pair's entry: {op['served_other_entry']} lookups ({op['served_other_entry_identical_text']} "
         "of them an identical cached question); any entry served: duplicates "
-        f"{op['duplicate_served_any_rate']:.2%}, non-duplicates {op['non_duplicate_served_any_rate']:.3%}",
+        f"{_fmt(op['duplicate_served_any_rate'], '.2%')}, non-duplicates "
+        f"{_fmt(op['non_duplicate_served_any_rate'], '.3%')}",
         "",
         f"{'threshold':>10} {'dup hit rate':>13} {'false-hit rate':>15} {'hit rate':>9} {'served any':>11}",
     ]
     for r in rep["per_threshold"]:
-        lines.append(f"{r['threshold']:>10.4f} {r['duplicate_hit_rate']:>13.2%} {r['false_hit_rate']:>15.3%} "
-                     f"{r['hit_rate']:>9.2%} {r['served_rate']:>11.2%}")
+        lines.append(f"{r['threshold']:>10.4f} {_fmt(r['duplicate_hit_rate'], '.2%'):>13} "
+                     f"{_fmt(r['false_hit_rate'], '.3%'):>15} {_fmt(r['hit_rate'], '.2%'):>9} "
+                     f"{_fmt(r['served_rate'], '.2%'):>11}")
     lat = rep["latency"]
     lines += ["", f"lookup latency p50 {lat['lookup_p50_ms']:.2f} ms, p99 {lat['lookup_p99_ms']:.2f} ms "
               f"(+ query embedding p50 {lat['embed_p50_ms']:.2f} ms, p99 {lat['embed_p99_ms']:.2f} ms)"]

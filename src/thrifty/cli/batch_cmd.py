@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from thrifty.errors import InvalidRequestError
+from thrifty.cli.checks import finite_float, int_at_least, writable_output
+from thrifty.errors import InvalidRequestError, ThriftyError
 
 if TYPE_CHECKING:
     from thrifty.batching.jobs import Job
@@ -55,6 +56,15 @@ def _summary(results: list[ItemResult]) -> str:
     return f"{len(results)} items: {ok} ok, {failed} failed{tail} ({made}); {money}; {tokens:.1f} tokens/item"
 
 
+def _refuse_all_failed(results: list[ItemResult]) -> None:
+    """A run where no item succeeded is a failure (exit 2), not a result: scripts check the exit
+    code. The lines are written first, so every item's error can still be read there."""
+    if results and all(r.status == "failed" for r in results):
+        first = next((r.error for r in results if r.error), "no answer")
+        # An upstream's error text may span lines; the CLI error is one line.
+        raise ThriftyError(f"all {len(results)} items failed; first error: {' '.join(first.split())[:300]}")
+
+
 def _job_line(job: Job, counts: dict[str, int]) -> str:
     shown = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     return (f"{job.job_id}  {job.status:<9}  round {job.round}  provider batch {job.batch_id or '-'} "
@@ -84,6 +94,12 @@ def register(app: typer.Typer) -> None:
         """Run --task on every item of ITEMS.jsonl: one output line per item, with its cost share."""
         from thrifty.batching.items import load_items
 
+        # Flags first: --out is written only after every item was paid for, so an unwritable one
+        # found at the end would lose the whole run. The upper bounds are batching's in the config.
+        writable_output(out, "--out")
+        int_at_least(pack, "--pack", 1, 200)
+        int_at_least(concurrency, "--concurrency", 1, 256)
+        finite_float(poll_interval, "--poll-interval", 0, low_open=True)
         items = load_items(items_file)
         label_list = [x.strip() for x in labels.split(",") if x.strip()] if labels else None
         gw = _gateway(config)
@@ -120,6 +136,7 @@ def register(app: typer.Typer) -> None:
             return
         _write(results, out)
         typer.echo(_summary(results), err=True)
+        _refuse_all_failed(results)
 
     @group.command("status")
     def status(
@@ -161,6 +178,8 @@ def register(app: typer.Typer) -> None:
         """One line per item (pending ones too, until the job finishes)."""
         from thrifty.batching.deferred import DeferredRunner
 
+        writable_output(out, "--out")
+        finite_float(poll_interval, "--poll-interval", 0, low_open=True)
         gw = _gateway(config)
 
         async def main() -> tuple[list[ItemResult], Job]:

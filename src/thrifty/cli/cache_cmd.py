@@ -11,7 +11,9 @@ from typing import Any
 import typer
 
 from thrifty.cache.config import DEFAULT_TOP_K
-from thrifty.errors import ConfigError, InvalidRequestError
+from thrifty.cli.checks import dumps, finite_float, int_at_least, writable_output
+from thrifty.cli.report_cmd import parse_when
+from thrifty.errors import ConfigError, InvalidRequestError, UsageError
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="Config file (default: $THRIFTY_CONFIG).")
 
@@ -70,16 +72,16 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Hits, misses, hit rate and dollars saved (from the ledger), and what the cache holds."""
         from thrifty.cache.stats import as_dicts, ledger_stats
-        from thrifty.ledger.report import parse_since
         from thrifty.ledger.store import open_store
 
+        cutoff = parse_when(since, "--since")
         cfg = _config(config)
         rows: list[Any] = []
         path = cfg.resolve_path(cfg.ledger.path)
         if cfg.ledger.dsn or Path(path).exists():
             store = open_store(path, cfg.ledger.dsn)
             try:
-                rows = ledger_stats(store, by, parse_since(since))
+                rows = ledger_stats(store, by, cutoff)
             finally:
                 store.close()
         backend = _backend(cfg)
@@ -88,7 +90,7 @@ def register(app: typer.Typer) -> None:
         finally:
             asyncio.run(backend.aclose())
         if as_json:
-            typer.echo(json.dumps({"requests": as_dicts(rows), "store": held}, indent=2))
+            typer.echo(dumps({"requests": as_dicts(rows), "store": held}, indent=2))
             return
         typer.echo(f"{'scope' if by is None else by:<24} {'hits':>8} {'misses':>8} {'bypass':>8} {'hit rate':>9} "
                    f"{'saved $':>12}")
@@ -109,11 +111,10 @@ def register(app: typer.Typer) -> None:
         older_than: str | None = typer.Option(None, "--older-than", help="Only entries older than: 7d, 24h, 30m."),
     ) -> None:
         """Delete cache entries: all, by tenant, by model and/or older than an age."""
-        from thrifty.ledger.report import parse_since
 
         if not (all_ or tenant or model or older_than):
             raise InvalidRequestError("say what to clear: --all, --tenant, --model and/or --older-than")
-        cutoff = parse_since(older_than) if older_than else None
+        cutoff = parse_when(older_than, "--older-than")
         backend = _backend(_config(config))
 
         async def run() -> int:
@@ -147,6 +148,11 @@ def register(app: typer.Typer) -> None:
         from thrifty.cache.pairs import read_pairs
         from thrifty.cache.verifier import HitVerifier, LearnedVerifier, RuleVerifier
 
+        # Before the embedder loads and the pairs are embedded (minutes with a sentence model).
+        writable_output(decisions, "--decisions")
+        _rate(max_false_hit_rate, "--max-false-hit-rate")
+        int_at_least(top_k, "--top-k", 1)
+        _verifier_model(model)
         cfg = _config(config, required=False)
         # The verifier file in use is read once: it also names the embedder when none is given.
         loaded: LearnedVerifier | None = None
@@ -175,7 +181,8 @@ def register(app: typer.Typer) -> None:
             with decisions.open("w", encoding="utf-8") as fh:
                 for row in decision_rows(judged, lookups, ver.threshold):
                     fh.write(json.dumps(row) + "\n")
-        typer.echo(json.dumps(rep, indent=2) if as_json else render_text(rep))
+        # A rate over no pairs is NaN: strict JSON (null) for jq and JSON.parse, "n/a" in the table.
+        typer.echo(dumps(rep, indent=2) if as_json else render_text(rep))
 
     @group.command("calibrate")
     def calibrate_(
@@ -199,8 +206,18 @@ def register(app: typer.Typer) -> None:
         from thrifty.cache.calibrate import calibrate
         from thrifty.cache.pairs import read_pairs
 
-        if not 0 < max_false_hit_rate < 1:
-            raise InvalidRequestError("--max-false-hit-rate must be between 0 and 1")
+        # Before the embedder loads and cross-validation runs (minutes with a sentence model);
+        # --out is written only at the end of it.
+        _rate(max_false_hit_rate, "--max-false-hit-rate")
+        # Cross-validation needs two folds at least (one fold leaves nothing to train on).
+        int_at_least(folds, "--folds", 2)
+        finite_float(margin, "--margin", 0, low_open=True)
+        if margin * max_false_hit_rate >= 1:
+            raise UsageError(f"--margin: margin x --max-false-hit-rate must stay below 1 (every pair would be "
+                             f"served), got {margin} x {max_false_hit_rate}")
+        int_at_least(top_k, "--top-k", 1)
+        _verifier_model(model)
+        writable_output(out, "--out")
         cfg = _config(config, required=False)
         emb = _embedder(embedder, cfg)
         cal = calibrate(read_pairs(pairs), emb, max_false_hit_rate=max_false_hit_rate, model=model, folds=folds,
@@ -211,7 +228,7 @@ def register(app: typer.Typer) -> None:
         s["out"] = str(out)
         s["embedder"] = emb.name
         if as_json:
-            typer.echo(json.dumps(s, indent=2))
+            typer.echo(dumps(s, indent=2))
             return
         typer.echo(f"wrote {out} (embedder {emb.name}, model {cal.verifier.info['model']}, "
                    f"threshold {s['threshold']:.4f})")
@@ -219,6 +236,24 @@ def register(app: typer.Typer) -> None:
                    f"false-hit rate {s['cv_false_hit_rate']:.3%} (worst fold {s['cv_false_hit_rate_max']:.3%})")
 
     app.add_typer(group, name="cache")
+
+
+def _rate(value: float, flag: str) -> float:
+    """A false-hit rate target: a finite share strictly between 0 and 1 (0 serves nothing, 1
+    serves everything; NaN would reach the threshold search and fail inside it)."""
+    finite_float(value, flag, 0, 1, low_open=True)
+    if value >= 1:
+        raise UsageError(f"{flag}: expected a finite number > 0 and < 1, got {value}")
+    return value
+
+
+def _verifier_model(model: str) -> str:
+    """--model checked before the pairs are embedded (calibrate() checks it only after)."""
+    from thrifty.cache.calibrate import MODELS
+
+    if model not in MODELS:
+        raise UsageError(f"--model: expected one of {', '.join(MODELS)}, got {model!r}")
+    return model
 
 
 def _say(message: str) -> None:

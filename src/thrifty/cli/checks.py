@@ -8,13 +8,14 @@ raises ``UsageError`` naming the flag, which ``thrifty.cli.main`` prints as one 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 from pathlib import Path
-from typing import Any
 
 from thrifty.errors import UsageError
+from thrifty.strictjson import dumps, json_safe
+
+__all__ = ["dumps", "finite_float", "int_at_least", "json_safe", "writable_output"]
 
 
 def writable_output(path: str | Path | None, flag: str) -> Path | None:
@@ -65,20 +66,3 @@ def finite_float(value: float | None, flag: str, low: float | None = None, high:
         span = " and ".join(x for x in (lo, hi) if x)
         raise UsageError(f"{flag}: expected a finite number{' ' + span if span else ''}, got {value}")
     return value
-
-
-def json_safe(obj: Any) -> Any:
-    """``obj`` with NaN and infinite floats replaced by None: standard JSON has no such numbers
-    and strict parsers (JavaScript's ``JSON.parse``, jq) reject them."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    return obj
-
-
-def dumps(obj: Any, **kwargs: Any) -> str:
-    """``json.dumps`` that never writes NaN or Infinity (see ``json_safe``)."""
-    return json.dumps(json_safe(obj), allow_nan=False, **kwargs)

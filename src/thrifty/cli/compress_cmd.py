@@ -9,7 +9,8 @@ from typing import Any
 
 import typer
 
-from thrifty.errors import InvalidRequestError, NotFoundError
+from thrifty.cli.checks import int_at_least
+from thrifty.errors import InvalidRequestError, NotFoundError, UsageError
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="Config file naming the store (default: $THRIFTY_CONFIG).")
 KIND = "prompt"
@@ -30,12 +31,29 @@ def _store(config: Path | None) -> tuple[Any, bool]:
 
 
 def _resolve(store: Any, prefix: str) -> str:
+    # An empty prefix matches every prompt: `purge ""` would forget whichever one is stored.
+    if not prefix.strip():
+        raise UsageError("HASH: expected a prompt hash or a prefix of one, got an empty string")
     keys = [k for k in store.keys(KIND) if k.startswith(prefix)]
     if not keys:
         raise NotFoundError(f"no stored prompt with hash {prefix!r} (see `thrifty compress show`)", code="not_found")
     if len(keys) > 1:
         raise InvalidRequestError(f"hash prefix {prefix!r} is ambiguous ({len(keys)} prompts): give more characters")
     return str(keys[0])
+
+
+def _read_text(path: Path) -> str:
+    """--text-file's text, read before the store is opened: an unreadable, non-UTF-8 or empty file
+    is a one-line error, never a traceback or an empty version."""
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise UsageError(f"--text-file: cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--text-file: {path} is not UTF-8 text") from None
+    if not text:
+        raise UsageError(f"--text-file: {path} is empty")
+    return text
 
 
 def register(app: typer.Typer) -> None:
@@ -81,12 +99,15 @@ def register(app: typer.Typer) -> None:
         from thrifty.compress import versions
         from thrifty.tokens import count_text
 
+        int_at_least(version, "--version", 1)
+        if version is not None and text_file is not None:
+            raise UsageError("--version: give --version or --text-file, not both (--text-file pins a new version)")
+        text = _read_text(text_file) if text_file is not None else ""
         store, _ = _store(config)
         try:
             key = _resolve(store, prompt_hash)
             doc = store.get(KIND, key)
             if text_file is not None:
-                text = text_file.read_text(encoding="utf-8").strip()
                 v = versions.add_version(doc, text, count_text(text), "validated", "written by a person")
                 version = v["version"]
             chosen = versions.approve(doc, version) if action == "approve" else versions.reject(doc, version)

@@ -2,11 +2,50 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import typer
 
-from thrifty.config import load_config, missing_env_vars, read_raw
+from thrifty.catalog import Catalog
+from thrifty.config import Config, load_config, missing_env_vars, read_raw
+
+# Files SQLite makes beside a database it opens.
+_SQLITE_SIDECARS = ("", "-wal", "-shm", "-journal")
+
+
+def _local_stores(cfg: Config) -> list[str]:
+    """The SQLite files building the gateway opens (ledger, cache, compression store), with their
+    sidecars: `config check` removes the ones that did not exist before it ran."""
+    # Listed whether or not they are used (Postgres, Redis): only files that appear are removed.
+    paths = [cfg.resolve_path(cfg.ledger.path), cfg.resolve_path(cfg.compression.store.path)]
+    if cfg.cache is not None:
+        paths.append(cfg.resolve_path(cfg.cache.path))
+    return [p + s for p in paths if p != ":memory:" for s in _SQLITE_SIDECARS]
+
+
+def build_like_serve(cfg: Config) -> Catalog:
+    """Build the gateway exactly as `thrifty serve` does at start-up, without listening, then
+    close it: a route naming an unknown model, a bad regex, an unreadable verifier, router or
+    examples file... are only found there, and `config check` must refuse what serve refuses.
+    Returns the gateway's catalog (building another would log each unpriced model again)."""
+    from thrifty.gateway import Gateway
+
+    before = {p for p in _local_stores(cfg) if os.path.exists(p)}
+    try:
+        gw = Gateway.from_config(cfg)
+        try:
+            gw.app()
+            return gw.catalog
+        finally:
+            gw.close()
+    finally:
+        # A check leaves no empty databases behind (serve creates them when it really starts).
+        for p in _local_stores(cfg):
+            if p not in before:
+                with contextlib.suppress(OSError):
+                    os.unlink(p)
 
 
 def register(app: typer.Typer) -> None:
@@ -16,10 +55,10 @@ def register(app: typer.Typer) -> None:
     def check(file: Path = typer.Argument(..., help="The YAML config file.")) -> None:
         """Validate FILE: every problem is printed as `key.path: what is wrong`."""
         cfg = load_config(file)
+        catalog = build_like_serve(cfg)
         raw, _ = read_raw(file)
         for var in missing_env_vars(raw):
             typer.echo(f"warning: environment variable {var} is not set (used as an empty string)", err=True)
-        catalog = cfg.build_catalog()
         unpriced = [m.name for m in catalog if m.price is None]
         for name in unpriced:
             typer.echo(f"warning: models.{name}: no known price; its cost will be recorded as unknown", err=True)

@@ -50,14 +50,30 @@ def _main_job(folder: Path, plot: Path, quiet: bool) -> None:
     from thrifty.evaluation.report import render_text, write_decisions, write_plot
     from thrifty.evaluation.session import run_eval
 
+    _check_outputs(plot)
     typer.echo(f"thrifty demo: replaying RouterBench ({folder}) through the pipeline with the default policy",
                err=True)
     result = run_eval(folder, options=EvalOptions(progress=not quiet))
-    plot.parent.mkdir(parents=True, exist_ok=True)
     write_plot(result, plot)
     write_decisions(result.decisions, plot.with_name("decisions.jsonl"))
     typer.echo(render_text(result))  # ends with the savings line
     typer.echo(f"plot: {plot}   decisions: {plot.with_name('decisions.jsonl')}")
+
+
+def _check_outputs(plot: Path) -> None:
+    """Refuse an unusable --plot (or the decisions file written beside it) before the replay,
+    which takes a minute: creating the plot's folder is part of the demo, a path that cannot
+    be written is a one-line UsageError instead of a traceback after all the work."""
+    from thrifty.cli.checks import writable_output
+    from thrifty.errors import UsageError
+    from thrifty.evaluation.report import check_plot_path
+
+    try:
+        plot.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--plot: cannot create folder {plot.parent}: {exc.strerror or exc}") from None
+    check_plot_path(plot, "--plot")
+    writable_output(plot.with_name("decisions.jsonl"), "--plot (decisions.jsonl beside it)")
 
 
 def _mock_session() -> None:

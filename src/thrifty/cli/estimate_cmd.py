@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
-import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 
 import typer
 
+from thrifty.cli.checks import dumps, finite_float
 from thrifty.errors import InvalidRequestError
 
 
@@ -31,6 +32,10 @@ def register(app: typer.Typer) -> None:
         from thrifty.config import load_config
         from thrifty.estimate import Workload, check_workload, estimate, load_workloads, price_of
 
+        # Checked first (nan would print as NaN in the JSON, 1e400 as inf/nan in the table).
+        finite_float(requests, "--requests-per-month", 0)
+        finite_float(input_tokens, "--input-tokens", 0)
+        finite_float(output_tokens, "--output-tokens", 0)
         catalog = load_config(config).build_catalog() if config else None
         names = [m.strip() for m in models.split(",") if m.strip()]
         if workloads:
@@ -49,7 +54,8 @@ def register(app: typer.Typer) -> None:
             baseline = max(priced)[1]
         rows = estimate(wl, names, baseline, catalog)
         if json_out:
-            typer.echo(json.dumps({"baseline": baseline, "rows": [asdict(r) for r in rows]}, indent=2))
+            # Strict JSON: a figure that still overflows (huge prices x volume) is null, never NaN.
+            typer.echo(dumps({"baseline": baseline, "rows": [asdict(r) for r in rows]}, indent=2))
             return
         from rich.console import Console
         from rich.table import Table
@@ -59,10 +65,12 @@ def register(app: typer.Typer) -> None:
             table.add_column(col, justify="left" if col in ("workload", "model") else "right")
 
         def money(v: float | None) -> str:
-            return "unknown" if v is None else f"{v:,.2f}"
+            # Finite inputs can still overflow (1e300 requests x 1e300 tokens): say so, not "inf".
+            return "unknown" if v is None else f"{v:,.2f}" if math.isfinite(v) else "overflow"
 
         for r in rows:
-            pct = "unknown" if r.saved_pct is None else f"{r.saved_pct:.1f}"
+            pct = ("unknown" if r.saved_pct is None else f"{r.saved_pct:.1f}" if math.isfinite(r.saved_pct)
+                   else "overflow")
             table.add_row(r.workload, r.model, money(r.monthly_usd), money(r.saved_usd), pct)
         console = Console(file=io.StringIO(), width=110)
         console.print(table)

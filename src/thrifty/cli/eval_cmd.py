@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
 
+from thrifty.cli.checks import finite_float, int_at_least, writable_output
 from thrifty.errors import InvalidRequestError
 
 
@@ -16,8 +18,9 @@ def parse_sweep(value: str) -> tuple[float, ...]:
         shares = tuple(float(v) for v in value.split(",") if v.strip())
     except ValueError:
         raise InvalidRequestError(f"--sweep: expected comma-separated numbers like 0.05,0.1,0.2, got {value!r}") from None
-    if any(s <= 0 for s in shares):
-        raise InvalidRequestError("--sweep: every max cost share must be above 0")
+    # nan compares False with everything, so "above 0" alone would let nan and inf through.
+    if any(not math.isfinite(s) or s <= 0 for s in shares):
+        raise InvalidRequestError("--sweep: every max cost share must be a finite number above 0")
     return shares
 
 
@@ -44,11 +47,25 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Replay recorded outcomes of many LLMs through the real pipeline and score the policy."""
         from thrifty.evaluation.evaluate import EvalOptions
-        from thrifty.evaluation.report import render_text, result_json, write_decisions, write_plot
+        from thrifty.evaluation.report import (
+            check_plot_path,
+            render_text,
+            result_json,
+            write_decisions,
+            write_plot,
+        )
         from thrifty.evaluation.session import run_eval
 
-        if max_cost_share is not None and max_cost_share <= 0:
-            raise InvalidRequestError("--max-cost-share must be above 0")
+        # Every flag is checked before the data is loaded and the (minutes-long) fit and replay
+        # start: --concurrency 0 would wait forever on a zero-slot semaphore, and an unwritable
+        # --decisions/--plot would fail only after all the work.
+        finite_float(max_cost_share, "--max-cost-share", 0, low_open=True)
+        int_at_least(concurrency, "--concurrency", 1)
+        if not no_fit and train is None:
+            int_at_least(folds, "--folds", 2)
+        writable_output(decisions, "--decisions")
+        if plot is not None:
+            check_plot_path(plot, "--plot")
         options = EvalOptions(baseline=baseline, max_cost_share=max_cost_share, fit=not no_fit, folds=folds,
                               seed=seed, sweep=parse_sweep(sweep), concurrency=concurrency, via_http=via_http,
                               progress=not quiet and not as_json)

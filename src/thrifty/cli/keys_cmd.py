@@ -40,6 +40,18 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Create a key and print it: this is the only time it is shown."""
+        from thrifty.cli.checks import finite_float, int_at_least
+        from thrifty.errors import UsageError
+        from thrifty.ops.keys import MAX_LIMIT, PERIODS
+
+        # Flags first, named as the user typed them, before the ledger database is opened or created.
+        finite_float(budget_usd, "--budget-usd", 0.0, low_open=True)
+        int_at_least(rpm, "--rpm", 1, MAX_LIMIT)
+        int_at_least(tpm, "--tpm", 1, MAX_LIMIT)
+        if period not in PERIODS:
+            raise UsageError(f"--period: expected day or month, got {period!r}")
+        if not name.strip():
+            raise UsageError("--name: expected a non-empty name")
         store_keys, store = _keystore(config)
         try:
             route_list = [r.strip() for r in routes.split(",") if r.strip()] if routes else []

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from thrifty.cli.checks import finite_float, int_at_least
 from thrifty.mock.behaviour import MockConfig
 
 
@@ -36,6 +37,18 @@ def build_config(
     return result.with_default_faults(**set_faults) if set_faults else result
 
 
+def check_fault_flags(latency_ms: float | None, jitter_ms: float | None, chunk_delay_ms: float | None,
+                      error_rate: float | None, fail_status: int | None) -> None:
+    """``UsageError`` naming the flag, before pydantic sees the value (its report is many lines
+    and names the field, not the flag). Same bounds as ``Faults``, plus finiteness: an infinite
+    latency would make every request hang."""
+    finite_float(latency_ms, "--latency-ms", 0.0)
+    finite_float(jitter_ms, "--jitter-ms", 0.0)
+    finite_float(chunk_delay_ms, "--chunk-delay-ms", 0.0)
+    finite_float(error_rate, "--error-rate", 0.0, 1.0)
+    int_at_least(fail_status, "--fail-status", 400, 599)
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``mock-upstream`` command to the ``thrifty`` CLI."""
 
@@ -43,9 +56,8 @@ def register(app: typer.Typer) -> None:
     def mock_upstream(
         port: Annotated[int, typer.Option(help="Port to listen on.")] = 8001,
         host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-        config: Annotated[
-            Path | None, typer.Option(help="Behaviours YAML file.", exists=True, dir_okay=False)
-        ] = None,
+        # Not typer's exists=True: its multi-line box would replace the one-line error from_yaml gives.
+        config: Annotated[Path | None, typer.Option(help="Behaviours YAML file.")] = None,
         seed: Annotated[int | None, typer.Option(help="Seed for answers, jitter and error rates.")] = None,
         latency_ms: Annotated[float | None, typer.Option(help="Fixed latency per request.")] = None,
         jitter_ms: Annotated[float | None, typer.Option(help="Extra random latency, up to this.")] = None,
@@ -62,7 +74,11 @@ def register(app: typer.Typer) -> None:
         import uvicorn
 
         from thrifty.mock.app import create_app
+        from thrifty.server import listen
 
+        level = listen.log_level(log_level)
+        listen.port(port)
+        check_fault_flags(latency_ms, jitter_ms, chunk_delay_ms, error_rate, fail_status)
         faults = {
             "latency_ms": latency_ms,
             "jitter_ms": jitter_ms,
@@ -71,6 +87,7 @@ def register(app: typer.Typer) -> None:
             "fail_status": fail_status,
         }
         mock_config = build_config(config, seed, allow_model, api_key, faults)
+        listen.check_bind(host, port)
         typer.echo(f"thrifty mock upstream on http://{host}:{port}/v1 (Ctrl-C to stop)", err=True)
         server = uvicorn.Server(
             uvicorn.Config(
@@ -78,7 +95,7 @@ def register(app: typer.Typer) -> None:
                 host=host,
                 port=port,
                 loop="auto",
-                log_level=log_level,
+                log_level=level,
                 access_log=False,
             )
         )

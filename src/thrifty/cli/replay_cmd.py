@@ -20,8 +20,13 @@ def register(app: typer.Typer) -> None:
         from thrifty.evaluation.datasets import resolve_data
         from thrifty.evaluation.replay_server import create_replay_app
         from thrifty.providers.replay import ReplayIndex
+        from thrifty.server import listen
 
+        # Flags and the address before the outcomes load (a dataset can take a while to read).
+        level = listen.log_level(log_level)
+        listen.port(port)
+        listen.check_bind(host, port)
         index = ReplayIndex(load_outcomes(resolve_data(data)))
         typer.echo(f"thrifty replay upstream on http://{host}:{port}/v1: {len(index)} prompts, "
                    f"{len(index.models)} models (Ctrl-C to stop)", err=True)
-        uvicorn.run(create_replay_app(index), host=host, port=port, log_level=log_level, access_log=False)
+        uvicorn.run(create_replay_app(index), host=host, port=port, log_level=level, access_log=False)

@@ -6,7 +6,17 @@ from pathlib import Path
 
 import typer
 
-from thrifty.errors import InvalidRequestError
+from thrifty.errors import InvalidRequestError, UsageError
+
+
+def parse_when(value: str | None, flag: str) -> float | None:
+    """``parse_since`` for the flag ``flag`` (--since, --until, --older-than), as a usage error."""
+    from thrifty.ledger.report import parse_since
+
+    try:
+        return parse_since(value, flag=flag)
+    except InvalidRequestError as exc:
+        raise UsageError(exc.message) from None
 
 
 def register(app: typer.Typer) -> None:
@@ -20,19 +30,21 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Spend report: requests, spend, what the baseline would have cost, and savings."""
         from thrifty.config import load_config
-        from thrifty.ledger.report import batch_savings, parse_since, render, spend_report
+        from thrifty.ledger.report import batch_savings, render, spend_report
         from thrifty.ledger.store import open_store
 
         if format not in ("table", "json", "csv"):
             raise InvalidRequestError(f"--format must be table, json or csv, got {format!r}")
+        # Parsed before the ledger is opened, each error naming its own flag.
+        start, end = parse_when(since, "--since"), parse_when(until, "--until")
         cfg = load_config(config)
         path = cfg.resolve_path(cfg.ledger.path)
         if not cfg.ledger.dsn and not Path(path).exists():
             raise InvalidRequestError(f"no ledger at {path} yet: serve some requests first")
         store = open_store(path, cfg.ledger.dsn)
         try:
-            rows = spend_report(store, by, parse_since(since), parse_since(until))
-            batch = batch_savings(store, cfg.build_catalog(), parse_since(since))
+            rows = spend_report(store, by, start, end)
+            batch = batch_savings(store, cfg.build_catalog(), start)
         finally:
             store.close()
         typer.echo(render(rows, format, by or "scope"))

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 import yaml
+
+if TYPE_CHECKING:  # imported lazily at run time: the CLI starts without the evaluation stack
+    from thrifty.evaluation.dataset import OutcomeSet
 
 DEFAULT_BASELINE = "gpt-4-1106-preview"
 
@@ -38,33 +41,44 @@ def register(app: typer.Typer) -> None:
         from thrifty.config import load_config
         from thrifty.errors import ConfigError
         from thrifty.pipeline.context import RequestContext
+        from thrifty.pipeline.route import RouteStage
         from thrifty.routing import build_router
         from thrifty.types import ChatRequest
 
         if config is None:
             raise ConfigError("route explain needs a config: --config FILE (or THRIFTY_CONFIG)")
         cfg = load_config(config)
-        router = build_router(cfg, cfg.build_catalog())
+        catalog = cfg.build_catalog()
+        router = build_router(cfg, catalog)
         if router is None:
             raise ConfigError(f"{config}: no routes configured (routing.routes is empty)")
         body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": prompt}]}
         if task:
             body["metadata"] = {"task": task}
         ctx = RequestContext(request=ChatRequest.from_body(body))
-        decision = router.decide(ctx.request)
-        plan = router.plan(ctx)
-        assert plan is not None
-        out: dict[str, Any] = {
-            "route": decision.route, "task": decision.task, "source": decision.source, "reason": plan.reason,
-            "plan": [{"model": t.model, "threshold": t.threshold} for t in plan.tiers],
-            "kind": type(plan.policy).__name__ if plan.policy is not None else "single model",
-            "guesses": [{"task": g.task, "source": g.source, "confidence": round(g.confidence, 4),
-                         "detail": g.detail} for g in decision.guesses],
-        }
+        # The gateway's own route stage decides, so the explanation cannot drift from what
+        # `serve` does: a model the catalog knows is served as asked (no route), 'auto' and
+        # 'route:NAME' go to the router, anything else is a one-line NotFoundError listing models.
+        plan = RouteStage(catalog, router, cfg.default_model).decide(ctx)
+        out: dict[str, Any]
+        if ctx.route is None:
+            served = plan.tiers[0].model
+            out = {"route": None, "task": None, "source": "named", "kind": "model requested by name",
+                   "reason": f"{plan.reason}: no routing, the request goes straight to {served}",
+                   "plan": [{"model": served, "threshold": None}], "guesses": []}
+        else:
+            decision = router.decide(ctx.request)
+            out = {
+                "route": decision.route, "task": decision.task, "source": decision.source, "reason": plan.reason,
+                "plan": [{"model": t.model, "threshold": t.threshold} for t in plan.tiers],
+                "kind": type(plan.policy).__name__ if plan.policy is not None else "single model",
+                "guesses": [{"task": g.task, "source": g.source, "confidence": round(g.confidence, 4),
+                             "detail": g.detail} for g in decision.guesses],
+            }
         if as_json:
             typer.echo(json.dumps(out, indent=2))
             return
-        typer.echo(f"route:  {out['route']}  ({out['kind']})")
+        typer.echo(f"route:  {out['route'] or '-'}  ({out['kind']})")
         typer.echo(f"task:   {out['task'] or '-'}  from {out['source']}")
         typer.echo(f"why:    {out['reason']}")
         typer.echo("plan:   " + " -> ".join(t["model"] + (f" (>= {t['threshold']:g})" if t["threshold"] is not None
@@ -86,10 +100,15 @@ def register(app: typer.Typer) -> None:
         lam: float = typer.Option(0.0, help="Default lambda (accuracy per dollar) when a route sets no target."),
     ) -> None:
         """Learn each model's probability of success and expected cost per prompt."""
+        from thrifty.cli.checks import finite_float, writable_output
         from thrifty.routing.learned import train_router
 
+        # Checked before loading and training (minutes with --embedder minilm).
+        finite_float(c, "--c", 0, low_open=True)  # sklearn needs C > 0
+        finite_float(lam, "--lam", 0)
+        writable_output(out, "--out")
         outcomes = _load_data(data)
-        chosen = [m.strip() for m in models.split(",")] if models else None
+        chosen = _chosen_models(models, outcomes.models) if models is not None else None
         spec: Any = {"kind": "lexical", "dim": 512} if embedder == "lexical" else embedder
         router = train_router(outcomes, models=chosen, embedder=spec, c=c, lam=lam)
         router.save(out)
@@ -109,27 +128,79 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, help="Seed of the fold split."),
     ) -> None:
         """Choose the cheapest policy meeting TARGET under cross-validation and write it as config."""
+        from thrifty.cli.checks import int_at_least, writable_output
+        from thrifty.errors import DataError
         from thrifty.routing.calibrate import calibrate, parse_target
 
+        # Everything that can be refused is refused before the cross-validation (the slow part).
         tgt = parse_target(target)
+        int_at_least(folds, "--folds", 2)
+        writable_output(out, "--out")
+        base = _read_base_config(config) if config is not None else None
         outcomes = _load_data(data)
+        if baseline not in outcomes.models:
+            raise DataError(f"--baseline {baseline!r} is not in the data (models: {', '.join(outcomes.models)})")
+        # One prompt per test fold at least; more folds would only repeat work (and 100000 hangs).
+        int_at_least(folds, "--folds", 2, len(outcomes))
+        if base is not None:
+            outcomes = _servable(outcomes, base, config, baseline)
         cal = calibrate(outcomes, tgt, baseline=baseline, folds=folds, seed=seed)
         for row in cal.cv:
             typer.echo(f"  budget <= {row['max_cost_share']:.3g}x: CV accuracy {row['accuracy']:.4f} "
                        f"at {row['cost_share']:.1%} of the baseline's cost")
-        doc = _config_with(config, cal.section, outcomes.models, baseline)
+        doc = _config_with(base, cal.section, outcomes.models, baseline)
         out.write_text(yaml.safe_dump(doc, sort_keys=False, width=120), encoding="utf-8")
         met = "met" if cal.chosen_budget is not None else "NOT met (wrote the most accurate budget tried)"
         typer.echo(f"target {tgt} (= {cal.required_accuracy:.4f}; baseline {cal.baseline_accuracy:.4f}): {met}")
         typer.echo(f"{out}: written; check it with: thrifty config check {out}")
 
 
-def _config_with(base: Path | None, section: dict[str, Any], models: list[str], baseline: str) -> dict[str, Any]:
+def _chosen_models(flag: str, available: list[str]) -> list[str]:
+    """The ``--models`` list, each one in the data; else ``UsageError`` listing the data's models
+    (a router over a model the data never answered for, or over "", is useless at serve time)."""
+    from thrifty.errors import UsageError
+
+    chosen = [m.strip() for m in flag.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in available]
+    if not chosen or unknown:
+        what = f"not in the data: {', '.join(unknown)}" if unknown else "no model names given"
+        raise UsageError(f"--models: {what} (available: {', '.join(available)})")
+    return list(dict.fromkeys(chosen))  # a repeated name would train the same model twice
+
+
+def _read_base_config(path: Path) -> dict[str, Any]:
+    """The ``--config`` to copy, read as the raw YAML tree (its ``${VAR}``s kept, as the user
+    wrote them) and validated as a config, before calibration starts. ``read_raw`` and
+    ``load_config`` give one-line ``ConfigError``s (unreadable file, bad YAML, bad keys)."""
+    from thrifty.config import load_config, read_raw
+
+    raw, _ = read_raw(path)
+    # Validated without its routing section: that is what calibration replaces, so an outdated
+    # one must not stop it.
+    load_config({k: v for k, v in raw.items() if k != "routing"})
+    return raw
+
+
+def _servable(data: OutcomeSet, base: dict[str, Any], path: Path, baseline: str) -> OutcomeSet:
+    """``data`` restricted to the models the base config lists, so the written config only routes
+    to models it can serve (``serve`` rejects routes to unlisted models). ``UsageError`` when the
+    baseline is not among them: every fitted route falls back to it."""
+    from thrifty.errors import UsageError
+    from thrifty.evaluation.dataset import OutcomeSet
+
+    listed = base.get("models") or {}
+    names = set(listed) if isinstance(listed, dict) else set()
+    if baseline not in names:
+        raise UsageError(f"--baseline {baseline!r} is not one of the models of {path} "
+                         f"({', '.join(sorted(names)) or 'none'}); the calibrated routes fall back to it")
+    return OutcomeSet(data.items, [m for m in data.models if m in names])
+
+
+def _config_with(base: dict[str, Any] | None, section: dict[str, Any], models: list[str],
+                 baseline: str) -> dict[str, Any]:
     """A whole config: ``base`` with its routing replaced, or a starter using one provider."""
     if base is not None:
-        doc = yaml.safe_load(base.read_text(encoding="utf-8")) or {}
-        doc["routing"] = section
-        return doc  # type: ignore[no-any-return]
+        return {**base, "routing": section}
     return {
         "providers": {"default": {"base_url": "${OPENAI_BASE_URL:-https://api.openai.com/v1}",
                                   "api_key": "${OPENAI_API_KEY}"}},

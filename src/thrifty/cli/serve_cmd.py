@@ -20,13 +20,22 @@ def register(app: typer.Typer) -> None:
         """Serve POST /v1/chat/completions, GET /v1/models and GET /health."""
         import uvicorn
 
+        from thrifty.config import load_config
         from thrifty.gateway import Gateway
         from thrifty.logs import setup_logging
+        from thrifty.server import listen
 
-        setup_logging(log_level)
-        gw = Gateway.from_config(config)
-        h = host or gw.config.server.host
-        p = port if port is not None else gw.config.server.port
+        # Flags, then the config, then the address: each refused in one line before the gateway
+        # opens its databases and starts its threads.
+        level = listen.log_level(log_level)
+        if port is not None:
+            listen.port(port)
+        cfg = load_config(config)
+        h = host or cfg.server.host
+        p = port if port is not None else cfg.server.port
+        listen.check_bind(h, p)
+        setup_logging(level)
+        gw = Gateway.from_config(cfg)
         typer.echo(f"thrifty gateway on http://{h}:{p}/v1  pipeline: {gw.describe()}", err=True)
         app = gw.app()
         # Everything loaded at start-up (catalog, price tables, tokenizer, policies) lives as long
@@ -39,4 +48,4 @@ def register(app: typer.Typer) -> None:
         # CPython's default 5 ms switch interval each retake stalls behind the event loop
         # (a convoy). 1 ms measured 86% of the floor's requests/s at concurrency 64, vs 67%.
         sys.setswitchinterval(0.001)
-        uvicorn.run(app, host=h, port=p, log_level=log_level, access_log=False)
+        uvicorn.run(app, host=h, port=p, log_level=level, access_log=False)

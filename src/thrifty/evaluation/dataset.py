@@ -12,7 +12,7 @@ thrifty outcome JSONL (for users' own logged traffic), one object per line:
      "task": "faq",                                    # optional
      "outcomes": {"<model>": {"score": 1.0,            # in [0, 1]; missing = 0
                               "response": "text",
-                              "cost": 0.0012,          # USD, or give "usage" instead
+                              "cost": 0.0012,          # USD, >= 0, or give "usage" instead
                               "usage": {"prompt_tokens": 900, "completion_tokens": 40}}}}
 
 Scores are kept apart from prompts and responses (``Item.scores``) so that code making
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import math
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -106,13 +107,30 @@ def _literal_text(raw: str) -> str:
     return raw
 
 
-def _float(raw: str | None) -> float | None:
-    if raw is None or raw == "":
+def _check_number(value: Any, where: str, field_name: str, high: float | None) -> float:
+    """``value`` as a float when it is a finite number in [0, high], else ``DataError`` naming
+    ``where`` (file and line/row) and the field. Why strict: a score read as 0 (``"high"``) or
+    above 1 (``5`` = 500% accuracy), or a negative / non-numeric cost, silently corrupts every
+    accuracy and savings figure computed from the file."""
+    # bool is an int subclass; ``true`` is not a score or a price.
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if number and math.isfinite(value) and value >= 0 and (high is None or value <= high):
+        return float(value)
+    span = "a number in [0, 1]" if high is not None else "a finite number >= 0 (USD)"
+    shown = repr(value)  # repr keeps the message on one line; a long cell is cut short
+    raise DataError(f"{where}: {field_name} must be {span}, got {shown[:40] + '...' if len(shown) > 40 else shown}")
+
+
+def _csv_number(raw: str | None, where: str, field_name: str, high: float | None) -> float | None:
+    """A RouterBench cell: None when empty or "nan" (missing), else a checked number (see ``_check_number``)."""
+    # pandas writes a missing value as an empty cell, other tools as "nan"/"NaN": both are missing.
+    if raw is None or raw.strip() == "" or raw.strip().lower() == "nan":
         return None
     try:
-        return float(raw)
+        value: Any = float(raw)
     except ValueError:
-        return None
+        value = raw
+    return _check_number(value, where, field_name, high)
 
 
 def load_routerbench_csv(path: Path) -> OutcomeSet:
@@ -132,9 +150,13 @@ def load_routerbench_csv(path: Path) -> OutcomeSet:
     for i, r in enumerate(rows):
         outcomes = {}
         scores = {}
+        # Counted from 1 after the header, as a spreadsheet shows them (cells may span lines).
+        where = f"{path}: data row {i + 1}"
         for m in models:
-            outcomes[m] = Outcome(_literal_text(r.get(f"{m}|model_response", "")), _float(r.get(f"{m}|total_cost")))
-            scores[m] = _float(r.get(m)) or 0.0  # empty score = missing = wrong (data README)
+            cost = _csv_number(r.get(f"{m}|total_cost"), where, f"{m}|total_cost", None)
+            outcomes[m] = Outcome(_literal_text(r.get(f"{m}|model_response", "")), cost)
+            # An empty score cell is missing = wrong (data README); anything else must be a score.
+            scores[m] = _csv_number(r.get(m), where, m, 1.0) or 0.0
         items.append(
             Item(path.name, i, [{"role": "user", "content": _literal_text(r["prompt"])}], r.get("eval_name") or None,
                  outcomes, scores)
@@ -163,11 +185,14 @@ def load_jsonl(path: Path) -> OutcomeSet:
                 raise DataError(f"{path}:{lineno}: outcomes.{m} must be an object")
             if m not in models:
                 models.append(m)
+            where = f"{path}:{lineno}"
+            # A missing (or null) cost means "use usage"; a missing score means wrong (0).
             cost = o.get("cost")
-            outcomes[m] = Outcome(str(o.get("response", "")), float(cost) if isinstance(cost, int | float) else None,
+            checked_cost = None if cost is None else _check_number(cost, where, f"outcomes.{m}.cost", None)
+            outcomes[m] = Outcome(str(o.get("response", "")), checked_cost,
                                   o.get("usage") if isinstance(o.get("usage"), dict) else None)
-            score = o.get("score", 0.0)
-            scores[m] = float(score) if isinstance(score, int | float) else 0.0
+            score = o.get("score")
+            scores[m] = 0.0 if score is None else _check_number(score, where, f"outcomes.{m}.score", 1.0)
         task = obj.get("task")
         items.append(Item(path.name, row, messages, task if isinstance(task, str) else None, outcomes, scores))
     return OutcomeSet(items, models)

@@ -14,6 +14,7 @@ which returns a fitted ``routing:`` section.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import yaml
 
+from thrifty.config import yaml_problem
 from thrifty.errors import ConfigError
 from thrifty.evaluation.dataset import OutcomeSet
 
@@ -59,7 +61,7 @@ def load_policy(path: str | Path | None) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"cannot read policy file {path}: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        raise ConfigError(f"{path}: {yaml_problem(exc)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a policy must be a mapping (a routing section or a thrifty config)")
     return normalise_policy(raw)
@@ -98,8 +100,15 @@ class _Fitter:
 
 
 def spec_max_cost_share(policy: dict[str, Any]) -> float | None:
-    value = (policy.get("routing") or {}).get("max_cost_share")
-    return float(value) if isinstance(value, int | float) else None
+    """The policy's ``routing.max_cost_share``, None when unset; ``ConfigError`` when it is not a
+    positive finite number (checked before fitting, which would otherwise fail mid-run)."""
+    routing = policy.get("routing") or {}
+    value = routing.get("max_cost_share") if isinstance(routing, dict) else None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"routing.max_cost_share: expected a number above 0, got {value!r}")
+    return float(value)
 
 
 def replay_config(

@@ -9,6 +9,8 @@ from typing import Any
 
 from rich.markup import escape
 
+from thrifty.cli.checks import dumps, writable_output
+from thrifty.errors import UsageError
 from thrifty.evaluation.evaluate import EvalResult
 from thrifty.evaluation.metrics import Decision, Row
 
@@ -76,6 +78,25 @@ def write_decisions(decisions: list[Decision], path: str | Path) -> None:
             fh.write(json.dumps(d.to_json()) + "\n")
 
 
+# Image types matplotlib's Agg backend writes with its own dependencies (pgf needs LaTeX, avif
+# a Pillow plugin, raw/rgba are not image files), so a run never fails at its very end on them.
+PLOT_TYPES = ("png", "svg", "svgz", "pdf", "eps", "ps", "jpg", "jpeg", "tif", "tiff", "webp")
+
+
+def check_plot_path(path: str | Path, flag: str = "--plot") -> Path:
+    """``path`` when a plot can be written there, else ``UsageError`` naming ``flag``. Called
+    before an evaluation starts: ``savefig`` picks the format from the extension and would
+    otherwise refuse ``p.txt`` (or an unwritable path) only after all the work."""
+    p = Path(path)
+    suffix = p.suffix.lower().lstrip(".")
+    if suffix not in PLOT_TYPES:
+        got = f"'.{suffix}'" if suffix else "no extension"
+        raise UsageError(f"{flag}: {p}: unsupported image type ({got}); use one of "
+                         + ", ".join("." + t for t in PLOT_TYPES))
+    writable_output(p, flag)
+    return p
+
+
 def write_plot(result: EvalResult, path: str | Path) -> None:
     import matplotlib
 
@@ -124,4 +145,4 @@ def write_plot(result: EvalResult, path: str | Path) -> None:
 def result_json(result: EvalResult) -> str:
     out: dict[str, Any] = result.to_json()
     out["summary"] = savings_line(result)
-    return json.dumps(out, indent=2)
+    return dumps(out, indent=2)  # strict JSON: a figure that is NaN (no data for it) becomes null

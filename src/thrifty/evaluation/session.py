@@ -21,8 +21,10 @@ def run_eval(
 ) -> EvalResult:
     """Load ``data`` (and ``train``), load the policy, fit as ``options`` say, replay, score."""
     options = options or EvalOptions()
+    # The policy first: a typo in it must not wait for the data to load (or download).
+    loaded_policy = load_policy(policy)
     outcomes = load_outcomes(resolve_data(str(data)))
     train_set = load_outcomes(resolve_data(str(train))) if train is not None else None
-    evaluator = Evaluator(outcomes, load_policy(policy), options, train=train_set,
+    evaluator = Evaluator(outcomes, loaded_policy, options, train=train_set,
                           fit_fn=fit_fn or default_fit(), gateway_factory=gateway_factory)
     return evaluator.run()

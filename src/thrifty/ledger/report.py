@@ -13,6 +13,7 @@ from thrifty.catalog import Catalog
 from thrifty.cost import price_tokens
 from thrifty.errors import InvalidRequestError
 from thrifty.ledger.store import SQLStore
+from thrifty.strictjson import json_safe
 from thrifty.types import Usage
 
 GROUPS = {
@@ -49,8 +50,8 @@ class ReportRow:
     cache_saved_usd: float = 0.0
 
 
-def parse_since(value: str | None, now: float | None = None) -> float | None:
-    """``7d``, ``24h``, ``30m``, or an ISO date, to epoch seconds."""
+def parse_since(value: str | None, now: float | None = None, *, flag: str = "--since") -> float | None:
+    """``7d``, ``24h``, ``30m``, or an ISO date, to epoch seconds; an error names ``flag``."""
     if not value:
         return None
     now = time.time() if now is None else now
@@ -62,7 +63,7 @@ def parse_since(value: str | None, now: float | None = None) -> float | None:
     try:
         dt = datetime.fromisoformat(value)
     except ValueError:
-        raise InvalidRequestError(f"--since: expected like 7d, 24h, 30m or an ISO date, got {value!r}") from None
+        raise InvalidRequestError(f"{flag}: expected like 7d, 24h, 30m or an ISO date, got {value!r}") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
@@ -119,7 +120,8 @@ def spend_report(
 
 def render(rows: list[ReportRow], fmt: str, group_label: str) -> str:
     if fmt == "json":
-        return json.dumps([asdict(r) for r in rows], indent=2)
+        # Strict JSON: a ratio over nothing is null, never NaN (which JSON parsers reject).
+        return json.dumps(json_safe([asdict(r) for r in rows]), indent=2, allow_nan=False)
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf)

@@ -8,13 +8,14 @@ never on the event loop.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from thrifty.errors import StorageError
+from thrifty.errors import ConfigError, StorageError
 from thrifty.ledger.migrations import MIGRATIONS
 from thrifty.ledger.records import ATTEMPT_COLUMNS, REQUEST_COLUMNS, AttemptRow, RequestRow, as_tuple
 
@@ -160,6 +161,27 @@ class SQLiteStore(SQLStore):
         super().__init__()
         self.path = path
 
+    def check(self) -> None:
+        """Open the file now (see ``open_store``); ``ConfigError`` naming ``ledger.path`` if it cannot be."""
+        # A missing folder is created, as the cache's SQLite backend does (`ledger.path:
+        # data/ledger.db` on a fresh machine); one that cannot be is named, since SQLite would
+        # only say "unable to open database file".
+        parent = os.path.dirname(os.path.abspath(self.path))
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"ledger.path: cannot open {self.path}: cannot create folder {parent}: "
+                              f"{exc.strerror or exc}") from None
+        if os.path.isdir(self.path):
+            raise ConfigError(f"ledger.path: {self.path} is a folder, expected a database file")
+        try:
+            with self._lock:
+                _ = self.conn  # connects and applies the migrations
+        except (StorageError, sqlite3.Error) as exc:
+            self._drop_connection()
+            reason = exc.message if isinstance(exc, StorageError) else f"cannot open ledger {self.path}: {exc}"
+            raise ConfigError(f"ledger.path: {reason}") from None
+
     def _connect(self) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
@@ -170,10 +192,18 @@ class SQLiteStore(SQLStore):
         return conn
 
 
-def open_store(path: str | None = None, dsn: str | None = None) -> SQLStore:
-    """The store a config names: PostgreSQL when a DSN is given, else the SQLite file."""
+def open_store(path: str | None = None, dsn: str | None = None, *, check: bool = False) -> SQLStore:
+    """The store a config names: PostgreSQL when a DSN is given, else the SQLite file.
+
+    ``check`` opens (and migrates) a SQLite file now, raising ``ConfigError`` naming
+    ``ledger.path`` when it cannot be: the store otherwise connects on first use, so a server
+    with an unusable path would start, answer, and lose every ledger row. A PostgreSQL store
+    still connects lazily, since a database that is briefly down is not a configuration error."""
     if dsn:
         from thrifty.ledger.postgres import PostgresStore
 
         return PostgresStore(dsn)
-    return SQLiteStore(path or "thrifty-ledger.db")
+    store = SQLiteStore(path or "thrifty-ledger.db")
+    if check:
+        store.check()
+    return store

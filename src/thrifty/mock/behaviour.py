@@ -27,6 +27,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from thrifty.config import yaml_problem
 from thrifty.errors import ConfigError
 
 UsageConvention = Literal["openai", "deepseek"]
@@ -199,17 +200,31 @@ class MockConfig(_Frozen):
     @classmethod
     def from_yaml(cls, path: str | Path) -> MockConfig:
         """Read a behaviours YAML file (see the module docstring for the shape)."""
+        # One-line messages: str() of a YAML error spans several lines (the mark and a snippet).
         try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"mock config {path}: {exc}") from exc
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ConfigError(f"mock config {path}: cannot read it: {reason}") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"mock config {path}: {yaml_problem(exc)}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"mock config {path}: expected a mapping at the top level")
         return cls.from_dict(data)
 
     def with_default_faults(self, **faults: Any) -> MockConfig:
         """A copy whose default faults also set ``faults`` (used by CLI flags)."""
-        merged = merge_faults(self.default.faults, Faults(**faults))
+        try:
+            override = Faults(**faults)
+        except ValidationError as exc:
+            # Callers check their own flags first (cli/mock_cmd.py); this keeps any other caller's
+            # bad value a one-line ConfigError rather than pydantic's multi-line report.
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "<root>"
+            raise ConfigError(f"mock faults: {where}: {first['msg']}") from None
+        merged = merge_faults(self.default.faults, override)
         return self.model_copy(update={"default": self.default.model_copy(update={"faults": merged})})
 
     def model_names(self) -> list[str]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
@@ -21,11 +23,13 @@ from starlette.routing import Route
 
 from thrifty.errors import AuthenticationError, InvalidRequestError, NotFoundError, ThriftyError
 from thrifty.ops.auth import bearer_token
-from thrifty.ops.keys import KeyStore
+from thrifty.ops.keys import KeyStore, validate_limits
 from thrifty.ops.ratelimit import Limiter
 from thrifty.pipeline.context import new_request_id
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+
+log = logging.getLogger("thrifty.server")
 
 
 def check_admin(request: Request, admin_key: str | None) -> None:
@@ -45,8 +49,67 @@ def guarded(admin_key: str | None, fn: Endpoint) -> Endpoint:
         except ThriftyError as exc:
             return JSONResponse(exc.to_openai(), status_code=exc.status,
                                 headers={"x-thrifty-request-id": new_request_id(), **exc.headers()})
+        except Exception:
+            # Starlette would answer a plain-text 500; admin clients parse OpenAI-format JSON like
+            # every other route. The traceback goes to the server log, under the same request id.
+            request_id = new_request_id()
+            log.exception("admin %s %s (request %s): internal error", request.method, request.url.path, request_id)
+            err = ThriftyError(f"Internal error (request id {request_id}).")
+            return JSONResponse(err.to_openai(), status_code=err.status, headers={"x-thrifty-request-id": request_id})
 
     return endpoint
+
+
+def _number(body: dict[str, Any], name: str) -> float | None:
+    """``body[name]`` as a finite float (JSON number or numeric string), None when absent.
+
+    Python's JSON reader turns 1e999 into inf; checked here so that nothing is stored that the
+    listing could not serialise back."""
+    value = body.get(name)
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        out = float(value)
+    except (TypeError, ValueError):
+        raise InvalidRequestError(f"{name} must be a number, got {value!r}", param=name) from None
+    if not math.isfinite(out):
+        raise InvalidRequestError(f"{name} must be a finite number, got {value!r}", param=name)
+    return out
+
+
+def _whole(body: dict[str, Any], name: str) -> int | None:
+    """``body[name]`` as an int (JSON integer or digit string), None when absent; 1.5 is refused,
+    not truncated, since a limit the client did not ask for is worse than an error."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value) < 30:
+        return int(value)  # the length cap keeps int() within its digit limit (validate_limits bounds it)
+    raise InvalidRequestError(f"{name} must be a whole number, got {value!r}", param=name)
+
+
+def _text(body: dict[str, Any], name: str, default: str) -> str:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise InvalidRequestError(f"{name} must be a string, got {value!r}", param=name)
+    return value
+
+
+def _routes(body: dict[str, Any]) -> list[str]:
+    routes = body.get("routes")
+    if routes is None:
+        return []
+    if isinstance(routes, str):
+        return [r for r in routes.split(",") if r.strip()]
+    if not isinstance(routes, list) or not all(isinstance(r, str) for r in routes):
+        raise InvalidRequestError("routes must be an array of model or route names", param="routes")
+    return list(routes)
 
 
 def admin_routes(keys: KeyStore, limiter: Limiter, admin_key: str | None) -> list[Route]:
@@ -60,18 +123,12 @@ def admin_routes(keys: KeyStore, limiter: Limiter, admin_key: str | None) -> lis
         unknown = set(body) - {"name", "budget_usd", "period", "rpm", "tpm", "routes"}
         if unknown:
             raise InvalidRequestError(f"unknown fields: {', '.join(sorted(unknown))}")
-        routes = body.get("routes") or []
-        if isinstance(routes, str):
-            routes = [r for r in routes.split(",") if r.strip()]
-        try:
-            budget = float(body["budget_usd"]) if body.get("budget_usd") is not None else None
-            rpm = int(body["rpm"]) if body.get("rpm") is not None else None
-            tpm = int(body["tpm"]) if body.get("tpm") is not None else None
-        except (TypeError, ValueError):
-            raise InvalidRequestError("budget_usd must be a number; rpm and tpm integers") from None
+        name, period = _text(body, "name", ""), _text(body, "period", "month")
+        budget, rpm, tpm, routes = _number(body, "budget_usd"), _whole(body, "rpm"), _whole(body, "tpm"), _routes(body)
+        # Every limit is checked before the key is stored: a refused request must leave no key behind.
+        validate_limits(name, budget, period, rpm, tpm, routes)
         key, secret = await asyncio.to_thread(
-            keys.create, str(body.get("name") or ""), budget_usd=budget, period=str(body.get("period") or "month"),
-            rpm=rpm, tpm=tpm, routes=list(routes))
+            keys.create, name, budget_usd=budget, period=period, rpm=rpm, tpm=tpm, routes=routes)
         return JSONResponse({**key.public(), "key": secret}, status_code=201)
 
     async def list_keys(request: Request) -> Response:

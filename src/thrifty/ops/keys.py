@@ -15,6 +15,7 @@ import fnmatch
 import hashlib
 import hmac
 import json
+import math
 import secrets
 import time
 from dataclasses import asdict, dataclass
@@ -24,6 +25,9 @@ from thrifty.errors import InvalidRequestError, NotFoundError
 from thrifty.ledger.store import SQLStore
 
 KEY_PREFIX = "thr-"
+# Largest rpm/tpm accepted: far above any real limit, and within a 64-bit SQL INTEGER column
+# (a larger Python int fails the INSERT).
+MAX_LIMIT = 10**15
 PERIODS = ("day", "month")
 _CACHE_MAX = 10_000
 _COLUMNS = "key_id, name, key_prefix, budget_usd, period, rpm, tpm, routes, created_at, revoked_at"
@@ -52,6 +56,10 @@ class VirtualKey:
     def public(self) -> dict[str, Any]:
         """What listings show (never the key or its hash)."""
         out = asdict(self)
+        # A key stored before budgets had to be finite may hold inf: shown as no limit (None),
+        # which is what it means, instead of breaking the JSON of every listing.
+        if self.budget_usd is not None and not math.isfinite(self.budget_usd):
+            out["budget_usd"] = None
         out["routes"] = list(self.routes)
         out["active"] = self.active
         return out
@@ -72,11 +80,12 @@ def validate_limits(
         raise InvalidRequestError("a key needs a non-empty name", param="name")
     if period not in PERIODS:
         raise InvalidRequestError(f"period must be day or month, got {period!r}", param="period")
-    if budget_usd is not None and not budget_usd > 0:
-        raise InvalidRequestError(f"budget_usd must be positive, got {budget_usd}", param="budget_usd")
+    # inf passes "> 0" but cannot be written back as JSON: the listing would fail for every key.
+    if budget_usd is not None and not (math.isfinite(budget_usd) and budget_usd > 0):
+        raise InvalidRequestError(f"budget_usd must be a finite positive number, got {budget_usd}", param="budget_usd")
     for label, value in (("rpm", rpm), ("tpm", tpm)):
-        if value is not None and value < 1:
-            raise InvalidRequestError(f"{label} must be at least 1, got {value}", param=label)
+        if value is not None and not 1 <= value <= MAX_LIMIT:
+            raise InvalidRequestError(f"{label} must be between 1 and {MAX_LIMIT}, got {value}", param=label)
     for r in routes or []:
         if not isinstance(r, str) or not r.strip():
             raise InvalidRequestError("routes must be non-empty model or route names", param="routes")

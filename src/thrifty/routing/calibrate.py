@@ -73,6 +73,10 @@ def calibrate(data: OutcomeSet, target: Target, *, baseline: str, spec: dict[str
               folds: int = 5, seed: int = 0, budgets: tuple[float, ...] = DEFAULT_BUDGETS) -> Calibration:
     if baseline not in data.models:
         raise DataError(f"baseline {baseline!r} is not in the data")
+    # k = 0 divides by zero below, k above the prompt count only repeats fits on empty folds.
+    if not 2 <= folds <= len(data):
+        raise InvalidRequestError(f"folds: expected a whole number between 2 and {len(data)} (the prompts), "
+                                  f"got {folds}", param="folds")
     base_acc = float(np.mean([i.scores.get(baseline, 0.0) for i in data]))
     need = target.threshold(base_acc)
     splits = kfold_indices(data, folds, seed)

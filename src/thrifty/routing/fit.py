@@ -37,12 +37,13 @@ Nothing here runs at request time; decisions made by the fitted config never rea
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from thrifty.errors import DataError
+from thrifty.errors import ConfigError, DataError
 from thrifty.evaluation.dataset import OutcomeSet
 from thrifty.routing.candidates import FIXED_TABLES
 from thrifty.routing.formats import FAMILIES, detect_family, extract_answer
@@ -253,20 +254,36 @@ def fit_frontier(train: OutcomeSet, *, baseline: str, spec: dict[str, Any] | Non
     return Frontier(combine(per_family), baseline, base_cost, len(train), cheap, dict(spec or {}))
 
 
+def budget(max_cost_share: float | None, spec: dict[str, Any] | None) -> float:
+    """The budget to fit for: the one asked, else the spec's ``max_cost_share``, else
+    ``fit.max_cost_share`` (default 0.25, "budget when none is given"). ``ConfigError`` when the
+    spec's value is not a positive finite number, so a typo fails before any fitting."""
+    if max_cost_share is not None:
+        return float(max_cost_share)
+    value = (spec or {}).get("max_cost_share")
+    key = "routing.max_cost_share"
+    if value is None:
+        value, key = fit_options(spec)["max_cost_share"], "routing.fit.max_cost_share"
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{key}: expected a number above 0, got {value!r}")
+    return float(value)
+
+
 def fit_policy(train: OutcomeSet, *, max_cost_share: float | None, baseline: str,
                spec: dict[str, Any] | None = None) -> dict[str, Any]:
     """A fitted ``routing:`` section (JSON-serialisable, loadable by ``build_router``)."""
-    opts = fit_options(spec)
-    share = max_cost_share if max_cost_share is not None else (spec or {}).get("max_cost_share")
-    share = float(share if share is not None else opts["max_cost_share"])
-    return fit_frontier(train, baseline=baseline, spec=spec).section(share)
+    return fit_frontier(train, baseline=baseline, spec=spec).section(budget(max_cost_share, spec))
 
 
-def fit_many(train: OutcomeSet, *, max_cost_shares: list[float], baseline: str,
+def fit_many(train: OutcomeSet, *, max_cost_shares: list[float | None], baseline: str,
              spec: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """``fit_policy`` for several budgets at once (one frontier serves them all)."""
+    """``fit_policy`` for several budgets at once (one frontier serves them all). A None budget
+    is resolved as ``fit_policy`` does (``thrifty eval`` passes None when neither the flag nor the
+    policy sets one)."""
+    shares = [budget(s, spec) for s in max_cost_shares]  # before the (slow) frontier
     front = fit_frontier(train, baseline=baseline, spec=spec)
-    return [front.section(float(s)) for s in max_cost_shares]
+    return [front.section(s) for s in shares]
 
 
-__all__ = ["FAMILIES", "Frontier", "fit_frontier", "fit_many", "fit_policy"]
+__all__ = ["FAMILIES", "Frontier", "budget", "fit_frontier", "fit_many", "fit_policy"]

@@ -103,6 +103,12 @@ def train_router(data: OutcomeSet, *, models: list[str] | None = None, embedder:
     from sklearn.linear_model import LogisticRegression
 
     models = models or list(data.models)
+    # A model the data never answered for would be "always wrong, free" (scores and costs
+    # default to 0), and the router would happily pick it.
+    unknown = [m for m in models if m not in data.models]
+    if unknown:
+        raise DataError(f"model(s) not in the data: {', '.join(map(repr, unknown))} "
+                        f"(available: {', '.join(data.models)})")
     if len(data) < 10:
         raise DataError("need at least 10 prompts to train a router")
     spec = embedder or {"kind": "lexical", "dim": 512}

@@ -9,6 +9,8 @@ admin key (the page asks for it and keeps it in the browser's session storage on
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import time
 from importlib import resources
 from typing import Any
@@ -21,6 +23,8 @@ from thrifty.errors import InvalidRequestError, NotFoundError, ThriftyError
 from thrifty.ledger.store import SQLiteStore, SQLStore
 from thrifty.ops.admin import check_admin
 from thrifty.pipeline.context import new_request_id
+
+log = logging.getLogger("thrifty.server")
 
 PERIODS: dict[str, tuple[float | None, int]] = {  # name -> (seconds back, bucket seconds)
     "24h": (86400, 3600),
@@ -105,8 +109,10 @@ def dashboard_data(store: SQLStore, period: str = "7d", now: float | None = None
         SELECT COALESCE(key_id, '(none)') AS k, COUNT(*), COALESCE(SUM(cost_usd), 0), COALESCE(SUM({_SAVED}), 0)
         FROM requests WHERE ts >= ? GROUP BY k ORDER BY COALESCE(SUM(cost_usd), 0) DESC, k LIMIT 10""", [since]):
         name, budget = names.get(str(k), ("", None))
+        # A budget stored as inf (before budgets had to be finite) means no limit; JSON has no inf.
+        budget = float(budget) if budget is not None and math.isfinite(float(budget)) else None
         keys.append({"key_id": str(k), "name": name, "requests": int(r), "spend_usd": float(s),
-                     "saved_usd": float(sv), "budget_usd": float(budget) if budget is not None else None})
+                     "saved_usd": float(sv), "budget_usd": budget})
     return {
         "period": period, "since": since, "now": now, "bucket_s": bucket, "totals": totals, "series": series,
         "strategies": list(by_strategy.values()), "tiers": tiers, "tasks": tasks, "keys": keys,
@@ -138,10 +144,16 @@ def dashboard_routes(store: SQLStore | None, *, admin_key: str | None, require_a
                 raise InvalidRequestError("the dashboard needs the ledger: it is disabled in this config")
             period = request.query_params.get("period", "7d")
             body = await asyncio.to_thread(dashboard_data, store, period)
+            return JSONResponse(body, headers={"cache-control": "no-store"})
         except ThriftyError as exc:
             return JSONResponse(exc.to_openai(), status_code=exc.status,
                                 headers={"x-thrifty-request-id": new_request_id(), **exc.headers()})
-        return JSONResponse(body, headers={"cache-control": "no-store"})
+        except Exception:
+            # The page's script parses JSON: an OpenAI-format 500, not Starlette's plain text.
+            request_id = new_request_id()
+            log.exception("dashboard data (request %s): internal error", request_id)
+            err = ThriftyError(f"Internal error (request id {request_id}).")
+            return JSONResponse(err.to_openai(), status_code=500, headers={"x-thrifty-request-id": request_id})
 
     return [
         Route("/dashboard", page, methods=["GET"]),
