@@ -1,7 +1,7 @@
 """Typed configuration, read from one YAML file (or a dict) at the edge of the program.
 
-``${VAR}`` and ``${VAR:-default}`` in any string value are replaced from the environment when
-the file is loaded. Validation errors become one ``ConfigError`` whose message lists each
+``${VAR}`` and ``${VAR:-default}`` (default also when VAR is empty) in any string value are
+replaced from the environment when the file is loaded; a malformed ``${`` is refused. Validation errors become one ``ConfigError`` whose message lists each
 problem as ``key.path: what is wrong (expected ...)``. Sections that later capabilities own
 (routes, cache, compression, batching, auth) are typed here too so that a typo anywhere is
 caught by ``thrifty config check``.
@@ -23,6 +23,7 @@ from thrifty.catalog import Catalog, ModelInfo, resolve_price
 from thrifty.compress.config import CompressionConfig
 from thrifty.errors import ConfigError
 from thrifty.ops.config import AuthConfig
+from thrifty.redact import mask_credentials
 from thrifty.routing.config import RoutingConfig
 
 _SECRET_KEY_RE = re.compile(r"(api_key|dsn|redis_url|secret|password|token|admin_key)", re.I)
@@ -115,6 +116,22 @@ class Config(_Strict):
     # Where relative paths (ledger, cache files) are resolved from: the config file's folder.
     base_dir: str | None = None
 
+    def _alias_problems(self) -> list[str]:
+        """An alias must name one model and nothing else: a request for it would otherwise reach
+        whichever model was listed last, or shadow a model or a route selector."""
+        problems: list[str] = []
+        owner: dict[str, str] = {}
+        for name, m in self.models.items():
+            for alias in m.aliases:
+                if alias in self.models and alias != name:
+                    problems.append(f"models.{name}.aliases: {alias!r} is the name of another model")
+                elif alias == "auto" or alias.startswith("route:"):
+                    problems.append(f"models.{name}.aliases: {alias!r} is reserved for routing")
+                elif alias in owner and owner[alias] != name:
+                    problems.append(f"models.{name}.aliases: {alias!r} is also an alias of {owner[alias]!r}")
+                owner.setdefault(alias, name)
+        return problems
+
     @model_validator(mode="after")
     def _references(self) -> Config:
         problems = []
@@ -126,6 +143,7 @@ class Config(_Strict):
             for fb in m.fallbacks:
                 if fb not in self.models:
                     problems.append(f"models.{name}.fallbacks: unknown model {fb!r}")
+        problems += self._alias_problems()
         if self.baseline is not None and self.baseline not in self.models:
             problems.append(f"baseline: unknown model {self.baseline!r} (expected one of {sorted(self.models)})")
         if self.default_model is not None and self.default_model not in self.models:
@@ -160,6 +178,28 @@ class Config(_Strict):
         return Catalog(infos, baseline=self.baseline)
 
 
+def _env_value(env: dict[str, str], name: str, default: str | None) -> str:
+    """``${NAME}``: the variable or "". ``${NAME:-default}``: the default when the variable is
+    unset or empty, as in the shell (an exported-but-empty variable is the usual mistake)."""
+    value = env.get(name)
+    if default is not None and not value:
+        return default
+    return value or ""
+
+
+def _check_env_refs(text: str) -> None:
+    """Refuse a ``${`` that is not a whole reference: ``api_key: ${OPENAI_API_KEY`` (no brace)
+    would otherwise be sent upstream as that literal text. Nested defaults are not supported."""
+    for m in _ENV_RE.finditer(text):
+        if m.group(2) is not None and "${" in m.group(2):
+            raise ConfigError(f"environment reference {m.group(0)!r}: nested references are not supported")
+    leftover = _ENV_RE.sub("", text)
+    if "${" in leftover:
+        at = leftover.index("${")
+        raise ConfigError(f"malformed environment reference near {leftover[at:at + 24]!r} "
+                          "(expected ${NAME} or ${NAME:-default}, NAME of letters, digits and _)")
+
+
 def interpolate_env(value: Any, env: dict[str, str] | None = None) -> Any:
     """Replace ``${VAR}``/``${VAR:-default}`` in every string of a YAML tree.
 
@@ -168,7 +208,8 @@ def interpolate_env(value: Any, env: dict[str, str] | None = None) -> Any:
     """
     env = dict(os.environ) if env is None else env
     if isinstance(value, str):
-        return _ENV_RE.sub(lambda m: env.get(m.group(1), m.group(2) if m.group(2) is not None else ""), value)
+        _check_env_refs(value)
+        return _ENV_RE.sub(lambda m: _env_value(env, m.group(1), m.group(2)), value)
     if isinstance(value, dict):
         return {k: interpolate_env(v, env) for k, v in value.items()}
     if isinstance(value, list):
@@ -245,8 +286,15 @@ def format_validation_error(exc: ValidationError) -> str:
         elif err["type"] == "missing":
             msg = "required key is missing"
         elif "input" in err and err["type"] not in ("value_error",):
-            # Never echo a secret back, even a mistyped one.
-            shown = "<redacted>" if _SECRET_KEY_RE.search(loc) else repr(err["input"])[:80]
+            # Never echo a secret back, even a mistyped one: a value under a secret-named key is
+            # hidden whole (numbers aside), any other has URL passwords and key shapes masked.
+            value = err["input"]
+            if isinstance(value, bool | int | float) or value is None:
+                shown = repr(value)
+            elif _SECRET_KEY_RE.search(loc):
+                shown = "<redacted>"
+            else:
+                shown = mask_credentials(repr(value))[:80]
             msg = f"{msg} (got {shown})"
         lines.append(f"{loc}: {msg.removeprefix('Value error, ')}")
     return "invalid configuration: " + "; ".join(lines)

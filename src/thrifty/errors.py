@@ -14,6 +14,7 @@ this tree at the boundary where they occur, never matched by substring elsewhere
     |   +-- AuthenticationError     401: missing or invalid API key
     |   +-- PermissionDeniedError   403: key not allowed on this route/model
     |   +-- NotFoundError           404: unknown model / route / resource
+    |   +-- MethodNotAllowedError   405: a known path with the wrong HTTP method (Allow header)
     |   +-- PayloadTooLargeError    413: body over the configured limit
     |   +-- RateLimitError          429: thrifty's own rate limit for a key
     |   +-- BudgetExceededError     429: a key's budget for the period is spent
@@ -91,6 +92,19 @@ class PermissionDeniedError(RequestError):
 class NotFoundError(RequestError):
     status = 404
     code = "model_not_found"
+
+
+class MethodNotAllowedError(RequestError):
+    status = 405
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allow: str = "") -> None:
+        super().__init__(message)
+        self.allow = allow
+
+    def headers(self) -> dict[str, str]:
+        # RFC 9110: a 405 lists the methods the resource supports.
+        return {"allow": self.allow} if self.allow else {}
 
 
 class PayloadTooLargeError(RequestError):

@@ -33,3 +33,21 @@ class Redactor:
 def redact(text: str) -> str:
     """Mask key-shaped substrings (for places with no configured Redactor at hand)."""
     return _KEY_SHAPES.sub("[REDACTED]", text)
+
+
+# Credentials in a URL (postgresql://user:PASSWORD@host, redis://:PASSWORD@host).
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.\-]*://[^:/@\s'\"]*):[^@\s'\"]+@", re.I)
+# Other providers' key prefixes (Groq gsk_, Google AIza, Hugging Face hf_, GitHub ghp_, xAI xai-),
+# and any long token mixing letters and digits (no hyphens: model names such as
+# claude-3-5-sonnet-20241022 stay readable): a mistyped value at an unexpected place in a config
+# is as likely to be a key as anything else.
+_MORE_SHAPES = re.compile(r"\b(gsk_|AIza|hf_|ghp_|xai-)[A-Za-z0-9_\-]{8,}|"
+                          r"\b(?=[A-Za-z0-9_]*[0-9])(?=[A-Za-z0-9_]*[A-Za-z])[A-Za-z0-9_]{24,}\b")
+
+
+def mask_credentials(text: str) -> str:
+    """``redact`` plus URL passwords, more providers' key shapes and long letter-digit tokens: for
+    echoing user-supplied values (a config value in an error message) whose key name says nothing."""
+    text = _URL_PASSWORD.sub(lambda m: m.group("scheme") + ":[REDACTED]@", text)
+    return _MORE_SHAPES.sub("[REDACTED]", redact(text))
+

@@ -161,6 +161,23 @@ def test_models_and_health(gateway: tuple[Gateway, RunningServer]) -> None:
         assert json.loads(fh.read())["status"] == "ok"
 
 
+def test_models_retrieve_and_wrong_method(gateway: tuple[Gateway, RunningServer]) -> None:
+    _, server = gateway
+    # client.models.retrieve() calls GET /v1/models/{id}.
+    assert client(server).models.retrieve("cheap").id == "cheap"
+    with pytest.raises(openai.NotFoundError) as info:
+        client(server).models.retrieve("no-such-model")
+    assert "no-such-model" in str(info.value)
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.HTTPError) as http:
+        urllib.request.urlopen(server.url + "/v1/chat/completions")  # GET on a POST endpoint
+    assert http.value.code == 405 and http.value.headers["allow"] == "POST"
+    body = json.loads(http.value.read())
+    assert body["error"]["code"] == "method_not_allowed" and "allowed: POST" in body["error"]["message"]
+
+
 def test_retry_on_5xx_records_every_attempt(gateway: tuple[Gateway, RunningServer]) -> None:
     gw, server = gateway
     raw = client(server).chat.completions.with_raw_response.create(model="flaky", messages=MSG)

@@ -222,6 +222,23 @@ def test_config_check_refuses_what_serve_refuses(extra: str, needle: str, tmp_pa
     assert_one_line(code, err, needle)
 
 
+@pytest.mark.parametrize(("extra", "needle"), [
+    ("ledger: {dsn: 'postgresql://u:Pa55SECRET@127.0.0.1:1/x'}\n", "ledger.dsn: cannot connect"),
+    ("redis_url: 'redis://:Pa55SECRET@127.0.0.1:1/0'\n", "redis_url: cannot reach Redis at redis://:[REDACTED]@"),
+])
+def test_config_check_refuses_an_unreachable_database(extra: str, needle: str, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    # PostgreSQL and Redis are connected lazily by the gateway; the check connects once.
+    pytest.importorskip("psycopg")
+    pytest.importorskip("redis")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("providers: {p: {base_url: 'http://127.0.0.1:9/v1'}}\n"
+                   "models: {m: {provider: p, price: {input: 1.0, output: 1.0}}}\n" + extra)
+    code, _, err = run_main(capsys, "config", "check", str(cfg))
+    assert_one_line(code, err, needle)
+    assert "Pa55SECRET" not in err
+
+
 def test_config_check_leaves_no_databases_behind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("providers: {p: {base_url: 'http://127.0.0.1:9/v1'}}\n"

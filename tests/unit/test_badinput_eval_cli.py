@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -340,3 +341,22 @@ def test_routerbench_csv_empty_score_cell_is_still_zero(missing: str, tmp_path: 
     # Empty cells (pandas) and "nan" (other writers) both mean missing, not a bad value.
     data = load_outcomes(_csv(tmp_path, missing, missing))
     assert data.items[1].scores["big"] == 0.0 and data.items[1].outcomes["big"].cost is None
+
+
+@pytest.mark.parametrize(("body", "needle"), [
+    ("\"['q2']\",t,1.0\n", "data row 2: 3 cells where the header has 5 (is the file cut short?)"),
+    ("\"['q2']\",t,1.0,\"['B']\",0.001,extra\n", "data row 2: 6 cells where the header has 5"),
+])
+def test_routerbench_csv_rows_cut_short_or_too_long_are_refused(body: str, needle: str, tmp_path: Path) -> None:
+    path = tmp_path / "rb.csv"
+    path.write_text("prompt,eval_name,big,big|model_response,big|total_cost\n"
+                    "\"['q1']\",t,1.0,\"['A']\",0.001\n" + body)
+    with pytest.raises(DataError, match=re.escape(needle)):
+        load_outcomes(path)
+
+
+def test_routerbench_csv_with_only_a_header_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "rb.csv"
+    path.write_text("prompt,eval_name,big,big|model_response,big|total_cost\n")
+    with pytest.raises(DataError, match="no prompts"):
+        load_outcomes(path)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,50 @@ def test_config_overrides_seed_price_and_genai_prices_fills_unknowns() -> None:
     assert mini and mini.price and mini.price.source == "genai-prices" and mini.price.output == pytest.approx(0.60)
     local = cat.get("my-local-llama")
     assert local is not None and local.price is None
+
+
+def test_env_default_also_applies_when_the_variable_is_empty() -> None:
+    # Shell semantics of ":-": an exported but empty variable takes the default.
+    assert interpolate_env("${EMPTY:-def}", {"EMPTY": ""}) == "def"
+    assert interpolate_env("${SET:-def}", {"SET": "v"}) == "v"
+    assert interpolate_env("${EMPTY}", {"EMPTY": ""}) == ""
+
+
+@pytest.mark.parametrize(("value", "needle"), [
+    ("${OPENAI_API_KEY", "malformed environment reference near '${OPENAI_API_KEY'"),
+    ("${ A }", "malformed environment reference"),
+    ("${B:-${A}}", "nested references are not supported"),
+])
+def test_malformed_env_references_are_refused(value: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        interpolate_env({"providers": {"p": {"api_key": value}}}, {"A": "a"})
+
+
+@pytest.mark.parametrize(("aliases", "needle"), [
+    ({"m": ["n"]}, "models.m.aliases: 'n' is the name of another model"),
+    ({"m": ["auto"]}, "'auto' is reserved for routing"),
+    ({"m": ["route:x"]}, "'route:x' is reserved for routing"),
+    ({"m": ["premium"], "n": ["premium"]}, "models.n.aliases: 'premium' is also an alias of 'm'"),
+])
+def test_colliding_aliases_are_refused(aliases: dict[str, list[str]], needle: str) -> None:
+    cfg = {"providers": {"p": {"base_url": "http://127.0.0.1:1/v1"}},
+           "models": {name: {"provider": "p", "aliases": aliases.get(name, [])} for name in ("m", "n")}}
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load_config(cfg)
+
+
+@pytest.mark.parametrize(("section", "secret"), [
+    ({"ledger": "postgresql://thrifty:Pa55w0rdSECRET@db.example/thrifty"}, "Pa55w0rdSECRET"),
+    ({"providers": {"main": "gsk_live_0123456789abcdef"}}, "gsk_live_0123456789abcdef"),
+    ({"providers": {"p": {"base_url": "http://127.0.0.1:1/v1", "headers": ["AIzaSyD1234567890abcdefghijk"]}}},
+     "AIzaSyD1234567890abcdefghijk"),
+])
+def test_config_errors_never_echo_credentials(section: dict[str, object], secret: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(section)
+    assert secret not in str(info.value) and "[REDACTED]" in str(info.value)
+
+
+def test_config_errors_show_plain_numbers_even_under_secret_looking_keys() -> None:
+    with pytest.raises(ConfigError, match=re.escape("(got -5)")):
+        load_config({"auth": {"default_completion_tokens": -5}})

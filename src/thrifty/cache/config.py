@@ -29,7 +29,7 @@ class SemanticConfig(_Strict):
     # A verifier file written by `thrifty cache calibrate`; None: the built-in rule verifier.
     verifier: str | None = None
     # Minimum verifier score to serve; None: the threshold stored in the verifier file.
-    threshold: float | None = Field(default=None)
+    threshold: float | None = Field(default=None, ge=-1.0, le=1.0)  # cosine or probability
     top_k: int = Field(default=DEFAULT_TOP_K, ge=1, le=50)
     # A cheap model asked "same question?" before a semantic hit is served (costs one call).
     confirm_model: str | None = None
@@ -49,7 +49,7 @@ class RouteCacheConfig(_Strict):
     require_deterministic: bool | None = None
     semantic: bool | None = None
     verifier: str | None = None
-    threshold: float | None = None
+    threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
 
 
 class CacheConfig(_Strict):

@@ -48,6 +48,44 @@ def build_like_serve(cfg: Config) -> Catalog:
                     os.unlink(p)
 
 
+def reach_services(cfg: Config) -> None:
+    """Connect once to the PostgreSQL ledger and the Redis server the config names.
+
+    Why: both are connected lazily by the gateway (a database that is briefly down must not stop
+    it), so building the gateway proves nothing about them; a check that says "ok" for a DSN
+    with the wrong port would send every ledger row to the fallback file. Messages never show
+    the URL's password."""
+    from thrifty.errors import ConfigError, StorageError
+    from thrifty.ledger.store import open_store
+    from thrifty.redact import mask_credentials
+
+    if cfg.ledger.dsn:
+        store = open_store(dsn=cfg.ledger.dsn)
+        try:
+            store.query("SELECT 1")
+        except StorageError as exc:
+            # libpq's message spans lines (a hint follows the error): one line for the CLI.
+            raise ConfigError(f"ledger.dsn: {mask_credentials(' '.join(exc.message.split()))}") from None
+        finally:
+            store.close()
+    urls = {"redis_url": cfg.redis_url}
+    if cfg.cache is not None and cfg.cache.backend == "redis":
+        urls["cache.redis_url"] = cfg.cache.redis_url or cfg.redis_url
+    for key, url in urls.items():
+        if not url:
+            continue
+        import redis
+
+        client = redis.Redis.from_url(url, socket_connect_timeout=3.0, socket_timeout=3.0)
+        try:
+            client.ping()
+        except (redis.RedisError, OSError, ValueError) as exc:
+            raise ConfigError(f"{key}: cannot reach Redis at {mask_credentials(url)}: "
+                              f"{mask_credentials(' '.join(str(exc).split()))}") from None
+        finally:
+            client.close()
+
+
 def register(app: typer.Typer) -> None:
     group = typer.Typer(help="Inspect and validate configuration files.", no_args_is_help=True)
 
@@ -56,6 +94,7 @@ def register(app: typer.Typer) -> None:
         """Validate FILE: every problem is printed as `key.path: what is wrong`."""
         cfg = load_config(file)
         catalog = build_like_serve(cfg)
+        reach_services(cfg)
         raw, _ = read_raw(file)
         for var in missing_env_vars(raw):
             typer.echo(f"warning: environment variable {var} is not set (used as an empty string)", err=True)

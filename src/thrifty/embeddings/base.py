@@ -71,8 +71,8 @@ def sentence_extra_installed() -> bool:
 def build_embedder(spec: str | dict[str, Any] | None = None) -> Embedder:
     """An embedder from a spec: ``"lexical"`` (default), ``"minilm"``/``"sentence"``, ``"auto"``
     (the bundled MiniLM when the ``embeddings`` extra is installed, else lexical), or a dict
-    ``{"kind": ..., **options}`` (lexical: dim, ngram_range, char_ngrams; sentence: model, device,
-    batch_size). Raises ``ConfigError`` for an unknown kind or a missing optional extra."""
+    ``{"kind": ..., **options}`` (lexical: dim, word_ngrams, char_ngrams, char_weight; sentence:
+    model, device, batch_size, threads). Raises ``ConfigError`` for an unknown kind or a missing optional extra."""
     if spec is None:
         spec = "lexical"
     opts: dict[str, Any]

@@ -15,6 +15,7 @@ from functools import lru_cache
 import numpy as np
 
 from thrifty.embeddings.base import normalize_rows
+from thrifty.errors import ConfigError
 
 _WORD_RE = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
@@ -36,11 +37,23 @@ class LexicalEmbedder:
         char_ngrams: tuple[int, int] | list[int] | None = (3, 5),
         char_weight: float = 0.5,
     ) -> None:
-        if dim < 8:
-            raise ValueError("dim must be at least 8")
-        self._dim = int(dim)
-        self.word_ngrams = max(1, int(word_ngrams))
-        self.char_ngrams = (int(char_ngrams[0]), int(char_ngrams[1])) if char_ngrams else None
+        # Options come from YAML: refuse wrong types here with the option's name (ConfigError),
+        # not as a TypeError from a comparison deep inside.
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 8:
+            raise ConfigError(f"embedder.dim: expected a whole number >= 8, got {dim!r}")
+        if isinstance(word_ngrams, bool) or not isinstance(word_ngrams, int) or word_ngrams < 1:
+            raise ConfigError(f"embedder.word_ngrams: expected a whole number >= 1, got {word_ngrams!r}")
+        if char_ngrams is not None and not (
+                isinstance(char_ngrams, list | tuple) and len(char_ngrams) == 2
+                and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in char_ngrams)
+                and char_ngrams[0] <= char_ngrams[1]):
+            raise ConfigError(f"embedder.char_ngrams: expected [low, high] whole numbers, 1 <= low <= high, "
+                              f"or null, got {char_ngrams!r}")
+        if isinstance(char_weight, bool) or not isinstance(char_weight, int | float) or not 0 <= char_weight <= 10:
+            raise ConfigError(f"embedder.char_weight: expected a number in [0, 10], got {char_weight!r}")
+        self._dim = dim
+        self.word_ngrams = word_ngrams
+        self.char_ngrams = (char_ngrams[0], char_ngrams[1]) if char_ngrams else None
         self.char_weight = float(char_weight)
 
     @property

@@ -152,6 +152,12 @@ def load_routerbench_csv(path: Path) -> OutcomeSet:
         scores = {}
         # Counted from 1 after the header, as a spreadsheet shows them (cells may span lines).
         where = f"{path}: data row {i + 1}"
+        # DictReader pads a short row with None and files a long row's extras under None: a row
+        # cut short (a truncated download) would otherwise load as a prompt every model got wrong.
+        if None in r or any(v is None for v in r.values()):
+            have = len(r) - (1 if None in r else 0) - sum(v is None for v in r.values())
+            raise DataError(f"{where}: {have + len(r.get(None) or [])} cells where the header has "
+                            f"{len(header)} (is the file cut short?)")
         for m in models:
             cost = _csv_number(r.get(f"{m}|total_cost"), where, f"{m}|total_cost", None)
             outcomes[m] = Outcome(_literal_text(r.get(f"{m}|model_response", "")), cost)
@@ -161,6 +167,8 @@ def load_routerbench_csv(path: Path) -> OutcomeSet:
             Item(path.name, i, [{"role": "user", "content": _literal_text(r["prompt"])}], r.get("eval_name") or None,
                  outcomes, scores)
         )
+    if not items:
+        raise DataError(f"{path}: no prompts (only a header)")
     return OutcomeSet(items, models)
 
 

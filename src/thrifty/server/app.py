@@ -22,7 +22,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from thrifty import fastjson
-from thrifty.errors import InvalidRequestError, PayloadTooLargeError, ThriftyError
+from thrifty.errors import (
+    InvalidRequestError,
+    MethodNotAllowedError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ThriftyError,
+)
 from thrifty.fastjson import FastJSONResponse
 from thrifty.pipeline.context import new_request_id
 from thrifty.types import ChatRequest
@@ -112,30 +118,49 @@ def create_app(gateway: Gateway) -> Starlette:
         out_headers["x-thrifty-latency-ms"] = f"{(time.perf_counter() - t0) * 1000:.1f}"
         return FastJSONResponse(ctx.response, headers=out_headers)
 
-    async def models(request: Request) -> Response:
+    def model_objects() -> list[dict[str, Any]]:
+        """What a client may put in ``model``: models, their aliases and routes."""
         now = int(time.time())
-        data = []
+        data: list[dict[str, Any]] = []
         for m in gateway.catalog:
             data.append({"id": m.name, "object": "model", "created": now, "owned_by": m.provider, "tier": m.tier})
         for alias, target in gateway.catalog.aliases().items():
             data.append({"id": alias, "object": "model", "created": now, "owned_by": "thrifty", "alias_of": target})
         for route in getattr(gateway, "route_names", lambda: [])():
             data.append({"id": route, "object": "model", "created": now, "owned_by": "thrifty-route"})
-        return JSONResponse({"object": "list", "data": data})
+        return data
+
+    async def models(request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": model_objects()})
+
+    async def model(request: Request) -> Response:
+        # GET /v1/models/{id}: what the OpenAI SDK's client.models.retrieve() calls.
+        model_id = request.path_params["model_id"]
+        for obj in model_objects():
+            if obj["id"] == model_id:
+                return JSONResponse(obj)
+        err = NotFoundError(f"The model '{model_id}' does not exist.", param="model")
+        return error_response(err, new_request_id())
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "models": len(gateway.catalog), "pipeline": gateway.describe()})
 
     async def not_found(request: Request, exc: Exception) -> Response:
-        status = getattr(exc, "status_code", 404)
+        if getattr(exc, "status_code", 404) == 405:
+            allow = (getattr(exc, "headers", None) or {}).get("Allow", "")
+            err: ThriftyError = MethodNotAllowedError(
+                f"{request.method} is not allowed on {request.url.path}" + (f" (allowed: {allow})." if allow else "."),
+                allow=allow)
+            return error_response(err, new_request_id())
         err = ThriftyError(f"No route for {request.method} {request.url.path}.")
-        err.status, err.type, err.code = status, "invalid_request_error", "not_found"
+        err.status, err.type, err.code = 404, "invalid_request_error", "not_found"
         return error_response(err, new_request_id())
 
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", model, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
     ]
     routes.extend(getattr(gateway, "extra_routes", []))
