@@ -125,10 +125,11 @@ async def bench_semantic(n: int, lookups: int, ann: str, rng: random.Random, mod
     slot.index.add([f"k{i}" for i in range(n)], texts, vecs, [far] * n)
     queries = [p["text_b"] for p in rng.sample(pairs, lookups)]
 
-    async def run(count: int, verifier: Any) -> tuple[list[float], list[float]]:
-        # Every run starts with a cold token memo (MiniLM alignment path), so a later run does not
-        # reuse the forward passes of an earlier one over the same queries.
-        sem._tokens.clear()
+    async def run(count: int, verifier: Any, cold: bool = True) -> tuple[list[float], list[float]]:
+        # A run starts with a cold token memo (MiniLM alignment path), so a later run does not
+        # reuse the forward passes of an earlier one over the same queries; the warm run does.
+        if cold:
+            sem._tokens.clear()
         wall, cpu = [], []
         for q in queries[:count]:
             t0, c0 = time.perf_counter(), time.thread_time()
@@ -147,6 +148,14 @@ async def bench_semantic(n: int, lookups: int, ann: str, rng: random.Random, mod
         rows.append({"verifier": m, "p50": pct(wall, 50) if wall else None, "p99": pct(wall, 99) if wall else None,
                      "cpu_p50": pct(cpu, 50) if cpu else None, "cpu_p99": pct(cpu, 99) if cpu else None})
     align_cols = len(ALIGN_NAMES) if getattr(verifiers[models[0]], "align_idf", None) is not None else 0
+    if align_cols and built:
+        # Steady state in the gateway: candidates are recent entries whose token vectors the memo
+        # kept when they were looked up; the query's own forward pass remains.
+        m = models[-1]
+        await run(lookups, verifiers[m])
+        wall, cpu = await run(lookups, verifiers[m], cold=False)
+        rows.append({"verifier": f"{m}, warm token memo", "p50": pct(wall, 50), "p99": pct(wall, 99),
+                     "cpu_p50": pct(cpu, 50), "cpu_p99": pct(cpu, 99)})
     return {"n": n, "dim": embedder.dim, "embedder": embedder.name, "baseline_verifier": models[0], "embed_s": embed_s,
             "align_cols": align_cols,
             "ann_build_s": build_s, "ann": built, "exact_p50": pct(exact_wall, 50), "exact_p99": pct(exact_wall, 99),

@@ -24,6 +24,7 @@ class WordTokens:
     def __init__(self) -> None:
         self.inner = build_embedder("lexical")
         self.tokenised: list[str] = []
+        self.embedded: list[str] = []  # texts sent to embed (sentence vectors only)
 
     @property
     def dim(self) -> int:
@@ -34,6 +35,7 @@ class WordTokens:
         return "lexical-words-test"
 
     def embed(self, texts: list[str]) -> np.ndarray:
+        self.embedded += texts
         return self.inner.embed(texts)
 
     def embed_tokens(self, texts: list[str]) -> tuple[np.ndarray, list[TokenVectors]]:
@@ -43,7 +45,7 @@ class WordTokens:
             words = t.lower().replace("?", "").split()
             vecs = normalize_rows(self.inner.embed(words)) if words else np.zeros((0, self.dim), np.float32)
             out.append(TokenVectors(tuple(words), vecs.astype(np.float16)))
-        return self.embed(texts), out
+        return self.inner.embed(texts), out
 
 
 def tv(emb: WordTokens, text: str) -> TokenVectors:
@@ -120,10 +122,18 @@ async def test_semantic_lookup_tokenises_query_and_candidates_once(tmp_path: Pat
     slot = await cache.slot("scope")
     _, got, _, scores = cache.candidates(slot.index, query, qvec, v, cache.token_vectors)
     assert match.text == got[int(np.argmax(scores))] and match.score == pytest.approx(float(scores.max()))
-    # A second lookup reuses the memo: only the new query is tokenised.
+    # A second lookup reuses the memo: only the new query is tokenised, in the same forward pass
+    # as its sentence vector (not embedded a second time).
     emb.tokenised.clear()
+    emb.embedded.clear()
     await cache.lookup("scope", "how can i learn java ?", v, threshold=-1.0)
-    assert emb.tokenised == ["how can i learn java ?"]
+    assert emb.tokenised == ["how can i learn java ?"] and emb.embedded == []
+    # A query that was looked up and then cached is a memo hit when it comes back as a candidate.
+    _, qvec2 = await cache.lookup("scope", "how do i bake bread ?", v, threshold=-1.0)
+    await cache.add("scope", EntryMeta("k9", "t", "m", 0.0, 1e12), "how do i bake bread ?", qvec2)
+    emb.tokenised.clear()
+    await cache.lookup("scope", "how can i bake bread ?", v, threshold=-1.0)
+    assert emb.tokenised == ["how can i bake bread ?"]
     # An embedder without token vectors cannot feed this verifier: a ConfigError, not a crash.
     plain = SemanticCache(MemoryBackend(), build_embedder("lexical"), top_k=3)
     await plain.add("scope", EntryMeta("k0", "t", "m", 0.0, 1e12), texts[0])

@@ -99,7 +99,12 @@ class SemanticCache:
                      qvec: np.ndarray | None = None) -> tuple[SemanticMatch | None, np.ndarray]:
         """The verified best candidate for ``query`` (or None) and the query's vector."""
         if qvec is None:
-            qvec = await self.embed(query)
+            if verifier.uses_tokens and isinstance(self.embedder, TokenEmbedder):
+                # One forward pass gives the query's vector and its token vectors; memoised, they
+                # also serve when this query is cached and later comes back as a candidate.
+                qvec = await self.embed_with_tokens(query)
+            else:
+                qvec = await self.embed(query)
         slot = await self.slot(scope)
         found = self.neighbours(slot.index, qvec)
         tokens = None
@@ -112,6 +117,13 @@ class SemanticCache:
             tokens = self.token_vectors
         return self.search(slot.index, query, qvec, verifier, threshold, tokens, found), qvec
 
+    async def embed_with_tokens(self, text: str) -> np.ndarray:
+        """``text``'s vector, keeping its token vectors in the memo (TokenEmbedder only)."""
+        assert isinstance(self.embedder, TokenEmbedder)
+        vecs, toks = await asyncio.to_thread(self.embedder.embed_tokens, [text])
+        self._remember({text: toks[0]}, [text])
+        return vecs[0]
+
     def token_vectors(self, texts: list[str]) -> list[TokenVectors]:
         """Each text's token vectors, from a per-process memo or one forward pass for the rest."""
         if not isinstance(self.embedder, TokenEmbedder):
@@ -121,13 +133,17 @@ class SemanticCache:
         missing = list(dict.fromkeys(t for t in texts if t not in have))
         if missing:
             have.update(zip(missing, self.embedder.embed_tokens(missing)[1], strict=True))
+        self._remember(have, texts)
+        return [have[t] for t in texts]
+
+    def _remember(self, have: dict[str, TokenVectors], texts: list[str]) -> None:
+        """Put ``texts`` (most recent last) in the bounded memo."""
         with self._tokens_lock:
             for t in texts:
                 self._tokens[t] = have[t]
                 self._tokens.move_to_end(t)
             while len(self._tokens) > _TOKEN_MEMO:
                 self._tokens.popitem(last=False)
-        return [have[t] for t in texts]
 
     def neighbours(self, index: VectorIndex, qvec: np.ndarray) -> Found:
         """The live (unexpired) top-k entries nearest to ``qvec``."""
