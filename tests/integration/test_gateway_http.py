@@ -45,6 +45,7 @@ def gateway(mock: RunningServer, tmp_path_factory: pytest.TempPathFactory) -> It
         "providers": {
             "mock": {"base_url": upstream, "api_key": SECRET, "backoff_base_s": 0.01, "max_retries": 2},
             "impatient": {"base_url": upstream, "api_key": SECRET, "timeout_s": 1.0, "max_retries": 0},
+            "patient": {"base_url": upstream, "api_key": SECRET, "timeout_s": 60.0, "max_retries": 0},
         },
         "models": {
             "cheap": {"provider": "mock", "price": {"input": 0.1, "output": 0.2}},
@@ -54,6 +55,7 @@ def gateway(mock: RunningServer, tmp_path_factory: pytest.TempPathFactory) -> It
             "limited-with-fallback": {"provider": "mock", "upstream_model": "limited",
                                       "price": {"input": 1, "output": 1}, "fallbacks": ["cheap"]},
             "hanging": {"provider": "impatient", "price": {"input": 1, "output": 1}},
+            "hanging-long": {"provider": "patient", "upstream_model": "hanging", "price": {"input": 1, "output": 1}},
             "trunc": {"provider": "mock", "price": {"input": 1, "output": 1}},
             "leaky": {"provider": "mock", "price": {"input": 1, "output": 1}},
         },
@@ -176,6 +178,28 @@ def test_models_retrieve_and_wrong_method(gateway: tuple[Gateway, RunningServer]
     assert http.value.code == 405 and http.value.headers["allow"] == "POST"
     body = json.loads(http.value.read())
     assert body["error"]["code"] == "method_not_allowed" and "allowed: POST" in body["error"]["message"]
+
+
+def test_client_leaving_a_stream_before_its_first_byte_cancels_the_upstream_call(
+        gateway: tuple[Gateway, RunningServer]) -> None:
+    # The upstream never answers and the provider would wait 60 s: the gateway must notice the
+    # client is gone, drop the upstream call and still write the ledger row.
+    import socket
+    import time
+
+    gw, server = gateway
+    host, port = server.url.removeprefix("http://").split(":")
+    body = json.dumps({"model": "hanging-long", "stream": True, "messages": MSG}).encode()
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        time.sleep(0.5)
+    deadline = time.monotonic() + 10
+    rows: list[tuple[Any, ...]] = []
+    while time.monotonic() < deadline and not rows:
+        rows = ledger_rows(gw, "SELECT status, error_type FROM requests WHERE requested_model = 'hanging-long'")
+        time.sleep(0.1)
+    assert rows == [("error", "ClientDisconnected")]
 
 
 def test_retry_on_5xx_records_every_attempt(gateway: tuple[Gateway, RunningServer]) -> None:

@@ -7,6 +7,7 @@ by other stages run first, so the row reflects everything they settled.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -37,6 +38,12 @@ class LedgerStage:
             raise
         except Exception as exc:
             ctx.status, ctx.error_type, ctx.error = "error", type(exc).__name__, "internal error"
+            await self._record(ctx)
+            raise
+        except asyncio.CancelledError:
+            # The server cancels a request whose client left before the response started
+            # (server/app.py); the calls already made were paid, so the row is still written.
+            ctx.status, ctx.error_type, ctx.error = "error", "ClientDisconnected", "client left before the response"
             await self._record(ctx)
             raise
         if ctx.chunks is not None:

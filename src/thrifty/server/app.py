@@ -8,13 +8,14 @@ event instead, so OpenAI SDKs raise rather than return a silently truncated answ
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from thrifty.gateway import Gateway
 
 log = logging.getLogger("thrifty.server")
+T = TypeVar("T")
 
 # Incoming headers the pipeline may read (others are not copied into the context).
 _FORWARDED_HEADERS = frozenset(("x-thrifty-task", "x-thrifty-cache", "x-thrifty-route", "cache-control", "x-thrifty-max-cost",
@@ -97,7 +99,11 @@ def create_app(gateway: Gateway) -> Starlette:
             auth = getattr(gateway, "authenticate", None)
             key_id, tenant = (await auth(request, chat)) if auth else (None, tenant_of(request))
             headers = forwarded_headers(request)
-            ctx = await gateway.handle(chat, headers=headers, key_id=key_id, tenant=tenant, request_id=request_id)
+            work = gateway.handle(chat, headers=headers, key_id=key_id, tenant=tenant, request_id=request_id)
+            ctx = await work if not chat.stream else await _unless_disconnected(request, work)
+            if ctx is None:  # the client left before the first byte; the ledger has its row
+                log.info("request %s: client disconnected before the response started", request_id)
+                return Response(status_code=499)
         except ThriftyError as exc:
             log.info("request %s failed: %s %s", request_id, exc.status, gateway.redactor(exc.message))
             return error_response(exc, request_id)
@@ -176,6 +182,37 @@ def create_app(gateway: Gateway) -> Starlette:
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found}, lifespan=lifespan)
     app.state.gateway = gateway
     return app
+
+
+async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T | None:
+    """``work``'s result, or None when the client disconnects first (``work`` is cancelled).
+
+    Why (streams only): until the upstream's first chunk arrives nothing watches the client
+    (Starlette's StreamingResponse listens for a disconnect only once it exists), so a client that
+    gave up kept a slow upstream call running, and paying, until its timeout. A non-streaming
+    request runs to the end, as at the providers: its answer may still be cached and billed."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task  # the ledger stage records the request as it unwinds
+    return None
+
+
+async def _disconnect(request: Request) -> None:
+    """Returns when the client closes the connection (the body has been read by then, so the
+    next ASGI message can only be the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _sse(
