@@ -237,6 +237,14 @@ def test_truncated_stream_ends_with_error_and_is_recorded_failed(gateway: tuple[
     assert rows and rows[-1][0] == "error" and "truncated" in rows[-1][1]
 
 
+def test_truncated_body_says_it_was_cut_short_not_a_connection_failure(gateway: tuple[Gateway, RunningServer]) -> None:
+    # Non-streaming: the upstream's headers arrive, then the body stops short.
+    _, server = gateway
+    with pytest.raises(openai.APIError) as err:
+        client(server).chat.completions.create(model="trunc", messages=MSG)
+    assert "reading the response body (cut short)" in str(err.value) and "connecting" not in str(err.value)
+
+
 async def _post(server: RunningServer, data: bytes, headers: dict[str, str] | None = None) -> tuple[int, Any]:
     async with aiohttp.ClientSession() as s, s.post(
         server.url + "/v1/chat/completions", data=data, headers={"content-type": "application/json", **(headers or {})}
@@ -270,6 +278,15 @@ async def test_bad_input_gets_openai_error_and_no_ledger_row(
     assert needle in payload["error"]["message"]
     if status != 404:
         assert ledger_rows(gw, "SELECT COUNT(*) FROM requests WHERE status = 'ok'")[0][0] == before
+
+
+async def test_compressed_body_is_refused_by_name(gateway: tuple[Gateway, RunningServer]) -> None:
+    import gzip
+
+    _, server = gateway
+    body = gzip.compress(json.dumps({"model": "cheap", "messages": MSG}).encode())
+    code, payload = await _post(server, body, {"content-encoding": "gzip"})
+    assert code == 400 and "Content-Encoding 'gzip' is not supported" in payload["error"]["message"]
 
 
 def test_unknown_path_is_openai_error(gateway: tuple[Gateway, RunningServer]) -> None:

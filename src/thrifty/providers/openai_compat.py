@@ -150,7 +150,13 @@ class OpenAICompatProvider:
 
     def _connection_error(self, exc: Exception, mid_stream: bool = False) -> UpstreamError:
         kind = type(exc).__name__
-        where = "during the stream: the stream broke before [DONE] (truncated)" if mid_stream else "connecting"
+        if mid_stream:
+            where = "during the stream: the stream broke before [DONE] (truncated)"
+        elif isinstance(exc, aiohttp.ClientPayloadError):
+            # The headers came; the body was cut short (a dropped connection, a bad length).
+            where = "reading the response body (cut short)"
+        else:
+            where = "connecting"
         # Mid-stream failures are not retried: part of the answer may already be with the client.
         return UpstreamError(
             self._redact(f"{self.name}: connection failed {where} ({kind}: {exc})"), retryable=not mid_stream

@@ -61,6 +61,10 @@ def forwarded_headers(request: Request) -> dict[str, str]:
 
 
 async def read_json_body(request: Request, limit: int) -> Any:
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        # Otherwise the compressed bytes reach the JSON parser and the client reads about UTF-8.
+        raise InvalidRequestError(f"Content-Encoding {encoding!r} is not supported; send the JSON body uncompressed.")
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"Request body is {declared} bytes; the limit is {limit} bytes.")
