@@ -64,3 +64,10 @@ def test_bad_options_are_a_config_error_naming_the_option(opts: dict[str, object
 
     with pytest.raises(ConfigError, match=needle):
         build_embedder({"kind": "lexical", **opts})
+
+
+@pytest.mark.parametrize("texts", ["hello", [5], [b"bytes"]])
+def test_embed_refuses_one_string_or_non_strings(texts: object) -> None:
+    # One string is a sequence of characters: it would have been embedded letter by letter.
+    with pytest.raises(TypeError, match="embed"):
+        build_embedder("lexical").embed(texts)  # type: ignore[arg-type]

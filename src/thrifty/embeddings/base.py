@@ -49,6 +49,16 @@ class TokenEmbedder(Protocol):
         ...
 
 
+def check_texts(texts: list[str]) -> None:
+    """``TypeError`` unless ``texts`` is a sequence of strings: one string is a sequence too, and
+    would be embedded one character at a time without complaint."""
+    if isinstance(texts, str | bytes):
+        raise TypeError("embed() takes a list of texts, not one string: embed([text])")
+    bad = next((t for t in texts if t is not None and not isinstance(t, str)), None)
+    if bad is not None:
+        raise TypeError(f"embed() takes strings, got {type(bad).__name__}")
+
+
 def normalize_rows(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm; all-zero rows stay zero (an empty text matches nothing)."""
     x = np.asarray(x, dtype=np.float32)

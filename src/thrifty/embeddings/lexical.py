@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from thrifty.embeddings.base import normalize_rows
+from thrifty.embeddings.base import check_texts, normalize_rows
 from thrifty.errors import ConfigError
 
 _WORD_RE = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
@@ -82,6 +82,7 @@ class LexicalEmbedder:
         return [(word_counts, 1.0), (char_counts, self.char_weight)]
 
     def embed(self, texts: list[str]) -> np.ndarray:
+        check_texts(texts)
         out = np.zeros((len(texts), self._dim), dtype=np.float32)
         for row, text in enumerate(texts):
             acc: dict[int, float] = {}

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from thrifty.embeddings.base import TokenVectors, normalize_rows
+from thrifty.embeddings.base import TokenVectors, check_texts, normalize_rows
 from thrifty.errors import ConfigError
 
 _BUNDLED = "all-MiniLM-L6-v2"
@@ -107,6 +107,7 @@ class SentenceEmbedder:
         """
         import torch
 
+        check_texts(texts)
         model = self._load()
         wanted = 1 if len(texts) <= SMALL_BATCH else self._bulk_threads
         if torch.get_num_threads() != wanted:
