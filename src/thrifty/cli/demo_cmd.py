@@ -66,13 +66,13 @@ def _check_outputs(plot: Path) -> None:
     be written is a one-line UsageError instead of a traceback after all the work."""
     from thrifty.cli.checks import writable_output
     from thrifty.errors import UsageError
-    from thrifty.evaluation.report import check_plot_path
+    from thrifty.evaluation.report import check_plot_type
 
     try:
         plot.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"--plot: cannot create folder {plot.parent}: {exc.strerror or exc}") from None
-    check_plot_path(plot, "--plot")
+    writable_output(check_plot_type(plot, "--plot"), "--plot")
     writable_output(plot.with_name("decisions.jsonl"), "--plot (decisions.jsonl beside it)")
 
 

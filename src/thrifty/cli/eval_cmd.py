@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
         """Replay recorded outcomes of many LLMs through the real pipeline and score the policy."""
         from thrifty.evaluation.evaluate import EvalOptions
         from thrifty.evaluation.report import (
-            check_plot_path,
+            check_plot_type,
             render_text,
             result_json,
             write_decisions,
@@ -65,7 +65,7 @@ def register(app: typer.Typer) -> None:
             int_at_least(folds, "--folds", 2)
         writable_output(decisions, "--decisions")
         if plot is not None:
-            check_plot_path(plot, "--plot")
+            writable_output(check_plot_type(plot, "--plot"), "--plot")
         options = EvalOptions(baseline=baseline, max_cost_share=max_cost_share, fit=not no_fit, folds=folds,
                               seed=seed, sweep=parse_sweep(sweep), concurrency=concurrency, via_http=via_http,
                               progress=not quiet and not as_json)

@@ -134,7 +134,7 @@ def register(app: typer.Typer) -> None:
 
         # Everything that can be refused is refused before the cross-validation (the slow part).
         tgt = parse_target(target)
-        int_at_least(folds, "--folds", 2)
+        int_at_least(folds, "--folds", 2)  # before the data loads; its size bounds it from above below
         writable_output(out, "--out")
         base = _read_base_config(config) if config is not None else None
         outcomes = _load_data(data)

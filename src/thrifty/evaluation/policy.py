@@ -14,7 +14,6 @@ which returns a fitted ``routing:`` section.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -102,13 +101,11 @@ class _Fitter:
 def spec_max_cost_share(policy: dict[str, Any]) -> float | None:
     """The policy's ``routing.max_cost_share``, None when unset; ``ConfigError`` when it is not a
     positive finite number (checked before fitting, which would otherwise fail mid-run)."""
+    from thrifty.routing.fit import check_share  # lazily: routing.fit imports this package
+
     routing = policy.get("routing") or {}
     value = routing.get("max_cost_share") if isinstance(routing, dict) else None
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"routing.max_cost_share: expected a number above 0, got {value!r}")
-    return float(value)
+    return None if value is None else check_share(value, "routing.max_cost_share")
 
 
 def replay_config(

@@ -9,10 +9,10 @@ from typing import Any
 
 from rich.markup import escape
 
-from thrifty.cli.checks import dumps, writable_output
 from thrifty.errors import UsageError
 from thrifty.evaluation.evaluate import EvalResult
 from thrifty.evaluation.metrics import Decision, Row
+from thrifty.strictjson import dumps
 
 
 def savings_line(result: EvalResult) -> str:
@@ -83,17 +83,17 @@ def write_decisions(decisions: list[Decision], path: str | Path) -> None:
 PLOT_TYPES = ("png", "svg", "svgz", "pdf", "eps", "ps", "jpg", "jpeg", "tif", "tiff", "webp")
 
 
-def check_plot_path(path: str | Path, flag: str = "--plot") -> Path:
-    """``path`` when a plot can be written there, else ``UsageError`` naming ``flag``. Called
-    before an evaluation starts: ``savefig`` picks the format from the extension and would
-    otherwise refuse ``p.txt`` (or an unwritable path) only after all the work."""
+def check_plot_type(path: str | Path, flag: str = "--plot") -> Path:
+    """``path`` when its extension is an image type ``write_plot`` can produce, else
+    ``UsageError`` naming ``flag``. Called before an evaluation starts: ``savefig`` picks the
+    format from the extension and would otherwise refuse ``p.txt`` only after all the work.
+    (Whether the path can be written is the CLI's check, ``cli.checks.writable_output``.)"""
     p = Path(path)
     suffix = p.suffix.lower().lstrip(".")
     if suffix not in PLOT_TYPES:
         got = f"'.{suffix}'" if suffix else "no extension"
         raise UsageError(f"{flag}: {p}: unsupported image type ({got}); use one of "
                          + ", ".join("." + t for t in PLOT_TYPES))
-    writable_output(p, flag)
     return p
 
 

@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from thrifty.errors import AuthenticationError, InvalidRequestError, NotFoundError, ThriftyError
 from thrifty.ops.auth import bearer_token
-from thrifty.ops.keys import KeyStore, validate_limits
+from thrifty.ops.keys import KeyStore
 from thrifty.ops.ratelimit import Limiter
 from thrifty.pipeline.context import new_request_id
 
@@ -39,25 +39,34 @@ def check_admin(request: Request, admin_key: str | None) -> None:
         raise AuthenticationError("This endpoint needs the admin key (Authorization: Bearer <auth.admin_key>).")
 
 
-def guarded(admin_key: str | None, fn: Endpoint) -> Endpoint:
-    """``fn`` behind the admin key; thrifty errors leave as OpenAI-style bodies."""
+def json_errors(fn: Endpoint, what: str) -> Endpoint:
+    """``fn`` whose failures leave as OpenAI-format JSON: thrifty errors with their status, anything
+    else as a 500 (Starlette would answer plain text; admin clients and the dashboard's script parse
+    JSON like every other route). The traceback goes to the server log under the request id."""
 
     async def endpoint(request: Request) -> Response:
         try:
-            check_admin(request, admin_key)
             return await fn(request)
         except ThriftyError as exc:
             return JSONResponse(exc.to_openai(), status_code=exc.status,
                                 headers={"x-thrifty-request-id": new_request_id(), **exc.headers()})
         except Exception:
-            # Starlette would answer a plain-text 500; admin clients parse OpenAI-format JSON like
-            # every other route. The traceback goes to the server log, under the same request id.
             request_id = new_request_id()
-            log.exception("admin %s %s (request %s): internal error", request.method, request.url.path, request_id)
+            log.exception("%s %s %s (request %s): internal error", what, request.method, request.url.path, request_id)
             err = ThriftyError(f"Internal error (request id {request_id}).")
             return JSONResponse(err.to_openai(), status_code=err.status, headers={"x-thrifty-request-id": request_id})
 
     return endpoint
+
+
+def guarded(admin_key: str | None, fn: Endpoint) -> Endpoint:
+    """``fn`` behind the admin key, its errors as OpenAI-style bodies (``json_errors``)."""
+
+    async def checked(request: Request) -> Response:
+        check_admin(request, admin_key)
+        return await fn(request)
+
+    return json_errors(checked, "admin")
 
 
 def _number(body: dict[str, Any], name: str) -> float | None:
@@ -125,8 +134,7 @@ def admin_routes(keys: KeyStore, limiter: Limiter, admin_key: str | None) -> lis
             raise InvalidRequestError(f"unknown fields: {', '.join(sorted(unknown))}")
         name, period = _text(body, "name", ""), _text(body, "period", "month")
         budget, rpm, tpm, routes = _number(body, "budget_usd"), _whole(body, "rpm"), _whole(body, "tpm"), _routes(body)
-        # Every limit is checked before the key is stored: a refused request must leave no key behind.
-        validate_limits(name, budget, period, rpm, tpm, routes)
+        # KeyStore.create checks every limit (validate_limits) before it stores anything.
         key, secret = await asyncio.to_thread(
             keys.create, name, budget_usd=budget, period=period, rpm=rpm, tpm=tpm, routes=routes)
         return JSONResponse({**key.public(), "key": secret}, status_code=201)

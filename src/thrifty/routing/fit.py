@@ -261,9 +261,13 @@ def budget(max_cost_share: float | None, spec: dict[str, Any] | None) -> float:
     if max_cost_share is not None:
         return float(max_cost_share)
     value = (spec or {}).get("max_cost_share")
-    key = "routing.max_cost_share"
-    if value is None:
-        value, key = fit_options(spec)["max_cost_share"], "routing.fit.max_cost_share"
+    if value is not None:
+        return check_share(value, "routing.max_cost_share")
+    return check_share(fit_options(spec)["max_cost_share"], "routing.fit.max_cost_share")
+
+
+def check_share(value: Any, key: str) -> float:
+    """``value`` as a budget (a finite number above 0), else ``ConfigError`` naming ``key``."""
     number = isinstance(value, int | float) and not isinstance(value, bool)
     if not number or not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{key}: expected a number above 0, got {value!r}")
@@ -286,4 +290,4 @@ def fit_many(train: OutcomeSet, *, max_cost_shares: list[float | None], baseline
     return [front.section(s) for s in shares]
 
 
-__all__ = ["FAMILIES", "Frontier", "budget", "fit_frontier", "fit_many", "fit_policy"]
+__all__ = ["FAMILIES", "Frontier", "budget", "check_share", "fit_frontier", "fit_many", "fit_policy"]

@@ -9,7 +9,6 @@ admin key (the page asks for it and keeps it in the browser's session storage on
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import time
 from importlib import resources
@@ -19,12 +18,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from thrifty.errors import InvalidRequestError, NotFoundError, ThriftyError
+from thrifty.errors import InvalidRequestError, NotFoundError
 from thrifty.ledger.store import SQLiteStore, SQLStore
-from thrifty.ops.admin import check_admin
-from thrifty.pipeline.context import new_request_id
-
-log = logging.getLogger("thrifty.server")
+from thrifty.ops.admin import check_admin, json_errors
 
 PERIODS: dict[str, tuple[float | None, int]] = {  # name -> (seconds back, bucket seconds)
     "24h": (86400, 3600),
@@ -137,26 +133,16 @@ def dashboard_routes(store: SQLStore | None, *, admin_key: str | None, require_a
         return Response(_asset(name), media_type=_ASSETS[name], headers={"cache-control": "no-cache"})
 
     async def data(request: Request) -> Response:
-        try:
-            if require_admin:
-                check_admin(request, admin_key)
-            if store is None:
-                raise InvalidRequestError("the dashboard needs the ledger: it is disabled in this config")
-            period = request.query_params.get("period", "7d")
-            body = await asyncio.to_thread(dashboard_data, store, period)
-            return JSONResponse(body, headers={"cache-control": "no-store"})
-        except ThriftyError as exc:
-            return JSONResponse(exc.to_openai(), status_code=exc.status,
-                                headers={"x-thrifty-request-id": new_request_id(), **exc.headers()})
-        except Exception:
-            # The page's script parses JSON: an OpenAI-format 500, not Starlette's plain text.
-            request_id = new_request_id()
-            log.exception("dashboard data (request %s): internal error", request_id)
-            err = ThriftyError(f"Internal error (request id {request_id}).")
-            return JSONResponse(err.to_openai(), status_code=500, headers={"x-thrifty-request-id": request_id})
+        if require_admin:
+            check_admin(request, admin_key)
+        if store is None:
+            raise InvalidRequestError("the dashboard needs the ledger: it is disabled in this config")
+        period = request.query_params.get("period", "7d")
+        body = await asyncio.to_thread(dashboard_data, store, period)
+        return JSONResponse(body, headers={"cache-control": "no-store"})
 
     return [
         Route("/dashboard", page, methods=["GET"]),
-        Route("/dashboard/data", data, methods=["GET"]),
+        Route("/dashboard/data", json_errors(data, "dashboard"), methods=["GET"]),
         Route("/dashboard/static/{name}", asset, methods=["GET"]),
     ]
