@@ -18,8 +18,10 @@ def read_artifact(path: str | Path, fmt: str, what: str) -> dict[str, Any]:
     """The JSON object in ``path``, checked to be of format ``fmt`` (``what`` names it in errors)."""
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read {what} file {path}: {exc}") from None
+    except OSError as exc:  # str(exc) repeats the path: keep only the reason
+        raise ConfigError(f"cannot read {what} file {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {what} file is not valid JSON ({exc})") from None
     if not isinstance(doc, dict) or doc.get("format") != fmt:
         raise ConfigError(f"{path}: not a thrifty {what} file (expected format {fmt})")
     return doc

@@ -6,6 +6,10 @@ Prices are resolved in this order, first hit wins:
    output tokens; illustrative list prices, override them in config);
 3. the maintained ``genai-prices`` database, looked up by the upstream model name;
 4. unknown: the model still serves requests; its cost is recorded as unknown and warned.
+
+A partial ``price`` block (say only ``cached_input``) overrides those fields of the price found
+in 2 or 3; for a model neither knows it must give both ``input`` and ``output``, else the price
+stays unknown (warned at start-up, like 4).
 """
 
 from __future__ import annotations

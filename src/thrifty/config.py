@@ -26,6 +26,34 @@ from thrifty.ops.config import AuthConfig
 from thrifty.redact import mask_credentials
 from thrifty.routing.config import RoutingConfig
 
+# Optional secrets and service URLs: an empty value (``${THRIFTY_KEY_SALT}`` with the variable
+# unset becomes "") means "not set", never an empty salt, admin key or URL.
+# (section, key); section "" is the top level; providers' api_key is handled for each provider.
+_OPTIONAL_SECRETS = (("", "redis_url"), ("ledger", "dsn"), ("cache", "redis_url"), ("auth", "admin_key"),
+                     ("auth", "key_salt"))
+# Sections where an empty value (``server:`` with nothing under it) means "all defaults", as ``{}``.
+_SECTIONS = ("providers", "models", "ledger", "server", "routing", "cache", "compression", "batching", "auth")
+
+
+class KeyProblems(ValueError):
+    """Problems found by a validator, each at a key path relative to the model it validates.
+
+    Pydantic keeps the exception on the error (``ctx.error``), so ``format_validation_error``
+    prints each as ``<where the model is>.<path>: <message>``: a cross-key check on ``routing``
+    can then name ``routing.routes.faq.scorer.judge_model`` rather than just ``routing``."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{path}: {msg}" if path else msg for path, msg in problems))
+
+
+def _unset_blank(section: Any, key: str) -> Any:
+    """``section`` with ``key`` set to None when it is an empty (or all-space) string."""
+    if isinstance(section, dict) and isinstance(section.get(key), str) and not section[key].strip():
+        return {**section, key: None}
+    return section
+
+
 _SECRET_KEY_RE = re.compile(r"(api_key|dsn|redis_url|secret|password|token|admin_key)", re.I)
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
@@ -107,7 +135,8 @@ class Config(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     # Sections owned by later capabilities; each module validates its own part.
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
-    # Absent or empty: no cache stage. See docs/caching.md.
+    # Absent (or null in a dict built in Python): no cache stage. Present, even empty (`cache:`
+    # or `cache: {}`): the cache with its defaults; `cache.enabled: false` turns it off. docs/caching.md.
     cache: CacheConfig | None = None
     compression: CompressionConfig = Field(default_factory=CompressionConfig)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
@@ -116,40 +145,111 @@ class Config(_Strict):
     # Where relative paths (ledger, cache files) are resolved from: the config file's folder.
     base_dir: str | None = None
 
-    def _alias_problems(self) -> list[str]:
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_values(cls, data: Any) -> Any:
+        """An empty section is its defaults; an empty optional secret or URL is unset (None).
+
+        Why: YAML reads ``server:`` with nothing under it as null, and ``${VAR}`` with VAR unset
+        as "" (so a starter file still loads); an empty ``auth.key_salt`` would otherwise key
+        every hash with an empty secret, and an empty URL would be tried as one."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for key in _SECTIONS:
+            if key in data and data[key] is None:
+                data[key] = {}
+        for section, key in _OPTIONAL_SECRETS:
+            if not section:
+                data = _unset_blank(data, key)
+            elif section in data:
+                data[section] = _unset_blank(data[section], key)
+        if isinstance(data.get("providers"), dict):
+            data["providers"] = {name: _unset_blank(p, "api_key") for name, p in data["providers"].items()}
+        return data
+
+    def _alias_problems(self) -> list[tuple[str, str]]:
         """An alias must name one model and nothing else: a request for it would otherwise reach
         whichever model was listed last, or shadow a model or a route selector."""
-        problems: list[str] = []
+        problems: list[tuple[str, str]] = []
         owner: dict[str, str] = {}
         for name, m in self.models.items():
             for alias in m.aliases:
+                key = f"models.{name}.aliases"
                 if alias in self.models and alias != name:
-                    problems.append(f"models.{name}.aliases: {alias!r} is the name of another model")
+                    problems.append((key, f"{alias!r} is the name of another model"))
                 elif alias == "auto" or alias.startswith("route:"):
-                    problems.append(f"models.{name}.aliases: {alias!r} is reserved for routing")
+                    problems.append((key, f"{alias!r} is reserved for routing"))
                 elif alias in owner and owner[alias] != name:
-                    problems.append(f"models.{name}.aliases: {alias!r} is also an alias of {owner[alias]!r}")
+                    problems.append((key, f"{alias!r} is also an alias of {owner[alias]!r}"))
                 owner.setdefault(alias, name)
+        return problems
+
+    def _servable(self, name: str) -> bool:
+        """A model name or alias of this config (what the catalog will know)."""
+        return name in self.models or any(name in m.aliases for m in self.models.values())
+
+    def _override_problems(self) -> list[tuple[str, str]]:
+        """``cache.routes`` / ``compression.routes`` keys that no request can match: the lookups
+        (cache/policy.py ``route_config``, compress/config.py ``for_request``) try the request's
+        route name, then the model name it asked for (a model, an alias, ``auto`` or
+        ``route:NAME``), then (compression only) ``*``. A typo there was silently never applied."""
+        routes = self.routing.routes
+        problems: list[tuple[str, str]] = []
+        sections: list[tuple[str, list[str], bool]] = [("compression", list(self.compression.routes), True)]
+        if self.cache is not None:
+            sections.insert(0, ("cache", list(self.cache.routes), False))
+        for section, names, star in sections:
+            for name in names:
+                if name == "*" and not star:
+                    problems.append((f"{section}.routes.*", "'*' is not a route or model name (the keys of "
+                                     "`cache` itself are the defaults every route inherits)"))
+                elif not (name in routes or self._servable(name) or name == "auto" or (star and name == "*")
+                          or (name.startswith("route:") and name[len("route:"):] in routes)):
+                    known = ", ".join([*sorted(routes), *sorted(self.models)]) or "none"
+                    problems.append((f"{section}.routes.{name}", f"no routing route, model or alias is called "
+                                     f"{name!r} (this config has: {known}; or auto{', *' if star else ''})"))
+        return problems
+
+    def _model_ref_problems(self) -> list[tuple[str, str]]:
+        """Model and route names other sections use only later (a batch run, a compression)."""
+        problems: list[tuple[str, str]] = []
+        refs = {"compression.model": self.compression.model,
+                "compression.system_prompt.ab_check.judge_model":
+                    self.compression.system_prompt.ab_check.judge_model if self.compression.system_prompt.ab_check
+                    else None}
+        for key, name in refs.items():
+            if name is not None and not self._servable(name):
+                problems.append((key, f"unknown model {name!r} (expected one of {sorted(self.models)})"))
+        b = self.batching
+        if b.model is not None:
+            route = b.model[len("route:"):] if b.model.startswith("route:") else None
+            auto_ok = b.model == "auto" and (self.routing.routes or self.default_model)
+            if not (self._servable(b.model) or auto_ok or (route is not None and route in self.routing.routes)):
+                problems.append(("batching.model", f"unknown model {b.model!r} (expected one of {sorted(self.models)})"))
+        if b.route is not None and b.route not in self.routing.routes:
+            problems.append(("batching.route", f"unknown route {b.route!r} (routing.routes has: "
+                             f"{', '.join(sorted(self.routing.routes)) or 'none'})"))
         return problems
 
     @model_validator(mode="after")
     def _references(self) -> Config:
-        problems = []
+        problems: list[tuple[str, str]] = []
         for name, m in self.models.items():
             if m.provider not in self.providers:
-                problems.append(
-                    f"models.{name}.provider: unknown provider {m.provider!r} (expected one of {sorted(self.providers)})"
-                )
+                problems.append((f"models.{name}.provider",
+                                 f"unknown provider {m.provider!r} (expected one of {sorted(self.providers)})"))
             for fb in m.fallbacks:
                 if fb not in self.models:
-                    problems.append(f"models.{name}.fallbacks: unknown model {fb!r}")
+                    problems.append((f"models.{name}.fallbacks", f"unknown model {fb!r}"))
         problems += self._alias_problems()
         if self.baseline is not None and self.baseline not in self.models:
-            problems.append(f"baseline: unknown model {self.baseline!r} (expected one of {sorted(self.models)})")
+            problems.append(("baseline", f"unknown model {self.baseline!r} (expected one of {sorted(self.models)})"))
         if self.default_model is not None and self.default_model not in self.models:
-            problems.append(f"default_model: unknown model {self.default_model!r}")
+            problems.append(("default_model", f"unknown model {self.default_model!r}"))
+        problems += self._override_problems() + self._model_ref_problems()
         if problems:
-            raise ValueError("; ".join(problems))
+            raise KeyProblems(problems)
         return self
 
     def resolve_path(self, path: str) -> str:
@@ -277,9 +377,15 @@ def load_config(source: str | Path | dict[str, Any], env: dict[str, str] | None 
 
 
 def format_validation_error(exc: ValidationError) -> str:
-    lines = []
+    lines: list[str] = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = ".".join(str(p) for p in err["loc"])
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, KeyProblems):
+            lines.extend(f"{'.'.join(p for p in (loc, path) if p) or '(top level)'}: {msg}"
+                         for path, msg in cause.problems)
+            continue
+        loc = loc or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see docs/configuration.md)"

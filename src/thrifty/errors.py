@@ -20,8 +20,9 @@ this tree at the boundary where they occur, never matched by substring elsewhere
     |   +-- BudgetExceededError     429: a key's budget for the period is spent
     +-- UpstreamError (5xx)         the provider failed after retries and fallbacks
     |   +-- UpstreamTimeoutError    504: the provider did not answer in time
+    |   |   +-- RequestTimeoutError 504: the request as a whole ran past server.request_timeout_s
     |   +-- UpstreamRateLimitError  429: the provider kept rate-limiting us
-    |   +-- UpstreamStatusError     the provider answered with an error status (kept)
+    |   +-- UpstreamStatusError     the provider answered an error status: client 4xx kept, else 502
     |   +-- UpstreamProtocolError   502: the provider answered something unreadable
     +-- StorageError                ledger / cache backend failure (never fails a response)
     +-- DataError                   an evaluation/outcome/pairs file cannot be read
@@ -167,6 +168,13 @@ class UpstreamTimeoutError(UpstreamError):
     code = "upstream_timeout"
 
 
+class RequestTimeoutError(UpstreamTimeoutError):
+    """The whole request (every retry, fallback and cascade tier) ran past
+    ``server.request_timeout_s``; each call may have been within its own timeout."""
+
+    code = "request_timeout"
+
+
 class UpstreamRateLimitError(_RetryAfterMixin, UpstreamError):
     status = 429
     type = "rate_limit_error"
@@ -177,21 +185,47 @@ class UpstreamRateLimitError(_RetryAfterMixin, UpstreamError):
         self.retry_after = retry_after
 
 
+# Provider 4xx statuses that are about the gateway's own setup, not the client's request: the
+# client gets a 502 saying so. Passed on as-is, a 401 made OpenAI SDKs raise AuthenticationError
+# about the client's (valid) key. (code, what the client is told)
+_GATEWAY_SIDE_STATUSES: dict[int, tuple[str, str]] = {
+    401: ("upstream_auth_failed", "the provider rejected the gateway's credentials; check this provider's "
+          "api_key in the gateway configuration (the client's own key is never sent upstream)"),
+    402: ("upstream_payment_required", "the provider refused the gateway's account (billing or credits)"),
+    403: ("upstream_auth_failed", "the provider refused the gateway's credentials for this request; check "
+          "this provider's api_key and its permissions in the gateway configuration"),
+    404: ("upstream_not_found", "the provider does not know this model (or endpoint); check the model's "
+          "upstream name and the provider's base_url in the gateway configuration"),
+}
+
+
 class UpstreamStatusError(UpstreamError):
-    """The provider answered with an HTTP error; 4xx statuses are the client's fault and kept."""
+    """The provider answered with an HTTP error status (``upstream_status``).
+
+    - 429 is raised as ``UpstreamRateLimitError`` by providers, not as this class;
+    - 401, 402, 403 and 404 concern the gateway's configuration (its provider key, account,
+      model names): a 502 whose message says so, code ``upstream_auth_failed`` etc.;
+    - any other 4xx (400, 413, 422...) is the client's request: passed on with its status;
+    - a 5xx becomes a retryable 502.
+    """
 
     def __init__(self, message: str, *, status: int, body: dict[str, Any] | None = None) -> None:
-        # A provider 4xx (bad parameter) is passed on as-is; a provider 5xx becomes our 502.
-        super().__init__(message, status=status if 400 <= status < 500 else 502, retryable=status >= 500)
+        gateway_side = _GATEWAY_SIDE_STATUSES.get(status)
+        client_fault = 400 <= status < 500 and gateway_side is None
+        if gateway_side is not None:
+            message = f"{message} ({gateway_side[1]})"
+        super().__init__(message, status=status if client_fault else 502, retryable=status >= 500)
         self.upstream_status = status
         self.body = body
-        if 400 <= status < 500:
+        if client_fault:
             self.type = "invalid_request_error"
         err = (body or {}).get("error") if isinstance(body, dict) else None
-        if isinstance(err, dict):
+        if isinstance(err, dict) and gateway_side is None:
             self.param = err.get("param") if isinstance(err.get("param"), str) else None
             if isinstance(err.get("code"), str):
                 self.code = err["code"]
+        if gateway_side is not None:
+            self.code = gateway_side[0]
 
 
 class UpstreamProtocolError(UpstreamError):

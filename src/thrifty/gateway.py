@@ -1,15 +1,24 @@
 """The Python API: one object that owns the pipeline, usable with or without a server.
 
-    gw = Gateway.from_config("thrifty.yaml")
-    reply = await gw.chat(model="auto", messages=[{"role": "user", "content": "hi"}])
-    client = gw.openai_client()          # an openai.OpenAI bound to this gateway, no port
+    async with Gateway.from_config("thrifty.yaml") as gw:
+        reply = await gw.chat(model="auto", messages=[{"role": "user", "content": "hi"}])
+
+    with Gateway.from_config("thrifty.yaml") as gw:     # from synchronous code
+        client = gw.openai_client()                     # an openai.OpenAI bound to gw, no port
+
+A Gateway may be used from several event loops (``asyncio.run`` twice, the sync client's loop
+thread); see docs/library.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from thrifty.cache.build import build_cache_stage
@@ -23,7 +32,8 @@ from thrifty.pipeline.build import Stage, compose, describe
 from thrifty.pipeline.caller import ModelCaller, RetryPolicy
 from thrifty.pipeline.cascade import CascadeStage
 from thrifty.pipeline.context import RequestContext, new_request_id
-from thrifty.pipeline.deferred_stage import build_deferred_stage
+from thrifty.pipeline.deadline import DeadlineStage
+from thrifty.pipeline.deferred_stage import build_deferred_stage, is_deferrable
 from thrifty.pipeline.ledger_stage import LedgerStage
 from thrifty.pipeline.normalize import NormalizeStage
 from thrifty.pipeline.route import RouteStage
@@ -36,9 +46,25 @@ if TYPE_CHECKING:
     import openai
 
     from thrifty.routing.router import TaskRouter
+    from thrifty.server.inprocess import LoopThread
+
+log = logging.getLogger("thrifty.gateway")
+
+# How long close() waits for the in-process loop thread to close what runs on it.
+CLOSE_TIMEOUT_S = 60.0
 
 
 class Gateway:
+    """thrifty's pipeline as a Python object: routing, caching, compression, retries and
+    fallbacks, exact costs in the ledger, for calls made with or without a server.
+
+    Build one with ``Gateway.from_config``; call it with ``await chat(...)``, an OpenAI client
+    from ``openai_client()`` / ``async_openai_client()`` (in-process, no port), or serve
+    ``app()``. Close it when done, with ``await aclose()`` / ``async with`` in async code or
+    ``close()`` / ``with`` in a script, so pooled connections are released and the ledger is
+    written and closed. A script that never closes still gets its ledger rows written at exit.
+    """
+
     def __init__(self, config: Config, *, providers: dict[str, Provider] | None = None) -> None:
         self.config = config
         self.redactor = Redactor([p.api_key for p in config.providers.values() if p.api_key])
@@ -71,6 +97,9 @@ class Gateway:
         self.cache_stage = build_cache_stage(config, self.catalog, self.caller)
         self.stages: list[Stage] = self._build_stages()
         self._handler = compose(self.stages)
+        # The event loop thread of the sync in-process clients: one per gateway, made on demand.
+        self._loop_thread: LoopThread | None = None
+        self._loop_lock = threading.Lock()
 
     @classmethod
     def from_config(
@@ -80,6 +109,12 @@ class Gateway:
         providers: dict[str, Provider] | None = None,
         env: dict[str, str] | None = None,
     ) -> Gateway:
+        """A gateway from a YAML file path, a dict in the same shape, or a ``Config``.
+
+        ``providers`` replaces or adds providers by name (in-process test doubles, replays);
+        ``env`` is what ``${VAR}`` in the file reads (default: ``os.environ``). Relative paths
+        in a file (the ledger) are resolved beside it. Raises ``ConfigError`` for a bad config.
+        """
         config = source if isinstance(source, Config) else load_config(source, env)
         return cls(config, providers=providers)
 
@@ -88,10 +123,14 @@ class Gateway:
         sink = self.ledger.submit if self.ledger else None
         # Requests marked deferrable go to the provider Batch API (batching.deferred.enabled).
         deferred = build_deferred_stage(self)
+        # Inside the ledger stage, so a request that runs out of time is still recorded.
+        deadline = DeadlineStage(self.config.server.request_timeout_s,
+                                 exempt=is_deferrable if deferred else None)
         return [
             LedgerStage(sink, self.observers),
+            deadline,
             *([self.ops.budget_stage] if self.ops.budget_stage else []),
-            NormalizeStage(),
+            NormalizeStage(self.router),
             *([self.compress_stage] if self.compress_stage else []),
             *([self.cache_stage] if self.cache_stage else []),
             RouteStage(self.catalog, router=self.router, default_model=self.config.default_model),
@@ -113,6 +152,7 @@ class Gateway:
         return self.router.route_names() if self.router is not None else []
 
     def describe(self) -> str:
+        """The pipeline's stages in order, one line (what ``GET /health`` shows)."""
         return describe(self.stages)
 
     async def handle(
@@ -148,50 +188,140 @@ class Gateway:
         return self._app
 
     def async_openai_client(self, **kwargs: Any) -> openai.AsyncOpenAI:
-        """An ``openai.AsyncOpenAI`` that talks to this gateway in-process (no server, no port)."""
+        """An ``openai.AsyncOpenAI`` that talks to this gateway in-process (no server, no port).
+
+        It runs the gateway on the caller's event loop. Streams arrive chunk by chunk, the
+        client's ``timeout`` applies (``openai.APITimeoutError``; the request is cancelled), and
+        closing a stream early cancels the upstream call. ``kwargs`` go to ``openai.AsyncOpenAI``.
+        """
         import openai
 
-        from thrifty.server.inprocess import httpx
+        from thrifty.server.inprocess import LoopASGITransport, httpx
 
-        transport = httpx.ASGITransport(app=self.app())
-        http = httpx.AsyncClient(transport=transport, base_url="http://thrifty.local")
+        http = httpx.AsyncClient(transport=LoopASGITransport(self.app()), base_url="http://thrifty.local")
         return openai.AsyncOpenAI(
             api_key=kwargs.pop("api_key", "in-process"), base_url="http://thrifty.local/v1", http_client=http, **kwargs
         )
 
     def openai_client(self, **kwargs: Any) -> openai.OpenAI:
-        """An ``openai.OpenAI`` bound to this gateway in-process (runs its own event-loop thread)."""
+        """An ``openai.OpenAI`` bound to this gateway in-process (no server, no port).
+
+        The gateway runs on a private event-loop thread, one per gateway, shared by every client
+        this returns and stopped by ``close()``. Streams arrive chunk by chunk, the client's
+        ``timeout`` applies (``openai.APITimeoutError``; the request is cancelled), and closing a
+        stream early cancels the upstream call. ``kwargs`` go to ``openai.OpenAI``.
+        """
         import openai
 
         from thrifty.server.inprocess import ThreadLoopTransport, httpx
 
-        transport = ThreadLoopTransport(self.app())
+        transport = ThreadLoopTransport(self.app(), self._in_process_loop())
         http = httpx.Client(transport=transport, base_url="http://thrifty.local")
         return openai.OpenAI(
             api_key=kwargs.pop("api_key", "in-process"), base_url="http://thrifty.local/v1", http_client=http, **kwargs
         )
 
+    def _in_process_loop(self) -> LoopThread:
+        from thrifty.server.inprocess import LoopThread
+
+        with self._loop_lock:
+            if self._loop_thread is None or not self._loop_thread.running:
+                self._loop_thread = LoopThread()
+            return self._loop_thread
+
     def flush(self) -> None:
+        """Block until every ledger row of the requests finished so far is written."""
         if self.ledger:
             self.ledger.flush()
 
     async def aclose(self) -> None:
-        await self.ops.aclose()
+        """Release everything: operations, cache, compression, provider connections (of every
+        event loop the gateway was used from), the sync clients' loop thread, then the ledger
+        (flushed and closed). One part failing to close never keeps the others, the ledger
+        above all, from closing: each failure is logged, and the first is raised at the end.
+        """
+        errors: list[Exception] = []
+        try:
+            await self._close_parts(errors)
+            loop_thread, self._loop_thread = self._loop_thread, None
+            if loop_thread is not None:
+                await _attempt(errors, "the in-process client loop", lambda: asyncio.to_thread(loop_thread.stop))
+        finally:
+            ledger, self.ledger = self.ledger, None
+            if ledger is not None:
+                await _attempt(errors, "the ledger", lambda: asyncio.to_thread(ledger.close))
+        if errors:
+            raise errors[0]
+
+    async def _close_parts(self, errors: list[Exception]) -> None:
+        """Everything but the loop thread and the ledger (closed last: requests still unwinding
+        on that loop write their rows)."""
+        await _attempt(errors, "operations (keys, limits, dashboard store)", self.ops.aclose)
         if self.cache_stage:
-            await self.cache_stage.aclose()
-        if self.compress_stage:
-            await asyncio.to_thread(self.compress_stage.close)
-        for p in self.providers.values():
-            await p.aclose()
-        if self.ledger:
-            await asyncio.to_thread(self.ledger.close)
-            self.ledger = None
+            await _attempt(errors, "the cache", self.cache_stage.aclose)
+        compress = self.compress_stage
+        if compress:
+            await _attempt(errors, "compression", lambda: asyncio.to_thread(compress.close))
+        for name, provider in self.providers.items():
+            await _attempt(errors, f"provider {name!r}", provider.aclose)
 
     def close(self) -> None:
-        """Synchronous close for scripts (no running event loop)."""
-        asyncio.run(self.aclose())
+        """``aclose()`` for synchronous code (a script, ``with``); not inside a running loop.
+
+        When the sync in-process clients were used, the parts are closed on their loop thread,
+        where their connections live; then the thread is stopped and the ledger closed.
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise RuntimeError("Gateway.close() was called inside a running event loop; use `await gateway.aclose()`")
+        errors: list[Exception] = []
+        loop_thread, self._loop_thread = self._loop_thread, None
+        try:
+            if loop_thread is not None and loop_thread.running:
+                loop_thread.call(self._close_parts(errors), CLOSE_TIMEOUT_S)
+            else:
+                asyncio.run(self._close_parts(errors))
+        except Exception as exc:  # a timeout: whatever did not close stays open, the rest goes on
+            log.warning("closing the gateway: %r", exc)
+            errors.append(exc)
+        finally:
+            if loop_thread is not None:
+                loop_thread.stop()
+            ledger, self.ledger = self.ledger, None
+            if ledger is not None:
+                ledger.close()
+        if errors:
+            raise errors[0]
+
+    async def __aenter__(self) -> Gateway:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def __enter__(self) -> Gateway:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
 
 
 def default_config_path() -> str | None:
     path = os.environ.get("THRIFTY_CONFIG")
     return path if path else None
+
+
+async def _attempt(errors: list[Exception], what: str, close: Callable[[], Awaitable[object]]) -> None:
+    """Run one part's close; a failure is logged and kept in ``errors`` so the rest still closes."""
+    try:
+        await close()
+    except Exception as exc:
+        log.warning("closing the gateway: %s failed to close: %r", what, exc)
+        errors.append(exc)

@@ -40,13 +40,33 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def setup_logging(level: str = "info") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler writing to ``sys.stderr`` as it is when a record is logged, not as it was
+    when the handler was made (a replaced or closed stream would lose every later line)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+# uvicorn's level names (uvicorn.config.LOG_LEVELS); "trace" is its own, below debug.
+_LEVELS = {"critical": 50, "error": 40, "warning": 30, "info": 20, "debug": 10, "trace": 5}
+
+
+def setup_logging(level: str = "info", loggers: tuple[str, ...] = ("thrifty", "uvicorn")) -> None:
+    """JSON lines on stderr for thrifty's loggers and uvicorn's (start-up, shutdown, errors), so
+    the server's stderr is one format a log shipper can parse. Run uvicorn with
+    ``log_config=None`` so it keeps these handlers instead of installing its plain-text ones."""
+    handler = _Stderr()
     handler.setFormatter(JsonFormatter())
-    root = logging.getLogger("thrifty")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+    for name in loggers:
+        log = logging.getLogger(name)
+        log.handlers[:] = [handler]
+        log.setLevel(_LEVELS.get(level.lower(), logging.INFO))
+        log.propagate = False
 
 
 def request_logger(log_prompts: bool = False) -> Callable[[RequestContext], None]:

@@ -8,7 +8,6 @@ import json
 import os
 import secrets
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import httpx
 import pytest
 import yaml
 
+from fixtures.processes import thrifty_cmd, wait_healthy
 from fixtures.services import free_port
 from thrifty.ledger.postgres import PostgresStore
 
@@ -25,25 +25,6 @@ pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
 ADMIN = "multi-admin-key-1"
 PRICE = {"input": 1.0, "output": 2.0}
-
-
-def thrifty_cmd(*args: str) -> list[str]:
-    exe = Path(sys.executable).parent / "thrifty"
-    return [str(exe), *args] if exe.exists() else [sys.executable, "-m", "thrifty.cli.main", *args]
-
-
-def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gateway exited with {proc.returncode}: {proc.stderr.read().decode() if proc.stderr else ''}")
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"gateway at {url} did not become healthy")
 
 
 @pytest.fixture

@@ -302,10 +302,10 @@ def test_outcome_jsonl_bad_score_or_cost_names_file_line_and_field(
         score: Any, cost: Any, field: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "o.jsonl"
     path.write_text(_line() + "\n" + _line(score, cost) + "\n")
-    with pytest.raises(DataError, match=rf"o\.jsonl:2: {field} must be"):
+    with pytest.raises(DataError, match=rf"o\.jsonl: line 2: {field} must be"):
         load_outcomes(path)
     code, _, err = run_main(capsys, "eval", "--data", str(path), "--baseline", "big")
-    assert_one_line(code, err, "o.jsonl:2", field)
+    assert_one_line(code, err, "o.jsonl: line 2", field)
 
 
 def test_outcome_jsonl_missing_score_and_cost_stay_allowed(tmp_path: Path) -> None:
@@ -331,7 +331,7 @@ def _csv(tmp_path: Path, score: str, cost: str) -> Path:
     ("1.0", "free", "big|total_cost must be a finite number >= 0"),
 ])
 def test_routerbench_csv_bad_cells_are_refused(score: str, cost: str, field: str, tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"rb\.csv: data row 2: " + field.replace("|", r"\|").replace("[", r"\[")
+    with pytest.raises(DataError, match=r"rb\.csv: line 3: " + field.replace("|", r"\|").replace("[", r"\[")
                        .replace("]", r"\]")):
         load_outcomes(_csv(tmp_path, score, cost))
 
@@ -344,8 +344,8 @@ def test_routerbench_csv_empty_score_cell_is_still_zero(missing: str, tmp_path: 
 
 
 @pytest.mark.parametrize(("body", "needle"), [
-    ("\"['q2']\",t,1.0\n", "data row 2: 3 cells where the header has 5 (is the file cut short?)"),
-    ("\"['q2']\",t,1.0,\"['B']\",0.001,extra\n", "data row 2: 6 cells where the header has 5"),
+    ("\"['q2']\",t,1.0\n", "line 3: 3 cells where the header has 5 (is the file cut short?)"),
+    ("\"['q2']\",t,1.0,\"['B']\",0.001,extra\n", "line 3: 6 cells where the header has 5"),
 ])
 def test_routerbench_csv_rows_cut_short_or_too_long_are_refused(body: str, needle: str, tmp_path: Path) -> None:
     path = tmp_path / "rb.csv"

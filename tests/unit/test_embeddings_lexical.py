@@ -56,7 +56,7 @@ def test_factory_rejects_bad_specs(spec: object) -> None:
     ({"dim": 4}, "embedder.dim"), ({"dim": -3}, "embedder.dim"), ({"dim": "x"}, "embedder.dim"),
     ({"word_ngrams": 0}, "embedder.word_ngrams"), ({"char_ngrams": [5, 3]}, "embedder.char_ngrams"),
     ({"char_ngrams": "3-5"}, "embedder.char_ngrams"), ({"char_weight": -1}, "embedder.char_weight"),
-    ({"ngram_range": [1, 2]}, "unexpected keyword"),
+    ({"ngram_range": [1, 2]}, "embedder.ngram_range: unknown option"),
 ])
 def test_bad_options_are_a_config_error_naming_the_option(opts: dict[str, object], needle: str) -> None:
     from thrifty.embeddings import build_embedder

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from fixtures.rows import att, req
+from thrifty.cli.report_render import render
 from thrifty.errors import InvalidRequestError, StorageError
 from thrifty.ledger.migrations import MIGRATIONS
-from thrifty.ledger.report import parse_since, render, spend_report
+from thrifty.ledger.report import parse_since, spend_report
 from thrifty.ledger.store import SQLiteStore
 from thrifty.ledger.writer import LedgerWriter
 
@@ -41,7 +42,7 @@ def test_writer_writes_and_report_groups(tmp_path: Path) -> None:
     assert len(days) == 1 and days[0].group == time.strftime("%Y-%m-%d", time.gmtime())
     out = json.loads(render(spend_report(store, "model"), "json", "model"))
     assert [r["group"] for r in out] == ["a", "b"]
-    assert render(spend_report(store, "model"), "csv", "model").splitlines()[0].startswith("model,requests")
+    assert render(spend_report(store, "model"), "csv", "model").splitlines()[0].startswith("group,requests")
     w.close()
 
 

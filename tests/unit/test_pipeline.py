@@ -11,6 +11,7 @@ from thrifty.errors import NotFoundError, UpstreamRateLimitError, UpstreamStatus
 from thrifty.gateway import Gateway
 from thrifty.ledger.store import SQLiteStore
 from thrifty.pipeline.context import Plan, Tier
+from thrifty.pipeline.route import RouteStage
 from thrifty.providers.function import FunctionProvider, chat_response
 from thrifty.scoring.base import Score
 from thrifty.types import ChatRequest
@@ -122,8 +123,8 @@ async def _cascade(tmp_path: Path, scores: dict[str, float], max_cost: float | N
     gw = Gateway.from_config(config(tmp_path), providers={"p": prov})
     plan = Plan(tiers=[Tier("cheap", 0.7), Tier("mid", 0.7), Tier("big")], scorer=FixedScorer(scores),
                 max_cost_usd=max_cost)
-    route_stage = gw.stages[2]
-    route_stage.router = PlanRouter(plan)  # type: ignore[attr-defined]
+    route_stage = next(s for s in gw.stages if isinstance(s, RouteStage))
+    route_stage.router = PlanRouter(plan)
     ctx = await gw.handle(ChatRequest.from_body({"model": "auto", "messages": msgs()}))
     await gw.aclose()
     return ctx

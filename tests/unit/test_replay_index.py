@@ -75,6 +75,8 @@ async def test_provider_maps_not_found_to_a_non_retryable_404(index):
     provider = ReplayProvider(index)
     with pytest.raises(UpstreamStatusError) as exc:
         await provider.complete(body("never seen", "big"))
-    assert exc.value.status == 404 and not exc.value.retryable
+    # An upstream 404 reaches clients as a 502 (errors.UpstreamStatusError): the gateway's model
+    # setup, not the client's request, is what the provider does not know.
+    assert exc.value.upstream_status == 404 and exc.value.status == 502 and not exc.value.retryable
     chunks = [c async for c in provider.stream(body("What is 2+2?", "small"))]
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == "4"

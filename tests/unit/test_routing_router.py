@@ -115,10 +115,10 @@ def test_examples_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("routing", "message"), [
-    ({"default_route": "x", "routes": {"a": {"model": "cheap"}}}, "routing: default_route: unknown route 'x'"),
+    ({"default_route": "x", "routes": {"a": {"model": "cheap"}}}, "routing.default_route: unknown route 'x'"),
     ({"default_route": "a", "routes": {"a": {"model": "cheap", "tiers": [{"model": "big"}]}}}, "exactly one of"),
     ({"default_route": "a", "routes": {"a": {"modle": "cheap"}}}, "routing.routes.a.modle: unknown key"),
-    ({"default_route": "a", "tasks": {"t": "b"}, "routes": {"a": {"model": "cheap"}}}, "routing: tasks.t: unknown route 'b'"),
+    ({"default_route": "a", "tasks": {"t": "b"}, "routes": {"a": {"model": "cheap"}}}, "routing.tasks.t: unknown route 'b'"),
 ])
 def test_config_errors_name_the_key(routing: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):

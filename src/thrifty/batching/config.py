@@ -2,10 +2,11 @@
 
     batching:
       model: deepseek-v4-flash     # default for `thrifty batch run` without --model/--route
+      # route: NAME                # ...or a routing route instead (not both); both checked at load
       pack: 10                     # items per packed call
       concurrency: 4               # packed calls in flight
       deferred:
-        completion_window: 24h
+        completion_window: 24h     # the only window OpenAI's Batch API accepts
         poll_interval_s: 30
         max_resubmits: 2           # failed/expired items go into a new batch this many times
         enabled: false             # gateway requests marked deferrable go to the Batch API
@@ -15,7 +16,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Strict(BaseModel):
@@ -23,7 +26,9 @@ class _Strict(BaseModel):
 
 
 class DeferredConfig(_Strict):
-    completion_window: str = "24h"
+    # Sent as the batch's ``completion_window``: OpenAI's Batch API accepts only "24h" (and
+    # rejects the batch otherwise, after the input file was uploaded), so nothing else is allowed.
+    completion_window: Literal["24h"] = "24h"
     poll_interval_s: float = Field(default=30.0, gt=0)
     max_resubmits: int = Field(default=2, ge=0)
     # The endpoint each batch line targets (OpenAI's Batch API field ``url``).
@@ -45,3 +50,10 @@ class BatchingConfig(_Strict):
     concurrency: int = Field(default=4, ge=1, le=256)
     max_output_tokens_per_item: int = Field(default=256, ge=1)
     deferred: DeferredConfig = Field(default_factory=DeferredConfig)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> BatchingConfig:
+        # Which one `thrifty batch run` used was an undocumented precedence (model won).
+        if self.model is not None and self.route is not None:
+            raise ValueError(f"set model or route, not both (model: {self.model!r}, route: {self.route!r})")
+        return self

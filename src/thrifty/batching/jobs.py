@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from thrifty.batching.items import Item
-from thrifty.errors import NotFoundError
+from thrifty.errors import InvalidRequestError, NotFoundError
 from thrifty.ledger.store import SQLStore
 
 _JOB_COLS = ("job_id", "created", "updated", "status", "model", "provider", "task", "labels", "round",
@@ -48,6 +48,26 @@ class Job:
         return self.status in ("finished", "cancelled")
 
 
+def encode_id(item: Item) -> str:
+    """The ``item_id`` column: the id as JSON text (``7`` or ``"7"``), so ``batch results`` read
+    later gives each id back with the JSON type the items file had."""
+    return json.dumps(item.json_id, ensure_ascii=False)
+
+
+def decode_id(text: str) -> str | int:
+    """``encode_id`` reversed. Rows written before ids were stored as JSON hold the bare text:
+    digits read as a number, anything else as the string it is."""
+    if text.startswith('"'):
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return text
+        return value if isinstance(value, str) else text
+    if text.lstrip("-").isdigit() and len(text) < 30 and str(int(text)) == text:  # "007" stays text
+        return int(text)
+    return text
+
+
 @dataclass
 class JobItem:
     seq: int
@@ -61,6 +81,14 @@ class JobItem:
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float | None
+    json_id: str | int = ""  # the id with its input JSON type (item_id is its text)
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> JobItem:
+        item = cls(*row)
+        item.json_id = decode_id(str(item.item_id))
+        item.item_id = str(item.json_id)
+        return item
 
 
 class JobStore:
@@ -76,7 +104,7 @@ class JobStore:
                 "INSERT INTO batch_job_items (job_id, seq, item_id, input, status, round, tries, output, error,"
                 " prompt_tokens, completion_tokens, cost_usd) VALUES (?, ?, ?, ?, 'pending', 1, 0, NULL, NULL,"
                 " 0, 0, NULL) ON CONFLICT (job_id, seq) DO NOTHING",
-                (job_id, seq, it.id, it.input),
+                (job_id, seq, encode_id(it), it.input),
             )
         self.store.execute(
             "INSERT INTO batch_jobs (job_id, created, updated, status, model, provider, task, labels, round,"
@@ -97,9 +125,17 @@ class JobStore:
     def get(self, job_id: str) -> Job:
         job = self.find(job_id)
         if job is None:
-            matches = self.store.query("SELECT job_id FROM batch_jobs WHERE job_id LIKE ?", (job_id + "%",))
+            # A unique prefix names its job. '_' and '%' are LIKE wildcards ("bj_" is the prefix
+            # of every id): escaped, so a prefix only matches ids starting with those characters.
+            pattern = job_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            matches = sorted(str(r[0]) for r in self.store.query(
+                "SELECT job_id FROM batch_jobs WHERE job_id LIKE ? ESCAPE '\\'", (pattern,)))
             if len(matches) == 1:
-                return self.get(str(matches[0][0]))
+                return self.get(matches[0])
+            if len(matches) > 1:
+                shown = ", ".join(matches[:3]) + (f" and {len(matches) - 3} more" if len(matches) > 3 else "")
+                raise InvalidRequestError(f"batch job prefix {job_id!r} is ambiguous: it starts {len(matches)} job "
+                                          f"ids ({shown}); give more of the id")
             raise NotFoundError(f"no batch job {job_id!r} (see `thrifty batch status`)", code="not_found")
         return job
 
@@ -130,7 +166,7 @@ class JobStore:
             sql += " AND status = ?"
             params = (job_id, status)
         rows = self.store.query(sql + " ORDER BY seq", params)
-        return [JobItem(*r) for r in rows]
+        return [JobItem.from_row(tuple(r)) for r in rows]
 
     def update_item(self, job_id: str, seq: int, **fields: Any) -> None:
         sets = ", ".join(f"{k} = ?" for k in fields)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # Nearest cached questions the verifier examines per lookup. 10, not 5: on QQP a duplicate's own
 # cached question is often outranked by other near-duplicates, and with 5 the density verifier lost
@@ -36,13 +36,31 @@ class SemanticConfig(_Strict):
     # Namespaces with more vectors than this use the ANN index instead of exact numpy search
     # (exact search costs O(entries x dim): ~100 ms at 100k x 1024 on a small CPU, docs/benchmarks.md).
     ann_min_entries: int = Field(default=10_000, ge=0)
+    # auto: faiss, else hnswlib, else exact search. Naming one that is not installed also falls
+    # back to exact search; the cache stage warns about it once when it is built.
     ann: Literal["auto", "hnswlib", "faiss", "none"] = "auto"
     # How often an index re-reads vectors written by other gateway processes.
     refresh_s: float = Field(default=1.0, ge=0)
 
+    @field_validator("embedder")
+    @classmethod
+    def _embedder(cls, spec: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        """Checked by name and options at load time, also while semantic caching is off (a typo
+        would otherwise surface only the day it is turned on). Imported here: the modules import
+        thrifty.config, which imports this one."""
+        from thrifty.config import KeyProblems
+        from thrifty.embeddings.base import embedder_problems
+
+        problems = embedder_problems(spec)
+        if problems:
+            raise KeyProblems(problems)
+        return spec
+
 
 class RouteCacheConfig(_Strict):
-    """Per-route (``model: route:NAME``) or per-model overrides; unset fields inherit."""
+    """Overrides for one route (by its name: ``route:NAME`` requests, and ``auto`` requests the
+    router classifies into it before the cache runs) or one requested model name (a model, an
+    alias, ``auto``); unset fields inherit. A key that is none of these is refused at load."""
 
     enabled: bool | None = None
     ttl_s: float | None = Field(default=None, gt=0)

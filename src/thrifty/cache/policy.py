@@ -38,7 +38,10 @@ class Decision:
 
 
 def route_config(cfg: CacheConfig, ctx: RequestContext) -> RouteCacheConfig:
-    """The overrides for this request's route (``route:NAME``), else for the model asked for."""
+    """The overrides for this request's route, else for the model name asked for (a model, an
+    alias or ``auto``). The route is ``NAME`` of ``route:NAME``, or, for ``auto``, the route the
+    router chose in the normalize stage (unset when only the LLM classifier could choose: such
+    requests use the ``auto`` entry). Keys that match nothing are refused at load (thrifty.config)."""
     if ctx.route and ctx.route in cfg.routes:
         return cfg.routes[ctx.route]
     return cfg.routes.get(ctx.request.model) or RouteCacheConfig()

@@ -18,6 +18,7 @@ import copy
 import logging
 import time
 from collections.abc import AsyncIterator
+from importlib.util import find_spec
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,17 @@ HEADER = "x-thrifty-cache"
 _POLL_S = 0.02
 
 
+def warn_missing_ann(kind: str) -> bool:
+    """Log once, when the stage is built, that ``cache.semantic.ann`` names an index library that
+    is not installed: the index then silently uses exact search (cache/index.py ``make_ann``),
+    which is slow for large namespaces. ``auto`` falls back without a warning, as documented."""
+    if kind in ("faiss", "hnswlib") and find_spec(kind) is None:
+        log.warning("cache.semantic.ann: %s is not installed, so large namespaces use exact search "
+                    "(pip install %s, or set ann: auto)", kind, "faiss-cpu" if kind == "faiss" else kind)
+        return True
+    return False
+
+
 class CacheStage:
     def __init__(self, cfg: CacheConfig, backend: CacheBackend, catalog: Catalog,
                  semantic: SemanticCache | None = None, confirm: Any = None) -> None:
@@ -52,6 +64,8 @@ class CacheStage:
         self.backend = backend
         self.catalog = catalog
         self.semantic = semantic
+        if semantic is not None:
+            warn_missing_ann(cfg.semantic.ann)
         self.confirm = confirm  # a ConfirmModel asking a cheap model about semantic hits
         self.flights = SingleFlight()
         self._verifiers: dict[str | None, HitVerifier] = {}

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from thrifty.cli.checks import finite_float, int_at_least, writable_output
-from thrifty.errors import InvalidRequestError, ThriftyError
+from thrifty.errors import InvalidRequestError, ThriftyError, UsageError
 
 if TYPE_CHECKING:
     from thrifty.batching.jobs import Job
@@ -32,8 +32,11 @@ def _gateway(config: Path | None) -> Gateway:
     return Gateway.from_config(path)
 
 
-def _write(results: list[ItemResult], out: Path | None) -> None:
-    lines = "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in results)
+def _write(results: list[ItemResult], out: Path | None, ids: list[str | int]) -> None:
+    """One line per result; ``ids`` (in the same order) give each line its id with the JSON type
+    the items file used, so ``{"id": 7}`` comes back as 7, not "7"."""
+    lines = "".join(json.dumps({**r.to_json(), "id": i}, ensure_ascii=False) + "\n"
+                    for r, i in zip(results, ids, strict=True))
     if out is None:
         sys.stdout.write(lines)
     else:
@@ -63,6 +66,17 @@ def _refuse_all_failed(results: list[ItemResult]) -> None:
         first = next((r.error for r in results if r.error), "no answer")
         # An upstream's error text may span lines; the CLI error is one line.
         raise ThriftyError(f"all {len(results)} items failed; first error: {' '.join(first.split())[:300]}")
+
+
+def _labels(flag: str | None) -> list[str] | None:
+    """``--labels a,b,c`` as a list; a flag with no label in it is refused (it would silently
+    mean "any output", the opposite of what restricting the outputs asked for)."""
+    if flag is None:
+        return None
+    found = [x.strip() for x in flag.split(",") if x.strip()]
+    if not found:
+        raise UsageError(f"--labels: no label in {flag!r}; give comma-separated values (a,b,c) or omit the flag")
+    return found
 
 
 def _job_line(job: Job, counts: dict[str, int]) -> str:
@@ -100,8 +114,8 @@ def register(app: typer.Typer) -> None:
         int_at_least(pack, "--pack", 1, 200)
         int_at_least(concurrency, "--concurrency", 1, 256)
         finite_float(poll_interval, "--poll-interval", 0, low_open=True)
+        label_list = _labels(labels)
         items = load_items(items_file)
-        label_list = [x.strip() for x in labels.split(",") if x.strip()] if labels else None
         gw = _gateway(config)
 
         async def main() -> tuple[list[ItemResult], Job | None]:
@@ -134,7 +148,7 @@ def register(app: typer.Typer) -> None:
                        err=True)
             typer.echo(job.job_id)
             return
-        _write(results, out)
+        _write(results, out, [it.json_id for it in items])
         typer.echo(_summary(results), err=True)
         _refuse_all_failed(results)
 
@@ -182,18 +196,18 @@ def register(app: typer.Typer) -> None:
         finite_float(poll_interval, "--poll-interval", 0, low_open=True)
         gw = _gateway(config)
 
-        async def main() -> tuple[list[ItemResult], Job]:
+        async def main() -> tuple[list[ItemResult], Job, list[str | int]]:
             runner = DeferredRunner(gw)
             try:
                 job = refuse_gateway_job(runner.jobs.get(job_id))
                 job = await (runner.wait(job.job_id, poll_interval) if wait else runner.poll(job.job_id))
-                return runner.results(job.job_id), job
+                return runner.results(job.job_id), job, [it.json_id for it in runner.jobs.items(job.job_id)]
             finally:
                 await runner.aclose()
                 await gw.aclose()
 
-        found, job = asyncio.run(main())
-        _write(found, out)
+        found, job, ids = asyncio.run(main())
+        _write(found, out, ids)
         typer.echo(f"{job.job_id} {job.status}: " + _summary(found), err=True)
 
     @group.command("cancel")

@@ -114,6 +114,12 @@ def register(app: typer.Typer) -> None:
 
         if not (all_ or tenant or model or older_than):
             raise InvalidRequestError("say what to clear: --all, --tenant, --model and/or --older-than")
+        if all_ and (tenant or model or older_than):
+            # Which one was meant is a guess either way, and one of the guesses deletes everything.
+            given = ", ".join(f for f, v in (("--tenant", tenant), ("--model", model),
+                                             ("--older-than", older_than)) if v)
+            raise UsageError(f"--all deletes every entry and cannot be combined with {given}; "
+                             "give --all alone, or only the filters")
         cutoff = parse_when(older_than, "--older-than")
         backend = _backend(_config(config))
 

@@ -16,10 +16,24 @@ ConfigOpt = typer.Option(None, "--config", "-c", help="Config file naming the st
 KIND = "prompt"
 
 
+class _NoStore:
+    """The SQLite store that does not exist yet: nothing stored. These commands only read or
+    change stored prompts, so none of them creates the database file (serve does)."""
+
+    def keys(self, kind: str) -> list[str]:
+        return []
+
+    def get(self, kind: str, key: str) -> dict[str, Any] | None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
 def _store(config: Path | None) -> tuple[Any, bool]:
     """(the configured document store, whether approval is required)."""
     from thrifty.compress.stage import compression_config
-    from thrifty.compress.store import open_doc_store
+    from thrifty.compress.store import open_doc_store, sqlite_path
     from thrifty.config import load_config
 
     path = config or os.environ.get("THRIFTY_CONFIG")
@@ -27,7 +41,11 @@ def _store(config: Path | None) -> tuple[Any, bool]:
         raise InvalidRequestError("no config: pass --config FILE or set THRIFTY_CONFIG")
     cfg = load_config(path)
     comp = compression_config(cfg)
-    return open_doc_store(comp.store, cfg.redis_url, cfg.resolve_path), comp.system_prompt.require_approval
+    require = comp.system_prompt.require_approval
+    db = sqlite_path(comp.store, cfg.redis_url, cfg.resolve_path)
+    if db is not None and db != ":memory:" and not os.path.exists(db):
+        return _NoStore(), require
+    return open_doc_store(comp.store, cfg.redis_url, cfg.resolve_path), require
 
 
 def _resolve(store: Any, prefix: str) -> str:
@@ -142,8 +160,11 @@ def register(app: typer.Typer) -> None:
         config: Path | None = ConfigOpt,
     ) -> None:
         """Forget a prompt's versions: it is compressed again the next time it is seen."""
-        if (prompt_hash is None) == (not all_):
-            raise InvalidRequestError("give a prompt hash or --all")
+        if prompt_hash is not None and all_:
+            # Which was meant is a guess, and one of the guesses forgets every prompt.
+            raise UsageError(f"give a prompt hash or --all, not both (got {prompt_hash!r} and --all)")
+        if prompt_hash is None and not all_:
+            raise UsageError("say what to purge: a prompt hash (or prefix), or --all")
         store, _ = _store(config)
         try:
             if all_:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -86,6 +88,18 @@ def reach_services(cfg: Config) -> None:
             client.close()
 
 
+@contextlib.contextmanager
+def _catalog_quiet() -> Iterator[None]:
+    """Hold back the catalog's own price warnings (logged as each model is priced)."""
+    log = logging.getLogger("thrifty.catalog")
+    previous = log.disabled
+    log.disabled = True
+    try:
+        yield
+    finally:
+        log.disabled = previous
+
+
 def register(app: typer.Typer) -> None:
     group = typer.Typer(help="Inspect and validate configuration files.", no_args_is_help=True)
 
@@ -93,7 +107,8 @@ def register(app: typer.Typer) -> None:
     def check(file: Path = typer.Argument(..., help="The YAML config file.")) -> None:
         """Validate FILE: every problem is printed as `key.path: what is wrong`."""
         cfg = load_config(file)
-        catalog = build_like_serve(cfg)
+        with _catalog_quiet():  # each unpriced model is warned once, below, with its key path
+            catalog = build_like_serve(cfg)
         reach_services(cfg)
         raw, _ = read_raw(file)
         for var in missing_env_vars(raw):

@@ -56,6 +56,8 @@ def _main_job(folder: Path, plot: Path, quiet: bool) -> None:
     result = run_eval(folder, options=EvalOptions(progress=not quiet))
     write_plot(result, plot)
     write_decisions(result.decisions, plot.with_name("decisions.jsonl"))
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
     typer.echo(render_text(result))  # ends with the savings line
     typer.echo(f"plot: {plot}   decisions: {plot.with_name('decisions.jsonl')}")
 
@@ -80,8 +82,9 @@ def _mock_session() -> None:
     """A short live session: mock upstream + gateway on loopback, the openai client, a spend report."""
     import openai
 
+    from thrifty.cli.report_render import render
     from thrifty.gateway import Gateway
-    from thrifty.ledger.report import render, spend_report
+    from thrifty.ledger.report import spend_report
     from thrifty.mock import MockConfig, create_app, run_in_thread
 
     typer.echo("meanwhile, a live gateway session against the mock upstream:")

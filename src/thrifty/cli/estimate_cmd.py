@@ -10,20 +10,25 @@ from pathlib import Path
 import typer
 
 from thrifty.cli.checks import dumps, finite_float
-from thrifty.errors import InvalidRequestError
+from thrifty.errors import InvalidRequestError, UsageError
+
+# Shown when neither --models nor a --config names the models: the seed hierarchy of `init`.
+DEFAULT_MODELS = "qwen3-8b,deepseek-v4-flash,qwen3-32b,deepseek-reasoner,gpt-4o"
 
 
 def register(app: typer.Typer) -> None:
     @app.command("estimate")
     def estimate_cmd(
-        models: str = typer.Option(
-            "qwen3-8b,deepseek-v4-flash,qwen3-32b,deepseek-reasoner,gpt-4o", "--models", "-m",
-            help="Comma-separated model names (catalog names or any model genai-prices knows).",
+        models: str | None = typer.Option(
+            None, "--models", "-m",
+            help="Comma-separated model names (catalog names or any model genai-prices knows; default: the "
+                 f"--config's models, else {DEFAULT_MODELS}).",
         ),
         requests: float = typer.Option(None, "--requests-per-month", "-n", help="Requests a month."),
         input_tokens: float = typer.Option(0, "--input-tokens", help="Average input tokens per request."),
         output_tokens: float = typer.Option(None, "--output-tokens", help="Average output tokens per request."),
-        baseline: str | None = typer.Option(None, help="Model to compare against (default: the priciest)."),
+        baseline: str | None = typer.Option(
+            None, help="Model to compare against (default: the --config's baseline, else the priciest)."),
         workloads: Path | None = typer.Option(None, "--workloads", help="YAML list of workloads instead of flags."),
         config: Path | None = typer.Option(None, "--config", "-c", help="Use this config's models and prices."),
         json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
@@ -36,8 +41,25 @@ def register(app: typer.Typer) -> None:
         finite_float(requests, "--requests-per-month", 0)
         finite_float(input_tokens, "--input-tokens", 0)
         finite_float(output_tokens, "--output-tokens", 0)
-        catalog = load_config(config).build_catalog() if config else None
-        names = [m.strip() for m in models.split(",") if m.strip()]
+        cfg = load_config(config) if config else None
+        catalog = cfg.build_catalog() if cfg is not None else None
+        if models is not None:
+            names = [m.strip() for m in models.split(",") if m.strip()]
+        elif cfg is not None and cfg.models:
+            names = list(cfg.models)  # the models the config serves, not the built-in list
+        else:
+            names = DEFAULT_MODELS.split(",")
+        if baseline is None and cfg is not None and cfg.baseline is not None:
+            baseline = cfg.baseline
+            flag = f"baseline of {config}"
+        else:
+            flag = "--baseline"
+        if baseline is not None and price_of(baseline, catalog) is None:
+            # Every saving is measured against it: an unpriced baseline would print "unknown"
+            # for every row instead of saying why.
+            where = "no price in the config or the price tables" if cfg is not None else \
+                "no known price (give its price in a --config)"
+            raise UsageError(f"{flag} {baseline!r}: {where}")
         if workloads:
             wl = load_workloads(workloads)
         else:

@@ -74,6 +74,8 @@ def register(app: typer.Typer) -> None:
             write_decisions(result.decisions, decisions)
         if plot is not None:
             write_plot(result, plot)
+        for warning in result.warnings:
+            typer.echo(f"warning: {warning}", err=True)
         if as_json:
             typer.echo(result_json(result))
             return

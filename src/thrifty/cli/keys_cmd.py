@@ -9,18 +9,41 @@ from typing import TYPE_CHECKING
 import typer
 
 if TYPE_CHECKING:
+    from thrifty.config import Config
     from thrifty.ledger.store import SQLStore
     from thrifty.ops.keys import KeyStore
 
 
-def _keystore(config: Path) -> tuple[KeyStore, SQLStore]:
+def _keystore(config: Path, routes: list[str] | None = None) -> tuple[KeyStore, SQLStore]:
+    """The key store of ``config``'s ledger; ``routes`` (the --routes patterns) are checked
+    against the config first, before the database is opened or created."""
     from thrifty.config import load_config
     from thrifty.ledger.store import open_store
     from thrifty.ops.keys import KeyStore
 
     cfg = load_config(config)
+    # A config naming only the ledger (key administration for gateways configured elsewhere)
+    # has nothing to check against.
+    if routes and cfg.models:
+        _check_routes(routes, cfg, config)
     store = open_store(cfg.resolve_path(cfg.ledger.path), cfg.ledger.dsn)
     return KeyStore(store, salt=cfg.auth.key_salt), store
+
+
+def _check_routes(patterns: list[str], cfg: Config, config: Path) -> None:
+    """Every --routes pattern must match a name a request can use on this config (a model, an
+    alias, 'auto', 'route:NAME'): a misspelt one would make a key that can call nothing."""
+    import fnmatch
+
+    from thrifty.errors import UsageError
+
+    names = [*cfg.models, *(a for m in cfg.models.values() for a in m.aliases),
+             *(["auto"] if cfg.routing.routes or cfg.default_model else []),
+             *(f"route:{r}" for r in cfg.routing.routes)]
+    unknown = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    if unknown:
+        raise UsageError(f"--routes: {', '.join(repr(p) for p in unknown)} matches no model, alias or route of "
+                         f"{config} (known: {', '.join(names) or 'none'})")
 
 
 def register(app: typer.Typer) -> None:
@@ -52,9 +75,9 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"--period: expected day or month, got {period!r}")
         if not name.strip():
             raise UsageError("--name: expected a non-empty name")
-        store_keys, store = _keystore(config)
+        route_list = [r.strip() for r in routes.split(",") if r.strip()] if routes else []
+        store_keys, store = _keystore(config, route_list)
         try:
-            route_list = [r.strip() for r in routes.split(",") if r.strip()] if routes else []
             key, secret = store_keys.create(name, budget_usd=budget_usd, period=period, rpm=rpm, tpm=tpm,
                                             routes=route_list)
         finally:
@@ -75,13 +98,15 @@ def register(app: typer.Typer) -> None:
         store_keys, store = _keystore(config)
         try:
             found = store_keys.list(include_revoked=all_keys)
+            revoked = not found and not all_keys and bool(store_keys.list(include_revoked=True))
         finally:
             store.close()
         if json_out:
             typer.echo(json.dumps([k.public() for k in found], indent=2))
             return
         if not found:
-            typer.echo("no keys yet: create one with `thrifty keys create --name NAME`")
+            what = " other than revoked ones (--all lists them)" if revoked else ""
+            typer.echo(f"no keys yet{what}: create one with `thrifty keys create --config {config} --name NAME`")
             return
         typer.echo(f"{'key id':<18} {'name':<20} {'prefix':<9} {'budget':>12} {'rpm':>6} {'tpm':>8}  routes  state")
         for k in found:
@@ -95,8 +120,16 @@ def register(app: typer.Typer) -> None:
         config: Path = typer.Option(..., "--config", "-c", help="The thrifty config naming the ledger database."),
     ) -> None:
         """Revoke a key: gateways refuse it within auth.key_cache_ttl_s seconds."""
+        import time
+
         store_keys, store = _keystore(config)
         try:
+            before = store_keys.get(key_id)
+            if before is not None and before.revoked_at is not None:
+                # Idempotent (exit 0), but not reported as if it had just happened.
+                when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(before.revoked_at))
+                typer.echo(f"{before.key_id} ({before.name}) was already revoked at {when}")
+                return
             key = store_keys.revoke(key_id)
         finally:
             store.close()

@@ -3,12 +3,15 @@
 Each command group lives in its own module exposing ``register(app)``; ``COMMAND_MODULES``
 is the one visible list of them. Errors from the thrifty tree are printed as one line
 (``thrifty: <message>``) with exit code 2, never as a traceback; so are operating-system
-errors reading or writing a file the user named (a full disk, a path that vanished mid-run).
+errors reading or writing a file the user named (a full disk, a path that vanished mid-run),
+and so are the parser's own usage errors (a missing option, a value that is not a number, an
+unknown flag or command): typer would draw those as a multi-line box.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 
 import typer
@@ -54,10 +57,53 @@ def build_app() -> typer.Typer:
     return app
 
 
+class _WarningLines(logging.Handler):
+    """Library warnings (an unpriced model, a skipped file) as ``warning: <message>`` lines on
+    stderr, each said once per command (a model priced twice is one unknown price). Without a
+    handler Python prints the bare message, unlike the CLI's own warnings. Writes to the stderr
+    of the moment (tests swap it), not the one seen when it was made."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = f"{record.levelname.lower()}: {record.getMessage()}"
+        except Exception:  # a malformed log call must not break the command
+            return
+        if line not in self.seen:
+            self.seen.add(line)
+            typer.echo(line, err=True)
+
+
+def _cli_logging() -> None:
+    """The ``thrifty`` logger as a command starts: the one-line handler, nothing said yet.
+    ``serve`` replaces it with JSON lines (thrifty.logs.setup_logging); a command run after it
+    in the same process (tests) starts from this state again, not from serve's."""
+    log = logging.getLogger("thrifty")
+    log.handlers[:] = [_WarningLines()]
+    log.setLevel(logging.NOTSET)
+    log.propagate = True
+
+
 def main(argv: list[str] | None = None) -> None:
+    _cli_logging()
     app = build_app()
     try:
-        app(args=argv, prog_name="thrifty", standalone_mode=True)
+        # Not standalone: the parser's errors reach us instead of being drawn as a rich box.
+        # --help (and a bare group, which prints its help) still prints as typer renders it.
+        result = app(args=argv, prog_name="thrifty", standalone_mode=False)
+    except typer.TyperException as exc:
+        # The base of typer's (vendored click's) usage errors. A bare group has already
+        # printed its help when this is raised (typer checks the class by name, as here).
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            sys.exit(2)
+        typer.echo(f"thrifty: {_usage_message(exc)}", err=True)
+        sys.exit(2)
+    except typer.Abort:
+        typer.echo("thrifty: aborted", err=True)
+        sys.exit(1)
     except ThriftyError as exc:
         typer.echo(f"thrifty: {exc}", err=True)
         sys.exit(2)
@@ -67,6 +113,16 @@ def main(argv: list[str] | None = None) -> None:
         where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
         typer.echo(f"thrifty: {exc.strerror or exc}{where}", err=True)
         sys.exit(2)
+    # Non-standalone mode returns the command's value, or the code of an explicit typer.Exit.
+    sys.exit(result if isinstance(result, int) and not isinstance(result, bool) else 0)
+
+
+def _usage_message(exc: typer.TyperException) -> str:
+    """The parser's message on one line, with where to read the command's options."""
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    path = getattr(ctx, "command_path", "") or "thrifty"
+    return f"{message} (see '{path} --help')"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -29,14 +29,18 @@ def register(app: typer.Typer) -> None:
         format: str = typer.Option("table", "--format", "-f", help="table, json or csv."),
     ) -> None:
         """Spend report: requests, spend, what the baseline would have cost, and savings."""
+        from thrifty.cli.report_render import render
         from thrifty.config import load_config
-        from thrifty.ledger.report import batch_savings, render, spend_report
+        from thrifty.ledger.report import batch_savings, spend_report
         from thrifty.ledger.store import open_store
 
         if format not in ("table", "json", "csv"):
             raise InvalidRequestError(f"--format must be table, json or csv, got {format!r}")
         # Parsed before the ledger is opened, each error naming its own flag.
         start, end = parse_when(since, "--since"), parse_when(until, "--until")
+        if start is not None and end is not None and start >= end:
+            # An empty window would print an empty report, as if nothing had been served.
+            raise UsageError(f"--since {since} is not before --until {until}: no time is left to report on")
         cfg = load_config(config)
         path = cfg.resolve_path(cfg.ledger.path)
         if not cfg.ledger.dsn and not Path(path).exists():
@@ -47,7 +51,8 @@ def register(app: typer.Typer) -> None:
             batch = batch_savings(store, cfg.build_catalog(), start)
         finally:
             store.close()
-        typer.echo(render(rows, format, by or "scope"))
+        text = render(rows, format, by or "scope")
+        typer.echo(text, nl=not text.endswith("\n"))  # a CSV ends with its own newline: no blank line
         if format == "table" and batch.requests:
             typer.echo(f"provider batches: {batch.requests} calls, ${batch.spend_usd:.6f} spent, "
                        f"${batch.full_price_usd:.6f} at normal prices, ${batch.saved_usd:.6f} saved")

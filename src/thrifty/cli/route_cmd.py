@@ -33,7 +33,8 @@ def register(app: typer.Typer) -> None:
     def explain(
         prompt: str = typer.Argument(..., help="The user prompt to route."),
         config: Path = typer.Option(None, "--config", "-c", envvar="THRIFTY_CONFIG", help="Config file."),
-        model: str = typer.Option("auto", help="The requested model ('auto' or 'route:NAME')."),
+        model: str = typer.Option("auto", help="The requested model: 'auto', 'route:NAME', or a model name or "
+                                  "alias (explained as going straight to it)."),
         task: str = typer.Option(None, help="A task label, as sent in metadata.task / x-thrifty-task."),
         as_json: bool = typer.Option(False, "--json", help="Print the decision as JSON."),
     ) -> None:
@@ -50,8 +51,10 @@ def register(app: typer.Typer) -> None:
         cfg = load_config(config)
         catalog = cfg.build_catalog()
         router = build_router(cfg, catalog)
-        if router is None:
-            raise ConfigError(f"{config}: no routes configured (routing.routes is empty)")
+        if router is None and cfg.default_model is None and catalog.get(model) is None \
+                and (model == "auto" or model.startswith("route:")):
+            raise ConfigError(f"{config}: no routes configured (routing.routes is empty) and no default_model "
+                              f"to serve {model!r}")
         body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": prompt}]}
         if task:
             body["metadata"] = {"task": task}
@@ -63,10 +66,16 @@ def register(app: typer.Typer) -> None:
         out: dict[str, Any]
         if ctx.route is None:
             served = plan.tiers[0].model
-            out = {"route": None, "task": None, "source": "named", "kind": "model requested by name",
-                   "reason": f"{plan.reason}: no routing, the request goes straight to {served}",
+            named = catalog.get(model) is not None
+            # Not by name and no route: 'auto' with no router (or none matching) is served by
+            # default_model, as `serve` does.
+            out = {"route": None, "task": None, "source": "named" if named else "default_model",
+                   "kind": "model requested by name" if named else "default model",
+                   "reason": (f"{plan.reason}: no routing, the request goes straight to {served}" if named else
+                              f"{plan.reason}: {model!r} is served by default_model, {served} (no routing)"),
                    "plan": [{"model": served, "threshold": None}], "guesses": []}
         else:
+            assert router is not None  # a route was chosen, so by the router
             decision = router.decide(ctx.request)
             out = {
                 "route": decision.route, "task": decision.task, "source": decision.source, "reason": plan.reason,
@@ -130,6 +139,7 @@ def register(app: typer.Typer) -> None:
         """Choose the cheapest policy meeting TARGET under cross-validation and write it as config."""
         from thrifty.cli.checks import int_at_least, writable_output
         from thrifty.errors import DataError
+        from thrifty.evaluation.prices import derive_prices
         from thrifty.routing.calibrate import calibrate, parse_target
 
         # Everything that can be refused is refused before the cross-validation (the slow part).
@@ -148,10 +158,21 @@ def register(app: typer.Typer) -> None:
         for row in cal.cv:
             typer.echo(f"  budget <= {row['max_cost_share']:.3g}x: CV accuracy {row['accuracy']:.4f} "
                        f"at {row['cost_share']:.1%} of the baseline's cost")
-        doc = _config_with(base, cal.section, outcomes.models, baseline)
+        # Without a base config the written one prices each model from the data's recorded
+        # costs (the fit `eval` uses), so `config check` knows every price and the routes'
+        # cost estimates match what was calibrated.
+        prices: dict[str, dict[str, float]] = derive_prices(outcomes) if base is None else {}
+        doc = _config_with(base, cal.section, outcomes.models, baseline, prices)
         out.write_text(yaml.safe_dump(doc, sort_keys=False, width=120), encoding="utf-8")
-        met = "met" if cal.chosen_budget is not None else "NOT met (wrote the most accurate budget tried)"
-        typer.echo(f"target {tgt} (= {cal.required_accuracy:.4f}; baseline {cal.baseline_accuracy:.4f}): {met}")
+        goal = f"target {tgt} (= {cal.required_accuracy:.4f}; baseline {cal.baseline_accuracy:.4f})"
+        if cal.chosen_budget is None:
+            # A missed target is a failure a script must see (exit 1), but the file is still
+            # useful: it holds the most accurate budget tried.
+            best = max((row["accuracy"] for row in cal.cv), default=float("nan"))
+            typer.echo(f"thrifty: {goal} NOT met (best CV accuracy {best:.4f}); {out} was written anyway "
+                       f"with the most accurate budget tried", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"{goal}: met")
         typer.echo(f"{out}: written; check it with: thrifty config check {out}")
 
 
@@ -197,14 +218,15 @@ def _servable(data: OutcomeSet, base: dict[str, Any], path: Path, baseline: str)
 
 
 def _config_with(base: dict[str, Any] | None, section: dict[str, Any], models: list[str],
-                 baseline: str) -> dict[str, Any]:
-    """A whole config: ``base`` with its routing replaced, or a starter using one provider."""
+                 baseline: str, prices: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """A whole config: ``base`` with its routing replaced, or a starter using one provider with
+    ``prices`` (USD per million tokens) on the models that have them."""
     if base is not None:
         return {**base, "routing": section}
     return {
         "providers": {"default": {"base_url": "${OPENAI_BASE_URL:-https://api.openai.com/v1}",
                                   "api_key": "${OPENAI_API_KEY}"}},
-        "models": {m: {"provider": "default"} for m in models},
+        "models": {m: {"provider": "default", **({"price": prices[m]} if m in prices else {})} for m in models},
         "baseline": baseline,
         "routing": section,
     }

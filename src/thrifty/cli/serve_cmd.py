@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import sys
 from pathlib import Path
 
@@ -36,7 +37,9 @@ def register(app: typer.Typer) -> None:
         listen.check_bind(h, p)
         setup_logging(level)
         gw = Gateway.from_config(cfg)
-        typer.echo(f"thrifty gateway on http://{h}:{p}/v1  pipeline: {gw.describe()}", err=True)
+        # Logged, not echoed: every line on serve's stderr is a JSON object (docs/cli.md).
+        logging.getLogger("thrifty.server").info("thrifty gateway on http://%s:%s/v1  pipeline: %s", h, p,
+                                                 gw.describe())
         app = gw.app()
         # Everything loaded at start-up (catalog, price tables, tokenizer, policies) lives as long
         # as the process: freezing it keeps the garbage collector from rescanning it on every full
@@ -48,4 +51,6 @@ def register(app: typer.Typer) -> None:
         # CPython's default 5 ms switch interval each retake stalls behind the event loop
         # (a convoy). 1 ms measured 86% of the floor's requests/s at concurrency 64, vs 67%.
         sys.setswitchinterval(0.001)
-        uvicorn.run(app, host=h, port=p, log_level=level, access_log=False)
+        # log_config=None: uvicorn keeps the JSON handlers setup_logging gave its loggers. No
+        # access log: the thrifty.request line per request already says more.
+        uvicorn.run(app, host=h, port=p, log_level=level, access_log=False, log_config=None)

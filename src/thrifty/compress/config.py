@@ -3,7 +3,7 @@
     compression:
       model: deepseek-v4-flash          # the cheap model that compresses and summarises
       store: {path: thrifty-compress.db}   # or redis when the top-level redis_url is set
-      routes:                           # opt in per route ("route:NAME"), model name, or "*"
+      routes:                           # opt in per route name, requested model name (or auto), or "*"
         support:
           system_prompt: true
           compaction: true
@@ -35,7 +35,9 @@ class ABCheck(_Strict):
     """Optional second validation: answers with the original and the compressed prompt agree."""
 
     questions: list[str] = Field(min_length=1)
-    judge_model: str | None = None  # default: compression.model
+    # The model comparing the two answers (default: compression.model); a name not under
+    # ``models:`` is refused when the config loads.
+    judge_model: str | None = None
     min_agreement: float = Field(default=0.8, ge=0, le=1)
 
 
@@ -95,7 +97,9 @@ class CompressionConfig(_Strict):
         return self.enabled and bool(self.routes)
 
     def for_request(self, route: str | None, model: str) -> RouteCompression | None:
-        """The route's settings: ``route:NAME`` first, then the requested model, then ``*``."""
+        """The route's settings: the request's route name first (``route:NAME``, or the route the
+        router classified an ``auto`` request into), then the requested model name, then ``*``.
+        Keys that can match nothing are refused at load (thrifty.config)."""
         for key in (route, model, "*"):
             if key is not None and key in self.routes:
                 return self.routes[key]

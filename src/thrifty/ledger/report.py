@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC
 
 from thrifty.catalog import Catalog
 from thrifty.cost import price_tokens
 from thrifty.errors import InvalidRequestError
 from thrifty.ledger.store import SQLStore
-from thrifty.strictjson import json_safe
 from thrifty.types import Usage
 
 GROUPS = {
@@ -116,36 +112,6 @@ def spend_report(
                       float(csaved))
         )
     return out
-
-
-def render(rows: list[ReportRow], fmt: str, group_label: str) -> str:
-    if fmt == "json":
-        # Strict JSON: a ratio over nothing is null, never NaN (which JSON parsers reject).
-        return json.dumps(json_safe([asdict(r) for r in rows]), indent=2, allow_nan=False)
-    if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow([group_label, *list(asdict(rows[0]).keys())[1:]] if rows else [group_label])
-        for r in rows:
-            w.writerow(list(asdict(r).values()))
-        return buf.getvalue()
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="thrifty spend report")
-    for col in (group_label, "requests", "errors", "spend $", "baseline $", "saved $", "saved %", "cache hits",
-                "cache hit %", "cache $", "escalations", "compressed tok", "compress $", "batch reqs"):
-        table.add_column(col, justify="left" if col == group_label else "right")
-    for r in rows:
-        table.add_row(r.group, str(r.requests), str(r.errors), f"{r.spend_usd:.6f}", f"{r.baseline_usd:.6f}",
-                      f"{r.saved_usd:.6f}", f"{r.saved_pct:.1f}", str(r.cache_hits),
-                      f"{100 * r.cache_hit_rate:.1f}", f"{r.cache_saved_usd:.6f}", str(r.escalations),
-                      str(r.compression_saved_tokens), f"{r.compression_saved_usd:.6f}", str(r.batch_requests))
-    # Wide enough for every column at its natural width: truncated money is worse than wrapping.
-    console = Console(file=io.StringIO(), width=400, force_terminal=False)
-    console.print(table)
-    out = console.file.getvalue()  # type: ignore[attr-defined]
-    return str(out)
 
 
 @dataclass

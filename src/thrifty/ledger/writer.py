@@ -4,15 +4,23 @@ Requests put their rows on a queue and return; a daemon thread writes them in ba
 failed batch is retried with backoff; after ``retries`` failures it is appended to a spill file
 (``<ledger>.failed.jsonl``) and logged as an error, and ``failed_batches`` counts it for the
 metrics endpoint. ``flush()`` waits until everything queued so far is written (tests, shutdown).
+
+The thread is a daemon (it must never keep a process alive), and Python kills daemon threads
+at exit, so a writer also registers an ``atexit`` hook that writes what is queued and closes
+the store: a script that never calls ``Gateway.close()`` still has its rows. The hook holds the
+writer weakly and is unregistered by ``close()``.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import logging
 import queue
 import threading
 import time
+import weakref
 from dataclasses import asdict
 
 from thrifty.errors import StorageError
@@ -43,20 +51,34 @@ class LedgerWriter:
         self.failed_batches = 0
         self._queue: queue.Queue[_Item] = queue.Queue()
         self._wake = threading.Event()
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="thrifty-ledger", daemon=True)
         self._thread.start()
+        # A partial of its own (not a bound method): unregister() removes this writer's hook only.
+        self._at_exit = functools.partial(_close_at_exit, weakref.ref(self))
+        atexit.register(self._at_exit)
 
     def submit(self, request: RequestRow, attempts: list[AttemptRow]) -> None:
+        if self._closed:
+            log.error("ledger: request %s not recorded: the ledger was closed (Gateway.close())", request.request_id)
+            return
         self._queue.put((request, attempts))
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Block until every row submitted before this call is written (or spilled)."""
+        if not self._thread.is_alive():
+            return self._queue.empty()
         done = threading.Event()
         self._queue.put(done)
         self._wake.set()
         return done.wait(timeout)
 
     def close(self) -> None:
+        """Write everything queued, stop the thread, close the store (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self._at_exit)
         self.flush()
         self._queue.put(None)
         self._wake.set()
@@ -115,3 +137,13 @@ class LedgerWriter:
             log.error("ledger: %d request rows spilled to %s after repeated write failures", len(batch), self.spill_path)
         except OSError as exc:
             log.error("ledger: %d request rows lost: write and spill both failed (%s)", len(batch), exc)
+
+
+def _close_at_exit(ref: weakref.ref[LedgerWriter]) -> None:
+    writer = ref()
+    if writer is None:
+        return
+    try:
+        writer.close()
+    except Exception as exc:  # at exit there is no caller left to raise to
+        log.error("ledger: closing at interpreter exit failed: %s", exc)

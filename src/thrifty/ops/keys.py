@@ -96,7 +96,9 @@ class KeyStore:
 
     def __init__(self, store: SQLStore, *, salt: str | None = None, cache_ttl_s: float = 5.0) -> None:
         self.store = store
-        self._salt = salt
+        # An empty salt (``key_salt: ${THRIFTY_KEY_SALT}`` with the variable unset) is no secret:
+        # treat it as unset, so the random per-install salt is used instead.
+        self._salt = salt if salt and salt.strip() else None
         self.cache_ttl_s = cache_ttl_s
         self._by_hash: dict[str, tuple[float, VirtualKey | None]] = {}
         self._by_id: dict[str, tuple[float, VirtualKey | None]] = {}

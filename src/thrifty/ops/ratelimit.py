@@ -71,13 +71,22 @@ class Ticket:
 
 @dataclass
 class Usage:
-    """A key's state now (for the admin API)."""
+    """A key's state now (for the admin API).
+
+    A minute counter is None when its limit is not set: the limiters count requests only for
+    keys with ``rpm`` and tokens only for keys with ``tpm`` (no work, no Redis key, for limits
+    nobody set), so a 0 there would be a guess, not a count."""
 
     period: str
     spent_usd: float
     reserved_usd: float
-    requests_this_minute: int
-    tokens_this_minute: int
+    requests_this_minute: int | None
+    tokens_this_minute: int | None
+
+
+def counters(key: VirtualKey, requests: int, tokens: int) -> tuple[int | None, int | None]:
+    """The (requests, tokens) this minute as the admin API shows them: None for a limit not set."""
+    return (requests if key.rpm is not None else None, tokens if key.tpm is not None else None)
 
 
 class Limiter(Protocol):
@@ -190,7 +199,8 @@ class MemoryLimiter:
         wkey = (key.key_id, window_of(now))
         with self._lock:
             spent, reserved = self._budget[(key.key_id, period.id)]
-            return Usage(period.id, spent, reserved, self._requests.get(wkey, 0), self._tokens.get(wkey, 0))
+            return Usage(period.id, spent, reserved,
+                         *counters(key, self._requests.get(wkey, 0), self._tokens.get(wkey, 0)))
 
     def _forget_old(self, window: int) -> None:
         if len(self._requests) + len(self._tokens) < 4096:

@@ -11,15 +11,21 @@ Keys (``<prefix>`` is ``auth.redis_prefix``):
   <prefix>:tpm:<key_id>:<minute>      tokens in that minute window; expires after 2 minutes
 A budget hash that does not exist yet (first request of a period, or Redis was emptied) is
 seeded from the ledger's recorded spend for the period before it is used.
+
+A redis.asyncio client is bound to the event loop it first ran in, and a gateway may be used
+from several loops (``asyncio.run`` twice, the in-process sync client's loop thread), so the
+limiter keeps one client, with its registered scripts, per loop (``thrifty.loops.PerLoop``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from thrifty.errors import StorageError
+from thrifty.loops import PerLoop
 from thrifty.ops.keys import VirtualKey
-from thrifty.ops.ratelimit import Seed, Ticket, Usage, period_of, refuse, window_of
+from thrifty.ops.ratelimit import Seed, Ticket, Usage, counters, period_of, refuse, window_of
 from thrifty.redact import redact
 
 # ARGV: budget (-1: none), est_cost, rpm (-1), tpm (-1), est_tokens, budget_ttl, seed (-1: unknown)
@@ -79,15 +85,34 @@ def _num(x: float) -> str:
     return f"{x:.12f}"
 
 
+@dataclass(frozen=True)
+class _Bound:
+    """One event loop's client and the scripts registered on it."""
+
+    client: Any
+    admit: Any
+    settle: Any
+
+    @classmethod
+    def of(cls, client: Any) -> _Bound:
+        return cls(client, client.register_script(ADMIT), client.register_script(SETTLE))
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
 class RedisLimiter:
-    def __init__(self, url: str, seed: Seed, *, prefix: str = "thrifty", client: Any = None) -> None:
+    def __init__(self, url: str, seed: Seed, *, prefix: str = "thrifty") -> None:
         import redis.asyncio as aioredis
 
-        self._client = client or aioredis.from_url(url)
+        self._clients: PerLoop[_Bound] = PerLoop(lambda: _Bound.of(aioredis.from_url(url)), _Bound.aclose,
+                                                 what="the Redis limiter's connection pool")
         self._seed = seed
         self._prefix = prefix
-        self._admit = self._client.register_script(ADMIT)
-        self._settle = self._client.register_script(SETTLE)
+
+    def _bound(self) -> _Bound:
+        """The running event loop's client and scripts."""
+        return self._clients.get()
 
     def _keys(self, key_id: str, period_id: str, window: int) -> list[str]:
         p = self._prefix
@@ -110,10 +135,10 @@ class RedisLimiter:
             key.rpm if key.rpm is not None else -1, key.tpm if key.tpm is not None else -1,
             est_tokens, ttl, "-1",
         ]
-        reply = await self._call(self._admit, keys, args)
+        reply = await self._call(self._bound().admit, keys, args)
         if _s(reply[0]) == "seed":
             args[-1] = _num(await self._seed(key.key_id, period.start))
-            reply = await self._call(self._admit, keys, args)
+            reply = await self._call(self._bound().admit, keys, args)
         verdict = _s(reply[0])
         if verdict != "ok":
             raise refuse(verdict, key, now, spent=float(_s(reply[1])), est_cost=est_cost)
@@ -125,7 +150,7 @@ class RedisLimiter:
             return
         ticket.settled = True
         budget_key, _, tpm_key = self._keys(ticket.key_id, ticket.period_id, ticket.window)
-        await self._call(self._settle, [budget_key, tpm_key], [
+        await self._call(self._bound().settle, [budget_key, tpm_key], [
             _num(cost), "-" + _num(ticket.est_cost), tokens - ticket.est_tokens,
             "1" if ticket.has_budget else "0", "1" if ticket.has_tpm else "0",
         ])
@@ -134,16 +159,19 @@ class RedisLimiter:
         period = period_of(key.period, now)
         budget_key, rpm_key, tpm_key = self._keys(key.key_id, period.id, window_of(now))
         try:
-            spent, reserved = await self._client.hmget(budget_key, ["spent", "reserved"])
-            n, t = await self._client.mget([rpm_key, tpm_key])
+            client = self._bound().client
+            spent, reserved = await client.hmget(budget_key, ["spent", "reserved"])
+            n, t = await client.mget([rpm_key, tpm_key])
         except Exception as exc:
             raise StorageError(f"budget store (Redis) unavailable: {redact(str(exc))}") from None
         if spent is None:
             spent = await self._seed(key.key_id, period.start)
-        return Usage(period.id, float(spent), float(reserved or 0), int(n or 0), int(t or 0))
+        return Usage(period.id, float(spent), float(reserved or 0), *counters(key, int(n or 0), int(t or 0)))
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        """Close the clients of every event loop the limiter was used from (forget those whose
+        loop is closed)."""
+        await self._clients.aclose()
 
 
 def _s(value: Any) -> str:

@@ -1,10 +1,11 @@
 """The pipeline, in order. This is the one place that says what happens to a request.
 
-    ledger( budget -> normalize -> compress -> cache -> route -> deferred -> cascade )
+    ledger( deadline -> budget -> normalize -> compress -> cache -> route -> deferred -> cascade )
 
 The list itself is built in ``Gateway._build_stages``. The ledger stage is first because it
 wraps everything after it: it records the request once the rest has finished (or failed, or
-finished streaming). Stages a config does not use (budget, compress, cache, deferred) are
+finished streaming); the deadline stage bounds everything inside it by
+``server.request_timeout_s``. Stages a config does not use (budget, compress, cache, deferred) are
 simply absent from the list.
 """
 

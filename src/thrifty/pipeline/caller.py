@@ -4,7 +4,10 @@ Retries happen on connection errors, 429s and 5xx, with exponential backoff and 
 waiting at least what Retry-After asks (when it asks for more than ``backoff_max_s`` we move to
 the fallback models instead of stalling the client). When a model's retries are exhausted its
 configured fallbacks are tried in order. Every try lands in ``ctx.attempts`` and so in the ledger.
-A stream is retried only until its first chunk: after that the client already has part of it.
+A stream is retried only until its first chunk: ``stream`` waits for that chunk inside the retry
+loop, so a failure before it (cannot connect, 5xx, 429, a body cut short: providers mark these
+retryable) is retried and then falls back like a non-streaming call; a failure after it reaches
+the client as the stream's error, since the client already has part of the answer.
 """
 
 from __future__ import annotations

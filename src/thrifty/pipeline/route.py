@@ -41,8 +41,13 @@ class RouteStage:
         if asked == "auto" and self.default_model:
             return Plan(tiers=[Tier(self.default_model)], reason="no router configured: default model")
         known = sorted(m.name for m in self.catalog)
-        raise NotFoundError(
-            f"The model '{asked}' does not exist. Available models: {', '.join(known)}"
-            + ("; or 'auto' / 'route:NAME' when routing is configured." if self.router is None else "."),
-            param="model",
-        )
+        raise NotFoundError(f"The model '{asked}' does not exist. Available models: {', '.join(known)}"
+                            + self._other_names(), param="model")
+
+    def _other_names(self) -> str:
+        """The non-model names this gateway accepts, for the unknown-model message."""
+        if self.router is not None:
+            return "; or 'auto' / 'route:NAME' (GET /v1/models lists the routes)."
+        if self.default_model:
+            return f"; or 'auto' (served by the default model, {self.default_model})."
+        return "."

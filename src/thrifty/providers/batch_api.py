@@ -2,7 +2,8 @@
 
 A separate small interface from the chat ``Provider``: few providers have it, and its calls
 are about files and jobs, not completions. Like providers, implementations raise only
-``thrifty.errors.UpstreamError`` subclasses.
+``thrifty.errors.UpstreamError`` subclasses. Like the chat provider, ``OpenAIBatchAPI`` keeps one
+aiohttp session per event loop (a session is bound to the loop that made it).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import aiohttp
 
 from thrifty.config import ProviderConfig
 from thrifty.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeoutError
+from thrifty.loops import LoopSessions
 from thrifty.providers.openai_compat import OpenAICompatProvider
 from thrifty.redact import Redactor
 
@@ -53,15 +55,17 @@ class OpenAIBatchAPI:
         if config.api_key:
             headers["authorization"] = f"Bearer {config.api_key}"
         self._headers = headers
-        self._session: aiohttp.ClientSession | None = None
+        self._sessions = LoopSessions(self._new_session, what="a batch API connection pool")
         # Reuse the chat provider's mapping of HTTP errors to the thrifty error tree.
         self._errors = OpenAICompatProvider(name, config, self._redact)
 
+    def _new_session(self) -> aiohttp.ClientSession:
+        timeout = aiohttp.ClientTimeout(total=self.config.timeout_s, sock_connect=self.config.connect_timeout_s)
+        return aiohttp.ClientSession(headers=self._headers, timeout=timeout)
+
     def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            timeout = aiohttp.ClientTimeout(total=self.config.timeout_s, sock_connect=self.config.connect_timeout_s)
-            self._session = aiohttp.ClientSession(headers=self._headers, timeout=timeout)
-        return self._session
+        """The running loop's session."""
+        return self._sessions.get()
 
     async def _request(self, method: str, path: str, *, json_body: Any = None, data: Any = None) -> bytes:
         try:
@@ -114,6 +118,5 @@ class OpenAIBatchAPI:
         return await self._request("GET", f"/files/{file_id}/content")
 
     async def aclose(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
-        self._session = None
+        """Close the sessions of every event loop this client was used from."""
+        await self._sessions.aclose()

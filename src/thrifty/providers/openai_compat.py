@@ -1,14 +1,20 @@
 """Any OpenAI-compatible endpoint (OpenAI, DeepSeek, Qwen, Together, OpenRouter, vLLM, Ollama...).
 
-Uses aiohttp with one pooled session per provider: on this machine aiohttp sustained about
-ten times the requests/s of httpx.AsyncClient at 64 concurrent requests (see DESIGN.md and
+Uses aiohttp with pooled sessions: on this machine aiohttp sustained about ten times the
+requests/s of httpx.AsyncClient at 64 concurrent requests (see DESIGN.md and
 bench/overhead.py), and the choice stays behind the Provider interface. Every aiohttp, socket
-and JSON failure is mapped to the thrifty error tree here and nowhere else.
+and JSON failure is mapped to the thrifty error tree here and nowhere else; the messages say
+what happened in plain words, the aiohttp details go to the log only.
+
+An aiohttp session belongs to the event loop that created it, and a library user may drive one
+Gateway from several loops (``asyncio.run`` twice, the in-process sync client's loop thread),
+so the provider keeps one session per loop (``thrifty.loops.LoopSessions``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,7 +29,10 @@ from thrifty.errors import (
     UpstreamStatusError,
     UpstreamTimeoutError,
 )
+from thrifty.loops import LoopSessions
 from thrifty.redact import Redactor
+
+log = logging.getLogger("thrifty.providers")
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -44,7 +53,7 @@ class OpenAICompatProvider:
         self.config = config
         self._redact = redactor or Redactor()
         self._redact.add(config.api_key)
-        self._session: aiohttp.ClientSession | None = None
+        self._sessions = LoopSessions(self._new_session)
         self._url = f"{config.base_url}/chat/completions"
         headers = {"content-type": "application/json", **config.headers}
         if config.api_key:
@@ -56,17 +65,17 @@ class OpenAICompatProvider:
             total=None, sock_connect=config.connect_timeout_s, sock_read=config.timeout_s
         )
 
+    def _new_session(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=self.config.max_connections, ttl_dns_cache=300)
+        return aiohttp.ClientSession(connector=connector, headers=self._headers)
+
     def _get_session(self) -> aiohttp.ClientSession:
-        # Created lazily: an aiohttp session belongs to the event loop that first uses it.
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self.config.max_connections, ttl_dns_cache=300)
-            self._session = aiohttp.ClientSession(connector=connector, headers=self._headers)
-        return self._session
+        """The running loop's session (sessions are bound to the loop that created them)."""
+        return self._sessions.get()
 
     async def aclose(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
-        self._session = None
+        """Close the pooled connections of every event loop this provider was used from."""
+        await self._sessions.aclose()
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         timeout = self._timeout
@@ -92,8 +101,11 @@ class OpenAICompatProvider:
             raise self._connection_error(exc) from None
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Chunks of a streaming completion. Failures before the first chunk are retryable like
+        complete()'s (the client has nothing yet); after it they are not (it has part of the answer)."""
         timeout = self._stream_timeout
         done = False
+        started = False
         try:
             async with self._get_session().post(self._url, data=fastjson.dumps(body), timeout=timeout) as resp:
                 if resp.status >= 400:
@@ -109,23 +121,28 @@ class OpenAICompatProvider:
                     try:
                         chunk = fastjson.loads(payload)
                     except ValueError:
-                        raise UpstreamProtocolError(f"{self.name}: stream chunk is not valid JSON") from None
+                        raise UpstreamProtocolError(
+                            f"{self.name}: stream chunk is not valid JSON", retryable=not started
+                        ) from None
                     if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
                         err = chunk["error"] if isinstance(chunk["error"], dict) else {}
                         raise UpstreamError(
                             self._redact(f"{self.name}: stream error: {err.get('message', 'unknown error')}")
                         )
+                    started = True
                     yield chunk
         except UpstreamError:
             raise
         except TimeoutError:
+            if not started:
+                raise UpstreamTimeoutError(f"{self.name}: no response within {self.config.timeout_s:g}s") from None
             raise UpstreamTimeoutError(
                 f"{self.name}: stream stalled for more than {self.config.timeout_s:g}s"
             ) from None
         except aiohttp.ClientError as exc:
-            raise self._connection_error(exc, mid_stream=True) from None
+            raise self._connection_error(exc, mid_stream=started) from None
         if not done:
-            raise UpstreamProtocolError(f"{self.name}: stream ended before [DONE] (truncated)")
+            raise UpstreamProtocolError(f"{self.name}: stream ended before [DONE] (truncated)", retryable=not started)
 
     def _status_error(self, status: int, raw: bytes, retry_after: str | None) -> UpstreamError:
         body: dict[str, Any] | None
@@ -149,15 +166,23 @@ class OpenAICompatProvider:
         return err
 
     def _connection_error(self, exc: Exception, mid_stream: bool = False) -> UpstreamError:
-        kind = type(exc).__name__
+        """A plain message for the client (what happened, which provider); aiohttp's details,
+        which name internals (``ContentLengthError``, byte counts, socket addresses), go to the log."""
+        log.warning("%s: upstream connection error%s: %s", self.name, " mid-stream" if mid_stream else "",
+                    self._redact(f"{type(exc).__name__}: {exc}"))
         if mid_stream:
-            where = "during the stream: the stream broke before [DONE] (truncated)"
+            what = "during the stream: the stream broke before [DONE] (truncated)"
         elif isinstance(exc, aiohttp.ClientPayloadError):
             # The headers came; the body was cut short (a dropped connection, a bad length).
-            where = "reading the response body (cut short)"
+            what = "reading the response body (cut short)"
+        elif isinstance(exc, aiohttp.ClientConnectorDNSError):
+            what = "connecting: the provider's host name could not be resolved"
+        elif isinstance(exc, aiohttp.ClientConnectorError):
+            refused = isinstance(getattr(exc, "os_error", None), ConnectionRefusedError)
+            what = "connecting: connection refused" if refused else "connecting: the provider could not be reached"
+        elif isinstance(exc, aiohttp.ServerDisconnectedError):
+            what = "waiting for the response: the provider closed the connection"
         else:
-            where = "connecting"
+            what = "talking to the provider: the connection was lost"
         # Mid-stream failures are not retried: part of the answer may already be with the client.
-        return UpstreamError(
-            self._redact(f"{self.name}: connection failed {where} ({kind}: {exc})"), retryable=not mid_stream
-        )
+        return UpstreamError(f"{self.name}: connection failed {what}", retryable=not mid_stream)

@@ -13,22 +13,40 @@
       tasks: {faq: faq}                 # task -> route (default: the route named like the task)
       routes:
         faq: {model: cheap}
-        code: {tiers: [{model: cheap, threshold: 0.7}, {model: strong}], scorer: heuristic}
+        code: {tiers: [{model: cheap, threshold: 0.7}, {model: strong}], scorer: {kind: heuristic}}
         mc: {agreement: {models: [a, b], fallback: strong}}
         general: {learned: {file: router.json, target: 0.8}}
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from thrifty.errors import ConfigError
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _problems(problems: list[tuple[str, str]]) -> None:
+    """Raise the problems found at key paths relative to the model being validated."""
+    if problems:
+        from thrifty.config import KeyProblems  # here, not at the top: thrifty.config imports this module
+
+        raise KeyProblems(problems)
+
+
+def check_embedder(spec: str | dict[str, Any]) -> str | dict[str, Any]:
+    """Validate an embedder spec by name and options without building it (a sentence model
+    loads slowly), so a typo fails at load time even where the embedder is not used yet."""
+    from thrifty.embeddings.base import embedder_problems
+
+    _problems(embedder_problems(spec))
+    return spec
 
 
 class Rule(_Strict):
@@ -74,6 +92,15 @@ class ScorerConfig(_Strict):
     file: str | None = None
     parts: list[ScorerConfig] = Field(default_factory=list)
 
+    @model_validator(mode="after")
+    def _needs(self) -> ScorerConfig:
+        needs = {"judge": ("judge_model", self.judge_model), "learned": ("file", self.file),
+                 "combined": ("parts", self.parts)}
+        if self.kind in needs and not needs[self.kind][1]:
+            key = needs[self.kind][0]
+            _problems([(key, f"required by a {self.kind} scorer")])
+        return self
+
 
 class AgreementConfig(_Strict):
     """Ask the models in ``models`` (in order); serve the first answer that ``min_agree`` of them
@@ -82,6 +109,13 @@ class AgreementConfig(_Strict):
     models: list[str] = Field(min_length=2)
     fallback: str
     min_agree: int = Field(default=2, ge=2)
+
+    @model_validator(mode="after")
+    def _reachable(self) -> AgreementConfig:
+        if self.min_agree > len(self.models):
+            _problems([("min_agree", f"{self.min_agree} agreeing answers can never come from "
+                                     f"{len(self.models)} models (at most {len(self.models)})")])
+        return self
 
 
 class StateTableConfig(_Strict):
@@ -94,12 +128,51 @@ class StateTableConfig(_Strict):
     strong: str
     raw_letters: bool = False
 
+    @model_validator(mode="after")
+    def _actions(self) -> StateTableConfig:
+        # Checked here: policies.py reads an unknown action as "strong" and "stop:x" raised
+        # ValueError on every request that reached that pattern.
+        problems = []
+        for state, action in self.table.items():
+            m = re.fullmatch(r"stop:(\d+)", action)
+            if action in ("next", "strong") or (m and int(m.group(1)) < len(self.order)):
+                continue
+            where = f"table.{state}" if state else 'table.""'
+            why = (f"stop:{m.group(1)} serves answer {m.group(1)}, but order has {len(self.order)} model(s) "
+                   f"(stop:0 to stop:{len(self.order) - 1})" if m
+                   else f"unknown action {action!r} (expected next, strong or stop:<i>, i < {len(self.order)})")
+            problems.append((where, why))
+        _problems(problems)
+        return self
+
 
 class LearnedConfig(_Strict):
     file: str
     target: float | None = Field(default=None, ge=0, le=1)
     lam: float | None = Field(default=None, ge=0)
     models: list[str] | None = None
+
+
+class FitConfig(_Strict):
+    """``routing.fit``: how ``thrifty.routing.fit`` fits this section from outcome data (its
+    defaults are ``fit.DEFAULTS``; unset here means "the default")."""
+
+    depth: int | None = Field(default=None, ge=1)
+    shrink: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    cheap_max_cost_ratio: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    raw_letters: list[str] | None = None
+    max_cost_share: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    max_cheap: int | None = Field(default=None, ge=1)
+    top_k: int | None = Field(default=None, ge=1)
+    min_family_prompts: int | None = Field(default=None, ge=0)
+    inner_folds: int | None = Field(default=None, ge=0)
+    fixed: bool | None = None
+    budget_margin: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    lams: list[float] | None = Field(default=None, min_length=1)
+
+    def options(self) -> dict[str, Any]:
+        """The options that are set (the fitter fills in its defaults for the rest)."""
+        return self.model_dump(exclude_none=True)
 
 
 class RouteConfig(_Strict):
@@ -119,6 +192,9 @@ class RouteConfig(_Strict):
         kinds = [k for k in ("model", "tiers", "agreement", "state_table", "learned") if getattr(self, k)]
         if len(kinds) != 1:
             raise ValueError(f"a route needs exactly one of model, tiers, agreement, state_table, learned (got {kinds})")
+        if "scorer" in self.model_fields_set and not self.tiers:
+            _problems([("scorer", f"only a tiers route uses a scorer; this is a {kinds[0]} route, so it "
+                                  "would be ignored (remove it, or make the route a cascade of tiers)")])
         return self
 
 
@@ -132,44 +208,81 @@ class RoutingConfig(_Strict):
     # policy whose training cost stays within this share of the baseline's cost.
     max_cost_share: float | None = Field(default=None, gt=0)
     # How ``fit_policy`` fits this section from outcome data (see routing/fit.py).
-    fit: dict[str, Any] | None = None
-    # Facts a fit left behind (training accuracy, cost share, budget): informative, not used to route.
+    fit: FitConfig | None = None
+    # Facts a fit left behind (training accuracy, cost share, budget): informative, not used to
+    # route, so free-form (thrifty writes it; nothing reads it back).
     fitted: dict[str, Any] | None = None
+
+    @field_validator("embedder")
+    @classmethod
+    def _embedder(cls, spec: str | dict[str, Any]) -> str | dict[str, Any]:
+        return check_embedder(spec)
 
     @model_validator(mode="after")
     def _refs(self) -> RoutingConfig:
         problems = []
         if self.default_route is not None and self.default_route not in self.routes:
-            problems.append(f"default_route: unknown route {self.default_route!r}")
+            problems.append(("default_route", f"unknown route {self.default_route!r}"))
         for task, route in self.tasks.items():
             if route not in self.routes:
-                problems.append(f"tasks.{task}: unknown route {route!r}")
+                problems.append((f"tasks.{task}", f"unknown route {route!r}"))
         if self.routes and self.default_route is None:
-            problems.append("default_route: required when routes are configured")
-        if problems:
-            raise ValueError("; ".join(problems))
+            problems.append(("default_route", "required when routes are configured"))
+        _problems(problems)
         return self
 
-    def models_used(self) -> set[str]:
-        used: set[str] = set()
-        for r in self.routes.values():
+    def model_refs(self) -> list[tuple[str, str]]:
+        """Every model the section names, with the key naming it (``routes.faq.tiers.0.model``)."""
+        refs: list[tuple[str, str]] = []
+        for name, r in self.routes.items():
+            at = f"routes.{name}"
             if r.model:
-                used.add(r.model)
-            for t in r.tiers or []:
-                used.add(t.model)
+                refs.append((f"{at}.model", r.model))
+            refs += [(f"{at}.tiers.{i}.model", t.model) for i, t in enumerate(r.tiers or [])]
             if r.agreement:
-                used.update([*r.agreement.models, r.agreement.fallback])
+                refs += [(f"{at}.agreement.models", m) for m in r.agreement.models]
+                refs.append((f"{at}.agreement.fallback", r.agreement.fallback))
             if r.state_table:
-                used.update([*r.state_table.order, r.state_table.strong])
-            if r.scorer.judge_model:
-                used.add(r.scorer.judge_model)
+                refs += [(f"{at}.state_table.order", m) for m in r.state_table.order]
+                refs.append((f"{at}.state_table.strong", r.state_table.strong))
+            if r.learned and r.learned.models:
+                refs += [(f"{at}.learned.models", m) for m in r.learned.models]
+            refs += _judges(r.scorer, f"{at}.scorer")
         if self.classify.llm:
-            used.add(self.classify.llm.model)
-        return used
+            refs.append(("classify.llm.model", self.classify.llm.model))
+        return refs
+
+
+def _judges(scorer: ScorerConfig, at: str) -> list[tuple[str, str]]:
+    found = [(f"{at}.judge_model", scorer.judge_model)] if scorer.judge_model else []
+    for i, part in enumerate(scorer.parts):
+        found += _judges(part, f"{at}.parts.{i}")
+    return found
 
 
 class _Wrapper(_Strict):
     routing: RoutingConfig
+
+
+class _FitOnly(_Strict):
+    fit: FitConfig
+
+
+class _FitWrapper(_Strict):
+    routing: _FitOnly
+
+
+def parse_fit(section: dict[str, Any] | FitConfig | None) -> FitConfig:
+    """Validate a ``routing.fit`` mapping (the fitter reads it from a policy's raw routing
+    section); ``ConfigError`` names each bad key as ``routing.fit.<key>``."""
+    if isinstance(section, FitConfig):
+        return section
+    try:
+        return _FitWrapper.model_validate({"routing": {"fit": section or {}}}).routing.fit
+    except ValidationError as exc:
+        from thrifty.config import format_validation_error
+
+        raise ConfigError(format_validation_error(exc)) from None
 
 
 def parse_routing(section: dict[str, Any] | RoutingConfig | None) -> RoutingConfig:

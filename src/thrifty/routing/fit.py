@@ -29,7 +29,12 @@ the baseline's. A chosen learned recipe is re-fitted on all of the family's trai
       raw_letters: []          # families whose table keys keep option letters (position bias);
                                # off by default: it learns benchmark-specific biases, no CV gain
       max_cost_share: 0.25     # budget when none is given
+      max_cheap: 8             # at most this many cheap models (the cheapest) are considered at all
       min_family_prompts: 30   # smaller families are sent to the baseline (too little to learn from)
+      lams: [0, 1, ..., 3000]  # prices of accuracy tried for learned tables (default: 0 and 40 log-spaced)
+
+Unknown keys and bad values are refused (``ConfigError`` naming ``routing.fit.<key>``;
+routing/config.py ``FitConfig``).
 
 Nothing here runs at request time; decisions made by the fitted config never read scores.
 """
@@ -46,6 +51,7 @@ import numpy as np
 from thrifty.errors import ConfigError, DataError
 from thrifty.evaluation.dataset import OutcomeSet
 from thrifty.routing.candidates import FIXED_TABLES
+from thrifty.routing.config import parse_fit
 from thrifty.routing.formats import FAMILIES, detect_family, extract_answer
 from thrifty.routing.tables import FamilyData, OrderModel
 
@@ -74,8 +80,9 @@ class Candidate:
 
 
 def fit_options(spec: dict[str, Any] | None) -> dict[str, Any]:
+    """``DEFAULTS`` overridden by the spec's ``fit`` mapping, validated (``FitConfig``)."""
     opts = dict(DEFAULTS)
-    opts.update((spec or {}).get("fit") or {})
+    opts.update(parse_fit((spec or {}).get("fit")).options())
     return opts
 
 

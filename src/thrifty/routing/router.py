@@ -3,6 +3,12 @@
 A route is one model, a cascade of tiers with a scorer, an agreement cascade, a learned
 state-table cascade, or a learned router choosing one model per prompt. The decision (and why)
 is kept on the plan's ``reason`` and shown by ``thrifty route explain``.
+
+The route of an ``auto`` request is decided once, early: ``classify(ctx)`` runs in the normalize
+stage (no model is called: labels, rules, examples, formats), so compression and cache overrides
+keyed by route name apply to ``auto`` traffic too, and ``plan`` reuses that decision. When only
+the LLM classifier could decide (it calls a model, so it runs later, in the cascade stage), the
+early stages see no route and use their ``auto`` entries.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from thrifty.routing.policies import BudgetGuard, StateTableCascade, TierCascade
 from thrifty.types import ChatRequest
 
 ROUTE_PREFIX = "route:"
+# Where ``classify`` keeps its decision on the request context (reused by ``plan``).
+_DECISION = "routing.decision"
 
 
 @dataclass
@@ -31,7 +39,8 @@ class Decision:
     guesses: list[TaskGuess] = field(default_factory=list)
 
 
-def build_scorer(cfg: ScorerConfig, base_dir: str | None) -> Any:
+def build_scorer(cfg: ScorerConfig, base_dir: str | None, key: str = "scorer") -> Any:
+    """The scorer ``cfg`` describes; ``key`` is where it sits in the config (for errors)."""
     from thrifty.scoring.base import CombinedScorer
     from thrifty.scoring.heuristics import HeuristicScorer
 
@@ -40,8 +49,8 @@ def build_scorer(cfg: ScorerConfig, base_dir: str | None) -> Any:
     if cfg.kind == "judge":
         from thrifty.scoring.judge import JudgeScorer
 
-        if not cfg.judge_model:
-            raise ConfigError("routing: a judge scorer needs judge_model")
+        if not cfg.judge_model:  # refused when the config loads; kept for hand-built ScorerConfigs
+            raise ConfigError(f"{key}.judge_model: required by a judge scorer")
         return JudgeScorer(cfg.judge_model, cfg.rubric)
     if cfg.kind == "logprob":
         from thrifty.scoring.logprob import LogprobScorer
@@ -51,9 +60,9 @@ def build_scorer(cfg: ScorerConfig, base_dir: str | None) -> Any:
         from thrifty.scoring.learned import LearnedScorer
 
         if not cfg.file:
-            raise ConfigError("routing: a learned scorer needs file")
+            raise ConfigError(f"{key}.file: required by a learned scorer")
         return LearnedScorer.load(_resolve(cfg.file, base_dir))
-    return CombinedScorer([build_scorer(p, base_dir) for p in cfg.parts])
+    return CombinedScorer([build_scorer(p, base_dir, f"{key}.parts.{i}") for i, p in enumerate(cfg.parts)])
 
 
 def _resolve(path: str, base_dir: str | None) -> str:
@@ -64,20 +73,28 @@ class TaskRouter:
     def __init__(self, cfg: RoutingConfig, catalog: Catalog, base_dir: str | None = None) -> None:
         self.cfg = cfg
         self.catalog = catalog
-        missing = sorted(m for m in cfg.models_used() if catalog.get(m) is None)
-        if missing:
-            raise ConfigError(f"routing: unknown model(s) {', '.join(missing)} (add them under models:)")
+        unknown = [f"routing.{key}: unknown model {m!r}" for key, m in cfg.model_refs() if catalog.get(m) is None]
+        if unknown:
+            raise ConfigError(f"{'; '.join(unknown)} (add it under models:)")
         self.classifier = TaskClassifier(cfg.classify, cfg.embedder, base_dir)
-        self.scorers = {name: build_scorer(r.scorer, base_dir) for name, r in cfg.routes.items() if r.tiers}
+        self.scorers = {name: build_scorer(r.scorer, base_dir, f"routing.routes.{name}.scorer")
+                        for name, r in cfg.routes.items() if r.tiers}
         self.learned: dict[str, Any] = {}
         for name, r in cfg.routes.items():
             if r.learned:
                 from thrifty.routing.learned import LearnedRouter
 
                 self.learned[name] = LearnedRouter.load(_resolve(r.learned.file, base_dir))
-                unknown = [m for m in self.learned[name].models if catalog.get(m) is None]
+                trained = self.learned[name].models
+                unknown = [m for m in trained if catalog.get(m) is None]
                 if unknown:
                     raise ConfigError(f"routing.routes.{name}.learned: model(s) not in the catalog: {unknown}")
+                # Names in `models` are only a filter on the file's models: one it lacks would be
+                # ignored, and none left would fail every request.
+                missing = [m for m in r.learned.models or [] if m not in trained]
+                if missing:
+                    raise ConfigError(f"routing.routes.{name}.learned.models: {', '.join(map(repr, missing))} not in "
+                                      f"{r.learned.file} (it has: {', '.join(trained)})")
         self.llm = None
         if cfg.classify.llm:
             from thrifty.routing.llm_classifier import LLMClassifier
@@ -117,11 +134,31 @@ class TaskRouter:
         why = "; ".join([*notes, f"no confident task: default route {self.cfg.default_route!r}"])
         return Decision(self.cfg.default_route, None, "default", why, guesses)
 
-    def plan(self, ctx: RequestContext) -> Plan | None:
+    def classify(self, ctx: RequestContext) -> Decision | None:
+        """Decide the route of an ``auto`` / ``route:NAME`` request without calling a model and
+        set ``ctx.route`` / ``ctx.task`` (None for other requests). Cheap (labels, rules, the
+        embedding classifier, formats), so the normalize stage calls it: compression and cache
+        overrides keyed by route name then apply to ``auto`` requests too. Kept on the context,
+        so ``plan`` routes the request to the route those stages saw. When nothing but the LLM
+        classifier could decide, the route stays unset here (it is known after that model call)."""
         asked = ctx.request.model
         if asked != "auto" and not asked.startswith(ROUTE_PREFIX):
             return None
+        kept = ctx.scratch.get(_DECISION)
+        if kept is not None and kept[0] == asked:
+            decision: Decision = kept[1]
+            return decision
         decision = self.decide(ctx.request, ctx.headers)
+        ctx.scratch[_DECISION] = (asked, decision)
+        if not (decision.source == "default" and self.llm is not None):
+            ctx.task = decision.task or ctx.task
+            ctx.route = decision.route
+        return decision
+
+    def plan(self, ctx: RequestContext) -> Plan | None:
+        decision = self.classify(ctx)
+        if decision is None:
+            return None
         if decision.source == "default" and self.llm is not None:
             plan = self.llm.plan(self, decision)
         else:

@@ -41,8 +41,8 @@ log = logging.getLogger("thrifty.server")
 T = TypeVar("T")
 
 # Incoming headers the pipeline may read (others are not copied into the context).
-_FORWARDED_HEADERS = frozenset(("x-thrifty-task", "x-thrifty-cache", "x-thrifty-route", "cache-control", "x-thrifty-max-cost",
-                      "x-thrifty-deferrable"))
+_FORWARDED_HEADERS = frozenset(("x-thrifty-task", "x-thrifty-cache", "x-thrifty-route", "cache-control",
+                                "x-thrifty-deferrable"))
 
 
 def error_response(exc: ThriftyError, request_id: str) -> JSONResponse:
@@ -136,7 +136,10 @@ def create_app(gateway: Gateway) -> Starlette:
             data.append({"id": m.name, "object": "model", "created": now, "owned_by": m.provider, "tier": m.tier})
         for alias, target in gateway.catalog.aliases().items():
             data.append({"id": alias, "object": "model", "created": now, "owned_by": "thrifty", "alias_of": target})
-        for route in getattr(gateway, "route_names", lambda: [])():
+        routes = list(getattr(gateway, "route_names", lambda: [])())
+        if not routes and gateway.config.default_model:
+            routes = ["auto"]  # no routing section: `auto` is still accepted, served by default_model
+        for route in routes:
             data.append({"id": route, "object": "model", "created": now, "owned_by": "thrifty-route"})
         return data
 

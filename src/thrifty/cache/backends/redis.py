@@ -6,6 +6,8 @@ Layout under the configured prefix ``P`` (the deployment namespace):
 - ``P:v:<index>`` list of packed vectors, append-only; a process remembers how far it has read;
 - ``P:l:<key>``   single-flight lock (SET NX PX), so concurrent gateways make one upstream call.
 Redis errors become misses (reads) or logged StorageErrors (writes): the cache never fails a request.
+A redis.asyncio client is bound to the event loop it first ran in, so there is one client per
+loop (``thrifty.loops.LoopRedis``): a gateway used from two ``asyncio.run`` calls keeps hitting.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 
 from thrifty.cache.backends.base import EntryMeta, VectorRow, vec_bytes, vec_from
 from thrifty.errors import ConfigError, StorageError
+from thrifty.loops import LoopRedis
 
 _HEADER = struct.Struct("<dI")  # expires, length of the JSON {key, text}
 
@@ -33,10 +36,16 @@ class RedisBackend:
             import redis.asyncio as aioredis
         except ImportError:
             raise ConfigError("the redis cache backend needs the optional extra: pip install 'thrifty[redis]'") from None
-        self._redis: Any = aioredis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self._clients = LoopRedis(lambda: aioredis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0),
+                                  what="the Redis cache's connection pool")
         self.prefix = f"{prefix}:cache"
         self.max_entries = max_entries
         self._tokens: dict[str, str] = {}
+
+    @property
+    def _redis(self) -> Any:
+        """The running event loop's client."""
+        return self._clients.get()
 
     def _k(self, kind: str, key: str = "") -> str:
         return f"{self.prefix}:{kind}:{key}" if key else f"{self.prefix}:{kind}"
@@ -149,4 +158,6 @@ class RedisBackend:
         return {"entries": n, "bytes": 0, "vectors": vectors}
 
     async def aclose(self) -> None:
-        await self._redis.aclose()
+        """Close the clients of every event loop the cache was used from (forget those whose loop
+        is closed)."""
+        await self._clients.aclose()
