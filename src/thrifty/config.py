@@ -1,10 +1,12 @@
 """Typed configuration, read from one YAML file (or a dict) at the edge of the program.
 
 ``${VAR}`` and ``${VAR:-default}`` (default also when VAR is empty) in any string value are
-replaced from the environment when the file is loaded; a malformed ``${`` is refused. Validation errors become one ``ConfigError`` whose message lists each
-problem as ``key.path: what is wrong (expected ...)``. Sections that later capabilities own
+replaced from the environment when the file is loaded; a malformed ``${`` is refused.
+Validation errors become one ``ConfigError`` whose message lists each problem as
+``key.path: what is wrong (expected ...)``. Sections that later capabilities own
 (routes, cache, compression, batching, auth) are typed here too so that a typo anywhere is
-caught by ``thrifty config check``.
+caught by ``thrifty config check``. Reading the YAML and ``${VAR}`` interpolation live in
+``thrifty.config_source`` (re-exported here).
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from thrifty.batching.config import BatchingConfig
 from thrifty.cache.config import CacheConfig
 from thrifty.catalog import Catalog, ModelInfo, resolve_price
 from thrifty.compress.config import CompressionConfig
+from thrifty.config_source import interpolate_env, missing_env_vars, read_raw, yaml_problem
 from thrifty.errors import ConfigError
 from thrifty.ops.config import AuthConfig
 from thrifty.redact import mask_credentials
@@ -55,7 +57,6 @@ def _unset_blank(section: Any, key: str) -> Any:
 
 
 _SECRET_KEY_RE = re.compile(r"(api_key|dsn|redis_url|secret|password|token|admin_key)", re.I)
-_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
 
 class _Strict(BaseModel):
@@ -278,92 +279,6 @@ class Config(_Strict):
         return Catalog(infos, baseline=self.baseline)
 
 
-def _env_value(env: dict[str, str], name: str, default: str | None) -> str:
-    """``${NAME}``: the variable or "". ``${NAME:-default}``: the default when the variable is
-    unset or empty, as in the shell (an exported-but-empty variable is the usual mistake)."""
-    value = env.get(name)
-    if default is not None and not value:
-        return default
-    return value or ""
-
-
-def _check_env_refs(text: str) -> None:
-    """Refuse a ``${`` that is not a whole reference: ``api_key: ${OPENAI_API_KEY`` (no brace)
-    would otherwise be sent upstream as that literal text. Nested defaults are not supported."""
-    for m in _ENV_RE.finditer(text):
-        if m.group(2) is not None and "${" in m.group(2):
-            raise ConfigError(f"environment reference {m.group(0)!r}: nested references are not supported")
-    leftover = _ENV_RE.sub("", text)
-    if "${" in leftover:
-        at = leftover.index("${")
-        raise ConfigError(f"malformed environment reference near {leftover[at:at + 24]!r} "
-                          "(expected ${NAME} or ${NAME:-default}, NAME of letters, digits and _)")
-
-
-def interpolate_env(value: Any, env: dict[str, str] | None = None) -> Any:
-    """Replace ``${VAR}``/``${VAR:-default}`` in every string of a YAML tree.
-
-    A variable that is unset and has no default becomes "" (so a starter config with
-    ``${OPENAI_API_KEY}`` still serves a local mock upstream); ``config check`` warns about it.
-    """
-    env = dict(os.environ) if env is None else env
-    if isinstance(value, str):
-        _check_env_refs(value)
-        return _ENV_RE.sub(lambda m: _env_value(env, m.group(1), m.group(2)), value)
-    if isinstance(value, dict):
-        return {k: interpolate_env(v, env) for k, v in value.items()}
-    if isinstance(value, list):
-        return [interpolate_env(v, env) for v in value]
-    return value
-
-
-def missing_env_vars(raw: Any, env: dict[str, str] | None = None) -> list[str]:
-    """Names of ``${VAR}`` references (without default) that the environment does not set."""
-    env = dict(os.environ) if env is None else env
-    found: list[str] = []
-
-    def walk(v: Any) -> None:
-        if isinstance(v, str):
-            found.extend(m.group(1) for m in _ENV_RE.finditer(v) if m.group(2) is None and m.group(1) not in env)
-        elif isinstance(v, dict):
-            for x in v.values():
-                walk(x)
-        elif isinstance(v, list):
-            for x in v:
-                walk(x)
-
-    walk(raw)
-    return sorted(set(found))
-
-
-def yaml_problem(exc: yaml.YAMLError) -> str:
-    """``invalid YAML at line L, column C: <problem>`` on one line: ``str(exc)`` spans ~8 lines
-    with a source excerpt, and the CLI prints errors as one. Shared by every YAML file thrifty
-    reads (config, policy, workloads, mock behaviours)."""
-    mark = getattr(exc, "problem_mark", None)
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    problem = getattr(exc, "problem", None) or str(exc)
-    return f"invalid YAML{where}: {' '.join(str(problem).split())}"
-
-
-def read_raw(source: str | Path | dict[str, Any]) -> tuple[dict[str, Any], str | None]:
-    """The un-interpolated YAML tree and the folder relative paths resolve from."""
-    if isinstance(source, dict):
-        return source, None
-    path = Path(source)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: {yaml_problem(exc)}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections (providers, models, ...)")
-    return raw, str(path.resolve().parent)
-
-
 def load_config(source: str | Path | dict[str, Any], env: dict[str, str] | None = None) -> Config:
     """Read, interpolate and validate a config; raise ``ConfigError`` listing every problem."""
     raw, base_dir = read_raw(source)
@@ -404,3 +319,7 @@ def format_validation_error(exc: ValidationError) -> str:
             msg = f"{msg} (got {shown})"
         lines.append(f"{loc}: {msg.removeprefix('Value error, ')}")
     return "invalid configuration: " + "; ".join(lines)
+
+
+__all__ = ["Config", "ConfigError", "KeyProblems", "interpolate_env", "load_config", "missing_env_vars", "read_raw",
+           "yaml_problem"]
