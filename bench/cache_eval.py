@@ -5,7 +5,8 @@
 
 Each fold runs what `thrifty cache eval --pairs FOLD.jsonl --calibrate-on REST.jsonl` runs: the
 verifier and its threshold are fitted on the other folds (target false-hit rate 0.5%, margin 1.0),
-then every text_a of the held-out fold is cached and every text_b looked up. Rates as in
+then every text_a of the held-out fold is cached and every text_b looked up. The hard vetoes
+(thrifty/cache/vetoes.py) apply to both, as in the gateway. Rates as in
 `thrifty cache eval`: duplicate hit rate = duplicates served / duplicates; false-hit rate =
 non-duplicates served / non-duplicates (also shown without the ones whose question is identical
 to a cached question, which the exact cache answers anyway).
@@ -163,7 +164,8 @@ def render(results: list[dict[str, Any]], n: int, k: int, model: str) -> str:
              "calibration chose. A pair's hit is text_a retrieved and accepted by the verifier for text_b (the cache "
              "would answer text_b with text_a's answer: what the label judges); `served any` counts every lookup "
              "that served an answer, also another pair's entry, whose rightness the labels cannot tell (for non-duplicates: leaving out the cached questions identical to text_b, which "
-             "are right answers).", "",
+             "are right answers). The hard vetoes of thrifty/cache/vetoes.py apply in calibration and at every "
+             "lookup, as in the gateway.", "",
              "| path | fold | verifier | threshold | duplicate hit rate | false-hit rate | duplicates served any | "
              "non-duplicates served any | lookup p50 / p99 ms (search + verifier) | query embed p50 ms |",
              "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]

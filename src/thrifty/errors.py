@@ -25,6 +25,7 @@ this tree at the boundary where they occur, never matched by substring elsewhere
     |   +-- UpstreamStatusError     the provider answered an error status: client 4xx kept, else 502
     |   +-- UpstreamProtocolError   502: the provider answered something unreadable
     +-- StorageError                ledger / cache backend failure (never fails a response)
+    |   +-- ServiceUnavailableError 503: a backing service (key database, budget store) is down
     +-- DataError                   an evaluation/outcome/pairs file cannot be read
 """
 
@@ -236,6 +237,15 @@ class UpstreamProtocolError(UpstreamError):
 class StorageError(ThriftyError):
     status = 500
     type = "storage_error"
+
+
+class ServiceUnavailableError(StorageError):
+    """A service a request needs (the key database, the budget store) cannot be reached now:
+    a 503, which clients and load balancers treat as "try again". The message names the service
+    only; hosts, ports and driver text stay in the server log."""
+
+    status = 503
+    code = "service_unavailable"
 
 
 class DataError(ThriftyError):

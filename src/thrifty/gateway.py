@@ -25,6 +25,7 @@ from thrifty.cache.build import build_cache_stage
 from thrifty.compress.stage import build_compress_stage
 from thrifty.config import Config, load_config
 from thrifty.errors import InvalidRequestError
+from thrifty.ledger.spill import spill_path
 from thrifty.ledger.store import open_store
 from thrifty.ledger.writer import LedgerWriter
 from thrifty.ops.wiring import Ops
@@ -80,10 +81,8 @@ class Gateway:
             path = config.resolve_path(config.ledger.path)
             # check: a SQLite path that cannot be opened fails here, at startup, not on the first write.
             store = open_store(path=path, dsn=config.ledger.dsn, check=True)
-            spill = None if config.ledger.dsn else path + ".failed.jsonl"
-            if config.ledger.dsn:
-                spill = config.resolve_path("thrifty-ledger.failed.jsonl")
-            self.ledger = LedgerWriter(store, retries=config.ledger.write_retries, spill_path=spill,
+            # Where rows go when the store keeps failing (`thrifty ledger import-spill` reads it back).
+            self.ledger = LedgerWriter(store, retries=config.ledger.write_retries, spill_path=spill_path(config),
                                        flush_interval_s=config.ledger.flush_interval_s)
         self.observers: list[Any] = []
         self.extra_routes: list[Any] = []

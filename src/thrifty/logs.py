@@ -1,6 +1,8 @@
 """Structured JSON logs: one object per line, with the request id when there is one.
 
-Messages pass through the redactor so that a key never reaches a log line, even by mistake.
+Every line passes through the redactor so that a key never reaches a log, even by mistake: key
+shapes (``sk-...``, ``thr-...``, ``Bearer ...``) always, and the configured provider keys of every
+gateway built in the process (``register_secrets``), which may look like any word.
 """
 
 from __future__ import annotations
@@ -9,10 +11,11 @@ import json
 import logging
 import sys
 import time
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from thrifty.redact import redact
+from thrifty.redact import Redactor, redact
 
 if TYPE_CHECKING:
     from thrifty.pipeline.context import RequestContext
@@ -24,19 +27,32 @@ _FIELDS = ("request_id", "model", "status", "latency_ms", "cost_usd", "key_id", 
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        # The gateways' redactors (their configured keys); held weakly: a closed gateway's go.
+        self._redactors: weakref.WeakSet[Redactor] = weakref.WeakSet()
+
+    def add_redactor(self, redactor: Redactor) -> None:
+        self._redactors.add(redactor)
+
+    def redact(self, text: str) -> str:
+        for r in list(self._redactors):
+            text = r(text)
+        return redact(text)
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "ts": round(time.time(), 3),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": redact(record.getMessage()),
+            "msg": self.redact(record.getMessage()),
         }
         for key in _FIELDS:
             if hasattr(record, key):
                 value = getattr(record, key)
-                entry[key] = redact(value) if isinstance(value, str) else value
+                entry[key] = self.redact(value) if isinstance(value, str) else value
         if record.exc_info:
-            entry["exc"] = redact(self.formatException(record.exc_info))
+            entry["exc"] = self.redact(self.formatException(record.exc_info))
         return json.dumps(entry)
 
 
@@ -69,10 +85,26 @@ def setup_logging(level: str = "info", loggers: tuple[str, ...] = ("thrifty", "u
         log.propagate = False
 
 
-def request_logger(log_prompts: bool = False) -> Callable[[RequestContext], None]:
+def register_secrets(redactor: Redactor, loggers: tuple[str, ...] = ("thrifty", "uvicorn")) -> None:
+    """Mask ``redactor``'s secrets (a gateway's configured provider keys) in every line the JSON
+    handlers of ``loggers`` (installed by ``setup_logging``) write from now on.
+
+    Why here and not only at the call sites: ``setup_logging`` runs before the gateway (and its
+    keys) exists, and a key that is not key-shaped (``PlainProviderKey42``) in a prompt, an
+    upstream error or a traceback would otherwise be written as is. Loggers without such a
+    handler (a library user's own logging) are left alone."""
+    for name in loggers:
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler.formatter, JsonFormatter):
+                handler.formatter.add_redactor(redactor)
+
+
+def request_logger(log_prompts: bool = False, redactor: Callable[[str], str] = redact,
+                   ) -> Callable[[RequestContext], None]:
     """A gateway observer writing one ``thrifty.request`` line per finished request.
 
-    It carries ids, model, cost and outcome; the prompt text only when ``server.log_prompts``.
+    It carries ids, model, cost and outcome; the prompt text only when ``server.log_prompts``,
+    passed through ``redactor`` (the gateway's: its provider keys too) whatever handler writes it.
     """
     log = logging.getLogger("thrifty.request")
 
@@ -88,7 +120,8 @@ def request_logger(log_prompts: bool = False) -> Callable[[RequestContext], None
         }
         if log_prompts:
             last = ctx.request.messages[-1].get("content") if ctx.request.messages else None
-            extra["prompt"] = (last if isinstance(last, str) else json.dumps(last))[:2000]
+            # Redacted whole, then cut: a key across the cut would otherwise leave its start.
+            extra["prompt"] = redactor(last if isinstance(last, str) else json.dumps(last))[:2000]
         log.info("request %s %s", ctx.status, ctx.request_id, extra=extra)
 
     return observe

@@ -67,7 +67,7 @@ class FlakyStore(SQLiteStore):
 
 def test_failed_write_is_retried(tmp_path: Path) -> None:
     store = FlakyStore(str(tmp_path / "l.db"), failures=2)
-    w = LedgerWriter(store, retries=3)
+    w = LedgerWriter(store, retries=3, backoff_s=(0.01,))
     w.submit(req(1, "a", 0.1, 1.0), [])
     w.flush()
     assert w.written == 1 and w.failed_batches == 0

@@ -5,32 +5,57 @@ from __future__ import annotations
 from typing import Any
 
 
+def _merge(into: dict[str, Any], key: str, value: Any) -> None:
+    """Add one delta field to a message being rebuilt: text is streamed in pieces (concatenated),
+    lists in parts (extended), objects field by field; other values replace."""
+    if value is None:
+        return
+    have = into.get(key)
+    if isinstance(value, str) and isinstance(have, str):
+        into[key] = have + value
+    elif isinstance(value, list) and isinstance(have, list):
+        have.extend(value)
+    elif isinstance(value, dict):
+        target = have if isinstance(have, dict) else {}
+        for k, v in value.items():
+            _merge(target, k, v)
+        into[key] = target
+    else:
+        into[key] = list(value) if isinstance(value, list) else value
+
+
 def assemble(chunks: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The chat.completion the chunks add up to; None unless every choice finished."""
+    """The chat.completion the chunks add up to; None unless every choice finished. Every delta
+    field is kept (content, tool calls, reasoning_content, refusal, annotations...), so a later
+    non-streaming hit returns what a non-streaming call would have."""
     if not chunks:
         return None
     first = chunks[0]
     choices: dict[int, dict[str, Any]] = {}
     usage: dict[str, Any] | None = None
+    fingerprint = None
     for chunk in chunks:
         if chunk.get("error"):
             return None
         if chunk.get("usage"):
             usage = chunk["usage"]
+        fingerprint = chunk.get("system_fingerprint") or fingerprint
         for ch in chunk.get("choices") or []:
             idx = int(ch.get("index", 0))
-            slot = choices.setdefault(idx, {"content": [], "tools": {}, "finish": None, "role": "assistant"})
+            slot = choices.setdefault(idx, {"msg": {}, "tools": {}, "finish": None})
             delta = ch.get("delta") or {}
-            if isinstance(delta.get("content"), str):
-                slot["content"].append(delta["content"])
-            for tc in delta.get("tool_calls") or []:
-                t = slot["tools"].setdefault(int(tc.get("index", 0)), {"id": None, "type": "function",
-                                                                       "function": {"name": "", "arguments": ""}})
-                if tc.get("id"):
-                    t["id"] = tc["id"]
-                fn = tc.get("function") or {}
-                t["function"]["name"] += fn.get("name") or ""
-                t["function"]["arguments"] += fn.get("arguments") or ""
+            for key, value in delta.items():
+                if key == "tool_calls":
+                    for tc in value or []:
+                        t = slot["tools"].setdefault(int(tc.get("index", 0)), {
+                            "id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+                        if tc.get("id"):
+                            t["id"] = tc["id"]
+                        fn = tc.get("function") or {}
+                        t["function"]["name"] += fn.get("name") or ""
+                        t["function"]["arguments"] += fn.get("arguments") or ""
+                elif key != "role":
+                    _merge(slot["msg"], key, value)
             if ch.get("finish_reason"):
                 slot["finish"] = ch["finish_reason"]
     if not choices or any(s["finish"] is None for s in choices.values()):
@@ -38,14 +63,19 @@ def assemble(chunks: list[dict[str, Any]]) -> dict[str, Any] | None:
     out_choices = []
     for idx in sorted(choices):
         s = choices[idx]
-        msg: dict[str, Any] = {"role": "assistant", "content": "".join(s["content"]) if s["content"] or not s["tools"]
-                               else None}
+        fields = dict(s["msg"])
+        content = fields.pop("content", None)
+        if content is None and not s["tools"] and not fields.get("refusal"):
+            content = ""
+        msg: dict[str, Any] = {"role": "assistant", "content": content, **fields}
         if s["tools"]:
             msg["tool_calls"] = [s["tools"][i] for i in sorted(s["tools"])]
         out_choices.append({"index": idx, "message": msg, "finish_reason": s["finish"]})
     response: dict[str, Any] = {"id": first.get("id", "chatcmpl-thrifty"), "object": "chat.completion",
                                 "created": first.get("created", 0), "model": first.get("model", ""),
                                 "choices": out_choices}
+    if fingerprint:
+        response["system_fingerprint"] = fingerprint
     if usage:
         response["usage"] = usage
     return response
@@ -55,7 +85,9 @@ _STORABLE_FINISH = frozenset({"stop", "length"})
 
 
 def storable(response: dict[str, Any] | None, *, tool_calls: bool) -> bool:
-    """Whether an answer may be stored: complete, not an error, not filtered, tool calls only if allowed."""
+    """Whether an answer may be stored: complete (finish_reason ``stop``, or ``length``: the same
+    max_tokens, which is part of the key, gets the same cut answer), not an error, not filtered,
+    text or a refusal, tool calls only if allowed."""
     if not isinstance(response, dict) or response.get("error"):
         return False
     choices = response.get("choices")
@@ -69,6 +101,8 @@ def storable(response: dict[str, Any] | None, *, tool_calls: bool) -> bool:
         if msg.get("tool_calls") or msg.get("function_call") or finish in ("tool_calls", "function_call"):
             if not tool_calls:
                 return False
-        elif finish not in _STORABLE_FINISH or not isinstance(msg.get("content"), str):
+        elif finish not in _STORABLE_FINISH:
             return False
+        elif not isinstance(msg.get("content"), str) and not isinstance(msg.get("refusal"), str):
+            return False  # neither an answer nor a refusal
     return True

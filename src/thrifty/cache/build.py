@@ -7,6 +7,7 @@ from typing import Any
 
 from thrifty.cache.backends.base import CacheBackend
 from thrifty.cache.config import CacheConfig
+from thrifty.cache.fingerprint import Fingerprints
 from thrifty.cache.semantic import SemanticCache
 from thrifty.cache.stage import CacheStage
 from thrifty.catalog import Catalog
@@ -53,7 +54,7 @@ def build_cache_stage(config: Config, catalog: Catalog, caller: Any = None) -> C
         from thrifty.cache.confirm import ConfirmModel
 
         confirm = ConfirmModel(caller, cfg.semantic.confirm_model)
-    stage = CacheStage(cfg, backend, catalog, semantic, confirm)
+    stage = CacheStage(cfg, backend, catalog, semantic, confirm, Fingerprints(config, catalog))
     for path, verifier in verifiers.items():
         if semantic is not None and verifier.embedder and verifier.embedder != semantic.embedder.name:
             raise ConfigError(f"cache verifier {path} was calibrated with embedder {verifier.embedder}, but "

@@ -9,6 +9,10 @@ The cross-validation figures then replay the cache on the held-out fold: every t
 every text_b looked up among its top-k neighbours. A pair's hit is text_a retrieved and verified
 for text_b, which its label judges (see evaluation.py); lookups that served another pair's entry
 are counted apart.
+
+Pairs and candidates that a hard veto separates (vetoes.py) score -inf here as they do in the
+cache, so thresholds and figures are those of the scores the cache serves; they still count in
+the false-hit rate's denominator. The scorers are fitted on every pair.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from thrifty.cache.density import DENSITY_NAMES
 from thrifty.cache.features import FEATURE_NAMES, build_idf, pair_features
 from thrifty.cache.pairs import Pair, PairCache, embed_with_tokens
 from thrifty.cache.verifier import LearnedVerifier, apply_gate, fit_model, threshold_at
+from thrifty.cache.vetoes import VETOES_VERSION, vetoed
 from thrifty.cache.wordmodel import WordModel, diff_tokens, fit_word_model, oof_word_scores
 from thrifty.embeddings import Embedder
 from thrifty.embeddings.base import TokenEmbedder
@@ -66,6 +71,8 @@ class _Replay:
     cand_ok: np.ndarray  # (n, k) candidate slot is filled
     is_own: np.ndarray  # (n, k) candidate is the pair's own text_a
     identical: np.ndarray  # (n,) some cached question is character-for-character the query
+    own_veto: np.ndarray  # (n,) a hard veto separates the pair (vetoes.py): never served
+    cand_veto: np.ndarray  # (n, k) ... each query from that retrieved candidate
     own_tokens: list[list[str]]  # difference-word model input of each own pair
     cand_tokens: list[list[list[str]]]  # ... and of each candidate (empty list for empty slots)
     # Difference-word models by training rows: the learned scorers with and without the
@@ -108,6 +115,8 @@ def _replay(pairs: list[Pair], embedder: Embedder, idf: dict[str, float], top_k:
     cand = np.zeros((n, top_k, d))
     ok = np.zeros((n, top_k), dtype=bool)
     is_own = np.zeros((n, top_k), dtype=bool)
+    own_veto = np.array([vetoed(p.text_a, p.text_b) for p in pairs], dtype=bool)
+    cand_veto = np.zeros((n, top_k), dtype=bool)
     cached = set(cache.texts)
     identical = np.array([p.text_b in cached for p in pairs], dtype=bool)
     own_tokens = [diff_tokens(p.text_a, p.text_b) for p in pairs]
@@ -126,11 +135,13 @@ def _replay(pairs: list[Pair], embedder: Embedder, idf: dict[str, float], top_k:
         for j, (t, s) in enumerate(zip(texts, sims, strict=True)):
             ok[i, j] = True
             is_own[i, j] = t == p.text_a
+            cand_veto[i, j] = own_veto[i] if is_own[i, j] else vetoed(t, p.text_b)
             cand[i, j] = own_row if is_own[i, j] else [*pair_features(t, p.text_b, idf_fn), *aligned(t, p.text_b),
                                                        *dens[j + 1], float(s)]
             toks[j] = own_tokens[i] if is_own[i, j] else diff_tokens(t, p.text_b)
         cand_tokens.append(toks)
-    return _Replay(own, cand, ok, is_own, identical, own_tokens, cand_tokens, align_idf=align_idf)
+    return _Replay(own, cand, ok, is_own, identical, own_veto, cand_veto, own_tokens, cand_tokens,
+                   align_idf=align_idf)
 
 
 def _with_word_scores(x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -153,18 +164,21 @@ class _Fitted:
     gate_threshold: float = 0.0
 
     def predict_own(self, r: _Replay, idx: np.ndarray) -> np.ndarray:
-        """Scores of each pair's own (text_a, text_b)."""
+        """Scores of each pair's own (text_a, text_b); -inf where a hard veto separates them, as
+        the cache serves them (semantic.py)."""
         s = np.asarray(self.model.predict(self.own_rows(r, idx)), dtype=np.float64)
-        return s if self.gate is None else apply_gate(s, self.gate.predict_own(r, idx), self.gate_threshold)
+        if self.gate is not None:
+            s = apply_gate(s, self.gate.predict_own(r, idx), self.gate_threshold)
+        return np.where(r.own_veto[idx], -np.inf, s)
 
     def predict_cand(self, r: _Replay, idx: np.ndarray) -> np.ndarray:
-        """Scores of each query's retrieved candidates, (len(idx), k); empty slots -inf."""
+        """Scores of each query's retrieved candidates, (len(idx), k); empty and vetoed slots -inf."""
         cand = self.cand_rows(r, idx)
         k, d = cand.shape[1], cand.shape[2]
         s = np.asarray(self.model.predict(cand.reshape(-1, d)), dtype=np.float64).reshape(len(idx), k)
         if self.gate is not None:
             s = apply_gate(s, self.gate.predict_cand(r, idx), self.gate_threshold)
-        return np.where(r.cand_ok[idx], s, -np.inf)
+        return np.where(r.cand_ok[idx] & ~r.cand_veto[idx], s, -np.inf)
 
     def own_rows(self, r: _Replay, idx: np.ndarray) -> np.ndarray:
         x = r.own[idx][:, _columns(r, self.density)]
@@ -270,7 +284,8 @@ def calibrate(pairs: list[Pair], embedder: Embedder, *, max_false_hit_rate: floa
     accepted = np.concatenate([oof_sim[oof_best >= threshold], r.own[oof_pair >= threshold, -1]])
     min_similarity = float(accepted.min()) - 0.05 if len(accepted) else -1.0
     info = {"model": best, "pairs": len(pairs), "max_false_hit_rate": max_false_hit_rate, "margin": margin,
-            "top_k": top_k, "folds": folds, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "top_k": top_k, "folds": folds, "hard_vetoes": VETOES_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "cv_duplicate_hit_rate": {k: float(np.mean([f["duplicate_hit_rate"] for f in v[0]]))
                                       for k, v in tried.items()},
             "cv_pooled_duplicate_hit_rate": pooled}

@@ -214,20 +214,3 @@ FEATURE_NAMES = [
     "entities_symdiff", "entities_jac", "entities_disjoint",
     "opposites", "comparison_mismatch",
 ]
-
-
-def vetoes(a: str, b: str) -> list[str]:
-    """Hard reasons two questions differ, used by the rule verifier and shown by `cache eval`."""
-    ta, tb = tokens(a), tokens(b)
-    sa, sb = set(ta), set(tb)
-    out = []
-    if numbers(a) != numbers(b):
-        out.append("numbers")
-    if negation_count(ta) % 2 != negation_count(tb) % 2:
-        out.append("negation")
-    if opposite_count(sa - sb, sb - sa):
-        out.append("opposite")
-    ea, eb = entities(a), entities(b)
-    if ea ^ eb and not (ea & eb) and ea and eb:
-        out.append("entities")
-    return out

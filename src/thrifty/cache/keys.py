@@ -1,9 +1,12 @@
 """Cache keys: a stable hash of everything that can change the answer.
 
-The exact key covers the deployment namespace, the tenant, the model asked for, the route and
-task, every request parameter except a short list that cannot change the answer, and the full
-message list (system prompt, tools results, earlier turns). Unknown parameters are part of the
-key, so a new upstream parameter can only cause misses, never a wrong hit.
+The exact key covers the deployment namespace, the tenant, the model asked for, what serves it
+(``serving``: a fingerprint of the resolved model, its provider and upstream name, or of the
+route's configuration; fingerprint.py), the route and task, every request parameter except a
+short list that cannot change the answer, and the full message list (system prompt, tools
+results, earlier turns). Unknown parameters are part of the key, so a new upstream parameter can
+only cause misses, never a wrong hit. Numbers in parameters are canonical: ``temperature: 0`` and
+``temperature: 0.0`` are one key.
 
 The semantic *scope* is the same hash without the last user message: two requests may share a
 semantic answer only when everything but the final question is identical.
@@ -16,10 +19,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from thrifty.cache.vetoes import looks_like_code
 from thrifty.tokens import content_text
 from thrifty.types import ChatRequest
 
-KEY_VERSION = "tc1"
+# tc2: the serving fingerprint and canonical numbers joined the key (tc1 entries simply miss).
+KEY_VERSION = "tc2"
 
 # Parameters that identify or route the caller but do not change the answer.
 NEUTRAL_PARAMS = frozenset(
@@ -45,15 +50,29 @@ class CacheKey:
 
 
 def answer_params(request: ChatRequest) -> dict[str, Any]:
-    return {k: v for k, v in request.params.items() if k not in NEUTRAL_PARAMS}
+    return {k: canonical_numbers(v) for k, v in request.params.items() if k not in NEUTRAL_PARAMS}
+
+
+def canonical_numbers(value: Any) -> Any:
+    """``value`` with every whole float written as an int (0.0 -> 0, 1.0 -> 1), recursively: JSON
+    has one number type, and a client sending ``0.0`` asks the same as one sending ``0``."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: canonical_numbers(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [canonical_numbers(v) for v in value]
+    return value
 
 
 def make_key(
     request: ChatRequest, *, tenant: str, model: str, namespace: str = "", route: str | None = None,
-    task: str | None = None,
+    task: str | None = None, serving: str = "",
 ) -> CacheKey:
-    base = {"v": KEY_VERSION, "ns": namespace, "tenant": tenant, "model": model, "route": route, "task": task,
-            "params": answer_params(request)}
+    """``serving``: the fingerprint of what serves the request (fingerprint.py); a config change
+    that changes it makes the old entries miss."""
+    base = {"v": KEY_VERSION, "ns": namespace, "tenant": tenant, "model": model, "serving": serving,
+            "route": route, "task": task, "params": answer_params(request)}
     exact = _digest({**base, "messages": request.messages})
     query = semantic_query(request)
     context = request.messages[:-1] if query is not None else request.messages
@@ -64,8 +83,9 @@ def make_key(
 def semantic_query(request: ChatRequest) -> str | None:
     """The final user question when the semantic cache may answer this request, else None.
 
-    Only plain-text final user turns qualify; requests with tools, several choices or
-    non-text content always need an exact match.
+    Only plain-text final user turns qualify; requests with tools, several choices, non-text
+    content or a question that looks like code (vetoes.py: no two such questions may share an
+    answer, so they are neither looked up nor indexed) always need an exact match.
     """
     last = request.messages[-1]
     if last.get("role") != "user" or request.params.get("tools") or request.params.get("functions"):
@@ -77,6 +97,6 @@ def semantic_query(request: ChatRequest) -> str | None:
     if isinstance(content, list) and any(p.get("type") not in ("text", "input_text") for p in content):
         return None
     text = content_text(content).strip()
-    if any(m.get("role") in ("tool", "function") for m in request.messages):
+    if any(m.get("role") in ("tool", "function") for m in request.messages) or looks_like_code(text):
         return None
     return text or None

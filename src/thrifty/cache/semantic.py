@@ -4,9 +4,11 @@ A scope (keys.py) is everything but the final user question: tenant, model, syst
 earlier turns and parameters. Each scope has its own vector index, keyed also by the embedder's
 name since vectors of different embedders do not compare. The index lives in process memory,
 is filled from the backend's vector log on first use and re-read every ``refresh_s`` so
-several gateway processes see each other's entries. Candidates are scored by the hit verifier
-(verifier.py); the best one is served only when its score clears the route's threshold. The
-verifier sees only the two question texts and their similarity: never labels, never answers.
+several gateway processes see each other's entries. A candidate that a hard veto separates from
+the question (vetoes.py: other numbers, operators, non-ASCII words, quoted text, code...) is
+never served, whatever the verifier; the others are scored by the hit verifier (verifier.py), and
+the best one is served only when its score clears the route's threshold. The verifier sees only
+the two question texts and their similarity: never labels, never answers.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from thrifty.cache.backends.base import CacheBackend, EntryMeta
 from thrifty.cache.config import DEFAULT_TOP_K
 from thrifty.cache.index import VectorIndex
 from thrifty.cache.verifier import HitVerifier
+from thrifty.cache.vetoes import vetoed
 from thrifty.embeddings import Embedder
 from thrifty.embeddings.base import TokenEmbedder, TokenVectors
 from thrifty.errors import ConfigError
@@ -54,6 +57,11 @@ class _Slot:
     seen: set[str]
     cursor: int = 0
     refreshed: float = 0.0
+
+
+def allowed(query: str, texts: list[str]) -> np.ndarray:
+    """Which candidate texts no hard veto separates from ``query`` (vetoes.py)."""
+    return np.array([not vetoed(query, t) for t in texts], dtype=bool)
 
 
 class SemanticCache:
@@ -111,7 +119,7 @@ class SemanticCache:
         if verifier.uses_tokens and found[1]:
             # The sentence model's forward pass for the token vectors runs on a worker thread, as
             # the query embedding does; only texts the verifier will score are sent.
-            mask = verifier.wants(found[2])
+            mask = verifier.wants(found[2]) & allowed(query, found[1])
             wanted = [query, *(t for t, m in zip(found[1], mask, strict=True) if m)]
             await asyncio.to_thread(self.token_vectors, wanted)
             tokens = self.token_vectors
@@ -158,18 +166,23 @@ class SemanticCache:
                    ) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
         """The live top-k neighbours of ``query``: index positions, texts, similarities, verifier scores.
         ``tokens``: token vectors by text, for a verifier with alignment features; ``found``: the
-        neighbours if already searched."""
+        neighbours if already searched. A candidate a hard veto separates from the query
+        (vetoes.py) scores -inf whatever the verifier, and the verifier never sees it."""
         pos, texts, sims = found if found is not None else self.neighbours(index, qvec)
-        if not texts:
-            return pos, texts, sims, np.zeros(0)
+        scores = np.full(len(texts), -np.inf)
+        keep = np.flatnonzero(allowed(query, texts))
+        if not len(keep):
+            return pos, texts, sims, scores
+        kept_texts, kept_pos, kept_sims = [texts[i] for i in keep], pos[keep], sims[keep]
+
         def density(mask: np.ndarray) -> np.ndarray:
             # Asked for only by a verifier that reads neighbourhoods, and only for the candidates
             # it scores (most lookups: none).
-            return index.density().features(qvec, [t for t, m in zip(texts, mask, strict=True) if m],
-                                            index.vectors(pos[mask]), sims[mask])
+            return index.density().features(qvec, [t for t, m in zip(kept_texts, mask, strict=True) if m],
+                                            index.vectors(kept_pos[mask]), kept_sims[mask])
 
-        scores = verifier.score(query, texts, sims, density if verifier.uses_density else None,
-                                tokens if verifier.uses_tokens else None)
+        scores[keep] = verifier.score(query, kept_texts, kept_sims, density if verifier.uses_density else None,
+                                      tokens if verifier.uses_tokens else None)
         # Collect the young generation now, while it holds only this lookup's garbage. CPython counts
         # deallocations against the young generation's allocation count, so the verifier's memo
         # churn (fresh text analyses survive, evicted old ones die) kept that count near zero while
@@ -186,7 +199,7 @@ class SemanticCache:
         if not texts:
             return None
         best = int(np.argmax(scores))
-        if scores[best] < threshold:
+        if not np.isfinite(scores[best]) or scores[best] < threshold:
             return None
         p = int(pos[best])
         return SemanticMatch(index.keys[p], texts[best], float(sims[best]), float(scores[best]))

@@ -3,7 +3,8 @@
     hit    -> the stored answer is served (streamed in chunks when the client streams), cost 0,
               with the cost it avoided recorded as ``cache_saved_usd``;
     miss   -> the rest of the pipeline runs; a complete, successful, storable answer is stored
-              (a stream once its last chunk has gone, never a broken one);
+              (a stream once its last chunk has gone, never a broken one), unless a fallback
+              model served it instead of the model or route tier planned (``_served_as_planned``);
     bypass -> the request may not use the cache (policy.py) and passes straight through.
 
 Identical concurrent misses make one upstream call: in-process followers wait on the leader's
@@ -27,16 +28,18 @@ from thrifty.cache.assemble import assemble, storable
 from thrifty.cache.backends.base import CacheBackend, EntryMeta
 from thrifty.cache.config import CacheConfig
 from thrifty.cache.entry import CacheEntry, decode_entry
+from thrifty.cache.fingerprint import Fingerprints
 from thrifty.cache.flight import Flight, SingleFlight, wait
 from thrifty.cache.keys import CacheKey, make_key
 from thrifty.cache.policy import Decision, decide
 from thrifty.cache.semantic import SemanticCache, SemanticMatch
+from thrifty.cache.streaming import replay_chunks
 from thrifty.cache.verifier import HitVerifier, LearnedVerifier, RuleVerifier
 from thrifty.catalog import Catalog
 from thrifty.cost import price_tokens
 from thrifty.errors import ThriftyError
 from thrifty.pipeline.context import Handler, RequestContext
-from thrifty.streaming import iterate, response_to_chunks
+from thrifty.streaming import iterate
 from thrifty.types import Usage
 
 log = logging.getLogger("thrifty.cache")
@@ -59,8 +62,11 @@ def warn_missing_ann(kind: str) -> bool:
 
 class CacheStage:
     def __init__(self, cfg: CacheConfig, backend: CacheBackend, catalog: Catalog,
-                 semantic: SemanticCache | None = None, confirm: Any = None) -> None:
+                 semantic: SemanticCache | None = None, confirm: Any = None,
+                 fingerprints: Fingerprints | None = None) -> None:
         self.cfg = cfg
+        # What serves each name (model, alias, route), part of every key; None: the name alone.
+        self.fingerprints = fingerprints
         self.backend = backend
         self.catalog = catalog
         self.semantic = semantic
@@ -72,13 +78,14 @@ class CacheStage:
 
     # -- the stage ------------------------------------------------------------------------
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> None:
-        decision = decide(self.cfg, ctx)
+        decision = decide(self.cfg, ctx, self.catalog)
         if decision.bypass:
             self._status(ctx, "bypass")
             await call_next(ctx)
             return
+        serving = self.fingerprints.of(ctx) if self.fingerprints is not None else ""
         key = make_key(ctx.request, tenant=ctx.tenant, model=ctx.request.model, namespace=self.cfg.namespace,
-                       route=ctx.route, task=ctx.task)
+                       route=ctx.route, task=ctx.task, serving=serving)
         qvec: np.ndarray | None = None
         if decision.read:
             entry = await self.lookup(key.exact, ctx.tenant, decision.max_age_s)
@@ -158,7 +165,7 @@ class CacheStage:
         if sem is not None:
             ctx.response_headers["x-thrifty-cache-similarity"] = f"{sem.similarity:.4f}"
         if ctx.request.stream:
-            ctx.chunks = iterate(response_to_chunks(response))
+            ctx.chunks = iterate(replay_chunks(response))
         else:
             ctx.response = response
 
@@ -236,6 +243,8 @@ class CacheStage:
                      qvec: np.ndarray | None) -> bool:
         if ctx.status != "ok" or response is None or not storable(response, tool_calls=self.cfg.cache_tool_calls):
             return False
+        if not self._served_as_planned(ctx):
+            return False
         now = time.time()
         raw_usage = response.get("usage")
         usage: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else ctx.usage.to_openai()
@@ -253,6 +262,23 @@ class CacheStage:
             log.warning("cache store failed: %s", exc.message)
             return False
         return True
+
+    def _served_as_planned(self, ctx: RequestContext) -> bool:
+        """Whether a model or tier the plan named served the answer. A fallback model's answer
+        (the planned model failed) is served once but not stored: under the planned model's key it
+        would outlive the outage for the whole TTL."""
+        plan, served = ctx.plan, ctx.served_model
+        if plan is None or served is None:
+            return True
+        planned = set()
+        for tier in plan.tiers:
+            info = self.catalog.get(tier.model)
+            planned.add(info.name if info is not None else tier.model)
+        if served in planned:
+            return True
+        log.info("cache: not storing the answer of fallback model %s (planned: %s)", served,
+                 ", ".join(sorted(planned)))
+        return False
 
     async def aclose(self) -> None:
         await self.backend.aclose()

@@ -10,7 +10,9 @@ from thrifty.errors import InvalidRequestError
 
 GROUPS = {
     "tenant": "tenant",
-    "model": "COALESCE(served_model, requested_model)",
+    # The model name the client asked for: what the cache key holds and what `cache clear --model`
+    # matches (the serving model varies within one key's traffic: routes, cascades, fallbacks).
+    "model": "requested_model",
     "route": "COALESCE(route, '(none)')",
     "day": "{day}",  # the store's dialect-specific day floor (SQLStore.day_sql)
 }

@@ -1,7 +1,8 @@
 """Hit verifiers: decide whether a cached question's answer may be served for a new question.
 
-- ``RuleVerifier``: the similarity, vetoed to 0 when numbers, negation, opposite words or named
-  entities differ. Needs no training; the default when no calibrated verifier is configured.
+- ``RuleVerifier``: the similarity, vetoed to 0 by the hard vetoes of vetoes.py (numbers,
+  operators, non-ASCII words, quoted text, code, negation, opposite words, names...). Needs no
+  training; the default when no calibrated verifier is configured.
 - ``LearnedVerifier``: a calibrated scorer with a threshold for a target false-hit rate
   (calibrate.py). The scorer is a gradient-boosted model (LightGBM; logistic regression without
   the ``gbm`` extra) over the pair features of features.py, the token-alignment features of
@@ -9,6 +10,9 @@
   the difference-word model's score (wordmodel.py) and the embedding similarity, or the
   similarity alone (``cosine``) when that measured better on the calibration pairs, as it can with
   a sentence embedder.
+
+Whatever the verifier, the semantic cache never serves a candidate a hard veto separates from
+the question (semantic.py, vetoes.py), and calibration sets thresholds on the vetoed scores.
 
 A verifier file is JSON (model text, IDF table, threshold, provenance): loading it runs no code,
 unlike a pickle.
@@ -27,7 +31,8 @@ import numpy as np
 from thrifty.artifacts import read_artifact, write_artifact
 from thrifty.cache.alignment import ALIGN_NAMES, Tokens, alignment_features
 from thrifty.cache.density import DENSITY_NAMES
-from thrifty.cache.features import FEATURE_NAMES, build_idf, pair_features, vetoes
+from thrifty.cache.features import FEATURE_NAMES, build_idf, pair_features
+from thrifty.cache.vetoes import vetoed
 from thrifty.cache.wordmodel import WordModel
 from thrifty.errors import ConfigError
 
@@ -99,7 +104,7 @@ class RuleVerifier:
               density: Density | None = None, tokens: Tokens | None = None) -> np.ndarray:
         out = np.asarray(sims, dtype=np.float64).copy()
         for i, cand in enumerate(candidates):
-            if vetoes(query, cand):
+            if vetoed(query, cand):
                 out[i] = 0.0
         return out
 

@@ -7,11 +7,12 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from thrifty.catalog import Catalog
-from thrifty.config import Config, load_config, missing_env_vars, read_raw
+from thrifty.config import _OPTIONAL_SECRETS, Config, interpolate_env, load_config, missing_env_vars, read_raw
 
 # Files SQLite makes beside a database it opens.
 _SQLITE_SIDECARS = ("", "-wal", "-shm", "-journal")
@@ -88,6 +89,41 @@ def reach_services(cfg: Config) -> None:
             client.close()
 
 
+def _optional_secret(path: tuple[str, ...]) -> bool:
+    """Whether the key at ``path`` is an optional secret or URL, whose empty value means unset."""
+    if len(path) == 3 and path[0] == "providers" and path[2] == "api_key":
+        return True
+    return any(path == ((key,) if not section else (section, key)) for section, key in _OPTIONAL_SECRETS)
+
+
+def unset_env_warnings(raw: dict[str, Any], env: dict[str, str] | None = None) -> list[str]:
+    """One ``environment variable X is not set (...)`` line per unset ``${X}`` of the raw config.
+
+    An optional secret or URL (``ledger.dsn``, ``auth.key_salt``, a provider's ``api_key``...)
+    left empty by it is treated as unset (thrifty.config ``_OPTIONAL_SECRETS``); anywhere else
+    the variable is used as an empty string. A variable used in both kinds of place gets the
+    second wording, the one that needs attention."""
+    env = dict(os.environ) if env is None else env
+    missing = missing_env_vars(raw, env)
+    as_unset: dict[str, bool] = dict.fromkeys(missing, True)
+
+    def walk(value: Any, path: tuple[str, ...]) -> None:
+        if isinstance(value, str):
+            unset = _optional_secret(path) and not str(interpolate_env(value, env)).strip()
+            for var in missing_env_vars(value, env):
+                as_unset[var] = as_unset[var] and unset
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, (*path, str(k)))
+        elif isinstance(value, list):
+            for v in value:
+                walk(v, (*path, "[]"))
+
+    walk(raw, ())
+    return [f"environment variable {var} is not set "
+            f"({'treated as unset' if as_unset[var] else 'used as an empty string'})" for var in missing]
+
+
 @contextlib.contextmanager
 def _catalog_quiet() -> Iterator[None]:
     """Hold back the catalog's own price warnings (logged as each model is priced)."""
@@ -111,8 +147,8 @@ def register(app: typer.Typer) -> None:
             catalog = build_like_serve(cfg)
         reach_services(cfg)
         raw, _ = read_raw(file)
-        for var in missing_env_vars(raw):
-            typer.echo(f"warning: environment variable {var} is not set (used as an empty string)", err=True)
+        for line in unset_env_warnings(raw):
+            typer.echo(f"warning: {line}", err=True)
         unpriced = [m.name for m in catalog if m.price is None]
         for name in unpriced:
             typer.echo(f"warning: models.{name}: no known price; its cost will be recorded as unknown", err=True)

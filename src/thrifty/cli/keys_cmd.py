@@ -17,33 +17,28 @@ if TYPE_CHECKING:
 def _keystore(config: Path, routes: list[str] | None = None) -> tuple[KeyStore, SQLStore]:
     """The key store of ``config``'s ledger; ``routes`` (the --routes patterns) are checked
     against the config first, before the database is opened or created."""
-    from thrifty.config import load_config
+    from thrifty.cli.ledger_cmd import load_ledger_config
     from thrifty.ledger.store import open_store
     from thrifty.ops.keys import KeyStore
 
-    cfg = load_config(config)
-    # A config naming only the ledger (key administration for gateways configured elsewhere)
-    # has nothing to check against.
-    if routes and cfg.models:
+    # Warns about unset variables; refuses a ${VAR} ledger.dsn left empty (no stray SQLite keys).
+    cfg = load_ledger_config(config)
+    if routes:
         _check_routes(routes, cfg, config)
     store = open_store(cfg.resolve_path(cfg.ledger.path), cfg.ledger.dsn)
     return KeyStore(store, salt=cfg.auth.key_salt), store
 
 
 def _check_routes(patterns: list[str], cfg: Config, config: Path) -> None:
-    """Every --routes pattern must match a name a request can use on this config (a model, an
-    alias, 'auto', 'route:NAME'): a misspelt one would make a key that can call nothing."""
-    import fnmatch
+    """Every --routes pattern must match a name a request can use on this config (the check
+    POST /admin/keys applies too: thrifty.ops.key_routes)."""
+    from thrifty.errors import InvalidRequestError, UsageError
+    from thrifty.ops.key_routes import check_route_patterns, request_names
 
-    from thrifty.errors import UsageError
-
-    names = [*cfg.models, *(a for m in cfg.models.values() for a in m.aliases),
-             *(["auto"] if cfg.routing.routes or cfg.default_model else []),
-             *(f"route:{r}" for r in cfg.routing.routes)]
-    unknown = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
-    if unknown:
-        raise UsageError(f"--routes: {', '.join(repr(p) for p in unknown)} matches no model, alias or route of "
-                         f"{config} (known: {', '.join(names) or 'none'})")
+    try:
+        check_route_patterns(patterns, request_names(cfg), str(config))
+    except InvalidRequestError as exc:
+        raise UsageError(f"--routes: {exc.message}") from None
 
 
 def register(app: typer.Typer) -> None:

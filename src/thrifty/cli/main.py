@@ -26,6 +26,7 @@ COMMAND_MODULES: list[str] = [
     "thrifty.cli.config_cmd",
     "thrifty.cli.estimate_cmd",
     "thrifty.cli.report_cmd",
+    "thrifty.cli.ledger_cmd",
     "thrifty.cli.cache_cmd",
     "thrifty.cli.demo_cmd",
     "thrifty.cli.eval_cmd",

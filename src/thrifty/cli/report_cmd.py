@@ -29,8 +29,8 @@ def register(app: typer.Typer) -> None:
         format: str = typer.Option("table", "--format", "-f", help="table, json or csv."),
     ) -> None:
         """Spend report: requests, spend, what the baseline would have cost, and savings."""
+        from thrifty.cli.ledger_cmd import load_ledger_config
         from thrifty.cli.report_render import render
-        from thrifty.config import load_config
         from thrifty.ledger.report import batch_savings, spend_report
         from thrifty.ledger.store import open_store
 
@@ -41,7 +41,8 @@ def register(app: typer.Typer) -> None:
         if start is not None and end is not None and start >= end:
             # An empty window would print an empty report, as if nothing had been served.
             raise UsageError(f"--since {since} is not before --until {until}: no time is left to report on")
-        cfg = load_config(config)
+        # Warns about unset variables; refuses a ${VAR} ledger.dsn left empty (not some SQLite file).
+        cfg = load_ledger_config(config)
         path = cfg.resolve_path(cfg.ledger.path)
         if not cfg.ledger.dsn and not Path(path).exists():
             raise InvalidRequestError(f"no ledger at {path} yet: serve some requests first")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,22 +77,24 @@ def register(app: typer.Typer) -> None:
                    "plan": [{"model": served, "threshold": None}], "guesses": []}
         else:
             assert router is not None  # a route was chosen, so by the router
-            decision = router.decide(ctx.request)
-            out = {
-                "route": decision.route, "task": decision.task, "source": decision.source, "reason": plan.reason,
-                "plan": [{"model": t.model, "threshold": t.threshold} for t in plan.tiers],
-                "kind": type(plan.policy).__name__ if plan.policy is not None else "single model",
-                "guesses": [{"task": g.task, "source": g.source, "confidence": round(g.confidence, 4),
-                             "detail": g.detail} for g in decision.guesses],
-            }
+            out = _explain_route(router, ctx, plan)
         if as_json:
             typer.echo(json.dumps(out, indent=2))
             return
-        typer.echo(f"route:  {out['route'] or '-'}  ({out['kind']})")
+        typer.echo(f"route:  {out['route'] or '-'}  ({out['kind']}" + (f": {out['how']})" if out.get("how") else ")"))
+        if out.get("description"):
+            typer.echo(f"        {out['description']}")
         typer.echo(f"task:   {out['task'] or '-'}  from {out['source']}")
         typer.echo(f"why:    {out['reason']}")
         typer.echo("plan:   " + " -> ".join(t["model"] + (f" (>= {t['threshold']:g})" if t["threshold"] is not None
                                                           else "") for t in out["plan"]))
+        if out.get("max_cost_usd") is not None:
+            typer.echo(f"budget: max_cost_usd {out['max_cost_usd']:g} (no call whose estimate would exceed it)")
+        clf = out.get("classifier")
+        if clf:
+            outcomes = ", ".join(f"{task} -> {r}" for task, r in clf["outcomes"].items())
+            typer.echo(f"classify: decided by a call to {clf['model']} (not made here); its answer picks the route: "
+                       f"{outcomes}; anything else -> {clf['otherwise']} (the plan above)")
         for g in out["guesses"]:
             typer.echo(f"  guess {g['source']:<9} {g['task']:<16} confidence {g['confidence']:.2f}  {g['detail']}")
 
@@ -131,7 +134,9 @@ def register(app: typer.Typer) -> None:
         data: str = typer.Option(..., help="Outcomes: RouterBench CSV, thrifty JSONL, a folder, or 'routerbench'."),
         target: str = typer.Option("accuracy>=0.95*baseline", help="'accuracy>=0.95*baseline' or 'accuracy>=0.83'."),
         out: Path = typer.Option(..., help="Where to write the config (YAML)."),
-        config: Path = typer.Option(None, "--config", "-c", help="A config to copy, with its routing replaced."),
+        config: Path = typer.Option(None, "--config", "-c", help="A config to copy: its providers, models and other "
+                                    "sections kept, its routing replaced by the calibrated one (its routes the "
+                                    "calibration does not replace are kept)."),
         baseline: str = typer.Option(DEFAULT_BASELINE, help="The baseline model."),
         folds: int = typer.Option(5, help="Cross-validation folds."),
         seed: int = typer.Option(0, help="Seed of the fold split."),
@@ -162,8 +167,15 @@ def register(app: typer.Typer) -> None:
         # costs (the fit `eval` uses), so `config check` knows every price and the routes'
         # cost estimates match what was calibrated.
         prices: dict[str, dict[str, float]] = derive_prices(outcomes) if base is None else {}
-        doc = _config_with(base, cal.section, outcomes.models, baseline, prices)
+        if base is not None:
+            assert config is not None
+            doc, notes = _merged_with_base(base, cal.section, baseline, config.resolve().parent, out.resolve().parent)
+            for note in notes:
+                typer.echo(f"note: {note}")
+        else:
+            doc = _config_with(cal.section, outcomes.models, baseline, prices)
         out.write_text(yaml.safe_dump(doc, sort_keys=False, width=120), encoding="utf-8")
+        _check_written(out)
         goal = f"target {tgt} (= {cal.required_accuracy:.4f}; baseline {cal.baseline_accuracy:.4f})"
         if cal.chosen_budget is None:
             # A missed target is a failure a script must see (exit 1), but the file is still
@@ -174,6 +186,33 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
         typer.echo(f"{goal}: met")
         typer.echo(f"{out}: written; check it with: thrifty config check {out}")
+
+
+def _explain_route(router: Any, ctx: Any, plan: Any) -> dict[str, Any]:
+    """``route explain``'s answer for a routed request: the route in people's terms (kind, models
+    in calling order), never the policy's class name. When only the LLM classifier can decide,
+    the plan shown is the default route's and ``classifier`` lists where each answer leads."""
+    decision = router.decide(ctx.request)
+    desc = router.describe(decision.route)
+    by_llm = decision.source == "default" and router.llm is not None
+    if "thresholds" in desc:
+        steps = [{"model": m, "threshold": t} for m, t in zip(desc["models"], desc["thresholds"], strict=True)]
+    elif desc["kind"] == "learned" and not by_llm:
+        steps = [{"model": t.model, "threshold": None} for t in plan.tiers]  # the model chosen for this prompt
+    else:
+        steps = [{"model": m, "threshold": None} for m in desc["models"]]
+    out: dict[str, Any] = {
+        "route": decision.route, "task": decision.task, "source": decision.source, "reason": plan.reason,
+        "kind": desc["kind"], "how": desc["how"], "models": desc["models"], "description": desc["description"],
+        "max_cost_usd": desc["max_cost_usd"], "plan": steps,
+        "guesses": [{"task": g.task, "source": g.source, "confidence": round(g.confidence, 4),
+                     "detail": g.detail} for g in decision.guesses],
+    }
+    if by_llm:
+        out["classifier"] = {"model": router.llm.cfg.model, "outcomes": router.classifier_outcomes(),
+                             "otherwise": decision.route}
+        out["reason"] += f"; the LLM classifier ({router.llm.cfg.model}) decides first"
+    return out
 
 
 def _chosen_models(flag: str, available: list[str]) -> list[str]:
@@ -191,15 +230,94 @@ def _chosen_models(flag: str, available: list[str]) -> list[str]:
 
 def _read_base_config(path: Path) -> dict[str, Any]:
     """The ``--config`` to copy, read as the raw YAML tree (its ``${VAR}``s kept, as the user
-    wrote them) and validated as a config, before calibration starts. ``read_raw`` and
-    ``load_config`` give one-line ``ConfigError``s (unreadable file, bad YAML, bad keys)."""
+    wrote them) and validated whole before calibration starts, as the gateway builds it: its
+    routes are kept in the written config (unless the calibration replaces one by name), so the
+    sections naming them (``cache.routes.NAME``, ``batching.route``) stay valid, and an unknown
+    model or unreadable file in them is refused now, not after the cross-validation.
+    ``read_raw`` and ``load_config`` give one-line ``ConfigError``s."""
     from thrifty.config import load_config, read_raw
+    from thrifty.routing import build_router
 
     raw, _ = read_raw(path)
-    # Validated without its routing section: that is what calibration replaces, so an outdated
-    # one must not stop it.
-    load_config({k: v for k, v in raw.items() if k != "routing"})
+    cfg = load_config(path)
+    build_router(cfg, _quiet_catalog(cfg))
     return raw
+
+
+def _quiet_catalog(cfg: Any) -> Any:
+    """The config's catalog without its price warnings (``config check`` reports those)."""
+    import logging
+
+    log = logging.getLogger("thrifty.catalog")
+    previous, log.disabled = log.disabled, True
+    try:
+        return cfg.build_catalog()
+    finally:
+        log.disabled = previous
+
+
+def _merged_with_base(base: dict[str, Any], section: dict[str, Any], baseline: str, base_dir: Path,
+                      out_dir: Path) -> tuple[dict[str, Any], list[str]]:
+    """``base`` with the calibrated routing, and the notes saying what changed.
+
+    The calibrated section decides how requests are classified (``default_route``, ``classify``)
+    and its routes win on a name clash; the base's other routes and its ``tasks`` map are kept
+    (clients may name them, other sections may configure them), with their relative files made
+    relative to the written config. ``baseline`` becomes the one the routes were fitted against."""
+    notes: list[str] = []
+    old: dict[str, Any] = base["routing"] if isinstance(base.get("routing"), dict) else {}
+    old_routes: dict[str, Any] = old.get("routes") or {}
+    routing = dict(section)
+    replaced = [n for n in old_routes if n in section["routes"]]
+    kept = {n: _rebased(r, base_dir, out_dir) for n, r in old_routes.items() if n not in section["routes"]}
+    routing["routes"] = {**section["routes"], **kept}
+    if old.get("tasks"):
+        routing["tasks"] = dict(old["tasks"])  # each target is a kept or a calibrated route
+    if replaced:
+        notes.append(f"routing.routes: {', '.join(replaced)} replaced by the calibrated route(s) of that name")
+    if kept:
+        notes.append(f"routing.routes: kept {', '.join(kept)} from the base config (reachable as route:NAME and "
+                     f"by task labels)")
+    dropped = [k for k in ("classify", "default_route", "embedder") if k in old and old[k] != section.get(k)]
+    if dropped:
+        notes.append(f"routing: the base's {', '.join(dropped)} replaced by the calibrated section's (requests "
+                     f"are classified as the routes were fitted)")
+    if base.get("baseline") not in (None, baseline):
+        notes.append(f"baseline: {base['baseline']} -> {baseline} (the model the routes were fitted against)")
+    return {**base, "baseline": baseline, "routing": routing}, notes
+
+
+def _rebased(route: Any, base_dir: Path, out_dir: Path) -> Any:
+    """A copied route whose relative ``file``s (learned router, learned scorers) still point at
+    the same files from the written config's folder."""
+    if base_dir == out_dir or not isinstance(route, dict):
+        return route
+
+    def fix(node: Any) -> Any:
+        if isinstance(node, list):
+            return [fix(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        out = {k: fix(v) for k, v in node.items()}
+        f = out.get("file")
+        if isinstance(f, str) and f and not Path(f).is_absolute() and "${" not in f:
+            out["file"] = os.path.relpath(base_dir / f, out_dir)
+        return out
+
+    return {k: fix(v) if k in ("learned", "scorer") else v for k, v in route.items()}
+
+
+def _check_written(out: Path) -> None:
+    """The written config loads and its router builds, as ``config check`` and ``serve`` need."""
+    from thrifty.config import load_config
+    from thrifty.errors import ConfigError
+    from thrifty.routing import build_router
+
+    try:
+        cfg = load_config(out)
+        build_router(cfg, _quiet_catalog(cfg))
+    except ConfigError as exc:
+        raise ConfigError(f"{out} was written but does not load: {exc.message}") from None
 
 
 def _servable(data: OutcomeSet, base: dict[str, Any], path: Path, baseline: str) -> OutcomeSet:
@@ -217,12 +335,10 @@ def _servable(data: OutcomeSet, base: dict[str, Any], path: Path, baseline: str)
     return OutcomeSet(data.items, [m for m in data.models if m in names])
 
 
-def _config_with(base: dict[str, Any] | None, section: dict[str, Any], models: list[str],
-                 baseline: str, prices: dict[str, dict[str, float]]) -> dict[str, Any]:
-    """A whole config: ``base`` with its routing replaced, or a starter using one provider with
-    ``prices`` (USD per million tokens) on the models that have them."""
-    if base is not None:
-        return {**base, "routing": section}
+def _config_with(section: dict[str, Any], models: list[str], baseline: str,
+                 prices: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """A whole starter config (no ``--config``): one provider, ``prices`` (USD per million
+    tokens) on the models that have them."""
     return {
         "providers": {"default": {"base_url": "${OPENAI_BASE_URL:-https://api.openai.com/v1}",
                                   "api_key": "${OPENAI_API_KEY}"}},

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from thrifty.pipeline.accounting import escalations
 from thrifty.pipeline.context import RequestContext
 from thrifty.redact import redact
 
@@ -71,7 +72,6 @@ ATTEMPT_COLUMNS = [f.name for f in fields(AttemptRow)]
 
 def rows_from_context(ctx: RequestContext) -> tuple[RequestRow, list[AttemptRow]]:
     """The rows for a finished request. Error texts are redacted: no key reaches the ledger."""
-    answers = [a for a in ctx.attempts if a.purpose == "answer" and a.status == "ok"]
     req = RequestRow(
         request_id=ctx.request_id,
         ts=ctx.wall_started,
@@ -94,7 +94,9 @@ def rows_from_context(ctx: RequestContext) -> tuple[RequestRow, list[AttemptRow]
         compression_saved_tokens=ctx.compression_saved_tokens,
         compression_saved_usd=ctx.compression_saved_usd,
         n_attempts=len(ctx.attempts),
-        escalations=max(0, len(answers) - 1),
+        # Levels moved past before the served one (pipeline/accounting.py), not a count of
+        # answers: an agreement cascade asks several cheap models without escalating.
+        escalations=escalations(ctx),
         latency_ms=ctx.elapsed_ms,
         status=ctx.status,
         error_type=ctx.error_type,

@@ -1,9 +1,13 @@
 """Ledger writes off the response path, never lost silently.
 
 Requests put their rows on a queue and return; a daemon thread writes them in batches. A
-failed batch is retried with backoff; after ``retries`` failures it is appended to a spill file
-(``<ledger>.failed.jsonl``) and logged as an error, and ``failed_batches`` counts it for the
-metrics endpoint. ``flush()`` waits until everything queued so far is written (tests, shutdown).
+failed batch is retried with backoff (0.5, 1.5, 4, 8, then 16 s between tries: the default 5
+retries span about 30 s, so a database restart or failover does not spill rows); after
+``retries`` failures it is appended to a spill file (``<ledger>.failed.jsonl``, read back by
+``thrifty ledger import-spill``) and logged as an error, and ``failed_batches`` counts it for
+the metrics endpoint. Rows queued meanwhile wait in memory. ``close()`` cuts the backoff short:
+what still fails is spilled at once rather than lost when the process exits.
+``flush()`` waits until everything queued so far is written (tests, shutdown).
 
 The thread is a daemon (it must never keep a process alive), and Python kills daemon threads
 at exit, so a writer also registers an ``atexit`` hook that writes what is queued and closes
@@ -15,21 +19,23 @@ from __future__ import annotations
 
 import atexit
 import functools
-import json
 import logging
 import queue
 import threading
-import time
 import weakref
-from dataclasses import asdict
+from collections.abc import Sequence
 
 from thrifty.errors import StorageError
 from thrifty.ledger.records import AttemptRow, RequestRow
+from thrifty.ledger.spill import append_spill
 from thrifty.ledger.store import SQLStore
 
 log = logging.getLogger("thrifty.ledger")
 
 _Item = tuple[RequestRow, list[AttemptRow]] | threading.Event | None
+
+# Seconds to wait before each retry of a failed batch; later retries wait the last figure.
+BACKOFF_S: tuple[float, ...] = (0.5, 1.5, 4.0, 8.0, 16.0)
 
 
 class LedgerWriter:
@@ -41,10 +47,13 @@ class LedgerWriter:
         spill_path: str | None = None,
         max_batch: int = 500,
         flush_interval_s: float = 0.05,
+        backoff_s: Sequence[float] = BACKOFF_S,
     ) -> None:
         self.store = store
         self.flush_interval_s = flush_interval_s
         self.retries = retries
+        self.backoff_s = tuple(backoff_s) or (0.0,)
+        self._stopping = threading.Event()  # set by close(): no more backoff waits
         self.spill_path = spill_path
         self.max_batch = max_batch
         self.written = 0
@@ -79,6 +88,7 @@ class LedgerWriter:
             return
         self._closed = True
         atexit.unregister(self._at_exit)
+        self._stopping.set()
         self.flush()
         self._queue.put(None)
         self._wake.set()
@@ -112,17 +122,19 @@ class LedgerWriter:
     def _write(self, batch: list[tuple[RequestRow, list[AttemptRow]]]) -> None:
         requests = [r for r, _ in batch]
         attempts = [a for _, rows in batch for a in rows]
-        delay = 0.05
-        for i in range(self.retries + 1):
+        tries = 0
+        while True:
+            tries += 1
             try:
                 self.store.write(requests, attempts)
                 self.written += len(requests)
                 return
             except StorageError as exc:
-                log.warning("ledger write failed (try %d of %d): %s", i + 1, self.retries + 1, exc)
-                if i < self.retries:
-                    time.sleep(delay)
-                    delay = min(delay * 2, 2.0)
+                log.warning("ledger write failed (try %d of %d): %s", tries, self.retries + 1, exc)
+            if tries > self.retries or self._stopping.is_set():
+                break
+            # Returns early when close() is called: one more try, then the spill file.
+            self._stopping.wait(self.backoff_s[min(tries - 1, len(self.backoff_s) - 1)])
         self.failed_batches += 1
         self._spill(batch)
 
@@ -131,10 +143,9 @@ class LedgerWriter:
             log.error("ledger: %d request rows could not be written and no spill file is set", len(batch))
             return
         try:
-            with open(self.spill_path, "a", encoding="utf-8") as fh:
-                for req, attempts in batch:
-                    fh.write(json.dumps({"request": asdict(req), "attempts": [asdict(a) for a in attempts]}) + "\n")
-            log.error("ledger: %d request rows spilled to %s after repeated write failures", len(batch), self.spill_path)
+            append_spill(self.spill_path, batch)
+            log.error("ledger: %d request rows spilled to %s after repeated write failures (write them back "
+                      "with `thrifty ledger import-spill`)", len(batch), self.spill_path)
         except OSError as exc:
             log.error("ledger: %d request rows lost: write and spill both failed (%s)", len(batch), exc)
 

@@ -21,8 +21,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from thrifty.errors import AuthenticationError, InvalidRequestError, NotFoundError, ThriftyError
+from thrifty.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    NotFoundError,
+    ServiceUnavailableError,
+    StorageError,
+    ThriftyError,
+)
 from thrifty.ops.auth import bearer_token
+from thrifty.ops.key_routes import check_route_patterns
 from thrifty.ops.keys import KeyStore
 from thrifty.ops.ratelimit import Limiter
 from thrifty.pipeline.context import new_request_id
@@ -42,11 +50,21 @@ def check_admin(request: Request, admin_key: str | None) -> None:
 def json_errors(fn: Endpoint, what: str) -> Endpoint:
     """``fn`` whose failures leave as OpenAI-format JSON: thrifty errors with their status, anything
     else as a 500 (Starlette would answer plain text; admin clients and the dashboard's script parse
-    JSON like every other route). The traceback goes to the server log under the request id."""
+    JSON like every other route). The traceback goes to the server log under the request id; so do
+    the details of a database failure (its message names hosts and ports: the client gets a 503
+    naming the service)."""
 
     async def endpoint(request: Request) -> Response:
         try:
             return await fn(request)
+        except StorageError as exc:
+            request_id = new_request_id()
+            if not isinstance(exc, ServiceUnavailableError):
+                log.warning("%s %s %s (request %s): %s", what, request.method, request.url.path, request_id,
+                            exc.message)
+                exc = ServiceUnavailableError(
+                    f"The ledger database is unavailable; try again shortly (request id {request_id}).")
+            return JSONResponse(exc.to_openai(), status_code=exc.status, headers={"x-thrifty-request-id": request_id})
         except ThriftyError as exc:
             return JSONResponse(exc.to_openai(), status_code=exc.status,
                                 headers={"x-thrifty-request-id": new_request_id(), **exc.headers()})
@@ -121,7 +139,11 @@ def _routes(body: dict[str, Any]) -> list[str]:
     return list(routes)
 
 
-def admin_routes(keys: KeyStore, limiter: Limiter, admin_key: str | None) -> list[Route]:
+def admin_routes(keys: KeyStore, limiter: Limiter, admin_key: str | None, route_names: list[str] | None = None,
+                 ) -> list[Route]:
+    """The admin endpoints; ``route_names`` (thrifty.ops.key_routes.request_names of the gateway's
+    config) are what a new key's ``routes`` patterns are checked against."""
+
     async def create(request: Request) -> Response:
         try:
             body: Any = await request.json()
@@ -134,6 +156,8 @@ def admin_routes(keys: KeyStore, limiter: Limiter, admin_key: str | None) -> lis
             raise InvalidRequestError(f"unknown fields: {', '.join(sorted(unknown))}")
         name, period = _text(body, "name", ""), _text(body, "period", "month")
         budget, rpm, tpm, routes = _number(body, "budget_usd"), _whole(body, "rpm"), _whole(body, "tpm"), _routes(body)
+        # Blank names are refused by KeyStore.create with its own message.
+        check_route_patterns([r.strip() for r in routes if r.strip()], route_names or [], "this gateway's config")
         # KeyStore.create checks every limit (validate_limits) before it stores anything.
         key, secret = await asyncio.to_thread(
             keys.create, name, budget_usd=budget, period=period, rpm=rpm, tpm=tpm, routes=routes)

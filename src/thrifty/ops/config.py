@@ -16,7 +16,8 @@ class AuthConfig(BaseModel):
     # Off: any bearer token is accepted (the token only scopes the cache). On: every request
     # needs a virtual key created with `thrifty keys create` or the admin API.
     enabled: bool = False
-    # Bearer token for /admin/* and the dashboard data; the admin API is off when unset.
+    # Bearer token for /admin/* and the dashboard data (/dashboard/data needs it whenever it is
+    # set; unset with auth off: the data are open); the admin API is off when unset.
     admin_key: str | None = Field(default=None, repr=False)
     # HMAC secret for hashing keys; when unset a random per-install salt is stored in the
     # ledger database (shared by every instance using that database).
@@ -29,3 +30,6 @@ class AuthConfig(BaseModel):
     default_completion_tokens: int = Field(default=512, ge=1)
     # Seconds a key lookup is cached per instance: a revoked key stops working within this.
     key_cache_ttl_s: float = Field(default=5.0, ge=0)
+    # While the ledger database cannot be reached, a key read from it at most this many seconds
+    # ago is still accepted with that record (logged); 0: refuse every request then (503).
+    key_cache_stale_s: float = Field(default=300.0, ge=0)

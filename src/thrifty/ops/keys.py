@@ -6,6 +6,12 @@ secret salt (``auth.key_salt``, or a random per-install salt stored in ``ops_set
 first use), so a copy of the database alone cannot be used to test guessed keys offline.
 Keys, budgets and limits live in the ledger database, so every instance using the same
 PostgreSQL ledger sees the same keys; each instance caches lookups for ``key_cache_ttl_s``.
+
+While the database cannot be reached, a key whose record was read at most ``key_cache_stale_s``
+seconds ago is still served from that record (with a warning in the log): a short database
+outage does not lock every client out. A key never seen (or only seen as unknown) cannot be
+checked then and gets a 503. The next successful read replaces the record, so a key revoked
+meanwhile is refused as soon as the database answers again.
 """
 
 from __future__ import annotations
@@ -15,13 +21,15 @@ import fnmatch
 import hashlib
 import hmac
 import json
+import logging
 import math
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-from thrifty.errors import InvalidRequestError, NotFoundError
+from thrifty.errors import InvalidRequestError, NotFoundError, ServiceUnavailableError, StorageError
 from thrifty.ledger.store import SQLStore
 
 KEY_PREFIX = "thr-"
@@ -31,6 +39,10 @@ MAX_LIMIT = 10**15
 PERIODS = ("day", "month")
 _CACHE_MAX = 10_000
 _COLUMNS = "key_id, name, key_prefix, budget_usd, period, rpm, tpm, routes, created_at, revoked_at"
+# What clients are told when a key cannot be checked (the details go to the log).
+KEY_DB_DOWN = "The key database (the ledger database) is unavailable; try again shortly."
+
+log = logging.getLogger("thrifty.ops")
 
 
 @dataclass(frozen=True)
@@ -91,17 +103,25 @@ def validate_limits(
             raise InvalidRequestError("routes must be non-empty model or route names", param="routes")
 
 
+class _Cached(NamedTuple):
+    fresh_until: float  # time.monotonic() until which the record is used without asking the database
+    read_at: float  # time.monotonic() when the database last answered for it
+    key: VirtualKey | None
+
+
 class KeyStore:
     """Keys in the ledger database. Sync methods (CLI, worker threads); ``a*`` ones for the loop."""
 
-    def __init__(self, store: SQLStore, *, salt: str | None = None, cache_ttl_s: float = 5.0) -> None:
+    def __init__(self, store: SQLStore, *, salt: str | None = None, cache_ttl_s: float = 5.0,
+                 stale_s: float = 300.0) -> None:
         self.store = store
         # An empty salt (``key_salt: ${THRIFTY_KEY_SALT}`` with the variable unset) is no secret:
         # treat it as unset, so the random per-install salt is used instead.
         self._salt = salt if salt and salt.strip() else None
         self.cache_ttl_s = cache_ttl_s
-        self._by_hash: dict[str, tuple[float, VirtualKey | None]] = {}
-        self._by_id: dict[str, tuple[float, VirtualKey | None]] = {}
+        self.stale_s = stale_s
+        self._by_hash: dict[str, _Cached] = {}
+        self._by_id: dict[str, _Cached] = {}
 
     def salt(self) -> str:
         if self._salt is None:
@@ -154,8 +174,10 @@ class KeyStore:
         return _row(rows[0]) if rows else None
 
     def find(self, secret: str) -> VirtualKey | None:
-        rows = self.store.query(f"SELECT {_COLUMNS} FROM virtual_keys WHERE key_hash = ?",
-                                (hash_key(secret, self.salt()),))
+        return self._find_hash(hash_key(secret, self.salt()))
+
+    def _find_hash(self, key_hash: str) -> VirtualKey | None:
+        rows = self.store.query(f"SELECT {_COLUMNS} FROM virtual_keys WHERE key_hash = ?", (key_hash,))
         return _row(rows[0]) if rows else None
 
     def revoke(self, key_id: str) -> VirtualKey:
@@ -167,7 +189,7 @@ class KeyStore:
         if n == 0 and key.revoked_at is None:  # pragma: no cover - concurrent un-revoke does not exist
             raise NotFoundError(f"key {key_id!r} could not be revoked", code="key_not_found")
         self._by_id.pop(key_id, None)
-        self._by_hash = {h: v for h, v in self._by_hash.items() if v[1] is None or v[1].key_id != key_id}
+        self._by_hash = {h: v for h, v in self._by_hash.items() if v.key is None or v.key.key_id != key_id}
         return key
 
     def spent_since(self, key_id: str, since: float) -> float:
@@ -176,27 +198,47 @@ class KeyStore:
         return float(rows[0][0] or 0.0)
 
     # Async, cached lookups for the request path (the store is synchronous: run it off the loop).
+    # Both raise ServiceUnavailableError (503) when the database is needed and cannot be reached.
     async def afind(self, secret: str) -> VirtualKey | None:
         if self._salt is None:
-            await asyncio.to_thread(self.salt)
+            try:
+                await asyncio.to_thread(self.salt)
+            except StorageError as exc:
+                log.warning("key database unavailable: cannot read the key salt: %s", exc.message)
+                raise ServiceUnavailableError(KEY_DB_DOWN) from None
         h = hash_key(secret, self.salt())
-        hit = self._by_hash.get(h)
-        if hit is not None and hit[0] > time.monotonic():
-            return hit[1]
-        key = await asyncio.to_thread(self.find, secret)
         if len(self._by_hash) > _CACHE_MAX:  # random wrong keys must not grow memory forever
             self._by_hash.clear()
-        self._by_hash[h] = (time.monotonic() + self.cache_ttl_s, key)
+        key = await self._lookup(self._by_hash, h, lambda: self._find_hash(h), "a key")
         if key is not None:
-            self._by_id[key.key_id] = (time.monotonic() + self.cache_ttl_s, key)
+            self._by_id[key.key_id] = self._by_hash[h]
         return key
 
     async def aget(self, key_id: str) -> VirtualKey | None:
-        hit = self._by_id.get(key_id)
-        if hit is not None and hit[0] > time.monotonic():
-            return hit[1]
-        key = await asyncio.to_thread(self.get, key_id)
-        self._by_id[key_id] = (time.monotonic() + self.cache_ttl_s, key)
+        return await self._lookup(self._by_id, key_id, lambda: self.get(key_id), f"key {key_id}")
+
+    async def _lookup(self, cache: dict[str, _Cached], name: str, read: Callable[[], VirtualKey | None],
+                      what: str) -> VirtualKey | None:
+        """The cached record of ``name`` while fresh, else the database's (cached again); the last
+        known record, at most ``stale_s`` old, when the database cannot be reached."""
+        hit = cache.get(name)
+        if hit is not None and hit.fresh_until > time.monotonic():
+            return hit.key
+        try:
+            key = await asyncio.to_thread(read)
+        except StorageError as exc:
+            now = time.monotonic()
+            if hit is None or hit.key is None or now - hit.read_at > self.stale_s:
+                # Never seen, seen as unknown, or known too long ago: nothing trustworthy to serve.
+                log.warning("key database unavailable, cannot check %s: %s", what, exc.message)
+                raise ServiceUnavailableError(KEY_DB_DOWN) from None
+            log.warning("key database unavailable, serving key %s from its record of %.0f s ago: %s",
+                        hit.key.key_id, now - hit.read_at, exc.message)
+            # Ask the database again after another TTL, not on every request of the outage.
+            cache[name] = hit._replace(fresh_until=now + self.cache_ttl_s)
+            return hit.key
+        now = time.monotonic()
+        cache[name] = _Cached(now + self.cache_ttl_s, now, key)
         return key
 
 

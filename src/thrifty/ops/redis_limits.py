@@ -19,14 +19,19 @@ limiter keeps one client, with its registered scripts, per loop (``thrifty.loops
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from thrifty.errors import StorageError
+from thrifty.errors import ServiceUnavailableError
 from thrifty.loops import PerLoop
 from thrifty.ops.keys import VirtualKey
 from thrifty.ops.ratelimit import Seed, Ticket, Usage, counters, period_of, refuse, window_of
 from thrifty.redact import redact
+
+log = logging.getLogger("thrifty.ops")
+T = TypeVar("T")
 
 # ARGV: budget (-1: none), est_cost, rpm (-1), tpm (-1), est_tokens, budget_ttl, seed (-1: unknown)
 ADMIT = """
@@ -119,11 +124,34 @@ class RedisLimiter:
         return [f"{p}:budget:{key_id}:{period_id}", f"{p}:rpm:{key_id}:{window}", f"{p}:tpm:{key_id}:{window}"]
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        return await self._redis(lambda: script(keys=keys, args=args))
+
+    async def _redis(self, op: Callable[[], Awaitable[T]]) -> T:
+        """``op()``, run once more on a fresh connection when the pooled one turns out dead.
+
+        Why: after Redis restarts (or drops idle clients) every pooled connection is closed, and
+        redis-py reports that on first use ("Connection closed by server") after discarding it;
+        without the second try the first limited request on every instance failed. Should a
+        connection drop after Redis ran a script but before its reply, the retry counts that
+        step twice: conservative (a request or reservation counted twice refuses early, never
+        overspends). Anything else, or a second failure, fails closed: without the shared
+        counters a budget cannot be enforced. The client is told which service is down; the
+        address and the driver's text go to the log only."""
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
         try:
-            return await script(keys=keys, args=args)
+            return await op()
+        except (RedisConnectionError, RedisTimeoutError, ConnectionError) as exc:
+            log.info("budget store (Redis): %s; retrying on a new connection", redact(str(exc)))
+            try:
+                return await op()
+            except Exception as again:
+                failure: Exception = again
         except Exception as exc:
-            # Fail closed: without the shared counters a budget cannot be enforced.
-            raise StorageError(f"budget store (Redis) unavailable: {redact(str(exc))}") from None
+            failure = exc
+        log.warning("budget store (Redis) unavailable: %s: %s", type(failure).__name__, redact(str(failure)))
+        raise ServiceUnavailableError("The budget store (Redis) is unavailable; try again shortly.") from None
 
     async def admit(self, key: VirtualKey, est_cost: float, est_tokens: int, now: float) -> Ticket:
         period = period_of(key.period, now)
@@ -158,12 +186,9 @@ class RedisLimiter:
     async def usage(self, key: VirtualKey, now: float) -> Usage:
         period = period_of(key.period, now)
         budget_key, rpm_key, tpm_key = self._keys(key.key_id, period.id, window_of(now))
-        try:
-            client = self._bound().client
-            spent, reserved = await client.hmget(budget_key, ["spent", "reserved"])
-            n, t = await client.mget([rpm_key, tpm_key])
-        except Exception as exc:
-            raise StorageError(f"budget store (Redis) unavailable: {redact(str(exc))}") from None
+        client = self._bound().client
+        spent, reserved = await self._redis(lambda: client.hmget(budget_key, ["spent", "reserved"]))
+        n, t = await self._redis(lambda: client.mget([rpm_key, tpm_key]))
         if spent is None:
             spent = await self._seed(key.key_id, period.start)
         return Usage(period.id, float(spent), float(reserved or 0), *counters(key, int(n or 0), int(t or 0)))

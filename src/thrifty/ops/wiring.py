@@ -1,27 +1,33 @@
-"""Attach operations to a Gateway: metrics, request logs, dashboard, and (when ``auth.enabled``)
-virtual keys, budgets, rate limits and the admin API. Everything hooks in through the
-gateway's extension points (observers, extra_routes, authenticate, one pipeline stage).
+"""Attach operations to a Gateway: metrics, request logs, readiness, dashboard, and (when
+``auth.enabled``) virtual keys, budgets, rate limits and the admin API. Everything hooks in
+through the gateway's extension points (observers, extra_routes, authenticate, one pipeline stage).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING
 
-from thrifty.errors import ConfigError
+from thrifty.errors import ConfigError, ServiceUnavailableError, StorageError
 from thrifty.ledger.store import SQLStore, open_store
-from thrifty.logs import request_logger
+from thrifty.logs import register_secrets, request_logger
 from thrifty.ops.admin import admin_routes
 from thrifty.ops.auth import Authenticator
 from thrifty.ops.budgets import BudgetStage
 from thrifty.ops.config import AuthConfig
-from thrifty.ops.keys import KeyStore
+from thrifty.ops.health import Probe, Readiness, ledger_probe, redis_probe
+from thrifty.ops.key_routes import request_names
+from thrifty.ops.keys import KEY_DB_DOWN, KeyStore
 from thrifty.ops.ratelimit import Limiter, MemoryLimiter, Seed
 from thrifty.server.dashboard import dashboard_routes
 from thrifty.server.metrics import Metrics
 
 if TYPE_CHECKING:
+    from thrifty.config import Config
     from thrifty.gateway import Gateway
+
+log = logging.getLogger("thrifty.ops")
 
 
 class Ops:
@@ -33,19 +39,27 @@ class Ops:
         ledger = gateway.ledger
         self.metrics = Metrics(ledger_failures=(lambda: float(ledger.failed_batches)) if ledger else None)
         gateway.observers.append(self.metrics.observe)
-        gateway.observers.append(request_logger(config.server.log_prompts))
+        gateway.observers.append(request_logger(config.server.log_prompts, gateway.redactor))
+        # The JSON log handlers `thrifty serve` installed before this gateway existed learn its
+        # provider keys: a key that is not key-shaped is masked in every line, not only prompts.
+        register_secrets(gateway.redactor)
         gateway.extra_routes.append(self.metrics.route())
         # Keys and the dashboard read the ledger database on their own connection, so they
         # never wait behind the writer thread's batches.
         self.store: SQLStore | None = None
         if config.ledger.enabled:
             self.store = open_store(config.resolve_path(config.ledger.path), config.ledger.dsn)
-        gateway.extra_routes.extend(dashboard_routes(self.store, admin_key=auth.admin_key, require_admin=auth.enabled))
+        gateway.extra_routes.append(Readiness(_probes(config, self.store)).route())
+        # The dashboard data (spend per key, key names) need the admin key whenever one is set,
+        # with or without auth.enabled; with neither they are open, as the rest of the gateway.
+        gateway.extra_routes.extend(dashboard_routes(self.store, admin_key=auth.admin_key,
+                                                     require_admin=auth.enabled or bool(auth.admin_key)))
         self.keys: KeyStore | None = None
         self.limiter: Limiter | None = None
         self.budget_stage: BudgetStage | None = None
         if self.store is not None:
-            self.keys = KeyStore(self.store, salt=auth.key_salt, cache_ttl_s=auth.key_cache_ttl_s)
+            self.keys = KeyStore(self.store, salt=auth.key_salt, cache_ttl_s=auth.key_cache_ttl_s,
+                                 stale_s=auth.key_cache_stale_s)
         if auth.enabled:
             if self.keys is None:
                 raise ConfigError("auth.enabled: virtual keys live in the ledger database; enable the ledger")
@@ -54,7 +68,7 @@ class Ops:
             gateway.authenticate = Authenticator(self.keys, self.metrics.auth_failed)
         if self.keys is not None and auth.admin_key:
             limiter = self.limiter or MemoryLimiter(_seeder(self.keys))
-            gateway.extra_routes.extend(admin_routes(self.keys, limiter, auth.admin_key))
+            gateway.extra_routes.extend(admin_routes(self.keys, limiter, auth.admin_key, request_names(config)))
 
     async def aclose(self) -> None:
         if self.limiter is not None:
@@ -63,9 +77,31 @@ class Ops:
             await asyncio.to_thread(self.store.close)
 
 
+def _probes(config: Config, store: SQLStore | None) -> dict[str, Probe]:
+    """What ``/ready`` checks: the ledger database and each Redis server the config names."""
+    probes: dict[str, Probe] = {}
+    if config.ledger.enabled:
+        ledger = ledger_probe(store, config.ledger.dsn)
+        if ledger is not None:
+            probes["ledger"] = ledger
+    if config.redis_url:
+        probes["redis"] = redis_probe(config.redis_url)
+    cache = config.cache
+    if cache is not None and cache.enabled and cache.backend == "redis" and cache.redis_url \
+            and cache.redis_url != config.redis_url:
+        probes["cache_redis"] = redis_probe(cache.redis_url)
+    return probes
+
+
 def _seeder(keys: KeyStore) -> Seed:
     async def seed(key_id: str, since: float) -> float:
-        return await asyncio.to_thread(keys.spent_since, key_id, since)
+        try:
+            return await asyncio.to_thread(keys.spent_since, key_id, since)
+        except StorageError as exc:
+            # Without the period's recorded spend the budget cannot be enforced: fail closed,
+            # telling the client which service is down (the details are for the log only).
+            log.warning("key database unavailable, cannot read the spend of key %s: %s", key_id, exc.message)
+            raise ServiceUnavailableError(KEY_DB_DOWN) from None
 
     return seed
 

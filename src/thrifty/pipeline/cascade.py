@@ -1,10 +1,12 @@
 """Stage: carry out the plan — call, score, escalate — and settle the request's cost.
 
-- One tier: call it (streaming straight through when the client streams).
-- Several tiers: call each in order, score the answer, accept the first whose score clears
-  its tier's threshold; the last tier's answer is always accepted. An intermediate tier that
-  fails after its retries escalates instead of failing the request.
-- A plan with a ``policy`` (e.g. an agreement cascade) runs that policy instead.
+- One tier: call it (streaming straight through when the client streams), unless the plan's
+  ``max_cost_usd`` is smaller than the call's estimate (then the request is refused, unsent).
+- A plan with a ``policy`` (an agreement cascade, a tier cascade from the router) runs it.
+- Several tiers without a policy (a custom router's plan): run as the router's ``TierCascade``
+  (routing/policies.py), the one tier-cascade implementation: score each answer, accept the
+  first that clears its tier's threshold, the last tier always; a failed intermediate tier
+  escalates; the budget guard is checked before every call.
 Streaming through a cascade buffers: the cheap answer must be scored before any of it is
 released, so the accepted answer is streamed after the decision (docs/routing.md measures it).
 """
@@ -15,14 +17,11 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from thrifty.catalog import Catalog
-from thrifty.cost import estimate_cost
-from thrifty.errors import UpstreamError
 from thrifty.pipeline.accounting import settle
 from thrifty.pipeline.caller import ModelCaller
 from thrifty.pipeline.context import Attempt, Handler, Plan, RequestContext
+from thrifty.routing.policies import BudgetGuard, TierCascade
 from thrifty.streaming import iterate, response_to_chunks
-from thrifty.tokens import count_messages
-from thrifty.types import response_text
 
 
 class Policy(Protocol):
@@ -40,25 +39,33 @@ class CascadeStage:
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> None:
         plan = ctx.plan
         assert plan is not None, "the route stage runs before the cascade stage"
-        if plan.policy is not None:
-            response, served = await plan.policy.run(ctx, self.caller)
+        guard = BudgetGuard(self.catalog, plan.max_cost_usd, plan.route)
+        policy = plan.policy if plan.policy is not None else self._tier_policy(plan, guard)
+        if policy is not None:
+            # Set before the policy runs, so a request whose cascade fails is recorded as one.
             ctx.strategy = "cascade"
+            response, served = await policy.run(ctx, self.caller)
             self._finish(ctx, response, served)
-        elif len(plan.tiers) == 1:
+        else:
             ctx.strategy = self._single_strategy(ctx, plan)
+            model = plan.tiers[0].model
+            guard.require(ctx, model)
             if ctx.request.stream:
-                chunks, attempt = await self.caller.stream(ctx, plan.tiers[0].model)
+                chunks, attempt = await self.caller.stream(ctx, model)
                 ctx.chunks = self._settle_after(ctx, chunks, attempt)
                 ctx.served_model = attempt.model
                 ctx.served_tier = attempt.tier
             else:
-                response, attempt = await self.caller.complete(ctx, plan.tiers[0].model)
+                response, attempt = await self.caller.complete(ctx, model)
                 self._finish(ctx, response, attempt)
-        else:
-            ctx.strategy = "cascade"
-            response, served = await self.run_tiers(ctx, plan)
-            self._finish(ctx, response, served)
         await call_next(ctx)
+
+    @staticmethod
+    def _tier_policy(plan: Plan, guard: BudgetGuard) -> Policy | None:
+        """A multi-tier plan without a policy (custom routers) runs as a ``TierCascade``."""
+        if len(plan.tiers) < 2:
+            return None
+        return TierCascade([(t.model, t.threshold) for t in plan.tiers], plan.scorer, guard)
 
     def _single_strategy(self, ctx: RequestContext, plan: Plan) -> str:
         if ctx.request.model == plan.tiers[0].model or self.catalog.get(ctx.request.model) is not None:
@@ -81,50 +88,3 @@ class CascadeStage:
                 yield chunk
         finally:
             settle(ctx, self.catalog, attempt)
-
-    async def run_tiers(self, ctx: RequestContext, plan: Plan) -> tuple[dict[str, Any], Attempt]:
-        """Try tiers cheapest first; accept the first answer whose score clears its threshold."""
-        best: tuple[dict[str, Any], Attempt] | None = None
-        last_error: UpstreamError | None = None
-        prompt_tokens = count_messages(ctx.request.messages)
-        for i, tier in enumerate(plan.tiers):
-            is_last = i == len(plan.tiers) - 1
-            if best is not None and plan.max_cost_usd is not None and self._would_overspend(ctx, plan, tier.model,
-                                                                                            prompt_tokens):
-                best[1].score_reason = (best[1].score_reason or "") + "; budget guard: kept this answer"
-                best[1].accepted = True
-                return best
-            try:
-                response, attempt = await self.caller.complete(ctx, tier.model)
-            except UpstreamError as exc:
-                last_error = exc
-                if is_last and best is None:
-                    raise
-                continue
-            if is_last or plan.scorer is None or tier.threshold is None:
-                attempt.accepted = True
-                return response, attempt
-            score = await plan.scorer.score(ctx.request, response)
-            attempt.score, attempt.score_reason = score.value, score.reason
-            if score.value >= tier.threshold:
-                attempt.accepted = True
-                return response, attempt
-            attempt.accepted = False
-            best = (response, attempt)
-        if best is not None:
-            # Every later tier failed: serve the best answer we got rather than an error.
-            best[1].accepted = True
-            return best
-        assert last_error is not None
-        raise last_error
-
-    def _would_overspend(self, ctx: RequestContext, plan: Plan, model: str, prompt_tokens: int) -> bool:
-        info = self.catalog.get(model)
-        spent = ctx.spent_usd() or 0.0
-        completion_guess = max((a.usage.completion_tokens for a in ctx.attempts), default=256)
-        est = estimate_cost(prompt_tokens, completion_guess, info.price if info else None)
-        return est is not None and plan.max_cost_usd is not None and spent + est > plan.max_cost_usd
-
-
-def answer_text(response: dict[str, Any]) -> str:
-    return response_text(response)

@@ -27,7 +27,7 @@ TASK_HEADER = "x-thrifty-task"
 @dataclass
 class TaskGuess:
     task: str
-    confidence: float
+    confidence: float  # in [0, 1]
     source: str  # label | rule | embedding | format | llm | default
     detail: str = ""
     scores: dict[str, float] = field(default_factory=dict)
@@ -96,7 +96,8 @@ def load_examples(inline: dict[str, list[str]], path: str | None) -> dict[str, l
 
 class EmbeddingClassifier:
     """k-nearest-examples: a task's score is the mean cosine similarity of its ``k`` closest
-    labelled examples to the request (robust to one odd example, no training step)."""
+    labelled examples to the request (robust to one odd example, no training step); the guess's
+    confidence is the best score clipped to [0, 1]."""
 
     def __init__(self, examples: dict[str, list[str]], embedder: Embedder | str | dict | None = None,  # type: ignore[type-arg]
                  k: int = 3) -> None:
@@ -132,7 +133,10 @@ class EmbeddingClassifier:
         if not scores:
             return None
         task = max(scores, key=lambda t: scores[t])
-        return TaskGuess(task, scores[task], "embedding", f"nearest examples of {task!r}", scores)
+        # A mean cosine can be negative: the confidence is it clipped to [0, 1] (scores keep
+        # the raw similarities).
+        confidence = min(1.0, max(0.0, scores[task]))
+        return TaskGuess(task, confidence, "embedding", f"nearest examples of {task!r}", scores)
 
 
 class TaskClassifier:

@@ -195,6 +195,12 @@ class RouteConfig(_Strict):
         if "scorer" in self.model_fields_set and not self.tiers:
             _problems([("scorer", f"only a tiers route uses a scorer; this is a {kinds[0]} route, so it "
                                   "would be ignored (remove it, or make the route a cascade of tiers)")])
+        # A tier without threshold accepts every answer: the tiers after it would be reached only
+        # when its call fails, which is what a model's `fallbacks` are for.
+        _problems([(f"tiers.{i}.threshold", "required on every tier but the last (without one, this tier's "
+                                            "answer is always accepted and the later tiers are never reached "
+                                            "unless it fails; for that, use models.<name>.fallbacks)")
+                   for i, t in enumerate((self.tiers or [])[:-1]) if t.threshold is None])
         return self
 
 
@@ -228,6 +234,13 @@ class RoutingConfig(_Strict):
                 problems.append((f"tasks.{task}", f"unknown route {route!r}"))
         if self.routes and self.default_route is None:
             problems.append(("default_route", "required when routes are configured"))
+        if self.classify.llm is not None:
+            # The classifier's answer picks a route like a task label: a task with no route would
+            # always fall back to the default route (a typo never routes anything).
+            for i, task in enumerate(self.classify.llm.tasks):
+                if task not in self.tasks and task not in self.routes:
+                    problems.append((f"classify.llm.tasks.{i}", f"task {task!r} has no route (name a route "
+                                     f"{task!r} or map it under tasks:; routes: {', '.join(sorted(self.routes))})"))
         _problems(problems)
         return self
 

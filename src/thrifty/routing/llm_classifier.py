@@ -15,6 +15,7 @@ from thrifty.errors import UpstreamError
 from thrifty.pipeline.caller import ModelCaller
 from thrifty.pipeline.context import Attempt, Plan, RequestContext, Tier
 from thrifty.routing.config import LLMClassifierConfig
+from thrifty.routing.policies import BudgetGuard, run_single
 from thrifty.types import ChatRequest, response_text
 
 if TYPE_CHECKING:
@@ -68,11 +69,11 @@ class _ClassifyThenRoute:
         except UpstreamError as exc:
             why += f"; llm classifier failed ({exc.message[:60]})"
         ctx.route = route
-        plan = self.router.route_plan(route, ctx.request, why)
+        plan = self.router.route_plan(route, ctx, why)
         ctx.plan = plan
         if plan.policy is not None:
             result: tuple[dict[str, Any], Attempt] = await plan.policy.run(ctx, caller)
             return result
-        response, served = await caller.complete(ctx, plan.tiers[0].model)
-        served.accepted = True
-        return response, served
+        ctx.strategy = "routing"  # one model, chosen by the classifier: no cascade
+        return await run_single(ctx, caller, plan.tiers[0].model,
+                                BudgetGuard(self.router.catalog, plan.max_cost_usd, route))

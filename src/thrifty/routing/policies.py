@@ -1,16 +1,21 @@
 """Policies that answer one request with several calls (run by the cascade stage).
 
 - ``TierCascade``: try tiers cheapest first, score each answer, accept the first that clears
-  its tier's threshold; the last tier is always accepted.
+  its tier's threshold; the last tier is always accepted (and not scored). This is the one
+  tier-cascade implementation: the cascade stage runs it for every multi-tier plan, including
+  plans built by custom routers.
 - ``StateTableCascade``: call cheap models in a fixed order; after each answer, look up the
   *agreement pattern* of the normalised answers so far (``"0,0"`` = the two agree,
   ``"0,1"`` = they differ, ``"0,x"`` = the second gave nothing usable) in a table that says
   ``next`` (call the next model), ``stop:i`` (serve the i-th answer) or ``strong`` (ask the
   strong model and serve it). A plain agreement cascade ("serve when two cheap models agree,
   else GPT-4") is one such table; ``fit_policy`` learns tables from outcome data.
+- ``BudgetGuard``: a route's ``max_cost_usd``, checked before every call (the first included).
 
 Every call goes through ``caller.complete`` (priced, in the ledger); each attempt carries its
 score, the reason and whether it was accepted. Decisions never read anything but the answers.
+Escalations (``pipeline/accounting.py``) count the levels a request moved past before the level
+that served it: tiers for a tier cascade; the cheap vote, then the strong model, for a table.
 """
 
 from __future__ import annotations
@@ -22,72 +27,161 @@ from typing import Any
 
 from thrifty.catalog import Catalog
 from thrifty.cost import estimate_cost
-from thrifty.errors import UpstreamError
+from thrifty.errors import InvalidRequestError, ThriftyError, UpstreamError
+from thrifty.pipeline.accounting import set_escalations
 from thrifty.pipeline.caller import ModelCaller
 from thrifty.pipeline.context import Attempt, RequestContext
 from thrifty.routing.formats import agreement_pattern, detect_family, extract_answer
 from thrifty.scoring.base import score_answer
+from thrifty.scoring.logprob import strip_logprobs
+from thrifty.scoring.tools import tool_answer, tool_calls
 from thrifty.tokens import count_messages
 from thrifty.types import response_text
+
+# Completion tokens assumed for a request's first call (later calls assume the longest answer
+# so far), capped by the request's max_tokens / max_completion_tokens.
+FIRST_COMPLETION_GUESS = 256
 
 
 @dataclass
 class BudgetGuard:
-    """Never start a call whose estimated cost would take the request over ``max_cost_usd``."""
+    """Never start a call whose estimated cost would take the request over ``max_cost_usd``.
+
+    The estimate prices the prompt (messages and tools) plus a completion as long as the
+    longest answer so far (``FIRST_COMPLETION_GUESS`` before any, at most the request's
+    ``max_tokens``, times ``n``) at the model's catalog price; a model without a price cannot
+    be estimated and is allowed."""
 
     catalog: Catalog
     max_cost_usd: float | None
+    route: str | None = None
+
+    def tokens(self, ctx: RequestContext) -> tuple[int, int]:
+        """(prompt, completion) tokens the next call is estimated at."""
+        req = ctx.request
+        prompt = count_messages(req.messages, req.params.get("tools"))
+        completion = max((a.usage.completion_tokens for a in ctx.attempts if a.purpose == "answer"
+                          and a.status == "ok"), default=0)
+        if completion <= 0:
+            cap = req.params.get("max_completion_tokens") or req.params.get("max_tokens")
+            per_choice = min(FIRST_COMPLETION_GUESS, cap) if isinstance(cap, int) and cap > 0 \
+                else FIRST_COMPLETION_GUESS
+            n = req.params.get("n")
+            completion = per_choice * (n if isinstance(n, int) and n > 1 else 1)
+        return prompt, completion
+
+    def estimate(self, ctx: RequestContext, model: str) -> float | None:
+        info = self.catalog.get(model)
+        if info is None or info.price is None:
+            return None
+        return estimate_cost(*self.tokens(ctx), info.price)
 
     def allows(self, ctx: RequestContext, model: str) -> bool:
         if self.max_cost_usd is None:
             return True
-        info = self.catalog.get(model)
-        completion_guess = max((a.usage.completion_tokens for a in ctx.attempts), default=256)
-        est = estimate_cost(count_messages(ctx.request.messages), completion_guess, info.price if info else None)
+        est = self.estimate(ctx, model)
         return est is None or (ctx.spent_usd() or 0.0) + est <= self.max_cost_usd
+
+    def why_not(self, ctx: RequestContext, model: str) -> str:
+        """Why ``allows`` said no, for reasons and error messages."""
+        est = self.estimate(ctx, model) or 0.0
+        prompt, completion = self.tokens(ctx)
+        spent = ctx.spent_usd() or 0.0
+        already = f" on top of ${spent:.6g} already spent" if spent else ""
+        where = f" of route {self.route!r}" if self.route else ""
+        return (f"calling {model} is estimated at ${est:.6g} ({prompt} prompt + {completion} completion tokens)"
+                f"{already}, over the max_cost_usd{where} (${self.max_cost_usd:g})")
+
+    def refusal(self, ctx: RequestContext, model: str, last_error: UpstreamError | None = None) -> ThriftyError:
+        """The error for a request the guard leaves without any answer. When an earlier call
+        failed, that failure is the error (its status kept) with the guard's note added;
+        otherwise nothing was spent on an answer and the request is refused (400)."""
+        why = self.why_not(ctx, model)
+        if last_error is not None:
+            last_error.message = f"{last_error.message}; budget guard: {why}"
+            last_error.args = (last_error.message,)
+            return last_error
+        return InvalidRequestError(f"{why}; no answer was requested (raise max_cost_usd, or lower max_tokens or the "
+                                   "prompt)",
+                                   param="model", code="route_budget_exceeded")
+
+    def require(self, ctx: RequestContext, model: str) -> None:
+        """Raise the refusal unless a call to ``model`` fits (single-model plans)."""
+        if not self.allows(ctx, model):
+            raise self.refusal(ctx, model)
+
+
+def _served(ctx: RequestContext, response: dict[str, Any], attempt: Attempt, level: int) -> tuple[dict[str, Any], Attempt]:
+    """Hand back the served answer: escalation level recorded, logprobs the client did not ask
+    for removed (a logprob scorer asks for them)."""
+    set_escalations(ctx, level)
+    if not ctx.request.params.get("logprobs"):
+        strip_logprobs(response)
+    return response, attempt
+
+
+async def run_single(ctx: RequestContext, caller: ModelCaller, model: str, guard: BudgetGuard) -> tuple[dict[str, Any], Attempt]:
+    """One call, inside the route's budget (for plans run as a policy, e.g. after the LLM classifier)."""
+    guard.require(ctx, model)
+    response, attempt = await caller.complete(ctx, model)
+    attempt.accepted = True
+    return response, attempt
 
 
 @dataclass
 class TierCascade:
     tiers: list[tuple[str, float | None]]  # (model, threshold); the last threshold is ignored
-    scorer: Any
+    scorer: Any  # None: every answer is accepted (a fallback chain on errors only)
     guard: BudgetGuard
     extra_params: dict[str, Any] = field(default_factory=dict)  # e.g. logprobs for a logprob scorer
 
+    def _scored(self, i: int) -> bool:
+        """The last tier and a tier without threshold are accepted without scoring."""
+        return i < len(self.tiers) - 1 and self.tiers[i][1] is not None and self.scorer is not None
+
     async def run(self, ctx: RequestContext, caller: ModelCaller) -> tuple[dict[str, Any], Attempt]:
-        best: tuple[dict[str, Any], Attempt] | None = None
+        best: tuple[dict[str, Any], Attempt, int] | None = None
         last_error: UpstreamError | None = None
-        request = ctx.request.copy_with(params={**ctx.request.params, **self.extra_params}) \
+        # Extra parameters (logprobs) go only to tiers whose answer the scorer reads.
+        scored_request = ctx.request.copy_with(params={**ctx.request.params, **self.extra_params}) \
             if self.extra_params else None
         for i, (model, threshold) in enumerate(self.tiers):
             is_last = i == len(self.tiers) - 1
-            if best is not None and not self.guard.allows(ctx, model):
-                best[1].score_reason = (best[1].score_reason or "") + f"; budget guard: {model} not called"
-                best[1].accepted = True
-                return best
+            if not self.guard.allows(ctx, model):
+                if best is not None:
+                    best[1].score_reason = (best[1].score_reason or "") + f"; budget guard: {self.guard.why_not(ctx, model)}"
+                    best[1].accepted = True
+                    return _served(ctx, *best)
+                raise self.guard.refusal(ctx, model, last_error)
+            set_escalations(ctx, i)
+            scored = self._scored(i)
             try:
-                response, attempt = await caller.complete(ctx, model, request)
+                response, attempt = await caller.complete(ctx, model, scored_request if scored else None)
             except UpstreamError as exc:
                 last_error = exc
                 if is_last and best is None:
                     raise
                 continue
-            if is_last or threshold is None:
+            if not scored:
                 attempt.accepted = True
-                attempt.score_reason = attempt.score_reason or ("last tier" if is_last else "no threshold")
-                return response, attempt
-            score = await score_answer(self.scorer, ctx, caller, response)
+                why = "last tier" if is_last else "no threshold" if threshold is None else "no scorer"
+                attempt.score_reason = attempt.score_reason or f"{why}: accepted without scoring"
+                return _served(ctx, response, attempt, i)
+            assert threshold is not None
+            # Scorers see the catalog name of the model that answered (the upstream's name for
+            # it can differ: aliases, upstream_model).
+            score = await score_answer(self.scorer, ctx, caller, {**response, "model": attempt.model})
             attempt.score, attempt.score_reason = score.value, score.reason
             attempt.accepted = score.value >= threshold
             if attempt.accepted:
-                return response, attempt
+                return _served(ctx, response, attempt, i)
             attempt.score_reason += f" (< {threshold:g}: escalate)"
             if best is None or (best[1].score or 0.0) < score.value:
-                best = (response, attempt)
+                best = (response, attempt, i)
         if best is not None:
             best[1].accepted = True
             best[1].score_reason = (best[1].score_reason or "") + "; later tiers failed"
-            return best
+            return _served(ctx, *best)
         assert last_error is not None
         raise last_error
 
@@ -105,21 +199,23 @@ class StateTableCascade:
         family = self.family or detect_family(ctx.request.last_user_text())
         called: list[tuple[dict[str, Any], Attempt]] = []
         answers: list[str | None] = []
+        last_error: UpstreamError | None = None
         reason = "strong model"
         while True:
             state = agreement_pattern(answers, raw=self.raw_letters)
             action = self.table.get(state, "strong")  # a state never seen in training: be safe
             if action == "next" and len(called) < len(self.order):
                 model = self.order[len(called)]
-                if called and not self.guard.allows(ctx, model):
-                    return self._serve(called, answers, 0, f"budget guard: {model} not called")
+                if not self.guard.allows(ctx, model):
+                    return self._keep(ctx, called, answers, model, last_error)
                 try:
                     response, attempt = await caller.complete(ctx, model)
-                except UpstreamError:
+                except UpstreamError as exc:
+                    last_error = exc
                     answers.append(None)  # a failed cheap call counts as a useless answer
                     called.append(({}, Attempt(model=model, provider="", started=0.0, status="error")))
                     continue
-                answer = extract_answer(family, response_text(response))
+                answer = self.answer(ctx, family, response)
                 attempt.score_reason = f"answer {answer!r}" if answer is not None else "no usable answer"
                 attempt.accepted = False
                 called.append((response, attempt))
@@ -128,15 +224,35 @@ class StateTableCascade:
             if action.startswith("stop:"):
                 i = int(action[5:])
                 if i < len(called) and called[i][0]:
-                    return self._serve(called, answers, i, f"agreement pattern {state!r} -> serve answer {i + 1}")
+                    return self._serve(ctx, called, answers, i, f"agreement pattern {state!r} -> serve answer {i + 1}")
             reason = f"agreement pattern {state!r} -> strong model" if called else "table: strong model first"
             break
+        if not self.guard.allows(ctx, self.strong):
+            return self._keep(ctx, called, answers, self.strong, last_error)
+        set_escalations(ctx, 1 if called else 0)
         response, attempt = await caller.complete(ctx, self.strong)
         attempt.accepted, attempt.score_reason = True, reason
-        return response, attempt
+        return _served(ctx, response, attempt, 1 if called else 0)
+
+    def answer(self, ctx: RequestContext, family: str, response: dict[str, Any]) -> str | None:
+        """The normalised answer compared across models: a tool call's function and canonical
+        arguments, else the option letter / code signature / first line of the text."""
+        if tool_calls(response):
+            return tool_answer(ctx.request, response)
+        return extract_answer(family, response_text(response))
+
+    def _keep(self, ctx: RequestContext, called: list[tuple[dict[str, Any], Attempt]], answers: list[str | None],
+              model: str, last_error: UpstreamError | None) -> tuple[dict[str, Any], Attempt]:
+        """The budget guard stopped the call to ``model``: serve the usable answer most others
+        agree with (the earliest on a tie), or fail when there is none."""
+        usable = [i for i, a in enumerate(answers) if a is not None and called[i][0]]
+        if not usable:
+            raise self.guard.refusal(ctx, model, last_error)
+        i = max(usable, key=lambda j: (sum(1 for a in answers if a == answers[j]), -j))
+        return self._serve(ctx, called, answers, i, f"budget guard: {self.guard.why_not(ctx, model)}")
 
     @staticmethod
-    def _serve(called: list[tuple[dict[str, Any], Attempt]], answers: list[str | None], i: int,
+    def _serve(ctx: RequestContext, called: list[tuple[dict[str, Any], Attempt]], answers: list[str | None], i: int,
                reason: str) -> tuple[dict[str, Any], Attempt]:
         response, attempt = called[i]
         # The score of a served cheap answer: the share of answers so far that agree with it.
@@ -144,7 +260,7 @@ class StateTableCascade:
         attempt.score = round(agree / len(answers), 4)
         attempt.accepted = True
         attempt.score_reason = f"{attempt.score_reason}; {reason}"
-        return response, attempt
+        return _served(ctx, response, attempt, 0)
 
 
 def vote_table(n: int, k: int) -> dict[str, str]:

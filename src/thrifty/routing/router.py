@@ -86,15 +86,19 @@ class TaskRouter:
 
                 self.learned[name] = LearnedRouter.load(_resolve(r.learned.file, base_dir))
                 trained = self.learned[name].models
-                unknown = [m for m in trained if catalog.get(m) is None]
-                if unknown:
-                    raise ConfigError(f"routing.routes.{name}.learned: model(s) not in the catalog: {unknown}")
                 # Names in `models` are only a filter on the file's models: one it lacks would be
                 # ignored, and none left would fail every request.
                 missing = [m for m in r.learned.models or [] if m not in trained]
                 if missing:
                     raise ConfigError(f"routing.routes.{name}.learned.models: {', '.join(map(repr, missing))} not in "
                                       f"{r.learned.file} (it has: {', '.join(trained)})")
+                # Only the models the route can choose must be servable: `models` may leave out
+                # file models this gateway does not have.
+                unknown = [m for m in r.learned.models or trained if catalog.get(m) is None]
+                if unknown:
+                    key = "learned.models" if r.learned.models else "learned"
+                    raise ConfigError(f"routing.routes.{name}.{key}: model(s) not in the catalog: {unknown}"
+                                      + ("" if r.learned.models else " (list the ones to use in learned.models)"))
         self.llm = None
         if cfg.classify.llm:
             from thrifty.routing.llm_classifier import LLMClassifier
@@ -162,19 +166,20 @@ class TaskRouter:
         if decision.source == "default" and self.llm is not None:
             plan = self.llm.plan(self, decision)
         else:
-            plan = self.route_plan(decision.route, ctx.request, decision.reason)
+            plan = self.route_plan(decision.route, ctx, decision.reason)
         ctx.task = decision.task
         ctx.route = decision.route
         return plan
 
-    def route_plan(self, name: str, request: ChatRequest, reason: str) -> Plan:
+    def route_plan(self, name: str, ctx: RequestContext, reason: str) -> Plan:
         r: RouteConfig = self.cfg.routes[name]
-        guard = BudgetGuard(self.catalog, r.max_cost_usd)
+        guard = BudgetGuard(self.catalog, r.max_cost_usd, name)
         if r.model:
             return Plan([Tier(r.model)], route=name, reason=reason, max_cost_usd=r.max_cost_usd)
         if r.tiers:
             tiers = [(t.model, t.threshold) for t in r.tiers]
             scorer = self.scorers[name]
+            # Asked for only on the tiers the scorer reads (TierCascade), removed from the answer.
             extra = {"logprobs": True} if getattr(scorer, "wants_logprobs", False) else {}
             return Plan([Tier(m, th) for m, th in tiers], route=name, reason=reason, scorer=scorer,
                         max_cost_usd=r.max_cost_usd, policy=TierCascade(tiers, scorer, guard, extra))
@@ -189,10 +194,57 @@ class TaskRouter:
             return Plan([*(Tier(m) for m in st.order), Tier(st.strong)], route=name, reason=reason,
                         max_cost_usd=r.max_cost_usd, policy=policy)
         assert r.learned is not None
-        choice = self.learned[name].choose(request.last_user_text(), target=r.learned.target, lam=r.learned.lam,
-                                           allowed=r.learned.models)
-        return Plan([Tier(choice.model)], route=name, reason=f"{reason}; {choice.reason}",
+        learned = self.learned[name]
+        allowed = r.learned.models or learned.models
+        why = ""
+        if r.max_cost_usd is not None:
+            # The budget is known before the choice: choose among the models whose call fits.
+            fits = [m for m in allowed if guard.allows(ctx, m)]
+            if not fits:
+                cheapest = min(allowed, key=lambda m: guard.estimate(ctx, m) or 0.0)
+                raise guard.refusal(ctx, cheapest)
+            if len(fits) < len(allowed):
+                why = f"; within max_cost_usd: {', '.join(fits)}"
+            allowed = fits
+        choice = learned.choose(ctx.request.last_user_text(), target=r.learned.target, lam=r.learned.lam,
+                                allowed=allowed)
+        return Plan([Tier(choice.model)], route=name, reason=f"{reason}{why}; {choice.reason}",
                     max_cost_usd=r.max_cost_usd)
+
+    def describe(self, name: str) -> dict[str, Any]:
+        """A route for people (``route explain``): its kind, the models in calling order (with
+        thresholds for tiers), budget and description; no internal class names."""
+        r = self.cfg.routes[name]
+        out: dict[str, Any] = {"route": name, "description": r.description, "max_cost_usd": r.max_cost_usd}
+        if r.model:
+            out |= {"kind": "single model", "how": "one call", "models": [r.model]}
+        elif r.tiers:
+            out |= {"kind": "tiers", "how": f"each answer scored ({r.scorer.kind} scorer) until one clears its "
+                                            "threshold; the last tier always answers",
+                    "models": [t.model for t in r.tiers], "thresholds": [t.threshold for t in r.tiers]}
+        elif r.agreement:
+            a = r.agreement
+            out |= {"kind": "agreement", "how": f"serve an answer {a.min_agree} of the cheap models give, "
+                                                "else the fallback", "models": [*a.models, a.fallback]}
+        elif r.state_table:
+            st = r.state_table
+            out |= {"kind": "state table", "how": "the agreement pattern of the cheap answers decides: another "
+                                                  "model, serve one of them, or the strong model",
+                    "models": [*st.order, st.strong]}
+        else:
+            assert r.learned is not None
+            allowed = r.learned.models or self.learned[name].models
+            out |= {"kind": "learned", "how": "one model chosen per prompt by the learned router",
+                    "models": list(allowed)}
+        return out
+
+    def classifier_outcomes(self) -> dict[str, str]:
+        """For the LLM classifier: the route each task it may answer leads to (its other
+        answers, and a failed call, keep the default route)."""
+        if self.llm is None:
+            return {}
+        assert self.cfg.default_route is not None
+        return {t: self.route_for_task(t) or self.cfg.default_route for t in self.llm.cfg.tasks}
 
 
 def build_router(config: Any, catalog: Catalog) -> TaskRouter | None:

@@ -16,7 +16,8 @@ class Score:
 
 class Scorer(Protocol):
     async def score(self, request: ChatRequest, response: dict[str, Any]) -> Score:
-        """How good ``response`` looks as an answer to ``request``."""
+        """How good ``response`` looks as an answer to ``request``. In a cascade,
+        ``response["model"]`` is the catalog name of the model that answered."""
         ...
 
 
@@ -34,6 +35,7 @@ class CombinedScorer:
     def __init__(self, parts: list[Any]) -> None:
         self.parts = parts
         self.needs_caller = any(getattr(p, "needs_caller", False) for p in parts)
+        self.wants_logprobs = any(getattr(p, "wants_logprobs", False) for p in parts)
 
     async def score(self, request: ChatRequest, response: dict[str, Any]) -> Score:
         scores = [await p.score(request, response) for p in self.parts]

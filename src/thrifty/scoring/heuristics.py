@@ -3,6 +3,14 @@
 The expected form is read from the request when ``expect="auto"``: ``response_format`` asking
 for JSON (or a JSON schema) means JSON; a multiple-choice question means one option letter; a
 request to write a function means code that parses. Each check lowers the score and says why.
+
+Multiple choice is read from the prompt's format (``routing.formats.detect_family``: options
+each starting a line) and, here only, from options written inline ("Which? A) x B) y C) z"):
+``detect_family`` is left alone because fitted policies are keyed by its families.
+
+An answer that is a tool call (``tool_calls``, usually without text) is scored by the call: a
+function the request offered, called with a JSON object matching its parameters, is a
+well-formed answer (scoring/tools.py).
 """
 
 from __future__ import annotations
@@ -11,9 +19,10 @@ import json
 import re
 from typing import Any
 
-from thrifty.routing.formats import detect_family, extract_option, parse_python, python_blocks
+from thrifty.routing.formats import detect_family, extract_option, last_block, parse_python, python_blocks
 from thrifty.scoring.base import Score
 from thrifty.scoring.jsonschema import schema_problems
+from thrifty.scoring.tools import tool_call_problems, tool_calls
 from thrifty.types import ChatRequest, response_text
 
 _REFUSAL_RE = re.compile(
@@ -23,6 +32,23 @@ _REFUSAL_RE = re.compile(
     re.I,
 )
 _FENCE_RE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```\s*$", re.S)
+# An option label inside a line: "A)" or "(A)" after a space (a line-start label is
+# detect_family's). Only ")" counts: "A." / "A:" inline are too often ordinary prose.
+_INLINE_OPT_RE = re.compile(r"(?:^|(?<=\s))\(?([A-Ha-h])\)\s+\S")
+
+
+def inline_options(text: str) -> int:
+    """How many consecutive options ``A) ... B) ... C) ...`` (or lower case) the last block
+    of ``text`` lists inline; 0 when fewer than two, in order from A, are there."""
+    labels = [m.group(1) for m in _INLINE_OPT_RE.finditer(last_block(text))]
+    best = 0
+    for first in ("A", "a"):
+        n = 0
+        for label in labels:
+            if label == chr(ord(first) + n):
+                n += 1
+        best = max(best, n)
+    return best if best >= 2 else 0
 
 
 def expected_form(request: ChatRequest) -> str:
@@ -30,7 +56,10 @@ def expected_form(request: ChatRequest) -> str:
     fmt = request.params.get("response_format")
     if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
         return "json"
-    family = detect_family(request.last_user_text())
+    text = request.last_user_text()
+    family = detect_family(text)
+    if family == "open" and inline_options(text):
+        return "option"
     return {"mc_multi": "option", "mc_binary": "option", "code": "code"}.get(family, "text")
 
 
@@ -60,7 +89,23 @@ class HeuristicScorer:
         self.min_chars = min_chars
 
     async def score(self, request: ChatRequest, response: dict[str, Any]) -> Score:
+        calls = tool_calls(response)
+        if calls:
+            return self.score_tool_calls(request, calls, _finish_reason(response))
         return self.score_text(request, response_text(response), _finish_reason(response))
+
+    @staticmethod
+    def score_tool_calls(request: ChatRequest, calls: list[dict[str, Any]], finish_reason: str | None = None) -> Score:
+        """A tool call answers the request when it is well-formed (an offered function, JSON
+        arguments matching its parameters); its text, usually empty, is not read."""
+        problems = tool_call_problems(request, calls)
+        if problems:
+            return Score(0.05, "unusable tool call: " + problems[0])
+        names = ", ".join(str(c["function"]["name"]) for c in calls)
+        value, reason = 0.85, f"tool call {names} with valid arguments"
+        if finish_reason == "length":
+            value, reason = value * 0.6, reason + "; cut off (finish_reason=length)"
+        return Score(round(value, 4), reason)
 
     def score_text(self, request: ChatRequest, text: str, finish_reason: str | None = None) -> Score:
         t = text.strip()

@@ -44,6 +44,9 @@ class LearnedScorer:
         return 1.0 / (1.0 + math.exp(-z))
 
     async def score(self, request: ChatRequest, response: dict[str, Any]) -> Score:
+        # The catalog name the model was trained under: cascades put it in "model" for scorers
+        # (the upstream's own name for it, e.g. a dated version or an alias target, would not
+        # match the training data's one-hot features).
         model = str(response.get("model") or "")
         p = self.probability(request.last_user_text(), response_text(response), model)
         return Score(round(p, 4), f"learned P(right) {p:.2f}")

@@ -42,7 +42,7 @@ T = TypeVar("T")
 
 # Incoming headers the pipeline may read (others are not copied into the context).
 _FORWARDED_HEADERS = frozenset(("x-thrifty-task", "x-thrifty-cache", "x-thrifty-route", "cache-control",
-                                "x-thrifty-deferrable"))
+                                "x-thrifty-deferrable", "pragma"))
 
 
 def error_response(exc: ThriftyError, request_id: str) -> JSONResponse:
@@ -85,9 +85,11 @@ async def read_json_body(request: Request, limit: int) -> Any:
 
 
 def tenant_of(request: Request) -> str:
-    """Without virtual keys, the client's bearer token (hashed, never stored) scopes its cache."""
+    """Without virtual keys, the client's key (hashed, never stored) scopes its cache: the bearer
+    token, else an Azure-style ``api-key`` header (the same key gives the same tenant either way)."""
     auth = request.headers.get("authorization", "")
     token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+    token = token or request.headers.get("api-key", "").strip()
     return "anon-" + hashlib.sha256(token.encode()).hexdigest()[:16] if token else "default"
 
 

@@ -52,6 +52,8 @@ def dashboard_data(store: SQLStore, period: str = "7d", now: float | None = None
     back, bucket = PERIODS[period]
     since = now - back if back is not None else 0.0
     q = store.query
+    # escalations: cascade levels moved past before the served answer (pipeline/accounting.py);
+    # the escalation rate is the share of cascaded requests with at least one.
     (n, errors, spend, base, saved, hits, lookups, cascades, escalated, escalations, comp, pt, ct), = q(f"""
         SELECT COUNT(*), COALESCE(SUM(CASE WHEN status = 'ok' THEN 0 ELSE 1 END), 0),
                COALESCE(SUM(cost_usd), 0),

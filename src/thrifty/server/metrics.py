@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from thrifty.pipeline.accounting import escalations
 from thrifty.pipeline.context import RequestContext
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -49,7 +50,7 @@ class Metrics:
         self.cache = Counter("thrifty_cache_requests", "Requests by cache outcome.", ["route", "cache_status"],
                              registry=r)
         self.cache_hits = Counter("thrifty_cache_hits", "Requests answered from the cache.", ["route"], registry=r)
-        self.escalations = Counter("thrifty_escalations", "Cascade escalations to a bigger tier.",
+        self.escalations = Counter("thrifty_escalations", "Cascade levels moved past before the served answer.",
                                    ["route"], registry=r)
         self.auth_failures = Counter("thrifty_auth_failures", "Requests refused by authentication.", ["reason"],
                                      registry=r)
@@ -91,9 +92,9 @@ class Metrics:
             self._child(self.cache, route, ctx.cache_status).inc()
             if ctx.cache_status == "hit":
                 self._child(self.cache_hits, route).inc()
-        answers = [a for a in ctx.attempts if a.purpose == "answer" and a.status == "ok"]
-        if len(answers) > 1:
-            self._child(self.escalations, route).inc(len(answers) - 1)
+        levels = escalations(ctx)  # the ledger's definition (pipeline/accounting.py)
+        if levels:
+            self._child(self.escalations, route).inc(levels)
 
     def auth_failed(self, reason: str) -> None:
         self.auth_failures.labels(reason).inc()
