@@ -4,13 +4,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
-import httpx
 import yaml
 
-from fixtures.processes import thrifty_cmd, wait_healthy
+from fixtures.processes import serve_one_request
 from fixtures.services import free_port
 from thrifty.mock.app import create_app as create_mock
 from thrifty.mock.behaviour import MockConfig
@@ -28,18 +26,7 @@ def test_serve_logs_mask_a_plain_provider_key(tmp_path: Path) -> None:
             "ledger": {"path": str(tmp_path / "ledger.db")},
             "server": {"log_prompts": True},
         }))
-        port = free_port()
-        proc = subprocess.Popen(thrifty_cmd("serve", "--config", str(cfg), "--port", str(port)),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            wait_healthy(url, proc)
-            r = httpx.post(url + "/v1/chat/completions", timeout=30,
-                           json={"model": "m", "messages": [{"role": "user", "content": f"my key is {KEY}, ok?"}]})
-            assert r.status_code == 200
-        finally:
-            proc.terminate()
-            _, err = proc.communicate(timeout=30)
+        err = serve_one_request(cfg, free_port(), f"my key is {KEY}, ok?")
     entries = [json.loads(line) for line in err.splitlines() if line.strip()]
     prompts = [e["prompt"] for e in entries if e["logger"] == "thrifty.request"]
     assert prompts == ["my key is [REDACTED], ok?"]
