@@ -140,6 +140,7 @@ def test_each_veto_names_its_reason() -> None:
         ("What is the first letter of the alphabet?", "What is the second letter of the alphabet?"): "ordinals",
         ("the patient is allergic to penicillin", "the patient is not allergic to penicillin"): "negation",
         ("What is the capital of France?", "What is the capital of Germany?"): "entities",
+        ("Can they stay friends when the boy loves her?", "Can they stay friends when the girl loves him?"): "opposite",
     }
     for (a, b), reason in cases.items():
         assert reason in vetoes(a, b) and reason in vetoes(b, a), (a, b)
@@ -315,6 +316,24 @@ async def test_a_changed_model_or_route_config_makes_old_answers_miss(tmp_path: 
     assert await statuses(cfg("cheap-v1", "cheap")) == ["hit", "hit"]  # same config: served
     assert await statuses(cfg("cheap-v2", "cheap")) == ["miss", "miss"]  # the model changed (auto uses it)
     assert await statuses(cfg("cheap-v2", "strong")) == ["hit", "miss"]  # only the route changed
+
+
+async def test_a_dotted_route_name_keeps_its_own_models_in_its_fingerprint(tmp_path: Path) -> None:
+    """Route "faq.v2" names "strong": changing that model changes faq.v2's key, not faq's."""
+    async def fps(upstream_model: str) -> dict[str, str]:
+        c = config(tmp_path)
+        c["models"]["strong"]["upstream_model"] = upstream_model
+        c["routing"] = {"default_route": "faq",
+                        "routes": {"faq": {"model": "cheap"}, "faq.v2": {"model": "strong"}}}
+        gw = gateway(tmp_path, cfg=c)
+        stage = next(s for s in gw.stages if type(s).__name__ == "CacheStage")
+        out = dict(stage.fingerprints.routes)
+        await gw.aclose()
+        return out
+
+    before, after = await fps("strong-v1"), await fps("strong-v2")
+    assert before["faq"] == after["faq"]
+    assert before["faq.v2"] != after["faq.v2"]
 
 
 # -- 6. a fallback model's answer is not stored -----------------------------------------------------

@@ -69,13 +69,11 @@ class Fingerprints:
         routing = getattr(config, "routing", None)
         routes = dict(getattr(routing, "routes", None) or {})
         resolve = getattr(config, "resolve_path", lambda p: p)
-        refs: dict[str, set[str]] = {}
-        for where, model in (routing.model_refs() if routing is not None and routes else []):
-            refs.setdefault(where.split(".")[1], set()).add(model)
         self.routes: dict[str, str] = {}
         for name, route in routes.items():
             dumped = route.model_dump(mode="json")
-            named = {m: self._model(m) for m in sorted(refs.get(name, set()))}
+            mine = sorted({m for _, m in routing.route_model_refs(name)}) if routing is not None else []
+            named = {m: self._model(m) for m in mine}
             if route.learned is not None and not route.learned.models:
                 named = every_model  # the router file may choose any of them
             files = {f: _file_hash(resolve(f)) for f in sorted(_files(dumped))}

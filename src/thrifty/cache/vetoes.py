@@ -28,7 +28,7 @@ Two questions may share an answer only if they have:
   answered semantically, only by the exact cache;
 - ``negation``: the same negation parity ("is allergic" / "is not allergic"; a separate "non",
   as in "non-profit", counts);
-- ``opposite``: no opposite words swapped (enable / disable, buy / sell, first / last...);
+- ``opposite``: no opposite words swapped (enable / disable, buy / sell, first / last, he / she...);
 - ``negated``: no word that is the other's word with a negating prefix (safe / unsafe, legal /
   illegal, like / dislike, profitable / nonprofitable);
 - ``ordinals`` and ``number_words``: the same ordinal words (a lone "first" or "last" aside:
@@ -117,6 +117,9 @@ _MORE_OPPOSITES = [
     ("longer", "shorter"), ("older", "younger"), ("oldest", "youngest"), ("fastest", "slowest"),
     ("strongest", "weakest"), ("heavier", "lighter"), ("better", "worse"), ("pro", "con"),
     ("import", "export"), ("inbound", "outbound"), ("min", "max"), ("true", "false"), ("yes", "no"),
+    # Who does what to whom: "when the boy loves her" / "when the girl loves him".
+    ("he", "she"), ("him", "her"), ("his", "her"), ("himself", "herself"), ("boyfriend", "girlfriend"),
+    ("brother", "sister"), ("father", "mother"), ("son", "daughter"),
 ]
 OPPOSITE_WORDS: dict[str, set[str]] = {w: set(v) for w, v in OPPOSITES.items()}
 for _x, _y in _MORE_OPPOSITES:

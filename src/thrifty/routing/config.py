@@ -244,23 +244,24 @@ class RoutingConfig(_Strict):
         _problems(problems)
         return self
 
+    def route_model_refs(self, name: str) -> list[tuple[str, str]]:
+        """The models one route names, with their keys (a route name may itself contain dots)."""
+        r, at = self.routes[name], f"routes.{name}"
+        refs = [(f"{at}.model", r.model)] if r.model else []
+        refs += [(f"{at}.tiers.{i}.model", t.model) for i, t in enumerate(r.tiers or [])]
+        if r.agreement:
+            refs += [(f"{at}.agreement.models", m) for m in r.agreement.models]
+            refs.append((f"{at}.agreement.fallback", r.agreement.fallback))
+        if r.state_table:
+            refs += [(f"{at}.state_table.order", m) for m in r.state_table.order]
+            refs.append((f"{at}.state_table.strong", r.state_table.strong))
+        if r.learned and r.learned.models:
+            refs += [(f"{at}.learned.models", m) for m in r.learned.models]
+        return refs + _judges(r.scorer, f"{at}.scorer")
+
     def model_refs(self) -> list[tuple[str, str]]:
         """Every model the section names, with the key naming it (``routes.faq.tiers.0.model``)."""
-        refs: list[tuple[str, str]] = []
-        for name, r in self.routes.items():
-            at = f"routes.{name}"
-            if r.model:
-                refs.append((f"{at}.model", r.model))
-            refs += [(f"{at}.tiers.{i}.model", t.model) for i, t in enumerate(r.tiers or [])]
-            if r.agreement:
-                refs += [(f"{at}.agreement.models", m) for m in r.agreement.models]
-                refs.append((f"{at}.agreement.fallback", r.agreement.fallback))
-            if r.state_table:
-                refs += [(f"{at}.state_table.order", m) for m in r.state_table.order]
-                refs.append((f"{at}.state_table.strong", r.state_table.strong))
-            if r.learned and r.learned.models:
-                refs += [(f"{at}.learned.models", m) for m in r.learned.models]
-            refs += _judges(r.scorer, f"{at}.scorer")
+        refs = [ref for name in self.routes for ref in self.route_model_refs(name)]
         if self.classify.llm:
             refs.append(("classify.llm.model", self.classify.llm.model))
         return refs
