@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from thrifty.errors import UpstreamError
 from thrifty.scoring.base import Score
+from thrifty.scoring.tools import graded_answer
 from thrifty.types import ChatRequest, response_text
 
 if TYPE_CHECKING:
@@ -49,9 +50,11 @@ class JudgeScorer:
         raise TypeError("JudgeScorer needs the caller: use score_with(ctx, caller, response)")
 
     async def score_with(self, ctx: RequestContext, caller: ModelCaller, response: dict[str, Any]) -> Score:
+        answer, unusable = graded_answer(ctx.request, response, response_text(response))
+        if unusable is not None:
+            return Score(0.0, unusable)  # no judge call needed to reject it
         try:
-            reply, attempt = await caller.complete(ctx, self.model, self.judge_request(ctx.request,
-                                                                                       response_text(response)),
+            reply, attempt = await caller.complete(ctx, self.model, self.judge_request(ctx.request, answer),
                                                    purpose="judge")
         except UpstreamError as exc:
             return Score(0.0, f"judge {self.model} failed: {exc.message[:80]}")

@@ -19,6 +19,7 @@ from thrifty.errors import DataError
 from thrifty.evaluation.dataset import OutcomeSet
 from thrifty.routing.formats import FAMILIES, code_signature, detect_family, extract_option
 from thrifty.scoring.base import Score
+from thrifty.scoring.tools import graded_answer
 from thrifty.types import ChatRequest, response_text
 
 FORMAT = "thrifty-learned-scorer/1"
@@ -48,7 +49,10 @@ class LearnedScorer:
         # (the upstream's own name for it, e.g. a dated version or an alias target, would not
         # match the training data's one-hot features).
         model = str(response.get("model") or "")
-        p = self.probability(request.last_user_text(), response_text(response), model)
+        answer, unusable = graded_answer(request, response, response_text(response))
+        if unusable is not None:
+            return Score(0.0, unusable)
+        p = self.probability(request.last_user_text(), answer, model)
         return Score(round(p, 4), f"learned P(right) {p:.2f}")
 
     def save(self, path: str | Path) -> None:

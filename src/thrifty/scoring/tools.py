@@ -5,6 +5,8 @@ its ``arguments`` are a JSON object matching that function's parameter schema (t
 ``scoring/jsonschema.py`` checks). Scorers read such an answer as a well-formed one; agreement
 cascades compare calls by function name and canonical arguments (keys sorted, no spacing), so
 two models calling ``get_weather({"city": "Paris"})`` agree however they format the JSON.
+Scorers that read text (the LLM judge, the learned scorer) read a tool-call answer as
+``graded_answer`` renders it, and give an unusable one 0 without looking further.
 """
 
 from __future__ import annotations
@@ -77,3 +79,16 @@ def tool_answer(request: ChatRequest, response: dict[str, Any]) -> str | None:
         name, args, _ = _parsed(call)
         parts.append(f"{name}({json.dumps(args, sort_keys=True, separators=(',', ':'), ensure_ascii=False)})")
     return "; ".join(parts)
+
+
+def graded_answer(request: ChatRequest, response: dict[str, Any], text: str) -> tuple[str, str | None]:
+    """What a text-reading scorer should grade: ``text`` itself, or, for an answer made of tool
+    calls only, their rendering (``Tool calls: name({...})``). The second value names why the
+    answer is unusable (a tool call the request did not offer or with bad arguments), else None."""
+    calls = tool_calls(response)
+    if text.strip() or not calls:
+        return text, None
+    problems = tool_call_problems(request, calls)
+    if problems:
+        return "", f"unusable tool call: {problems[0]}"
+    return f"Tool calls: {tool_answer(request, response)}", None
