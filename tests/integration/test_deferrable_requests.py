@@ -149,3 +149,26 @@ def test_deferral_disabled_serves_normally(tmp_path: Path) -> None:
         assert batches(mock).created == 0 and upstream_paths(mock) == ["POST /v1/chat/completions"]
         assert ledger(gw, "SELECT batch, strategy FROM requests") == [(0, "passthrough")]
         gw.close()
+
+
+@pytest.mark.parametrize(("budget", "served_by_batch"), [(0.0003, True), (0.0001, False)])
+def test_a_route_budget_holds_at_the_batch_price(tmp_path: Path, budget: float, served_by_batch: bool) -> None:
+    """100 completion tokens at $4/M: ~$0.0004 at the normal price, ~$0.0002 at the batch price."""
+    with start_mock({"completion_s": 0.1}) as mock:
+        cfg = gateway_config(mock, tmp_path)
+        cfg["routing"] = {"default_route": "cheap", "routes": {"cheap": {"model": "good", "max_cost_usd": budget}}}
+        gw = Gateway.from_config(cfg)
+        with run_in_thread(gw.app()) as server:
+            call = client(server).chat.completions.with_raw_response
+            kw: dict[str, Any] = {"model": "auto", "max_tokens": 100, "extra_body": {"thrifty": {"deferrable": True}},
+                                  "messages": [{"role": "user", "content": "I love it"}]}
+            if served_by_batch:
+                raw = call.create(**kw)
+                assert raw.parse().choices[0].message.content == "positive"
+                assert raw.headers["x-thrifty-batch"] == "batch" and batches(mock).created == 1
+            else:
+                with pytest.raises(openai.BadRequestError) as err:
+                    call.create(**kw)
+                assert err.value.code == "route_budget_exceeded" and "max_cost_usd" in err.value.message
+                assert batches(mock).created == 0 and upstream_paths(mock) == []
+        gw.close()

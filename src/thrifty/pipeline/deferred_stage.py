@@ -7,6 +7,8 @@ gets it through the gateway's ``Collector`` (batching/collector.py): the request
 batch, and the answer is priced at the batch price (``ctx.batch``, strategy ``batch``).
 
 - A streaming deferrable request is refused (400): a batch answer arrives whole, nothing to stream.
+- The route's ``max_cost_usd`` is checked before submitting, at the batch price (400
+  ``route_budget_exceeded`` when even that does not fit, as for a normal call).
 - A cascade plan is not deferred (its tiers depend on each other's answers): served normally,
   with ``x-thrifty-batch: skipped-cascade``.
 - A batch line that fails, expires or goes missing is served by a normal call (normal price;
@@ -22,6 +24,7 @@ from thrifty.catalog import Catalog
 from thrifty.errors import InvalidRequestError, StorageError, UpstreamError
 from thrifty.pipeline.accounting import settle
 from thrifty.pipeline.context import Attempt, Handler, RequestContext
+from thrifty.routing.policies import BudgetGuard
 
 if TYPE_CHECKING:
     from thrifty.batching.collector import Collector
@@ -65,6 +68,8 @@ class DeferredStage:
         if info is None:  # the caller reports unknown models; let it
             await call_next(ctx)
             return
+        # The route's budget holds here too, at the batch price the call will be billed at.
+        BudgetGuard(self.catalog, plan.max_cost_usd, plan.route, batch=True).require(ctx, info.name)
         started, t0 = time.time(), time.perf_counter()
         try:
             answer = await self.collector.submit(ctx.request_id, info, ctx.request.to_body(info.upstream_model,

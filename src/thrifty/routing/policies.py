@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from thrifty.catalog import Catalog
-from thrifty.cost import estimate_cost
+from thrifty.cost import price_tokens
 from thrifty.errors import InvalidRequestError, ThriftyError, UpstreamError
 from thrifty.pipeline.accounting import set_escalations
 from thrifty.pipeline.caller import ModelCaller
@@ -36,7 +36,7 @@ from thrifty.scoring.base import score_answer
 from thrifty.scoring.logprob import strip_logprobs
 from thrifty.scoring.tools import tool_answer, tool_calls
 from thrifty.tokens import count_messages
-from thrifty.types import response_text
+from thrifty.types import Usage, response_text
 
 # Completion tokens assumed for a request's first call (later calls assume the longest answer
 # so far), capped by the request's max_tokens / max_completion_tokens.
@@ -55,6 +55,7 @@ class BudgetGuard:
     catalog: Catalog
     max_cost_usd: float | None
     route: str | None = None
+    batch: bool = False  # priced as a Batch API call (deferrable requests)
 
     def tokens(self, ctx: RequestContext) -> tuple[int, int]:
         """(prompt, completion) tokens the next call is estimated at."""
@@ -74,7 +75,8 @@ class BudgetGuard:
         info = self.catalog.get(model)
         if info is None or info.price is None:
             return None
-        return estimate_cost(*self.tokens(ctx), info.price)
+        prompt, completion = self.tokens(ctx)
+        return price_tokens(Usage(prompt_tokens=prompt, completion_tokens=completion), info.price, batch=self.batch)
 
     def allows(self, ctx: RequestContext, model: str) -> bool:
         if self.max_cost_usd is None:
