@@ -7,6 +7,10 @@ Prices are resolved in this order, first hit wins:
 3. the maintained ``genai-prices`` database, looked up by the upstream model name;
 4. unknown: the model still serves requests; its cost is recorded as unknown and warned.
 
+Prices are flat per token, except those from genai-prices for models it prices by prompt size
+(e.g. Gemini 2.5 Pro above 200k input tokens): such a price keeps its ``genai_ref`` and
+cost.py asks genai-prices for each call's exact price. A config override makes a price flat.
+
 A partial ``price`` block (say only ``cached_input``) overrides those fields of the price found
 in 2 or 3; for a model neither knows it must give both ``input`` and ``output``, else the price
 stays unknown (warned at start-up, like 4).
@@ -33,9 +37,14 @@ class ModelPrice:
     batch_input: float | None = None
     batch_output: float | None = None
     source: str = "config"
+    # (model_ref, provider_id) in genai-prices when the price there depends on the prompt's size.
+    genai_ref: tuple[str, str | None] | None = None
 
     def with_overrides(self, values: dict[str, Any]) -> ModelPrice:
-        return replace(self, **{k: v for k, v in values.items() if v is not None})
+        changes = {k: v for k, v in values.items() if v is not None}
+        if changes.keys() & {"input", "output", "cached_input", "cache_write"}:
+            changes["genai_ref"] = None  # the configured per-token prices apply to every size
+        return replace(self, **changes)
 
 
 @dataclass(frozen=True)
@@ -118,14 +127,23 @@ def lookup_genai_price(model_ref: str, provider_id: str | None = None) -> ModelP
 
         input_p = per_million(input_tokens=1000)
         output_p = per_million(output_tokens=1000)
+        # genai-prices counts cache reads and writes inside input_tokens, as these calls assume.
         try:
             cached_p: float | None = per_million(input_tokens=1000, cache_read_tokens=1000)
         except Exception:
             cached_p = None
+        try:  # Anthropic bills cache writes at 1.25x input: without it they were priced as input
+            write_p: float | None = per_million(input_tokens=1000, cache_write_tokens=1000)
+        except Exception:
+            write_p = None
+        # Tiered by prompt size: a 2M-token prompt does not cost what the base tier says.
+        flat = 2000 * input_p + output_p
+        tiered = abs(per_million(input_tokens=2_000_000, output_tokens=1000) - flat) > 1e-9 * max(flat, 1.0)
     except Exception as exc:  # LookupError for unknown models; anything else is a library fault
         log.debug("genai-prices has no price for %s: %s", model_ref, exc)
         return None
-    return ModelPrice(input=input_p, output=output_p, cached_input=cached_p, source="genai-prices")
+    return ModelPrice(input=input_p, output=output_p, cached_input=cached_p, cache_write=write_p,
+                      source="genai-prices", genai_ref=(model_ref, provider_id) if tiered else None)
 
 
 def resolve_price(

@@ -8,6 +8,8 @@ Rules (the part of gateways most often wrong):
   + completion * output price.
 - Batch calls use the batch prices, or half the normal prices when only those are known
   (OpenAI's and Anthropic's Batch APIs both discount 50%).
+- A price tiered by prompt size (``ModelPrice.genai_ref``, from genai-prices) is asked of
+  genai-prices with the call's real token counts; the per-million figures are its base tier.
 - A provider-reported ``usage.cost`` wins over any computation.
 - Pricing never fails a request: an unknown price gives ``None`` (recorded as unknown).
 """
@@ -39,6 +41,10 @@ def price_tokens(usage: Usage, price: ModelPrice | None, *, batch: bool = False)
     """What ``usage`` costs at ``price`` (ignores any provider-reported cost)."""
     if price is None:
         return None
+    if price.genai_ref is not None and not batch:
+        tiered = _genai_price(usage, *price.genai_ref)
+        if tiered is not None:
+            return tiered
     in_p, out_p = price.input, price.output
     cached_p = price.cached_input if price.cached_input is not None else in_p
     write_p = price.cache_write if price.cache_write is not None else in_p
@@ -53,6 +59,19 @@ def price_tokens(usage: Usage, price: ModelPrice | None, *, batch: bool = False)
         + usage.cache_write_tokens * write_p
         + usage.completion_tokens * out_p
     ) / _M
+
+
+def _genai_price(usage: Usage, model_ref: str, provider_id: str | None) -> float | None:
+    """genai-prices' price of ``usage`` (its input_tokens include cache reads and writes)."""
+    try:
+        from genai_prices import Usage as GenaiUsage
+        from genai_prices import calc_price
+
+        tokens = GenaiUsage(input_tokens=usage.prompt_tokens, cache_read_tokens=usage.cached_tokens,
+                            cache_write_tokens=usage.cache_write_tokens, output_tokens=usage.completion_tokens)
+        return float(calc_price(tokens, model_ref=model_ref, provider_id=provider_id).total_price)
+    except Exception:  # pricing never fails a request: fall back to the base tier
+        return None
 
 
 def call_cost(usage: Usage, price: ModelPrice | None, *, batch: bool = False) -> Cost:

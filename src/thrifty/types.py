@@ -121,7 +121,9 @@ def _check_message(i: int, msg: Any) -> None:
         )
     content = msg.get("content")
     if content is None:
-        if role == "assistant" and (msg.get("tool_calls") or msg.get("function_call")):
+        # An assistant turn may be only tool calls, a refusal or an audio reference, and SDKs send
+        # a past reply back with `"content": null`: whether it is complete is the upstream's call.
+        if role == "assistant":
             return
         raise InvalidRequestError(f"'{where}.content' is required.", param=f"{where}.content")
     if isinstance(content, str):
@@ -232,35 +234,48 @@ class Usage:
         - OpenAI: prompt_tokens includes prompt_tokens_details.cached_tokens; completion_tokens
           includes completion_tokens_details.reasoning_tokens.
         - DeepSeek: prompt_cache_hit_tokens + prompt_cache_miss_tokens == prompt_tokens.
+        - Moonshot/Kimi: the cache hits are a top-level ``cached_tokens`` (inside prompt_tokens).
+        - OpenRouter: prompt_tokens_details.cache_write_tokens (inside prompt_tokens); with
+          ``is_byok`` the provider's own charge is added to OpenRouter's fee (``cost``).
         - Anthropic-style (input_tokens/output_tokens): input_tokens EXCLUDES
-          cache_read_input_tokens and cache_creation_input_tokens, so they are added back.
-        - A reasoning count larger than completion_tokens means the provider reported reasoning
-          apart from the answer; it is added so reasoning is never billed as free.
+          cache_read_input_tokens and cache_creation_input_tokens, so they are added back;
+          OpenAI Responses-style (input_tokens_details.cached_tokens) includes them.
+        - xAI and some Gemini bridges report reasoning OUTSIDE completion_tokens (total_tokens =
+          prompt + completion + reasoning, or more): then it is added, so reasoning is never
+          billed as free. A reasoning count larger than completion_tokens can only mean the same.
         """
         if not isinstance(raw, dict):
             return cls()
         g = _int_getter(raw)
+        idetails = _int_getter(raw.get("prompt_tokens_details") or raw.get("input_tokens_details"))
         if "input_tokens" in raw and "prompt_tokens" not in raw:
-            cached = g("cache_read_input_tokens")
             written = g("cache_creation_input_tokens")
-            prompt = g("input_tokens") + cached + written
+            if "cache_read_input_tokens" in raw or written:
+                cached = g("cache_read_input_tokens")
+                prompt = g("input_tokens") + cached + written
+            else:
+                cached, prompt = idetails("cached_tokens"), g("input_tokens")
             completion = g("output_tokens")
         else:
             prompt = g("prompt_tokens")
             completion = g("completion_tokens")
-            details = raw.get("prompt_tokens_details")
-            cached = _int_getter(details)("cached_tokens") if isinstance(details, dict) else 0
-            written = 0
+            cached = idetails("cached_tokens") or g("cached_tokens")
+            written = idetails("cache_write_tokens")
             if not cached and "prompt_cache_hit_tokens" in raw:
                 cached = g("prompt_cache_hit_tokens")
                 if not prompt:
                     prompt = cached + g("prompt_cache_miss_tokens")
         cdetails = raw.get("completion_tokens_details") or raw.get("output_tokens_details")
         reasoning = _int_getter(cdetails)("reasoning_tokens") if isinstance(cdetails, dict) else 0
-        if reasoning > completion:
+        total = g("total_tokens")
+        if reasoning and (reasoning > completion or (total and total >= prompt + completion + reasoning)):
             completion += reasoning
-        cost_raw = raw.get("cost")
-        cost = float(cost_raw) if isinstance(cost_raw, int | float) and not isinstance(cost_raw, bool) else None
+        cost = _number(raw.get("cost"))
+        if cost is not None and raw.get("is_byok") is True:
+            # OpenRouter with the user's own provider key: ``cost`` is only OpenRouter's fee; the
+            # provider bills the inference itself (``cost_details.upstream_inference_cost``).
+            details = raw.get("cost_details")
+            cost += _number(details.get("upstream_inference_cost") if isinstance(details, dict) else None) or 0.0
         return cls(prompt, completion, min(cached, prompt), written, reasoning, cost)
 
     def to_openai(self) -> dict[str, Any]:
@@ -274,6 +289,10 @@ class Usage:
         if self.cost is not None:
             out["cost"] = self.cost
         return out
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
 
 def _int_getter(d: Any) -> Any:

@@ -27,7 +27,7 @@ PROMPT = f"{HEAD}\n\n{FILLER}\n\n{FILLER}\n\n{RULE}"  # the repeated paragraph g
 
 MOCK = {"models": {"cheap": {"answers": [
     {"pattern": r"(?s)(You are ShopBot for Acme Widgets\.).*(IMPORTANT: never reveal the discount code 4471\.)",
-     "answer": r"\1 \2"},
+     "answer": r"\1 We sell products 0-99 in many colours, sizes and finishes. \2"},
 ]}}}
 
 
@@ -81,7 +81,7 @@ def test_system_prompt_compressed_once_stable_priced_and_managed(mock: RunningSe
         assert len(compress_calls) == 1
         assert FILLER.count("number 5 ") == 1 and compress_calls[0]["messages"][1]["content"].count(FILLER) == 1
         sent = [b["messages"][0]["content"] for b in upstream_bodies(mock, "big")]
-        assert sent == [f"{HEAD} {RULE}"] * 3  # same bytes every time: provider prompt caching keeps working
+        assert sent == [f"{HEAD} We sell products 0-99 in many colours, sizes and finishes. {RULE}"] * 3  # same bytes every time: provider prompt caching keeps working
         gw.flush()
         with sqlite3.connect(tmp_path / "ledger.db") as db:
             rows = db.execute("SELECT compression_saved_tokens, compression_saved_usd FROM requests").fetchall()

@@ -172,3 +172,18 @@ def test_a_route_budget_holds_at_the_batch_price(tmp_path: Path, budget: float, 
                 assert err.value.code == "route_budget_exceeded" and "max_cost_usd" in err.value.message
                 assert batches(mock).created == 0 and upstream_paths(mock) == []
         gw.close()
+
+
+def test_a_batch_answer_without_usage_is_counted_not_free(tmp_path: Path) -> None:
+    """A batch result with an empty usage is priced from thrifty's own token counts (estimated)."""
+    with run_in_thread(create_mock(MockConfig.from_dict({"batch": {"completion_s": 0.1}, "models": {
+            "good": {"answers": RULES, "usage_convention": "none"}}}))) as mock:
+        gw = Gateway.from_config(gateway_config(mock, tmp_path))
+        with run_in_thread(gw.app()) as server:
+            answer, headers = ask(server, "I love it")
+        assert answer == "positive" and headers["x-thrifty-batch"] == "batch"
+        ((cost, source, prompt, completion),) = ledger(
+            gw, "SELECT cost_usd, cost_source, prompt_tokens, completion_tokens FROM attempts")
+        assert source == "estimated" and prompt > 0 and completion > 0
+        assert cost == pytest.approx((prompt * 1.0 + completion * 4.0) / 1e6 * 0.5)
+        gw.close()

@@ -149,7 +149,11 @@ def test_parameters_pass_through(gateway: tuple[Gateway, RunningServer], mock: R
                        "max_completion_tokens": 50, "logprobs": True, "top_logprobs": 2, "n": 2,
                        "metadata": {"team": "a"}, "response_format": {"type": "json_object"}}.items():
         assert body[key] == value, key
-    # the upstream key is sent upstream, but the mock only ever records its last 4 characters
+    # The provider's key is what goes upstream, never the client's (the mock records only the last
+    # 4 characters of a credential: those of SECRET, not of the client's "...0000").
+    call = next(r for r in recorded["data"] if r["body"].get("seed") == 7)
+    assert call["headers"]["authorization"] == "..." + SECRET[-4:]
+    assert not any("0000" in str(v) for k, v in call["headers"].items() if k in ("authorization", "api-key"))
     assert SECRET not in json.dumps(recorded)
 
 
@@ -181,19 +185,29 @@ def test_models_retrieve_and_wrong_method(gateway: tuple[Gateway, RunningServer]
 
 
 def test_client_leaving_a_stream_before_its_first_byte_cancels_the_upstream_call(
-        gateway: tuple[Gateway, RunningServer]) -> None:
+        gateway: tuple[Gateway, RunningServer], mock: RunningServer) -> None:
     # The upstream never answers and the provider would wait 60 s: the gateway must notice the
     # client is gone, drop the upstream call and still write the ledger row.
     import socket
     import time
 
+    import httpx
+
+    def upstream_calls() -> int:
+        return int(httpx.get(mock.url + "/mock/stats", timeout=5).json()["requests"])
+
     gw, server = gateway
     host, port = server.url.removeprefix("http://").split(":")
     body = json.dumps({"model": "hanging-long", "stream": True, "messages": MSG}).encode()
+    before = upstream_calls()
     with socket.create_connection((host, int(port)), timeout=5) as sock:
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
                      b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-        time.sleep(0.5)
+        # Leave only once the upstream call is in flight (a fixed sleep raced a loaded machine).
+        deadline = time.monotonic() + 10
+        while upstream_calls() == before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert upstream_calls() > before, "the gateway never called the upstream"
     deadline = time.monotonic() + 10
     rows: list[tuple[Any, ...]] = []
     while time.monotonic() < deadline and not rows:
@@ -230,11 +244,15 @@ def test_hanging_upstream_ends_in_timeout_error(gateway: tuple[Gateway, RunningS
 
 def test_truncated_stream_ends_with_error_and_is_recorded_failed(gateway: tuple[Gateway, RunningServer]) -> None:
     gw, server = gateway
-    with pytest.raises(openai.APIError):
-        for _ in client(server).chat.completions.create(model="trunc", messages=MSG, stream=True):
-            pass
-    rows = ledger_rows(gw, "SELECT status, error FROM requests WHERE requested_model='trunc'")
-    assert rows and rows[-1][0] == "error" and "truncated" in rows[-1][1]
+    with client(server).chat.completions.with_streaming_response.create(
+            model="trunc", messages=MSG, stream=True) as resp:
+        rid = resp.headers["x-thrifty-request-id"]  # this request's row, whatever ran before
+        with pytest.raises(openai.APIError) as err:
+            for _ in resp.parse():
+                pass
+    assert "truncated" in str(err.value)
+    rows = ledger_rows(gw, "SELECT status, error_type, error FROM requests WHERE request_id = ?", rid)
+    assert len(rows) == 1 and rows[0][:2] == ("error", "UpstreamError") and "truncated" in rows[0][2]
 
 
 def test_truncated_body_says_it_was_cut_short_not_a_connection_failure(gateway: tuple[Gateway, RunningServer]) -> None:
@@ -271,13 +289,16 @@ async def test_bad_input_gets_openai_error_and_no_ledger_row(
     gateway: tuple[Gateway, RunningServer], body: bytes, status: int, needle: str
 ) -> None:
     gw, server = gateway
-    before = ledger_rows(gw, "SELECT COUNT(*) FROM requests WHERE status = 'ok'")[0][0]
+    # Every row, not only the 'ok' ones: a refused request could never add an 'ok' row anyway.
+    before = ledger_rows(gw, "SELECT COUNT(*) FROM requests")[0][0]
     code, payload = await _post(server, body)
     assert code == status
     assert set(payload["error"]) >= {"message", "type", "param", "code"}
     assert needle in payload["error"]["message"]
-    if status != 404:
-        assert ledger_rows(gw, "SELECT COUNT(*) FROM requests WHERE status = 'ok'")[0][0] == before
+    new_rows = ledger_rows(gw, "SELECT status, error_type FROM requests ORDER BY rowid")[before:]
+    # A body refused before the pipeline costs nothing and is not a request; an unknown model
+    # is refused inside it, so it is recorded as a failed request.
+    assert new_rows == ([("error", "NotFoundError")] if status == 404 else [])
 
 
 async def test_compressed_body_is_refused_by_name(gateway: tuple[Gateway, RunningServer]) -> None:
@@ -292,7 +313,7 @@ async def test_compressed_body_is_refused_by_name(gateway: tuple[Gateway, Runnin
 def test_unknown_path_is_openai_error(gateway: tuple[Gateway, RunningServer]) -> None:
     _, server = gateway
     with pytest.raises(openai.NotFoundError):
-        client(server).embeddings.create(model="cheap", input="x")
+        client(server).completions.create(model="cheap", prompt="x")
 
 
 def test_upstream_key_never_leaks(

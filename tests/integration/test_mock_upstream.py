@@ -110,7 +110,8 @@ def test_n_max_tokens_json_and_logprobs(client: openai.OpenAI) -> None:
         and cut.usage.completion_tokens == 3
     )
     js = client.chat.completions.create(model="m", messages=QUESTION, response_format={"type": "json_object"})
-    assert isinstance(json.loads(js.choices[0].message.content or ""), dict)
+    wrapped = json.loads(js.choices[0].message.content or "")
+    assert set(wrapped) == {"answer"} and isinstance(wrapped["answer"], str) and wrapped["answer"]  # docs: {"answer": ...}
     lp = client.chat.completions.create(model="m", messages=QUESTION, logprobs=True, top_logprobs=2)
     content = lp.choices[0].logprobs.content if lp.choices[0].logprobs else None
     assert content and all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in content)
@@ -184,17 +185,25 @@ def test_fail_first_n_then_succeed_and_reset(server: RunningServer, client: open
 def test_hang_times_out_without_blocking_others(server: RunningServer, client: openai.OpenAI) -> None:
     errors: list[BaseException] = []
 
+    def received() -> int:
+        return int(httpx.get(server.url + "/mock/stats", timeout=5).json()["requests"])
+
     def hang() -> None:
         try:
-            client.with_options(timeout=1.0).chat.completions.create(
+            # Long enough that the other request is served well before it, even on a loaded machine.
+            client.with_options(timeout=3.0).chat.completions.create(
                 model="m", messages=QUESTION, extra_headers={"x-mock-behaviour": "hang"}
             )
         except BaseException as exc:
             errors.append(exc)
 
+    before = received()
     thread = threading.Thread(target=hang)
     thread.start()
-    time.sleep(0.1)
+    deadline = time.monotonic() + 10  # the hung request has arrived (a fixed sleep only hoped so)
+    while received() == before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert received() == before + 1
     assert client.chat.completions.create(model="m", messages=QUESTION).choices
     assert thread.is_alive()  # served while the hung request is still waiting
     thread.join(5)

@@ -60,11 +60,15 @@ async def test_async_openai_client_in_process(mock: RunningServer, tmp_path: Pat
 
 def test_sync_openai_client_in_process(mock: RunningServer, tmp_path: Path) -> None:
     gw = Gateway.from_config(write_config(tmp_path, mock.url + "/v1"))
-    client = gw.openai_client()
-    reply = client.chat.completions.create(model="premium", messages=MSG)  # type: ignore[arg-type]
-    assert reply.choices[0].message.content
-    gw.flush()
-    from thrifty.ledger.store import SQLiteStore
+    try:
+        client = gw.openai_client()
+        reply = client.chat.completions.create(model="premium", messages=MSG)  # type: ignore[arg-type]
+        # The mock's answer for this model, whole (not just "something came back").
+        assert (reply.choices[0].message.content or "").startswith("[premium] answer to: Name a prime number.")
+        gw.flush()
+        from thrifty.ledger.store import SQLiteStore
 
-    rows = SQLiteStore(str(tmp_path / "ledger.db")).query("SELECT served_model, status FROM requests")
-    assert rows == [("premium", "ok")]
+        rows = SQLiteStore(str(tmp_path / "ledger.db")).query("SELECT served_model, status FROM requests")
+        assert rows == [("premium", "ok")]
+    finally:
+        gw.close()  # else its upstream session is left open ("Unclosed client session" at exit)

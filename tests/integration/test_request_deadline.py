@@ -67,6 +67,14 @@ def ledger_errors(gw: Gateway) -> list[tuple[str, str]]:
         return conn.execute("SELECT status, error_type FROM requests WHERE status = 'error'").fetchall()
 
 
+def ledger_row(gw: Gateway, exc: openai.APIStatusError) -> list[tuple[str, str]]:
+    """The ledger row of the request that failed with ``exc`` (by the id the client was given)."""
+    gw.flush()
+    with sqlite3.connect(gw.config.ledger.path) as conn:
+        return conn.execute("SELECT status, error_type FROM requests WHERE request_id = ?",
+                            (exc.response.headers["x-thrifty-request-id"],)).fetchall()
+
+
 def test_a_request_past_the_deadline_is_a_504_and_is_recorded(served: tuple[Gateway, RunningServer]) -> None:
     gw, server = served
     with pytest.raises(openai.APIStatusError) as exc:
@@ -76,28 +84,33 @@ def test_a_request_past_the_deadline_is_a_504_and_is_recorded(served: tuple[Gate
     assert isinstance(body, dict) and body["code"] == "request_timeout" and body["type"] == "timeout"
     assert "request_timeout_s = 1s" in body["message"]
     assert ("error", "RequestTimeoutError") in ledger_errors(gw)
+    assert ledger_row(gw, exc.value) == [("error", "RequestTimeoutError")]
 
 
 def test_a_stream_past_the_deadline_fails_before_its_first_chunk(served: tuple[Gateway, RunningServer]) -> None:
-    _, server = served
+    gw, server = served
     with pytest.raises(openai.APIStatusError) as exc:
         client(server).chat.completions.create(model="slow", messages=[{"role": "user", "content": "hi"}],
                                                stream=True)
     assert exc.value.status_code == 504
+    assert ledger_row(gw, exc.value) == [("error", "RequestTimeoutError")]
 
 
 def test_the_deadline_covers_fallbacks_too(served: tuple[Gateway, RunningServer]) -> None:
     # Without an overall deadline the hanging call would last its provider's 60 s timeout.
-    _, server = served
+    gw, server = served
     with pytest.raises(openai.APIStatusError) as exc:
         client(server).chat.completions.create(model="slow-then-cheap", messages=[{"role": "user", "content": "x"}])
     assert exc.value.status_code == 504
+    assert ledger_row(gw, exc.value) == [("error", "RequestTimeoutError")]
 
 
 def test_requests_within_the_deadline_are_unaffected(served: tuple[Gateway, RunningServer]) -> None:
     _, server = served
     reply = client(server).chat.completions.create(model="cheap", messages=[{"role": "user", "content": "hi"}])
-    assert reply.choices[0].message.content
+    # The mock's answer, whole: "[model] answer to: <the question>... | <filler>".
+    assert (reply.choices[0].message.content or "").startswith("[cheap] answer to: hi")
+    assert reply.choices[0].finish_reason == "stop"
 
 
 async def test_library_calls_have_the_same_deadline(mock: RunningServer, tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +157,13 @@ async def test_a_batch_that_cannot_be_sent_fails_every_request_and_is_abandoned(
     assert ledger(gw, "SELECT status FROM batch_jobs") == [("cancelled",)]
 
 
+async def until(done: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
+    """Poll ``done`` until it holds; fail (not hang the suite) if it never does."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not done():
+        assert asyncio.get_running_loop().time() < deadline, what
+        await asyncio.sleep(0.01)
+
 async def test_client_gone_before_sending_is_left_out_and_after_sending_is_still_ledgered(gw: Gateway) -> None:
     api = FakeBatchAPI(hold=True)
     col = collector(gw, api)
@@ -167,8 +174,7 @@ async def test_client_gone_before_sending_is_left_out_and_after_sending_is_still
     stays = asyncio.create_task(col.submit("stays", a, body("a", "z")))
     await asyncio.sleep(0)
     early.cancel()
-    while not api.batches:
-        await asyncio.sleep(0.01)
+    await until(lambda: bool(api.batches), "the batch was never sent")
     late.cancel()  # sent already: the provider bills it, so its answer is ledgered without a client
     api.hold = False
     answer = await stays
@@ -193,8 +199,7 @@ async def test_stale_jobs_are_adopted_after_a_restart(gw: Gateway) -> None:
     restarted = collector(gw, api)
     assert sorted(await restarted.adopt_orphans()) == ["bj_sent", "bj_unsent"]
     assert await collector(gw, api).adopt_orphans() == []  # already claimed
-    while restarted._active:
-        await asyncio.sleep(0.01)
+    await until(lambda: not restarted._active, "the adopted jobs never finished")
     assert jobs.get("bj_sent").status == "finished" and jobs.get("bj_unsent").status == "cancelled"
     assert jobs.get("bj_live").status == "created" and len(api.batches) == 1
     assert ledger(gw, "SELECT request_id, batch FROM requests") == [("bj_sent-req", 1)]

@@ -90,6 +90,6 @@ def test_mock_answers_packs_item_by_item_and_misbehaves_on_request() -> None:
     reordered = [r["id"] for r in json.loads(_mock_answer(pack_reorder=True))["results"]]
     assert sorted(reordered) == sorted(r["id"] for r in good) and reordered != [r["id"] for r in good]
     assert sum(r["output"] is None for r in json.loads(_mock_answer(pack_invalid=2))["results"]) == 2
-    with pytest.raises(ValueError):
+    with pytest.raises(json.JSONDecodeError):  # broken on purpose, not some other ValueError
         json.loads(_mock_answer(pack_break_json=True))
     assert json.loads(_mock_answer(pack_break_json=True, pack_min_items=7))["results"] == good

@@ -128,6 +128,10 @@ async def test_one_tenant_never_gets_another_tenants_answer(tmp_path: Path) -> N
     assert [a.cache_status, b.cache_status, b_sem.cache_status] == ["miss", "miss", "miss"]
     assert up.calls == 3 and content(a) != content(b)
     assert (await ask(gw, tenant="alice")).cache_status == "hit"
+    # The reworded question does hit semantically within a tenant, so carol's miss was the tenant.
+    own = await ask(gw, tenant="alice", text="what is the capital of france")
+    assert own.cache_status == "hit" and own.response_headers["x-thrifty-cache-match"] == "semantic"
+    assert content(own) == content(a) and up.calls == 3
     await gw.aclose()
 
 

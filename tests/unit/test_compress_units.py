@@ -15,15 +15,18 @@ from thrifty.tokens import count_messages
 
 
 def test_compaction_normalises_whitespace_markup_and_duplicates() -> None:
-    text = "# Rules\n\n**Be   polite.**   \n\n\n\n<b>Refunds</b> within 30 days.\n\nBe polite.\n\n<!-- note -->"
-    assert compact(text) == "Rules\n\nBe polite.\n\nRefunds within 30 days."
+    polite = "Be polite to every customer, whatever they say, and thank them warmly for taking the time to write to us today."
+    text = (f"# Rules\n\n**{polite.replace(' ', '   ', 2)}**   \n\n\n\n<b>Refunds</b> within 30 days.\n\n{polite}"
+            "\n\n<!-- note -->")
+    assert compact(text) == f"Rules\n\n{polite}\n\nRefunds within 30 days."
 
 
 def test_compaction_leaves_code_fences_alone_and_is_stable() -> None:
-    text = "Intro   text.\n\n```\nx  =  1\n\n\n\ny = 2\n```\n\nIntro text."
+    intro = "Intro text that explains, at some length, what the short code block below does and why it matters to the reader."
+    text = f"{intro.replace(' ', '   ', 1)}\n\n```\nx  =  1\n\n\n\ny = 2\n```\n\n{intro}"
     out = normalise(text)
     assert "x  =  1\n\n\n\ny = 2" in out
-    assert out.count("Intro text.") == 1
+    assert out.count(intro) == 1
     assert compact(text) == compact(text)
 
 
@@ -35,7 +38,7 @@ def test_dictionary_replaces_repeated_phrases_with_a_legend() -> None:
 
 
 def test_dictionary_must_shorten() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="'abc' must be shorter than the phrase it replaces"):
         CompressionConfig.model_validate({"dictionary": {"ab": "abc"}})
 
 
@@ -49,8 +52,27 @@ def test_validation_needs_must_keep_items_and_marked_sentences() -> None:
     verdict = check(original, lost_rule, ["Acme"], markers)
     assert not verdict.ok and "IMPORTANT" in verdict.missing[0]
     lost_item = "Help customers. IMPORTANT: never share the code 4471."
-    assert check(original, lost_item, ["Acme"], markers).missing == ["Acme"]
+    assert check(original, lost_item, ["Acme"], markers).missing == ["Acme", "30"]  # "30": a stated fact
     assert not check(original, original + " more", [], markers).ok  # not shorter
+
+
+def test_validation_keeps_stated_facts_and_most_of_the_vocabulary() -> None:
+    original = ("You answer for Acme support. Refunds are accepted within 30 days at https://acme.example/refunds; "
+                "write to help@acme.example. Run `reset --hard` only when asked, and greet with \"Hi there\". "
+                "Shipping costs 4.99 in the EU. We stock items 1, 2, 3 and 4 of the catalogue.")
+    assert check(original, "Sure! I can help with that.", [], []).missing == [
+        "https://acme.example/refunds", "help@acme.example", "30", "4.99", "1", "2", "3", "4", "reset --hard",
+        "Hi there"]
+    faithful = ("Acme support. Refunds within 30 days: https://acme.example/refunds, help@acme.example. "
+                "`reset --hard` only when asked; greet \"Hi there\". EU shipping 4.99. Catalogue items 1-4.")
+    assert check(original, faithful, [], []).ok
+    assert not check(original, faithful.replace("30 days", "300 days"), [], []).ok  # 30 is not kept by 300
+    assert check(original, faithful.replace("30 days", "a month"), [], [], keep_facts=False).ok
+    # No facts to check, but nearly nothing of what the prompt talks about is left.
+    plain = "You are a friendly assistant for gardeners. Explain pruning, watering and soil choices clearly."
+    assert check(plain, "Be friendly.", [], [], min_vocabulary=0.3).reason.startswith("compression kept")
+    assert check(plain, "Friendly gardeners' assistant: explain pruning, watering, soil.", [], [],
+                 min_vocabulary=0.3).ok
 
 
 def test_versions_active_approve_reject() -> None:
@@ -118,5 +140,5 @@ def test_route_selection() -> None:
                                                                       "*": {"compaction": True}}})
     assert cfg.for_request("support", "x") is cfg.routes["support"]
     assert cfg.for_request(None, "x") is cfg.routes["*"]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"routes\.r: system_prompt/summarize_history need compression\.model"):
         CompressionConfig.model_validate({"routes": {"r": {"system_prompt": True}}})

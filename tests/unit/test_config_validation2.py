@@ -129,7 +129,9 @@ def test_state_table_actions_are_checked(table: dict[str, str], needle: str) -> 
 def test_valid_state_table_loads() -> None:
     route = {"state_table": {"order": ["cheap", "mid"], "table": {"": "next", "0": "next", "0,0": "stop:1",
                                                                   "0,1": "strong"}, "strong": "big"}}
-    assert load_config(base(routing={"default_route": "g", "routes": {"g": route}}), env={}).routing.routes["g"]
+    loaded = load_config(base(routing={"default_route": "g", "routes": {"g": route}}), env={}).routing.routes["g"]
+    assert loaded.state_table is not None
+    assert loaded.state_table.table == route["state_table"]["table"] and loaded.state_table.strong == "big"
 
 
 # -- 7. learned.models -------------------------------------------------------------------------
@@ -166,7 +168,9 @@ def test_targets_and_counts_are_checked_at_load(extra: dict[str, Any], needle: s
 
 def test_batching_targets_that_exist_load() -> None:
     for batching in ({"model": "fast"}, {"model": "auto"}, {"model": "route:faq"}, {"route": "hard"}):
-        assert load_config(base(routing=ROUTING, batching=batching), env={}).batching
+        loaded = load_config(base(routing=ROUTING, batching=batching), env={}).batching
+        assert loaded is not None
+        assert (loaded.model, loaded.route) == (batching.get("model"), batching.get("route"))
 
 
 # -- 9. errors name the key --------------------------------------------------------------------

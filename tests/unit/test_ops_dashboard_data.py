@@ -53,3 +53,21 @@ def test_aggregates(tmp_path: Path) -> None:
     assert dashboard_data(store, "7d", now=NOW)["totals"]["requests"] == 9
     with pytest.raises(InvalidRequestError):
         dashboard_data(store, "1y", now=NOW)
+
+
+def test_the_dashboard_counts_savings_by_the_reports_rule(tmp_path: Path) -> None:
+    """An unpriced request claims no saving and a failed request's spend is a loss, as in
+    `thrifty report`: the two totals agree."""
+    from thrifty.ledger.report import spend_report
+
+    store = SQLiteStore(str(tmp_path / "l.db"))
+    store.write([
+        row(1),  # saved 0.04
+        row(2, cost_usd=None),  # price unknown: claims nothing (was the whole 0.05)
+        row(3, status="error", cost_usd=0.002, baseline_cost_usd=None, served_model=None),  # a loss of 0.002
+        row(4, compression_saved_usd=0.005),  # saved 0.04 + 0.005
+    ], [])
+    totals = dashboard_data(store, "24h", now=NOW)["totals"]
+    assert totals["saved_usd"] == pytest.approx(0.04 + 0.04 + 0.005 - 0.002)
+    (report,) = spend_report(store)
+    assert report.saved_usd == pytest.approx(totals["saved_usd"])

@@ -112,3 +112,12 @@ def test_learned_router_round_trip(tmp_path: Path) -> None:
     loaded = load_config(tmp_path / "c.yaml")
     r = build_router(loaded, loaded.build_catalog())
     assert r is not None
+    # The gateway's plan for the prompt is the saved router's choice at the configured target.
+    from thrifty.pipeline.context import RequestContext
+    from thrifty.types import ChatRequest
+
+    ctx = RequestContext(request=ChatRequest.from_body({"model": "auto",
+                                                        "messages": [{"role": "user", "content": prompt}]}))
+    plan = r.plan(ctx)
+    assert plan is not None and ctx.route == "l"
+    assert [t.model for t in plan.tiers] == [router.choose(prompt, target=0.8).model]

@@ -42,7 +42,7 @@ from thrifty.catalog import ModelInfo
 from thrifty.cost import Cost, call_cost
 from thrifty.errors import ConfigError, UpstreamError
 from thrifty.ledger.records import rows_from_context
-from thrifty.pipeline.accounting import settle
+from thrifty.pipeline.accounting import observed_usage, settle
 from thrifty.pipeline.context import Attempt, RequestContext
 from thrifty.providers.batch_api import BatchProvider
 from thrifty.types import ChatRequest, Usage
@@ -100,9 +100,8 @@ class GatewayJobRunner(DeferredRunner):
         if error is not None:
             return None, error
         body = row["response"]["body"]
-        usage = Usage.from_openai(body.get("usage"))
         info = self.gw.catalog.get(job.model)
-        cost = call_cost(usage, info.price if info else None, batch=True)
+        usage, cost = _priced(it.input, body, info)
         output = json.dumps(body, ensure_ascii=False)
         # The ledger row is written by whoever delivers the answer (the waiting request's
         # ledger stage, or the collector for an orphan), not here.
@@ -233,9 +232,8 @@ class Collector:
             except ValueError:
                 body = None
             if isinstance(body, dict) and body.get("choices"):
-                usage = Usage.from_openai(body.get("usage"))
-                return BatchAnswer(body, usage, call_cost(usage, info.price if info else None, batch=True),
-                                   job.batch_id)
+                usage, cost = _priced(it.input, body, info)
+                return BatchAnswer(body, usage, cost, job.batch_id)
             return BatchItemError(f"batch {job.batch_id}: the stored answer is not a chat completion")
         return BatchItemError(f"batch {job.batch_id}: {it.error or 'no answer'} ({job.provider_status or job.status})")
 
@@ -301,3 +299,21 @@ class Collector:
         finally:
             self._active.discard(job_id)
             await self._close_if_idle()
+
+
+def _priced(request_json: str, body: dict[str, Any], info: ModelInfo | None) -> tuple[Usage, Cost]:
+    """A batch answer's usage and cost at the batch price. What the result's ``usage`` leaves
+    out (or all of it) is counted offline from the request and the answer, marked estimated,
+    as for a normal call: a billed answer never reaches the ledger as a silent $0."""
+    try:
+        request: ChatRequest | None = ChatRequest.from_body(json.loads(request_json))
+    except Exception:  # the stored request is ours; if it cannot be read, price what was reported
+        request = None
+    if request is None:
+        usage, estimated = Usage.from_openai(body.get("usage")), False
+    else:
+        usage, estimated = observed_usage(body.get("usage"), request, body)
+    cost = call_cost(usage, info.price if info else None, batch=True)
+    if estimated and cost.source == "computed":
+        cost = Cost(cost.usd, "estimated")
+    return usage, cost

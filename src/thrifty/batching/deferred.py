@@ -28,7 +28,13 @@ from thrifty.batching.items import Item, coerce_items
 from thrifty.batching.jobs import Job, JobItem, JobStore
 from thrifty.batching.runner import ItemResult, resolve_target
 from thrifty.cost import call_cost
-from thrifty.errors import ConfigError, InvalidRequestError, UpstreamError
+from thrifty.errors import (
+    ConfigError,
+    InvalidRequestError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeoutError,
+)
 from thrifty.ledger.records import rows_from_context
 from thrifty.ledger.store import SQLStore, open_store
 from thrifty.pipeline.accounting import settle
@@ -55,6 +61,14 @@ def open_job_store(gateway: Gateway) -> JobStore:
     if not cfg.ledger.enabled:
         raise ConfigError("deferred batches need the ledger (ledger.enabled: true): jobs are kept there")
     return JobStore(open_store(cfg.resolve_path(cfg.ledger.path), cfg.ledger.dsn))
+
+
+def _json_line(line: str) -> dict[str, Any] | None:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) else None
 
 
 def row_error(row: dict[str, Any]) -> str | None:
@@ -116,6 +130,10 @@ class DeferredRunner:
             await self._send_round(job)
         elif job.status == "submitted":
             await self._check(job)
+        elif job.status == "cancelling":
+            # The provider takes a while to stop a batch (OpenAI: up to 10 minutes, "cancelling");
+            # its answers so far are collected once it reports "cancelled".
+            await self._check(job, cancelled=True)
         return await asyncio.to_thread(self.jobs.get, job_id)
 
     async def wait(self, job_id: str, interval: float | None = None, timeout: float | None = None) -> Job:
@@ -123,7 +141,12 @@ class DeferredRunner:
         while True:
             try:
                 job = await self.poll(job_id)
-            except UpstreamError as exc:  # the provider is down for a moment: keep the job, try again
+            except UpstreamError as exc:
+                # The provider is down for a moment (5xx, 429, timeout, dropped connection): keep
+                # the job and try again. A 4xx (unknown batch, refused key) will not heal by
+                # waiting, possibly for ever: the caller gets it (the job stays as it was stored).
+                if not (exc.retryable or isinstance(exc, UpstreamTimeoutError | UpstreamProtocolError)):
+                    raise
                 log.warning("batch job %s: poll failed, will retry: %s", job_id, exc.message)
                 job = await asyncio.to_thread(self.jobs.get, job_id)
             if job.done or (deadline is not None and time.monotonic() >= deadline):
@@ -134,6 +157,8 @@ class DeferredRunner:
         job = await asyncio.to_thread(self.jobs.get, job_id)
         if job.done:
             return job
+        if job.status == "cancelling":
+            return await self.poll(job_id)
         if job.status == "submitted" and job.batch_id:
             await self.api(job.provider).cancel_batch(job.batch_id)
             await asyncio.to_thread(self.jobs.update, job.job_id, status="cancelling")
@@ -198,7 +223,11 @@ class DeferredRunner:
                 raw = await api.file_content(str(batch[key]))
                 for line in raw.decode("utf-8", "replace").splitlines():
                     if line.strip():
-                        row = json.loads(line)
+                        row = _json_line(line)
+                        if row is None:  # its item counts as missing: resubmitted, then reported
+                            log.warning("batch %s: skipped a line of %s that is not a JSON object",
+                                        job.batch_id, key)
+                            continue
                         answered[str(row.get("custom_id"))] = row
         stop = cancelled or status == "cancelled"
         problem = None
@@ -234,7 +263,8 @@ class DeferredRunner:
         usage = Usage.from_openai(body.get("usage"))
         cost = call_cost(usage, info.price if info else None, batch=True)
         item = Item(it.item_id, it.input)
-        output = packing.valid_output(response_text(body), item, job.labels, None)
+        cut = packing.cut_short(body)
+        output = None if cut else packing.valid_output(response_text(body), item, job.labels, None)
         self._ledger(job, it, usage, cost.usd, cost.source)
         self.jobs.update_item(
             job.job_id, it.seq,
@@ -243,7 +273,9 @@ class DeferredRunner:
             cost_usd=None if cost.usd is None else (it.cost_usd or 0.0) + cost.usd,
             **({"status": "ok", "output": output, "error": None} if output is not None else {}),
         )
-        return output, "invalid answer" if output is None else ""
+        if output is not None:
+            return output, ""
+        return None, "answer cut at max_tokens (batching.max_output_tokens_per_item)" if cut else "invalid answer"
 
     def _ledger(self, job: Job, it: JobItem, usage: Usage, cost: float | None, source: str) -> None:
         if self.gw.ledger is None:

@@ -5,7 +5,8 @@ batch created, item answered) is written as soon as it happens, so a process tha
 reads where it was and resumes polling instead of submitting again.
 
 Job status: ``created`` (items waiting for a batch of round ``round``), ``submitted`` (a
-provider batch is running: ``batch_id``), ``finished``, ``cancelled``. Item status:
+provider batch is running: ``batch_id``), ``cancelling`` (cancel asked, the provider has not
+stopped the batch yet), ``finished``, ``cancelled``. Item status:
 ``pending`` (waiting or in flight), ``ok``, ``failed`` (after every resubmission).
 """
 

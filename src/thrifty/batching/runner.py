@@ -125,7 +125,8 @@ class _Run:
 
     async def _call(self, items: list[Item], messages: list[dict[str, Any]],
                     params: dict[str, Any]) -> tuple[str | None, str | None]:
-        """(answer text, error) of one request; its cost is shared among ``items``."""
+        """(answer text, error) of one request; its cost is shared among ``items``. An answer cut
+        at ``max_tokens`` comes back as text and an error (it was paid for, but is no answer)."""
         req = ChatRequest(model=self.target, messages=messages, params=params,
                           options={"task": self.task_name})
         try:
@@ -144,6 +145,8 @@ class _Run:
             r.prompt_tokens += prompt * share
             r.completion_tokens += completion * share
             r.cost_usd = None if (cost is None or r.cost_usd is None) else r.cost_usd + cost * share
+        if packing.cut_short(ctx.response or {}):
+            return text, f"answer cut at max_tokens ({params.get('max_tokens')}; see batching.max_output_tokens_per_item)"
         return text, None
 
     async def pack(self, items: list[Item], level: int) -> None:
@@ -154,7 +157,7 @@ class _Run:
         messages = packing.packed_messages(self.task, items, self.labels)
         params = packing.packed_params(self.labels, self.json_mode, self.max_per_item * len(items) + 50)
         text, error = await self._call(items, messages, params)
-        if text is None:
+        if text is None or error is not None:
             outcome = packing.PackOutcome(failed={it.id: error or "no answer" for it in items})
         else:
             outcome = packing.parse_packed(text, items, self.labels, self.validate)
@@ -181,7 +184,7 @@ class _Run:
         params: dict[str, Any] = {"temperature": 0, "max_tokens": self.max_per_item}
         text, error = await self._call([item], packing.single_messages(self.task, item, self.labels), params)
         r = self._result(item)
-        ok = None if text is None else packing.valid_output(text, item, self.labels, self.validate)
+        ok = None if text is None or error else packing.valid_output(text, item, self.labels, self.validate)
         if ok is not None:
             r.output, r.status, r.produced, r.error = ok, "ok", "single", None
         else:

@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
         store = open_store(path, cfg.ledger.dsn)
         try:
             rows = spend_report(store, by, start, end)
-            batch = batch_savings(store, cfg.build_catalog(), start)
+            batch = batch_savings(store, cfg.build_catalog(), start, end)
         finally:
             store.close()
         text = render(rows, format, by or "scope")

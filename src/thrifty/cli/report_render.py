@@ -41,13 +41,14 @@ def _table(rows: list[ReportRow], group_label: str) -> str:
     table = Table(title="thrifty spend report")
     for col in (group_label, "requests", "errors", "spend $", "baseline $", "saved $", "saved %", "cache hits",
                 "cache misses", "cache hit %", "cache $", "escalations", "compressed tok", "compress $",
-                "batch reqs"):
+                "batch reqs", "unpriced", "estimated"):
         table.add_column(col, justify="left" if col == group_label else "right")
     for r in rows:
         table.add_row(r.group, str(r.requests), str(r.errors), f"{r.spend_usd:.6f}", f"{r.baseline_usd:.6f}",
                       f"{r.saved_usd:.6f}", f"{r.saved_pct:.1f}", str(r.cache_hits), str(r.cache_misses),
                       f"{100 * r.cache_hit_rate:.1f}", f"{r.cache_saved_usd:.6f}", str(r.escalations),
-                      str(r.compression_saved_tokens), f"{r.compression_saved_usd:.6f}", str(r.batch_requests))
+                      str(r.compression_saved_tokens), f"{r.compression_saved_usd:.6f}", str(r.batch_requests),
+                      str(r.unpriced_requests), str(r.estimated_requests))
     # Wide enough for every column at its natural width: truncated money is worse than wrapping.
     console = Console(file=io.StringIO(), width=400, force_terminal=False)
     console.print(table)

@@ -1,14 +1,19 @@
 """Deterministic compaction: no model, same input gives the same bytes every time.
 
 1. whitespace: trailing spaces cut, runs of spaces/tabs folded, at most one blank line;
-2. markup: HTML comments and tags dropped, Markdown emphasis (``**x**``, ``__x__``) and
-   heading/rule decorations reduced to their text;
-3. duplicate paragraphs (same text after 1-2) removed, first occurrence kept;
+2. markup: HTML comments and HTML tags dropped, Markdown emphasis (``**x**``, ``__x__``) and
+   heading/rule decorations reduced to their text. Only HTML's own element names count as tags:
+   prompts use ``<answer>``, ``<name>`` or ``<document>`` as delimiters and placeholders the
+   model must see, and ``a<b and c>d`` is arithmetic, not markup;
+3. duplicate paragraphs (same text after 1-2, at least ``DEDUPE_MIN_CHARS`` long) removed, first
+   occurrence kept. Short repeats are structure, not waste: the second ``Output: positive`` of a
+   few-shot prompt belongs to its example;
 4. a user dictionary of long repeated phrases: each phrase used at least twice is replaced by
    its short form, and one legend line ``[short = long phrase]`` is put first so the model can
    read it back.
 
-Fenced code blocks (```...```) are left exactly as they are: whitespace matters there.
+Fenced code blocks (```...```) and inline code spans (`...`) are left exactly as they are:
+whitespace and underscores (``__init__``) matter there.
 """
 
 from __future__ import annotations
@@ -16,8 +21,17 @@ from __future__ import annotations
 import re
 
 _FENCE = re.compile(r"(```.*?```)", re.S)
+_INLINE_CODE = re.compile(r"`[^`\n]+`")
 _COMMENT = re.compile(r"<!--.*?-->", re.S)
-_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]*)?/?>")
+# Elements that format text in pasted web pages and e-mails; anything else in angle brackets is
+# kept. Attributes must look like attributes (name="value"), so ``<b and c>`` is not a tag.
+_HTML_ELEMENTS = (
+    "a|abbr|b|big|blockquote|body|br|center|div|em|font|h[1-6]|head|hr|html|i|img|li|meta|ol|p|small|span"
+    "|strong|sub|sup|table|tbody|td|tfoot|th|thead|tr|u|ul"
+)
+_ATTR = r"""\s+[A-Za-z_:][-\w:.]*\s*=\s*(?:"[^"]*"|'[^']*'|[^\s"'<>=`]+)"""
+_TAG = re.compile(rf"</?(?:{_HTML_ELEMENTS})(?:{_ATTR})*\s*/?>", re.I)
+DEDUPE_MIN_CHARS = 100
 _EMPH = re.compile(r"(\*\*|__)(\S(?:.*?\S)?)\1")
 _HRULE = re.compile(r"^\s*([-*_=])(\s*\1){2,}\s*$", re.M)
 _HEADING = re.compile(r"^#{1,6}\s+", re.M)
@@ -26,22 +40,32 @@ _BLANKS = re.compile(r"\n{3,}")
 
 
 def _compact_prose(text: str) -> str:
+    # Inline code is swapped for placeholders (no spaces, markup or underscores) and put back.
+    spans: list[str] = []
+
+    def hide(m: re.Match[str]) -> str:
+        spans.append(m.group())
+        return f"\x00{len(spans) - 1}\x00"
+
+    text = _INLINE_CODE.sub(hide, text)
     text = _COMMENT.sub("", text)
     text = _TAG.sub("", text)
     text = _EMPH.sub(r"\2", text)
     text = _HRULE.sub("", text)
     text = _HEADING.sub("", text)
     lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
-    return _BLANKS.sub("\n\n", "\n".join(lines))
+    text = _BLANKS.sub("\n\n", "\n".join(lines))
+    return re.sub(r"\x00(\d+)\x00", lambda m: spans[int(m.group(1))], text)
 
 
 def _dedupe(text: str, seen: set[str]) -> str:
     kept = []
     for para in text.split("\n\n"):
         key = " ".join(para.lower().split())
-        if key and key in seen:
-            continue
-        seen.add(key)
+        if len(key) >= DEDUPE_MIN_CHARS:
+            if key in seen:
+                continue
+            seen.add(key)
         kept.append(para)
     return "\n\n".join(kept)
 

@@ -47,6 +47,10 @@ class SystemPromptConfig(_Strict):
     target_tokens: int | None = Field(default=None, ge=1)  # absolute budget (wins over ratio)
     must_keep: list[str] = Field(default_factory=list)
     instruction_markers: list[str] = Field(default_factory=lambda: list(DEFAULT_MARKERS))
+    # Numbers, URLs, e-mails, `code` and "quoted text" of the original must all survive.
+    keep_facts: bool = True
+    # A compression using under this share of the original's distinct words has lost content.
+    min_vocabulary: float = Field(default=0.3, ge=0, le=1)
     # true: a validated compression is used only after `thrifty compress approve`.
     require_approval: bool = False
     ab_check: ABCheck | None = None

@@ -2,8 +2,9 @@
 
 Messages after the leading system/developer messages are grouped into units that are kept or
 dropped whole: an assistant message that calls tools forms one unit with the tool results that
-follow it, so a tool call is never separated from its result (providers reject that). Units
-are kept newest first while they fit; the newest unit is always kept. With a summariser, the
+follow it, so a tool call is never separated from its result (providers reject that). The
+current turn (the last user message and every message after it) is always kept, even over the
+budget; earlier units are kept newest first while they fit. With a summariser, the
 dropped middle becomes one system message ``Summary of the earlier conversation: ...``, cached
 per conversation prefix (the same dropped messages give the same summary, without a new call).
 """
@@ -62,20 +63,23 @@ async def trim(messages: list[Message], budget: int, summarise: Summariser | Non
         return Trimmed(messages, 0, 0)
     head, rest = split_head(messages)
     units = _units(rest)
-    room = budget - count_messages(head) - (summary_reserve if summarise else 0)
-    kept: list[list[Message]] = []
-    for unit in reversed(units):
-        cost = sum(count_message(m) for m in unit)
-        if kept and cost > room:
-            break
-        kept.append(unit)
-        room -= cost
-    kept.reverse()
-    n_dropped = len(units) - len(kept)
-    if n_dropped == 0:
+    # The current turn (the last user message and everything after it: tool calls and their
+    # results) is kept whatever the budget; without it the model would answer something else.
+    start = max((i for i, u in enumerate(units) if u[0].get("role") == "user"), default=len(units) - 1)
+    if start <= 0:
         return Trimmed(messages, 0, 0)
-    dropped = [m for u in units[:n_dropped] for m in u]
-    tail = [m for u in kept for m in u]
+    room = budget - count_messages(head) - (summary_reserve if summarise else 0)
+    room -= sum(count_message(m) for u in units[start:] for m in u)
+    while start > 0:
+        cost = sum(count_message(m) for m in units[start - 1])
+        if cost > room:
+            break
+        start -= 1
+        room -= cost
+    if start == 0:
+        return Trimmed(messages, 0, 0)
+    dropped = [m for u in units[:start] for m in u]
+    tail = [m for u in units[start:] for m in u]
     middle: list[Message] = []
     if summarise is not None:
         summary = await summarise(dropped)

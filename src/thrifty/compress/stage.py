@@ -6,7 +6,7 @@ message is compacted (deterministic), then replaced by its stored compressed ver
 system-prompt compression is on; then the history is trimmed to the route's budget. Tokens
 saved go to ``ctx.compression_saved_tokens``; when the request is finished, a finalizer prices
 them at the served model's input price (``ctx.compression_saved_usd``). A cache hit saves the
-whole call, so compression claims nothing for it. ``"thrifty": {"compress": false}`` in the
+whole call, so compression claims nothing for it (neither tokens nor dollars). ``"thrifty": {"compress": false}`` in the
 body skips the stage for one request.
 """
 
@@ -23,7 +23,7 @@ from thrifty.compress.config import CompressionConfig, RouteCompression
 from thrifty.compress.store import DocStore, open_doc_store
 from thrifty.compress.system_prompt import SystemPromptCompressor
 from thrifty.config import Config
-from thrifty.errors import ConfigError, UpstreamError
+from thrifty.errors import ConfigError, StorageError, UpstreamError
 from thrifty.pipeline.caller import ModelCaller
 from thrifty.pipeline.context import Handler, RequestContext
 from thrifty.tokens import content_text, count_text
@@ -57,7 +57,7 @@ class CompressStage:
             if m.get("role") in ("system", "developer") and isinstance(content, str):
                 text = compact(content, self.config.dictionary) if rc.compaction else content
                 if rc.system_prompt:
-                    text = await self.prompts.resolve(ctx, text) or text
+                    text = await self._compressed(ctx, text)
                 if text != content:
                     saved += count_text(content) - count_text(text)
                     m = {**m, "content": text}
@@ -73,8 +73,23 @@ class CompressStage:
             ctx.response_headers[HEADER] = str(saved)
             ctx.finalizers.append(self._price_savings)
 
+    async def _compressed(self, ctx: RequestContext, text: str) -> str:
+        """The stored compressed version of ``text``, or ``text``. The store being down (Redis
+        outage, locked SQLite file) costs the saving, not the request."""
+        try:
+            return await self.prompts.resolve(ctx, text) or text
+        except StorageError as exc:
+            log.warning("compression store unavailable, sending the prompt as it is: %s", exc.message)
+            return text
+
     async def _price_savings(self, ctx: RequestContext) -> None:
-        if ctx.cache_status == "hit" or ctx.served_model is None:
+        if ctx.cache_status == "hit":
+            # Nothing was sent: the cache saved the whole call, compression saved no tokens.
+            ctx.compression_saved_tokens = 0
+            ctx.compression_saved_usd = 0.0
+            ctx.response_headers.pop(HEADER, None)
+            return
+        if ctx.served_model is None:
             ctx.compression_saved_usd = 0.0
             return
         info = self.catalog.get(ctx.served_model)
@@ -87,7 +102,11 @@ class CompressStage:
 
         async def summarise(dropped: list[dict[str, Any]]) -> str | None:
             key = history.prefix_key(dropped, model)
-            doc = await asyncio.to_thread(self.store.get, "summary", key)
+            try:
+                doc = await asyncio.to_thread(self.store.get, "summary", key)
+            except StorageError as exc:  # summarise without the cache rather than fail the request
+                log.warning("compression store unavailable for history summaries: %s", exc.message)
+                doc = None
             if doc is not None:
                 return str(doc["text"])
             transcript = "\n".join(f"{m.get('role')}: {content_text(m.get('content'))}" for m in dropped)
@@ -102,7 +121,10 @@ class CompressStage:
                 return None
             text = response_text(resp).strip()
             if text:
-                await asyncio.to_thread(self.store.put, "summary", key, {"text": text, "model": model})
+                try:
+                    await asyncio.to_thread(self.store.put, "summary", key, {"text": text, "model": model})
+                except StorageError as exc:
+                    log.warning("history summary not cached: %s", exc.message)
             return text or None
 
         return summarise

@@ -1,12 +1,14 @@
 """System-prompt compression: once per distinct prompt, ever, then the same bytes every time.
 
-A prompt is keyed by the SHA-256 of its text. The first request that meets it (over
-``min_tokens``) has the cheap model compress it; requests arriving meanwhile wait for that one
-compression (single flight in this process; a store claim keeps other instances from starting a
-second one; they serve the original until the record exists). The result is validated
-(``validate.check``, then the optional A/B check) and stored with its verdict: a failed
-compression is recorded and the original keeps being used. Later requests read the stored
-record (memoised for ``memo_ttl_s`` so `thrifty compress approve/reject` apply within seconds).
+A prompt is keyed by the SHA-256 of its text and of the settings its versions were made and
+validated under (compressor model, target, must-keep items, markers, A/B check). The first
+request that meets it (over ``min_tokens``) has the cheap model compress it; requests arriving
+meanwhile wait for that one compression (single flight in this process; a store claim keeps
+other instances from starting a second one; they serve the original until the record exists).
+The result is validated (``validate.check``, then the optional A/B check) and stored with its
+verdict: a failed compression is recorded and the original keeps being used. Later requests
+read the stored record (memoised for ``memo_ttl_s`` so `thrifty compress approve/reject` apply
+within seconds).
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ KIND = "prompt"
 
 
 class SystemPromptCompressor:
+    # Prompts remembered in memory at most (oldest forgotten first): a gateway that sees a new
+    # long prompt per request (retrieved documents in the system prompt) must not grow forever.
+    memo_max = 10_000
+
     def __init__(self, config: CompressionConfig, store: DocStore, caller: ModelCaller,
                  memo_ttl_s: float = 5.0) -> None:
         self.config = config
@@ -41,12 +47,16 @@ class SystemPromptCompressor:
         self.memo_ttl_s = memo_ttl_s
         self._memo: dict[str, tuple[float, str | None]] = {}
         self._inflight: dict[str, asyncio.Task[dict[str, Any] | None]] = {}
+        # Everything that decides what a compressed version looks like or whether it passes
+        # (not require_approval: that only decides whether a version is used).
+        self.settings = {"model": config.model,
+                         **self.cfg.model_dump(mode="json", exclude={"require_approval", "min_tokens"})}
 
     async def resolve(self, ctx: RequestContext, text: str) -> str | None:
         """The compressed text to send instead of ``text``, or None to send the original."""
         if count_text(text) < self.cfg.min_tokens:
             return None
-        h = versions.prompt_hash(text)
+        h = versions.prompt_hash(text, self.settings)
         memo = self._memo.get(h)
         if memo is not None and time.monotonic() - memo[0] < self.memo_ttl_s:
             return memo[1]
@@ -63,8 +73,14 @@ class SystemPromptCompressor:
                 return None
         version = versions.active(doc, self.cfg.require_approval)
         use = version["text"] if version else None
-        self._memo[h] = (time.monotonic(), use)
+        self._remember(h, use)
         return use
+
+    def _remember(self, h: str, use: str | None) -> None:
+        self._memo.pop(h, None)
+        self._memo[h] = (time.monotonic(), use)
+        while len(self._memo) > self.memo_max:
+            self._memo.pop(next(iter(self._memo)))
 
     async def _compress(self, ctx: RequestContext, h: str, text: str) -> dict[str, Any] | None:
         claimed = await asyncio.to_thread(self.store.claim, KIND, h, self.config.store.claim_ttl_s)
@@ -78,16 +94,20 @@ class SystemPromptCompressor:
             target = self.cfg.target_tokens or max(16, int(original_tokens * self.cfg.target_ratio))
             try:
                 compressed, cost = await self._call_model(ctx, text, target)
+                verdict = check(text, compressed, self.cfg.must_keep, self.cfg.instruction_markers,
+                                keep_facts=self.cfg.keep_facts, min_vocabulary=self.cfg.min_vocabulary)
+                reason = verdict.reason
+                if verdict.ok and self.cfg.ab_check is not None:
+                    ok, reason = await self._ab_check(ctx, text, compressed)
+                    verdict.ok = ok
             except UpstreamError as exc:
+                # The compression or its A/B check could not be made: the request (and every one
+                # waiting for this compression) is served with the original, and a later request
+                # tries again. Never a failed request because an optional saving failed.
                 log.warning("compression of prompt %s failed upstream: %s", h[:12], exc.message)
-                self._memo[h] = (time.monotonic(), None)
+                self._remember(h, None)
                 return None
             doc = versions.new_record(h, text, original_tokens)
-            verdict = check(text, compressed, self.cfg.must_keep, self.cfg.instruction_markers)
-            reason = verdict.reason
-            if verdict.ok and self.cfg.ab_check is not None:
-                ok, reason = await self._ab_check(ctx, text, compressed)
-                verdict.ok = ok
             status = "validated" if verdict.ok else "failed"
             versions.add_version(doc, compressed, count_text(compressed), status, reason,
                                  self.config.model, cost)

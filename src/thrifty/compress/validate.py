@@ -2,7 +2,15 @@
 
 - every ``must_keep`` item (product names, rules, numbers) appears in the compressed text;
 - every sentence of the original marked as an instruction (it contains one of the
-  ``instruction_markers``, e.g. IMPORTANT / MUST / NEVER) appears in it too.
+  ``instruction_markers``, e.g. IMPORTANT / MUST / NEVER) appears in it too;
+- with ``keep_facts`` (the default), every fact the original states in a form a model could
+  not restore is still there: numbers (30, 4.99, 2024-05-01, 15%), URLs, e-mail addresses,
+  `code spans` and "quoted text". Without this, a prompt with no ``must_keep`` list and no
+  marked sentences accepted any shorter text ("Sure! I can help with that.");
+- the compressed text keeps at least ``min_vocabulary`` of the original's distinct content
+  words (4+ letters, a plural's "s" ignored): a compression may drop repetition and filler, not
+  most of what the prompt talks about. Distinct words, so a prompt that repeats itself can still
+  shrink a lot.
 Comparison folds case and whitespace and ignores a sentence's final punctuation, nothing more:
 a rule paraphrased is a rule changed, so it fails.
 """
@@ -35,14 +43,53 @@ class Verdict:
     reason: str = ""
 
 
-def check(original: str, compressed: str, must_keep: list[str], markers: list[str]) -> Verdict:
-    """Every must-keep item and every instruction sentence survives, and the text got shorter."""
+_URL = re.compile(r"https?://[^\s<>\"')\]]+")
+_EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
+_NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,:/-]\d+)*")
+_CODE = re.compile(r"`([^`\n]{1,80})`")
+_QUOTED = re.compile(r"\"([^\"\n]{1,80})\"|\u201c([^\u201d\n]{1,80})\u201d")
+
+
+def facts(text: str) -> list[str]:
+    """Numbers, URLs, e-mail addresses, code spans and quoted text of ``text``, in order, once each."""
+    urls = [u.rstrip(".,;:!?") for u in _URL.findall(text)]
+    emails = _EMAIL.findall(text)
+    rest = _EMAIL.sub(" ", _URL.sub(" ", text))  # numbers inside a URL or address are part of it
+    found = urls + emails + [n.rstrip(".,:/-") for n in _NUMBER.findall(rest)]
+    found += _CODE.findall(text) + [a or b for a, b in _QUOTED.findall(text)]
+    return list(dict.fromkeys(f for f in found if f.strip()))
+
+
+_RANGE = re.compile(r"(?<![\d.])(\d+)\s*(?:-|\u2013|to|through)\s*(\d+)(?!\d|\.\d)")
+
+
+def _ranges(folded: str) -> list[tuple[int, int]]:
+    return [(int(a), int(b)) for a, b in _RANGE.findall(folded) if int(a) < int(b)]
+
+
+def _has_fact(folded: str, fact: str, ranges: list[tuple[int, int]]) -> bool:
+    f = _fold(fact)
+    if f[:1].isdigit():  # 30 is not kept by 300 or 1.30
+        if re.search(rf"(?<![\d.]){re.escape(f)}(?!\d)", folded):
+            return True
+        # An enumeration summed up as a range ("products 0-119") keeps each whole number in it.
+        return f.isdigit() and any(a <= int(f) <= b for a, b in ranges)
+    return f in folded
+
+
+def check(original: str, compressed: str, must_keep: list[str], markers: list[str], *,
+          keep_facts: bool = True, min_vocabulary: float = 0.0) -> Verdict:
+    """Every must-keep item, instruction sentence and (``keep_facts``) stated fact survives, the
+    text got shorter, and it still uses ``min_vocabulary`` of the original's distinct words."""
     folded = _fold(compressed)
     missing = [item for item in must_keep if _fold(item) in _fold(original) and _fold(item) not in folded]
     for sentence in instruction_sentences(original, markers):
         core = _fold(sentence).rstrip(".!?;:")
         if core not in folded:
             missing.append(sentence)
+    if keep_facts:
+        ranges = _ranges(folded)
+        missing += [f for f in facts(original) if not _has_fact(folded, f, ranges) and f not in missing]
     if missing:
         shown = "; ".join(m[:60] for m in missing[:3])
         return Verdict(False, missing, f"lost {len(missing)} must-keep item(s): {shown}")
@@ -50,4 +97,21 @@ def check(original: str, compressed: str, must_keep: list[str], markers: list[st
         return Verdict(False, [], "empty compression")
     if len(compressed) >= len(original):
         return Verdict(False, [], "compression is not shorter than the original")
+    kept = vocabulary_kept(original, compressed)
+    if kept < min_vocabulary:
+        return Verdict(False, [], f"compression kept {kept:.0%} of the original's distinct words "
+                                  f"(under {min_vocabulary:.0%}): content was lost")
     return Verdict(True)
+
+
+_WORD = re.compile(r"[^\W\d_]{4,}")
+
+
+def _words(text: str) -> set[str]:
+    return {w[:-1] if w.endswith("s") and len(w) > 4 else w for w in _WORD.findall(text.lower())}
+
+
+def vocabulary_kept(original: str, compressed: str) -> float:
+    """The share of the original's distinct content words (4+ letters) the compression still uses."""
+    words = _words(original)
+    return len(words & _words(compressed)) / len(words) if words else 1.0

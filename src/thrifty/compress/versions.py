@@ -11,6 +11,7 @@ used). Which text a request gets is decided here and only here (``active``).
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from typing import Any
 
@@ -19,8 +20,13 @@ from thrifty.errors import InvalidRequestError, NotFoundError
 USABLE = ("approved", "validated")
 
 
-def prompt_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+def prompt_hash(text: str, settings: Any = None) -> str:
+    """The record's key: the prompt text and, when given, the compression settings that shaped
+    and validated its versions (compressor model, target, must-keep items, markers...), so a
+    change of any of them compresses and validates the prompt again instead of reusing a version
+    made under other rules."""
+    blob = text if settings is None else json.dumps([text, settings], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 def new_record(h: str, original: str, original_tokens: int) -> dict[str, Any]:

@@ -23,6 +23,27 @@ GROUPS = {
 }
 
 
+# One request's saving (docs/operations.md, "Accounting"): what the baseline would have cost
+# minus what the request cost, plus what compression saved (the baseline prices the prompt as
+# sent upstream, i.e. already compressed). A failed request has no baseline: what it spent is a
+# loss. A request whose cost is unknown (a model without a price) claims nothing: counting it as
+# $0 would claim its whole baseline as saved. A cache hit whose baseline is unknown counts what
+# the cache says it saved; any other request with an unknown baseline claims nothing.
+# CALL_SAVED_SQL leaves compression out (the dashboard shows it as a strategy of its own).
+CALL_SAVED_SQL = (
+    "(CASE WHEN status <> 'ok' THEN -COALESCE(cost_usd, 0)"
+    " WHEN cost_usd IS NULL THEN 0"
+    " WHEN baseline_cost_usd IS NOT NULL THEN baseline_cost_usd - cost_usd"
+    " WHEN cache_status = 'hit' THEN cache_saved_usd ELSE 0 END)"
+)
+SAVED_SQL = f"({CALL_SAVED_SQL} + COALESCE(compression_saved_usd, 0))"
+# Requests left out of spend or savings because a price was unknown.
+UNPRICED_SQL = "CASE WHEN cost_usd IS NULL OR (status = 'ok' AND baseline_cost_usd IS NULL) THEN 1 ELSE 0 END"
+# Requests with at least one call priced from thrifty's own token counts (no usable usage).
+ESTIMATED_SQL = ("CASE WHEN EXISTS (SELECT 1 FROM attempts a WHERE a.request_id = requests.request_id"
+                 " AND a.cost_source = 'estimated') THEN 1 ELSE 0 END")
+
+
 @dataclass
 class ReportRow:
     group: str
@@ -44,6 +65,10 @@ class ReportRow:
     cache_misses: int = 0
     cache_hit_rate: float = 0.0
     cache_saved_usd: float = 0.0
+    # Exactness: requests whose cost or baseline is unknown (left out of spend / saved), and
+    # requests with a call priced from offline token counts because the provider sent no usage.
+    unpriced_requests: int = 0
+    estimated_requests: int = 0
 
 
 def parse_since(value: str | None, now: float | None = None, *, flag: str = "--since") -> float | None:
@@ -65,19 +90,25 @@ def parse_since(value: str | None, now: float | None = None, *, flag: str = "--s
     return dt.timestamp()
 
 
+def _window(column: str, since: float | None, until: float | None) -> tuple[list[str], list[float]]:
+    """SQL conditions (and their parameters) for ``since <= column < until``, each bound optional."""
+    conds, params = [], []
+    if since is not None:
+        conds.append(f"{column} >= ?")
+        params.append(since)
+    if until is not None:
+        conds.append(f"{column} < ?")
+        params.append(until)
+    return conds, params
+
+
 def spend_report(
     store: SQLStore, by: str | None = None, since: float | None = None, until: float | None = None
 ) -> list[ReportRow]:
     if by is not None and by not in GROUPS:
         raise InvalidRequestError(f"--by must be one of {', '.join(GROUPS)}, got {by!r}")
     group_sql = GROUPS[by].format(day=store.day_sql) if by else "'total'"
-    conds, params = [], []
-    if since is not None:
-        conds.append("ts >= ?")
-        params.append(since)
-    if until is not None:
-        conds.append("ts < ?")
-        params.append(until)
+    conds, params = _window("ts", since, until)
     where = ("WHERE " + " AND ".join(conds)) if conds else ""
     sql = f"""
         SELECT {group_sql} AS g,
@@ -93,23 +124,26 @@ def spend_report(
                COALESCE(SUM(compression_saved_usd), 0),
                SUM(CASE WHEN batch THEN 1 ELSE 0 END),
                SUM(CASE WHEN cache_status = 'miss' THEN 1 ELSE 0 END),
-               COALESCE(SUM(cache_saved_usd), 0)
+               COALESCE(SUM(cache_saved_usd), 0),
+               COALESCE(SUM({SAVED_SQL}), 0),
+               COALESCE(SUM({UNPRICED_SQL}), 0),
+               COALESCE(SUM({ESTIMATED_SQL}), 0)
         FROM requests {where}
         GROUP BY g ORDER BY g
     """
     rows = store.query(sql, params)
     out = []
-    for g, n, errors, spend, base, hits, esc, pt, ct, cst, csu, nb, cmiss, csaved in rows:
+    for g, n, errors, spend, base, hits, esc, pt, ct, cst, csu, nb, cmiss, csaved, saved_sum, unpriced, est in rows:
         label = str(g)
         if by == "day":
             label = time.strftime("%Y-%m-%d", time.gmtime(int(g) * 86400))
-        saved = float(base) - float(spend)
+        saved = float(saved_sum)
         out.append(
             ReportRow(label, int(n), int(errors), float(spend), float(base), saved,
                       100.0 * saved / float(base) if base else 0.0, int(hits), int(esc), int(pt), int(ct),
                       int(cst), float(csu), int(nb or 0), int(cmiss or 0),
                       int(hits) / (int(hits) + int(cmiss or 0)) if int(hits) + int(cmiss or 0) else 0.0,
-                      float(csaved))
+                      float(csaved), int(unpriced), int(est))
         )
     return out
 
@@ -127,14 +161,22 @@ class BatchSavings:
         return self.full_price_usd - self.spend_usd
 
 
-def batch_savings(store: SQLStore, catalog: Catalog, since: float | None = None) -> BatchSavings:
-    """Re-price every batch attempt at its model's normal price (exact: same tokens, same model)."""
-    where = "WHERE a.batch AND a.status = 'ok'" + (" AND a.ts >= ?" if since is not None else "")
+def batch_savings(
+    store: SQLStore, catalog: Catalog, since: float | None = None, until: float | None = None
+) -> BatchSavings:
+    """Re-price every batch attempt at its model's normal price (exact: same tokens, same model).
+
+    Same window as ``spend_report``; ``requests`` counts the calls whose two figures are known
+    (the ones summed), so the line never claims calls it did not price."""
+    window, params = _window("a.ts", since, until)
+    conds = ["a.batch", "a.status = 'ok'", *window]
     rows = store.query(
-        f"SELECT a.model, a.prompt_tokens, a.cached_tokens, a.completion_tokens, a.cost_usd FROM attempts a {where}",
-        [since] if since is not None else [],
+        "SELECT a.model, a.prompt_tokens, a.cached_tokens, a.completion_tokens, a.cost_usd FROM attempts a "
+        f"WHERE {' AND '.join(conds)}",
+        params,
     )
     spend = full = 0.0
+    counted = 0
     for model, pt, cached, ct, cost in rows:
         info = catalog.get(str(model))
         normal = price_tokens(Usage(prompt_tokens=int(pt), completion_tokens=int(ct), cached_tokens=int(cached)),
@@ -143,5 +185,6 @@ def batch_savings(store: SQLStore, catalog: Catalog, since: float | None = None)
             continue
         spend += float(cost)
         full += normal
-    return BatchSavings(len(rows), spend, full)
+        counted += 1
+    return BatchSavings(counted, spend, full)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -33,6 +34,7 @@ from thrifty.mock import wire
 from thrifty.mock.batches import BatchAPI
 from thrifty.mock.behaviour import BehaviourTable, Faults, MockConfig, merge_faults
 from thrifty.mock.completion import Plan, Planner, validate
+from thrifty.mock.embeddings import embeddings
 from thrifty.mock.faults import HEADER, FaultState, parse_header
 from thrifty.mock.packed import PACK_FAULTS
 from thrifty.mock.recorder import Recorder
@@ -288,6 +290,8 @@ def create_app(config: MockConfig | None = None) -> Starlette:
     routes = [
         Route("/v1/chat/completions", mock.chat_completions, methods=["POST"]),
         Route("/chat/completions", mock.chat_completions, methods=["POST"]),
+        Route("/v1/embeddings", functools.partial(embeddings, mock), methods=["POST"]),
+        Route("/embeddings", functools.partial(embeddings, mock), methods=["POST"]),
         Route("/v1/models", mock.list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", mock.get_model, methods=["GET"]),
         Route("/health", mock.health, methods=["GET"]),

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from thrifty.config import yaml_problem
 from thrifty.errors import ConfigError
 
-UsageConvention = Literal["openai", "deepseek"]
+UsageConvention = Literal["openai", "deepseek", "none"]
 ToolCallMode = Literal["auto", "always", "never"]
 
 

@@ -79,7 +79,10 @@ def build_usage(
     reasoning_tokens: int,
     cached_tokens: int,
 ) -> dict[str, Any]:
-    """``usage`` for a response; ``completion_tokens`` already includes ``reasoning_tokens``."""
+    """``usage`` for a response; ``completion_tokens`` already includes ``reasoning_tokens``.
+    Convention ``none``: an empty object, as servers that do not count tokens send."""
+    if behaviour.usage_convention == "none":
+        return {}
     cached_tokens = min(cached_tokens, prompt_tokens)
     usage: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,

@@ -1,6 +1,7 @@
 """The ``gateway.authenticate`` hook: a request needs a valid, unrevoked virtual key.
 
-Keys are read from ``Authorization: Bearer <key>`` (what OpenAI SDKs send) or ``x-api-key``.
+Keys are read from ``Authorization: Bearer <key>`` (what OpenAI SDKs send), ``api-key`` (Azure
+OpenAI SDKs) or ``x-api-key``.
 The key itself is never logged or echoed; errors name the key id at most.
 """
 
@@ -12,14 +13,13 @@ from starlette.requests import Request
 
 from thrifty.errors import AuthenticationError, PermissionDeniedError
 from thrifty.ops.keys import KeyStore
+from thrifty.server.credentials import client_key
 from thrifty.types import ChatRequest
 
 
 def bearer_token(request: Request) -> str:
-    auth = request.headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip()
-    return request.headers.get("x-api-key", "").strip()
+    """The client's key, from any header an SDK puts it in (``server/credentials.py``)."""
+    return client_key(request.headers)
 
 
 class Authenticator:

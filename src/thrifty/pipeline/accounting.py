@@ -1,5 +1,5 @@
 """Totals for a finished request: what it spent, what the baseline model would have spent, and
-how far its cascade escalated.
+how far its cascade escalated; and the usage each call is priced by (``observed_usage``).
 
 An escalation is moving past a planned level to a later one because the earlier level's answer
 was rejected or its call failed. ``escalations(ctx)`` is the number of levels moved past before
@@ -14,9 +14,13 @@ the level it had reached. The ledger's ``escalations`` column, the dashboard and
 
 from __future__ import annotations
 
+from typing import Any
+
 from thrifty.catalog import Catalog
 from thrifty.cost import price_tokens
 from thrifty.pipeline.context import Attempt, RequestContext
+from thrifty.tokens import content_text, count_messages, count_text
+from thrifty.types import ChatRequest, Usage
 
 # Where policies record the escalation level on the request context.
 _ESCALATIONS = "cascade.escalations"
@@ -30,6 +34,43 @@ def set_escalations(ctx: RequestContext, levels: int) -> None:
 def escalations(ctx: RequestContext) -> int:
     """The levels the request moved past before the one that served it (0 without a cascade)."""
     return int(ctx.scratch.get(_ESCALATIONS, 0))
+
+
+def observed_usage(raw: Any, request: ChatRequest, response: dict[str, Any]) -> tuple[Usage, bool]:
+    """The usage to price a call by, and whether any of it was counted offline (an estimate).
+
+    The provider's figures are used as they are; what it left out is counted with thrifty's
+    tokenizer: no ``usage`` at all, null or zero fields (some servers send
+    ``{"prompt_tokens": null}``; Ollama reports 0 prompt tokens when its prompt cache hit), so a
+    call that was billed never reaches the ledger as a silent $0. The answer counted is every
+    choice's text, tool calls and reasoning (``reasoning_content``), which all bill as output.
+    """
+    usage = Usage.from_openai(raw)
+    estimated = False
+    if usage.prompt_tokens == 0:
+        usage.prompt_tokens = count_messages(request.messages, request.params.get("tools"))
+        estimated = usage.prompt_tokens > 0
+    if usage.completion_tokens == 0:
+        text = _answer_text(response)
+        if text:
+            usage.completion_tokens = count_text(text)
+            estimated = True
+    return usage, estimated
+
+
+def _answer_text(response: dict[str, Any]) -> str:
+    parts: list[str] = []
+    for choice in response.get("choices") or []:
+        msg = (choice.get("message") or {}) if isinstance(choice, dict) else {}
+        for key in ("reasoning_content", "reasoning"):
+            if isinstance(msg.get(key), str):
+                parts.append(msg[key])
+        parts.append(content_text(msg.get("content")))  # a string or content parts
+        for call in msg.get("tool_calls") or []:
+            fn = call.get("function") if isinstance(call, dict) else None
+            if isinstance(fn, dict):
+                parts.extend(str(fn.get(k) or "") for k in ("name", "arguments"))
+    return "".join(parts)
 
 
 def settle(ctx: RequestContext, catalog: Catalog, served: Attempt | None) -> None:

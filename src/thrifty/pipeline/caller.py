@@ -23,10 +23,10 @@ from thrifty.catalog import Catalog, ModelInfo
 from thrifty.config import ProviderConfig
 from thrifty.cost import call_cost
 from thrifty.errors import NotFoundError, UpstreamError
+from thrifty.pipeline.accounting import observed_usage
 from thrifty.pipeline.context import Attempt, RequestContext
 from thrifty.providers.base import Provider
-from thrifty.tokens import count_messages, count_text
-from thrifty.types import ChatRequest, Usage, response_text
+from thrifty.types import ChatRequest
 
 T = TypeVar("T")
 
@@ -103,7 +103,7 @@ class ModelCaller:
             self._price(attempt, info, req, response, batch)
             return response
 
-        return await self._with_retries(ctx, model_name, once, purpose=purpose, batch=batch)
+        return await self._with_retries(ctx, model_name, once, req, purpose=purpose, batch=batch)
 
     async def stream(
         self, ctx: RequestContext, model_name: str, request: ChatRequest | None = None
@@ -121,13 +121,14 @@ class ModelCaller:
                 first = None
             return self._priced_stream(attempt, info, req, first, it, t0)
 
-        return await self._with_retries(ctx, model_name, once)
+        return await self._with_retries(ctx, model_name, once, req)
 
     async def _with_retries(
         self,
         ctx: RequestContext,
         model_name: str,
         once: Callable[[Provider, ModelInfo, Attempt, float], Awaitable[T]],
+        req: ChatRequest,
         *,
         purpose: str = "answer",
         batch: bool = False,
@@ -157,6 +158,19 @@ class ModelCaller:
                         break
                     await asyncio.sleep(wait)
                     continue
+                except (asyncio.CancelledError, Exception) as exc:
+                    # The request's deadline or its departed client ended the call in flight, or the
+                    # provider failed in a way it did not translate (a bug): either way it had the
+                    # prompt and may bill it. Recorded as failed at its prompt, estimated, a lower
+                    # bound rather than $0 (the exception's text is not kept: it may hold a key).
+                    attempt.latency_ms = (time.perf_counter() - t0) * 1000
+                    self._price(attempt, info, req, {}, batch)
+                    attempt.status = "error"
+                    attempt.error = ("cancelled in flight (deadline or client gone)"
+                                     if isinstance(exc, asyncio.CancelledError)
+                                     else f"provider failed unexpectedly ({type(exc).__name__})")
+                    ctx.attempts.append(attempt)
+                    raise
                 ctx.attempts.append(attempt)
                 return result, attempt
             if last is not None and not last.retryable and last.status < 500 and last.status != 429:
@@ -183,9 +197,12 @@ class ModelCaller:
                 if chunk.get("usage"):
                     usage_raw = chunk["usage"]
                 for choice in chunk.get("choices") or []:
+                    if choice.get("usage"):  # Moonshot puts the stream's usage in its last choice
+                        usage_raw = choice["usage"]
                     delta = choice.get("delta") or {}
-                    if isinstance(delta.get("content"), str):
-                        text_parts.append(delta["content"])
+                    for key in ("reasoning_content", "reasoning", "content"):  # all bill as output
+                        if isinstance(delta.get(key), str):
+                            text_parts.append(delta[key])
                 yield chunk
                 try:
                     chunk = await it.__anext__()
@@ -201,16 +218,9 @@ class ModelCaller:
 
     @staticmethod
     def _price(attempt: Attempt, info: ModelInfo, req: ChatRequest, response: dict[str, Any], batch: bool) -> None:
-        raw = response.get("usage")
-        if raw:
-            usage = Usage.from_openai(raw)
-        else:
-            # No usage from the provider: count it ourselves so the ledger still has a figure.
-            usage = Usage(
-                prompt_tokens=count_messages(req.messages, req.params.get("tools")),
-                completion_tokens=count_text(response_text(response)),
-            )
+        # What the provider left out of its usage (or all of it) is counted offline: never a silent $0.
+        usage, estimated = observed_usage(response.get("usage"), req, response)
         cost = call_cost(usage, info.price, batch=batch)
         attempt.usage = usage
         attempt.cost_usd = cost.usd
-        attempt.cost_source = cost.source if raw else ("estimated" if cost.known else "unknown")
+        attempt.cost_source = "estimated" if estimated and cost.source == "computed" else cost.source

@@ -11,9 +11,12 @@ import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from thrifty.errors import UpstreamStatusError
 from thrifty.streaming import response_to_chunks
 
 Fn = Callable[[dict[str, Any]], dict[str, Any] | Awaitable[dict[str, Any]]]
+# ``post_json``'s double: (path, body) -> response dict, e.g. for ``/embeddings``.
+PathFn = Callable[[str, dict[str, Any]], dict[str, Any] | Awaitable[dict[str, Any]]]
 
 
 class InProcessProvider:
@@ -34,14 +37,26 @@ class InProcessProvider:
 
 
 class FunctionProvider(InProcessProvider):
-    def __init__(self, fn: Fn, name: str = "function") -> None:
+    def __init__(self, fn: Fn, name: str = "function", post: PathFn | None = None) -> None:
         self.name = name
         self._fn = fn
+        self._post = post
         self.calls: list[dict[str, Any]] = []
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         self.calls.append(body)
         result = self._fn(body)
+        if inspect.isawaitable(result):
+            result = await result
+        assert isinstance(result, dict)
+        return result
+
+    async def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Like ``OpenAICompatProvider.post_json``: ``post(path, body)``, or a 404 without one."""
+        if self._post is None:
+            raise UpstreamStatusError(f"{self.name}: no handler for POST {path}", status=404)
+        self.calls.append(body)
+        result = self._post(path, body)
         if inspect.isawaitable(result):
             result = await result
         assert isinstance(result, dict)

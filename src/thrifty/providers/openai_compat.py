@@ -78,9 +78,20 @@ class OpenAICompatProvider:
         await self._sessions.aclose()
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        data = await self._post(self._url, body)
+        if not isinstance(data.get("choices"), list):
+            raise UpstreamProtocolError(f"{self.name}: response has no 'choices' array", retryable=True)
+        return data
+
+    async def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST ``body`` to ``base_url + path`` (e.g. ``/embeddings``): the JSON object answered,
+        with the same error mapping as ``complete`` (no retries here: the caller owns them)."""
+        return await self._post(f"{self.config.base_url}/{path.lstrip('/')}", body)
+
+    async def _post(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
         timeout = self._timeout
         try:
-            async with self._get_session().post(self._url, data=fastjson.dumps(body), timeout=timeout) as resp:
+            async with self._get_session().post(url, data=fastjson.dumps(body), timeout=timeout) as resp:
                 raw = await resp.read()
                 if resp.status >= 400:
                     raise self._status_error(resp.status, raw, resp.headers.get("retry-after"))
@@ -88,8 +99,8 @@ class OpenAICompatProvider:
                     data = fastjson.loads(raw)
                 except ValueError:
                     raise UpstreamProtocolError(f"{self.name}: response is not valid JSON", retryable=True) from None
-                if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
-                    raise UpstreamProtocolError(f"{self.name}: response has no 'choices' array", retryable=True)
+                if not isinstance(data, dict):
+                    raise UpstreamProtocolError(f"{self.name}: response is not a JSON object", retryable=True)
                 return data
         except UpstreamError:
             raise

@@ -25,13 +25,21 @@ from starlette.routing import Route
 from thrifty import fastjson
 from thrifty.errors import (
     InvalidRequestError,
-    MethodNotAllowedError,
     NotFoundError,
     PayloadTooLargeError,
     ThriftyError,
 )
 from thrifty.fastjson import FastJSONResponse
 from thrifty.pipeline.context import new_request_id
+from thrifty.server.credentials import client_key
+from thrifty.server.embeddings import embeddings_routes
+from thrifty.server.http_errors import (
+    error_response,
+    handler_error,
+    internal_error,
+    not_found,
+    request_id_headers,
+)
 from thrifty.types import ChatRequest
 
 if TYPE_CHECKING:
@@ -43,11 +51,6 @@ T = TypeVar("T")
 # Incoming headers the pipeline may read (others are not copied into the context).
 _FORWARDED_HEADERS = frozenset(("x-thrifty-task", "x-thrifty-cache", "x-thrifty-route", "cache-control",
                                 "x-thrifty-deferrable", "pragma"))
-
-
-def error_response(exc: ThriftyError, request_id: str) -> JSONResponse:
-    headers = {"x-thrifty-request-id": request_id, **exc.headers()}
-    return JSONResponse(exc.to_openai(), status_code=exc.status, headers=headers)
 
 
 def forwarded_headers(request: Request) -> dict[str, str]:
@@ -79,17 +82,19 @@ async def read_json_body(request: Request, limit: int) -> Any:
     if not raw.strip():
         raise InvalidRequestError("Request body is empty; expected a JSON object.")
     try:
+        # Any Content-Type is read as JSON (`curl -d` sends form-urlencoded); only when the body
+        # is not JSON does the error name a declared type that explains why (a form, a multipart upload).
         return fastjson.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequestError(f"Request body is not valid JSON: {exc}") from None
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        hint = f" (Content-Type is {ctype!r}; send application/json)" if ctype and "json" not in ctype else ""
+        raise InvalidRequestError(f"Request body is not valid JSON{hint}: {exc}") from None
 
 
 def tenant_of(request: Request) -> str:
-    """Without virtual keys, the client's key (hashed, never stored) scopes its cache: the bearer
-    token, else an Azure-style ``api-key`` header (the same key gives the same tenant either way)."""
-    auth = request.headers.get("authorization", "")
-    token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-    token = token or request.headers.get("api-key", "").strip()
+    """Without virtual keys, the client's key (hashed, never stored) scopes its cache, in whichever
+    header it came (``credentials.client_key``: the same key gives the same tenant)."""
+    token = client_key(request.headers)
     return "anon-" + hashlib.sha256(token.encode()).hexdigest()[:16] if token else "default"
 
 
@@ -110,13 +115,9 @@ def create_app(gateway: Gateway) -> Starlette:
             if ctx is None:  # the client left before the first byte; the ledger has its row
                 log.info("request %s: client disconnected before the response started", request_id)
                 return Response(status_code=499)
-        except ThriftyError as exc:
-            log.info("request %s failed: %s %s", request_id, exc.status, gateway.redactor(exc.message))
-            return error_response(exc, request_id)
-        except Exception:
-            log.exception("request %s: internal error", request_id)
-            return error_response(ThriftyError(f"Internal error (request id {request_id})."), request_id)
-        out_headers = {"x-thrifty-request-id": ctx.request_id, **ctx.response_headers}
+        except Exception as exc:
+            return handler_error(exc, request_id, gateway.redactor)
+        out_headers = {**request_id_headers(ctx.request_id), **ctx.response_headers}
         if ctx.served_model:
             out_headers["x-thrifty-model"] = ctx.served_model
         if ctx.chunks is not None:
@@ -160,23 +161,16 @@ def create_app(gateway: Gateway) -> Starlette:
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "models": len(gateway.catalog), "pipeline": gateway.describe()})
 
-    async def not_found(request: Request, exc: Exception) -> Response:
-        if getattr(exc, "status_code", 404) == 405:
-            allow = (getattr(exc, "headers", None) or {}).get("Allow", "")
-            err: ThriftyError = MethodNotAllowedError(
-                f"{request.method} is not allowed on {request.url.path}" + (f" (allowed: {allow})." if allow else "."),
-                allow=allow)
-            return error_response(err, new_request_id())
-        err = ThriftyError(f"No route for {request.method} {request.url.path}.")
-        err.status, err.type, err.code = 404, "invalid_request_error", "not_found"
-        return error_response(err, new_request_id())
-
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", model, methods=["GET"]),
+        # Without /v1 too, like /chat/completions: for clients whose base_url omits it.
+        Route("/models", models, methods=["GET"]),
+        Route("/models/{model_id:path}", model, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
+        *embeddings_routes(gateway),  # POST /v1/embeddings and /embeddings (server/embeddings.py)
     ]
     routes.extend(getattr(gateway, "extra_routes", []))
 
@@ -188,7 +182,8 @@ def create_app(gateway: Gateway) -> Starlette:
             await provider.aclose()
         gateway.flush()
 
-    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found}, lifespan=lifespan)
+    handlers = {404: not_found, 405: not_found, Exception: internal_error}
+    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
     app.state.gateway = gateway
     return app
 

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from thrifty.errors import InvalidRequestError, NotFoundError
+from thrifty.ledger.report import CALL_SAVED_SQL
 from thrifty.ledger.store import SQLiteStore, SQLStore
 from thrifty.ops.admin import check_admin, json_errors
 
@@ -31,10 +32,9 @@ PERIODS: dict[str, tuple[float | None, int]] = {  # name -> (seconds back, bucke
 }
 STRATEGIES = ("routing", "cascade", "cache", "compression", "batching", "passthrough")
 _ASSETS = {"dashboard.js": "text/javascript", "dashboard.css": "text/css", "favicon.svg": "image/svg+xml"}
-# A row's saving: what the baseline would have cost minus what it cost (a cache hit with no
-# baseline figure counts what the cache says it saved).
-_SAVED = ("CASE WHEN status <> 'ok' THEN 0 WHEN baseline_cost_usd IS NULL THEN cache_saved_usd "
-          "ELSE baseline_cost_usd - COALESCE(cost_usd, 0) END")
+# A row's saving by the report's rule (ledger/report.py: a failed request's spend is a loss, an
+# unpriced request claims nothing), compression apart: the dashboard shows it as its own strategy.
+_SAVED = CALL_SAVED_SQL
 
 
 def _bucket_sql(store: SQLStore, seconds: int) -> str:

@@ -1,0 +1,25 @@
+"""The client's API key, read the same way wherever the gateway needs it.
+
+SDKs send it in different headers: OpenAI's as ``Authorization: Bearer <key>``, Azure OpenAI's
+as ``api-key``, Anthropic-style clients as ``x-api-key``. Virtual-key authentication, the admin
+API and (without virtual keys) the per-client cache tenant all read it here, so a key means the
+same thing in every header: it scopes the cache and authenticates alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+KEY_HEADERS = ("api-key", "x-api-key")
+
+
+def client_key(headers: Mapping[str, str]) -> str:
+    """The key the client sent ('' when none): the bearer token first, else ``api-key``, else ``x-api-key``."""
+    auth = headers.get("authorization", "")
+    if auth.lower().startswith("bearer ") and auth[7:].strip():
+        return auth[7:].strip()
+    for name in KEY_HEADERS:
+        value = headers.get(name, "").strip()
+        if value:
+            return value
+    return ""

@@ -1,0 +1,83 @@
+"""Streams over real HTTP are priced: usage is asked of the upstream even when the client did
+not ask (and not shown to it), and a stream the client abandons still records what it spent."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from thrifty.gateway import Gateway
+from thrifty.mock.app import create_app as create_mock
+from thrifty.mock.behaviour import MockConfig
+from thrifty.mock.server import RunningServer, run_in_thread
+
+MSGS = [{"role": "user", "content": "tell me a long story about cats"}]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, RunningServer, RunningServer]]:
+    # Short enough that the mock, which finishes writing a stream its client left, stops quickly.
+    mock_cfg = MockConfig.from_dict({"models": {"slow": {"faults": {"chunk_delay_ms": 50},
+                                                         "output_tokens": [30, 30]}}})
+    with run_in_thread(create_mock(mock_cfg)) as mock:
+        cfg: dict[str, Any] = {
+            "providers": {"m": {"base_url": mock.url + "/v1", "api_key": "sk-test-0000", "max_retries": 0}},
+            "models": {"cheap": {"provider": "m", "price": {"input": 1, "output": 2}},
+                       "slow": {"provider": "m", "price": {"input": 1, "output": 2}},
+                       "premium": {"provider": "m", "price": {"input": 10, "output": 40}}},
+            "baseline": "premium",
+            "ledger": {"path": str(Path(tmp_path_factory.mktemp("acct")) / "ledger.db")},
+        }
+        gw = Gateway.from_config(cfg)
+        with run_in_thread(gw.app()) as server:
+            yield gw, server, mock
+
+
+def _rows(gw: Gateway, sql: str, want: int = 1) -> list[tuple[Any, ...]]:
+    deadline = time.monotonic() + 10
+    while True:
+        gw.flush()
+        assert gw.config.ledger.path
+        with sqlite3.connect(gw.config.ledger.path) as conn:
+            rows = conn.execute(sql).fetchall()
+        if len(rows) >= want or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.05)
+
+
+def test_stream_without_include_usage_is_priced_from_upstream_usage(
+    served: tuple[Gateway, RunningServer, RunningServer]
+) -> None:
+    gw, server, mock = served
+    body = {"model": "cheap", "messages": MSGS, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=10) as r:
+        lines = [line for line in r.iter_lines() if line.startswith("data: {")]
+    assert lines and not any('"usage"' in line for line in lines)  # the client did not ask
+    upstream = httpx.get(mock.url + "/mock/requests", params={"limit": 1}, timeout=5).json()["data"][0]["body"]
+    assert upstream["stream_options"] == {"include_usage": True}
+    (source, pt, ct), = _rows(gw, "SELECT cost_source, prompt_tokens, completion_tokens FROM attempts "
+                                  "WHERE model = 'cheap'")
+    assert source == "computed" and pt > 0 and ct > 0
+
+
+def test_abandoned_stream_records_what_it_spent(served: tuple[Gateway, RunningServer, RunningServer]) -> None:
+    gw, server, _ = served
+    body = {"model": "slow", "messages": MSGS, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=10) as r:
+        seen = 0
+        for line in r.iter_lines():
+            seen += line.startswith("data: {")
+            if seen >= 3:
+                break  # the client leaves mid-answer
+    rows = _rows(gw, "SELECT r.status, r.error_type, r.cost_usd, a.cost_source, a.prompt_tokens, a.completion_tokens "
+                     "FROM requests r JOIN attempts a USING (request_id) WHERE r.requested_model = 'slow'")
+    (status, error_type, cost, source, pt, ct), = rows
+    assert (status, error_type, source) == ("error", "ClientDisconnected", "estimated")
+    # the prompt and the part of the answer already produced, counted offline
+    assert pt > 0 and 0 < ct < 30 and cost == pytest.approx((pt * 1 + ct * 2) / 1e6)
