@@ -25,6 +25,7 @@ from thrifty.compress.config import CompressionConfig
 from thrifty.config_source import interpolate_env, missing_env_vars, read_raw, yaml_problem
 from thrifty.errors import ConfigError
 from thrifty.ops.config import AuthConfig
+from thrifty.providers.compat import CompatConfig
 from thrifty.redact import mask_credentials
 from thrifty.routing.config import RoutingConfig
 
@@ -76,6 +77,8 @@ class ProviderConfig(_Strict):
     backoff_max_s: float = Field(default=8.0, ge=0)
     max_connections: int = Field(default=256, ge=1)
     kind: Literal["openai"] = "openai"
+    # What this server does not accept of OpenAI's current protocol (providers/compat.py).
+    compat: CompatConfig = Field(default_factory=CompatConfig)
 
     @field_validator("base_url")
     @classmethod

@@ -3,6 +3,7 @@ files/batches endpoints, called with the official openai SDK."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -186,4 +187,22 @@ def test_a_batch_answer_without_usage_is_counted_not_free(tmp_path: Path) -> Non
             gw, "SELECT cost_usd, cost_source, prompt_tokens, completion_tokens FROM attempts")
         assert source == "estimated" and prompt > 0 and completion > 0
         assert cost == pytest.approx((prompt * 1.0 + completion * 4.0) / 1e6 * 0.5)
+        gw.close()
+
+
+def test_a_deferred_line_is_adapted_to_its_providers_compat(tmp_path: Path) -> None:
+    """providers.NAME.compat applies to Batch API lines as to normal calls."""
+    with start_mock({"completion_s": 0.1}) as mock:
+        cfg = gateway_config(mock, tmp_path)
+        cfg["providers"]["mock"]["compat"] = {"developer_role": "system", "drop_params": ["store"]}
+        gw = Gateway.from_config(cfg)
+        with run_in_thread(gw.app()) as server:
+            reply = client(server).chat.completions.create(
+                model="good", store=True, extra_body={"thrifty": {"deferrable": True}},
+                messages=[{"role": "developer", "content": "Label it."}, {"role": "user", "content": "I love it"}])
+        assert reply.choices[0].message.content == "positive"
+        uploaded = [json.loads(line) for f in batches(mock).files.values()
+                    if f["info"].get("purpose") == "batch" for line in f["data"].decode().splitlines()]
+        (line,) = uploaded
+        assert [m["role"] for m in line["body"]["messages"]] == ["system", "user"] and "store" not in line["body"]
         gw.close()

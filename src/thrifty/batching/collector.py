@@ -93,7 +93,7 @@ class GatewayJobRunner(DeferredRunner):
 
     def _line(self, job: Job, it: JobItem) -> dict[str, Any]:
         return {"custom_id": f"r{job.round}-{it.seq}", "method": "POST", "url": self.cfg.endpoint,
-                "body": json.loads(it.input)}
+                "body": self._adapt(job, json.loads(it.input))}
 
     def _record(self, job: Job, it: JobItem, row: dict[str, Any]) -> tuple[str | None, str]:
         error = row_error(row)

@@ -40,6 +40,7 @@ from thrifty.ledger.store import SQLStore, open_store
 from thrifty.pipeline.accounting import settle
 from thrifty.pipeline.context import Attempt, RequestContext
 from thrifty.providers.batch_api import BatchProvider, OpenAIBatchAPI
+from thrifty.providers.compat import adapt
 from thrifty.types import ChatRequest, Usage, response_text
 
 if TYPE_CHECKING:
@@ -189,7 +190,12 @@ class DeferredRunner:
         req = ChatRequest(model=job.model, messages=packing.single_messages(job.task, Item(it.item_id, it.input),
                                                                              job.labels), params=params)
         return {"custom_id": f"r{job.round}-{it.seq}", "method": "POST", "url": self.cfg.endpoint,
-                "body": req.to_body(info.upstream_model, stream=False)}
+                "body": self._adapt(job, req.to_body(info.upstream_model, stream=False))}
+
+    def _adapt(self, job: Job, body: dict[str, Any]) -> dict[str, Any]:
+        """The body as the job's provider accepts it (``providers.NAME.compat``), as for normal calls."""
+        pcfg = self.gw.config.providers.get(job.provider)
+        return adapt(body, pcfg.compat) if pcfg is not None else body
 
     async def _send_round(self, job: Job) -> None:
         pending = await asyncio.to_thread(self.jobs.items, job.job_id, "pending")

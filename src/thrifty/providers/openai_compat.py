@@ -30,6 +30,7 @@ from thrifty.errors import (
     UpstreamTimeoutError,
 )
 from thrifty.loops import LoopSessions
+from thrifty.providers.compat import adapt
 from thrifty.redact import Redactor
 
 log = logging.getLogger("thrifty.providers")
@@ -78,7 +79,7 @@ class OpenAICompatProvider:
         await self._sessions.aclose()
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
-        data = await self._post(self._url, body)
+        data = await self._post(self._url, adapt(body, self.config.compat))
         if not isinstance(data.get("choices"), list):
             raise UpstreamProtocolError(f"{self.name}: response has no 'choices' array", retryable=True)
         return data
@@ -118,7 +119,8 @@ class OpenAICompatProvider:
         done = False
         started = False
         try:
-            async with self._get_session().post(self._url, data=fastjson.dumps(body), timeout=timeout) as resp:
+            data = fastjson.dumps(adapt(body, self.config.compat))
+            async with self._get_session().post(self._url, data=data, timeout=timeout) as resp:
                 if resp.status >= 400:
                     raise self._status_error(resp.status, await resp.read(), resp.headers.get("retry-after"))
                 async for line in resp.content:
