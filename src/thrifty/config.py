@@ -126,6 +126,9 @@ class ServerConfig(_Strict):
     max_body_bytes: int = Field(default=4_000_000, gt=0)
     request_timeout_s: float = Field(default=300.0, gt=0)
     log_prompts: bool = False
+    # Browser origins allowed to call the gateway directly (CORS), e.g. ["https://app.example.com"];
+    # ["*"] allows any. Empty (the default): no CORS headers, so browsers refuse cross-origin calls.
+    cors_origins: list[str] = Field(default_factory=list)
 
 
 class Config(_Strict):

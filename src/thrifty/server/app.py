@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -183,9 +185,21 @@ def create_app(gateway: Gateway) -> Starlette:
         gateway.flush()
 
     handlers = {404: not_found, 405: not_found, Exception: internal_error}
-    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan,
+                    middleware=cors_middleware(gateway.config.server.cors_origins))
     app.state.gateway = gateway
     return app
+
+
+def cors_middleware(origins: list[str]) -> list[Middleware]:
+    """Starlette's CORS handling for browser apps on ``origins`` (none when empty). Preflight
+    requests are answered; the thrifty headers (request id, model, cost) are readable by scripts."""
+    if not origins:
+        return []
+    exposed = ["x-request-id", "x-thrifty-request-id", "x-thrifty-model", "x-thrifty-cost-usd",
+               "x-thrifty-cache", "x-thrifty-latency-ms"]
+    return [Middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST", "OPTIONS"],
+                       allow_headers=["*"], expose_headers=exposed, max_age=600)]
 
 
 async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T | None:
