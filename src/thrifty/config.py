@@ -118,6 +118,9 @@ class LedgerConfig(_Strict):
     # before it is spilled to ``<path>.failed.jsonl`` and reported.
     write_retries: int = Field(default=5, ge=0)
     flush_interval_s: float = Field(default=0.05, gt=0)
+    # Rows held in memory while the database fails; past this, failing batches are spilled at once
+    # instead of waiting out their retries (a long outage under load must not exhaust memory).
+    max_queued_rows: int = Field(default=100_000, ge=1)
 
 
 class ServerConfig(_Strict):

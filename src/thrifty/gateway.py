@@ -83,7 +83,8 @@ class Gateway:
             store = open_store(path=path, dsn=config.ledger.dsn, check=True)
             # Where rows go when the store keeps failing (`thrifty ledger import-spill` reads it back).
             self.ledger = LedgerWriter(store, retries=config.ledger.write_retries, spill_path=spill_path(config),
-                                       flush_interval_s=config.ledger.flush_interval_s)
+                                       flush_interval_s=config.ledger.flush_interval_s,
+                                       max_queued=config.ledger.max_queued_rows)
         self.observers: list[Any] = []
         self.extra_routes: list[Any] = []
         # async (request, chat) -> (key_id, tenant); set by ops when auth is enabled.

@@ -8,6 +8,7 @@ anything shaped like a bearer key even when it was never registered.
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote, urlsplit
 
 _KEY_SHAPES = re.compile(r"\b(sk|tk|rk|pk|thr)-[A-Za-z0-9_\-]{6,}|\bBearer\s+[A-Za-z0-9_\-.=]{8,}", re.I)
 
@@ -51,3 +52,41 @@ def mask_credentials(text: str) -> str:
     text = _URL_PASSWORD.sub(lambda m: m.group("scheme") + ":[REDACTED]@", text)
     return _MORE_SHAPES.sub("[REDACTED]", redact(text))
 
+
+
+# libpq key=value connection strings: password=secret or password='se cret'.
+_KV_PASSWORD = re.compile(r"\bpassword\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", re.I)
+
+
+def url_passwords(*urls: str | None) -> list[str]:
+    """The passwords in connection URLs (``postgresql://u:PW@h``, ``redis://:PW@h``) and libpq
+    ``password=PW`` strings, as written and percent-decoded: literal secrets for a ``Redactor``.
+
+    Why literal: a driver error may quote a malformed DSN's password without the URL around it
+    (libpq: ``unexpected spaces found in "PW"``), where no pattern would recognise it."""
+    out: list[str] = []
+    for url in urls:
+        if not url:
+            continue
+        found: list[str] = []
+        try:
+            password = urlsplit(url.strip()).password
+        except ValueError:  # a malformed URL (an unclosed IPv6 bracket, a bad port)
+            password = None
+        if password is None:
+            m = re.search(r"://[^:/@\s]*:([^@\s]*)@", url)  # what urlsplit could not parse
+            password = m.group(1) if m else None
+        if password:
+            found.append(password)
+        found += [m.group(1).strip("'").replace("\\'", "'") for m in _KV_PASSWORD.finditer(url)]
+        for pw in found:
+            out += [pw, unquote(pw)] if unquote(pw) != pw else [pw]
+    return [pw for pw in dict.fromkeys(out) if pw]
+
+
+def scrub(text: str, *urls: str | None) -> str:
+    """``text`` (a driver's error about ``urls``) without their passwords or key shapes."""
+    for pw in sorted(url_passwords(*urls), key=len, reverse=True):
+        if len(pw) >= 4:  # shorter ones would mangle the message's words (and guess in seconds anyway)
+            text = text.replace(pw, "[REDACTED]")
+    return mask_credentials(text)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -142,3 +144,15 @@ def test_route_selection() -> None:
     assert cfg.for_request(None, "x") is cfg.routes["*"]
     with pytest.raises(ValueError, match=r"routes\.r: system_prompt/summarize_history need compression\.model"):
         CompressionConfig.model_validate({"routes": {"r": {"system_prompt": True}}})
+
+
+@pytest.mark.parametrize("hostile", ["a." * 60_000, "1-" * 60_000, "x@" * 60_000])
+def test_validating_a_hostile_prompt_does_not_stall(hostile: str) -> None:
+    """The facts check runs over a client's prompt: a pattern tried from every start position
+    must not scan to the end each time (was quadratic: minutes for 120 kB). A hang guard with a
+    generous limit, not a speed target."""
+    code = ("import sys; from thrifty.compress.validate import check; t = sys.stdin.read(); "
+            "print(check(t, t[: len(t) // 2], [], []).ok)")
+    # A subprocess, so a regression fails at the limit (it is killed) instead of hanging the suite.
+    done = subprocess.run([sys.executable, "-c", code], input=hostile, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() in ("True", "False"), done.stderr

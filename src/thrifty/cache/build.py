@@ -46,7 +46,11 @@ def build_cache_stage(config: Config, catalog: Catalog, caller: Any = None) -> C
         s = cfg.semantic
         spec = s.embedder if s.embedder is not None else embedder_spec(verifiers.values())
         semantic = SemanticCache(backend, build_embedder(spec), top_k=s.top_k, ann=s.ann,
-                                 ann_min_entries=s.ann_min_entries, refresh_s=s.refresh_s)
+                                 ann_min_entries=s.ann_min_entries, refresh_s=s.refresh_s,
+                                 max_indexes=s.max_indexes,
+                                 # Twice the backend's bound: an index the backend pruned is
+                                 # reloaded at most once per max_entries additions.
+                                 max_vectors=s.max_vectors if s.max_vectors is not None else 2 * cfg.max_entries)
     confirm = None
     if cfg.semantic.confirm_model:
         if catalog.get(cfg.semantic.confirm_model) is None:

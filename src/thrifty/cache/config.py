@@ -41,6 +41,11 @@ class SemanticConfig(_Strict):
     ann: Literal["auto", "hnswlib", "faiss", "none"] = "auto"
     # How often an index re-reads vectors written by other gateway processes.
     refresh_s: float = Field(default=1.0, ge=0)
+    # In-memory bounds of a long-running gateway: every scope (tenant, system prompt, earlier turns)
+    # has its own vector index, and past these the least recently used indexes are dropped (reloaded
+    # from the backend when their scope comes back). max_vectors None: twice cache.max_entries.
+    max_indexes: int = Field(default=2_000, ge=1)
+    max_vectors: int | None = Field(default=None, ge=1)
 
     @field_validator("embedder")
     @classmethod

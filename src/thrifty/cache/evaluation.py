@@ -126,3 +126,22 @@ def render_text(rep: dict[str, Any]) -> str:
     lines += ["", f"lookup latency p50 {lat['lookup_p50_ms']:.2f} ms, p99 {lat['lookup_p99_ms']:.2f} ms "
               f"(+ query embedding p50 {lat['embed_p50_ms']:.2f} ms, p99 {lat['embed_p99_ms']:.2f} ms)"]
     return "\n".join(lines)
+
+
+def drop_calibration_overlap(judged: list[Pair], calibration: list[Pair]) -> tuple[list[Pair], str | None]:
+    """``judged`` without the pairs (either text order) that ``calibration`` also holds, and a
+    warning saying how many were left out: a verifier and threshold fitted on a pair would be
+    judged in-sample on it. ``DataError`` when every judged pair is a calibration pair."""
+    from thrifty.errors import DataError
+
+    seen = {frozenset((" ".join(p.text_a.split()), " ".join(p.text_b.split()))) for p in calibration}
+    keep = [p for p in judged if frozenset((" ".join(p.text_a.split()), " ".join(p.text_b.split()))) not in seen]
+    dropped = len(judged) - len(keep)
+    if not dropped:
+        return judged, None
+    if not keep:
+        raise DataError(f"every one of the {len(judged)} --pairs is also a --calibrate-on pair: the verifier would "
+                        "be judged on the pairs it was fitted on; judge on other pairs (`thrifty cache calibrate` "
+                        "reports cross-validated figures)")
+    return keep, (f"{dropped} of the {len(judged)} --pairs are also --calibrate-on pairs and were left out: "
+                  f"judged on the other {len(keep)}")

@@ -20,6 +20,9 @@ from thrifty.cache.density import DensitySample
 
 log = logging.getLogger("thrifty.cache")
 
+# Rows of the first matrix an index allocates; it doubles from there.
+_MIN_ROWS = 4
+
 
 class Ann(Protocol):
     def add(self, vecs: np.ndarray, start: int) -> None: ...
@@ -110,7 +113,10 @@ class VectorIndex:
         with self._lock:
             start = self._n
             if start + len(vecs) > len(self._mat):
-                grown = np.zeros((max(start + len(vecs), 2 * len(self._mat), 256), self.dim), dtype=np.float32)
+                # Doubling from a few rows, not from 256: a gateway keeps one index per scope (tenant,
+                # system prompt, earlier turns) and most scopes hold a handful of questions; 256 rows
+                # of 1024 floats made every one of them cost 1 MB (bench/soak.py).
+                grown = np.zeros((max(start + len(vecs), 2 * len(self._mat), _MIN_ROWS), self.dim), dtype=np.float32)
                 grown[:start] = self._mat[:start]
                 self._mat = grown
             self._mat[start:start + len(vecs)] = vecs

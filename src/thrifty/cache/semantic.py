@@ -66,14 +66,25 @@ def allowed(query: str, texts: list[str]) -> np.ndarray:
 
 class SemanticCache:
     def __init__(self, backend: CacheBackend, embedder: Embedder, *, top_k: int = DEFAULT_TOP_K, ann: str = "auto",
-                 ann_min_entries: int = 10_000, refresh_s: float = 1.0) -> None:
+                 ann_min_entries: int = 10_000, refresh_s: float = 1.0, max_indexes: int | None = None,
+                 max_vectors: int | None = None) -> None:
         self.backend = backend
         self.embedder = embedder
         self.top_k = top_k
         self.ann = ann
         self.ann_min_entries = ann_min_entries
         self.refresh_s = refresh_s
-        self._slots: dict[str, _Slot] = {}
+        # The in-memory indexes, least recently used first. A gateway meets a new scope for every
+        # new tenant, system prompt and conversation, and the backend prunes expired and surplus
+        # entries but the index of a scope only ever grows: over weeks they held every vector ever
+        # cached. So at most ``max_indexes`` indexes and ``max_vectors`` vectors in all are kept
+        # (None: no bound, for offline evaluation); the least recently used are dropped, and a
+        # dropped scope is re-read from the backend, which holds only live entries, when it is
+        # next asked for.
+        self._slots: OrderedDict[str, _Slot] = OrderedDict()
+        self.max_indexes = max_indexes
+        self.max_vectors = max_vectors
+        self._vectors = 0  # vectors in all kept indexes
         self._inline = embedder.name.startswith(_INLINE_EMBEDDERS)
         self._tokens: OrderedDict[str, TokenVectors] = OrderedDict()
         self._tokens_lock = threading.Lock()
@@ -92,6 +103,8 @@ class SemanticCache:
         if slot is None:
             slot = self._slots[ns] = _Slot(VectorIndex(self.embedder.dim, ann=self.ann,
                                                        ann_min_entries=self.ann_min_entries), set())
+        else:
+            self._slots.move_to_end(ns)
         now = time.monotonic()
         if now - slot.refreshed >= self.refresh_s:
             slot.refreshed = now
@@ -101,7 +114,36 @@ class SemanticCache:
                 slot.seen.update(r.key for r in fresh)
                 slot.index.add([r.key for r in fresh], [r.text for r in fresh], np.stack([r.vec for r in fresh]),
                                [r.expires for r in fresh])
+                self._grew(ns, slot, len(fresh))
+        self._bound()
         return slot
+
+    def _grew(self, ns: str, slot: _Slot, n: int) -> None:
+        """Count ``n`` vectors added to ``slot`` (if it is still kept)."""
+        if self._slots.get(ns) is slot:
+            self._vectors += n
+
+    def _bound(self) -> None:
+        """Drop least recently used indexes past ``max_indexes`` or ``max_vectors`` (see __init__).
+
+        The one just used may go too when it alone holds more than ``max_vectors``: its lookup
+        still runs on it, and the next one reloads it from the backend, pruned."""
+        while self._slots and (
+            (self.max_indexes is not None and len(self._slots) > self.max_indexes)
+            or (self.max_vectors is not None and self._vectors > self.max_vectors)
+        ):
+            _, old = self._slots.popitem(last=False)
+            self._vectors -= len(old.index)
+
+    @property
+    def indexes_kept(self) -> int:
+        """Indexes kept in memory."""
+        return len(self._slots)
+
+    @property
+    def vectors_kept(self) -> int:
+        """Vectors in all indexes kept in memory."""
+        return self._vectors
 
     async def lookup(self, scope: str, query: str, verifier: HitVerifier, threshold: float,
                      qvec: np.ndarray | None = None) -> tuple[SemanticMatch | None, np.ndarray]:
@@ -213,7 +255,10 @@ class SemanticCache:
         if slot is not None and meta.key not in slot.seen:
             slot.seen.add(meta.key)
             slot.index.add([meta.key], [query], qvec[None, :], [meta.expires])
+            self._grew(ns, slot, 1)
+            self._bound()
 
     def forget(self) -> None:
         """Drop the in-memory indexes (after a clear); they reload from the backend."""
         self._slots.clear()
+        self._vectors = 0

@@ -37,7 +37,7 @@ from thrifty.cache.streaming import replay_chunks
 from thrifty.cache.verifier import HitVerifier, LearnedVerifier, RuleVerifier
 from thrifty.catalog import Catalog
 from thrifty.cost import price_tokens
-from thrifty.errors import ThriftyError
+from thrifty.errors import StorageError, ThriftyError
 from thrifty.pipeline.context import Handler, RequestContext
 from thrifty.streaming import iterate
 from thrifty.types import Usage
@@ -187,19 +187,34 @@ class CacheStage:
                     self.serve(ctx, entry, "exact")
                     return None
         flight = self.flights.lead(key.exact)
-        if d.read and not await self.backend.try_lock(key.exact, self.cfg.lock_timeout_s):
-            # Another process is computing this answer: poll for it until its lock expires.
-            deadline = time.monotonic() + self.cfg.lock_timeout_s
-            while time.monotonic() < deadline:
-                await asyncio.sleep(_POLL_S)
-                entry = await self.lookup(key.exact, ctx.tenant, d.max_age_s)
-                if entry is not None:
-                    self.serve(ctx, entry, "exact")
-                    self.flights.finish(key.exact, flight, stored=True)
-                    return None
-                if await self.backend.try_lock(key.exact, self.cfg.lock_timeout_s):
-                    break
+        try:
+            if d.read and not await self._try_lock(key.exact):
+                # Another process is computing this answer: poll for it until its lock expires.
+                deadline = time.monotonic() + self.cfg.lock_timeout_s
+                while time.monotonic() < deadline:
+                    await asyncio.sleep(_POLL_S)
+                    entry = await self.lookup(key.exact, ctx.tenant, d.max_age_s)
+                    if entry is not None:
+                        self.serve(ctx, entry, "exact")
+                        self.flights.finish(key.exact, flight, stored=True)
+                        return None
+                    if await self._try_lock(key.exact):
+                        break
+        except BaseException:
+            # Cancelled while waiting (client gone, deadline): a flight left registered would stay
+            # in memory for good and make every identical request wait lock_timeout_s for it.
+            self.flights.finish(key.exact, flight, stored=False)
+            raise
         return flight
+
+    async def _try_lock(self, key: str) -> bool:
+        """The cross-process lock for ``key``; True (compute it ourselves) when the store cannot
+        take it: like an unreadable entry, a failing lock costs a duplicate call, never the request."""
+        try:
+            return await self.backend.try_lock(key, self.cfg.lock_timeout_s)
+        except StorageError as exc:
+            log.warning("cache lock failed, answering without it: %s", exc.message)
+            return True
 
     async def _release(self, key: CacheKey, flight: Flight, stored: bool) -> None:
         self.flights.finish(key.exact, flight, stored)

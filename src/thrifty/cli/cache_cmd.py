@@ -150,7 +150,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Cache every text_a, look up every text_b: duplicate hit rate, false-hit rate, latency."""
         from thrifty.cache.calibrate import calibrate
-        from thrifty.cache.evaluation import decide_all, decision_rows, render_text, report
+        from thrifty.cache.evaluation import (
+            decide_all,
+            decision_rows,
+            drop_calibration_overlap,
+            render_text,
+            report,
+        )
         from thrifty.cache.pairs import read_pairs
         from thrifty.cache.verifier import HitVerifier, LearnedVerifier, RuleVerifier
 
@@ -171,7 +177,11 @@ def register(app: typer.Typer) -> None:
         fitted: dict[str, Any] = {}
         ver: HitVerifier
         if calibrate_on is not None:
-            cal = calibrate(read_pairs(calibrate_on), emb, max_false_hit_rate=max_false_hit_rate, model=model,
+            calibration = read_pairs(calibrate_on)
+            judged, overlap = drop_calibration_overlap(judged, calibration)
+            if overlap:
+                _say(f"warning: {overlap}")
+            cal = calibrate(calibration, emb, max_false_hit_rate=max_false_hit_rate, model=model,
                             progress=_say,
                             top_k=top_k)
             ver, fitted = cal.verifier, cal.summary()

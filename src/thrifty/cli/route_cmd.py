@@ -18,13 +18,17 @@ DEFAULT_BASELINE = "gpt-4-1106-preview"
 
 def _load_data(spec: str) -> Any:
     from thrifty.evaluation.dataset import load_outcomes
+    from thrifty.evaluation.datasets import resolve_data
+    from thrifty.evaluation.hygiene import fill_missing_costs
+    from thrifty.evaluation.prices import derive_prices
 
-    try:
-        from thrifty.evaluation.datasets import resolve_data
-
-        return load_outcomes(resolve_data(spec))
-    except ImportError:  # pragma: no cover - evaluation helpers absent
-        return load_outcomes(spec)
+    outcomes = load_outcomes(resolve_data(spec))
+    # A missing cost read as $0 would make that model look free to the fit (hygiene.py).
+    filled = fill_missing_costs(outcomes, derive_prices(outcomes))
+    if filled:
+        typer.echo(f"warning: {filled} outcomes had no recorded cost: estimated from their tokens at the model's "
+                   "price", err=True)
+    return outcomes
 
 
 def register(app: typer.Typer) -> None:

@@ -22,7 +22,6 @@ import re
 
 _FENCE = re.compile(r"(```.*?```)", re.S)
 _INLINE_CODE = re.compile(r"`[^`\n]+`")
-_COMMENT = re.compile(r"<!--.*?-->", re.S)
 # Elements that format text in pasted web pages and e-mails; anything else in angle brackets is
 # kept. Attributes must look like attributes (name="value"), so ``<b and c>`` is not a tag.
 _HTML_ELEMENTS = (
@@ -32,8 +31,12 @@ _HTML_ELEMENTS = (
 _ATTR = r"""\s+[A-Za-z_:][-\w:.]*\s*=\s*(?:"[^"]*"|'[^']*'|[^\s"'<>=`]+)"""
 _TAG = re.compile(rf"</?(?:{_HTML_ELEMENTS})(?:{_ATTR})*\s*/?>", re.I)
 DEDUPE_MIN_CHARS = 100
-_EMPH = re.compile(r"(\*\*|__)(\S(?:.*?\S)?)\1")
-_HRULE = re.compile(r"^\s*([-*_=])(\s*\1){2,}\s*$", re.M)
+# The compaction runs on client text (system prompts) on the event loop, so no pattern may be
+# quadratic: an emphasis span stops at the next marker (an unclosed ``**`` no longer scans to the
+# end of the line from every opener), and a rule is one line of spaces and tabs (``\s`` also
+# matched newlines: each line start scanned every blank line after it).
+_EMPH = re.compile(r"(\*\*|__)(\S(?:(?:(?!\1).)*?\S)?)\1")
+_HRULE = re.compile(r"^[ \t]*([-*_=])([ \t]*\1){2,}[ \t]*$", re.M)
 _HEADING = re.compile(r"^#{1,6}\s+", re.M)
 _SPACES = re.compile(r"[ \t]+")
 _BLANKS = re.compile(r"\n{3,}")
@@ -48,7 +51,7 @@ def _compact_prose(text: str) -> str:
         return f"\x00{len(spans) - 1}\x00"
 
     text = _INLINE_CODE.sub(hide, text)
-    text = _COMMENT.sub("", text)
+    text = _drop_comments(text)
     text = _TAG.sub("", text)
     text = _EMPH.sub(r"\2", text)
     text = _HRULE.sub("", text)
@@ -56,6 +59,21 @@ def _compact_prose(text: str) -> str:
     lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
     text = _BLANKS.sub("\n\n", "\n".join(lines))
     return re.sub(r"\x00(\d+)\x00", lambda m: spans[int(m.group(1))], text)
+
+
+def _drop_comments(text: str) -> str:
+    """``<!--...-->`` removed, as ``re.sub(r"<!--.*?-->", "", text, flags=re.S)`` would, in linear
+    time: that regex scanned to the end of the text from every unclosed ``<!--`` (seconds of CPU
+    for 40 kB of them)."""
+    out, pos = [], 0
+    while (start := text.find("<!--", pos)) >= 0:
+        end = text.find("-->", start + 4)
+        if end < 0:
+            break  # no closer after this opener: none after any later one either
+        out.append(text[pos:start])
+        pos = end + 3
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def _dedupe(text: str, seen: set[str]) -> str:

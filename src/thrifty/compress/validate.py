@@ -43,9 +43,11 @@ class Verdict:
     reason: str = ""
 
 
-_URL = re.compile(r"https?://[^\s<>\"')\]]+")
-_EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
-_NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,:/-]\d+)*")
+_URL = re.compile(r"https?://[^\s<>\"')\]]{1,2000}")
+# Every repetition is bounded: these run over a client's prompt (up to the body limit), and an
+# unbounded run tried from each of many start positions ("a.a.a...", "1-1-1...") is quadratic.
+_EMAIL = re.compile(r"\b[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){1,8}\b")
+_NUMBER = re.compile(r"(?<![\w.])\d{1,20}(?:[.,:/-]\d{1,20}){0,6}")
 _CODE = re.compile(r"`([^`\n]{1,80})`")
 _QUOTED = re.compile(r"\"([^\"\n]{1,80})\"|\u201c([^\u201d\n]{1,80})\u201d")
 
@@ -60,21 +62,28 @@ def facts(text: str) -> list[str]:
     return list(dict.fromkeys(f for f in found if f.strip()))
 
 
-_RANGE = re.compile(r"(?<![\d.])(\d+)\s*(?:-|\u2013|to|through)\s*(\d+)(?!\d|\.\d)")
+_RANGE = re.compile(r"(?<![\d.])(\d{1,20})\s{0,3}(?:-|\u2013|to|through)\s{0,3}(\d{1,20})(?!\d|\.\d)")
 
 
 def _ranges(folded: str) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in _RANGE.findall(folded) if int(a) < int(b)]
 
 
-def _has_fact(folded: str, fact: str, ranges: list[tuple[int, int]]) -> bool:
+def _has_fact(folded: str, fact: str, numbers: set[str], ranges: list[tuple[int, int]]) -> bool:
     f = _fold(fact)
-    if f[:1].isdigit():  # 30 is not kept by 300 or 1.30
-        if re.search(rf"(?<![\d.]){re.escape(f)}(?!\d)", folded):
+    if f[:1].isdigit():  # a number is kept as a whole: 30 is not kept by 300 or 1.30
+        if f in numbers:
             return True
         # An enumeration summed up as a range ("products 0-119") keeps each whole number in it.
         return f.isdigit() and any(a <= int(f) <= b for a, b in ranges)
     return f in folded
+
+
+def _numbers(folded: str) -> set[str]:
+    """Every number of ``folded`` as ``facts`` reads it, and each part of one written with
+    separators (2024-05-01 also keeps 2024, 05 and 01)."""
+    found = {n.rstrip(".,:/-") for n in _NUMBER.findall(folded)}
+    return found | {p for n in found for p in re.split(r"[.,:/-]", n) if p}
 
 
 def check(original: str, compressed: str, must_keep: list[str], markers: list[str], *,
@@ -88,8 +97,8 @@ def check(original: str, compressed: str, must_keep: list[str], markers: list[st
         if core not in folded:
             missing.append(sentence)
     if keep_facts:
-        ranges = _ranges(folded)
-        missing += [f for f in facts(original) if not _has_fact(folded, f, ranges) and f not in missing]
+        numbers, ranges = _numbers(folded), _ranges(folded)
+        missing += [f for f in facts(original) if not _has_fact(folded, f, numbers, ranges) and f not in missing]
     if missing:
         shown = "; ".join(m[:60] for m in missing[:3])
         return Verdict(False, missing, f"lost {len(missing)} must-keep item(s): {shown}")

@@ -18,10 +18,11 @@ _TOLERANCE = 1e-6
 DEFAULT_MIN_FAMILY_PROMPTS = 30  # routing.fit's default, repeated to keep this module import-light
 
 
-def budget_warning(sections: list[dict[str, Any]], policy: Row) -> str | None:
+def budget_warning(sections: list[dict[str, Any]], policy: Row, cause: str | None = None) -> str | None:
     """One line when the policy's held-out cost share (``policy``) or its training cost share (in
     the fitted ``sections``, one per fit: per fold, or one with --train) exceeds the budget it was
-    fitted for, with why; None when within budget or nothing was fitted with a budget."""
+    fitted for, with why (``cause`` when the caller knows it better); None when within budget or
+    nothing was fitted with a budget."""
     budgets = [b for s in sections if isinstance(b := s.get("max_cost_share"), int | float)
                and not isinstance(b, bool)]
     if not budgets or len(budgets) < len(sections):
@@ -36,7 +37,7 @@ def budget_warning(sections: list[dict[str, Any]], policy: Row) -> str | None:
         return None
     spent = (f"held-out cost share {held:.1%}" if over_held and held is not None
              else f"training cost share {train:.1%}")
-    return f"{spent} is over the budget max_cost_share={budget:g} ({budget:.1%}): {_why(sections, over_train)}"
+    return f"{spent} is over the budget max_cost_share={budget:g} ({budget:.1%}): {cause or _why(sections, over_train)}"
 
 
 def _why(sections: list[dict[str, Any]], over_train: bool) -> str:

@@ -3,7 +3,7 @@
 Splits are stratified by task label (each task is spread evenly over the folds) and seeded, so a
 run is reproducible. They return index lists into an ``OutcomeSet``; ``folds`` gives, for each
 fold, (train indices, test indices) with the two disjoint and the test folds covering every item
-exactly once.
+exactly once. Items with the same prompt text always share a fold.
 """
 
 from __future__ import annotations
@@ -34,12 +34,18 @@ def kfold(data: OutcomeSet, k: int = 5, seed: int = 0) -> list[tuple[list[int], 
     if len(data) < k:
         raise DataError(f"cannot split {len(data)} prompts into {k} folds")
     assignment = [0] * len(data)
-    offset = 0
+    # Rows with the same prompt text (held-out files may repeat one) share a fold: split apart,
+    # one would be judged by a policy fitted on its twin.
+    fold_of_text: dict[str, int] = {}
+    n = 0
     for idx in _by_task(data, seed):
-        for j, i in enumerate(idx):
-            # Continue the round-robin across tasks so small tasks do not all land in fold 0.
-            assignment[i] = (offset + j) % k
-        offset += len(idx)
+        for i in idx:
+            text = " ".join(data.items[i].prompt.split())
+            if text not in fold_of_text:
+                # Continue the round-robin across tasks so small tasks do not all land in fold 0.
+                fold_of_text[text] = n % k
+                n += 1
+            assignment[i] = fold_of_text[text]
     out = []
     for f in range(k):
         test = [i for i, a in enumerate(assignment) if a == f]

@@ -24,6 +24,12 @@ from thrifty.evaluation import frontier
 from thrifty.evaluation.budget_check import budget_warning
 from thrifty.evaluation.cv import kfold
 from thrifty.evaluation.dataset import Item, OutcomeSet
+from thrifty.evaluation.hygiene import (
+    check_baseline,
+    drop_train_overlap,
+    fill_missing_costs,
+    missing_models_note,
+)
 from thrifty.evaluation.metrics import Decision, Row, aggregate, score_decisions
 from thrifty.evaluation.policy import (
     FitFn,
@@ -108,13 +114,28 @@ class Evaluator:
         if options.baseline not in data.models:
             raise DataError(f"baseline model {options.baseline!r} is not in the data "
                             f"(models: {', '.join(data.models)}); pass --baseline")
-        self.data, self.train, self.policy, self.options = data, train, policy, options
+        check_baseline(data, options.baseline)
         self.fit_fn = fit_fn if options.fit else None
+        # One line each, for people (EvalResult.warnings).
+        self.notes: list[str] = []
+        self.missing_models = False  # models the policy was fitted to call are absent from --data
+        if train is not None and self.fit_fn is not None:
+            check_baseline(train, options.baseline)
+            data, overlap = drop_train_overlap(data, train)
+            gaps = missing_models_note(data, train)
+            self.notes += [n for n in (overlap, gaps) if n]
+            self.missing_models = gaps is not None
+        self.data, self.train, self.policy, self.options = data, train, policy, options
         self.factory = gateway_factory
         models = data.models + [m for m in (train.models if train else []) if m not in data.models]
         self.models = models
         # Prices only inform routers' estimates; billed cost is the recorded usage.cost.
         self.prices = derive_prices(data if train is None else train.merged(data))
+        # Before anything reads a cost: a missing one would read as $0 (hygiene.py).
+        filled = sum(fill_missing_costs(s, self.prices) for s in (data, train if self.fit_fn else None) if s is not None)
+        if filled:
+            self.notes.append(f"{filled} outcomes had no recorded cost: estimated from their tokens at the "
+                              "model's price (fitted on the recorded costs, else its list price)")
         # The replay only ever sees the items with their scores stripped.
         self.blind = [i.blind() for i in data.items]
         self.index = ReplayIndex(OutcomeSet(self.blind, data.models))
@@ -192,15 +213,20 @@ class Evaluator:
         for s, ds in zip(sweep, swept, strict=True):
             rows.append(aggregate(f"thrifty ≤{s:g}x", "sweep", score_decisions(ds, self.data), base,
                                   f"max_cost_share={s:g}"))
-        warning = budget_warning(self.policy_sections, rows[0])
+        # Calls to models --data lacks fall back to the baseline: that, not the fit, overspends.
+        cause = ("models of --train are missing from --data (warned above): where the policy calls one it falls "
+                 "back to the baseline") if self.missing_models else None
+        warning = budget_warning(self.policy_sections, rows[0], cause)
         rows.extend(reference_rows(self.data, opts.baseline))
         return EvalResult(opts.baseline, len(self.data), self.fitting, rows, decisions,
-                          figures(rows, opts.baseline), timings, [warning] if warning else [])
+                          figures(rows, opts.baseline), timings, [*self.notes, *([warning] if warning else [])])
 
 
 def figures(rows: list[Row], baseline: str) -> dict[str, Any]:
     """Frontier points, AIQ of thrifty / of the models alone / of the oracle, and costs to reach."""
-    models = [r for r in rows if r.kind == "model"]
+    # A model recorded on only some prompts is not a point on these prompts' frontier.
+    every = max(r.overall.prompts for r in rows)
+    models = [r for r in rows if r.kind == "model" and r.overall.prompts == every]
     pt: Callable[[Row], tuple[float, float]] = lambda r: (r.overall.cost_share or 0.0, r.overall.accuracy)  # noqa: E731
     cheapest = min(models, key=lambda r: r.overall.cost)
     c_min = min(pt(r)[0] for r in models)

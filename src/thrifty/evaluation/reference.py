@@ -25,8 +25,16 @@ def _single(item: Item, model: str) -> ItemResult:
 
 
 def single_model_rows(data: OutcomeSet, baseline: str) -> list[Row]:
-    base = baseline_costs(data, baseline)
-    return [aggregate(f"always {m}", "model", [_single(i, m) for i in data.items], base) for m in data.models]
+    """One row per model. A model recorded on only some prompts (a folder whose files have
+    different model columns) is judged on those prompts, against the baseline on the same ones:
+    over all prompts its missing ones read as wrong and free."""
+    rows = []
+    for m in data.models:
+        items = [i for i in data.items if m in i.outcomes]
+        note = "" if len(items) == len(data.items) else f"recorded on {len(items)} of {len(data.items)} prompts only"
+        rows.append(aggregate(f"always {m}", "model", [_single(i, m) for i in items],
+                              [i.cost(baseline) for i in items], note))
+    return rows
 
 
 def random_row(data: OutcomeSet, baseline: str) -> Row:
@@ -50,7 +58,9 @@ def best_static_choice(data: OutcomeSet) -> dict[str, str]:
         def key(m: str, items: list[Item] = items) -> tuple[float, float]:
             return (-sum(i.scores.get(m, 0.0) for i in items), sum(i.cost(m) for i in items))
 
-        choice[task] = min(data.models, key=key)
+        # Only a model recorded on every prompt of the task can be chosen for all of them.
+        complete = [m for m in data.models if all(m in i.outcomes for i in items)] or data.models
+        choice[task] = min(complete, key=key)
     return choice
 
 

@@ -41,16 +41,18 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> str:
     return str(console.file.getvalue())  # type: ignore[attr-defined]
 
 
-def _row_cells(r: Row) -> list[str]:
+def _row_cells(r: Row, prompts: int) -> list[str]:
     s = r.overall
-    return [r.name, f"{s.accuracy:.3f}", f"${s.cost:.4f}", _pct(s.cost_share), f"{s.calls_per_prompt:.2f}",
+    # A model recorded on only some prompts is judged on those (reference.py): say on how many.
+    name = r.name if s.prompts == prompts else f"{r.name} (on {s.prompts} prompts)"
+    return [name, f"{s.accuracy:.3f}", f"${s.cost:.4f}", _pct(s.cost_share), f"{s.calls_per_prompt:.2f}",
             str(s.errors)]
 
 
 def render_text(result: EvalResult) -> str:
     cols = ["policy", "accuracy", "cost", "cost vs baseline", "calls/prompt", "errors"]
     parts = [_table(f"thrifty eval: {result.prompts} prompts, baseline {result.baseline}; fitting: {result.fitting}",
-                    cols, [_row_cells(r) for r in result.rows])]
+                    cols, [_row_cells(r, result.prompts) for r in result.rows])]
     tasks = sorted(result.policy.tasks)
     if len(tasks) > 1:
         shown = [r for r in result.rows if r.kind in ("policy", "reference") or r.name == f"always {result.baseline}"]

@@ -6,7 +6,7 @@ from typing import Any
 
 from thrifty.errors import StorageError
 from thrifty.ledger.store import SQLStore
-from thrifty.redact import redact
+from thrifty.redact import scrub
 
 # Arbitrary constant naming thrifty's migration lock (pg_advisory_lock takes a bigint).
 _MIGRATION_LOCK = 7_146_329_001
@@ -28,8 +28,9 @@ class PostgresStore(SQLStore):
         try:
             return psycopg.connect(self._dsn, connect_timeout=10, application_name="thrifty")
         except Exception as exc:
-            # The DSN may hold a password: never echo it.
-            raise StorageError(f"cannot connect to the PostgreSQL ledger: {redact(str(exc))}") from None
+            # The DSN may hold a password, and libpq quotes parts of a malformed DSN (the whole
+            # URL, or the password alone) in its message: never echo it.
+            raise StorageError(f"cannot connect to the PostgreSQL ledger: {scrub(str(exc), self._dsn)}") from None
 
     def migrate(self) -> list[str]:
         """Migrate under a cluster-wide advisory lock: instances starting together take turns."""

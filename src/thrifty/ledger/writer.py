@@ -5,8 +5,11 @@ failed batch is retried with backoff (0.5, 1.5, 4, 8, then 16 s between tries: t
 retries span about 30 s, so a database restart or failover does not spill rows); after
 ``retries`` failures it is appended to a spill file (``<ledger>.failed.jsonl``, read back by
 ``thrifty ledger import-spill``) and logged as an error, and ``failed_batches`` counts it for
-the metrics endpoint. Rows queued meanwhile wait in memory. ``close()`` cuts the backoff short:
-what still fails is spilled at once rather than lost when the process exits.
+the metrics endpoint. Rows queued meanwhile wait in memory, up to ``max_queued`` of them: past
+that (a database down for longer than the retries last, under load), the batch being retried is
+spilled at once, and so is every further batch that fails while the backlog stays that long, so
+a gateway running for weeks never holds an outage's worth of rows in memory. ``close()`` cuts
+the backoff short: what still fails is spilled at once rather than lost when the process exits.
 ``flush()`` waits until everything queued so far is written (tests, shutdown).
 
 The thread is a daemon (it must never keep a process alive), and Python kills daemon threads
@@ -48,12 +51,16 @@ class LedgerWriter:
         max_batch: int = 500,
         flush_interval_s: float = 0.05,
         backoff_s: Sequence[float] = BACKOFF_S,
+        max_queued: int = 100_000,
     ) -> None:
         self.store = store
         self.flush_interval_s = flush_interval_s
         self.retries = retries
         self.backoff_s = tuple(backoff_s) or (0.0,)
         self._stopping = threading.Event()  # set by close(): no more backoff waits
+        # Set by close() and by submit() when the backlog passes max_queued: ends a backoff wait.
+        self._hurry = threading.Event()
+        self.max_queued = max_queued
         self.spill_path = spill_path
         self.max_batch = max_batch
         self.written = 0
@@ -72,6 +79,12 @@ class LedgerWriter:
             log.error("ledger: request %s not recorded: the ledger was closed (Gateway.close())", request.request_id)
             return
         self._queue.put((request, attempts))
+        if self._queue.qsize() > self.max_queued:
+            self._hurry.set()
+
+    def backlog(self) -> int:
+        """Items waiting to be written (rows, plus any pending flush markers)."""
+        return self._queue.qsize()
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Block until every row submitted before this call is written (or spilled)."""
@@ -89,6 +102,7 @@ class LedgerWriter:
         self._closed = True
         atexit.unregister(self._at_exit)
         self._stopping.set()
+        self._hurry.set()
         self.flush()
         self._queue.put(None)
         self._wake.set()
@@ -100,19 +114,23 @@ class LedgerWriter:
             first = self._queue.get()
             # Gather for up to `flush_interval_s` by sleeping, not by waiting on the queue: a
             # queue wait would wake this thread (and take the GIL from the event loop) on every
-            # submitted row. flush() and close() cut the sleep short.
-            if not isinstance(first, threading.Event) and first is not None:
+            # submitted row. flush() and close() cut the sleep short, and so does a backlog.
+            if isinstance(first, tuple) and self._queue.qsize() < self.max_batch:
                 self._wake.wait(self.flush_interval_s)
             self._wake.clear()
             items: list[_Item] = [first]
-            while True:
+            rows = int(isinstance(first, tuple))
+            # One batch per round: the rest stays on the queue, where submit() sees the backlog.
+            while rows < self.max_batch:
                 try:
-                    items.append(self._queue.get_nowait())
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
+                items.append(item)
+                rows += isinstance(item, tuple)
             batch = [i for i in items if isinstance(i, tuple)]
-            for start in range(0, len(batch), self.max_batch):
-                self._write(batch[start : start + self.max_batch])
+            if batch:
+                self._write(batch)
             for i in items:
                 if isinstance(i, threading.Event):
                     i.set()
@@ -131,10 +149,13 @@ class LedgerWriter:
                 return
             except StorageError as exc:
                 log.warning("ledger write failed (try %d of %d): %s", tries, self.retries + 1, exc)
-            if tries > self.retries or self._stopping.is_set():
+            if tries > self.retries or self._stopping.is_set() or self._queue.qsize() > self.max_queued:
                 break
-            # Returns early when close() is called: one more try, then the spill file.
-            self._stopping.wait(self.backoff_s[min(tries - 1, len(self.backoff_s) - 1)])
+            # Returns early when close() is called or the backlog passes max_queued: one more
+            # try, then the spill file.
+            self._hurry.wait(self.backoff_s[min(tries - 1, len(self.backoff_s) - 1)])
+            if not self._stopping.is_set():
+                self._hurry.clear()  # the backlog is measured again after the next try
         self.failed_batches += 1
         self._spill(batch)
 

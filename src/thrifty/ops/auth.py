@@ -7,14 +7,19 @@ The key itself is never logged or echoed; errors name the key id at most.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from starlette.requests import Request
 
 from thrifty.errors import AuthenticationError, PermissionDeniedError
 from thrifty.ops.keys import KeyStore
+from thrifty.server.app import forwarded_headers
 from thrifty.server.credentials import client_key
 from thrifty.types import ChatRequest
+
+# The route an ``auto`` request's client label (x-thrifty-task, thrifty.task, metadata.task)
+# names, given the request and the headers the pipeline sees; None when the label names none.
+LabelRoute = Callable[[ChatRequest, Mapping[str, str]], "str | None"]
 
 
 def bearer_token(request: Request) -> str:
@@ -23,9 +28,11 @@ def bearer_token(request: Request) -> str:
 
 
 class Authenticator:
-    def __init__(self, keys: KeyStore, on_failure: Callable[[str], None] | None = None) -> None:
+    def __init__(self, keys: KeyStore, on_failure: Callable[[str], None] | None = None,
+                 label_route: LabelRoute | None = None) -> None:
         self.keys = keys
         self.on_failure = on_failure  # metrics: count refusals by reason
+        self.label_route = label_route
 
     async def __call__(self, request: Request, chat: ChatRequest) -> tuple[str, str]:
         """(key_id, tenant) for the request; the key id is also its cache scope."""
@@ -45,6 +52,13 @@ class Authenticator:
         route = request.headers.get("x-thrifty-route")
         if route:
             wanted.append(f"route:{route}")
+        if chat.model == "auto" and key.routes and self.label_route is not None:
+            # A trusted client label picks its route by name, exactly as ``route:NAME`` does: a
+            # key allowed ``auto`` but not ``route:premium`` must not reach premium that way.
+            # The headers are the ones the router will read (the last of repeated headers).
+            named = self.label_route(chat, forwarded_headers(request))
+            if named:
+                wanted.append(f"route:{named}")
         for name in wanted:
             if not key.allows(name):
                 self._failed("route")

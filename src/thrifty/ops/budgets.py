@@ -53,8 +53,11 @@ class BudgetStage:
         """(tokens, USD) to reserve for ``request`` before it runs."""
         params: dict[str, Any] = request.params
         prompt = count_messages(request.messages, params.get("tools"))
-        limit = params.get("max_completion_tokens") or params.get("max_tokens")
-        completion = limit if isinstance(limit, int) and limit > 0 else self.default_completion_tokens
+        # Both may be sent, and a provider may honour either one: the larger bounds the answer
+        # (the smaller alone would let a client reserve 1 token and be billed for 100k).
+        limits = [v for v in (params.get("max_completion_tokens"), params.get("max_tokens"))
+                  if isinstance(v, int) and not isinstance(v, bool) and v > 0]
+        completion = max(limits) if limits else self.default_completion_tokens
         n = params.get("n")
         if isinstance(n, int) and n > 1:
             completion *= n

@@ -7,25 +7,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from thrifty.errors import ConfigError, ServiceUnavailableError, StorageError
 from thrifty.ledger.store import SQLStore, open_store
 from thrifty.logs import register_secrets, request_logger
 from thrifty.ops.admin import admin_routes
-from thrifty.ops.auth import Authenticator
+from thrifty.ops.auth import Authenticator, LabelRoute
 from thrifty.ops.budgets import BudgetStage
 from thrifty.ops.config import AuthConfig
 from thrifty.ops.health import Probe, Readiness, ledger_probe, redis_probe
 from thrifty.ops.key_routes import request_names
 from thrifty.ops.keys import KEY_DB_DOWN, KeyStore
 from thrifty.ops.ratelimit import Limiter, MemoryLimiter, Seed
+from thrifty.redact import url_passwords
 from thrifty.server.dashboard import dashboard_routes
 from thrifty.server.metrics import Metrics
 
 if TYPE_CHECKING:
     from thrifty.config import Config
     from thrifty.gateway import Gateway
+    from thrifty.types import ChatRequest
 
 log = logging.getLogger("thrifty.ops")
 
@@ -37,9 +40,17 @@ class Ops:
         config = gateway.config
         auth: AuthConfig = config.auth
         ledger = gateway.ledger
-        self.metrics = Metrics(ledger_failures=(lambda: float(ledger.failed_batches)) if ledger else None)
+        self.metrics = Metrics(ledger_failures=(lambda: float(ledger.failed_batches)) if ledger else None,
+                               known_models=frozenset(request_names(config)),
+                               known_routes=frozenset(config.routing.routes))
         gateway.observers.append(self.metrics.observe)
         gateway.observers.append(request_logger(config.server.log_prompts, gateway.redactor))
+        # The other secrets of the config are masked like provider keys wherever the redactor
+        # runs (log lines, error bodies): the admin key and salt, the passwords of the ledger
+        # DSN and Redis URLs (a driver error may quote them, even without the URL around them).
+        cache_url = config.cache.redis_url if config.cache is not None else None
+        for secret in (auth.admin_key, auth.key_salt, *url_passwords(config.ledger.dsn, config.redis_url, cache_url)):
+            gateway.redactor.add(secret)
         # The JSON log handlers `thrifty serve` installed before this gateway existed learn its
         # provider keys: a key that is not key-shaped is masked in every line, not only prompts.
         register_secrets(gateway.redactor)
@@ -65,7 +76,7 @@ class Ops:
                 raise ConfigError("auth.enabled: virtual keys live in the ledger database; enable the ledger")
             self.limiter = build_limiter(auth, config.redis_url, self.keys)
             self.budget_stage = BudgetStage(self.keys, self.limiter, gateway.catalog, auth.default_completion_tokens)
-            gateway.authenticate = Authenticator(self.keys, self.metrics.auth_failed)
+            gateway.authenticate = Authenticator(self.keys, self.metrics.auth_failed, _label_route(gateway))
         if self.keys is not None and auth.admin_key:
             limiter = self.limiter or MemoryLimiter(_seeder(self.keys))
             gateway.extra_routes.extend(admin_routes(self.keys, limiter, auth.admin_key, request_names(config)))
@@ -91,6 +102,22 @@ def _probes(config: Config, store: SQLStore | None) -> dict[str, Probe]:
             and cache.redis_url != config.redis_url:
         probes["cache_redis"] = redis_probe(cache.redis_url)
     return probes
+
+
+def _label_route(gateway: Gateway) -> LabelRoute:
+    """The route a client label of an ``auto`` request names, as the router will read it (the
+    router is built lazily, so it is looked up at request time)."""
+
+    def label_route(chat: ChatRequest, headers: Mapping[str, str]) -> str | None:
+        router = gateway.router
+        if router is None or not router.cfg.classify.client_labels:
+            return None
+        from thrifty.routing.classify import client_label
+
+        found = client_label(chat, dict(headers))
+        return router.route_for_task(found[0]) if found else None
+
+    return label_route
 
 
 def _seeder(keys: KeyStore) -> Seed:

@@ -61,10 +61,17 @@ def kfold_indices(data: OutcomeSet, k: int, seed: int) -> list[tuple[list[int], 
     for i, item in enumerate(data):
         by_task.setdefault(item.task or "", []).append(i)
     fold_of = np.zeros(len(data), dtype=int)
+    # The same prompt text twice shares a fold (else one copy is judged by a fit on the other).
+    fold_of_text: dict[str, int] = {}
     for idx in by_task.values():
         perm = rng.permutation(idx)
-        for j, i in enumerate(perm):
-            fold_of[i] = j % k
+        j = 0
+        for i in perm:
+            text = " ".join(data.items[int(i)].prompt.split())
+            if text not in fold_of_text:
+                fold_of_text[text] = j % k
+                j += 1
+            fold_of[i] = fold_of_text[text]
     return [([i for i in range(len(data)) if fold_of[i] != f], [i for i in range(len(data)) if fold_of[i] == f])
             for f in range(k)]
 

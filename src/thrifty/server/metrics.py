@@ -7,7 +7,7 @@ several gateways in one process (tests, embedding apps) do not mix their numbers
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any
 
 from prometheus_client import (
@@ -28,8 +28,19 @@ from thrifty.pipeline.context import RequestContext
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
+UNKNOWN = "(unknown)"
+
+
 class Metrics:
-    def __init__(self, ledger_failures: Callable[[], float] | None = None) -> None:
+    def __init__(self, ledger_failures: Callable[[], float] | None = None, *,
+                 known_models: Container[str] | None = None, known_routes: Container[str] | None = None) -> None:
+        """``known_models`` (what a request may name: models, aliases, ``auto``, ``route:NAME``) and
+        ``known_routes`` bound the labels a failed request brings: its ``model`` (and ``route:X``)
+        are the client's text, and every new label value is a series kept forever (a client
+        naming a new 100 kB model per request grew memory and /metrics without end). Anything
+        else is counted as ``(unknown)``. None: labels are not checked (tests, embedding apps)."""
+        self.known_models = known_models
+        self.known_routes = known_routes
         r = self.registry = CollectorRegistry()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         req_labels = ["model", "route", "strategy", "status"]
@@ -69,8 +80,8 @@ class Metrics:
 
     def observe(self, ctx: RequestContext) -> None:
         """A gateway observer: count one finished request."""
-        model = ctx.served_model or ctx.request.model
-        route = ctx.route or "-"
+        model = ctx.served_model or _bounded(ctx.request.model, self.known_models)
+        route = _bounded(ctx.route, self.known_routes) if ctx.route else "-"
         self._child(self.requests, model, route, ctx.strategy, ctx.status).inc()
         if ctx.status != "ok":
             self._child(self.errors, model, route, ctx.error_type or "unknown").inc()
@@ -104,3 +115,7 @@ class Metrics:
             return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
         return Route("/metrics", metrics, methods=["GET"])
+
+
+def _bounded(value: str, known: Container[str] | None) -> str:
+    return value if known is None or value in known else UNKNOWN
