@@ -180,3 +180,22 @@ async def test_a_cache_lock_the_store_cannot_take_fails_no_request_and_leaves_no
         assert ctx.status == "ok" and ctx.response is not None
     assert len(stage.flights) == 0
     await gw.aclose()
+
+
+async def test_the_memory_limiter_forgets_budgets_of_past_periods() -> None:
+    """One budget entry per key per period: past days' entries are dropped once many pile up."""
+    from thrifty.ops.keys import VirtualKey
+    from thrifty.ops.ratelimit import MemoryLimiter
+
+    async def no_spend(key_id: str, since: float) -> float:
+        return 0.0
+
+    limiter = MemoryLimiter(no_spend)
+    day = 86400.0
+    for i in range(5000):  # a new key each "day" for 5000 days
+        key = VirtualKey(f"k{i}", "k", "sk-k", 10.0, "day", None, None, (), 0.0)
+        ticket = await limiter.admit(key, 0.01, 10, now=1_700_000_000 + i * day)
+        await limiter.settle(ticket, 0.01, 10)
+    assert len(limiter._budget) < 4096 + 1
+    last = VirtualKey("k4999", "k", "sk-k", 10.0, "day", None, None, (), 0.0)
+    assert (await limiter.usage(last, now=1_700_000_000 + 4999 * day)).spent_usd == 0.01

@@ -163,6 +163,7 @@ class MemoryLimiter:
         wkey = (key.key_id, window)
         with self._lock:
             self._forget_old(window)
+            self._forget_old_periods(now)
             state = self._budget.get(bkey, [0.0, 0.0])
             verdict = decide(key, est_cost, est_tokens, state[0], state[1], self._requests.get(wkey, 0),
                              self._tokens.get(wkey, 0))
@@ -207,6 +208,15 @@ class MemoryLimiter:
             return
         self._requests = {k: v for k, v in self._requests.items() if k[1] >= window - 1}
         self._tokens = {k: v for k, v in self._tokens.items() if k[1] >= window - 1}
+
+    def _forget_old_periods(self, now: float) -> None:
+        """Budgets of periods that are over (yesterday, last month): one entry per budgeted key
+        per period otherwise stays for the life of the process. Only the current day's and
+        month's are kept (a late settle of an old period is dropped: that period is closed)."""
+        if len(self._budget) < 4096:
+            return
+        current = {period_of("day", now).id, period_of("month", now).id}
+        self._budget = {k: v for k, v in self._budget.items() if k[1] in current}
 
     async def aclose(self) -> None:
         return None
