@@ -19,6 +19,17 @@ THRIFTY_BODY_KEYS = frozenset({"thrifty", "cache"})
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
+def body_model(body: Any) -> str:
+    """The ``model`` of a request body (chat or embeddings); ``InvalidRequestError`` when the body
+    is not a JSON object or names no model."""
+    if not isinstance(body, dict):
+        raise InvalidRequestError("Request body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequestError("'model' is required and must be a non-empty string.", param="model")
+    return model
+
+
 @dataclass
 class ChatRequest:
     """One chat-completions request: the model asked for, messages, and every other parameter."""
@@ -33,11 +44,7 @@ class ChatRequest:
     @classmethod
     def from_body(cls, body: Any) -> ChatRequest:
         """Validate an OpenAI request body; raise ``InvalidRequestError`` naming the bad field."""
-        if not isinstance(body, dict):
-            raise InvalidRequestError("Request body must be a JSON object.")
-        model = body.get("model")
-        if not isinstance(model, str) or not model.strip():
-            raise InvalidRequestError("'model' is required and must be a non-empty string.", param="model")
+        model = body_model(body)
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise InvalidRequestError("'messages' must be a non-empty array.", param="messages")
@@ -93,6 +100,19 @@ class ChatRequest:
         for k, v in changes.items():
             setattr(new, k, v)
         return new
+
+    def output_limit(self) -> int | None:
+        """The most output tokens one choice may have: the larger of ``max_completion_tokens`` and
+        ``max_tokens`` when both are sent (a provider may honour either, so the smaller alone would
+        let a client reserve 1 token and be billed for 100k); None when neither is."""
+        limits = [v for v in (self.params.get("max_completion_tokens"), self.params.get("max_tokens"))
+                  if isinstance(v, int) and not isinstance(v, bool) and v > 0]
+        return max(limits) if limits else None
+
+    def choices(self) -> int:
+        """How many answers the request asks for (``n``, at least 1)."""
+        n = self.params.get("n")
+        return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
 
     def last_user_text(self) -> str:
         for msg in reversed(self.messages):

@@ -6,17 +6,15 @@ tier followed by the next one serving is one escalation; agreeing cheap answers 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
+from fixtures.routed import client, routed_gateway
 from thrifty.gateway import Gateway
 from thrifty.ledger.store import SQLiteStore
-from thrifty.mock.app import create_app as create_mock
-from thrifty.mock.behaviour import MockConfig
-from thrifty.mock.server import RunningServer, run_in_thread
+from thrifty.mock.server import RunningServer
 
 MC = "Which option is a mammal?\nA) shark\nB) whale\nC) trout\nD) eel"
 TOOLS: list[Any] = [{"type": "function", "function": {"name": "get_weather", "parameters": {
@@ -30,36 +28,24 @@ MOCK = {"models": {
 }}
 
 
+ROUTING: dict[str, Any] = {
+    "default_route": "tool",
+    "routes": {
+        "tool": {"tiers": [{"model": "toolm", "threshold": 0.5}, {"model": "big"}]},
+        "lp": {"tiers": [{"model": "cheap", "threshold": 0.01}, {"model": "big"}],
+               "scorer": {"kind": "logprob"}},
+        "fail": {"tiers": [{"model": "bad", "threshold": 0.5}, {"model": "big"}]},
+        "budget": {"model": "big", "max_cost_usd": 1e-9},
+        "agree": {"agreement": {"models": ["cheap", "cheap2"], "fallback": "big"}},
+    },
+}
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, RunningServer]]:
-    tmp: Path = tmp_path_factory.mktemp("routing-audit")
-    with run_in_thread(create_mock(MockConfig.from_dict(MOCK))) as mock:
-        cfg: dict[str, Any] = {
-            "providers": {"mock": {"base_url": mock.url + "/v1", "max_retries": 0}},
-            "models": {m: {"provider": "mock", "price": {"input": p, "output": p}}
-                       for m, p in (("cheap", 0.1), ("cheap2", 0.2), ("toolm", 0.1), ("bad", 0.1), ("big", 10.0))},
-            "baseline": "big",
-            "ledger": {"path": str(tmp / "ledger.db")},
-            "routing": {
-                "default_route": "tool",
-                "routes": {
-                    "tool": {"tiers": [{"model": "toolm", "threshold": 0.5}, {"model": "big"}]},
-                    "lp": {"tiers": [{"model": "cheap", "threshold": 0.01}, {"model": "big"}],
-                           "scorer": {"kind": "logprob"}},
-                    "fail": {"tiers": [{"model": "bad", "threshold": 0.5}, {"model": "big"}]},
-                    "budget": {"model": "big", "max_cost_usd": 1e-9},
-                    "agree": {"agreement": {"models": ["cheap", "cheap2"], "fallback": "big"}},
-                },
-            },
-        }
-        gw = Gateway.from_config(cfg)
-        with run_in_thread(gw.app()) as server:
-            yield gw, server
-        gw.flush()
-
-
-def client(server: RunningServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="sk-test", max_retries=0)
+    with routed_gateway(tmp_path_factory.mktemp("routing-audit"), MOCK, {"cheap": 0.1, "cheap2": 0.2, "toolm": 0.1, "bad": 0.1, "big": 10.0}, "big",
+                        ROUTING) as served:
+        yield served
 
 
 def ledger_row(gw: Gateway, request_id: str) -> tuple[Any, ...]:

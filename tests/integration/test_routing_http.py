@@ -4,17 +4,14 @@ The "weak" mock model answers prose (no option letter), so the heuristic scorer 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import openai
 import pytest
 
+from fixtures.routed import client, routed_gateway
 from thrifty.gateway import Gateway
 from thrifty.ledger.store import SQLiteStore
-from thrifty.mock.app import create_app as create_mock
-from thrifty.mock.behaviour import MockConfig
-from thrifty.mock.server import RunningServer, run_in_thread
+from thrifty.mock.server import RunningServer
 
 MC = "Which option is a mammal?\nA) shark\nB) whale\nC) trout\nD) eel"
 MOCK = {"models": {
@@ -24,32 +21,20 @@ MOCK = {"models": {
 }}
 
 
+ROUTING: dict[str, Any] = {
+    "default_route": "chat",
+    "classify": {"rules": [{"task": "quiz", "keywords": ["which option"]}]},
+    "routes": {"chat": {"model": "good"},
+               "quiz": {"tiers": [{"model": "weak", "threshold": 0.8}, {"model": "strong"}]},
+               "easy": {"tiers": [{"model": "good", "threshold": 0.8}, {"model": "strong"}]}},
+}
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, RunningServer]]:
-    tmp: Path = tmp_path_factory.mktemp("routing")
-    with run_in_thread(create_mock(MockConfig.from_dict(MOCK))) as mock:
-        cfg: dict[str, Any] = {
-            "providers": {"mock": {"base_url": mock.url + "/v1", "max_retries": 0}},
-            "models": {m: {"provider": "mock", "price": {"input": p, "output": p}}
-                       for m, p in (("weak", 0.1), ("good", 0.2), ("strong", 10.0))},
-            "baseline": "strong",
-            "ledger": {"path": str(tmp / "ledger.db")},
-            "routing": {
-                "default_route": "chat",
-                "classify": {"rules": [{"task": "quiz", "keywords": ["which option"]}]},
-                "routes": {"chat": {"model": "good"},
-                           "quiz": {"tiers": [{"model": "weak", "threshold": 0.8}, {"model": "strong"}]},
-                           "easy": {"tiers": [{"model": "good", "threshold": 0.8}, {"model": "strong"}]}},
-            },
-        }
-        gw = Gateway.from_config(cfg)
-        with run_in_thread(gw.app()) as server:
-            yield gw, server
-        gw.flush()
-
-
-def client(server: RunningServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="sk-test", max_retries=0)
+    with routed_gateway(tmp_path_factory.mktemp("routing"), MOCK, {"weak": 0.1, "good": 0.2, "strong": 10.0}, "strong",
+                        ROUTING) as served:
+        yield served
 
 
 def attempts(gw: Gateway) -> list[tuple[Any, ...]]:

@@ -42,7 +42,7 @@ from thrifty.catalog import ModelInfo
 from thrifty.cost import Cost, call_cost
 from thrifty.errors import ConfigError, UpstreamError
 from thrifty.ledger.records import rows_from_context
-from thrifty.pipeline.accounting import observed_usage, settle
+from thrifty.pipeline.accounting import priced_usage, settle
 from thrifty.pipeline.context import Attempt, RequestContext
 from thrifty.providers.batch_api import BatchProvider
 from thrifty.types import ChatRequest, Usage
@@ -309,11 +309,8 @@ def _priced(request_json: str, body: dict[str, Any], info: ModelInfo | None) -> 
         request: ChatRequest | None = ChatRequest.from_body(json.loads(request_json))
     except Exception:  # the stored request is ours; if it cannot be read, price what was reported
         request = None
+    price = info.price if info else None
     if request is None:
-        usage, estimated = Usage.from_openai(body.get("usage")), False
-    else:
-        usage, estimated = observed_usage(body.get("usage"), request, body)
-    cost = call_cost(usage, info.price if info else None, batch=True)
-    if estimated and cost.source == "computed":
-        cost = Cost(cost.usd, "estimated")
-    return usage, cost
+        usage = Usage.from_openai(body.get("usage"))
+        return usage, call_cost(usage, price, batch=True)
+    return priced_usage(body.get("usage"), request, body, price, batch=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from thrifty.catalog import Catalog
 from thrifty.cost import estimate_cost
@@ -51,16 +50,8 @@ class BudgetStage:
 
     def estimate(self, request: ChatRequest) -> tuple[int, float]:
         """(tokens, USD) to reserve for ``request`` before it runs."""
-        params: dict[str, Any] = request.params
-        prompt = count_messages(request.messages, params.get("tools"))
-        # Both may be sent, and a provider may honour either one: the larger bounds the answer
-        # (the smaller alone would let a client reserve 1 token and be billed for 100k).
-        limits = [v for v in (params.get("max_completion_tokens"), params.get("max_tokens"))
-                  if isinstance(v, int) and not isinstance(v, bool) and v > 0]
-        completion = max(limits) if limits else self.default_completion_tokens
-        n = params.get("n")
-        if isinstance(n, int) and n > 1:
-            completion *= n
+        prompt = count_messages(request.messages, request.params.get("tools"))
+        completion = (request.output_limit() or self.default_completion_tokens) * request.choices()
         info = self.catalog.get(request.model) or self.catalog.baseline
         cost = estimate_cost(prompt, completion, info.price if info else None)
         return prompt + completion, cost or 0.0

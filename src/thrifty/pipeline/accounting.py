@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from thrifty.catalog import Catalog
-from thrifty.cost import price_tokens
+from thrifty.catalog import Catalog, ModelPrice
+from thrifty.cost import Cost, call_cost, price_tokens
 from thrifty.pipeline.context import Attempt, RequestContext
 from thrifty.tokens import content_text, count_messages, count_text
 from thrifty.types import ChatRequest, Usage
@@ -56,6 +56,18 @@ def observed_usage(raw: Any, request: ChatRequest, response: dict[str, Any]) -> 
             usage.completion_tokens = count_text(text)
             estimated = True
     return usage, estimated
+
+
+def priced_usage(raw: Any, request: ChatRequest, response: dict[str, Any], price: ModelPrice | None, *,
+                 batch: bool = False) -> tuple[Usage, Cost]:
+    """A call's usage (``observed_usage``) and its cost at ``price``; a computed cost that rests
+    on counted tokens is marked ``estimated``. Normal calls, streams and Batch API answers all
+    price through here."""
+    usage, estimated = observed_usage(raw, request, response)
+    cost = call_cost(usage, price, batch=batch)
+    if estimated and cost.source == "computed":
+        cost = Cost(cost.usd, "estimated")
+    return usage, cost
 
 
 def _answer_text(response: dict[str, Any]) -> str:

@@ -21,9 +21,8 @@ from typing import Any, TypeVar
 
 from thrifty.catalog import Catalog, ModelInfo
 from thrifty.config import ProviderConfig
-from thrifty.cost import call_cost
 from thrifty.errors import NotFoundError, UpstreamError
-from thrifty.pipeline.accounting import observed_usage
+from thrifty.pipeline.accounting import priced_usage
 from thrifty.pipeline.context import Attempt, RequestContext
 from thrifty.providers.base import Provider
 from thrifty.types import ChatRequest
@@ -219,8 +218,5 @@ class ModelCaller:
     @staticmethod
     def _price(attempt: Attempt, info: ModelInfo, req: ChatRequest, response: dict[str, Any], batch: bool) -> None:
         # What the provider left out of its usage (or all of it) is counted offline: never a silent $0.
-        usage, estimated = observed_usage(response.get("usage"), req, response)
-        cost = call_cost(usage, info.price, batch=batch)
-        attempt.usage = usage
-        attempt.cost_usd = cost.usd
-        attempt.cost_source = "estimated" if estimated and cost.source == "computed" else cost.source
+        attempt.usage, cost = priced_usage(response.get("usage"), req, response, info.price, batch=batch)
+        attempt.cost_usd, attempt.cost_source = cost.usd, cost.source

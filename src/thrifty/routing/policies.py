@@ -64,11 +64,7 @@ class BudgetGuard:
         completion = max((a.usage.completion_tokens for a in ctx.attempts if a.purpose == "answer"
                           and a.status == "ok"), default=0)
         if completion <= 0:
-            cap = req.params.get("max_completion_tokens") or req.params.get("max_tokens")
-            per_choice = min(FIRST_COMPLETION_GUESS, cap) if isinstance(cap, int) and cap > 0 \
-                else FIRST_COMPLETION_GUESS
-            n = req.params.get("n")
-            completion = per_choice * (n if isinstance(n, int) and n > 1 else 1)
+            completion = min(FIRST_COMPLETION_GUESS, req.output_limit() or FIRST_COMPLETION_GUESS) * req.choices()
         return prompt, completion
 
     def estimate(self, ctx: RequestContext, model: str) -> float | None:

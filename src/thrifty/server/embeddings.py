@@ -37,7 +37,7 @@ from thrifty.pipeline.deadline import DeadlineStage
 from thrifty.pipeline.ledger_stage import LedgerStage
 from thrifty.server.http_errors import handler_error, request_id_headers
 from thrifty.tokens import count_text
-from thrifty.types import ChatRequest, Usage
+from thrifty.types import ChatRequest, Usage, body_model
 
 if TYPE_CHECKING:
     from thrifty.catalog import ModelInfo
@@ -58,11 +58,7 @@ class JSONPoster(Protocol):
 def validate(body: Any) -> tuple[str, Any]:
     """(model, input) of an embeddings body; ``InvalidRequestError`` naming the bad field.
     Every other field (dimensions, encoding_format, user...) is the provider's to judge."""
-    if not isinstance(body, dict):
-        raise InvalidRequestError("Request body must be a JSON object.")
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise InvalidRequestError("'model' is required and must be a non-empty string.", param="model")
+    model = body_model(body)
     value = body.get("input")
     if not _valid_input(value):
         raise InvalidRequestError(
