@@ -3,6 +3,9 @@
     .venv/bin/python bench/cache_eval.py --embedders minilm --folds 5 --write
     .venv/bin/python bench/cache_eval.py --embedders lexical --folds 5 --write
 
+Folds are whole groups of pairs that share a question (connected components of whitespace- and
+case-normalised question texts, thrifty/cache/folds.py), stratified by label: QQP repeats
+questions across pairs, and no question is in both the calibration folds and the judged fold.
 Each fold runs what `thrifty cache eval --pairs FOLD.jsonl --calibrate-on REST.jsonl` runs: the
 verifier and its threshold are fitted on the other folds (target false-hit rate 0.5%, margin 1.0),
 then every text_a of the held-out fold is cached and every text_b looked up. The hard vetoes
@@ -30,7 +33,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from mdreport import write_section  # noqa: E402
 from thrifty.cache.calibrate import MODELS, calibrate  # noqa: E402
-from thrifty.cache.evaluation import decide_all, report  # noqa: E402
+from thrifty.cache.evaluation import decide_all, drop_calibration_overlap, report  # noqa: E402
+from thrifty.cache.folds import grouped_folds  # noqa: E402
 from thrifty.cache.pairs import Pair, read_pairs  # noqa: E402
 from thrifty.embeddings import build_embedder  # noqa: E402
 from thrifty.embeddings.base import TokenEmbedder, TokenVectors  # noqa: E402
@@ -123,9 +127,8 @@ class TokenMemo(Memo):
 
 
 def folds_of(pairs: list[Pair], k: int, seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(pairs))
-    return [np.sort(order[i::k]) for i in range(k)]
+    """Folds of whole question groups (folds.py): a question is never judged in-sample."""
+    return grouped_folds(pairs, k, seed)
 
 
 def run(embedder_spec: str, pairs: list[Pair], k: int, seed: int, model: str) -> dict[str, Any]:
@@ -146,6 +149,9 @@ def run(embedder_spec: str, pairs: list[Pair], k: int, seed: int, model: str) ->
         mask[test_idx] = False
         train = [p for p, m in zip(pairs, mask, strict=True) if m]
         test = [pairs[i] for i in test_idx]
+        # The CLI's own overlap rule: with question-grouped folds it must leave nothing out.
+        if drop_calibration_overlap(test, train)[1] is not None:
+            raise RuntimeError(f"fold {f} shares a question with its calibration folds")
         cal = calibrate(train, emb, max_false_hit_rate=0.005, model=model)
         lookups, latency = decide_all(test, emb, cal.verifier)
         rep = report(test, lookups, latency, cal.verifier, cal.verifier.threshold, emb)
@@ -159,7 +165,9 @@ def run(embedder_spec: str, pairs: list[Pair], k: int, seed: int, model: str) ->
 
 
 def render(results: list[dict[str, Any]], n: int, k: int, model: str) -> str:
-    lines = [f"{n:,} QQP dev pairs, {k}-fold: verifier (`--model {model}`) and threshold fitted on the other "
+    lines = [f"{n:,} QQP dev pairs, {k}-fold, folds grouped by question (pairs sharing a question text, "
+             "whitespace and case ignored, are in one fold, transitively; stratified by label), so no judged "
+             "question was seen in calibration: verifier (`--model {model}`) and threshold fitted on the other "
              "folds for a 0.5% false-hit target (margin 1.0), judged on the held-out fold. `verifier` is the model "
              "calibration chose. A pair's hit is text_a retrieved and accepted by the verifier for text_b (the cache "
              "would answer text_b with text_a's answer: what the label judges); `served any` counts every lookup "

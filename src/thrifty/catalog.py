@@ -11,6 +11,10 @@ Prices are flat per token, except those from genai-prices for models it prices b
 (e.g. Gemini 2.5 Pro above 200k input tokens): such a price keeps its ``genai_ref`` and
 cost.py asks genai-prices for each call's exact price. A config override makes a price flat.
 
+Audio tokens (OpenAI audio and realtime models) have their own rates, ``input_audio``,
+``output_audio`` and ``cached_audio_input``, read from genai-prices when it lists them or set in
+config; without one, cost.py prices the audio at the text rate and marks the cost estimated.
+
 A partial ``price`` block (say only ``cached_input``) overrides those fields of the price found
 in 2 or 3; for a model neither knows it must give both ``input`` and ``output``, else the price
 stays unknown (warned at start-up, like 4).
@@ -19,11 +23,15 @@ stays unknown (warned at start-up, like 4).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
 log = logging.getLogger("thrifty.catalog")
+
+
+_AUDIO_FIELDS = ("input_audio", "output_audio", "cached_audio_input")
 
 
 @dataclass(frozen=True)
@@ -36,13 +44,17 @@ class ModelPrice:
     cache_write: float | None = None
     batch_input: float | None = None
     batch_output: float | None = None
+    # Audio rates; None: unknown (not "same as text"), see cost.py.
+    input_audio: float | None = None
+    output_audio: float | None = None
+    cached_audio_input: float | None = None
     source: str = "config"
     # (model_ref, provider_id) in genai-prices when the price there depends on the prompt's size.
     genai_ref: tuple[str, str | None] | None = None
 
     def with_overrides(self, values: dict[str, Any]) -> ModelPrice:
         changes = {k: v for k, v in values.items() if v is not None}
-        if changes.keys() & {"input", "output", "cached_input", "cache_write"}:
+        if changes.keys() & {"input", "output", "cached_input", "cache_write", *_AUDIO_FIELDS}:
             changes["genai_ref"] = None  # the configured per-token prices apply to every size
         return replace(self, **changes)
 
@@ -139,11 +151,41 @@ def lookup_genai_price(model_ref: str, provider_id: str | None = None) -> ModelP
         # Tiered by prompt size: a 2M-token prompt does not cost what the base tier says.
         flat = 2000 * input_p + output_p
         tiered = abs(per_million(input_tokens=2_000_000, output_tokens=1000) - flat) > 1e-9 * max(flat, 1.0)
+        audio = _genai_audio_prices(model_ref, provider_id, per_million)
     except Exception as exc:  # LookupError for unknown models; anything else is a library fault
         log.debug("genai-prices has no price for %s: %s", model_ref, exc)
         return None
-    return ModelPrice(input=input_p, output=output_p, cached_input=cached_p, cache_write=write_p,
+    return ModelPrice(input=input_p, output=output_p, cached_input=cached_p, cache_write=write_p, **audio,
                       source="genai-prices", genai_ref=(model_ref, provider_id) if tiered else None)
+
+
+def _genai_audio_prices(model_ref: str, provider_id: str | None,
+                        per_million: Callable[..., float]) -> dict[str, float | None]:
+    """The audio rates genai-prices lists for the model (None for each it does not list).
+
+    Pricing audio tokens alone cannot tell "no audio rate" from "the audio rate equals the text
+    rate" (genai-prices prices unlisted audio as text), so which rates exist is read from the
+    model's price record; their values still come from pricing 1,000 tokens (base tier)."""
+    try:
+        from datetime import UTC, datetime
+
+        from genai_prices.data_snapshot import get_snapshot
+
+        _, model = get_snapshot().find_provider_model(model_ref, None, provider_id, None)
+        listed = model.get_prices(datetime.now(tz=UTC))
+        has = {key: getattr(listed, key, None) is not None
+               for key in ("input_audio_mtok", "output_audio_mtok", "cache_audio_read_mtok")}
+        out: dict[str, float | None] = {}
+        if has["input_audio_mtok"]:
+            out["input_audio"] = per_million(input_tokens=1000, input_audio_tokens=1000)
+        if has["output_audio_mtok"]:
+            out["output_audio"] = per_million(output_tokens=1000, output_audio_tokens=1000)
+        if has["cache_audio_read_mtok"]:
+            out["cached_audio_input"] = per_million(input_tokens=1000, cache_read_tokens=1000,
+                                                    input_audio_tokens=1000, cache_audio_read_tokens=1000)
+    except Exception:  # an internal API of the library: without it, no audio rate is known (text prices stand)
+        return {}
+    return out
 
 
 def resolve_price(

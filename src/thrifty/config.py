@@ -97,6 +97,10 @@ class PriceConfig(_Strict):
     cache_write: float | None = Field(default=None, ge=0)
     batch_input: float | None = Field(default=None, ge=0)
     batch_output: float | None = Field(default=None, ge=0)
+    # Audio tokens (OpenAI audio/realtime models); default: genai-prices', else the text price, estimated.
+    input_audio: float | None = Field(default=None, ge=0)
+    output_audio: float | None = Field(default=None, ge=0)
+    cached_audio_input: float | None = Field(default=None, ge=0)
 
 
 class ModelConfig(_Strict):
@@ -132,6 +136,9 @@ class ServerConfig(_Strict):
     # Browser origins allowed to call the gateway directly (CORS), e.g. ["https://app.example.com"];
     # ["*"] allows any. Empty (the default): no CORS headers, so browsers refuse cross-origin calls.
     cors_origins: list[str] = Field(default_factory=list)
+    # GET /metrics needs the admin key (auth.admin_key) when true; false (the default) keeps it
+    # open so Prometheus scrapes need no credentials.
+    metrics_key_required: bool = False
 
 
 class Config(_Strict):
@@ -258,6 +265,8 @@ class Config(_Strict):
         if self.default_model is not None and self.default_model not in self.models:
             problems.append(("default_model", f"unknown model {self.default_model!r}"))
         problems += self._override_problems() + self._model_ref_problems()
+        if self.server.metrics_key_required and not self.auth.admin_key:
+            problems.append(("server.metrics_key_required", "needs auth.admin_key: /metrics is then read with it"))
         if problems:
             raise KeyProblems(problems)
         return self

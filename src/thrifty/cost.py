@@ -10,6 +10,13 @@ Rules (the part of gateways most often wrong):
   (OpenAI's and Anthropic's Batch APIs both discount 50%).
 - A price tiered by prompt size (``ModelPrice.genai_ref``, from genai-prices) is asked of
   genai-prices with the call's real token counts; the per-million figures are its base tier.
+- Audio tokens (``Usage.audio_prompt_tokens`` / ``cached_audio_tokens`` /
+  ``audio_completion_tokens``, all inside the totals) are priced at the audio rates and only the
+  rest at the text rates. Cached audio without a ``cached_audio_input`` rate pays ``input_audio``
+  (no discount, as for text). Audio with no audio rate known is priced at the text rate, which
+  is too low (audio rates in genai-prices are 2x to 50x+ the text ones, OpenAI's 4x-17x), so
+  such a cost is ``estimated``, not ``computed``: a figure flagged as a floor rather than none
+  (budgets and reports still count it; ``unknown`` would drop the text part too).
 - A provider-reported ``usage.cost`` wins over any computation.
 - Pricing never fails a request: an unknown price gives ``None`` (recorded as unknown).
 """
@@ -27,7 +34,8 @@ _M = 1_000_000.0
 
 @dataclass(frozen=True)
 class Cost:
-    """A call's cost and where the figure came from (``provider``, ``computed`` or ``unknown``)."""
+    """A call's cost and where the figure came from (``provider``, ``computed``, ``estimated``
+    (some tokens counted offline or priced at a guessed rate) or ``unknown``)."""
 
     usd: float | None
     source: str
@@ -39,26 +47,49 @@ class Cost:
 
 def price_tokens(usage: Usage, price: ModelPrice | None, *, batch: bool = False) -> float | None:
     """What ``usage`` costs at ``price`` (ignores any provider-reported cost)."""
+    return _priced(usage, price, batch)[0]
+
+
+def _priced(usage: Usage, price: ModelPrice | None, batch: bool) -> tuple[float | None, bool]:
+    """``usage``'s cost at ``price``, and whether part of it used a stand-in rate (audio as text)."""
     if price is None:
-        return None
+        return None, False
+    audio_in = usage.audio_prompt_tokens - usage.cached_audio_tokens
+    guessed = bool((audio_in and price.input_audio is None)
+                   or (usage.cached_audio_tokens and price.cached_audio_input is None and price.input_audio is None)
+                   or (usage.audio_completion_tokens and price.output_audio is None))
     if price.genai_ref is not None and not batch:
         tiered = _genai_price(usage, *price.genai_ref)
         if tiered is not None:
-            return tiered
+            return tiered, guessed
     in_p, out_p = price.input, price.output
     cached_p = price.cached_input if price.cached_input is not None else in_p
     write_p = price.cache_write if price.cache_write is not None else in_p
+    audio_in_p = price.input_audio if price.input_audio is not None else in_p
+    audio_cached_p = price.cached_audio_input if price.cached_audio_input is not None else (
+        price.input_audio if price.input_audio is not None else cached_p)
+    audio_out_p = price.output_audio if price.output_audio is not None else out_p
     if batch:
         in_p = price.batch_input if price.batch_input is not None else in_p * BATCH_DISCOUNT
         out_p = price.batch_output if price.batch_output is not None else out_p * BATCH_DISCOUNT
         cached_p = min(cached_p, in_p)
         write_p = min(write_p, in_p)
-    return (
-        usage.uncached_prompt_tokens * in_p
-        + usage.cached_tokens * cached_p
+        # No provider publishes batch audio rates: the Batch APIs' 50% off, as for text.
+        audio_in_p, audio_out_p = audio_in_p * BATCH_DISCOUNT, audio_out_p * BATCH_DISCOUNT
+        audio_cached_p = min(audio_cached_p * BATCH_DISCOUNT, audio_in_p)
+    text_in = max(0, usage.uncached_prompt_tokens - audio_in)
+    text_cached = max(0, usage.cached_tokens - usage.cached_audio_tokens)
+    text_out = max(0, usage.completion_tokens - usage.audio_completion_tokens)
+    usd = (
+        text_in * in_p
+        + text_cached * cached_p
         + usage.cache_write_tokens * write_p
-        + usage.completion_tokens * out_p
+        + audio_in * audio_in_p
+        + usage.cached_audio_tokens * audio_cached_p
+        + text_out * out_p
+        + usage.audio_completion_tokens * audio_out_p
     ) / _M
+    return usd, guessed
 
 
 def _genai_price(usage: Usage, model_ref: str, provider_id: str | None) -> float | None:
@@ -68,7 +99,10 @@ def _genai_price(usage: Usage, model_ref: str, provider_id: str | None) -> float
         from genai_prices import calc_price
 
         tokens = GenaiUsage(input_tokens=usage.prompt_tokens, cache_read_tokens=usage.cached_tokens,
-                            cache_write_tokens=usage.cache_write_tokens, output_tokens=usage.completion_tokens)
+                            cache_write_tokens=usage.cache_write_tokens, output_tokens=usage.completion_tokens,
+                            input_audio_tokens=usage.audio_prompt_tokens,
+                            cache_audio_read_tokens=usage.cached_audio_tokens,
+                            output_audio_tokens=usage.audio_completion_tokens)
         return float(calc_price(tokens, model_ref=model_ref, provider_id=provider_id).total_price)
     except Exception:  # pricing never fails a request: fall back to the base tier
         return None
@@ -78,8 +112,10 @@ def call_cost(usage: Usage, price: ModelPrice | None, *, batch: bool = False) ->
     """The cost of one upstream call: the provider's own figure when reported, else computed."""
     if usage.cost is not None:
         return Cost(usage.cost, "provider")
-    usd = price_tokens(usage, price, batch=batch)
-    return Cost(usd, "computed" if usd is not None else "unknown")
+    usd, guessed = _priced(usage, price, batch)
+    if usd is None:
+        return Cost(None, "unknown")
+    return Cost(usd, "estimated" if guessed else "computed")
 
 
 def estimate_cost(prompt_tokens: int, completion_tokens: int, price: ModelPrice | None) -> float | None:

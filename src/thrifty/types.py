@@ -219,6 +219,10 @@ class Usage:
     ``cache_write_tokens`` the part written to it (Anthropic bills these at a premium);
     ``completion_tokens`` is ALL output tokens, reasoning included, since reasoning bills as output;
     ``cost`` is the provider's own figure for the call when it reports one (``usage.cost``).
+    Audio (OpenAI audio and realtime models) bills at its own rates, so its share is kept apart:
+    ``audio_prompt_tokens`` is the part of ``prompt_tokens`` that is audio, ``cached_audio_tokens``
+    the part of that read from the cache (also inside ``cached_tokens``), and
+    ``audio_completion_tokens`` the part of ``completion_tokens`` that is audio.
     """
 
     prompt_tokens: int = 0
@@ -227,6 +231,9 @@ class Usage:
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
     cost: float | None = None
+    audio_prompt_tokens: int = 0
+    cached_audio_tokens: int = 0
+    audio_completion_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -245,6 +252,9 @@ class Usage:
             self.cache_write_tokens + other.cache_write_tokens,
             self.reasoning_tokens + other.reasoning_tokens,
             cost,
+            self.audio_prompt_tokens + other.audio_prompt_tokens,
+            self.cached_audio_tokens + other.cached_audio_tokens,
+            self.audio_completion_tokens + other.audio_completion_tokens,
         )
 
     @classmethod
@@ -263,11 +273,17 @@ class Usage:
         - xAI and some Gemini bridges report reasoning OUTSIDE completion_tokens (total_tokens =
           prompt + completion + reasoning, or more): then it is added, so reasoning is never
           billed as free. A reasoning count larger than completion_tokens can only mean the same.
+        - Audio: ``prompt_tokens_details.audio_tokens`` and ``completion_tokens_details.audio_tokens``
+          (chat completions), ``input_token_details`` / ``output_token_details`` (realtime, with
+          ``cached_tokens_details.audio_tokens``); all inside the totals. Chat completions do not
+          split cached tokens by modality: they are taken as text unless there are more of them
+          than text tokens.
         """
         if not isinstance(raw, dict):
             return cls()
         g = _int_getter(raw)
-        idetails = _int_getter(raw.get("prompt_tokens_details") or raw.get("input_tokens_details"))
+        rawi = raw.get("prompt_tokens_details") or raw.get("input_tokens_details") or raw.get("input_token_details")
+        idetails = _int_getter(rawi)
         if "input_tokens" in raw and "prompt_tokens" not in raw:
             written = g("cache_creation_input_tokens")
             if "cache_read_input_tokens" in raw or written:
@@ -285,7 +301,8 @@ class Usage:
                 cached = g("prompt_cache_hit_tokens")
                 if not prompt:
                     prompt = cached + g("prompt_cache_miss_tokens")
-        cdetails = raw.get("completion_tokens_details") or raw.get("output_tokens_details")
+        cdetails = (raw.get("completion_tokens_details") or raw.get("output_tokens_details")
+                    or raw.get("output_token_details"))
         reasoning = _int_getter(cdetails)("reasoning_tokens") if isinstance(cdetails, dict) else 0
         total = g("total_tokens")
         if reasoning and (reasoning > completion or (total and total >= prompt + completion + reasoning)):
@@ -296,7 +313,13 @@ class Usage:
             # provider bills the inference itself (``cost_details.upstream_inference_cost``).
             details = raw.get("cost_details")
             cost += _number(details.get("upstream_inference_cost") if isinstance(details, dict) else None) or 0.0
-        return cls(prompt, completion, min(cached, prompt), written, reasoning, cost)
+        cached = min(cached, prompt)
+        audio_in = min(idetails("audio_tokens"), prompt)
+        cached_audio = _int_getter(rawi.get("cached_tokens_details") if isinstance(rawi, dict) else None)("audio_tokens")
+        # Cached tokens that cannot all be text are partly audio; none can be more than either total.
+        cached_audio = min(max(cached_audio, cached - (prompt - audio_in)), cached, audio_in)
+        audio_out = min(_int_getter(cdetails)("audio_tokens"), completion)
+        return cls(prompt, completion, cached, written, reasoning, cost, audio_in, cached_audio, audio_out)
 
     def to_openai(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -306,6 +329,12 @@ class Usage:
             "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
             "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
         }
+        if self.audio_prompt_tokens:  # only when there is audio: text-only usage keeps its old shape
+            out["prompt_tokens_details"]["audio_tokens"] = self.audio_prompt_tokens
+            if self.cached_audio_tokens:
+                out["prompt_tokens_details"]["cached_tokens_details"] = {"audio_tokens": self.cached_audio_tokens}
+        if self.audio_completion_tokens:
+            out["completion_tokens_details"]["audio_tokens"] = self.audio_completion_tokens
         if self.cost is not None:
             out["cost"] = self.cost
         return out

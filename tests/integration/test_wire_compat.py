@@ -243,16 +243,19 @@ def test_models_list_shape_with_and_without_v1(server: RunningServer) -> None:
     assert bare.chat.completions.create(model="cheap", messages=USER).choices
 
 
-@pytest.mark.parametrize("call", ["completions", "responses"])
+@pytest.mark.parametrize("call", ["moderations", "images"])
 def test_unserved_openai_endpoints_say_what_is_served(server: RunningServer, call: str) -> None:
+    # /v1/completions and /v1/responses are served now (tests/integration/test_passthrough_http.py).
     c = client(server)
     with pytest.raises(openai.NotFoundError) as err:
-        if call == "completions":
-            c.completions.create(model="cheap", prompt="hello")
+        if call == "moderations":
+            c.moderations.create(input="hello")
         else:
-            c.responses.create(model="cheap", input="hello")
+            c.images.generate(prompt="hello")
+    path = "/v1/moderations" if call == "moderations" else "/v1/images/generations"
     assert err.value.code == "unsupported_endpoint" and err.value.request_id
-    assert f"/v1/{call}" in err.value.message and "POST /v1/chat/completions" in err.value.message
+    assert path in err.value.message and "POST /v1/chat/completions" in err.value.message
+    assert "POST /v1/responses" in err.value.message
 
 
 @pytest.mark.parametrize(("method", "path", "content", "headers", "status", "needle"), [

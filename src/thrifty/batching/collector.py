@@ -35,14 +35,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from thrifty.batching.config import DeferredConfig
-from thrifty.batching.deferred import DeferredRunner, row_error
+from thrifty.batching.deferred import DeferredRunner, price_answer, row_error
 from thrifty.batching.items import Item
 from thrifty.batching.jobs import Job, JobItem, JobStore
 from thrifty.catalog import ModelInfo
-from thrifty.cost import Cost, call_cost
+from thrifty.cost import Cost
 from thrifty.errors import ConfigError, UpstreamError
 from thrifty.ledger.records import rows_from_context
-from thrifty.pipeline.accounting import priced_usage, settle
+from thrifty.pipeline.accounting import settle
 from thrifty.pipeline.context import Attempt, RequestContext
 from thrifty.providers.batch_api import BatchProvider
 from thrifty.types import ChatRequest, Usage
@@ -302,15 +302,10 @@ class Collector:
 
 
 def _priced(request_json: str, body: dict[str, Any], info: ModelInfo | None) -> tuple[Usage, Cost]:
-    """A batch answer's usage and cost at the batch price. What the result's ``usage`` leaves
-    out (or all of it) is counted offline from the request and the answer, marked estimated,
-    as for a normal call: a billed answer never reaches the ledger as a silent $0."""
+    """A batch answer's usage and cost at the batch price (``price_answer``), for the request
+    stored as the item's input."""
     try:
         request: ChatRequest | None = ChatRequest.from_body(json.loads(request_json))
     except Exception:  # the stored request is ours; if it cannot be read, price what was reported
         request = None
-    price = info.price if info else None
-    if request is None:
-        usage = Usage.from_openai(body.get("usage"))
-        return usage, call_cost(usage, price, batch=True)
-    return priced_usage(body.get("usage"), request, body, price, batch=True)
+    return price_answer(request, body, info)

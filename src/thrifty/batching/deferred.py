@@ -27,7 +27,8 @@ from thrifty.batching import packing
 from thrifty.batching.items import Item, coerce_items
 from thrifty.batching.jobs import Job, JobItem, JobStore
 from thrifty.batching.runner import ItemResult, resolve_target
-from thrifty.cost import call_cost
+from thrifty.catalog import ModelInfo
+from thrifty.cost import Cost, call_cost
 from thrifty.errors import (
     ConfigError,
     InvalidRequestError,
@@ -37,7 +38,7 @@ from thrifty.errors import (
 )
 from thrifty.ledger.records import rows_from_context
 from thrifty.ledger.store import SQLStore, open_store
-from thrifty.pipeline.accounting import settle
+from thrifty.pipeline.accounting import priced_usage, settle
 from thrifty.pipeline.context import Attempt, RequestContext
 from thrifty.providers.batch_api import BatchProvider, OpenAIBatchAPI
 from thrifty.providers.compat import adapt
@@ -84,6 +85,18 @@ def row_error(row: dict[str, Any]) -> str | None:
         msg = body["error"].get("message")
     code = err.get("code") if isinstance(err, dict) else (response or {}).get("status_code")
     return f"{code}: {msg}" if msg else str(code)
+
+
+def price_answer(request: ChatRequest | None, body: dict[str, Any], info: ModelInfo | None) -> tuple[Usage, Cost]:
+    """A Batch API answer's usage and cost at the batch price, through the one pricing path of
+    every call (``priced_usage``): what the answer's ``usage`` leaves out (or all of it) is
+    counted offline from ``request`` and the answer and marked ``estimated``, so a billed answer
+    never reaches the ledger as a silent $0. Without the request, what was reported is priced."""
+    price = info.price if info else None
+    if request is None:
+        usage = Usage.from_openai(body.get("usage"))
+        return usage, call_cost(usage, price, batch=True)
+    return priced_usage(body.get("usage"), request, body, price, batch=True)
 
 
 class DeferredRunner:
@@ -183,12 +196,16 @@ class DeferredRunner:
         return out
 
     # ---------------------------------------------------------------- steps
+    def _request(self, job: Job, it: JobItem) -> ChatRequest:
+        """The chat request an item's batch line carries."""
+        params = {"temperature": 0, "max_tokens": self.gw.config.batching.max_output_tokens_per_item}
+        return ChatRequest(model=job.model, messages=packing.single_messages(job.task, Item(it.item_id, it.input),
+                                                                              job.labels), params=params)
+
     def _line(self, job: Job, it: JobItem) -> dict[str, Any]:
         info = self.gw.catalog.get(job.model)
         assert info is not None
-        params = {"temperature": 0, "max_tokens": self.gw.config.batching.max_output_tokens_per_item}
-        req = ChatRequest(model=job.model, messages=packing.single_messages(job.task, Item(it.item_id, it.input),
-                                                                             job.labels), params=params)
+        req = self._request(job, it)
         return {"custom_id": f"r{job.round}-{it.seq}", "method": "POST", "url": self.cfg.endpoint,
                 "body": self._adapt(job, req.to_body(info.upstream_model, stream=False))}
 
@@ -265,9 +282,7 @@ class DeferredRunner:
         if error is not None:
             return None, error
         body = row["response"]["body"]
-        info = self.gw.catalog.get(job.model)
-        usage = Usage.from_openai(body.get("usage"))
-        cost = call_cost(usage, info.price if info else None, batch=True)
+        usage, cost = price_answer(self._request(job, it), body, self.gw.catalog.get(job.model))
         item = Item(it.item_id, it.input)
         cut = packing.cut_short(body)
         output = None if cut else packing.valid_output(response_text(body), item, job.labels, None)

@@ -12,6 +12,7 @@ it carried, so the item costs add up to exactly what the run spent.
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from thrifty.errors import ConfigError, InvalidRequestError, ThriftyError, Usage
 from thrifty.types import ChatRequest, response_text
 
 if TYPE_CHECKING:
+    from thrifty.batching.checkpoint import Checkpoint
     from thrifty.gateway import Gateway
 
 __all__ = ["Item", "ItemResult", "run_batch"]
@@ -52,6 +54,19 @@ class ItemResult:
             "tokens": {"prompt": round(self.prompt_tokens, 2), "completion": round(self.completion_tokens, 2)},
             "calls": self.calls, "error": self.error,
         }
+
+    def to_line(self, json_id: str | int) -> str:
+        """The output line (JSON and a newline), with the item's id as the input gave it."""
+        return json.dumps({**self.to_json(), "id": json_id}, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> ItemResult:
+        """``to_json`` (or an output line) read back."""
+        tokens = row.get("tokens") or {}
+        cost = row.get("cost_usd")
+        return cls(str(row["id"]), row.get("output"), str(row["status"]), str(row["produced"]),
+                   None if cost is None else float(cost), float(tokens.get("prompt", 0.0)),
+                   float(tokens.get("completion", 0.0)), int(row.get("calls") or 0), row.get("error"))
 
 
 def resolve_target(gateway: Gateway, model: str | None, route: str | None) -> str:
@@ -105,8 +120,10 @@ def _known_route(gateway: Gateway, name: str, where: str) -> str:
 
 class _Run:
     def __init__(self, gateway: Gateway, target: str, task: str, labels: list[str] | None,
-                 validate: packing.Validator | None, progress: Progress, task_name: str) -> None:
+                 validate: packing.Validator | None, progress: Progress, task_name: str,
+                 checkpoint: Checkpoint | None = None) -> None:
         self.gw = gateway
+        self.checkpoint = checkpoint
         self.target = target
         self.task = task
         self.labels = labels
@@ -117,6 +134,7 @@ class _Run:
         self.json_mode = info.supports_json_mode if info is not None else True
         self.max_per_item = gateway.config.batching.max_output_tokens_per_item
         self.results: dict[str, ItemResult] = {}
+        self._saving = False
 
     def _result(self, item: Item) -> ItemResult:
         if item.id not in self.results:
@@ -193,9 +211,23 @@ class _Run:
         self._done([item])
 
     def _done(self, items: list[Item]) -> None:
+        """``items`` are final (an answer accepted, or failed for good)."""
         if items:
             cost = sum((self.results[it.id].cost_usd or 0.0) for it in items)
             self.progress.update(len(items), cost)
+            if self.checkpoint is not None:
+                self.checkpoint.add([(it.json_id, self.results[it.id]) for it in items])
+
+    async def save(self) -> None:
+        """Write the checkpoint when it is due (one write at a time): the ledger rows first."""
+        cp = self.checkpoint
+        if cp is None or not cp.due() or self._saving:
+            return
+        self._saving = True
+        try:
+            await asyncio.to_thread(cp.sync, self.gw.flush)
+        finally:
+            self._saving = False
 
 
 async def run_batch(
@@ -211,8 +243,13 @@ async def run_batch(
     concurrency: int | None = None,
     progress: bool = False,
     task_name: str = "batch",
+    checkpoint: Checkpoint | None = None,
 ) -> list[ItemResult]:
-    """Run ``task`` on every item, ``pack`` items per call; one ``ItemResult`` per item, in order."""
+    """Run ``task`` on every item, ``pack`` items per call; one ``ItemResult`` per item, in order.
+
+    With a ``checkpoint`` (checkpoint.py, opened for this run's ``run_id_for``), the items it
+    already holds are not run again (their kept results are returned), and items finishing ok
+    are written to it as the run goes, including when the run is cancelled or fails."""
     if not task.strip():
         raise InvalidRequestError("--task must not be empty")
     checked = coerce_items(items)
@@ -225,16 +262,33 @@ async def run_batch(
         # A semaphore below 1 raises (negative) or never lets a call through (0).
         raise UsageError(f"--concurrency: expected a whole number >= 1, got {in_flight}")
     target = resolve_target(gateway, model, route)
+    done: dict[str, ItemResult] = {}
+    if checkpoint is not None:
+        from thrifty.batching.checkpoint import run_id_for
+
+        if checkpoint.run_id != run_id_for(target, task, labels, checked):
+            raise InvalidRequestError(f"checkpoint {checkpoint.path} was opened for another run (other items, "
+                                      "task, labels or model)")
+        done = {it.id: checkpoint.finished[it.id] for it in checked if it.id in checkpoint.finished}
+    todo = [it for it in checked if it.id not in done]
     bar = Progress(len(checked), enabled=progress)
-    run = _Run(gateway, target, task, labels, validate, bar, task_name)
+    if done:
+        bar.update(len(done), sum(r.cost_usd or 0.0 for r in done.values()))
+    run = _Run(gateway, target, task, labels, validate, bar, task_name, checkpoint)
+    run.results.update(done)
     sem = asyncio.Semaphore(in_flight)
 
     async def one(chunk: list[Item]) -> None:
         async with sem:
             await run.pack(chunk, 0)
+        await run.save()
 
     try:
-        await asyncio.gather(*(one(checked[i : i + size]) for i in range(0, len(checked), size)))
+        await asyncio.gather(*(one(todo[i : i + size]) for i in range(0, len(todo), size)))
     finally:
         bar.close()
+        if checkpoint is not None:
+            # Also when cancelled (Ctrl-C) or failing: what finished is kept. Blocking here is
+            # fine, the run is over; awaiting could be cancelled again.
+            checkpoint.sync(gateway.flush)
     return [run.results[it.id] for it in checked]

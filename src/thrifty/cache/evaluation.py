@@ -21,9 +21,11 @@ from typing import Any
 import numpy as np
 
 from thrifty.cache.config import DEFAULT_TOP_K
+from thrifty.cache.folds import question_key
 from thrifty.cache.pairs import Lookup, Pair, PairCache, embed_with_tokens, lookup_all
 from thrifty.cache.verifier import HitVerifier
 from thrifty.embeddings import Embedder
+from thrifty.evaluation.overlap import drop_overlap
 
 _GRID_QUANTILES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995)
 
@@ -129,19 +131,19 @@ def render_text(rep: dict[str, Any]) -> str:
 
 
 def drop_calibration_overlap(judged: list[Pair], calibration: list[Pair]) -> tuple[list[Pair], str | None]:
-    """``judged`` without the pairs (either text order) that ``calibration`` also holds, and a
-    warning saying how many were left out: a verifier and threshold fitted on a pair would be
-    judged in-sample on it. ``DataError`` when every judged pair is a calibration pair."""
-    from thrifty.errors import DataError
+    """``judged`` without the pairs that share a question (either text, compared by
+    folds.question_key) with a ``calibration`` pair, and a warning saying how many were left out:
+    the verifier's difference-word model, IDF and threshold were fitted on those questions, so
+    such a pair would be judged in-sample (QQP repeats questions across pairs). ``DataError``
+    when every judged pair shares one."""
+    return drop_overlap(
+        judged, calibration, judged_keys=_questions, fitted_keys=_questions,
+        warning="{dropped} of the {total} --pairs share a question with the --calibrate-on pairs and were left "
+                "out: judged on the other {kept}",
+        refusal="every one of the {total} --pairs shares a question with the --calibrate-on pairs: the verifier "
+                "would be judged on the questions it was fitted on; judge on other pairs (`thrifty cache "
+                "calibrate` reports cross-validated figures)")
 
-    seen = {frozenset((" ".join(p.text_a.split()), " ".join(p.text_b.split()))) for p in calibration}
-    keep = [p for p in judged if frozenset((" ".join(p.text_a.split()), " ".join(p.text_b.split()))) not in seen]
-    dropped = len(judged) - len(keep)
-    if not dropped:
-        return judged, None
-    if not keep:
-        raise DataError(f"every one of the {len(judged)} --pairs is also a --calibrate-on pair: the verifier would "
-                        "be judged on the pairs it was fitted on; judge on other pairs (`thrifty cache calibrate` "
-                        "reports cross-validated figures)")
-    return keep, (f"{dropped} of the {len(judged)} --pairs are also --calibrate-on pairs and were left out: "
-                  f"judged on the other {len(keep)}")
+
+def _questions(pair: Pair) -> tuple[str, str]:
+    return question_key(pair.text_a), question_key(pair.text_b)

@@ -4,8 +4,9 @@ provider batch at half price (see docs/compression-and-batching.md)."""
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +17,8 @@ from thrifty.cli.checks import finite_float, int_at_least, writable_output
 from thrifty.errors import InvalidRequestError, ThriftyError, UsageError
 
 if TYPE_CHECKING:
+    from thrifty.batching.checkpoint import Checkpoint
+    from thrifty.batching.items import Item
     from thrifty.batching.jobs import Job
     from thrifty.batching.runner import ItemResult
     from thrifty.gateway import Gateway
@@ -34,13 +37,68 @@ def _gateway(config: Path | None) -> Gateway:
 
 def _write(results: list[ItemResult], out: Path | None, ids: list[str | int]) -> None:
     """One line per result; ``ids`` (in the same order) give each line its id with the JSON type
-    the items file used, so ``{"id": 7}`` comes back as 7, not "7"."""
-    lines = "".join(json.dumps({**r.to_json(), "id": i}, ensure_ascii=False) + "\n"
-                    for r, i in zip(results, ids, strict=True))
+    the items file used, so ``{"id": 7}`` comes back as 7, not "7". OUT is replaced atomically
+    (a temporary file renamed over it): it is never seen half written."""
+    lines = "".join(r.to_line(i) for r, i in zip(results, ids, strict=True))
     if out is None:
         sys.stdout.write(lines)
-    else:
+        return
+    # A file of our own beside OUT (same file system, so the rename is atomic), created like
+    # any file (the umask applies; an existing OUT's mode is kept).
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        fh = open(tmp, "w", encoding="utf-8")  # noqa: SIM115 - closed below, before the rename
+    except PermissionError:  # a writable OUT in a folder we cannot create files in
         out.write_text(lines, encoding="utf-8")
+        return
+    try:
+        with fh:
+            fh.write(lines)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if out.exists():
+            shutil.copymode(out, tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _checkpoint(gw: Gateway, items_file: Path, items: list[Item], out: Path | None, *, task: str,
+                model: str | None, route: str | None, labels: list[str] | None, restart: bool) -> Checkpoint | None:
+    """The progress file of this packed run: ``OUT.partial`` beside --out; without --out, beside
+    ITEMS named by the run (``ITEMS.<run>.partial``). None (with a warning) where none can be kept."""
+    from thrifty.batching.checkpoint import Checkpoint, run_id_for
+    from thrifty.batching.runner import resolve_target
+
+    if not task.strip():
+        return None  # refused by run_batch, before any call
+    run_id = run_id_for(resolve_target(gw, model, route), task, labels, items)
+    path = out.with_name(out.name + ".partial") if out else items_file.with_name(f"{items_file.name}.{run_id[3:11]}.partial")
+    try:
+        cp = Checkpoint.open(path, run_id, restart=restart)
+    except OSError as exc:
+        typer.echo(f"warning: cannot keep the progress in {path} ({exc.strerror or exc}): an interrupted run "
+                   "starts over; pass --out to keep it beside the output", err=True)
+        return None
+    if cp.replaced:
+        why = "--restart" if restart else "it held another run's progress (other items, task, labels or model)"
+        typer.echo(f"warning: {path}: progress dropped ({why}); starting over", err=True)
+    elif cp.resumed:
+        typer.echo(f"resuming: {cp.resumed} of {len(items)} items already done (kept in {path})", err=True)
+    return cp
+
+
+def _interrupted(cp: Checkpoint | None, n_items: int, deferred: bool) -> str:
+    """The one line Ctrl-C leaves: what was kept, and how to go on."""
+    if deferred:
+        return ("thrifty: interrupted; the job is kept: run the same command again to resume it "
+                "(`thrifty batch status` lists jobs)")
+    if cp is None:
+        return "thrifty: interrupted; no progress was kept"
+    return (f"thrifty: interrupted; {cp.kept} of {n_items} items done, kept in {cp.path}: run the same command "
+            "again to resume (--restart starts over)")
 
 
 def _summary(results: list[ItemResult]) -> str:
@@ -103,9 +161,14 @@ def register(app: typer.Typer) -> None:
         wait: bool = typer.Option(True, "--wait/--no-wait", help="--deferred: wait for the results."),
         poll_interval: float | None = typer.Option(None, "--poll-interval", help="--deferred: seconds between polls."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+        restart: bool = typer.Option(False, "--restart",
+                                     help="Start over: drop the progress an interrupted run kept (packed runs)."),
         config: Path | None = ConfigOpt,
     ) -> None:
-        """Run --task on every item of ITEMS.jsonl: one output line per item, with its cost share."""
+        """Run --task on every item of ITEMS.jsonl: one output line per item, with its cost share.
+
+        A packed run keeps its progress (OUT.partial, or ITEMS.<run>.partial without --out): run
+        the same command again after an interruption and only the unfinished items are run."""
         from thrifty.batching.items import load_items
 
         # Flags first: --out is written only after every item was paid for, so an unwritable one
@@ -114,9 +177,13 @@ def register(app: typer.Typer) -> None:
         int_at_least(pack, "--pack", 1, 200)
         int_at_least(concurrency, "--concurrency", 1, 256)
         finite_float(poll_interval, "--poll-interval", 0, low_open=True)
+        if restart and deferred:
+            raise UsageError("--restart: only for packed runs; a --deferred job resumes by itself "
+                             "(`thrifty batch cancel JOB` stops it)")
         label_list = _labels(labels)
         items = load_items(items_file)
         gw = _gateway(config)
+        held: list[Checkpoint] = []  # the packed run's progress file, once open
 
         async def main() -> tuple[list[ItemResult], Job | None]:
             try:
@@ -135,13 +202,28 @@ def register(app: typer.Typer) -> None:
                         await runner.aclose()
                 from thrifty.batching.runner import run_batch
 
+                cp = _checkpoint(gw, items_file, items, out, task=task, model=model, route=route,
+                                 labels=label_list, restart=restart)
+                held.extend([cp] if cp else [])
                 results = await run_batch(gw, items, task=task, model=model, route=route, pack=pack,
-                                          labels=label_list, concurrency=concurrency, progress=progress)
+                                          labels=label_list, concurrency=concurrency, progress=progress,
+                                          checkpoint=cp)
                 return results, None
             finally:
                 await gw.aclose()
 
-        results, job = asyncio.run(main())
+        try:
+            results, job = asyncio.run(main())
+        except KeyboardInterrupt:
+            # asyncio.run cancelled the run, which kept what had finished: one line, no traceback.
+            for cp in held:
+                cp.close()
+            typer.echo(_interrupted(held[0] if held else None, len(items), deferred), err=True)
+            raise typer.Exit(130) from None
+        except BaseException:
+            for cp in held:
+                cp.close()
+            raise
         if job is not None and not job.done:
             typer.echo(f"job {job.job_id} submitted ({job.provider_status}); "
                        f"`thrifty batch status {job.job_id}` to check, `thrifty batch results {job.job_id}` to fetch",
@@ -150,6 +232,16 @@ def register(app: typer.Typer) -> None:
             return
         _write(results, out, [it.json_id for it in items])
         typer.echo(_summary(results), err=True)
+        for cp in held:
+            # Complete (or nothing kept): the progress is no longer needed. Else running again
+            # retries only the failed items.
+            failed = sum(r.status != "ok" for r in results)
+            if not failed or not cp.kept:
+                cp.remove()
+                continue
+            cp.close()
+            typer.echo(f"{failed} items failed; run the same command again to retry only them "
+                       f"({cp.kept} done are kept in {cp.path}; --restart starts over)", err=True)
         _refuse_all_failed(results)
 
     @group.command("status")

@@ -4,9 +4,14 @@ Messages after the leading system/developer messages are grouped into units that
 dropped whole: an assistant message that calls tools forms one unit with the tool results that
 follow it, so a tool call is never separated from its result (providers reject that). The
 current turn (the last user message and every message after it) is always kept, even over the
-budget; earlier units are kept newest first while they fit. With a summariser, the
-dropped middle becomes one system message ``Summary of the earlier conversation: ...``, cached
-per conversation prefix (the same dropped messages give the same summary, without a new call).
+budget; earlier units are kept newest first while they fit, and the kept part starts with a
+user message (Anthropic and Gemini refuse a conversation whose first turn is the assistant's).
+A system/developer message later in the conversation (retrieved context, a framework's note) is
+history like the turns around it: kept while it fits, dropped with the older turns. Images count
+``IMAGE_TOKENS`` each (see there). With a summariser, the dropped middle becomes one message
+``Summary of the earlier conversation: ...`` (in the role of the leading messages: ``developer``
+for a client that uses it, else ``system``), cut to the summary's reserve and cached per
+conversation prefix (the same dropped messages give the same summary, without a new call).
 """
 
 from __future__ import annotations
@@ -17,12 +22,20 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from thrifty.tokens import count_message, count_messages
+from thrifty.tokens import content_text, count_message, count_messages, count_text, truncate_text
 
 Message = dict[str, Any]
 Summariser = Callable[[list[Message]], Awaitable[str | None]]
 
 SUMMARY_PREFIX = "Summary of the earlier conversation: "
+# What an image costs is decided by its size and detail, which are not known offline: each image
+# part counts as the most one high-detail image costs on gpt-4o (85 + 6 tiles x 170 tokens), or
+# 85 tokens with detail "low". Counting images as no tokens (text only) kept every screenshot of
+# a long conversation and sent far more than the budget; counting high drops a turn too many.
+IMAGE_TOKENS = 1105
+IMAGE_TOKENS_LOW = 85
+_IMAGE_PARTS = ("image_url", "input_image")
+INSTRUCTION_ROLES = ("system", "developer")
 
 
 @dataclass
@@ -30,6 +43,46 @@ class Trimmed:
     messages: list[Message]
     dropped: int  # messages removed
     saved_tokens: int
+
+
+def _image_tokens(message: Message) -> int:
+    content = message.get("content")
+    if not isinstance(content, list):
+        return 0
+    n = 0
+    for part in content:
+        if isinstance(part, dict) and part.get("type") in _IMAGE_PARTS:
+            image = part.get("image_url")
+            detail = image.get("detail") if isinstance(image, dict) else part.get("detail")
+            n += IMAGE_TOKENS_LOW if detail == "low" else IMAGE_TOKENS
+    return n
+
+
+def message_tokens(message: Message) -> int:
+    """Tokens ``message`` costs for trimming: text and framing, plus the image estimate."""
+    return count_message(message) + _image_tokens(message)
+
+
+def messages_tokens(messages: list[Message]) -> int:
+    return count_messages(messages) + sum(_image_tokens(m) for m in messages)
+
+
+def transcript(messages: list[Message]) -> str:
+    """``messages`` as the text the summariser reads: images and tool calls are named (as text
+    only, a turn that was a screenshot or a tool call read as an empty line)."""
+    lines = []
+    for m in messages:
+        content = m.get("content")
+        text = content_text(content)
+        if isinstance(content, list):
+            images = sum(1 for p in content if isinstance(p, dict) and p.get("type") in _IMAGE_PARTS)
+            text = " ".join(t for t in ([f"[{images} image(s)]"] if images else []) + [text] if t)
+        for call in m.get("tool_calls") or []:
+            fn = call.get("function") if isinstance(call, dict) else None
+            if isinstance(fn, dict):
+                text += f" [calls {fn.get('name')}({fn.get('arguments', '')})]"
+        lines.append(f"{m.get('role')}: {text.strip()}")
+    return "\n".join(lines)
 
 
 def _units(messages: list[Message]) -> list[list[Message]]:
@@ -45,7 +98,7 @@ def _units(messages: list[Message]) -> list[list[Message]]:
 def split_head(messages: list[Message]) -> tuple[list[Message], list[Message]]:
     """(leading system/developer messages, the rest)."""
     i = 0
-    while i < len(messages) and messages[i].get("role") in ("system", "developer"):
+    while i < len(messages) and messages[i].get("role") in INSTRUCTION_ROLES:
         i += 1
     return messages[:i], messages[i:]
 
@@ -55,35 +108,63 @@ def prefix_key(dropped: list[Message], model: str) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+def _role(unit: list[Message]) -> Any:
+    return unit[0].get("role")
+
+
+def _turn_start(units: list[list[Message]], start: int, current: int) -> int:
+    """The first unit at or after ``start`` from which the kept messages open with a user turn
+    (system/developer messages before it are fine: providers take them out of the turn order).
+    Linear: each unit is looked at once."""
+    if _role(units[current]) != "user":
+        return start  # no user message at all: nothing to align to
+    while start < current:
+        k = start
+        while k < current and _role(units[k]) in INSTRUCTION_ROLES:
+            k += 1
+        if _role(units[k]) == "user":
+            break
+        start = k + 1
+    return start
+
+
 async def trim(messages: list[Message], budget: int, summarise: Summariser | None = None,
                summary_reserve: int = 0) -> Trimmed:
-    """``messages`` cut to ``budget`` prompt tokens (see the module docstring)."""
-    total = count_messages(messages)
+    """``messages`` cut to ``budget`` prompt tokens (see the module docstring). With
+    ``summarise``, ``summary_reserve`` tokens are kept free for the summary, which is cut to fit."""
+    total = messages_tokens(messages)
     if total <= budget:
         return Trimmed(messages, 0, 0)
     head, rest = split_head(messages)
     units = _units(rest)
     # The current turn (the last user message and everything after it: tool calls and their
     # results) is kept whatever the budget; without it the model would answer something else.
-    start = max((i for i, u in enumerate(units) if u[0].get("role") == "user"), default=len(units) - 1)
-    if start <= 0:
+    current = max((i for i, u in enumerate(units) if _role(u) == "user"), default=len(units) - 1)
+    if current <= 0:
         return Trimmed(messages, 0, 0)
-    room = budget - count_messages(head) - (summary_reserve if summarise else 0)
-    room -= sum(count_message(m) for u in units[start:] for m in u)
+    summary_role = head[-1].get("role") if head else "system"  # a client that says developer gets developer
+    overhead = message_tokens({"role": summary_role, "content": SUMMARY_PREFIX})
+    room = budget - messages_tokens(head) - (summary_reserve + overhead if summarise else 0)
+    room -= sum(message_tokens(m) for u in units[current:] for m in u)
+    start = current
     while start > 0:
-        cost = sum(count_message(m) for m in units[start - 1])
+        cost = sum(message_tokens(m) for m in units[start - 1])
         if cost > room:
             break
         start -= 1
         room -= cost
     if start == 0:
         return Trimmed(messages, 0, 0)
+    start = _turn_start(units, start, current)
     dropped = [m for u in units[:start] for m in u]
     tail = [m for u in units[start:] for m in u]
     middle: list[Message] = []
     if summarise is not None:
         summary = await summarise(dropped)
+        if summary and summary_reserve > 0 and count_text(summary) > summary_reserve:
+            # The model's max_tokens counts in its own tokenizer: cut in ours, so the budget holds.
+            summary = truncate_text(summary, summary_reserve)
         if summary:
-            middle = [{"role": "system", "content": SUMMARY_PREFIX + summary}]
+            middle = [{"role": summary_role, "content": SUMMARY_PREFIX + summary}]
     out = head + middle + tail
-    return Trimmed(out, len(dropped), max(0, total - count_messages(out)))
+    return Trimmed(out, len(dropped), max(0, total - messages_tokens(out)))

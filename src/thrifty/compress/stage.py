@@ -1,13 +1,14 @@
 """Stage: send fewer input tokens (between normalize and cache, so the cache keys on the
 compressed request and repeated prompts stay byte-identical for provider prompt caching).
 
-For a request whose route opts in (``compression.routes``): each string system/developer
-message is compacted (deterministic), then replaced by its stored compressed version when
-system-prompt compression is on; then the history is trimmed to the route's budget. Tokens
-saved go to ``ctx.compression_saved_tokens``; when the request is finished, a finalizer prices
-them at the served model's input price (``ctx.compression_saved_usd``). A cache hit saves the
-whole call, so compression claims nothing for it (neither tokens nor dollars). ``"thrifty": {"compress": false}`` in the
-body skips the stage for one request.
+For a request whose route opts in (``compression.routes``): the text of each system/developer
+message (string content, or each text part of a content list) is compacted (deterministic),
+then replaced by its stored compressed version when system-prompt compression is on; then the
+history is trimmed to the route's budget. Tokens saved go to ``ctx.compression_saved_tokens``;
+when the request is finished, a finalizer prices them at the served model's input price
+(``ctx.compression_saved_usd``). A cache hit saves the whole call, so compression claims nothing
+for it (neither tokens nor dollars). ``"thrifty": {"compress": false}`` in the body skips the
+stage for one request.
 """
 
 from __future__ import annotations
@@ -26,12 +27,31 @@ from thrifty.config import Config
 from thrifty.errors import ConfigError, StorageError, UpstreamError
 from thrifty.pipeline.caller import ModelCaller
 from thrifty.pipeline.context import Handler, RequestContext
-from thrifty.tokens import content_text, count_text
+from thrifty.tokens import count_text
 from thrifty.types import ChatRequest, response_text
 
 log = logging.getLogger("thrifty.compress")
 
 HEADER = "x-thrifty-compressed-tokens"
+INSTRUCTION_ROLES = ("system", "developer")  # developer: the o-series name for the system prompt
+TEXT_PARTS = ("text", "input_text")
+SHRINK_CONCURRENCY = 4
+
+
+def _texts(content: Any) -> list[tuple[int | None, str]]:
+    """The texts of a message ``content`` to shrink: ``(None, content)`` for a string, ``(j, text)``
+    for each text part of a list. Parts are shrunk one by one, never joined: a part boundary is
+    where a client puts its prompt-caching breakpoint (``cache_control``) and where a static
+    prompt meets per-request text (a date, a user's name); joined, every change of that small
+    part would key a new compression, and the breakpoint would have nowhere to go. One by one,
+    the long static part is compressed once (under the key its text alone gives, the same as
+    the same text sent as a string) and the short dynamic part stays under ``min_tokens``."""
+    if isinstance(content, str):
+        return [(None, content)]
+    if not isinstance(content, list):
+        return []
+    return [(j, p["text"]) for j, p in enumerate(content)
+            if isinstance(p, dict) and p.get("type") in TEXT_PARTS and isinstance(p.get("text"), str)]
 
 
 class CompressStage:
@@ -50,18 +70,32 @@ class CompressStage:
 
     async def apply(self, ctx: RequestContext, rc: RouteCompression) -> None:
         original = ctx.request.messages
-        messages: list[dict[str, Any]] = []
+        # Every text of every system/developer message, wherever it stands: string content, or each
+        # text part of a content list (see _texts). Shrunk concurrently: two long parts seen for the
+        # first time cost one compression round trip, not two in a row; at most SHRINK_CONCURRENCY
+        # at once, so a request of fifty new long parts does not fire fifty cheap calls together.
+        slots = [(i, j, text) for i, m in enumerate(original) if m.get("role") in INSTRUCTION_ROLES
+                 for j, text in _texts(m.get("content"))]
+        gate = asyncio.Semaphore(SHRINK_CONCURRENCY)
+
+        async def shrink(text: str) -> str:
+            async with gate:
+                return await self._shrink(ctx, rc, text)
+
+        shrunk = await asyncio.gather(*(shrink(text) for _, _, text in slots))
+        messages = list(original)
         saved = 0
-        for m in original:
-            content = m.get("content")
-            if m.get("role") in ("system", "developer") and isinstance(content, str):
-                text = compact(content, self.config.dictionary) if rc.compaction else content
-                if rc.system_prompt:
-                    text = await self._compressed(ctx, text)
-                if text != content:
-                    saved += count_text(content) - count_text(text)
-                    m = {**m, "content": text}
-            messages.append(m)
+        for (i, j, text), new in zip(slots, shrunk, strict=True):
+            if new == text:
+                continue
+            saved += count_text(text) - count_text(new)
+            m = messages[i]
+            if j is None:
+                messages[i] = {**m, "content": new}
+            else:  # the part keeps its other keys (cache_control...) and its place among the parts
+                parts = list(m["content"])
+                parts[j] = {**parts[j], "text": new}
+                messages[i] = {**m, "content": parts}
         if rc.history_max_tokens is not None:
             summarise = self._summariser(ctx, rc) if rc.summarize_history else None
             trimmed = await history.trim(messages, rc.history_max_tokens, summarise, rc.summary_max_tokens)
@@ -72,6 +106,15 @@ class CompressStage:
             ctx.compression_saved_tokens = saved
             ctx.response_headers[HEADER] = str(saved)
             ctx.finalizers.append(self._price_savings)
+
+    async def _shrink(self, ctx: RequestContext, rc: RouteCompression, text: str) -> str:
+        """``text`` compacted, then replaced by its stored compressed version (per the route)."""
+        out = compact(text, self.config.dictionary) if rc.compaction else text
+        if rc.system_prompt:
+            out = await self._compressed(ctx, out)
+        # A prompt of only whitespace compacts to "": providers refuse an empty system prompt or
+        # text part ("text content blocks must be non-empty"), and it saved one token.
+        return out if out.strip() or not text else text
 
     async def _compressed(self, ctx: RequestContext, text: str) -> str:
         """The stored compressed version of ``text``, or ``text``. The store being down (Redis
@@ -109,7 +152,7 @@ class CompressStage:
                 doc = None
             if doc is not None:
                 return str(doc["text"])
-            transcript = "\n".join(f"{m.get('role')}: {content_text(m.get('content'))}" for m in dropped)
+            transcript = history.transcript(dropped)
             req = ChatRequest(model=model, params={"temperature": 0, "max_tokens": rc.summary_max_tokens}, messages=[
                 {"role": "system", "content": prompts.SUMMARY_SYSTEM.format(target=rc.summary_max_tokens)},
                 {"role": "user", "content": transcript},

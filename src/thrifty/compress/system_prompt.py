@@ -1,7 +1,9 @@
 """System-prompt compression: once per distinct prompt, ever, then the same bytes every time.
 
 A prompt is keyed by the SHA-256 of its text and of the settings its versions were made and
-validated under (compressor model, target, must-keep items, markers, A/B check). The first
+validated under (compressor model, target, must-keep items, markers, A/B check). Each text part
+of a content list is a prompt of its own (why: ``stage._texts``), so the same text gets the same
+record whether it is sent as a string or as a part. The first
 request that meets it (over ``min_tokens``) has the cheap model compress it; requests arriving
 meanwhile wait for that one compression (single flight in this process; a store claim keeps
 other instances from starting a second one; they serve the original until the record exists).

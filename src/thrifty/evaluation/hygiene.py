@@ -2,7 +2,8 @@
 
 - ``drop_train_overlap``: with ``--train``, a ``--data`` prompt that is also a training prompt
   would be judged in-sample (a fitted policy can memorise it); such prompts are left out of the
-  judged set, with a warning, and a ``DataError`` when nothing is left.
+  judged set, with a warning, and a ``DataError`` when nothing is left (the rule of overlap.py,
+  shared with ``cache eval --calibrate-on``).
 - ``fill_missing_costs``: an outcome without a recorded cost (an empty or ``nan`` cost cell, or a
   JSONL outcome giving ``usage`` only) gets the cost the replayed call is billed: its tokens at
   the model's price. Left at None it read as $0 in the reference rows and in fitting, so a
@@ -18,7 +19,8 @@ from dataclasses import replace
 from thrifty.catalog import ModelPrice, lookup_genai_price, seed_price
 from thrifty.cost import estimate_cost
 from thrifty.errors import DataError
-from thrifty.evaluation.dataset import OutcomeSet
+from thrifty.evaluation.dataset import Item, OutcomeSet
+from thrifty.evaluation.overlap import drop_overlap
 from thrifty.providers.replay import normalise
 from thrifty.tokens import count_messages, count_text
 
@@ -26,17 +28,18 @@ from thrifty.tokens import count_messages, count_text
 def drop_train_overlap(data: OutcomeSet, train: OutcomeSet) -> tuple[OutcomeSet, str | None]:
     """``data`` without the prompts (whitespace-normalised user text) that ``train`` also holds,
     and a warning saying how many were left out (None when none were)."""
-    seen = {normalise(i.prompt) for i in train}
-    keep = [i for i in data.items if normalise(i.prompt) not in seen]
-    dropped = len(data) - len(keep)
-    if not dropped:
-        return data, None
-    if not keep:
-        raise DataError(f"every one of the {len(data)} --data prompts is also a --train prompt: the policy would "
-                        "be judged on the prompts it was fitted on; judge on other prompts, or leave out --train "
-                        "(cross-validation on --data)")
-    return OutcomeSet(keep, data.models), (f"{dropped} of the {len(data)} --data prompts are also --train prompts "
-                                           f"and were left out: judged on the other {len(keep)}")
+    keep, warning = drop_overlap(
+        data.items, train, judged_keys=_prompt_key, fitted_keys=_prompt_key,
+        warning="{dropped} of the {total} --data prompts are also --train prompts and were left out: "
+                "judged on the other {kept}",
+        refusal="every one of the {total} --data prompts is also a --train prompt: the policy would be judged on "
+                "the prompts it was fitted on; judge on other prompts, or leave out --train (cross-validation on "
+                "--data)")
+    return (data, None) if warning is None else (OutcomeSet(keep, data.models), warning)
+
+
+def _prompt_key(item: Item) -> tuple[str]:
+    return (normalise(item.prompt),)
 
 
 def _price(model: str, prices: dict[str, dict[str, float]]) -> ModelPrice | None:

@@ -90,6 +90,7 @@ class SQLStore:
                     cur.executemany(req_sql, [as_tuple(r) for r in requests])
                 if attempts:
                     cur.executemany(att_sql, [as_tuple(a) for a in attempts])
+                cur.close()  # inside the lock: see cache/backends/sqlite.py _write
                 conn.commit()
             except Exception as exc:
                 try:
@@ -117,6 +118,7 @@ class SQLStore:
                     cur = self.conn.cursor()
                     cur.execute(sql, tuple(params))
                     out: list[tuple[Any, ...]] | int = [tuple(r) for r in cur.fetchall()] if fetch else cur.rowcount
+                    cur.close()  # inside the lock: see cache/backends/sqlite.py _write
                     # Ending the transaction after reads too: no session sits "idle in
                     # transaction" holding locks that would block another instance's migration.
                     self._conn.commit()

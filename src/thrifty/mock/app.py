@@ -38,6 +38,7 @@ from thrifty.mock.embeddings import embeddings
 from thrifty.mock.faults import HEADER, FaultState, parse_header
 from thrifty.mock.packed import PACK_FAULTS
 from thrifty.mock.recorder import Recorder
+from thrifty.mock.text_apis import TextAPIs
 from thrifty.mock.usage import PromptCache, build_usage
 from thrifty.tokens import count_text
 
@@ -287,11 +288,17 @@ def create_app(config: MockConfig | None = None) -> Starlette:
     """A new mock upstream app; ``app.state.mock`` is its ``MockUpstream`` (state, counters)."""
     mock = MockUpstream(config or MockConfig())
     logging.getLogger("uvicorn.error").addFilter(_is_abort)  # idempotent: same function object
+    text_apis = TextAPIs(mock)
     routes = [
         Route("/v1/chat/completions", mock.chat_completions, methods=["POST"]),
         Route("/chat/completions", mock.chat_completions, methods=["POST"]),
         Route("/v1/embeddings", functools.partial(embeddings, mock), methods=["POST"]),
         Route("/embeddings", functools.partial(embeddings, mock), methods=["POST"]),
+        # The Responses API and legacy text completions (mock/text_apis.py).
+        Route("/v1/responses", text_apis.responses, methods=["POST"]),
+        Route("/responses", text_apis.responses, methods=["POST"]),
+        Route("/v1/completions", text_apis.completions, methods=["POST"]),
+        Route("/completions", text_apis.completions, methods=["POST"]),
         Route("/v1/models", mock.list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", mock.get_model, methods=["GET"]),
         Route("/health", mock.health, methods=["GET"]),

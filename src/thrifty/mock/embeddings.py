@@ -57,6 +57,22 @@ def _tokens(item: Any) -> int:
     return count_text(item) if isinstance(item, str) else len(item)
 
 
+
+def admitted_model(mock: MockUpstream, request: Request, body: Any) -> str:
+    """The model of a non-chat request the mock accepts (its key, a JSON object, a model it
+    serves), as OpenAI words the refusals; used by every non-chat endpoint of the mock."""
+    if mock._auth is not None and request.headers.get("authorization") != mock._auth:
+        raise AuthenticationError("Incorrect API key provided.")
+    if not isinstance(body, dict):
+        raise InvalidRequestError("We could not parse the JSON body of your request.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequestError("you must provide a model parameter", param="model")
+    if not mock.behaviours.allowed(model):
+        raise NotFoundError(f"The model `{model}` does not exist or you do not have access to it.", param="model")
+    return model
+
+
 async def embeddings(mock: MockUpstream, request: Request) -> Response:
     """The handler; state (recorder, fault counters) is the ``MockUpstream``'s."""
     raw = await request.body()
@@ -66,15 +82,7 @@ async def embeddings(mock: MockUpstream, request: Request) -> Response:
         body = raw.decode("utf-8", "replace")
     mock.recorder.add(request.method, request.scope["path"], request.scope["headers"], body)
     try:
-        if mock._auth is not None and request.headers.get("authorization") != mock._auth:
-            raise AuthenticationError("Incorrect API key provided.")
-        if not isinstance(body, dict):
-            raise InvalidRequestError("We could not parse the JSON body of your request.")
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise InvalidRequestError("you must provide a model parameter", param="model")
-        if not mock.behaviours.allowed(model):
-            raise NotFoundError(f"The model `{model}` does not exist or you do not have access to it.", param="model")
+        model = admitted_model(mock, request, body)
         items = _inputs(body)
         dimensions = body.get("dimensions", DEFAULT_DIMENSIONS)
         if not isinstance(dimensions, int) or isinstance(dimensions, bool) or not 1 <= dimensions <= MAX_DIMENSIONS:

@@ -36,7 +36,8 @@ def escalations(ctx: RequestContext) -> int:
     return int(ctx.scratch.get(_ESCALATIONS, 0))
 
 
-def observed_usage(raw: Any, request: ChatRequest, response: dict[str, Any]) -> tuple[Usage, bool]:
+def observed_usage(raw: Any, request: ChatRequest, response: dict[str, Any], *,
+                   model: str | None = None) -> tuple[Usage, bool]:
     """The usage to price a call by, and whether any of it was counted offline (an estimate).
 
     The provider's figures are used as they are; what it left out is counted with thrifty's
@@ -44,30 +45,39 @@ def observed_usage(raw: Any, request: ChatRequest, response: dict[str, Any]) -> 
     ``{"prompt_tokens": null}``; Ollama reports 0 prompt tokens when its prompt cache hit), so a
     call that was billed never reaches the ledger as a silent $0. The answer counted is every
     choice's text, tool calls and reasoning (``reasoning_content``), which all bill as output.
+    Tokens are counted with the tokenizer of the model that answered: ``model`` (the upstream
+    model name) when given, else the ``model`` the response names, else the request's.
     """
     usage = Usage.from_openai(raw)
     estimated = False
+    if usage.prompt_tokens == 0 or usage.completion_tokens == 0:
+        model = model or _response_model(response) or request.model
     if usage.prompt_tokens == 0:
-        usage.prompt_tokens = count_messages(request.messages, request.params.get("tools"))
+        usage.prompt_tokens = count_messages(request.messages, request.params.get("tools"), model=model)
         estimated = usage.prompt_tokens > 0
     if usage.completion_tokens == 0:
         text = _answer_text(response)
         if text:
-            usage.completion_tokens = count_text(text)
+            usage.completion_tokens = count_text(text, model=model)
             estimated = True
     return usage, estimated
 
 
 def priced_usage(raw: Any, request: ChatRequest, response: dict[str, Any], price: ModelPrice | None, *,
-                 batch: bool = False) -> tuple[Usage, Cost]:
-    """A call's usage (``observed_usage``) and its cost at ``price``; a computed cost that rests
-    on counted tokens is marked ``estimated``. Normal calls, streams and Batch API answers all
-    price through here."""
-    usage, estimated = observed_usage(raw, request, response)
+                 batch: bool = False, model: str | None = None) -> tuple[Usage, Cost]:
+    """A call's usage (``observed_usage``, counted for ``model``) and its cost at ``price``; a
+    computed cost that rests on counted tokens is marked ``estimated``. Normal calls, streams
+    and Batch API answers all price through here."""
+    usage, estimated = observed_usage(raw, request, response, model=model)
     cost = call_cost(usage, price, batch=batch)
     if estimated and cost.source == "computed":
         cost = Cost(cost.usd, "estimated")
     return usage, cost
+
+
+def _response_model(response: dict[str, Any]) -> str | None:
+    model = response.get("model")
+    return model if isinstance(model, str) and model else None
 
 
 def _answer_text(response: dict[str, Any]) -> str:

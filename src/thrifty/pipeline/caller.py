@@ -218,5 +218,6 @@ class ModelCaller:
     @staticmethod
     def _price(attempt: Attempt, info: ModelInfo, req: ChatRequest, response: dict[str, Any], batch: bool) -> None:
         # What the provider left out of its usage (or all of it) is counted offline: never a silent $0.
-        attempt.usage, cost = priced_usage(response.get("usage"), req, response, info.price, batch=batch)
+        attempt.usage, cost = priced_usage(response.get("usage"), req, response, info.price, batch=batch,
+                                           model=info.upstream_model)
         attempt.cost_usd, attempt.cost_source = cost.usd, cost.source

@@ -33,6 +33,7 @@ from thrifty.errors import (
 )
 from thrifty.fastjson import FastJSONResponse
 from thrifty.pipeline.context import new_request_id
+from thrifty.server.completions_legacy import CompletionsEndpoint
 from thrifty.server.credentials import client_key
 from thrifty.server.embeddings import embeddings_routes
 from thrifty.server.http_errors import (
@@ -42,6 +43,9 @@ from thrifty.server.http_errors import (
     not_found,
     request_id_headers,
 )
+from thrifty.server.model_access import filter_models
+from thrifty.server.passthrough import passthrough_routes
+from thrifty.server.responses_api import ResponsesEndpoint
 from thrifty.types import ChatRequest
 
 if TYPE_CHECKING:
@@ -149,14 +153,22 @@ def create_app(gateway: Gateway) -> Starlette:
         return data
 
     async def models(request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": model_objects()})
+        # With virtual keys on, the list needs a valid key and shows what that key may call.
+        try:
+            data = await filter_models(gateway, request, model_objects())
+        except Exception as exc:
+            return handler_error(exc, new_request_id(), gateway.redactor)
+        return JSONResponse({"object": "list", "data": data})
 
     async def model(request: Request) -> Response:
         # GET /v1/models/{id}: what the OpenAI SDK's client.models.retrieve() calls.
         model_id = request.path_params["model_id"]
-        for obj in model_objects():
-            if obj["id"] == model_id:
-                return JSONResponse(obj)
+        try:
+            visible = await filter_models(gateway, request, [o for o in model_objects() if o["id"] == model_id])
+        except Exception as exc:
+            return handler_error(exc, new_request_id(), gateway.redactor)
+        if visible:  # a model the key may not use is as unknown as one that does not exist, as at OpenAI
+            return JSONResponse(visible[0])
         err = NotFoundError(f"The model '{model_id}' does not exist.", param="model")
         return error_response(err, new_request_id())
 
@@ -173,7 +185,14 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/models/{model_id:path}", model, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         *embeddings_routes(gateway),  # POST /v1/embeddings and /embeddings (server/embeddings.py)
+        # POST /v1/responses and /v1/completions, passed through (server/passthrough.py).
+        *passthrough_routes(gateway, ResponsesEndpoint()),
+        *passthrough_routes(gateway, CompletionsEndpoint()),
     ]
+    ops = getattr(gateway, "ops", None)
+    if gateway.config.server.metrics_key_required and ops is not None:
+        # The config checked that auth.admin_key is set (config.py).
+        ops.metrics.require_key(gateway.config.auth.admin_key)
     routes.extend(getattr(gateway, "extra_routes", []))
 
     @contextlib.asynccontextmanager

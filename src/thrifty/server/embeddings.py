@@ -60,14 +60,14 @@ def validate(body: Any) -> tuple[str, Any]:
     Every other field (dimensions, encoding_format, user...) is the provider's to judge."""
     model = body_model(body)
     value = body.get("input")
-    if not _valid_input(value):
+    if not valid_input(value):
         raise InvalidRequestError(
             "'input' is required: a non-empty string, an array of non-empty strings, an array of token ids "
             "or an array of token-id arrays.", param="input")
     return model, value
 
 
-def _valid_input(value: Any) -> bool:
+def valid_input(value: Any) -> bool:
     def tokens(v: Any) -> bool:  # bool is an int subclass, and never a token id
         return isinstance(v, list) and bool(v) and all(isinstance(t, int) and not isinstance(t, bool) for t in v)
 

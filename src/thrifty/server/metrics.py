@@ -7,6 +7,7 @@ several gateways in one process (tests, embedding apps) do not mix their numbers
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable, Container
 from typing import Any
 
@@ -22,8 +23,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from thrifty.errors import AuthenticationError
 from thrifty.pipeline.accounting import escalations
-from thrifty.pipeline.context import RequestContext
+from thrifty.pipeline.context import RequestContext, new_request_id
+from thrifty.server.credentials import client_key
+from thrifty.server.http_errors import error_response
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -41,6 +45,7 @@ class Metrics:
         else is counted as ``(unknown)``. None: labels are not checked (tests, embedding apps)."""
         self.known_models = known_models
         self.known_routes = known_routes
+        self._key: str | None = None  # the key /metrics needs (require_key); None: open, for scrapers
         r = self.registry = CollectorRegistry()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         req_labels = ["model", "route", "strategy", "status"]
@@ -110,8 +115,20 @@ class Metrics:
     def auth_failed(self, reason: str) -> None:
         self.auth_failures.labels(reason).inc()
 
+    def require_key(self, key: str | None) -> None:
+        """``server.metrics_key_required``: /metrics answers only requests bearing ``key`` (the
+        admin key; any header ``server/credentials.py`` reads, e.g. a Prometheus
+        ``authorization`` bearer token). The labels name models and routes, not secrets, so open is
+        the default; this is for gateways whose model names are themselves private."""
+        self._key = key
+
     def route(self) -> Route:
         async def metrics(request: Request) -> Response:
+            key = self._key
+            if key is not None and not hmac.compare_digest(client_key(request.headers).encode(), key.encode()):
+                err = AuthenticationError("/metrics needs the admin key (Authorization: Bearer <auth.admin_key>): "
+                                          "server.metrics_key_required is on.")
+                return error_response(err, new_request_id())
             return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
         return Route("/metrics", metrics, methods=["GET"])

@@ -103,6 +103,13 @@ class SQLiteBackend:
         with self._wlock:
             try:
                 result = fn(*args)
+                if isinstance(result, sqlite3.Cursor):
+                    # A cursor must not outlive the lock: CPython resets its statement when the
+                    # cursor is freed, and a statement shared through the connection's statement
+                    # cache may by then be running for another thread's write (SQLITE_MISUSE,
+                    # "bad parameter or other API misuse").
+                    result.close()
+                    result = None
                 self._w.commit()
                 return result
             except sqlite3.Error as exc:
@@ -167,7 +174,9 @@ class SQLiteBackend:
         now = time.time()
         self._w.execute("DELETE FROM cache_locks WHERE key = ? AND until <= ?", (key, now))
         cur = self._w.execute("INSERT OR IGNORE INTO cache_locks (key, until) VALUES (?, ?)", (key, now + ttl_s))
-        return cur.rowcount == 1
+        taken = cur.rowcount == 1
+        cur.close()
+        return taken
 
     async def unlock(self, key: str) -> None:
         await asyncio.to_thread(self._write, lambda: self._w.execute("DELETE FROM cache_locks WHERE key = ?", (key,)))

@@ -1,0 +1,131 @@
+"""Wire shapes of the Responses API and of legacy text completions (the mock's text_apis.py).
+
+Only this module knows their JSON field names and event names, so a test comparing against the
+OpenAI API reference has one place to look (chat's are in wire.py).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from thrifty import fastjson
+from thrifty.mock.completion import Plan
+from thrifty.tokens import count_text
+
+_WORDS = re.compile(r"\S+\s*|\s+")
+
+
+def prompt_tokens(prompt: str) -> int:
+    """A completion prompt's tokens: its text, no chat framing."""
+    return count_text(prompt)
+
+
+def responses_usage(usage: dict[str, Any]) -> dict[str, Any] | None:
+    """Chat ``usage`` (mock/usage.py) in the Responses API's names; None for convention ``none``."""
+    if not usage:
+        return None
+    out: dict[str, Any] = {
+        "input_tokens": usage["prompt_tokens"],
+        "input_tokens_details": {"cached_tokens": usage["prompt_tokens_details"]["cached_tokens"]},
+        "output_tokens": usage["completion_tokens"],
+        "output_tokens_details": {"reasoning_tokens": usage["completion_tokens_details"]["reasoning_tokens"]},
+        "total_tokens": usage["total_tokens"],
+    }
+    if "cost" in usage:
+        out["cost"] = usage["cost"]
+    return out
+
+
+def response_object(response_id: str, message_id: str, created: int, body: dict[str, Any], plan: Plan,
+                    usage: dict[str, Any] | None) -> dict[str, Any]:
+    """The non-streaming ``response`` object (also the payload of ``response.completed``)."""
+    choice = plan.choices[0]
+    incomplete = choice.finish_reason == "length"
+    text = choice.content or ""
+    return {
+        "id": response_id, "object": "response", "created_at": created,
+        "status": "incomplete" if incomplete else "completed", "error": None,
+        "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
+        "instructions": body.get("instructions"), "max_output_tokens": body.get("max_output_tokens"),
+        "model": plan.model,
+        "output": [{"id": message_id, "type": "message", "status": "incomplete" if incomplete else "completed",
+                    "role": "assistant", "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+        "parallel_tool_calls": True, "previous_response_id": body.get("previous_response_id"),
+        "reasoning": {"effort": None, "summary": None}, "store": body.get("store", True),
+        "temperature": body.get("temperature", 1.0), "text": {"format": {"type": "text"}},
+        "tool_choice": "auto", "tools": [], "top_p": body.get("top_p", 1.0), "truncation": "disabled",
+        "usage": usage, "user": None, "metadata": body.get("metadata") or {},
+    }
+
+
+def response_events(response: dict[str, Any], words_per_chunk: int) -> Iterator[bytes]:
+    """The Responses stream of ``response``: ``event: NAME`` / ``data: {...}`` pairs, no [DONE]."""
+    seq = 0
+
+    def event(kind: str, **fields: Any) -> bytes:
+        nonlocal seq
+        data = {"type": kind, "sequence_number": seq, **fields}
+        seq += 1
+        return b"event: " + kind.encode() + b"\ndata: " + fastjson.dumps(data) + b"\n\n"
+
+    pending = {**response, "status": "in_progress", "output": [], "usage": None, "incomplete_details": None}
+    yield event("response.created", response=pending)
+    yield event("response.in_progress", response=pending)
+    item = response["output"][0]
+    text = item["content"][0]["text"]
+    ids = {"item_id": item["id"], "output_index": 0}
+    yield event("response.output_item.added", output_index=0, item={**item, "status": "in_progress", "content": []})
+    yield event("response.content_part.added", **ids, content_index=0,
+                part={"type": "output_text", "text": "", "annotations": []})
+    words = _WORDS.findall(text)
+    for i in range(0, len(words), words_per_chunk):
+        yield event("response.output_text.delta", **ids, content_index=0, delta="".join(words[i:i + words_per_chunk]),
+                    logprobs=[])
+    yield event("response.output_text.done", **ids, content_index=0, text=text, logprobs=[])
+    yield event("response.content_part.done", **ids, content_index=0, part=item["content"][0])
+    yield event("response.output_item.done", output_index=0, item=item)
+    last = "response.incomplete" if response["status"] == "incomplete" else "response.completed"
+    yield event(last, response=response)
+
+
+def _choices(plans: list[Plan]) -> Iterator[tuple[int, Any]]:
+    """(index, choice) over every prompt's choices: prompt-major, as OpenAI numbers them."""
+    index = 0
+    for plan in plans:
+        for choice in plan.choices:
+            yield index, choice
+            index += 1
+
+
+def completion_object(completion_id: str, created: int, model: str, plans: list[Plan],
+                      usage: dict[str, Any]) -> dict[str, Any]:
+    """The non-streaming ``text_completion`` object."""
+    return {
+        "id": completion_id, "object": "text_completion", "created": created, "model": model,
+        "system_fingerprint": None,
+        "choices": [{"text": c.content or "", "index": i, "logprobs": None, "finish_reason": c.finish_reason}
+                    for i, c in _choices(plans)],
+        "usage": usage,
+    }
+
+
+def completion_chunks(completion_id: str, created: int, model: str, plans: list[Plan],
+                      usage: dict[str, Any] | None, words_per_chunk: int) -> Iterator[dict[str, Any]]:
+    """Stream chunks (``object: text_completion``); a last ``choices: []`` chunk with ``usage``
+    when it is given (``stream_options.include_usage``), whose earlier chunks carry ``usage: null``."""
+    head: dict[str, Any] = {"id": completion_id, "object": "text_completion", "created": created, "model": model}
+    if usage is not None:
+        head["usage"] = None
+
+    def chunk(index: int, text: str, finish: str | None = None) -> dict[str, Any]:
+        return {**head, "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": finish}]}
+
+    for index, choice in _choices(plans):
+        words = _WORDS.findall(choice.content or "")
+        for i in range(0, len(words), words_per_chunk):
+            yield chunk(index, "".join(words[i:i + words_per_chunk]))
+        yield chunk(index, "", choice.finish_reason)
+    if usage is not None:
+        yield {**head, "choices": [], "usage": usage}

@@ -1,0 +1,102 @@
+"""Server-sent events from a provider endpoint other than chat completions, event by event.
+
+The chat path's ``provider.stream`` yields parsed chat chunks and insists on ``data: [DONE]``;
+the Responses API names its events (``event: response.output_text.delta``) and ends without
+``[DONE]``. The passthrough endpoints (server/passthrough.py) must hand the client the provider's
+events exactly as sent, so this reader keeps each event's bytes and parses its data only to
+watch it (usage, the last event). It uses the provider's own pooled session, stream timeout and
+error mapping (it lives beside the provider for that reason), so a passthrough stream fails with the same messages, redaction and retryability
+as a chat stream: before the first event a failure is retryable when the provider's would be;
+after it, never (the client has part of the answer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from thrifty import fastjson
+from thrifty.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeoutError
+from thrifty.providers.openai_compat import OpenAICompatProvider
+
+
+@dataclass
+class SSEEvent:
+    """One event: its bytes as received (ending in a blank line), its ``event:`` name and its
+    ``data:`` parsed as JSON (None for ``[DONE]``, a comment-only event or no data)."""
+
+    raw: bytes
+    name: str | None = None
+    data: Any = None
+    done: bool = False  # ``data: [DONE]``
+
+
+def streams(provider: object) -> bool:
+    """Whether ``provider`` can stream an arbitrary endpoint (an HTTP OpenAI-compatible one)."""
+    return isinstance(provider, OpenAICompatProvider)
+
+
+def parse_event(lines: list[bytes], provider_name: str, started: bool) -> SSEEvent:
+    """The event made of ``lines`` (each with its line ending; the blank line excluded)."""
+    name: str | None = None
+    data_lines: list[str] = []
+    for line in lines:
+        text = line.decode("utf-8", "replace").rstrip("\r\n")
+        if text.startswith(":"):
+            continue  # a comment (keep-alive); passed on with the event's bytes
+        field, _, value = text.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field == "event":
+            name = value
+        elif field == "data":
+            data_lines.append(value)
+    raw = b"".join(lines) + b"\n"
+    if not data_lines:
+        return SSEEvent(raw, name)
+    payload = "\n".join(data_lines).strip()
+    if payload == "[DONE]":
+        return SSEEvent(raw, name, done=True)
+    try:
+        data = fastjson.loads(payload)
+    except ValueError:
+        raise UpstreamProtocolError(f"{provider_name}: stream event is not valid JSON",
+                                    retryable=not started) from None
+    return SSEEvent(raw, name, data)
+
+
+async def open_events(provider: OpenAICompatProvider, path: str, body: dict[str, Any]
+                      ) -> AsyncGenerator[SSEEvent, None]:
+    """POST ``body`` to ``base_url + path`` and yield its events until the provider closes the stream."""
+    started = False
+    url = f"{provider.config.base_url}/{path.lstrip('/')}"
+    try:
+        session = provider._get_session()
+        async with session.post(url, data=fastjson.dumps(body), timeout=provider._stream_timeout) as resp:
+            if resp.status >= 400:
+                raise provider._status_error(resp.status, await resp.read(), resp.headers.get("retry-after"))
+            if resp.content_type == "application/json":
+                # A server that ignores `stream` answers one JSON object: not an event stream.
+                raise UpstreamProtocolError(f"{provider.name}: asked for a stream, got a JSON body", retryable=False)
+            lines: list[bytes] = []
+            async for line in resp.content:
+                if line.strip():
+                    lines.append(line)
+                    continue
+                if lines:
+                    event = parse_event(lines, provider.name, started)
+                    lines = []
+                    started = True
+                    yield event
+            if lines:  # a last event without its blank line
+                yield parse_event(lines, provider.name, started)
+    except UpstreamError:
+        raise
+    except TimeoutError:
+        seconds = provider.config.timeout_s
+        what = "stream stalled for more than" if started else "no response within"
+        raise UpstreamTimeoutError(f"{provider.name}: {what} {seconds:g}s") from None  # as chat streams: not retried
+    except aiohttp.ClientError as exc:
+        raise provider._connection_error(exc, mid_stream=started) from None

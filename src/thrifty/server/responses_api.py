@@ -1,0 +1,128 @@
+"""``POST /v1/responses`` (OpenAI's Responses API), passed through (server/passthrough.py).
+
+thrifty reads only what it needs: ``model``, ``input`` (a string or an array of items),
+``instructions``, ``max_output_tokens`` and ``stream``; every other field (``tools``,
+``reasoning``, ``text``, ``previous_response_id``, ``store``...) is the provider's to judge.
+Usage is the Responses API's (``input_tokens`` with ``input_tokens_details.cached_tokens``,
+``output_tokens`` with ``output_tokens_details.reasoning_tokens``), read by ``Usage.from_openai``;
+a stream's is in its last event (``response.completed``, or ``response.incomplete`` /
+``response.failed``, which are billed too). These streams have no ``data: [DONE]``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from thrifty import fastjson
+from thrifty.errors import InvalidRequestError, ThriftyError
+from thrifty.providers.compat import CompatConfig
+from thrifty.providers.sse_events import SSEEvent
+from thrifty.server.passthrough import Endpoint, StreamState, checked_stream, is_int
+from thrifty.tokens import content_text
+from thrifty.types import ChatRequest, body_model
+
+# The events that end a Responses stream; the three response.* ones carry the final usage.
+_LAST = frozenset({"response.completed", "response.incomplete", "response.failed"})
+# Deltas of text that bills as output (counted offline when a stream brings no usage).
+_DELTAS = frozenset({"response.output_text.delta", "response.refusal.delta", "response.function_call_arguments.delta",
+                     "response.reasoning_text.delta", "response.reasoning_summary_text.delta"})
+# A request may continue a stored response or a conversation, or use a stored prompt, instead of `input`.
+_INPUT_SOURCES = ("previous_response_id", "conversation", "prompt")
+
+
+class ResponsesEndpoint(Endpoint):
+    name = "responses"
+    path = "/responses"
+    essential = frozenset({"model", "stream", "input"})
+
+    def parse(self, body: Any) -> ChatRequest:
+        model = body_model(body)
+        value = body.get("input")
+        if value is None:
+            if not any(body.get(k) for k in _INPUT_SOURCES):
+                raise InvalidRequestError("'input' is required (a string or an array of input items) unless "
+                                          "previous_response_id, conversation or prompt is given.", param="input")
+        elif not (isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, dict) for v in value))):
+            raise InvalidRequestError("'input' must be a string or an array of input item objects.", param="input")
+        instructions = body.get("instructions")
+        if instructions is not None and not isinstance(instructions, str):
+            raise InvalidRequestError("'instructions' must be a string.", param="instructions")
+        limit = body.get("max_output_tokens")
+        if limit is not None and (not is_int(limit) or limit < 1):
+            raise InvalidRequestError("'max_output_tokens' must be a positive integer.", param="max_output_tokens")
+        stream = checked_stream(body)
+        messages = [{"role": "system", "content": instructions}] if instructions else []
+        messages += _messages(value)
+        params: dict[str, Any] = {}
+        if limit is not None:
+            params["max_tokens"] = limit  # what budgets read as the output limit
+        tools = body.get("tools")
+        if isinstance(tools, list) and all(isinstance(t, dict) for t in tools):
+            params["tools"] = tools  # counted in a budget's prompt estimate, as for chat
+        return ChatRequest(model=model, messages=messages or [{"role": "user", "content": ""}], params=params,
+                           stream=stream)
+
+    def upstream_body(self, body: dict[str, Any], upstream_model: str, compat: CompatConfig | None) -> dict[str, Any]:
+        out = super().upstream_body(body, upstream_model, compat)
+        items = out.get("input")
+        if compat is not None and compat.developer_role == "system" and isinstance(items, list):
+            out["input"] = [{**i, "role": "system"} if i.get("role") == "developer" else i for i in items]
+        return out
+
+    def answer_text(self, response: dict[str, Any]) -> str:
+        parts: list[str] = []
+        for item in response.get("output") or []:
+            if not isinstance(item, dict):
+                continue
+            for key in ("name", "arguments"):  # a function call
+                if isinstance(item.get(key), str):
+                    parts.append(item[key])
+            for part in [*(item.get("content") or []), *(item.get("summary") or [])]:
+                if isinstance(part, dict):
+                    for key in ("text", "refusal"):
+                        if isinstance(part.get(key), str):
+                            parts.append(part[key])
+        return "".join(parts)
+
+    def watch(self, event: SSEEvent, state: StreamState) -> None:
+        data = event.data
+        if not isinstance(data, dict):
+            return
+        kind = data.get("type") or event.name
+        if kind in _DELTAS and isinstance(data.get("delta"), str):
+            state.texts.append(data["delta"])
+        elif kind in _LAST:
+            state.final = True
+            response = _obj(data.get("response"))
+            state.usage = response.get("usage")
+            if kind == "response.failed":
+                state.failure = f"response failed: {_obj(response.get('error')).get('message') or 'no reason given'}"
+        elif kind == "error" or (kind is None and "error" in data):
+            state.final = True
+            err = _obj(data.get("error")) or data
+            state.failure = f"stream error: {err.get('message') or 'unknown error'}"
+
+    def error_event(self, exc: ThriftyError) -> bytes:
+        # The Responses API's error event, with OpenAI's error object too: the SDK raises on it.
+        err = exc.to_openai()["error"]
+        data = {"type": "error", "code": err["code"], "message": err["message"], "param": err["param"], "error": err}
+        return b"event: error\ndata: " + fastjson.dumps(data) + b"\n\n"
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _messages(value: Any) -> list[dict[str, Any]]:
+    """``input`` as chat messages: its text, for key checks, budget estimates and offline counts."""
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    out: list[dict[str, Any]] = []
+    for item in value or []:
+        role = item.get("role")
+        if isinstance(role, str):
+            out.append({"role": role, "content": content_text(item.get("content"))})
+        else:  # a function call, its output, a reasoning item: its JSON is what the model reads, roughly
+            out.append({"role": "user", "content": json.dumps(item, sort_keys=True)})
+    return out
