@@ -40,7 +40,7 @@ help:
 	@echo "make typecheck      mypy"
 	@echo "make services-up    start Redis/PostgreSQL in the background; eval \"\$$(make -s services-up)\""
 	@echo "make services-down  stop them"
-	@echo "make bench          run bench/run_all.py"
+	@echo "make bench          run the quick benchmarks (bench/run_all.py; --all for the slow ones)"
 	@echo "make clean          remove caches and build artifacts (distclean: also $(VENV))"
 
 $(BIN)/python:

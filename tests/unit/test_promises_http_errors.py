@@ -19,7 +19,8 @@ from thrifty.providers.function import FunctionProvider, chat_response
 
 ADMIN = "admin-secret-for-the-sweep-123456"
 BODIES = [b"{not json", b"[1]", b'{"zz": 1}', b'{"model": 5, "messages": "x", "name": [], "stream": "yes"}', b""]
-HOSTILE = {"{model_id:path}": "no/such/../model%00", "{key_id}": "key_../../x", "{name}": "..%2f..%2fetc%2fpasswd"}
+HOSTILE = {"{model_id:path}": "no/such/../model%00", "{key_id}": "key_../../x", "{name}": "..%2f..%2fetc%2fpasswd",
+           "{response_id}": "resp_..%2f..%2fmodels%00"}
 
 
 def requests_for(app: Any) -> list[tuple[str, str, bytes | None]]:

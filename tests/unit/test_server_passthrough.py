@@ -1,5 +1,5 @@
 """The wire rules of the passed-through endpoints (server/responses_api.py,
-server/completions_legacy.py, providers/sse_events.py) on events the mock upstream never sends."""
+server/completions_legacy.py, providers/raw_http.py) on events the mock upstream never sends."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from thrifty.errors import InvalidRequestError, UpstreamProtocolError, UpstreamStatusError
 from thrifty.providers.compat import CompatConfig
-from thrifty.providers.sse_events import SSEEvent, parse_event
+from thrifty.providers.raw_http import SSEEvent, parse_event
 from thrifty.server.completions_legacy import CompletionsEndpoint
 from thrifty.server.passthrough import StreamState
 from thrifty.server.responses_api import ResponsesEndpoint

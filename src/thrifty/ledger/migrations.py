@@ -129,4 +129,22 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        # Responses API ids thrifty passed through (server/stored_responses.py): which provider
+        # holds each one, and whose it is, so GET/DELETE /v1/responses/{id} reach that provider
+        # from any instance, for that tenant only.
+        "004_stored_responses",
+        [
+            """CREATE TABLE IF NOT EXISTS stored_responses (
+                response_id TEXT PRIMARY KEY,
+                request_id TEXT NOT NULL,
+                ts DOUBLE PRECISION NOT NULL,
+                model TEXT NOT NULL,
+                provider TEXT NOT NULL,
+                key_id TEXT,
+                tenant TEXT NOT NULL
+            )""",
+            "CREATE INDEX IF NOT EXISTS stored_responses_ts ON stored_responses (ts)",
+        ],
+    ),
 ]

@@ -297,6 +297,7 @@ def create_app(config: MockConfig | None = None) -> Starlette:
         # The Responses API and legacy text completions (mock/text_apis.py).
         Route("/v1/responses", text_apis.responses, methods=["POST"]),
         Route("/responses", text_apis.responses, methods=["POST"]),
+        *text_apis.stored_routes(),  # GET/DELETE /v1/responses/{id}, .../cancel, .../input_items
         Route("/v1/completions", text_apis.completions, methods=["POST"]),
         Route("/completions", text_apis.completions, methods=["POST"]),
         Route("/v1/models", mock.list_models, methods=["GET"]),

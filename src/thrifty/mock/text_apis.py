@@ -6,6 +6,11 @@ so answers, token counts, reasoning tokens, the simulated prompt cache, auth, th
 faults (status, fail_first, latency, hang, ``truncate_after``, ``chunk_delay_ms``,
 ``x-mock-behaviour``) behave as on chat completions. Only the wire shapes differ (text_wire.py).
 Answers are text only: tools in a Responses request are not called.
+
+A response is stored (in memory, the last ``STORED_LIMIT``) unless its request says ``store:
+false``, and served by ``GET /v1/responses/{id}`` (``?stream=true`` replays its events),
+``DELETE``, ``POST .../cancel`` and ``GET .../input_items``, as OpenAI does. A ``background:
+true`` request is answered ``queued``; it completes when first retrieved, unless cancelled first.
 """
 
 from __future__ import annotations
@@ -13,14 +18,17 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from thrifty import fastjson
-from thrifty.errors import InvalidRequestError, ThriftyError
+from thrifty.errors import AuthenticationError, InvalidRequestError, ThriftyError
 from thrifty.mock import text_wire, wire
 from thrifty.mock.behaviour import Faults, ModelBehaviour, merge_faults
 from thrifty.mock.completion import Plan, build_plan
@@ -36,6 +44,16 @@ _JSON = "application/json"
 _SSE = "text/event-stream; charset=utf-8"
 # OpenAI's default output limit of a legacy completion.
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+# Stored responses kept in memory (the oldest are forgotten first).
+STORED_LIMIT = 10_000
+
+
+@dataclass
+class Stored:
+    response: dict[str, Any]  # as it is now (queued, completed, cancelled)
+    final: dict[str, Any]  # as it ends when it runs (a background response's answer)
+    items: list[dict[str, Any]]  # its input items, oldest first
+    background: bool
 
 
 def _error(exc: ThriftyError) -> Response:
@@ -99,6 +117,7 @@ class TextAPIs:
         self.mock = mock
         self._prefix = os.urandom(6).hex()
         self._served = 0
+        self.stored: OrderedDict[str, Stored] = OrderedDict()
 
     def _id(self, kind: str) -> str:
         self._served += 1
@@ -156,9 +175,78 @@ class TextAPIs:
         plan = build_plan(self.mock.config.seed, chat, model, behaviour)
         usage = text_wire.responses_usage(self._usage(behaviour, model, messages, [plan], plan.prompt_tokens))
         response = text_wire.response_object(self._id("resp"), self._id("msg"), int(time.time()), body, plan, usage)
+        background = bool(body.get("background")) and not body.get("stream")
+        if body.get("store") is not False:
+            self._store(Stored(text_wire.queued(response) if background else response, response,
+                               text_wire.input_items(body, self._id), background))
         if body.get("stream"):
             return self._send(text_wire.response_events(response, behaviour.stream_chunk_words), faults)
-        return Response(fastjson.dumps(response), media_type=_JSON)
+        return Response(fastjson.dumps(text_wire.queued(response) if background else response), media_type=_JSON)
+
+    def _store(self, entry: Stored) -> None:
+        self.stored[entry.response["id"]] = entry
+        while len(self.stored) > STORED_LIMIT:
+            self.stored.popitem(last=False)
+
+    async def _lookup(self, request: Request) -> Stored | Response:
+        """The stored response the path names, or the refusal: auth as on every endpoint, else a 404."""
+        await self._read(request)
+        response_id = request.path_params["response_id"]
+        if self.mock._auth is not None and request.headers.get("authorization") != self.mock._auth:
+            return _error(AuthenticationError("Incorrect API key provided."))
+        entry = self.stored.get(response_id)
+        if entry is None:
+            return Response(fastjson.dumps(text_wire.not_found(response_id)), status_code=404, media_type=_JSON)
+        return entry
+
+    async def retrieve(self, request: Request) -> Response:
+        entry = await self._lookup(request)
+        if isinstance(entry, Response):
+            return entry
+        if entry.response["status"] == "queued":
+            entry.response = entry.final  # a background response has run by the time anyone looks
+        if request.query_params.get("stream") == "true":
+            return self._send(text_wire.response_events(entry.response, 3), Faults())
+        return Response(fastjson.dumps(entry.response), media_type=_JSON)
+
+    async def delete(self, request: Request) -> Response:
+        entry = await self._lookup(request)
+        if isinstance(entry, Response):
+            return entry
+        response_id = entry.response["id"]
+        del self.stored[response_id]
+        return Response(fastjson.dumps(text_wire.deleted(response_id)), media_type=_JSON)
+
+    async def cancel(self, request: Request) -> Response:
+        entry = await self._lookup(request)
+        if isinstance(entry, Response):
+            return entry
+        if not entry.background:
+            return _error(InvalidRequestError("Only responses created with background=true can be cancelled."))
+        if entry.response["status"] == "queued":
+            entry.response = {**entry.response, "status": "cancelled"}
+        return Response(fastjson.dumps(entry.response), media_type=_JSON)
+
+    async def input_items(self, request: Request) -> Response:
+        entry = await self._lookup(request)
+        if isinstance(entry, Response):
+            return entry
+        query = request.query_params
+        order, raw_limit = query.get("order", "desc"), query.get("limit", "20")
+        if order not in ("asc", "desc") or not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
+            return _error(InvalidRequestError("'order' must be asc or desc and 'limit' an integer from 1 to 100."))
+        page = text_wire.item_page(entry.items, order=order, after=query.get("after"), limit=int(raw_limit))
+        return Response(fastjson.dumps(page), media_type=_JSON)
+
+    def stored_routes(self) -> list[Route]:
+        """The stored-response routes, with and without ``/v1``."""
+        out = []
+        for prefix in ("/v1", ""):
+            base = f"{prefix}/responses/{{response_id}}"
+            out += [Route(base, self.retrieve, methods=["GET"]), Route(base, self.delete, methods=["DELETE"]),
+                    Route(f"{base}/cancel", self.cancel, methods=["POST"]),
+                    Route(f"{base}/input_items", self.input_items, methods=["GET"])]
+        return out
 
     async def completions(self, request: Request) -> Response:
         body = await self._read(request)

@@ -129,3 +129,51 @@ def completion_chunks(completion_id: str, created: int, model: str, plans: list[
         yield chunk(index, "", choice.finish_reason)
     if usage is not None:
         yield {**head, "choices": [], "usage": usage}
+
+
+# --- stored responses (GET / DELETE /v1/responses/{id}, /cancel, /input_items) ---------------
+
+
+def not_found(response_id: str) -> dict[str, Any]:
+    """OpenAI's 404 body for a response id it does not hold (never stored, deleted, or another account's)."""
+    return {"error": {"message": f"Response with id '{response_id}' not found.", "type": "invalid_request_error",
+                      "param": None, "code": None}}
+
+
+def deleted(response_id: str) -> dict[str, Any]:
+    return {"id": response_id, "object": "response", "deleted": True}
+
+
+def queued(response: dict[str, Any]) -> dict[str, Any]:
+    """A ``background: true`` response as create answers it: queued, no output or usage yet."""
+    return {**response, "status": "queued", "output": [], "usage": None, "incomplete_details": None}
+
+
+def input_items(body: dict[str, Any], new_id: Any) -> list[dict[str, Any]]:
+    """A request's ``input`` as the items ``/input_items`` lists (oldest first): a string is one
+    user message; message items get an id and ``input_text`` parts; other items are kept."""
+    value = body.get("input")
+    items = [{"role": "user", "content": value}] if isinstance(value, str) else list(value or [])
+    out: list[dict[str, Any]] = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        if isinstance(item.get("role"), str):
+            content = item.get("content")
+            parts = [{"type": "input_text", "text": content}] if isinstance(content, str) else list(content or [])
+            out.append({"id": item.get("id") or new_id("msg"), "type": "message", "role": item["role"],
+                        "status": "completed", "content": parts})
+        else:
+            out.append({"id": item.get("id") or new_id("item"), **item})
+    return out
+
+
+def item_page(items: list[dict[str, Any]], *, order: str, after: str | None, limit: int) -> dict[str, Any]:
+    """One page of ``items`` (a cursor list: ``after`` is the last id of the previous page)."""
+    ordered = items if order == "asc" else list(reversed(items))
+    if after is not None:
+        ids = [i["id"] for i in ordered]
+        ordered = ordered[ids.index(after) + 1:] if after in ids else []
+    page = ordered[:limit]
+    return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None, "has_more": len(ordered) > limit}

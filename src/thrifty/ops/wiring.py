@@ -24,6 +24,7 @@ from thrifty.ops.ratelimit import Limiter, MemoryLimiter, Seed
 from thrifty.redact import url_passwords
 from thrifty.server.dashboard import dashboard_routes
 from thrifty.server.metrics import Metrics
+from thrifty.server.stored_responses import ResponseIndex
 
 if TYPE_CHECKING:
     from thrifty.config import Config
@@ -54,6 +55,9 @@ class Ops:
         # The JSON log handlers `thrifty serve` installed before this gateway existed learn its
         # provider keys: a key that is not key-shaped is masked in every line, not only prompts.
         register_secrets(gateway.redactor)
+        if config.server.metrics_key_required:
+            # /metrics then needs the admin key (the config checked that one is set: config.py).
+            self.metrics.require_key(auth.admin_key)
         gateway.extra_routes.append(self.metrics.route())
         # Keys and the dashboard read the ledger database on their own connection, so they
         # never wait behind the writer thread's batches.
@@ -61,6 +65,11 @@ class Ops:
         if config.ledger.enabled:
             self.store = open_store(config.resolve_path(config.ledger.path), config.ledger.dsn)
         gateway.extra_routes.append(Readiness(_probes(config, self.store)).route())
+        # Which provider holds each stored Responses API id, and whose it is (server/stored_responses.py),
+        # on a connection of its own (opened on first use): a create waits for its insert, never
+        # behind a dashboard query on the store above.
+        self.responses = ResponseIndex(open_store(config.resolve_path(config.ledger.path), config.ledger.dsn)
+                                       if config.ledger.enabled else None)
         # The dashboard data (spend per key, key names) need the admin key whenever one is set,
         # with or without auth.enabled; with neither they are open, as the rest of the gateway.
         gateway.extra_routes.extend(dashboard_routes(self.store, admin_key=auth.admin_key,
@@ -86,6 +95,8 @@ class Ops:
             await self.limiter.aclose()
         if self.store is not None:
             await asyncio.to_thread(self.store.close)
+        if self.responses.store is not None:
+            await asyncio.to_thread(self.responses.store.close)
 
 
 def _probes(config: Config, store: SQLStore | None) -> dict[str, Probe]:

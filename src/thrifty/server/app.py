@@ -45,7 +45,9 @@ from thrifty.server.http_errors import (
 )
 from thrifty.server.model_access import filter_models
 from thrifty.server.passthrough import passthrough_routes
+from thrifty.server.response_resources import response_resource_routes
 from thrifty.server.responses_api import ResponsesEndpoint
+from thrifty.server.stored_responses import ResponseIndex
 from thrifty.types import ChatRequest
 
 if TYPE_CHECKING:
@@ -106,6 +108,9 @@ def tenant_of(request: Request) -> str:
 
 def create_app(gateway: Gateway) -> Starlette:
     limit = gateway.config.server.max_body_bytes
+    # Which provider holds each stored response, and whose it is (ops/wiring.py: the ledger
+    # database, shared by the instances using it; memory alone without a ledger or ops).
+    responses_index = getattr(getattr(gateway, "ops", None), "responses", None) or ResponseIndex(None)
 
     async def chat_completions(request: Request) -> Response:
         request_id = new_request_id()
@@ -186,13 +191,11 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/health", health, methods=["GET"]),
         *embeddings_routes(gateway),  # POST /v1/embeddings and /embeddings (server/embeddings.py)
         # POST /v1/responses and /v1/completions, passed through (server/passthrough.py).
-        *passthrough_routes(gateway, ResponsesEndpoint()),
+        *passthrough_routes(gateway, ResponsesEndpoint(responses_index)),
+        # GET/DELETE /v1/responses/{id}, .../cancel, .../input_items (server/response_resources.py).
+        *response_resource_routes(gateway, responses_index),
         *passthrough_routes(gateway, CompletionsEndpoint()),
     ]
-    ops = getattr(gateway, "ops", None)
-    if gateway.config.server.metrics_key_required and ops is not None:
-        # The config checked that auth.admin_key is set (config.py).
-        ops.metrics.require_key(gateway.config.auth.admin_key)
     routes.extend(getattr(gateway, "extra_routes", []))
 
     @contextlib.asynccontextmanager
@@ -212,12 +215,13 @@ def create_app(gateway: Gateway) -> Starlette:
 
 def cors_middleware(origins: list[str]) -> list[Middleware]:
     """Starlette's CORS handling for browser apps on ``origins`` (none when empty). Preflight
-    requests are answered; the thrifty headers (request id, model, cost) are readable by scripts."""
+    requests are answered (DELETE too: a stored response's); the thrifty headers (request id,
+    model, cost) are readable by scripts."""
     if not origins:
         return []
     exposed = ["x-request-id", "x-thrifty-request-id", "x-thrifty-model", "x-thrifty-cost-usd",
                "x-thrifty-cache", "x-thrifty-latency-ms"]
-    return [Middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST", "OPTIONS"],
+    return [Middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
                        allow_headers=["*"], expose_headers=exposed, max_age=600)]
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from thrifty import fastjson
 from thrifty.errors import InvalidRequestError, ThriftyError
 from thrifty.providers.compat import CompatConfig
-from thrifty.providers.sse_events import SSEEvent
+from thrifty.providers.raw_http import SSEEvent
 from thrifty.server.embeddings import valid_input
 from thrifty.server.passthrough import Endpoint, StreamState, checked_stream, is_int
 from thrifty.types import ChatRequest, body_model

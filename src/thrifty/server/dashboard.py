@@ -30,7 +30,13 @@ PERIODS: dict[str, tuple[float | None, int]] = {  # name -> (seconds back, bucke
     "90d": (90 * 86400, 86400),
     "all": (None, 86400),
 }
-STRATEGIES = ("routing", "cascade", "cache", "compression", "batching", "passthrough")
+# Every strategy a request row can name, always listed in this order (the passthrough endpoints
+# too: they claim no saving by design, and a row with its request count shows they were served).
+STRATEGIES = ("routing", "cascade", "cache", "compression", "batching", "passthrough", "embeddings", "responses",
+              "completions")
+# What the page calls them, where the ledger's name alone would mislead: `passthrough` is chat
+# answered by the model the client named (no routing), not the other passthrough endpoints.
+STRATEGY_LABELS = {"passthrough": "chat, model as asked", "responses": "responses API", "completions": "legacy completions"}
 _ASSETS = {"dashboard.js": "text/javascript", "dashboard.css": "text/css", "favicon.svg": "image/svg+xml"}
 # A row's saving by the report's rule (ledger/report.py: a failed request's spend is a loss, an
 # unpriced request claims nothing), compression apart: the dashboard shows it as its own strategy.
@@ -85,11 +91,15 @@ def dashboard_data(store: SQLStore, period: str = "7d", now: float | None = None
                    COALESCE(SUM(CASE WHEN status = 'ok' THEN baseline_cost_usd ELSE 0 END), 0)
             FROM requests WHERE ts >= ? GROUP BY g ORDER BY g""", [since])
     ]
-    by_strategy: dict[str, dict[str, Any]] = {s: {"strategy": s, "requests": 0, "spend_usd": 0.0, "saved_usd": 0.0} for s in STRATEGIES}
+    def strategy(name: str) -> dict[str, Any]:
+        return {"strategy": name, "label": STRATEGY_LABELS.get(name, name), "requests": 0, "spend_usd": 0.0,
+                "saved_usd": 0.0}
+
+    by_strategy = {s: strategy(s) for s in STRATEGIES}
     for s, r, sp, sv in q(f"""SELECT strategy, COUNT(*), COALESCE(SUM(cost_usd), 0), COALESCE(SUM({_SAVED}), 0)
-                              FROM requests WHERE ts >= ? GROUP BY strategy""", [since]):
+                              FROM requests WHERE ts >= ? GROUP BY strategy ORDER BY strategy""", [since]):
         name = "batching" if s == "batch" else str(s)
-        entry = by_strategy.setdefault(name, {"strategy": name, "requests": 0, "spend_usd": 0.0, "saved_usd": 0.0})
+        entry = by_strategy.setdefault(name, strategy(name))
         entry["requests"] += int(r)
         entry["spend_usd"] += float(sp)
         entry["saved_usd"] += float(sv)

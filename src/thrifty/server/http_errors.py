@@ -19,13 +19,14 @@ from thrifty.pipeline.context import new_request_id
 log = logging.getLogger("thrifty.server")
 
 SERVED = ("chat completions (POST /v1/chat/completions), embeddings (POST /v1/embeddings), responses "
-          "(POST /v1/responses), legacy completions (POST /v1/completions) and the model list (GET /v1/models)")
+          "(POST /v1/responses; GET and DELETE /v1/responses/{id}, its /cancel and /input_items), legacy "
+          "completions (POST /v1/completions) and the model list (GET /v1/models)")
 
 # OpenAI API resources that apps using one client (one base_url) also call. thrifty proxies chat
-# completions, embeddings, responses and legacy completions (POST only: a stored response's
-# GET/DELETE and its sub-paths are not served), so these get a 404 that says so and names what is
-# served, rather than a bare "no route" that reads like a misconfigured base_url. A 404, not a 501:
-# OpenAI SDKs retry 5xx.
+# completions, embeddings, responses (with a stored response's GET/DELETE, /cancel and
+# /input_items; any other path under responses/ is not served) and legacy completions, so these
+# get a 404 that says so and names what is served, rather than a bare "no route" that reads like
+# a misconfigured base_url. A 404, not a 501: OpenAI SDKs retry 5xx.
 UNSERVED_RESOURCES = frozenset({
     "responses", "audio", "images", "moderations", "files", "uploads",
     "batches", "fine_tuning", "assistants", "threads", "vector_stores", "realtime", "conversations",

@@ -11,8 +11,9 @@ a request written for this one, and a Responses conversation lives at one provid
 follow the provider's policy, for a stream until its first event as on chat.
 
 Each endpoint is an ``Endpoint``: how to check a body and read it as a chat request (what key
-checks, budgets and the request log read), the upstream body, and how to read usage and answer
-text from a response or a stream's events. It runs in a small pipeline of the chat pipeline's
+checks, budgets and the request log read), the upstream body, how to read usage and answer
+text from a response or a stream's events, and (the Responses API) the id a provider keeps an
+answer under, remembered before the client sees it (server/stored_responses.py). It runs in a small pipeline of the chat pipeline's
 own stages (ledger, deadline, the key's budget when virtual keys are on) around one call stage,
 so each request that gets past the body and key checks leaves exactly one ``requests`` row
 (strategy: the endpoint's name; its baseline is its own cost, so no saving is claimed) plus one
@@ -47,7 +48,7 @@ from thrifty.pipeline.context import Attempt, Handler, RequestContext, new_reque
 from thrifty.pipeline.deadline import DeadlineStage
 from thrifty.pipeline.ledger_stage import LedgerStage
 from thrifty.providers.compat import CompatConfig
-from thrifty.providers.sse_events import SSEEvent, open_events, streams
+from thrifty.providers.raw_http import SSEEvent, open_events, streams
 from thrifty.server.embeddings import JSONPoster
 from thrifty.server.http_errors import handler_error, request_id_headers
 from thrifty.types import ChatRequest
@@ -83,6 +84,8 @@ class StreamState:
     final: bool = False
     failure: str | None = None
     settled: bool = False  # the attempt has been priced and the request settled
+    stored_id: str | None = None  # the id the provider keeps the response under (Endpoint.stored_id)
+    remembered: bool = False  # Endpoint.remember has been told about stored_id
 
 
 class Endpoint:
@@ -124,6 +127,17 @@ class Endpoint:
         """The event that ends a stream broken after it started, so SDKs raise."""
         raise NotImplementedError
 
+    async def check(self, ctx: RequestContext, body: dict[str, Any]) -> None:
+        """Checks that need the caller (``ctx.tenant``), made before the upstream call."""
+
+    def stored_id(self, response: dict[str, Any]) -> str | None:
+        """The id the provider keeps ``response`` under for later calls (None: it keeps nothing)."""
+        return None
+
+    async def remember(self, ctx: RequestContext, attempt: Attempt, stored_id: str) -> None:
+        """The provider keeps the answer of ``attempt`` under ``stored_id``; awaited before the
+        client sees the id."""
+
 
 class PassthroughCall:
     """The innermost stage: one catalog model, its provider's endpoint, with retries."""
@@ -135,6 +149,7 @@ class PassthroughCall:
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> None:
         body: dict[str, Any] = ctx.scratch[_BODY]
         info = self.model(ctx.request.model)
+        await self.endpoint.check(ctx, body)
         provider = self.gateway.providers[info.provider]
         cfg = self.gateway.config.providers.get(info.provider)
         upstream = self.endpoint.upstream_body(body, info.upstream_model, cfg.compat if cfg else None)
@@ -148,6 +163,9 @@ class PassthroughCall:
                 raise self._unsupported(info, "")
             ctx.response = await self._call(ctx, provider, info, upstream, policy)
             self._settle(ctx, ctx.attempts[-1])
+            stored = self.endpoint.stored_id(ctx.response)
+            if stored:
+                await self.endpoint.remember(ctx, ctx.attempts[-1], stored)
         ctx.served_model, ctx.served_tier = info.name, info.tier  # as on chat: only once it answered
 
     def _unsupported(self, info: ModelInfo, how: str) -> InvalidRequestError:
@@ -251,6 +269,9 @@ class PassthroughCall:
             event = first
             while event is not None:
                 self.endpoint.watch(event, state)
+                if state.stored_id and not state.remembered:
+                    state.remembered = True
+                    await self.endpoint.remember(ctx, attempt, state.stored_id)
                 out = self.endpoint.client_bytes(event, wants)
                 if out:
                     yield {"sse": out}

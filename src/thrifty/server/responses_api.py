@@ -7,6 +7,13 @@ Usage is the Responses API's (``input_tokens`` with ``input_tokens_details.cache
 ``output_tokens`` with ``output_tokens_details.reasoning_tokens``), read by ``Usage.from_openai``;
 a stream's is in its last event (``response.completed``, or ``response.incomplete`` /
 ``response.failed``, which are billed too). These streams have no ``data: [DONE]``.
+
+A response the provider stores (its ``store`` is not false) is remembered in the
+``ResponseIndex`` (server/stored_responses.py) under the caller's key and tenant, before the
+client sees its id, so ``GET /v1/responses/{id}`` and its siblings find the provider
+(server/response_resources.py). A ``previous_response_id`` that thrifty knows as another
+tenant's is refused with the 404 OpenAI gives for an unknown one, so a key cannot continue
+(and read) another tenant's conversation; one thrifty never passed through is the provider's to judge.
 """
 
 from __future__ import annotations
@@ -15,10 +22,12 @@ import json
 from typing import Any
 
 from thrifty import fastjson
-from thrifty.errors import InvalidRequestError, ThriftyError
+from thrifty.errors import InvalidRequestError, NotFoundError, ThriftyError
+from thrifty.pipeline.context import Attempt, RequestContext
 from thrifty.providers.compat import CompatConfig
-from thrifty.providers.sse_events import SSEEvent
+from thrifty.providers.raw_http import SSEEvent
 from thrifty.server.passthrough import Endpoint, StreamState, checked_stream, is_int
+from thrifty.server.stored_responses import ResponseIndex, StoredResponse
 from thrifty.tokens import content_text
 from thrifty.types import ChatRequest, body_model
 
@@ -35,6 +44,9 @@ class ResponsesEndpoint(Endpoint):
     name = "responses"
     path = "/responses"
     essential = frozenset({"model", "stream", "input"})
+
+    def __init__(self, index: ResponseIndex | None = None) -> None:
+        self.index = index  # None: ids are not remembered (a gateway without the sub-resource routes)
 
     def parse(self, body: Any) -> ChatRequest:
         model = body_model(body)
@@ -85,11 +97,31 @@ class ResponsesEndpoint(Endpoint):
                             parts.append(part[key])
         return "".join(parts)
 
+    async def check(self, ctx: RequestContext, body: dict[str, Any]) -> None:
+        previous = body.get("previous_response_id")
+        if self.index is None or not isinstance(previous, str) or not previous:
+            return
+        entry = await self.index.find(previous)
+        if entry is not None and entry.tenant != ctx.tenant:
+            raise NotFoundError(f"Previous response with id '{previous}' not found.", param="previous_response_id",
+                                code="previous_response_not_found")
+
+    def stored_id(self, response: dict[str, Any]) -> str | None:
+        rid = response.get("id")
+        return rid if isinstance(rid, str) and rid and response.get("store") is not False else None
+
+    async def remember(self, ctx: RequestContext, attempt: Attempt, stored_id: str) -> None:
+        if self.index is not None:
+            await self.index.remember(StoredResponse(stored_id, ctx.request_id, attempt.model, attempt.provider,
+                                                     ctx.key_id, ctx.tenant))
+
     def watch(self, event: SSEEvent, state: StreamState) -> None:
         data = event.data
         if not isinstance(data, dict):
             return
         kind = data.get("type") or event.name
+        if state.stored_id is None and isinstance(data.get("response"), dict):
+            state.stored_id = self.stored_id(data["response"])  # response.created names it first
         if kind in _DELTAS and isinstance(data.get("delta"), str):
             state.texts.append(data["delta"])
         elif kind in _LAST:

@@ -71,9 +71,9 @@
     text(lg, 96, 5, "baseline (premium model)");
   }
 
-  function barChart(container, rows, label, value, fmt, title, width) {
+  function barChart(container, rows, label, value, fmt, title, width, note) {
     if (!rows.length) return empty(container, "Nothing yet.");
-    const W = width || 440, rowH = 24, L = 130, R = 70, H = rows.length * rowH + 10;
+    const W = width || 440, rowH = 24, L = 130, R = note ? 130 : 70, H = rows.length * rowH + 10;
     const s = svg(container, W, H, title);
     const max = Math.max(1e-12, ...rows.map((r) => Math.abs(value(r))));
     rows.forEach((r, i) => {
@@ -81,7 +81,7 @@
       text(s, L - 6, i * rowH + 17, label(r).slice(0, 20), "end");
       el("rect", { x: L, y: i * rowH + 5, width: Math.max(1, w), height: rowH - 8, class: v < 0 ? "bar neg" : "bar",
                    "data-label": label(r) }, s);
-      text(s, L + Math.max(1, w) + 4, i * rowH + 17, fmt(v));
+      text(s, L + Math.max(1, w) + 4, i * rowH + 17, fmt(v) + (note ? note(r) : ""));
     });
   }
 
@@ -143,8 +143,10 @@
   function render(d) {
     cards(d.totals);
     lineChart(document.getElementById("chart-spend"), d.series);
-    barChart(document.getElementById("chart-strategies"), d.strategies, (r) => r.strategy, (r) => r.saved_usd, usd,
-             "savings per strategy");
+    // Labelled by what each is (chat through one model, the Responses API...); the request count
+    // shows strategies that save nothing by design (the passthrough endpoints) were served.
+    barChart(document.getElementById("chart-strategies"), d.strategies, (r) => r.label || r.strategy,
+             (r) => r.saved_usd, usd, "savings per strategy", undefined, (r) => (r.requests ? ` · ${r.requests} req` : ""));
     donut(document.getElementById("chart-tiers"), d.tiers);
     barChart(document.getElementById("chart-rates"), [
       { name: "cache hit rate", v: d.totals.cache_hit_rate },

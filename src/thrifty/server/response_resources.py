@@ -1,0 +1,187 @@
+"""A stored response's own endpoints, forwarded to the provider that holds it.
+
+``GET /v1/responses/{id}`` (``client.responses.retrieve``; ``?stream=true`` replays a
+background response's events), ``DELETE /v1/responses/{id}`` (``.delete``),
+``POST /v1/responses/{id}/cancel`` (``.cancel``) and ``GET /v1/responses/{id}/input_items``
+(``.input_items.list``), with and without ``/v1``. They name no model: the ``ResponseIndex``
+(server/stored_responses.py) says which provider holds the id and whose it is. The caller is
+authenticated as on every endpoint (with virtual keys, against the model that answered), and an
+id thrifty did not pass through, or passed through for another tenant, gets the 404 OpenAI
+gives for an unknown id (never a 403 that would confirm it exists). The query string
+(``include[]``, ``after``, ``limit``, ``order``...) goes upstream as sent, the answer comes back
+unchanged; retries follow the provider's policy (these calls are idempotent).
+
+Not recorded in the ledger: they are not billed (no tokens), and a ``requests`` row each would
+inflate the request counts, error rates and latencies that reports and the dashboard compute
+over billable calls. For the same reason they do not count against a key's budget or rate
+limits. Each is logged (one line, request id, method, provider, status).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from thrifty import fastjson
+from thrifty.errors import (
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    UpstreamError,
+    UpstreamStatusError,
+)
+from thrifty.fastjson import FastJSONResponse
+from thrifty.pipeline.caller import RetryPolicy
+from thrifty.pipeline.context import new_request_id
+from thrifty.providers.openai_compat import OpenAICompatProvider
+from thrifty.providers.raw_http import relay_bytes, request_json
+from thrifty.server.http_errors import error_response, handler_error, request_id_headers, unserved_message
+from thrifty.server.stored_responses import ResponseIndex, StoredResponse
+from thrifty.types import ChatRequest
+
+if TYPE_CHECKING:
+    from thrifty.gateway import Gateway
+
+log = logging.getLogger("thrifty.server")
+
+
+def unknown(response_id: str) -> NotFoundError:
+    """OpenAI's 404 for an id it does not hold (the same for another tenant's)."""
+    return NotFoundError(f"Response with id '{response_id}' not found.", code="response_not_found")
+
+
+async def _with_retries(policy: RetryPolicy, call: Any) -> Any:
+    for i in range(policy.max_retries + 1):
+        try:
+            return await call()
+        except UpstreamError as exc:
+            wait = policy.delay(i, exc.retry_after) if exc.retryable and i < policy.max_retries else None
+            if wait is None:
+                raise
+            await asyncio.sleep(wait)
+    raise AssertionError("unreachable: the last try returns or raises")  # pragma: no cover
+
+
+class ResponseResources:
+    """The four endpoints, for one gateway and its ``ResponseIndex``."""
+
+    def __init__(self, gateway: Gateway, index: ResponseIndex) -> None:
+        self.gateway = gateway
+        self.index = index
+
+    async def _caller(self, request: Request, response_id: str) -> StoredResponse:
+        """The entry of ``response_id`` if the caller may touch it, else ``unknown``; a missing
+        or bad key still gets its 401 first."""
+        from thrifty.server.app import tenant_of  # app.py imports this module
+
+        entry = await self.index.find(response_id)
+        auth = getattr(self.gateway, "authenticate", None)
+        if auth is None:
+            tenant = tenant_of(request)
+        else:
+            # The key is checked against the model that answered (what it would have to be allowed to
+            # call): a key limited to other models sees the id as unknown, as its model list would.
+            stand_in = ChatRequest(model=entry.model if entry else "auto", messages=[{"role": "user", "content": ""}])
+            try:
+                _, tenant = await auth(request, stand_in)
+            except PermissionDeniedError:
+                raise unknown(response_id) from None
+        if entry is None or entry.tenant != tenant:
+            raise unknown(response_id)
+        return entry
+
+    def _provider(self, entry: StoredResponse) -> OpenAICompatProvider:
+        provider = self.gateway.providers.get(entry.provider)
+        if provider is None:  # the config changed since: nothing holds the id any more, for this gateway
+            raise unknown(entry.response_id)
+        if not isinstance(provider, OpenAICompatProvider):
+            raise InvalidRequestError(f"Response '{entry.response_id}' is held by provider '{entry.provider}', "
+                                      "which has no HTTP endpoint to ask.", code="unsupported_endpoint")
+        return provider
+
+    def handler(self, method: str, suffix: str) -> Any:
+        """The Starlette endpoint for ``method`` on ``/responses/{id}<suffix>``."""
+
+        async def endpoint(request: Request) -> Response:
+            request_id = new_request_id()
+            t0 = time.perf_counter()
+            response_id = request.path_params["response_id"]
+            try:
+                entry = await self._caller(request, response_id)
+                provider = self._provider(entry)
+                url = f"{provider.config.base_url}/responses/{quote(response_id, safe='')}{suffix}"
+                if request.url.query:
+                    url += "?" + request.url.query
+                policy = self.gateway.caller.retry_policies.get(entry.provider, RetryPolicy())
+                headers = {**request_id_headers(request_id), "x-thrifty-model": entry.model}
+                if method == "GET" and not suffix and request.query_params.get("stream") == "true":
+                    return await self._stream(provider, url, policy, entry, headers, request_id)
+                body = await _with_retries(policy, lambda: request_json(provider, method, url))
+                if method == "DELETE":
+                    await self.index.forget(response_id)
+                    body = body or {"id": response_id, "object": "response", "deleted": True}
+            except UpstreamStatusError as exc:
+                if exc.upstream_status == 404:  # deleted or expired at the provider
+                    return error_response(unknown(response_id), request_id)
+                return handler_error(exc, request_id, self.gateway.redactor)
+            except Exception as exc:
+                return handler_error(exc, request_id, self.gateway.redactor)
+            headers["x-thrifty-latency-ms"] = f"{(time.perf_counter() - t0) * 1000:.1f}"
+            log.info("request %s: %s /responses/{id}%s via %s", request_id, method, suffix, entry.provider)
+            return FastJSONResponse(body, headers=headers)
+
+        return endpoint
+
+    async def _stream(self, provider: OpenAICompatProvider, url: str, policy: RetryPolicy, entry: StoredResponse,
+                      headers: dict[str, str], request_id: str) -> Response:
+        async def opened() -> AsyncGenerator[bytes, None]:
+            events = relay_bytes(provider, url)
+            try:
+                await events.__anext__()  # the provider accepted it: errors so far are retryable or a status
+            except BaseException:
+                await events.aclose()
+                raise
+            return events
+
+        events: AsyncGenerator[bytes, None] = await _with_retries(policy, opened)
+
+        async def relay() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in events:
+                    yield chunk
+            except UpstreamError as exc:  # the client has part of it: end with the error event SDKs raise on
+                log.info("stream %s broke: %s", request_id, self.gateway.redactor(exc.message))
+                err = exc.to_openai()["error"]
+                yield b"event: error\ndata: " + fastjson.dumps({"type": "error", **err, "error": err}) + b"\n\n"
+            finally:
+                await events.aclose()  # a client that left: the upstream connection goes back now
+
+        log.info("request %s: GET /responses/{id}?stream=true via %s", request_id, entry.provider)
+        return StreamingResponse(relay(), media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
+
+
+async def _unserved(request: Request) -> Response:
+    """``POST /v1/responses/{x}``: no such OpenAI endpoint (``input_tokens``, ``compact``...)."""
+    message = unserved_message(request.method, request.url.path) or "Not found."
+    return error_response(NotFoundError(message, code="unsupported_endpoint"), new_request_id())
+
+
+def response_resource_routes(gateway: Gateway, index: ResponseIndex) -> list[Route]:
+    resources = ResponseResources(gateway, index)
+    routes: list[Route] = []
+    for prefix in ("/v1", ""):
+        base = f"{prefix}/responses/{{response_id}}"
+        routes += [Route(base, resources.handler("GET", ""), methods=["GET"]),
+                   Route(base, resources.handler("DELETE", ""), methods=["DELETE"]),
+                   Route(base, _unserved, methods=["POST"]),
+                   Route(f"{base}/cancel", resources.handler("POST", "/cancel"), methods=["POST"]),
+                   Route(f"{base}/input_items", resources.handler("GET", "/input_items"), methods=["GET"])]
+    return routes

@@ -1,0 +1,58 @@
+"""ResponseIndex (server/stored_responses.py): stored-response ids in the ledger database, with a
+bounded memory in front; a database that is down never fails a create, and fails a look-up with
+a 503 rather than guessing whose the response is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from thrifty.errors import ServiceUnavailableError, StorageError
+from thrifty.ledger.migrations import MIGRATIONS
+from thrifty.ledger.store import SQLiteStore
+from thrifty.server.stored_responses import ResponseIndex, StoredResponse
+
+
+def entry(rid: str, tenant: str = "t1") -> StoredResponse:
+    return StoredResponse(rid, "req-" + rid, "gpt", "openai", "key-1", tenant)
+
+
+class DownStore(SQLiteStore):
+    """A ledger database that refuses every statement."""
+
+    def _run(self, sql: str, params: Any, *, fetch: bool) -> Any:
+        raise StorageError("ledger query failed: connection refused")
+
+
+def test_the_migration_is_appended_last() -> None:
+    assert MIGRATIONS[-1][0] == "004_stored_responses"
+
+
+async def test_entries_survive_in_the_database_for_another_index(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "l.db"))
+    await ResponseIndex(store).remember(entry("resp_1"))
+    other = ResponseIndex(SQLiteStore(str(tmp_path / "l.db")))  # another instance: empty memory
+    found = await other.find("resp_1")
+    assert found is not None and (found.provider, found.tenant, found.key_id) == ("openai", "t1", "key-1")
+    assert found.ts > 0 and await other.find("resp_2") is None
+    await other.forget("resp_1")
+    assert store.query("SELECT COUNT(*) FROM stored_responses") == [(0,)]
+
+
+async def test_memory_is_bounded_and_used_without_a_database() -> None:
+    index = ResponseIndex(None, memory_limit=2)
+    for rid in ("a", "b", "c"):
+        await index.remember(entry(rid))
+    assert await index.find("a") is None  # the oldest went first
+    assert await index.find("c") is not None
+
+
+async def test_a_database_outage_never_fails_a_create_but_fails_a_lookup(tmp_path: Path) -> None:
+    index = ResponseIndex(DownStore(str(tmp_path / "l.db")))
+    await index.remember(entry("resp_1"))  # logged, not raised
+    assert await index.find("resp_1") is not None  # this instance still knows it
+    with pytest.raises(ServiceUnavailableError):
+        await index.find("resp_elsewhere")  # cannot tell whose it is: 503, never a guess
+    await index.forget("resp_1")  # logged, not raised
