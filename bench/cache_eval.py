@@ -29,7 +29,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "bench"))
+# bench/ last, also when Python put it first (the script's folder): a bench script named like a
+# package (bench/tokenizers.py) must not shadow the one sentence-transformers imports.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"] + [str(ROOT / "bench")]
 
 from mdreport import write_section  # noqa: E402
 from thrifty.cache.calibrate import MODELS, calibrate  # noqa: E402
@@ -167,7 +169,7 @@ def run(embedder_spec: str, pairs: list[Pair], k: int, seed: int, model: str) ->
 def render(results: list[dict[str, Any]], n: int, k: int, model: str) -> str:
     lines = [f"{n:,} QQP dev pairs, {k}-fold, folds grouped by question (pairs sharing a question text, "
              "whitespace and case ignored, are in one fold, transitively; stratified by label), so no judged "
-             "question was seen in calibration: verifier (`--model {model}`) and threshold fitted on the other "
+             f"question was seen in calibration: verifier (`--model {model}`) and threshold fitted on the other "
              "folds for a 0.5% false-hit target (margin 1.0), judged on the held-out fold. `verifier` is the model "
              "calibration chose. A pair's hit is text_a retrieved and accepted by the verifier for text_b (the cache "
              "would answer text_b with text_a's answer: what the label judges); `served any` counts every lookup "

@@ -56,3 +56,17 @@ async def test_a_database_outage_never_fails_a_create_but_fails_a_lookup(tmp_pat
     with pytest.raises(ServiceUnavailableError):
         await index.find("resp_elsewhere")  # cannot tell whose it is: 503, never a guess
     await index.forget("resp_1")  # logged, not raised
+
+
+async def test_entries_older_than_the_retention_are_unknown_and_pruned(tmp_path: Path) -> None:
+    import time
+
+    store = SQLiteStore(str(tmp_path / "l.db"))
+    index = ResponseIndex(store, retention_s=3600)
+    old = StoredResponse("resp_old", "req-old", "gpt", "openai", "key-1", "t1", ts=time.time() - 7200)
+    await index.remember(old)  # the first write also prunes: the old row is already past retention
+    assert await index.find("resp_old") is None  # not even from memory
+    assert store.query("SELECT COUNT(*) FROM stored_responses WHERE response_id = 'resp_old'") == [(0,)]
+    await index.remember(entry("resp_new"))
+    fresh = ResponseIndex(store, retention_s=3600)
+    assert (await fresh.find("resp_new")) is not None

@@ -34,6 +34,10 @@ log = logging.getLogger("thrifty.server")
 
 # Entries kept in memory per gateway app (a few hundred bytes each).
 MEMORY_LIMIT = 10_000
+# OpenAI keeps a stored response 30 days; an older entry points at nothing, so it is dropped
+# (one DELETE every PRUNE_EVERY writes keeps the table at about 30 days of responses).
+RETENTION_S = 30 * 86_400
+PRUNE_EVERY = 1_000
 LOOKUP_DOWN = ("The ledger database is unavailable, so thrifty cannot tell which provider holds this response; "
                "try again shortly.")
 _COLUMNS = "response_id, request_id, ts, model, provider, key_id, tenant"
@@ -53,10 +57,13 @@ class StoredResponse:
 class ResponseIndex:
     """Response id -> ``StoredResponse``: the ledger database when there is one, memory in front."""
 
-    def __init__(self, store: SQLStore | None, *, memory_limit: int = MEMORY_LIMIT) -> None:
+    def __init__(self, store: SQLStore | None, *, memory_limit: int = MEMORY_LIMIT,
+                 retention_s: float = RETENTION_S) -> None:
         self.store = store
         self.memory_limit = memory_limit
+        self.retention_s = retention_s
         self._memory: OrderedDict[str, StoredResponse] = OrderedDict()
+        self._writes = 0
 
     def _keep(self, entry: StoredResponse) -> None:
         self._memory[entry.response_id] = entry
@@ -76,6 +83,10 @@ class ResponseIndex:
         try:
             await asyncio.to_thread(self.store.execute, sql, (entry.response_id, entry.request_id, entry.ts,
                                                               entry.model, entry.provider, entry.key_id, entry.tenant))
+            self._writes += 1
+            if self._writes % PRUNE_EVERY == 1:
+                await asyncio.to_thread(self.store.execute, "DELETE FROM stored_responses WHERE ts < ?",
+                                        (time.time() - self.retention_s,))
         except StorageError as exc:
             log.warning("request %s: response %s not recorded in the ledger database (other instances will not "
                         "find it): %s", entry.request_id, entry.response_id, exc.message)
@@ -85,7 +96,7 @@ class ResponseIndex:
         is down (without it, whose the response is cannot be checked)."""
         entry = self._memory.get(response_id)
         if entry is not None or self.store is None:
-            return entry
+            return entry if entry is None or self._live(entry) else None
         try:
             rows = await asyncio.to_thread(
                 self.store.query, f"SELECT {_COLUMNS} FROM stored_responses WHERE response_id = ?", (response_id,))
@@ -98,7 +109,11 @@ class ResponseIndex:
         entry = StoredResponse(str(rid), str(request_id), str(model), str(provider),
                                None if key_id is None else str(key_id), str(tenant), float(ts))
         self._keep(entry)
-        return entry
+        return entry if self._live(entry) else None
+
+    def _live(self, entry: StoredResponse) -> bool:
+        """Younger than the retention: older ones the provider no longer holds either."""
+        return entry.ts >= time.time() - self.retention_s
 
     async def forget(self, response_id: str) -> None:
         """Drop ``response_id`` (the provider deleted it); a failed delete is only logged."""
