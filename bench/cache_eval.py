@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 # bench/ last, also when Python put it first (the script's folder): a bench script named like a
-# package (bench/tokenizers.py) must not shadow the one sentence-transformers imports.
+# package (a bench script named like one) must not shadow the one sentence-transformers imports.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"] + [str(ROOT / "bench")]
 
 from mdreport import write_section  # noqa: E402

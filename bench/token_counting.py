@@ -1,6 +1,6 @@
 """Offline token counting: tiktoken's cl100k (the baseline) against quicktok's cl100k and o200k.
 
-    .venv/bin/python bench/tokenizers.py --write
+    .venv/bin/python bench/token_counting.py --write
 
 Counts the same prompts with ``thrifty.tokens.count_messages`` three ways in the same run: with
 tiktoken's cl100k_base (what every count used before; also thrifty's fallback), with quicktok's
@@ -108,7 +108,7 @@ def main() -> None:
     print(body)
     if args.write:
         write_section("tokenizers", "Offline token counting: quicktok (cl100k, o200k) vs tiktoken",
-                      f".venv/bin/python bench/tokenizers.py --prompts {args.prompts} --write", body)
+                      f".venv/bin/python bench/token_counting.py --prompts {args.prompts} --write", body)
 
 
 if __name__ == "__main__":
