@@ -49,6 +49,14 @@ class RetryPolicy:
         backoff = random.uniform(0, min(self.backoff_max_s, self.backoff_base_s * (2**attempt)))
         return max(backoff, retry_after or 0.0)
 
+    def wait_after(self, attempt: int, exc: UpstreamError) -> float | None:
+        """Seconds to wait after try number ``attempt`` (0-based) failed with ``exc`` before the
+        next one; None when there is no next one (not retryable, retries used up, or a
+        ``Retry-After`` longer than the backoff cap)."""
+        if not exc.retryable or attempt >= self.max_retries:
+            return None
+        return self.delay(attempt, exc.retry_after)
+
 
 class ModelCaller:
     """Turns "call model M with this request" into provider calls, with every attempt priced."""
@@ -150,9 +158,7 @@ class ModelCaller:
                     ctx.attempts.append(attempt)
                     failures.append(exc.message)
                     last = exc
-                    if not exc.retryable or i == policy.max_retries:
-                        break
-                    wait = policy.delay(i, exc.retry_after)
+                    wait = policy.wait_after(i, exc)
                     if wait is None:
                         break
                     await asyncio.sleep(wait)

@@ -89,13 +89,24 @@ class OpenAICompatProvider:
         with the same error mapping as ``complete`` (no retries here: the caller owns them)."""
         return await self._post(f"{self.config.base_url}/{path.lstrip('/')}", body)
 
+    async def request_json(self, method: str, url: str) -> dict[str, Any]:
+        """A body-less call (``GET``/``DELETE``/``POST`` of a stored response's endpoints) to ``url``:
+        the JSON object answered (``{}`` for an empty body), same error mapping, no retries."""
+        return await self._request(method, url, None)
+
     async def _post(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._request("POST", url, body)
+
+    async def _request(self, method: str, url: str, body: dict[str, Any] | None) -> dict[str, Any]:
         timeout = self._timeout
+        data = None if body is None else fastjson.dumps(body)
         try:
-            async with self._get_session().post(url, data=fastjson.dumps(body), timeout=timeout) as resp:
+            async with self._get_session().request(method, url, data=data, timeout=timeout) as resp:
                 raw = await resp.read()
                 if resp.status >= 400:
                     raise self._status_error(resp.status, raw, resp.headers.get("retry-after"))
+                if body is None and not raw.strip():
+                    return {}  # DELETE / cancel answers may be empty
                 try:
                     data = fastjson.loads(raw)
                 except ValueError:

@@ -5,10 +5,10 @@ yields parsed chat chunks and insists on ``data: [DONE]``; the Responses API nam
 (``event: response.output_text.delta``) and ends without ``[DONE]``. The passthrough endpoints
 (server/passthrough.py) must hand the client the provider's events exactly as sent, so this
 reader keeps each event's bytes and parses its data only to watch it (usage, the last event).
-``request_json`` and ``relay_bytes`` serve a stored response's endpoints
-(server/response_resources.py): one JSON call, or a stream relayed byte for byte.
+``relay_bytes`` relays a stored response's stream byte for byte (server/response_resources.py;
+its one-shot calls use the provider's ``request_json``).
 
-All three use the provider's own pooled session, timeouts and error mapping (they live beside
+Both use the provider's own pooled session, timeouts and error mapping (they live beside
 the provider for that reason), so a passthrough call fails with the same messages, redaction and
 retryability as a chat call: before the first event a stream's failure is retryable when the
 provider's would be; after it, never (the client has part of the answer).
@@ -104,31 +104,6 @@ async def open_events(provider: OpenAICompatProvider, path: str, body: dict[str,
         raise UpstreamTimeoutError(f"{provider.name}: {what} {seconds:g}s") from None  # as chat streams: not retried
     except aiohttp.ClientError as exc:
         raise provider._connection_error(exc, mid_stream=started) from None
-
-
-async def request_json(provider: OpenAICompatProvider, method: str, url: str) -> dict[str, Any]:
-    """One call; the provider's JSON object, with its error mapping (status, timeout, connection)."""
-    try:
-        async with provider._get_session().request(method, url, timeout=provider._timeout) as resp:
-            raw = await resp.read()
-            if resp.status >= 400:
-                raise provider._status_error(resp.status, raw, resp.headers.get("retry-after"))
-            if not raw.strip():
-                return {}
-            try:
-                data = fastjson.loads(raw)
-            except ValueError:
-                raise UpstreamProtocolError(f"{provider.name}: response is not valid JSON", retryable=True) from None
-            if not isinstance(data, dict):
-                raise UpstreamProtocolError(f"{provider.name}: response is not a JSON object", retryable=True)
-            return data
-    except UpstreamError:
-        raise
-    except TimeoutError:
-        raise UpstreamTimeoutError(f"{provider.name}: no response within {provider.config.timeout_s:g}s",
-                                   retryable=False) from None
-    except aiohttp.ClientError as exc:
-        raise provider._connection_error(exc) from None
 
 
 async def relay_bytes(provider: OpenAICompatProvider, url: str) -> AsyncGenerator[bytes, None]:

@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -49,7 +49,6 @@ from thrifty.pipeline.deadline import DeadlineStage
 from thrifty.pipeline.ledger_stage import LedgerStage
 from thrifty.providers.compat import CompatConfig
 from thrifty.providers.raw_http import SSEEvent, open_events, streams
-from thrifty.server.embeddings import JSONPoster
 from thrifty.server.http_errors import handler_error, request_id_headers
 from thrifty.types import ChatRequest
 
@@ -60,6 +59,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("thrifty.server")
 
 _BODY = "passthrough.body"
+
+
+@runtime_checkable
+class JSONPoster(Protocol):
+    """A provider that can POST any OpenAI-style JSON endpoint (``OpenAICompatProvider``)."""
+
+    async def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]: ...
 
 
 def is_int(value: Any) -> bool:
@@ -110,6 +116,19 @@ class Endpoint:
     def wants_usage(self, body: dict[str, Any]) -> bool:
         """Whether the client asked for the stream's usage (the stream may carry it anyway)."""
         return True
+
+    def price(self, attempt: Attempt, info: ModelInfo, request: ChatRequest, body: dict[str, Any],
+              raw_usage: Any, text: str) -> None:
+        """Price ``attempt`` from the provider's usage (None: it sent none) and the answer text.
+
+        The chat path's pricing (priced_usage): the provider's usage as it is (Usage.from_openai
+        reads the Responses API's input_tokens / output_tokens and their details too); what it
+        left out is counted offline, the prompt from the request read as chat messages and the
+        answer from its text, handed over in a chat completion's shape, with the tokenizer of the
+        model that answered."""
+        response = {"choices": [{"message": {"content": text}}]} if text else {}
+        attempt.usage, cost = priced_usage(raw_usage, request, response, info.price, model=info.upstream_model)
+        attempt.cost_usd, attempt.cost_source = cost.usd, cost.source
 
     def answer_text(self, response: dict[str, Any]) -> str:
         """Everything in a response that bills as output (counted when usage is missing)."""
@@ -203,7 +222,7 @@ class PassthroughCall:
                 self._in_flight(ctx, attempt, info, t0)
                 raise
             attempt.latency_ms = (time.perf_counter() - t0) * 1000
-            self._price(attempt, info, ctx.request, response.get("usage"), self.endpoint.answer_text(response))
+            self._price(ctx, attempt, info, response.get("usage"), self.endpoint.answer_text(response))
             return response
         raise AssertionError("unreachable: the last try returns or raises")  # pragma: no cover
 
@@ -211,7 +230,7 @@ class PassthroughCall:
         """Record a failed try; wait before the next one, or re-raise when there is none."""
         attempt.latency_ms = (time.perf_counter() - t0) * 1000
         attempt.status, attempt.error = "error", exc.message
-        wait = policy.delay(i, exc.retry_after) if exc.retryable and i < policy.max_retries else None
+        wait = policy.wait_after(i, exc)
         if wait is None:
             raise exc
         await asyncio.sleep(wait)
@@ -220,7 +239,7 @@ class PassthroughCall:
         # Deadline, departed client or an untranslated provider fault: the provider had the
         # input and may bill it, so the attempt is priced at its offline prompt count.
         attempt.latency_ms = (time.perf_counter() - t0) * 1000
-        self._price(attempt, info, ctx.request, None, "")
+        self._price(ctx, attempt, info, None, "")
         attempt.status, attempt.error = "error", "cancelled or failed in flight"
 
     async def _open_stream(self, ctx: RequestContext, provider: Any, info: ModelInfo, body: dict[str, Any],
@@ -294,7 +313,7 @@ class PassthroughCall:
             return
         state.settled = True
         attempt.latency_ms = (time.perf_counter() - t0) * 1000
-        self._price(attempt, info, ctx.request, state.usage, "".join(state.texts))
+        self._price(ctx, attempt, info, state.usage, "".join(state.texts))
         if state.failure is not None and attempt.status == "ok":
             # The provider ended the stream with a failure the client has seen as an event.
             attempt.status, attempt.error = "error", state.failure
@@ -302,16 +321,8 @@ class PassthroughCall:
         self._settle(ctx, attempt)
         await events.aclose()
 
-    @staticmethod
-    def _price(attempt: Attempt, info: ModelInfo, request: ChatRequest, raw_usage: Any, text: str) -> None:
-        # The chat path's pricing (priced_usage): the provider's usage as it is (Usage.from_openai
-        # reads the Responses API's input_tokens / output_tokens and their details too); what it
-        # left out is counted offline, the prompt from the request read as chat messages and the
-        # answer from its text, handed over in a chat completion's shape, with the tokenizer of
-        # the model that answered.
-        response = {"choices": [{"message": {"content": text}}]} if text else {}
-        attempt.usage, cost = priced_usage(raw_usage, request, response, info.price, model=info.upstream_model)
-        attempt.cost_usd, attempt.cost_source = cost.usd, cost.source
+    def _price(self, ctx: RequestContext, attempt: Attempt, info: ModelInfo, raw_usage: Any, text: str) -> None:
+        self.endpoint.price(attempt, info, ctx.request, ctx.scratch[_BODY], raw_usage, text)
 
     @staticmethod
     def _settle(ctx: RequestContext, served: Attempt) -> None:

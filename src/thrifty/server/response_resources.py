@@ -42,7 +42,7 @@ from thrifty.fastjson import FastJSONResponse
 from thrifty.pipeline.caller import RetryPolicy
 from thrifty.pipeline.context import new_request_id
 from thrifty.providers.openai_compat import OpenAICompatProvider
-from thrifty.providers.raw_http import relay_bytes, request_json
+from thrifty.providers.raw_http import relay_bytes
 from thrifty.server.http_errors import error_response, handler_error, request_id_headers, unserved_message
 from thrifty.server.stored_responses import ResponseIndex, StoredResponse
 from thrifty.types import ChatRequest
@@ -63,7 +63,7 @@ async def _with_retries(policy: RetryPolicy, call: Any) -> Any:
         try:
             return await call()
         except UpstreamError as exc:
-            wait = policy.delay(i, exc.retry_after) if exc.retryable and i < policy.max_retries else None
+            wait = policy.wait_after(i, exc)
             if wait is None:
                 raise
             await asyncio.sleep(wait)
@@ -124,7 +124,7 @@ class ResponseResources:
                 headers = {**request_id_headers(request_id), "x-thrifty-model": entry.model}
                 if method == "GET" and not suffix and request.query_params.get("stream") == "true":
                     return await self._stream(provider, url, policy, entry, headers, request_id)
-                body = await _with_retries(policy, lambda: request_json(provider, method, url))
+                body = await _with_retries(policy, lambda: provider.request_json(method, url))
                 if method == "DELETE":
                     await self.index.forget(response_id)
                     body = body or {"id": response_id, "object": "response", "deleted": True}
