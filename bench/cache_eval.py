@@ -7,7 +7,8 @@ Folds are whole groups of pairs that share a question (connected components of w
 case-normalised question texts, thrifty/cache/folds.py), stratified by label: QQP repeats
 questions across pairs, and no question is in both the calibration folds and the judged fold.
 Each fold runs what `thrifty cache eval --pairs FOLD.jsonl --calibrate-on REST.jsonl` runs: the
-verifier and its threshold are fitted on the other folds (target false-hit rate 0.5%, margin 1.0),
+verifier and its threshold are fitted on the other folds (target false-hit rate 0.5%, margin 1.0,
+met with confidence 0.9: the default of `cache calibrate`),
 then every text_a of the held-out fold is cached and every text_b looked up. The hard vetoes
 (thrifty/cache/vetoes.py) apply to both, as in the gateway. Rates as in
 `thrifty cache eval`: duplicate hit rate = duplicates served / duplicates; false-hit rate =
@@ -170,7 +171,8 @@ def render(results: list[dict[str, Any]], n: int, k: int, model: str) -> str:
     lines = [f"{n:,} QQP dev pairs, {k}-fold, folds grouped by question (pairs sharing a question text, "
              "whitespace and case ignored, are in one fold, transitively; stratified by label), so no judged "
              f"question was seen in calibration: verifier (`--model {model}`) and threshold fitted on the other "
-             "folds for a 0.5% false-hit target (margin 1.0), judged on the held-out fold. `verifier` is the model "
+             "folds for a 0.5% false-hit target (margin 1.0; the threshold where the 90% upper confidence bound of "
+             "the out-of-fold false-hit rate meets it, the `cache calibrate` default), judged on the held-out fold. `verifier` is the model "
              "calibration chose. A pair's hit is text_a retrieved and accepted by the verifier for text_b (the cache "
              "would answer text_b with text_a's answer: what the label judges); `served any` counts every lookup "
              "that served an answer, also another pair's entry, whose rightness the labels cannot tell (for non-duplicates: leaving out the cached questions identical to text_b, which "

@@ -23,7 +23,7 @@ from thrifty.cache.config import CacheConfig
 from thrifty.catalog import Catalog, ModelInfo, resolve_price
 from thrifty.compress.config import CompressionConfig
 from thrifty.config_source import interpolate_env, missing_env_vars, read_raw, yaml_problem
-from thrifty.errors import ConfigError
+from thrifty.errors import ConfigError, printable
 from thrifty.ops.config import AuthConfig
 from thrifty.providers.compat import CompatConfig
 from thrifty.redact import mask_credentials
@@ -336,7 +336,8 @@ def format_validation_error(exc: ValidationError) -> str:
                 shown = mask_credentials(repr(value))[:80]
             msg = f"{msg} (got {shown})"
         lines.append(f"{loc}: {msg.removeprefix('Value error, ')}")
-    return "invalid configuration: " + "; ".join(lines)
+    # Keys and values come from the file: escaped, so the message stays the one line the CLI prints.
+    return "invalid configuration: " + printable("; ".join(lines))
 
 
 __all__ = ["Config", "ConfigError", "KeyProblems", "interpolate_env", "load_config", "missing_env_vars", "read_raw",

@@ -27,11 +27,20 @@ this tree at the boundary where they occur, never matched by substring elsewhere
     +-- StorageError                ledger / cache backend failure (never fails a response)
     |   +-- ServiceUnavailableError 503: a backing service (key database, budget store) is down
     +-- DataError                   an evaluation/outcome/pairs file cannot be read
+    +-- GatewayStateError           503: the gateway was closed, or close() ran inside an event loop
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\x1b``...): a message that echoes a
+    config key, a file name or a flag value stays one line, and cannot move a terminal's cursor."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 class ThriftyError(Exception):
@@ -251,3 +260,12 @@ class ServiceUnavailableError(StorageError):
 class DataError(ThriftyError):
     status = 400
     type = "data_error"
+
+
+class GatewayStateError(ThriftyError, RuntimeError):
+    """The gateway cannot do this now: it was closed, or a blocking method (``close()``) was
+    called inside a running event loop. Also a ``RuntimeError``, which ``close()`` raised before;
+    over HTTP (``app()`` after close) a 503."""
+
+    status = 503
+    code = "gateway_closed"

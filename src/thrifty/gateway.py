@@ -16,7 +16,7 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from thrifty.cache.build import build_cache_stage
 from thrifty.compress.stage import build_compress_stage
 from thrifty.config import Config, load_config
-from thrifty.errors import InvalidRequestError
+from thrifty.errors import ConfigError, GatewayStateError, InvalidRequestError, ThriftyError
 from thrifty.ledger.spill import spill_path
 from thrifty.ledger.store import open_store
 from thrifty.ledger.writer import LedgerWriter
@@ -54,6 +54,10 @@ log = logging.getLogger("thrifty.gateway")
 # How long close() waits for the in-process loop thread to close what runs on it.
 CLOSE_TIMEOUT_S = 60.0
 
+# The optional extra that provides each importable top-level module (pyproject.toml).
+_EXTRA_OF_MODULE = {"redis": "redis", "psycopg": "postgres", "lightgbm": "gbm", "faiss": "ann",
+                    "torch": "embeddings", "sentence_transformers": "embeddings"}
+
 
 class Gateway:
     """thrifty's pipeline as a Python object: routing, caching, compression, retries and
@@ -67,6 +71,20 @@ class Gateway:
     """
 
     def __init__(self, config: Config, *, providers: dict[str, Provider] | None = None) -> None:
+        self._closed = False
+        self.ledger: LedgerWriter | None = None
+        try:
+            self._build(config, providers)
+        except BaseException as exc:
+            # The ledger writer is a thread with an exit hook: a half-built gateway must not leak it.
+            ledger, self.ledger = self.ledger, None
+            if ledger is not None:
+                ledger.close()
+            if isinstance(exc, ImportError) and not isinstance(exc, ThriftyError):
+                raise ConfigError(_missing_extra_message(exc)) from exc
+            raise
+
+    def _build(self, config: Config, providers: dict[str, Provider] | None) -> None:
         self.config = config
         self.redactor = Redactor([p.api_key for p in config.providers.values() if p.api_key])
         self.catalog = config.build_catalog()
@@ -76,7 +94,6 @@ class Gateway:
             self.providers,
             {name: RetryPolicy.from_provider(p) for name, p in config.providers.items()},
         )
-        self.ledger: LedgerWriter | None = None
         if config.ledger.enabled:
             path = config.resolve_path(config.ledger.path)
             # check: a SQLite path that cannot be opened fails here, at startup, not on the first write.
@@ -115,6 +132,7 @@ class Gateway:
         ``env`` is what ``${VAR}`` in the file reads (default: ``os.environ``). Relative paths
         in a file (the ledger) are resolved beside it. Raises ``ConfigError`` for a bad config.
         """
+        _check_arguments(source, providers, env)
         config = source if isinstance(source, Config) else load_config(source, env)
         return cls(config, providers=providers)
 
@@ -165,6 +183,7 @@ class Gateway:
         request_id: str | None = None,
     ) -> RequestContext:
         """Run one request through the pipeline; the context holds the response or the chunks."""
+        self.check_open()
         ctx = RequestContext(request=request, headers=headers or {}, key_id=key_id,
                              request_id=request_id or new_request_id())
         ctx.tenant = tenant or key_id or "default"
@@ -198,7 +217,9 @@ class Gateway:
 
         from thrifty.server.inprocess import LoopASGITransport, httpx
 
-        http = httpx.AsyncClient(transport=LoopASGITransport(self.app()), base_url="http://thrifty.local")
+        self.check_open()
+        transport = LoopASGITransport(self.app(), closed=lambda: self._closed)
+        http = httpx.AsyncClient(transport=transport, base_url="http://thrifty.local")
         return openai.AsyncOpenAI(
             api_key=kwargs.pop("api_key", "in-process"), base_url="http://thrifty.local/v1", http_client=http, **kwargs
         )
@@ -215,11 +236,23 @@ class Gateway:
 
         from thrifty.server.inprocess import ThreadLoopTransport, httpx
 
+        self.check_open()
         transport = ThreadLoopTransport(self.app(), self._in_process_loop())
         http = httpx.Client(transport=transport, base_url="http://thrifty.local")
         return openai.OpenAI(
             api_key=kwargs.pop("api_key", "in-process"), base_url="http://thrifty.local/v1", http_client=http, **kwargs
         )
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` / ``aclose()`` was called: the gateway then serves nothing."""
+        return self._closed
+
+    def check_open(self) -> None:
+        # A closed gateway would still reach the provider, but spend unrecorded (no ledger) and
+        # open new connection pools that nothing closes.
+        if self._closed:
+            raise GatewayStateError("this gateway is closed; create a new one with Gateway.from_config(...)")
 
     def _in_process_loop(self) -> LoopThread:
         from thrifty.server.inprocess import LoopThread
@@ -240,6 +273,9 @@ class Gateway:
         (flushed and closed). One part failing to close never keeps the others, the ledger
         above all, from closing: each failure is logged, and the first is raised at the end.
         """
+        if self._closed:  # closing twice (aclose() then ``async with`` exit) is harmless
+            return
+        self._closed = True
         errors: list[Exception] = []
         try:
             await self._close_parts(errors)
@@ -271,12 +307,16 @@ class Gateway:
         When the sync in-process clients were used, the parts are closed on their loop thread,
         where their connections live; then the thread is stopped and the ledger closed.
         """
+        if self._closed:
+            return
         try:
             asyncio.get_running_loop()
         except RuntimeError:
             pass
         else:
-            raise RuntimeError("Gateway.close() was called inside a running event loop; use `await gateway.aclose()`")
+            raise GatewayStateError("Gateway.close() was called inside a running event loop; use `await gateway.aclose()`",
+                                    code="running_event_loop")
+        self._closed = True
         errors: list[Exception] = []
         loop_thread, self._loop_thread = self._loop_thread, None
         try:
@@ -311,6 +351,31 @@ class Gateway:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _check_arguments(source: object, providers: object, env: object) -> None:
+    """``from_config``'s arguments have the documented types (a ConfigError, not a TypeError deep inside)."""
+    if not isinstance(source, str | Path | dict | Config):
+        raise ConfigError(f"Gateway.from_config takes a path, a dict or a Config, not {type(source).__name__}")
+    if env is not None and not (isinstance(env, Mapping) and all(isinstance(v, str) for v in env.values())):
+        raise ConfigError("Gateway.from_config: env= must be a dict of strings (variable name -> value)")
+    if providers is None:
+        return
+    if not isinstance(providers, Mapping):
+        raise ConfigError(f"Gateway.from_config: providers= must be a dict name -> provider, not {type(providers).__name__}")
+    for name, provider in providers.items():
+        missing = [m for m in ("complete", "stream", "aclose") if not callable(getattr(provider, m, None))]
+        if missing:
+            raise ConfigError(f"Gateway.from_config: providers[{name!r}] is not a Provider (no {', '.join(missing)}; "
+                              "see thrifty.providers.base)")
+
+
+def _missing_extra_message(exc: ImportError) -> str:
+    """One line naming the optional extra a configured feature needs."""
+    module = (exc.name or "").split(".")[0]
+    extra = _EXTRA_OF_MODULE.get(module)
+    hint = f"pip install 'thrifty[{extra}]'" if extra else "install the missing package"
+    return f"the configuration needs {module or 'a package'} that is not installed ({hint})"
 
 
 def default_config_path() -> str | None:

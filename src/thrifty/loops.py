@@ -68,6 +68,9 @@ class PerLoop(Generic[T]):
         self._is_closed = is_closed
         self._what = what
         self._items: dict[asyncio.AbstractEventLoop, T] = {}
+        # Per loop, the task that closes its resource when the loop winds down (``_watch``) and
+        # the future that releases it when the resource is closed some other way.
+        self._watchers: dict[asyncio.AbstractEventLoop, tuple[asyncio.Task[None], asyncio.Future[None]]] = {}
         # Loops of different threads (a script's asyncio.run, the in-process loop thread) may
         # create their resources at the same moment.
         self._lock = threading.Lock()
@@ -82,9 +85,39 @@ class PerLoop(Generic[T]):
         with self._lock:
             for old in [lp for lp in self._items if lp.is_closed()]:
                 self._drop(self._items.pop(old))
+                self._watchers.pop(old, None)
             item = self._factory()  # in the running loop, which it binds to
             self._items[loop] = item
+            self._watch(loop, item)
             return item
+
+    def _watch(self, loop: asyncio.AbstractEventLoop, item: T) -> None:
+        """Close ``item`` on its own loop when that loop winds down.
+
+        ``asyncio.run`` (and the in-process loop thread) cancel every pending task before closing
+        the loop: a task parked until then closes the resource while its loop can still run the
+        close. Without it, ``asyncio.run(gw.chat(...))`` left the upstream sockets of its loop open
+        until garbage collection ("unclosed transport"), even after ``gw.close()``.
+        """
+        previous = self._watchers.pop(loop, None)
+        if previous is not None:  # its resource was closed behind our back; this one replaces it
+            _release(previous[1])
+        released = loop.create_future()
+        task = loop.create_task(self._close_at_loop_end(item, released),
+                                name=f"thrifty: close {self._what} at loop end")
+        # A loop closed without cancelling its tasks: the resource is dropped as before, and the
+        # parked task is not worth a "Task was destroyed but it is pending" report.
+        task._log_destroy_pending = False  # type: ignore[attr-defined]
+        self._watchers[loop] = (task, released)
+
+    async def _close_at_loop_end(self, item: T, released: asyncio.Future[None]) -> None:
+        try:
+            await released  # set when aclose() takes the resource; cancelled when the loop ends
+        except asyncio.CancelledError:
+            if not self._is_closed(item):
+                with contextlib.suppress(Exception):
+                    await self._close(item)
+            raise
 
     async def aclose(self) -> None:
         """Close every resource: this loop's here, other running loops' on their own thread
@@ -115,6 +148,12 @@ class PerLoop(Generic[T]):
         with self._lock:
             items = list(self._items.items())
             self._items.clear()
+            watchers = list(self._watchers.items())
+            self._watchers.clear()
+        for loop, (_, released) in watchers:  # the caller closes them; a closed loop runs nothing
+            if not loop.is_closed():
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_release, released)
         return [(loop, item) for loop, item in items if not self._is_closed(item)]
 
     async def _closing(self, item: T) -> None:
@@ -136,6 +175,11 @@ class PerLoop(Generic[T]):
     def _drop(self, item: T) -> None:
         with contextlib.suppress(Exception):  # forgetting must never fail a request or a close
             self._discard(item)
+
+
+def _release(released: asyncio.Future[None]) -> None:
+    if not released.done():
+        released.set_result(None)
 
 
 _unreleased: weakref.WeakSet[PerLoop[Any]] = weakref.WeakSet()

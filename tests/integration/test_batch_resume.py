@@ -215,9 +215,13 @@ def test_restart_is_refused_with_deferred(mock: RunningServer, tmp_path: Path,
     assert_one_line(code, err, "--restart", "--deferred")
 
 
-def test_ctrl_c_leaves_a_resumable_run_and_one_line(mock: RunningServer, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    """A real SIGINT to a real `thrifty batch run` process; the second run is in-process."""
+@pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["ctrl-c", "sigterm"])
+def test_a_stop_signal_leaves_a_resumable_run_and_one_line(mock: RunningServer, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str], signum: int,
+                                                           exit_code: int) -> None:
+    """A real SIGINT (Ctrl-C) or SIGTERM (`kill`) to a real `thrifty batch run` process; the second
+    run is in-process."""
     items_file = tmp_path / "items.jsonl"
     items_file.write_text("".join(json.dumps(it) + "\n" for it in ITEMS[:24]))
     out = tmp_path / "out.jsonl"
@@ -232,12 +236,12 @@ def test_ctrl_c_leaves_a_resumable_run_and_one_line(mock: RunningServer, tmp_pat
         deadline = time.monotonic() + 60
         while len(sent_inputs(mock)) < 10 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, err
+    assert proc.returncode == exit_code, err
     assert "Traceback" not in err and err.strip().count("\n") == 0, err
     assert err.startswith("thrifty: interrupted; ") and "run the same command again to resume" in err
     assert not out.exists()  # no half output: OUT appears only complete

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from fixtures.processes import serve_one_request
@@ -31,3 +32,22 @@ def test_serve_writes_only_json_lines(tmp_path: Path) -> None:
     assert "uvicorn.error" in loggers and loggers.count("thrifty.request") == 1
     assert any("Shutting down" in e["msg"] for e in entries)
     assert "uvicorn.access" not in loggers and "sk-upstream-never-logged" not in err
+
+
+def test_serve_logs_an_unset_variable_of_its_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ${VAR} ledger DSN left unset means the local SQLite ledger (documented: empty = unset),
+    which other instances do not share: serve says so in a JSON warning line, as `config check`
+    does, and still serves."""
+    monkeypatch.delenv("THRIFTY_TEST_UNSET_DSN", raising=False)
+    with run_in_thread(create_mock(MockConfig())) as mock:
+        cfg = tmp_path / "thrifty.yaml"
+        cfg.write_text(yaml.safe_dump({
+            "providers": {"mock": {"base_url": mock.url + "/v1"}},
+            "models": {"m": {"provider": "mock", "price": {"input": 1.0, "output": 1.0}}},
+            "ledger": {"dsn": "${THRIFTY_TEST_UNSET_DSN}", "path": str(tmp_path / "ledger.db")},
+        }))
+        err = serve_one_request(cfg, free_port(), "hi")
+    entries = [json.loads(line) for line in err.splitlines() if line.strip()]
+    warnings = [e for e in entries if e.get("level") == "warning" and "THRIFTY_TEST_UNSET_DSN" in e["msg"]]
+    assert len(warnings) == 1, entries
+    assert (tmp_path / "ledger.db").exists()  # it served, on the local ledger

@@ -11,9 +11,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from thrifty.cache.calibrate import calibrate
 from thrifty.cache.evaluation import drop_calibration_overlap
-from thrifty.cache.folds import grouped_folds, question_groups, question_key
+from thrifty.cache.folds import group_split, grouped_folds, question_groups, question_key
 from thrifty.cache.pairs import Pair
+from thrifty.cache.wordmodel import oof_word_scores
+from thrifty.embeddings.lexical import LexicalEmbedder
 from thrifty.errors import DataError
 from thrifty.evaluation.dataset import Item, OutcomeSet
 from thrifty.evaluation.hygiene import drop_train_overlap
@@ -142,3 +145,38 @@ def test_train_overlap_keeps_its_behaviour_and_message() -> None:
     assert drop_train_overlap(untouched, train) == (untouched, None)
     with pytest.raises(DataError, match="every one of the 1 --data prompts is also a --train prompt"):
         drop_train_overlap(OutcomeSet([item(0, "what is 1+1?")], ["m"]), train)
+
+
+def test_group_split_keeps_groups_whole_and_covers_every_row() -> None:
+    groups = np.repeat(np.arange(30), 3)  # 30 groups of 3 rows
+    labels = np.tile([0, 1, 1], 30)
+    split = group_split(groups, labels, 5, seed=1)
+    seen = np.concatenate([te for _, te in split])
+    assert sorted(seen.tolist()) == list(range(90))
+    for tr, te in split:
+        assert not set(groups[tr]) & set(groups[te])
+        assert len(tr) + len(te) == 90
+
+
+def test_out_of_fold_word_scores_never_learn_from_a_sibling_pair() -> None:
+    """Each group's pairs all carry a word of their own. Folds by pair would learn that word from a
+    sibling in the training folds and score the pair by it; folds by group never see it, so every
+    pair gets the score of a model that knows none of its words."""
+    token_lists = [[f"d:w{g}", "d:common"] for g in range(40) for _ in range(3)]
+    y = np.array([g % 2 for g in range(40) for _ in range(3)])
+    groups = np.repeat(np.arange(40), 3)
+    grouped = oof_word_scores(token_lists, y, groups=groups, seed=0)
+    by_pair = oof_word_scores(token_lists, y, seed=0)
+    # By pair the group words give the label away; by group no score separates the labels.
+    assert by_pair[y == 1].mean() - by_pair[y == 0].mean() > 0.2
+    assert abs(grouped[y == 1].mean() - grouped[y == 0].mean()) < 0.02
+
+
+def test_calibration_refuses_folds_it_cannot_fill_with_distinct_questions() -> None:
+    """Ten pairs, enough labels for 5 folds, but one shared question: one group, no honest split."""
+    pairs = [Pair("where is paris?", f"where is paris, {suffix}?", label)
+             for suffix, label in [("france", 1), ("texas", 0), ("really", 1), ("the city", 1), ("in france", 1),
+                                   ("the capital", 0), ("kentucky", 0), ("ontario", 0), ("maine", 0),
+                                   ("the french capital", 1)]]
+    with pytest.raises(DataError, match="distinct questions"):
+        calibrate(pairs, LexicalEmbedder(), folds=5, model="cosine")

@@ -36,6 +36,7 @@ from thrifty.errors import (
     UpstreamProtocolError,
     UpstreamTimeoutError,
 )
+from thrifty.jsonl import text_lines
 from thrifty.ledger.records import rows_from_context
 from thrifty.ledger.store import SQLStore, open_store
 from thrifty.pipeline.accounting import priced_usage, settle
@@ -244,7 +245,7 @@ class DeferredRunner:
         for key in ("output_file_id", "error_file_id"):
             if batch.get(key):
                 raw = await api.file_content(str(batch[key]))
-                for line in raw.decode("utf-8", "replace").splitlines():
+                for line in text_lines(raw.decode("utf-8", "replace")):
                     if line.strip():
                         row = _json_line(line)
                         if row is None:  # its item counts as missing: resubmitted, then reported

@@ -4,6 +4,8 @@ A labelled pair says whether one cached question (text_a) may answer another (te
 threshold is set where the verifier accepts at most ``margin * max_false_hit_rate`` of the
 non-duplicate pairs, scored out-of-fold (the scoring model never saw that pair): the verifier's
 own false-acceptance rate, which holds for any candidate it is shown, not only a pair's own.
+With ``confidence`` (default 0.9) that rate is bounded rather than matched: the threshold is where
+its one-sided Clopper-Pearson upper bound meets the target (verifier.allowed_false_hits).
 
 The cross-validation figures then replay the cache on the held-out fold: every text_a cached,
 every text_b looked up among its top-k neighbours. A pair's hit is text_a retrieved and verified
@@ -25,11 +27,12 @@ from typing import Any
 import numpy as np
 
 from thrifty.cache.alignment import ALIGN_NAMES, alignment_features, piece_idf
-from thrifty.cache.config import DEFAULT_TOP_K
+from thrifty.cache.config import DEFAULT_CONFIDENCE, DEFAULT_TOP_K
 from thrifty.cache.density import DENSITY_NAMES
 from thrifty.cache.features import FEATURE_NAMES, build_idf, pair_features
+from thrifty.cache.folds import group_split, question_groups
 from thrifty.cache.pairs import Pair, PairCache, embed_with_tokens
-from thrifty.cache.verifier import LearnedVerifier, apply_gate, fit_model, threshold_at
+from thrifty.cache.verifier import LearnedVerifier, allowed_false_hits, apply_gate, fit_model, threshold_at
 from thrifty.cache.vetoes import VETOES_VERSION, vetoed
 from thrifty.cache.wordmodel import WordModel, diff_tokens, fit_word_model, oof_word_scores
 from thrifty.embeddings import Embedder
@@ -83,6 +86,9 @@ class _Replay:
     fits: dict[tuple[str, bytes], _Fitted] = field(default_factory=dict)
     # Word-piece IDF of the alignment columns (None: the embedder has no token vectors, no columns).
     align_idf: dict[str, float] | None = None
+    # Per pair, its connected component of shared questions (folds.question_groups): every fold
+    # here, outer and inner, keeps a group whole.
+    groups: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def plain(self) -> int:
@@ -211,7 +217,8 @@ def _fit(kind: str, r: _Replay, y: np.ndarray, idx: np.ndarray, seed: int,
         density = extra == "density"
         if memo not in r.words:
             toks = [r.own_tokens[i] for i in idx]
-            r.words[memo] = (fit_word_model(toks, y[idx]), oof_word_scores(toks, y[idx], seed=seed))
+            r.words[memo] = (fit_word_model(toks, y[idx]),
+                               oof_word_scores(toks, y[idx], groups=r.groups[idx], seed=seed))
         words, oof = r.words[memo]
         x = _with_word_scores(r.own[idx][:, _columns(r, density)], oof)
         fitted = _Fitted(fit_model(x, y[idx], base, seed), words, density)
@@ -236,14 +243,13 @@ def _best(fitted: _Fitted, r: _Replay, idx: np.ndarray) -> tuple[np.ndarray, np.
 
 def calibrate(pairs: list[Pair], embedder: Embedder, *, max_false_hit_rate: float = 0.005, model: str = "auto",
               folds: int = 5, margin: float = 1.0, top_k: int = DEFAULT_TOP_K, seed: int = 0,
+              confidence: float | None = DEFAULT_CONFIDENCE,
               progress: Callable[[str], None] | None = None) -> Calibration:
     """A verifier fitted on ``pairs`` with its threshold for ``max_false_hit_rate``, plus CV figures.
 
     ``model="auto"`` cross-validates the gradient-boosted verifier and the plain similarity and
     keeps the one that serves more duplicates at the target under cross-validation.
     """
-    from sklearn.model_selection import StratifiedKFold
-
     t0 = time.perf_counter()
     if any(p.label is None for p in pairs):
         raise DataError("calibration needs a label (0 or 1) on every pair")
@@ -257,8 +263,20 @@ def calibrate(pairs: list[Pair], embedder: Embedder, *, max_false_hit_rate: floa
         raise DataError(f"unknown verifier model {model!r} (expected one of {', '.join(MODELS)})")
     kinds = list(AUTO_MODELS) if model == "auto" else [model]
     r = _replay(pairs, embedder, idf, top_k, density=any(k.endswith("+density") for k in kinds))
-    split = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(r.own, y))
+    # Folds of whole question groups: Quora pairs repeat questions, and a verifier (its threshold,
+    # its difference-word model) must not be judged on a question it was fitted on, or the chosen
+    # threshold is optimistic and serves more false hits than the target in production.
+    r.groups = question_groups(pairs)
+    try:
+        split = group_split(r.groups, y, folds, seed)
+    except ValueError as exc:
+        raise DataError(f"calibration needs {folds} folds of distinct questions: {exc}") from None
     target = margin * max_false_hit_rate
+    negatives = int((1 - y).sum())
+    if confidence and allowed_false_hits(negatives, target, confidence) < 0:
+        say(f"calibrate: note: {negatives:,} non-duplicates cannot show a false-hit rate of {target:.3%} with "
+            f"confidence {confidence}: the threshold sits above every non-duplicate (more pairs, or "
+            "--confidence 0, allow more hits)")
     # A "+density" scorer's gate is its plain scorer: cross-validate that first (its out-of-fold
     # scores set the gate thresholds), also when only the "+density" one was asked for.
     gates = [k.partition("+")[0] for k in kinds if k.endswith("+density")]
@@ -266,11 +284,11 @@ def calibrate(pairs: list[Pair], embedder: Embedder, *, max_false_hit_rate: floa
     for kind in dict.fromkeys([*gates, *kinds]):
         say(f"calibrate: {folds}-fold cross-validation of the {kind} verifier")
         gate_oof = tried[kind.partition("+")[0]][1] if kind.endswith("+density") else None
-        tried[kind] = _cross_validate(kind, r, y, split, target, seed, gate_oof)
+        tried[kind] = _cross_validate(kind, r, y, split, target, seed, gate_oof, confidence)
     # Chosen on the pooled out-of-fold scores (duplicates accepted at the threshold that meets the
     # target over all pairs): the per-fold figures add the noise of moving a threshold between
     # folds, which flipped the choice between two scorers of near-equal per-fold means.
-    pooled = {k: _pooled_hit_rate(v[1], y, target) for k, v in tried.items()}
+    pooled = {k: _pooled_hit_rate(v[1], y, target, confidence) for k, v in tried.items()}
     best = max(kinds, key=lambda k: pooled[k])
     results, oof_pair, oof_best, oof_sim = tried[best]
     say(f"calibrate: fitting the {best} verifier on all {len(pairs):,} pairs")
@@ -278,12 +296,13 @@ def calibrate(pairs: list[Pair], embedder: Embedder, *, max_false_hit_rate: floa
     if best.endswith("+density"):
         gate_threshold = threshold_at(tried[best.partition("+")[0]][1][y == 0], GATE_RATE)
     final = _fit(best, r, y, np.arange(len(y)), seed, gate_threshold)
-    threshold = threshold_at(oof_pair[y == 0], target)
+    threshold = threshold_at(oof_pair[y == 0], target, confidence)
     # Candidates far less similar than any the verifier accepted here are not worth scoring: a
     # label-free shortcut that keeps lookups cheap (it can only turn hits into misses).
     accepted = np.concatenate([oof_sim[oof_best >= threshold], r.own[oof_pair >= threshold, -1]])
     min_similarity = float(accepted.min()) - 0.05 if len(accepted) else -1.0
     info = {"model": best, "pairs": len(pairs), "max_false_hit_rate": max_false_hit_rate, "margin": margin,
+            "confidence": confidence,
             "top_k": top_k, "folds": folds, "hard_vetoes": VETOES_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "cv_duplicate_hit_rate": {k: float(np.mean([f["duplicate_hit_rate"] for f in v[0]]))
@@ -297,13 +316,13 @@ def calibrate(pairs: list[Pair], embedder: Embedder, *, max_false_hit_rate: floa
     return Calibration(verifier, results, time.perf_counter() - t0)
 
 
-def _pooled_hit_rate(oof_pair: np.ndarray, y: np.ndarray, target: float) -> float:
+def _pooled_hit_rate(oof_pair: np.ndarray, y: np.ndarray, target: float, confidence: float | None) -> float:
     """Share of duplicates whose out-of-fold pair score clears the threshold set on all non-duplicates."""
-    return float(np.mean(oof_pair[y == 1] >= threshold_at(oof_pair[y == 0], target)))
+    return float(np.mean(oof_pair[y == 1] >= threshold_at(oof_pair[y == 0], target, confidence)))
 
 
 def _cross_validate(kind: str, r: _Replay, y: np.ndarray, split: list[tuple[np.ndarray, np.ndarray]],
-                    target: float, seed: int, gate_oof: np.ndarray | None = None,
+                    target: float, seed: int, gate_oof: np.ndarray | None = None, confidence: float | None = None,
                     ) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray, np.ndarray]:
     """Per-fold figures at thresholds chosen on the other folds; out-of-fold pair and best-candidate
     scores. ``gate_oof``: the gate scorer's out-of-fold pair scores (for a "+density" kind)."""
@@ -324,7 +343,7 @@ def _cross_validate(kind: str, r: _Replay, y: np.ndarray, split: list[tuple[np.n
     results: list[dict[str, Any]] = []
     for f in range(len(split)):
         te, rest = fold_of == f, fold_of != f
-        thr = threshold_at(oof_pair[rest & neg], target)
+        thr = threshold_at(oof_pair[rest & neg], target, confidence)
         served = oof_best >= thr
         hit = oof_own >= thr
         results.append({"fold": f, "model": kind, "threshold": thr,

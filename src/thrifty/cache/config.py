@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 # cached question is often outranked by other near-duplicates, and with 5 the density verifier lost
 # 21 of 267 duplicates it accepted pairwise (bench fold 0); 10 recovered 16 of them for ~1 ms of p99.
 DEFAULT_TOP_K = 10
+# How sure `cache calibrate` is that the false-hit rate meets its target (None or 0: matched on
+# average; cache/verifier.allowed_false_hits).
+DEFAULT_CONFIDENCE = 0.9
 
 
 class _Strict(BaseModel):

@@ -15,10 +15,12 @@ the cache would treat as sharing a question.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from thrifty.cache.pairs import Pair
+if TYPE_CHECKING:  # pairs.py imports the cache, whose verifier imports these folds
+    from thrifty.cache.pairs import Pair
 
 
 def question_key(text: str) -> str:
@@ -55,7 +57,22 @@ def question_groups(pairs: Sequence[Pair]) -> np.ndarray:
 
 
 def grouped_folds(pairs: Sequence[Pair], k: int, seed: int) -> list[np.ndarray]:
-    """``k`` folds (sorted pair indices) of whole question groups, stratified by label.
+    """``k`` folds (sorted pair indices) of whole question groups, stratified by label."""
+    labels = np.array([-1 if p.label is None else p.label for p in pairs])
+    return folds_of_groups(question_groups(pairs), labels, k, seed)
+
+
+def group_split(groups: np.ndarray, labels: np.ndarray, k: int,
+                seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``folds_of_groups`` as (training rows, held-out rows) per fold, the shape sklearn splitters give."""
+    folds = folds_of_groups(groups, labels, k, seed)
+    every = np.arange(len(groups))
+    return [(np.setdiff1d(every, te, assume_unique=True), te) for te in folds]
+
+
+def folds_of_groups(groups: np.ndarray, labels: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
+    """``k`` folds (sorted row indices) of whole groups (``groups[i]``: row i's group id), stratified
+    by ``labels``.
 
     Groups are dealt largest first (ties in an order drawn from ``seed``), each to the fold that
     holds the smallest share of the group's labels so far: the folds' sizes and duplicate rates
@@ -63,15 +80,14 @@ def grouped_folds(pairs: Sequence[Pair], k: int, seed: int) -> list[np.ndarray]:
     """
     if k < 2:
         raise ValueError(f"need at least 2 folds, got {k}")
-    groups = question_groups(pairs)
+    _, groups = np.unique(groups, return_inverse=True)  # ids 0..n-1 whatever the caller numbered
     n_groups = int(groups.max()) + 1 if len(groups) else 0
     if n_groups < k:
         raise ValueError(f"{n_groups} question groups cannot fill {k} folds")
-    labels = np.array([-1 if p.label is None else p.label for p in pairs])
     classes, cls = np.unique(labels, return_inverse=True)
     counts = np.zeros((n_groups, len(classes)), dtype=np.int64)
     np.add.at(counts, (groups, cls), 1)
-    weight = 1.0 / counts.sum(axis=0)  # a class's pairs count as shares of that class
+    weight = 1.0 / counts.sum(axis=0)  # a class's rows count as shares of that class
     order = np.random.default_rng(seed).permutation(n_groups)
     order = order[np.argsort(-counts[order].sum(axis=1), kind="stable")]
     filled = np.zeros((k, len(classes)))
@@ -80,5 +96,5 @@ def grouped_folds(pairs: Sequence[Pair], k: int, seed: int) -> list[np.ndarray]:
         f = int(np.argmin(filled @ (counts[g] * weight)))
         fold_of[g] = f
         filled[f] += counts[g] * weight
-    pair_fold = fold_of[groups]
-    return [np.flatnonzero(pair_fold == f) for f in range(k)]
+    row_fold = fold_of[groups]
+    return [np.flatnonzero(row_fold == f) for f in range(k)]

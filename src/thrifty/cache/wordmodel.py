@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from thrifty.cache.features import analyze
+from thrifty.cache.folds import group_split
 
 # Substitution pairs grow with the product of the two difference sets; long rewrites carry
 # little per-pair signal, so only the first few (sorted) are kept.
@@ -81,15 +82,20 @@ def fit_word_model(token_lists: Sequence[Sequence[str]], y: np.ndarray, *, c: fl
 
 
 def oof_word_scores(token_lists: Sequence[Sequence[str]], y: np.ndarray, folds: int = 5,
-                    seed: int = 0) -> np.ndarray:
-    """Each pair's score from a model fitted without it: the column the verifier is trained on."""
-    from sklearn.model_selection import StratifiedKFold
+                    seed: int = 0, groups: np.ndarray | None = None) -> np.ndarray:
+    """Each pair's score from a model fitted without it: the column the verifier is trained on.
 
+    ``groups`` (per pair, its group of shared questions): folds keep a group whole, so a pair is
+    never scored by a model fitted on another pair asking one of its questions.
+    """
     out = np.zeros(len(y))
-    n_folds = min(folds, int(y.sum()), int((1 - y).sum()))
+    groups = np.arange(len(y)) if groups is None else groups
+    n_folds = min(folds, int(y.sum()), int((1 - y).sum()), len(np.unique(groups)))
     if n_folds < 2:
         return out
-    for tr, te in StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
+    for tr, te in group_split(groups, y, n_folds, seed):
+        if len(np.unique(y[tr])) < 2:  # a tiny set's fold can hold one label only: nothing to learn
+            continue
         model = fit_word_model([token_lists[i] for i in tr], y[tr])
         out[te] = model.scores([token_lists[i] for i in te])
     return out

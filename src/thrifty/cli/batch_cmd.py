@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,12 +28,16 @@ ConfigOpt = typer.Option(None, "--config", "-c", help="Config file (default: $TH
 
 
 def _gateway(config: Path | None) -> Gateway:
+    """The gateway of ``config``. Batch runs and jobs live in its ledger database, so the config is
+    loaded as ``report`` and ``keys`` load it: a ``${VAR}`` ledger DSN left empty is refused rather
+    than a local SQLite ledger used, where `batch status` on the gateways would never find a job."""
+    from thrifty.cli.ledger_cmd import load_ledger_config
     from thrifty.gateway import Gateway
 
     path = config or os.environ.get("THRIFTY_CONFIG")
     if not path:
         raise InvalidRequestError("no config: pass --config FILE or set THRIFTY_CONFIG")
-    return Gateway.from_config(path)
+    return Gateway.from_config(load_ledger_config(Path(path)))
 
 
 def _write(results: list[ItemResult], out: Path | None, ids: list[str | int]) -> None:
@@ -88,6 +93,23 @@ def _checkpoint(gw: Gateway, items_file: Path, items: list[Item], out: Path | No
     elif cp.resumed:
         typer.echo(f"resuming: {cp.resumed} of {len(items)} items already done (kept in {path})", err=True)
     return cp
+
+
+def _cancel_on_sigterm(terminated: list[int]) -> None:
+    """SIGTERM (``kill``, a container or job scheduler stopping the run) stops the run as Ctrl-C
+    does: the running task is cancelled, so finished packs stay in the progress file and in the
+    ledger, instead of the process dying between a paid call and its record."""
+    task = asyncio.current_task()
+    if task is None:
+        return
+
+    def stop() -> None:
+        terminated.append(signal.SIGTERM)
+        task.cancel()
+
+    # Windows has no loop signal handlers, and only the main thread may set one (in-process callers).
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop)
 
 
 def _interrupted(cp: Checkpoint | None, n_items: int, deferred: bool) -> str:
@@ -167,8 +189,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run --task on every item of ITEMS.jsonl: one output line per item, with its cost share.
 
-        A packed run keeps its progress (OUT.partial, or ITEMS.<run>.partial without --out): run
-        the same command again after an interruption and only the unfinished items are run."""
+        A packed run keeps its progress (OUT.partial, or ITEMS.<run>.partial without --out): \
+run the same command again after an interruption and only the unfinished items are run."""
+        # (The backslash joins the paragraph's lines: typer's help keeps a docstring's line breaks.)
         from thrifty.batching.items import load_items
 
         # Flags first: --out is written only after every item was paid for, so an unwritable one
@@ -184,8 +207,10 @@ def register(app: typer.Typer) -> None:
         items = load_items(items_file)
         gw = _gateway(config)
         held: list[Checkpoint] = []  # the packed run's progress file, once open
+        terminated: list[int] = []  # the signal that stopped the run, once one did
 
         async def main() -> tuple[list[ItemResult], Job | None]:
+            _cancel_on_sigterm(terminated)
             try:
                 if deferred:
                     from thrifty.batching.deferred import DeferredRunner
@@ -214,12 +239,15 @@ def register(app: typer.Typer) -> None:
 
         try:
             results, job = asyncio.run(main())
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, asyncio.CancelledError) as exc:
             # asyncio.run cancelled the run, which kept what had finished: one line, no traceback.
+            if isinstance(exc, asyncio.CancelledError) and not terminated:
+                raise
             for cp in held:
                 cp.close()
             typer.echo(_interrupted(held[0] if held else None, len(items), deferred), err=True)
-            raise typer.Exit(130) from None
+            # 128 + the signal, as a shell reports a process the signal ended.
+            raise typer.Exit(128 + (terminated[0] if terminated else signal.SIGINT)) from None
         except BaseException:
             for cp in held:
                 cp.close()

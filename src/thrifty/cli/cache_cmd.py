@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from thrifty.cache.config import DEFAULT_TOP_K
+from thrifty.cache.config import DEFAULT_CONFIDENCE, DEFAULT_TOP_K
 from thrifty.cli.checks import dumps, finite_float, int_at_least, writable_output
 from thrifty.cli.report_cmd import parse_when
 from thrifty.errors import ConfigError, InvalidRequestError, UsageError
@@ -18,7 +18,10 @@ from thrifty.errors import ConfigError, InvalidRequestError, UsageError
 ConfigOpt = typer.Option(None, "--config", "-c", help="Config file (default: $THRIFTY_CONFIG).")
 
 
-def _config(path: Path | None, required: bool = True) -> Any:
+def _config(path: Path | None, required: bool = True, ledger: bool = False) -> Any:
+    """The config ``--config`` (else ``$THRIFTY_CONFIG``) names. ``ledger``: the command reads the
+    ledger database, so it is loaded as ``report`` loads it (ledger_cmd.load_ledger_config): an
+    empty ``${VAR}`` DSN is refused rather than reading some local SQLite file instead."""
     from thrifty.config import load_config
 
     source = path or os.environ.get("THRIFTY_CONFIG")
@@ -26,6 +29,10 @@ def _config(path: Path | None, required: bool = True) -> Any:
         if required:
             raise InvalidRequestError("no config: pass --config FILE or set THRIFTY_CONFIG")
         return None
+    if ledger:
+        from thrifty.cli.ledger_cmd import load_ledger_config
+
+        return load_ledger_config(Path(source))
     return load_config(source)
 
 
@@ -50,7 +57,7 @@ def _embedder(spec: str | None, cfg: Any, verifier: Any = None) -> Any:
     from thrifty.embeddings import build_embedder
 
     if spec is not None:
-        return build_embedder(spec)
+        return build_embedder(spec, key="--embedder")  # a bad value names the flag, not a config key
     if cfg is not None and cfg.cache is not None and cfg.cache.semantic.embedder is not None:
         return build_embedder(cfg.cache.semantic.embedder)
     if verifier is None and cfg is not None and cfg.cache is not None and cfg.cache.semantic.verifier:
@@ -75,7 +82,7 @@ def register(app: typer.Typer) -> None:
         from thrifty.ledger.store import open_store
 
         cutoff = parse_when(since, "--since")
-        cfg = _config(config)
+        cfg = _config(config, ledger=True)
         rows: list[Any] = []
         path = cfg.resolve_path(cfg.ledger.path)
         if cfg.ledger.dsn or Path(path).exists():
@@ -108,7 +115,8 @@ def register(app: typer.Typer) -> None:
         all_: bool = typer.Option(False, "--all", help="Delete every entry."),
         tenant: str | None = typer.Option(None, help="Only this tenant's entries (key id or anon-... hash)."),
         model: str | None = typer.Option(None, help="Only entries for this requested model."),
-        older_than: str | None = typer.Option(None, "--older-than", help="Only entries older than: 7d, 24h, 30m."),
+        older_than: str | None = typer.Option(None, "--older-than",
+                                              help="Only entries older than: 7d, 24h, 30m or an ISO date."),
     ) -> None:
         """Delete cache entries: all, by tenant, by model and/or older than an age."""
 
@@ -146,6 +154,9 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Option("auto", help="Verifier model for --calibrate-on: auto, lgbm+density, lgbm, "
                                   "logreg+density, logreg or cosine (see `cache calibrate`)."),
         top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", help="Candidates the verifier sees per lookup."),
+        confidence: float = typer.Option(DEFAULT_CONFIDENCE, "--confidence",
+                                         help="How sure --calibrate-on must be that the false-hit rate is at most "
+                                         "the target (0: match it on average instead)."),
         config: Path | None = ConfigOpt,
     ) -> None:
         """Cache every text_a, look up every text_b: duplicate hit rate, false-hit rate, latency."""
@@ -164,6 +175,7 @@ def register(app: typer.Typer) -> None:
         writable_output(decisions, "--decisions")
         _rate(max_false_hit_rate, "--max-false-hit-rate")
         int_at_least(top_k, "--top-k", 1)
+        _confidence(confidence)
         _verifier_model(model)
         cfg = _config(config, required=False)
         # The verifier file in use is read once: it also names the embedder when none is given.
@@ -182,8 +194,7 @@ def register(app: typer.Typer) -> None:
             if overlap:
                 _say(f"warning: {overlap}")
             cal = calibrate(calibration, emb, max_false_hit_rate=max_false_hit_rate, model=model,
-                            progress=_say,
-                            top_k=top_k)
+                            progress=_say, top_k=top_k, confidence=confidence or None)
             ver, fitted = cal.verifier, cal.summary()
         else:
             ver = loaded if loaded is not None else RuleVerifier.for_embedder(emb.name)
@@ -214,6 +225,9 @@ def register(app: typer.Typer) -> None:
         folds: int = typer.Option(5, help="Cross-validation folds."),
         margin: float = typer.Option(1.0, help="Calibrate to margin x the target (below 1: room for new-data "
                                      "variance)."),
+        confidence: float = typer.Option(DEFAULT_CONFIDENCE, "--confidence",
+                                         help="How sure calibration must be that the false-hit rate is at most "
+                                         "the target (0: match it on average instead)."),
         top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", help="Candidates the verifier sees per lookup."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         config: Path | None = ConfigOpt,
@@ -232,13 +246,13 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"--margin: margin x --max-false-hit-rate must stay below 1 (every pair would be "
                              f"served), got {margin} x {max_false_hit_rate}")
         int_at_least(top_k, "--top-k", 1)
+        _confidence(confidence)
         _verifier_model(model)
         writable_output(out, "--out")
         cfg = _config(config, required=False)
         emb = _embedder(embedder, cfg)
         cal = calibrate(read_pairs(pairs), emb, max_false_hit_rate=max_false_hit_rate, model=model, folds=folds,
-                        progress=_say,
-                        margin=margin, top_k=top_k)
+                        progress=_say, margin=margin, top_k=top_k, confidence=confidence or None)
         cal.verifier.save(out)
         s = cal.summary()
         s["out"] = str(out)
@@ -261,6 +275,13 @@ def _rate(value: float, flag: str) -> float:
     if value >= 1:
         raise UsageError(f"{flag}: expected a finite number > 0 and < 1, got {value}")
     return value
+
+
+def _confidence(value: float) -> None:
+    """--confidence: 0 (match the target on average) or a probability below 1."""
+    finite_float(value, "--confidence", 0)
+    if value >= 1:
+        raise UsageError(f"--confidence: expected 0, or a probability below 1 such as 0.9, got {value}")
 
 
 def _verifier_model(model: str) -> str:

@@ -88,7 +88,13 @@ def register(app: typer.Typer) -> None:
 
         def money(v: float | None) -> str:
             # Finite inputs can still overflow (1e300 requests x 1e300 tokens): say so, not "inf".
-            return "unknown" if v is None else f"{v:,.2f}" if math.isfinite(v) else "overflow"
+            if v is None:
+                return "unknown"
+            if not math.isfinite(v):
+                return "overflow"
+            # Cents from one cent up; below, two significant digits, so a small workload's models
+            # are told apart instead of all showing 0.00.
+            return f"{v:,.2f}" if abs(v) >= 0.01 or v == 0 else f"{v:.2g}" if abs(v) >= 1e-4 else f"{v:.1e}"
 
         for r in rows:
             pct = ("unknown" if r.saved_pct is None else f"{r.saved_pct:.1f}" if math.isfinite(r.saved_pct)

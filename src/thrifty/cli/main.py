@@ -16,7 +16,7 @@ import sys
 
 import typer
 
-from thrifty.errors import ThriftyError
+from thrifty.errors import ThriftyError, printable
 
 # Order here is the order in `thrifty --help`.
 COMMAND_MODULES: list[str] = [
@@ -106,13 +106,13 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo("thrifty: aborted", err=True)
         sys.exit(1)
     except ThriftyError as exc:
-        typer.echo(f"thrifty: {exc}", err=True)
+        typer.echo(f"thrifty: {printable(str(exc))}", err=True)
         sys.exit(2)
     except OSError as exc:
         # Flags naming files are checked before work starts (cli/checks.py); this is the net
         # for what changes underneath a run. One line, with the path when the OS gives it.
         where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
-        typer.echo(f"thrifty: {exc.strerror or exc}{where}", err=True)
+        typer.echo(printable(f"thrifty: {exc.strerror or exc}{where}"), err=True)
         sys.exit(2)
     # Non-standalone mode returns the command's value, or the code of an explicit typer.Exit.
     sys.exit(result if isinstance(result, int) and not isinstance(result, bool) else 0)

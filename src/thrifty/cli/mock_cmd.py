@@ -88,6 +88,7 @@ def register(app: typer.Typer) -> None:
         }
         mock_config = build_config(config, seed, allow_model, api_key, faults)
         listen.check_bind(host, port)
+        port = listen.concrete_port(host, port)  # --port 0: say which port was picked
         typer.echo(f"thrifty mock upstream on http://{host}:{port}/v1 (Ctrl-C to stop)", err=True)
         server = uvicorn.Server(
             uvicorn.Config(

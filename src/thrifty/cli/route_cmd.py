@@ -117,15 +117,18 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Learn each model's probability of success and expected cost per prompt."""
         from thrifty.cli.checks import finite_float, writable_output
+        from thrifty.embeddings import build_embedder
         from thrifty.routing.learned import train_router
 
         # Checked before loading and training (minutes with --embedder minilm).
         finite_float(c, "--c", 0, low_open=True)  # sklearn needs C > 0
         finite_float(lam, "--lam", 0)
         writable_output(out, "--out")
+        spec: Any = {"kind": "lexical", "dim": 512} if embedder == "lexical" else embedder
+        # Cheap (models load lazily): a bad value is named as the flag, before the data is read.
+        build_embedder(spec, key="--embedder")
         outcomes = _load_data(data)
         chosen = _chosen_models(models, outcomes.models) if models is not None else None
-        spec: Any = {"kind": "lexical", "dim": 512} if embedder == "lexical" else embedder
         router = train_router(outcomes, models=chosen, embedder=spec, c=c, lam=lam)
         router.save(out)
         typer.echo(f"{out}: router over {len(router.models)} model(s) trained on {len(outcomes)} prompt(s)")

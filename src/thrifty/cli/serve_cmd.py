@@ -21,7 +21,8 @@ def register(app: typer.Typer) -> None:
         """Serve POST /v1/chat/completions, GET /v1/models and GET /health."""
         import uvicorn
 
-        from thrifty.config import load_config
+        from thrifty.cli.config_cmd import unset_env_warnings
+        from thrifty.config import load_config, read_raw
         from thrifty.gateway import Gateway
         from thrifty.logs import setup_logging
         from thrifty.server import listen
@@ -35,7 +36,13 @@ def register(app: typer.Typer) -> None:
         h = host or cfg.server.host
         p = port if port is not None else cfg.server.port
         listen.check_bind(h, p)
+        p = listen.concrete_port(h, p)
         setup_logging(level)
+        # As `config check` says them, as log lines: a ${VAR} left unset (an empty ledger.dsn means
+        # the local SQLite ledger, which other instances do not share) is worth a line at start-up.
+        raw, _ = read_raw(config)
+        for line in unset_env_warnings(raw):
+            logging.getLogger("thrifty.server").warning("%s", line)
         gw = Gateway.from_config(cfg)
         # Logged, not echoed: every line on serve's stderr is a JSON object (docs/cli.md).
         logging.getLogger("thrifty.server").info("thrifty gateway on http://%s:%s/v1  pipeline: %s", h, p,

@@ -48,19 +48,22 @@ class SQLiteDocStore:
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open compression store {path}: {exc}") from None
 
-    def _run(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    def _run(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[list[tuple[Any, ...]], int]:
+        """Rows and row count of one statement, committed. The cursor is closed inside the lock:
+        one left for the garbage collector can finalize its statement while another thread uses
+        the shared connection."""
         with self._lock:
             try:
-                cur = self._conn.execute(sql, params)
-                rows = cur.fetchall()
+                with contextlib.closing(self._conn.execute(sql, params)) as cur:
+                    rows, count = cur.fetchall(), cur.rowcount
                 self._conn.commit()
-                return rows
+                return rows, count
             except sqlite3.Error as exc:
                 self._conn.rollback()
                 raise StorageError(f"compression store: {exc}") from None
 
     def get(self, kind: str, key: str) -> dict[str, Any] | None:
-        rows = self._run("SELECT doc FROM compress_docs WHERE kind = ? AND key = ?", (kind, key))
+        rows, _ = self._run("SELECT doc FROM compress_docs WHERE kind = ? AND key = ?", (kind, key))
         return json.loads(rows[0][0]) if rows else None
 
     def put(self, kind: str, key: str, doc: dict[str, Any]) -> None:
@@ -71,22 +74,20 @@ class SQLiteDocStore:
         )
 
     def delete(self, kind: str, key: str) -> bool:
-        with self._lock:
-            cur = self._conn.execute("DELETE FROM compress_docs WHERE kind = ? AND key = ?", (kind, key))
-            self._conn.commit()
-            return cur.rowcount > 0
+        return self._run("DELETE FROM compress_docs WHERE kind = ? AND key = ?", (kind, key))[1] > 0
 
     def keys(self, kind: str) -> list[str]:
-        return [r[0] for r in self._run("SELECT key FROM compress_docs WHERE kind = ? ORDER BY updated", (kind,))]
+        rows, _ = self._run("SELECT key FROM compress_docs WHERE kind = ? ORDER BY updated", (kind,))
+        return [r[0] for r in rows]
 
     def claim(self, kind: str, key: str, ttl_s: float) -> bool:
         now = time.time()
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
-                row = self._conn.execute(
-                    "SELECT until FROM compress_claims WHERE kind = ? AND key = ?", (kind, key)
-                ).fetchone()
+                with contextlib.closing(self._conn.execute(
+                        "SELECT until FROM compress_claims WHERE kind = ? AND key = ?", (kind, key))) as cur:
+                    row = cur.fetchone()
                 if row is not None and row[0] > now:
                     self._conn.rollback()
                     return False
@@ -117,7 +118,9 @@ class RedisDocStore:
             import redis
         except ImportError:
             raise ConfigError("the Redis compression store needs the 'redis' extra") from None
-        self._r = client or redis.Redis.from_url(url)
+        # Explicit timeouts, as the cache's Redis clients have: a Redis that stops answering costs a
+        # request 2 s (then the prompt goes uncompressed), never a hang.
+        self._r = client or redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self.prefix = prefix
 
     def _k(self, kind: str, key: str) -> str:

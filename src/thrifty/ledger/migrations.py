@@ -147,4 +147,12 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "CREATE INDEX IF NOT EXISTS stored_responses_ts ON stored_responses (ts)",
         ],
     ),
+    (
+        # A `background: true` response is created queued, without usage, so its ledger rows
+        # start as an offline estimate; `pending` = 1 until the one retrieve that sees it finished
+        # (from any instance) claims it and writes the real usage and cost (server/response_resources.py).
+        # An integer rather than a BOOLEAN: `pending = 1` must compare the same on SQLite and PostgreSQL.
+        "005_background_usage",
+        ["ALTER TABLE stored_responses ADD COLUMN pending INTEGER NOT NULL DEFAULT 0"],
+    ),
 ]

@@ -10,6 +10,8 @@ from thrifty.redact import scrub
 
 # Arbitrary constant naming thrifty's migration lock (pg_advisory_lock takes a bigint).
 _MIGRATION_LOCK = 7_146_329_001
+_TCP_DEFAULTS = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
+                 "tcp_user_timeout": 60_000}
 
 
 class PostgresStore(SQLStore):
@@ -25,8 +27,15 @@ class PostgresStore(SQLStore):
             import psycopg
         except ImportError:
             raise StorageError("the PostgreSQL ledger needs the 'postgres' extra: pip install 'thrifty[postgres]'") from None
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
         try:
-            return psycopg.connect(self._dsn, connect_timeout=10, application_name="thrifty")
+            given = conninfo_to_dict(self._dsn)
+            # Defaults the DSN may override: TCP keepalives and a TCP user timeout, so that a
+            # connection whose peer vanished (a failover to another host, a partition) errors out
+            # in about a minute and is replaced, instead of hanging until the old host answers.
+            conninfo = make_conninfo(self._dsn, **{k: v for k, v in _TCP_DEFAULTS.items() if k not in given})
+            return psycopg.connect(conninfo, connect_timeout=10, application_name="thrifty")
         except Exception as exc:
             # The DSN may hold a password, and libpq quotes parts of a malformed DSN (the whole
             # URL, or the password alone) in its message: never echo it.

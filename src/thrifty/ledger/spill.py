@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import IO, TYPE_CHECKING, Any
 
 from thrifty.errors import DataError
+from thrifty.jsonl import text_lines
 from thrifty.ledger.records import AttemptRow, RequestRow
 
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ def parse_spill(text: str, path: str) -> list[tuple[RequestRow, list[AttemptRow]
     """The rows of a spill file's text; ``DataError`` naming the first line that is not one
     (nothing is imported then: fix or delete that line and run again)."""
     out = []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(text_lines(text), 1):
         if not line.strip():
             continue
         where = f"{path}: line {n}"

@@ -7,17 +7,33 @@ never on the event loop.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from thrifty.errors import ConfigError, StorageError
 from thrifty.ledger.migrations import MIGRATIONS
 from thrifty.ledger.records import ATTEMPT_COLUMNS, REQUEST_COLUMNS, AttemptRow, RequestRow, as_tuple
+
+T = TypeVar("T")
+
+
+async def in_thread(call: Callable[[], T], wait_s: float, what: str) -> T:
+    """``call()`` (a blocking store call) in a worker thread, awaited at most ``wait_s``.
+
+    Why bounded: a database that keeps its connection open but never answers (frozen, or cut off
+    by a partition) would hold the request forever. On timeout the thread is left to finish (a
+    blocking driver call cannot be interrupted) and the caller gets a ``StorageError``, which it
+    handles as for a database that is down."""
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(call), wait_s)
+    except TimeoutError:
+        raise StorageError(f"{what}: the database did not answer within {wait_s:g} s") from None
 
 
 class SQLStore:
@@ -106,6 +122,34 @@ class SQLStore:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one write statement (``?`` placeholders) in its own transaction; the row count."""
         return self._run(sql, params, fetch=False)  # type: ignore[return-value]
+
+    def execute_all(self, steps: Sequence[tuple[str, Sequence[Any]]]) -> int | None:
+        """Run write statements (``?`` placeholders) in order in one transaction, committed only
+        if every one changed a row: None when committed, else the index of the first statement
+        that changed none (then all of them are rolled back). A claim (``UPDATE ... WHERE flag``)
+        followed by the updates it guards is thus atomic across instances sharing the database."""
+        p = self.placeholder
+        with self._lock:
+            conn = self.conn
+            try:
+                cur = conn.cursor()
+                for i, (sql, params) in enumerate(steps):
+                    cur.execute(sql.replace("?", p) if p != "?" else sql, tuple(params))
+                    if cur.rowcount == 0:
+                        cur.close()
+                        conn.rollback()
+                        return i
+                cur.close()  # inside the lock: see cache/backends/sqlite.py _write
+                conn.commit()
+                return None
+            except Exception as exc:
+                try:
+                    conn.rollback()
+                except Exception:
+                    self._conn = None  # broken connection: reconnect on the next call
+                if self._is_disconnect(exc):
+                    self._drop_connection()
+                raise StorageError(f"ledger write failed: {type(exc).__name__}: {exc}") from None
 
     def _run(self, sql: str, params: Sequence[Any], *, fetch: bool) -> list[tuple[Any, ...]] | int:
         if self.placeholder != "?":
@@ -200,10 +244,18 @@ def open_store(path: str | None = None, dsn: str | None = None, *, check: bool =
     ``check`` opens (and migrates) a SQLite file now, raising ``ConfigError`` naming
     ``ledger.path`` when it cannot be: the store otherwise connects on first use, so a server
     with an unusable path would start, answer, and lose every ledger row. A PostgreSQL store
-    still connects lazily, since a database that is briefly down is not a configuration error."""
+    still connects lazily, since a database that is briefly down is not a configuration error;
+    but its driver missing is one, refused now rather than found by the first write (which would
+    retry, then spill every row)."""
     if dsn:
         from thrifty.ledger.postgres import PostgresStore
 
+        if check:
+            import importlib.util
+
+            if importlib.util.find_spec("psycopg") is None:
+                raise ConfigError("ledger.dsn: the PostgreSQL ledger needs the 'postgres' extra: "
+                                  "pip install 'thrifty[postgres]'")
         return PostgresStore(dsn)
     store = SQLiteStore(path or "thrifty-ledger.db")
     if check:

@@ -19,7 +19,7 @@ from typing import Any
 
 from thrifty.mock import digest
 from thrifty.mock.behaviour import ModelBehaviour
-from thrifty.mock.packed import packed_answer
+from thrifty.mock.packed import label_for, packed_answer
 from thrifty.tokens import content_text
 
 
@@ -66,6 +66,24 @@ def mapped_answer(req: AnswerRequest, behaviour: ModelBehaviour) -> str | None:
     return None
 
 
+# The one-item request of `thrifty batch run --labels` (batching/packing.single_messages): its
+# system text lists the labels the answer must be.
+_LABELS_RE = re.compile(r"The answer must be exactly one of: (.+?)\. Reply with the answer only\.")
+
+
+def labelled_answer(req: AnswerRequest, behaviour: ModelBehaviour) -> str | None:
+    """A label, when the system text asks for exactly one of a list: chosen by hash of the input
+    as in a packed answer (mock/packed.py), so an item gets the same label alone or in a pack."""
+    messages = req.body.get("messages") or []
+    system = " ".join(content_text(m.get("content")) for m in messages
+                      if isinstance(m, dict) and m.get("role") in ("system", "developer"))
+    match = _LABELS_RE.search(system)
+    if match is None:
+        return None
+    labels = [label.strip() for label in match.group(1).split(", ") if label.strip()]
+    return label_for(req.last_user, labels) if labels else None
+
+
 def default_answer(req: AnswerRequest, behaviour: ModelBehaviour) -> str:
     """``[model] answer to: <first words>...`` plus a hash-chosen number of filler words."""
     words = req.last_user.split()
@@ -79,7 +97,7 @@ def default_answer(req: AnswerRequest, behaviour: ModelBehaviour) -> str:
 
 
 # Packed requests first: a fixed answer must not replace a whole pack's JSON.
-STRATEGIES: list[Strategy] = [packed_answer, fixed_answer, mapped_answer]
+STRATEGIES: list[Strategy] = [packed_answer, fixed_answer, mapped_answer, labelled_answer]
 
 
 def answer_text(req: AnswerRequest, behaviour: ModelBehaviour) -> str:

@@ -32,6 +32,7 @@ from starlette.routing import Route
 
 from thrifty import fastjson
 from thrifty.errors import InvalidRequestError, NotFoundError, ThriftyError
+from thrifty.jsonl import text_lines
 from thrifty.mock import digest, wire
 from thrifty.mock.behaviour import BatchSettings
 from thrifty.mock.completion import build_plan, validate
@@ -160,7 +161,7 @@ class BatchAPI:
         self.created += 1
         now = int(time.time())
         batch_id = f"batch_{self.mock._id_prefix}{self.created:06x}"
-        lines = self.files[file_id]["data"].decode("utf-8", "replace").splitlines()
+        lines = text_lines(self.files[file_id]["data"].decode("utf-8", "replace"))
         batch = {
             "id": batch_id, "object": "batch", "endpoint": ENDPOINT, "errors": None,
             "input_file_id": file_id, "completion_window": body.get("completion_window", "24h"),
@@ -207,7 +208,7 @@ class BatchAPI:
 
     def _lines(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
         out = []
-        for text in self.files[batch["input_file_id"]]["data"].decode("utf-8", "replace").splitlines():
+        for text in text_lines(self.files[batch["input_file_id"]]["data"].decode("utf-8", "replace")):
             if text.strip():
                 out.append(json.loads(text))
         return out

@@ -67,6 +67,11 @@ def _labels(body: dict[str, Any]) -> list[str] | None:
     return [str(x) for x in enum] if isinstance(enum, list) and enum else None
 
 
+def label_for(text: str, labels: list[str]) -> str:
+    """The label the mock gives ``text``: by hash, the same in a pack and alone."""
+    return labels[digest.pick(digest.sub_key(b"label", text), "label", 0, len(labels) - 1)]
+
+
 def item_answer(req: AnswerRequest, behaviour: ModelBehaviour, text: str, labels: list[str] | None) -> str:
     """What the model answers for one item (the same rules as for a single request)."""
     from thrifty.mock import answers
@@ -77,7 +82,7 @@ def item_answer(req: AnswerRequest, behaviour: ModelBehaviour, text: str, labels
         if found is not None:
             return found
     if labels:
-        return labels[digest.pick(digest.sub_key(b"label", text), "label", 0, len(labels) - 1)]
+        return label_for(text, labels)
     return answers.default_answer(sub, behaviour)
 
 

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import math
@@ -159,23 +158,25 @@ def admin_routes(keys: KeyStore, limiter: Limiter, admin_key: str | None, route_
         # Blank names are refused by KeyStore.create with its own message.
         check_route_patterns([r.strip() for r in routes if r.strip()], route_names or [], "this gateway's config")
         # KeyStore.create checks every limit (validate_limits) before it stores anything.
-        key, secret = await asyncio.to_thread(
-            keys.create, name, budget_usd=budget, period=period, rpm=rpm, tpm=tpm, routes=routes)
+        # Bounded like every key database call here (a database that stops answering gets a 503,
+        # not a hung admin client); an insert that still lands after it leaves an unused key.
+        key, secret = await keys.bounded(
+            lambda: keys.create(name, budget_usd=budget, period=period, rpm=rpm, tpm=tpm, routes=routes))
         return JSONResponse({**key.public(), "key": secret}, status_code=201)
 
     async def list_keys(request: Request) -> Response:
-        found = await asyncio.to_thread(keys.list)
+        found = await keys.bounded(keys.list)
         return JSONResponse({"object": "list", "data": [k.public() for k in found]})
 
     async def show(request: Request) -> Response:
-        key = await asyncio.to_thread(keys.get, request.path_params["key_id"])
+        key = await keys.bounded(lambda: keys.get(request.path_params["key_id"]))
         if key is None:
             raise NotFoundError(f"no key with id {request.path_params['key_id']!r}", code="key_not_found")
         usage = await limiter.usage(key, time.time())
         return JSONResponse({**key.public(), "usage": asdict(usage)})
 
     async def revoke(request: Request) -> Response:
-        key = await asyncio.to_thread(keys.revoke, request.path_params["key_id"])
+        key = await keys.bounded(lambda: keys.revoke(request.path_params["key_id"]))
         return JSONResponse(key.public())
 
     return [

@@ -12,6 +12,11 @@ seconds ago is still served from that record (with a warning in the log): a shor
 outage does not lock every client out. A key never seen (or only seen as unknown) cannot be
 checked then and gets a 503. The next successful read replaces the record, so a key revoked
 meanwhile is refused as soon as the database answers again.
+
+"Cannot be reached" includes a database that accepts connections but does not answer (a frozen
+server, a network partition that keeps the TCP connection open): a request waits at most
+``DB_WAIT_S`` for a key read, and while an earlier read is still stuck no new one is started,
+so requests are not held and worker threads do not pile up behind the store's lock.
 """
 
 from __future__ import annotations
@@ -24,10 +29,11 @@ import json
 import logging
 import math
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from thrifty.errors import InvalidRequestError, NotFoundError, ServiceUnavailableError, StorageError
 from thrifty.ledger.store import SQLStore
@@ -41,6 +47,11 @@ _CACHE_MAX = 10_000
 _COLUMNS = "key_id, name, key_prefix, budget_usd, period, rpm, tpm, routes, created_at, revoked_at"
 # What clients are told when a key cannot be checked (the details go to the log).
 KEY_DB_DOWN = "The key database (the ledger database) is unavailable; try again shortly."
+# How long a request waits for a read of the key database (a primary-key read answers in
+# milliseconds). Why bounded: a database that keeps the connection open but never answers
+# would otherwise hold every request whose key needs a fresh read.
+DB_WAIT_S = 3.0
+T = TypeVar("T")
 
 log = logging.getLogger("thrifty.ops")
 
@@ -122,6 +133,7 @@ class KeyStore:
         self.stale_s = stale_s
         self._by_hash: dict[str, _Cached] = {}
         self._by_id: dict[str, _Cached] = {}
+        self._reads = _BoundedCalls(DB_WAIT_S)
 
     def salt(self) -> str:
         if self._salt is None:
@@ -202,7 +214,7 @@ class KeyStore:
     async def afind(self, secret: str) -> VirtualKey | None:
         if self._salt is None:
             try:
-                await asyncio.to_thread(self.salt)
+                await self._reads.run(self.salt)
             except StorageError as exc:
                 log.warning("key database unavailable: cannot read the key salt: %s", exc.message)
                 raise ServiceUnavailableError(KEY_DB_DOWN) from None
@@ -213,6 +225,15 @@ class KeyStore:
         if key is not None:
             self._by_id[key.key_id] = self._by_hash[h]
         return key
+
+    async def aspent_since(self, key_id: str, since: float) -> float:
+        """``spent_since`` off the loop, bounded like the key reads (StorageError when it fails)."""
+        return await self.bounded(lambda: self.spent_since(key_id, since))
+
+    async def bounded(self, call: Callable[[], T]) -> T:
+        """``call()`` (one of the sync methods) in a worker thread, awaited at most ``DB_WAIT_S``
+        and not started while an earlier call is stuck: StorageError instead of waiting."""
+        return await self._reads.run(call)
 
     async def aget(self, key_id: str) -> VirtualKey | None:
         return await self._lookup(self._by_id, key_id, lambda: self.get(key_id), f"key {key_id}")
@@ -225,7 +246,7 @@ class KeyStore:
         if hit is not None and hit.fresh_until > time.monotonic():
             return hit.key
         try:
-            key = await asyncio.to_thread(read)
+            key = await self._reads.run(read)
         except StorageError as exc:
             now = time.monotonic()
             if hit is None or hit.key is None or now - hit.read_at > self.stale_s:
@@ -240,6 +261,48 @@ class KeyStore:
         now = time.monotonic()
         cache[name] = _Cached(now + self.cache_ttl_s, now, key)
         return key
+
+
+class _BoundedCalls:
+    """Key database calls (reads; the admin API's writes too) in worker threads, each awaited at
+    most ``wait_s``.
+
+    A read that times out keeps its thread (a blocking driver call cannot be interrupted) and,
+    with it, the store's lock; later reads would only queue behind it, each parking one more
+    thread of the default pool. So while any read has been running longer than ``wait_s``, new
+    ones fail at once, and the caller serves its stale record or a 503 without waiting."""
+
+    def __init__(self, wait_s: float) -> None:
+        self.wait_s = wait_s
+        self._lock = threading.Lock()
+        self._started: dict[int, float] = {}  # running reads: token -> when their thread started
+        self._next = 0
+
+    def _stuck(self) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            return any(now - t > self.wait_s for t in self._started.values())
+
+    async def run(self, read: Callable[[], T]) -> T:
+        if self._stuck():
+            raise StorageError("an earlier read of the key database has not answered yet")
+        with self._lock:
+            token = self._next
+            self._next += 1
+
+        def timed() -> T:
+            with self._lock:
+                self._started[token] = time.monotonic()
+            try:
+                return read()
+            finally:
+                with self._lock:
+                    self._started.pop(token, None)
+
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(timed), self.wait_s)
+        except TimeoutError:
+            raise StorageError(f"the key database did not answer within {self.wait_s:g} s") from None
 
 
 def _row(r: tuple[Any, ...]) -> VirtualKey:

@@ -32,6 +32,8 @@ from thrifty.redact import redact
 
 log = logging.getLogger("thrifty.ops")
 T = TypeVar("T")
+# Seconds to connect to Redis or to wait for a reply (a Lua step answers in well under 1 ms).
+REDIS_TIMEOUT_S = 2.0
 
 # ARGV: budget (-1: none), est_cost, rpm (-1), tpm (-1), est_tokens, budget_ttl, seed (-1: unknown)
 ADMIT = """
@@ -110,8 +112,13 @@ class RedisLimiter:
     def __init__(self, url: str, seed: Seed, *, prefix: str = "thrifty") -> None:
         import redis.asyncio as aioredis
 
-        self._clients: PerLoop[_Bound] = PerLoop(lambda: _Bound.of(aioredis.from_url(url)), _Bound.aclose,
-                                                 what="the Redis limiter's connection pool")
+        # Explicit timeouts: redis-py's defaults differ between the versions allowed (older ones
+        # wait forever), and a Redis that keeps the connection open but does not answer (frozen,
+        # a network partition) must fail a limited request with the 503, not hold it.
+        self._clients: PerLoop[_Bound] = PerLoop(
+            lambda: _Bound.of(aioredis.from_url(url, socket_timeout=REDIS_TIMEOUT_S,
+                                                socket_connect_timeout=REDIS_TIMEOUT_S)),
+            _Bound.aclose, what="the Redis limiter's connection pool")
         self._seed = seed
         self._prefix = prefix
 
@@ -142,12 +149,14 @@ class RedisLimiter:
 
         try:
             return await op()
-        except (RedisConnectionError, RedisTimeoutError, ConnectionError) as exc:
+        except RedisTimeoutError as exc:  # not answering is not a closed connection: a retry would wait again
+            failure: Exception = exc
+        except (RedisConnectionError, ConnectionError) as exc:
             log.info("budget store (Redis): %s; retrying on a new connection", redact(str(exc)))
             try:
                 return await op()
             except Exception as again:
-                failure: Exception = again
+                failure = again
         except Exception as exc:
             failure = exc
         log.warning("budget store (Redis) unavailable: %s: %s", type(failure).__name__, redact(str(failure)))

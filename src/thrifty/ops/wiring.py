@@ -134,7 +134,7 @@ def _label_route(gateway: Gateway) -> LabelRoute:
 def _seeder(keys: KeyStore) -> Seed:
     async def seed(key_id: str, since: float) -> float:
         try:
-            return await asyncio.to_thread(keys.spent_since, key_id, since)
+            return await keys.aspent_since(key_id, since)
         except StorageError as exc:
             # Without the period's recorded spend the budget cannot be enforced: fail closed,
             # telling the client which service is down (the details are for the log only).

@@ -17,6 +17,7 @@ import numpy as np
 
 from thrifty.embeddings import Embedder, build_embedder
 from thrifty.errors import ConfigError
+from thrifty.jsonl import text_lines
 from thrifty.routing.config import ClassifyConfig, Rule
 from thrifty.routing.formats import detect_family
 from thrifty.types import ChatRequest
@@ -79,7 +80,7 @@ def load_examples(inline: dict[str, list[str]], path: str | None) -> dict[str, l
     out = {t: list(v) for t, v in inline.items()}
     if path:
         try:
-            lines = Path(path).read_text(encoding="utf-8").splitlines()
+            lines = text_lines(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"routing.classify.examples_file: cannot read {path}: {exc.strerror or exc}") from None
         for n, line in enumerate(lines, 1):

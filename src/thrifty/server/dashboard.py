@@ -8,7 +8,6 @@ admin key (the page asks for it and keeps it in the browser's session storage on
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from importlib import resources
@@ -20,8 +19,11 @@ from starlette.routing import Route
 
 from thrifty.errors import InvalidRequestError, NotFoundError
 from thrifty.ledger.report import CALL_SAVED_SQL
-from thrifty.ledger.store import SQLiteStore, SQLStore
+from thrifty.ledger.store import SQLiteStore, SQLStore, in_thread
 from thrifty.ops.admin import check_admin, json_errors
+
+# The dashboard's aggregate queries over a period (seconds on a large ledger; a frozen database never).
+DATA_WAIT_S = 30.0
 
 PERIODS: dict[str, tuple[float | None, int]] = {  # name -> (seconds back, bucket seconds)
     "24h": (86400, 3600),
@@ -150,7 +152,8 @@ def dashboard_routes(store: SQLStore | None, *, admin_key: str | None, require_a
         if store is None:
             raise InvalidRequestError("the dashboard needs the ledger: it is disabled in this config")
         period = request.query_params.get("period", "7d")
-        body = await asyncio.to_thread(dashboard_data, store, period)
+        # Bounded: a frozen ledger database must not hold the page's poll forever (a 503 instead).
+        body = await in_thread(lambda: dashboard_data(store, period), DATA_WAIT_S, "dashboard data")
         return JSONResponse(body, headers={"cache-control": "no-store"})
 
     return [

@@ -231,10 +231,15 @@ class _SyncStream(httpx.SyncByteStream):  # type: ignore[misc,name-defined]
 class LoopASGITransport(httpx.AsyncBaseTransport):  # type: ignore[misc,name-defined]
     """An async httpx transport serving requests from an ASGI app on the caller's event loop."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, closed: Callable[[], bool] | None = None) -> None:
         self._app = app
+        # Whether the gateway behind ``app`` was closed: then it refuses like a stopped server
+        # (openai.APIConnectionError), as the sync transport does once its loop thread stopped.
+        self._closed = closed or (lambda: False)
 
     async def handle_async_request(self, request: Any) -> Any:
+        if self._closed():
+            raise httpx.ConnectError("the in-process gateway is closed", request=request)
         body = await request.aread()
         messages: asyncio.Queue[Message] = asyncio.Queue()
         disconnected = asyncio.Event()

@@ -52,3 +52,18 @@ def check_bind(host: str, port: int) -> None:
         else:
             reason = (exc.strerror or str(exc)).lower()
         raise UsageError(f"cannot listen on {host}:{port}: {reason}") from None
+
+
+def concrete_port(host: str, port: int) -> int:
+    """``port``, or for 0 ("any free port") the free port the system gives now.
+
+    Why: uvicorn picks the port only when it binds, so the start-up line would say ``:0`` and
+    nobody could tell where the server listens. As with ``listen.check_bind``, another process
+    may take the port before uvicorn binds it; that rare case keeps uvicorn's own report."""
+    if port != 0:
+        return port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])

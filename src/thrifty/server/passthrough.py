@@ -72,6 +72,12 @@ def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def request_body(ctx: RequestContext) -> dict[str, Any]:
+    """The body the client sent to a passthrough endpoint (as read, before ``upstream_body``)."""
+    body: dict[str, Any] = ctx.scratch[_BODY]
+    return body
+
+
 def checked_stream(body: dict[str, Any]) -> bool:
     """The body's ``stream`` flag (absent or null: false), refused when it is not a boolean."""
     stream = body.get("stream", False)
@@ -354,6 +360,7 @@ def passthrough_handler(gateway: Gateway, endpoint: Endpoint) -> Any:
         request_id = new_request_id()
         t0 = time.perf_counter()
         try:
+            gateway.check_open()  # a closed gateway has no ledger: it must not spend unrecorded
             body = await read_json_body(request, limit)
             stand_in = endpoint.parse(body)
             auth = getattr(gateway, "authenticate", None)

@@ -15,12 +15,22 @@ Not recorded in the ledger: they are not billed (no tokens), and a ``requests`` 
 inflate the request counts, error rates and latencies that reports and the dashboard compute
 over billable calls. For the same reason they do not count against a key's budget or rate
 limits. Each is logged (one line, request id, method, provider, status).
+
+One exception amends the ledger rather than adding to it: a ``background: true`` response is
+created queued, without usage, so its create's rows hold an offline estimate. The first
+retrieve (``GET``, or the final ``response.completed`` / ``incomplete`` / ``failed`` event of a
+``?stream=true`` replay) or ``cancel`` that relays it finished (completed, incomplete, failed
+or cancelled) with its usage prices that usage as the create would have been priced
+(``ResponsesEndpoint.price``, the catalog model's price) and writes it over the estimate in
+the create's ``requests`` and ``attempts`` rows, once (``ResponseIndex.amend``). A response
+nobody retrieves once finished keeps its estimate.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -40,10 +50,11 @@ from thrifty.errors import (
 )
 from thrifty.fastjson import FastJSONResponse
 from thrifty.pipeline.caller import RetryPolicy
-from thrifty.pipeline.context import new_request_id
+from thrifty.pipeline.context import Attempt, new_request_id
 from thrifty.providers.openai_compat import OpenAICompatProvider
-from thrifty.providers.raw_http import relay_bytes
+from thrifty.providers.raw_http import parse_event, relay_bytes
 from thrifty.server.http_errors import error_response, handler_error, request_id_headers, unserved_message
+from thrifty.server.responses_api import LAST_EVENTS, ResponsesEndpoint
 from thrifty.server.stored_responses import ResponseIndex, StoredResponse
 from thrifty.types import ChatRequest
 
@@ -51,6 +62,13 @@ if TYPE_CHECKING:
     from thrifty.gateway import Gateway
 
 log = logging.getLogger("thrifty.server")
+
+# A background response's end states: its usage is final then.
+_TERMINAL = frozenset({"completed", "incomplete", "failed", "cancelled"})
+# The create's pricing (ResponsesEndpoint.price), reused for the usage a retrieve brings.
+_PRICER = ResponsesEndpoint()
+_EVENT_END = re.compile(rb"\r?\n\r?\n")
+_LAST_TYPES = tuple(f'"{t}"'.encode() for t in LAST_EVENTS)  # as the JSON of their `type` has them
 
 
 def unknown(response_id: str) -> NotFoundError:
@@ -115,6 +133,7 @@ class ResponseResources:
             t0 = time.perf_counter()
             response_id = request.path_params["response_id"]
             try:
+                self.gateway.check_open()
                 entry = await self._caller(request, response_id)
                 provider = self._provider(entry)
                 url = f"{provider.config.base_url}/responses/{quote(response_id, safe='')}{suffix}"
@@ -125,6 +144,8 @@ class ResponseResources:
                 if method == "GET" and not suffix and request.query_params.get("stream") == "true":
                     return await self._stream(provider, url, policy, entry, headers, request_id)
                 body = await _with_retries(policy, lambda: provider.request_json(method, url))
+                if (method, suffix) in (("GET", ""), ("POST", "/cancel")):
+                    await self._amended(entry, body, request_id)
                 if method == "DELETE":
                     await self.index.forget(response_id)
                     body = body or {"id": response_id, "object": "response", "deleted": True}
@@ -140,6 +161,32 @@ class ResponseResources:
 
         return endpoint
 
+    async def _amended(self, entry: StoredResponse, response: Any, request_id: str) -> None:
+        """``_amend``, which must never fail a retrieve the provider answered: a fault is logged."""
+        try:
+            await self._amend(entry, response, request_id)
+        except Exception:
+            log.exception("request %s: background response %s: its usage was not recorded", request_id,
+                          entry.response_id)
+
+    async def _amend(self, entry: StoredResponse, response: Any, request_id: str) -> None:
+        """A finished background response's usage over its create's estimate (once)."""
+        if (not entry.pending or not isinstance(response, dict) or response.get("status") not in _TERMINAL
+                or not isinstance(response.get("usage"), dict)):
+            return
+        info = self.gateway.catalog.get(entry.model)
+        if info is None:  # no longer in this gateway's catalog: nothing to price it at, the estimate stays
+            return
+        attempt = Attempt(model=info.name, provider=info.provider, started=time.time(), purpose=_PRICER.name)
+        stand_in = ChatRequest(model=info.name, messages=[{"role": "user", "content": ""}])  # the usage has the prompt
+        _PRICER.price(attempt, info, stand_in, {}, response["usage"], _PRICER.answer_text(response))
+        ledger = self.gateway.ledger
+        if await self.index.amend(entry, attempt.usage, attempt.cost_usd, attempt.cost_source,
+                                  ledger.flush if ledger is not None else None):
+            log.info("request %s: background response %s finished; request %s amended to its usage (%s)",
+                     request_id, entry.response_id, entry.request_id,
+                     "unknown cost" if attempt.cost_usd is None else f"${attempt.cost_usd:.6f}")
+
     async def _stream(self, provider: OpenAICompatProvider, url: str, policy: RetryPolicy, entry: StoredResponse,
                       headers: dict[str, str], request_id: str) -> Response:
         async def opened() -> AsyncGenerator[bytes, None]:
@@ -154,9 +201,14 @@ class ResponseResources:
         events: AsyncGenerator[bytes, None] = await _with_retries(policy, opened)
 
         async def relay() -> AsyncIterator[bytes]:
+            final = _FinalEvent()
             try:
                 async for chunk in events:
+                    if entry.pending:
+                        final.feed(chunk)
                     yield chunk
+                if final.response is not None:
+                    await self._amended(entry, final.response, request_id)
             except UpstreamError as exc:  # the client has part of it: end with the error event SDKs raise on
                 log.info("stream %s broke: %s", request_id, self.gateway.redactor(exc.message))
                 err = exc.to_openai()["error"]
@@ -166,6 +218,27 @@ class ResponseResources:
 
         log.info("request %s: GET /responses/{id}?stream=true via %s", request_id, entry.provider)
         return StreamingResponse(relay(), media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
+
+
+class _FinalEvent:
+    """The response a replayed stream's last event (``LAST_EVENTS``) carries, found in its bytes
+    however the network split them; only an unfinished event is buffered."""
+
+    def __init__(self) -> None:
+        self._tail = b""
+        self.response: dict[str, Any] | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        *done, self._tail = _EVENT_END.split(self._tail + chunk)
+        for raw in done:
+            if not any(t in raw for t in _LAST_TYPES):  # a delta or the like: not worth parsing
+                continue
+            try:
+                data = parse_event(raw.splitlines(keepends=True), "upstream", True).data
+            except UpstreamError:  # not JSON: the client sees it as sent, the ledger keeps its estimate
+                continue
+            if isinstance(data, dict) and data.get("type") in LAST_EVENTS and isinstance(data.get("response"), dict):
+                self.response = data["response"]
 
 
 async def _unserved(request: Request) -> Response:

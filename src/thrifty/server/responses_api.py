@@ -14,6 +14,10 @@ client sees its id, so ``GET /v1/responses/{id}`` and its siblings find the prov
 (server/response_resources.py). A ``previous_response_id`` that thrifty knows as another
 tenant's is refused with the 404 OpenAI gives for an unknown one, so a key cannot continue
 (and read) another tenant's conversation; one thrifty never passed through is the provider's to judge.
+
+A ``background: true`` create answered queued or in progress carries no usage: its ledger rows
+hold the prompt counted offline, and its index entry is marked ``pending`` until a retrieve
+relays it finished with its usage and the rows are amended (server/response_resources.py).
 """
 
 from __future__ import annotations
@@ -26,16 +30,18 @@ from thrifty.errors import InvalidRequestError, NotFoundError, ThriftyError
 from thrifty.pipeline.context import Attempt, RequestContext
 from thrifty.providers.compat import CompatConfig
 from thrifty.providers.raw_http import SSEEvent
-from thrifty.server.passthrough import Endpoint, StreamState, checked_stream, is_int
+from thrifty.server.passthrough import Endpoint, StreamState, checked_stream, is_int, request_body
 from thrifty.server.stored_responses import ResponseIndex, StoredResponse
 from thrifty.tokens import content_text
 from thrifty.types import ChatRequest, body_model
 
 # The events that end a Responses stream; the three response.* ones carry the final usage.
-_LAST = frozenset({"response.completed", "response.incomplete", "response.failed"})
+LAST_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 # Deltas of text that bills as output (counted offline when a stream brings no usage).
 _DELTAS = frozenset({"response.output_text.delta", "response.refusal.delta", "response.function_call_arguments.delta",
                      "response.reasoning_text.delta", "response.reasoning_summary_text.delta"})
+# A background response's status until it ends (completed, incomplete, failed or cancelled).
+_RUNNING = frozenset({"queued", "in_progress"})
 # A request may continue a stored response or a conversation, or use a stored prompt, instead of `input`.
 _INPUT_SOURCES = ("previous_response_id", "conversation", "prompt")
 
@@ -113,7 +119,7 @@ class ResponsesEndpoint(Endpoint):
     async def remember(self, ctx: RequestContext, attempt: Attempt, stored_id: str) -> None:
         if self.index is not None:
             await self.index.remember(StoredResponse(stored_id, ctx.request_id, attempt.model, attempt.provider,
-                                                     ctx.key_id, ctx.tenant))
+                                                     ctx.key_id, ctx.tenant, pending=_unfinished(ctx)))
 
     def watch(self, event: SSEEvent, state: StreamState) -> None:
         data = event.data
@@ -124,7 +130,7 @@ class ResponsesEndpoint(Endpoint):
             state.stored_id = self.stored_id(data["response"])  # response.created names it first
         if kind in _DELTAS and isinstance(data.get("delta"), str):
             state.texts.append(data["delta"])
-        elif kind in _LAST:
+        elif kind in LAST_EVENTS:
             state.final = True
             response = _obj(data.get("response"))
             state.usage = response.get("usage")
@@ -140,6 +146,17 @@ class ResponsesEndpoint(Endpoint):
         err = exc.to_openai()["error"]
         data = {"type": "error", "code": err["code"], "message": err["message"], "param": err["param"], "error": err}
         return b"event: error\ndata: " + fastjson.dumps(data) + b"\n\n"
+
+
+def _unfinished(ctx: RequestContext) -> bool:
+    """A ``background: true`` response that has not finished: its usage (and so its real cost)
+    comes later, on a retrieve (stored_responses.py, ``amend``). A streamed one is remembered at
+    its first event, before it finishes; its stream's usage is replaced by the same figures then,
+    or by the full ones when the client left the stream early."""
+    if request_body(ctx).get("background") is not True:
+        return False
+    status = "queued" if ctx.request.stream else _obj(ctx.response).get("status")
+    return status in _RUNNING
 
 
 def _obj(value: Any) -> dict[str, Any]:

@@ -9,9 +9,19 @@ The entries live in the ledger database (table ``stored_responses``, migration
 ``004_stored_responses``), so a response created through one gateway instance can be retrieved
 through another sharing the same PostgreSQL; a bounded in-memory map in front of it answers
 repeated look-ups without a query, and is all there is when the ledger is disabled (one
-instance only, then). An entry never changes once written (a deleted response is forgotten, and
-an instance still holding it in memory forwards to the provider, which answers 404), so the
-memory copy cannot go stale in a way that matters.
+instance only, then). An entry never changes once written but for its ``pending`` flag (a
+deleted response is forgotten, and an instance still holding it in memory forwards to the
+provider, which answers 404), so the memory copy cannot go stale in a way that matters.
+
+``pending`` (migration ``005_background_usage``) marks a ``background: true`` response created
+queued or in progress: its ledger rows hold an offline estimate (the prompt only) until a
+retrieve relays it finished with its usage. ``amend`` then writes the real tokens and cost over
+the estimate, exactly once: it claims the entry with ``UPDATE ... SET pending = 0 WHERE pending
+= 1`` in the same transaction as the ledger updates, so of several retries or instances only
+the one whose claim changed the row amends, and a claim made before the request's row reached
+the database (it is written off the response path) is rolled back and left for a later
+retrieve. A stale ``pending`` in another instance's memory only costs that instance a claim
+that changes nothing.
 
 The entry is written before the client sees the response's id (before the non-streaming answer
 is returned, or the stream's first event relayed), so a client can use the id at once on any
@@ -21,14 +31,17 @@ was billed; only the later look-ups of that id will answer 404.
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from thrifty.errors import ServiceUnavailableError, StorageError
-from thrifty.ledger.store import SQLStore
+from thrifty.ledger.store import SQLStore, in_thread
+from thrifty.types import Usage
 
 log = logging.getLogger("thrifty.server")
 
@@ -40,7 +53,22 @@ RETENTION_S = 30 * 86_400
 PRUNE_EVERY = 1_000
 LOOKUP_DOWN = ("The ledger database is unavailable, so thrifty cannot tell which provider holds this response; "
                "try again shortly.")
-_COLUMNS = "response_id, request_id, ts, model, provider, key_id, tenant"
+_COLUMNS = "response_id, request_id, ts, model, provider, key_id, tenant, pending"
+# How long a request waits for the ledger database here (a primary-key statement answers in
+# milliseconds): a frozen database costs a client this long, then the documented fallback
+# (a 503 for a look-up; a logged miss for a write).
+DB_WAIT_S = 3.0
+FLUSH_WAIT_S = 10.0
+# The claim, then the served attempt (the request's last: passthrough.py stops at the one that
+# answered) and the request row, replaced rather than added to. A passthrough claims no saving:
+# the request's baseline is its own cost; its cost is every attempt's, as ``spent_usd`` sums.
+_CLAIM = "UPDATE stored_responses SET pending = 0 WHERE response_id = ? AND pending = 1"
+_ATTEMPT = ("UPDATE attempts SET prompt_tokens = ?, cached_tokens = ?, completion_tokens = ?, reasoning_tokens = ?,"
+            " cost_usd = ?, cost_source = ? WHERE request_id = ?"
+            " AND seq = (SELECT MAX(seq) FROM attempts WHERE request_id = ?)")
+_REQUEST = ("UPDATE requests SET prompt_tokens = ?, cached_tokens = ?, completion_tokens = ?, reasoning_tokens = ?,"
+            " cost_usd = {cost}, baseline_cost_usd = ? WHERE request_id = ?")
+_SPENT = "(SELECT SUM(cost_usd) FROM attempts WHERE request_id = ?)"
 
 
 @dataclass(frozen=True)
@@ -52,6 +80,7 @@ class StoredResponse:
     key_id: str | None
     tenant: str
     ts: float = 0.0
+    pending: bool = False  # a background response whose real usage the ledger has not yet (see amend)
 
 
 class ResponseIndex:
@@ -78,15 +107,18 @@ class ResponseIndex:
         self._keep(entry)
         if self.store is None:
             return
-        sql = (f"INSERT INTO stored_responses ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        sql = (f"INSERT INTO stored_responses ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                " ON CONFLICT (response_id) DO NOTHING")
         try:
-            await asyncio.to_thread(self.store.execute, sql, (entry.response_id, entry.request_id, entry.ts,
-                                                              entry.model, entry.provider, entry.key_id, entry.tenant))
+            store = self.store
+            values = (entry.response_id, entry.request_id, entry.ts, entry.model, entry.provider, entry.key_id,
+                      entry.tenant, int(entry.pending))
+            await in_thread(lambda: store.execute(sql, values), DB_WAIT_S, "stored response write")
             self._writes += 1
             if self._writes % PRUNE_EVERY == 1:
-                await asyncio.to_thread(self.store.execute, "DELETE FROM stored_responses WHERE ts < ?",
-                                        (time.time() - self.retention_s,))
+                cutoff = time.time() - self.retention_s
+                await in_thread(lambda: store.execute("DELETE FROM stored_responses WHERE ts < ?", (cutoff,)),
+                                DB_WAIT_S, "stored responses prune")
         except StorageError as exc:
             log.warning("request %s: response %s not recorded in the ledger database (other instances will not "
                         "find it): %s", entry.request_id, entry.response_id, exc.message)
@@ -98,16 +130,18 @@ class ResponseIndex:
         if entry is not None or self.store is None:
             return entry if entry is None or self._live(entry) else None
         try:
-            rows = await asyncio.to_thread(
-                self.store.query, f"SELECT {_COLUMNS} FROM stored_responses WHERE response_id = ?", (response_id,))
+            store = self.store
+            rows = await in_thread(
+                lambda: store.query(f"SELECT {_COLUMNS} FROM stored_responses WHERE response_id = ?", (response_id,)),
+                DB_WAIT_S, "stored response look-up")
         except StorageError as exc:
             log.warning("stored response look-up failed: %s", exc.message)
             raise ServiceUnavailableError(LOOKUP_DOWN) from None
         if not rows:
             return None
-        rid, request_id, ts, model, provider, key_id, tenant = rows[0]
+        rid, request_id, ts, model, provider, key_id, tenant, pending = rows[0]
         entry = StoredResponse(str(rid), str(request_id), str(model), str(provider),
-                               None if key_id is None else str(key_id), str(tenant), float(ts))
+                               None if key_id is None else str(key_id), str(tenant), float(ts), bool(pending))
         self._keep(entry)
         return entry if self._live(entry) else None
 
@@ -115,13 +149,58 @@ class ResponseIndex:
         """Younger than the retention: older ones the provider no longer holds either."""
         return entry.ts >= time.time() - self.retention_s
 
+    async def amend(self, entry: StoredResponse, usage: Usage, cost_usd: float | None, cost_source: str,
+                    flush: Callable[[], Any] | None = None) -> bool:
+        """Write the finished background response's ``usage`` and cost over its create's estimate
+        in the ledger, if ``entry`` is pending and this call wins the claim: True when it did.
+        ``flush`` (the ledger writer's) is called when the request's row is not in the database
+        yet, then the amendment is tried once more; a row still missing (another instance's
+        buffer, a stream still relaying) leaves the entry pending for a later retrieve."""
+        if not entry.pending or self.store is None:
+            return False
+        steps = _amendment(entry.request_id, entry.response_id, usage, cost_usd, cost_source)
+        store = self.store
+        try:
+            missing = await in_thread(lambda: store.execute_all(steps), DB_WAIT_S, "background usage")
+            if missing is not None and missing > 0 and flush is not None:
+                # The writer's flush waits out its retries when the database fails: bounded too.
+                await in_thread(flush, FLUSH_WAIT_S, "ledger flush")
+                missing = await in_thread(lambda: store.execute_all(steps), DB_WAIT_S, "background usage")
+        except StorageError as exc:
+            log.warning("request %s: the usage of background response %s was not recorded: %s", entry.request_id,
+                        entry.response_id, exc.message)
+            return False
+        if missing is None or missing == 0:  # amended now, or already by another call or instance
+            current = self._memory.get(entry.response_id)
+            if current is not None:
+                self._memory[entry.response_id] = dataclasses.replace(current, pending=False)
+        else:
+            log.info("request %s: its ledger row is not written yet; background response %s keeps its estimate "
+                     "until a later retrieve", entry.request_id, entry.response_id)
+        return missing is None
+
     async def forget(self, response_id: str) -> None:
         """Drop ``response_id`` (the provider deleted it); a failed delete is only logged."""
         self._memory.pop(response_id, None)
         if self.store is None:
             return
+        store = self.store
         try:
-            await asyncio.to_thread(self.store.execute, "DELETE FROM stored_responses WHERE response_id = ?",
-                                    (response_id,))
+            await in_thread(lambda: store.execute("DELETE FROM stored_responses WHERE response_id = ?", (response_id,)),
+                            DB_WAIT_S, "stored response delete")
         except StorageError as exc:
             log.warning("response %s: could not drop its ledger entry: %s", response_id, exc.message)
+
+
+def _amendment(request_id: str, response_id: str, usage: Usage, cost_usd: float | None,
+               cost_source: str) -> list[tuple[str, tuple[Any, ...]]]:
+    """The claim and the two ledger updates ``amend`` runs in one transaction."""
+    tokens = (usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens, usage.reasoning_tokens)
+    # An unknown price makes the request's cost unknown too (as spent_usd has it for a served attempt).
+    if cost_usd is None:
+        request: tuple[str, tuple[Any, ...]] = (_REQUEST.format(cost="NULL"), (*tokens, None, request_id))
+    else:
+        request = (_REQUEST.format(cost=_SPENT), (*tokens, request_id, cost_usd, request_id))
+    return [(_CLAIM, (response_id,)),
+            (_ATTEMPT, (*tokens, cost_usd, cost_source, request_id, request_id)),
+            request]

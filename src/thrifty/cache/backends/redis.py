@@ -6,6 +6,9 @@ Layout under the configured prefix ``P`` (the deployment namespace):
 - ``P:v:<index>`` list of packed vectors, append-only; a process remembers how far it has read;
 - ``P:l:<key>``   single-flight lock (SET NX PX), so concurrent gateways make one upstream call.
 Redis errors become misses (reads) or logged StorageErrors (writes): the cache never fails a request.
+A Redis that times out or refuses connections is skipped for ``PAUSE_S`` (reads miss, writes are
+dropped, locks are not taken) before the next call tries it again: a frozen Redis costs one
+2-second timeout per pause instead of one per cache call (several per request).
 A redis.asyncio client is bound to the event loop it first ran in, so there is one client per
 loop (``thrifty.loops.LoopRedis``): a gateway used from two ``asyncio.run`` calls keeps hitting.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import struct
 import time
 import uuid
@@ -26,6 +30,10 @@ from thrifty.errors import ConfigError, StorageError
 from thrifty.loops import LoopRedis
 
 _HEADER = struct.Struct("<dI")  # expires, length of the JSON {key, text}
+# How long the cache leaves Redis alone after a timeout or a refused connection.
+PAUSE_S = 10.0
+
+log = logging.getLogger("thrifty.cache")
 
 
 class RedisBackend:
@@ -41,6 +49,21 @@ class RedisBackend:
         self.prefix = f"{prefix}:cache"
         self.max_entries = max_entries
         self._tokens: dict[str, str] = {}
+        # What says "Redis is not answering" (not a bad command): then pause until _paused_until.
+        self._unreachable: tuple[type[BaseException], ...] = (aioredis.ConnectionError, aioredis.TimeoutError,
+                                                               OSError, TimeoutError)
+        self._paused_until = 0.0
+
+    def _paused(self) -> bool:
+        return time.monotonic() < self._paused_until
+
+    def _failed(self, exc: BaseException) -> None:
+        """Note a failed call: one that says Redis is unreachable pauses the cache's use of it."""
+        if isinstance(exc, self._unreachable):
+            if not self._paused():
+                log.warning("cache: Redis is not answering (%s): cache calls skip it for %.0f s",
+                            type(exc).__name__, PAUSE_S)
+            self._paused_until = time.monotonic() + PAUSE_S
 
     @property
     def _redis(self) -> Any:
@@ -51,13 +74,18 @@ class RedisBackend:
         return f"{self.prefix}:{kind}:{key}" if key else f"{self.prefix}:{kind}"
 
     async def get(self, key: str) -> bytes | None:
+        if self._paused():
+            return None
         try:
             value = await self._redis.hget(self._k("e", key), "value")
-        except Exception:
+        except Exception as exc:
+            self._failed(exc)
             return None
         return bytes(value) if value is not None else None
 
     async def put(self, meta: EntryMeta, value: bytes) -> None:
+        if self._paused():
+            raise StorageError("cache write skipped: Redis is not answering")
         ttl_ms = max(1, int((meta.expires - time.time()) * 1000))
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
@@ -70,6 +98,7 @@ class RedisBackend:
             if int(count) > self.max_entries:
                 await self._evict(int(count) - self.max_entries)
         except Exception as exc:
+            self._failed(exc)
             raise StorageError(f"cache write failed (redis): {type(exc).__name__}") from None
 
     async def _evict(self, n: int) -> None:
@@ -80,16 +109,22 @@ class RedisBackend:
     async def add_vector(self, index_ns: str, meta: EntryMeta, text: str, vec: np.ndarray) -> None:
         head = json.dumps({"key": meta.key, "text": text}).encode()
         record = _HEADER.pack(meta.expires, len(head)) + head + vec_bytes(vec)
+        if self._paused():
+            raise StorageError("cache vector write skipped: Redis is not answering")
         try:
             await self._redis.rpush(self._k("v", index_ns), record)
             await self._redis.pexpireat(self._k("v", index_ns), int(meta.expires * 1000))
         except Exception as exc:
+            self._failed(exc)
             raise StorageError(f"cache vector write failed (redis): {type(exc).__name__}") from None
 
     async def vectors_since(self, index_ns: str, cursor: int) -> tuple[list[VectorRow], int]:
+        if self._paused():
+            return [], cursor
         try:
             raws = await self._redis.lrange(self._k("v", index_ns), cursor, -1)
-        except Exception:
+        except Exception as exc:
+            self._failed(exc)
             return [], cursor
         out = []
         for raw in raws:
@@ -105,19 +140,22 @@ class RedisBackend:
         return out, cursor
 
     async def try_lock(self, key: str, ttl_s: float) -> bool:
+        if self._paused():
+            return True  # Redis down: proceed without the lock rather than stall the client
         token = uuid.uuid4().hex
         try:
             ok = await self._redis.set(self._k("l", key), token, nx=True, px=max(1, int(ttl_s * 1000)))
-        except Exception:
-            return True  # Redis down: proceed without the lock rather than stall the client
+        except Exception as exc:
+            self._failed(exc)
+            return True
         if ok:
             self._tokens[key] = token
         return bool(ok)
 
     async def unlock(self, key: str) -> None:
         token = self._tokens.pop(key, None)
-        if token is None:
-            return
+        if token is None or self._paused():
+            return  # a lock left behind expires by its own TTL
         # Delete only our own lock (it may have expired and been taken by another process).
         with contextlib.suppress(Exception):
             await self._redis.eval(
