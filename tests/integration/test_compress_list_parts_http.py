@@ -4,64 +4,23 @@ uvicorn and the mock upstream: the long part is compressed once and sent in plac
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
-import pytest
-import yaml
 
+from fixtures.shopbot import FILLER, HEAD, RULE, upstream_bodies, write_config
 from thrifty.gateway import Gateway
-from thrifty.mock.app import create_app as create_mock
-from thrifty.mock.behaviour import MockConfig
 from thrifty.mock.server import RunningServer, run_in_thread
 
-RULE = "IMPORTANT: never reveal the discount code 4471."
-HEAD = "You are ShopBot for Acme Widgets."
-FILLER = " ".join(f"We sell product number {i} in many colours, sizes and finishes." for i in range(100))
 PROMPT = f"{HEAD}\n\n{FILLER}\n\n{RULE}"
 COMPRESSED = f"{HEAD} We sell products 0-99 in many colours, sizes and finishes. {RULE}"
 CACHE = {"type": "ephemeral"}
 
-MOCK = {"models": {"cheap": {"answers": [
-    {"pattern": r"(?s)(You are ShopBot for Acme Widgets\.).*(IMPORTANT: never reveal the discount code 4471\.)",
-     "answer": r"\1 We sell products 0-99 in many colours, sizes and finishes. \2"},
-]}}}
 
-
-@pytest.fixture(scope="module")
-def mock() -> Iterator[RunningServer]:
-    with run_in_thread(create_mock(MockConfig.from_dict(MOCK))) as server:
-        yield server
-
-
-def write_config(tmp: Path, mock: RunningServer) -> Path:
-    cfg: dict[str, Any] = {
-        "providers": {"mock": {"base_url": mock.url + "/v1", "api_key": "sk-test-upstream-1234"}},
-        "models": {"cheap": {"provider": "mock", "price": {"input": 0.1, "output": 0.2}},
-                   "big": {"provider": "mock", "price": {"input": 2.5, "output": 10}}},
-        "ledger": {"path": "ledger.db"},
-        "compression": {
-            "model": "cheap",
-            "store": {"path": "compress.db", "memo_ttl_s": 0},
-            "system_prompt": {"min_tokens": 300, "must_keep": ["Acme Widgets", "4471"]},
-            "routes": {"big": {"system_prompt": True}},
-        },
-        "default_model": "big",
-    }
-    path = tmp / "thrifty.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def upstream_bodies(mock: RunningServer, model: str) -> list[dict[str, Any]]:
-    data = httpx.get(mock.url + "/mock/requests?limit=200").json()["data"]
-    return [r["body"] for r in data if isinstance(r["body"], dict) and r["body"].get("model") == model]
-
-
-def test_text_parts_compressed_once_in_place_with_cache_control(mock: RunningServer, tmp_path: Path) -> None:
+def test_text_parts_compressed_once_in_place_with_cache_control(shopbot_upstream: RunningServer, tmp_path: Path) -> None:
+    mock = shopbot_upstream
     httpx.post(mock.url + "/mock/reset")
     gw = Gateway.from_config(write_config(tmp_path, mock))
     with run_in_thread(gw.app()) as server:

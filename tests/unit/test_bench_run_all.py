@@ -3,26 +3,18 @@ every script it lists must exist."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+
+from fixtures.bench_module import load_bench
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run_all() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_run_all", ROOT / "bench" / "run_all.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_every_documented_benchmark_is_run_and_exists() -> None:
-    run_all = _run_all()
+    run_all = load_bench("run_all")
     listed = {" ".join(argv) for _, argv, _ in run_all.BENCHES}
     documented = re.findall(r"_Command:_ `(?:\.venv/bin/)?python (bench/[^`]+)`", (ROOT / "docs" / "benchmarks.md").read_text())
     assert documented
@@ -33,7 +25,7 @@ def test_every_documented_benchmark_is_run_and_exists() -> None:
 
 
 def test_selection() -> None:
-    run_all = _run_all()
+    run_all = load_bench("run_all")
     quick = run_all.selected(None, include_slow=False)
     assert quick and all(not slow for _, _, slow in quick)
     assert len(run_all.selected(None, include_slow=True)) == len(run_all.BENCHES)

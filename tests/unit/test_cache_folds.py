@@ -4,13 +4,10 @@ no question is judged that calibration saw, even when it came in another pair.""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from typing import Any
-
 import numpy as np
 import pytest
 
+from fixtures.bench_module import load_bench
 from thrifty.cache.calibrate import calibrate
 from thrifty.cache.evaluation import drop_calibration_overlap
 from thrifty.cache.folds import group_split, grouped_folds, question_groups, question_key
@@ -21,8 +18,6 @@ from thrifty.errors import DataError
 from thrifty.evaluation.dataset import Item, OutcomeSet
 from thrifty.evaluation.hygiene import drop_train_overlap
 from thrifty.evaluation.overlap import drop_overlap
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _pairs() -> list[Pair]:
@@ -88,16 +83,8 @@ def test_too_few_groups_for_the_folds_is_an_error() -> None:
         grouped_folds(_pairs()[40:], 5, 0)
 
 
-def _bench() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_cache_eval", ROOT / "bench" / "cache_eval.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
-
-
 def test_bench_cache_eval_folds_are_grouped_by_question() -> None:
-    bench = _bench()
+    bench = load_bench("cache_eval")
     pairs = _pairs()
     for seed in range(5):
         assert _split_questions(pairs, bench.folds_of(pairs, 5, seed)) == 0
@@ -107,7 +94,7 @@ def test_bench_cache_eval_section_says_how_folds_are_drawn() -> None:
     row = {"fold": 0, "verifier": "lgbm", "threshold": 0.9, "duplicate_hit_rate": 0.15, "false_hit_rate": 0.004,
            "duplicate_served_any_rate": 0.2, "non_duplicate_served_any_rate_excluding_identical": 0.01,
            "lookup_p50_ms": 1.0, "lookup_p99_ms": 2.0, "embed_p50_ms": 0.3}
-    body = _bench().render([{"embedder": "lexical", "rows": [row]}], 10, 5, "auto")
+    body = load_bench("cache_eval").render([{"embedder": "lexical", "rows": [row]}], 10, 5, "auto")
     assert "folds grouped by question" in body and "`--model auto`" in body
     assert "{" not in body  # every placeholder filled
 

@@ -10,6 +10,8 @@ from thrifty.redact import scrub
 
 # Arbitrary constant naming thrifty's migration lock (pg_advisory_lock takes a bigint).
 _MIGRATION_LOCK = 7_146_329_001
+# Said at start-up (open_store, a ConfigError) and, should the driver vanish later, on connecting.
+DRIVER_MISSING = "the PostgreSQL ledger needs the 'postgres' extra: pip install 'thrifty[postgres]'"
 _TCP_DEFAULTS = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
                  "tcp_user_timeout": 60_000}
 
@@ -26,7 +28,7 @@ class PostgresStore(SQLStore):
         try:
             import psycopg
         except ImportError:
-            raise StorageError("the PostgreSQL ledger needs the 'postgres' extra: pip install 'thrifty[postgres]'") from None
+            raise StorageError(DRIVER_MISSING) from None
         from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
         try:

@@ -248,14 +248,13 @@ def open_store(path: str | None = None, dsn: str | None = None, *, check: bool =
     but its driver missing is one, refused now rather than found by the first write (which would
     retry, then spill every row)."""
     if dsn:
-        from thrifty.ledger.postgres import PostgresStore
+        from thrifty.ledger.postgres import DRIVER_MISSING, PostgresStore
 
         if check:
             import importlib.util
 
             if importlib.util.find_spec("psycopg") is None:
-                raise ConfigError("ledger.dsn: the PostgreSQL ledger needs the 'postgres' extra: "
-                                  "pip install 'thrifty[postgres]'")
+                raise ConfigError(f"ledger.dsn: {DRIVER_MISSING}")
         return PostgresStore(dsn)
     store = SQLiteStore(path or "thrifty-ledger.db")
     if check:

@@ -21,7 +21,6 @@ so requests are not held and worker threads do not pile up behind the store's lo
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
 import hashlib
 import hmac
@@ -36,7 +35,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple, TypeVar
 
 from thrifty.errors import InvalidRequestError, NotFoundError, ServiceUnavailableError, StorageError
-from thrifty.ledger.store import SQLStore
+from thrifty.ledger.store import SQLStore, in_thread
 
 KEY_PREFIX = "thr-"
 # Largest rpm/tpm accepted: far above any real limit, and within a 64-bit SQL INTEGER column
@@ -299,10 +298,7 @@ class _BoundedCalls:
                 with self._lock:
                     self._started.pop(token, None)
 
-        try:
-            return await asyncio.wait_for(asyncio.to_thread(timed), self.wait_s)
-        except TimeoutError:
-            raise StorageError(f"the key database did not answer within {self.wait_s:g} s") from None
+        return await in_thread(timed, self.wait_s, "key database")
 
 
 def _row(r: tuple[Any, ...]) -> VirtualKey:
