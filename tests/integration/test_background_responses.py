@@ -18,6 +18,7 @@ from thrifty.ledger.store import SQLiteStore, SQLStore
 from thrifty.mock.app import create_app as create_mock
 from thrifty.mock.behaviour import MockConfig
 from thrifty.mock.server import RunningServer, run_in_thread
+from thrifty.server.stored_responses import FAILED_TYPE
 
 UPSTREAM_KEY = "sk-upstream-background-0000"
 ADMIN = "admin-background-0000"
@@ -175,23 +176,76 @@ def test_other_requests_and_other_tenants_change_nothing(
     mine, theirs = client(s1, keys["a"]), client(s1, keys["b"])
     plain = mine.responses.create(model="gpt", input="A plain question.")
     background = mine.responses.create(model="gpt", input="A background question.", background=True)
-    cancelled = mine.responses.create(model="gpt", input="Never mind.", background=True)
     gw1.flush()
-    before = {r._request_id: rows(gw1, r._request_id or "") for r in (plain, background, cancelled)}
+    before = {r._request_id: rows(gw1, r._request_id or "") for r in (plain, background)}
     assert pending(gw1, plain.id) == 0 and pending(gw1, background.id) == 1
 
     mine.responses.retrieve(plain.id)  # not a background response: its row was right from the start
     with pytest.raises(openai.NotFoundError):
         theirs.responses.retrieve(background.id)
-    assert mine.responses.cancel(cancelled.id).status == "cancelled"  # ended before it ran: no usage
+    with pytest.raises(openai.NotFoundError):
+        theirs.responses.cancel(background.id)
     gw1.flush()
-    assert {r._request_id: rows(gw1, r._request_id or "") for r in (plain, background, cancelled)} == before
-    assert pending(gw1, background.id) == 1 and pending(gw1, cancelled.id) == 1
+    assert {r._request_id: rows(gw1, r._request_id or "") for r in (plain, background)} == before
+    assert pending(gw1, background.id) == 1
 
     # Its owner's retrieve still amends it.
     done = mine.responses.retrieve(background.id)
     assert done.usage is not None
     assert rows(gw1, background._request_id or "")["request"][2] == done.usage.output_tokens > 0
+
+
+def status(gw: Gateway, request_id: str) -> tuple[Any, ...]:
+    return store(gw).query("SELECT status, error_type, error FROM requests WHERE request_id = ?", (request_id,))[0]
+
+
+def test_a_response_cancelled_while_queued_never_ran_and_costs_nothing(
+        gateways: tuple[Gateway, Gateway, RunningServer, RunningServer, dict[str, str]]) -> None:
+    gw1, _, s1, s2, keys = gateways
+    cancelled = client(s1, keys["a"]).responses.create(model="gpt", input="Never mind.", background=True)
+    gw1.flush()
+    estimate = rows(gw1, cancelled._request_id or "")
+    assert estimate["request"][0] > 0 and estimate["request"][4] > 0  # the prompt, counted offline
+
+    # Cancelled through the other instance: the provider's answer has no usage, it never ran.
+    answer = client(s2, keys["a"]).responses.cancel(cancelled.id)
+    assert answer.status == "cancelled" and answer.usage is None
+    got = rows(gw1, cancelled._request_id or "")
+    assert got["request"][:5] == (0, 0, 0, 0, 0.0) and got["request"][5] == 0.0
+    assert got["attempt"][:5] == (0, 0, 0, 0, 0.0) and got["attempt"][5] == "computed"
+    assert status(gw1, cancelled._request_id or "") == ("ok", None, None)  # cancelling is not a failure
+    assert pending(gw1, cancelled.id) == 0
+
+
+@pytest.fixture(scope="module")
+def failing_mock() -> Iterator[RunningServer]:
+    behaviour = {"faults": {"background_fail": True}}
+    app = create_mock(MockConfig.from_dict({"seed": 5, "api_key": UPSTREAM_KEY, "models": {"gpt-up": behaviour}}))
+    with run_in_thread(app) as server:
+        yield server
+
+
+def test_a_failed_background_run_is_a_failed_request_at_no_cost(
+        failing_mock: RunningServer, tmp_path: Any) -> None:
+    gw = Gateway.from_config(config(failing_mock.url, {"path": str(tmp_path / "ledger.db")}))
+    try:
+        assert gw.ops.keys is not None
+        key = gw.ops.keys.create("tenant-a")[1]
+        with run_in_thread(gw.app()) as server:
+            c = client(server, key)
+            created = c.responses.create(model="gpt", input="Write a long report.", background=True)
+            gw.flush()
+            assert status(gw, created._request_id or "") == ("ok", None, None)
+            done = c.responses.retrieve(created.id)
+        assert done.status == "failed" and done.usage is None and done.error is not None
+        got = rows(gw, created._request_id or "")
+        assert got["request"][:5] == (0, 0, 0, 0, 0.0)
+        state, kind, text = status(gw, created._request_id or "")
+        assert (state, kind) == ("error", FAILED_TYPE)
+        assert text == f"server_error: {done.error.message}"
+        assert UPSTREAM_KEY not in text
+    finally:
+        gw.close()
 
 
 def test_the_migration_adds_pending_to_an_existing_ledger(tmp_path: Any) -> None:
@@ -207,3 +261,46 @@ def test_the_migration_adds_pending_to_an_existing_ledger(tmp_path: Any) -> None
     old.conn.commit()
     old.close()
     assert SQLiteStore(path).query("SELECT response_id, pending FROM stored_responses") == [("resp_old", 0)]
+
+
+@pytest.mark.parametrize("limiter", ["memory", "redis"])
+def test_the_key_budget_gets_the_real_cost_not_the_estimate(
+        limiter: str, mock: RunningServer, tmp_path: Any, request: pytest.FixtureRequest) -> None:
+    import secrets
+
+    import httpx
+
+    cfg = config(mock.url, {"path": str(tmp_path / "ledger.db")})
+    if limiter == "redis":
+        cfg["redis_url"] = request.getfixturevalue("redis_url")
+        cfg["auth"]["redis_prefix"] = "bg" + secrets.token_hex(4)
+    gw = Gateway.from_config(cfg)
+    try:
+        assert gw.ops.keys is not None
+        key, secret = gw.ops.keys.create("tenant-a", budget_usd=5.0)
+        with run_in_thread(gw.app()) as server:
+            def spent() -> float:
+                shown = httpx.get(f"{server.url}/admin/keys/{key.key_id}", headers={"authorization": f"Bearer {ADMIN}"})
+                assert shown.status_code == 200, shown.text
+                usage = shown.json()["usage"]
+                assert usage["reserved_usd"] == pytest.approx(0.0, abs=1e-12)
+                return float(usage["spent_usd"])
+
+            c = client(server, secret)
+            created = c.responses.create(model="gpt", input="Describe a mountain in detail.", background=True)
+            gw.flush()
+            estimate = rows(gw, created._request_id or "")["request"][4]
+            assert spent() == pytest.approx(estimate, rel=1e-9)
+            done = c.responses.retrieve(created.id)
+            assert done.usage is not None and done.usage.output_tokens > 0
+            _, usd = expected(done.usage)
+            assert usd > estimate * 2  # the estimate had no output
+            assert spent() == pytest.approx(usd, rel=1e-9)
+            c.responses.retrieve(created.id)  # once: a second retrieve changes nothing
+            assert spent() == pytest.approx(usd, rel=1e-9)
+
+            cancelled = c.responses.create(model="gpt", input="Never mind this one.", background=True)
+            c.responses.cancel(cancelled.id)
+            assert spent() == pytest.approx(usd, rel=1e-9)  # it never ran: its estimate is taken back
+    finally:
+        gw.close()

@@ -65,6 +65,9 @@ class Faults(_Frozen):
         default=None, ge=0, description="Close a stream after N chunks, no [DONE]."
     )
     malformed: bool = Field(default=False, description="Answer 200 with a body that is not valid JSON.")
+    background_fail: bool = Field(
+        default=False, description="A background Responses API run ends failed, without usage."
+    )
     # Packed requests (thrifty batch: K items in one call, see mock/packed.py) misbehave only
     # when they hold at least ``pack_min_items`` items, so smaller retries can succeed.
     pack_drop: int = Field(default=0, ge=0, description="Packed answers leave out N items.")

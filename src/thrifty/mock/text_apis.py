@@ -177,7 +177,8 @@ class TextAPIs:
         response = text_wire.response_object(self._id("resp"), self._id("msg"), int(time.time()), body, plan, usage)
         background = bool(body.get("background")) and not body.get("stream")
         if body.get("store") is not False:
-            self._store(Stored(text_wire.queued(response) if background else response, response,
+            final = text_wire.failed(response) if background and faults.background_fail else response
+            self._store(Stored(text_wire.queued(response) if background else response, final,
                                text_wire.input_items(body, self._id), background))
         if body.get("stream"):
             return self._send(text_wire.response_events(response, behaviour.stream_chunk_words), faults)

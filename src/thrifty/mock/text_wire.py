@@ -149,6 +149,12 @@ def queued(response: dict[str, Any]) -> dict[str, Any]:
     return {**response, "status": "queued", "output": [], "usage": None, "incomplete_details": None}
 
 
+def failed(response: dict[str, Any]) -> dict[str, Any]:
+    """A background response whose run failed: no output, no usage, the error OpenAI reports."""
+    return {**response, "status": "failed", "output": [], "usage": None, "incomplete_details": None,
+            "error": {"code": "server_error", "message": "The model failed to generate a response."}}
+
+
 def input_items(body: dict[str, Any], new_id: Any) -> list[dict[str, Any]]:
     """A request's ``input`` as the items ``/input_items`` lists (oldest first): a string is one
     user message; message items get an id and ``input_text`` parts; other items are kept."""

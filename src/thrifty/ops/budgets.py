@@ -16,7 +16,7 @@ import time
 from thrifty.catalog import Catalog
 from thrifty.cost import estimate_cost
 from thrifty.ops.keys import KeyStore
-from thrifty.ops.ratelimit import Limiter, Ticket
+from thrifty.ops.ratelimit import Limiter, Ticket, period_of
 from thrifty.pipeline.context import Handler, RequestContext
 from thrifty.tokens import count_messages
 from thrifty.types import ChatRequest
@@ -62,3 +62,15 @@ class BudgetStage:
             cost = ticket.est_cost  # an unknown price: count what we reserved rather than nothing
         tokens = sum(a.usage.prompt_tokens + a.usage.completion_tokens for a in ctx.attempts)
         await self.limiter.settle(ticket, cost, tokens)
+
+    async def correct(self, key_id: str, created: float, delta_usd: float) -> None:
+        """Move ``delta_usd`` onto what key ``key_id`` spent in the period of ``created``: a
+        request settled at an estimate whose real cost came later (a background response).
+        A period this instance holds no counter for is left alone: its counter is seeded from
+        the ledger, which holds the real cost by then."""
+        key = await self.keys.aget(key_id)
+        if key is None or key.budget_usd is None or not delta_usd:
+            return
+        period = period_of(key.period, created)
+        # A ticket that reserved nothing: settling it adds the difference and frees nothing.
+        await self.limiter.settle(Ticket(key_id, period.id, 0, 0.0, 0, True, False), delta_usd, 0)

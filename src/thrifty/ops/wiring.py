@@ -90,6 +90,18 @@ class Ops:
             limiter = self.limiter or MemoryLimiter(_seeder(self.keys))
             gateway.extra_routes.extend(admin_routes(self.keys, limiter, auth.admin_key, request_names(config)))
 
+    async def correct_spend(self, key_id: str, created: float, delta_usd: float) -> None:
+        """A key's spend corrected after the fact (``BudgetStage.correct``); without budgets,
+        nothing to do. A budget store that is down only loses the correction (logged): the
+        ledger holds the real cost, and a restart or new period reseeds from it."""
+        if self.budget_stage is None:
+            return
+        try:
+            await self.budget_stage.correct(key_id, created, delta_usd)
+        except (ServiceUnavailableError, StorageError) as exc:
+            log.warning("key %s: its budget counter keeps an estimate (off by $%.6f): %s", key_id, delta_usd,
+                        exc.message)
+
     async def aclose(self) -> None:
         if self.limiter is not None:
             await self.limiter.aclose()

@@ -22,8 +22,10 @@ retrieve (``GET``, or the final ``response.completed`` / ``incomplete`` / ``fail
 ``?stream=true`` replay) or ``cancel`` that relays it finished (completed, incomplete, failed
 or cancelled) with its usage prices that usage as the create would have been priced
 (``ResponsesEndpoint.price``, the catalog model's price) and writes it over the estimate in
-the create's ``requests`` and ``attempts`` rows, once (``ResponseIndex.amend``). A response
-nobody retrieves once finished keeps its estimate.
+the create's ``requests`` and ``attempts`` rows, once (``ResponseIndex.amend``); a failed or
+cancelled one without usage (cancelled while queued) is recorded at zero, a failed run makes
+the request a failed one, and the key's budget counter gets the difference (``Ops.correct_spend``).
+A response nobody retrieves once finished keeps its estimate.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from thrifty.errors import (
     PermissionDeniedError,
     UpstreamError,
     UpstreamStatusError,
+    printable,
 )
 from thrifty.fastjson import FastJSONResponse
 from thrifty.pipeline.caller import RetryPolicy
@@ -55,8 +58,8 @@ from thrifty.providers.openai_compat import OpenAICompatProvider
 from thrifty.providers.raw_http import parse_event, relay_bytes
 from thrifty.server.http_errors import error_response, handler_error, request_id_headers, unserved_message
 from thrifty.server.responses_api import LAST_EVENTS, ResponsesEndpoint
-from thrifty.server.stored_responses import ResponseIndex, StoredResponse
-from thrifty.types import ChatRequest
+from thrifty.server.stored_responses import Outcome, ResponseIndex, StoredResponse
+from thrifty.types import ChatRequest, Usage
 
 if TYPE_CHECKING:
     from thrifty.gateway import Gateway
@@ -65,6 +68,10 @@ log = logging.getLogger("thrifty.server")
 
 # A background response's end states: its usage is final then.
 _TERMINAL = frozenset({"completed", "incomplete", "failed", "cancelled"})
+# End states that may come without usage: then the provider billed nothing.
+_UNRUN = frozenset({"failed", "cancelled"})
+# A failure's text in the ledger, as long as any other request error's needs to be.
+_ERROR_CHARS = 500
 # The create's pricing (ResponsesEndpoint.price), reused for the usage a retrieve brings.
 _PRICER = ResponsesEndpoint()
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
@@ -170,22 +177,53 @@ class ResponseResources:
                           entry.response_id)
 
     async def _amend(self, entry: StoredResponse, response: Any, request_id: str) -> None:
-        """A finished background response's usage over its create's estimate (once)."""
-        if (not entry.pending or not isinstance(response, dict) or response.get("status") not in _TERMINAL
-                or not isinstance(response.get("usage"), dict)):
+        """A finished background response's usage over its create's estimate (once), and the
+        difference on its key's budget."""
+        outcome = self._outcome(entry, response)
+        if outcome is None:
             return
+        ledger = self.gateway.ledger
+        amended = await self.index.amend(entry, outcome, ledger.flush if ledger is not None else None)
+        if amended is None:
+            return
+        log.info("request %s: background response %s %s; request %s amended to its usage (%s)",
+                 request_id, entry.response_id, response["status"], entry.request_id,
+                 "unknown cost" if outcome.cost_usd is None else f"${outcome.cost_usd:.6f}")
+        # The key's budget was settled with the estimate when the create ended. An unknown cost
+        # on either side leaves it there: settle charged the reservation for an unknown one.
+        if amended.estimate_usd is not None and outcome.cost_usd is not None and entry.key_id is not None:
+            await self.gateway.ops.correct_spend(entry.key_id, entry.ts, outcome.cost_usd - amended.estimate_usd)
+
+    def _outcome(self, entry: StoredResponse, response: Any) -> Outcome | None:
+        """What the finished ``response`` changes in the create's rows; None while it is not
+        finished (or nothing can be said: no usage on a completed one, a model no longer priced).
+
+        A failed or cancelled run that reports no usage consumed none that the provider bills
+        (a response cancelled while queued never ran): it is recorded at zero, not at the
+        estimate. A completed one without usage keeps the estimate: some OpenAI-compatible
+        servers never report it."""
+        if not entry.pending or not isinstance(response, dict) or response.get("status") not in _TERMINAL:
+            return None
+        status, usage = response["status"], response.get("usage")
+        failure = self._failure(response) if status == "failed" else None
+        if not isinstance(usage, dict):
+            # Set here, not priced: the pricer counts a usage it lacks offline (from the request).
+            return Outcome(Usage(), 0.0, "computed", failure) if status in _UNRUN else None
         info = self.gateway.catalog.get(entry.model)
         if info is None:  # no longer in this gateway's catalog: nothing to price it at, the estimate stays
-            return
+            return None
         attempt = Attempt(model=info.name, provider=info.provider, started=time.time(), purpose=_PRICER.name)
         stand_in = ChatRequest(model=info.name, messages=[{"role": "user", "content": ""}])  # the usage has the prompt
-        _PRICER.price(attempt, info, stand_in, {}, response["usage"], _PRICER.answer_text(response))
-        ledger = self.gateway.ledger
-        if await self.index.amend(entry, attempt.usage, attempt.cost_usd, attempt.cost_source,
-                                  ledger.flush if ledger is not None else None):
-            log.info("request %s: background response %s finished; request %s amended to its usage (%s)",
-                     request_id, entry.response_id, entry.request_id,
-                     "unknown cost" if attempt.cost_usd is None else f"${attempt.cost_usd:.6f}")
+        _PRICER.price(attempt, info, stand_in, {}, usage, _PRICER.answer_text(response))
+        return Outcome(attempt.usage, attempt.cost_usd, attempt.cost_source, failure)
+
+    def _failure(self, response: dict[str, Any]) -> str:
+        """The ledger's error text for a failed run: the provider's code and message, redacted."""
+        error = response.get("error")
+        if not isinstance(error, dict):
+            return "the background run failed"
+        text = f"{error.get('code') or 'error'}: {error.get('message') or ''}".strip()
+        return self.gateway.redactor(printable(text))[:_ERROR_CHARS]
 
     async def _stream(self, provider: OpenAICompatProvider, url: str, policy: RetryPolicy, entry: StoredResponse,
                       headers: dict[str, str], request_id: str) -> Response:

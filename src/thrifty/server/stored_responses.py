@@ -67,8 +67,28 @@ _ATTEMPT = ("UPDATE attempts SET prompt_tokens = ?, cached_tokens = ?, completio
             " cost_usd = ?, cost_source = ? WHERE request_id = ?"
             " AND seq = (SELECT MAX(seq) FROM attempts WHERE request_id = ?)")
 _REQUEST = ("UPDATE requests SET prompt_tokens = ?, cached_tokens = ?, completion_tokens = ?, reasoning_tokens = ?,"
-            " cost_usd = {cost}, baseline_cost_usd = ? WHERE request_id = ?")
+            " cost_usd = {cost}, baseline_cost_usd = ?{status} WHERE request_id = ?")
+_FAILED = ", status = ?, error_type = ?, error = ?"
+# The ledger's error type for a background response whose run failed at the provider.
+FAILED_TYPE = "BackgroundResponseFailed"
 _SPENT = "(SELECT SUM(cost_usd) FROM attempts WHERE request_id = ?)"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a finished background response brings to its create's ledger rows."""
+
+    usage: Usage
+    cost_usd: float | None
+    cost_source: str
+    error: str | None = None  # the run failed at the provider: its message (already redacted)
+
+
+@dataclass(frozen=True)
+class Amended:
+    """An amendment made: the cost the request's row held before (its estimate; None if unknown)."""
+
+    estimate_usd: float | None
 
 
 @dataclass(frozen=True)
@@ -149,27 +169,36 @@ class ResponseIndex:
         """Younger than the retention: older ones the provider no longer holds either."""
         return entry.ts >= time.time() - self.retention_s
 
-    async def amend(self, entry: StoredResponse, usage: Usage, cost_usd: float | None, cost_source: str,
-                    flush: Callable[[], Any] | None = None) -> bool:
-        """Write the finished background response's ``usage`` and cost over its create's estimate
-        in the ledger, if ``entry`` is pending and this call wins the claim: True when it did.
-        ``flush`` (the ledger writer's) is called when the request's row is not in the database
-        yet, then the amendment is tried once more; a row still missing (another instance's
-        buffer, a stream still relaying) leaves the entry pending for a later retrieve."""
+    async def amend(self, entry: StoredResponse, outcome: Outcome,
+                    flush: Callable[[], Any] | None = None) -> Amended | None:
+        """Write the finished background response's ``outcome`` over its create's estimate in
+        the ledger, if ``entry`` is pending and this call wins the claim: what it replaced when it
+        did, else None. ``flush`` (the ledger writer's) is called when the request's row is not in
+        the database yet, then the amendment is tried once more; a row still missing (another
+        instance's buffer, a stream still relaying) leaves the entry pending for a later retrieve.
+
+        The estimate's cost is read just before the claim: only the call whose claim changes the
+        row amends, and nothing else writes that row's cost, so what it read is the estimate."""
         if not entry.pending or self.store is None:
-            return False
-        steps = _amendment(entry.request_id, entry.response_id, usage, cost_usd, cost_source)
+            return None
+        steps = _amendment(entry.request_id, entry.response_id, outcome)
         store = self.store
+
+        def attempt() -> tuple[int | None, float | None]:
+            before = store.query("SELECT cost_usd FROM requests WHERE request_id = ?", (entry.request_id,))
+            estimate = None if not before or before[0][0] is None else float(before[0][0])
+            return store.execute_all(steps), estimate
+
         try:
-            missing = await in_thread(lambda: store.execute_all(steps), DB_WAIT_S, "background usage")
+            missing, estimate = await in_thread(attempt, DB_WAIT_S, "background usage")
             if missing is not None and missing > 0 and flush is not None:
                 # The writer's flush waits out its retries when the database fails: bounded too.
                 await in_thread(flush, FLUSH_WAIT_S, "ledger flush")
-                missing = await in_thread(lambda: store.execute_all(steps), DB_WAIT_S, "background usage")
+                missing, estimate = await in_thread(attempt, DB_WAIT_S, "background usage")
         except StorageError as exc:
             log.warning("request %s: the usage of background response %s was not recorded: %s", entry.request_id,
                         entry.response_id, exc.message)
-            return False
+            return None
         if missing is None or missing == 0:  # amended now, or already by another call or instance
             current = self._memory.get(entry.response_id)
             if current is not None:
@@ -177,7 +206,7 @@ class ResponseIndex:
         else:
             log.info("request %s: its ledger row is not written yet; background response %s keeps its estimate "
                      "until a later retrieve", entry.request_id, entry.response_id)
-        return missing is None
+        return Amended(estimate) if missing is None else None
 
     async def forget(self, response_id: str) -> None:
         """Drop ``response_id`` (the provider deleted it); a failed delete is only logged."""
@@ -192,15 +221,20 @@ class ResponseIndex:
             log.warning("response %s: could not drop its ledger entry: %s", response_id, exc.message)
 
 
-def _amendment(request_id: str, response_id: str, usage: Usage, cost_usd: float | None,
-               cost_source: str) -> list[tuple[str, tuple[Any, ...]]]:
+def _amendment(request_id: str, response_id: str, outcome: Outcome) -> list[tuple[str, tuple[Any, ...]]]:
     """The claim and the two ledger updates ``amend`` runs in one transaction."""
+    usage, cost_usd = outcome.usage, outcome.cost_usd
     tokens = (usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens, usage.reasoning_tokens)
+    # A run that failed at the provider is a failed request, whatever its create answered.
+    status = ("error", FAILED_TYPE, outcome.error) if outcome.error is not None else None
+    sets = _FAILED if status else ""
     # An unknown price makes the request's cost unknown too (as spent_usd has it for a served attempt).
     if cost_usd is None:
-        request: tuple[str, tuple[Any, ...]] = (_REQUEST.format(cost="NULL"), (*tokens, None, request_id))
+        request: tuple[str, tuple[Any, ...]] = (_REQUEST.format(cost="NULL", status=sets),
+                                                (*tokens, None, *(status or ()), request_id))
     else:
-        request = (_REQUEST.format(cost=_SPENT), (*tokens, request_id, cost_usd, request_id))
+        request = (_REQUEST.format(cost=_SPENT, status=sets), (*tokens, request_id, cost_usd, *(status or ()),
+                                                                request_id))
     return [(_CLAIM, (response_id,)),
-            (_ATTEMPT, (*tokens, cost_usd, cost_source, request_id, request_id)),
+            (_ATTEMPT, (*tokens, cost_usd, outcome.cost_source, request_id, request_id)),
             request]
