@@ -108,6 +108,26 @@ async def test_failed_and_expired_lines_are_resubmitted(tmp_path: Path, settings
         assert 0 < len(retried) < len(ITEMS)
 
 
+async def test_a_new_round_shows_no_provider_status_until_its_batch_exists(tmp_path: Path) -> None:
+    with start({"line_fail_rate": 0.5, "affect_batches": 1}) as mock:
+        env = Env(mock, tmp_path)
+        gw = env.gateway()
+        runner = DeferredRunner(gw)
+        job = await runner.submit(ITEMS, task=TASK, model="good", labels=LABELS)
+        seen = [(job.status, job.round, job.provider_status)]
+        for _ in range(200):
+            job = await runner.poll(job.job_id)
+            seen.append((job.status, job.round, job.provider_status))
+            if job.status == "finished":
+                break
+        await runner.aclose()
+        await gw.aclose()
+    assert job.status == "finished" and job.round == 2
+    # Between the rounds: the first batch's "completed" must not show as the second round's status.
+    assert ("created", 2, None) in seen
+    assert all(provider is None for status, _, provider in seen if status == "created")
+
+
 async def test_items_failing_every_round_are_reported(tmp_path: Path) -> None:
     with start() as mock:
         env = Env(mock, tmp_path, max_resubmits=1)

@@ -274,7 +274,8 @@ class DeferredRunner:
                 self.jobs.update_item(job.job_id, it.seq, error=error)
                 retry = True
         if retry and not stop:
-            self.jobs.update(job.job_id, status="created", round=job.round + 1, input_file_id=None, batch_id=None)
+            self.jobs.update(job.job_id, status="created", round=job.round + 1, input_file_id=None, batch_id=None,
+                             provider_status=None)
         else:
             self._finish(job, "cancelled" if stop else "finished", None)
 

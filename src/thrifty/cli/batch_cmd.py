@@ -253,7 +253,7 @@ run the same command again after an interruption and only the unfinished items a
                 cp.close()
             raise
         if job is not None and not job.done:
-            typer.echo(f"job {job.job_id} submitted ({job.provider_status}); "
+            typer.echo(f"job {job.job_id} submitted ({job.provider_status or job.status}); "
                        f"`thrifty batch status {job.job_id}` to check, `thrifty batch results {job.job_id}` to fetch",
                        err=True)
             typer.echo(job.job_id)
