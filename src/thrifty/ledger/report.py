@@ -44,6 +44,24 @@ ESTIMATED_SQL = ("CASE WHEN EXISTS (SELECT 1 FROM attempts a WHERE a.request_id 
                  " AND a.cost_source = 'estimated') THEN 1 ELSE 0 END")
 
 
+def request_saved_usd(status: str, cost_usd: float | None, baseline_cost_usd: float | None,
+                      cache_status: str | None, cache_saved_usd: float, compression_saved_usd: float) -> float:
+    """``SAVED_SQL`` for one request, in Python: for surfaces fed by the finished request rather
+    than by the ledger (the ``thrifty_savings_usd`` metric), so they cannot drift from the report
+    (the metric claimed an unpriced request's whole baseline, the report nothing)."""
+    if status != "ok":
+        call = -(cost_usd or 0.0)
+    elif cost_usd is None:
+        call = 0.0
+    elif baseline_cost_usd is not None:
+        call = baseline_cost_usd - cost_usd
+    elif cache_status == "hit":
+        call = cache_saved_usd
+    else:
+        call = 0.0
+    return call + compression_saved_usd
+
+
 @dataclass
 class ReportRow:
     group: str

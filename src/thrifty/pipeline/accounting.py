@@ -88,11 +88,23 @@ def _answer_text(response: dict[str, Any]) -> str:
             if isinstance(msg.get(key), str):
                 parts.append(msg[key])
         parts.append(content_text(msg.get("content")))  # a string or content parts
-        for call in msg.get("tool_calls") or []:
-            fn = call.get("function") if isinstance(call, dict) else None
-            if isinstance(fn, dict):
-                parts.extend(str(fn.get(k) or "") for k in ("name", "arguments"))
+        parts += call_texts(msg)
     return "".join(parts)
+
+
+def call_texts(message: dict[str, Any]) -> list[str]:
+    """The names and arguments of the calls in a message or a stream delta (``tool_calls``, or a
+    legacy ``function_call``, which was left out and so counted as 0 output tokens), in order:
+    they bill as output."""
+    calls = [c for c in message.get("tool_calls") or [] if isinstance(c, dict)]
+    if isinstance(message.get("function_call"), dict):
+        calls.append({"function": message["function_call"]})
+    parts: list[str] = []
+    for call in calls:
+        fn = call.get("function")
+        if isinstance(fn, dict):
+            parts.extend(str(v) for v in (fn.get("name"), fn.get("arguments")) if v is not None)
+    return parts
 
 
 def settle(ctx: RequestContext, catalog: Catalog, served: Attempt | None) -> None:

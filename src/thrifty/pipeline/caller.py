@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from thrifty.catalog import Catalog, ModelInfo
 from thrifty.config import ProviderConfig
 from thrifty.errors import NotFoundError, UpstreamError
-from thrifty.pipeline.accounting import priced_usage
+from thrifty.pipeline.accounting import call_texts, priced_usage
 from thrifty.pipeline.context import Attempt, RequestContext
 from thrifty.providers.base import Provider
 from thrifty.types import ChatRequest
@@ -208,6 +208,9 @@ class ModelCaller:
                     for key in ("reasoning_content", "reasoning", "content"):  # all bill as output
                         if isinstance(delta.get(key), str):
                             text_parts.append(delta[key])
+                    # A tool call's name and arguments bill as output too: without them a streamed
+                    # call from a provider that sends no usage was recorded at 0 output tokens.
+                    text_parts += call_texts(delta)
                 yield chunk
                 try:
                     chunk = await it.__anext__()

@@ -34,7 +34,7 @@ from thrifty.pipeline.context import Attempt, RequestContext
 from thrifty.routing.formats import agreement_pattern, detect_family, extract_answer
 from thrifty.scoring.base import score_answer
 from thrifty.scoring.logprob import strip_logprobs
-from thrifty.scoring.tools import tool_answer, tool_calls
+from thrifty.scoring.tools import tool_answer, tool_calls, tool_choice_problems
 from thrifty.tokens import count_messages
 from thrifty.types import Usage, response_text
 
@@ -237,6 +237,8 @@ class StateTableCascade:
         arguments, else the option letter / code signature / first line of the text."""
         if tool_calls(response):
             return tool_answer(ctx.request, response)
+        if tool_choice_problems(ctx.request, []):
+            return None  # text where tool_choice forces a call: unusable, like a bad call
         return extract_answer(family, response_text(response))
 
     def _keep(self, ctx: RequestContext, called: list[tuple[dict[str, Any], Attempt]], answers: list[str | None],

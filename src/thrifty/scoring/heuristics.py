@@ -22,7 +22,7 @@ from typing import Any
 from thrifty.routing.formats import detect_family, extract_option, last_block, parse_python, python_blocks
 from thrifty.scoring.base import Score
 from thrifty.scoring.jsonschema import schema_problems
-from thrifty.scoring.tools import tool_call_problems, tool_calls
+from thrifty.scoring.tools import tool_call_problems, tool_calls, tool_choice_problems
 from thrifty.types import ChatRequest, response_text
 
 _REFUSAL_RE = re.compile(
@@ -92,6 +92,9 @@ class HeuristicScorer:
         calls = tool_calls(response)
         if calls:
             return self.score_tool_calls(request, calls, _finish_reason(response))
+        problems = tool_choice_problems(request, [])
+        if problems:  # text where tool_choice forces a call: the client was promised a call
+            return Score(0.05, "unusable answer: " + problems[0])
         return self.score_text(request, response_text(response), _finish_reason(response))
 
     @staticmethod

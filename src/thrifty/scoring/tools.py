@@ -7,6 +7,14 @@ cascades compare calls by function name and canonical arguments (keys sorted, no
 two models calling ``get_weather({"city": "Paris"})`` agree however they format the JSON.
 Scorers that read text (the LLM judge, the learned scorer) read a tool-call answer as
 ``graded_answer`` renders it, and give an unusable one 0 without looking further.
+
+The request's ``tool_choice`` and ``parallel_tool_calls`` are part of what makes an answer usable:
+OpenAI guarantees them to the client (a named function is the one called, ``required`` always
+calls, ``none`` never does, ``parallel_tool_calls: false`` calls at most one), so a cheap answer
+that breaks them (``tool_choice_problems``) is unusable too, text answers included.
+
+The legacy form (``functions`` / ``function_call`` in the request, a ``function_call`` in the
+answer; deprecated, still served) is read as one tool call, so it is scored the same way.
 """
 
 from __future__ import annotations
@@ -19,19 +27,27 @@ from thrifty.types import ChatRequest
 
 
 def tool_calls(response: dict[str, Any], index: int = 0) -> list[dict[str, Any]]:
-    """The ``tool_calls`` of choice ``index`` (empty when the answer is not a tool call)."""
+    """The ``tool_calls`` of choice ``index`` (empty when the answer is not a tool call); a legacy
+    ``function_call`` answer is one call (it used to read as an empty text answer, score 0 and
+    always escalate)."""
     try:
-        calls = response["choices"][index]["message"].get("tool_calls")
+        message = response["choices"][index]["message"]
+        calls = message.get("tool_calls")
+        legacy = message.get("function_call")
     except (KeyError, IndexError, TypeError, AttributeError):
         return []
+    if not calls and isinstance(legacy, dict):
+        return [{"type": "function", "function": legacy}]
     return [c for c in calls if isinstance(c, dict)] if isinstance(calls, list) else []
 
 
 def offered_functions(request: ChatRequest) -> dict[str, dict[str, Any]]:
-    """name -> parameter schema of every function the request offered in ``tools``."""
+    """name -> parameter schema of every function the request offered in ``tools`` (or in the
+    legacy ``functions``, a list of the same function objects)."""
     out: dict[str, dict[str, Any]] = {}
-    for tool in request.params.get("tools") or []:
-        fn = tool.get("function") if isinstance(tool, dict) else None
+    tools = [t.get("function") if isinstance(t, dict) else None for t in request.params.get("tools") or []]
+    legacy = request.params.get("functions")  # not checked on the way in: the provider judges it
+    for fn in [*tools, *(legacy if isinstance(legacy, list) else [])]:
         if isinstance(fn, dict) and isinstance(fn.get("name"), str):
             params = fn.get("parameters")
             out[fn["name"]] = params if isinstance(params, dict) else {}
@@ -53,10 +69,56 @@ def _parsed(call: dict[str, Any]) -> tuple[str | None, Any, str | None]:
     return fn["name"], args, None
 
 
+def _choice_names(choice: Any) -> tuple[str, set[str] | None]:
+    """(mode, the function names ``tool_choice`` allows or None for any) of a ``tool_choice``:
+    mode ``none`` | ``auto`` | ``required``; a named function and ``allowed_tools`` with mode
+    ``required`` force a call among their names, as does a legacy ``function_call: {"name": ...}``.
+    Forms thrifty does not know read as ``auto``."""
+    if choice in ("none", "auto", "required"):
+        return str(choice), None
+    if not isinstance(choice, dict):
+        return "auto", None
+    if "type" not in choice and isinstance(choice.get("name"), str):
+        return "required", {choice["name"]}  # legacy function_call
+    if choice.get("type") == "function":
+        name = (choice.get("function") or {}).get("name") if isinstance(choice.get("function"), dict) else None
+        return ("required", {name}) if isinstance(name, str) else ("auto", None)
+    allowed = choice.get("allowed_tools")
+    if choice.get("type") == "allowed_tools" and isinstance(allowed, dict) and isinstance(allowed.get("tools"), list):
+        names = {str(t["function"]["name"]) for t in allowed["tools"] if isinstance(t, dict)
+                 and isinstance(t.get("function"), dict) and isinstance(t["function"].get("name"), str)}
+        return ("required" if allowed.get("mode") == "required" else "auto"), names
+    return "auto", None
+
+
+def tool_choice_problems(request: ChatRequest, calls: list[dict[str, Any]]) -> list[str]:
+    """How an answer making ``calls`` (empty: a text answer) breaks the request's ``tool_choice``
+    or ``parallel_tool_calls``. A cheap model that ignores them (some providers do) would
+    otherwise be served as a well-formed answer the client was promised it would never get."""
+    params = request.params
+    if not params.get("tools") and not params.get("functions"):
+        return []
+    mode, names = _choice_names(params["tool_choice"] if "tool_choice" in params else params.get("function_call"))
+    problems: list[str] = []
+    if mode == "none" and calls:
+        problems.append("tool_choice is 'none' but the answer calls a tool")
+    if mode == "required" and not calls:
+        wanted = f"a call to {', '.join(sorted(names))}" if names else "a tool call"
+        problems.append(f"tool_choice requires {wanted} but the answer calls no tool")
+    if names is not None:
+        for call in calls:
+            name = _parsed(call)[0]
+            if name is not None and name not in names:
+                problems.append(f"{name}: tool_choice allows only {', '.join(sorted(names))}")
+    if request.params.get("parallel_tool_calls") is False and len(calls) > 1:
+        problems.append(f"{len(calls)} tool calls but parallel_tool_calls is false")
+    return problems
+
+
 def tool_call_problems(request: ChatRequest, calls: list[dict[str, Any]]) -> list[str]:
     """Why ``calls`` are not a usable answer to ``request`` (empty when they are)."""
     offered = offered_functions(request)
-    problems: list[str] = []
+    problems: list[str] = tool_choice_problems(request, calls)
     for call in calls:
         name, args, problem = _parsed(call)
         if problem is not None:
@@ -86,7 +148,11 @@ def graded_answer(request: ChatRequest, response: dict[str, Any], text: str) -> 
     calls only, their rendering (``Tool calls: name({...})``). The second value names why the
     answer is unusable (a tool call the request did not offer or with bad arguments), else None."""
     calls = tool_calls(response)
-    if text.strip() or not calls:
+    if not calls:
+        # A text answer where tool_choice forces a call is as unusable as a bad call.
+        problems = tool_choice_problems(request, [])
+        return (text, None) if not problems else ("", f"unusable answer: {problems[0]}")
+    if text.strip():
         return text, None
     problems = tool_call_problems(request, calls)
     if problems:

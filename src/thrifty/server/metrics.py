@@ -24,10 +24,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from thrifty.errors import AuthenticationError
+from thrifty.ledger.report import request_saved_usd
 from thrifty.pipeline.accounting import escalations
 from thrifty.pipeline.context import RequestContext, new_request_id
 from thrifty.server.credentials import client_key
 from thrifty.server.http_errors import error_response
+from thrifty.types import Usage
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -101,7 +103,12 @@ class Metrics:
             self._child(self.cost, model, route).inc(ctx.cost_usd)
         if ctx.status == "ok" and ctx.baseline_cost_usd is not None:
             self._child(self.baseline, model, route).inc(ctx.baseline_cost_usd)
-            saved = ctx.baseline_cost_usd - (ctx.cost_usd or 0.0) + ctx.compression_saved_usd
+        if ctx.status == "ok":
+            # The report's rule (docs/operations.md, "Accounting"), failures apart: an unpriced
+            # request claims nothing (not its whole baseline), a hit without a baseline counts
+            # what the cache saved. A counter only grows: negative savings are skipped.
+            saved = request_saved_usd(ctx.status, ctx.cost_usd, ctx.baseline_cost_usd, ctx.cache_status,
+                                      ctx.cache_saved_usd, ctx.compression_saved_usd)
             if saved > 0:
                 self._child(self.savings, route, ctx.strategy).inc(saved)
         if ctx.cache_status:
@@ -111,6 +118,25 @@ class Metrics:
         levels = escalations(ctx)  # the ledger's definition (pipeline/accounting.py)
         if levels:
             self._child(self.escalations, route).inc(levels)
+
+    def amended(self, model: str, before_usd: float | None, before: Usage, after_usd: float | None,
+                after: Usage, *, failed: bool) -> None:
+        """A background Responses API request was counted when its create was answered, at an
+        offline estimate (no output yet); its real usage, relayed by a later retrieve, amends the
+        ledger row (server/response_resources.py) and, here, adds the difference so the cost,
+        baseline and token counters meet the ledger again. A counter cannot go down: a run
+        that came out below its estimate (cancelled, failed) keeps the estimate here, and the
+        request stays counted under the status its create had."""
+        model, route = _bounded(model, self.known_models), "-"  # the passthrough endpoints have no route
+        for kind, n in (("prompt", after.prompt_tokens - before.prompt_tokens),
+                        ("completion", after.completion_tokens - before.completion_tokens),
+                        ("cached", after.cached_tokens - before.cached_tokens)):
+            if n > 0:
+                self._child(self.tokens, model, route, kind).inc(n)
+        if before_usd is not None and after_usd is not None and after_usd > before_usd:
+            self._child(self.cost, model, route).inc(after_usd - before_usd)
+            if not failed:  # a passthrough's baseline is its own cost; a failed request has none
+                self._child(self.baseline, model, route).inc(after_usd - before_usd)
 
     def auth_failed(self, reason: str) -> None:
         self.auth_failures.labels(reason).inc()

@@ -186,9 +186,18 @@ class ResponseResources:
         amended = await self.index.amend(entry, outcome, ledger.flush if ledger is not None else None)
         if amended is None:
             return
+        # The create's `thrifty.request` line holds its estimate: this line carries the create's
+        # request id and the real figures as fields, so a log pipeline can replace them.
         log.info("request %s: background response %s %s; request %s amended to its usage (%s)",
                  request_id, entry.response_id, response["status"], entry.request_id,
-                 "unknown cost" if outcome.cost_usd is None else f"${outcome.cost_usd:.6f}")
+                 "unknown cost" if outcome.cost_usd is None else f"${outcome.cost_usd:.6f}",
+                 extra={"request_id": entry.request_id, "cost_usd": outcome.cost_usd,
+                        "prompt_tokens": outcome.usage.prompt_tokens,
+                        "completion_tokens": outcome.usage.completion_tokens,
+                        "status": "error" if outcome.error is not None else "ok"})
+        # /metrics counted the create at its estimate: it gets the difference, like the ledger.
+        self.gateway.ops.metrics.amended(entry.model, amended.estimate_usd, amended.estimate_usage,
+                                         outcome.cost_usd, outcome.usage, failed=outcome.error is not None)
         # The key's budget was settled with the estimate when the create ended. An unknown cost
         # on either side leaves it there: settle charged the reservation for an unknown one.
         if amended.estimate_usd is not None and outcome.cost_usd is not None and entry.key_id is not None:

@@ -89,6 +89,9 @@ class Amended:
     """An amendment made: the cost the request's row held before (its estimate; None if unknown)."""
 
     estimate_usd: float | None
+    # The tokens the row held before: /metrics counted them when the create finished and gets
+    # the difference (Metrics.amended), so its counters meet the ledger's amended row.
+    estimate_usage: Usage = dataclasses.field(default_factory=Usage)
 
 
 @dataclass(frozen=True)
@@ -184,17 +187,20 @@ class ResponseIndex:
         steps = _amendment(entry.request_id, entry.response_id, outcome)
         store = self.store
 
-        def attempt() -> tuple[int | None, float | None]:
-            before = store.query("SELECT cost_usd FROM requests WHERE request_id = ?", (entry.request_id,))
+        def attempt() -> tuple[int | None, float | None, Usage]:
+            before = store.query("SELECT cost_usd, prompt_tokens, cached_tokens, completion_tokens FROM requests"
+                                 " WHERE request_id = ?", (entry.request_id,))
             estimate = None if not before or before[0][0] is None else float(before[0][0])
-            return store.execute_all(steps), estimate
+            usage = (Usage(prompt_tokens=int(before[0][1]), cached_tokens=int(before[0][2]),
+                           completion_tokens=int(before[0][3])) if before else Usage())
+            return store.execute_all(steps), estimate, usage
 
         try:
-            missing, estimate = await in_thread(attempt, DB_WAIT_S, "background usage")
+            missing, estimate, usage = await in_thread(attempt, DB_WAIT_S, "background usage")
             if missing is not None and missing > 0 and flush is not None:
                 # The writer's flush waits out its retries when the database fails: bounded too.
                 await in_thread(flush, FLUSH_WAIT_S, "ledger flush")
-                missing, estimate = await in_thread(attempt, DB_WAIT_S, "background usage")
+                missing, estimate, usage = await in_thread(attempt, DB_WAIT_S, "background usage")
         except StorageError as exc:
             log.warning("request %s: the usage of background response %s was not recorded: %s", entry.request_id,
                         entry.response_id, exc.message)
@@ -206,7 +212,7 @@ class ResponseIndex:
         else:
             log.info("request %s: its ledger row is not written yet; background response %s keeps its estimate "
                      "until a later retrieve", entry.request_id, entry.response_id)
-        return Amended(estimate) if missing is None else None
+        return Amended(estimate, usage) if missing is None else None
 
     async def forget(self, response_id: str) -> None:
         """Drop ``response_id`` (the provider deleted it); a failed delete is only logged."""
