@@ -196,7 +196,7 @@ def _store(tmp_path: Path) -> SQLiteStore:
     return SQLiteStore(str(tmp_path / "l.db"))
 
 
-def test_report_saving_includes_compression_and_strategies_add_up(tmp_path: Path) -> None:
+def test_report_saving_holds_compression_and_strategies_add_up(tmp_path: Path) -> None:
     store = _store(tmp_path)
     store.write([
         req(1, "a", 0.1, 1.0, strategy="routing", compression_saved_usd=0.05),
@@ -205,11 +205,33 @@ def test_report_saving_includes_compression_and_strategies_add_up(tmp_path: Path
         req(4, "b", 0.2, 1.0, strategy="cascade", status="error", error_type="UpstreamError"),
     ], [att(1)])
     total, = spend_report(store)
-    # (1.0 - 0.1 + 0.05) + (1.0 - 0) + (1.0 - 1.5) - 0.2: the failed request's spend is a loss
-    assert total.saved_usd == pytest.approx(1.25)
+    # (1.0 - 0.1) + (1.0 - 0) + (1.0 - 1.5) - 0.2: the failed request's spend is a loss; the
+    # baseline priced request 1's prompt before compression, so its 0.05 is inside its 0.9
+    assert total.saved_usd == pytest.approx(1.2)
+    assert total.saved_usd <= total.baseline_usd
     by = spend_report(store, "strategy")
     assert sum(r.saved_usd for r in by) == pytest.approx(total.saved_usd)
     assert sum(r.spend_usd for r in by) == pytest.approx(total.spend_usd)
+
+
+def test_the_migration_keeps_an_old_rows_saving_and_bounds_it_by_its_baseline(tmp_path: Path) -> None:
+    """Rows written before 006_baseline_before_compression priced the compressed prompt and had
+    compression's saving added on top (here 0.9 + 0.05 of a 0.3 baseline read 316%)."""
+    store = _store(tmp_path)
+    store.write([
+        req(1, "a", 0.05, 0.3, compression_saved_usd=0.9),
+        req(2, "a", 0.1, 1.0),
+        req(3, "a", 0.2, None, status="error", error_type="UpstreamError", compression_saved_usd=0.1),  # type: ignore[arg-type]
+    ], [att(1)])
+    # As a ledger from before the migration: it has not run yet when the rows are there.
+    store.execute("DELETE FROM _thrifty_migrations WHERE name = '006_baseline_before_compression'")
+    store.close()
+    old = _store(tmp_path)
+    assert old.query("SELECT request_id, baseline_cost_usd FROM requests ORDER BY request_id") == [
+        ("r1", pytest.approx(1.2)), ("r2", 1.0), ("r3", None)]
+    row1, = spend_report(old, "model")
+    assert row1.saved_usd == pytest.approx(1.15 + 0.9 - 0.2)  # r1 as before (0.3 - 0.05 + 0.9), r2, r3's loss
+    assert row1.saved_usd <= row1.baseline_usd
 
 
 def test_report_claims_no_saving_for_a_request_of_unknown_cost(tmp_path: Path) -> None:

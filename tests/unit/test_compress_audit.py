@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from thrifty.compress.compact import compact
 from thrifty.compress.history import trim
 from thrifty.compress.system_prompt import SystemPromptCompressor
@@ -158,6 +160,9 @@ async def test_a_cache_hit_claims_no_compressed_tokens(tmp_path: Path) -> None:
     assert second.cache_status == "hit"
     assert second.compression_saved_tokens == 0 and second.compression_saved_usd == 0
     assert "x-thrifty-compressed-tokens" not in second.response_headers
+    # Both baselines price the prompt the client sent, before compression: the hit saved the call
+    # the first request would have cost on the premium model, not the compressed one.
+    assert second.baseline_cost_usd == pytest.approx(first.baseline_cost_usd)
     await gw.aclose()
 
 

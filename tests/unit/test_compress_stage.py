@@ -67,6 +67,10 @@ async def test_concurrent_first_requests_share_one_compression_and_reuse_the_sam
     ctx = await gw2.handle(_chat(req()))
     assert compressions(calls2) == 0 and calls2[0]["messages"][0]["content"] == GOOD
     assert ctx.compression_saved_usd == pytest.approx(ctx.compression_saved_tokens * 2.0 / 1e6)
+    # The baseline ("big", the highest output price) prices the prompt before compression: the
+    # 100 tokens sent plus those removed, and the 1-token answer. Its saving holds compression's.
+    assert ctx.baseline_cost_usd == pytest.approx(((100 + ctx.compression_saved_tokens) * 2.0 + 1 * 8.0) / 1e6)
+    assert ctx.cost_usd is not None and 0 < ctx.baseline_cost_usd - ctx.cost_usd <= ctx.baseline_cost_usd
     await gw2.aclose()
 
 

@@ -36,8 +36,8 @@ from thrifty.cache.semantic import SemanticCache, SemanticMatch
 from thrifty.cache.streaming import replay_chunks
 from thrifty.cache.verifier import HitVerifier, LearnedVerifier, RuleVerifier
 from thrifty.catalog import Catalog
-from thrifty.cost import price_tokens
 from thrifty.errors import StorageError, ThriftyError
+from thrifty.pipeline.accounting import baseline_cost
 from thrifty.pipeline.context import Handler, RequestContext
 from thrifty.streaming import iterate
 from thrifty.types import Usage
@@ -157,7 +157,7 @@ class CacheStage:
         spent = ctx.spent_usd()  # a confirming judge call, if any, is the only spend
         ctx.cost_usd = spent if ctx.attempts and spent is not None else 0.0
         baseline = self.catalog.baseline
-        priced = price_tokens(usage, baseline.price) if baseline is not None else None
+        priced = baseline_cost(ctx, usage, baseline.price) if baseline is not None else None
         ctx.baseline_cost_usd = priced if priced is not None else entry.baseline_cost_usd
         ctx.cache_saved_usd = float(entry.cost_usd or 0.0)
         ctx.response_headers[HEADER] = "hit"

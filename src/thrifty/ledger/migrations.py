@@ -155,4 +155,15 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         "005_background_usage",
         ["ALTER TABLE stored_responses ADD COLUMN pending INTEGER NOT NULL DEFAULT 0"],
     ),
+    (
+        # The baseline now prices the prompt as the client sent it, before compression, and the
+        # saving no longer adds compression's on top (ledger/report.py SAVED_SQL). Rows written
+        # before priced the compressed prompt: adding what compression saved (at the served
+        # model's price, all that is known now) keeps each old row's saving what it was, and
+        # its saving can no longer exceed its baseline.
+        "006_baseline_before_compression",
+        ["UPDATE requests SET baseline_cost_usd = baseline_cost_usd + compression_saved_usd"
+         " WHERE status = 'ok' AND baseline_cost_usd IS NOT NULL AND cost_usd IS NOT NULL"
+         " AND compression_saved_usd > 0"],
+    ),
 ]

@@ -24,19 +24,24 @@ GROUPS = {
 
 
 # One request's saving (docs/operations.md, "Accounting"): what the baseline would have cost
-# minus what the request cost, plus what compression saved (the baseline prices the prompt as
-# sent upstream, i.e. already compressed). A failed request has no baseline: what it spent is a
-# loss. A request whose cost is unknown (a model without a price) claims nothing: counting it as
-# $0 would claim its whole baseline as saved. A cache hit whose baseline is unknown counts what
-# the cache says it saved; any other request with an unknown baseline claims nothing.
-# CALL_SAVED_SQL leaves compression out (the dashboard shows it as a strategy of its own).
-CALL_SAVED_SQL = (
+# minus what the request cost. The baseline prices the prompt as the client sent it, before
+# compression (pipeline/accounting.py ``baseline_cost``), so what compression saved is already
+# inside this difference. A failed request has no baseline: what it spent is a loss. A request
+# whose cost is unknown (a model without a price) claims nothing: counting it as $0 would claim
+# its whole baseline as saved. A cache hit whose baseline is unknown counts what the cache says
+# it saved; any other request with an unknown baseline claims nothing.
+SAVED_SQL = (
     "(CASE WHEN status <> 'ok' THEN -COALESCE(cost_usd, 0)"
     " WHEN cost_usd IS NULL THEN 0"
     " WHEN baseline_cost_usd IS NOT NULL THEN baseline_cost_usd - cost_usd"
     " WHEN cache_status = 'hit' THEN cache_saved_usd ELSE 0 END)"
 )
-SAVED_SQL = f"({CALL_SAVED_SQL} + COALESCE(compression_saved_usd, 0))"
+# Compression's share of that saving (the removed tokens at the served model's price), for
+# surfaces that show it as a strategy of its own; only where the saving was counted at all.
+COMPRESSION_SQL = ("(CASE WHEN status = 'ok' AND cost_usd IS NOT NULL AND baseline_cost_usd IS NOT NULL"
+                   " THEN COALESCE(compression_saved_usd, 0) ELSE 0 END)")
+# The saving with compression's share taken out: what the request's own strategy saved.
+CALL_SAVED_SQL = f"({SAVED_SQL} - {COMPRESSION_SQL})"
 # Requests left out of spend or savings because a price was unknown.
 UNPRICED_SQL = "CASE WHEN cost_usd IS NULL OR (status = 'ok' AND baseline_cost_usd IS NULL) THEN 1 ELSE 0 END"
 # Requests with at least one call priced from thrifty's own token counts (no usable usage).
@@ -45,21 +50,17 @@ ESTIMATED_SQL = ("CASE WHEN EXISTS (SELECT 1 FROM attempts a WHERE a.request_id 
 
 
 def request_saved_usd(status: str, cost_usd: float | None, baseline_cost_usd: float | None,
-                      cache_status: str | None, cache_saved_usd: float, compression_saved_usd: float) -> float:
+                      cache_status: str | None, cache_saved_usd: float) -> float:
     """``SAVED_SQL`` for one request, in Python: for surfaces fed by the finished request rather
     than by the ledger (the ``thrifty_savings_usd`` metric), so they cannot drift from the report
     (the metric claimed an unpriced request's whole baseline, the report nothing)."""
     if status != "ok":
-        call = -(cost_usd or 0.0)
-    elif cost_usd is None:
-        call = 0.0
-    elif baseline_cost_usd is not None:
-        call = baseline_cost_usd - cost_usd
-    elif cache_status == "hit":
-        call = cache_saved_usd
-    else:
-        call = 0.0
-    return call + compression_saved_usd
+        return -(cost_usd or 0.0)
+    if cost_usd is None:
+        return 0.0
+    if baseline_cost_usd is not None:
+        return baseline_cost_usd - cost_usd
+    return cache_saved_usd if cache_status == "hit" else 0.0
 
 
 @dataclass

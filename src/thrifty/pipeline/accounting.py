@@ -14,6 +14,7 @@ the level it had reached. The ledger's ``escalations`` column, the dashboard and
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from thrifty.catalog import Catalog, ModelPrice
@@ -111,8 +112,9 @@ def settle(ctx: RequestContext, catalog: Catalog, served: Attempt | None) -> Non
     """Fill ``ctx``'s served model, usage, total cost and baseline cost.
 
     The request's cost is every attempt it made (failed tries that billed, rejected cascade
-    answers, judges). The baseline is the baseline model pricing the served answer's tokens:
-    "had we sent this to the premium model". Unknown prices leave None, never an error.
+    answers, judges). The baseline is the baseline model pricing the served answer's tokens and
+    the client's whole prompt (``baseline_cost``): "had the client sent this to the premium
+    model". Unknown prices leave None, never an error.
     """
     if served is not None:
         ctx.served_model = served.model
@@ -121,4 +123,13 @@ def settle(ctx: RequestContext, catalog: Catalog, served: Attempt | None) -> Non
     ctx.cost_usd = ctx.spent_usd()
     baseline = catalog.baseline
     if ctx.baseline_cost_usd is None and baseline is not None and served is not None:
-        ctx.baseline_cost_usd = price_tokens(served.usage, baseline.price)
+        ctx.baseline_cost_usd = baseline_cost(ctx, served.usage, baseline.price)
+
+
+def baseline_cost(ctx: RequestContext, usage: Usage, price: ModelPrice | None) -> float | None:
+    """The baseline model at ``price`` answering the request as its client sent it: ``usage``
+    (the prompt as sent upstream and the answer served) plus the prompt tokens compression
+    removed. Without them, a compressed request's baseline priced the shorter prompt and its
+    saving (baseline minus cost, plus compression's) could pass 100% of its baseline."""
+    removed = max(0, ctx.compression_saved_tokens)
+    return price_tokens(replace(usage, prompt_tokens=usage.prompt_tokens + removed), price)

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from thrifty.errors import InvalidRequestError, NotFoundError
-from thrifty.ledger.report import CALL_SAVED_SQL
+from thrifty.ledger.report import CALL_SAVED_SQL, COMPRESSION_SQL, SAVED_SQL
 from thrifty.ledger.store import SQLiteStore, SQLStore, in_thread
 from thrifty.ops.admin import check_admin, json_errors
 
@@ -41,8 +41,9 @@ STRATEGIES = ("routing", "cascade", "cache", "compression", "batching", "passthr
 STRATEGY_LABELS = {"passthrough": "chat, model as asked", "responses": "responses API", "completions": "legacy completions"}
 _ASSETS = {"dashboard.js": "text/javascript", "dashboard.css": "text/css", "favicon.svg": "image/svg+xml"}
 # A row's saving by the report's rule (ledger/report.py: a failed request's spend is a loss, an
-# unpriced request claims nothing), compression apart: the dashboard shows it as its own strategy.
-_SAVED = CALL_SAVED_SQL
+# unpriced request claims nothing). The strategy chart takes compression's share out of each
+# row's (CALL_SAVED_SQL) and shows it as a strategy of its own (COMPRESSION_SQL).
+_SAVED = SAVED_SQL
 
 
 def _bucket_sql(store: SQLStore, seconds: int) -> str:
@@ -72,10 +73,10 @@ def dashboard_data(store: SQLStore, period: str = "7d", now: float | None = None
                COALESCE(SUM(CASE WHEN strategy = 'cascade' THEN 1 ELSE 0 END), 0),
                COALESCE(SUM(CASE WHEN escalations > 0 THEN 1 ELSE 0 END), 0),
                COALESCE(SUM(escalations), 0),
-               COALESCE(SUM(compression_saved_usd), 0),
+               COALESCE(SUM({COMPRESSION_SQL}), 0),
                COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0)
         FROM requests WHERE ts >= ?""", [since])
-    saved_total = float(saved) + float(comp)
+    saved_total = float(saved)
     totals = {
         "requests": int(n), "errors": int(errors), "spend_usd": float(spend), "baseline_usd": float(base),
         "saved_usd": saved_total, "saved_pct": 100.0 * saved_total / float(base) if base else 0.0,
@@ -98,7 +99,7 @@ def dashboard_data(store: SQLStore, period: str = "7d", now: float | None = None
                 "saved_usd": 0.0}
 
     by_strategy = {s: strategy(s) for s in STRATEGIES}
-    for s, r, sp, sv in q(f"""SELECT strategy, COUNT(*), COALESCE(SUM(cost_usd), 0), COALESCE(SUM({_SAVED}), 0)
+    for s, r, sp, sv in q(f"""SELECT strategy, COUNT(*), COALESCE(SUM(cost_usd), 0), COALESCE(SUM({CALL_SAVED_SQL}), 0)
                               FROM requests WHERE ts >= ? GROUP BY strategy ORDER BY strategy""", [since]):
         name = "batching" if s == "batch" else str(s)
         entry = by_strategy.setdefault(name, strategy(name))

@@ -108,7 +108,7 @@ class Metrics:
             # request claims nothing (not its whole baseline), a hit without a baseline counts
             # what the cache saved. A counter only grows: negative savings are skipped.
             saved = request_saved_usd(ctx.status, ctx.cost_usd, ctx.baseline_cost_usd, ctx.cache_status,
-                                      ctx.cache_saved_usd, ctx.compression_saved_usd)
+                                      ctx.cache_saved_usd)
             if saved > 0:
                 self._child(self.savings, route, ctx.strategy).inc(saved)
         if ctx.cache_status:
