@@ -315,7 +315,8 @@ def expected(rs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "requests": len(rs), "errors": len(rs) - len(ok),
         "spend_usd": sum(r["cost_usd"] or 0.0 for r in rs),
-        "baseline_usd": sum(r["baseline_cost_usd"] or 0.0 for r in ok),
+        # An unpriced request is out of spend, so its baseline is out too (else its gap reads as saved).
+        "baseline_usd": sum(r["baseline_cost_usd"] or 0.0 for r in ok if r["cost_usd"] is not None),
         "saved_usd": sum(saved(r) for r in rs),
         "cache_hits": hits, "cache_misses": misses,
         "cache_saved_usd": sum(r["cache_saved_usd"] for r in rs),

@@ -42,6 +42,9 @@ COMPRESSION_SQL = ("(CASE WHEN status = 'ok' AND cost_usd IS NOT NULL AND baseli
                    " THEN COALESCE(compression_saved_usd, 0) ELSE 0 END)")
 # The saving with compression's share taken out: what the request's own strategy saved.
 CALL_SAVED_SQL = f"({SAVED_SQL} - {COMPRESSION_SQL})"
+# The baseline of the requests whose saving is counted: an unpriced request is out of spend, so
+# its baseline is out too (else the gap between spend and baseline would read as saved).
+BASELINE_SQL = "(CASE WHEN status = 'ok' AND cost_usd IS NOT NULL THEN baseline_cost_usd ELSE 0 END)"
 # Requests left out of spend or savings because a price was unknown.
 UNPRICED_SQL = "CASE WHEN cost_usd IS NULL OR (status = 'ok' AND baseline_cost_usd IS NULL) THEN 1 ELSE 0 END"
 # Requests with at least one call priced from thrifty's own token counts (no usable usage).
@@ -134,7 +137,7 @@ def spend_report(
                COUNT(*),
                SUM(CASE WHEN status = 'ok' THEN 0 ELSE 1 END),
                COALESCE(SUM(cost_usd), 0),
-               COALESCE(SUM(CASE WHEN status = 'ok' THEN baseline_cost_usd ELSE 0 END), 0),
+               COALESCE(SUM({BASELINE_SQL}), 0),
                SUM(CASE WHEN cache_status = 'hit' THEN 1 ELSE 0 END),
                COALESCE(SUM(escalations), 0),
                COALESCE(SUM(prompt_tokens), 0),

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from thrifty.errors import InvalidRequestError, NotFoundError
-from thrifty.ledger.report import CALL_SAVED_SQL, COMPRESSION_SQL, SAVED_SQL
+from thrifty.ledger.report import BASELINE_SQL, CALL_SAVED_SQL, COMPRESSION_SQL, SAVED_SQL
 from thrifty.ledger.store import SQLiteStore, SQLStore, in_thread
 from thrifty.ops.admin import check_admin, json_errors
 
@@ -66,7 +66,7 @@ def dashboard_data(store: SQLStore, period: str = "7d", now: float | None = None
     (n, errors, spend, base, saved, hits, lookups, cascades, escalated, escalations, comp, pt, ct), = q(f"""
         SELECT COUNT(*), COALESCE(SUM(CASE WHEN status = 'ok' THEN 0 ELSE 1 END), 0),
                COALESCE(SUM(cost_usd), 0),
-               COALESCE(SUM(CASE WHEN status = 'ok' THEN baseline_cost_usd ELSE 0 END), 0),
+               COALESCE(SUM({BASELINE_SQL}), 0),
                COALESCE(SUM({_SAVED}), 0),
                COALESCE(SUM(CASE WHEN cache_status = 'hit' THEN 1 ELSE 0 END), 0),
                COALESCE(SUM(CASE WHEN cache_status IN ('hit', 'miss') THEN 1 ELSE 0 END), 0),
@@ -91,7 +91,7 @@ def dashboard_data(store: SQLStore, period: str = "7d", now: float | None = None
         {"t": int(g) * bucket, "requests": int(r), "spend_usd": float(s), "baseline_usd": float(bl)}
         for g, r, s, bl in q(f"""
             SELECT {b} AS g, COUNT(*), COALESCE(SUM(cost_usd), 0),
-                   COALESCE(SUM(CASE WHEN status = 'ok' THEN baseline_cost_usd ELSE 0 END), 0)
+                   COALESCE(SUM({BASELINE_SQL}), 0)
             FROM requests WHERE ts >= ? GROUP BY g ORDER BY g""", [since])
     ]
     def strategy(name: str) -> dict[str, Any]:

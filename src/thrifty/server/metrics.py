@@ -101,7 +101,8 @@ class Metrics:
                 self._child(self.tokens, model, route, kind).inc(n)
         if ctx.cost_usd:
             self._child(self.cost, model, route).inc(ctx.cost_usd)
-        if ctx.status == "ok" and ctx.baseline_cost_usd is not None:
+        if ctx.status == "ok" and ctx.baseline_cost_usd is not None and ctx.cost_usd is not None:
+            # As the report's BASELINE_SQL: an unpriced request is out of the cost counter, so out of this one.
             self._child(self.baseline, model, route).inc(ctx.baseline_cost_usd)
         if ctx.status == "ok":
             # The report's rule (docs/operations.md, "Accounting"), failures apart: an unpriced
