@@ -219,6 +219,10 @@ def test_calibration_sets_the_threshold_on_vetoed_scores() -> None:
     dups = [Pair(f"How do I learn language {w}?", f"how do i learn language {w}", 1)
             for w in ["python", "java", "rust", "go", "haskell", "scala", "kotlin", "ruby", "perl", "lua"]]
     nons = [Pair(f"What is {a}/{b}?", f"What is {a}*{b}?", 0) for a, b in zip(range(2, 12), range(3, 13), strict=True)]
+    # And a few the vetoes let through: only those place the threshold (with none, calibration is
+    # refused: the threshold came out below every score and served all that no veto caught).
+    nons += [Pair(f"Where do {w} live?", f"How long should {d} rest?", 0)
+             for w, d in [("penguins", "bread dough"), ("otters", "a steak"), ("lynxes", "pizza dough")]]
     cal = calibrate(dups + nons, build_embedder("lexical"), model="cosine", max_false_hit_rate=0.05)
     assert cal.summary()["cv_duplicate_hit_rate"] == 1.0 and cal.summary()["cv_false_hit_rate"] == 0.0
     assert cal.verifier.info["hard_vetoes"] >= 1

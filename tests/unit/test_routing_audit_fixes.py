@@ -276,7 +276,9 @@ def test_calibrate_keeps_the_base_routes_others_name_and_writes_the_fitted_basel
     assert written["baseline"] == "big"
     assert written["routing"]["routes"]["faq"] == {"model": "weak"}
     assert written["routing"]["routes"]["strong"] != {"model": "mid"}  # the calibrated one
-    assert written["routing"]["tasks"] == {"help": "faq"}
+    # The base's entry is kept; the data's own label (quiz) gets the route fitted on its prompts.
+    assert written["routing"]["tasks"] == {"help": "faq", "quiz": "quiz"}
+    assert "quiz" in written["routing"]["routes"]
     assert written["routing"]["routes"]["many"]["learned"]["file"] == "../router.json"  # from the new folder
     code, _, err = run_main(capsys, "config", "check", str(out))
     assert code == 0, err

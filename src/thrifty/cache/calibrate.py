@@ -271,6 +271,15 @@ def calibrate(pairs: list[Pair], embedder: Embedder, *, max_false_hit_rate: floa
         split = group_split(r.groups, y, folds, seed)
     except ValueError as exc:
         raise DataError(f"calibration needs {folds} folds of distinct questions: {exc}") from None
+    if r.own_veto[y == 0].all():
+        # Then no non-duplicate reaches the verifier and the threshold has nothing to sit above:
+        # it came out as the most negative float, and the file served every candidate no veto
+        # caught (verifier.threshold_at). Refused, saying what the pairs lack.
+        raise DataError(f"every one of the {int((1 - y).sum()):,} non-duplicates differs from its text_a in "
+                        "something a hard veto catches (a number, a name, a negation, a non-ASCII word...), so "
+                        "they show nothing about the questions the verifier must turn away: add non-duplicates "
+                        "the vetoes let through, such as different questions about the same order or product "
+                        "(docs/caching.md, \"Calibrating thresholds\")")
     target = margin * max_false_hit_rate
     negatives = int((1 - y).sum())
     if confidence and allowed_false_hits(negatives, target, confidence) < 0:

@@ -350,11 +350,20 @@ def threshold_at(neg_scores: np.ndarray, max_rate: float, confidence: float | No
     if len(s) == 0:
         return 0.0
     k = math.floor(max_rate * len(s)) if confidence is None else allowed_false_hits(len(s), max_rate, confidence)
+    # Vetoed non-duplicates score -inf (calibrate.py): a hard veto turns them away, not the
+    # threshold, so they say nothing about where it must sit. Placed among them, the threshold
+    # came out as the most negative float and served every candidate no veto caught (a team's near
+    # misses all differing in an order number, a product or a negation: "Is X waterproof?" got the
+    # answer cached for "How do I return X?"). So it stays above a scored non-duplicate, and with
+    # none scored no score is known to be safe: +inf, nothing passes (calibrate() refuses that).
+    finite = int(np.isfinite(s).sum())
+    if finite == 0:
+        return math.inf
     if k < 0:  # not even one acceptance is allowed: above every negative
         return float(np.nextafter(s[0], np.inf))
-    if k >= len(s):
+    if k >= len(s) and finite == len(s):
         return float(s[-1])
-    return float(np.nextafter(s[k], np.inf))
+    return float(np.nextafter(s[min(k, finite - 1)], np.inf))
 
 
 def allowed_false_hits(n: int, max_rate: float, confidence: float) -> int:

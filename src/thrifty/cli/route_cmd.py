@@ -144,7 +144,8 @@ def register(app: typer.Typer) -> None:
         config: Path = typer.Option(None, "--config", "-c", help="A config to copy: its providers, models and other "
                                     "sections kept, its routing replaced by the calibrated one (its routes the "
                                     "calibration does not replace are kept)."),
-        baseline: str = typer.Option(DEFAULT_BASELINE, help="The baseline model."),
+        baseline: str = typer.Option(None, help=f"The baseline model (default: the --config's baseline, else "
+                                     f"{DEFAULT_BASELINE})."),
         folds: int = typer.Option(5, help="Cross-validation folds."),
         seed: int = typer.Option(0, help="Seed of the fold split."),
     ) -> None:
@@ -159,13 +160,22 @@ def register(app: typer.Typer) -> None:
         int_at_least(folds, "--folds", 2)  # before the data loads; its size bounds it from above below
         writable_output(out, "--out")
         base = _read_base_config(config) if config is not None else None
+        if baseline is None:
+            # A team calibrating its own config means its own baseline, not RouterBench's GPT-4.
+            own = base.get("baseline") if base is not None else None
+            baseline = own if isinstance(own, str) and own else DEFAULT_BASELINE
         outcomes = _load_data(data)
         if baseline not in outcomes.models:
             raise DataError(f"--baseline {baseline!r} is not in the data (models: {', '.join(outcomes.models)})")
         # One prompt per test fold at least; more folds would only repeat work (and 100000 hangs).
         int_at_least(folds, "--folds", 2, len(outcomes))
         if base is not None:
+            listed = outcomes.models
             outcomes = _servable(outcomes, base, config, baseline)
+            left_out = [m for m in listed if m not in outcomes.models]
+            if left_out:  # said, not silent: the team may have forgotten to list a model
+                typer.echo(f"note: {', '.join(left_out)}: in the data but not among the models of {config}, so "
+                           f"left out of the calibration (list them under models: to consider them)")
         cal = calibrate(outcomes, tgt, baseline=baseline, folds=folds, seed=seed)
         for row in cal.cv:
             typer.echo(f"  budget <= {row['max_cost_share']:.3g}x: CV accuracy {row['accuracy']:.4f} "
@@ -176,7 +186,8 @@ def register(app: typer.Typer) -> None:
         prices: dict[str, dict[str, float]] = derive_prices(outcomes) if base is None else {}
         if base is not None:
             assert config is not None
-            doc, notes = _merged_with_base(base, cal.section, baseline, config.resolve().parent, out.resolve().parent)
+            doc, notes = _merged_with_base(base, cal.section, baseline, config.resolve().parent, out.resolve().parent,
+                                           {i.task for i in outcomes if i.task})
             for note in notes:
                 typer.echo(f"note: {note}")
         else:
@@ -264,13 +275,15 @@ def _quiet_catalog(cfg: Any) -> Any:
 
 
 def _merged_with_base(base: dict[str, Any], section: dict[str, Any], baseline: str, base_dir: Path,
-                      out_dir: Path) -> tuple[dict[str, Any], list[str]]:
+                      out_dir: Path, data_tasks: set[str] | None = None) -> tuple[dict[str, Any], list[str]]:
     """``base`` with the calibrated routing, and the notes saying what changed.
 
     The calibrated section decides how requests are classified (``default_route``, ``classify``)
     and its routes win on a name clash; the base's other routes and its ``tasks`` map are kept
     (clients may name them, other sections may configure them), with their relative files made
-    relative to the written config. ``baseline`` becomes the one the routes were fitted against."""
+    relative to the written config. ``baseline`` becomes the one the routes were fitted against.
+    ``tasks`` entries for labels of the calibration data (``data_tasks``) are dropped: a client
+    label is looked up first, so they would send those prompts past the calibrated routes."""
     notes: list[str] = []
     old: dict[str, Any] = base["routing"] if isinstance(base.get("routing"), dict) else {}
     old_routes: dict[str, Any] = old.get("routes") or {}
@@ -278,8 +291,23 @@ def _merged_with_base(base: dict[str, Any], section: dict[str, Any], baseline: s
     replaced = [n for n in old_routes if n in section["routes"]]
     kept = {n: _rebased(r, base_dir, out_dir) for n, r in old_routes.items() if n not in section["routes"]}
     routing["routes"] = {**section["routes"], **kept}
-    if old.get("tasks"):
-        routing["tasks"] = dict(old["tasks"])  # each target is a kept or a calibrated route
+    tasks = dict(old.get("tasks") or {})  # each target is a kept or a calibrated route
+    # The CV figures were measured with these labels routed by the calibrated section; a base
+    # entry mapping one to a hand-made route would silently serve those prompts otherwise.
+    shadowing = sorted(t for t in tasks if t in (data_tasks or set()))
+    for task in shadowing:
+        del tasks[task]
+    tasks.update(section.get("tasks") or {})  # the labels the fit gave routes of their own
+    if tasks:
+        routing["tasks"] = tasks
+    if shadowing:
+        notes.append(f"routing.tasks: dropped {', '.join(shadowing)} (labels of the calibration data, which the "
+                     f"calibrated routes serve as measured)")
+    same_name = sorted(n for n in kept if n in (data_tasks or set()) and n not in tasks)
+    if same_name:
+        notes.append(f"routing.routes: {', '.join(same_name)} kept from the base config is named like a task of the "
+                     f"data, so requests labelled with it go to that route, not to the calibrated ones (rename it "
+                     f"to have them routed as calibrated)")
     if replaced:
         notes.append(f"routing.routes: {', '.join(replaced)} replaced by the calibrated route(s) of that name")
     if kept:

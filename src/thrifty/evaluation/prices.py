@@ -19,18 +19,24 @@ _M = 1_000_000.0
 
 def derive_prices(data: OutcomeSet, sample: int = 100) -> dict[str, dict[str, float]]:
     """``{model: {"input": usd_per_m, "output": usd_per_m}}`` for every model with recorded costs."""
-    step = max(1, len(data) // sample)
-    rows = data.items[::step][:sample]
-    prompt_tokens = [count_messages(i.messages) for i in rows]
+    prompt_tokens: dict[int, int] = {}  # counted once per row, shared by the models sampling it
     prices: dict[str, dict[str, float]] = {}
     for model in data.models:
+        # Sampled among the rows where this model HAS a recorded cost: one fixed sample of all
+        # rows can miss every one of them (costs logged only on some rows, or only in later
+        # rows), and the model then had "no known price" although most of its costs were there.
+        costed = [(n, item) for n, item in enumerate(data.items)
+                  if (o := item.outcomes.get(model)) is not None and o.cost is not None]
         xs, ys = [], []
-        for item, pt in zip(rows, prompt_tokens, strict=True):
-            out = item.outcomes.get(model)
-            if out is None or out.cost is None:
-                continue
+        for n, item in costed[:: max(1, len(costed) // sample)][:sample]:
+            out = item.outcomes[model]
+            assert out.cost is not None
             usage = out.usage or {}
-            p = int(usage.get("prompt_tokens") or pt)
+            p = int(usage.get("prompt_tokens") or 0)
+            if not p:
+                if n not in prompt_tokens:
+                    prompt_tokens[n] = count_messages(item.messages)
+                p = prompt_tokens[n]
             c = int(usage.get("completion_tokens") or count_text(out.response))
             xs.append((p, c))
             ys.append(out.cost)

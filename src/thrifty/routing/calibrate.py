@@ -41,7 +41,12 @@ def parse_target(text: str) -> Target:
     if not m:
         raise InvalidRequestError(f"bad target {text!r}: expected 'accuracy>=0.95*baseline' or 'accuracy>=0.83'",
                                   param="target")
-    return Target(float(m.group(1)), bool(m.group(2)))
+    value = float(m.group(1))
+    if not m.group(2) and value > 1:
+        # Accuracy is a mean score in [0, 1]: such a target can never be met, so it is refused
+        # now rather than after the cross-validation (and a config written for nothing).
+        raise InvalidRequestError(f"bad target {text!r}: an absolute accuracy is at most 1", param="target")
+    return Target(value, bool(m.group(2)))
 
 
 @dataclass
@@ -100,7 +105,10 @@ def calibrate(data: OutcomeSet, target: Target, *, baseline: str, spec: dict[str
         if acc >= need:
             cal.chosen_budget = b
             break
-    budget = cal.chosen_budget if cal.chosen_budget is not None else max(budgets)
+    # A missed target writes the most accurate budget tried (the cheapest of equals), as the
+    # command says: CV accuracy is not monotonic in the budget, so the largest one can be worse.
+    budget = cal.chosen_budget if cal.chosen_budget is not None else max(
+        cal.cv, key=lambda row: (row["accuracy"], -row["max_cost_share"]))["max_cost_share"]
     cal.section = fit_frontier(data, baseline=baseline, spec=spec).section(budget)
     cal.section.setdefault("fitted", {})["calibration"] = {
         "target": str(target), "required_accuracy": round(need, 4), "cv": cal.cv, "met": cal.chosen_budget is not None,

@@ -169,6 +169,7 @@ class FitConfig(_Strict):
     fixed: bool | None = None
     budget_margin: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     lams: list[float] | None = Field(default=None, min_length=1)
+    by_task: bool | None = None
 
     def options(self) -> dict[str, Any]:
         """The options that are set (the fitter fills in its defaults for the rest)."""

@@ -31,6 +31,7 @@ the baseline's. A chosen learned recipe is re-fitted on all of the family's trai
       max_cost_share: 0.25     # budget when none is given
       max_cheap: 8             # at most this many cheap models (the cheapest) are considered at all
       min_family_prompts: 30   # smaller families are sent to the baseline (too little to learn from)
+      by_task: true            # also a policy per task label with at least min_family_prompts prompts
       lams: [0, 1, ..., 3000]  # prices of accuracy tried for learned tables (default: 0 and 40 log-spaced)
 
 Unknown keys and bad values are refused (``ConfigError`` naming ``routing.fit.<key>``;
@@ -43,13 +44,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from thrifty.errors import ConfigError, DataError
-from thrifty.evaluation.dataset import OutcomeSet
+from thrifty.evaluation.dataset import Item, OutcomeSet
 from thrifty.routing.candidates import FIXED_TABLES
 from thrifty.routing.config import parse_fit
 from thrifty.routing.formats import FAMILIES, detect_family, extract_answer
@@ -58,7 +59,7 @@ from thrifty.routing.tables import FamilyData, OrderModel
 DEFAULT_LAMS = [0.0, *np.geomspace(1.0, 3000.0, 40).tolist()]
 DEFAULTS: dict[str, Any] = {"depth": 3, "shrink": 5.0, "cheap_max_cost_ratio": 0.3, "raw_letters": [],
                             "max_cost_share": 0.25, "max_cheap": 8, "top_k": 5, "min_family_prompts": 30,
-                            "inner_folds": 5, "fixed": True, "budget_margin": 1.0}
+                            "inner_folds": 5, "fixed": True, "budget_margin": 1.0, "by_task": True}
 STRONG_ROUTE = "strong"
 
 
@@ -86,14 +87,26 @@ def fit_options(spec: dict[str, Any] | None) -> dict[str, Any]:
     return opts
 
 
-def family_data(train: OutcomeSet, family: str, models: list[str]) -> FamilyData:
-    items = [i for i in train if detect_family(i.prompt) == family]
+def group_data(items: list[Item], models: list[str]) -> FamilyData:
+    """The outcomes of ``items`` for ``models``; each answer is read in its own prompt's format
+    (a task's prompts may mix formats)."""
+    families = [detect_family(i.prompt) for i in items]
     return FamilyData(
-        answers={m: [extract_answer(family, i.outcomes[m].response if m in i.outcomes else "") for i in items]
-                 for m in models},
+        answers={m: [extract_answer(f, i.outcomes[m].response if m in i.outcomes else "")
+                     for i, f in zip(items, families, strict=True)] for m in models},
         scores={m: np.array([i.scores.get(m, 0.0) for i in items], dtype=float) for m in models},
         costs={m: np.array([i.cost(m) for i in items], dtype=float) for m in models},
     )
+
+
+def family_data(train: OutcomeSet, family: str, models: list[str]) -> FamilyData:
+    return group_data([i for i in train if detect_family(i.prompt) == family], models)
+
+
+def task_route(label: str) -> str:
+    """The route a task label's fitted policy is written under: the label itself (a client may
+    name it, ``route:<label>``), unless a format family's route or the baseline's has that name."""
+    return f"task:{label}" if label in FAMILIES or label == STRONG_ROUTE else label
 
 
 def cheap_models(train: OutcomeSet, baseline: str, ratio: float, limit: int) -> list[str]:
@@ -197,32 +210,45 @@ class Frontier:
     prompts: int
     cheap: list[str]
     spec: dict[str, Any]
+    # Per task label (fit_frontier): whole policies over the labels' groups and the prompts left
+    # in their format's group, and label -> route name. Empty: no label had enough prompts.
+    by_task: list[list[Candidate]] = field(default_factory=list)
+    task_routes: dict[str, str] = field(default_factory=dict)
 
-    def select(self, share: float) -> list[Candidate]:
-        """The most accurate policy whose estimated cost is within ``share`` x the baseline's
-        (times the spec's ``budget_margin``)."""
+    def select(self, share: float, policies: list[list[Candidate]] | None = None) -> list[Candidate]:
+        """The most accurate policy (of ``policies``, default the per-format ones) whose
+        estimated cost is within ``share`` x the baseline's (times the spec's ``budget_margin``)."""
+        pool = self.policies if policies is None else policies
         margin = float(fit_options(self.spec)["budget_margin"])
         limit = margin * share * self.base_cost + 1e-12
-        within = [c for c in self.policies if sum(x.cost for x in c) <= limit]
-        return max(within, key=lambda c: sum(x.correct for x in c)) if within else self.policies[0]
+        within = [c for c in pool if sum(x.cost for x in c) <= limit]
+        return max(within, key=lambda c: sum(x.correct for x in c)) if within else pool[0]
 
     def section(self, share: float) -> dict[str, Any]:
-        """The fitted ``routing:`` section for budget ``share``."""
+        """The fitted ``routing:`` section for budget ``share``: a route per format family (for
+        requests without a known task label) and, when the data had labels, one per label, which
+        a request carrying that label (``metadata.task``, ``x-thrifty-task``) takes."""
         chosen = self.select(share)
         routes: dict[str, Any] = {STRONG_ROUTE: {"model": self.baseline, "description": "the baseline model"}}
         for c in chosen:
-            if not c.order:
-                continue  # this family goes to the baseline: the default route
-            what = f"learned agreement cascade (lam={c.lam:.4g})" if c.kind == "learned" else f"fixed cascade: {c.kind}"
-            routes[c.family] = {
-                "state_table": {"order": c.order, "table": c.table, "strong": self.baseline, "raw_letters": c.raw},
-                "description": what,
-            }
+            if c.order:  # else this family goes to the baseline: the default route
+                routes[c.family] = self._route(c)
+        tasks: dict[str, str] = {}
+        if self.by_task:
+            # The training prompts are labelled, so the per-task choice is what they are judged by.
+            chosen = self.select(share, self.by_task)
+            names = set(self.task_routes.values())
+            for c in chosen:
+                if c.family in names:
+                    routes[c.family] = self._route(c) if c.order else {"model": self.baseline,
+                                                                       "description": "the baseline model"}
+            tasks = {t: r for t, r in self.task_routes.items()}
         n = max(self.prompts, 1)
         section: dict[str, Any] = {
             # A family never (or hardly) seen in training, e.g. free-form questions, goes to the baseline.
             "default_route": STRONG_ROUTE,
             "classify": {"formats": True},
+            **({"tasks": tasks} if tasks else {}),
             "routes": routes,
             "max_cost_share": share,
             "fitted": {"policy": "state_table", "prompts": self.prompts, "baseline": self.baseline,
@@ -239,6 +265,11 @@ class Frontier:
             section["fit"] = dict(self.spec["fit"])
         return section
 
+    def _route(self, c: Candidate) -> dict[str, Any]:
+        what = f"learned agreement cascade (lam={c.lam:.4g})" if c.kind == "learned" else f"fixed cascade: {c.kind}"
+        return {"state_table": {"order": c.order, "table": c.table, "strong": self.baseline, "raw_letters": c.raw},
+                "description": what}
+
 
 def fit_frontier(train: OutcomeSet, *, baseline: str, spec: dict[str, Any] | None = None) -> Frontier:
     if baseline not in train.models:
@@ -248,17 +279,33 @@ def fit_frontier(train: OutcomeSet, *, baseline: str, spec: dict[str, Any] | Non
     opts = fit_options(spec)
     cheap = cheap_models(train, baseline, float(opts["cheap_max_cost_ratio"]), int(opts["max_cheap"]))
     lams = [float(x) for x in opts.get("lams", DEFAULT_LAMS)]
-    per_family: dict[str, list[Candidate]] = {}
-    for f in sorted({detect_family(i.prompt) for i in train}):
-        data = family_data(train, f, [*cheap, baseline])
-        if data.n < int(opts["min_family_prompts"]):
+    least = int(opts["min_family_prompts"])
+
+    def candidates(name: str, items: list[Item]) -> list[Candidate]:
+        data = group_data(items, [*cheap, baseline])
+        if data.n < least:
             correct, cost = float(data.scores[baseline].sum()), float(data.costs[baseline].sum())
-            strong_only = Candidate(f, correct, cost, 0.0, [], {"": "strong"}, False, "baseline", correct, cost)
-            per_family[f] = [strong_only]
-        else:
-            per_family[f] = family_candidates(data, f, baseline, cheap, opts, lams)
+            return [Candidate(name, correct, cost, 0.0, [], {"": "strong"}, False, "baseline", correct, cost)]
+        return family_candidates(data, name, baseline, cheap, opts, lams)
+
+    families = {f: [i for i in train if detect_family(i.prompt) == f] for f in sorted({detect_family(i.prompt)
+                                                                                       for i in train})}
+    per_family = {f: candidates(f, items) for f, items in families.items()}
     base_cost = sum(i.cost(baseline) for i in train) or 1.0
-    return Frontier(combine(per_family), baseline, base_cost, len(train), cheap, dict(spec or {}))
+    front = Frontier(combine(per_family), baseline, base_cost, len(train), cheap, dict(spec or {}))
+    # Per task label: a task's prompts may share a format with other tasks and still want other
+    # models (a cheap model good at support questions, bad at invoices), so each label with
+    # enough prompts gets a policy of its own; the rest of the prompts stay in their format's group.
+    labels = sorted(t for t in {i.task for i in train if i.task} if sum(i.task == t for i in train) >= least)
+    if opts["by_task"] and labels:
+        per_group = {task_route(t): candidates(task_route(t), [i for i in train if i.task == t]) for t in labels}
+        for f, items in families.items():
+            rest = [i for i in items if i.task not in labels]
+            if rest:
+                per_group[f] = candidates(f, rest)
+        front.by_task = combine(per_group)
+        front.task_routes = {t: task_route(t) for t in labels}
+    return front
 
 
 def budget(max_cost_share: float | None, spec: dict[str, Any] | None) -> float:

@@ -65,7 +65,7 @@ class _ClassifyThenRoute:
             attempt.score_reason = f"classified as {task!r}" if task else "no task recognised"
             if found:
                 route, why = found, f"task {task!r} from llm classifier ({cfg.model})"
-                ctx.task = task
+                ctx.task = ctx.task or task  # a client's label stays the recorded task (router.classify)
         except UpstreamError as exc:
             why += f"; llm classifier failed ({exc.message[:60]})"
         ctx.route = route

@@ -155,7 +155,10 @@ class TaskRouter:
         decision = self.decide(ctx.request, ctx.headers)
         ctx.scratch[_DECISION] = (asked, decision)
         if not (decision.source == "default" and self.llm is not None):
-            ctx.task = decision.task or ctx.task
+            # ctx.task is the client's label (normalize stage) when it sent one: that is the task
+            # the ledger records (`report --by task`), also when the label has no route and a
+            # format or rule picked the route (the route is recorded apart). Else the router's task.
+            ctx.task = ctx.task or decision.task
             ctx.route = decision.route
         return decision
 
@@ -167,7 +170,7 @@ class TaskRouter:
             plan = self.llm.plan(self, decision)
         else:
             plan = self.route_plan(decision.route, ctx, decision.reason)
-        ctx.task = decision.task
+        ctx.task = ctx.task or decision.task  # the client's label first, as in ``classify``
         ctx.route = decision.route
         return plan
 

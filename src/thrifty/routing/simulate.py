@@ -2,7 +2,7 @@
 
 Fast enough for calibration's cross-validation loops (``thrifty eval`` is the full-pipeline
 judge). Supports what ``fit_policy`` produces: single-model and state-table routes, routed by
-the prompt's format family. Each decision is made from recorded answers only; the score of the
+the task label, then the prompt's format family. Each decision is made from recorded answers only; the score of the
 served answer is read after the decision (``Item.scores`` is never passed to the policy).
 """
 
@@ -35,7 +35,9 @@ class SimResult:
 def decide(cfg: RoutingConfig, item: Item) -> tuple[str, list[str]]:
     """(served model, models called) for one blind item."""
     family = detect_family(item.prompt)
-    route_name = cfg.tasks.get(family) or (family if family in cfg.routes else cfg.default_route)
+    # As the gateway's router: the task label (mapped, or a route of its name), then the format.
+    labelled = (cfg.tasks.get(item.task) or (item.task if item.task in cfg.routes else None)) if item.task else None
+    route_name = labelled or cfg.tasks.get(family) or (family if family in cfg.routes else cfg.default_route)
     assert route_name is not None
     route = cfg.routes[route_name]
     if route.model:
