@@ -6,12 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from fixtures.cli_run import assert_one_line, run_main
+from fixtures.cli_run import assert_one_line, interrupted_run, run_main
 from thrifty.batching.checkpoint import Checkpoint, run_id_for
 from thrifty.batching.items import coerce_items
 from thrifty.batching.runner import run_batch
@@ -229,19 +225,8 @@ def test_a_stop_signal_leaves_a_resumable_run_and_one_line(mock: RunningServer, 
     args = ["batch", "run", str(items_file), "--task", TASK, "--model", "slow", "--pack", "2", "--concurrency", "1",
             "--labels", "positive,negative", "--out", str(out), "--no-progress", "--config", str(cfg)]
     reset(mock)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("THRIFTY_")}
-    proc = subprocess.Popen([sys.executable, "-m", "thrifty.cli.main", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        deadline = time.monotonic() + 60
-        while len(sent_inputs(mock)) < 10 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        proc.send_signal(signum)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == exit_code, err
+    code, err = interrupted_run(args, signum, lambda: len(sent_inputs(mock)) >= 10)
+    assert code == exit_code, err
     assert "Traceback" not in err and err.strip().count("\n") == 0, err
     assert err.startswith("thrifty: interrupted; ") and "run the same command again to resume" in err
     assert not out.exists()  # no half output: OUT appears only complete

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from thrifty.cli.checks import finite_float, int_at_least, writable_output
+from thrifty.cli.signals import cancel_on_sigterm
 from thrifty.errors import InvalidRequestError, ThriftyError, UsageError
 
 if TYPE_CHECKING:
@@ -93,23 +94,6 @@ def _checkpoint(gw: Gateway, items_file: Path, items: list[Item], out: Path | No
     elif cp.resumed:
         typer.echo(f"resuming: {cp.resumed} of {len(items)} items already done (kept in {path})", err=True)
     return cp
-
-
-def _cancel_on_sigterm(terminated: list[int]) -> None:
-    """SIGTERM (``kill``, a container or job scheduler stopping the run) stops the run as Ctrl-C
-    does: the running task is cancelled, so finished packs stay in the progress file and in the
-    ledger, instead of the process dying between a paid call and its record."""
-    task = asyncio.current_task()
-    if task is None:
-        return
-
-    def stop() -> None:
-        terminated.append(signal.SIGTERM)
-        task.cancel()
-
-    # Windows has no loop signal handlers, and only the main thread may set one (in-process callers).
-    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop)
 
 
 def _interrupted(cp: Checkpoint | None, n_items: int, deferred: bool) -> str:
@@ -210,7 +194,7 @@ run the same command again after an interruption and only the unfinished items a
         terminated: list[int] = []  # the signal that stopped the run, once one did
 
         async def main() -> tuple[list[ItemResult], Job | None]:
-            _cancel_on_sigterm(terminated)
+            cancel_on_sigterm(terminated)
             try:
                 if deferred:
                     from thrifty.batching.deferred import DeferredRunner

@@ -30,6 +30,7 @@ COMMAND_MODULES: list[str] = [
     "thrifty.cli.cache_cmd",
     "thrifty.cli.demo_cmd",
     "thrifty.cli.eval_cmd",
+    "thrifty.cli.outcomes_cmd",
     "thrifty.cli.replay_cmd",
     "thrifty.cli.keys_cmd",
     "thrifty.cli.compress_cmd",
