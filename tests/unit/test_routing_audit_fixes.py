@@ -462,3 +462,27 @@ def test_llm_classifier_tasks_need_a_route(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"routing\.classify\.llm\.tasks\.1: task 'typo' has no route"):
         gateway(tmp_path, {"g": {"model": "a"}}, texts({}),
                 classify={"llm": {"model": "judge", "tasks": ["g", "typo"]}})
+
+
+# ---------------------------------------------------------------- n > 1: every choice is scored
+
+
+async def test_a_tier_cascade_scores_every_choice_of_an_n_answer(tmp_path: Path) -> None:
+    """The client gets all n choices: a refusal in the second one escalates, though the first
+    alone would pass."""
+    def answer(body: dict[str, Any]) -> dict[str, Any]:
+        texts = ["Paris is the capital of France.", "I'm sorry, I can't help with that."]
+        if body["model"] == "big":
+            texts = ["Paris is the capital of France.", "The capital of France is Paris."]
+        out = chat_response(body["model"], texts[0], USAGE)
+        out["choices"] = [{**out["choices"][0], "index": i, "message": {"role": "assistant", "content": t}}
+                          for i, t in enumerate(texts[: body.get("n", 1)])]
+        return out
+
+    gw, bodies = gateway(tmp_path, {"r": {"tiers": [{"model": "a", "threshold": 0.5}, {"model": "big"}]}}, answer)
+    ctx = await gw.handle(user("What is the capital of France?", n=2))
+    assert [b["model"] for b in bodies] == ["a", "big"] and ctx.served_model == "big"
+    assert (ctx.attempts[0].score_reason or "").startswith("choice 1: ")
+    one = await gw.handle(user("What is the capital of France?"))  # n = 1: the first choice alone, accepted
+    assert one.served_model == "a"
+    await gw.aclose()

@@ -32,7 +32,7 @@ from thrifty.pipeline.accounting import set_escalations
 from thrifty.pipeline.caller import ModelCaller
 from thrifty.pipeline.context import Attempt, RequestContext
 from thrifty.routing.formats import agreement_pattern, detect_family, extract_answer
-from thrifty.scoring.base import score_answer
+from thrifty.scoring.base import score_choices
 from thrifty.scoring.logprob import strip_logprobs
 from thrifty.scoring.tools import tool_answer, tool_calls, tool_choice_problems
 from thrifty.tokens import count_messages
@@ -168,7 +168,7 @@ class TierCascade:
             assert threshold is not None
             # Scorers see the catalog name of the model that answered (the upstream's name for
             # it can differ: aliases, upstream_model).
-            score = await score_answer(self.scorer, ctx, caller, {**response, "model": attempt.model})
+            score = await score_choices(self.scorer, ctx, caller, {**response, "model": attempt.model})
             attempt.score, attempt.score_reason = score.value, score.reason
             attempt.accepted = score.value >= threshold
             if attempt.accepted:

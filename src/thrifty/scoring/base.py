@@ -29,6 +29,24 @@ async def score_answer(scorer: Any, ctx: Any, caller: Any, response: dict[str, A
     return await scorer.score(ctx.request, response)  # type: ignore[no-any-return]
 
 
+async def score_choices(scorer: Any, ctx: Any, caller: Any, response: dict[str, Any]) -> Score:
+    """``score_answer`` over every choice of an ``n > 1`` answer, the worst one counting: the
+    client gets all of them, so a cascade must not accept a bad second choice because the first
+    was good. Scorers read choice 0, so each choice is scored as a response of its own."""
+    choices = response.get("choices")
+    if not isinstance(choices, list) or len(choices) < 2:
+        return await score_answer(scorer, ctx, caller, response)
+    worst: Score | None = None
+    for i, choice in enumerate(choices):
+        s = await score_answer(scorer, ctx, caller, {**response, "choices": [choice]})
+        if worst is None or s.value < worst.value:
+            worst = Score(s.value, f"choice {i}: {s.reason}")
+        if s.value == 0.0:
+            break  # nothing can raise a minimum of zero; skip the other choices' paid judges
+    assert worst is not None
+    return worst
+
+
 class CombinedScorer:
     """The minimum of several scorers: an answer must pass every check (e.g. form, then judge)."""
 
