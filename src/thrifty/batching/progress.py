@@ -1,4 +1,4 @@
-"""A progress bar for batch runs: items done, dollars spent, estimated total (tqdm, on stderr)."""
+"""A progress bar for long runs (batch items, collected prompts): done, dollars spent, estimated total (tqdm, on stderr)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 
 class Progress:
-    def __init__(self, total: int, enabled: bool = True, desc: str = "batch") -> None:
+    def __init__(self, total: int, enabled: bool = True, desc: str = "batch", unit: str = "item") -> None:
         self.total = total
         self.done = 0
         self.spent = 0.0
@@ -16,7 +16,7 @@ class Progress:
             from tqdm import tqdm
 
             # disable=None: no bar when stderr is not a terminal (CI logs, pipes).
-            self._bar = tqdm(total=total, unit="item", desc=desc, file=sys.stderr, disable=None, leave=True)
+            self._bar = tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, disable=None, leave=True)
 
     def estimate(self) -> float | None:
         return self.spent / self.done * self.total if self.done else None

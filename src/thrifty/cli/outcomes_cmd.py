@@ -160,7 +160,7 @@ def register(app: typer.Typer) -> None:
                                  "nothing was called (fewer prompts or models, a lower --max-tokens, or a higher "
                                  "--max-usd)")
         gw = Gateway.from_config(cfg)
-        bar = Progress(len(todo), enabled=progress, desc="collect")
+        bar = Progress(len(todo), enabled=progress, desc="collect", unit="prompt")
         terminated: list[int] = []
         sink = open_sink(out)
         collector = Collector(gw, opts, sink, on_done=lambda cost: bar.update(1, cost))
