@@ -246,6 +246,21 @@ def test_an_interrupted_run_resumes_without_duplicates(mock: RunningServer, cfg:
     assert_one_line(code, err, "out.jsonl", "use another --out")
 
 
+def test_a_cut_line_of_a_crlf_file_is_removed_and_nothing_else(tmp_path: Path) -> None:
+    # An OUT written on Windows (or edited there) has CRLF lines. The cut used to be counted in
+    # text read with newline translation (no \r), so it fell short by one byte per line: half of
+    # the cut line stayed, and the next run then took a complete line for a cut one and removed it.
+    from thrifty.evaluation.collect import read_done
+
+    out = tmp_path / "out.jsonl"
+    whole = [json.dumps({"id": i, "prompt": mc(i), "outcomes": {"strong": {"score": 1.0}}}) for i in range(3)]
+    out.write_bytes(("\r\n".join(whole) + "\r\n" + '{"id": 3, "prompt": "Quest').encode())
+    for _ in range(2):  # the second run finds the file as the first left it
+        ids, _, n = read_done(out, ["strong"])
+        assert n == 3 and sorted(ids) == ["id:0", "id:1", "id:2"]
+        assert out.read_bytes() == ("\r\n".join(whole) + "\r\n").encode()
+
+
 def test_a_failing_reference_or_a_fallback_answer_is_not_taken_for_the_models_own(
         mock: RunningServer, cfg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     prompts = write_prompts(tmp_path / "p.jsonl", [{"id": "a", "prompt": mc(1), "answer": "B"}, {"id": "n", "prompt": mc(2)}])
@@ -282,6 +297,48 @@ def test_a_failing_reference_or_a_fallback_answer_is_not_taken_for_the_models_ow
     got = lines(tmp_path / "alias.jsonl")
     assert all(list(x["outcomes"]) == ["big", "slow"] for x in got)
     assert {x["reference"] for x in got} == {"answer", "big"} and len(calls(mock)) == 4
+
+
+def test_an_empty_reference_answer_is_no_reference(cfg: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    # A reference that answers nothing (a content filter, a reasoning model out of --max-tokens)
+    # was written as right (1.0) with every other model graded against "" (0.0).
+    mute = {"models": {"mute": {"answer": ""}, "slow": {"answers": [{"pattern": "which option", "answer": "B"}]}}}
+    with run_in_thread(create_mock(MockConfig.from_dict(mute))) as server:
+        doc = yaml.safe_load(cfg.read_text())
+        doc["providers"]["mock"]["base_url"] = server.url + "/v1"
+        doc["models"]["mute"] = {"provider": "mock", "price": {"input": 1.0, "output": 1.0}}
+        cfg.write_text(yaml.safe_dump(doc))
+        prompts = write_prompts(tmp_path / "p.jsonl", [{"id": "a", "prompt": mc(1), "answer": "B"}, {"id": "n", "prompt": mc(2)}])
+        out = tmp_path / "out.jsonl"
+        code, _, err = collect(capsys, cfg, prompts, out, "--models", "slow", "--reference", "mute")
+        models = [r["body"]["model"] for r in httpx.get(server.url + "/mock/requests").json()["data"]]
+    assert code == 1, err
+    assert [x["id"] for x in lines(out)] == ["a"]  # graded against its answer: mute scores 0 there
+    assert "line 2: the reference model mute gave an empty answer" in err
+    assert sorted(models) == ["mute", "mute", "slow"]  # nothing else paid for the prompt that cannot be graded
+
+
+def test_the_judge_sees_the_question_beside_a_long_reference(cfg: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # The judge request keeps the last 6,000 characters of question + reference: a reference of
+    # that length used to push the question, and the reference's start, out of it.
+    long = "Start of the reference. " + "More detail on the load. " * 300
+    verbose = {"models": {"verbose": {"answer": long}, "weak": {"answer": "Short summary: load matters."},
+                          "judge": {"answer": "7"}}}
+    with run_in_thread(create_mock(MockConfig.from_dict(verbose))) as server:
+        doc = yaml.safe_load(cfg.read_text())
+        doc["providers"]["mock"]["base_url"] = server.url + "/v1"
+        doc["models"]["verbose"] = {"provider": "mock", "price": {"input": 1.0, "output": 1.0}}
+        cfg.write_text(yaml.safe_dump(doc))
+        prompts = write_prompts(tmp_path / "p.jsonl", [{"prompt": "Explain how sharding spreads the load."}])
+        code, _, err = collect(capsys, cfg, prompts, tmp_path / "out.jsonl", "--models", "weak",
+                               "--reference", "verbose", "--judge-model", "judge")
+        bodies = [r["body"] for r in httpx.get(server.url + "/mock/requests").json()["data"]]
+    assert code == 0, err
+    shown = next(b for b in bodies if b["model"] == "judge")["messages"][-1]["content"]
+    assert "Explain how sharding spreads the load." in shown and "Start of the reference." in shown
+    assert lines(tmp_path / "out.jsonl")[0]["outcomes"]["weak"]["score"] == pytest.approx(0.7)
 
 
 @pytest.mark.parametrize(("bad", "needle"), [

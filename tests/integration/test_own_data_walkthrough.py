@@ -399,6 +399,22 @@ def test_a_client_label_is_the_recorded_task_when_the_llm_classifier_routes(tmp_
     assert (route, task, calls) == ("faq", "support-faq", ["clf", "small"])
 
 
+def test_an_untrusted_label_is_not_the_recorded_task(tmp_path: Path) -> None:
+    """With ``classify.client_labels: false`` a client's label neither routes nor names the task
+    in the ledger: the router's task does (a client could otherwise file its traffic under any
+    name in `report --by task`)."""
+    mock = {"models": {"small": {"answer": "Open Settings."}}}
+    routing = {"default_route": "general",
+               "classify": {"client_labels": False, "rules": [{"task": "faq", "keywords": ["password"]}]},
+               "routes": {"general": {"model": "small"}, "faq": {"model": "small"}}}
+    with routed_gateway(tmp_path, mock, {"small": 0.1}, "small", routing) as (gw, server):
+        raw = client(server).chat.completions.with_raw_response.create(
+            model="auto", messages=[{"role": "user", "content": "I forgot my password"}],
+            metadata={"task": "premium-vip"})
+        (route, task, _, _), _ = _ledger(gw, raw.headers["x-thrifty-request-id"])
+    assert (route, task) == ("faq", "faq")
+
+
 def test_a_target_nothing_can_meet(team: dict[str, Any], tmp_path: Path) -> None:
     out_file = tmp_path / "never.yaml"
     code, out, err = calibrate_team(team, "accuracy>=0.999", out=out_file)

@@ -65,3 +65,20 @@ def test_labels_with_too_few_prompts_stay_with_their_format(tmp_path: Path) -> N
     train = load_outcomes(outcomes(tmp_path / "train.jsonl", n=20))  # under min_family_prompts (30) each
     section = fit_policy(train, max_cost_share=0.10, baseline="big")
     assert "tasks" not in section and set(section["routes"]) <= {"strong", "open"}
+
+
+def test_a_label_named_like_a_format_does_not_take_that_formats_unlabelled_prompts(tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # "open" is a team's label here and the format of every prompt. The router looks a prompt's
+    # format up in the same `tasks:` map as a label, so `tasks: {open: task:open}` sent every
+    # unlabelled prompt to the label's policy (b-cheap), not to the format's (fitted on all).
+    monkeypatch.setitem(SKILL, "beta", SKILL["alpha"])  # the big task: a-cheap is good at it
+    monkeypatch.setitem(SKILL, "open", {"a-cheap": 0.2, "b-cheap": 0.95, "big": 0.97})
+    monkeypatch.delitem(SKILL, "alpha")
+    train = load_outcomes(outcomes(tmp_path / "train.jsonl"))
+    section = fit_policy(train, max_cost_share=0.10, baseline="big")
+    assert "open" not in section.get("tasks", {}) and "task:open" not in section["routes"]
+    plain = [json.loads(line) for line in outcomes(tmp_path / "p.jsonl", seed=4, labelled=False).open()]
+    (tmp_path / "beta.jsonl").write_text("".join(json.dumps(r) + "\n" for r in plain if "beta" in r["prompt"]))
+    unlabelled = load_outcomes(tmp_path / "beta.jsonl")
+    assert simulate(section, unlabelled, "big").accuracy > 0.8

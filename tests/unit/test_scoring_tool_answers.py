@@ -56,6 +56,30 @@ def test_graded_answer_keeps_text_and_renders_tool_calls() -> None:
     assert text == "" and problem is not None and problem.startswith("unusable tool call")
 
 
+def test_text_beside_a_call_does_not_hide_that_the_call_is_unusable() -> None:
+    # Models often say a word before calling ("Let me check."). The client still gets the call:
+    # one that breaks tool_choice or parallel_tool_calls, or names a function not offered, was
+    # graded as the text (the judge saw "Let me check." and no problem).
+    def with_text(response: dict[str, Any], calls: int = 1) -> dict[str, Any]:
+        message = response["choices"][0]["message"]
+        message["content"] = "Let me check."
+        message["tool_calls"] = message["tool_calls"] * calls
+        return response
+
+    named = {"type": "function", "function": {"name": "get_time"}}
+    two = [*TOOLS, {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}]
+    for req, response in [
+        (user("Weather?", tools=TOOLS, tool_choice="none"), with_text(tool_response("a", '{"city": "Paris"}'))),
+        (user("Weather?", tools=two, tool_choice=named), with_text(tool_response("a", '{"city": "Paris"}'))),
+        (user("Weather?", tools=TOOLS, parallel_tool_calls=False), with_text(tool_response("a", '{"city": "Paris"}'), 2)),
+        (user("Weather?", tools=TOOLS), with_text(tool_response("a", '{"town": "Paris"}', name="get_wether"))),
+    ]:
+        text, problem = graded_answer(req, response, "Let me check.")
+        assert text == "" and problem is not None and problem.startswith("unusable tool call"), (req.params, problem)
+    fine = with_text(tool_response("a", '{"city": "Paris"}'))
+    assert graded_answer(user("Weather?", tools=TOOLS), fine, "Let me check.") == ("Let me check.", None)
+
+
 async def test_the_learned_scorer_reads_the_rendered_call_and_zeroes_an_unusable_one() -> None:
     prompt = "What is the weather in Paris?"
     items = [Item("f", i, [{"role": "user", "content": prompt}], None,

@@ -129,7 +129,10 @@ def read_done(out: Path, models: list[str]) -> tuple[dict[str, str], Counter[str
     digests: Counter[str] = Counter()
     if not out.exists() or out.stat().st_size == 0:
         return ids, digests, 0
-    raw = out.read_text(encoding="utf-8")
+    # Bytes decoded as they are, not read_text: its newline translation drops the \r of CRLF
+    # lines (a file written on Windows or edited there), and the cut below, counted in the
+    # translated text, then fell short and left half a line, which the next run took a whole one for.
+    raw = out.read_bytes().decode("utf-8")
     lines = text_lines(raw)
     if lines and not raw.endswith("\n"):
         if _whole(lines[-1]):
@@ -312,8 +315,11 @@ class Collector:
         """(grade, judge cost, note); a judge that fails raises (the prompt is not written)."""
         assert self.opts.judge_model is not None
         scorer = JudgeScorer(self.opts.judge_model, JUDGE_RUBRIC)
-        shown = ChatRequest(model=scorer.model, messages=[
-            {"role": "user", "content": f"{p.question()}\n\nReference answer:\n{reference}"}])
+        head = f"{p.question()}\n\nReference answer:\n"
+        # The judge keeps the last max_chars of this text: a long reference pushed the question,
+        # then the reference's start, out of what it was shown. The reference's end is cut instead.
+        room = max(scorer.max_chars // 2, scorer.max_chars - len(head))
+        shown = ChatRequest(model=scorer.model, messages=[{"role": "user", "content": head + reference[:room]}])
         req = scorer.judge_request(shown, candidate)
         req = req.copy_with(options={**RAW_OPTIONS, "task": JUDGE_TASK})
         ctx, error = await self._call(req)
@@ -364,9 +370,13 @@ class Collector:
             # Without an answer the others are graded against the reference: ask it first, so a
             # failing reference does not pay for answers nobody can grade.
             first = {self.opts.reference: await self.answer(p, self.opts.reference)}
-            if "error" in first[self.opts.reference]:
-                self._not_written(p, f"the reference model {self.opts.reference} failed: "
-                                  f"{first[self.opts.reference]['error'][:200]}")
+            ref = first[self.opts.reference]
+            # An empty answer (a content filter; a reasoning model that spent --max-tokens
+            # thinking) is no reference either: it was written as right (1.0) and every other
+            # answer graded against nothing.
+            if "error" in ref or not ref["response"].strip():
+                why = f"failed: {ref['error'][:200]}" if "error" in ref else "gave an empty answer"
+                self._not_written(p, f"the reference model {self.opts.reference} {why}")
                 return
             rest = [m for m in models if m != self.opts.reference]
         else:

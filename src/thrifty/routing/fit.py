@@ -296,7 +296,11 @@ def fit_frontier(train: OutcomeSet, *, baseline: str, spec: dict[str, Any] | Non
     # Per task label: a task's prompts may share a format with other tasks and still want other
     # models (a cheap model good at support questions, bad at invoices), so each label with
     # enough prompts gets a policy of its own; the rest of the prompts stay in their format's group.
-    labels = sorted(t for t in {i.task for i in train if i.task} if sum(i.task == t for i in train) >= least)
+    # A label named like a format family is left to its format's routes: the gateway (and
+    # simulate) look a prompt's format up in the same `tasks:` map as a client's label, so a
+    # `tasks: {code: task:code}` entry would also take every unlabelled prompt of that format.
+    labels = sorted(t for t in {i.task for i in train if i.task}
+                    if t not in FAMILIES and sum(i.task == t for i in train) >= least)
     if opts["by_task"] and labels:
         per_group = {task_route(t): candidates(task_route(t), [i for i in train if i.task == t]) for t in labels}
         for f, items in families.items():

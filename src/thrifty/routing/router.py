@@ -155,10 +155,7 @@ class TaskRouter:
         decision = self.decide(ctx.request, ctx.headers)
         ctx.scratch[_DECISION] = (asked, decision)
         if not (decision.source == "default" and self.llm is not None):
-            # ctx.task is the client's label (normalize stage) when it sent one: that is the task
-            # the ledger records (`report --by task`), also when the label has no route and a
-            # format or rule picked the route (the route is recorded apart). Else the router's task.
-            ctx.task = ctx.task or decision.task
+            ctx.task = self._recorded_task(ctx, decision)
             ctx.route = decision.route
         return decision
 
@@ -170,10 +167,19 @@ class TaskRouter:
             plan = self.llm.plan(self, decision)
         else:
             plan = self.route_plan(decision.route, ctx, decision.reason)
-        ctx.task = ctx.task or decision.task  # the client's label first, as in ``classify``
+        ctx.task = self._recorded_task(ctx, decision)
         ctx.route = decision.route
         return plan
 
+    def _recorded_task(self, ctx: RequestContext, decision: Decision) -> str | None:
+        """The task the ledger records (`report --by task`). ``ctx.task`` is the client's label
+        (normalize stage) when it sent one: that is the team's own name for the task, also when
+        the label has no route and a format or rule picked one (the route is recorded apart). With
+        ``classify.client_labels: false`` labels are not trusted, so the router's task comes
+        first there (the label only when the router found none)."""
+        if self.cfg.classify.client_labels:
+            return ctx.task or decision.task
+        return decision.task or ctx.task
     def route_plan(self, name: str, ctx: RequestContext, reason: str) -> Plan:
         r: RouteConfig = self.cfg.routes[name]
         guard = BudgetGuard(self.catalog, r.max_cost_usd, name)

@@ -146,15 +146,19 @@ def tool_answer(request: ChatRequest, response: dict[str, Any]) -> str | None:
 def graded_answer(request: ChatRequest, response: dict[str, Any], text: str) -> tuple[str, str | None]:
     """What a text-reading scorer should grade: ``text`` itself, or, for an answer made of tool
     calls only, their rendering (``Tool calls: name({...})``). The second value names why the
-    answer is unusable (a tool call the request did not offer or with bad arguments), else None."""
+    answer is unusable (a call the request did not offer, with bad arguments or against its
+    ``tool_choice`` / ``parallel_tool_calls``, text beside it or not), else None."""
     calls = tool_calls(response)
     if not calls:
         # A text answer where tool_choice forces a call is as unusable as a bad call.
         problems = tool_choice_problems(request, [])
         return (text, None) if not problems else ("", f"unusable answer: {problems[0]}")
-    if text.strip():
-        return text, None
+    # Checked before the text: the client gets the calls whatever the text beside them says
+    # ("Let me check." and a call under tool_choice "none", or to another function than the one
+    # named), so such an answer is unusable, as the heuristic scorer and the agreement cascades have it.
     problems = tool_call_problems(request, calls)
     if problems:
         return "", f"unusable tool call: {problems[0]}"
+    if text.strip():
+        return text, None
     return f"Tool calls: {tool_answer(request, response)}", None
