@@ -70,3 +70,28 @@ async def test_entries_older_than_the_retention_are_unknown_and_pruned(tmp_path:
     await index.remember(entry("resp_new"))
     fresh = ResponseIndex(store, retention_s=3600)
     assert (await fresh.find("resp_new")) is not None
+
+
+async def test_an_amendment_replaces_the_served_attempts_estimate_and_keeps_earlier_billed_attempts(
+        tmp_path: Path) -> None:
+    """A retry that billed before the call that was answered keeps its cost: the request's total
+    moves by exactly (real - estimate), and that difference is what the key's budget gets."""
+    import dataclasses
+
+    from fixtures.rows import att, req
+    from thrifty.server.stored_responses import Outcome
+    from thrifty.types import Usage
+
+    store = SQLiteStore(str(tmp_path / "l.db"))
+    pending = dataclasses.replace(entry("resp_bg"), request_id="r1", pending=True)
+    first = dataclasses.replace(att(1), seq=0, cost_usd=0.1, cost_source="estimated")  # a billed retry
+    served = dataclasses.replace(att(1), seq=1, cost_usd=0.2, cost_source="estimated")  # the queued create
+    store.write([req(1, "gpt", 0.3, 0.3)], [first, served])
+    index = ResponseIndex(store)
+    await index.remember(pending)
+    amended = await index.amend(pending, Outcome(Usage(prompt_tokens=10, completion_tokens=90), 0.5, "computed"))
+    assert amended is not None and amended.estimate_usd == pytest.approx(0.2)
+    assert store.query("SELECT cost_usd FROM requests WHERE request_id = 'r1'")[0][0] == pytest.approx(0.6)
+    assert [r[0] for r in store.query("SELECT cost_usd FROM attempts WHERE request_id = 'r1' ORDER BY seq")] == \
+        [pytest.approx(0.1), pytest.approx(0.5)]
+    assert await index.amend(pending, Outcome(Usage(), 9.0, "computed")) is None  # once

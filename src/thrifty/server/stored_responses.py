@@ -86,7 +86,7 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Amended:
-    """An amendment made: the cost the request's row held before (its estimate; None if unknown)."""
+    """An amendment made: the cost the replaced attempt held before (its estimate; None if unknown)."""
 
     estimate_usd: float | None
     # The tokens the row held before: /metrics counted them when the create finished and gets
@@ -188,8 +188,13 @@ class ResponseIndex:
         store = self.store
 
         def attempt() -> tuple[int | None, float | None, Usage]:
-            before = store.query("SELECT cost_usd, prompt_tokens, cached_tokens, completion_tokens FROM requests"
-                                 " WHERE request_id = ?", (entry.request_id,))
+            # The estimate is the cost of the attempt the amendment replaces (the request's last),
+            # not the request's total: earlier attempts that billed (a retry) keep their cost, so
+            # the request's total moves by exactly (real - estimate), which the budget then gets.
+            before = store.query("SELECT a.cost_usd, r.prompt_tokens, r.cached_tokens, r.completion_tokens"
+                                 " FROM requests r JOIN attempts a ON a.request_id = r.request_id"
+                                 " WHERE r.request_id = ? AND a.seq = (SELECT MAX(seq) FROM attempts"
+                                 " WHERE request_id = ?)", (entry.request_id, entry.request_id))
             estimate = None if not before or before[0][0] is None else float(before[0][0])
             usage = (Usage(prompt_tokens=int(before[0][1]), cached_tokens=int(before[0][2]),
                            completion_tokens=int(before[0][3])) if before else Usage())
