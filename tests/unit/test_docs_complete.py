@@ -113,3 +113,61 @@ def test_every_cli_command_and_flag_is_documented_in_its_section() -> None:
                     continue
                 missing += [f"{name} {flag}" for flag in flags if not _mentions(text, flag)]
     assert not missing, f"not in docs/cli.md under their command's heading: {missing}"
+
+
+def _yaml_blocks(doc: str) -> list[Any]:
+    import yaml
+
+    return [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", (DOCS / doc).read_text(encoding="utf-8"), re.S)]
+
+
+def _loads(raw: dict[str, Any], tmp_path: Path, env: dict[str, str]) -> None:
+    """``raw`` passes what ``thrifty config check`` checks offline (load, then build as serve does)."""
+    from thrifty.cli.config_cmd import build_like_serve
+    from thrifty.config import load_config
+
+    build_like_serve(load_config({**raw, "base_dir": str(tmp_path)}, env=env))
+
+
+ENV = {"OPENAI_API_KEY": "sk-docs-example-1", "DEEPSEEK_API_KEY": "sk-docs-example-2",
+       "THRIFTY_REDIS_URL": "redis://127.0.0.1:6379/0"}
+
+
+def test_the_configuration_reference_examples_load_together(tmp_path: Path) -> None:
+    """docs/configuration.md's full example with every section example of the page put in it: what
+    a reader copies must load. The section examples name models `cheap`, `mid` and `big` (added
+    here on the example's provider) and files a team writes itself (the router and examples files
+    are written here; the cache verifier, a calibration output, is left out)."""
+    blocks = _yaml_blocks("configuration.md")
+    assert len(blocks) >= 6 and "providers" in blocks[0]
+    merged: dict[str, Any] = {}
+    for block in blocks:
+        merged.update(block)
+    provider = next(iter(merged["providers"]))
+    for name in ("cheap", "mid", "big"):
+        merged["models"].setdefault(name, {"provider": provider, "price": {"input": 1.0, "output": 2.0}})
+    for route in (merged["cache"].get("routes") or {}).values():
+        route.pop("verifier", None)
+    import numpy as np
+
+    from thrifty.routing.learned import LearnedRouter
+
+    (tmp_path / "examples.jsonl").write_text('{"task": "code", "prompt": "Fix this Python traceback"}\n',
+                                             encoding="utf-8")
+    LearnedRouter(["cheap", "mid"], np.zeros((2, 8)), np.zeros(2), {"cheap": {"*": 1e-6}, "mid": {"*": 1e-5}},
+                  {"kind": "lexical", "dim": 8}).save(tmp_path / "router.json")
+    _loads(merged, tmp_path, ENV)
+
+
+def test_the_deployment_and_operations_examples_load_on_the_full_example(tmp_path: Path) -> None:
+    base = _yaml_blocks("configuration.md")[0]
+    for doc in ("deployment.md", "operations.md"):
+        for block in _yaml_blocks(doc):
+            _loads({**base, **block}, tmp_path, ENV)
+
+
+def test_the_mock_upstream_example_loads() -> None:
+    from thrifty.mock.behaviour import MockConfig
+
+    (block,) = _yaml_blocks("mock-upstream.md")
+    assert MockConfig.from_dict(block).models
