@@ -260,7 +260,7 @@ def test_calibrate_keeps_the_base_routes_others_name_and_writes_the_fitted_basel
         "ledger": {"path": "ledger.db"},
         "cache": {"routes": {"faq": {"ttl_s": 60}}},
         "batching": {"route": "faq"},
-        "routing": {"default_route": "faq", "tasks": {"help": "faq"},
+        "routing": {"default_route": "faq", "tasks": {"help": "faq", "mc_multi": "faq"},
                     "routes": {"faq": {"model": "weak"}, "strong": {"model": "mid"},
                                "many": {"learned": {"file": "router.json", "models": ["weak"], "target": 0.5}}}},
     }))
@@ -277,7 +277,9 @@ def test_calibrate_keeps_the_base_routes_others_name_and_writes_the_fitted_basel
     assert written["routing"]["routes"]["faq"] == {"model": "weak"}
     assert written["routing"]["routes"]["strong"] != {"model": "mid"}  # the calibrated one
     # The base's entry is kept; the data's own label (quiz) gets the route fitted on its prompts.
+    # A format's name (mc_multi) would take that format's unlabelled prompts past the calibrated route.
     assert written["routing"]["tasks"] == {"help": "faq", "quiz": "quiz"}
+    assert "routing.tasks: dropped mc_multi" in stdout
     assert "quiz" in written["routing"]["routes"]
     assert written["routing"]["routes"]["many"]["learned"]["file"] == "../router.json"  # from the new folder
     code, _, err = run_main(capsys, "config", "check", str(out))

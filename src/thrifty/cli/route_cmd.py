@@ -284,6 +284,8 @@ def _merged_with_base(base: dict[str, Any], section: dict[str, Any], baseline: s
     relative to the written config. ``baseline`` becomes the one the routes were fitted against.
     ``tasks`` entries for labels of the calibration data (``data_tasks``) are dropped: a client
     label is looked up first, so they would send those prompts past the calibrated routes."""
+    from thrifty.routing.formats import FAMILIES
+
     notes: list[str] = []
     old: dict[str, Any] = base["routing"] if isinstance(base.get("routing"), dict) else {}
     old_routes: dict[str, Any] = old.get("routes") or {}
@@ -294,15 +296,18 @@ def _merged_with_base(base: dict[str, Any], section: dict[str, Any], baseline: s
     tasks = dict(old.get("tasks") or {})  # each target is a kept or a calibrated route
     # The CV figures were measured with these labels routed by the calibrated section; a base
     # entry mapping one to a hand-made route would silently serve those prompts otherwise.
-    shadowing = sorted(t for t in tasks if t in (data_tasks or set()))
+    # So would an entry keyed by a format family's name: the router looks a prompt's format up in
+    # the same map, so `tasks: {code: X}` would take every unlabelled code prompt past the
+    # calibrated `code` route.
+    shadowing = sorted(t for t in tasks if t in (data_tasks or set()) or t in FAMILIES)
     for task in shadowing:
         del tasks[task]
     tasks.update(section.get("tasks") or {})  # the labels the fit gave routes of their own
     if tasks:
         routing["tasks"] = tasks
     if shadowing:
-        notes.append(f"routing.tasks: dropped {', '.join(shadowing)} (labels of the calibration data, which the "
-                     f"calibrated routes serve as measured)")
+        notes.append(f"routing.tasks: dropped {', '.join(shadowing)} (labels of the calibration data or prompt "
+                     f"formats, which the calibrated routes serve as measured)")
     same_name = sorted(n for n in kept if n in (data_tasks or set()) and n not in tasks)
     if same_name:
         notes.append(f"routing.routes: {', '.join(same_name)} kept from the base config is named like a task of the "
