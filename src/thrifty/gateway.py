@@ -183,12 +183,18 @@ class Gateway:
         request_id: str | None = None,
     ) -> RequestContext:
         """Run one request through the pipeline; the context holds the response or the chunks."""
-        self.check_open()
         ctx = RequestContext(request=request, headers=headers or {}, key_id=key_id,
                              request_id=request_id or new_request_id())
         ctx.tenant = tenant or key_id or "default"
-        await self._handler(ctx)
+        await self.run(ctx)
         return ctx
+
+    async def run(self, ctx: RequestContext) -> None:
+        """Run a context the caller made through the pipeline. Unlike ``handle``, the caller still
+        holds the context when the request fails: what it spent and why (``outcomes collect``
+        records a failed call's cost)."""
+        self.check_open()
+        await self._handler(ctx)
 
     async def chat(self, **body: Any) -> dict[str, Any]:
         """An OpenAI-shaped chat completion (non-streaming) for the given request fields."""

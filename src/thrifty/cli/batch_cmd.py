@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from thrifty.cli.checks import finite_float, int_at_least, writable_output
+from thrifty.cli.checks import config_path, finite_float, int_at_least, writable_output
 from thrifty.cli.signals import cancel_on_sigterm
 from thrifty.errors import InvalidRequestError, ThriftyError, UsageError
 
@@ -35,10 +35,7 @@ def _gateway(config: Path | None) -> Gateway:
     from thrifty.cli.ledger_cmd import load_ledger_config
     from thrifty.gateway import Gateway
 
-    path = config or os.environ.get("THRIFTY_CONFIG")
-    if not path:
-        raise InvalidRequestError("no config: pass --config FILE or set THRIFTY_CONFIG")
-    return Gateway.from_config(load_ledger_config(Path(path)))
+    return Gateway.from_config(load_ledger_config(config_path(config)))
 
 
 def _write(results: list[ItemResult], out: Path | None, ids: list[str | int]) -> None:

@@ -22,17 +22,16 @@ def _config(path: Path | None, required: bool = True, ledger: bool = False) -> A
     """The config ``--config`` (else ``$THRIFTY_CONFIG``) names. ``ledger``: the command reads the
     ledger database, so it is loaded as ``report`` loads it (ledger_cmd.load_ledger_config): an
     empty ``${VAR}`` DSN is refused rather than reading some local SQLite file instead."""
+    from thrifty.cli.checks import config_path
     from thrifty.config import load_config
 
-    source = path or os.environ.get("THRIFTY_CONFIG")
-    if not source:
-        if required:
-            raise InvalidRequestError("no config: pass --config FILE or set THRIFTY_CONFIG")
+    if not required and not (path or os.environ.get("THRIFTY_CONFIG")):
         return None
+    source = config_path(path)
     if ledger:
         from thrifty.cli.ledger_cmd import load_ledger_config
 
-        return load_ledger_config(Path(source))
+        return load_ledger_config(source)
     return load_config(source)
 
 

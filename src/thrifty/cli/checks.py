@@ -12,10 +12,19 @@ import math
 import os
 from pathlib import Path
 
-from thrifty.errors import UsageError
+from thrifty.errors import InvalidRequestError, UsageError
 from thrifty.strictjson import dumps, json_safe
 
-__all__ = ["dumps", "finite_float", "int_at_least", "json_safe", "writable_output"]
+__all__ = ["config_path", "dumps", "finite_float", "int_at_least", "json_safe", "writable_output"]
+
+
+def config_path(config: str | Path | None) -> Path:
+    """The config file a command reads: ``--config``, else ``$THRIFTY_CONFIG``; neither is a
+    one-line error, before any work."""
+    path = config or os.environ.get("THRIFTY_CONFIG")
+    if not path:
+        raise InvalidRequestError("no config: pass --config FILE or set THRIFTY_CONFIG")
+    return Path(path)
 
 
 def writable_output(path: str | Path | None, flag: str) -> Path | None:

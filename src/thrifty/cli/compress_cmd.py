@@ -32,14 +32,12 @@ class _NoStore:
 
 def _store(config: Path | None) -> tuple[Any, bool]:
     """(the configured document store, whether approval is required)."""
+    from thrifty.cli.checks import config_path
     from thrifty.compress.stage import compression_config
     from thrifty.compress.store import open_doc_store, sqlite_path
     from thrifty.config import load_config
 
-    path = config or os.environ.get("THRIFTY_CONFIG")
-    if not path:
-        raise InvalidRequestError("no config: pass --config FILE or set THRIFTY_CONFIG")
-    cfg = load_config(path)
+    cfg = load_config(config_path(config))
     comp = compression_config(cfg)
     require = comp.system_prompt.require_approval
     db = sqlite_path(comp.store, cfg.redis_url, cfg.resolve_path)

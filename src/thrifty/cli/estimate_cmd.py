@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from thrifty.cli.checks import dumps, finite_float
+from thrifty.cli.report_render import dollars
 from thrifty.errors import InvalidRequestError, UsageError
 
 # Shown when neither --models nor a --config names the models: the seed hierarchy of `init`.
@@ -86,20 +87,10 @@ def register(app: typer.Typer) -> None:
         for col in ("workload", "model", "monthly $", "saved $", "saved %"):
             table.add_column(col, justify="left" if col in ("workload", "model") else "right")
 
-        def money(v: float | None) -> str:
-            # Finite inputs can still overflow (1e300 requests x 1e300 tokens): say so, not "inf".
-            if v is None:
-                return "unknown"
-            if not math.isfinite(v):
-                return "overflow"
-            # Cents from one cent up; below, two significant digits, so a small workload's models
-            # are told apart instead of all showing 0.00.
-            return f"{v:,.2f}" if abs(v) >= 0.01 or v == 0 else f"{v:.2g}" if abs(v) >= 1e-4 else f"{v:.1e}"
-
         for r in rows:
             pct = ("unknown" if r.saved_pct is None else f"{r.saved_pct:.1f}" if math.isfinite(r.saved_pct)
                    else "overflow")
-            table.add_row(r.workload, r.model, money(r.monthly_usd), money(r.saved_usd), pct)
+            table.add_row(r.workload, r.model, dollars(r.monthly_usd), dollars(r.saved_usd), pct)
         console = Console(file=io.StringIO(), width=110)
         console.print(table)
         typer.echo(console.file.getvalue())  # type: ignore[attr-defined]

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from thrifty.cli.checks import finite_float, int_at_least, writable_output
-from thrifty.errors import DataError, InvalidRequestError, UsageError
+from thrifty.cli.checks import config_path, finite_float, int_at_least, writable_output
+from thrifty.cli.report_render import dollars
+from thrifty.errors import DataError, UsageError
 
 if TYPE_CHECKING:
     from thrifty.catalog import Catalog
@@ -44,7 +45,7 @@ def _models(catalog: Catalog, flag_value: str, reference: str) -> list[str]:
 
 
 def _money(usd: float) -> str:
-    return f"${usd:.2f}" if usd >= 0.01 else f"${usd:.2g}"
+    return "$" + dollars(usd)
 
 
 def _estimate_line(est: Estimate, n_prompts: int, max_tokens: int | None) -> str:
@@ -98,8 +99,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Call every model on every prompt through the gateway (no cache, routing or compression),
         grade the answers and append one outcome line per prompt to OUT (run again to resume)."""
-        import os
-
         from thrifty.batching.progress import Progress
         from thrifty.cli.ledger_cmd import load_ledger_config
         from thrifty.cli.signals import cancel_on_sigterm
@@ -122,10 +121,8 @@ def register(app: typer.Typer) -> None:
         int_at_least(max_tokens, "--max-tokens", 1)
         finite_float(max_usd, "--max-usd", 0)
         writable_output(out, "--out")
-        path = config or os.environ.get("THRIFTY_CONFIG")
-        if not path:
-            raise InvalidRequestError("no config: pass --config FILE or set THRIFTY_CONFIG")
-        cfg = load_ledger_config(Path(path))
+        path = config_path(config)
+        cfg = load_ledger_config(path)
         catalog = cfg.build_catalog()
         if reference is None:
             if not cfg.baseline:

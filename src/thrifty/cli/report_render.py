@@ -10,10 +10,22 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from dataclasses import asdict, fields
 
 from thrifty.ledger.report import ReportRow
 from thrifty.strictjson import dumps
+
+
+def dollars(v: float | None) -> str:
+    """A dollar figure for people: cents from one cent up; below, two significant digits, so
+    small figures are told apart instead of all showing 0.00."""
+    if v is None:
+        return "unknown"
+    if not math.isfinite(v):  # finite inputs can still overflow (1e300 requests x 1e300 tokens)
+        return "overflow"
+    return f"{v:,.2f}" if abs(v) >= 0.01 or v == 0 else f"{v:.2g}" if abs(v) >= 1e-4 else f"{v:.1e}"
+
 
 # Every field, in order: the CSV header, even when there are no rows to print.
 COLUMNS = [f.name for f in fields(ReportRow)]

@@ -25,6 +25,7 @@ from thrifty.catalog import Catalog
 from thrifty.cost import price_tokens
 from thrifty.errors import DataError, InvalidRequestError, ThriftyError, printable
 from thrifty.jsonl import iter_jsonl, text_lines
+from thrifty.ledger.records import ERROR_CHARS
 from thrifty.pipeline.context import RequestContext, new_request_id
 from thrifty.routing.formats import detect_family, extract_answer
 from thrifty.scoring.judge import JudgeScorer, parse_grade
@@ -267,24 +268,17 @@ class Collector:
         self.on_done = on_done
         self.summary = Summary()
         self._calls = asyncio.Semaphore(opts.concurrency)
-        self._seen: dict[str, RequestContext] = {}
-        self.gw.observers.append(self._observe)
-
-    def _observe(self, ctx: RequestContext) -> None:
-        if ctx.request_id in self._seen:
-            self._seen[ctx.request_id] = ctx
 
     async def _call(self, request: ChatRequest) -> tuple[RequestContext, str | None]:
         """The finished request (its cost, usage, answer) and its error, redacted, when it failed."""
-        rid = new_request_id()
-        self._seen[rid] = RequestContext(request=request, request_id=rid)  # replaced by the observer
+        ctx = RequestContext(request=request, request_id=new_request_id())
+        ctx.tenant = "default"
         error: str | None = None
         async with self._calls:
             try:
-                await self.gw.handle(request, request_id=rid)
+                await self.gw.run(ctx)  # not handle: a failed call's context (its cost) is kept
             except ThriftyError as exc:
                 error = printable(self.gw.redactor(exc.message or type(exc).__name__))
-        ctx = self._seen.pop(rid)
         self.summary.calls += 1
         return ctx, error
 
@@ -304,7 +298,7 @@ class Collector:
                                  "usage": {"prompt_tokens": ctx.usage.prompt_tokens,
                                            "completion_tokens": ctx.usage.completion_tokens}}
         if error is not None:
-            found["error"] = error[:500]
+            found["error"] = error[:ERROR_CHARS]
         elif ctx.response is not None:
             found["response"] = response_text(ctx.response)
         if found["cost"] is None:

@@ -9,6 +9,9 @@ from thrifty.pipeline.accounting import escalations
 from thrifty.pipeline.context import RequestContext
 from thrifty.redact import redact
 
+# How much of an error's text a ledger row keeps (requests and attempts alike).
+ERROR_CHARS = 500
+
 
 @dataclass
 class RequestRow:
@@ -100,7 +103,7 @@ def rows_from_context(ctx: RequestContext) -> tuple[RequestRow, list[AttemptRow]
         latency_ms=ctx.elapsed_ms,
         status=ctx.status,
         error_type=ctx.error_type,
-        error=redact(ctx.error)[:500] if ctx.error else None,
+        error=redact(ctx.error)[:ERROR_CHARS] if ctx.error else None,
         stream=ctx.request.stream,
         batch=ctx.batch,
     )
@@ -121,7 +124,7 @@ def rows_from_context(ctx: RequestContext) -> tuple[RequestRow, list[AttemptRow]
             cost_source=a.cost_source,
             latency_ms=a.latency_ms,
             status=a.status,
-            error=redact(a.error)[:500] if a.error else None,
+            error=redact(a.error)[:ERROR_CHARS] if a.error else None,
             score=a.score,
             score_reason=a.score_reason,
             accepted=a.accepted,

@@ -210,7 +210,9 @@ class ModelCaller:
                             text_parts.append(delta[key])
                     # A tool call's name and arguments bill as output too: without them a streamed
                     # call from a provider that sends no usage was recorded at 0 output tokens.
-                    text_parts += call_texts(delta)
+                    # (Checked first: most chunks of a stream are text, and this runs per chunk.)
+                    if "tool_calls" in delta or "function_call" in delta:
+                        text_parts += call_texts(delta)
                 yield chunk
                 try:
                     chunk = await it.__anext__()

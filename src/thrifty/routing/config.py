@@ -225,6 +225,13 @@ class RoutingConfig(_Strict):
     def _embedder(cls, spec: str | dict[str, Any]) -> str | dict[str, Any]:
         return check_embedder(spec)
 
+    def route_for_task(self, task: str) -> str | None:
+        """The route of a task (a client's label, a classifier's answer, a prompt format):
+        its ``tasks:`` entry, else the route named like it, else None."""
+        if task in self.tasks:
+            return self.tasks[task]
+        return task if task in self.routes else None
+
     @model_validator(mode="after")
     def _refs(self) -> RoutingConfig:
         problems = []

@@ -87,20 +87,23 @@ def fit_options(spec: dict[str, Any] | None) -> dict[str, Any]:
     return opts
 
 
-def group_data(items: list[Item], models: list[str]) -> FamilyData:
-    """The outcomes of ``items`` for ``models``; each answer is read in its own prompt's format
-    (a task's prompts may mix formats)."""
-    families = [detect_family(i.prompt) for i in items]
+def read_answers(train: OutcomeSet, models: list[str]) -> dict[int, dict[str, str | None]]:
+    """Every item's normalised answer per model (by ``id`` of the item), each read in its own
+    prompt's format: read once, shared by the item's format group and its task group."""
+    out: dict[int, dict[str, str | None]] = {}
+    for i in train:
+        family = detect_family(i.prompt)
+        out[id(i)] = {m: extract_answer(family, i.outcomes[m].response if m in i.outcomes else "") for m in models}
+    return out
+
+
+def group_data(items: list[Item], models: list[str], answers: dict[int, dict[str, str | None]]) -> FamilyData:
+    """The outcomes of ``items`` for ``models``, their answers taken from ``read_answers``."""
     return FamilyData(
-        answers={m: [extract_answer(f, i.outcomes[m].response if m in i.outcomes else "")
-                     for i, f in zip(items, families, strict=True)] for m in models},
+        answers={m: [answers[id(i)][m] for i in items] for m in models},
         scores={m: np.array([i.scores.get(m, 0.0) for i in items], dtype=float) for m in models},
         costs={m: np.array([i.cost(m) for i in items], dtype=float) for m in models},
     )
-
-
-def family_data(train: OutcomeSet, family: str, models: list[str]) -> FamilyData:
-    return group_data([i for i in train if detect_family(i.prompt) == family], models)
 
 
 def task_route(label: str) -> str:
@@ -281,15 +284,19 @@ def fit_frontier(train: OutcomeSet, *, baseline: str, spec: dict[str, Any] | Non
     lams = [float(x) for x in opts.get("lams", DEFAULT_LAMS)]
     least = int(opts["min_family_prompts"])
 
+    answers = read_answers(train, [*cheap, baseline])
+
     def candidates(name: str, items: list[Item]) -> list[Candidate]:
-        data = group_data(items, [*cheap, baseline])
+        data = group_data(items, [*cheap, baseline], answers)
         if data.n < least:
             correct, cost = float(data.scores[baseline].sum()), float(data.costs[baseline].sum())
             return [Candidate(name, correct, cost, 0.0, [], {"": "strong"}, False, "baseline", correct, cost)]
         return family_candidates(data, name, baseline, cheap, opts, lams)
 
-    families = {f: [i for i in train if detect_family(i.prompt) == f] for f in sorted({detect_family(i.prompt)
-                                                                                       for i in train})}
+    families: dict[str, list[Item]] = {}
+    for i in train:
+        families.setdefault(detect_family(i.prompt), []).append(i)
+    families = dict(sorted(families.items()))
     per_family = {f: candidates(f, items) for f, items in families.items()}
     base_cost = sum(i.cost(baseline) for i in train) or 1.0
     front = Frontier(combine(per_family), baseline, base_cost, len(train), cheap, dict(spec or {}))

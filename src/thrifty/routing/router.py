@@ -109,9 +109,7 @@ class TaskRouter:
         return ["auto", *(ROUTE_PREFIX + name for name in self.cfg.routes)]
 
     def route_for_task(self, task: str) -> str | None:
-        if task in self.cfg.tasks:
-            return self.cfg.tasks[task]
-        return task if task in self.cfg.routes else None
+        return self.cfg.route_for_task(task)
 
     def decide(self, request: ChatRequest, headers: dict[str, str] | None = None) -> Decision:
         """The route for a request and why (no model is called)."""

@@ -35,9 +35,9 @@ class SimResult:
 def decide(cfg: RoutingConfig, item: Item) -> tuple[str, list[str]]:
     """(served model, models called) for one blind item."""
     family = detect_family(item.prompt)
-    # As the gateway's router: the task label (mapped, or a route of its name), then the format.
-    labelled = (cfg.tasks.get(item.task) or (item.task if item.task in cfg.routes else None)) if item.task else None
-    route_name = labelled or cfg.tasks.get(family) or (family if family in cfg.routes else cfg.default_route)
+    # As the gateway's router: the task label, then the prompt's format, then the default route.
+    route_name = ((cfg.route_for_task(item.task) if item.task else None) or cfg.route_for_task(family)
+                  or cfg.default_route)
     assert route_name is not None
     route = cfg.routes[route_name]
     if route.model:

@@ -40,10 +40,9 @@ STRATEGIES = ("routing", "cascade", "cache", "compression", "batching", "passthr
 # answered by the model the client named (no routing), not the other passthrough endpoints.
 STRATEGY_LABELS = {"passthrough": "chat, model as asked", "responses": "responses API", "completions": "legacy completions"}
 _ASSETS = {"dashboard.js": "text/javascript", "dashboard.css": "text/css", "favicon.svg": "image/svg+xml"}
-# A row's saving by the report's rule (ledger/report.py: a failed request's spend is a loss, an
-# unpriced request claims nothing). The strategy chart takes compression's share out of each
+# A row's saving is the report's (ledger/report.py SAVED_SQL: a failed request's spend is a loss,
+# an unpriced request claims nothing). The strategy chart takes compression's share out of each
 # row's (CALL_SAVED_SQL) and shows it as a strategy of its own (COMPRESSION_SQL).
-_SAVED = SAVED_SQL
 
 
 def _bucket_sql(store: SQLStore, seconds: int) -> str:
@@ -67,7 +66,7 @@ def dashboard_data(store: SQLStore, period: str = "7d", now: float | None = None
         SELECT COUNT(*), COALESCE(SUM(CASE WHEN status = 'ok' THEN 0 ELSE 1 END), 0),
                COALESCE(SUM(cost_usd), 0),
                COALESCE(SUM({BASELINE_SQL}), 0),
-               COALESCE(SUM({_SAVED}), 0),
+               COALESCE(SUM({SAVED_SQL}), 0),
                COALESCE(SUM(CASE WHEN cache_status = 'hit' THEN 1 ELSE 0 END), 0),
                COALESCE(SUM(CASE WHEN cache_status IN ('hit', 'miss') THEN 1 ELSE 0 END), 0),
                COALESCE(SUM(CASE WHEN strategy = 'cascade' THEN 1 ELSE 0 END), 0),
@@ -112,12 +111,12 @@ def dashboard_data(store: SQLStore, period: str = "7d", now: float | None = None
         GROUP BY t ORDER BY COUNT(*) DESC""", [since])]
     tasks = [{"task": str(t), "requests": int(r), "spend_usd": float(s), "saved_usd": float(sv)}
              for t, r, s, sv in q(f"""
-        SELECT COALESCE(task, '(none)') AS t, COUNT(*), COALESCE(SUM(cost_usd), 0), COALESCE(SUM({_SAVED}), 0)
+        SELECT COALESCE(task, '(none)') AS t, COUNT(*), COALESCE(SUM(cost_usd), 0), COALESCE(SUM({SAVED_SQL}), 0)
         FROM requests WHERE ts >= ? GROUP BY t ORDER BY COALESCE(SUM(cost_usd), 0) DESC, t LIMIT 10""", [since])]
     names = {str(k): (str(nm), bd) for k, nm, bd in q("SELECT key_id, name, budget_usd FROM virtual_keys")}
     keys = []
     for k, r, s, sv in q(f"""
-        SELECT COALESCE(key_id, '(none)') AS k, COUNT(*), COALESCE(SUM(cost_usd), 0), COALESCE(SUM({_SAVED}), 0)
+        SELECT COALESCE(key_id, '(none)') AS k, COUNT(*), COALESCE(SUM(cost_usd), 0), COALESCE(SUM({SAVED_SQL}), 0)
         FROM requests WHERE ts >= ? GROUP BY k ORDER BY COALESCE(SUM(cost_usd), 0) DESC, k LIMIT 10""", [since]):
         name, budget = names.get(str(k), ("", None))
         # A budget stored as inf (before budgets had to be finite) means no limit; JSON has no inf.

@@ -52,6 +52,7 @@ from thrifty.errors import (
     printable,
 )
 from thrifty.fastjson import FastJSONResponse
+from thrifty.ledger.records import ERROR_CHARS
 from thrifty.pipeline.caller import RetryPolicy
 from thrifty.pipeline.context import Attempt, new_request_id
 from thrifty.providers.openai_compat import OpenAICompatProvider
@@ -70,8 +71,6 @@ log = logging.getLogger("thrifty.server")
 _TERMINAL = frozenset({"completed", "incomplete", "failed", "cancelled"})
 # End states that may come without usage: then the provider billed nothing.
 _UNRUN = frozenset({"failed", "cancelled"})
-# A failure's text in the ledger, as long as any other request error's needs to be.
-_ERROR_CHARS = 500
 # The create's pricing (ResponsesEndpoint.price), reused for the usage a retrieve brings.
 _PRICER = ResponsesEndpoint()
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
@@ -232,7 +231,7 @@ class ResponseResources:
         if not isinstance(error, dict):
             return "the background run failed"
         text = f"{error.get('code') or 'error'}: {error.get('message') or ''}".strip()
-        return self.gateway.redactor(printable(text))[:_ERROR_CHARS]
+        return self.gateway.redactor(printable(text))[:ERROR_CHARS]
 
     async def _stream(self, provider: OpenAICompatProvider, url: str, policy: RetryPolicy, entry: StoredResponse,
                       headers: dict[str, str], request_id: str) -> Response:
