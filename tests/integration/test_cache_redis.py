@@ -4,6 +4,7 @@ across them, tenant isolation, corrupt entries, clears and the semantic vector l
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -106,3 +107,63 @@ async def test_semantic_entries_reach_another_gateway(tmp_path: Path, redis_url:
     assert near.response_headers["x-thrifty-cache-match"] == "semantic"
     await a.aclose()
     await b.aclose()
+
+
+def _meta(key: str, expires: float) -> Any:
+    from thrifty.cache.backends.base import EntryMeta
+    return EntryMeta(key, "t", "m", time.time(), expires)
+
+
+async def test_vector_list_pops_expired_head_and_readers_keep_their_place(redis_url: str, ns: str) -> None:
+    """A busy scope's vector list holds its live vectors, not every vector ever added (its TTL
+    moves with each append, so it never expired as a whole); a reader's position survives the
+    pops, and a fresh reader sees only what is left."""
+    import numpy as np
+
+    from thrifty.cache.backends.redis import RedisBackend
+
+    backend = RedisBackend(redis_url, prefix=ns)
+    vec = np.ones(4, dtype=np.float32)
+    soon = time.time() + 0.3
+    for i in range(5):
+        await backend.add_vector("idx", _meta(f"old{i}", soon), f"old {i}", vec)
+    rows, cursor = await backend.vectors_since("idx", 0)
+    assert [r.key for r in rows] == [f"old{i}" for i in range(5)]
+    await asyncio.sleep(0.4)
+    later = time.time() + 60
+    await backend.add_vector("idx", _meta("new0", later), "new 0", vec)
+    await backend.add_vector("idx", _meta("new1", later), "new 1", vec)
+    client = backend._redis
+    assert await client.llen(backend._k("v", "idx")) == 2  # the five expired ones were popped
+    assert (await backend.stats())["vectors"] == 2
+    rows, cursor = await backend.vectors_since("idx", cursor)
+    assert [r.key for r in rows] == ["new0", "new1"]  # the old reader missed nothing, read nothing twice
+    rows, _ = await backend.vectors_since("idx", cursor)
+    assert rows == []
+    fresh, _ = await backend.vectors_since("idx", 0)
+    assert [r.key for r in fresh] == ["new0", "new1"]
+    # The list expires with its longest-lived vector, not its newest: a short TTL added last
+    # does not cut the list's life short.
+    await backend.add_vector("idx", _meta("brief", time.time() + 5), "brief", vec)
+    assert await client.pttl(backend._k("v", "idx")) > 30_000
+    await backend.aclose()
+
+
+async def test_vector_reader_sees_a_restarted_list_from_its_start(redis_url: str, ns: str) -> None:
+    """A list that expired (or was cleared) and started again: a reader holding a position in the
+    old list reads the new one from its first vector (a plain list index skipped as many new
+    vectors as the old list had held)."""
+    import numpy as np
+
+    from thrifty.cache.backends.redis import RedisBackend
+
+    backend = RedisBackend(redis_url, prefix=ns)
+    vec = np.ones(4, dtype=np.float32)
+    for i in range(3):
+        await backend.add_vector("idx", _meta(f"a{i}", time.time() + 60), f"a {i}", vec)
+    _, cursor = await backend.vectors_since("idx", 0)
+    assert await backend.clear() == 0  # no entries; the vector lists and their counts go
+    await backend.add_vector("idx", _meta("b0", time.time() + 60), "b 0", vec)
+    rows, _ = await backend.vectors_since("idx", cursor)
+    assert [r.key for r in rows] == ["b0"]
+    await backend.aclose()

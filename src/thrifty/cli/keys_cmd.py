@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
         tpm: int | None = typer.Option(None, "--tpm", help="Tokens per minute (prompt + completion)."),
         routes: str | None = typer.Option(None, "--routes",
                                           help="Comma-separated models/routes the key may use (globs; default any)."),
-        config: Path = typer.Option(..., "--config", "-c", help="The thrifty config naming the ledger database."),
+        config: Path = typer.Option(..., "--config", "-c", envvar="THRIFTY_CONFIG", help="The thrifty config naming the ledger database."),
         json_out: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Create a key and print it: this is the only time it is shown."""
@@ -85,7 +85,7 @@ def register(app: typer.Typer) -> None:
 
     @keys.command("list")
     def list_keys(
-        config: Path = typer.Option(..., "--config", "-c", help="The thrifty config naming the ledger database."),
+        config: Path = typer.Option(..., "--config", "-c", envvar="THRIFTY_CONFIG", help="The thrifty config naming the ledger database."),
         all_keys: bool = typer.Option(False, "--all", help="Include revoked keys."),
         json_out: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
@@ -112,7 +112,7 @@ def register(app: typer.Typer) -> None:
     @keys.command("revoke")
     def revoke(
         key_id: str = typer.Argument(..., help="The key id (key_...), as `thrifty keys list` shows it."),
-        config: Path = typer.Option(..., "--config", "-c", help="The thrifty config naming the ledger database."),
+        config: Path = typer.Option(..., "--config", "-c", envvar="THRIFTY_CONFIG", help="The thrifty config naming the ledger database."),
     ) -> None:
         """Revoke a key: gateways refuse it within auth.key_cache_ttl_s seconds."""
         import time

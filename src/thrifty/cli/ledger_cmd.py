@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
 
     @group.command("import-spill")
     def import_spill_cmd(
-        config: Path = typer.Option(..., "--config", "-c", help="The thrifty config naming the ledger."),
+        config: Path = typer.Option(..., "--config", "-c", envvar="THRIFTY_CONFIG", help="The thrifty config naming the ledger."),
         file: Path | None = typer.Option(None, "--file", help="The spill file (default: the one the config's "
                                          "gateways write: <ledger.path>.failed.jsonl, or "
                                          "thrifty-ledger.failed.jsonl in base_dir with ledger.dsn)."),

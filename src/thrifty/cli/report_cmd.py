@@ -22,7 +22,7 @@ def parse_when(value: str | None, flag: str) -> float | None:
 def register(app: typer.Typer) -> None:
     @app.command("report")
     def report(
-        config: Path = typer.Option(..., "--config", "-c", help="Config file naming the ledger to read."),
+        config: Path = typer.Option(..., "--config", "-c", envvar="THRIFTY_CONFIG", help="Config file naming the ledger to read."),
         since: str | None = typer.Option(None, help="Only requests since: 7d, 24h, 30m or an ISO date."),
         until: str | None = typer.Option(None, help="Only requests before: an ISO date (or 7d: seven days ago)."),
         by: str | None = typer.Option(None, help="Group by model, task, tier, key, day, strategy or route."),

@@ -13,7 +13,7 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
-        config: Path = typer.Option(..., "--config", "-c", help="The thrifty YAML config file."),
+        config: Path = typer.Option(..., "--config", "-c", envvar="THRIFTY_CONFIG", help="The thrifty YAML config file."),
         host: str | None = typer.Option(None, help="Interface to listen on (default: server.host, 127.0.0.1)."),
         port: int | None = typer.Option(None, help="Port to listen on (default: server.port, 8000)."),
         log_level: str = typer.Option("info", help="uvicorn log level."),

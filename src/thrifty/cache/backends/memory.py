@@ -55,8 +55,9 @@ class MemoryBackend:
         return len(doomed)
 
     async def stats(self) -> dict[str, int]:
+        now = time.time()
         return {"entries": len(self._entries), "bytes": sum(len(v) for _, v in self._entries.values()),
-                "vectors": sum(len(v) for v in self._vectors.values())}
+                "vectors": sum(r.expires > now for rows in self._vectors.values() for r in rows)}
 
     async def aclose(self) -> None:
         return None

@@ -3,7 +3,9 @@
 Layout under the configured prefix ``P`` (the deployment namespace):
 - ``P:e:<key>``   hash {value, tenant, model, created}, with the entry's TTL;
 - ``P:z``         sorted set of keys by creation time: size limit (oldest evicted) and clears;
-- ``P:v:<index>`` list of packed vectors, append-only; a process remembers how far it has read;
+- ``P:v:<index>`` list of packed vectors, appended in time order; a process remembers how far it
+  has read as an absolute position, ``P:vo:<index>`` (the records popped from the list's head, plus
+  a random base per list) turning it into a list index (see ``_ADD`` and ``_READ``);
 - ``P:l:<key>``   single-flight lock (SET NX PX), so concurrent gateways make one upstream call.
 Redis errors become misses (reads) or logged StorageErrors (writes): the cache never fails a request.
 A Redis that times out or refuses connections is skipped for ``PAUSE_S`` (reads miss, writes are
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import secrets
 import struct
 import time
 import uuid
@@ -30,6 +33,45 @@ from thrifty.errors import ConfigError, StorageError
 from thrifty.loops import LoopRedis
 
 _HEADER = struct.Struct("<dI")  # expires, length of the JSON {key, text}
+# Expired records popped from a vector list's head per append, at most (bounded script time).
+TRIM_PER_ADD = 64
+
+# Append one vector record and pop expired ones from the head, atomically. Without the pops a
+# scope that never goes quiet kept every vector it was ever given (its list's TTL moves with each
+# append): Redis memory and each new instance's first read grew without bound. Popping shifts list
+# indexes, so readers keep absolute positions and ``P:vo`` counts what was popped. A new list's
+# count starts at a random base: a reader holding a position in a list that expired (or was
+# cleared) and was started again then lands outside the new one and reads it from its start,
+# instead of skipping the new list's first records as a plain index would. The list and its count
+# expire together, when the longest-lived record does.
+# KEYS: list, count. ARGV: record, its expiry (ms), random base, now (s), max pops.
+_ADD = """
+if redis.call('exists', KEYS[2]) == 0 then redis.call('set', KEYS[2], ARGV[3]) end
+redis.call('rpush', KEYS[1], ARGV[1])
+local now, popped = tonumber(ARGV[4]), 0
+while popped < tonumber(ARGV[5]) do
+  local head = redis.call('lindex', KEYS[1], 0)
+  if not head or string.len(head) < 8 then break end
+  if struct.unpack('<d', head) > now then break end
+  redis.call('lpop', KEYS[1])
+  popped = popped + 1
+end
+if popped > 0 then redis.call('incrby', KEYS[2], popped) end
+local at, left = tonumber(ARGV[2]), redis.call('pttl', KEYS[1])
+if left < 0 or now * 1000 + left < at then
+  redis.call('pexpireat', KEYS[1], at)
+  redis.call('pexpireat', KEYS[2], at)
+end
+return popped
+"""
+# The records after absolute position ARGV[1]: {count, list index read from, records}. A position
+# before the head (popped, so expired) or past the end (another list's) reads from the head.
+_READ = """
+local raw = redis.call('get', KEYS[2]) or '0'
+local start = tonumber(ARGV[1]) - tonumber(raw)
+if start < 0 or start > redis.call('llen', KEYS[1]) then start = 0 end
+return {raw, start, redis.call('lrange', KEYS[1], start, -1)}
+"""
 # How long the cache leaves Redis alone after a timeout or a refused connection.
 PAUSE_S = 10.0
 
@@ -112,8 +154,9 @@ class RedisBackend:
         if self._paused():
             raise StorageError("cache vector write skipped: Redis is not answering")
         try:
-            await self._redis.rpush(self._k("v", index_ns), record)
-            await self._redis.pexpireat(self._k("v", index_ns), int(meta.expires * 1000))
+            await self._redis.eval(_ADD, 2, self._k("v", index_ns), self._k("vo", index_ns), record,
+                                   int(meta.expires * 1000), secrets.randbelow(1 << 50) + (1 << 40),
+                                   repr(time.time()), TRIM_PER_ADD)
         except Exception as exc:
             self._failed(exc)
             raise StorageError(f"cache vector write failed (redis): {type(exc).__name__}") from None
@@ -122,10 +165,12 @@ class RedisBackend:
         if self._paused():
             return [], cursor
         try:
-            raws = await self._redis.lrange(self._k("v", index_ns), cursor, -1)
+            base, start, raws = await self._redis.eval(_READ, 2, self._k("v", index_ns), self._k("vo", index_ns),
+                                                       cursor)
         except Exception as exc:
             self._failed(exc)
             return [], cursor
+        cursor = int(base) + int(start)
         out = []
         for raw in raws:
             cursor += 1
@@ -184,8 +229,9 @@ class RedisBackend:
             deleted += int(await self._redis.delete(*[self._k("e", k) for k in batch]))
             await self._redis.zrem(self._k("z"), *batch)
         if tenant is None and model is None and older_than is None:
-            async for vk in self._redis.scan_iter(match=self._k("v", "*")):
-                await self._redis.delete(vk)
+            for kind in ("v", "vo"):
+                async for vk in self._redis.scan_iter(match=self._k(kind, "*")):
+                    await self._redis.delete(vk)
         return deleted
 
     async def stats(self) -> dict[str, int]:

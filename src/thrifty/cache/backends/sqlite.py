@@ -205,10 +205,12 @@ class SQLiteBackend:
 
     def stats_sync(self) -> dict[str, int]:
         with self._rlock:
+            now = time.time()
             n, size = self._r.execute(
-                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM cache_entries WHERE expires > ?", (time.time(),)
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM cache_entries WHERE expires > ?", (now,)
             ).fetchone()
-            (v,) = self._r.execute("SELECT COUNT(*) FROM cache_vectors").fetchone()
+            # Live vectors only, as entries: expired ones wait for the next eviction pass.
+            (v,) = self._r.execute("SELECT COUNT(*) FROM cache_vectors WHERE expires > ?", (now,)).fetchone()
         return {"entries": int(n), "bytes": int(size), "vectors": int(v)}
 
     async def aclose(self) -> None:
