@@ -102,3 +102,22 @@ def test_report_since_after_until_is_refused(ledger_config: Path, capsys: pytest
     code, _, err = run_main(capsys, "report", "--config", str(ledger_config), "--since", "2024-02-01",
                             "--until", "2024-01-01")
     assert_one_line(code, err, "--since 2024-02-01", "--until 2024-01-01")
+
+
+def test_report_table_hides_empty_strategies_and_ends_with_a_total(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A gateway without caching gets a table without cache columns (it fits a terminal), says
+    so, and a grouped table ends with the window's total; JSON keeps every field."""
+    store = SQLiteStore(str(tmp_path / "plain.db"))
+    store.write([req(1, "a", 0.1, 1.0), req(2, "a", 0.2, 1.0), req(3, "b", 0.3, 1.0)], [])
+    store.close()
+    cfg = tmp_path / "plain.yaml"
+    cfg.write_text(f"ledger: {{path: {tmp_path / 'plain.db'}}}\n")
+    code, out, err = run_main(capsys, "report", "--config", str(cfg), "--by", "model")
+    assert code == 0, err
+    assert "cache hits" not in out and "compress $" not in out and "empty columns hidden" in out
+    total = next(line for line in out.splitlines() if "total" in line)
+    assert total.split("│")[2].strip() == "3" and "0.600000" in total  # requests and spend of a and b
+    code, out, _ = run_main(capsys, "report", "--config", str(cfg), "--by", "model", "--format", "json")
+    rows = json.loads(out)
+    assert [r["group"] for r in rows] == ["a", "b"] and "cache_hits" in rows[0]  # no total row in JSON

@@ -49,10 +49,13 @@ def register(app: typer.Typer) -> None:
         store = open_store(path, cfg.ledger.dsn)
         try:
             rows = spend_report(store, by, start, end)
+            # A grouped table ends with the whole window's line, as people read a table; JSON
+            # and CSV keep one schema of groups (a script sums them, or runs without --by).
+            total = spend_report(store, None, start, end) if by and format == "table" and len(rows) > 1 else []
             batch = batch_savings(store, cfg.build_catalog(), start, end)
         finally:
             store.close()
-        text = render(rows, format, by or "scope")
+        text = render(rows, format, by or "scope", total=total[0] if total else None)
         typer.echo(text, nl=not text.endswith("\n"))  # a CSV ends with its own newline: no blank line
         if format == "table" and batch.requests:
             typer.echo(f"provider batches: {batch.requests} calls, ${batch.spend_usd:.6f} spent, "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Callable
 from dataclasses import asdict, fields
 
 from thrifty.ledger.report import ReportRow
@@ -31,8 +32,9 @@ def dollars(v: float | None) -> str:
 COLUMNS = [f.name for f in fields(ReportRow)]
 
 
-def render(rows: list[ReportRow], fmt: str, group_label: str) -> str:
-    """``rows`` as ``fmt`` (table, json or csv); ``group_label`` heads the table's first column."""
+def render(rows: list[ReportRow], fmt: str, group_label: str, total: ReportRow | None = None) -> str:
+    """``rows`` as ``fmt`` (table, json or csv); ``group_label`` heads the table's first column,
+    and ``total`` (the whole window, table only) is its last line."""
     if fmt == "json":
         # Strict JSON: a ratio over nothing is null, never NaN (which JSON parsers reject).
         return dumps([asdict(r) for r in rows], indent=2)
@@ -43,24 +45,51 @@ def render(rows: list[ReportRow], fmt: str, group_label: str) -> str:
         for r in rows:
             writer.writerow(list(asdict(r).values()))
         return buf.getvalue()
-    return _table(rows, group_label)
+    return _table(rows, group_label, total)
 
 
-def _table(rows: list[ReportRow], group_label: str) -> str:
+# The table's columns after the group's: (header, the cell, the fields that decide whether a
+# strategy's columns are shown). Spend and savings are always shown; a strategy's columns only
+# when some row has something in them, so a gateway without caching, compression or batching
+# gets a table that fits a terminal. JSON and CSV always carry every field.
+_CELLS: list[tuple[str, Callable[[ReportRow], str], tuple[str, ...]]] = [
+    ("requests", lambda r: str(r.requests), ()),
+    ("errors", lambda r: str(r.errors), ()),
+    ("spend $", lambda r: f"{r.spend_usd:.6f}", ()),
+    ("baseline $", lambda r: f"{r.baseline_usd:.6f}", ()),
+    ("saved $", lambda r: f"{r.saved_usd:.6f}", ()),
+    ("saved %", lambda r: f"{r.saved_pct:.1f}", ()),
+    ("cache hits", lambda r: str(r.cache_hits), ("cache_hits", "cache_misses")),
+    ("cache misses", lambda r: str(r.cache_misses), ("cache_hits", "cache_misses")),
+    ("cache hit %", lambda r: f"{100 * r.cache_hit_rate:.1f}", ("cache_hits", "cache_misses")),
+    ("cache $", lambda r: f"{r.cache_saved_usd:.6f}", ("cache_hits", "cache_misses")),
+    ("escalations", lambda r: str(r.escalations), ("escalations",)),
+    ("compressed tok", lambda r: str(r.compression_saved_tokens), ("compression_saved_tokens",)),
+    ("compress $", lambda r: f"{r.compression_saved_usd:.6f}", ("compression_saved_tokens",)),
+    ("batch reqs", lambda r: str(r.batch_requests), ("batch_requests",)),
+    ("unpriced", lambda r: str(r.unpriced_requests), ("unpriced_requests",)),
+    ("estimated", lambda r: str(r.estimated_requests), ("estimated_requests",)),
+]
+
+
+def _table(rows: list[ReportRow], group_label: str, total: ReportRow | None = None) -> str:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="thrifty spend report")
-    for col in (group_label, "requests", "errors", "spend $", "baseline $", "saved $", "saved %", "cache hits",
-                "cache misses", "cache hit %", "cache $", "escalations", "compressed tok", "compress $",
-                "batch reqs", "unpriced", "estimated"):
-        table.add_column(col, justify="left" if col == group_label else "right")
+    shown = [(head, cell) for head, cell, decide in _CELLS
+             if not decide or any(getattr(r, name) for r in rows for name in decide)]
+    hidden = len(_CELLS) - len(shown)
+    caption = (f"{hidden} empty columns hidden (--format json or csv has all)"
+               if hidden else None)
+    table = Table(title="thrifty spend report", caption=caption)
+    table.add_column(group_label, justify="left")
+    for head, _ in shown:
+        table.add_column(head, justify="right")
     for r in rows:
-        table.add_row(r.group, str(r.requests), str(r.errors), f"{r.spend_usd:.6f}", f"{r.baseline_usd:.6f}",
-                      f"{r.saved_usd:.6f}", f"{r.saved_pct:.1f}", str(r.cache_hits), str(r.cache_misses),
-                      f"{100 * r.cache_hit_rate:.1f}", f"{r.cache_saved_usd:.6f}", str(r.escalations),
-                      str(r.compression_saved_tokens), f"{r.compression_saved_usd:.6f}", str(r.batch_requests),
-                      str(r.unpriced_requests), str(r.estimated_requests))
+        table.add_row(r.group, *(cell(r) for _, cell in shown))
+    if total is not None:
+        table.add_section()
+        table.add_row("total", *(cell(total) for _, cell in shown), style="bold")
     # Wide enough for every column at its natural width: truncated money is worse than wrapping.
     console = Console(file=io.StringIO(), width=400, force_terminal=False)
     console.print(table)
