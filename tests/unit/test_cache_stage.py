@@ -329,3 +329,17 @@ async def test_confirm_model_must_agree_before_a_semantic_hit(tmp_path: Path) ->
     judge = [a for a in accepted.attempts if a.purpose == "judge"]
     assert len(judge) == 1 and accepted.cost_usd == pytest.approx(judge[0].cost_usd)
     await gw.aclose()
+
+
+async def test_a_hit_is_recorded_in_the_tier_of_the_model_that_answered(tmp_path: Path) -> None:
+    """`report --by tier` puts a hit with its answer's tier, not under "(none)"."""
+    cfg = config(tmp_path)
+    cfg["models"]["cheap"]["tier"] = "small"
+    up = Upstream()
+    gw = Gateway.from_config(cfg, providers={"p": FunctionProvider(up)})
+    first, second = await ask(gw), await ask(gw)
+    assert (first.cache_status, second.cache_status) == ("miss", "hit") and second.served_tier == "small"
+    gw.flush()
+    rows = SQLiteStore(str(tmp_path / "ledger.db")).query("SELECT cache_status, tier FROM requests ORDER BY ts")
+    assert rows == [("miss", "small"), ("hit", "small")]
+    await gw.aclose()

@@ -153,6 +153,10 @@ class CacheStage:
         ctx.cache_status = "hit"
         ctx.strategy = "cache"
         ctx.served_model = entry.served_model or entry.model
+        # The tier of the model whose answer this is, so `report --by tier` shows the hit with
+        # the answers of its tier rather than under "(none)".
+        info = self.catalog.get(ctx.served_model)
+        ctx.served_tier = info.tier if info is not None else None
         ctx.usage = usage
         spent = ctx.spent_usd()  # a confirming judge call, if any, is the only spend
         ctx.cost_usd = spent if ctx.attempts and spent is not None else 0.0
