@@ -4,7 +4,8 @@ Prices are resolved in this order, first hit wins:
 1. the user's config (``models.<name>.price``), which can add or override anything;
 2. the bundled seed table below (the default model hierarchy, from ~$0.01 to $10 per million
    output tokens; illustrative list prices, override them in config);
-3. the maintained ``genai-prices`` database, looked up by the upstream model name;
+3. the maintained ``genai-prices`` database, looked up by the upstream model name, under the
+   provider the model's ``base_url`` names first (``genai_provider_for_url``), then by name alone;
 4. unknown: the model still serves requests; its cost is recorded as unknown and warned.
 
 Prices are flat per token, except those from genai-prices for models it prices by prompt size
@@ -192,9 +193,12 @@ def resolve_price(
     name: str, upstream_model: str, configured: dict[str, Any] | None, provider_hint: str | None = None
 ) -> ModelPrice | None:
     """The price of a model following the module's resolution order (config fields override)."""
-    base = seed_price(name) or seed_price(upstream_model) or lookup_genai_price(upstream_model, None)
-    if base is None and provider_hint:
-        base = lookup_genai_price(upstream_model, provider_hint)
+    # The provider's own price first: a model several providers serve (an open-weights model on
+    # Groq, Together, OpenRouter...) costs what the provider serving it charges, and many such
+    # names are listed under their provider only, so a name-only look-up finds nothing.
+    base = (seed_price(name) or seed_price(upstream_model)
+            or (lookup_genai_price(upstream_model, provider_hint) if provider_hint else None)
+            or lookup_genai_price(upstream_model, None))
     if configured:
         if base is None:
             if "input" not in configured or "output" not in configured:
@@ -205,6 +209,18 @@ def resolve_price(
     if base is None:
         log.warning("model %s (%s): no known price; its cost will be recorded as unknown", name, upstream_model)
     return base
+
+
+@lru_cache(maxsize=64)
+def genai_provider_for_url(base_url: str) -> str | None:
+    """The genai-prices provider id whose API address ``base_url`` is (``https://api.groq.com/...``
+    -> ``groq``), or None for an address it does not know (vLLM, Ollama, a mock, a proxy)."""
+    try:
+        from genai_prices.data_snapshot import get_snapshot
+
+        return str(get_snapshot().find_provider(None, None, base_url).id)
+    except Exception:  # LookupError for an unknown address; anything else is a library fault
+        return None
 
 
 class Catalog:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from thrifty.batching.config import BatchingConfig
 from thrifty.cache.config import CacheConfig
-from thrifty.catalog import Catalog, ModelInfo, resolve_price
+from thrifty.catalog import Catalog, ModelInfo, genai_provider_for_url, resolve_price
 from thrifty.compress.config import CompressionConfig
 from thrifty.config_source import interpolate_env, missing_env_vars, read_raw, yaml_problem
 from thrifty.errors import ConfigError, printable
@@ -139,6 +139,13 @@ class ServerConfig(_Strict):
     # GET /metrics needs the admin key (auth.admin_key) when true; false (the default) keeps it
     # open so Prometheus scrapes need no credentials.
     metrics_key_required: bool = False
+    # Background Responses API requests nobody retrieves through thrifty: every this many seconds
+    # the gateway asks their provider and writes the real usage over the create's estimate
+    # (server/reconcile.py). 0 turns the loop off (`thrifty ledger reconcile` does it on demand).
+    reconcile_background_s: float = Field(default=60.0, ge=0, allow_inf_nan=False)
+    # Only entries at least this old: a client that polls its own response settles it first,
+    # and the pass does not ask the provider about a response created a moment ago.
+    reconcile_background_min_age_s: float = Field(default=60.0, ge=0, allow_inf_nan=False)
 
 
 class Config(_Strict):
@@ -276,6 +283,11 @@ class Config(_Strict):
             return path
         return os.path.join(self.base_dir, path)
 
+    def _genai_provider(self, provider: str) -> str | None:
+        """genai-prices' id of the provider a model is served by, from its ``base_url``."""
+        entry = self.providers.get(provider)
+        return genai_provider_for_url(entry.base_url) if entry is not None else None
+
     def build_catalog(self) -> Catalog:
         infos = []
         for name, m in self.models.items():
@@ -286,7 +298,7 @@ class Config(_Strict):
                     name=name,
                     provider=m.provider,
                     upstream_model=upstream,
-                    price=resolve_price(name, upstream, configured),
+                    price=resolve_price(name, upstream, configured, self._genai_provider(m.provider)),
                     context_window=m.context_window,
                     tier=m.tier,
                     aliases=tuple(m.aliases),

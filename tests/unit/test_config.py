@@ -129,3 +129,30 @@ def test_config_errors_never_echo_credentials(section: dict[str, object], secret
 def test_config_errors_show_plain_numbers_even_under_secret_looking_keys() -> None:
     with pytest.raises(ConfigError, match=re.escape("(got -5)")):
         load_config({"auth": {"default_completion_tokens": -5}})
+
+
+def test_a_model_is_priced_at_the_provider_serving_it() -> None:
+    """genai-prices lists many open-weights models under the provider that serves them only (a
+    name-only look-up found no price: cost recorded as unknown), and one name can cost different
+    amounts at different providers. The provider's base_url says which price applies."""
+    from thrifty.catalog import genai_provider_for_url, lookup_genai_price
+    from thrifty.config import load_config
+
+    assert genai_provider_for_url("https://api.groq.com/openai/v1") == "groq"
+    assert genai_provider_for_url("http://127.0.0.1:8001/v1") is None  # a mock, vLLM, Ollama: no hint
+    assert lookup_genai_price("llama-3.1-8b-instant", None) is None  # what the catalog did before
+    groq = lookup_genai_price("llama-3.1-8b-instant", "groq")
+    assert groq is not None
+    cfg = load_config({"providers": {"g": {"base_url": "https://api.groq.com/openai/v1"},
+                                     "local": {"base_url": "http://127.0.0.1:8001/v1"}},
+                       "models": {"llama-3.1-8b-instant": {"provider": "g"},
+                                  "local-llama": {"provider": "local", "upstream_model": "llama-3.1-8b-instant"},
+                                  "gpt-4o": {"provider": "local"}}})
+    catalog = cfg.build_catalog()
+    served = catalog.get("llama-3.1-8b-instant")
+    assert served is not None and served.price is not None
+    assert (served.price.input, served.price.output) == (groq.input, groq.output)
+    local = catalog.get("local-llama")
+    assert local is not None and local.price is None  # an unknown host: nothing to go by
+    premium = catalog.get("gpt-4o")
+    assert premium is not None and premium.price is not None  # names priced without a hint still are

@@ -1,5 +1,5 @@
-"""``thrifty ledger import-spill``, and the config loading every command that opens the ledger
-database of a config shares (``keys``, ``report``, ``ledger``)."""
+"""``thrifty ledger import-spill`` and ``thrifty ledger reconcile``, and the config loading every
+command that opens the ledger database of a config shares (``keys``, ``report``, ``ledger``)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,21 @@ import typer
 
 if TYPE_CHECKING:
     from thrifty.config import Config
+    from thrifty.server.reconcile import Tally
 
 _REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)")
+_AGE = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_age(value: str, flag: str = "--min-age") -> float:
+    """``60s``, ``5m``, ``1h``, ``2d`` or plain seconds, as seconds; anything else a usage error."""
+    from thrifty.errors import UsageError
+
+    found = _AGE.fullmatch(value.strip().lower())
+    if found is None:
+        raise UsageError(f"{flag}: expected like 60s, 5m, 1h or 2d, got {value!r}")
+    return float(found.group(1)) * _UNITS[found.group(2)]
 
 
 def load_ledger_config(config: Path) -> Config:
@@ -42,7 +55,8 @@ def load_ledger_config(config: Path) -> Config:
 
 
 def register(app: typer.Typer) -> None:
-    group = typer.Typer(help="Ledger maintenance: write spilled rows back.", no_args_is_help=True)
+    group = typer.Typer(help="Ledger maintenance: write spilled rows back, settle background responses.",
+                        no_args_is_help=True)
     app.add_typer(group, name="ledger")
 
     @group.command("import-spill")
@@ -74,3 +88,43 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"imported {result.requests} request rows ({result.attempts} attempt rows) from {path}: "
                    f"{result.new} new, {result.requests - result.new} already in the ledger (not counted twice)")
         typer.echo(f"{path} emptied; its lines are kept in {result.kept_as}")
+
+    @group.command("reconcile")
+    def reconcile_cmd(
+        config: Path = typer.Option(..., "--config", "-c", envvar="THRIFTY_CONFIG", help="The thrifty config naming the ledger."),
+        min_age: str = typer.Option("60s", "--min-age", help="Only background responses created at least this long "
+                                    "ago: 60s, 5m, 1h, 2d or plain seconds."),
+    ) -> None:
+        """Settle background responses nobody retrieved: ask their provider, write the real usage over the estimate."""
+        import asyncio
+
+        from thrifty.errors import ConfigError
+        from thrifty.server.reconcile import summary_lines
+
+        age = parse_age(min_age)
+        cfg = load_ledger_config(config)
+        if not cfg.ledger.enabled:
+            raise ConfigError(f"ledger.enabled is false in {config}: there is no ledger to reconcile")
+        tally = asyncio.run(_reconcile(cfg, age))
+        for line in summary_lines(tally):
+            typer.echo(line)
+        if tally.failed:
+            raise typer.Exit(1)
+
+
+async def _reconcile(cfg: Config, min_age_s: float) -> Tally:
+    """One pass of the gateway's own reconciler, with a gateway built from ``cfg`` but serving
+    nothing: its providers, retry policies, prices, ledger writer, budgets and /metrics code are
+    what a retrieve would use (the metrics of this process go nowhere; the ledger and a shared
+    budget store are what count). Closed on the loop its connections were opened on."""
+    from thrifty.gateway import Gateway
+    from thrifty.server.reconcile import Reconciler
+    from thrifty.server.response_resources import ResponseResources
+
+    gateway = Gateway(cfg)
+    try:
+        reconciler = Reconciler(ResponseResources(gateway, gateway.ops.responses), min_age_s=min_age_s)
+        return await reconciler.run_once()
+    finally:
+        await gateway.aclose()
+

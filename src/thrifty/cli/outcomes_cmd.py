@@ -48,30 +48,53 @@ def _money(usd: float) -> str:
     return "$" + dollars(usd)
 
 
-def _estimate_line(est: Estimate, n_prompts: int, max_tokens: int | None) -> str:
+def _estimate_line(est: Estimate, n_prompts: int, max_tokens: int | None, n_retries: int = 0) -> str:
     from thrifty.evaluation.collect import DEFAULT_OUTPUT_TOKENS
 
     judge = f" + {est.judge_calls} judge calls {_money(est.judge_usd)}" if est.judge_calls else ""
     unpriced = f"; no known price, not counted: {', '.join(est.unpriced)}" if est.unpriced else ""
     answers = (f"answers of at most {max_tokens} tokens" if max_tokens else
                f"answers assumed {DEFAULT_OUTPUT_TOKENS} tokens long; --max-tokens caps them")
-    return (f"estimate: {n_prompts} prompts, {est.calls} calls {_money(est.usd)}{judge} = {_money(est.total)} "
+    retries = f" and {n_retries} failed calls to retry" if n_retries else ""
+    return (f"estimate: {n_prompts} prompts{retries}, {est.calls} calls {_money(est.usd)}{judge} = "
+            f"{_money(est.total)} "
             f"({answers}{unpriced})")
 
 
 def _summary_lines(summary: Summary, out: Path, before: int) -> list[str]:
-    from thrifty.evaluation.collect import per_model
+    from thrifty.evaluation.collect_file import per_model
 
     kept = f" ({before} were already there)" if before else ""
     lines = [f"{summary.written} prompts written to {out}{kept}; {summary.calls} calls, "
              f"{_money(summary.spent + summary.judge_spent)} spent (answers {_money(summary.spent)}, "
              f"judge {_money(summary.judge_spent)})"]
+    if summary.retried:
+        lines.append(f"retried {summary.retried} failed calls: {summary.recovered} answered, "
+                     f"{summary.retried - summary.recovered} failed again")
     if out.exists() and out.stat().st_size:
         for model, s in per_model(out).items():
             errors = f", {int(s['errors'])} failed" if s["errors"] else ""
             lines.append(f"  {model}: mean score {s['mean_score']:.3f}, mean cost {_money(s['mean_cost'])} "
                          f"over {int(s['prompts'])} prompts{errors}")
     return lines
+
+
+def _warn_failed(out: Path, retry_failed: bool) -> None:
+    """Say how many failed calls OUT still holds: eval and calibrate score each as a wrong answer."""
+    from thrifty.evaluation.collect_file import failed_calls
+
+    left = failed_calls(out)
+    if left:
+        how = ("run the same command again to retry them" if retry_failed else
+               "kept by --no-retry-failed; run without it to retry them")
+        typer.echo(f"warning: {left} failed calls remain in {out} (eval and calibrate score them 0): {how}",
+                   err=True)
+
+
+def _interrupted_line(done: int, total: int, out: Path, summary: Summary, to_retry: int) -> str:
+    retried = f", {summary.retried} of {to_retry} failed calls asked again" if to_retry else ""
+    return (f"thrifty: interrupted; {done} of {total} prompts done{retried}, kept in {out}: run the same "
+            "command again to resume")
 
 
 def register(app: typer.Typer) -> None:
@@ -94,24 +117,20 @@ def register(app: typer.Typer) -> None:
         max_usd: float | None = typer.Option(None, "--max-usd", help="Refuse to start when the estimate is above it."),
         max_tokens: int | None = typer.Option(None, "--max-tokens", help="max_tokens of every answer (and of the "
                                               "estimate; default estimate 256)."),
+        retry_failed: bool = typer.Option(True, "--retry-failed/--no-retry-failed",
+                                          help="Ask the failed calls of lines already in OUT again (default), "
+                                               "or keep them as they are."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
         config: Path | None = typer.Option(None, "--config", "-c", help="Config file (default: $THRIFTY_CONFIG)."),
     ) -> None:
         """Call every model on every prompt through the gateway (no cache, routing or compression),
-        grade the answers and append one outcome line per prompt to OUT (run again to resume)."""
+        grade the answers and append one outcome line per prompt to OUT (run again to resume, and
+        to ask the calls that failed again)."""
         from thrifty.batching.progress import Progress
         from thrifty.cli.ledger_cmd import load_ledger_config
         from thrifty.cli.signals import cancel_on_sigterm
-        from thrifty.evaluation.collect import (
-            GRADERS,
-            Collector,
-            Options,
-            estimate,
-            load_prompts,
-            open_sink,
-            pending,
-            read_done,
-        )
+        from thrifty.evaluation.collect import GRADERS, Collector, Options, estimate, load_prompts
+        from thrifty.evaluation.collect_file import failed_lines, open_sink, pending, read_done, rewrite
         from thrifty.gateway import Gateway
 
         # Everything is checked before the first call.
@@ -141,13 +160,18 @@ def register(app: typer.Typer) -> None:
         opts = Options(chosen, reference, grader, judge_model, max_tokens, concurrency)
         ids, digests, before = read_done(out, chosen)
         todo = pending(prompts, out, ids, digests)
-        if not todo:
+        redos = failed_lines(out, opts) if retry_failed else []
+        if not todo and not redos:
             typer.echo(f"nothing to do: all {len(prompts)} prompts are in {out}")
+            _warn_failed(out, retry_failed)
             return
         if before:
-            typer.echo(f"resuming: {len(prompts) - len(todo)} of {len(prompts)} prompts already in {out}", err=True)
-        est = estimate(todo, opts, catalog)
-        typer.echo(_estimate_line(est, len(todo), max_tokens))
+            again = (f"; {sum(len(r.models) for r in redos)} failed calls of {len(redos)} lines asked again"
+                     if redos else "")
+            typer.echo(f"resuming: {len(prompts) - len(todo)} of {len(prompts)} prompts already in {out}{again}",
+                       err=True)
+        est = estimate(todo, opts, catalog, redos)
+        typer.echo(_estimate_line(est, len(todo), max_tokens, sum(len(r.models) for r in redos)))
         if max_usd is not None:
             if est.unpriced:
                 raise UsageError(f"--max-usd: no known price for {', '.join(est.unpriced)}, so the spend cannot be "
@@ -157,14 +181,21 @@ def register(app: typer.Typer) -> None:
                                  "nothing was called (fewer prompts or models, a lower --max-tokens, or a higher "
                                  "--max-usd)")
         gw = Gateway.from_config(cfg)
-        bar = Progress(len(todo), enabled=progress, desc="collect", unit="prompt")
+        bar = Progress(len(todo) + len(redos), enabled=progress, desc="collect", unit="prompt")
         terminated: list[int] = []
-        sink = open_sink(out)
-        collector = Collector(gw, opts, sink, on_done=lambda cost: bar.update(1, cost))
+        collector = Collector(gw, opts, None, on_done=lambda cost: bar.update(1, cost))
 
         async def main() -> Summary:
             cancel_on_sigterm(terminated)
             try:
+                if redos:
+                    try:
+                        await collector.retry(redos)
+                    finally:
+                        # Also when interrupted: the calls retried so far are paid for, so kept.
+                        rewrite(out, collector.redone)
+                # Opened after the rewrite: a handle opened before would append to the replaced file.
+                collector.sink = open_sink(out)
                 return await collector.run(todo)
             finally:
                 await gw.aclose()
@@ -175,14 +206,22 @@ def register(app: typer.Typer) -> None:
             if isinstance(exc, asyncio.CancelledError) and not terminated:
                 raise
             done = len(prompts) - len(todo) + collector.summary.written
-            typer.echo(f"thrifty: interrupted; {done} of {len(prompts)} prompts done, kept in {out}: run the same "
-                       "command again to resume", err=True)
+            typer.echo(_interrupted_line(done, len(prompts), out, collector.summary,
+                                         sum(len(r.models) for r in redos)), err=True)
             raise typer.Exit(128 + (terminated[0] if terminated else signal.SIGINT)) from None
         finally:
-            sink.close()
+            if collector.sink is not None:
+                collector.sink.close()
             bar.close()
         for line in _summary_lines(summary, out, before):
             typer.echo(line)
+        for why in summary.not_retried[:5]:
+            typer.echo(f"warning: not retried: {out}: {why} (the line is kept as it was)", err=True)
+        _warn_failed(out, retry_failed)
+        if summary.not_retried and not summary.failed:
+            typer.echo(f"thrifty: {len(summary.not_retried)} lines with failed calls not retried (their reference "
+                       "or judge failed); run the same command again to retry them", err=True)
+            raise typer.Exit(1)
         if summary.failed:
             for why in summary.failed[:5]:
                 typer.echo(f"warning: not written: {prompts_file}: {why}", err=True)

@@ -6,17 +6,19 @@ is graded against the prompt's ``answer`` or, without one, the reference model's
 ``exact`` compares normalised answers (``routing.formats``: option letters, code signatures,
 first lines), ``judge`` asks a judge model for a 0-10 grade (``scoring.judge``). A prompt's line
 is appended to the output, whole, once all its calls are done, so an interrupted run resumes
-from the lines already there (by ``id``, else by a hash of the messages).
+from the lines already there (by ``id``, else by a hash of the messages). A call that failed is
+asked again by the next run: only that model, its line then replaced in a new copy of the output
+renamed over it, so the output is never half written (the output file's side: collect_file.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -24,7 +26,7 @@ from typing import IO, TYPE_CHECKING, Any
 from thrifty.catalog import Catalog
 from thrifty.cost import price_tokens
 from thrifty.errors import DataError, InvalidRequestError, ThriftyError, printable
-from thrifty.jsonl import iter_jsonl, text_lines
+from thrifty.jsonl import iter_jsonl
 from thrifty.ledger.records import ERROR_CHARS
 from thrifty.pipeline.context import RequestContext, new_request_id
 from thrifty.routing.formats import detect_family, extract_answer
@@ -33,13 +35,15 @@ from thrifty.tokens import content_text, count_messages, count_text
 from thrifty.types import ChatRequest, Usage, response_text
 
 if TYPE_CHECKING:
+    from thrifty.evaluation.collect_file import Redo
     from thrifty.gateway import Gateway
 
 GRADERS = ("auto", "exact", "judge")
 # Completion tokens an answer is estimated at when --max-tokens is not given (as the budget guard).
 DEFAULT_OUTPUT_TOKENS = 256
-# Calls made with these options see no cache and no compression: each answer is the model's own.
-RAW_OPTIONS = {"cache": False, "compress": False}
+# Calls made with these options see no cache, no compression and no configured fallbacks (a model
+# that fails is recorded as failed, with its own error): each answer is the model's own.
+RAW_OPTIONS = {"cache": False, "compress": False, "fallbacks": False}
 log = logging.getLogger("thrifty.evaluation.collect")
 
 JUDGE_TASK = "outcomes-judge"  # the ledger's task of the judge calls
@@ -79,7 +83,7 @@ def messages_digest(messages: list[dict[str, Any]]) -> str:
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()[:32]
 
 
-def _id_key(value: str | int) -> str:
+def id_key(value: str | int) -> str:
     return f"id:{value}"  # 7 and "7" are the same id, as in `thrifty batch run`
 
 
@@ -112,7 +116,7 @@ def load_prompts(path: Path) -> list[Prompt]:
         if pid is not None and (isinstance(pid, bool) or not isinstance(pid, str | int)):
             raise DataError(f"{at}: 'id' must be a string or a whole number")
         if pid is not None:
-            key = _id_key(pid)
+            key = id_key(pid)
             if key in seen:
                 raise DataError(f"{at}: id {pid!r} is also the id of line {seen[key]}")
             seen[key] = n
@@ -120,80 +124,6 @@ def load_prompts(path: Path) -> list[Prompt]:
     if not prompts:
         raise DataError(f"{path}: no prompts")
     return prompts
-
-
-def read_done(out: Path, models: list[str]) -> tuple[dict[str, str], Counter[str], int]:
-    """What an earlier run left in ``out``: ids done (id key -> digest), digests of lines done
-    without an id, and the number of lines. A last line cut short (a killed process) is removed;
-    a line of other models is refused (the file would mix two sets of outcomes)."""
-    ids: dict[str, str] = {}
-    digests: Counter[str] = Counter()
-    if not out.exists() or out.stat().st_size == 0:
-        return ids, digests, 0
-    # Bytes decoded as they are, not read_text: its newline translation drops the \r of CRLF
-    # lines (a file written on Windows or edited there), and the cut below, counted in the
-    # translated text, then fell short and left half a line, which the next run took a whole one for.
-    raw = out.read_bytes().decode("utf-8")
-    lines = text_lines(raw)
-    if lines and not raw.endswith("\n"):
-        if _whole(lines[-1]):
-            with open(out, "a", encoding="utf-8") as fh:  # a complete line without its newline (edited by hand)
-                fh.write("\n")
-        else:
-            # Cut short by a killed process: dropped, its prompt runs again.
-            log.warning("%s: its last line was cut short (an interrupted write): removed, its prompt runs again", out)
-            with open(out, "r+b") as fh:
-                fh.truncate(len(raw[: raw.rfind("\n") + 1].encode("utf-8")))
-            lines.pop()
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            raise DataError(f"{out}: line {n}: not a JSON line; is it an outcomes file of `thrifty outcomes "
-                            f"collect`? (use another --out)") from None
-        outcomes = obj.get("outcomes") if isinstance(obj, dict) else None
-        if not isinstance(outcomes, dict):
-            raise DataError(f"{out}: line {n}: no 'outcomes'; use another --out")
-        if sorted(outcomes) != sorted(models):
-            raise DataError(f"{out}: line {n} holds outcomes of {', '.join(sorted(outcomes))}, this run collects "
-                            f"{', '.join(sorted(models))}: use another --out (or the same --models and --reference)")
-        messages = obj["messages"] if isinstance(obj.get("messages"), list) else \
-            [{"role": "user", "content": obj.get("prompt")}]
-        digest = messages_digest(messages)
-        if obj.get("id") is not None:
-            ids[_id_key(obj["id"])] = digest
-        else:
-            digests[digest] += 1
-    return ids, digests, sum(1 for x in lines if x.strip())
-
-
-def _whole(line: str) -> bool:
-    try:
-        obj = json.loads(line)
-    except ValueError:
-        return False
-    return isinstance(obj, dict) and isinstance(obj.get("outcomes"), dict)
-
-
-def pending(prompts: list[Prompt], out: Path, ids: dict[str, str], digests: Counter[str]) -> list[Prompt]:
-    """The prompts not yet in the output. An id in the output that holds another prompt is refused."""
-    left = Counter(digests)
-    todo = []
-    for p in prompts:
-        if p.id is not None:
-            key = _id_key(p.id)
-            if key not in ids:
-                todo.append(p)
-            elif ids[key] != p.digest:
-                raise DataError(f"{out}: id {p.id!r} holds another prompt than line {p.line} of the prompts file: "
-                                "use another --out")
-        elif left[p.digest] > 0:
-            left[p.digest] -= 1  # the same prompt twice without ids: each occurrence is one line
-        else:
-            todo.append(p)
-    return todo
 
 
 @dataclass(frozen=True)
@@ -219,9 +149,10 @@ class Estimate:
         return self.usd + self.judge_usd
 
 
-def estimate(prompts: list[Prompt], opts: Options, catalog: Catalog) -> Estimate:
-    """The spend of collecting ``prompts``: prompts counted offline, answers of ``max_tokens``
-    (else ``DEFAULT_OUTPUT_TOKENS``), at the catalog's prices; judge calls at the judge's."""
+def estimate(prompts: list[Prompt], opts: Options, catalog: Catalog, redos: Sequence[Redo] = ()) -> Estimate:
+    """The spend of collecting ``prompts`` and of asking ``redos``' failed calls again: prompts
+    counted offline, answers of ``max_tokens`` (else ``DEFAULT_OUTPUT_TOKENS``), at the catalog's
+    prices; judge calls at the judge's."""
     out_tokens = opts.max_tokens or DEFAULT_OUTPUT_TOKENS
     unpriced: list[str] = []
 
@@ -236,16 +167,20 @@ def estimate(prompts: list[Prompt], opts: Options, catalog: Catalog) -> Estimate
 
     rubric = count_text(JUDGE_RUBRIC)
     usd = judge_usd = 0.0
-    judge_calls = 0
-    for p in prompts:
+    calls = judge_calls = 0
+    # (prompt, models asked, how many of them a judge grades, grader)
+    jobs = [(p, opts.models, len(opts.models) - (0 if p.answer is not None else 1), p.grader(opts.grader))
+            for p in prompts]
+    jobs += [(r.prompt, r.models, len(r.models), r.how) for r in redos]
+    for p, models, graded, how in jobs:
         tokens = count_messages(p.messages)
-        usd += sum(price(m, Usage(prompt_tokens=tokens, completion_tokens=out_tokens)) for m in opts.models)
-        if p.grader(opts.grader) == "judge" and opts.judge_model:
-            graded = len(opts.models) - (0 if p.answer is not None else 1)
+        calls += len(models)
+        usd += sum(price(m, Usage(prompt_tokens=tokens, completion_tokens=out_tokens)) for m in models)
+        if how == "judge" and opts.judge_model:
             judge_calls += graded
             judged = Usage(prompt_tokens=rubric + count_text(p.question()) + 2 * out_tokens + 30, completion_tokens=4)
             judge_usd += graded * price(opts.judge_model, judged)
-    return Estimate(len(prompts) * len(opts.models), judge_calls, usd, judge_usd, unpriced)
+    return Estimate(calls, judge_calls, usd, judge_usd, unpriced)
 
 
 @dataclass
@@ -255,18 +190,23 @@ class Summary:
     calls: int = 0
     spent: float = 0.0
     judge_spent: float = 0.0
+    retried: int = 0  # failed calls asked again (of lines whose new answers were kept)
+    recovered: int = 0  # of those, the ones answered this time
+    not_retried: list[str] = field(default_factory=list)  # why a line's retried answers were not kept
 
 
 class Collector:
-    """Runs the prompts through ``gateway`` and appends one outcome line per prompt to ``sink``."""
+    """Runs the prompts through ``gateway`` and appends one outcome line per prompt to ``sink``;
+    asks the failed calls of earlier lines again into ``redone`` (``retry``)."""
 
-    def __init__(self, gateway: Gateway, opts: Options, sink: IO[str],
+    def __init__(self, gateway: Gateway, opts: Options, sink: IO[str] | None,
                  on_done: Callable[[float], None] | None = None) -> None:
         self.gw = gateway
         self.opts = opts
-        self.sink = sink
+        self.sink = sink  # may be set after ``retry``: the output is rewritten before it is appended to
         self.on_done = on_done
         self.summary = Summary()
+        self.redone: dict[int, dict[str, Any]] = {}  # output line number -> the line with its retried calls
         self._calls = asyncio.Semaphore(opts.concurrency)
 
     async def _call(self, request: ChatRequest) -> tuple[RequestContext, str | None]:
@@ -289,11 +229,6 @@ class Collector:
         ctx, error = await self._call(req)
         cost = ctx.cost_usd if ctx.cost_usd is not None else (None if error is None else ctx.spent_usd() or 0.0)
         self.summary.spent += cost or 0.0
-        info = self.gw.catalog.get(model)
-        own = info.name if info is not None else model
-        if error is None and ctx.served_model not in (None, own):
-            error = (f"answered by {ctx.served_model} (a fallback of {model} in the config), not by {model}: "
-                     "recorded as failed")
         found: dict[str, Any] = {"score": 0.0, "response": "", "cost": cost,
                                  "usage": {"prompt_tokens": ctx.usage.prompt_tokens,
                                            "completion_tokens": ctx.usage.completion_tokens}}
@@ -327,10 +262,10 @@ class Collector:
             return 0.0, cost, f"judge gave no grade: {reply[:80]!r}"
         return grade, cost, None
 
-    async def grade(self, p: Prompt, outcomes: dict[str, dict[str, Any]]) -> str:
-        """Set every outcome's score; returns the grader used."""
-        how = p.grader(self.opts.grader)
-        ref_model = self.opts.reference
+    async def grade(self, p: Prompt, outcomes: dict[str, dict[str, Any]], how: str, ref_model: str,
+                    only: Collection[str]) -> None:
+        """Set the scores of the outcomes of ``only`` (the others are kept: graded, maybe judged
+        and paid for, by an earlier run) against the prompt's answer, else ``ref_model``'s."""
         if p.answer is not None:
             reference = p.answer
         else:
@@ -343,7 +278,7 @@ class Collector:
         want = extract_answer(family, reference)
         jobs = []
         for model, o in outcomes.items():
-            if "error" in o or (model == ref_model and p.answer is None):
+            if model not in only or "error" in o or (model == ref_model and p.answer is None):
                 continue
             if how == "exact":
                 o["score"] = 1.0 if want is not None and extract_answer(family, o["response"]) == want else 0.0
@@ -356,7 +291,6 @@ class Collector:
             o["score"], o["judge_cost"] = score, cost
             if note:
                 o["judge_note"] = note
-        return how
 
     async def one(self, p: Prompt) -> None:
         models = self.opts.models
@@ -378,8 +312,9 @@ class Collector:
         answers = dict(zip(rest, await asyncio.gather(*(self.answer(p, m) for m in rest)), strict=True))
         both = {**first, **answers}
         outcomes = {m: both[m] for m in models}
+        how = p.grader(self.opts.grader)
         try:
-            how = await self.grade(p, outcomes)
+            await self.grade(p, outcomes, how, self.opts.reference, models)
         except _NotGraded as exc:
             self._not_written(p, str(exc))
             return
@@ -396,6 +331,7 @@ class Collector:
         line["outcomes"] = outcomes
         # One write of the whole line, flushed: a line is in the file whole or not at all
         # (a line cut short by a killed process is removed by the next run, read_done).
+        assert self.sink is not None
         self.sink.write(json.dumps(line, ensure_ascii=False) + "\n")
         self.sink.flush()
         self.summary.written += 1
@@ -407,38 +343,48 @@ class Collector:
         if self.on_done:
             self.on_done(0.0)
 
+    async def redo(self, r: Redo) -> None:
+        """Ask the failed calls of ``r`` again, grade the new answers, keep the line in ``redone``.
+        The line's other answers, its reference and their grades are kept (not paid for again)."""
+        answers = await asyncio.gather(*(self.answer(r.prompt, m) for m in r.models))
+        outcomes = {m: dict(o) for m, o in r.line["outcomes"].items()}
+        outcomes.update(zip(r.models, answers, strict=True))
+        ref_model = self.opts.reference if r.reference == "answer" else r.reference
+        # A reference asked again (a hand-made line: collect writes none whose reference failed)
+        # changes what every other answer is graded against.
+        regrade = set(outcomes) if ref_model in r.models and r.prompt.answer is None else set(r.models)
+        try:
+            await self.grade(r.prompt, outcomes, r.how, ref_model, regrade)
+        except _NotGraded as exc:
+            self.summary.not_retried.append(f"line {r.lineno}: {exc}")
+        else:
+            self.redone[r.lineno] = {**r.line, "outcomes": outcomes}
+            self.summary.retried += len(r.models)
+            self.summary.recovered += sum("error" not in outcomes[m] for m in r.models)
+        if self.on_done:
+            self.on_done(sum(a.get("cost") or 0.0 for a in answers))
+
+    async def retry(self, redos: list[Redo]) -> Summary:
+        """Ask the failed calls of ``redos`` again; the caller writes ``redone`` (``rewrite``)."""
+        await self._workers([functools.partial(self.redo, r) for r in redos])
+        return self.summary
+
     async def run(self, prompts: list[Prompt]) -> Summary:
-        queue: asyncio.Queue[Prompt] = asyncio.Queue()
-        for p in prompts:
-            queue.put_nowait(p)
+        await self._workers([functools.partial(self.one, p) for p in prompts])
+        return self.summary
+
+    async def _workers(self, jobs: list[Callable[[], Awaitable[None]]]) -> None:
+        queue: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
+        for job in jobs:
+            queue.put_nowait(job)
 
         async def worker() -> None:
             while not queue.empty():
-                await self.one(queue.get_nowait())
+                await queue.get_nowait()()
 
         # Prompts in flight: as many as calls may be (each prompt's calls share the call limit).
-        await asyncio.gather(*(worker() for _ in range(min(self.opts.concurrency, len(prompts)))))
-        return self.summary
+        await asyncio.gather(*(worker() for _ in range(min(self.opts.concurrency, len(jobs)))))
 
 
 class _NotGraded(Exception):
     """A prompt whose answers cannot be graded this time (its reference or judge failed)."""
-
-
-def per_model(out: Path) -> dict[str, dict[str, float]]:
-    """Per model over every line of ``out``: prompts, mean score, mean cost, errors."""
-    sums: dict[str, dict[str, float]] = {}
-    for _, obj in iter_jsonl(out, "outcomes file"):
-        for model, o in obj.get("outcomes", {}).items():
-            s = sums.setdefault(model, {"prompts": 0, "score": 0.0, "cost": 0.0, "errors": 0})
-            s["prompts"] += 1
-            s["score"] += float(o.get("score") or 0.0)
-            s["cost"] += float(o.get("cost") or 0.0)
-            s["errors"] += 1 if o.get("error") else 0
-    return {m: {"prompts": s["prompts"], "mean_score": s["score"] / s["prompts"],
-                "mean_cost": s["cost"] / s["prompts"], "errors": s["errors"]} for m, s in sums.items()}
-
-
-def open_sink(out: Path) -> IO[str]:
-    """``out`` opened for appending lines (created when missing)."""
-    return open(out, "a", encoding="utf-8")

@@ -3,7 +3,9 @@
 Retries happen on connection errors, 429s and 5xx, with exponential backoff and full jitter,
 waiting at least what Retry-After asks (when it asks for more than ``backoff_max_s`` we move to
 the fallback models instead of stalling the client). When a model's retries are exhausted its
-configured fallbacks are tried in order. Every try lands in ``ctx.attempts`` and so in the ledger.
+configured fallbacks are tried in order, unless the request says ``"thrifty": {"fallbacks": false}``
+(a caller that needs that model's own answer or its own error, e.g. ``thrifty outcomes collect``).
+Every try lands in ``ctx.attempts`` and so in the ledger.
 A stream is retried only until its first chunk: ``stream`` waits for that chunk inside the retry
 loop, so a failure before it (cannot connect, 5xx, 429, a body cut short: providers mark these
 retryable) is retried and then falls back like a non-streaming call; a failure after it reaches
@@ -21,13 +23,23 @@ from typing import Any, TypeVar
 
 from thrifty.catalog import Catalog, ModelInfo
 from thrifty.config import ProviderConfig
-from thrifty.errors import NotFoundError, UpstreamError
+from thrifty.errors import InvalidRequestError, NotFoundError, UpstreamError
 from thrifty.pipeline.accounting import call_texts, priced_usage
 from thrifty.pipeline.context import Attempt, RequestContext
 from thrifty.providers.base import Provider
 from thrifty.types import ChatRequest
 
 T = TypeVar("T")
+
+
+def fallbacks_allowed(request: ChatRequest) -> bool:
+    """Whether a model's configured ``fallbacks`` may answer for it in this request: not with
+    ``"thrifty": {"fallbacks": false}`` (docs/configuration.md, ``models.NAME.fallbacks``)."""
+    allowed = request.options.get("fallbacks", True)
+    if not isinstance(allowed, bool):
+        raise InvalidRequestError(f"'thrifty.fallbacks' must be true or false, got {allowed!r}.",
+                                  param="thrifty.fallbacks")
+    return allowed
 
 
 @dataclass(frozen=True)
@@ -143,7 +155,10 @@ class ModelCaller:
         """Run ``once`` on ``model_name``, retrying and then falling back; every try is an Attempt."""
         failures: list[str] = []
         last: UpstreamError | None = None
-        for info in self._chain(model_name):
+        # Read off the client's request (ctx.request), not ``req``: the judge, classifier and
+        # compression calls made for it build requests of their own, without its options.
+        chain = self._chain(model_name) if fallbacks_allowed(ctx.request) else self._chain(model_name)[:1]
+        for info in chain:
             provider = self.providers[info.provider]
             policy = self.retry_policies.get(info.provider, RetryPolicy())
             for i in range(policy.max_retries + 1):

@@ -45,7 +45,8 @@ from thrifty.server.http_errors import (
 )
 from thrifty.server.model_access import filter_models
 from thrifty.server.passthrough import passthrough_routes
-from thrifty.server.response_resources import response_resource_routes
+from thrifty.server.reconcile import Reconciler
+from thrifty.server.response_resources import ResponseResources, response_resource_routes
 from thrifty.server.responses_api import ResponsesEndpoint
 from thrifty.server.stored_responses import ResponseIndex
 from thrifty.types import ChatRequest
@@ -111,6 +112,7 @@ def create_app(gateway: Gateway) -> Starlette:
     # Which provider holds each stored response, and whose it is (ops/wiring.py: the ledger
     # database, shared by the instances using it; memory alone without a ledger or ops).
     responses_index = getattr(getattr(gateway, "ops", None), "responses", None) or ResponseIndex(None)
+    resources = ResponseResources(gateway, responses_index)
 
     async def chat_completions(request: Request) -> Response:
         request_id = new_request_id()
@@ -193,14 +195,28 @@ def create_app(gateway: Gateway) -> Starlette:
         # POST /v1/responses and /v1/completions, passed through (server/passthrough.py).
         *passthrough_routes(gateway, ResponsesEndpoint(responses_index)),
         # GET/DELETE /v1/responses/{id}, .../cancel, .../input_items (server/response_resources.py).
-        *response_resource_routes(gateway, responses_index),
+        *response_resource_routes(resources),
         *passthrough_routes(gateway, CompletionsEndpoint()),
     ]
     routes.extend(getattr(gateway, "extra_routes", []))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
+        # Background responses nobody retrieves are settled by a periodic pass
+        # (server/reconcile.py; server.reconcile_background_s, 0 = off). It lives exactly as long
+        # as the server: stopped here before the provider connections it uses are closed.
+        server = gateway.config.server
+        reconciler = Reconciler(resources, min_age_s=server.reconcile_background_min_age_s,
+                                failure_level=logging.INFO)
+        task = reconciler.start(server.reconcile_background_s)
+        app.state.reconcile_task = task  # for a look at whether it runs (tests, a debugger)
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         # Pooled upstream connections belong to the server's loop: close them on that loop.
         for provider in gateway.providers.values():
             await provider.aclose()

@@ -25,7 +25,8 @@ or cancelled) with its usage prices that usage as the create would have been pri
 the create's ``requests`` and ``attempts`` rows, once (``ResponseIndex.amend``); a failed or
 cancelled one without usage (cancelled while queued) is recorded at zero, a failed run makes
 the request a failed one, and the key's budget counter gets the difference (``Ops.correct_spend``).
-A response nobody retrieves once finished keeps its estimate.
+A response nobody retrieves is settled the same way by the reconciler (server/reconcile.py),
+which fetches it as a retrieve would (``fetch``) and amends through ``settle``.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("thrifty.server")
 
 # A background response's end states: its usage is final then.
-_TERMINAL = frozenset({"completed", "incomplete", "failed", "cancelled"})
+TERMINAL = frozenset({"completed", "incomplete", "failed", "cancelled"})
 # End states that may come without usage: then the provider billed nothing.
 _UNRUN = frozenset({"failed", "cancelled"})
 # The create's pricing (ResponsesEndpoint.price), reused for the usage a retrieve brings.
@@ -131,6 +132,25 @@ class ResponseResources:
                                       "which has no HTTP endpoint to ask.", code="unsupported_endpoint")
         return provider
 
+    def _upstream(self, entry: StoredResponse, suffix: str = "", query: str = ""
+                  ) -> tuple[OpenAICompatProvider, str, RetryPolicy]:
+        """The provider holding ``entry``, the URL of ``/responses/{id}<suffix>?<query>`` there,
+        and the provider's retry policy: one place, so the reconciler asks exactly as a client's
+        retrieve does."""
+        provider = self._provider(entry)
+        url = f"{provider.config.base_url}/responses/{quote(entry.response_id, safe='')}{suffix}"
+        if query:
+            url += "?" + query
+        return provider, url, self.gateway.caller.retry_policies.get(entry.provider, RetryPolicy())
+
+    async def fetch(self, entry: StoredResponse) -> Any:
+        """``GET /responses/{id}`` at the provider holding ``entry``, with its retries (what a
+        client's retrieve forwards): the response object. Raises as the endpoint's call does
+        (``UpstreamStatusError`` 404 for a response the provider no longer holds; ``unknown``
+        for a provider this config no longer has)."""
+        provider, url, policy = self._upstream(entry)
+        return await _with_retries(policy, lambda: provider.request_json("GET", url))
+
     def handler(self, method: str, suffix: str) -> Any:
         """The Starlette endpoint for ``method`` on ``/responses/{id}<suffix>``."""
 
@@ -141,17 +161,13 @@ class ResponseResources:
             try:
                 self.gateway.check_open()
                 entry = await self._caller(request, response_id)
-                provider = self._provider(entry)
-                url = f"{provider.config.base_url}/responses/{quote(response_id, safe='')}{suffix}"
-                if request.url.query:
-                    url += "?" + request.url.query
-                policy = self.gateway.caller.retry_policies.get(entry.provider, RetryPolicy())
+                provider, url, policy = self._upstream(entry, suffix, request.url.query)
                 headers = {**request_id_headers(request_id), "x-thrifty-model": entry.model}
                 if method == "GET" and not suffix and request.query_params.get("stream") == "true":
                     return await self._stream(provider, url, policy, entry, headers, request_id)
                 body = await _with_retries(policy, lambda: provider.request_json(method, url))
                 if (method, suffix) in (("GET", ""), ("POST", "/cancel")):
-                    await self._amended(entry, body, request_id)
+                    await self.settle(entry, body, request_id)
                 if method == "DELETE":
                     await self.index.forget(response_id)
                     body = body or {"id": response_id, "object": "response", "deleted": True}
@@ -167,8 +183,10 @@ class ResponseResources:
 
         return endpoint
 
-    async def _amended(self, entry: StoredResponse, response: Any, request_id: str) -> None:
-        """``_amend``, which must never fail a retrieve the provider answered: a fault is logged."""
+    async def settle(self, entry: StoredResponse, response: Any, request_id: str) -> None:
+        """``_amend``, which must never fail a retrieve the provider answered: a fault is logged.
+        The reconciler (server/reconcile.py) settles through here too, so both write the same
+        rows, budget correction, /metrics and log line, under the same claim."""
         try:
             await self._amend(entry, response, request_id)
         except Exception:
@@ -178,7 +196,7 @@ class ResponseResources:
     async def _amend(self, entry: StoredResponse, response: Any, request_id: str) -> None:
         """A finished background response's usage over its create's estimate (once), and the
         difference on its key's budget."""
-        outcome = self._outcome(entry, response)
+        outcome = self.outcome(entry, response)
         if outcome is None:
             return
         ledger = self.gateway.ledger
@@ -202,7 +220,7 @@ class ResponseResources:
         if amended.estimate_usd is not None and outcome.cost_usd is not None and entry.key_id is not None:
             await self.gateway.ops.correct_spend(entry.key_id, entry.ts, outcome.cost_usd - amended.estimate_usd)
 
-    def _outcome(self, entry: StoredResponse, response: Any) -> Outcome | None:
+    def outcome(self, entry: StoredResponse, response: Any) -> Outcome | None:
         """What the finished ``response`` changes in the create's rows; None while it is not
         finished (or nothing can be said: no usage on a completed one, a model no longer priced).
 
@@ -210,7 +228,7 @@ class ResponseResources:
         (a response cancelled while queued never ran): it is recorded at zero, not at the
         estimate. A completed one without usage keeps the estimate: some OpenAI-compatible
         servers never report it."""
-        if not entry.pending or not isinstance(response, dict) or response.get("status") not in _TERMINAL:
+        if not entry.pending or not isinstance(response, dict) or response.get("status") not in TERMINAL:
             return None
         status, usage = response["status"], response.get("usage")
         failure = self._failure(response) if status == "failed" else None
@@ -254,7 +272,7 @@ class ResponseResources:
                         final.feed(chunk)
                     yield chunk
                 if final.response is not None:
-                    await self._amended(entry, final.response, request_id)
+                    await self.settle(entry, final.response, request_id)
             except UpstreamError as exc:  # the client has part of it: end with the error event SDKs raise on
                 log.info("stream %s broke: %s", request_id, self.gateway.redactor(exc.message))
                 err = exc.to_openai()["error"]
@@ -293,8 +311,7 @@ async def _unserved(request: Request) -> Response:
     return error_response(NotFoundError(message, code="unsupported_endpoint"), new_request_id())
 
 
-def response_resource_routes(gateway: Gateway, index: ResponseIndex) -> list[Route]:
-    resources = ResponseResources(gateway, index)
+def response_resource_routes(resources: ResponseResources) -> list[Route]:
     routes: list[Route] = []
     for prefix in ("/v1", ""):
         base = f"{prefix}/responses/{{response_id}}"

@@ -21,7 +21,9 @@ the estimate, exactly once: it claims the entry with ``UPDATE ... SET pending = 
 the one whose claim changed the row amends, and a claim made before the request's row reached
 the database (it is written off the response path) is rolled back and left for a later
 retrieve. A stale ``pending`` in another instance's memory only costs that instance a claim
-that changes nothing.
+that changes nothing. An entry nobody retrieves is settled by the reconciler
+(server/reconcile.py: ``pending_before`` lists them, ``amend`` settles them as a retrieve does,
+``give_up`` ends the wait for one the provider no longer holds).
 
 The entry is written before the client sees the response's id (before the non-streaming answer
 is returned, or the stream's first event relayed), so a client can use the id at once on any
@@ -195,9 +197,15 @@ class ResponseIndex:
                                  " FROM requests r JOIN attempts a ON a.request_id = r.request_id"
                                  " WHERE r.request_id = ? AND a.seq = (SELECT MAX(seq) FROM attempts"
                                  " WHERE request_id = ?)", (entry.request_id, entry.request_id))
-            estimate = None if not before or before[0][0] is None else float(before[0][0])
-            usage = (Usage(prompt_tokens=int(before[0][1]), cached_tokens=int(before[0][2]),
-                           completion_tokens=int(before[0][3])) if before else Usage())
+            if not before:
+                # Not written yet: no claim. Claiming now could succeed if the writer inserted the
+                # row just after this read, and the amendment would go out without its estimate
+                # (the budget correction and /metrics difference lost). Reported as the
+                # request's row missing: flushed, then read again.
+                return 1, None, Usage()
+            estimate = None if before[0][0] is None else float(before[0][0])
+            usage = Usage(prompt_tokens=int(before[0][1]), cached_tokens=int(before[0][2]),
+                          completion_tokens=int(before[0][3]))
             return store.execute_all(steps), estimate, usage
 
         try:
@@ -216,8 +224,55 @@ class ResponseIndex:
                 self._memory[entry.response_id] = dataclasses.replace(current, pending=False)
         else:
             log.info("request %s: its ledger row is not written yet; background response %s keeps its estimate "
-                     "until a later retrieve", entry.request_id, entry.response_id)
+                     "until a later retrieve or reconciliation", entry.request_id, entry.response_id)
         return Amended(estimate, usage) if missing is None else None
+
+    async def pending_before(self, before: float, since: float = 0.0, limit: int | None = None,
+                             wait_s: float = DB_WAIT_S) -> list[StoredResponse]:
+        """The entries still ``pending`` created in ``[since, before)``, oldest first (at most
+        ``limit``), for the reconciler (server/reconcile.py). Entries past the retention are left
+        out: the provider no longer holds them, and the prune removes them. They are kept in
+        memory, so ``settled`` can tell afterwards what ``amend`` made of each. Raises
+        ``StorageError`` (the caller decides: a pass skipped, or the CLI's error)."""
+        if self.store is None:
+            return []
+        store = self.store
+        since = max(since, time.time() - self.retention_s)
+        sql = (f"SELECT {_COLUMNS} FROM stored_responses WHERE pending = 1 AND ts >= ? AND ts < ? ORDER BY ts"
+               + ("" if limit is None else f" LIMIT {int(limit)}"))
+        rows = await in_thread(lambda: store.query(sql, (since, before)), wait_s, "pending background responses")
+        entries = []
+        for rid, request_id, ts, model, provider, key_id, tenant, pending in rows:
+            entry = StoredResponse(str(rid), str(request_id), str(model), str(provider),
+                                   None if key_id is None else str(key_id), str(tenant), float(ts), bool(pending))
+            self._keep(entry)
+            entries.append(entry)
+        return entries
+
+    def settled(self, response_id: str) -> bool:
+        """Whether this index knows ``response_id`` as no longer pending (``amend`` marks it so
+        when it amended the rows, or found them amended by another call or instance)."""
+        entry = self._memory.get(response_id)
+        return entry is not None and not entry.pending
+
+    async def give_up(self, entry: StoredResponse) -> bool:
+        """Stop treating ``entry`` as pending without touching its ledger rows (they keep the
+        estimate): the provider no longer holds it, or it finished with nothing to price. The
+        same claim as ``amend``, alone, so of several reconcilers only one reports it: True for
+        the call whose claim changed the row. A failed write is logged and leaves it pending."""
+        if self.store is None:
+            return False
+        store = self.store
+        try:
+            changed = await in_thread(lambda: store.execute(_CLAIM, (entry.response_id,)), DB_WAIT_S,
+                                      "background response give-up")
+        except StorageError as exc:
+            log.warning("background response %s stays pending: %s", entry.response_id, exc.message)
+            return False
+        current = self._memory.get(entry.response_id)
+        if current is not None:
+            self._memory[entry.response_id] = dataclasses.replace(current, pending=False)
+        return bool(changed)
 
     async def forget(self, response_id: str) -> None:
         """Drop ``response_id`` (the provider deleted it); a failed delete is only logged."""

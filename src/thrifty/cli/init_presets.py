@@ -1,0 +1,175 @@
+"""What ``thrifty init`` writes: provider presets, the model hierarchy and its prices.
+
+A preset (``data/init_presets.yaml``) names a provider's base URL, key variable and a
+cheap-to-premium hierarchy of models it serves. The hierarchy written is the presets' models
+together, cheapest output price first; the baseline is the most expensive premium model; the
+default model the cheapest small one. Each price is read at init time from the catalog built
+from the config about to be written, the same way `serve` will price it (the catalog reads a
+model's price under the provider its ``base_url`` names: genai-prices lists Groq's, Together's
+and most of OpenRouter's models under that provider only). No price is written into the file.
+
+A URL whose host is no preset's (vLLM, Ollama, the mock upstream) keeps thrifty's seed
+hierarchy under one provider ``main``, as before presets existed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from thrifty.catalog import SEED_MODELS, ModelPrice
+from thrifty.config import load_config
+from thrifty.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    base_url: str
+    api_key_env: str
+    hosts: tuple[str, ...]
+    genai_provider: str | None
+    models: tuple[tuple[str, str], ...]  # (name as the provider's API names it, tier)
+
+
+@dataclass
+class Entry:
+    """One model line of the written config."""
+
+    name: str
+    upstream: str
+    provider: str
+    tier: str
+    price: ModelPrice | None = None
+
+
+@cache
+def presets() -> dict[str, Preset]:
+    raw = yaml.safe_load(resources.files("thrifty").joinpath("data/init_presets.yaml").read_text(encoding="utf-8"))
+    return {name: Preset(name=name, base_url=p["base_url"], api_key_env=p["api_key_env"],
+                         hosts=tuple(p.get("hosts", ())), genai_provider=p.get("genai_provider"),
+                         models=tuple((m["name"], m["tier"]) for m in p["models"]))
+            for name, p in raw.items()}
+
+
+def preset_for_url(url: str) -> Preset | None:
+    """The preset whose API lives at ``url``'s host, if any."""
+    host = (urlsplit(url).hostname or "").lower()
+    return next((p for p in presets().values() if host in p.hosts), None)
+
+
+def choose_presets(names: list[str]) -> list[Preset]:
+    """The presets named by ``--provider`` (case-insensitive, repeats dropped), in order."""
+    known = presets()
+    chosen: list[Preset] = []
+    for raw in names:
+        name = raw.strip().lower()
+        if name not in known:
+            raise UsageError(f"--provider: unknown preset {raw!r} (known: {', '.join(sorted(known))})")
+        if known[name] not in chosen:
+            chosen.append(known[name])
+    return chosen
+
+
+@contextlib.contextmanager
+def _quiet_catalog() -> Iterator[None]:
+    """The catalog warns about each unpriced model; the written comment says it instead."""
+    logger = logging.getLogger("thrifty.catalog")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _entries(groups: list[tuple[str, Preset | None]]) -> list[Entry]:
+    """The models of every (provider key, preset) pair; ``None``: the seed hierarchy."""
+    entries = [Entry(name=m, upstream=m, provider=key, tier=tier)
+               for key, p in groups if p is not None for m, tier in p.models]
+    entries += [Entry(name=m, upstream=m, provider=key, tier=str(seed["tier"]))
+                for key, p in groups if p is None for m, seed in SEED_MODELS.items()]
+    # Names stay unique: a name two providers share gets its provider's key in front.
+    shared = {e.name for e in entries if sum(o.name == e.name for o in entries) > 1}
+    for e in entries:
+        if e.name in shared:
+            e.name = f"{e.provider}/{e.upstream}"
+    return entries
+
+
+def price_entries(providers: dict[str, dict[str, Any]], entries: list[Entry]) -> None:
+    """Set each entry's price as the catalog of the written config will have it."""
+    models = {e.name: {"provider": e.provider, **({"upstream_model": e.upstream} if e.upstream != e.name else {})}
+              for e in entries}
+    with _quiet_catalog():
+        catalog = load_config({"providers": providers, "models": models}, env={}).build_catalog()
+    for e in entries:
+        info = catalog.get(e.name)
+        e.price = info.price if info else None
+
+
+def usd(value: float) -> str:
+    """A price as written in the comments: two decimals at least, more when they matter."""
+    text = f"{value:.6f}".rstrip("0")
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac.ljust(2, '0')}"
+
+
+def _price_comment(e: Entry) -> str:
+    if e.price is None:
+        return "no known price: add a price: block (input, output) or costs are recorded as unknown"
+    text = f"${usd(e.price.input)} in / ${usd(e.price.output)} out per million tokens"
+    if e.price.cached_input is not None:
+        text += f" (cached in ${usd(e.price.cached_input)})"
+    return text
+
+
+def render(groups: list[tuple[str, Preset | None]], urls: dict[str, str], key_envs: dict[str, str]) -> str:
+    """The whole config text for the providers ``groups`` (key, preset or None for the seed)."""
+    providers = {key: {"base_url": urls[key], "api_key": "x"} for key, _ in groups}
+    entries = _entries(groups)
+    price_entries(providers, entries)
+    # Cheapest output first; unknown prices last; ties keep the presets' order.
+    entries.sort(key=lambda e: e.price.output if e.price else float("inf"))
+    premium = [e for e in entries if e.tier == "premium" and e.price] or [e for e in entries if e.price] or entries
+    baseline = max(premium, key=lambda e: e.price.output if e.price else 0.0)
+    default = next((e for tier in ("small", "nano", "medium") for e in entries if e.tier == tier), entries[0])
+    below = entries.index(baseline) - 1
+
+    prov_lines: list[str] = []
+    for key, _ in groups:
+        prov_lines += [f"  {key}:",
+                       f"    base_url: {urls[key]}",
+                       f"    api_key: ${{{key_envs[key]}}}".ljust(37) + "# stays in the gateway; clients never see it",
+                       "    timeout_s: 120                   # a call (or a stream's gap between chunks) that takes longer fails",
+                       "    max_retries: 2                   # retries on connection errors, 429 and 5xx (honours Retry-After)"]
+    model_lines: list[str] = []
+    for e in entries:
+        model_lines += [f"  {e.name}:".ljust(37) + "# " + _price_comment(e), f"    provider: {e.provider}"]
+        if e.upstream != e.name:
+            model_lines.append(f"    upstream_model: {e.upstream}      # the name {e.provider}'s API knows it by")
+        model_lines.append(f"    tier: {e.tier}")
+        if e is baseline:
+            model_lines.append("    aliases: [premium]")
+            if below >= 0:
+                model_lines.append(f"    fallbacks: [{entries[below].name}]".ljust(37)
+                                   + f"# used when {e.name}'s retries are exhausted")
+    note = ""
+    if any(p is None for _, p in groups):
+        note += ("# These are thrifty's seed model names: the server at base_url must serve each one under\n"
+                "# this name (the mock upstream answers any name). For vLLM, Ollama or another server, rename\n"
+                "# them to models it serves, or set `upstream_model:` to the name it knows.\n")
+    text = resources.files("thrifty").joinpath("data/starter.yaml").read_text(encoding="utf-8")
+    for placeholder, value in (("__PROVIDERS__", "\n".join(prov_lines)), ("__MODELS_NOTE__", note),
+                               ("__MODELS__", "\n".join(model_lines)), ("__BASELINE__", baseline.name),
+                               ("__DEFAULT_MODEL__", default.name)):
+        text = text.replace(placeholder, value)
+    return text
