@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -152,12 +153,37 @@ def lookup_genai_price(model_ref: str, provider_id: str | None = None) -> ModelP
         # Tiered by prompt size: a 2M-token prompt does not cost what the base tier says.
         flat = 2000 * input_p + output_p
         tiered = abs(per_million(input_tokens=2_000_000, output_tokens=1000) - flat) > 1e-9 * max(flat, 1.0)
+        # Priced by the hour (DeepSeek's peak hours cost twice its off-peak ones) or changing on a
+        # date to come: a figure read once at start-up would price every later call at that hour's
+        # rate, so such a price is asked of genai-prices per call, at the call's time, as a tiered one.
+        tiered = tiered or _varies_in_time(model_ref, provider_id)
         audio = _genai_audio_prices(model_ref, provider_id, per_million)
     except Exception as exc:  # LookupError for unknown models; anything else is a library fault
         log.debug("genai-prices has no price for %s: %s", model_ref, exc)
         return None
     return ModelPrice(input=input_p, output=output_p, cached_input=cached_p, cache_write=write_p, **audio,
                       source="genai-prices", genai_ref=(model_ref, provider_id) if tiered else None)
+
+
+def _varies_in_time(model_ref: str, provider_id: str | None) -> bool:
+    """Whether genai-prices prices ``model_ref`` differently at another hour of the day or on a
+    later date (within a year): sampled, as the library's constraints are its own business."""
+    from genai_prices import Usage, calc_price
+
+    try:
+        return len(_prices_over_time(calc_price, Usage(input_tokens=1_000_000, output_tokens=1_000_000),
+                                     model_ref, provider_id)) > 1
+    except Exception:  # a library fault: the price stays the start-up figure, never unknown
+        return False
+
+
+def _prices_over_time(calc_price: Callable[..., Any], tokens: Any, model_ref: str,
+                      provider_id: str | None) -> set[Any]:
+    now = datetime.now(UTC)
+    day = now.replace(minute=30, second=0, microsecond=0)
+    times = [day.replace(hour=h) for h in range(24)] + [now + timedelta(days=d) for d in (7, 30, 90, 180, 365)]
+    return {calc_price(tokens, model_ref=model_ref, provider_id=provider_id, genai_request_timestamp=t).total_price
+            for t in times}
 
 
 def _genai_audio_prices(model_ref: str, provider_id: str | None,
@@ -194,10 +220,11 @@ def resolve_price(
 ) -> ModelPrice | None:
     """The price of a model following the module's resolution order (config fields override)."""
     # The provider's own price first: a model several providers serve (an open-weights model on
-    # Groq, Together, OpenRouter...) costs what the provider serving it charges, and many such
-    # names are listed under their provider only, so a name-only look-up finds nothing.
-    base = (seed_price(name) or seed_price(upstream_model)
-            or (lookup_genai_price(upstream_model, provider_hint) if provider_hint else None)
+    # Groq, Together, OpenRouter...) costs what the provider serving it charges, many such names
+    # are listed under their provider only (a name-only look-up finds nothing), and a provider's
+    # price beats the seed table's illustrative one (its deepseek-v4-flash is not DeepSeek's).
+    base = ((lookup_genai_price(upstream_model, provider_hint) if provider_hint else None)
+            or seed_price(name) or seed_price(upstream_model)
             or lookup_genai_price(upstream_model, None))
     if configured:
         if base is None:

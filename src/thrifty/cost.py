@@ -8,8 +8,10 @@ Rules (the part of gateways most often wrong):
   + completion * output price.
 - Batch calls use the batch prices, or half the normal prices when only those are known
   (OpenAI's and Anthropic's Batch APIs both discount 50%).
-- A price tiered by prompt size (``ModelPrice.genai_ref``, from genai-prices) is asked of
-  genai-prices with the call's real token counts; the per-million figures are its base tier.
+- A price tiered by prompt size or varying in time (``ModelPrice.genai_ref``, from genai-prices:
+  DeepSeek's peak and off-peak hours, a price change on a date) is asked of genai-prices with the
+  call's real token counts at the time it is priced (the call's end); the per-million figures are
+  its base tier at start-up, for estimates and ordering only.
 - Audio tokens (``Usage.audio_prompt_tokens`` / ``cached_audio_tokens`` /
   ``audio_completion_tokens``, all inside the totals) are priced at the audio rates and only the
   rest at the text rates. Cached audio without a ``cached_audio_input`` rate pays ``input_audio``
@@ -24,6 +26,7 @@ Rules (the part of gateways most often wrong):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from thrifty.catalog import ModelPrice
 from thrifty.types import Usage
@@ -92,6 +95,11 @@ def _priced(usage: Usage, price: ModelPrice | None, batch: bool) -> tuple[float 
     return usd, guessed
 
 
+def now() -> datetime:
+    """When a call is priced (a function, so a test can move the clock)."""
+    return datetime.now(UTC)
+
+
 def _genai_price(usage: Usage, model_ref: str, provider_id: str | None) -> float | None:
     """genai-prices' price of ``usage`` (its input_tokens include cache reads and writes)."""
     try:
@@ -103,7 +111,8 @@ def _genai_price(usage: Usage, model_ref: str, provider_id: str | None) -> float
                             input_audio_tokens=usage.audio_prompt_tokens,
                             cache_audio_read_tokens=usage.cached_audio_tokens,
                             output_audio_tokens=usage.audio_completion_tokens)
-        return float(calc_price(tokens, model_ref=model_ref, provider_id=provider_id).total_price)
+        return float(calc_price(tokens, model_ref=model_ref, provider_id=provider_id,
+                                genai_request_timestamp=now()).total_price)
     except Exception:  # pricing never fails a request: fall back to the base tier
         return None
 

@@ -156,3 +156,20 @@ def test_a_model_is_priced_at_the_provider_serving_it() -> None:
     assert local is not None and local.price is None  # an unknown host: nothing to go by
     premium = catalog.get("gpt-4o")
     assert premium is not None and premium.price is not None  # names priced without a hint still are
+
+
+def test_the_provider_price_beats_the_seed_table() -> None:
+    """The seed table's figures are illustrative; a seed name served by a provider genai-prices
+    knows costs that provider's price (and an hourly one is asked per call)."""
+    from thrifty.catalog import seed_price
+    from thrifty.config import load_config
+
+    cfg = load_config({"providers": {"ds": {"base_url": "https://api.deepseek.com/v1"},
+                                     "mock": {"base_url": "http://127.0.0.1:8001/v1"}},
+                       "models": {"deepseek-v4-flash": {"provider": "ds"},
+                                  "local": {"provider": "mock", "upstream_model": "deepseek-v4-flash"}}})
+    catalog = cfg.build_catalog()
+    at_deepseek, at_mock = catalog.get("deepseek-v4-flash"), catalog.get("local")
+    assert at_deepseek is not None and at_deepseek.price is not None and at_deepseek.price.source == "genai-prices"
+    assert at_deepseek.price.genai_ref == ("deepseek-v4-flash", "deepseek")
+    assert at_mock is not None and at_mock.price == seed_price("deepseek-v4-flash")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC
+
 import pytest
 
 from thrifty.catalog import ModelPrice
@@ -88,3 +90,27 @@ def test_batch_prices_and_default_half_price() -> None:
 def test_garbage_usage_fields_are_ignored() -> None:
     u = Usage.from_openai({"prompt_tokens": "many", "completion_tokens": -3, "cost": True})
     assert (u.prompt_tokens, u.completion_tokens, u.cost) == (0, 0, None)
+
+
+def test_a_price_that_changes_with_the_hour_is_read_at_the_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DeepSeek charges twice as much in its peak hours (genai-prices: 01-04 and 06-10 UTC). The
+    catalog read one figure at start-up, so a gateway started at a peak hour priced every later
+    call at the peak rate, and one started off-peak under-counted the peak calls by half."""
+    from datetime import datetime
+
+    from thrifty import cost
+    from thrifty.catalog import lookup_genai_price
+
+    price = lookup_genai_price("deepseek-flash", "deepseek")
+    assert price is not None and price.genai_ref == ("deepseek-flash", "deepseek")
+    usage = Usage(prompt_tokens=1_000_000, completion_tokens=1_000_000)
+    day = datetime.now(UTC).date()
+    monkeypatch.setattr(cost, "now", lambda: datetime(day.year, day.month, day.day, 2, 0, tzinfo=UTC))
+    peak = call_cost(usage, price)
+    monkeypatch.setattr(cost, "now", lambda: datetime(day.year, day.month, day.day, 14, 0, tzinfo=UTC))
+    off_peak = call_cost(usage, price)
+    assert peak.source == off_peak.source == "computed"
+    assert peak.usd == pytest.approx(2 * off_peak.usd)  # type: ignore[operator]
+    # A flat price is not asked per call.
+    flat = lookup_genai_price("gpt-4o", None)
+    assert flat is not None and flat.genai_ref is None
