@@ -34,6 +34,9 @@ log = logging.getLogger("thrifty.catalog")
 
 
 _AUDIO_FIELDS = ("input_audio", "output_audio", "cached_audio_input")
+# Tokens of room for reasoning added to the limit of thrifty's own calls to a reasoning model
+# (``models.NAME.reasoning_budget``; internal_calls.py).
+DEFAULT_REASONING_BUDGET = 1024
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,11 @@ class ModelInfo:
     fallbacks: tuple[str, ...] = ()
     supports_json_mode: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    # How thrifty's own calls (judge, classifier, compression...) are sent to it (internal_calls.py):
+    # reasoning None is "auto" (by upstream name, or learned at run time); effort "auto" is by family.
+    reasoning: bool | None = None
+    reasoning_budget: int = DEFAULT_REASONING_BUDGET
+    reasoning_effort: str | None = "auto"
 
     @property
     def output_price(self) -> float:

@@ -20,7 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from thrifty.batching.config import BatchingConfig
 from thrifty.cache.config import CacheConfig
-from thrifty.catalog import Catalog, ModelInfo, genai_provider_for_url, resolve_price
+from thrifty.catalog import (
+    DEFAULT_REASONING_BUDGET,
+    Catalog,
+    ModelInfo,
+    genai_provider_for_url,
+    resolve_price,
+)
 from thrifty.compress.config import CompressionConfig
 from thrifty.config_source import interpolate_env, missing_env_vars, read_raw, yaml_problem
 from thrifty.errors import ConfigError, printable
@@ -112,6 +118,20 @@ class ModelConfig(_Strict):
     aliases: list[str] = Field(default_factory=list)
     fallbacks: list[str] = Field(default_factory=list)
     supports_json_mode: bool = True
+    # thrifty's own calls to this model (judge, classifier, compression...): auto recognises
+    # reasoning models by upstream name and learns the rest at run time (internal_calls.py).
+    reasoning: bool | Literal["auto"] = "auto"
+    reasoning_budget: int = Field(default=DEFAULT_REASONING_BUDGET, ge=0, le=100_000)
+    # OpenAI's values; "auto": by family (low, or none sent); null: never sent.
+    reasoning_effort: Literal["auto", "none", "minimal", "low", "medium", "high", "xhigh"] | None = "auto"
+
+    @field_validator("reasoning", mode="before")
+    @classmethod
+    def _reasoning(cls, v: Any) -> Any:
+        # One plain message instead of pydantic's one per member of the union.
+        if v is True or v is False or v == "auto":
+            return v
+        raise ValueError(f"expected auto, true or false (got {v!r})")
 
 
 class LedgerConfig(_Strict):
@@ -304,6 +324,9 @@ class Config(_Strict):
                     aliases=tuple(m.aliases),
                     fallbacks=tuple(m.fallbacks),
                     supports_json_mode=m.supports_json_mode,
+                    reasoning=None if m.reasoning == "auto" else m.reasoning,
+                    reasoning_budget=m.reasoning_budget,
+                    reasoning_effort=m.reasoning_effort,
                 )
             )
         return Catalog(infos, baseline=self.baseline)

@@ -10,7 +10,8 @@ Rules (the part of gateways most often wrong):
   (OpenAI's and Anthropic's Batch APIs both discount 50%).
 - A price tiered by prompt size or varying in time (``ModelPrice.genai_ref``, from genai-prices:
   DeepSeek's peak and off-peak hours, a price change on a date) is asked of genai-prices with the
-  call's real token counts at the time it is priced (the call's end); the per-million figures are
+  call's real token counts at the time it is priced (the call's end; ``priced_at`` for a call
+  priced later than it ran, a background response); the per-million figures are
   its base tier at start-up, for estimates and ordering only.
 - Audio tokens (``Usage.audio_prompt_tokens`` / ``cached_audio_tokens`` /
   ``audio_completion_tokens``, all inside the totals) are priced at the audio rates and only the
@@ -25,6 +26,9 @@ Rules (the part of gateways most often wrong):
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -95,9 +99,26 @@ def _priced(usage: Usage, price: ModelPrice | None, batch: bool) -> tuple[float 
     return usd, guessed
 
 
+# The time a call ran, when it is priced later than that (``priced_at``); None: now.
+_RAN_AT: ContextVar[datetime | None] = ContextVar("thrifty_cost_ran_at", default=None)
+
+
 def now() -> datetime:
-    """When a call is priced (a function, so a test can move the clock)."""
-    return datetime.now(UTC)
+    """When a call is priced: the time ``priced_at`` set, else now (a function, so a test can
+    move the clock)."""
+    return _RAN_AT.get() or datetime.now(UTC)
+
+
+@contextlib.contextmanager
+def priced_at(when: datetime) -> Iterator[None]:
+    """Price the calls of this block as of ``when``. A background response is priced when a
+    retrieve or the reconciler settles it, possibly hours after it ran: a price that changes
+    with the hour must be read at the hour it ran, not the settling one."""
+    token = _RAN_AT.set(when)
+    try:
+        yield
+    finally:
+        _RAN_AT.reset(token)
 
 
 def _genai_price(usage: Usage, model_ref: str, provider_id: str | None) -> float | None:

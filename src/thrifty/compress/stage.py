@@ -25,10 +25,11 @@ from thrifty.compress.store import DocStore, open_doc_store
 from thrifty.compress.system_prompt import SystemPromptCompressor
 from thrifty.config import Config
 from thrifty.errors import ConfigError, StorageError, UpstreamError
+from thrifty.internal_calls import complete_internal
 from thrifty.pipeline.caller import ModelCaller
 from thrifty.pipeline.context import Handler, RequestContext
 from thrifty.tokens import count_text
-from thrifty.types import ChatRequest, response_text
+from thrifty.types import response_text
 
 log = logging.getLogger("thrifty.compress")
 
@@ -153,12 +154,11 @@ class CompressStage:
             if doc is not None:
                 return str(doc["text"])
             transcript = history.transcript(dropped)
-            req = ChatRequest(model=model, params={"temperature": 0, "max_tokens": rc.summary_max_tokens}, messages=[
-                {"role": "system", "content": prompts.SUMMARY_SYSTEM.format(target=rc.summary_max_tokens)},
-                {"role": "user", "content": transcript},
-            ])
-            try:
-                resp, _ = await self.caller.complete(ctx, model, req, purpose="summarize")
+            messages = [{"role": "system", "content": prompts.SUMMARY_SYSTEM.format(target=rc.summary_max_tokens)},
+                        {"role": "user", "content": transcript}]
+            try:  # shaped for the model (internal_calls): a reasoning one gets room to reason
+                resp, _ = await complete_internal(self.caller, ctx, model, messages,
+                                                  max_tokens=rc.summary_max_tokens, purpose="summarize")
             except UpstreamError as exc:
                 log.warning("history summary failed upstream, dropping the middle unsummarised: %s", exc.message)
                 return None

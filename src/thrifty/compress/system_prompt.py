@@ -10,7 +10,8 @@ other instances from starting a second one; they serve the original until the re
 The result is validated (``validate.check``, then the optional A/B check) and stored with its
 verdict: a failed compression is recorded and the original keeps being used. Later requests
 read the stored record (memoised for ``memo_ttl_s`` so `thrifty compress approve/reject` apply
-within seconds).
+within seconds). The compression, A/B answer and A/B judge calls are shaped for their model by
+``internal_calls`` (a reasoning model gets room to reason and no temperature).
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from thrifty.compress.config import CompressionConfig
 from thrifty.compress.store import DocStore
 from thrifty.compress.validate import check
 from thrifty.errors import UpstreamError
+from thrifty.internal_calls import complete_internal
 from thrifty.pipeline.caller import ModelCaller
 from thrifty.pipeline.context import RequestContext
 from thrifty.tokens import count_text
-from thrifty.types import ChatRequest, response_text
+from thrifty.types import response_text
 
 log = logging.getLogger("thrifty.compress")
 
@@ -127,12 +129,9 @@ class SystemPromptCompressor:
             must_keep="; ".join(self.cfg.must_keep) or "(none)",
             target=target,
         )
-        req = ChatRequest(
-            model=self.config.model,
-            messages=[{"role": "system", "content": system}, {"role": "user", "content": text}],
-            params={"temperature": 0, "max_tokens": self.cfg.max_output_tokens},
-        )
-        response, attempt = await self.caller.complete(ctx, self.config.model, req, purpose="compress")
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": text}]
+        response, attempt = await complete_internal(self.caller, ctx, self.config.model, messages,
+                                                    max_tokens=self.cfg.max_output_tokens, purpose="compress")
         return response_text(response).strip(), attempt.cost_usd
 
     async def _ab_check(self, ctx: RequestContext, original: str, compressed: str) -> tuple[bool, str]:
@@ -144,15 +143,15 @@ class SystemPromptCompressor:
         for q in ab.questions:
             answers = []
             for system in (original, compressed):
-                req = ChatRequest(model=self.config.model, params={"temperature": 0},
-                                  messages=[{"role": "system", "content": system}, {"role": "user", "content": q}])
-                resp, _ = await self.caller.complete(ctx, self.config.model, req, purpose="compress")
+                resp, _ = await complete_internal(
+                    self.caller, ctx, self.config.model,
+                    [{"role": "system", "content": system}, {"role": "user", "content": q}],
+                    max_tokens=None, purpose="compress")  # no limit: the answers are compared whole
                 answers.append(response_text(resp))
-            jreq = ChatRequest(model=judge, params={"temperature": 0, "max_tokens": 3}, messages=[
+            resp, _ = await complete_internal(self.caller, ctx, judge, [
                 {"role": "system", "content": prompts.JUDGE_SYSTEM},
                 {"role": "user", "content": f"Question: {q}\n\nAnswer 1: {answers[0]}\n\nAnswer 2: {answers[1]}"},
-            ])
-            resp, _ = await self.caller.complete(ctx, judge, jreq, purpose="judge")
+            ], max_tokens=3, purpose="judge")
             agree += response_text(resp).strip().upper().startswith("YES")
         rate = agree / len(ab.questions)
         if rate < ab.min_agreement:

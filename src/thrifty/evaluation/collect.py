@@ -26,6 +26,7 @@ from typing import IO, TYPE_CHECKING, Any
 from thrifty.catalog import Catalog
 from thrifty.cost import price_tokens
 from thrifty.errors import DataError, InvalidRequestError, ThriftyError, printable
+from thrifty.internal_calls import MAX_LESSONS, learn_from_error, learn_from_reply
 from thrifty.jsonl import iter_jsonl
 from thrifty.ledger.records import ERROR_CHARS
 from thrifty.pipeline.context import RequestContext, new_request_id
@@ -249,11 +250,24 @@ class Collector:
         # then the reference's start, out of what it was shown. The reference's end is cut instead.
         room = max(scorer.max_chars // 2, scorer.max_chars - len(head))
         shown = ChatRequest(model=scorer.model, messages=[{"role": "user", "content": head + reference[:room]}])
-        req = scorer.judge_request(shown, candidate)
-        req = req.copy_with(options={**RAW_OPTIONS, "task": JUDGE_TASK})
-        ctx, error = await self._call(req)
-        cost = ctx.cost_usd or ctx.spent_usd() or 0.0
-        self.summary.judge_spent += cost
+        catalog = self.gw.catalog
+        cost = 0.0
+        # Shaped for the judge model (internal_calls); sent again, like the gateway's own judge,
+        # when its provider refuses a parameter or it reasoned its whole budget away.
+        for lesson in range(MAX_LESSONS + 1):
+            req = scorer.judge_request(shown, candidate, catalog)
+            req = req.copy_with(options={**RAW_OPTIONS, "task": JUDGE_TASK})
+            ctx, error = await self._call(req)
+            spent = ctx.cost_usd or ctx.spent_usd() or 0.0
+            cost += spent
+            self.summary.judge_spent += spent
+            if lesson == MAX_LESSONS:
+                break
+            if error is not None and learn_from_error(catalog, scorer.model, req.params, error, status=None):
+                continue
+            if error is None and ctx.response is not None and learn_from_reply(catalog, scorer.model, ctx.response):
+                continue
+            break
         if error is not None:
             raise _NotGraded(f"judge {scorer.model} failed: {error[:200]}")
         reply = response_text(ctx.response or {})
@@ -269,9 +283,13 @@ class Collector:
         if p.answer is not None:
             reference = p.answer
         else:
-            ref = outcomes[ref_model]
-            if "error" in ref:
-                raise _NotGraded(f"the reference model {ref_model} failed: {ref['error'][:200]}")
+            ref = outcomes.get(ref_model)
+            if isinstance(ref, dict) and "error" in ref:
+                raise _NotGraded(f"the reference model {ref_model} failed: {str(ref['error'])[:200]}")
+            if not isinstance(ref, dict) or not isinstance(ref.get("response"), str):
+                # Only a line edited by hand (collect writes every reference's answer): it cannot
+                # be graded, and says so instead of a traceback.
+                raise _NotGraded(f"the line holds no answer of the reference model {ref_model}")
             reference = ref["response"]
             ref["score"] = 1.0
         family = detect_family(p.question())

@@ -33,7 +33,7 @@ from thrifty.errors import AuthenticationError, InvalidRequestError, NotFoundErr
 from thrifty.mock import wire
 from thrifty.mock.batches import BatchAPI
 from thrifty.mock.behaviour import BehaviourTable, Faults, MockConfig, merge_faults
-from thrifty.mock.completion import Plan, Planner, validate
+from thrifty.mock.completion import Plan, Planner, refuse_unsupported, validate
 from thrifty.mock.embeddings import embeddings
 from thrifty.mock.faults import HEADER, FaultState, parse_header
 from thrifty.mock.packed import PACK_FAULTS
@@ -197,6 +197,7 @@ class MockUpstream:
                 f"The model `{model}` does not exist or you do not have access to it.", param="model"
             )
         behaviour = self.behaviours.get(model)
+        refuse_unsupported(body, behaviour)  # a reasoning model's 400s, before any fault or answer
         faults = behaviour.faults if override is None else merge_faults(behaviour.faults, override)
         if override is not None and override.model_fields_set & set(PACK_FAULTS):
             behaviour = behaviour.model_copy(update={"faults": faults})  # packed answers read them

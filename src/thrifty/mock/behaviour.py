@@ -12,6 +12,7 @@ patterns (``gpt-4o*``); exact names win over patterns, earlier patterns over lat
     models:
       strong: {answers: [{pattern: "capital of France", answer: "Paris"}]}
       cheap:  {wrong_rate: 0.3, usage_convention: deepseek, reasoning_tokens: [10, 40]}
+      o-mini: {reasoning_model: true, reasoning_tokens: 200}   # refuses max_tokens, temperature 0
 
 The config is validated once at startup (``ConfigError`` names the bad key); request handling
 only reads the resolved, immutable objects.
@@ -128,6 +129,14 @@ class ModelBehaviour(_Frozen):
     price: Price | None = None
     prompt_cache: bool = Field(
         default=False, description="Report cached_tokens for repeated prompt prefixes."
+    )
+    reasoning_model: bool = Field(
+        default=False,
+        description="Refuse max_tokens and a temperature other than 1 with OpenAI's 400s, as its "
+        "reasoning models do (reasoning_tokens still spend max_completion_tokens first).",
+    )
+    reject_params: tuple[str, ...] = Field(
+        default=(), description="Request parameters refused with OpenAI's 400 for an unknown argument."
     )
     stream_chunk_words: int = Field(default=2, ge=1, description="Words per streamed content chunk.")
     system_fingerprint: str | None = "fp_thrifty_mock"

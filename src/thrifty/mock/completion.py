@@ -105,6 +105,26 @@ def validate(body: Any) -> tuple[str, list[dict[str, Any]]]:
     return model, messages
 
 
+def refuse_unsupported(body: dict[str, Any], behaviour: ModelBehaviour) -> None:
+    """Raise the 400 OpenAI answers a parameter the model does not take (its messages, type,
+    ``param`` and ``code``), so clients and thrifty's own calls can be tested against a reasoning
+    model: o-series and GPT-5-and-later refuse ``max_tokens`` and any ``temperature`` but 1."""
+    for name in behaviour.reject_params:
+        if name in body:
+            raise InvalidRequestError(f"Unrecognized request argument supplied: {name}", param=name)
+    if not behaviour.reasoning_model:
+        return
+    if "max_tokens" in body:
+        raise InvalidRequestError("Unsupported parameter: 'max_tokens' is not supported with this model. "
+                                  "Use 'max_completion_tokens' instead.", param="max_tokens",
+                                  code="unsupported_parameter")
+    temperature = body.get("temperature")
+    if temperature is not None and temperature != 1:
+        raise InvalidRequestError(f"Unsupported value: 'temperature' does not support {temperature} with this "
+                                  "model. Only the default (1) value is supported.", param="temperature",
+                                  code="unsupported_value")
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 

@@ -3,6 +3,8 @@ ask the cheapest configured model which task it is, then run that task's route.
 
 It calls a model, so it runs inside the cascade stage as a policy; its call is priced and in the
 ledger with ``purpose="classify"``. A route chosen this way is buffered, even when streaming.
+The call is shaped for the classifier model by ``internal_calls`` (a reasoning model gets room
+to reason before the label); an empty answer is "no task recognised", as any unreadable one.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from thrifty.errors import UpstreamError
+from thrifty.internal_calls import complete_internal
 from thrifty.pipeline.caller import ModelCaller
 from thrifty.pipeline.context import Attempt, Plan, RequestContext, Tier
 from thrifty.routing.config import LLMClassifierConfig
@@ -22,13 +25,11 @@ if TYPE_CHECKING:
     from thrifty.routing.router import Decision, TaskRouter
 
 
-def classify_request(cfg: LLMClassifierConfig, request: ChatRequest) -> ChatRequest:
+def classify_messages(cfg: LLMClassifierConfig, request: ChatRequest) -> list[dict[str, Any]]:
     tasks = ", ".join(cfg.tasks)
     system = (f"Classify the user's request into exactly one of these tasks: {tasks}. "
               "Reply with the task name only; reply 'none' if no task fits.")
-    return ChatRequest(model=cfg.model, messages=[{"role": "system", "content": system},
-                                                  {"role": "user", "content": request.last_user_text()[-4000:]}],
-                       params={"max_tokens": cfg.max_tokens, "temperature": 0})
+    return [{"role": "system", "content": system}, {"role": "user", "content": request.last_user_text()[-4000:]}]
 
 
 def parse_task(reply: str, tasks: list[str]) -> str | None:
@@ -58,8 +59,8 @@ class _ClassifyThenRoute:
         cfg = self.clf.cfg
         route, why = self.decision.route, self.decision.reason
         try:
-            reply, attempt = await caller.complete(ctx, cfg.model, classify_request(cfg, ctx.request),
-                                                   purpose="classify")
+            reply, attempt = await complete_internal(caller, ctx, cfg.model, classify_messages(cfg, ctx.request),
+                                                     max_tokens=cfg.max_tokens, purpose="classify")
             task = parse_task(response_text(reply), cfg.tasks)
             found = self.router.route_for_task(task) if task else None
             attempt.score_reason = f"classified as {task!r}" if task else "no task recognised"

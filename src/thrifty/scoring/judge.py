@@ -1,7 +1,9 @@
 """An LLM judge: a cheap model grades the answer against a rubric (0-10), scaled to [0, 1].
 
 The judge call goes through the pipeline's caller, so it is priced and lands in the ledger as
-an attempt with ``purpose="judge"``.
+an attempt with ``purpose="judge"``. It is shaped for the judge model by ``internal_calls``: a
+reasoning model gets room to reason before its grade, no temperature, a low effort. A judge that
+still answers nothing readable (cut off while reasoning) is "no grade": score 0, never a grade.
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+from thrifty.catalog import Catalog
 from thrifty.errors import UpstreamError
+from thrifty.internal_calls import complete_internal, internal_request
 from thrifty.scoring.base import Score
 from thrifty.scoring.tools import graded_answer
 from thrifty.types import ChatRequest, response_text
@@ -24,6 +28,7 @@ DEFAULT_RUBRIC = (
     "Reply with the number only."
 )
 _NUM_RE = re.compile(r"\b(10|[0-9])(?:\.\d+)?\b")
+GRADE_TOKENS = 4  # the answer's budget: "10", or "7.5"; a reasoning model gets room on top
 
 
 def parse_grade(text: str) -> float | None:
@@ -39,12 +44,15 @@ class JudgeScorer:
         self.rubric = rubric or DEFAULT_RUBRIC
         self.max_chars = max_chars
 
-    def judge_request(self, request: ChatRequest, answer: str) -> ChatRequest:
+    def judge_messages(self, request: ChatRequest, answer: str) -> list[dict[str, Any]]:
         question = request.last_user_text()[-self.max_chars:]
         content = f"Request:\n{question}\n\nAnswer:\n{answer[: self.max_chars]}\n\nGrade (0-10):"
-        return ChatRequest(model=self.model, messages=[{"role": "system", "content": self.rubric},
-                                                       {"role": "user", "content": content}],
-                           params={"max_tokens": 4, "temperature": 0})
+        return [{"role": "system", "content": self.rubric}, {"role": "user", "content": content}]
+
+    def judge_request(self, request: ChatRequest, answer: str, catalog: Catalog) -> ChatRequest:
+        """The judge call for ``answer`` to ``request``, shaped for the judge model in ``catalog``
+        (``thrifty outcomes collect`` sends it through the gateway itself)."""
+        return internal_request(catalog, self.model, self.judge_messages(request, answer), max_tokens=GRADE_TOKENS)
 
     async def score(self, request: ChatRequest, response: dict[str, Any]) -> Score:
         raise TypeError("JudgeScorer needs the caller: use score_with(ctx, caller, response)")
@@ -54,8 +62,8 @@ class JudgeScorer:
         if unusable is not None:
             return Score(0.0, unusable)  # no judge call needed to reject it
         try:
-            reply, attempt = await caller.complete(ctx, self.model, self.judge_request(ctx.request, answer),
-                                                   purpose="judge")
+            reply, attempt = await complete_internal(caller, ctx, self.model, self.judge_messages(ctx.request, answer),
+                                                     max_tokens=GRADE_TOKENS, purpose="judge")
         except UpstreamError as exc:
             return Score(0.0, f"judge {self.model} failed: {exc.message[:80]}")
         grade = parse_grade(response_text(reply))

@@ -23,7 +23,9 @@ Outcomes, one per entry:
   rows keep the estimate (the prompt, which the provider billed if it ever ran), and the entry
   stops being pending, with a warning naming the request.
 - ``failed``: the provider could not be asked (unreachable, a 5xx or 401 after retries, a
-  provider this config no longer has): it stays pending, and the next pass asks again.
+  provider this config no longer has): it stays pending, and the next pass asks again. A
+  provider that could not be reached (no connection, no answer in time) is not asked about its
+  other entries in this pass (failed too): one timeout per provider and pass, not one per entry.
 
 It runs two ways: ``Reconciler.start`` in the gateway's lifespan (every
 ``server.reconcile_background_s``, on by default), and ``thrifty ledger reconcile`` (one pass,
@@ -38,7 +40,14 @@ import logging
 import time
 from dataclasses import dataclass
 
-from thrifty.errors import NotFoundError, StorageError, ThriftyError, UpstreamStatusError
+from thrifty.errors import (
+    NotFoundError,
+    StorageError,
+    ThriftyError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamStatusError,
+)
 from thrifty.pipeline.context import new_request_id
 from thrifty.server.response_resources import TERMINAL, ResponseResources
 from thrifty.server.stored_responses import StoredResponse
@@ -98,16 +107,28 @@ class Reconciler:
         entries = await self.index.pending_before(before, since, limit, wait_s=LIST_WAIT_S)
         tally = Tally()
         gate = asyncio.Semaphore(CONCURRENCY)
+        # Providers a look-up of this pass could not reach (no connection, no answer in time):
+        # their other entries are not asked this pass. Each look-up waits out the provider's
+        # timeout and retries, so asking a provider that stopped answering about every entry in
+        # turn took hours per pass (500 entries, four at a time), holding up every other
+        # provider's entries and the CLI. An HTTP error status is not counted: it comes back at
+        # once and may be the entry's own, which must not keep its provider's others waiting.
+        down: set[str] = set()
 
         async def one(entry: StoredResponse) -> None:
             async with gate:
-                tally.add(await self.reconcile(entry), entry)
+                if entry.provider in down:
+                    outcome = self._failed(entry, None, "it did not answer an earlier look-up of this pass")
+                else:
+                    outcome = await self.reconcile(entry, down)
+                tally.add(outcome, entry)
 
         await asyncio.gather(*(one(e) for e in entries))
         return tally
 
-    async def reconcile(self, entry: StoredResponse) -> str:
-        """Ask the provider about ``entry`` and settle it if finished: its outcome class."""
+    async def reconcile(self, entry: StoredResponse, unreachable: set[str] | None = None) -> str:
+        """Ask the provider about ``entry`` and settle it if finished: its outcome class. A
+        provider that could not be reached is added to ``unreachable``."""
         request_id = new_request_id()  # the look-up's own id in the log, as a retrieve has
         try:
             response = await self.resources.fetch(entry)
@@ -118,6 +139,9 @@ class Reconciler:
         except NotFoundError as exc:  # the provider is no longer in this config (``unknown``)
             return self._failed(entry, exc, f"provider '{entry.provider}' is not in this config")
         except ThriftyError as exc:  # unreachable, timed out, not an HTTP provider
+            # A body it could not read (UpstreamProtocolError) may be this entry's alone.
+            if unreachable is not None and isinstance(exc, UpstreamError) and not isinstance(exc, UpstreamProtocolError):
+                unreachable.add(entry.provider)
             return self._failed(entry, exc)
         except Exception as exc:  # anything else from the HTTP stack: this entry fails, not the pass
             return self._failed(entry, None, f"{type(exc).__name__}: {exc}")

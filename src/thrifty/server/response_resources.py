@@ -33,9 +33,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -44,6 +46,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from thrifty import fastjson
+from thrifty.cost import priced_at
 from thrifty.errors import (
     InvalidRequestError,
     NotFoundError,
@@ -240,7 +243,8 @@ class ResponseResources:
             return None
         attempt = Attempt(model=info.name, provider=info.provider, started=time.time(), purpose=_PRICER.name)
         stand_in = ChatRequest(model=info.name, messages=[{"role": "user", "content": ""}])  # the usage has the prompt
-        _PRICER.price(attempt, info, stand_in, {}, usage, _PRICER.answer_text(response))
+        with priced_at(_ran_at(response, entry)):  # an hourly price at the run's hour, not the settling one
+            _PRICER.price(attempt, info, stand_in, {}, usage, _PRICER.answer_text(response))
         return Outcome(attempt.usage, attempt.cost_usd, attempt.cost_source, failure)
 
     def _failure(self, response: dict[str, Any]) -> str:
@@ -309,6 +313,18 @@ async def _unserved(request: Request) -> Response:
     """``POST /v1/responses/{x}``: no such OpenAI endpoint (``input_tokens``, ``compact``...)."""
     message = unserved_message(request.method, request.url.path) or "Not found."
     return error_response(NotFoundError(message, code="unsupported_endpoint"), new_request_id())
+
+
+def _ran_at(response: dict[str, Any], entry: StoredResponse) -> datetime:
+    """When the background run ended (the provider's ``completed_at``), else began
+    (``created_at``), else the create's own time: what a price that varies in time is read at."""
+    for key in ("completed_at", "created_at"):
+        value = response.get(key)
+        # A provider's nonsense (a string, NaN, a date past year 9999) falls through to the next.
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) \
+                and 0 < value < 253_402_300_000:
+            return datetime.fromtimestamp(value, UTC)
+    return datetime.fromtimestamp(entry.ts, UTC)
 
 
 def response_resource_routes(resources: ResponseResources) -> list[Route]:

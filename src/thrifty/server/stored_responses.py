@@ -219,9 +219,7 @@ class ResponseIndex:
                         entry.response_id, exc.message)
             return None
         if missing is None or missing == 0:  # amended now, or already by another call or instance
-            current = self._memory.get(entry.response_id)
-            if current is not None:
-                self._memory[entry.response_id] = dataclasses.replace(current, pending=False)
+            self._settled(entry)
         else:
             log.info("request %s: its ledger row is not written yet; background response %s keeps its estimate "
                      "until a later retrieve or reconciliation", entry.request_id, entry.response_id)
@@ -269,10 +267,15 @@ class ResponseIndex:
         except StorageError as exc:
             log.warning("background response %s stays pending: %s", entry.response_id, exc.message)
             return False
-        current = self._memory.get(entry.response_id)
-        if current is not None:
-            self._memory[entry.response_id] = dataclasses.replace(current, pending=False)
+        self._settled(entry)
         return bool(changed)
+
+    def _settled(self, entry: StoredResponse) -> None:
+        """Remember ``entry`` as no longer pending, kept in memory even when the LRU had let it
+        go: the reconciler asks ``settled`` right after, and a pass over more entries than
+        ``memory_limit`` (the CLI lists a whole backlog at once) evicted its first ones while the
+        rest were listed, so they were reported still running once settled."""
+        self._keep(dataclasses.replace(entry, pending=False))
 
     async def forget(self, response_id: str) -> None:
         """Drop ``response_id`` (the provider deleted it); a failed delete is only logged."""

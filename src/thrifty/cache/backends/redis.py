@@ -42,11 +42,18 @@ TRIM_PER_ADD = 64
 # indexes, so readers keep absolute positions and ``P:vo`` counts what was popped. A new list's
 # count starts at a random base: a reader holding a position in a list that expired (or was
 # cleared) and was started again then lands outside the new one and reads it from its start,
-# instead of skipping the new list's first records as a plain index would. The list and its count
-# expire together, when the longest-lived record does.
+# instead of skipping the new list's first records as a plain index would. "New" is the list
+# missing, not the count: a list evicted under maxmemory (or deleted) beside a surviving count
+# would otherwise restart at the old count and readers would skip its first records (a list
+# present without its count gets a new base too: its readers then read it again, deduplicated).
+# The list and its count expire together, when the longest-lived record does: the count's TTL
+# is set to the list's on every append, so a count made beside an older, longer-lived list
+# (the previous release's, or after the count alone was evicted) cannot outlive it.
 # KEYS: list, count. ARGV: record, its expiry (ms), random base, now (s), max pops.
 _ADD = """
-if redis.call('exists', KEYS[2]) == 0 then redis.call('set', KEYS[2], ARGV[3]) end
+if redis.call('exists', KEYS[1]) == 0 or redis.call('exists', KEYS[2]) == 0 then
+  redis.call('set', KEYS[2], ARGV[3])
+end
 redis.call('rpush', KEYS[1], ARGV[1])
 local now, popped = tonumber(ARGV[4]), 0
 while popped < tonumber(ARGV[5]) do
@@ -60,8 +67,9 @@ if popped > 0 then redis.call('incrby', KEYS[2], popped) end
 local at, left = tonumber(ARGV[2]), redis.call('pttl', KEYS[1])
 if left < 0 or now * 1000 + left < at then
   redis.call('pexpireat', KEYS[1], at)
-  redis.call('pexpireat', KEYS[2], at)
 end
+left = redis.call('pttl', KEYS[1])
+if left > 0 then redis.call('pexpire', KEYS[2], left) else redis.call('del', KEYS[2]) end
 return popped
 """
 # The records after absolute position ARGV[1]: {count, list index read from, records}. A position

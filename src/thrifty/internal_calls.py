@@ -1,0 +1,271 @@
+"""thrifty's own calls to a cheap model, shaped for the model that answers them.
+
+thrifty asks a model things of its own: the cascade judge (``scoring/judge.py``), the LLM task
+classifier (``routing/llm_classifier.py``), system-prompt compression and its A/B check
+(``compress/system_prompt.py``), history summaries (``compress/stage.py``), the semantic cache's
+confirm model (``cache/confirm.py``) and ``thrifty outcomes collect``'s judge. They want short,
+repeatable answers: ``temperature: 0`` and a few tokens (``max_tokens: 4`` for a grade).
+
+A reasoning model (OpenAI's o-series and GPT-5-and-later, gpt-oss, DeepSeek's reasoner, QwQ,
+``*-thinking`` models...) cannot take that request: OpenAI's reject ``max_tokens`` ("Use
+'max_completion_tokens' instead") and any ``temperature`` but the default with a 400, and every
+reasoning model spends output tokens on reasoning before the answer, so a 4-token budget comes
+back empty with ``finish_reason: "length"``. For such a model the call is sent the reasoning way:
+the limit under the family's field with ``reasoning_budget`` tokens of room added (default 1024),
+no ``temperature``, and a low ``reasoning_effort`` where the family takes one (``FAMILIES``).
+
+Whether a model reasons: ``models.NAME.reasoning`` (``true``/``false``), else ``auto``: its
+upstream name matches a family of ``FAMILIES``, or this process learned it (per gateway catalog,
+kept in memory only) from an internal call that
+
+- got a 400 naming a parameter thrifty chose as unsupported: ``max_tokens`` or ``temperature``
+  (reasoning), ``max_completion_tokens`` (use ``max_tokens`` instead), ``reasoning_effort``
+  (send none); or
+- came back empty, cut off (``finish_reason: "length"``), having reasoned (reasoning tokens in
+  its usage, or reasoning text): the model accepted ``max_tokens`` and spent it thinking.
+
+Each lesson retries the call at once with the new shape (at most ``MAX_LESSONS`` times per call,
+and only when the shape changed, so nothing loops). ``reasoning: false`` turns all of this off.
+
+Client requests never come here: what a client sends goes upstream as it wrote it.
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from thrifty.catalog import Catalog, ModelInfo
+from thrifty.errors import UpstreamError
+from thrifty.types import ChatRequest, Usage
+
+if TYPE_CHECKING:
+    from thrifty.pipeline.caller import ModelCaller
+    from thrifty.pipeline.context import Attempt, RequestContext
+
+MAX_LESSONS = 2  # e.g. o1-mini by an unknown name: max_tokens rejected, then reasoning_effort
+_LIMITS = ("max_tokens", "max_completion_tokens")
+# The words a provider's 400 uses for a parameter it will not take (OpenAI: "Unsupported
+# parameter" / "Unsupported value" / "Unrecognized request argument" / "Unknown parameter"; vLLM:
+# "Extra inputs are not permitted"). Not "invalid": a range error ("Invalid max_tokens value, the
+# valid range is ...") is no refusal of the parameter, and must not be learned as one.
+_REFUSAL_RE = re.compile(r"unsupported|not supported|does not support|unknown|unrecognized|not permitted|"
+                         r"not allowed", re.I)
+
+
+@dataclass(frozen=True)
+class Family:
+    """Upstream names of one reasoning family and how its API takes an internal call."""
+
+    name: str
+    pattern: re.Pattern[str]  # matched at the start of the normalised name (see ``_normalise``)
+    limit_field: str  # the output limit's parameter: "max_completion_tokens" or "max_tokens"
+    effort: str | None  # the reasoning_effort sent, None: the API takes none
+    exclude: re.Pattern[str] | None = None
+
+
+def _family(name: str, pattern: str, limit_field: str, effort: str | None, exclude: str | None = None) -> Family:
+    return Family(name, re.compile(pattern), limit_field, effort, re.compile(exclude) if exclude else None)
+
+
+# THE list of reasoning families (documented in docs/configuration.md, "Reasoning models"). First
+# match wins. Sources: OpenAI's API reference (reasoning_effort: o-series low/medium/high, gpt-5
+# minimal..high, gpt-5.1 and later none/low/medium/high: "low" is what every one takes); o1-mini
+# and o1-preview take no reasoning_effort at all ("Unknown parameter"); DeepSeek's reasoner guide
+# (max_tokens counts the chain of thought; temperature accepted but ignored; no reasoning_effort);
+# Qwen's QwQ and thinking models, Mistral's Magistral: reasoning always on, max_tokens.
+FAMILIES: tuple[Family, ...] = (
+    _family("openai-o1-early", r"o1-(mini|preview)", "max_completion_tokens", None),
+    _family("openai-o-series", r"o[1-9]\d*(-|$)", "max_completion_tokens", "low"),
+    # gpt-5, gpt-5-mini, gpt-5.1, gpt-6-luna... but not the non-reasoning gpt-5-chat(-latest).
+    _family("openai-gpt-5+", r"gpt-([5-9]|[1-9]\d+)(\.\d+)?(-|$)", "max_completion_tokens", "low",
+            exclude=r".*-chat(-|$)"),
+    _family("gpt-oss", r"gpt-oss", "max_completion_tokens", "low"),
+    _family("deepseek-reasoner", r"(deepseek-reasoner|deepseek-r1|r1(-|$))", "max_tokens", None),
+    _family("qwq", r"qwq", "max_tokens", None),
+    _family("magistral", r"magistral", "max_tokens", None),
+    _family("thinking", r".*thinking", "max_tokens", None),
+)
+# ``reasoning: true`` on a name no family knows: OpenAI's way, the one most APIs now take;
+# a provider that refuses a part of it is learned from (see the module docstring).
+GENERIC = Family("reasoning", re.compile(r"$^"), "max_completion_tokens", "low")
+
+
+def _normalise(upstream_model: str) -> str:
+    """``openai/gpt-6-luna`` -> ``gpt-6-luna``; ``deepseek/deepseek-r1:free`` -> ``deepseek-r1``:
+    routers prefix the vendor and suffix a variant, the family is in between."""
+    return upstream_model.lower().rsplit("/", 1)[-1].split(":", 1)[0]
+
+
+def family_of(upstream_model: str) -> Family | None:
+    """The reasoning family ``upstream_model`` belongs to by name, or None."""
+    name = _normalise(upstream_model)
+    for fam in FAMILIES:
+        if fam.pattern.match(name) and not (fam.exclude and fam.exclude.match(name)):
+            return fam
+    return None
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How an internal call to one model is sent."""
+
+    reasoning: bool
+    limit_field: str = "max_tokens"
+    effort: str | None = None
+    budget: int = 0
+
+    def params(self, max_tokens: int | None, temperature: float | None) -> dict[str, Any]:
+        """The request parameters of an internal call wanting ``max_tokens`` answer tokens."""
+        out: dict[str, Any] = {}
+        if not self.reasoning:
+            if max_tokens is not None:
+                out["max_tokens"] = max_tokens
+            if temperature is not None:
+                out["temperature"] = temperature
+            return out
+        # No temperature: OpenAI's reasoning models refuse any but the default, DeepSeek's ignores it.
+        if max_tokens is not None:
+            out[self.limit_field] = max_tokens + self.budget
+        if self.effort is not None:
+            out["reasoning_effort"] = self.effort
+        return out
+
+
+# What this process learned per model, per catalog (one gateway's models): weak, so a closed
+# gateway's lessons go with it and two gateways in one process (tests) never share them.
+_LEARNED: weakref.WeakKeyDictionary[Catalog, dict[str, Shape]] = weakref.WeakKeyDictionary()
+
+
+def configured_shape(info: ModelInfo) -> Shape:
+    """The shape the config and the name give, before anything is learned."""
+    if info.reasoning is False:
+        return Shape(False)
+    fam = family_of(info.upstream_model)
+    if fam is None and info.reasoning is not True:
+        return Shape(False)
+    fam = fam or GENERIC
+    effort = fam.effort if info.reasoning_effort == "auto" else info.reasoning_effort
+    return Shape(True, fam.limit_field, effort, info.reasoning_budget)
+
+
+def shape_for(catalog: Catalog, model: str) -> Shape:
+    """How an internal call to ``model`` (a name or alias of ``catalog``) is sent now."""
+    info = catalog.get(model)
+    if info is None:  # the caller raises its own "unknown model" error on the call
+        return Shape(False)
+    learned = _LEARNED.get(catalog, {}).get(info.name)
+    return learned if learned is not None else configured_shape(info)
+
+
+def _remember(catalog: Catalog, model: str, old: Shape, new: Shape) -> bool:
+    info = catalog.get(model)
+    if info is None or info.reasoning is False or new == old:
+        return False
+    _LEARNED.setdefault(catalog, {})[info.name] = new
+    return True
+
+
+def internal_request(catalog: Catalog, model: str, messages: list[dict[str, Any]], *,
+                     max_tokens: int | None, temperature: float | None = 0.0) -> ChatRequest:
+    """An internal call's request to ``model``: ``max_tokens`` answer tokens at ``temperature``
+    for a model that does not reason, the reasoning way (module docstring) for one that does."""
+    params = shape_for(catalog, model).params(max_tokens, temperature)
+    return ChatRequest(model=model, messages=messages, params=params)
+
+
+def _named_param(message: str, sent: dict[str, Any]) -> str | None:
+    """The parameter of ``sent`` that a provider's error ``message`` refuses, if it names one."""
+    if not _REFUSAL_RE.search(message):
+        return None
+    # First by position: OpenAI's "'max_tokens' is not supported ... Use 'max_completion_tokens'"
+    # names the refused one first (and only max_tokens was sent anyway).
+    named = [(m.start(), p) for p in ("max_tokens", "max_completion_tokens", "temperature", "reasoning_effort")
+             if p in sent and (m := re.search(rf"(?<![\w]){p}(?![\w])", message))]
+    return min(named)[1] if named else None
+
+
+def learn_from_error(catalog: Catalog, model: str, sent: dict[str, Any], message: str,
+                     status: int | None) -> bool:
+    """Whether ``model``'s shape changed because its provider refused a parameter of ``sent``
+    (a 400/422 ``message``; ``status`` None: unknown, the message alone decides): then the call
+    is worth sending again."""
+    if status is not None and status not in (400, 422):
+        return False
+    param = _named_param(message, sent)
+    if param is None:
+        return False
+    info = catalog.get(model)
+    if info is None:
+        return False
+    old = shape_for(catalog, model)
+    if param in ("max_tokens", "temperature") and not old.reasoning:
+        # OpenAI's refusals: its way (max_completion_tokens, a low effort unless configured).
+        effort = GENERIC.effort if info.reasoning_effort == "auto" else info.reasoning_effort
+        new = Shape(True, GENERIC.limit_field, effort, info.reasoning_budget)
+    elif param == "max_tokens":
+        new = replace(old, limit_field="max_completion_tokens")
+    elif param == "max_completion_tokens":
+        new = replace(old, limit_field="max_tokens")
+    elif param == "reasoning_effort":
+        new = replace(old, effort=None)
+    else:  # temperature refused although none is sent the reasoning way: nothing to change
+        return False
+    return _remember(catalog, model, old, new)
+
+
+def _reasoned_out(response: dict[str, Any]) -> bool:
+    """An answer with no text, cut off at the limit, after reasoning: the budget went on thinking."""
+    choices = response.get("choices") or []
+    if not choices or not isinstance(choices[0], dict) or choices[0].get("finish_reason") != "length":
+        return False
+    message = choices[0].get("message") or {}
+    if (message.get("content") or "").strip() or message.get("tool_calls"):
+        return False
+    thought = any(isinstance(message.get(k), str) and message[k] for k in ("reasoning_content", "reasoning"))
+    try:
+        reasoned = Usage.from_openai(response.get("usage")).reasoning_tokens > 0
+    except Exception:  # a malformed usage is no evidence either way
+        reasoned = False
+    return thought or reasoned
+
+
+def learn_from_reply(catalog: Catalog, model: str, response: dict[str, Any]) -> bool:
+    """Whether ``model`` turned out to reason (``_reasoned_out``) while it was sent the plain way:
+    it accepted ``max_tokens``, so that field stays, with room; temperature and effort are left
+    out (a provider that ignores one may refuse the other)."""
+    old = shape_for(catalog, model)
+    if old.reasoning or not _reasoned_out(response):
+        return False
+    info = catalog.get(model)
+    if info is None:
+        return False
+    return _remember(catalog, model, old, Shape(True, "max_tokens", None, info.reasoning_budget))
+
+
+async def complete_internal(caller: ModelCaller, ctx: RequestContext, model: str, messages: list[dict[str, Any]],
+                            *, max_tokens: int | None, purpose: str,
+                            temperature: float | None = 0.0) -> tuple[dict[str, Any], Attempt]:
+    """One internal call through the pipeline's caller (priced, in the ledger with ``purpose``),
+    shaped for ``model``, sent again when its answer teaches a better shape (module docstring)."""
+    catalog = caller.catalog
+    for lesson in range(MAX_LESSONS + 1):
+        request = internal_request(catalog, model, messages, max_tokens=max_tokens, temperature=temperature)
+        last = lesson == MAX_LESSONS
+        try:
+            reply, attempt = await caller.complete(ctx, model, request, purpose=purpose)
+        except UpstreamError as exc:
+            if not last and learn_from_error(catalog, model, request.params, exc.message, exc.status):
+                continue
+            raise
+        if not last and learn_from_reply(catalog, model, reply):
+            continue
+        return reply, attempt
+    raise AssertionError("unreachable: the last lesson returns or raises")
+
+
+def forget(catalog: Catalog) -> None:
+    """Drop what was learned for ``catalog``'s models (tests; a reloaded config starts afresh)."""
+    _LEARNED.pop(catalog, None)
