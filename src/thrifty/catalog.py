@@ -5,7 +5,8 @@ Prices are resolved in this order, first hit wins:
 2. the bundled seed table below (the default model hierarchy, from ~$0.01 to $10 per million
    output tokens; illustrative list prices, override them in config);
 3. the maintained ``genai-prices`` database, looked up by the upstream model name, under the
-   provider the model's ``base_url`` names first (``genai_provider_for_url``), then by name alone;
+   provider the model's provider ``price_provider`` or ``base_url`` names first
+   (``genai_provider_for_url``), then by name alone;
 4. unknown: the model still serves requests; its cost is recorded as unknown and warned.
 
 Prices are flat per token, except those from genai-prices for models it prices by prompt size
@@ -256,6 +257,18 @@ def genai_provider_for_url(base_url: str) -> str | None:
         return str(get_snapshot().find_provider(None, None, base_url).id)
     except Exception:  # LookupError for an unknown address; anything else is a library fault
         return None
+
+
+@lru_cache(maxsize=1)
+def genai_provider_ids() -> frozenset[str]:
+    """Every provider id genai-prices prices under (``groq``, ``together``...); empty when the
+    library cannot list them (then nothing is checked against it)."""
+    try:
+        from genai_prices.data_snapshot import get_snapshot
+
+        return frozenset(str(p.id) for p in get_snapshot().providers)
+    except Exception:  # an internal API of the library: without it, ids are not checked
+        return frozenset()
 
 
 class Catalog:

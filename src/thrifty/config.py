@@ -11,6 +11,7 @@ caught by ``thrifty config check``. Reading the YAML and ``${VAR}`` interpolatio
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from pathlib import Path
@@ -25,6 +26,7 @@ from thrifty.catalog import (
     Catalog,
     ModelInfo,
     genai_provider_for_url,
+    genai_provider_ids,
     resolve_price,
 )
 from thrifty.compress.config import CompressionConfig
@@ -85,6 +87,11 @@ class ProviderConfig(_Strict):
     kind: Literal["openai"] = "openai"
     # What this server does not accept of OpenAI's current protocol (providers/compat.py).
     compat: CompatConfig = Field(default_factory=CompatConfig)
+    # The genai-prices provider id its models are priced under (``groq``), for a base_url that
+    # does not name the provider (a proxy, a gateway, the mock upstream): many open-weights names
+    # are listed under their provider only, so without it they would have no known price.
+    # None: the provider the base_url's host names, if any (catalog.genai_provider_for_url).
+    price_provider: str | None = Field(default=None, min_length=1)
 
     @field_validator("base_url")
     @classmethod
@@ -92,6 +99,17 @@ class ProviderConfig(_Strict):
         if not v.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return v.rstrip("/")
+
+    @field_validator("price_provider")
+    @classmethod
+    def _price_provider(cls, v: str | None) -> str | None:
+        # A misspelt id would leave every model it is meant to price silently unpriced.
+        known = genai_provider_ids()
+        if v is not None and known and v not in known:
+            close = difflib.get_close_matches(v, sorted(known), n=3)
+            hint = f"did you mean {', '.join(close)}?" if close else f"one of {', '.join(sorted(known))}"
+            raise ValueError(f"unknown genai-prices provider {v!r} ({hint})")
+        return v
 
 
 class PriceConfig(_Strict):
@@ -304,9 +322,12 @@ class Config(_Strict):
         return os.path.join(self.base_dir, path)
 
     def _genai_provider(self, provider: str) -> str | None:
-        """genai-prices' id of the provider a model is served by, from its ``base_url``."""
+        """genai-prices' id of the provider a model is served by: its ``price_provider``, else the
+        one its ``base_url`` names."""
         entry = self.providers.get(provider)
-        return genai_provider_for_url(entry.base_url) if entry is not None else None
+        if entry is None:
+            return None
+        return entry.price_provider or genai_provider_for_url(entry.base_url)
 
     def build_catalog(self) -> Catalog:
         infos = []

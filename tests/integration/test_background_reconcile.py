@@ -130,13 +130,16 @@ def reconcile(cfg: dict[str, Any], path: Path, *flags: str) -> subprocess.Comple
 
 
 def counts(run: subprocess.CompletedProcess[str]) -> dict[str, int]:
-    """The CLI's four lines as numbers: settled, still running, gone, failed to reach the provider."""
+    """The CLI's five lines as numbers: settled, still running, gone, failed to reach the provider, not due yet."""
     out: dict[str, int] = {}
     for label in ("settled", "still running", "gone", "failed to reach the provider"):
         found = re.search(rf"^{label} (\d+)", run.stdout, re.M)
         assert found, run.stdout
         out[label] = int(found.group(1))
-    assert len(run.stdout.splitlines()) == 4, run.stdout
+    found = re.search(r"^not due yet (\d+)", run.stdout, re.M)
+    assert found, run.stdout
+    out["not due yet"] = int(found.group(1))
+    assert len(run.stdout.splitlines()) == 5, run.stdout
     return out
 
 
@@ -191,7 +194,9 @@ def test_the_cli_settles_responses_when_no_gateway_runs(
 
     young = reconcile(cfg, tmp_path / "thrifty.yaml", "--min-age", "1h")  # too young: nothing asked
     assert young.returncode == 0, young.stderr
-    assert counts(young) == {"settled": 0, "still running": 0, "gone": 0, "failed to reach the provider": 0}
+    # Said, rather than four zeros with no reason.
+    assert counts(young) == {"settled": 0, "still running": 0, "gone": 0, "failed to reach the provider": 0,
+                             "not due yet": 2}
     run = reconcile(cfg, tmp_path / "thrifty.yaml", "--min-age", "0s")
     assert run.returncode == 0, run.stderr
     assert counts(run)["settled"] == 2 and "Traceback" not in run.stderr
@@ -273,13 +278,15 @@ def test_a_response_gone_or_a_provider_unreachable_is_reported_not_raised(
     dead = config(f"http://127.0.0.1:{free_port()}", ledger, every_s=0)
     down = reconcile(dead, tmp_path / "dead.yaml", "--min-age", "0s")
     assert down.returncode == 1, down.stderr
-    assert counts(down) == {"settled": 0, "still running": 0, "gone": 0, "failed to reach the provider": 2}
+    assert counts(down) == {"settled": 0, "still running": 0, "gone": 0,
+                           "failed to reach the provider": 2, "not due yet": 0}
     assert "Traceback" not in down.stderr and "stays pending" in down.stderr
     assert UPSTREAM_KEY not in down.stderr + down.stdout
 
     run = reconcile(cfg, tmp_path / "thrifty.yaml", "--min-age", "0s")
     assert run.returncode == 0, run.stderr
-    assert counts(run) == {"settled": 1, "still running": 0, "gone": 1, "failed to reach the provider": 0}
+    assert counts(run) == {"settled": 1, "still running": 0, "gone": 1,
+                          "failed to reach the provider": 0, "not due yet": 0}
     assert "Traceback" not in run.stderr
     assert re.search(rf"warning: background response {gone.id} is gone .* will never be settled", run.stderr)
     gw = Gateway.from_config(cfg)
@@ -311,7 +318,8 @@ def test_a_response_still_running_stays_pending(upstream: tuple[RunningServer, S
             assert pending(gw, created.id) == 1 and cost(gw, created._request_id or "") == estimate
         run = reconcile(cfg, tmp_path / "thrifty.yaml", "--min-age", "0s")
         assert run.returncode == 0, run.stderr
-        assert counts(run) == {"settled": 0, "still running": 1, "gone": 0, "failed to reach the provider": 0}
+        assert counts(run) == {"settled": 0, "still running": 1, "gone": 0,
+                              "failed to reach the provider": 0, "not due yet": 0}
         assert pending(gw, created.id) == 1 and cost(gw, created._request_id or "") == estimate
 
         at_mock.response = queued  # it runs now: the next pass settles it

@@ -118,8 +118,10 @@ def test_the_preset_is_inferred_from_the_url_host(url: str, name: str, tmp_path:
 def test_one_preset_takes_the_given_url_and_key_variable(tmp_path: Path) -> None:
     out, data = init(tmp_path, "--provider", "OpenAI", "--upstream-url", "https://llm-proxy.example.com/openai/v1",
                      "--api-key-env", "PROXY_KEY")
+    # A proxy's host names no provider: price_provider keeps the preset's prices.
     assert data["providers"] == {"openai": {"base_url": "https://llm-proxy.example.com/openai/v1",
-                                            "api_key": "${PROXY_KEY}", "timeout_s": 120, "max_retries": 2}}
+                                            "api_key": "${PROXY_KEY}", "timeout_s": 120, "max_retries": 2,
+                                            "price_provider": "openai"}}
     assert sorted(data["models"]) == sorted(m for m, _ in presets()["openai"].models)
     check_priced(out, data)
 

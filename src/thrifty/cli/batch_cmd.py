@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -234,8 +235,12 @@ run the same command again after an interruption and only the unfinished items a
                 cp.close()
             raise
         if job is not None and not job.done:
+            # The commands shown run as printed: with --config when it was given (without it they
+            # read $THRIFTY_CONFIG, as this run did).
+            cfg = f" --config {shlex.quote(str(config))}" if config is not None else ""
             typer.echo(f"job {job.job_id} submitted ({job.provider_status or job.status}); "
-                       f"`thrifty batch status {job.job_id}` to check, `thrifty batch results {job.job_id}` to fetch",
+                       f"`thrifty batch status {job.job_id}{cfg}` to check, "
+                       f"`thrifty batch results {job.job_id}{cfg}` to fetch",
                        err=True)
             typer.echo(job.job_id)
             return

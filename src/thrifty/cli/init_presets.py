@@ -6,7 +6,8 @@ together, cheapest output price first; the baseline is the most expensive premiu
 default model the cheapest small one. Each price is read at init time from the catalog built
 from the config about to be written, the same way `serve` will price it (the catalog reads a
 model's price under the provider its ``base_url`` names: genai-prices lists Groq's, Together's
-and most of OpenRouter's models under that provider only). No price is written into the file.
+and most of OpenRouter's models under that provider only; a preset whose URL ``--upstream-url``
+replaced by another host gets ``price_provider:`` to keep them). No price is written into the file.
 
 A URL whose host is no preset's (vLLM, Ollama, the mock upstream) keeps thrifty's seed
 hierarchy under one provider ``main``, as before presets existed.
@@ -132,9 +133,21 @@ def _price_comment(e: Entry) -> str:
     return text
 
 
+def _price_provider(preset: Preset | None, url: str) -> str | None:
+    """The ``price_provider`` to write: the preset's genai-prices id when ``url`` is not the
+    preset's own API (``--upstream-url`` at a proxy or the mock upstream), whose host names no
+    provider, so the catalog would not find the names genai-prices lists under it only."""
+    if preset is None or preset.genai_provider is None or preset_for_url(url) is preset:
+        return None
+    return preset.genai_provider
+
+
 def render(groups: list[tuple[str, Preset | None]], urls: dict[str, str], key_envs: dict[str, str]) -> str:
     """The whole config text for the providers ``groups`` (key, preset or None for the seed)."""
-    providers = {key: {"base_url": urls[key], "api_key": "x"} for key, _ in groups}
+    price_providers = {key: _price_provider(p, urls[key]) for key, p in groups}
+    providers = {key: {"base_url": urls[key], "api_key": "x",
+                       **({"price_provider": pp} if (pp := price_providers[key]) else {})}
+                 for key, _ in groups}
     entries = _entries(groups)
     price_entries(providers, entries)
     # Cheapest output first; unknown prices last; ties keep the presets' order.
@@ -151,6 +164,9 @@ def render(groups: list[tuple[str, Preset | None]], urls: dict[str, str], key_en
                        f"    api_key: ${{{key_envs[key]}}}".ljust(37) + "# stays in the gateway; clients never see it",
                        "    timeout_s: 120                   # a call (or a stream's gap between chunks) that takes longer fails",
                        "    max_retries: 2                   # retries on connection errors, 429 and 5xx (honours Retry-After)"]
+        if price_providers[key]:
+            prov_lines.append(f"    price_provider: {price_providers[key]}".ljust(37)
+                              + f"# priced as {price_providers[key]}'s models: base_url is not its API")
     model_lines: list[str] = []
     for e in entries:
         model_lines += [f"  {e.name}:".ljust(37) + "# " + _price_comment(e), f"    provider: {e.provider}"]

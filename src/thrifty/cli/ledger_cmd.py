@@ -4,6 +4,7 @@ command that opens the ledger database of a config shares (``keys``, ``report``,
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -124,7 +125,11 @@ async def _reconcile(cfg: Config, min_age_s: float) -> Tally:
     gateway = Gateway(cfg)
     try:
         reconciler = Reconciler(ResponseResources(gateway, gateway.ops.responses), min_age_s=min_age_s)
-        return await reconciler.run_once()
+        started = time.time()
+        tally = await reconciler.run_once()
+        # Said, so a run right after the creates does not print four zeros with no reason.
+        tally.not_due = await gateway.ops.responses.pending_since(started - min_age_s)
+        return tally
     finally:
         await gateway.aclose()
 

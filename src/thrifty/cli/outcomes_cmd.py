@@ -123,9 +123,11 @@ def register(app: typer.Typer) -> None:
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
         config: Path | None = typer.Option(None, "--config", "-c", help="Config file (default: $THRIFTY_CONFIG)."),
     ) -> None:
-        """Call every model on every prompt through the gateway (no cache, routing or compression),
-        grade the answers and append one outcome line per prompt to OUT (run again to resume, and
-        to ask the calls that failed again)."""
+        """Call every model on every prompt, grade the answers, append one outcome line per prompt to OUT.
+
+        The calls go through the gateway with no cache, routing, compression or fallbacks; run the \
+same command again to resume, and to ask the calls that failed again."""
+        # (The backslash joins the paragraph's lines: typer's help keeps a docstring's line breaks.)
         from thrifty.batching.progress import Progress
         from thrifty.cli.ledger_cmd import load_ledger_config
         from thrifty.cli.signals import cancel_on_sigterm

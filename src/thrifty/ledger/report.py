@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 
 from thrifty.catalog import Catalog
-from thrifty.cost import price_tokens
+from thrifty.cost import price_tokens, priced_at
 from thrifty.errors import InvalidRequestError
 from thrifty.ledger.store import SQLStore
 from thrifty.types import Usage
@@ -193,16 +193,20 @@ def batch_savings(
     window, params = _window("a.ts", since, until)
     conds = ["a.batch", "a.status = 'ok'", *window]
     rows = store.query(
-        "SELECT a.model, a.prompt_tokens, a.cached_tokens, a.completion_tokens, a.cost_usd FROM attempts a "
+        "SELECT a.model, a.prompt_tokens, a.cached_tokens, a.completion_tokens, a.cost_usd, a.ts FROM attempts a "
         f"WHERE {' AND '.join(conds)}",
         params,
     )
     spend = full = 0.0
     counted = 0
-    for model, pt, cached, ct, cost in rows:
+    for model, pt, cached, ct, cost, ts in rows:
         info = catalog.get(str(model))
-        normal = price_tokens(Usage(prompt_tokens=int(pt), completion_tokens=int(ct), cached_tokens=int(cached)),
-                              info.price if info else None)
+        # At the hour the call ran: a price that varies in time (DeepSeek's off-peak hours are half
+        # price) read at the report's own time made the same past calls' normal price, and so
+        # the saving, depend on when the report was run (the batch's cost itself is stored).
+        with priced_at(datetime.fromtimestamp(float(ts), UTC)):
+            normal = price_tokens(Usage(prompt_tokens=int(pt), completion_tokens=int(ct), cached_tokens=int(cached)),
+                                  info.price if info else None)
         if cost is None or normal is None:
             continue
         spend += float(cost)

@@ -76,6 +76,7 @@ class Tally:
     failed: int = 0
     oldest_pending: float | None = None  # the ts of the oldest entry left pending (serve's next window)
     newest: float = 0.0  # the ts of the newest entry listed (where a pass after a full batch resumes)
+    not_due: int = 0  # pending entries younger than the minimum age (counted by the CLI only)
 
     def add(self, outcome: str, entry: StoredResponse) -> None:
         setattr(self, outcome, getattr(self, outcome) + 1)
@@ -213,4 +214,5 @@ def summary_lines(tally: Tally) -> list[str]:
     return [f"settled {tally.settled} (their real usage is in the ledger now)",
             f"still running {tally.running} (left pending for a later pass)",
             f"gone {tally.gone} (the provider no longer holds them: their estimate stays, never to be settled)",
-            f"failed to reach the provider {tally.failed} (left pending)"]
+            f"failed to reach the provider {tally.failed} (left pending)",
+            f"not due yet {tally.not_due} (younger than --min-age: left for a later pass)"]

@@ -247,6 +247,16 @@ class ResponseIndex:
             entries.append(entry)
         return entries
 
+    async def pending_since(self, since: float, wait_s: float = DB_WAIT_S) -> int:
+        """How many entries created at ``since`` or later are still ``pending`` (those a pass with
+        a minimum age leaves for later, for ``thrifty ledger reconcile`` to say so)."""
+        if self.store is None:
+            return 0
+        store = self.store
+        rows = await in_thread(lambda: store.query("SELECT COUNT(*) FROM stored_responses WHERE pending = 1 AND ts >= ?",
+                                                   (since,)), wait_s, "pending background responses")
+        return int(rows[0][0]) if rows else 0
+
     def settled(self, response_id: str) -> bool:
         """Whether this index knows ``response_id`` as no longer pending (``amend`` marks it so
         when it amended the rows, or found them amended by another call or instance)."""
