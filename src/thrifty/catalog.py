@@ -19,7 +19,8 @@ config; without one, cost.py prices the audio at the text rate and marks the cos
 
 A partial ``price`` block (say only ``cached_input``) overrides those fields of the price found
 in 2 or 3; for a model neither knows it must give both ``input`` and ``output``, else the price
-stays unknown (warned at start-up, like 4).
+stays unknown (warned at start-up, like 4). A block of ``input: 0`` and ``output: 0`` (a free
+model: one's own hardware) takes nothing from 2 or 3: every rate it does not give is 0 too.
 """
 
 from __future__ import annotations
@@ -235,6 +236,11 @@ def resolve_price(
     base = ((lookup_genai_price(upstream_model, provider_hint) if provider_hint else None)
             or seed_price(name) or seed_price(upstream_model)
             or lookup_genai_price(upstream_model, None))
+    if configured and configured.get("input") == 0 and configured.get("output") == 0:
+        # Free (a model on one's own hardware): no rate of a price found for the same name (Ollama's
+        # deepseek-r1:7b is DeepSeek's R1 in genai-prices) may survive to charge its cached,
+        # cache-write, batch or audio tokens; any of those the block gives still applies.
+        base = None
     if configured:
         if base is None:
             if "input" not in configured or "output" not in configured:

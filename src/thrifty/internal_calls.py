@@ -25,7 +25,10 @@ kept in memory only) from an internal call that
   its usage, or reasoning text): the model accepted ``max_tokens`` and spent it thinking.
 
 Each lesson retries the call at once with the new shape (at most ``MAX_LESSONS`` times per call,
-and only when the shape changed, so nothing loops). ``reasoning: false`` turns all of this off.
+and only when the shape changed, so nothing loops), and so does a call that failed the same way
+while a concurrent call learned the lesson. Each model of a ``fallbacks`` chain is sent its own
+shape, and what a fallback's answer teaches is learned for it, never for the model asked.
+``reasoning: false`` turns all of this off.
 
 Client requests never come here: what a client sends goes upstream as it wrote it.
 """
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import re
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -187,14 +191,20 @@ def _named_param(message: str, sent: dict[str, Any]) -> str | None:
     return min(named)[1] if named else None
 
 
+def refused_param(sent: dict[str, Any], message: str, status: int | None) -> str | None:
+    """The parameter of ``sent`` a provider's 400/422 ``message`` refuses (``status`` None:
+    unknown, the message alone decides), or None."""
+    if status is not None and status not in (400, 422):
+        return None
+    return _named_param(message, sent)
+
+
 def learn_from_error(catalog: Catalog, model: str, sent: dict[str, Any], message: str,
                      status: int | None) -> bool:
     """Whether ``model``'s shape changed because its provider refused a parameter of ``sent``
     (a 400/422 ``message``; ``status`` None: unknown, the message alone decides): then the call
     is worth sending again."""
-    if status is not None and status not in (400, 422):
-        return False
-    param = _named_param(message, sent)
+    param = refused_param(sent, message, status)
     if param is None:
         return False
     info = catalog.get(model)
@@ -216,13 +226,17 @@ def learn_from_error(catalog: Catalog, model: str, sent: dict[str, Any], message
     return _remember(catalog, model, old, new)
 
 
-def _reasoned_out(response: dict[str, Any]) -> bool:
+def reasoned_out(response: dict[str, Any]) -> bool:
     """An answer with no text, cut off at the limit, after reasoning: the budget went on thinking."""
     choices = response.get("choices") or []
     if not choices or not isinstance(choices[0], dict) or choices[0].get("finish_reason") != "length":
         return False
-    message = choices[0].get("message") or {}
-    if (message.get("content") or "").strip() or message.get("tool_calls"):
+    message = choices[0].get("message")
+    if not isinstance(message, dict):
+        return False  # a provider's nonsense is no evidence (and must not raise out of the judge)
+    content = message.get("content")
+    # Content may be a list of parts (Mistral's thinking and text chunks): any is an answer of sorts.
+    if (content.strip() if isinstance(content, str) else content) or message.get("tool_calls"):
         return False
     thought = any(isinstance(message.get(k), str) and message[k] for k in ("reasoning_content", "reasoning"))
     try:
@@ -233,11 +247,11 @@ def _reasoned_out(response: dict[str, Any]) -> bool:
 
 
 def learn_from_reply(catalog: Catalog, model: str, response: dict[str, Any]) -> bool:
-    """Whether ``model`` turned out to reason (``_reasoned_out``) while it was sent the plain way:
+    """Whether ``model`` turned out to reason (``reasoned_out``) while it was sent the plain way:
     it accepted ``max_tokens``, so that field stays, with room; temperature and effort are left
     out (a provider that ignores one may refuse the other)."""
     old = shape_for(catalog, model)
-    if old.reasoning or not _reasoned_out(response):
+    if old.reasoning or not reasoned_out(response):
         return False
     info = catalog.get(model)
     if info is None:
@@ -245,22 +259,49 @@ def learn_from_reply(catalog: Catalog, model: str, response: dict[str, Any]) -> 
     return _remember(catalog, model, old, Shape(True, "max_tokens", None, info.reasoning_budget))
 
 
+def _shaper(catalog: Catalog, shaped: dict[str, Shape], messages: list[dict[str, Any]], max_tokens: int | None,
+            temperature: float | None) -> Callable[[ModelInfo], ChatRequest]:
+    """The request builder of one internal call for each model the caller tries (the model asked,
+    then its fallbacks), recording in ``shaped`` the shape each was sent, the last tried last."""
+
+    def request_for(info: ModelInfo) -> ChatRequest:
+        shape = shape_for(catalog, info.name)
+        shaped.pop(info.name, None)
+        shaped[info.name] = shape
+        return ChatRequest(model=info.name, messages=messages, params=shape.params(max_tokens, temperature))
+
+    return request_for
+
+
 async def complete_internal(caller: ModelCaller, ctx: RequestContext, model: str, messages: list[dict[str, Any]],
                             *, max_tokens: int | None, purpose: str,
                             temperature: float | None = 0.0) -> tuple[dict[str, Any], Attempt]:
     """One internal call through the pipeline's caller (priced, in the ledger with ``purpose``),
-    shaped for ``model``, sent again when its answer teaches a better shape (module docstring)."""
+    shaped for ``model``, sent again when its answer teaches a better shape (module docstring).
+
+    Each model of the fallback chain is sent its own shape, and a lesson is learned for the model
+    that refused or answered, never for ``model`` when a fallback did. The call is also sent
+    again when the shape changed since it was sent: concurrent first calls to a model not yet
+    learned all fail the same way, and the first one back learns for all (the others, judged
+    against the shape learned meanwhile, would see nothing to learn and fail)."""
     catalog = caller.catalog
     for lesson in range(MAX_LESSONS + 1):
-        request = internal_request(catalog, model, messages, max_tokens=max_tokens, temperature=temperature)
+        shaped: dict[str, Shape] = {}  # the shape each model tried was sent (the last one last)
         last = lesson == MAX_LESSONS
         try:
-            reply, attempt = await caller.complete(ctx, model, request, purpose=purpose)
+            reply, attempt = await caller.complete(ctx, model, _shaper(catalog, shaped, messages, max_tokens,
+                                                                       temperature), purpose=purpose)
         except UpstreamError as exc:
-            if not last and learn_from_error(catalog, model, request.params, exc.message, exc.status):
-                continue
+            if not last and shaped:
+                tried, sent = next(reversed(shaped.items()))  # the chain stops at the model that refused
+                params = sent.params(max_tokens, temperature)
+                if learn_from_error(catalog, tried, params, exc.message, exc.status) or (
+                        shape_for(catalog, tried) != sent and refused_param(params, exc.message, exc.status)):
+                    continue
             raise
-        if not last and learn_from_reply(catalog, model, reply):
+        answered = shaped.get(attempt.model)
+        if not last and answered is not None and (learn_from_reply(catalog, attempt.model, reply) or (
+                shape_for(catalog, attempt.model) != answered and reasoned_out(reply))):
             continue
         return reply, attempt
     raise AssertionError("unreachable: the last lesson returns or raises")

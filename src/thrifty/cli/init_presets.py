@@ -9,14 +9,18 @@ model's price under the provider its ``base_url`` names: genai-prices lists Groq
 and most of OpenRouter's models under that provider only; a preset whose URL ``--upstream-url``
 replaced by another host gets ``price_provider:`` to keep them). No price is written into the file.
 
-A URL whose host is no preset's (vLLM, Ollama, the mock upstream) keeps thrifty's seed
-hierarchy under one provider ``main``, as before presets existed.
+A local preset (``ollama``, ``vllm``, ``local``: init_local.py) is a ``Preset`` built at init time
+from the models its server lists, ``free``: each is written with a price of 0, so it sorts first
+and its requests cost 0.0 rather than unknown. A URL whose host is no preset's, given without a
+preset, keeps thrifty's seed hierarchy under one provider ``main``, as before presets existed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -28,7 +32,6 @@ import yaml
 
 from thrifty.catalog import SEED_MODELS, ModelPrice
 from thrifty.config import load_config
-from thrifty.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,9 @@ class Preset:
     hosts: tuple[str, ...]
     genai_provider: str | None
     models: tuple[tuple[str, str], ...]  # (name as the provider's API names it, tier)
+    free: bool = False  # a server on the user's own hardware: every model written with price 0
+    placeholder: bool = False  # its models are a stand-in (the server could not be asked)
+    hint: str = ""  # how the user lists the server's models, for the placeholder's comment
 
 
 @dataclass
@@ -50,6 +56,8 @@ class Entry:
     provider: str
     tier: str
     price: ModelPrice | None = None
+    free: bool = False
+    placeholder: str = ""  # the hint of a placeholder model, else ""
 
 
 @cache
@@ -67,19 +75,6 @@ def preset_for_url(url: str) -> Preset | None:
     return next((p for p in presets().values() if host in p.hosts), None)
 
 
-def choose_presets(names: list[str]) -> list[Preset]:
-    """The presets named by ``--provider`` (case-insensitive, repeats dropped), in order."""
-    known = presets()
-    chosen: list[Preset] = []
-    for raw in names:
-        name = raw.strip().lower()
-        if name not in known:
-            raise UsageError(f"--provider: unknown preset {raw!r} (known: {', '.join(sorted(known))})")
-        if known[name] not in chosen:
-            chosen.append(known[name])
-    return chosen
-
-
 @contextlib.contextmanager
 def _quiet_catalog() -> Iterator[None]:
     """The catalog warns about each unpriced model; the written comment says it instead."""
@@ -94,7 +89,8 @@ def _quiet_catalog() -> Iterator[None]:
 
 def _entries(groups: list[tuple[str, Preset | None]]) -> list[Entry]:
     """The models of every (provider key, preset) pair; ``None``: the seed hierarchy."""
-    entries = [Entry(name=m, upstream=m, provider=key, tier=tier)
+    entries = [Entry(name=m, upstream=m, provider=key, tier=tier, free=p.free,
+                     placeholder=p.hint if p.placeholder else "")
                for key, p in groups if p is not None for m, tier in p.models]
     entries += [Entry(name=m, upstream=m, provider=key, tier=str(seed["tier"]))
                 for key, p in groups if p is None for m, seed in SEED_MODELS.items()]
@@ -108,13 +104,27 @@ def _entries(groups: list[tuple[str, Preset | None]]) -> list[Entry]:
 
 def price_entries(providers: dict[str, dict[str, Any]], entries: list[Entry]) -> None:
     """Set each entry's price as the catalog of the written config will have it."""
-    models = {e.name: {"provider": e.provider, **({"upstream_model": e.upstream} if e.upstream != e.name else {})}
+    models = {e.name: {"provider": e.provider, **({"upstream_model": e.upstream} if e.upstream != e.name else {}),
+                       **({"price": {"input": 0, "output": 0}} if e.free else {})}
               for e in entries}
     with _quiet_catalog():
         catalog = load_config({"providers": providers, "models": models}, env={}).build_catalog()
     for e in entries:
         info = catalog.get(e.name)
         e.price = info.price if info else None
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/@+\-]*")
+
+
+def yaml_name(name: str) -> str:
+    """``name`` as written in the YAML: plain when it reads back as itself in block and flow
+    context (``llama3.2:3b``, ``Qwen/Qwen3.5-9B``), else a double-quoted string. A local server's
+    names are the server's to choose: one like ``yes``, ``1.5`` or ``a, b`` must not become another
+    value or another key."""
+    if _PLAIN.fullmatch(name) and not name.endswith(":") and yaml.safe_load(f"[{name}]") == [name]:
+        return name
+    return json.dumps(name)  # JSON's string syntax is YAML's double-quoted scalar
 
 
 def usd(value: float) -> str:
@@ -125,6 +135,10 @@ def usd(value: float) -> str:
 
 
 def _price_comment(e: Entry) -> str:
+    if e.placeholder:
+        return f"placeholder: replace with a model the server serves ({e.placeholder})"
+    if e.free:
+        return "free: runs on your own hardware (see the note above)"
     if e.price is None:
         return "no known price: add a price: block (input, output) or costs are recorded as unknown"
     text = f"${usd(e.price.input)} in / ${usd(e.price.output)} out per million tokens"
@@ -150,18 +164,27 @@ def render(groups: list[tuple[str, Preset | None]], urls: dict[str, str], key_en
                  for key, _ in groups}
     entries = _entries(groups)
     price_entries(providers, entries)
-    # Cheapest output first; unknown prices last; ties keep the presets' order.
+    # Cheapest output first; unknown prices last; ties keep the presets' order (a local preset's
+    # models come smallest first, init_local.py).
     entries.sort(key=lambda e: e.price.output if e.price else float("inf"))
     premium = [e for e in entries if e.tier == "premium" and e.price] or [e for e in entries if e.price] or entries
-    baseline = max(premium, key=lambda e: e.price.output if e.price else 0.0)
-    default = next((e for tier in ("small", "nano", "medium") for e in entries if e.tier == tier), entries[0])
+    # Among equal prices the first wins, except free models (local ones only): the largest, last.
+    baseline = max(premium, key=lambda e: (e.price.output if e.price else 0.0, entries.index(e) if e.free else 0))
+    # A free model serves `auto` whenever there is one: that is what a local server is there for.
+    pool = [e for e in entries if e.free] or entries
+    default = next((e for tier in ("small", "nano", "medium") for e in pool if e.tier == tier), pool[0])
     below = entries.index(baseline) - 1
 
     prov_lines: list[str] = []
-    for key, _ in groups:
-        prov_lines += [f"  {key}:",
-                       f"    base_url: {urls[key]}",
-                       f"    api_key: ${{{key_envs[key]}}}".ljust(37) + "# stays in the gateway; clients never see it",
+    for key, p in groups:
+        prov_lines += [f"  {key}:", f"    base_url: {urls[key]}"]
+        if not key_envs[key]:
+            prov_lines.append("    # api_key: ${MY_KEY}                # the server takes none; add one if yours does")
+        elif p is not None and p.free:  # a local server often takes no key: unset is no warning
+            prov_lines.append(f"    api_key: ${{{key_envs[key]}:-}}".ljust(37) + "# empty: no key sent (the server takes none)")
+        else:
+            prov_lines.append(f"    api_key: ${{{key_envs[key]}}}".ljust(37) + "# stays in the gateway; clients never see it")
+        prov_lines += [
                        "    timeout_s: 120                   # a call (or a stream's gap between chunks) that takes longer fails",
                        "    max_retries: 2                   # retries on connection errors, 429 and 5xx (honours Retry-After)"]
         if price_providers[key]:
@@ -169,23 +192,31 @@ def render(groups: list[tuple[str, Preset | None]], urls: dict[str, str], key_en
                               + f"# priced as {price_providers[key]}'s models: base_url is not its API")
     model_lines: list[str] = []
     for e in entries:
-        model_lines += [f"  {e.name}:".ljust(37) + "# " + _price_comment(e), f"    provider: {e.provider}"]
+        model_lines += [f"  {yaml_name(e.name)}:".ljust(37) + "# " + _price_comment(e), f"    provider: {e.provider}"]
         if e.upstream != e.name:
-            model_lines.append(f"    upstream_model: {e.upstream}      # the name {e.provider}'s API knows it by")
+            model_lines.append(f"    upstream_model: {yaml_name(e.upstream)}      # the name {e.provider}'s API knows it by")
         model_lines.append(f"    tier: {e.tier}")
+        if e.free:
+            model_lines.append("    price: {input: 0, output: 0}")
         if e is baseline:
             model_lines.append("    aliases: [premium]")
             if below >= 0:
-                model_lines.append(f"    fallbacks: [{entries[below].name}]".ljust(37)
+                model_lines.append(f"    fallbacks: [{yaml_name(entries[below].name)}]".ljust(37)
                                    + f"# used when {e.name}'s retries are exhausted")
     note = ""
+    if any(e.free for e in entries):
+        note += ("# `price: {input: 0, output: 0}`: a model on your own server costs no API fee, so its requests\n"
+                 "# are recorded at $0 and the report counts the baseline's whole cost as saved. That counts no\n"
+                 "# hardware or power cost: to count one, write what a million tokens costs you (the box's hourly\n"
+                 "# cost over the millions of tokens it serves an hour), e.g. `price: {input: 0.02, output: 0.08}`.\n")
     if any(p is None for _, p in groups):
         note += ("# These are thrifty's seed model names: the server at base_url must serve each one under\n"
                 "# this name (the mock upstream answers any name). For vLLM, Ollama or another server, rename\n"
-                "# them to models it serves, or set `upstream_model:` to the name it knows.\n")
+                "# them to models it serves, or set `upstream_model:` to the name it knows (or run `thrifty init\n"
+                "# --provider ollama`, `vllm` or `local`, which writes the models the server lists, free).\n")
     text = resources.files("thrifty").joinpath("data/starter.yaml").read_text(encoding="utf-8")
     for placeholder, value in (("__PROVIDERS__", "\n".join(prov_lines)), ("__MODELS_NOTE__", note),
-                               ("__MODELS__", "\n".join(model_lines)), ("__BASELINE__", baseline.name),
-                               ("__DEFAULT_MODEL__", default.name)):
+                               ("__MODELS__", "\n".join(model_lines)), ("__BASELINE__", yaml_name(baseline.name)),
+                               ("__DEFAULT_MODEL__", yaml_name(default.name))):
         text = text.replace(placeholder, value)
     return text

@@ -4,7 +4,6 @@ command that opens the ledger database of a config shares (``keys``, ``report``,
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -118,6 +117,7 @@ async def _reconcile(cfg: Config, min_age_s: float) -> Tally:
     nothing: its providers, retry policies, prices, ledger writer, budgets and /metrics code are
     what a retrieve would use (the metrics of this process go nowhere; the ledger and a shared
     budget store are what count). Closed on the loop its connections were opened on."""
+    from thrifty.errors import StorageError
     from thrifty.gateway import Gateway
     from thrifty.server.reconcile import Reconciler
     from thrifty.server.response_resources import ResponseResources
@@ -125,10 +125,14 @@ async def _reconcile(cfg: Config, min_age_s: float) -> Tally:
     gateway = Gateway(cfg)
     try:
         reconciler = Reconciler(ResponseResources(gateway, gateway.ops.responses), min_age_s=min_age_s)
-        started = time.time()
         tally = await reconciler.run_once()
-        # Said, so a run right after the creates does not print four zeros with no reason.
-        tally.not_due = await gateway.ops.responses.pending_since(started - min_age_s)
+        # Said, so a run right after the creates does not print four zeros with no reason. From
+        # the pass's own window end: no entry is counted both listed and not due. A database that
+        # fails now leaves the count at 0 rather than losing the pass's figures.
+        try:
+            tally.not_due = await gateway.ops.responses.pending_since(tally.window_end)
+        except StorageError as exc:
+            typer.echo(f"warning: pending background responses not counted: {exc.message}", err=True)
         return tally
     finally:
         await gateway.aclose()

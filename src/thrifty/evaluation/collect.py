@@ -26,7 +26,14 @@ from typing import IO, TYPE_CHECKING, Any
 from thrifty.catalog import Catalog
 from thrifty.cost import price_tokens
 from thrifty.errors import DataError, InvalidRequestError, ThriftyError, printable
-from thrifty.internal_calls import MAX_LESSONS, learn_from_error, learn_from_reply
+from thrifty.internal_calls import (
+    MAX_LESSONS,
+    learn_from_error,
+    learn_from_reply,
+    reasoned_out,
+    refused_param,
+    shape_for,
+)
 from thrifty.jsonl import iter_jsonl
 from thrifty.ledger.records import ERROR_CHARS
 from thrifty.pipeline.context import RequestContext, new_request_id
@@ -253,8 +260,10 @@ class Collector:
         catalog = self.gw.catalog
         cost = 0.0
         # Shaped for the judge model (internal_calls); sent again, like the gateway's own judge,
-        # when its provider refuses a parameter or it reasoned its whole budget away.
+        # when its provider refuses a parameter or it reasoned its whole budget away, or when a
+        # concurrent prompt's judge call learned that meanwhile (this one then has nothing to learn).
         for lesson in range(MAX_LESSONS + 1):
+            shape = shape_for(catalog, scorer.model)
             req = scorer.judge_request(shown, candidate, catalog)
             req = req.copy_with(options={**RAW_OPTIONS, "task": JUDGE_TASK})
             ctx, error = await self._call(req)
@@ -266,6 +275,10 @@ class Collector:
             if error is not None and learn_from_error(catalog, scorer.model, req.params, error, status=None):
                 continue
             if error is None and ctx.response is not None and learn_from_reply(catalog, scorer.model, ctx.response):
+                continue
+            if shape_for(catalog, scorer.model) != shape and (
+                    (error is not None and refused_param(req.params, error, None) is not None)
+                    or (error is None and ctx.response is not None and reasoned_out(ctx.response))):
                 continue
             break
         if error is not None:

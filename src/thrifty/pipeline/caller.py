@@ -108,21 +108,28 @@ class ModelCaller:
         self,
         ctx: RequestContext,
         model_name: str,
-        request: ChatRequest | None = None,
+        request: ChatRequest | Callable[[ModelInfo], ChatRequest] | None = None,
         *,
         purpose: str = "answer",
         batch: bool = False,
     ) -> tuple[dict[str, Any], Attempt]:
-        """A non-streaming completion from ``model_name`` (or its fallbacks)."""
-        req = request or ctx.request
+        """A non-streaming completion from ``model_name`` (or its fallbacks). ``request`` may be
+        built per model tried: thrifty's own calls are shaped for the model that gets them
+        (internal_calls), and a fallback may refuse what the model asked takes."""
+
+        def request_for(info: ModelInfo) -> ChatRequest:
+            if callable(request):
+                return request(info)
+            return request or ctx.request
 
         async def once(provider: Provider, info: ModelInfo, attempt: Attempt, t0: float) -> dict[str, Any]:
+            req = request_for(info)
             response = await provider.complete(req.to_body(info.upstream_model, stream=False))
             attempt.latency_ms = (time.perf_counter() - t0) * 1000
             self._price(attempt, info, req, response, batch)
             return response
 
-        return await self._with_retries(ctx, model_name, once, req, purpose=purpose, batch=batch)
+        return await self._with_retries(ctx, model_name, once, request_for, purpose=purpose, batch=batch)
 
     async def stream(
         self, ctx: RequestContext, model_name: str, request: ChatRequest | None = None
@@ -140,14 +147,14 @@ class ModelCaller:
                 first = None
             return self._priced_stream(attempt, info, req, first, it, t0)
 
-        return await self._with_retries(ctx, model_name, once, req)
+        return await self._with_retries(ctx, model_name, once, lambda _: req)
 
     async def _with_retries(
         self,
         ctx: RequestContext,
         model_name: str,
         once: Callable[[Provider, ModelInfo, Attempt, float], Awaitable[T]],
-        req: ChatRequest,
+        request_for: Callable[[ModelInfo], ChatRequest],
         *,
         purpose: str = "answer",
         batch: bool = False,
@@ -184,7 +191,7 @@ class ModelCaller:
                     # prompt and may bill it. Recorded as failed at its prompt, estimated, a lower
                     # bound rather than $0 (the exception's text is not kept: it may hold a key).
                     attempt.latency_ms = (time.perf_counter() - t0) * 1000
-                    self._price(attempt, info, req, {}, batch)
+                    self._price(attempt, info, request_for(info), {}, batch)
                     attempt.status = "error"
                     attempt.error = ("cancelled in flight (deadline or client gone)"
                                      if isinstance(exc, asyncio.CancelledError)

@@ -99,7 +99,8 @@ class Metrics:
         for kind, n in (("prompt", u.prompt_tokens), ("completion", u.completion_tokens), ("cached", u.cached_tokens)):
             if n:
                 self._child(self.tokens, model, route, kind).inc(n)
-        if ctx.cost_usd:
+        if ctx.cost_usd is not None:
+            # 0.0 too: a free (local) model's requests still get their cost series, at 0.
             self._child(self.cost, model, route).inc(ctx.cost_usd)
         if ctx.status == "ok" and ctx.baseline_cost_usd is not None and ctx.cost_usd is not None:
             # As the report's BASELINE_SQL: an unpriced request is out of the cost counter, so out of this one.

@@ -77,6 +77,7 @@ class Tally:
     oldest_pending: float | None = None  # the ts of the oldest entry left pending (serve's next window)
     newest: float = 0.0  # the ts of the newest entry listed (where a pass after a full batch resumes)
     not_due: int = 0  # pending entries younger than the minimum age (counted by the CLI only)
+    window_end: float = 0.0  # entries created before this were listed (now minus the minimum age)
 
     def add(self, outcome: str, entry: StoredResponse) -> None:
         setattr(self, outcome, getattr(self, outcome) + 1)
@@ -106,7 +107,7 @@ class Reconciler:
         Raises ``StorageError`` when they cannot be listed (nothing was asked then)."""
         before = time.time() - self.min_age_s
         entries = await self.index.pending_before(before, since, limit, wait_s=LIST_WAIT_S)
-        tally = Tally()
+        tally = Tally(window_end=before)
         gate = asyncio.Semaphore(CONCURRENCY)
         # Providers a look-up of this pass could not reach (no connection, no answer in time):
         # their other entries are not asked this pass. Each look-up waits out the provider's
@@ -114,6 +115,8 @@ class Reconciler:
         # turn took hours per pass (500 entries, four at a time), holding up every other
         # provider's entries and the CLI. An HTTP error status is not counted: it comes back at
         # once and may be the entry's own, which must not keep its provider's others waiting.
+        # A 429 still left after the retries is (an UpstreamRateLimitError, not a status error):
+        # asking a rate-limited provider about its other entries would only prolong the limit.
         down: set[str] = set()
 
         async def one(entry: StoredResponse) -> None:
