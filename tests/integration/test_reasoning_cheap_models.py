@@ -10,20 +10,18 @@ model, the classifier never classified, prompts were never compressed, semantic 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sqlite3
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
 import yaml
 
 from fixtures.cli_run import run_main
+from fixtures.served import attempt_rows, reset, sent, serving
 from thrifty.config import load_config
 from thrifty.errors import ConfigError
 from thrifty.gateway import Gateway
@@ -79,32 +77,15 @@ def config(tmp: Path, upstream: RunningServer, **sections: Any) -> dict[str, Any
             "ledger": {"path": str(tmp / "ledger.db")}, **sections}
 
 
-@contextlib.contextmanager
-def serving(cfg: dict[str, Any]) -> Iterator[tuple[Gateway, openai.OpenAI]]:
-    gw = Gateway.from_config(cfg)
-    with run_in_thread(gw.app()) as server:
-        yield gw, openai.OpenAI(base_url=server.url + "/v1", api_key="sk-client-0000", max_retries=0)
-    gw.flush()
 
 
 def attempts(gw: Gateway) -> list[dict[str, Any]]:
-    gw.flush()
-    assert gw.config.ledger.path
-    with sqlite3.connect(gw.config.ledger.path) as db:
-        db.row_factory = sqlite3.Row
-        return [dict(r) for r in db.execute(
-            "SELECT a.model, a.purpose, a.status, a.accepted, a.score, a.completion_tokens, a.reasoning_tokens, "
-            "a.cost_usd FROM attempts a JOIN requests r ON a.request_id = r.request_id ORDER BY r.ts, a.seq")]
+    return attempt_rows(gw, "a.model, a.purpose, a.status, a.accepted, a.score, a.completion_tokens, "
+                            "a.reasoning_tokens, a.cost_usd")
 
 
-def sent(upstream: RunningServer, model: str) -> list[dict[str, Any]]:
-    """The chat bodies the mock received for ``model``, oldest first."""
-    data = httpx.get(upstream.url + "/mock/requests?limit=200").json()["data"]
-    return [r["body"] for r in data if isinstance(r["body"], dict) and r["body"].get("model") == model]
 
 
-def reset(upstream: RunningServer) -> None:
-    httpx.post(upstream.url + "/mock/reset").raise_for_status()
 
 
 def starter_guard(default_model: str, baseline: str) -> dict[str, Any]:

@@ -5,20 +5,18 @@ Real gateway on 127.0.0.1, the mock upstream over HTTP, the real ``openai`` clie
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sqlite3
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
 import yaml
 
 from fixtures.cli_run import run_main
+from fixtures.served import attempt_rows, reset, sent, serving
 from thrifty.gateway import Gateway
 from thrifty.internal_calls import shape_for
 from thrifty.mock.app import create_app as create_mock
@@ -58,31 +56,14 @@ def config(tmp: Path, upstream: RunningServer, judge: str, **judge_settings: Any
                 "scorer": {"kind": "judge", "judge_model": judge}}}}}
 
 
-@contextlib.contextmanager
-def serving(cfg: dict[str, Any]) -> Iterator[tuple[Gateway, openai.OpenAI]]:
-    gw = Gateway.from_config(cfg)
-    with run_in_thread(gw.app()) as server:
-        yield gw, openai.OpenAI(base_url=server.url + "/v1", api_key="sk-client-0000", max_retries=0)
-    gw.flush()
 
 
 def judge_rows(gw: Gateway) -> list[dict[str, Any]]:
-    gw.flush()
-    assert gw.config.ledger.path
-    with sqlite3.connect(gw.config.ledger.path) as db:
-        db.row_factory = sqlite3.Row
-        return [dict(r) for r in db.execute(
-            "SELECT a.model, a.status, a.score FROM attempts a JOIN requests r ON a.request_id = r.request_id "
-            "WHERE a.purpose = 'judge' ORDER BY r.ts, a.seq")]
+    return attempt_rows(gw, "a.model, a.status, a.score", "a.purpose = 'judge'")
 
 
-def sent(upstream: RunningServer, model: str) -> list[dict[str, Any]]:
-    data = httpx.get(upstream.url + "/mock/requests?limit=200").json()["data"]
-    return [r["body"] for r in data if isinstance(r["body"], dict) and r["body"].get("model") == model]
 
 
-def reset(upstream: RunningServer) -> None:
-    httpx.post(upstream.url + "/mock/reset").raise_for_status()
 
 
 def served_by(client: openai.OpenAI) -> str:

@@ -128,11 +128,8 @@ def test_a_provider_that_stops_answering_costs_a_reconcile_pass_one_timeout_not_
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from thrifty.gateway import Gateway
     from thrifty.mock.server import run_in_thread
-    from thrifty.server.reconcile import CONCURRENCY, Reconciler
-    from thrifty.server.response_resources import ResponseResources
-    from thrifty.server.stored_responses import StoredResponse
+    from thrifty.server.reconcile import CONCURRENCY
 
     asked: list[str] = []
 
@@ -142,31 +139,46 @@ def test_a_provider_that_stops_answering_costs_a_reconcile_pass_one_timeout_not_
         return JSONResponse({"id": request.path_params["rid"], "status": "in_progress"})
 
     with run_in_thread(Starlette(routes=[Route("/v1/responses/{rid}", frozen)])) as stuck:
-        cfg = {"providers": {"a": {"base_url": stuck.url + "/v1", "api_key": "sk-a", "max_retries": 0,
-                                   "timeout_s": 0.3}},
-               "models": {"gpt": {"provider": "a", "price": {"input": 2.0, "output": 8.0}}},
-               "default_model": "gpt",
-               "ledger": {"path": str(tmp_path / "ledger.db")},
-               "server": {"reconcile_background_s": 0}}
-        gw = Gateway.from_config(cfg)
+        n = 3 * CONCURRENCY
+        tally = _one_reconcile_pass(stuck.url, tmp_path, n, timeout_s=0.3)
+        assert tally.failed == n and tally.settled == tally.running == 0  # all left pending
+        assert len(asked) == CONCURRENCY  # the first look-ups in flight, not one per entry
+
+
+def _one_reconcile_pass(base: str, tmp_path: Path, n: int, timeout_s: float | None = None) -> Any:
+    """One reconciler pass over ``n`` pending entries (``resp_0`` oldest) of a provider at
+    ``base``: its tally."""
+    import asyncio
+
+    from thrifty.gateway import Gateway
+    from thrifty.server.reconcile import Reconciler
+    from thrifty.server.response_resources import ResponseResources
+    from thrifty.server.stored_responses import StoredResponse
+
+    provider: dict[str, Any] = {"base_url": base + "/v1", "api_key": "sk-a", "max_retries": 0}
+    if timeout_s is not None:
+        provider["timeout_s"] = timeout_s
+    cfg = {"providers": {"a": provider},
+           "models": {"gpt": {"provider": "a", "price": {"input": 2.0, "output": 8.0}}},
+           "default_model": "gpt",
+           "ledger": {"path": str(tmp_path / "ledger.db")},
+           "server": {"reconcile_background_s": 0}}
+    gw = Gateway.from_config(cfg)
+    index = gw.ops.responses
+
+    async def one_pass() -> Any:
         try:
-            index = gw.ops.responses
-            n = 3 * CONCURRENCY
-
-            async def one_pass() -> Any:
-                try:
-                    for i in range(n):
-                        await index.remember(StoredResponse(f"resp_{i}", f"req_{i}", "gpt", "a", None, "default",
-                                                            time.time() - 120, True))
-                    return await Reconciler(ResponseResources(gw, index), min_age_s=60).run_once()
-                finally:
-                    await gw.aclose()
-
-            tally = asyncio.run(one_pass())
-            assert tally.failed == n and tally.settled == tally.running == 0  # all left pending
-            assert len(asked) == CONCURRENCY  # the first look-ups in flight, not one per entry
+            for i in range(n):
+                await index.remember(StoredResponse(f"resp_{i}", f"req_{i}", "gpt", "a", None, "default",
+                                                    time.time() - 120 + i, True))
+            return await Reconciler(ResponseResources(gw, index), min_age_s=60).run_once()
         finally:
-            gw.close()
+            await gw.aclose()
+
+    try:
+        return asyncio.run(one_pass())
+    finally:
+        gw.close()
 
 
 def test_an_entry_the_provider_refuses_does_not_keep_its_other_entries_from_being_settled(
@@ -174,18 +186,14 @@ def test_an_entry_the_provider_refuses_does_not_keep_its_other_entries_from_bein
     """The other half of the rule above: an HTTP error status (here a 400 for one response id)
     is that entry's, and the provider's other entries are still asked in the same pass (else one
     bad entry, the oldest, would hold its provider's others back on every pass)."""
-    import asyncio
 
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from thrifty.gateway import Gateway
     from thrifty.mock.server import run_in_thread
-    from thrifty.server.reconcile import CONCURRENCY, Reconciler
-    from thrifty.server.response_resources import ResponseResources
-    from thrifty.server.stored_responses import StoredResponse
+    from thrifty.server.reconcile import CONCURRENCY
 
     asked: list[str] = []
 
@@ -197,30 +205,10 @@ def test_an_entry_the_provider_refuses_does_not_keep_its_other_entries_from_bein
         return JSONResponse({"id": rid, "object": "response", "status": "in_progress"})
 
     with run_in_thread(Starlette(routes=[Route("/v1/responses/{rid}", picky)])) as up:
-        cfg = {"providers": {"a": {"base_url": up.url + "/v1", "api_key": "sk-a", "max_retries": 0}},
-               "models": {"gpt": {"provider": "a", "price": {"input": 2.0, "output": 8.0}}},
-               "default_model": "gpt",
-               "ledger": {"path": str(tmp_path / "ledger.db")},
-               "server": {"reconcile_background_s": 0}}
-        gw = Gateway.from_config(cfg)
-        try:
-            index = gw.ops.responses
-            n = 3 * CONCURRENCY
-
-            async def one_pass() -> Any:
-                try:
-                    for i in range(n):
-                        await index.remember(StoredResponse(f"resp_{i}", f"req_{i}", "gpt", "a", None, "default",
-                                                            time.time() - 120 + i, True))
-                    return await Reconciler(ResponseResources(gw, index), min_age_s=60).run_once()
-                finally:
-                    await gw.aclose()
-
-            tally = asyncio.run(one_pass())
-            assert (tally.failed, tally.running) == (1, n - 1)
-            assert sorted(asked) == sorted(f"resp_{i}" for i in range(n))
-        finally:
-            gw.close()
+        n = 3 * CONCURRENCY
+        tally = _one_reconcile_pass(up.url, tmp_path, n)
+        assert (tally.failed, tally.running) == (1, n - 1)
+        assert sorted(asked) == sorted(f"resp_{i}" for i in range(n))
 
 
 def test_a_background_response_is_priced_at_the_hour_it_ran_not_when_it_is_settled(
