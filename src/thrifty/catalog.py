@@ -180,20 +180,15 @@ def _varies_in_time(model_ref: str, provider_id: str | None) -> bool:
     later date (within a year): sampled, as the library's constraints are its own business."""
     from genai_prices import Usage, calc_price
 
-    try:
-        return len(_prices_over_time(calc_price, Usage(input_tokens=1_000_000, output_tokens=1_000_000),
-                                     model_ref, provider_id)) > 1
-    except Exception:  # a library fault: the price stays the start-up figure, never unknown
-        return False
-
-
-def _prices_over_time(calc_price: Callable[..., Any], tokens: Any, model_ref: str,
-                      provider_id: str | None) -> set[Any]:
     now = datetime.now(UTC)
     day = now.replace(minute=30, second=0, microsecond=0)
     times = [day.replace(hour=h) for h in range(24)] + [now + timedelta(days=d) for d in (7, 30, 90, 180, 365)]
-    return {calc_price(tokens, model_ref=model_ref, provider_id=provider_id, genai_request_timestamp=t).total_price
-            for t in times}
+    try:
+        tokens = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
+        return len({calc_price(tokens, model_ref=model_ref, provider_id=provider_id,
+                               genai_request_timestamp=t).total_price for t in times}) > 1
+    except Exception:  # a library fault: the price stays the start-up figure, never unknown
+        return False
 
 
 def _genai_audio_prices(model_ref: str, provider_id: str | None,
@@ -204,8 +199,6 @@ def _genai_audio_prices(model_ref: str, provider_id: str | None,
     rate" (genai-prices prices unlisted audio as text), so which rates exist is read from the
     model's price record; their values still come from pricing 1,000 tokens (base tier)."""
     try:
-        from datetime import UTC, datetime
-
         from genai_prices.data_snapshot import get_snapshot
 
         _, model = get_snapshot().find_provider_model(model_ref, None, provider_id, None)
@@ -233,14 +226,15 @@ def resolve_price(
     # Groq, Together, OpenRouter...) costs what the provider serving it charges, many such names
     # are listed under their provider only (a name-only look-up finds nothing), and a provider's
     # price beats the seed table's illustrative one (its deepseek-v4-flash is not DeepSeek's).
-    base = ((lookup_genai_price(upstream_model, provider_hint) if provider_hint else None)
-            or seed_price(name) or seed_price(upstream_model)
-            or lookup_genai_price(upstream_model, None))
-    if configured and configured.get("input") == 0 and configured.get("output") == 0:
-        # Free (a model on one's own hardware): no rate of a price found for the same name (Ollama's
-        # deepseek-r1:7b is DeepSeek's R1 in genai-prices) may survive to charge its cached,
-        # cache-write, batch or audio tokens; any of those the block gives still applies.
-        base = None
+    # Free (a model on one's own hardware): no rate of a price found for the same name (Ollama's
+    # deepseek-r1:7b is DeepSeek's R1 in genai-prices) may survive to charge its cached,
+    # cache-write, batch or audio tokens; any of those the block gives still applies. So nothing
+    # is looked up for it (genai-prices look-ups cost milliseconds at start-up).
+    free = configured is not None and configured.get("input") == 0 and configured.get("output") == 0
+    base = None if free else (
+        (lookup_genai_price(upstream_model, provider_hint) if provider_hint else None)
+        or seed_price(name) or seed_price(upstream_model)
+        or lookup_genai_price(upstream_model, None))
     if configured:
         if base is None:
             if "input" not in configured or "output" not in configured:

@@ -259,6 +259,22 @@ def learn_from_reply(catalog: Catalog, model: str, response: dict[str, Any]) -> 
     return _remember(catalog, model, old, Shape(True, "max_tokens", None, info.reasoning_budget))
 
 
+def resend_after_error(catalog: Catalog, model: str, sent: Shape, message: str, status: int | None,
+                       params: dict[str, Any]) -> bool:
+    """Whether an internal call to ``model`` sent with shape ``sent`` (``params``) and refused
+    (``message``, ``status`` None: unknown) is worth sending again: the refusal taught a new
+    shape, or a concurrent call learned one meanwhile that this refusal also calls for (judged
+    against the shape learned, this call would see nothing to learn)."""
+    return learn_from_error(catalog, model, params, message, status) or (
+        shape_for(catalog, model) != sent and refused_param(params, message, status) is not None)
+
+
+def resend_after_reply(catalog: Catalog, model: str, sent: Shape, reply: dict[str, Any]) -> bool:
+    """Whether an internal call to ``model`` sent with shape ``sent`` and answered ``reply`` is
+    worth sending again (``learn_from_reply``, or a concurrent call's lesson, as above)."""
+    return learn_from_reply(catalog, model, reply) or (shape_for(catalog, model) != sent and reasoned_out(reply))
+
+
 def _shaper(catalog: Catalog, shaped: dict[str, Shape], messages: list[dict[str, Any]], max_tokens: int | None,
             temperature: float | None) -> Callable[[ModelInfo], ChatRequest]:
     """The request builder of one internal call for each model the caller tries (the model asked,
@@ -294,14 +310,12 @@ async def complete_internal(caller: ModelCaller, ctx: RequestContext, model: str
         except UpstreamError as exc:
             if not last and shaped:
                 tried, sent = next(reversed(shaped.items()))  # the chain stops at the model that refused
-                params = sent.params(max_tokens, temperature)
-                if learn_from_error(catalog, tried, params, exc.message, exc.status) or (
-                        shape_for(catalog, tried) != sent and refused_param(params, exc.message, exc.status)):
+                if resend_after_error(catalog, tried, sent, exc.message, exc.status,
+                                      sent.params(max_tokens, temperature)):
                     continue
             raise
         answered = shaped.get(attempt.model)
-        if not last and answered is not None and (learn_from_reply(catalog, attempt.model, reply) or (
-                shape_for(catalog, attempt.model) != answered and reasoned_out(reply))):
+        if not last and answered is not None and resend_after_reply(catalog, attempt.model, answered, reply):
             continue
         return reply, attempt
     raise AssertionError("unreachable: the last lesson returns or raises")

@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -95,9 +96,9 @@ def _entries(groups: list[tuple[str, Preset | None]]) -> list[Entry]:
     entries += [Entry(name=m, upstream=m, provider=key, tier=str(seed["tier"]))
                 for key, p in groups if p is None for m, seed in SEED_MODELS.items()]
     # Names stay unique: a name two providers share gets its provider's key in front.
-    shared = {e.name for e in entries if sum(o.name == e.name for o in entries) > 1}
+    counts = Counter(e.name for e in entries)
     for e in entries:
-        if e.name in shared:
+        if counts[e.name] > 1:
             e.name = f"{e.provider}/{e.upstream}"
     return entries
 

@@ -154,8 +154,9 @@ same command again to resume, and to ask the calls that failed again."""
         # The reference under the name it has in the output (--models may name it by an alias).
         own = catalog.get(reference)
         reference = next(m for m in chosen if (catalog.get(m) or own) == own)
-        if judge_model is None and catalog.by_price():
-            judge_model = catalog.by_price()[0].name
+        cheapest = catalog.by_price() if judge_model is None else []
+        if cheapest:
+            judge_model = cheapest[0].name
         if judge_model is not None:
             _model(catalog, judge_model, "--judge-model")
         prompts = load_prompts(prompts_file)
@@ -163,17 +164,18 @@ same command again to resume, and to ask the calls that failed again."""
         ids, digests, before = read_done(out, chosen)
         todo = pending(prompts, out, ids, digests)
         redos = failed_lines(out, opts) if retry_failed else []
+        to_retry = sum(len(r.models) for r in redos)  # failed calls asked again
         if not todo and not redos:
             typer.echo(f"nothing to do: all {len(prompts)} prompts are in {out}")
             _warn_failed(out, retry_failed)
             return
         if before:
-            again = (f"; {sum(len(r.models) for r in redos)} failed calls of {len(redos)} lines asked again"
+            again = (f"; {to_retry} failed calls of {len(redos)} lines asked again"
                      if redos else "")
             typer.echo(f"resuming: {len(prompts) - len(todo)} of {len(prompts)} prompts already in {out}{again}",
                        err=True)
         est = estimate(todo, opts, catalog, redos)
-        typer.echo(_estimate_line(est, len(todo), max_tokens, sum(len(r.models) for r in redos)))
+        typer.echo(_estimate_line(est, len(todo), max_tokens, to_retry))
         if max_usd is not None:
             if est.unpriced:
                 raise UsageError(f"--max-usd: no known price for {', '.join(est.unpriced)}, so the spend cannot be "
@@ -208,8 +210,7 @@ same command again to resume, and to ask the calls that failed again."""
             if isinstance(exc, asyncio.CancelledError) and not terminated:
                 raise
             done = len(prompts) - len(todo) + collector.summary.written
-            typer.echo(_interrupted_line(done, len(prompts), out, collector.summary,
-                                         sum(len(r.models) for r in redos)), err=True)
+            typer.echo(_interrupted_line(done, len(prompts), out, collector.summary, to_retry), err=True)
             raise typer.Exit(128 + (terminated[0] if terminated else signal.SIGINT)) from None
         finally:
             if collector.sink is not None:

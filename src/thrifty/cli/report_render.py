@@ -13,9 +13,14 @@ import io
 import math
 from collections.abc import Callable
 from dataclasses import asdict, fields
+from typing import TYPE_CHECKING
 
-from thrifty.ledger.report import ReportRow
 from thrifty.strictjson import dumps
+
+if TYPE_CHECKING:
+    # Only for the types: `dollars` is imported by command modules that every `thrifty`
+    # invocation loads (estimate, outcomes), and the ledger's modules add ~20 ms to its start-up.
+    from thrifty.ledger.report import ReportRow
 
 
 def dollars(v: float | None) -> str:
@@ -28,10 +33,6 @@ def dollars(v: float | None) -> str:
     return f"{v:,.2f}" if abs(v) >= 0.01 or v == 0 else f"{v:.2g}" if abs(v) >= 1e-4 else f"{v:.1e}"
 
 
-# Every field, in order: the CSV header, even when there are no rows to print.
-COLUMNS = [f.name for f in fields(ReportRow)]
-
-
 def render(rows: list[ReportRow], fmt: str, group_label: str, total: ReportRow | None = None) -> str:
     """``rows`` as ``fmt`` (table, json or csv); ``group_label`` heads the table's first column,
     and ``total`` (the whole window, table only) is its last line."""
@@ -41,7 +42,10 @@ def render(rows: list[ReportRow], fmt: str, group_label: str, total: ReportRow |
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf)
-        writer.writerow(COLUMNS)
+        from thrifty.ledger.report import ReportRow
+
+        # Every field, in order: the CSV header, even when there are no rows to print.
+        writer.writerow([f.name for f in fields(ReportRow)])
         for r in rows:
             writer.writerow(list(asdict(r).values()))
         return buf.getvalue()

@@ -26,14 +26,7 @@ from typing import IO, TYPE_CHECKING, Any
 from thrifty.catalog import Catalog
 from thrifty.cost import price_tokens
 from thrifty.errors import DataError, InvalidRequestError, ThriftyError, printable
-from thrifty.internal_calls import (
-    MAX_LESSONS,
-    learn_from_error,
-    learn_from_reply,
-    reasoned_out,
-    refused_param,
-    shape_for,
-)
+from thrifty.internal_calls import MAX_LESSONS, resend_after_error, resend_after_reply, shape_for
 from thrifty.jsonl import iter_jsonl
 from thrifty.ledger.records import ERROR_CHARS
 from thrifty.pipeline.context import RequestContext, new_request_id
@@ -272,13 +265,10 @@ class Collector:
             self.summary.judge_spent += spent
             if lesson == MAX_LESSONS:
                 break
-            if error is not None and learn_from_error(catalog, scorer.model, req.params, error, status=None):
+            if error is not None and resend_after_error(catalog, scorer.model, shape, error, None, req.params):
                 continue
-            if error is None and ctx.response is not None and learn_from_reply(catalog, scorer.model, ctx.response):
-                continue
-            if shape_for(catalog, scorer.model) != shape and (
-                    (error is not None and refused_param(req.params, error, None) is not None)
-                    or (error is None and ctx.response is not None and reasoned_out(ctx.response))):
+            if error is None and ctx.response is not None and resend_after_reply(catalog, scorer.model, shape,
+                                                                                ctx.response):
                 continue
             break
         if error is not None:

@@ -58,9 +58,10 @@ def read_done(out: Path, models: list[str]) -> tuple[dict[str, str], Counter[str
         if sorted(outcomes) != sorted(models):
             raise DataError(f"{out}: line {n} holds outcomes of {', '.join(sorted(outcomes))}, this run collects "
                             f"{', '.join(sorted(models))}: use another --out (or the same --models and --reference)")
-        messages = obj["messages"] if isinstance(obj.get("messages"), list) else \
-            [{"role": "user", "content": obj.get("prompt")}]
-        digest = messages_digest(messages)
+        found = _line_messages(obj)
+        if found is None:
+            continue  # neither messages nor prompt: no prompt of the file is this line's
+        digest = messages_digest(found[0])
         if obj.get("id") is not None:
             ids[id_key(obj["id"])] = digest
         else:
@@ -107,16 +108,22 @@ class Redo:
     reference: str  # the line's reference model, or "answer"
 
 
+def _line_messages(obj: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None] | None:
+    """An output line's messages, and its ``prompt`` text (None when it holds ``messages``), as
+    ``load_prompts`` reads a prompts line (so the digests match); None when it has neither."""
+    if isinstance(obj.get("messages"), list):
+        return obj["messages"], None
+    text = obj.get("prompt")
+    return ([{"role": "user", "content": text}], text) if isinstance(text, str) else None
+
+
 def _line_prompt(obj: dict[str, Any], lineno: int) -> Prompt | None:
     """The prompt an output line was collected for (None when the line has neither
     ``messages`` nor ``prompt``: nothing to ask again)."""
-    text = obj.get("prompt")
-    if isinstance(obj.get("messages"), list):
-        messages, text = obj["messages"], None
-    elif isinstance(text, str):
-        messages = [{"role": "user", "content": text}]
-    else:
+    found = _line_messages(obj)
+    if found is None:
         return None
+    messages, text = found
     answer = obj.get("answer")
     pid = obj.get("id")
     return Prompt(lineno, messages, text, obj.get("task") if isinstance(obj.get("task"), str) else None,

@@ -245,7 +245,7 @@ class Frontier:
                 if c.family in names:
                     routes[c.family] = self._route(c) if c.order else {"model": self.baseline,
                                                                        "description": "the baseline model"}
-            tasks = {t: r for t, r in self.task_routes.items()}
+            tasks = dict(self.task_routes)
         n = max(self.prompts, 1)
         section: dict[str, Any] = {
             # A family never (or hardly) seen in training, e.g. free-form questions, goes to the baseline.
@@ -306,10 +306,14 @@ def fit_frontier(train: OutcomeSet, *, baseline: str, spec: dict[str, Any] | Non
     # A label named like a format family is left to its format's routes: the gateway (and
     # simulate) look a prompt's format up in the same `tasks:` map as a client's label, so a
     # `tasks: {code: task:code}` entry would also take every unlabelled prompt of that format.
-    labels = sorted(t for t in {i.task for i in train if i.task}
-                    if t not in FAMILIES and sum(i.task == t for i in train) >= least)
+    # Grouped in one pass (not a scan of the data per label: calibration fits once per fold).
+    by_label: dict[str, list[Item]] = {}
+    for i in train:
+        if i.task and i.task not in FAMILIES:
+            by_label.setdefault(i.task, []).append(i)
+    labels = {t: items for t, items in sorted(by_label.items()) if len(items) >= least}
     if opts["by_task"] and labels:
-        per_group = {task_route(t): candidates(task_route(t), [i for i in train if i.task == t]) for t in labels}
+        per_group = {task_route(t): candidates(task_route(t), items) for t, items in labels.items()}
         for f, items in families.items():
             rest = [i for i in items if i.task not in labels]
             if rest:

@@ -178,6 +178,7 @@ class TaskRouter:
         if self.cfg.classify.client_labels:
             return ctx.task or decision.task
         return decision.task or ctx.task
+
     def route_plan(self, name: str, ctx: RequestContext, reason: str) -> Plan:
         r: RouteConfig = self.cfg.routes[name]
         guard = BudgetGuard(self.catalog, r.max_cost_usd, name)

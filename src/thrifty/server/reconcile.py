@@ -151,14 +151,16 @@ class Reconciler:
             return self._failed(entry, None, f"{type(exc).__name__}: {exc}")
         if not isinstance(response, dict) or response.get("status") not in TERMINAL:
             return "running"
-        if self.resources.outcome(entry, response) is None:
+        outcome = self.resources.outcome(entry, response)  # priced once, handed to settle
+        if outcome is None:
             # Finished with nothing to price: the estimate is all there will ever be.
             if await self.index.give_up(entry):
                 log.info("request %s: background response %s %s without usage to price; request %s keeps its "
                          "estimate", request_id, entry.response_id, response.get("status"), entry.request_id)
-            return "settled" if self.index.settled(entry.response_id) else "running"
-        await self.resources.settle(entry, response, request_id)
-        # Not settled: its row is not in the ledger yet, or the database failed (``amend`` logged it).
+        else:
+            await self.resources.settle(entry, response, request_id, outcome)
+        # Not settled: its row is not in the ledger yet, or the database failed (``amend`` and
+        # ``give_up`` logged it).
         return "settled" if self.index.settled(entry.response_id) else "running"
 
     async def _gone(self, entry: StoredResponse) -> str:

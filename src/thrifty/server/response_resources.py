@@ -186,20 +186,25 @@ class ResponseResources:
 
         return endpoint
 
-    async def settle(self, entry: StoredResponse, response: Any, request_id: str) -> None:
+    async def settle(self, entry: StoredResponse, response: Any, request_id: str,
+                     outcome: Outcome | None = None) -> None:
         """``_amend``, which must never fail a retrieve the provider answered: a fault is logged.
         The reconciler (server/reconcile.py) settles through here too, so both write the same
-        rows, budget correction, /metrics and log line, under the same claim."""
+        rows, budget correction, /metrics and log line, under the same claim. ``outcome`` is
+        ``self.outcome(entry, response)`` when the caller has it already (the reconciler), so the
+        response is not priced twice."""
         try:
-            await self._amend(entry, response, request_id)
+            await self._amend(entry, response, request_id, outcome)
         except Exception:
             log.exception("request %s: background response %s: its usage was not recorded", request_id,
                           entry.response_id)
 
-    async def _amend(self, entry: StoredResponse, response: Any, request_id: str) -> None:
+    async def _amend(self, entry: StoredResponse, response: Any, request_id: str,
+                     outcome: Outcome | None = None) -> None:
         """A finished background response's usage over its create's estimate (once), and the
         difference on its key's budget."""
-        outcome = self.outcome(entry, response)
+        if outcome is None:
+            outcome = self.outcome(entry, response)
         if outcome is None:
             return
         ledger = self.gateway.ledger
