@@ -16,6 +16,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -30,6 +31,7 @@ from thrifty.catalog import (
     resolve_price,
 )
 from thrifty.compress.config import CompressionConfig
+from thrifty.config_nulls import empty_subsections
 from thrifty.config_source import interpolate_env, missing_env_vars, read_raw, yaml_problem
 from thrifty.errors import ConfigError, printable
 from thrifty.ops.config import AuthConfig
@@ -66,6 +68,9 @@ def _unset_blank(section: Any, key: str) -> Any:
 
 
 _SECRET_KEY_RE = re.compile(r"(api_key|dsn|redis_url|secret|password|token|admin_key)", re.I)
+# A key that is itself a secret (``providers.main.api_key``), not one that merely names one
+# (``auth.default_completion_tokens``).
+_SECRET_LEAF_RE = re.compile(r"(api_key|admin_key|secret|password|token|salt)$", re.I)
 
 
 class _Strict(BaseModel):
@@ -99,6 +104,16 @@ class ProviderConfig(_Strict):
         if not v.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> ProviderConfig:
+        # aiohttp refuses a request carrying both (a ValueError on every call, a 500 for the
+        # client): said here, at load, instead. Credentials in the URL alone are basic auth.
+        if "@" in urlsplit(self.base_url).netloc and (
+                self.api_key or any(h.lower() == "authorization" for h in self.headers)):
+            raise ValueError("base_url carries credentials (user:password@) and api_key or an Authorization "
+                             "header is set too; a request can carry only one: keep one of them")
+        return self
 
     @field_validator("price_provider")
     @classmethod
@@ -228,7 +243,7 @@ class Config(_Strict):
                 data[section] = _unset_blank(data[section], key)
         if isinstance(data.get("providers"), dict):
             data["providers"] = {name: _unset_blank(p, "api_key") for name, p in data["providers"].items()}
-        return data
+        return empty_subsections(data, cls)
 
     def _alias_problems(self) -> list[tuple[str, str]]:
         """An alias must name one model and nothing else: a request for it would otherwise reach
@@ -357,8 +372,14 @@ def load_config(source: str | Path | dict[str, Any], env: dict[str, str] | None 
     """Read, interpolate and validate a config; raise ``ConfigError`` listing every problem."""
     raw, base_dir = read_raw(source)
     data = interpolate_env(raw, env)
-    if base_dir and not data.get("base_dir"):
+    written = data.get("base_dir")
+    if base_dir and not written:
         data["base_dir"] = base_dir
+    elif base_dir and isinstance(written, str) and not os.path.isabs(written):
+        # A relative ``base_dir: data`` in a file means beside the file, like every other relative
+        # path in it: taken from the working directory, ``thrifty serve`` started from two folders
+        # wrote two ledgers.
+        data["base_dir"] = os.path.join(base_dir, written)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
@@ -382,10 +403,12 @@ def format_validation_error(exc: ValidationError) -> str:
             msg = "required key is missing"
         elif "input" in err and err["type"] not in ("value_error",):
             # Never echo a secret back, even a mistyped one: a value under a secret-named key is
-            # hidden whole (numbers aside), any other has URL passwords and key shapes masked.
+            # hidden whole, any other has URL passwords and key shapes masked. Numbers are shown
+            # (``default_completion_tokens: -5``) unless the key itself is a secret: an all-digit
+            # key written unquoted in YAML is a number.
             value = err["input"]
             if isinstance(value, bool | int | float) or value is None:
-                shown = repr(value)
+                shown = "<redacted>" if _SECRET_LEAF_RE.search(loc) else repr(value)
             elif _SECRET_KEY_RE.search(loc):
                 shown = "<redacted>"
             else:

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from thrifty.errors import ConfigError
+from thrifty.errors import ConfigError, printable
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
@@ -92,14 +92,19 @@ def read_raw(source: str | Path | dict[str, Any]) -> tuple[dict[str, Any], str |
     if isinstance(source, dict):
         return source, None
     path = Path(source)
+    # Escaped: a path read from a file or a variable often ends in "\n", which printed raw split
+    # the message in two and hid the very character that made the file "not found".
+    shown = printable(str(path))
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot read config file {shown}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:  # a UTF-16 file saved by an editor, a binary picked by mistake
+        raise ConfigError(f"config file {shown} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: {yaml_problem(exc)}") from None
+        raise ConfigError(f"{shown}: {yaml_problem(exc)}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections (providers, models, ...)")
+        raise ConfigError(f"{shown}: the top level must be a mapping of sections (providers, models, ...)")
     return raw, str(path.resolve().parent)

@@ -151,3 +151,14 @@ def call_cost(usage: Usage, price: ModelPrice | None, *, batch: bool = False) ->
 def estimate_cost(prompt_tokens: int, completion_tokens: int, price: ModelPrice | None) -> float | None:
     """Cost of a hypothetical call (no cache hits), for estimates and budget guards."""
     return price_tokens(Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens), price)
+
+
+def usd_text(v: float, places: int = 6) -> str:
+    """A dollar figure to ``places`` decimals for people, except that a figure that is not zero
+    never reads as zero: one that would round to 0 gets two significant digits (``3.2e-07``).
+    A call to a cheap model costs well under a millionth of a dollar, and ``0.000000`` spend,
+    saving or budget read as "nothing" (a budget refusal said "$0.000000 of $0.000000")."""
+    if v != v or v in (float("inf"), float("-inf")):  # a sum of finite figures can still overflow
+        return "overflow"
+    text = f"{v + 0.0:.{places}f}"  # + 0.0: -0.0 (a failed request's loss of nothing) is 0
+    return f"{v:.1e}" if v != 0 and float(text) == 0 else text

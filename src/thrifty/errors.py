@@ -220,11 +220,15 @@ class UpstreamStatusError(UpstreamError):
     """
 
     def __init__(self, message: str, *, status: int, body: dict[str, Any] | None = None) -> None:
-        gateway_side = _GATEWAY_SIDE_STATUSES.get(status)
+        flagged = status == 403 and _flagged_by_moderation(body)
+        gateway_side = None if flagged else _GATEWAY_SIDE_STATUSES.get(status)
         client_fault = 400 <= status < 500 and gateway_side is None
         if gateway_side is not None:
             message = f"{message} ({gateway_side[1]})"
-        super().__init__(message, status=status if client_fault else 502, retryable=status >= 500)
+        # A flagged input is the client's content, not the gateway's key: a 400 as OpenAI gives
+        # for content it refuses, with the provider's words (not "check this provider's api_key").
+        client_status = 400 if flagged else status
+        super().__init__(message, status=client_status if client_fault else 502, retryable=status >= 500)
         self.upstream_status = status
         self.body = body
         if client_fault:
@@ -236,6 +240,21 @@ class UpstreamStatusError(UpstreamError):
                 self.code = err["code"]
         if gateway_side is not None:
             self.code = gateway_side[0]
+        elif flagged and not isinstance((err or {}).get("code"), str):
+            self.code = "content_flagged"
+
+
+def _flagged_by_moderation(body: dict[str, Any] | None) -> bool:
+    """True when a provider's 403 says its moderation refused the input (OpenRouter: "... input
+    was flagged ...", with ``metadata.reasons``), not that the gateway's credentials lack a right."""
+    err = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(err, dict):
+        return False
+    meta = err.get("metadata")
+    if isinstance(meta, dict) and ("reasons" in meta or "flagged_input" in meta):
+        return True
+    text = err.get("message")
+    return isinstance(text, str) and ("flagged" in text.lower() or "moderation" in text.lower())
 
 
 class UpstreamProtocolError(UpstreamError):

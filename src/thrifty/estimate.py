@@ -64,6 +64,8 @@ def load_workloads(path: Path) -> list[Workload]:
         raw: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read workloads file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"workloads file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
         from thrifty.config import yaml_problem  # one line, not yaml's 8-line excerpt
 

@@ -16,11 +16,13 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from thrifty import fastjson
 from thrifty.cache.build import build_cache_stage
 from thrifty.compress.stage import build_compress_stage
 from thrifty.config import Config, load_config
@@ -53,6 +55,8 @@ log = logging.getLogger("thrifty.gateway")
 
 # How long close() waits for the in-process loop thread to close what runs on it.
 CLOSE_TIMEOUT_S = 60.0
+# How long close() waits for requests already running to finish (and be recorded) first.
+DRAIN_TIMEOUT_S = 30.0
 
 # The optional extra that provides each importable top-level module (pyproject.toml).
 _EXTRA_OF_MODULE = {"redis": "redis", "psycopg": "postgres", "lightgbm": "gbm", "faiss": "ann",
@@ -72,6 +76,10 @@ class Gateway:
 
     def __init__(self, config: Config, *, providers: dict[str, Provider] | None = None) -> None:
         self._closed = False
+        # Requests inside run(), on any loop or thread: close() lets them finish before it closes
+        # their connections and the ledger. The lock makes "refuse or count" one step against close().
+        self._running = 0
+        self._running_lock = threading.Lock()
         self.ledger: LedgerWriter | None = None
         try:
             self._build(config, providers)
@@ -141,6 +149,7 @@ class Gateway:
         sink = self.ledger.submit if self.ledger else None
         # Requests marked deferrable go to the provider Batch API (batching.deferred.enabled).
         deferred = build_deferred_stage(self)
+        self._defers = deferred is not None
         # Inside the ledger stage, so a request that runs out of time is still recorded.
         deadline = DeadlineStage(self.config.server.request_timeout_s,
                                  exempt=is_deferrable if deferred else None)
@@ -193,14 +202,24 @@ class Gateway:
         """Run a context the caller made through the pipeline. Unlike ``handle``, the caller still
         holds the context when the request fails: what it spent and why (``outcomes collect``
         records a failed call's cost)."""
-        self.check_open()
-        await self._handler(ctx)
+        # A deferrable request waits for a provider batch (up to a day) and its spend is written
+        # by the batch's collector whenever the batch ends: close() does not wait for it.
+        counted = 0 if self._defers and _deferrable(ctx) else 1
+        with self._running_lock:
+            self.check_open()
+            self._running += counted
+        try:
+            await self._handler(ctx)
+        finally:
+            with self._running_lock:
+                self._running -= counted
 
     async def chat(self, **body: Any) -> dict[str, Any]:
         """An OpenAI-shaped chat completion (non-streaming) for the given request fields."""
         if body.get("stream"):
-            raise InvalidRequestError("Gateway.chat does not stream; use the OpenAI client from openai_client().")
-        ctx = await self.handle(ChatRequest.from_body(body))
+            raise InvalidRequestError("Gateway.chat does not stream; use the OpenAI client from async_openai_client() "
+                                      "(or openai_client() in synchronous code).", param="stream")
+        ctx = await self.handle(ChatRequest.from_body(_as_json(body)))
         assert ctx.response is not None
         return ctx.response
 
@@ -268,20 +287,33 @@ class Gateway:
                 self._loop_thread = LoopThread()
             return self._loop_thread
 
-    def flush(self) -> None:
-        """Block until every ledger row of the requests finished so far is written."""
+    def flush(self, *, shutting_down: bool = False) -> None:
+        """Block until every ledger row of the requests finished so far is written.
+
+        ``shutting_down``: the process is about to end, so a write that fails is spilled to the
+        spill file after one more try rather than retried for half a minute
+        (``LedgerWriter.drain``).
+        """
         if self.ledger:
-            self.ledger.flush()
+            if shutting_down:
+                self.ledger.drain()
+            else:
+                self.ledger.flush()
 
     async def aclose(self) -> None:
         """Release everything: operations, cache, compression, provider connections (of every
         event loop the gateway was used from), the sync clients' loop thread, then the ledger
-        (flushed and closed). One part failing to close never keeps the others, the ledger
-        above all, from closing: each failure is logged, and the first is raised at the end.
+        (flushed and closed). New requests are refused at once; those already running are let
+        finish first (up to ``DRAIN_TIMEOUT_S``), so what they paid is recorded. One part failing
+        to close never keeps the others, the ledger above all, from closing: each failure is
+        logged, and the first is raised at the end.
         """
-        if self._closed:  # closing twice (aclose() then ``async with`` exit) is harmless
+        if not self._mark_closed():  # closing twice (aclose() then ``async with`` exit) is harmless
             return
-        self._closed = True
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while self._running and time.monotonic() < deadline:
+            await asyncio.sleep(_DRAIN_POLL_S)
+        self._warn_undrained()
         errors: list[Exception] = []
         try:
             await self._close_parts(errors)
@@ -322,7 +354,12 @@ class Gateway:
         else:
             raise GatewayStateError("Gateway.close() was called inside a running event loop; use `await gateway.aclose()`",
                                     code="running_event_loop")
-        self._closed = True
+        if not self._mark_closed():
+            return
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while self._running and time.monotonic() < deadline:
+            time.sleep(_DRAIN_POLL_S)
+        self._warn_undrained()
         errors: list[Exception] = []
         loop_thread, self._loop_thread = self._loop_thread, None
         try:
@@ -342,6 +379,24 @@ class Gateway:
         if errors:
             raise errors[0]
 
+    def _mark_closed(self) -> bool:
+        """Refuse new requests from now on; False when the gateway was closed already.
+
+        Requests already running are left to finish (``aclose``/``close`` wait for them): closed
+        under them, their connections made a retry open new ones after the close, and their rows
+        reached a closed ledger ("not recorded") although the provider was paid.
+        """
+        with self._running_lock:
+            if self._closed:
+                return False
+            self._closed = True
+            return True
+
+    def _warn_undrained(self) -> None:
+        if self._running:
+            log.warning("closing the gateway with %d request(s) still running after %gs; they fail and may go "
+                        "unrecorded", self._running, DRAIN_TIMEOUT_S)
+
     async def __aenter__(self) -> Gateway:
         return self
 
@@ -359,6 +414,17 @@ class Gateway:
         self.close()
 
 
+# How often close() looks whether the running requests have finished.
+_DRAIN_POLL_S = 0.02
+
+
+def _deferrable(ctx: RequestContext) -> bool:
+    try:
+        return is_deferrable(ctx)
+    except InvalidRequestError:  # a bad option: the pipeline refuses the request at once
+        return False
+
+
 def _check_arguments(source: object, providers: object, env: object) -> None:
     """``from_config``'s arguments have the documented types (a ConfigError, not a TypeError deep inside)."""
     if not isinstance(source, str | Path | dict | Config):
@@ -374,6 +440,19 @@ def _check_arguments(source: object, providers: object, env: object) -> None:
         if missing:
             raise ConfigError(f"Gateway.from_config: providers[{name!r}] is not a Provider (no {', '.join(missing)}; "
                               "see thrifty.providers.base)")
+
+
+def _as_json(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` as the HTTP edge sees it, JSON: a tuple is an array, and a value JSON cannot carry
+    (an object, a dict with int keys) is an InvalidRequestError before anything is sent, not a
+    TypeError from the provider's serializer after the request was recorded as started."""
+    try:
+        data: dict[str, Any] = fastjson.loads(fastjson.dumps(body))
+    except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
+        ChatRequest.from_body(body)  # names the field, when one of its checks covers the value
+        raise InvalidRequestError(f"Gateway.chat: the request must be JSON data (str, number, bool, None, "
+                                  f"list, dict with str keys): {exc}") from None
+    return data
 
 
 def _missing_extra_message(exc: ImportError) -> str:

@@ -73,8 +73,8 @@ _LEVELS = {"critical": 50, "error": 40, "warning": 30, "info": 20, "debug": 10, 
 
 
 def setup_logging(level: str = "info", loggers: tuple[str, ...] = ("thrifty", "uvicorn")) -> None:
-    """JSON lines on stderr for thrifty's loggers and uvicorn's (start-up, shutdown, errors), so
-    the server's stderr is one format a log shipper can parse. Run uvicorn with
+    """JSON lines on stderr for thrifty's loggers and uvicorn's (start-up, shutdown, errors), and
+    for other libraries' warnings, so the server's stderr is one format a log shipper can parse. Run uvicorn with
     ``log_config=None`` so it keeps these handlers instead of installing its plain-text ones."""
     handler = _Stderr()
     handler.setFormatter(JsonFormatter())
@@ -83,6 +83,13 @@ def setup_logging(level: str = "info", loggers: tuple[str, ...] = ("thrifty", "u
         log.handlers[:] = [handler]
         log.setLevel(_LEVELS.get(level.lower(), logging.INFO))
         log.propagate = False
+    # Other libraries' records (psycopg's "error ignored terminating <Pipeline>", redis, asyncio's
+    # "Task exception was never retrieved") propagate to the root logger; with no handler there
+    # Python's last-resort handler wrote them as plain, unredacted text among the JSON lines. The
+    # root keeps its level (warnings and up by default) and any handler that is not ours (a test
+    # runner's capture).
+    root = logging.getLogger()
+    root.handlers[:] = [h for h in root.handlers if not isinstance(h.formatter, JsonFormatter)] + [handler]
 
 
 def register_secrets(redactor: Redactor, loggers: tuple[str, ...] = ("thrifty", "uvicorn")) -> None:
@@ -93,8 +100,8 @@ def register_secrets(redactor: Redactor, loggers: tuple[str, ...] = ("thrifty", 
     keys) exists, and a key that is not key-shaped (``PlainProviderKey42``) in a prompt, an
     upstream error or a traceback would otherwise be written as is. Loggers without such a
     handler (a library user's own logging) are left alone."""
-    for name in loggers:
-        for handler in logging.getLogger(name).handlers:
+    for log in [*(logging.getLogger(name) for name in loggers), logging.getLogger()]:  # root: see setup_logging
+        for handler in log.handlers:
             if isinstance(handler.formatter, JsonFormatter):
                 handler.formatter.add_redactor(redactor)
 

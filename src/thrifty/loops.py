@@ -85,7 +85,9 @@ class PerLoop(Generic[T]):
         with self._lock:
             for old in [lp for lp in self._items if lp.is_closed()]:
                 self._drop(self._items.pop(old))
-                self._watchers.pop(old, None)
+                watcher = self._watchers.pop(old, None)
+                if watcher is not None:  # its loop closed without ending it: it will never run
+                    _parked.discard(watcher[0])
             item = self._factory()  # in the running loop, which it binds to
             self._items[loop] = item
             self._watch(loop, item)
@@ -108,6 +110,12 @@ class PerLoop(Generic[T]):
         # A loop closed without cancelling its tasks: the resource is dropped as before, and the
         # parked task is not worth a "Task was destroyed but it is pending" report.
         task._log_destroy_pending = False  # type: ignore[attr-defined]
+        # The loop keeps only a weak reference to its tasks: a gateway dropped unclosed (a notebook
+        # cell run again, a helper that builds one and returns) took this task, and the session,
+        # with it into garbage collection ("Unclosed client session" on stderr). Held here, the
+        # resource stays open until its loop ends or interpreter exit closes it.
+        _parked.add(task)
+        task.add_done_callback(_parked.discard)
         self._watchers[loop] = (task, released)
 
     async def _close_at_loop_end(self, item: T, released: asyncio.Future[None]) -> None:
@@ -150,10 +158,12 @@ class PerLoop(Generic[T]):
             self._items.clear()
             watchers = list(self._watchers.items())
             self._watchers.clear()
-        for loop, (_, released) in watchers:  # the caller closes them; a closed loop runs nothing
-            if not loop.is_closed():
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(_release, released)
+        for loop, (task, released) in watchers:  # the caller closes them; a closed loop runs nothing
+            if loop.is_closed():
+                _parked.discard(task)
+                continue
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_release, released)
         return [(loop, item) for loop, item in items if not self._is_closed(item)]
 
     async def _closing(self, item: T) -> None:
@@ -180,6 +190,10 @@ class PerLoop(Generic[T]):
 def _release(released: asyncio.Future[None]) -> None:
     if not released.done():
         released.set_result(None)
+
+
+# The watcher tasks of every PerLoop, until they finish (see ``PerLoop._watch``).
+_parked: set[asyncio.Task[None]] = set()
 
 
 _unreleased: weakref.WeakSet[PerLoop[Any]] = weakref.WeakSet()

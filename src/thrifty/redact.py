@@ -10,7 +10,9 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote, urlsplit
 
-_KEY_SHAPES = re.compile(r"\b(sk|tk|rk|pk|thr)-[A-Za-z0-9_\-]{6,}|\bBearer\s+[A-Za-z0-9_\-.=]{8,}", re.I)
+# ``*`` too: a provider's 401 echoes the key masked (OpenAI: "sk-proj-****...abcd"), and the part
+# it shows (the last 4 characters, often the first few) is still not the client's to see.
+_KEY_SHAPES = re.compile(r"\b(sk|tk|rk|pk|thr)-[A-Za-z0-9_\-*]{6,}|\bBearer\s+[A-Za-z0-9_\-.=]{8,}", re.I)
 
 
 class Redactor:
@@ -85,8 +87,10 @@ def url_passwords(*urls: str | None) -> list[str]:
 
 
 def scrub(text: str, *urls: str | None) -> str:
-    """``text`` (a driver's error about ``urls``) without their passwords or key shapes."""
+    """``text`` (a driver's error about ``urls``) without their passwords or key shapes, on one
+    line: libpq continues its messages on indented lines ("...failed\n\tIs the server running"),
+    which a one-line CLI message or log field showed as a literal ``\n\t``."""
     for pw in sorted(url_passwords(*urls), key=len, reverse=True):
         if len(pw) >= 4:  # shorter ones would mangle the message's words (and guess in seconds anyway)
             text = text.replace(pw, "[REDACTED]")
-    return mask_credentials(text)
+    return mask_credentials(re.sub(r"\s*\n\s*", " ", text).strip())

@@ -61,6 +61,10 @@ class ChatRequest:
             options.update(raw_opts)
         if "cache" in body:
             # Shorthand `"cache": false` documented for clients that cannot send headers.
+            if "cache" in options and options["cache"] != body["cache"]:
+                # Which one wins would be a guess, and a wrong guess serves a cached answer to a
+                # client that said not to.
+                raise InvalidRequestError("'cache' and 'thrifty.cache' disagree; send one of them.", param="cache")
             options["cache"] = body["cache"]
         _check_param_types(body)
         params = {

@@ -24,12 +24,14 @@ MSGS = [{"role": "user", "content": "tell me a long story about cats"}]
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, RunningServer, RunningServer]]:
     # Short enough that the mock, which finishes writing a stream its client left, stops quickly.
     mock_cfg = MockConfig.from_dict({"models": {"slow": {"faults": {"chunk_delay_ms": 50},
-                                                         "output_tokens": [30, 30]}}})
+                                                         "output_tokens": [30, 30]},
+                                                "late": {"faults": {"latency_ms": 3000}}}})
     with run_in_thread(create_mock(mock_cfg)) as mock:
         cfg: dict[str, Any] = {
             "providers": {"m": {"base_url": mock.url + "/v1", "api_key": "sk-test-0000", "max_retries": 0}},
             "models": {"cheap": {"provider": "m", "price": {"input": 1, "output": 2}},
                        "slow": {"provider": "m", "price": {"input": 1, "output": 2}},
+                       "late": {"provider": "m", "price": {"input": 1, "output": 2}},
                        "premium": {"provider": "m", "price": {"input": 10, "output": 40}}},
             "baseline": "premium",
             "ledger": {"path": str(Path(tmp_path_factory.mktemp("acct")) / "ledger.db")},
@@ -75,9 +77,28 @@ def test_abandoned_stream_records_what_it_spent(served: tuple[Gateway, RunningSe
             seen += line.startswith("data: {")
             if seen >= 3:
                 break  # the client leaves mid-answer
-    rows = _rows(gw, "SELECT r.status, r.error_type, r.cost_usd, a.cost_source, a.prompt_tokens, a.completion_tokens "
+    rows = _rows(gw, "SELECT r.status, r.error_type, r.cost_usd, a.cost_source, a.prompt_tokens, a.completion_tokens, "
+                     "r.prompt_tokens, r.completion_tokens "
                      "FROM requests r JOIN attempts a USING (request_id) WHERE r.requested_model = 'slow'")
-    (status, error_type, cost, source, pt, ct), = rows
+    (status, error_type, cost, source, pt, ct, req_pt, req_ct), = rows
     assert (status, error_type, source) == ("error", "ClientDisconnected", "estimated")
     # the prompt and the part of the answer already produced, counted offline
     assert pt > 0 and 0 < ct < 30 and cost == pytest.approx((pt * 1 + ct * 2) / 1e6)
+    assert (req_pt, req_ct) == (pt, ct)  # the request's row says the same as its one call
+
+
+def test_a_stream_left_before_its_first_byte_records_its_prompt_on_both_rows(
+        served: tuple[Gateway, RunningServer, RunningServer]) -> None:
+    """Found by review: the attempt row had the prompt's tokens and their cost, the request's row
+    0 tokens at that cost: per-request token figures (`thrifty report`) under-counted."""
+    gw, server, _ = served
+    body = {"model": "late", "messages": MSGS, "stream": True}
+    with pytest.raises(httpx.ReadTimeout), httpx.stream("POST", server.url + "/v1/chat/completions",
+                                                        json=body, timeout=0.5) as r:
+        r.read()
+    rows = _rows(gw, "SELECT r.error_type, r.cost_usd, a.prompt_tokens, a.cost_usd, r.prompt_tokens "
+                     "FROM requests r JOIN attempts a USING (request_id) WHERE r.requested_model = 'late'")
+    (error_type, cost, pt, attempt_cost, req_pt), = rows
+    assert error_type == "ClientDisconnected"
+    assert pt > 0 and cost == attempt_cost == pytest.approx(pt / 1e6)
+    assert req_pt == pt

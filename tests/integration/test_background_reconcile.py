@@ -328,3 +328,52 @@ def test_a_response_still_running_stays_pending(upstream: tuple[RunningServer, S
         assert cost(gw, created._request_id or "")[4] == "computed"
     finally:
         gw.close()
+
+
+def test_gateways_sharing_a_ledger_take_turns_asking_about_a_pending_response(
+        upstream: tuple[RunningServer, Starlette], ledger: dict[str, Any]) -> None:
+    """Every instance of a fleet asked the provider about every pending entry on every pass: ten
+    gateways, ten look-ups per entry and minute. A serve pass now takes the entries it asks about
+    (``ResponseIndex.lease``), and the others' passes skip them until the lease ends; the CLI's
+    pass, an operator's explicit request, still asks about all of them."""
+    import asyncio
+
+    from thrifty.server.reconcile import Reconciler
+    from thrifty.server.response_resources import ResponseResources
+
+    mock, app = upstream
+    cfg = config(mock.url, ledger, every_s=0)  # no loop of their own: the passes are driven here
+    first, second = Gateway.from_config(cfg), Gateway.from_config(cfg)
+    try:
+        assert first.ops.keys is not None
+        _, secret = first.ops.keys.create("tenant-a")
+        with run_in_thread(first.app()) as server:
+            created = client(server, secret).responses.create(model="gpt", input="Think long.", background=True)
+        first.flush()
+        at_mock = stored_at_mock(app)[created.id]
+        at_mock.response = {**at_mock.response, "status": "in_progress"}
+
+        def looked_up() -> int:
+            seen = httpx.get(f"{mock.url}/mock/requests", params={"limit": 200}).json()["data"]
+            return sum(1 for r in seen if r["method"] == "GET" and r["path"].endswith(created.id))
+
+        def one_pass(gw: Gateway, lease_s: float | None) -> Any:
+            reconciler = Reconciler(ResponseResources(gw, gw.ops.responses), min_age_s=0.0)
+            return asyncio.run(reconciler.run_once(lease_s=lease_s))
+
+        before = looked_up()
+        taken = one_pass(first, 60.0)
+        assert (taken.running, taken.elsewhere) == (1, 0)
+        skipped = one_pass(second, 60.0)  # the first gateway holds it for a minute
+        assert (skipped.running, skipped.elsewhere) == (0, 1)
+        assert skipped.oldest_pending is not None  # still pending: the sweep's window keeps it
+        assert looked_up() - before == 1
+        assert one_pass(second, None).running == 1  # no lease (the CLI's pass): asked regardless
+        assert looked_up() - before == 2
+        # A lease that ended (set back here rather than waited out) lets the next pass take it.
+        store(first).execute("UPDATE stored_responses SET poll_after = 0 WHERE response_id = ?", (created.id,))
+        assert one_pass(second, 60.0).running == 1
+        assert looked_up() - before == 3
+    finally:
+        first.close()
+        second.close()

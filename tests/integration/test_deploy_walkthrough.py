@@ -29,6 +29,7 @@ from thrifty.gateway import Gateway
 from thrifty.ledger.postgres import PostgresStore
 from thrifty.ops import keys as keys_module
 from thrifty.ops.keys import KEY_DB_DOWN, KeyStore
+from thrifty.ops.ratelimit import window_of
 from thrifty.ops.redis_limits import REDIS_TIMEOUT_S, RedisLimiter
 from thrifty.server.inprocess import httpx
 
@@ -189,7 +190,8 @@ async def test_limited_requests_fail_fast_when_redis_freezes(redis_proxy: tuple[
     key = VirtualKey(key_id="key_frozen", name="f", key_prefix="thr-x", budget_usd=1.0, period="day",
                      rpm=100, tpm=None, routes=(), created_at=time.time())
     try:
-        ticket = await limiter.admit(key, 0.001, 10, time.time())
+        started = time.time()
+        ticket = await limiter.admit(key, 0.001, 10, started)
         await limiter.settle(ticket, 0.001, 10)
         proxy.freeze()
         refused, took = await _timed(limiter.admit(key, 0.001, 10, time.time()))
@@ -201,10 +203,13 @@ async def test_limited_requests_fail_fast_when_redis_freezes(redis_proxy: tuple[
         proxy.thaw()
         ticket = await limiter.admit(key, 0.001, 10, time.time())  # a new connection, admitted
         assert ticket.key_id == "key_frozen"
-        usage = await limiter.usage(key, time.time())
+        ended = time.time()
+        usage = await limiter.usage(key, ended)
         # The refused admit's bytes reached Redis after the thaw and ran there: it may hold its
-        # reservation and count (conservative, docs/operations.md), but no more than once.
-        assert usage.requests_this_minute in (2, 3), usage
+        # reservation and count (conservative, docs/operations.md), but no more than once. A
+        # minute that turned during the test's seconds started a new request count.
+        counted = (2, 3) if window_of(started) == window_of(ended) else (1, 2)
+        assert usage.requests_this_minute in counted, usage
         assert usage.spent_usd == pytest.approx(0.001), usage
     finally:
         proxy.thaw()
@@ -366,8 +371,8 @@ async def test_the_redis_cache_pauses_instead_of_waiting_on_every_call_when_redi
         started = time.monotonic()
         assert await backend.get("k1") is None
         assert await backend.try_lock("k1", 5) is True
-        with pytest.raises(StorageError, match="skipped"):
-            await backend.put(EntryMeta("k2", "t", "m", now, now + 600), b"x")
+        # Dropped without an error of its own: the pause was logged once when it began.
+        await backend.put(EntryMeta("k2", "t", "m", now, now + 600), b"x")
         assert await backend.vectors_since("ns", 0) == ([], 0)
         assert time.monotonic() - started < 0.5  # paused: nothing waited on Redis
         proxy.thaw()

@@ -38,3 +38,28 @@ def test_cost_to_reach_takes_the_cheapest_measured_point():
     pts = [(0.05, 0.80), (0.1, 0.86), (0.3, 0.90)]
     assert cost_to_reach(pts, 0.85) == 0.1
     assert cost_to_reach(pts, 0.95) is None
+
+
+def test_the_oracles_curve_lies_above_every_model_with_graded_scores():
+    """Found by review: with judge-graded (0-1) scores the oracle was one point, joined to the
+    cheapest model by a straight line, and a mid-priced model's point rose above that line, so
+    `thrifty eval` printed an oracle AIQ below the models' own (0.789 vs 0.856)."""
+    from thrifty.evaluation.dataset import Item, Outcome, OutcomeSet
+    from thrifty.evaluation.evaluate import figures
+    from thrifty.evaluation.reference import oracle_curve, reference_rows
+
+    cost = {"small": 0.0001, "mid": 0.001, "big": 0.01}
+    items = []
+    for i in range(40):
+        # mid is nearly as good as big everywhere; big is better by a hair, so the oracle's one
+        # point takes big on every prompt: expensive, and the line to it lies below mid.
+        graded = {"small": 0.4, "mid": 0.95, "big": 1.0}
+        items.append(Item("g.jsonl", i, [{"role": "user", "content": f"q{i}"}], "t",
+                          {m: Outcome("a", c) for m, c in cost.items()}, dict(graded)))
+    data = OutcomeSet(items, list(cost))
+    rows = reference_rows(data, "big")
+    curve = oracle_curve(data, "big")
+    assert any(c == pytest.approx(0.1) and a == pytest.approx(0.95) for c, a in curve)  # mid's own choice
+    got = figures(rows, "big", curve)
+    assert got["aiq_oracle"] >= got["aiq_models_only"] - 1e-12
+    assert figures(rows, "big")["aiq_oracle"] < got["aiq_models_only"]  # the one point alone: below

@@ -17,7 +17,7 @@ from fixtures.cli_run import assert_one_line, run_main
 from thrifty.errors import ServiceUnavailableError, StorageError
 from thrifty.gateway import Gateway
 from thrifty.ledger.store import SQLiteStore
-from thrifty.logs import setup_logging
+from thrifty.logs import JsonFormatter, setup_logging
 from thrifty.ops.keys import KeyStore
 from thrifty.providers.function import FunctionProvider, chat_response
 from thrifty.server.inprocess import httpx
@@ -253,6 +253,8 @@ def json_logs() -> Iterator[None]:
         _cli_logging()
         logging.getLogger("uvicorn").handlers[:] = []
         logging.getLogger("uvicorn").propagate = True
+        root = logging.getLogger()
+        root.handlers[:] = [h for h in root.handlers if not isinstance(h.formatter, JsonFormatter)]
 
 
 async def test_json_logs_mask_a_provider_key_that_is_not_key_shaped(
@@ -263,6 +265,8 @@ async def test_json_logs_mask_a_provider_key_that_is_not_key_shaped(
         r = await c.post("/v1/chat/completions",
                          json={"model": "cheap", "messages": [{"role": "user", "content": "is PlainProviderKey42 ok"}]})
     logging.getLogger("thrifty.providers").warning("upstream echoed PlainProviderKey42 back")
+    # Another library's warning (psycopg, redis, asyncio) is a JSON line too, and masked.
+    logging.getLogger("psycopg").warning("error ignored terminating <Pipeline> for PlainProviderKey42")
     await gw.aclose()
     assert r.status_code == 200
     err = capsys.readouterr().err
@@ -270,4 +274,5 @@ async def test_json_logs_mask_a_provider_key_that_is_not_key_shaped(
     request = [e for e in entries if e["logger"] == "thrifty.request"]
     assert request and request[0]["prompt"] == "is [REDACTED] ok"
     assert any(e["msg"] == "upstream echoed [REDACTED] back" for e in entries)
+    assert any(e["logger"] == "psycopg" and e["msg"].endswith("for [REDACTED]") for e in entries)
     assert "PlainProviderKey42" not in err

@@ -36,6 +36,7 @@ def test_postgres_connection_errors_never_quote_the_password(dsn: str) -> None:
     message = caught.value.message
     assert message.startswith("cannot connect to the PostgreSQL ledger:")
     assert "S3cret" not in message
+    assert "\n" not in message and "\t" not in message  # libpq's continuation lines, joined
 
 
 def test_url_passwords_finds_every_form() -> None:
@@ -96,3 +97,29 @@ async def test_a_budget_reserves_the_larger_of_two_completion_limits(tmp_path: P
 
 async def _no_spend(key_id: str, since: float) -> float:
     return 0.0
+
+
+@pytest.mark.parametrize("echo", ["sk-proj-********************abcd", "sk-abc12***************************xyz1",
+                                  "sk-****wxyz"])
+def test_a_key_a_provider_echoes_masked_is_masked_whole(echo: str) -> None:
+    """OpenAI's 401 says "Incorrect API key provided: <the key, masked but for its ends>"; those
+    ends are the gateway operator's, not the client's, to see."""
+    from thrifty.redact import redact
+
+    said = redact(f"Incorrect API key provided: {echo}. You can find your API key at ...")
+    assert said == "Incorrect API key provided: [REDACTED]. You can find your API key at ..."
+
+
+def test_a_provider_refusing_flagged_input_is_the_clients_400_not_a_key_problem() -> None:
+    """OpenRouter answers 403 when its moderation flags the input; it was reported as "check this
+    provider's api_key", sending the operator after a key that works."""
+    from thrifty.providers.error_body import read_error, upstream_error
+    from thrifty.redact import redact
+
+    raw = (b'{"error": {"code": 403, "message": "openai/gpt-4o requires moderation on OpenRouter. Your input '
+           b'was flagged for \\"harassment\\".", "metadata": {"reasons": ["harassment"], "flagged_input": "..."}}}')
+    err = upstream_error("openrouter", 403, read_error(raw), redact)
+    assert (err.status, err.code, err.type) == (400, "content_flagged", "invalid_request_error")
+    assert "flagged" in err.message and "api_key" not in err.message
+    denied = upstream_error("openrouter", 403, read_error(b'{"error": {"message": "Key lacks access"}}'), redact)
+    assert (denied.status, denied.code) == (502, "upstream_auth_failed")

@@ -57,3 +57,18 @@ def test_assistant_tool_call_message_without_content_is_valid() -> None:
                                                                     "function": {"name": "f", "arguments": "{}"}}]},
             {"role": "tool", "tool_call_id": "1", "content": "42"}]
     assert len(ChatRequest.from_body({"model": "m", "messages": msgs}).messages) == 3
+
+
+def test_cache_shorthand_and_thrifty_cache_that_disagree_are_refused() -> None:
+    """Found by review: `"cache": true` beside `"thrifty": {"cache": false}` served a cached
+    answer (the shorthand overwrote the option); agreeing ones are fine."""
+    import pytest
+
+    from thrifty.errors import InvalidRequestError
+
+    msgs = [{"role": "user", "content": "hi"}]
+    with pytest.raises(InvalidRequestError, match="disagree") as err:
+        ChatRequest.from_body({"model": "m", "messages": msgs, "cache": True, "thrifty": {"cache": False}})
+    assert err.value.param == "cache"
+    agreed = ChatRequest.from_body({"model": "m", "messages": msgs, "cache": False, "thrifty": {"cache": False}})
+    assert agreed.options == {"cache": False}

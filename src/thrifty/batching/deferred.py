@@ -100,6 +100,16 @@ def price_answer(request: ChatRequest | None, body: dict[str, Any], info: ModelI
     return priced_usage(body.get("usage"), request, body, price, batch=True)
 
 
+def _item_cost(it: JobItem) -> float | None:
+    """What an item cost: its column, or $0 when no answer of it was ever recorded. The column
+    starts NULL and stays NULL for an item whose lines all failed, expired or went missing (the
+    provider bills none of those); read as "unknown", one such item made the whole run's spend
+    "cost unknown". An answer recorded at an unknown price counted tokens, so it stays None."""
+    if it.cost_usd is None and not (it.prompt_tokens or it.completion_tokens):
+        return 0.0
+    return it.cost_usd
+
+
 class DeferredRunner:
     def __init__(self, gateway: Gateway, jobs: JobStore | None = None,
                  apis: dict[str, BatchProvider] | None = None) -> None:
@@ -107,6 +117,9 @@ class DeferredRunner:
         self.jobs = jobs or open_job_store(gateway)
         self._apis: dict[str, BatchProvider] = dict(apis or {})
         self.cfg = gateway.config.batching.deferred
+        # The ledger's database, written directly (see _ledger). Kept from the start: a gateway
+        # being closed (Ctrl-C) drops its ``ledger`` while a collection may still be running.
+        self._ledger_store: SQLStore | None = gateway.ledger.store if gateway.ledger is not None else None
 
     def api(self, provider: str) -> BatchProvider:
         if provider not in self._apis:
@@ -136,6 +149,14 @@ class DeferredRunner:
         job = await asyncio.to_thread(self.jobs.find, job_id)
         if job is None:
             job = await asyncio.to_thread(self.jobs.create, job_id, info.name, info.provider, task, labels, checked)
+        elif job.done:
+            # Running the same work again retries what failed (lines that failed every round, a
+            # cancelled job's rest), as a packed run does; answered items keep their answers.
+            # Without this the same command returned the same failures for ever, and --restart
+            # is refused for deferred runs: those items could never be run again.
+            reopened = await asyncio.to_thread(self.jobs.reopen_failed, job_id, job.round + 1)
+            if reopened:
+                log.info("batch job %s: %d failed items sent again (round %d)", job_id, reopened, job.round + 1)
         return await self.poll(job.job_id)
 
     async def poll(self, job_id: str) -> Job:
@@ -192,7 +213,7 @@ class DeferredRunner:
             out.append(ItemResult(
                 it.item_id, it.output if done else None, it.status if it.status != "pending" else "pending",
                 "batch_api" if done else ("failed" if it.status == "failed" else "pending"),
-                it.cost_usd, float(it.prompt_tokens), float(it.completion_tokens), it.tries, it.error,
+                _item_cost(it), float(it.prompt_tokens), float(it.completion_tokens), it.tries, it.error,
             ))
         return out
 
@@ -301,7 +322,14 @@ class DeferredRunner:
         return None, "answer cut at max_tokens (batching.max_output_tokens_per_item)" if cut else "invalid answer"
 
     def _ledger(self, job: Job, it: JobItem, usage: Usage, cost: float | None, source: str) -> None:
-        if self.gw.ledger is None:
+        """Write the answer's row, durably, before the caller marks the item answered. Through
+        the gateway's queued writer, an interruption during a collection (Ctrl-C closes the
+        gateway while the collecting thread runs on) marked items ok whose rows were then
+        dropped: their spend was never in the ledger, and no later run would record it. Now a
+        crash between the two leaves the item pending; the next poll collects it again under
+        the same request id, which the ledger keeps once (never two rows for one answer). A
+        database error stops the collection the same way (the job stays as stored)."""
+        if self._ledger_store is None:
             return
         info = self.gw.catalog.get(job.model)
         ctx = RequestContext(request=ChatRequest(model=job.model, messages=[{"role": "user", "content": ""}]),
@@ -313,7 +341,7 @@ class DeferredRunner:
         ctx.attempts.append(attempt)
         settle(ctx, self.gw.catalog, attempt)
         req, attempts = rows_from_context(ctx)
-        self.gw.ledger.submit(req, attempts)
+        self._ledger_store.write([req], attempts)
 
     def _finish(self, job: Job, status: str, error: str | None) -> None:
         if status == "cancelled":

@@ -169,6 +169,22 @@ class JobStore:
         rows = self.store.query(sql + " ORDER BY seq", params)
         return [JobItem.from_row(tuple(r)) for r in rows]
 
+    def reopen_failed(self, job_id: str, next_round: int) -> int:
+        """Give a finished or cancelled job's failed items another round: the job goes back to
+        ``created`` for round ``next_round`` (a new batch, new custom ids), its failed items to
+        ``pending``; ok items are untouched (never paid twice). ``tries`` is kept (it is the
+        item's ``calls``), so an item past ``max_resubmits`` gets this one round.
+        The job row first: a crash before the items are reset leaves a job that finishes at once
+        with the same failed items, and the next run reopens it again. The items reopened."""
+        failed = self.store.query("SELECT COUNT(*) FROM batch_job_items WHERE job_id = ? AND status = 'failed'",
+                                  (job_id,))
+        if not failed or not int(failed[0][0]):
+            return 0
+        self.update(job_id, status="created", round=next_round, input_file_id=None, batch_id=None,
+                    provider_status=None, error=None)
+        return self.store.execute("UPDATE batch_job_items SET status = 'pending' WHERE job_id = ? "
+                                  "AND status = 'failed'", (job_id,))
+
     def update_item(self, job_id: str, seq: int, **fields: Any) -> None:
         sets = ", ".join(f"{k} = ?" for k in fields)
         self.store.execute(f"UPDATE batch_job_items SET {sets} WHERE job_id = ? AND seq = ?",

@@ -87,7 +87,7 @@ _STORABLE_FINISH = frozenset({"stop", "length"})
 def storable(response: dict[str, Any] | None, *, tool_calls: bool) -> bool:
     """Whether an answer may be stored: complete (finish_reason ``stop``, or ``length``: the same
     max_tokens, which is part of the key, gets the same cut answer), not an error, not filtered,
-    text or a refusal, tool calls only if allowed."""
+    some text or a refusal (not an empty answer), tool calls only if allowed."""
     if not isinstance(response, dict) or response.get("error"):
         return False
     choices = response.get("choices")
@@ -103,6 +103,14 @@ def storable(response: dict[str, Any] | None, *, tool_calls: bool) -> bool:
                 return False
         elif finish not in _STORABLE_FINISH:
             return False
-        elif not isinstance(msg.get("content"), str) and not isinstance(msg.get("refusal"), str):
-            return False  # neither an answer nor a refusal
+        elif not _said(msg.get("content")) and not _said(msg.get("refusal")):
+            # Neither an answer nor a refusal: an empty answer (a provider's glitch under load, a
+            # reasoning model that spent the whole budget thinking) would be served for the whole
+            # TTL, and to every paraphrase, where asking again may well give an answer.
+            return False
     return True
+
+
+def _said(text: object) -> bool:
+    """Whether a message field holds some text (not absent, null, empty or only whitespace)."""
+    return isinstance(text, str) and bool(text.strip())

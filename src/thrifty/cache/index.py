@@ -90,10 +90,12 @@ class VectorIndex:
         self.ann_kind = ann
         self.ann_min_entries = ann_min_entries
         self._mat = np.zeros((0, dim), dtype=np.float32)
+        self._until = np.zeros(0, dtype=np.float64)  # each vector's expiry, as ``expires`` (searched)
         self._n = 0
         self.keys: list[str] = []
         self.texts: list[str] = []
         self.expires: list[float] = []
+        self._pos: dict[str, int] = {}  # each key's position (its first, should it be added twice)
         self._ann: Ann | None = None
         self._ann_building = False
         self._density: DensitySample | None = None
@@ -119,11 +121,17 @@ class VectorIndex:
                 grown = np.zeros((max(start + len(vecs), 2 * len(self._mat), _MIN_ROWS), self.dim), dtype=np.float32)
                 grown[:start] = self._mat[:start]
                 self._mat = grown
+                until = np.zeros(len(grown), dtype=np.float64)
+                until[:start] = self._until[:start]
+                self._until = until
             self._mat[start:start + len(vecs)] = vecs
+            self._until[start:start + len(vecs)] = expires
             self._n = start + len(vecs)
             self.keys.extend(keys)
             self.texts.extend(texts)
             self.expires.extend(expires)
+            for i, key in enumerate(keys):
+                self._pos.setdefault(key, start + i)
             ann = self._ann
             if self._density is not None:
                 self._density.add(texts, vecs)
@@ -132,6 +140,17 @@ class VectorIndex:
         elif self._n >= self.ann_min_entries and self.ann_kind != "none" and not self._ann_building:
             self._ann_building = True
             threading.Thread(target=self._build_ann, name="thrifty-cache-ann", daemon=True).start()
+
+    def renew(self, key: str, expires: float) -> None:
+        """``key``'s entry was stored again (asked after it expired, after a ``cache clear``, or
+        refreshed by ``no-cache``): the same key is the same question, so its vector stays and takes
+        the later expiry. Without this the index kept the first store's expiry and dropped the live
+        entry from every semantic lookup once that passed."""
+        with self._lock:
+            pos = self._pos.get(key)
+            if pos is not None and expires > self.expires[pos]:
+                self.expires[pos] = expires
+                self._until[pos] = expires
 
     def density(self) -> DensitySample:
         """The namespace's neighbourhood sample (density.py), built on first use and kept up to date."""
@@ -164,15 +183,45 @@ class VectorIndex:
                 ann.add(self._mat[n:self._n], n)
             self._ann = ann
 
-    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Positions and cosine similarities of the ``k`` nearest vectors, best first."""
+    def search(self, q: np.ndarray, k: int, alive_at: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Positions and cosine similarities of the ``k`` nearest vectors, best first; with
+        ``alive_at``, of the ``k`` nearest that expire after it. The index keeps expired vectors (a
+        scope's index only grows while it is in memory), and a question asked every day is stored
+        again each time in other words: the nearest ``k`` of all would then be yesterday's expired
+        copies, hiding the one live entry behind them."""
         q = np.asarray(q, dtype=np.float32).reshape(-1)
         n = self._n
         if n == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         if self._ann is not None:
-            return self._ann.search(q, k)
+            return self._ann_search(q, k, alive_at)
         sims = self._mat[:n] @ q
+        if alive_at is not None:
+            live = np.flatnonzero(self._until[:n] > alive_at)
+            if len(live) < n:
+                if not len(live):
+                    return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+                pos, best = self._top(sims[live], k)
+                return live[pos], best
+        return self._top(sims, k)
+
+    def _ann_search(self, q: np.ndarray, k: int, alive_at: float | None) -> tuple[np.ndarray, np.ndarray]:
+        """The graph's nearest, fetching more until ``k`` of them are live or all were seen."""
+        assert self._ann is not None
+        fetch = k
+        while True:
+            pos, sims = self._ann.search(q, fetch)
+            if alive_at is None:
+                return pos, sims
+            keep = self._until[pos] > alive_at
+            if keep.sum() >= k or fetch >= self._n:
+                return pos[keep][:k], sims[keep][:k]
+            fetch = min(4 * fetch, self._n)
+
+    @staticmethod
+    def _top(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Positions in ``sims`` of its ``k`` largest values, best first, and those values."""
+        n = len(sims)
         k = min(k, n)
         top = np.argpartition(-sims, k - 1)[:k] if k < n else np.arange(n)
         order = np.argsort(-sims[top], kind="stable")

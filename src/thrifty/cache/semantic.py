@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from thrifty.cache.alignment import Tokens
-from thrifty.cache.backends.base import CacheBackend, EntryMeta
+from thrifty.cache.backends.base import CacheBackend, EntryMeta, VectorRow
 from thrifty.cache.config import DEFAULT_TOP_K
 from thrifty.cache.index import VectorIndex
 from thrifty.cache.verifier import HitVerifier
@@ -109,7 +109,15 @@ class SemanticCache:
         if now - slot.refreshed >= self.refresh_s:
             slot.refreshed = now
             rows, slot.cursor = await self.backend.vectors_since(ns, slot.cursor)
-            fresh = [r for r in rows if r.key not in slot.seen and len(r.vec) == self.embedder.dim]
+            # One vector per key: a key stored again (asked after its TTL, refreshed) is the same
+            # question, so it renews the expiry of the vector already held, by this instance or another.
+            latest: dict[str, VectorRow] = {}
+            for r in rows:
+                if r.key in slot.seen:
+                    slot.index.renew(r.key, r.expires)
+                elif len(r.vec) == self.embedder.dim and (r.key not in latest or r.expires > latest[r.key].expires):
+                    latest[r.key] = r
+            fresh = list(latest.values())
             if fresh:
                 slot.seen.update(r.key for r in fresh)
                 slot.index.add([r.key for r in fresh], [r.text for r in fresh], np.stack([r.vec for r in fresh]),
@@ -146,8 +154,10 @@ class SemanticCache:
         return self._vectors
 
     async def lookup(self, scope: str, query: str, verifier: HitVerifier, threshold: float,
-                     qvec: np.ndarray | None = None) -> tuple[SemanticMatch | None, np.ndarray]:
-        """The verified best candidate for ``query`` (or None) and the query's vector."""
+                     qvec: np.ndarray | None = None, exclude: frozenset[str] = frozenset(),
+                     ) -> tuple[SemanticMatch | None, np.ndarray]:
+        """The verified best candidate for ``query`` (or None) and the query's vector; ``exclude``:
+        keys not to offer (their entries turned out unservable), the next nearest taking their place."""
         if qvec is None:
             if verifier.uses_tokens and isinstance(self.embedder, TokenEmbedder):
                 # One forward pass gives the query's vector and its token vectors; memoised, they
@@ -156,7 +166,7 @@ class SemanticCache:
             else:
                 qvec = await self.embed(query)
         slot = await self.slot(scope)
-        found = self.neighbours(slot.index, qvec)
+        found = self.neighbours(slot.index, qvec, exclude)
         tokens = None
         if verifier.uses_tokens and found[1]:
             # The sentence model's forward pass for the token vectors runs on a worker thread, as
@@ -195,12 +205,12 @@ class SemanticCache:
             while len(self._tokens) > _TOKEN_MEMO:
                 self._tokens.popitem(last=False)
 
-    def neighbours(self, index: VectorIndex, qvec: np.ndarray) -> Found:
-        """The live (unexpired) top-k entries nearest to ``qvec``."""
-        pos, sims = index.search(qvec, self.top_k)
-        now = time.time()
-        keep = [i for i, p in enumerate(pos) if index.expires[p] > now]
-        pos, sims = pos[keep], sims[keep]
+    def neighbours(self, index: VectorIndex, qvec: np.ndarray, exclude: frozenset[str] = frozenset()) -> Found:
+        """The live (unexpired) top-k entries nearest to ``qvec``, but those of ``exclude``."""
+        pos, sims = index.search(qvec, self.top_k + len(exclude), alive_at=time.time())
+        if exclude:
+            keep = np.array([index.keys[p] not in exclude for p in pos], dtype=bool)
+            pos, sims = pos[keep][:self.top_k], sims[keep][:self.top_k]
         return pos, [index.texts[p] for p in pos], sims
 
     def candidates(self, index: VectorIndex, query: str, qvec: np.ndarray, verifier: HitVerifier,
@@ -252,11 +262,15 @@ class SemanticCache:
         ns = self.index_ns(scope)
         await self.backend.add_vector(ns, meta, query, qvec)
         slot = self._slots.get(ns)
-        if slot is not None and meta.key not in slot.seen:
-            slot.seen.add(meta.key)
-            slot.index.add([meta.key], [query], qvec[None, :], [meta.expires])
-            self._grew(ns, slot, 1)
-            self._bound()
+        if slot is None:
+            return
+        if meta.key in slot.seen:
+            slot.index.renew(meta.key, meta.expires)  # the same question stored again: a later expiry
+            return
+        slot.seen.add(meta.key)
+        slot.index.add([meta.key], [query], qvec[None, :], [meta.expires])
+        self._grew(ns, slot, 1)
+        self._bound()
 
     def forget(self) -> None:
         """Drop the in-memory indexes (after a clear); they reload from the backend."""

@@ -21,6 +21,7 @@ unlike a pickle.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from thrifty.artifacts import read_artifact, write_artifact
 from thrifty.cache.alignment import ALIGN_NAMES, Tokens, alignment_features
 from thrifty.cache.density import DENSITY_NAMES
 from thrifty.cache.features import FEATURE_NAMES, build_idf, pair_features
-from thrifty.cache.vetoes import vetoed
+from thrifty.cache.vetoes import content_stems, vetoed
 from thrifty.cache.wordmodel import WordModel
 from thrifty.errors import ConfigError
 
@@ -72,9 +73,21 @@ class HitVerifier(Protocol):
         ...
 
 
+def substituted(a: str, b: str) -> bool:
+    """Each question has a content word the other lacks: a detail was changed, not reworded
+    ("...switch within a year..." / "...within a month..."). In a long question one changed word
+    barely moves the cosine (0.97 with the lexical embedder for a 45-word question), so the
+    similarity alone served the other's answer. Words added on one side only ("the capital city
+    of France") and stop words do not count. Words are counted: "several years ... within a year"
+    / "... within a month" lost a "year" even though the word is still there."""
+    wa, wb = Counter(content_stems(a)), Counter(content_stems(b))
+    return bool(wa - wb) and bool(wb - wa)
+
+
 @dataclass
 class RuleVerifier:
-    """Cosine similarity with hard vetoes, for a semantic cache with no calibrated verifier file."""
+    """Cosine similarity with hard vetoes, for a semantic cache with no calibrated verifier file;
+    a changed word (``substituted``) also rules a candidate out, as no learned score weighs it."""
 
     threshold: float = 0.95
 
@@ -104,7 +117,7 @@ class RuleVerifier:
               density: Density | None = None, tokens: Tokens | None = None) -> np.ndarray:
         out = np.asarray(sims, dtype=np.float64).copy()
         for i, cand in enumerate(candidates):
-            if vetoed(query, cand):
+            if vetoed(query, cand) or substituted(query, cand):
                 out[i] = 0.0
         return out
 

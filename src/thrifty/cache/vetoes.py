@@ -23,6 +23,14 @@ Two questions may share an answer only if they have:
 - ``payload``: for an instruction with data after a colon ("Translate to French: I'm happy",
   "Repeat exactly: HeLLo"; a lead-in of at most 5 words, not a title-cased topic such as
   "Harvard College Courses:"), the same data character for character, when both have one;
+- ``template``: not one prompt template filled with other data. A template is an instruction
+  the two share word for word, with the data it applies to after it: on one line after a colon
+  (an instruction of any length: "Classify the sentiment of this review, one word only: ..."),
+  or on lines of their own (a prompt of several lines that shares a line with the other: the
+  instruction, a heading). The data must then be the same, character for character: a long
+  instruction makes the two texts nearly identical to any similarity ("...the packaging was
+  nice" / "...the packaging was damaged": 0.98 with the lexical embedder), while the answer
+  depends on the data alone;
 - ``code``: neither looks like code or data (an indented line, braces, a call such as ``f(x)``,
   ``def``, ``#include``, a line ending in ``;``, a fenced block): such prompts are never
   answered semantically, only by the exact cache;
@@ -55,7 +63,7 @@ from itertools import combinations
 from thrifty.cache.features import NEGATIONS, OPPOSITES, QWORDS, STOP
 
 # Recorded in verifier files calibrated with these vetoes (their thresholds assume them).
-VETOES_VERSION = 1
+VETOES_VERSION = 2
 # Typographic quotes, apostrophes and minus signs read as their ASCII forms; a doubled quote
 # (CSV escaping: ""word"") as one.
 _TRANSLATE = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2212": "-"})
@@ -134,6 +142,8 @@ _INSTRUCTIONS = frozenset(_split(
     reverse count extract answer solve calculate compute evaluate explain define spell format sort list name
     describe simplify expand factor check detect identify complete continue"""))
 _PAYLOAD = re.compile(r"^\s*([^:?\n]{1,60}):\s+(\S.*?)\s*$", re.S)
+# A one-line template: an instruction of any length, a colon, the data (``template``).
+_FILLED = re.compile(r"^\s*([^:?\n]+?):\s+(\S[^\n]*?)\s*$")
 # Capitalised words that are not names: the pronoun I and sentence openers.
 _NOT_NAMES = frozenset({"i", "i'm", "i've", "i'd", "i'll"}) | QWORDS | STOP
 
@@ -155,6 +165,9 @@ class Surface:
     names: frozenset[str]  # capitalised words that are not sentence openers, lower-cased and stemmed
     stems: frozenset[str]  # every word, stemmed as names are
     payload: str | None  # the data after an instruction's colon, whitespace collapsed
+    instruction: str | None  # a one-line template's instruction (before its colon), whitespace collapsed
+    filled: str | None  # the data after that colon, whitespace collapsed
+    lines: frozenset[str]  # the non-empty lines of a prompt of several lines, whitespace collapsed
 
 
 def _neighbour_word(text: str, i: int, step: int) -> str:
@@ -242,6 +255,7 @@ def surface(text: str) -> Surface:
         lowered = _ORDINAL_DIGITS.sub(lambda m: _ordinal_word(m.group(1)), lowered)
     words = tuple(_WORD.findall(lowered))
     quoted = [*_DQUOTED.findall(t), *_SQUOTED.findall(t), *_BACKTICKED.findall(t)]
+    instruction, filled = _filled(t)
     return Surface(
         text=t, quantities=_quantities(lowered), symbols=_symbols(t), non_ascii=_non_ascii(t),
         quoted=tuple(sorted({q for q in quoted if q.strip()})), code=looks_like_code(t), words=words,
@@ -249,7 +263,33 @@ def surface(text: str) -> Surface:
         ordinals=tuple(sorted(w for w in words if w in ORDINALS)),
         number_words=tuple(sorted(w for w in words if w in NUMBER_WORDS)),
         names=_names(t), stems=frozenset(_stem(w) for w in words), payload=_payload(t),
+        instruction=instruction, filled=filled, lines=_lines(t),
     )
+
+
+def _collapse(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _filled(text: str) -> tuple[str | None, str | None]:
+    """A one-line template's instruction and the data after its colon (``template``), or Nones."""
+    m = _FILLED.match(text)
+    if m is None or _topic(m.group(1).split()):
+        return None, None
+    return _collapse(m.group(1)), _collapse(m.group(2))
+
+
+def _lines(text: str) -> frozenset[str]:
+    """The non-empty lines of a prompt of several lines (``template``); empty for one line."""
+    lines = {_collapse(line) for line in text.splitlines()} - {""}
+    return frozenset(lines) if len(lines) > 1 else frozenset()
+
+
+def _other_data(a: Surface, b: Surface) -> bool:
+    """One template (the same instruction, or a shared line) filled with different data."""
+    if a.instruction is not None and a.instruction == b.instruction and a.filled != b.filled:
+        return True
+    return bool(a.lines & b.lines) and a.lines != b.lines
 
 
 def _payload(text: str) -> str | None:
@@ -257,10 +297,15 @@ def _payload(text: str) -> str | None:
     if m is None:
         return None
     lead = m.group(1).split()
-    titled = len(lead) > 1 and all(w[0].isupper() for w in lead if len(w) > 3)
-    if len(lead) > 5 or (titled and lead[0].lower() not in _INSTRUCTIONS):
+    if len(lead) > 5 or _topic(lead):
         return None
     return " ".join(m.group(2).split())
+
+
+def _topic(lead: list[str]) -> bool:
+    """A title-cased lead-in is a topic ("Harvard College Courses: What is...?"), not an instruction."""
+    titled = len(lead) > 1 and all(w[0].isupper() for w in lead if len(w) > 3)
+    return titled and lead[0].lower() not in _INSTRUCTIONS
 
 
 def _ordinal_word(digits: str) -> str:
@@ -340,6 +385,8 @@ def vetoes(a: str, b: str) -> list[str]:
         out.append("quoted")
     if sa.payload is not None and sb.payload is not None and sa.payload != sb.payload:
         out.append("payload")
+    if _other_data(sa, sb):
+        out.append("template")
     if _ordinals_differ(sa.ordinals, sb.ordinals):
         out.append("ordinals")
     if sa.negations % 2 != sb.negations % 2:
@@ -357,9 +404,14 @@ def vetoes(a: str, b: str) -> list[str]:
     return out
 
 
+def content_stems(text: str) -> tuple[str, ...]:
+    """The words of ``text`` that are not stop words, stemmed as ``names`` are, in order."""
+    return tuple(_stem(w) for w in surface(text).words if w not in STOP)
+
+
 def vetoed(a: str, b: str) -> bool:
     """Whether any hard veto separates ``a`` and ``b``."""
     return bool(vetoes(a, b))
 
 
-__all__ = ["VETOES_VERSION", "Surface", "looks_like_code", "surface", "vetoed", "vetoes"]
+__all__ = ["VETOES_VERSION", "Surface", "content_stems", "looks_like_code", "surface", "vetoed", "vetoes"]

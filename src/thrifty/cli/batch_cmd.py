@@ -141,6 +141,18 @@ def _labels(flag: str | None) -> list[str] | None:
     return found
 
 
+def _deferred_only(deferred: bool, wait: bool | None, poll_interval: float | None) -> None:
+    """``--no-wait`` and ``--poll-interval`` belong to ``--deferred``. Without it they would be
+    ignored silently: a packed run always waits, so ``--no-wait`` meant to hand back a job id
+    would instead block until every item is answered and paid for."""
+    if deferred:
+        return
+    given = [flag for flag, used in (("--no-wait", wait is False), ("--poll-interval", poll_interval is not None))
+             if used]
+    if given:
+        raise UsageError(f"{' and '.join(given)}: only with --deferred (a packed run waits for its answers)")
+
+
 def _job_line(job: Job, counts: dict[str, int]) -> str:
     shown = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     return (f"{job.job_id}  {job.status:<9}  round {job.round}  provider batch {job.batch_id or '-'} "
@@ -162,7 +174,8 @@ def register(app: typer.Typer) -> None:
         deferred: bool = typer.Option(False, "--deferred", help="Use the provider Batch API (half price, later)."),
         labels: str | None = typer.Option(None, "--labels", help="Comma-separated allowed outputs (classification)."),
         concurrency: int | None = typer.Option(None, "--concurrency", help="Packed calls in flight."),
-        wait: bool = typer.Option(True, "--wait/--no-wait", help="--deferred: wait for the results."),
+        wait: bool | None = typer.Option(None, "--wait/--no-wait",
+                                         help="--deferred: wait for the results (default), or print the job id and return."),
         poll_interval: float | None = typer.Option(None, "--poll-interval", help="--deferred: seconds between polls."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
         restart: bool = typer.Option(False, "--restart",
@@ -185,6 +198,7 @@ run the same command again after an interruption and only the unfinished items a
         if restart and deferred:
             raise UsageError("--restart: only for packed runs; a --deferred job resumes by itself "
                              "(`thrifty batch cancel JOB` stops it)")
+        _deferred_only(deferred, wait, poll_interval)
         label_list = _labels(labels)
         items = load_items(items_file)
         gw = _gateway(config)
@@ -202,7 +216,7 @@ run the same command again after an interruption and only the unfinished items a
                     runner = DeferredRunner(gw)
                     try:
                         job = await runner.submit(items, task=task, model=model, labels=label_list)
-                        if wait:
+                        if wait is not False:
                             job = await runner.wait(job.job_id, poll_interval)
                         return await asyncio.to_thread(runner.results, job.job_id), job
                     finally:
@@ -300,6 +314,9 @@ run the same command again after an interruption and only the unfinished items a
 
         writable_output(out, "--out")
         finite_float(poll_interval, "--poll-interval", 0, low_open=True)
+        if poll_interval is not None and not wait:
+            # Without --wait the job is polled once: the interval would be ignored silently.
+            raise UsageError("--poll-interval: only with --wait (without it the job is polled once)")
         gw = _gateway(config)
 
         async def main() -> tuple[list[ItemResult], Job, list[str | int]]:

@@ -149,13 +149,15 @@ def register(app: typer.Typer) -> None:
         verifier: Path | None = typer.Option(None, help="A verifier file from `cache calibrate` (default: the "
                                              "config's, else the built-in rule verifier)."),
         embedder: str | None = typer.Option(None, help=EMBEDDER_HELP),
-        max_false_hit_rate: float = typer.Option(0.005, "--max-false-hit-rate", help="Calibration target."),
-        model: str = typer.Option("auto", help="Verifier model for --calibrate-on: auto, lgbm+density, lgbm, "
-                                  "logreg+density, logreg or cosine (see `cache calibrate`)."),
+        # None when not given: these three fit the --calibrate-on verifier and are refused without it.
+        max_false_hit_rate: float | None = typer.Option(
+            None, "--max-false-hit-rate", help="--calibrate-on: the calibration target (default 0.005)."),
+        model: str | None = typer.Option(None, help="--calibrate-on: the verifier model, auto (default), "
+                                         "lgbm+density, lgbm, logreg+density, logreg or cosine (see `cache calibrate`)."),
         top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", help="Candidates the verifier sees per lookup."),
-        confidence: float = typer.Option(DEFAULT_CONFIDENCE, "--confidence",
-                                         help="How sure --calibrate-on must be that the false-hit rate is at most "
-                                         "the target (0: match it on average instead)."),
+        confidence: float | None = typer.Option(
+            None, "--confidence", help="--calibrate-on: how sure it must be that the false-hit rate is at most the "
+            f"target (default {DEFAULT_CONFIDENCE:g}; 0: match it on average instead)."),
         config: Path | None = ConfigOpt,
     ) -> None:
         """Cache every text_a, look up every text_b: duplicate hit rate, false-hit rate, latency."""
@@ -172,10 +174,14 @@ def register(app: typer.Typer) -> None:
 
         # Before the embedder loads and the pairs are embedded (minutes with a sentence model).
         writable_output(decisions, "--decisions")
-        _rate(max_false_hit_rate, "--max-false-hit-rate")
+        _calibration_flags(calibrate_on, {"--max-false-hit-rate": max_false_hit_rate, "--model": model,
+                                          "--confidence": confidence})
+        max_false_hit_rate = _rate(0.005 if max_false_hit_rate is None else max_false_hit_rate,
+                                   "--max-false-hit-rate")
         int_at_least(top_k, "--top-k", 1)
+        confidence = DEFAULT_CONFIDENCE if confidence is None else confidence
         _confidence(confidence)
-        _verifier_model(model)
+        model = _verifier_model(model or "auto")
         cfg = _config(config, required=False)
         # The verifier file in use is read once: it also names the embedder when none is given.
         loaded: LearnedVerifier | None = None
@@ -265,6 +271,17 @@ def register(app: typer.Typer) -> None:
                    f"false-hit rate {s['cv_false_hit_rate']:.3%} (worst fold {s['cv_false_hit_rate_max']:.3%})")
 
     app.add_typer(group, name="cache")
+
+
+def _calibration_flags(calibrate_on: Path | None, given: dict[str, object]) -> None:
+    """``cache eval``'s calibration flags without ``--calibrate-on`` are refused: nothing is
+    calibrated then (the verifier is --verifier's, the config's or the rule verifier, at its own
+    threshold), so a --max-false-hit-rate would be ignored while the user reads the report as
+    meeting it."""
+    named = [flag for flag, value in given.items() if value is not None]
+    if calibrate_on is None and named:
+        raise UsageError(f"{', '.join(named)}: only with --calibrate-on (they fit the verifier on those pairs); "
+                         "without it the verifier in use keeps its own threshold")
 
 
 def _rate(value: float, flag: str) -> float:

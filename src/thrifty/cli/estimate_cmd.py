@@ -17,6 +17,20 @@ from thrifty.errors import InvalidRequestError, UsageError
 DEFAULT_MODELS = "qwen3-8b,deepseek-v4-flash,qwen3-32b,deepseek-reasoner,gpt-4o"
 
 
+def _one_workload_source(workloads: Path | None, requests: float | None, input_tokens: float,
+                         output_tokens: float | None) -> None:
+    """The workload comes from ``--workloads`` or from the flags, not both: the file's volumes
+    replace the flags', so flags given beside it would be ignored without a word."""
+    if workloads is None:
+        return
+    given = [flag for flag, used in (("--requests-per-month", requests is not None),
+                                     ("--input-tokens", input_tokens != 0),
+                                     ("--output-tokens", output_tokens is not None)) if used]
+    if given:
+        raise UsageError(f"--workloads: give the volumes in the file or as {', '.join(given)}, not both "
+                         "(each workload in the file has its own)")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("estimate")
     def estimate_cmd(
@@ -42,10 +56,14 @@ def register(app: typer.Typer) -> None:
         finite_float(requests, "--requests-per-month", 0)
         finite_float(input_tokens, "--input-tokens", 0)
         finite_float(output_tokens, "--output-tokens", 0)
+        _one_workload_source(workloads, requests, input_tokens, output_tokens)
         cfg = load_config(config) if config else None
         catalog = cfg.build_catalog() if cfg is not None else None
         if models is not None:
             names = [m.strip() for m in models.split(",") if m.strip()]
+            if not names:
+                # Else "none of the models has a known price", or an empty table with --config.
+                raise UsageError(f"--models: no model in {models!r}; give comma-separated names (a,b,c)")
         elif cfg is not None and cfg.models:
             names = list(cfg.models)  # the models the config serves, not the built-in list
         else:

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from thrifty.cli.checks import finite_float, int_at_least, writable_output
-from thrifty.errors import InvalidRequestError
+from thrifty.errors import InvalidRequestError, UsageError
 
 
 def parse_sweep(value: str) -> tuple[float, ...]:
@@ -37,12 +37,13 @@ def register(app: typer.Typer) -> None:
         baseline: str = typer.Option("gpt-4-1106-preview", help="The model savings are measured against."),
         max_cost_share: float | None = typer.Option(
             None, "--max-cost-share", help="Fit the most accurate policy costing at most X times the baseline."),
-        folds: int = typer.Option(5, help="Folds of cross-validation when fitting without --train."),
+        folds: int | None = typer.Option(
+            None, help="Folds of cross-validation when fitting without --train (default 5)."),
         no_fit: bool = typer.Option(False, "--no-fit", help="Use the policy exactly as written (no fitting)."),
         sweep: str = typer.Option(
             "0.02,0.05,0.1,0.2,0.35,0.6", help="Max cost shares re-fitted for the frontier ('none' to skip)."),
         concurrency: int = typer.Option(32, help="Requests in flight at once."),
-        seed: int = typer.Option(0, help="Seed of the cross-validation split."),
+        seed: int | None = typer.Option(None, help="Seed of the cross-validation split (default 0)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
         """Replay recorded outcomes of many LLMs through the real pipeline and score the policy."""
@@ -60,7 +61,19 @@ def register(app: typer.Typer) -> None:
         # start: --concurrency 0 would wait forever on a zero-slot semaphore, and an unwritable
         # --decisions/--plot would fail only after all the work.
         finite_float(max_cost_share, "--max-cost-share", 0, low_open=True)
+        if no_fit and train is not None:
+            # --train is data to fit on; --no-fit fits nothing, so it would be ignored without a word
+            # and --data judged as if the policy had been fitted on it.
+            raise UsageError("--train: nothing is fitted with --no-fit; give --train (fit on it, judge on --data) "
+                             "or --no-fit (the policy as written), not both")
         int_at_least(concurrency, "--concurrency", 1)
+        if (no_fit or train is not None) and (folds is not None or seed is not None):
+            # They shape the cross-validation, which runs only when fitting on --data itself.
+            flag = "--folds" if folds is not None else "--seed"
+            raise UsageError(f"{flag}: there is no cross-validation with "
+                             f"{'--no-fit' if no_fit else '--train'} (the policy is judged on --data as a whole)")
+        folds = 5 if folds is None else folds
+        seed = 0 if seed is None else seed
         if not no_fit and train is None:
             int_at_least(folds, "--folds", 2)
         writable_output(decisions, "--decisions")
@@ -68,7 +81,9 @@ def register(app: typer.Typer) -> None:
             writable_output(check_plot_type(plot, "--plot"), "--plot")
         options = EvalOptions(baseline=baseline, max_cost_share=max_cost_share, fit=not no_fit, folds=folds,
                               seed=seed, sweep=parse_sweep(sweep), concurrency=concurrency, via_http=via_http,
-                              progress=not quiet and not as_json)
+                              # --json too: the bar is on stderr (and only on a terminal),
+                              # the JSON on stdout, so `--json > r.json` still shows the minutes pass.
+                              progress=not quiet)
         result = run_eval(data, train=train, policy=policy, options=options)
         if decisions is not None:
             write_decisions(result.decisions, decisions)

@@ -160,7 +160,9 @@ def _price_provider(preset: Preset | None, url: str) -> str | None:
 def render(groups: list[tuple[str, Preset | None]], urls: dict[str, str], key_envs: dict[str, str]) -> str:
     """The whole config text for the providers ``groups`` (key, preset or None for the seed)."""
     price_providers = {key: _price_provider(p, urls[key]) for key, p in groups}
-    providers = {key: {"base_url": urls[key], "api_key": "x",
+    # A URL with user:password@ is its own credential: a request can carry only one (config.py).
+    in_url = {key: "@" in urlsplit(urls[key]).netloc for key, _ in groups}
+    providers = {key: {"base_url": urls[key], **({} if in_url[key] else {"api_key": "x"}),
                        **({"price_provider": pp} if (pp := price_providers[key]) else {})}
                  for key, _ in groups}
     entries = _entries(groups)
@@ -179,7 +181,9 @@ def render(groups: list[tuple[str, Preset | None]], urls: dict[str, str], key_en
     prov_lines: list[str] = []
     for key, p in groups:
         prov_lines += [f"  {key}:", f"    base_url: {urls[key]}"]
-        if not key_envs[key]:
+        if in_url[key]:
+            prov_lines.append("    # api_key: none: base_url carries the credentials (a request takes only one)")
+        elif not key_envs[key]:
             prov_lines.append("    # api_key: ${MY_KEY}                # the server takes none; add one if yours does")
         elif p is not None and p.free:  # a local server often takes no key: unset is no warning
             prov_lines.append(f"    api_key: ${{{key_envs[key]}:-}}".ljust(37) + "# empty: no key sent (the server takes none)")

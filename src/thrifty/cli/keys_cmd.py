@@ -41,6 +41,21 @@ def _check_routes(patterns: list[str], cfg: Config, config: Path) -> None:
         raise UsageError(f"--routes: {exc.message}") from None
 
 
+def _route_list(flag: str | None) -> list[str]:
+    """``--routes a,b`` as a list (empty: any route). A flag with no name in it (``--routes ","``)
+    is refused: it would silently make a key allowed everywhere, the opposite of what
+    restricting the key asked for (as ``batch run --labels`` refuses one)."""
+    from thrifty.errors import UsageError
+
+    if flag is None:
+        return []
+    found = [r.strip() for r in flag.split(",") if r.strip()]
+    if not found:
+        raise UsageError(f"--routes: no model or route in {flag!r}; give comma-separated names "
+                         "(auto,route:support-*,cheap) or omit the flag (any route)")
+    return found
+
+
 def register(app: typer.Typer) -> None:
     keys = typer.Typer(help="Virtual API keys: budgets, rate limits, allowed routes.", no_args_is_help=True)
     app.add_typer(keys, name="keys")
@@ -70,7 +85,7 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"--period: expected day or month, got {period!r}")
         if not name.strip():
             raise UsageError("--name: expected a non-empty name")
-        route_list = [r.strip() for r in routes.split(",") if r.strip()] if routes else []
+        route_list = _route_list(routes)
         store_keys, store = _keystore(config, route_list)
         try:
             key, secret = store_keys.create(name, budget_usd=budget_usd, period=period, rpm=rpm, tpm=tpm,

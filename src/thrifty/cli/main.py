@@ -5,16 +5,21 @@ is the one visible list of them. Errors from the thrifty tree are printed as one
 (``thrifty: <message>``) with exit code 2, never as a traceback; so are operating-system
 errors reading or writing a file the user named (a full disk, a path that vanished mid-run),
 and so are the parser's own usage errors (a missing option, a value that is not a number, an
-unknown flag or command): typer would draw those as a multi-line box.
+unknown flag or command): typer would draw those as a multi-line box. Ctrl-C is one line too,
+``thrifty: interrupted`` with exit code 130 (typer alone would exit 130 saying nothing).
 """
 
 from __future__ import annotations
 
 import importlib
+import io
 import logging
 import sys
+from pathlib import PurePath
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 from thrifty.errors import ThriftyError, printable
 
@@ -39,8 +44,26 @@ COMMAND_MODULES: list[str] = [
 ]
 
 
+class Interrupted(Exception):
+    """Ctrl-C reached a command that does not handle it itself. typer would turn it into a bare
+    exit code 130 with nothing said; this carries it past typer to ``main``, which says so in
+    one line. (``batch run`` and ``outcomes collect`` catch Ctrl-C themselves, print what was
+    kept and exit 130: their exit passes through untouched.)"""
+
+
+class _Group(TyperGroup):
+    """The top-level group: every command runs inside its ``invoke``, so one place sees Ctrl-C."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer's vendored click.Context
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise Interrupted from None
+
+
 def build_app() -> typer.Typer:
     app = typer.Typer(
+        cls=_Group,
         name="thrifty",
         help="thrifty: cut LLM API spend with routing, cascades, caching, compression and batching.",
         no_args_is_help=True,
@@ -83,10 +106,16 @@ def _cli_logging() -> None:
     """The ``thrifty`` logger as a command starts: the one-line handler, nothing said yet.
     ``serve`` replaces it with JSON lines (thrifty.logs.setup_logging); a command run after it
     in the same process (tests) starts from this state again, not from serve's."""
+    from thrifty.logs import JsonFormatter
+
     log = logging.getLogger("thrifty")
     log.handlers[:] = [_WarningLines()]
     log.setLevel(logging.NOTSET)
     log.propagate = True
+    # serve's JSON handler on the root logger (other libraries' records) goes too: thrifty's own
+    # records propagate there again and would be written twice, once as JSON.
+    root = logging.getLogger()
+    root.handlers[:] = [h for h in root.handlers if not isinstance(h.formatter, JsonFormatter)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,8 +135,21 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         typer.echo("thrifty: aborted", err=True)
         sys.exit(1)
+    except Interrupted:
+        # 128 + SIGINT, as a shell reports a process Ctrl-C ended; what the command had not yet
+        # written is not written (outputs are written whole, at the end).
+        typer.echo("thrifty: interrupted", err=True)
+        sys.exit(130)
     except ThriftyError as exc:
         typer.echo(f"thrifty: {printable(str(exc))}", err=True)
+        sys.exit(2)
+    except UnicodeDecodeError as exc:
+        # A file that is not UTF-8 text (a binary or UTF-16 file named as the config, workloads
+        # or spill file): most readers name the file in a ThriftyError themselves; this is the
+        # net for those that let the decoder's error through, one line instead of a traceback.
+        where = _file_being_read(exc)
+        typer.echo(printable(f"thrifty: {where or 'a file given'} is not UTF-8 text ({exc.reason} at byte "
+                             f"{exc.start})"), err=True)
         sys.exit(2)
     except OSError as exc:
         # Flags naming files are checked before work starts (cli/checks.py); this is the net
@@ -117,6 +159,21 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     # Non-standalone mode returns the command's value, or the code of an explicit typer.Exit.
     sys.exit(result if isinstance(result, int) and not isinstance(result, bool) else 0)
+
+
+def _file_being_read(exc: BaseException) -> str | None:
+    """The file a decoding error was reading, as the innermost frame holding one knows it (a
+    ``Path`` reading its text, or an open text file): the decoder's own error names no file."""
+    found: str | None = None
+    tb = exc.__traceback__
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            if isinstance(value, PurePath):
+                found = str(value)
+            elif isinstance(value, io.TextIOBase) and isinstance(name := getattr(value, "name", None), str):
+                found = name
+        tb = tb.tb_next
+    return found
 
 
 def _usage_message(exc: typer.TyperException) -> str:

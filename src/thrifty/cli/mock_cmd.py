@@ -6,6 +6,7 @@ model without editing the file. See docs/mock-upstream.md for the file format.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -100,4 +101,7 @@ def register(app: typer.Typer) -> None:
                 access_log=False,
             )
         )
-        server.run()
+        # Ctrl-C is how this server is stopped: uvicorn shuts down, then re-raises the signal.
+        # Caught as `uvicorn.run` (serve, replay-upstream) catches it: exit 0, not "interrupted".
+        with contextlib.suppress(KeyboardInterrupt):
+            server.run()

@@ -27,6 +27,7 @@ def register(app: typer.Typer) -> None:
         listen.port(port)
         listen.check_bind(host, port)
         index = ReplayIndex(load_outcomes(resolve_data(data)))
+        port = listen.concrete_port(host, port)  # --port 0: the start-up line names the port picked
         typer.echo(f"thrifty replay upstream on http://{host}:{port}/v1: {len(index)} prompts, "
                    f"{len(index.models)} models (Ctrl-C to stop)", err=True)
         uvicorn.run(create_replay_app(index), host=host, port=port, log_level=level, access_log=False)

@@ -58,5 +58,7 @@ def register(app: typer.Typer) -> None:
         text = render(rows, format, by or "scope", total=total[0] if total else None)
         typer.echo(text, nl=not text.endswith("\n"))  # a CSV ends with its own newline: no blank line
         if format == "table" and batch.requests:
-            typer.echo(f"provider batches: {batch.requests} calls, ${batch.spend_usd:.6f} spent, "
-                       f"${batch.full_price_usd:.6f} at normal prices, ${batch.saved_usd:.6f} saved")
+            from thrifty.cost import usd_text
+
+            typer.echo(f"provider batches: {batch.requests} calls, ${usd_text(batch.spend_usd)} spent, "
+                       f"${usd_text(batch.full_price_usd)} at normal prices, ${usd_text(batch.saved_usd)} saved")

@@ -33,6 +33,24 @@ def dollars(v: float | None) -> str:
     return f"{v:,.2f}" if abs(v) >= 0.01 or v == 0 else f"{v:.2g}" if abs(v) >= 1e-4 else f"{v:.1e}"
 
 
+def _usd(v: float) -> str:
+    """``cost.usd_text``, imported when a table is drawn: thrifty.cost (and the catalog and types
+    it loads) would add ~20 ms to every `thrifty` start-up, as the ledger's modules would."""
+    from thrifty.cost import usd_text
+
+    return usd_text(v)
+
+
+def _pct(p: float) -> str:
+    """A saving's share to one decimal, but never rounded onto 0.0 or 100.0 it did not reach: a
+    cheap model's spend beside a premium baseline read "100.0" saved, as if it had cost nothing."""
+    if 0 < p < 0.05:
+        return "<0.1"
+    if 99.95 <= p < 100:
+        return ">99.9"
+    return f"{p:.1f}"
+
+
 def render(rows: list[ReportRow], fmt: str, group_label: str, total: ReportRow | None = None) -> str:
     """``rows`` as ``fmt`` (table, json or csv); ``group_label`` heads the table's first column,
     and ``total`` (the whole window, table only) is its last line."""
@@ -55,21 +73,22 @@ def render(rows: list[ReportRow], fmt: str, group_label: str, total: ReportRow |
 # The table's columns after the group's: (header, the cell, the fields that decide whether a
 # strategy's columns are shown). Spend and savings are always shown; a strategy's columns only
 # when some row has something in them, so a gateway without caching, compression or batching
-# gets a table that fits a terminal. JSON and CSV always carry every field.
+# gets a table that fits a terminal. JSON and CSV always carry every field. Dollars to six
+# decimals, a real figure below that in two significant digits (_usd), never 0.000000.
 _CELLS: list[tuple[str, Callable[[ReportRow], str], tuple[str, ...]]] = [
     ("requests", lambda r: str(r.requests), ()),
     ("errors", lambda r: str(r.errors), ()),
-    ("spend $", lambda r: f"{r.spend_usd:.6f}", ()),
-    ("baseline $", lambda r: f"{r.baseline_usd:.6f}", ()),
-    ("saved $", lambda r: f"{r.saved_usd:.6f}", ()),
-    ("saved %", lambda r: f"{r.saved_pct:.1f}", ()),
+    ("spend $", lambda r: _usd(r.spend_usd), ()),
+    ("baseline $", lambda r: _usd(r.baseline_usd), ()),
+    ("saved $", lambda r: _usd(r.saved_usd), ()),
+    ("saved %", lambda r: _pct(r.saved_pct), ()),
     ("cache hits", lambda r: str(r.cache_hits), ("cache_hits", "cache_misses")),
     ("cache misses", lambda r: str(r.cache_misses), ("cache_hits", "cache_misses")),
     ("cache hit %", lambda r: f"{100 * r.cache_hit_rate:.1f}", ("cache_hits", "cache_misses")),
-    ("cache $", lambda r: f"{r.cache_saved_usd:.6f}", ("cache_hits", "cache_misses")),
+    ("cache $", lambda r: _usd(r.cache_saved_usd), ("cache_hits", "cache_misses")),
     ("escalations", lambda r: str(r.escalations), ("escalations",)),
     ("compressed tok", lambda r: str(r.compression_saved_tokens), ("compression_saved_tokens",)),
-    ("compress $", lambda r: f"{r.compression_saved_usd:.6f}", ("compression_saved_tokens",)),
+    ("compress $", lambda r: _usd(r.compression_saved_usd), ("compression_saved_tokens",)),
     ("batch reqs", lambda r: str(r.batch_requests), ("batch_requests",)),
     ("unpriced", lambda r: str(r.unpriced_requests), ("unpriced_requests",)),
     ("estimated", lambda r: str(r.estimated_requests), ("estimated_requests",)),

@@ -74,11 +74,13 @@ def register(app: typer.Typer) -> None:
             named = catalog.get(model) is not None
             # Not by name and no route: 'auto' with no router (or none matching) is served by
             # default_model, as `serve` does.
+            # The same keys as a routed answer (scripts read them), empty where no route applies.
             out = {"route": None, "task": None, "source": "named" if named else "default_model",
-                   "kind": "model requested by name" if named else "default model",
                    "reason": (f"{plan.reason}: no routing, the request goes straight to {served}" if named else
                               f"{plan.reason}: {model!r} is served by default_model, {served} (no routing)"),
-                   "plan": [{"model": served, "threshold": None}], "guesses": []}
+                   "kind": "model requested by name" if named else "default model", "how": None,
+                   "models": [served], "description": None, "max_cost_usd": None,
+                   "plan": [{"model": served, "threshold": None}], "guesses": [], "classifier": None}
         else:
             assert router is not None  # a route was chosen, so by the router
             out = _explain_route(router, ctx, plan)
@@ -160,23 +162,32 @@ def register(app: typer.Typer) -> None:
         int_at_least(folds, "--folds", 2)  # before the data loads; its size bounds it from above below
         writable_output(out, "--out")
         base = _read_base_config(config) if config is not None else None
+        # Named in an error as the user gave it: a baseline taken from --config or the default
+        # is not a "--baseline" they typed.
+        source = "--baseline"
         if baseline is None:
             # A team calibrating its own config means its own baseline, not RouterBench's GPT-4.
             own = base.get("baseline") if base is not None else None
             baseline = own if isinstance(own, str) and own else DEFAULT_BASELINE
+            source = f"the baseline of {config}" if baseline == own else "the default baseline"
         outcomes = _load_data(data)
         if baseline not in outcomes.models:
-            raise DataError(f"--baseline {baseline!r} is not in the data (models: {', '.join(outcomes.models)})")
+            hint = "" if source == "--baseline" else "; pass --baseline MODEL"
+            raise DataError(f"{source} {baseline!r} is not in the data (models: {', '.join(outcomes.models)}){hint}")
         # One prompt per test fold at least; more folds would only repeat work (and 100000 hangs).
         int_at_least(folds, "--folds", 2, len(outcomes))
         if base is not None:
             listed = outcomes.models
-            outcomes = _servable(outcomes, base, config, baseline)
+            outcomes = _servable(outcomes, base, config, baseline, source)
             left_out = [m for m in listed if m not in outcomes.models]
             if left_out:  # said, not silent: the team may have forgotten to list a model
                 typer.echo(f"note: {', '.join(left_out)}: in the data but not among the models of {config}, so "
                            f"left out of the calibration (list them under models: to consider them)")
-        cal = calibrate(outcomes, tgt, baseline=baseline, folds=folds, seed=seed)
+        # The --config's `routing.fit` tunes the fit (min_family_prompts, depth...), as it does
+        # for `thrifty eval`: ignored, a team's 15-prompt tasks never got routes of their own.
+        fit = (base.get("routing") or {}).get("fit") if base is not None and isinstance(base.get("routing"), dict) else None
+        cal = calibrate(outcomes, tgt, baseline=baseline, folds=folds, seed=seed,
+                        spec={"fit": fit} if isinstance(fit, dict) else None)
         for row in cal.cv:
             typer.echo(f"  budget <= {row['max_cost_share']:.3g}x: CV accuracy {row['accuracy']:.4f} "
                        f"at {row['cost_share']:.1%} of the baseline's cost")
@@ -225,6 +236,7 @@ def _explain_route(router: Any, ctx: Any, plan: Any) -> dict[str, Any]:
         "max_cost_usd": desc["max_cost_usd"], "plan": steps,
         "guesses": [{"task": g.task, "source": g.source, "confidence": round(g.confidence, 4),
                      "detail": g.detail} for g in decision.guesses],
+        "classifier": None,  # always present (null unless the LLM classifier decides), as every key
     }
     if by_llm:
         out["classifier"] = {"model": router.llm.cfg.model, "outcomes": router.classifier_outcomes(),
@@ -360,7 +372,8 @@ def _check_written(out: Path) -> None:
         raise ConfigError(f"{out} was written but does not load: {exc.message}") from None
 
 
-def _servable(data: OutcomeSet, base: dict[str, Any], path: Path, baseline: str) -> OutcomeSet:
+def _servable(data: OutcomeSet, base: dict[str, Any], path: Path, baseline: str,
+              source: str = "--baseline") -> OutcomeSet:
     """``data`` restricted to the models the base config lists, so the written config only routes
     to models it can serve (``serve`` rejects routes to unlisted models). ``UsageError`` when the
     baseline is not among them: every fitted route falls back to it."""
@@ -370,7 +383,7 @@ def _servable(data: OutcomeSet, base: dict[str, Any], path: Path, baseline: str)
     listed = base.get("models") or {}
     names = set(listed) if isinstance(listed, dict) else set()
     if baseline not in names:
-        raise UsageError(f"--baseline {baseline!r} is not one of the models of {path} "
+        raise UsageError(f"{source} {baseline!r} is not one of the models of {path} "
                          f"({', '.join(sorted(names)) or 'none'}); the calibrated routes fall back to it")
     return OutcomeSet(data.items, [m for m in data.models if m in names])
 

@@ -12,8 +12,9 @@
    its short form, and one legend line ``[short = long phrase]`` is put first so the model can
    read it back.
 
-Fenced code blocks (```...```) and inline code spans (`...`) are left exactly as they are:
-whitespace and underscores (``__init__``) matter there.
+Fenced code blocks (```...```) and inline code spans (`...`) are left exactly as they are (by
+every step, the dictionary included): whitespace, underscores (``__init__``) and the exact
+words matter there.
 """
 
 from __future__ import annotations
@@ -102,14 +103,35 @@ def normalise(text: str, dedupe: bool = True) -> str:
     return "".join(out).strip()
 
 
+def _pieces(text: str) -> list[tuple[bool, str]]:
+    """``text`` cut into ``(is_prose, piece)``: fenced code blocks and inline code spans are not
+    prose. Joined in order, the pieces are ``text``."""
+    out: list[tuple[bool, str]] = []
+    for i, part in enumerate(_FENCE.split(text)):
+        if i % 2:
+            out.append((False, part))
+            continue
+        pos = 0
+        for m in _INLINE_CODE.finditer(part):
+            out += [(True, part[pos:m.start()]), (False, m.group())]
+            pos = m.end()
+        out.append((True, part[pos:]))
+    return out
+
+
 def apply_dictionary(text: str, dictionary: dict[str, str]) -> str:
-    """Step 4. Longer phrases first so overlapping entries do not fight."""
+    """Step 4, in prose only. Code is what the model must copy or output exactly (a JSON example
+    naming the brand, a URL, a `signature`): a phrase swapped for its short form there changes
+    the answer, and the legend does not undo it. Longer phrases first so overlapping entries do
+    not fight."""
+    pieces = _pieces(text)
     legend = []
     for long in sorted(dictionary, key=len, reverse=True):
         short = dictionary[long]
-        if text.count(long) >= 2:
-            text = text.replace(long, short)
+        if sum(p.count(long) for prose, p in pieces if prose) >= 2:
+            pieces = [(prose, p.replace(long, short) if prose else p) for prose, p in pieces]
             legend.append(f"{short} = {long}")
+    text = "".join(p for _, p in pieces)
     if legend:
         text = "[" + "; ".join(legend) + "]\n" + text
     return text

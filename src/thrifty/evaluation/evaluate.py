@@ -39,7 +39,7 @@ from thrifty.evaluation.policy import (
     standard_gateway,
 )
 from thrifty.evaluation.prices import derive_prices
-from thrifty.evaluation.reference import baseline_costs, reference_rows
+from thrifty.evaluation.reference import baseline_costs, oracle_curve, reference_rows
 from thrifty.evaluation.runner import run_inprocess, run_via_http
 from thrifty.providers.replay import ReplayIndex
 
@@ -219,11 +219,12 @@ class Evaluator:
         warning = budget_warning(self.policy_sections, rows[0], cause)
         rows.extend(reference_rows(self.data, opts.baseline))
         return EvalResult(opts.baseline, len(self.data), self.fitting, rows, decisions,
-                          figures(rows, opts.baseline), timings, [*self.notes, *([warning] if warning else [])])
+                          figures(rows, opts.baseline, oracle_curve(self.data, opts.baseline)), timings, [*self.notes, *([warning] if warning else [])])
 
 
-def figures(rows: list[Row], baseline: str) -> dict[str, Any]:
-    """Frontier points, AIQ of thrifty / of the models alone / of the oracle, and costs to reach."""
+def figures(rows: list[Row], baseline: str, oracle_points: list[tuple[float, float]] | None = None) -> dict[str, Any]:
+    """Frontier points, AIQ of thrifty / of the models alone / of the oracle (its curve when
+    given, ``reference.oracle_curve``, else its one point), and costs to reach."""
     # A model recorded on only some prompts is not a point on these prompts' frontier.
     every = max(r.overall.prompts for r in rows)
     models = [r for r in rows if r.kind == "model" and r.overall.prompts == every]
@@ -232,7 +233,7 @@ def figures(rows: list[Row], baseline: str) -> dict[str, Any]:
     c_min = min(pt(r)[0] for r in models)
     c_max = max(pt(r)[0] for r in models)
     ours = [pt(r) for r in rows if r.kind in ("policy", "sweep")]
-    oracle = [pt(r) for r in rows if r.name == "oracle"]
+    oracle = [pt(r) for r in rows if r.name == "oracle"] + list(oracle_points or [])
     base = next(r for r in models if r.name == f"always {baseline}")
     target = base.overall.accuracy
     return {

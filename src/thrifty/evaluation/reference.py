@@ -7,10 +7,14 @@
   the cheaper one). It looks at the scores of the very prompts it is judged on, so it is an
   upper bound for any "one model per task" policy, not a policy;
 - the oracle: per prompt, the cheapest model with the best score (the cheapest correct one when
-  any is correct). No router can beat it; it is the limit.
+  any is correct). No router can beat it; it is the limit. Its curve for AIQ (``oracle_curve``)
+  is the best per-prompt assignment at every budget, not that one point: with graded (0-1)
+  scores a cheaper model's curve could otherwise rise above the oracle's straight line.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from thrifty.evaluation.dataset import Item, OutcomeSet
 from thrifty.evaluation.metrics import ItemResult, Row, aggregate, task_of
@@ -82,6 +86,31 @@ def oracle_row(data: OutcomeSet, baseline: str) -> Row:
     results = [_single(i, oracle_model(i, data.models)) for i in data.items]
     return aggregate("oracle", "reference", results, baseline_costs(data, baseline),
                      "cheapest best-scoring model per prompt: the limit")
+
+
+def oracle_curve(data: OutcomeSet, baseline: str, steps: int = 80) -> list[tuple[float, float]]:
+    """(cost share of the baseline, accuracy) of the per-prompt choice maximising score minus
+    ``lam`` x cost, for ``lam`` from 0 (the oracle row) up to where the cheapest models win:
+    the oracle's frontier, which lies above every single model's point (each is one choice)."""
+    if not data.items or not data.models:
+        return []
+    present = np.array([[m in i.outcomes for m in data.models] for i in data.items])
+    scores = np.array([[i.scores.get(m, 0.0) for m in data.models] for i in data.items])
+    costs = np.array([[i.cost(m) for m in data.models] for i in data.items])
+    base = float(sum(baseline_costs(data, baseline)))
+    positive = costs[costs > 0]
+    if base <= 0 or positive.size == 0:
+        return []
+    # lam * cost spans from far below a score step (1e-3) to far above it (1e3) for every call.
+    lams = np.concatenate([[0.0], np.geomspace(1e-3 / positive.max(), 1e3 / positive.min(), steps)])
+    points = []
+    rows = np.arange(len(data.items))
+    for lam in lams:
+        # Ties (equal value) go to the cheaper model: a hair of cost below any score difference.
+        value = np.where(present, scores - lam * costs - 1e-9 * costs / positive.max(), -np.inf)
+        pick = value.argmax(axis=1)
+        points.append((float(costs[rows, pick].sum()) / base, float(scores[rows, pick].mean())))
+    return points
 
 
 def reference_rows(data: OutcomeSet, baseline: str) -> list[Row]:

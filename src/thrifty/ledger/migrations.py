@@ -166,4 +166,12 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
          " WHERE status = 'ok' AND baseline_cost_usd IS NOT NULL AND cost_usd IS NOT NULL"
          " AND compression_saved_usd > 0"],
     ),
+    (
+        # The time before which no other gateway's reconciler asks the provider about a pending
+        # background response: each serve pass takes the entries it asks about (a conditional
+        # UPDATE, server/stored_responses.py ``lease``), so N instances ask once per entry and
+        # interval, not N times.
+        "007_background_poll_lease",
+        ["ALTER TABLE stored_responses ADD COLUMN poll_after DOUBLE PRECISION NOT NULL DEFAULT 0"],
+    ),
 ]

@@ -80,6 +80,8 @@ class ReportRow:
     prompt_tokens: int
     completion_tokens: int
     # Input tokens (and their dollars at the served model's input price) compression removed.
+    # The dollars only where the request's saving is counted (COMPRESSION_SQL, as the dashboard):
+    # they are a share of ``saved_usd``, and an unpriced request's share showed beside $0 saved.
     compression_saved_tokens: int = 0
     compression_saved_usd: float = 0.0
     batch_requests: int = 0  # requests answered through a provider Batch API
@@ -143,7 +145,7 @@ def spend_report(
                COALESCE(SUM(prompt_tokens), 0),
                COALESCE(SUM(completion_tokens), 0),
                COALESCE(SUM(compression_saved_tokens), 0),
-               COALESCE(SUM(compression_saved_usd), 0),
+               COALESCE(SUM({COMPRESSION_SQL}), 0),
                SUM(CASE WHEN batch THEN 1 ELSE 0 END),
                SUM(CASE WHEN cache_status = 'miss' THEN 1 ELSE 0 END),
                COALESCE(SUM(cache_saved_usd), 0),

@@ -130,7 +130,10 @@ def import_spill(store: SQLStore, path: str, *, now: float | None = None) -> Imp
     if not os.path.exists(path):
         return ImportResult(0, 0, 0, None)
     with open(path, "r+", encoding="utf-8") as fh, _locked(fh):
-        text = fh.read()
+        try:
+            text = fh.read()
+        except UnicodeDecodeError as exc:  # thrifty writes UTF-8: this is not a spill file
+            raise DataError(f"{path} is not UTF-8 text, so not a spill file ({exc.reason} at byte {exc.start})") from None
         rows = parse_spill(text, path)
         if not rows:
             return ImportResult(0, 0, 0, None)

@@ -58,6 +58,7 @@ class LedgerWriter:
         self.retries = retries
         self.backoff_s = tuple(backoff_s) or (0.0,)
         self._stopping = threading.Event()  # set by close(): no more backoff waits
+        self._urgent = threading.Event()  # set during drain(): no backoff waits either
         # Set by close() and by submit() when the backlog passes max_queued: ends a backoff wait.
         self._hurry = threading.Event()
         self.max_queued = max_queued
@@ -94,6 +95,24 @@ class LedgerWriter:
         self._queue.put(done)
         self._wake.set()
         return done.wait(timeout)
+
+    def drain(self, timeout: float = 30.0) -> bool:
+        """``flush()`` for a process about to end: a batch that fails is spilled after one more
+        try instead of retried with backoff.
+
+        Why: a server shutting down while its database is down would otherwise wait through the
+        retries (half a minute) and be killed meanwhile (uvicorn re-raises the SIGTERM it caught
+        once it has stopped, so no exit hook runs): the queued rows were neither written nor
+        spilled. The writer stays open; later rows get the usual retries.
+        """
+        self._urgent.set()
+        self._hurry.set()
+        try:
+            return self.flush(timeout)
+        finally:
+            self._urgent.clear()
+            if not self._stopping.is_set():
+                self._hurry.clear()
 
     def close(self) -> None:
         """Write everything queued, stop the thread, close the store (idempotent)."""
@@ -149,12 +168,13 @@ class LedgerWriter:
                 return
             except StorageError as exc:
                 log.warning("ledger write failed (try %d of %d): %s", tries, self.retries + 1, exc)
-            if tries > self.retries or self._stopping.is_set() or self._queue.qsize() > self.max_queued:
+            if (tries > self.retries or self._stopping.is_set() or self._urgent.is_set()
+                    or self._queue.qsize() > self.max_queued):
                 break
-            # Returns early when close() is called or the backlog passes max_queued: one more
-            # try, then the spill file.
+            # Returns early when close() or drain() is called or the backlog passes max_queued:
+            # one more try, then the spill file.
             self._hurry.wait(self.backoff_s[min(tries - 1, len(self.backoff_s) - 1)])
-            if not self._stopping.is_set():
+            if not (self._stopping.is_set() or self._urgent.is_set()):
                 self._hurry.clear()  # the backlog is measured again after the next try
         self.failed_batches += 1
         self._spill(batch)

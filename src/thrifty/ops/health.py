@@ -71,6 +71,10 @@ def redis_probe(url: str) -> Probe:
 class Readiness:
     def __init__(self, probes: dict[str, Probe]) -> None:
         self.probes = probes
+        # Why each service last failed (absent while it answers). A load balancer asks every few
+        # seconds: an outage is logged when it starts, when its reason changes and when it ends,
+        # not on every check (thousands of identical lines per instance in an hour's outage).
+        self._failing: dict[str, str] = {}
 
     async def check(self) -> dict[str, str]:
         """``{service: "ok" | "unavailable"}`` for every probe, run concurrently."""
@@ -83,8 +87,13 @@ class Readiness:
             await asyncio.wait_for(self.probes[name](), PROBE_TIMEOUT_S + 1)
         except Exception as exc:
             detail = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
-            log.warning("readiness: %s unavailable: %s", name, mask_credentials(" ".join(detail.split())))
+            detail = mask_credentials(" ".join(detail.split()))
+            if self._failing.get(name) != detail:
+                log.warning("readiness: %s unavailable: %s", name, detail)
+            self._failing[name] = detail
             return "unavailable"
+        if self._failing.pop(name, None) is not None:
+            log.warning("readiness: %s answers again", name)
         return "ok"
 
     def route(self) -> Route:

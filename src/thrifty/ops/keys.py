@@ -133,6 +133,10 @@ class KeyStore:
         self._by_hash: dict[str, _Cached] = {}
         self._by_id: dict[str, _Cached] = {}
         self._reads = _BoundedCalls(DB_WAIT_S)
+        # While the database does not answer: what was logged of this outage (key ids served
+        # from their records, "-" for a key that could not be checked). Each is logged once per
+        # outage, not on every request or every TTL (per key, per instance, for its whole length).
+        self._outage: set[str] | None = None
 
     def salt(self) -> str:
         if self._salt is None:
@@ -215,7 +219,7 @@ class KeyStore:
             try:
                 await self._reads.run(self.salt)
             except StorageError as exc:
-                log.warning("key database unavailable: cannot read the key salt: %s", exc.message)
+                self._log_outage("-", "key database unavailable: cannot read the key salt: %s", exc.message)
                 raise ServiceUnavailableError(KEY_DB_DOWN) from None
         h = hash_key(secret, self.salt())
         if len(self._by_hash) > _CACHE_MAX:  # random wrong keys must not grow memory forever
@@ -250,16 +254,27 @@ class KeyStore:
             now = time.monotonic()
             if hit is None or hit.key is None or now - hit.read_at > self.stale_s:
                 # Never seen, seen as unknown, or known too long ago: nothing trustworthy to serve.
-                log.warning("key database unavailable, cannot check %s: %s", what, exc.message)
+                self._log_outage("-", "key database unavailable, cannot check %s (503 until it answers): %s",
+                                 what, exc.message)
                 raise ServiceUnavailableError(KEY_DB_DOWN) from None
-            log.warning("key database unavailable, serving key %s from its record of %.0f s ago: %s",
-                        hit.key.key_id, now - hit.read_at, exc.message)
+            self._log_outage(hit.key.key_id, "key database unavailable, serving key %s from its record of %.0f s ago "
+                             "until it answers: %s", hit.key.key_id, now - hit.read_at, exc.message)
             # Ask the database again after another TTL, not on every request of the outage.
             cache[name] = hit._replace(fresh_until=now + self.cache_ttl_s)
             return hit.key
+        if self._outage is not None:
+            self._outage = None
+            log.warning("key database answers again")
         now = time.monotonic()
         cache[name] = _Cached(now + self.cache_ttl_s, now, key)
         return key
+
+    def _log_outage(self, what: str, msg: str, *args: object) -> None:
+        """A warning the first time ``what`` meets this outage; later ones at debug level."""
+        seen = self._outage if self._outage is not None else set()
+        self._outage = seen
+        log.log(logging.DEBUG if what in seen else logging.WARNING, msg, *args)
+        seen.add(what)
 
 
 class _BoundedCalls:

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from thrifty.cost import usd_text
 from thrifty.errors import BudgetExceededError, RateLimitError
 from thrifty.ops.keys import VirtualKey
 
@@ -111,17 +112,20 @@ def refuse(kind: str, key: VirtualKey, now: float, *, spent: float = 0.0, est_co
                               code="tokens_rate_limit_exceeded")
     period = period_of(key.period, now)
     budget = key.budget_usd or 0.0
+    # usd_text: a budget or a request's estimate under half a micro-dollar (cheap models, test
+    # keys) read "$0.000000 of $0.000000 ... estimated at $0.000000", a refusal without a reason.
     if spent + est_cost > budget:
         # Settled spend alone leaves no room: nothing changes until the period resets.
         retry: float | None = period.end - now
-        msg = (f"Budget exceeded for key {key.key_id}: ${spent:.6f} of ${budget:.6f} spent this {key.period} "
-               f"(this request is estimated at ${est_cost:.6f}); the budget resets at "
+        msg = (f"Budget exceeded for key {key.key_id}: ${usd_text(spent)} of ${usd_text(budget)} spent this "
+               f"{key.period} (this request is estimated at ${usd_text(est_cost)}); the budget resets at "
                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(period.end))}.")
     else:
         # Room is held by requests still running; it may free up within seconds.
         retry = 1.0
-        msg = (f"Budget exceeded for key {key.key_id}: ${spent:.6f} of ${budget:.6f} spent this {key.period} "
-               f"and the rest is reserved by requests in flight (this request is estimated at ${est_cost:.6f}).")
+        msg = (f"Budget exceeded for key {key.key_id}: ${usd_text(spent)} of ${usd_text(budget)} spent this "
+               f"{key.period} and the rest is reserved by requests in flight (this request is estimated at "
+               f"${usd_text(est_cost)}).")
     return BudgetExceededError(msg, retry_after=retry)
 
 

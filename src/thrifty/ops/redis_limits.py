@@ -121,6 +121,9 @@ class RedisLimiter:
             _Bound.aclose, what="the Redis limiter's connection pool")
         self._seed = seed
         self._prefix = prefix
+        # True from the first failed call until one succeeds: an outage is logged once when it
+        # starts and once when it ends, not on every limited request (two lines each, at any rate).
+        self._down = False
 
     def _bound(self) -> _Bound:
         """The running event loop's client and scripts."""
@@ -148,19 +151,32 @@ class RedisLimiter:
         from redis.exceptions import TimeoutError as RedisTimeoutError
 
         try:
-            return await op()
+            return self._up(await op())
         except RedisTimeoutError as exc:  # not answering is not a closed connection: a retry would wait again
             failure: Exception = exc
         except (RedisConnectionError, ConnectionError) as exc:
-            log.info("budget store (Redis): %s; retrying on a new connection", redact(str(exc)))
+            log.log(logging.DEBUG if self._down else logging.INFO,
+                    "budget store (Redis): %s; retrying on a new connection", redact(str(exc)))
             try:
-                return await op()
+                return self._up(await op())
             except Exception as again:
                 failure = again
         except Exception as exc:
             failure = exc
-        log.warning("budget store (Redis) unavailable: %s: %s", type(failure).__name__, redact(str(failure)))
+        if self._down:
+            log.debug("budget store (Redis) still unavailable: %s: %s", type(failure).__name__, redact(str(failure)))
+        else:
+            self._down = True
+            log.warning("budget store (Redis) unavailable: %s: %s; requests of keys with limits get a 503 until "
+                        "it answers again", type(failure).__name__, redact(str(failure)))
         raise ServiceUnavailableError("The budget store (Redis) is unavailable; try again shortly.") from None
+
+    def _up(self, result: T) -> T:
+        """``result``, after logging the end of an outage the first time Redis answers again."""
+        if self._down:
+            self._down = False
+            log.warning("budget store (Redis) answers again: limited requests are admitted")
+        return result
 
     async def admit(self, key: VirtualKey, est_cost: float, est_tokens: int, now: float) -> Ticket:
         period = period_of(key.period, now)

@@ -44,6 +44,7 @@ class LedgerStage:
             # The server cancels a request whose client left before the response started
             # (server/app.py); the calls already made were paid, so the row is still written.
             ctx.status, ctx.error_type, ctx.error = "error", "ClientDisconnected", "client left before the response"
+            _usage_of_the_answer_in_progress(ctx)
             await self._record(ctx)
             raise
         if ctx.chunks is not None:
@@ -80,3 +81,16 @@ class LedgerStage:
         for obs in self.observers:
             with contextlib.suppress(Exception):
                 obs(ctx)
+
+
+def _usage_of_the_answer_in_progress(ctx: RequestContext) -> None:
+    """A request cancelled before its answer began has no served usage, yet its last answer call
+    was charged (the prompt, counted offline): the request's row takes that call's tokens, as a
+    stream left midway takes the partial usage of the answer it was sending, so its tokens and its
+    cost agree."""
+    if ctx.usage.prompt_tokens or ctx.usage.completion_tokens:
+        return
+    for attempt in reversed(ctx.attempts):
+        if attempt.purpose == "answer" and (attempt.usage.prompt_tokens or attempt.usage.completion_tokens):
+            ctx.usage = attempt.usage
+            return

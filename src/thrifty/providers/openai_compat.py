@@ -1,7 +1,7 @@
 """Any OpenAI-compatible endpoint (OpenAI, DeepSeek, Qwen, Together, OpenRouter, vLLM, Ollama...).
 
 Uses aiohttp with pooled sessions: on this machine aiohttp sustained about ten times the
-requests/s of httpx.AsyncClient at 64 concurrent requests (see DESIGN.md and
+requests/s of httpx.AsyncClient at 64 concurrent requests (see docs/architecture.md and
 bench/overhead.py), and the choice stays behind the Provider interface. Every aiohttp, socket
 and JSON failure is mapped to the thrifty error tree here and nowhere else; the messages say
 what happened in plain words, the aiohttp details go to the log only.
@@ -13,7 +13,6 @@ so the provider keeps one session per loop (``thrifty.loops.LoopSessions``).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,12 +24,11 @@ from thrifty.config import ProviderConfig
 from thrifty.errors import (
     UpstreamError,
     UpstreamProtocolError,
-    UpstreamRateLimitError,
-    UpstreamStatusError,
     UpstreamTimeoutError,
 )
 from thrifty.loops import LoopSessions
 from thrifty.providers.compat import adapt
+from thrifty.providers.error_body import ErrorDetail, embedded_error, not_a_stream, read_error, upstream_error
 from thrifty.redact import Redactor
 
 log = logging.getLogger("thrifty.providers")
@@ -81,6 +79,9 @@ class OpenAICompatProvider:
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         data = await self._post(self._url, adapt(body, self.config.compat))
         if not isinstance(data.get("choices"), list):
+            reported = embedded_error(data)
+            if reported is not None:  # an error in a 200 body (OpenRouter, once the model started)
+                raise upstream_error(self.name, reported.status or 502, reported, self._redact, embedded=True)
             raise UpstreamProtocolError(f"{self.name}: response has no 'choices' array", retryable=True)
         return data
 
@@ -134,7 +135,16 @@ class OpenAICompatProvider:
             async with self._get_session().post(self._url, data=data, timeout=timeout) as resp:
                 if resp.status >= 400:
                     raise self._status_error(resp.status, await resp.read(), resp.headers.get("retry-after"))
-                async for line in resp.content:
+                lines: AsyncIterator[bytes] = resp.content.__aiter__()
+                if resp.content_type == "application/json":
+                    # An error (or an answer ignoring `stream`) as one JSON object: read as SSE
+                    # lines, its reason was lost and it passed for a truncated stream.
+                    raw = await resp.read()
+                    error = not_a_stream(self.name, raw, self._redact)
+                    if error is not None:
+                        raise error
+                    lines = _replay(raw.splitlines())  # events under the wrong content type
+                async for line in lines:
                     text = line.decode("utf-8", "replace").strip()
                     if not text.startswith("data:"):
                         continue  # SSE comments, event names and blank keep-alives
@@ -148,11 +158,9 @@ class OpenAICompatProvider:
                         raise UpstreamProtocolError(
                             f"{self.name}: stream chunk is not valid JSON", retryable=not started
                         ) from None
-                    if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
-                        err = chunk["error"] if isinstance(chunk["error"], dict) else {}
-                        raise UpstreamError(
-                            self._redact(f"{self.name}: stream error: {err.get('message', 'unknown error')}")
-                        )
+                    reported = embedded_error(chunk) if isinstance(chunk, dict) else None
+                    if reported is not None:
+                        raise self._stream_error(reported, started)
                     started = True
                     yield chunk
         except UpstreamError:
@@ -169,25 +177,16 @@ class OpenAICompatProvider:
             raise UpstreamProtocolError(f"{self.name}: stream ended before [DONE] (truncated)", retryable=not started)
 
     def _status_error(self, status: int, raw: bytes, retry_after: str | None) -> UpstreamError:
-        body: dict[str, Any] | None
-        try:
-            parsed = json.loads(raw) if raw else None
-            body = parsed if isinstance(parsed, dict) else None
-        except ValueError:
-            body = None
-        detail = ""
-        if body and isinstance(body.get("error"), dict):
-            detail = str(body["error"].get("message") or "")
-        elif raw:
-            detail = raw[:200].decode("utf-8", "replace")
-        message = self._redact(f"{self.name}: upstream returned HTTP {status}" + (f": {detail}" if detail else ""))
-        if status == 429:
-            return UpstreamRateLimitError(message, retry_after=parse_retry_after(retry_after))
-        safe_body = json.loads(self._redact(json.dumps(body))) if body else None
-        err = UpstreamStatusError(message, status=status, body=safe_body)
-        if retry_after and status >= 500:
-            err.retry_after = parse_retry_after(retry_after)
-        return err
+        return upstream_error(self.name, status, read_error(raw), self._redact,
+                              retry_after=parse_retry_after(retry_after))
+
+    def _stream_error(self, detail: ErrorDetail, started: bool) -> UpstreamError:
+        """An error event in place of a chunk. Before the first chunk it fails like the status it
+        claims (a 429 is a rate limit, a 5xx retryable); after it, never retried (the client has
+        part of the answer)."""
+        if not started and detail.status is not None:
+            return upstream_error(self.name, detail.status, detail, self._redact, embedded=True)
+        return UpstreamError(self._redact(f"{self.name}: stream error: {detail.message}"))
 
     def _connection_error(self, exc: Exception, mid_stream: bool = False) -> UpstreamError:
         """A plain message for the client (what happened, which provider); aiohttp's details,
@@ -210,3 +209,9 @@ class OpenAICompatProvider:
             what = "talking to the provider: the connection was lost"
         # Mid-stream failures are not retried: part of the answer may already be with the client.
         return UpstreamError(f"{self.name}: connection failed {what}", retryable=not mid_stream)
+
+
+async def _replay(lines: list[bytes]) -> AsyncIterator[bytes]:
+    """``lines`` already read, as the stream's line iterator."""
+    for line in lines:
+        yield line

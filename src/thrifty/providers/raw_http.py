@@ -24,6 +24,7 @@ import aiohttp
 
 from thrifty import fastjson
 from thrifty.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeoutError
+from thrifty.providers.error_body import not_a_stream
 from thrifty.providers.openai_compat import OpenAICompatProvider
 
 
@@ -82,8 +83,10 @@ async def open_events(provider: OpenAICompatProvider, path: str, body: dict[str,
             if resp.status >= 400:
                 raise provider._status_error(resp.status, await resp.read(), resp.headers.get("retry-after"))
             if resp.content_type == "application/json":
-                # A server that ignores `stream` answers one JSON object: not an event stream.
-                raise UpstreamProtocolError(f"{provider.name}: asked for a stream, got a JSON body", retryable=False)
+                # A server that ignores `stream`, or reports an error, answers one JSON object.
+                raise (not_a_stream(provider.name, await resp.read(), provider._redact)
+                       or UpstreamProtocolError(f"{provider.name}: asked for a stream, got a JSON body",
+                                                retryable=False))
             lines: list[bytes] = []
             async for line in resp.content:
                 if line.strip():

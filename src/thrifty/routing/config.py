@@ -87,6 +87,7 @@ class ScorerConfig(_Strict):
     expect: Literal["auto", "option", "json", "code", "text"] = "auto"
     json_schema: dict[str, Any] | None = None
     min_chars: int = Field(default=1, ge=0)
+    labels: list[str] | None = None  # heuristic: the answer must be one of these (a classification)
     judge_model: str | None = None
     rubric: str | None = None
     file: str | None = None
@@ -99,6 +100,12 @@ class ScorerConfig(_Strict):
         if self.kind in needs and not needs[self.kind][1]:
             key = needs[self.kind][0]
             _problems([(key, f"required by a {self.kind} scorer")])
+        if self.labels is not None:
+            # A label is the whole answer: with another expected form it could never match.
+            if self.expect not in ("auto", "text"):
+                _problems([("labels", f"only with expect auto or text (got expect {self.expect})")])
+            if not self.labels or any(not str(label).strip() for label in self.labels):
+                _problems([("labels", "expected a list of non-empty labels")])
         return self
 
 

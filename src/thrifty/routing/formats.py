@@ -13,6 +13,7 @@ Few-shot prompts repeat worked examples first, so only the last block is read.
 from __future__ import annotations
 
 import ast
+import json
 import re
 
 FAMILIES = ("mc_multi", "mc_binary", "code", "open")
@@ -111,9 +112,36 @@ def code_signature(text: str) -> str | None:
     return None
 
 
+_JSON_FENCE_RE = re.compile(r"^```[ \t]*(?:json)?[ \t]*\n(.*?)\n?```\s*$", re.S | re.I)
+# Punctuation is dropped, except a decimal point between digits: "41.94" is not "4194".
+_PUNCT_RE = re.compile(r"[^a-z0-9 .]+|(?<!\d)\.|\.(?!\d)")
+
+
+def canonical_json(text: str) -> str | None:
+    """``json:`` and the JSON object or array an answer is (a ```json fence allowed), with keys
+    sorted and spacing dropped; None when the answer is not one. Two extractions with the same
+    values in another key order or layout agree; a different value anywhere does not."""
+    t = text.strip()
+    m = _JSON_FENCE_RE.match(t)
+    t = m.group(1).strip() if m else t
+    if not t.startswith(("{", "[")):
+        return None
+    try:
+        value = json.loads(t)
+    except (ValueError, RecursionError):
+        return None
+    return "json:" + json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def normalise_free(text: str) -> str | None:
+    """An open answer's comparable form: a JSON answer whole and canonical (its first line of a
+    pretty-printed object is a lone "{", and the 80-character cut of a long one hid its values),
+    else the first line, lower-cased, punctuation dropped, at most 80 characters."""
+    js = canonical_json(text)
+    if js is not None:
+        return js
     first = text.strip().split("\n")[0].lower()
-    first = re.sub(r"\s+", " ", re.sub(r"[^a-z0-9 ]+", " ", first)).strip()
+    first = re.sub(r"\s+", " ", _PUNCT_RE.sub(" ", first)).strip()
     return first[:80] or None
 
 

@@ -23,6 +23,7 @@ from thrifty.pipeline.context import Plan, RequestContext, Tier
 from thrifty.routing.classify import TaskClassifier, TaskGuess
 from thrifty.routing.config import RouteConfig, RoutingConfig, ScorerConfig
 from thrifty.routing.policies import BudgetGuard, StateTableCascade, TierCascade, vote_table
+from thrifty.routing.reach import reachable_models
 from thrifty.types import ChatRequest
 
 ROUTE_PREFIX = "route:"
@@ -45,7 +46,7 @@ def build_scorer(cfg: ScorerConfig, base_dir: str | None, key: str = "scorer") -
     from thrifty.scoring.heuristics import HeuristicScorer
 
     if cfg.kind == "heuristic":
-        return HeuristicScorer(cfg.expect, cfg.json_schema, cfg.min_chars)
+        return HeuristicScorer(cfg.expect, cfg.json_schema, cfg.min_chars, cfg.labels)
     if cfg.kind == "judge":
         from thrifty.scoring.judge import JudgeScorer
 
@@ -238,7 +239,7 @@ class TaskRouter:
             st = r.state_table
             out |= {"kind": "state table", "how": "the agreement pattern of the cheap answers decides: another "
                                                   "model, serve one of them, or the strong model",
-                    "models": [*st.order, st.strong]}
+                    "models": reachable_models(st)}
         else:
             assert r.learned is not None
             allowed = r.learned.models or self.learned[name].models

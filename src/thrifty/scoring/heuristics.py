@@ -83,10 +83,12 @@ class HeuristicScorer:
     """Scores 0.0 (empty / refusal / wrong form) to 0.9 (well-formed answer); never 1.0, because
     form says nothing certain about correctness."""
 
-    def __init__(self, expect: str = "auto", json_schema: dict[str, Any] | None = None, min_chars: int = 1) -> None:
+    def __init__(self, expect: str = "auto", json_schema: dict[str, Any] | None = None, min_chars: int = 1,
+                 labels: list[str] | None = None) -> None:
         self.expect = expect
         self.json_schema = json_schema
         self.min_chars = min_chars
+        self.labels = {_label_key(label): label for label in labels or ()}
 
     async def score(self, request: ChatRequest, response: dict[str, Any]) -> Score:
         calls = tool_calls(response)
@@ -117,6 +119,8 @@ class HeuristicScorer:
         if len(t) < self.min_chars:
             return Score(0.1, f"short answer ({len(t)} < {self.min_chars} chars)")
         form = expected_form(request) if self.expect == "auto" else self.expect
+        if self.labels and form == "text":
+            form = "label"  # a classification: a one-word answer is the expected form, not "very short"
         value, reason = self._form(request, form, t)
         if _REFUSAL_RE.search(t[:400]) and value > 0.2:
             value, reason = 0.15, "refusal or failure phrase"
@@ -125,6 +129,11 @@ class HeuristicScorer:
         return Score(round(value, 4), reason)
 
     def _form(self, request: ChatRequest, form: str, t: str) -> tuple[float, str]:
+        if form == "label":
+            label = self.labels.get(_label_key(t))
+            if label is None:
+                return 0.05, f"not one of the labels ({', '.join(self.labels.values())})"
+            return 0.9, f"label {label}"
         if form == "option":
             letter = extract_option(t)
             if letter is None:
@@ -149,6 +158,12 @@ class HeuristicScorer:
                     return 0.85, "code parses"
             return 0.2, "no parseable Python code"
         return (0.7, "non-empty answer") if len(t) >= 20 else (0.5, "very short answer")
+
+
+def _label_key(text: str) -> str:
+    """A label as compared: case, surrounding spaces, quotes and end punctuation ignored
+    ("Billing." is the label billing)."""
+    return text.strip().strip("\"'`*").rstrip(".!").strip().lower()
 
 
 def _finish_reason(response: dict[str, Any]) -> str | None:

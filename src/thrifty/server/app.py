@@ -161,23 +161,26 @@ def create_app(gateway: Gateway) -> Starlette:
 
     async def models(request: Request) -> Response:
         # With virtual keys on, the list needs a valid key and shows what that key may call.
+        request_id = new_request_id()
         try:
             data = await filter_models(gateway, request, model_objects())
         except Exception as exc:
-            return handler_error(exc, new_request_id(), gateway.redactor)
-        return JSONResponse({"object": "list", "data": data})
+            return handler_error(exc, request_id, gateway.redactor)
+        # The request id on success too, as on every OpenAI answer (the SDK's `_request_id`).
+        return JSONResponse({"object": "list", "data": data}, headers=request_id_headers(request_id))
 
     async def model(request: Request) -> Response:
         # GET /v1/models/{id}: what the OpenAI SDK's client.models.retrieve() calls.
         model_id = request.path_params["model_id"]
+        request_id = new_request_id()
         try:
             visible = await filter_models(gateway, request, [o for o in model_objects() if o["id"] == model_id])
         except Exception as exc:
-            return handler_error(exc, new_request_id(), gateway.redactor)
+            return handler_error(exc, request_id, gateway.redactor)
         if visible:  # a model the key may not use is as unknown as one that does not exist, as at OpenAI
-            return JSONResponse(visible[0])
+            return JSONResponse(visible[0], headers=request_id_headers(request_id))
         err = NotFoundError(f"The model '{model_id}' does not exist.", param="model")
-        return error_response(err, new_request_id())
+        return error_response(err, request_id)
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "models": len(gateway.catalog), "pipeline": gateway.describe()})
@@ -220,7 +223,10 @@ def create_app(gateway: Gateway) -> Starlette:
         # Pooled upstream connections belong to the server's loop: close them on that loop.
         for provider in gateway.providers.values():
             await provider.aclose()
-        gateway.flush()
+        # The last rows are written (or spilled) now: uvicorn ends the process with the signal it
+        # caught as soon as this returns, before any exit hook could. In a thread, so the loop
+        # is not blocked while a database that is down is tried once more.
+        await asyncio.to_thread(gateway.flush, shutting_down=True)
 
     handlers = {404: not_found, 405: not_found, Exception: internal_error}
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan,

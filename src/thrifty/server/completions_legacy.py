@@ -23,6 +23,7 @@ from thrifty.types import ChatRequest, body_model
 class CompletionsEndpoint(Endpoint):
     name = "completions"
     path = "/completions"
+    answer = "choices"
     essential = frozenset({"model", "stream", "prompt"})
 
     def parse(self, body: Any) -> ChatRequest:

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from thrifty.errors import InvalidRequestError, NotFoundError
-from thrifty.ledger.report import BASELINE_SQL, CALL_SAVED_SQL, COMPRESSION_SQL, SAVED_SQL
+from thrifty.ledger.report import BASELINE_SQL, CALL_SAVED_SQL, COMPRESSION_SQL, SAVED_SQL, UNPRICED_SQL
 from thrifty.ledger.store import SQLiteStore, SQLStore, in_thread
 from thrifty.ops.admin import check_admin, json_errors
 
@@ -62,7 +62,9 @@ def dashboard_data(store: SQLStore, period: str = "7d", now: float | None = None
     q = store.query
     # escalations: cascade levels moved past before the served answer (pipeline/accounting.py);
     # the escalation rate is the share of cascaded requests with at least one.
-    (n, errors, spend, base, saved, hits, lookups, cascades, escalated, escalations, comp, pt, ct), = q(f"""
+    # unpriced: requests left out of spend and savings (a price unknown), as the report counts them;
+    # without it the page's spend and saved % read as complete when they were not.
+    (n, errors, spend, base, saved, hits, lookups, cascades, escalated, escalations, comp, pt, ct, unpriced), = q(f"""
         SELECT COUNT(*), COALESCE(SUM(CASE WHEN status = 'ok' THEN 0 ELSE 1 END), 0),
                COALESCE(SUM(cost_usd), 0),
                COALESCE(SUM({BASELINE_SQL}), 0),
@@ -73,7 +75,8 @@ def dashboard_data(store: SQLStore, period: str = "7d", now: float | None = None
                COALESCE(SUM(CASE WHEN escalations > 0 THEN 1 ELSE 0 END), 0),
                COALESCE(SUM(escalations), 0),
                COALESCE(SUM({COMPRESSION_SQL}), 0),
-               COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0)
+               COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0),
+               COALESCE(SUM({UNPRICED_SQL}), 0)
         FROM requests WHERE ts >= ?""", [since])
     saved_total = float(saved)
     totals = {
@@ -84,6 +87,7 @@ def dashboard_data(store: SQLStore, period: str = "7d", now: float | None = None
         "cascades": int(cascades), "escalations": int(escalations),
         "escalation_rate": int(escalated) / int(cascades) if cascades else 0.0,
         "compression_saved_usd": float(comp), "prompt_tokens": int(pt), "completion_tokens": int(ct),
+        "unpriced_requests": int(unpriced),
     }
     b = _bucket_sql(store, bucket)
     series = [

@@ -75,6 +75,7 @@ def count_input(value: Any) -> int:
 class EmbeddingsEndpoint(Endpoint):
     name = STRATEGY
     path = "/embeddings"
+    answer = "data"
     essential = frozenset({"model", "input"})
 
     def parse(self, body: Any) -> ChatRequest:

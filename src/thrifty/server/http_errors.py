@@ -30,6 +30,10 @@ SERVED = ("chat completions (POST /v1/chat/completions), embeddings (POST /v1/em
 UNSERVED_RESOURCES = frozenset({
     "responses", "audio", "images", "moderations", "files", "uploads",
     "batches", "fine_tuning", "assistants", "threads", "vector_stores", "realtime", "conversations",
+    # The openai SDK's other resources (client.containers, .evals, .videos...): their calls too are
+    # told what is served, not "No route for ...".
+    "containers", "evals", "videos", "skills", "chatkit", "agents", "vaults", "live", "safety", "decisions",
+    "content_provenance_checks", "webhook_endpoints", "webhook_event_types", "organization", "projects",
 })
 
 
@@ -66,9 +70,15 @@ def unserved_message(method: str, path: str) -> str | None:
     parts = path.strip("/").split("/")
     if parts and parts[0] == "v1":
         parts = parts[1:]
-    if not parts or parts[0] not in UNSERVED_RESOURCES:
+    if parts[:2] == ["chat", "completions"] and len(parts) > 2:
+        # client.chat.completions.retrieve/update/delete/messages.list: completions a provider
+        # stored (`store: true`), only at that provider.
+        what = "stored chat completions"
+    elif parts and parts[0] in UNSERVED_RESOURCES:
+        what = f"{parts[0]} requests"
+    else:
         return None
-    return (f"thrifty does not serve {method} {path}: it serves {SERVED}. Send {parts[0]} requests to the "
+    return (f"thrifty does not serve {method} {path}: it serves {SERVED}. Send {what} to the "
             "provider directly (a client with the provider's base_url).")
 
 

@@ -63,7 +63,10 @@ class Metrics:
                             ["model", "route"], registry=r)
         self.baseline = Counter("thrifty_baseline_cost_usd", "What the baseline model would have cost, USD.",
                                 ["model", "route"], registry=r)
-        self.savings = Counter("thrifty_savings_usd", "Baseline cost minus cost, plus compression savings, USD.",
+        # Compression's saving is inside baseline minus cost (the baseline prices the prompt as
+        # sent by the client, migration 006): "plus compression" told a reader to add it twice.
+        self.savings = Counter("thrifty_savings_usd", "Baseline cost minus cost (compression's saving "
+                               "included), USD; failed requests and negative savings are not counted.",
                                ["route", "strategy"], registry=r)
         self.cache = Counter("thrifty_cache_requests", "Requests by cache outcome.", ["route", "cache_status"],
                              registry=r)

@@ -48,6 +48,7 @@ from thrifty.pipeline.context import Attempt, Handler, RequestContext, new_reque
 from thrifty.pipeline.deadline import DeadlineStage
 from thrifty.pipeline.ledger_stage import LedgerStage
 from thrifty.providers.compat import CompatConfig
+from thrifty.providers.error_body import ErrorDetail, embedded_error, upstream_error
 from thrifty.providers.raw_http import SSEEvent, open_events, streams
 from thrifty.server.http_errors import handler_error, request_id_headers
 from thrifty.types import ChatRequest
@@ -105,6 +106,7 @@ class Endpoint:
 
     name: str = ""  # the ledger's strategy and attempt purpose
     path: str = ""  # appended to the provider's base_url
+    answer: str = ""  # the array an answer always has (``data``, ``choices``...); "" for none
     # Fields a provider's ``compat.drop_params`` never removes: the call would change meaning.
     essential: frozenset[str] = frozenset({"model", "stream"})
 
@@ -135,6 +137,12 @@ class Endpoint:
         response = {"choices": [{"message": {"content": text}}]} if text else {}
         attempt.usage, cost = priced_usage(raw_usage, request, response, info.price, model=info.upstream_model)
         attempt.cost_usd, attempt.cost_source = cost.usd, cost.source
+
+    def reported_error(self, response: dict[str, Any]) -> ErrorDetail | None:
+        """An error the provider put in a 200 body in place of the answer (OpenRouter does once
+        the model started), or None. Relayed as it was, the SDK returned an object full of None
+        and the ledger a success."""
+        return embedded_error(response, self.answer) if self.answer else None
 
     def answer_text(self, response: dict[str, Any]) -> str:
         """Everything in a response that bills as output (counted when usage is missing)."""
@@ -221,6 +229,10 @@ class PassthroughCall:
             t0 = time.perf_counter()
             try:
                 response = await poster.post_json(self.endpoint.path, body)
+                reported = self.endpoint.reported_error(response)
+                if reported is not None:
+                    raise upstream_error(info.provider, reported.status or 502, reported, self.gateway.redactor,
+                                         embedded=True)
             except UpstreamError as exc:
                 await self._failed(attempt, exc, t0, i, policy)
                 continue

@@ -29,7 +29,9 @@ Outcomes, one per entry:
 
 It runs two ways: ``Reconciler.start`` in the gateway's lifespan (every
 ``server.reconcile_background_s``, on by default), and ``thrifty ledger reconcile`` (one pass,
-cli/ledger_cmd.py). Neither blocks client requests: the provider calls are the event loop's
+cli/ledger_cmd.py). A serve pass asks only about the entries it could take
+(``ResponseIndex.lease``): instances sharing a database take turns per entry instead of each
+asking the provider about all of them. Neither blocks client requests: the provider calls are the event loop's
 usual non-blocking ones, a few at a time, and the database statements run in worker threads.
 """
 
@@ -64,6 +66,8 @@ BATCH = 500
 OVERLAP_S = 600.0
 # The listing may scan a month of entries (the CLI, a first pass): more than a look-up's wait.
 LIST_WAIT_S = 60.0
+# A serve pass takes the entries it asks about for this share of the interval (``lease``).
+LEASE_SHARE = 0.9
 
 
 @dataclass
@@ -77,12 +81,13 @@ class Tally:
     oldest_pending: float | None = None  # the ts of the oldest entry left pending (serve's next window)
     newest: float = 0.0  # the ts of the newest entry listed (where a pass after a full batch resumes)
     not_due: int = 0  # pending entries younger than the minimum age (counted by the CLI only)
+    elsewhere: int = 0  # pending entries another gateway's pass took (serve passes only)
     window_end: float = 0.0  # entries created before this were listed (now minus the minimum age)
 
     def add(self, outcome: str, entry: StoredResponse) -> None:
         setattr(self, outcome, getattr(self, outcome) + 1)
         self.newest = max(self.newest, entry.ts)
-        if outcome in ("running", "failed"):
+        if outcome in ("running", "failed", "elsewhere"):
             oldest = self.oldest_pending
             self.oldest_pending = entry.ts if oldest is None else min(oldest, entry.ts)
 
@@ -102,12 +107,20 @@ class Reconciler:
         # warnings a minute.
         self.failure_level = failure_level
 
-    async def run_once(self, since: float = 0.0, limit: int | None = None) -> Tally:
+    async def run_once(self, since: float = 0.0, limit: int | None = None, lease_s: float | None = None) -> Tally:
         """One pass over the entries pending since ``since`` and older than the minimum age.
+        ``lease_s``: ask only about the entries no other gateway's pass took in the last
+        ``lease_s`` seconds, and take them (the serve loop; the CLI's pass asks about all).
         Raises ``StorageError`` when they cannot be listed (nothing was asked then)."""
         before = time.time() - self.min_age_s
         entries = await self.index.pending_before(before, since, limit, wait_s=LIST_WAIT_S)
         tally = Tally(window_end=before)
+        if lease_s is not None:
+            taken = {e.response_id for e in await self.index.lease(entries, lease_s, wait_s=LIST_WAIT_S)}
+            for entry in entries:
+                if entry.response_id not in taken:
+                    tally.add("elsewhere", entry)  # still pending: the sweep's window keeps it
+            entries = [e for e in entries if e.response_id in taken]
         gate = asyncio.Semaphore(CONCURRENCY)
         # Providers a look-up of this pass could not reach (no connection, no answer in time):
         # their other entries are not asked this pass. Each look-up waits out the provider's
@@ -195,7 +208,9 @@ class Reconciler:
             await asyncio.sleep(interval_s)
             window_end = time.time() - self.min_age_s
             try:
-                tally = await self.run_once(cursor, BATCH)
+                # Taken for a little less than the interval: the next pass, this gateway's or
+                # another's, may ask again.
+                tally = await self.run_once(cursor, BATCH, lease_s=interval_s * LEASE_SHARE)
             except StorageError as exc:
                 log.warning("background responses not reconciled this time: %s", exc.message)
                 continue
@@ -207,7 +222,7 @@ class Reconciler:
                         tally.summary())
             if tally.oldest_pending is not None:
                 oldest = tally.oldest_pending if oldest is None else min(oldest, tally.oldest_pending)
-            if tally.settled + tally.running + tally.gone + tally.failed >= BATCH:
+            if tally.settled + tally.running + tally.gone + tally.failed + tally.elsewhere >= BATCH:
                 cursor = tally.newest  # the same sweep goes on after this batch
                 continue
             cursor = min(oldest if oldest is not None else window_end, window_end) - OVERLAP_S

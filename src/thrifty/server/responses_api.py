@@ -29,6 +29,7 @@ from thrifty import fastjson
 from thrifty.errors import InvalidRequestError, NotFoundError, ThriftyError
 from thrifty.pipeline.context import Attempt, RequestContext
 from thrifty.providers.compat import CompatConfig
+from thrifty.providers.error_body import ErrorDetail
 from thrifty.providers.raw_http import SSEEvent
 from thrifty.server.passthrough import Endpoint, StreamState, checked_stream, is_int, request_body
 from thrifty.server.stored_responses import ResponseIndex, StoredResponse
@@ -49,6 +50,7 @@ _INPUT_SOURCES = ("previous_response_id", "conversation", "prompt")
 class ResponsesEndpoint(Endpoint):
     name = "responses"
     path = "/responses"
+    answer = "output"
     essential = frozenset({"model", "stream", "input"})
 
     def __init__(self, index: ResponseIndex | None = None) -> None:
@@ -87,6 +89,11 @@ class ResponsesEndpoint(Endpoint):
         if compat is not None and compat.developer_role == "system" and isinstance(items, list):
             out["input"] = [{**i, "role": "system"} if i.get("role") == "developer" else i for i in items]
         return out
+
+    def reported_error(self, response: dict[str, Any]) -> ErrorDetail | None:
+        # A response object is an answer even when it failed (its `error` is the run's, and a
+        # background create's rows are settled from it later).
+        return None if response.get("object") == "response" else super().reported_error(response)
 
     def answer_text(self, response: dict[str, Any]) -> str:
         parts: list[str] = []

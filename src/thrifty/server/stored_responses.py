@@ -247,6 +247,25 @@ class ResponseIndex:
             entries.append(entry)
         return entries
 
+    async def lease(self, entries: list[StoredResponse], hold_s: float,
+                    wait_s: float = DB_WAIT_S) -> list[StoredResponse]:
+        """Of ``entries``, those this gateway takes to ask the provider about now: each is taken
+        for ``hold_s`` by moving its ``poll_after`` forward where it had passed (one conditional
+        UPDATE each, so of several gateways listing the same pending entries one takes each).
+        Without it every instance of a fleet asked the provider about every pending entry on
+        every pass. Raises ``StorageError`` (the pass is skipped; nothing was asked)."""
+        if self.store is None or not entries:
+            return list(entries)
+        store = self.store
+        now = time.time()
+        sql = ("UPDATE stored_responses SET poll_after = ? WHERE response_id = ? AND pending = 1"
+               " AND poll_after <= ?")
+
+        def take() -> list[StoredResponse]:
+            return [e for e in entries if store.execute(sql, (now + hold_s, e.response_id, now))]
+
+        return await in_thread(take, wait_s, "background response leases")
+
     async def pending_since(self, since: float, wait_s: float = DB_WAIT_S) -> int:
         """How many entries created at ``since`` or later are still ``pending`` (those a pass with
         a minimum age leaves for later, for ``thrifty ledger reconcile`` to say so)."""

@@ -10,7 +10,9 @@ Layout under the configured prefix ``P`` (the deployment namespace):
 Redis errors become misses (reads) or logged StorageErrors (writes): the cache never fails a request.
 A Redis that times out or refuses connections is skipped for ``PAUSE_S`` (reads miss, writes are
 dropped, locks are not taken) before the next call tries it again: a frozen Redis costs one
-2-second timeout per pause instead of one per cache call (several per request).
+2-second timeout per pause instead of one per cache call (several per request). An outage is
+logged when it starts and when Redis answers again; a write dropped during a pause is not an
+error of its own (it raised one before: a warning line per request for as long as Redis was down).
 A redis.asyncio client is bound to the event loop it first ran in, so there is one client per
 loop (``thrifty.loops.LoopRedis``): a gateway used from two ``asyncio.run`` calls keeps hitting.
 """
@@ -31,6 +33,12 @@ import numpy as np
 from thrifty.cache.backends.base import EntryMeta, VectorRow, vec_bytes, vec_from
 from thrifty.errors import ConfigError, StorageError
 from thrifty.loops import LoopRedis
+from thrifty.redact import redact
+
+try:
+    from redis.exceptions import RedisError
+except ImportError:  # the `redis` extra is missing: RedisBackend() says so when it is built
+    RedisError = OSError  # type: ignore[misc,assignment]
 
 _HEADER = struct.Struct("<dI")  # expires, length of the JSON {key, text}
 # Expired records popped from a vector list's head per append, at most (bounded script time).
@@ -103,6 +111,7 @@ class RedisBackend:
         self._unreachable: tuple[type[BaseException], ...] = (aioredis.ConnectionError, aioredis.TimeoutError,
                                                                OSError, TimeoutError)
         self._paused_until = 0.0
+        self._down = False  # since a failure said "unreachable", until a call succeeds again
 
     def _paused(self) -> bool:
         return time.monotonic() < self._paused_until
@@ -110,10 +119,17 @@ class RedisBackend:
     def _failed(self, exc: BaseException) -> None:
         """Note a failed call: one that says Redis is unreachable pauses the cache's use of it."""
         if isinstance(exc, self._unreachable):
-            if not self._paused():
-                log.warning("cache: Redis is not answering (%s): cache calls skip it for %.0f s",
-                            type(exc).__name__, PAUSE_S)
+            if not self._down:
+                log.warning("cache: Redis is not answering (%s): cache calls skip it for %.0f s at a time "
+                            "until it answers again (reads miss, writes are dropped)", type(exc).__name__, PAUSE_S)
+            self._down = True
             self._paused_until = time.monotonic() + PAUSE_S
+
+    def _answered(self) -> None:
+        """Note a call that succeeded: the end of an outage is logged once."""
+        if self._down:
+            self._down = False
+            log.warning("cache: Redis answers again")
 
     @property
     def _redis(self) -> Any:
@@ -131,11 +147,12 @@ class RedisBackend:
         except Exception as exc:
             self._failed(exc)
             return None
+        self._answered()
         return bytes(value) if value is not None else None
 
     async def put(self, meta: EntryMeta, value: bytes) -> None:
         if self._paused():
-            raise StorageError("cache write skipped: Redis is not answering")
+            return  # dropped: the pause was logged when it began
         ttl_ms = max(1, int((meta.expires - time.time()) * 1000))
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
@@ -145,6 +162,7 @@ class RedisBackend:
                 pipe.zadd(self._k("z"), {meta.key: meta.created})
                 pipe.zcard(self._k("z"))
                 *_, count = await pipe.execute()
+            self._answered()
             if int(count) > self.max_entries:
                 await self._evict(int(count) - self.max_entries)
         except Exception as exc:
@@ -160,7 +178,7 @@ class RedisBackend:
         head = json.dumps({"key": meta.key, "text": text}).encode()
         record = _HEADER.pack(meta.expires, len(head)) + head + vec_bytes(vec)
         if self._paused():
-            raise StorageError("cache vector write skipped: Redis is not answering")
+            return  # dropped, like put()'s
         try:
             await self._redis.eval(_ADD, 2, self._k("v", index_ns), self._k("vo", index_ns), record,
                                    int(meta.expires * 1000), secrets.randbelow(1 << 50) + (1 << 40),
@@ -178,6 +196,7 @@ class RedisBackend:
         except Exception as exc:
             self._failed(exc)
             return [], cursor
+        self._answered()
         cursor = int(base) + int(start)
         out = []
         for raw in raws:
@@ -201,6 +220,7 @@ class RedisBackend:
         except Exception as exc:
             self._failed(exc)
             return True
+        self._answered()
         if ok:
             self._tokens[key] = token
         return bool(ok)
@@ -218,6 +238,12 @@ class RedisBackend:
 
     async def clear(self, tenant: str | None = None, model: str | None = None,
                     older_than: float | None = None) -> int:
+        try:
+            return await self._clear(tenant, model, older_than)
+        except RedisError as exc:
+            raise _unavailable("clear", exc) from None
+
+    async def _clear(self, tenant: str | None, model: str | None, older_than: float | None) -> int:
         hi = "(" + repr(older_than) if older_than is not None else "+inf"
         keys = [k.decode() for k in await self._redis.zrangebyscore(self._k("z"), "-inf", hi)]
         doomed = []
@@ -243,6 +269,12 @@ class RedisBackend:
         return deleted
 
     async def stats(self) -> dict[str, int]:
+        try:
+            return await self._stats()
+        except RedisError as exc:
+            raise _unavailable("stats", exc) from None
+
+    async def _stats(self) -> dict[str, int]:
         n = int(await self._redis.zcard(self._k("z")))
         vectors = 0
         async for vk in self._redis.scan_iter(match=self._k("v", "*")):
@@ -253,3 +285,11 @@ class RedisBackend:
         """Close the clients of every event loop the cache was used from (forget those whose loop
         is closed)."""
         await self._clients.aclose()
+
+
+def _unavailable(what: str, exc: RedisError) -> StorageError:
+    """The one-line error of a ``clear`` or ``stats`` that Redis did not serve. Why: these are the
+    operator's commands (`thrifty cache clear` / `stats`), which print a ThriftyError as one line;
+    redis-py's own exceptions reached them as a traceback."""
+    return StorageError(f"cache {what} failed: the Redis cache is unavailable "
+                        f"({type(exc).__name__}: {redact(str(exc))})")

@@ -32,6 +32,9 @@
     return (x < 0 ? "-$" : "$") + (a >= 100 ? a.toFixed(0) : a >= 1 ? a.toFixed(2) : a.toPrecision(3));
   }
   function pct(x) { return (100 * x).toFixed(1) + "%"; }
+  // A saving's share, never rounded onto 0.0% or 100.0% it did not reach (the report's rule):
+  // a cheap model's spend beside a premium baseline read "100.0%" saved, as if free.
+  function share(p) { return p > 0 && p < 0.05 ? "<0.1%" : p >= 99.95 && p < 100 ? ">99.9%" : p.toFixed(1) + "%"; }
   function empty(container, msg) {
     container.textContent = "";
     const p = document.createElement("p");
@@ -110,7 +113,10 @@
     box.textContent = "";
     const items = [
       ["spend", usd(t.spend_usd)], ["baseline", usd(t.baseline_usd)],
-      ["saved", `${usd(t.saved_usd)} (${t.saved_pct.toFixed(1)}%)`], ["requests", `${t.requests} (${t.errors} errors)`],
+      ["saved", `${usd(t.saved_usd)} (${share(t.saved_pct)})`],
+      // Unpriced requests (a model without a price) are out of spend and saved, as in the report.
+      ["requests", `${t.requests} (${t.errors} errors` +
+                   (t.unpriced_requests ? `, ${t.unpriced_requests} unpriced, not in spend)` : ")")],
       ["cache hit rate", pct(t.cache_hit_rate)], ["escalation rate", pct(t.escalation_rate)],
     ];
     for (const [label, value] of items) {
@@ -130,8 +136,10 @@
     body.textContent = "";
     for (const k of keys) {
       const tr = document.createElement("tr");
-      for (const v of [k.key_id, k.name, k.requests, k.spend_usd.toFixed(6), k.saved_usd.toFixed(6),
-                       k.budget_usd == null ? "-" : k.budget_usd.toFixed(2)]) {
+      // usd() as everywhere on the page: toFixed(6) and toFixed(2) showed a cheap model's real
+      // spend as 0.000000 and a $0.004 budget as 0.00.
+      for (const v of [k.key_id, k.name, k.requests, usd(k.spend_usd), usd(k.saved_usd),
+                       k.budget_usd == null ? "-" : usd(k.budget_usd)]) {
         const td = document.createElement("td");
         td.textContent = String(v);
         tr.appendChild(td);

@@ -1,0 +1,147 @@
+"""What a provider's error body says, in whichever shape its server writes it.
+
+OpenAI-compatible servers do not agree on the error body, and the client of the gateway reads
+only what thrifty makes of it (``provider: upstream returned HTTP 400: <message>``, ``param``,
+``code``). Read as OpenAI's shape alone, the others reached the client as their raw JSON cut at
+200 characters, often mid-sentence before the part that says what to change ("... Please
+reduce the length of the mess"), and without the ``param``. The shapes read here:
+
+- OpenAI, OpenRouter, llama.cpp, Ollama's /v1: ``{"error": {"message", "type", "param", "code"}}``
+  (OpenRouter's and llama.cpp's ``code`` is the HTTP status, a number);
+- vLLM before its OpenAI-shaped errors, FastChat, LMDeploy: the same fields at the top level,
+  with ``"object": "error"``;
+- TGI, Ollama's native API, LM Studio: ``{"error": "text"}``;
+- FastAPI-based servers: ``{"detail": "text"}`` or a validation list ``{"detail": [{"msg"...}]}``;
+- Gemini's OpenAI-compatible endpoint: any of these in a one-item list, ``[{"error": {...}}]``;
+- anything else (a proxy's HTML page): its first 200 characters.
+
+``embedded_error`` finds an error a provider reports inside an HTTP 200 answer (OpenRouter does
+once the model started: "any error occurred while the LLM is producing the output will be
+emitted in the response body"), which otherwise read as a malformed chat answer with no reason,
+and on the passthrough endpoints as a success the SDK filled with None.
+``upstream_error`` turns either into the thrifty error the client gets; ``not_a_stream`` does
+for a JSON body answering a request for a stream (where the reason was lost too).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from thrifty.errors import UpstreamError, UpstreamProtocolError, UpstreamRateLimitError, UpstreamStatusError
+
+# How much of a body that is not a known error shape goes into the message.
+_RAW_CHARS = 200
+
+
+@dataclass(frozen=True)
+class ErrorDetail:
+    """An error body's message, ``param`` and ``code`` (strings only: OpenAI's codes are names),
+    and the HTTP status it claims (``code`` as a number between 400 and 599), if any."""
+
+    message: str
+    param: str | None = None
+    code: str | None = None
+    status: int | None = None
+
+    def openai_body(self) -> dict[str, Any]:
+        """The detail as OpenAI's error body (what ``UpstreamStatusError`` reads param and code from)."""
+        return {"error": {"message": self.message, "param": self.param, "code": self.code}}
+
+
+def _text(value: Any) -> str:
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _fields(obj: dict[str, Any]) -> ErrorDetail:
+    """An error object with OpenAI's fields (nested under ``error`` or at the top level)."""
+    code = obj.get("code")
+    status = code if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599 else None
+    param = obj.get("param")
+    return ErrorDetail(_text(obj.get("message")), param if isinstance(param, str) else None,
+                       code if isinstance(code, str) else None, status)
+
+
+def _detail(value: Any) -> str:
+    """FastAPI's ``detail``: a text, or its validation errors' messages."""
+    if isinstance(value, list):
+        msgs = [f"{'.'.join(str(p) for p in e.get('loc') or [])}: {e.get('msg')}".lstrip(": ")
+                for e in value if isinstance(e, dict) and e.get("msg")]
+        return "; ".join(msgs)
+    return _text(value)
+
+
+def error_in(body: Any) -> ErrorDetail | None:
+    """The error a parsed JSON body states, or None when it states none in a known shape."""
+    if isinstance(body, list) and len(body) == 1:
+        body = body[0]  # Gemini wraps its error object in a list
+    if not isinstance(body, dict):
+        return None
+    err = body.get("error")
+    if isinstance(err, dict):
+        return _fields(err)
+    if _text(err):
+        return ErrorDetail(_text(err))
+    if body.get("object") == "error" or (_text(body.get("message")) and "choices" not in body):
+        return _fields(body)
+    detail = _detail(body.get("detail"))
+    return ErrorDetail(detail) if detail else None
+
+
+def read_error(raw: bytes) -> ErrorDetail:
+    """What an error response's body says (an empty message when it is empty)."""
+    try:
+        parsed = json.loads(raw) if raw.strip() else None
+    except ValueError:
+        parsed = None
+    found = error_in(parsed)
+    if found is not None and found.message:
+        return found
+    text = raw[:_RAW_CHARS].decode("utf-8", "replace").strip()
+    return ErrorDetail(text, found.param if found else None, found.code if found else None,
+                       found.status if found else None)
+
+
+def embedded_error(body: dict[str, Any], answer: str = "choices") -> ErrorDetail | None:
+    """An error reported in place of an answer (an HTTP 200 body, or a stream chunk, without the
+    ``answer`` array, e.g. a chat completion's ``choices`` or an embeddings list's ``data``, but
+    with an error), or None."""
+    if isinstance(body.get(answer), list):
+        return None
+    found = error_in(body)
+    if found is None:
+        return None
+    return found if found.message else ErrorDetail("no message", found.param, found.code, found.status)
+
+
+def upstream_error(provider: str, status: int, detail: ErrorDetail, redact: Callable[[str], str], *,
+                   retry_after: float | None = None, embedded: bool = False) -> UpstreamError:
+    """The error for provider ``status`` and what its body said; ``embedded``: the provider
+    answered 200 and reported the error (with this status) in place of the answer. A 429 is a
+    rate limit; otherwise ``UpstreamStatusError`` decides what the client is told."""
+    said = f"reported error {status} in its answer" if embedded else f"returned HTTP {status}"
+    message = redact(f"{provider}: upstream {said}" + (f": {detail.message}" if detail.message else ""))
+    if status == 429:
+        return UpstreamRateLimitError(message, retry_after=retry_after)
+    body = json.loads(redact(json.dumps(detail.openai_body())))
+    err = UpstreamStatusError(message, status=status, body=body)
+    if retry_after is not None and status >= 500:
+        err.retry_after = retry_after
+    return err
+
+
+def not_a_stream(provider: str, raw: bytes, redact: Callable[[str], str]) -> UpstreamError | None:
+    """The error for a JSON body where a stream was asked for: the error it reports (a server
+    that answers errors with a 200 and JSON, whatever was asked), else a server ignoring
+    ``stream`` (not retried: it would answer the same). None when ``raw`` is no JSON at all
+    (events sent under a JSON content type)."""
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        return None
+    reported = embedded_error(parsed) if isinstance(parsed, dict) else None
+    if reported is not None:
+        return upstream_error(provider, reported.status or 502, reported, redact, embedded=True)
+    return UpstreamProtocolError(f"{provider}: asked for a stream, got a JSON body", retryable=False)
