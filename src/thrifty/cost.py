@@ -153,6 +153,14 @@ def estimate_cost(prompt_tokens: int, completion_tokens: int, price: ModelPrice 
     return price_tokens(Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens), price)
 
 
+def usd_header(v: float) -> str:
+    """A request's cost for the ``x-thrifty-cost-usd`` header: plain decimals a program parses,
+    to 12 places with trailing zeros dropped. Fixed at 8 places, a call under $0.000000005 (a
+    small model, a short prompt) read as "0.00000000", as if it had cost nothing."""
+    text = f"{v + 0.0:.12f}".rstrip("0").rstrip(".")
+    return text or "0"
+
+
 def usd_text(v: float, places: int = 6) -> str:
     """A dollar figure to ``places`` decimals for people, except that a figure that is not zero
     never reads as zero: one that would round to 0 gets two significant digits (``3.2e-07``).

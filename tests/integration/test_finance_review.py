@@ -193,3 +193,21 @@ def test_dashboard_keys_table_shows_small_spend_and_budget(
     assert budget == "$0.00400"  # toFixed(2) read a $0.004 budget as 0.00
     assert float(saved.lstrip("$")) > 0
     assert saved_card.endswith("(>99.9%)"), saved_card  # it cost something: not "100.0%"
+
+
+def test_the_cost_header_of_a_very_cheap_call_is_not_zero(mock: RunningServer, tmp_path: Path) -> None:
+    """`x-thrifty-cost-usd` was printed to 8 decimals: a call under $0.000000005 read as
+    "0.00000000", as if it had been free."""
+    cfg = _config(mock, tmp_path)
+    cfg["models"]["nano"] = {"provider": "m", "price": {"input": 0.00002, "output": 0.00004}}
+    gw = Gateway.from_config(cfg)
+    with run_in_thread(gw.app()) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="sk-client-0000", max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(model="nano", messages=MSGS)  # type: ignore[arg-type]
+    gw.close()
+    usage = raw.parse().usage
+    assert usage is not None
+    expected = (usage.prompt_tokens * 0.00002 + usage.completion_tokens * 0.00004) / 1e6
+    assert 0 < expected < 5e-9
+    header = raw.headers["x-thrifty-cost-usd"]
+    assert "e" not in header and float(header) == pytest.approx(expected, rel=1e-3)

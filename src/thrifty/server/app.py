@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from thrifty import fastjson
+from thrifty.cost import usd_header
 from thrifty.errors import (
     InvalidRequestError,
     NotFoundError,
@@ -140,7 +141,7 @@ def create_app(gateway: Gateway) -> Starlette:
                 headers={**out_headers, "cache-control": "no-cache"},
             )
         if ctx.cost_usd is not None:
-            out_headers["x-thrifty-cost-usd"] = f"{ctx.cost_usd:.8f}"
+            out_headers["x-thrifty-cost-usd"] = usd_header(ctx.cost_usd)
         out_headers["x-thrifty-latency-ms"] = f"{(time.perf_counter() - t0) * 1000:.1f}"
         return FastJSONResponse(ctx.response, headers=out_headers)
 

@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from thrifty.cost import usd_header
 from thrifty.errors import (
     InvalidRequestError,
     NotFoundError,
@@ -391,7 +392,7 @@ def passthrough_handler(gateway: Gateway, endpoint: Endpoint) -> Any:
             return StreamingResponse(_sse(ctx.chunks, endpoint, gateway, request_id), media_type="text/event-stream",
                                      headers={**headers, "cache-control": "no-cache"})
         if ctx.cost_usd is not None:
-            headers["x-thrifty-cost-usd"] = f"{ctx.cost_usd:.8f}"
+            headers["x-thrifty-cost-usd"] = usd_header(ctx.cost_usd)
         headers["x-thrifty-latency-ms"] = f"{(time.perf_counter() - t0) * 1000:.1f}"
         return FastJSONResponse(ctx.response, headers=headers)
 
