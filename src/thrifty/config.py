@@ -45,7 +45,6 @@ from thrifty.routing.config import RoutingConfig
 _OPTIONAL_SECRETS = (("", "redis_url"), ("ledger", "dsn"), ("cache", "redis_url"), ("auth", "admin_key"),
                      ("auth", "key_salt"))
 # Sections where an empty value (``server:`` with nothing under it) means "all defaults", as ``{}``.
-_SECTIONS = ("providers", "models", "ledger", "server", "routing", "cache", "compression", "batching", "auth")
 
 
 class KeyProblems(ValueError):
@@ -65,6 +64,12 @@ def _unset_blank(section: Any, key: str) -> Any:
     if isinstance(section, dict) and isinstance(section.get(key), str) and not section[key].strip():
         return {**section, key: None}
     return section
+
+
+def url_has_credentials(url: str) -> bool:
+    """``user:password@`` in ``url``: then it is the provider's credential (``thrifty init``
+    writes no api_key beside it, and a config with both is refused)."""
+    return "@" in urlsplit(url).netloc
 
 
 _SECRET_KEY_RE = re.compile(r"(api_key|dsn|redis_url|secret|password|token|admin_key)", re.I)
@@ -109,7 +114,7 @@ class ProviderConfig(_Strict):
     def _one_credential(self) -> ProviderConfig:
         # aiohttp refuses a request carrying both (a ValueError on every call, a 500 for the
         # client): said here, at load, instead. Credentials in the URL alone are basic auth.
-        if "@" in urlsplit(self.base_url).netloc and (
+        if url_has_credentials(self.base_url) and (
                 self.api_key or any(h.lower() == "authorization" for h in self.headers)):
             raise ValueError("base_url carries credentials (user:password@) and api_key or an Authorization "
                              "header is set too; a request can carry only one: keep one of them")
@@ -233,9 +238,10 @@ class Config(_Strict):
         if not isinstance(data, dict):
             return data
         data = dict(data)
-        for key in _SECTIONS:
-            if key in data and data[key] is None:
-                data[key] = {}
+        # The other empty sections take their defaults in ``empty_subsections`` below; `cache`
+        # may be null by type, but an empty `cache:` still means its defaults, not "off".
+        if "cache" in data and data["cache"] is None:
+            data["cache"] = {}
         for section, key in _OPTIONAL_SECRETS:
             if not section:
                 data = _unset_blank(data, key)

@@ -319,8 +319,3 @@ async def complete_internal(caller: ModelCaller, ctx: RequestContext, model: str
             continue
         return reply, attempt
     raise AssertionError("unreachable: the last lesson returns or raises")
-
-
-def forget(catalog: Catalog) -> None:
-    """Drop what was learned for ``catalog``'s models (tests; a reloaded config starts afresh)."""
-    _LEARNED.pop(catalog, None)

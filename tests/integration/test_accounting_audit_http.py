@@ -102,3 +102,26 @@ def test_a_stream_left_before_its_first_byte_records_its_prompt_on_both_rows(
     assert error_type == "ClientDisconnected"
     assert pt > 0 and cost == attempt_cost == pytest.approx(pt / 1e6)
     assert req_pt == pt
+
+
+def test_a_request_past_its_deadline_records_its_prompt_on_both_rows(tmp_path: Path) -> None:
+    """As a client that leaves: the deadline ends the answer before it began, the call is charged
+    for its prompt, and the request's row has the same tokens as that call's."""
+    mock_cfg = MockConfig.from_dict({"models": {"late": {"faults": {"latency_ms": 3000}}}})
+    with run_in_thread(create_mock(mock_cfg)) as mock:
+        cfg: dict[str, Any] = {
+            "providers": {"m": {"base_url": mock.url + "/v1", "max_retries": 0}},
+            "models": {"late": {"provider": "m", "price": {"input": 1, "output": 2}}},
+            "ledger": {"path": str(tmp_path / "ledger.db")},
+            "server": {"request_timeout_s": 0.5},
+        }
+        gw = Gateway.from_config(cfg)
+        with run_in_thread(gw.app()) as server:
+            r = httpx.post(server.url + "/v1/chat/completions", json={"model": "late", "messages": MSGS}, timeout=10)
+            assert r.status_code >= 400
+        rows = _rows(gw, "SELECT r.error_type, a.prompt_tokens, r.prompt_tokens "
+                         "FROM requests r JOIN attempts a USING (request_id)")
+        gw.close()
+    (error_type, pt, req_pt), = rows
+    assert error_type != "ClientDisconnected" and pt > 0
+    assert req_pt == pt

@@ -123,3 +123,7 @@ def test_a_provider_refusing_flagged_input_is_the_clients_400_not_a_key_problem(
     assert "flagged" in err.message and "api_key" not in err.message
     denied = upstream_error("openrouter", 403, read_error(b'{"error": {"message": "Key lacks access"}}'), redact)
     assert (denied.status, denied.code) == (502, "upstream_auth_failed")
+    # The moderation metadata alone says it too: it survives the parse the provider's body goes through.
+    quiet = upstream_error("openrouter", 403, read_error(
+        b'{"error": {"code": 403, "message": "Access denied", "metadata": {"reasons": ["violence"]}}}'), redact)
+    assert (quiet.status, quiet.code) == (400, "content_flagged")

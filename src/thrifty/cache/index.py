@@ -90,11 +90,10 @@ class VectorIndex:
         self.ann_kind = ann
         self.ann_min_entries = ann_min_entries
         self._mat = np.zeros((0, dim), dtype=np.float32)
-        self._until = np.zeros(0, dtype=np.float64)  # each vector's expiry, as ``expires`` (searched)
+        self._until = np.zeros(0, dtype=np.float64)  # each vector's expiry (searched: live ones only)
         self._n = 0
         self.keys: list[str] = []
         self.texts: list[str] = []
-        self.expires: list[float] = []
         self._pos: dict[str, int] = {}  # each key's position (its first, should it be added twice)
         self._ann: Ann | None = None
         self._ann_building = False
@@ -129,7 +128,6 @@ class VectorIndex:
             self._n = start + len(vecs)
             self.keys.extend(keys)
             self.texts.extend(texts)
-            self.expires.extend(expires)
             for i, key in enumerate(keys):
                 self._pos.setdefault(key, start + i)
             ann = self._ann
@@ -148,8 +146,7 @@ class VectorIndex:
         entry from every semantic lookup once that passed."""
         with self._lock:
             pos = self._pos.get(key)
-            if pos is not None and expires > self.expires[pos]:
-                self.expires[pos] = expires
+            if pos is not None and expires > self._until[pos]:
                 self._until[pos] = expires
 
     def density(self) -> DensitySample:

@@ -299,7 +299,7 @@ def _payload(text: str) -> str | None:
     lead = m.group(1).split()
     if len(lead) > 5 or _topic(lead):
         return None
-    return " ".join(m.group(2).split())
+    return _collapse(m.group(2))
 
 
 def _topic(lead: list[str]) -> bool:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from thrifty.cli.checks import config_path, finite_float, int_at_least, writable_output
+from thrifty.cli.checks import comma_list, config_path, finite_float, int_at_least, writable_output
 from thrifty.cli.signals import cancel_on_sigterm
 from thrifty.errors import InvalidRequestError, ThriftyError, UsageError
 
@@ -133,12 +133,7 @@ def _refuse_all_failed(results: list[ItemResult]) -> None:
 def _labels(flag: str | None) -> list[str] | None:
     """``--labels a,b,c`` as a list; a flag with no label in it is refused (it would silently
     mean "any output", the opposite of what restricting the outputs asked for)."""
-    if flag is None:
-        return None
-    found = [x.strip() for x in flag.split(",") if x.strip()]
-    if not found:
-        raise UsageError(f"--labels: no label in {flag!r}; give comma-separated values (a,b,c) or omit the flag")
-    return found
+    return None if flag is None else comma_list(flag, "--labels", "label", "a,b,c; or omit the flag")
 
 
 def _deferred_only(deferred: bool, wait: bool | None, poll_interval: float | None) -> None:

@@ -18,6 +18,16 @@ from thrifty.strictjson import dumps, json_safe
 __all__ = ["config_path", "dumps", "finite_float", "int_at_least", "json_safe", "writable_output"]
 
 
+def comma_list(value: str, flag: str, what: str, example: str) -> list[str]:
+    """``a,b,c`` as its stripped, non-empty names. A value with none in it (``","``) is refused:
+    it would otherwise read as "not given" (any route, any label, every model), the opposite of
+    what restricting something asked for."""
+    found = [x.strip() for x in value.split(",") if x.strip()]
+    if not found:
+        raise UsageError(f"{flag}: no {what} in {value!r}; give comma-separated names ({example})")
+    return found
+
+
 def config_path(config: str | Path | None) -> Path:
     """The config file a command reads: ``--config``, else ``$THRIFTY_CONFIG``; neither is a
     one-line error, before any work."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from thrifty.cli.checks import dumps, finite_float
+from thrifty.cli.checks import comma_list, dumps, finite_float
 from thrifty.cli.report_render import dollars
 from thrifty.errors import InvalidRequestError, UsageError
 
@@ -60,10 +60,8 @@ def register(app: typer.Typer) -> None:
         cfg = load_config(config) if config else None
         catalog = cfg.build_catalog() if cfg is not None else None
         if models is not None:
-            names = [m.strip() for m in models.split(",") if m.strip()]
-            if not names:
-                # Else "none of the models has a known price", or an empty table with --config.
-                raise UsageError(f"--models: no model in {models!r}; give comma-separated names (a,b,c)")
+            # Refused when empty: else "none of the models has a known price", or an empty table.
+            names = comma_list(models, "--models", "model", "a,b,c")
         elif cfg is not None and cfg.models:
             names = list(cfg.models)  # the models the config serves, not the built-in list
         else:

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from thrifty.catalog import SEED_MODELS, ModelPrice
-from thrifty.config import load_config
+from thrifty.config import load_config, url_has_credentials
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ def render(groups: list[tuple[str, Preset | None]], urls: dict[str, str], key_en
     """The whole config text for the providers ``groups`` (key, preset or None for the seed)."""
     price_providers = {key: _price_provider(p, urls[key]) for key, p in groups}
     # A URL with user:password@ is its own credential: a request can carry only one (config.py).
-    in_url = {key: "@" in urlsplit(urls[key]).netloc for key, _ in groups}
+    in_url = {key: url_has_credentials(urls[key]) for key, _ in groups}
     providers = {key: {"base_url": urls[key], **({} if in_url[key] else {"api_key": "x"}),
                        **({"price_provider": pp} if (pp := price_providers[key]) else {})}
                  for key, _ in groups}

@@ -45,15 +45,11 @@ def _route_list(flag: str | None) -> list[str]:
     """``--routes a,b`` as a list (empty: any route). A flag with no name in it (``--routes ","``)
     is refused: it would silently make a key allowed everywhere, the opposite of what
     restricting the key asked for (as ``batch run --labels`` refuses one)."""
-    from thrifty.errors import UsageError
+    from thrifty.cli.checks import comma_list
 
     if flag is None:
         return []
-    found = [r.strip() for r in flag.split(",") if r.strip()]
-    if not found:
-        raise UsageError(f"--routes: no model or route in {flag!r}; give comma-separated names "
-                         "(auto,route:support-*,cheap) or omit the flag (any route)")
-    return found
+    return comma_list(flag, "--routes", "model or route", "auto,route:support-*,cheap; or omit the flag: any route")
 
 
 def register(app: typer.Typer) -> None:

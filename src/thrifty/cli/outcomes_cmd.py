@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from thrifty.cli.checks import config_path, finite_float, int_at_least, writable_output
+from thrifty.cli.checks import comma_list, config_path, finite_float, int_at_least, writable_output
 from thrifty.cli.report_render import dollars
 from thrifty.errors import DataError, UsageError
 
@@ -28,9 +28,7 @@ def _model(catalog: Catalog, name: str, flag: str) -> str:
 
 def _models(catalog: Catalog, flag_value: str, reference: str) -> list[str]:
     """The candidates of ``--models`` (each once), then the reference when not among them."""
-    names = [x.strip() for x in flag_value.split(",") if x.strip()]
-    if not names:
-        raise UsageError(f"--models: no model in {flag_value!r}; give comma-separated names (a,b,c)")
+    names = comma_list(flag_value, "--models", "model", "a,b,c")
     chosen: dict[str, str] = {}  # catalog name -> name as given
     for name in names:
         own = catalog.get(_model(catalog, name, "--models"))

@@ -185,9 +185,9 @@ def register(app: typer.Typer) -> None:
                            f"left out of the calibration (list them under models: to consider them)")
         # The --config's `routing.fit` tunes the fit (min_family_prompts, depth...), as it does
         # for `thrifty eval`: ignored, a team's 15-prompt tasks never got routes of their own.
-        fit = (base.get("routing") or {}).get("fit") if base is not None and isinstance(base.get("routing"), dict) else None
-        cal = calibrate(outcomes, tgt, baseline=baseline, folds=folds, seed=seed,
-                        spec={"fit": fit} if isinstance(fit, dict) else None)
+        routing = base.get("routing") if base is not None else None
+        spec = {"fit": routing["fit"]} if isinstance(routing, dict) and routing.get("fit") else None
+        cal = calibrate(outcomes, tgt, baseline=baseline, folds=folds, seed=seed, spec=spec)
         for row in cal.cv:
             typer.echo(f"  budget <= {row['max_cost_share']:.3g}x: CV accuracy {row['accuracy']:.4f} "
                        f"at {row['cost_share']:.1%} of the baseline's cost")

@@ -103,35 +103,34 @@ def normalise(text: str, dedupe: bool = True) -> str:
     return "".join(out).strip()
 
 
-def _pieces(text: str) -> list[tuple[bool, str]]:
-    """``text`` cut into ``(is_prose, piece)``: fenced code blocks and inline code spans are not
-    prose. Joined in order, the pieces are ``text``."""
-    out: list[tuple[bool, str]] = []
-    for i, part in enumerate(_FENCE.split(text)):
-        if i % 2:
-            out.append((False, part))
-            continue
-        pos = 0
-        for m in _INLINE_CODE.finditer(part):
-            out += [(True, part[pos:m.start()]), (False, m.group())]
-            pos = m.end()
-        out.append((True, part[pos:]))
-    return out
+# Code hidden from the dictionary: \x00, one character of a private-use plane (its index), \x00.
+# No dictionary phrase holds these, and no digit is in them for a numeric phrase to match.
+_PUA = 0xF0000
+_HIDDEN = re.compile("\x00(.)\x00", re.S)
 
 
 def apply_dictionary(text: str, dictionary: dict[str, str]) -> str:
     """Step 4, in prose only. Code is what the model must copy or output exactly (a JSON example
     naming the brand, a URL, a `signature`): a phrase swapped for its short form there changes
-    the answer, and the legend does not undo it. Longer phrases first so overlapping entries do
-    not fight."""
-    pieces = _pieces(text)
+    the answer, and the legend does not undo it. Fenced blocks and inline spans are hidden behind
+    placeholders (as ``_compact_prose`` hides inline code), so each phrase is one C-level count
+    and replace over the whole text. Longer phrases first so overlapping entries do not fight."""
+    code: list[str] = []
+
+    def hide(piece: str) -> str:
+        code.append(piece)
+        return f"\x00{chr(_PUA + len(code) - 1)}\x00"
+
+    parts = _FENCE.split(text)  # odd items: the fenced blocks
+    hidden = "".join(hide(part) if i % 2 else _INLINE_CODE.sub(lambda m: hide(m.group()), part)
+                     for i, part in enumerate(parts))
     legend = []
     for long in sorted(dictionary, key=len, reverse=True):
         short = dictionary[long]
-        if sum(p.count(long) for prose, p in pieces if prose) >= 2:
-            pieces = [(prose, p.replace(long, short) if prose else p) for prose, p in pieces]
+        if hidden.count(long) >= 2:
+            hidden = hidden.replace(long, short)
             legend.append(f"{short} = {long}")
-    text = "".join(p for _, p in pieces)
+    text = _HIDDEN.sub(lambda m: code[ord(m.group(1)) - _PUA], hidden)
     if legend:
         text = "[" + "; ".join(legend) + "]\n" + text
     return text

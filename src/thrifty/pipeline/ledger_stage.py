@@ -44,7 +44,6 @@ class LedgerStage:
             # The server cancels a request whose client left before the response started
             # (server/app.py); the calls already made were paid, so the row is still written.
             ctx.status, ctx.error_type, ctx.error = "error", "ClientDisconnected", "client left before the response"
-            _usage_of_the_answer_in_progress(ctx)
             await self._record(ctx)
             raise
         if ctx.chunks is not None:
@@ -73,6 +72,8 @@ class LedgerStage:
             except Exception:  # a finalizer must never lose the ledger row
                 log.exception("request %s: finalizer failed", ctx.request_id)
         ctx.finalizers.clear()
+        if ctx.status != "ok":  # cancelled, timed out or failed mid-answer: see the helper
+            _usage_of_the_answer_in_progress(ctx)
         if ctx.cost_usd is None:
             ctx.cost_usd = ctx.spent_usd()
         if self.sink is not None:
@@ -84,8 +85,8 @@ class LedgerStage:
 
 
 def _usage_of_the_answer_in_progress(ctx: RequestContext) -> None:
-    """A request cancelled before its answer began has no served usage, yet its last answer call
-    was charged (the prompt, counted offline): the request's row takes that call's tokens, as a
+    """A request that ended before its answer began (the client left, the deadline passed) has
+    no served usage, yet its last answer call was charged (the prompt, counted offline): the request's row takes that call's tokens, as a
     stream left midway takes the partial usage of the answer it was sending, so its tokens and its
     cost agree."""
     if ctx.usage.prompt_tokens or ctx.usage.completion_tokens:

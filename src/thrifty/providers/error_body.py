@@ -45,10 +45,16 @@ class ErrorDetail:
     param: str | None = None
     code: str | None = None
     status: int | None = None
+    # OpenRouter's `metadata` (e.g. the moderation `reasons` of a 403 for flagged input), kept
+    # for ``UpstreamStatusError`` to tell the client's fault from the gateway's key.
+    metadata: dict[str, Any] | None = None
 
     def openai_body(self) -> dict[str, Any]:
         """The detail as OpenAI's error body (what ``UpstreamStatusError`` reads param and code from)."""
-        return {"error": {"message": self.message, "param": self.param, "code": self.code}}
+        body: dict[str, Any] = {"message": self.message, "param": self.param, "code": self.code}
+        if self.metadata is not None:
+            body["metadata"] = self.metadata
+        return {"error": body}
 
 
 def _text(value: Any) -> str:
@@ -60,8 +66,9 @@ def _fields(obj: dict[str, Any]) -> ErrorDetail:
     code = obj.get("code")
     status = code if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599 else None
     param = obj.get("param")
+    meta = obj.get("metadata")
     return ErrorDetail(_text(obj.get("message")), param if isinstance(param, str) else None,
-                       code if isinstance(code, str) else None, status)
+                       code if isinstance(code, str) else None, status, meta if isinstance(meta, dict) else None)
 
 
 def _detail(value: Any) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+from typing import Any
 
 FAMILIES = ("mc_multi", "mc_binary", "code", "open")
 
@@ -112,23 +113,29 @@ def code_signature(text: str) -> str | None:
     return None
 
 
-_JSON_FENCE_RE = re.compile(r"^```[ \t]*(?:json)?[ \t]*\n(.*?)\n?```\s*$", re.S | re.I)
+_JSON_FENCE_RE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```\s*$", re.S)
 # Punctuation is dropped, except a decimal point between digits: "41.94" is not "4194".
 _PUNCT_RE = re.compile(r"[^a-z0-9 .]+|(?<!\d)\.|\.(?!\d)")
+
+
+def parse_json_answer(text: str) -> Any:
+    """The JSON value in an answer (a ```json fence is allowed); raises ValueError if none."""
+    t = text.strip()
+    m = _JSON_FENCE_RE.match(t)
+    return json.loads(m.group(1) if m else t)
 
 
 def canonical_json(text: str) -> str | None:
     """``json:`` and the JSON object or array an answer is (a ```json fence allowed), with keys
     sorted and spacing dropped; None when the answer is not one. Two extractions with the same
     values in another key order or layout agree; a different value anywhere does not."""
-    t = text.strip()
-    m = _JSON_FENCE_RE.match(t)
-    t = m.group(1).strip() if m else t
-    if not t.startswith(("{", "[")):
+    if not text.lstrip().startswith(("{", "[", "```")):  # most answers: no parse attempted
         return None
     try:
-        value = json.loads(t)
+        value = parse_json_answer(text)
     except (ValueError, RecursionError):
+        return None
+    if not isinstance(value, dict | list):
         return None
     return "json:" + json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 

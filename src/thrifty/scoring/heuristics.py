@@ -15,11 +15,17 @@ well-formed answer (scoring/tools.py).
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
-from thrifty.routing.formats import detect_family, extract_option, last_block, parse_python, python_blocks
+from thrifty.routing.formats import (
+    detect_family,
+    extract_option,
+    last_block,
+    parse_json_answer,
+    parse_python,
+    python_blocks,
+)
 from thrifty.scoring.base import Score
 from thrifty.scoring.jsonschema import schema_problems
 from thrifty.scoring.tools import tool_call_problems, tool_calls, tool_choice_problems
@@ -31,7 +37,6 @@ _REFUSAL_RE = re.compile(
     r"not enough information)\b",
     re.I,
 )
-_FENCE_RE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```\s*$", re.S)
 # An option label inside a line: "A)" or "(A)" after a space (a line-start label is
 # detect_family's). Only ")" counts: "A." / "A:" inline are too often ordinary prose.
 _INLINE_OPT_RE = re.compile(r"(?:^|(?<=\s))\(?([A-Ha-h])\)\s+\S")
@@ -70,13 +75,6 @@ def request_schema(request: ChatRequest) -> dict[str, Any] | None:
         if isinstance(js, dict) and isinstance(js.get("schema"), dict):
             return js["schema"]
     return None
-
-
-def parse_json_answer(text: str) -> Any:
-    """The JSON value in an answer (a ```json fence is allowed); raises ValueError if none."""
-    t = text.strip()
-    m = _FENCE_RE.match(t)
-    return json.loads(m.group(1) if m else t)
 
 
 class HeuristicScorer:
