@@ -72,10 +72,38 @@ def url_has_credentials(url: str) -> bool:
     return "@" in urlsplit(url).netloc
 
 
+def redis_url_problem(url: str) -> str | None:
+    """What is wrong with a Redis URL redis-py would refuse, or None. Why at load: redis-py
+    reads it only when a client is made, so a bad port passed ``config check`` with a
+    traceback and made every limited request of ``serve`` fail. The URL (and its password)
+    is never quoted."""
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - parsing it is the check (a non-number or out of 0-65535 raises)
+    except ValueError:
+        return ("not a valid URL: its port is not a number from 0 to 65535 or its host is malformed "
+                "(percent-encode / ? # @ : in the password)")
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        return "must start with redis://, rediss:// or unix://"
+    try:  # the rest (``?db=``, ``?socket_timeout=``) as redis-py reads it, when it is installed
+        from redis.connection import parse_url
+    except ImportError:
+        return None
+    try:
+        parse_url(url.strip())
+    except ValueError as exc:  # redis-py's messages name the parameter, not its value
+        return f"not a valid Redis URL: {mask_credentials(str(exc))}"
+    return None
+
+
 _SECRET_KEY_RE = re.compile(r"(api_key|dsn|redis_url|secret|password|token|admin_key)", re.I)
 # A key that is itself a secret (``providers.main.api_key``), not one that merely names one
 # (``auth.default_completion_tokens``).
 _SECRET_LEAF_RE = re.compile(r"(api_key|admin_key|secret|password|token|salt)$", re.I)
+# A provider's headers carry its credential as often as api_key does (Azure's ``api-key``,
+# ``x-api-key``), under any name and in any shape (``headers: "api-key: PLAINKEY"``): a value
+# there is hidden whole, as the gateway masks every header value it sends (redact.provider_secrets).
+_HEADERS_RE = re.compile(r"(^|\.)headers(\.|$)")
 
 
 class _Strict(BaseModel):
@@ -190,6 +218,13 @@ class ServerConfig(_Strict):
     port: int = Field(default=8000, ge=0, le=65535)
     max_body_bytes: int = Field(default=4_000_000, gt=0)
     request_timeout_s: float = Field(default=300.0, gt=0)
+    # The whole request body must arrive within this many seconds of the headers, else a 408
+    # (server/body.py): uvicorn has no body timeout, so a trickled body held a connection forever.
+    body_timeout_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    # uvicorn's limit_concurrency: past this many open connections (or requests in progress),
+    # new requests get a 503 at once instead of the process running out of file descriptors.
+    # None (the default): no limit.
+    max_connections: int | None = Field(default=None, ge=1)
     log_prompts: bool = False
     # Browser origins allowed to call the gateway directly (CORS), e.g. ["https://app.example.com"];
     # ["*"] allows any. Empty (the default): no CORS headers, so browsers refuse cross-origin calls.
@@ -331,6 +366,9 @@ class Config(_Strict):
         if self.default_model is not None and self.default_model not in self.models:
             problems.append(("default_model", f"unknown model {self.default_model!r}"))
         problems += self._override_problems() + self._model_ref_problems()
+        problems += [(key, problem) for key, url in (("redis_url", self.redis_url),
+                                                   ("cache.redis_url", self.cache.redis_url if self.cache else None))
+                     if url and (problem := redis_url_problem(url))]
         if self.server.metrics_key_required and not self.auth.admin_key:
             problems.append(("server.metrics_key_required", "needs auth.admin_key: /metrics is then read with it"))
         if problems:
@@ -413,7 +451,9 @@ def format_validation_error(exc: ValidationError) -> str:
             # (``default_completion_tokens: -5``) unless the key itself is a secret: an all-digit
             # key written unquoted in YAML is a number.
             value = err["input"]
-            if isinstance(value, bool | int | float) or value is None:
+            if _HEADERS_RE.search(loc):
+                shown = "[REDACTED]"
+            elif isinstance(value, bool | int | float) or value is None:
                 shown = "<redacted>" if _SECRET_LEAF_RE.search(loc) else repr(value)
             elif _SECRET_KEY_RE.search(loc):
                 shown = "<redacted>"

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import os
 import threading
-import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -42,7 +42,7 @@ from thrifty.pipeline.normalize import NormalizeStage
 from thrifty.pipeline.route import RouteStage
 from thrifty.providers.base import Provider
 from thrifty.providers.registry import build_providers
-from thrifty.redact import Redactor
+from thrifty.redact import Redactor, provider_secrets
 from thrifty.types import ChatRequest
 
 if TYPE_CHECKING:
@@ -77,9 +77,12 @@ class Gateway:
     def __init__(self, config: Config, *, providers: dict[str, Provider] | None = None) -> None:
         self._closed = False
         # Requests inside run(), on any loop or thread: close() lets them finish before it closes
-        # their connections and the ledger. The lock makes "refuse or count" one step against close().
+        # their connections and the ledger. The lock makes "refuse or count" one step against close();
+        # the condition wakes a close waiting for them when the last one ends (or the wait is given up).
         self._running = 0
-        self._running_lock = threading.Lock()
+        self._idle = threading.Condition()
+        self._drain_abandoned = False
+        self._loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
         self.ledger: LedgerWriter | None = None
         try:
             self._build(config, providers)
@@ -94,7 +97,10 @@ class Gateway:
 
     def _build(self, config: Config, providers: dict[str, Provider] | None) -> None:
         self.config = config
-        self.redactor = Redactor([p.api_key for p in config.providers.values() if p.api_key])
+        # Every credential a provider sends (api_key, header values, base_url password, its Basic
+        # token, secret query values): an upstream error may echo any of them.
+        self.redactor = Redactor([s for p in config.providers.values()
+                                  for s in provider_secrets(p.base_url, p.api_key, p.headers)])
         self.catalog = config.build_catalog()
         self.providers = build_providers(config, self.redactor, providers)
         self.caller = ModelCaller(
@@ -205,14 +211,17 @@ class Gateway:
         # A deferrable request waits for a provider batch (up to a day) and its spend is written
         # by the batch's collector whenever the batch ends: close() does not wait for it.
         counted = 0 if self._defers and _deferrable(ctx) else 1
-        with self._running_lock:
+        with self._idle:
             self.check_open()
             self._running += counted
+        self._loops.add(asyncio.get_running_loop())  # where its connection pools are (``__exit__``)
         try:
             await self._handler(ctx)
         finally:
-            with self._running_lock:
+            with self._idle:
                 self._running -= counted
+                if not self._running:
+                    self._idle.notify_all()
 
     async def chat(self, **body: Any) -> dict[str, Any]:
         """An OpenAI-shaped chat completion (non-streaming) for the given request fields."""
@@ -308,12 +317,20 @@ class Gateway:
         to close never keeps the others, the ledger above all, from closing: each failure is
         logged, and the first is raised at the end.
         """
-        if not self._mark_closed():  # closing twice (aclose() then ``async with`` exit) is harmless
-            return
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while self._running and time.monotonic() < deadline:
-            await asyncio.sleep(_DRAIN_POLL_S)
-        self._warn_undrained()
+        if self._mark_closed():  # closing twice (aclose() then ``async with`` exit) is harmless
+            await self._release()
+
+    async def _release(self) -> None:
+        """``aclose()`` once the gateway is marked closed."""
+        if self._running:  # in a thread: the requests may run on this very loop
+            try:
+                await asyncio.to_thread(self._drain)
+            except asyncio.CancelledError:
+                # The waiting thread must not outlive the cancelled close (asyncio.run joins it).
+                with self._idle:
+                    self._drain_abandoned = True
+                    self._idle.notify_all()
+                raise
         errors: list[Exception] = []
         try:
             await self._close_parts(errors)
@@ -356,10 +373,7 @@ class Gateway:
                                     code="running_event_loop")
         if not self._mark_closed():
             return
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while self._running and time.monotonic() < deadline:
-            time.sleep(_DRAIN_POLL_S)
-        self._warn_undrained()
+        self._drain()
         errors: list[Exception] = []
         loop_thread, self._loop_thread = self._loop_thread, None
         try:
@@ -386,16 +400,19 @@ class Gateway:
         under them, their connections made a retry open new ones after the close, and their rows
         reached a closed ledger ("not recorded") although the provider was paid.
         """
-        with self._running_lock:
+        with self._idle:
             if self._closed:
                 return False
             self._closed = True
             return True
 
-    def _warn_undrained(self) -> None:
-        if self._running:
-            log.warning("closing the gateway with %d request(s) still running after %gs; they fail and may go "
-                        "unrecorded", self._running, DRAIN_TIMEOUT_S)
+    def _drain(self) -> None:
+        """Block until the requests already running have finished, at most ``DRAIN_TIMEOUT_S``
+        (after ``_mark_closed``: none can start meanwhile)."""
+        with self._idle:
+            if not self._idle.wait_for(lambda: not self._running or self._drain_abandoned, DRAIN_TIMEOUT_S):
+                log.warning("closing the gateway with %d request(s) still running after %gs; they fail and may go "
+                            "unrecorded", self._running, DRAIN_TIMEOUT_S)
 
     async def __aenter__(self) -> Gateway:
         return self
@@ -411,11 +428,35 @@ class Gateway:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.close()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.close()
+            return
+        # A notebook cell (Jupyter runs cells in its event loop): this thread runs that loop, which
+        # runs nothing until the block is left, and close() refuses to run here.
+        if loop in self._loops:
+            # Requests ran on this loop (``await gw.chat``): their connection pools can be closed
+            # only by it, so the close is its next task (done once the cell's code yields). New
+            # requests are refused from now on.
+            if self._mark_closed():
+                _closing.add(task := loop.create_task(self._release(), name="thrifty: close the gateway"))
+                task.add_done_callback(_closed)
+            return
+        # Otherwise the close runs on a private thread, with no loop, while this one waits for it.
+        failure: list[BaseException] = []
 
+        def closing() -> None:
+            try:
+                self.close()
+            except BaseException as err:  # raised below, in the caller's thread
+                failure.append(err)
 
-# How often close() looks whether the running requests have finished.
-_DRAIN_POLL_S = 0.02
+        thread = threading.Thread(target=closing, name="thrifty-close")
+        thread.start()
+        thread.join()
+        if failure:
+            raise failure[0]
 
 
 def _deferrable(ctx: RequestContext) -> bool:
@@ -466,6 +507,16 @@ def _missing_extra_message(exc: ImportError) -> str:
 def default_config_path() -> str | None:
     path = os.environ.get("THRIFTY_CONFIG")
     return path if path else None
+
+
+# Gateways closing in a task of their loop (``__exit__``): the loop keeps only weak references.
+_closing: set[asyncio.Task[None]] = set()
+
+
+def _closed(task: asyncio.Task[None]) -> None:
+    _closing.discard(task)
+    if not task.cancelled():
+        task.exception()  # logged by _attempt already; retrieved, so asyncio does not report it again
 
 
 async def _attempt(errors: list[Exception], what: str, close: Callable[[], Awaitable[object]]) -> None:

@@ -6,13 +6,20 @@ classifier (``routing/llm_classifier.py``), system-prompt compression and its A/
 confirm model (``cache/confirm.py``) and ``thrifty outcomes collect``'s judge. They want short,
 repeatable answers: ``temperature: 0`` and a few tokens (``max_tokens: 4`` for a grade).
 
-A reasoning model (OpenAI's o-series and GPT-5-and-later, gpt-oss, DeepSeek's reasoner, QwQ,
-``*-thinking`` models...) cannot take that request: OpenAI's reject ``max_tokens`` ("Use
-'max_completion_tokens' instead") and any ``temperature`` but the default with a 400, and every
-reasoning model spends output tokens on reasoning before the answer, so a 4-token budget comes
-back empty with ``finish_reason: "length"``. For such a model the call is sent the reasoning way:
-the limit under the family's field with ``reasoning_budget`` tokens of room added (default 1024),
-no ``temperature``, and a low ``reasoning_effort`` where the family takes one (``FAMILIES``).
+A reasoning model (OpenAI's o-series and GPT-5-and-later, gpt-oss, DeepSeek's reasoner, QwQ, Gemini
+2.5 and later, xAI's Grok 3 mini and Grok 4, ``*-thinking`` models...) cannot take that request:
+OpenAI's reject ``max_tokens`` ("Use 'max_completion_tokens' instead") and any ``temperature`` but
+the default with a 400, and every reasoning model spends output tokens on reasoning before the
+answer, so a 4-token budget comes back empty with ``finish_reason: "length"``. For such a model the
+call is sent the reasoning way: the limit under the family's field with ``reasoning_budget`` tokens
+of room added (default 1024), no ``temperature``, and a low ``reasoning_effort`` where the family
+takes one (``FAMILIES``).
+
+A hybrid model (``HYBRIDS``: Qwen3, DeepSeek V4, GLM-4.5 and later) thinks by default but has a
+documented switch that turns thinking off for one request: its internal calls are sent the plain
+way with that switch, the cheapest answer there is. A server that ignores the switch (it reasons
+anyway) or refuses it (a 400 naming it) teaches the reasoning way or the plain way without it,
+as below.
 
 Whether a model reasons: ``models.NAME.reasoning`` (``true``/``false``), else ``auto``: its
 upstream name matches a family of ``FAMILIES``, or this process learned it (per gateway catalog,
@@ -20,7 +27,7 @@ kept in memory only) from an internal call that
 
 - got a 400 naming a parameter thrifty chose as unsupported: ``max_tokens`` or ``temperature``
   (reasoning), ``max_completion_tokens`` (use ``max_tokens`` instead), ``reasoning_effort``
-  (send none); or
+  (send none), a hybrid's thinking switch (send none); or
 - came back empty, cut off (``finish_reason: "length"``), having reasoned (reasoning tokens in
   its usage, or reasoning text): the model accepted ``max_tokens`` and spent it thinking.
 
@@ -35,6 +42,7 @@ Client requests never come here: what a client sends goes upstream as it wrote i
 
 from __future__ import annotations
 
+import copy
 import re
 import weakref
 from collections.abc import Callable
@@ -90,11 +98,61 @@ FAMILIES: tuple[Family, ...] = (
     _family("deepseek-reasoner", r"(deepseek-reasoner|deepseek-r1|r1(-|$))", "max_tokens", None),
     _family("qwq", r"qwq", "max_tokens", None),
     _family("magistral", r"magistral", "max_tokens", None),
+    # Gemini 2.5 and 3 think by default; Google's OpenAI-compatible endpoint takes reasoning_effort
+    # (low = a 1K-token thinking budget on 2.5; 2.5 Pro and 3 Pro cannot turn thinking off) and
+    # both max_completion_tokens and max_tokens:
+    # https://ai.google.dev/gemini-api/docs/openai, https://ai.google.dev/api/compatibility.
+    # 2.5 Flash-Lite does not think unless asked, and reasoning_effort would turn it on; the
+    # image models do not think.
+    _family("gemini-2.5+", r"gemini-(2\.5|[3-9])(\.\d+)?(-|$)", "max_completion_tokens", "low",
+            exclude=r"gemini-2\.5-flash-(lite|image)|.*-image(-|$)"),
+    # xAI (https://docs.x.ai/docs/guides/reasoning; max_tokens "DEPRECATED in favor of
+    # max_completion_tokens" in its API reference): grok-3-mini takes reasoning_effort low/high;
+    # grok-4, grok-4-fast-reasoning, grok-4-1-fast and grok-4.20 reason always and answer an error
+    # to reasoning_effort; grok-4.3 takes none/low/medium/high
+    # (https://docs.x.ai/developers/model-capabilities/text/reasoning). Not grok-3 (no reasoning)
+    # nor the *-non-reasoning variants.
+    _family("grok-3-mini", r"grok-3-mini", "max_completion_tokens", "low"),
+    _family("grok-4.3", r"grok-4\.3(-|$)", "max_completion_tokens", "low"),
+    _family("grok-4", r"grok-4", "max_completion_tokens", None, exclude=r".*non-reasoning"),
     _family("thinking", r".*thinking", "max_tokens", None),
 )
 # ``reasoning: true`` on a name no family knows: OpenAI's way, the one most APIs now take;
 # a provider that refuses a part of it is learned from (see the module docstring).
 GENERIC = Family("reasoning", re.compile(r"$^"), "max_completion_tokens", "low")
+
+
+@dataclass(frozen=True)
+class Hybrid:
+    """Upstream names of a model that thinks by default and the parameter that turns it off."""
+
+    name: str
+    pattern: re.Pattern[str]  # matched at the start of the normalised name, as a Family's
+    switch: tuple[str, Any]  # (parameter, value) that turns thinking off for one request
+    exclude: re.Pattern[str] | None = None
+
+
+def _hybrid(name: str, pattern: str, switch: tuple[str, Any], exclude: str | None = None) -> Hybrid:
+    return Hybrid(name, re.compile(pattern), switch, re.compile(exclude) if exclude else None)
+
+
+# THE list of hybrid families (docs/configuration.md, "Reasoning models"), after FAMILIES: a name
+# both know (a Qwen3 *-Thinking-* model, which thinks always) is a reasoning one.
+HYBRIDS: tuple[Hybrid, ...] = (
+    # Qwen3 hybrid (qwen3-8b, qwen3-235b-a22b, qwen3.5-plus...): enable_thinking true/false per
+    # request on Alibaba Cloud Model Studio's OpenAI-compatible API
+    # (https://www.alibabacloud.com/help/en/model-studio/deep-thinking); the open models think by
+    # default (https://qwen.readthedocs.io/en/stable/getting_started/quickstart.html). Not the
+    # Qwen3-*-Instruct-2507 and Coder models, which never think (and do not take the switch).
+    _hybrid("qwen3", r"qwen3(\.\d+)?-", ("enable_thinking", False), exclude=r".*(instruct|coder)"),
+    # DeepSeek V4 thinks by default; {"thinking": {"type": "disabled"}} turns it off
+    # (https://api-docs.deepseek.com/guides/thinking_mode). deepseek-chat (V3.1+ non-thinking
+    # mode) never thinks; deepseek-reasoner always does (FAMILIES).
+    _hybrid("deepseek-v4", r"deepseek-(v4|flash)(-|$)", ("thinking", {"type": "disabled"})),
+    # GLM-4.5 and later think by default (dynamic thinking), thinking.type enabled/disabled
+    # (https://docs.z.ai/guides/capabilities/thinking-mode, docs.bigmodel.cn GLM-4.5).
+    _hybrid("glm-4.5+", r"glm-(4\.([5-9]|\d\d)|[5-9])", ("thinking", {"type": "disabled"})),
+)
 
 
 def _normalise(upstream_model: str) -> str:
@@ -112,6 +170,17 @@ def family_of(upstream_model: str) -> Family | None:
     return None
 
 
+def hybrid_of(upstream_model: str) -> Hybrid | None:
+    """The hybrid family ``upstream_model`` belongs to by name (and no reasoning one), or None."""
+    if family_of(upstream_model) is not None:
+        return None
+    name = _normalise(upstream_model)
+    for hyb in HYBRIDS:
+        if hyb.pattern.match(name) and not (hyb.exclude and hyb.exclude.match(name)):
+            return hyb
+    return None
+
+
 @dataclass(frozen=True)
 class Shape:
     """How an internal call to one model is sent."""
@@ -120,6 +189,7 @@ class Shape:
     limit_field: str = "max_tokens"
     effort: str | None = None
     budget: int = 0
+    switch: tuple[str, Any] | None = None  # a hybrid's thinking-off parameter, sent the plain way
 
     def params(self, max_tokens: int | None, temperature: float | None) -> dict[str, Any]:
         """The request parameters of an internal call wanting ``max_tokens`` answer tokens."""
@@ -129,6 +199,8 @@ class Shape:
                 out["max_tokens"] = max_tokens
             if temperature is not None:
                 out["temperature"] = temperature
+            if self.switch is not None:  # a copy: a request's params are its own to change
+                out[self.switch[0]] = copy.deepcopy(self.switch[1])
             return out
         # No temperature: OpenAI's reasoning models refuse any but the default, DeepSeek's ignores it.
         if max_tokens is not None:
@@ -149,7 +221,8 @@ def configured_shape(info: ModelInfo) -> Shape:
         return Shape(False)
     fam = family_of(info.upstream_model)
     if fam is None and info.reasoning is not True:
-        return Shape(False)
+        hybrid = hybrid_of(info.upstream_model)
+        return Shape(False, switch=hybrid.switch if hybrid else None)
     fam = fam or GENERIC
     effort = fam.effort if info.reasoning_effort == "auto" else info.reasoning_effort
     return Shape(True, fam.limit_field, effort, info.reasoning_budget)
@@ -186,7 +259,8 @@ def _named_param(message: str, sent: dict[str, Any]) -> str | None:
         return None
     # First by position: OpenAI's "'max_tokens' is not supported ... Use 'max_completion_tokens'"
     # names the refused one first (and only max_tokens was sent anyway).
-    named = [(m.start(), p) for p in ("max_tokens", "max_completion_tokens", "temperature", "reasoning_effort")
+    named = [(m.start(), p) for p in ("max_tokens", "max_completion_tokens", "temperature", "reasoning_effort",
+                                      *(h.switch[0] for h in HYBRIDS))
              if p in sent and (m := re.search(rf"(?<![\w]){p}(?![\w])", message))]
     return min(named)[1] if named else None
 
@@ -211,7 +285,9 @@ def learn_from_error(catalog: Catalog, model: str, sent: dict[str, Any], message
     if info is None:
         return False
     old = shape_for(catalog, model)
-    if param in ("max_tokens", "temperature") and not old.reasoning:
+    if old.switch is not None and param == old.switch[0]:
+        new = replace(old, switch=None)  # a hybrid's switch refused: the plain way without it
+    elif param in ("max_tokens", "temperature") and not old.reasoning:
         # OpenAI's refusals: its way (max_completion_tokens, a low effort unless configured).
         effort = GENERIC.effort if info.reasoning_effort == "auto" else info.reasoning_effort
         new = Shape(True, GENERIC.limit_field, effort, info.reasoning_budget)

@@ -7,8 +7,10 @@ anything shaped like a bearer key even when it was never registered.
 
 from __future__ import annotations
 
+import base64
 import re
-from urllib.parse import unquote, urlsplit
+from collections.abc import Mapping
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 # ``*`` too: a provider's 401 echoes the key masked (OpenAI: "sk-proj-****...abcd"), and the part
 # it shows (the last 4 characters, often the first few) is still not the client's to see.
@@ -18,16 +20,20 @@ _KEY_SHAPES = re.compile(r"\b(sk|tk|rk|pk|thr)-[A-Za-z0-9_\-*]{6,}|\bBearer\s+[A
 class Redactor:
     def __init__(self, secrets: list[str] | None = None) -> None:
         self._secrets: set[str] = set()
+        self._ordered: list[str] = []
         for s in secrets or []:
             self.add(s)
 
     def add(self, secret: str | None) -> None:
         # Very short values would mask ordinary words; they are not real keys anyway.
-        if secret and len(secret) >= 6:
+        if secret and len(secret) >= 6 and secret not in self._secrets:
             self._secrets.add(secret)
+            # Longest first: one secret may contain another (a header "Bearer X" and its X, a
+            # password and a longer key); masking the shorter first would leave the rest showing.
+            self._ordered = sorted(self._secrets, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
-        for s in self._secrets:
+        for s in self._ordered:
             if s in text:
                 text = text.replace(s, "[REDACTED]")
         return _KEY_SHAPES.sub("[REDACTED]", text)
@@ -84,6 +90,53 @@ def url_passwords(*urls: str | None) -> list[str]:
         for pw in found:
             out += [pw, unquote(pw)] if unquote(pw) != pw else [pw]
     return [pw for pw in dict.fromkeys(out) if pw]
+
+
+# Query parameters of a provider's base_url whose values are credentials (``?token=``, ``?key=``
+# for Gemini, ``?sig=`` for Azure SAS, ``?api_key=``); ``api-version`` and the like are not.
+_SECRET_PARAM = re.compile(r"token|key|sig|secret|passw|pwd|auth|credential", re.I)
+# Headers that are documented metadata, never credentials: masking their values (OpenRouter's
+# ``X-Title: myapp``) would blank that word in every log line and error of the gateway.
+_PUBLIC_HEADERS = frozenset({"content-type", "accept", "user-agent", "http-referer", "referer", "x-title",
+                             "api-version", "anthropic-version", "openai-beta"})
+# A header value naming its auth scheme: an upstream may echo the credential without the scheme.
+_SCHEME_VALUE = re.compile(r"^\s*(?:Bearer|Basic|Token|Digest|ApiKey|Key)\s+(\S+)\s*$", re.I)
+
+
+def provider_secrets(base_url: str, api_key: str | None, headers: Mapping[str, str]) -> list[str]:
+    """Every credential a provider's configuration sends upstream, as an upstream may echo it:
+    ``api_key``; each configured header value (``api-key`` for Azure, ``x-api-key``, any custom
+    one: thrifty cannot tell which are secret, so all but ``_PUBLIC_HEADERS`` are masked) and the credential after an
+    auth scheme; the base_url's password, percent-decoded too, and the ``Basic`` token aiohttp
+    derives from ``user:password@`` (an upstream echoing the Authorization header shows only
+    that); the values of secret-named query parameters of the base_url."""
+    found: list[str] = [api_key] if api_key else []
+    for name, value in headers.items():
+        if name.lower() in _PUBLIC_HEADERS:
+            continue
+        found.append(value.strip())
+        scheme = _SCHEME_VALUE.match(value)
+        if scheme:
+            found.append(scheme.group(1))
+    found += url_passwords(base_url)
+    try:
+        parts = urlsplit(base_url.strip())
+        login, password = parts.username, parts.password
+    except ValueError:  # a malformed URL: url_passwords above found what it could
+        parts, login, password = None, None, None
+    if password is not None:
+        user_pw = f"{unquote(login or '')}:{unquote(password)}"
+        # aiohttp's BasicAuth encodes latin-1 by default; utf-8 for a password that has no latin-1 form.
+        for encoding in ("latin-1", "utf-8"):
+            try:
+                found.append(base64.b64encode(user_pw.encode(encoding)).decode("ascii"))
+            except UnicodeEncodeError:
+                continue
+    if parts is not None:
+        for name, value in parse_qsl(parts.query, keep_blank_values=False):
+            if _SECRET_PARAM.search(name):
+                found += [value, quote(value, safe="")]
+    return [s for s in dict.fromkeys(found) if s]
 
 
 def scrub(text: str, *urls: str | None) -> str:

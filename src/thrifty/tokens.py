@@ -129,6 +129,14 @@ def truncate_text(text: str, max_tokens: int, *, model: str | None = None) -> st
     return text if len(ids) <= max_tokens else _decoder(model).decode(ids[:max_tokens])
 
 
+def last_user_text(messages: list[dict[str, Any]]) -> str:
+    """The text of the last user message (what the request asks now), "" when there is none."""
+    for msg in reversed(messages):
+        if msg.get("role") == "user":
+            return content_text(msg.get("content"))
+    return ""
+
+
 def content_text(content: Any) -> str:
     """The text of a message ``content`` (a string or a list of content parts)."""
     if content is None:

@@ -119,12 +119,9 @@ class ChatRequest:
         return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
 
     def last_user_text(self) -> str:
-        for msg in reversed(self.messages):
-            if msg.get("role") == "user":
-                from thrifty.tokens import content_text
+        from thrifty.tokens import last_user_text
 
-                return content_text(msg.get("content"))
-        return ""
+        return last_user_text(self.messages)
 
     def system_text(self) -> str:
         from thrifty.tokens import content_text

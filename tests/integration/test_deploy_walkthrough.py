@@ -9,10 +9,7 @@ keeping every connection open, which is what a client sees of a SIGSTOPped serve
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
-import select
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +21,7 @@ import pytest
 import yaml
 
 from fixtures.budget_probe import upstream
+from fixtures.tcp_proxy import TcpProxy
 from thrifty.errors import ServiceUnavailableError, StorageError
 from thrifty.gateway import Gateway
 from thrifty.ledger.postgres import PostgresStore
@@ -39,19 +37,14 @@ ADMIN = "walkthrough-admin-key"
 HI = [{"role": "user", "content": "hi"}]
 
 
-class FreezableProxy:
+class FreezableProxy(TcpProxy):
     """Forwards 127.0.0.1:port to a real server; ``freeze()`` stops forwarding (connections stay
     open and new ones are accepted), ``thaw()`` lets the held bytes through again."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
         self.flowing = threading.Event()
         self.flowing.set()
-        self._closed = threading.Event()
-        self._sockets: list[socket.socket] = []
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__((target_host, target_port))
 
     def freeze(self) -> None:
         self.flowing.clear()
@@ -60,42 +53,11 @@ class FreezableProxy:
         self.flowing.set()
 
     def close(self) -> None:
-        self._closed.set()
         self.flowing.set()
-        for s in [self._listener, *self._sockets]:
-            with contextlib.suppress(OSError):
-                s.close()
+        super().close()
 
-    def _accept(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self._listener.accept()
-                upstream = socket.create_connection(self.target)
-            except OSError:
-                return
-            self._sockets += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while not self._closed.is_set():
-                if not self.flowing.is_set():  # frozen: leave the bytes unread, like a stopped server
-                    self.flowing.wait(0.05)
-                    continue
-                ready, _, _ = select.select([src], [], [], 0.05)
-                if not ready or not self.flowing.is_set():
-                    continue
-                data = src.recv(65536)
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
+    def reading(self) -> bool:
+        return self.flowing.is_set()  # frozen: leave the bytes unread, like a stopped server
 
 
 @pytest.fixture

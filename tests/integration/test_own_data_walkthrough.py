@@ -35,6 +35,7 @@ from thrifty.mock.behaviour import MockConfig
 from thrifty.mock.server import RunningServer, run_in_thread
 from thrifty.routing.calibrate import calibrate, parse_target
 from thrifty.routing.formats import agreement_pattern, detect_family, extract_answer
+from thrifty.routing.split import split_point
 
 PRICES = {"tier-small": (0.1, 0.4), "tier-mid": (1.0, 4.0), "tier-large": (10.0, 30.0)}
 SKILL = {  # P(right answer) per task and model
@@ -230,6 +231,13 @@ def test_calibrate_with_an_absolute_target(team: dict[str, Any], tmp_path: Path)
     assert thrifty("config", "check", out_file)[0] == 0
 
 
+def _serving_route(routes: dict[str, Any], route: str, prompt: str) -> str:
+    """The route whose models serve ``prompt``: ``route``, or its split's target for the share of
+    prompts (by a hash of the prompt) the split sends there."""
+    split = routes[route].get("split")
+    return split["route"] if split and split_point(route, prompt) < split["share"] else route
+
+
 def _expected_state_table(route: dict[str, Any], prompt: str) -> tuple[list[str], str]:
     """The calls a state-table route makes on ``prompt`` given the mock's answers, and the served
     model: the table of the written config read independently of the gateway."""
@@ -303,10 +311,14 @@ def test_the_gateway_serves_what_calibration_chose_and_explain_agrees(
     assert explained["route"] == route
     plan = [step["model"] for step in explained["plan"]]
     routes = yaml.safe_load(team["out"].read_text(encoding="utf-8"))["routing"]["routes"]
-    if "state_table" in routes[route]:
-        want_calls, want_served = _expected_state_table(routes[route], prompt)
+    # A calibrated route may send a share of its prompts to a second route (its split), picked
+    # by a hash of the prompt: the ledger keeps the route, the split's target picks the models.
+    serving = _serving_route(routes, route, prompt)
+    assert explained["split_to"] == (serving if serving != route else None)
+    if "state_table" in routes[serving]:
+        want_calls, want_served = _expected_state_table(routes[serving], prompt)
         assert (calls, served_model) == (want_calls, want_served)
-        assert escalations == (1 if want_served == routes[route]["state_table"]["strong"] and len(want_calls) > 1
+        assert escalations == (1 if want_served == routes[serving]["state_table"]["strong"] and len(want_calls) > 1
                                else 0)
     else:
         assert calls == plan[: len(calls)] or explained["kind"] == "learned"
@@ -332,8 +344,15 @@ def test_report_by_task_tier_and_route(served: tuple[Gateway, RunningServer], te
     by_task = reports["task"]
     # Each labelled task has its own row, with its spend and how often it escalated.
     sql, faq = by_task["sql-gen"], by_task["support-faq"]
-    assert sql["requests"] >= 2 and sql["escalations"] == sql["requests"]  # cheap answers disagree: all escalate
-    assert faq["escalations"] == 0 and 0 < faq["spend_usd"] < sql["spend_usd"]
+    # The cheap answers to SQL disagree: it escalates wherever its route's table (or, for the share
+    # of prompts the route's split sends on, its split target's table) asks the cheap models twice.
+    routes = yaml.safe_load(team["out"].read_text(encoding="utf-8"))["routing"]["routes"]
+    st = routes[_serving_route(routes, "sql-gen", SQL)]["state_table"]
+    calls, served = _expected_state_table({"state_table": st}, SQL)
+    escalates = served == st["strong"] and len(calls) > 1
+    assert sql["requests"] >= 2 and sql["escalations"] == (sql["requests"] if escalates else 0)
+    assert faq["escalations"] == 0 and faq["spend_usd"] > 0
+    assert not escalates or faq["spend_usd"] < sql["spend_usd"]
     assert {"mid", "large"} <= set(reports["tier"])
     assert {"sql-gen", "support-faq", "ticket-triage"} <= set(reports["route"])  # a route per label
 

@@ -157,8 +157,22 @@ def test_each_veto_names_its_reason() -> None:
 
 # -- 2. vetoes that MiniLM's 0.98 similarity missed -------------------------------------------------
 def test_rule_verifier_vetoes_negating_prefixes_and_swapped_relations() -> None:
-    # Similarities as MiniLM gives them (0.989, 0.995): above the rule verifier's 0.98.
+    # Through the lookup's scoring (the hard vetoes apply there, before any verifier), every
+    # candidate at similarity 1.0 (one vector for all): above the rule verifier's 0.98, as MiniLM
+    # gives these pairs 0.989 and 0.995.
+    from thrifty.cache.backends.memory import MemoryBackend
+    from thrifty.cache.index import VectorIndex
+    from thrifty.cache.semantic import SemanticCache
+
     v = RuleVerifier(threshold=0.98)
+    cache = SemanticCache(MemoryBackend(), build_embedder("lexical"))
+    one = np.eye(1, cache.embedder.dim, dtype=np.float32)
+
+    def score(a: str, b: str) -> float:
+        index = VectorIndex(cache.embedder.dim, ann="none")
+        index.add(["k"], [b], one, [1e12])
+        return float(cache.candidates(index, a, one[0], v)[3][0])
+
     pairs = [("Is it safe to drink alcohol while taking ibuprofen?",
               "Is it unsafe to drink alcohol while taking ibuprofen?"),
              ("is python better than java", "is java better than python"),
@@ -166,8 +180,8 @@ def test_rule_verifier_vetoes_negating_prefixes_and_swapped_relations() -> None:
               "Herzegovina?", "What does the Bosnia and Herzegovina World Cup team need to do to win its last "
               "group match against Iran?")]
     for a, b in pairs:
-        assert v.score(a, [b], np.array([0.99]))[0] < v.threshold, (a, b)
-    assert v.score("is python better than java", ["Is Python better than Java?"], np.array([0.99]))[0] == 0.99
+        assert score(a, b) < v.threshold, (a, b)
+    assert score("is python better than java", "Is Python better than Java?") == pytest.approx(1.0)
 
 
 @pytest.mark.embeddings

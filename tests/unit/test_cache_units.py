@@ -165,11 +165,20 @@ def test_index_exact_and_ann_agree_on_the_nearest() -> None:
 
 
 def test_rule_verifier_vetoes_near_misses() -> None:
-    v = RuleVerifier(threshold=0.9)
-    scores = v.score("How do I enable dark mode?", ["How do I disable dark mode?", "How do I enable dark mode",
-                                                    "How do I enable dark mode in 2023?", "Why not enable dark mode?"],
-                     np.array([0.95, 0.99, 0.97, 0.96]))
-    assert list(scores > 0) == [False, True, False, False]
+    # Through the lookup's scoring, where the hard vetoes apply before any verifier, with every
+    # candidate at similarity 1.0 (one vector for all): only a veto or a changed word refuses.
+    from thrifty.cache.semantic import SemanticCache
+    from thrifty.embeddings import build_embedder
+
+    cands = ["How do I disable dark mode?", "How do I enable dark mode", "How do I enable dark mode in 2023?",
+             "Why not enable dark mode?"]
+    cache = SemanticCache(MemoryBackend(), build_embedder("lexical"))
+    one = np.eye(1, cache.embedder.dim, dtype=np.float32)
+    index = VectorIndex(cache.embedder.dim, ann="none")
+    index.add(cands, cands, np.repeat(one, len(cands), axis=0), [1e12] * len(cands))
+    _, texts, _, scores = cache.candidates(index, "How do I enable dark mode?", one[0], RuleVerifier(threshold=0.9))
+    served = {t: bool(s > 0) for t, s in zip(texts, scores, strict=True)}
+    assert served == dict(zip(cands, [False, True, False, False], strict=True))
 
 
 def test_learned_verifier_saves_as_json_and_loads(tmp_path: Path) -> None:

@@ -64,7 +64,8 @@ def test_a_label_named_like_a_format_route_gets_its_own_name() -> None:
 def test_labels_with_too_few_prompts_stay_with_their_format(tmp_path: Path) -> None:
     train = load_outcomes(outcomes(tmp_path / "train.jsonl", n=20))  # under min_family_prompts (30) each
     section = fit_policy(train, max_cost_share=0.10, baseline="big")
-    assert "tasks" not in section and set(section["routes"]) <= {"strong", "open"}
+    # (a format's route may split a share of its prompts to a second route of its own, "open-mix")
+    assert "tasks" not in section and {r.removesuffix("-mix") for r in section["routes"]} <= {"strong", "open"}
 
 
 def test_a_label_named_like_a_format_does_not_take_that_formats_unlabelled_prompts(tmp_path: Path,

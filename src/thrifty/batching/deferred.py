@@ -8,7 +8,9 @@
 One round = one provider batch: the pending items go into a JSONL file (one chat request per
 line, ``custom_id`` = ``r<round>-<seq>``), the file is uploaded, the batch is created and
 polled. When it ends (completed, expired, failed or cancelled) the output file gives the
-answers, priced at the model's batch price and written to the ledger as batch requests; items
+answers, priced at the model's batch price as of the time each was answered (a price that varies
+in time, DeepSeek's off-peak hours, is read at that hour) and written to the ledger as batch
+requests, from which the job's own token and cost totals are then read back; items
 in the error file, missing, or with an invalid answer go into the next round, up to
 ``max_resubmits`` times, after which they are reported failed with the reason, never dropped.
 Every step is persisted first (jobs.py), so ``poll`` after a restart continues the same job.
@@ -17,10 +19,13 @@ Every step is persisted first (jobs.py), so ``poll`` after a restart continues t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
+import math
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from thrifty.batching import packing
@@ -28,7 +33,7 @@ from thrifty.batching.items import Item, coerce_items
 from thrifty.batching.jobs import Job, JobItem, JobStore
 from thrifty.batching.runner import ItemResult, resolve_target
 from thrifty.catalog import ModelInfo
-from thrifty.cost import Cost, call_cost
+from thrifty.cost import BATCH_DISCOUNT, Cost, call_cost, priced_at
 from thrifty.errors import (
     ConfigError,
     InvalidRequestError,
@@ -88,26 +93,43 @@ def row_error(row: dict[str, Any]) -> str | None:
     return f"{code}: {msg}" if msg else str(code)
 
 
-def price_answer(request: ChatRequest | None, body: dict[str, Any], info: ModelInfo | None) -> tuple[Usage, Cost]:
-    """A Batch API answer's usage and cost at the batch price, through the one pricing path of
-    every call (``priced_usage``): what the answer's ``usage`` leaves out (or all of it) is
-    counted offline from ``request`` and the answer and marked ``estimated``, so a billed answer
-    never reaches the ledger as a silent $0. Without the request, what was reported is priced."""
+def answered_at(body: dict[str, Any]) -> datetime:
+    """When the provider produced a Batch API answer: its ``created`` (every chat completion
+    carries it), else now. The answer's time rather than the batch's creation: a batch may
+    queue for hours, and an hourly price applies to the hour the request ran. Never later than
+    now (a provider clock ahead must not reach a dated price change still to come); a
+    nonsense value (a string, NaN, past year 9999) reads as now."""
+    now = time.time()
+    value = body.get("created")
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+        return datetime.fromtimestamp(min(float(value), now), UTC)
+    return datetime.fromtimestamp(now, UTC)
+
+
+def price_answer(request: ChatRequest | None, body: dict[str, Any], info: ModelInfo | None,
+                 when: datetime | None = None) -> tuple[Usage, Cost]:
+    """A Batch API answer's usage and cost at the batch price as of ``when`` (default: when it
+    was answered, ``answered_at``), through the one pricing path of every call
+    (``priced_usage``): what the answer's ``usage`` leaves out (or all of it) is counted
+    offline from ``request`` and the answer and marked ``estimated``, so a billed answer never
+    reaches the ledger as a silent $0. Without the request, what was reported is priced."""
     price = info.price if info else None
-    if request is None:
-        usage = Usage.from_openai(body.get("usage"))
-        return usage, call_cost(usage, price, batch=True)
-    return priced_usage(body.get("usage"), request, body, price, batch=True)
-
-
-def _item_cost(it: JobItem) -> float | None:
-    """What an item cost: its column, or $0 when no answer of it was ever recorded. The column
-    starts NULL and stays NULL for an item whose lines all failed, expired or went missing (the
-    provider bills none of those); read as "unknown", one such item made the whole run's spend
-    "cost unknown". An answer recorded at an unknown price counted tokens, so it stays None."""
-    if it.cost_usd is None and not (it.prompt_tokens or it.completion_tokens):
-        return 0.0
-    return it.cost_usd
+    # A genai-prices price that varies in time or with the prompt's size (``genai_ref``) is only
+    # asked of genai-prices, at the call's time, for non-batch calls (cost.py): a batch call
+    # got the per-million figures read at start-up, so a job started at DeepSeek's peak hour
+    # priced answers produced off-peak at the peak rate. Such a price without batch rates of
+    # its own is read as a normal call at that time, then given the Batch API discount.
+    dated = price is not None and price.genai_ref is not None and price.batch_input is None \
+        and price.batch_output is None
+    with priced_at(when or answered_at(body)):
+        if request is None:
+            usage = Usage.from_openai(body.get("usage"))
+            cost = call_cost(usage, price, batch=not dated)
+        else:
+            usage, cost = priced_usage(body.get("usage"), request, body, price, batch=not dated)
+    if dated and cost.usd is not None and cost.source != "provider":  # the provider's figure is what it billed
+        cost = Cost(cost.usd * BATCH_DISCOUNT, cost.source)
+    return usage, cost
 
 
 class DeferredRunner:
@@ -213,7 +235,7 @@ class DeferredRunner:
             out.append(ItemResult(
                 it.item_id, it.output if done else None, it.status if it.status != "pending" else "pending",
                 "batch_api" if done else ("failed" if it.status == "failed" else "pending"),
-                _item_cost(it), float(it.prompt_tokens), float(it.completion_tokens), it.tries, it.error,
+                it.cost_usd, float(it.prompt_tokens), float(it.completion_tokens), it.tries, it.error,
             ))
         return out
 
@@ -247,12 +269,15 @@ class DeferredRunner:
             data = "".join(json.dumps(self._line(job, it), ensure_ascii=False) + "\n" for it in pending)
             file_id = await api.upload_file(data.encode("utf-8"), f"{job.job_id}-r{job.round}.jsonl")
             await asyncio.to_thread(self.jobs.update, job.job_id, input_file_id=file_id)
-        for it in pending:
-            await asyncio.to_thread(self.jobs.update_item, job.job_id, it.seq, round=job.round, tries=it.tries + 1)
         batch = await api.create_batch(file_id, self.cfg.endpoint, self.cfg.completion_window,
                                        {"thrifty_job": job.job_id, "round": str(job.round)})
-        await asyncio.to_thread(self.jobs.update, job.job_id, status="submitted", batch_id=str(batch["id"]),
-                                provider_status=str(batch.get("status")))
+        # The try is counted with the batch it is, in one transaction (JobStore.submitted).
+        if not await asyncio.to_thread(self.jobs.submitted, job.job_id, job.round, str(batch["id"]),
+                                       str(batch.get("status"))):
+            log.warning("batch job %s: round %d was submitted by another process meanwhile; batch %s is not "
+                        "used and is cancelled", job.job_id, job.round, batch["id"])
+            with contextlib.suppress(UpstreamError):
+                await api.cancel_batch(str(batch["id"]))
 
     async def _check(self, job: Job, cancelled: bool = False) -> None:
         assert job.batch_id is not None
@@ -305,23 +330,43 @@ class DeferredRunner:
         if error is not None:
             return None, error
         body = row["response"]["body"]
-        usage, cost = price_answer(self._request(job, it), body, self.gw.catalog.get(job.model))
+        when = answered_at(body)
+        usage, cost = price_answer(self._request(job, it), body, self.gw.catalog.get(job.model), when)
         item = Item(it.item_id, it.input)
         cut = packing.cut_short(body)
         output = None if cut else packing.valid_output(response_text(body), item, job.labels, None)
-        self._ledger(job, it, usage, cost.usd, cost.source)
+        self._ledger(job, it, usage, cost.usd, cost.source, when)
+        prompt, completion, spent = self._totals(job, it, usage, cost.usd)
         self.jobs.update_item(
-            job.job_id, it.seq,
-            prompt_tokens=it.prompt_tokens + usage.prompt_tokens,
-            completion_tokens=it.completion_tokens + usage.completion_tokens,
-            cost_usd=None if cost.usd is None else (it.cost_usd or 0.0) + cost.usd,
+            job.job_id, it.seq, prompt_tokens=prompt, completion_tokens=completion, cost_usd=spent,
             **({"status": "ok", "output": output, "error": None} if output is not None else {}),
         )
         if output is not None:
             return output, ""
         return None, "answer cut at max_tokens (batching.max_output_tokens_per_item)" if cut else "invalid answer"
 
-    def _ledger(self, job: Job, it: JobItem, usage: Usage, cost: float | None, source: str) -> None:
+    def _request_id(self, job: Job, seq: int, round_no: int) -> str:
+        """The ledger request id of item ``seq``'s answer in round ``round_no`` (one row each)."""
+        return f"{job.job_id}-{seq}-r{round_no}"
+
+    def _totals(self, job: Job, it: JobItem, usage: Usage, cost: float | None) -> tuple[int, int, float | None]:
+        """The item's tokens and cost over every round so far, read back from its ledger rows
+        (one per answer: a re-collection writes none). Adding this answer to the stored totals
+        counted it twice when a crash came after the item was updated but before the job moved
+        on (an invalid answer stays pending, so the next poll collects it again), while the
+        ledger, keyed by request id, kept one row. Without a ledger, the stored totals plus it."""
+        if self._ledger_store is None:
+            spent = None if cost is None or it.cost_usd is None else it.cost_usd + cost
+            return it.prompt_tokens + usage.prompt_tokens, it.completion_tokens + usage.completion_tokens, spent
+        ids = [self._request_id(job, it.seq, r) for r in range(1, job.round + 1)]
+        rows = self._ledger_store.query(
+            "SELECT COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(cost_usd), 0),"
+            f" COUNT(*) - COUNT(cost_usd) FROM requests WHERE request_id IN ({', '.join('?' * len(ids))})", ids)
+        prompt, completion, spent, unknown = rows[0]
+        return int(prompt), int(completion), None if int(unknown) else float(spent)
+
+    def _ledger(self, job: Job, it: JobItem, usage: Usage, cost: float | None, source: str,
+                when: datetime | None = None) -> None:
         """Write the answer's row, durably, before the caller marks the item answered. Through
         the gateway's queued writer, an interruption during a collection (Ctrl-C closes the
         gateway while the collecting thread runs on) marked items ok whose rows were then
@@ -333,13 +378,17 @@ class DeferredRunner:
             return
         info = self.gw.catalog.get(job.model)
         ctx = RequestContext(request=ChatRequest(model=job.model, messages=[{"role": "user", "content": ""}]),
-                             request_id=f"{job.job_id}-{it.seq}-r{job.round}")
+                             request_id=self._request_id(job, it.seq, job.round))
         ctx.task, ctx.batch, ctx.strategy = "batch", True, "batch"
-        attempt = Attempt(model=job.model, provider=job.provider, started=time.time(), usage=usage,
+        # The attempt's time is when it was answered: the report prices a batch call's normal
+        # price (its saving) at that time, and the baseline here is read at it too.
+        ran = when.timestamp() if when is not None else time.time()
+        attempt = Attempt(model=job.model, provider=job.provider, started=ran, usage=usage,
                           cost_usd=cost, cost_source=source, tier=info.tier if info else None, batch=True,
                           accepted=True)
         ctx.attempts.append(attempt)
-        settle(ctx, self.gw.catalog, attempt)
+        with priced_at(datetime.fromtimestamp(ran, UTC)):
+            settle(ctx, self.gw.catalog, attempt)
         req, attempts = rows_from_context(ctx)
         self._ledger_store.write([req], attempts)
 

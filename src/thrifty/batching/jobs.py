@@ -8,6 +8,9 @@ Job status: ``created`` (items waiting for a batch of round ``round``), ``submit
 provider batch is running: ``batch_id``), ``cancelling`` (cancel asked, the provider has not
 stopped the batch yet), ``finished``, ``cancelled``. Item status:
 ``pending`` (waiting or in flight), ``ok``, ``failed`` (after every resubmission).
+
+An item's ``cost_usd`` is what its answers cost so far: $0 until one is recorded (a line that
+failed, expired or went missing is not billed), NULL only once an answer was priced unknown.
 """
 
 from __future__ import annotations
@@ -89,6 +92,10 @@ class JobItem:
         item = cls(*row)
         item.json_id = decode_id(str(item.item_id))
         item.item_id = str(item.json_id)
+        if item.cost_usd is None and not (item.prompt_tokens or item.completion_tokens):
+            # A row created before items started at $0 (NULL then meant "nothing recorded yet",
+            # not "unknown"): no answer of it was ever recorded, so it has cost nothing.
+            item.cost_usd = 0.0
         return item
 
 
@@ -99,12 +106,14 @@ class JobStore:
     def create(self, job_id: str, model: str, provider: str, task: str, labels: list[str] | None,
                items: list[Item]) -> Job:
         now = time.time()
-        # Items first: a job row only exists once all its items do.
+        # Items first: a job row only exists once all its items do. Each starts at $0 (nothing
+        # billed yet), not NULL: a NULL start stayed NULL for every item whose lines all failed
+        # or expired (never priced), and read as "cost unknown" it made the job's spend unknown.
         for seq, it in enumerate(items):
             self.store.execute(
                 "INSERT INTO batch_job_items (job_id, seq, item_id, input, status, round, tries, output, error,"
                 " prompt_tokens, completion_tokens, cost_usd) VALUES (?, ?, ?, ?, 'pending', 1, 0, NULL, NULL,"
-                " 0, 0, NULL) ON CONFLICT (job_id, seq) DO NOTHING",
+                " 0, 0, 0) ON CONFLICT (job_id, seq) DO NOTHING",
                 (job_id, seq, encode_id(it), it.input),
             )
         self.store.execute(
@@ -184,6 +193,21 @@ class JobStore:
                     provider_status=None, error=None)
         return self.store.execute("UPDATE batch_job_items SET status = 'pending' WHERE job_id = ? "
                                   "AND status = 'failed'", (job_id,))
+
+    def submitted(self, job_id: str, round_no: int, batch_id: str, provider_status: str) -> bool:
+        """Record round ``round_no``'s provider batch and count it as one more try of each pending
+        item, in one transaction: a crash leaves both done or neither. The tries used to be
+        counted before the create: a process killed in between, or a create the provider refused,
+        left a try counted for a batch that never ran, and the next run counted the round again.
+        False when the job had already left ``created`` for this round (another process submitted
+        or cancelled it): nothing changed."""
+        return self.store.execute_all([
+            ("UPDATE batch_jobs SET status = 'submitted', batch_id = ?, provider_status = ?, updated = ? WHERE "
+             "job_id = ? AND status = 'created' AND round = ?", (batch_id, provider_status, time.time(), job_id,
+                                                                 round_no)),
+            ("UPDATE batch_job_items SET round = ?, tries = tries + 1 WHERE job_id = ? AND status = 'pending'",
+             (round_no, job_id)),
+        ]) is None
 
     def update_item(self, job_id: str, seq: int, **fields: Any) -> None:
         sets = ", ".join(f"{k} = ?" for k in fields)

@@ -19,6 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from thrifty.batching.items import Item
+from thrifty.catalog import ModelInfo
+from thrifty.cost import price_tokens
+from thrifty.tokens import count_messages, count_text
+from thrifty.types import Usage
 
 MARKER = "thrifty-pack"  # the mock upstream (mock/packed.py) recognises packed requests by it
 SCHEMA_NAME = "thrifty_pack"
@@ -70,6 +74,21 @@ def single_messages(task: str, item: Item, labels: list[str] | None) -> list[dic
     clause = labels_clause(labels).replace(" Each output", " The answer")
     system = task + (clause + " Reply with the answer only." if labels else "")
     return [{"role": "system", "content": system}, {"role": "user", "content": item.input}]
+
+
+def alone_baseline_usd(task: str, item: Item, output: str, labels: list[str] | None,
+                       baseline: ModelInfo | None) -> float | None:
+    """What the baseline model would have charged for ``item`` sent on its own: its one-item
+    prompt (``single_messages``) and ``output`` as the answer, counted offline (the item was never
+    sent alone). A packed call's baseline is the sum of this over the items it answered; priced on
+    the packed prompt instead, the baseline carried the pack's JSON framing and hid what packing
+    bought. None when the baseline has no price."""
+    if baseline is None or baseline.price is None:
+        return None
+    model = baseline.upstream_model or baseline.name
+    usage = Usage(prompt_tokens=count_messages(single_messages(task, item, labels), model=model),
+                  completion_tokens=count_text(output, model=model))
+    return price_tokens(usage, baseline.price)
 
 
 def valid_output(value: Any, item: Item, labels: list[str] | None, validate: Validator | None) -> str | None:

@@ -6,13 +6,20 @@ Each pack of K items is one request through the gateway (so it is priced, routed
 ledger like any other). Items the answer misses, duplicates or gets wrong are retried in a pack
 half the size, then one by one as plain requests; an item still failing is reported as failed
 with the reason, never dropped. Each call's cost and tokens are shared equally among the items
-it carried, so the item costs add up to exactly what the run spent.
+it carried (a failed call's too: what it billed is in the ledger), so the item costs add up to
+exactly what the run spent.
+
+Every call of a run is one ledger request of strategy ``packing`` (fallbacks included: they are
+what packing costs when it fails), whose baseline is what the baseline model would have charged
+for the items that call answered, each sent on its own; an item's baseline is claimed once, by the
+call whose answer it kept, and a call that answered nothing claims none (its spend is a loss).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +27,7 @@ from thrifty.batching import packing
 from thrifty.batching.items import Item, coerce_items
 from thrifty.batching.progress import Progress
 from thrifty.errors import ConfigError, InvalidRequestError, ThriftyError, UsageError
+from thrifty.pipeline.context import RequestContext, new_request_id
 from thrifty.types import ChatRequest, response_text
 
 if TYPE_CHECKING:
@@ -31,6 +39,13 @@ __all__ = ["Item", "ItemResult", "run_batch"]
 # How a request names a route (thrifty.routing.router.ROUTE_PREFIX; not imported, to keep this
 # module free of the routing package).
 ROUTE_PREFIX = "route:"
+# The ledger's strategy for every call of a packed run (`thrifty report --by strategy`, the
+# dashboard, the savings metric): without it a packed call read as `passthrough` (or routing).
+STRATEGY = "packing"
+
+# What a call's answer settled: item id -> output for the items it answered, item id -> why for
+# the rest. Judged once, when the ledger row is written, so the row's baseline and the run agree.
+Judge = Callable[[str], packing.PackOutcome]
 
 
 @dataclass
@@ -141,18 +156,74 @@ class _Run:
             self.results[item.id] = ItemResult(item.id, None, "failed", "failed")
         return self.results[item.id]
 
-    async def _call(self, items: list[Item], messages: list[dict[str, Any]],
-                    params: dict[str, Any]) -> tuple[str | None, str | None]:
-        """(answer text, error) of one request; its cost is shared among ``items``. An answer cut
-        at ``max_tokens`` comes back as text and an error (it was paid for, but is no answer)."""
+    async def _call(self, items: list[Item], messages: list[dict[str, Any]], params: dict[str, Any],
+                    judge: Judge) -> packing.PackOutcome:
+        """Send one request for ``items`` and judge its answer; its cost is shared among them. An
+        answer cut at ``max_tokens`` answers none of them (it was paid for, but is no answer)."""
         req = ChatRequest(model=self.target, messages=messages, params=params,
                           options={"task": self.task_name})
+        ctx = RequestContext(request=req, request_id=new_request_id())
+        found: list[packing.PackOutcome] = []
+        raised: list[Exception] = []
+
+        async def account(done: RequestContext) -> None:
+            # Runs as the ledger row is written (the last step of the request): the row names
+            # the strategy and the baseline of what this call answered.
+            if done.cache_status != "hit":
+                done.strategy = STRATEGY
+            if done.status != "ok":
+                return  # a failed request has no baseline (docs/operations.md, "Accounting")
+            try:
+                outcome = self._judge(done, items, params, judge)
+            except Exception as exc:  # the caller's validate(): raised to it below, as before
+                raised.append(exc)
+                return
+            found.append(outcome)
+            done.baseline_cost_usd = self._baseline(items, outcome, done.baseline_cost_usd)
+
+        ctx.finalizers.append(account)
+        error: str | None = None
         try:
-            ctx = await self.gw.handle(req)
+            await self.gw.run(ctx)
         except ThriftyError as exc:
-            # A call that failed after the gateway's retries billed nothing we can see.
-            return None, exc.message
-        text = response_text(ctx.response or {})
+            error = exc.message
+        self._share(items, ctx)
+        if raised:
+            raise raised[0]
+        if found:
+            return found[0]
+        return packing.PackOutcome(failed={it.id: error or "no answer" for it in items})
+
+    def _judge(self, ctx: RequestContext, items: list[Item], params: dict[str, Any],
+               judge: Judge) -> packing.PackOutcome:
+        response = ctx.response or {}
+        if packing.cut_short(response):
+            why = f"answer cut at max_tokens ({params.get('max_tokens')}; see batching.max_output_tokens_per_item)"
+            return packing.PackOutcome(failed={it.id: why for it in items})
+        return judge(response_text(response))
+
+    def _baseline(self, items: list[Item], outcome: packing.PackOutcome, settled: float | None) -> float | None:
+        """The call's baseline: each item it answered, sent on its own to the baseline model. A
+        one-item call was sent on its own, so the gateway's baseline (its real tokens) stands."""
+        answered = [it for it in items if it.id in outcome.accepted]
+        if not answered:
+            return 0.0 if settled is not None else None
+        if len(items) == 1:
+            return settled
+        total = 0.0
+        for it in answered:
+            one = packing.alone_baseline_usd(self.task, it, outcome.accepted[it.id], self.labels,
+                                             self.gw.catalog.baseline)
+            if one is None:
+                return None
+            total += one
+        return total
+
+    def _share(self, items: list[Item], ctx: RequestContext) -> None:
+        """Add an equal share of the call's cost and tokens to each of ``items``: a failed call's
+        too (a deadline reached mid-answer is billed, and in the ledger)."""
+        if not ctx.attempts and ctx.status != "ok":
+            return  # refused before reaching the provider: nothing billed, no call made
         share = 1.0 / len(items)
         cost = ctx.spent_usd()
         prompt = sum(a.usage.prompt_tokens for a in ctx.attempts)
@@ -163,9 +234,6 @@ class _Run:
             r.prompt_tokens += prompt * share
             r.completion_tokens += completion * share
             r.cost_usd = None if (cost is None or r.cost_usd is None) else r.cost_usd + cost * share
-        if packing.cut_short(ctx.response or {}):
-            return text, f"answer cut at max_tokens ({params.get('max_tokens')}; see batching.max_output_tokens_per_item)"
-        return text, None
 
     async def pack(self, items: list[Item], level: int) -> None:
         if len(items) == 1 or level >= 2:
@@ -174,11 +242,8 @@ class _Run:
             return
         messages = packing.packed_messages(self.task, items, self.labels)
         params = packing.packed_params(self.labels, self.json_mode, self.max_per_item * len(items) + 50)
-        text, error = await self._call(items, messages, params)
-        if text is None or error is not None:
-            outcome = packing.PackOutcome(failed={it.id: error or "no answer" for it in items})
-        else:
-            outcome = packing.parse_packed(text, items, self.labels, self.validate)
+        outcome = await self._call(items, messages, params,
+                                   lambda text: packing.parse_packed(text, items, self.labels, self.validate))
         produced = "packed" if level == 0 else "repacked"
         for it in items:
             if it.id in outcome.accepted:
@@ -200,15 +265,21 @@ class _Run:
 
     async def single(self, item: Item) -> None:
         params: dict[str, Any] = {"temperature": 0, "max_tokens": self.max_per_item}
-        text, error = await self._call([item], packing.single_messages(self.task, item, self.labels), params)
+        outcome = await self._call([item], packing.single_messages(self.task, item, self.labels), params,
+                                   lambda text: self._alone(item, text))
         r = self._result(item)
-        ok = None if text is None or error else packing.valid_output(text, item, self.labels, self.validate)
-        if ok is not None:
-            r.output, r.status, r.produced, r.error = ok, "ok", "single", None
+        if item.id in outcome.accepted:
+            r.output, r.status, r.produced, r.error = outcome.accepted[item.id], "ok", "single", None
         else:
-            r.status, r.produced = "failed", "failed"
-            r.error = error or f"invalid answer alone too: {(text or '')[:80]!r}"
+            r.status, r.produced, r.error = "failed", "failed", outcome.failed.get(item.id) or "no answer"
         self._done([item])
+
+    def _alone(self, item: Item, text: str) -> packing.PackOutcome:
+        """The one-item call's answer judged as a plain answer."""
+        ok = packing.valid_output(text, item, self.labels, self.validate)
+        if ok is not None:
+            return packing.PackOutcome(accepted={item.id: ok})
+        return packing.PackOutcome(failed={item.id: f"invalid answer alone too: {text[:80]!r}"})
 
     def _done(self, items: list[Item]) -> None:
         """``items`` are final (an answer accepted, or failed for good)."""

@@ -1,7 +1,7 @@
 """Labelled question pairs (``{"text_a", "text_b", "label"}`` JSONL) and the cache simulation on them.
 
 The simulation is the product's own semantic path: every ``text_a`` is cached in one scope, then
-every ``text_b`` is looked up with ``SemanticCache.search``, which sees the two texts and their
+every ``text_b`` is looked up with ``SemanticCache.candidates``, which sees the two texts and their
 similarity only. Labels are read by the scoring code after all lookups, never before.
 """
 

@@ -6,9 +6,11 @@ name since vectors of different embedders do not compare. The index lives in pro
 is filled from the backend's vector log on first use and re-read every ``refresh_s`` so
 several gateway processes see each other's entries. A candidate that a hard veto separates from
 the question (vetoes.py: other numbers, operators, non-ASCII words, quoted text, code...) is
-never served, whatever the verifier; the others are scored by the hit verifier (verifier.py), and
-the best one is served only when its score clears the route's threshold. The verifier sees only
-the two question texts and their similarity: never labels, never answers.
+never served, whatever the verifier (the vetoes are checked here, once: no verifier checks them);
+the others are scored by the hit verifier (verifier.py), and those whose score clears the route's
+threshold are offered best first, from one search (the stage serves the first whose entry it can
+still read). The verifier sees only the two question texts and their similarity: never labels,
+never answers.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ _INLINE_EMBEDDERS = ("lexical",)
 # lookup retrieves recur, and each costs a forward pass of the sentence model (~6 KB each).
 _TOKEN_MEMO = 4096
 
-# A lookup's neighbours: index positions, texts and similarities of the live top-k entries.
+# A lookup's neighbours: index positions, texts and similarities of the live top-k entries, nearest first.
 Found = tuple[np.ndarray, list[str], np.ndarray]
 
 
@@ -154,10 +156,18 @@ class SemanticCache:
         return self._vectors
 
     async def lookup(self, scope: str, query: str, verifier: HitVerifier, threshold: float,
-                     qvec: np.ndarray | None = None, exclude: frozenset[str] = frozenset(),
-                     ) -> tuple[SemanticMatch | None, np.ndarray]:
-        """The verified best candidate for ``query`` (or None) and the query's vector; ``exclude``:
-        keys not to offer (their entries turned out unservable), the next nearest taking their place."""
+                     qvec: np.ndarray | None = None) -> tuple[SemanticMatch | None, np.ndarray]:
+        """The verified best candidate for ``query`` (or None) and the query's vector."""
+        found, qvec = await self.matches(scope, query, verifier, threshold, qvec)
+        return (found[0] if found else None), qvec
+
+    async def matches(self, scope: str, query: str, verifier: HitVerifier, threshold: float,
+                      qvec: np.ndarray | None = None) -> tuple[list[SemanticMatch], np.ndarray]:
+        """Every verified candidate for ``query``, best first, and the query's vector: one search
+        and one verification of the live top-k. The caller serves the first whose entry it can
+        still read; an entry deleted by `cache clear`, evicted or older than the request's max-age
+        keeps its vector in memory until its TTL, and searching again for the next one cost a
+        whole search and verification per unservable candidate (up to top_k of them)."""
         if qvec is None:
             if verifier.uses_tokens and isinstance(self.embedder, TokenEmbedder):
                 # One forward pass gives the query's vector and its token vectors; memoised, they
@@ -166,16 +176,18 @@ class SemanticCache:
             else:
                 qvec = await self.embed(query)
         slot = await self.slot(scope)
-        found = self.neighbours(slot.index, qvec, exclude)
+        found = self.neighbours(slot.index, qvec)
+        ok = allowed(query, found[1])
         tokens = None
-        if verifier.uses_tokens and found[1]:
+        if verifier.uses_tokens and ok.any():
             # The sentence model's forward pass for the token vectors runs on a worker thread, as
             # the query embedding does; only texts the verifier will score are sent.
-            mask = verifier.wants(found[2]) & allowed(query, found[1])
+            mask = verifier.wants(found[2]) & ok
             wanted = [query, *(t for t, m in zip(found[1], mask, strict=True) if m)]
             await asyncio.to_thread(self.token_vectors, wanted)
             tokens = self.token_vectors
-        return self.search(slot.index, query, qvec, verifier, threshold, tokens, found), qvec
+        scores = self.scored(slot.index, query, qvec, verifier, found, ok, tokens)
+        return self.verified(slot.index, found, scores, threshold), qvec
 
     async def embed_with_tokens(self, text: str) -> np.ndarray:
         """``text``'s vector, keeping its token vectors in the memo (TokenEmbedder only)."""
@@ -205,27 +217,32 @@ class SemanticCache:
             while len(self._tokens) > _TOKEN_MEMO:
                 self._tokens.popitem(last=False)
 
-    def neighbours(self, index: VectorIndex, qvec: np.ndarray, exclude: frozenset[str] = frozenset()) -> Found:
-        """The live (unexpired) top-k entries nearest to ``qvec``, but those of ``exclude``."""
-        pos, sims = index.search(qvec, self.top_k + len(exclude), alive_at=time.time())
-        if exclude:
-            keep = np.array([index.keys[p] not in exclude for p in pos], dtype=bool)
-            pos, sims = pos[keep][:self.top_k], sims[keep][:self.top_k]
+    def neighbours(self, index: VectorIndex, qvec: np.ndarray) -> Found:
+        """The live (unexpired) top-k entries nearest to ``qvec``."""
+        pos, sims = index.search(qvec, self.top_k, alive_at=time.time())
         return pos, [index.texts[p] for p in pos], sims
 
     def candidates(self, index: VectorIndex, query: str, qvec: np.ndarray, verifier: HitVerifier,
-                   tokens: Tokens | None = None, found: Found | None = None,
+                   tokens: Tokens | None = None,
                    ) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
-        """The live top-k neighbours of ``query``: index positions, texts, similarities, verifier scores.
-        ``tokens``: token vectors by text, for a verifier with alignment features; ``found``: the
-        neighbours if already searched. A candidate a hard veto separates from the query
-        (vetoes.py) scores -inf whatever the verifier, and the verifier never sees it."""
-        pos, texts, sims = found if found is not None else self.neighbours(index, qvec)
+        """The live top-k neighbours of ``query``: index positions, texts, similarities, verifier scores
+        (``tokens``: token vectors by text, for a verifier with alignment features). The lookup's
+        own search and scoring, for evaluation (pairs.py) and tests."""
+        found = self.neighbours(index, qvec)
+        pos, texts, sims = found
+        return pos, texts, sims, self.scored(index, query, qvec, verifier, found, allowed(query, texts), tokens)
+
+    def scored(self, index: VectorIndex, query: str, qvec: np.ndarray, verifier: HitVerifier, found: Found,
+               ok: np.ndarray, tokens: Tokens | None = None) -> np.ndarray:
+        """The verifier's score of each neighbour in ``found``; ``ok``: which ones no hard veto
+        separates from ``query`` (``allowed``). A vetoed candidate scores -inf whatever the verifier,
+        and the verifier never sees it: this is the one place the vetoes apply at lookup."""
+        _, texts, sims = found
         scores = np.full(len(texts), -np.inf)
-        keep = np.flatnonzero(allowed(query, texts))
+        keep = np.flatnonzero(ok)
         if not len(keep):
-            return pos, texts, sims, scores
-        kept_texts, kept_pos, kept_sims = [texts[i] for i in keep], pos[keep], sims[keep]
+            return scores
+        kept_texts, kept_pos, kept_sims = [texts[i] for i in keep], found[0][keep], sims[keep]
 
         def density(mask: np.ndarray) -> np.ndarray:
             # Asked for only by a verifier that reads neighbourhoods, and only for the candidates
@@ -241,20 +258,16 @@ class SemanticCache:
         # the young generation grew past 100,000 objects; the collection that finally ran stalled
         # one lookup in ~100 for 40-480 ms (docs/caching.md). Here it costs ~0.1-0.4 ms.
         gc.collect(0)
-        return pos, texts, sims, scores
+        return scores
 
-    def search(self, index: VectorIndex, query: str, qvec: np.ndarray, verifier: HitVerifier,
-               threshold: float, tokens: Tokens | None = None, found: Found | None = None) -> SemanticMatch | None:
-        """The best verified candidate: every candidate at or above the threshold was judged the same
-        question, and the highest-scoring one is served."""
-        pos, texts, sims, scores = self.candidates(index, query, qvec, verifier, tokens, found)
-        if not texts:
-            return None
-        best = int(np.argmax(scores))
-        if not np.isfinite(scores[best]) or scores[best] < threshold:
-            return None
-        p = int(pos[best])
-        return SemanticMatch(index.keys[p], texts[best], float(sims[best]), float(scores[best]))
+    @staticmethod
+    def verified(index: VectorIndex, found: Found, scores: np.ndarray, threshold: float) -> list[SemanticMatch]:
+        """The candidates at or above the threshold, highest score first (ties: the nearer first):
+        each was judged the same question, and the first whose entry is servable is served."""
+        pos, texts, sims = found
+        good = np.flatnonzero(np.isfinite(scores) & (scores >= threshold))
+        order = good[np.argsort(-scores[good], kind="stable")]
+        return [SemanticMatch(index.keys[int(pos[i])], texts[i], float(sims[i]), float(scores[i])) for i in order]
 
     async def add(self, scope: str, meta: EntryMeta, query: str, qvec: np.ndarray | None = None) -> None:
         if qvec is None:

@@ -127,28 +127,22 @@ class CacheStage:
         assert self.semantic is not None and key.query is not None
         verifier = self.verifier(d.verifier)
         threshold = d.threshold if d.threshold is not None else verifier.threshold
-        qvec: np.ndarray | None = None
-        # Candidates whose entry cannot be served: deleted by `cache clear`, evicted, older than
-        # the request's max-age. Their vectors stay in memory until their TTL, so the best-scoring
-        # one would hide every verified candidate behind it (paraphrases stored since a clear
-        # included): the next best is tried instead, each pass ruling one out (at most top_k).
-        unservable: set[str] = set()
-        for _ in range(self.semantic.top_k):
-            try:
-                match, qvec = await self.semantic.lookup(key.scope, key.query, verifier, threshold, qvec,
-                                                         exclude=frozenset(unservable))
-            except ThriftyError:
-                raise
-            except Exception:
-                log.warning("semantic cache lookup failed", exc_info=True)
-                return False, None
-            if match is None:
-                return False, qvec
+        try:
+            matches, qvec = await self.semantic.matches(key.scope, key.query, verifier, threshold)
+        except ThriftyError:
+            raise
+        except Exception:
+            log.warning("semantic cache lookup failed", exc_info=True)
+            return False, None
+        # Every verified candidate, best first, from one search. A candidate's entry may be
+        # unservable (deleted by `cache clear`, evicted, older than the request's max-age) while
+        # its vector stays in memory until its TTL: the next one is served instead, so paraphrases
+        # stored since a clear are still answered. The entry must also belong to this very scope:
+        # same tenant, model, system prompt, parameters.
+        for match in matches:
             entry = await self.lookup(match.key, ctx.tenant, d.max_age_s)
-            # The entry must belong to this very scope: same tenant, model, system prompt, parameters.
             if entry is not None and entry.scope == key.scope:
                 break
-            unservable.add(match.key)
         else:
             return False, qvec
         if self.confirm is not None and not await self.confirm.same_question(ctx, key.query, match.text):

@@ -1,8 +1,8 @@
 """Hit verifiers: decide whether a cached question's answer may be served for a new question.
 
-- ``RuleVerifier``: the similarity, vetoed to 0 by the hard vetoes of vetoes.py (numbers,
-  operators, non-ASCII words, quoted text, code, negation, opposite words, names...). Needs no
-  training; the default when no calibrated verifier is configured.
+- ``RuleVerifier``: the similarity, 0 for a pair where each question lost a content word the other
+  gained (``substituted``). Needs no training; the default when no calibrated verifier is
+  configured.
 - ``LearnedVerifier``: a calibrated scorer with a threshold for a target false-hit rate
   (calibrate.py). The scorer is a gradient-boosted model (LightGBM; logistic regression without
   the ``gbm`` extra) over the pair features of features.py, the token-alignment features of
@@ -11,8 +11,10 @@
   similarity alone (``cosine``) when that measured better on the calibration pairs, as it can with
   a sentence embedder.
 
-Whatever the verifier, the semantic cache never serves a candidate a hard veto separates from
-the question (semantic.py, vetoes.py), and calibration sets thresholds on the vetoed scores.
+No verifier applies the hard vetoes of vetoes.py (numbers, operators, non-ASCII words, quoted
+text, code, negation, opposite words, names...): the semantic lookup does, once, before any
+verifier sees a candidate (``SemanticCache.scored``), so a vetoed candidate is never served
+whatever the verifier; calibration applies them too and sets thresholds on the vetoed scores.
 
 A verifier file is JSON (model text, IDF table, threshold, provenance): loading it runs no code,
 unlike a pickle.
@@ -33,7 +35,7 @@ from thrifty.artifacts import read_artifact, write_artifact
 from thrifty.cache.alignment import ALIGN_NAMES, Tokens, alignment_features
 from thrifty.cache.density import DENSITY_NAMES
 from thrifty.cache.features import FEATURE_NAMES, build_idf, pair_features
-from thrifty.cache.vetoes import content_stems, vetoed
+from thrifty.cache.vetoes import content_stems
 from thrifty.cache.wordmodel import WordModel
 from thrifty.errors import ConfigError
 
@@ -86,8 +88,9 @@ def substituted(a: str, b: str) -> bool:
 
 @dataclass
 class RuleVerifier:
-    """Cosine similarity with hard vetoes, for a semantic cache with no calibrated verifier file;
-    a changed word (``substituted``) also rules a candidate out, as no learned score weighs it."""
+    """Cosine similarity, for a semantic cache with no calibrated verifier file; a changed word
+    (``substituted``) rules a candidate out, as no learned score weighs it. The hard vetoes are
+    the lookup's (semantic.py): candidates they rule out never reach ``score``."""
 
     threshold: float = 0.95
 
@@ -117,7 +120,7 @@ class RuleVerifier:
               density: Density | None = None, tokens: Tokens | None = None) -> np.ndarray:
         out = np.asarray(sims, dtype=np.float64).copy()
         for i, cand in enumerate(candidates):
-            if vetoed(query, cand) or substituted(query, cand):
+            if substituted(query, cand):
                 out[i] = 0.0
         return out
 

@@ -4,7 +4,7 @@ The embedders and the verifiers' pair features read lower-cased ``[a-z0-9]`` wor
 "What is 6/3?" and "What is 6*3?", "learn C++" and "learn C#", "'hello'" and "'HELLO'", "我爱你"
 and "我恨你" are the same text (similarity 1.0). These checks read the raw text instead. The
 semantic cache applies them to every candidate whatever the verifier (rule, calibrated, gated
-neighbourhood): a vetoed candidate is never served (``SemanticCache.candidates``); calibration
+neighbourhood): a vetoed candidate is never served (``SemanticCache.scored``); calibration
 applies them too, so a verifier's threshold is set on the scores the cache actually serves.
 
 Two questions may share an answer only if they have:

@@ -60,7 +60,7 @@ def reach_services(cfg: Config) -> None:
     the URL's password."""
     from thrifty.errors import ConfigError, StorageError
     from thrifty.ledger.store import open_store
-    from thrifty.redact import mask_credentials
+    from thrifty.redact import mask_credentials, scrub
 
     if cfg.ledger.dsn:
         store = open_store(dsn=cfg.ledger.dsn)
@@ -79,14 +79,18 @@ def reach_services(cfg: Config) -> None:
             continue
         import redis
 
-        client = redis.Redis.from_url(url, socket_connect_timeout=3.0, socket_timeout=3.0)
+        client = None
         try:
+            # Inside the try: redis-py parses the URL here (a bad port is a ValueError), and a
+            # traceback was printed instead of this one line.
+            client = redis.Redis.from_url(url, socket_connect_timeout=3.0, socket_timeout=3.0)
             client.ping()
         except (redis.RedisError, OSError, ValueError) as exc:
             raise ConfigError(f"{key}: cannot reach Redis at {mask_credentials(url)}: "
-                              f"{mask_credentials(' '.join(str(exc).split()))}") from None
+                              f"{scrub(str(exc), url)}") from None
         finally:
-            client.close()
+            if client is not None:
+                client.close()
 
 
 def _optional_secret(path: tuple[str, ...]) -> bool:

@@ -46,18 +46,21 @@ def register(app: typer.Typer) -> None:
         path = cfg.resolve_path(cfg.ledger.path)
         if not cfg.ledger.dsn and not Path(path).exists():
             raise InvalidRequestError(f"no ledger at {path} yet: serve some requests first")
+        catalog = cfg.build_catalog()
         store = open_store(path, cfg.ledger.dsn)
         try:
-            rows = spend_report(store, by, start, end)
+            # Each row carries its provider-batch figures (the table's "provider batches" line),
+            # so JSON and CSV have them too.
+            rows = spend_report(store, by, start, end, catalog)
             # A grouped table ends with the whole window's line, as people read a table; JSON
             # and CSV keep one schema of groups (a script sums them, or runs without --by).
             total = spend_report(store, None, start, end) if by and format == "table" and len(rows) > 1 else []
-            batch = batch_savings(store, cfg.build_catalog(), start, end)
+            batch = batch_savings(store, catalog, start, end) if format == "table" else None
         finally:
             store.close()
         text = render(rows, format, by or "scope", total=total[0] if total else None)
         typer.echo(text, nl=not text.endswith("\n"))  # a CSV ends with its own newline: no blank line
-        if format == "table" and batch.requests:
+        if batch is not None and batch.requests:
             from thrifty.cost import usd_text
 
             typer.echo(f"provider batches: {batch.requests} calls, ${usd_text(batch.spend_usd)} spent, "

@@ -80,7 +80,8 @@ def register(app: typer.Typer) -> None:
                               f"{plan.reason}: {model!r} is served by default_model, {served} (no routing)"),
                    "kind": "model requested by name" if named else "default model", "how": None,
                    "models": [served], "description": None, "max_cost_usd": None,
-                   "plan": [{"model": served, "threshold": None}], "guesses": [], "classifier": None}
+                   "plan": [{"model": served, "threshold": None}], "guesses": [], "classifier": None,
+                   "split_to": None}
         else:
             assert router is not None  # a route was chosen, so by the router
             out = _explain_route(router, ctx, plan)
@@ -90,6 +91,8 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"route:  {out['route'] or '-'}  ({out['kind']}" + (f": {out['how']})" if out.get("how") else ")"))
         if out.get("description"):
             typer.echo(f"        {out['description']}")
+        if out.get("split_to"):
+            typer.echo(f"split:  served by route {out['split_to']} (the route's split)")
         typer.echo(f"task:   {out['task'] or '-'}  from {out['source']}")
         typer.echo(f"why:    {out['reason']}")
         typer.echo("plan:   " + " -> ".join(t["model"] + (f" (>= {t['threshold']:g})" if t["threshold"] is not None
@@ -222,7 +225,8 @@ def _explain_route(router: Any, ctx: Any, plan: Any) -> dict[str, Any]:
     in calling order), never the policy's class name. When only the LLM classifier can decide,
     the plan shown is the default route's and ``classifier`` lists where each answer leads."""
     decision = router.decide(ctx.request)
-    desc = router.describe(decision.route)
+    # The route that serves this prompt: the decided one, or its split's target (Plan.route).
+    desc = router.describe(plan.route or decision.route)
     by_llm = decision.source == "default" and router.llm is not None
     if "thresholds" in desc:
         steps = [{"model": m, "threshold": t} for m, t in zip(desc["models"], desc["thresholds"], strict=True)]
@@ -237,6 +241,8 @@ def _explain_route(router: Any, ctx: Any, plan: Any) -> dict[str, Any]:
         "guesses": [{"task": g.task, "source": g.source, "confidence": round(g.confidence, 4),
                      "detail": g.detail} for g in decision.guesses],
         "classifier": None,  # always present (null unless the LLM classifier decides), as every key
+        # The route whose models serve this prompt when the route's split sends it elsewhere, else null.
+        "split_to": plan.route if plan.route and plan.route != decision.route else None,
     }
     if by_llm:
         out["classifier"] = {"model": router.llm.cfg.model, "outcomes": router.classifier_outcomes(),

@@ -59,5 +59,8 @@ def register(app: typer.Typer) -> None:
         # (a convoy). 1 ms measured 86% of the floor's requests/s at concurrency 64, vs 67%.
         sys.setswitchinterval(0.001)
         # log_config=None: uvicorn keeps the JSON handlers setup_logging gave its loggers. No
-        # access log: the thrifty.request line per request already says more.
-        uvicorn.run(app, host=h, port=p, log_level=level, access_log=False, log_config=None)
+        # access log: the thrifty.request line per request already says more. An idle keep-alive
+        # connection is closed after 5 s (uvicorn's default, spelled out: docs/operations.md);
+        # limit_concurrency answers 503 past server.max_connections instead of exhausting descriptors.
+        uvicorn.run(app, host=h, port=p, log_level=level, access_log=False, log_config=None,
+                    timeout_keep_alive=5, limit_concurrency=cfg.server.max_connections)

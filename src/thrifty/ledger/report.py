@@ -93,6 +93,13 @@ class ReportRow:
     # requests with a call priced from offline token counts because the provider sent no usage.
     unpriced_requests: int = 0
     estimated_requests: int = 0
+    # Provider Batch API calls of these requests (``batch_savings``, the table's "provider
+    # batches" line): how many were priced, what they cost, the same tokens at normal prices,
+    # and the difference. JSON and CSV had only ``batch_requests``, not the half-price saving.
+    provider_batch_calls: int = 0
+    provider_batch_spend_usd: float = 0.0
+    provider_batch_normal_usd: float = 0.0
+    provider_batch_saved_usd: float = 0.0
 
 
 def parse_since(value: str | None, now: float | None = None, *, flag: str = "--since") -> float | None:
@@ -126,12 +133,24 @@ def _window(column: str, since: float | None, until: float | None) -> tuple[list
     return conds, params
 
 
-def spend_report(
-    store: SQLStore, by: str | None = None, since: float | None = None, until: float | None = None
-) -> list[ReportRow]:
+def _group_sql(store: SQLStore, by: str | None) -> str:
+    """The SQL expression over ``requests`` that names a row's group (``'total'`` when none)."""
     if by is not None and by not in GROUPS:
         raise InvalidRequestError(f"--by must be one of {', '.join(GROUPS)}, got {by!r}")
-    group_sql = GROUPS[by].format(day=store.day_sql) if by else "'total'"
+    return GROUPS[by].format(day=store.day_sql) if by else "'total'"
+
+
+def _day_label(by: str | None, g: object) -> str:
+    """A group's label: ``--by day`` groups by day number, shown as its date."""
+    return time.strftime("%Y-%m-%d", time.gmtime(int(str(g)) * 86400)) if by == "day" else str(g)
+
+
+def spend_report(
+    store: SQLStore, by: str | None = None, since: float | None = None, until: float | None = None,
+    catalog: Catalog | None = None,
+) -> list[ReportRow]:
+    """The rows of ``thrifty report``; with ``catalog``, each carries its provider-batch figures."""
+    group_sql = _group_sql(store, by)
     conds, params = _window("ts", since, until)
     where = ("WHERE " + " AND ".join(conds)) if conds else ""
     sql = f"""
@@ -158,9 +177,7 @@ def spend_report(
     rows = store.query(sql, params)
     out = []
     for g, n, errors, spend, base, hits, esc, pt, ct, cst, csu, nb, cmiss, csaved, saved_sum, unpriced, est in rows:
-        label = str(g)
-        if by == "day":
-            label = time.strftime("%Y-%m-%d", time.gmtime(int(g) * 86400))
+        label = _day_label(by, g)
         saved = float(saved_sum)
         out.append(
             ReportRow(label, int(n), int(errors), float(spend), float(base), saved,
@@ -169,6 +186,13 @@ def spend_report(
                       int(hits) / (int(hits) + int(cmiss or 0)) if int(hits) + int(cmiss or 0) else 0.0,
                       float(csaved), int(unpriced), int(est))
         )
+    if catalog is not None:
+        batches = batch_savings_by(store, catalog, by, since, until)
+        for row in out:
+            b = batches.get(row.group)
+            if b is not None:
+                row.provider_batch_calls, row.provider_batch_spend_usd = b.requests, b.spend_usd
+                row.provider_batch_normal_usd, row.provider_batch_saved_usd = b.full_price_usd, b.saved_usd
     return out
 
 
@@ -188,20 +212,34 @@ class BatchSavings:
 def batch_savings(
     store: SQLStore, catalog: Catalog, since: float | None = None, until: float | None = None
 ) -> BatchSavings:
-    """Re-price every batch attempt at its model's normal price (exact: same tokens, same model).
+    """Every batch call of the window's requests, re-priced at its model's normal price."""
+    return batch_savings_by(store, catalog, None, since, until).get("total", BatchSavings(0, 0.0, 0.0))
 
-    Same window as ``spend_report``; ``requests`` counts the calls whose two figures are known
-    (the ones summed), so the line never claims calls it did not price."""
-    window, params = _window("a.ts", since, until)
-    conds = ["a.batch", "a.status = 'ok'", *window]
+
+def batch_savings_by(
+    store: SQLStore, catalog: Catalog, by: str | None = None, since: float | None = None,
+    until: float | None = None,
+) -> dict[str, BatchSavings]:
+    """Re-price every batch attempt at its model's normal price (exact: same tokens, same model),
+    per group of ``spend_report`` (``by``), keyed by the group's label.
+
+    The window is the requests' (``spend_report``'s), so a group's figures are those of the
+    calls of the requests in its row, and the groups add up to the total (windowed on the
+    attempts' own times, a request answered by a batch hours after it arrived could count on
+    one side of --until and not on the other). ``requests`` counts the calls whose two figures
+    are known (the ones summed), so the figures never claim calls they did not price."""
+    window, params = _window("ts", since, until)
+    # The group is computed inside the requests subquery: `tier` and `ts` are columns of both tables.
+    groups = f"SELECT request_id, {_group_sql(store, by)} AS g FROM requests"
+    if window:
+        groups += " WHERE " + " AND ".join(window)
     rows = store.query(
-        "SELECT a.model, a.prompt_tokens, a.cached_tokens, a.completion_tokens, a.cost_usd, a.ts FROM attempts a "
-        f"WHERE {' AND '.join(conds)}",
+        "SELECT r.g, a.model, a.prompt_tokens, a.cached_tokens, a.completion_tokens, a.cost_usd, a.ts "
+        f"FROM attempts a JOIN ({groups}) r ON a.request_id = r.request_id WHERE a.batch AND a.status = 'ok'",
         params,
     )
-    spend = full = 0.0
-    counted = 0
-    for model, pt, cached, ct, cost, ts in rows:
+    out: dict[str, BatchSavings] = {}
+    for g, model, pt, cached, ct, cost, ts in rows:
         info = catalog.get(str(model))
         # At the hour the call ran: a price that varies in time (DeepSeek's off-peak hours are half
         # price) read at the report's own time made the same past calls' normal price, and so
@@ -211,8 +249,8 @@ def batch_savings(
                                   info.price if info else None)
         if cost is None or normal is None:
             continue
-        spend += float(cost)
-        full += normal
-        counted += 1
-    return BatchSavings(counted, spend, full)
-
+        b = out.setdefault(_day_label(by, g), BatchSavings(0, 0.0, 0.0))
+        b.spend_usd += float(cost)
+        b.full_price_usd += normal
+        b.requests += 1
+    return out

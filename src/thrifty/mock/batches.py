@@ -12,13 +12,18 @@ model faults: a model configured with ``status`` fails its lines), with ``usage.
 as batch pricing. ``line_fail_rate`` answers that fraction of lines (by hash of the custom id
 and batch number) with a 500; ``expire`` ends the batch ``expired`` with only its first half
 answered, the rest in the error file with code ``batch_expired``; ``affect_batches: N`` limits
-both to the first N batches, so a resubmission can succeed. Settings come from
+both to the first N batches, so a resubmission can succeed. ``create_fail: N`` answers the
+first N creates 503 (a provider hiccup between upload and batch), after waiting until the
+client is gone with ``create_stall`` (a process killed while creating); ``answered_at`` is the Unix
+time the answers (``created``) and the batch's end carry, for prices that vary with the hour.
+Settings come from
 ``MockConfig.batch`` and per batch from the ``x-mock-batch`` header of the create call
 (``completion_s=0.2; line_fail_rate=0.3; expire``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from email.parser import BytesParser
@@ -95,6 +100,7 @@ class BatchAPI:
         self._started: dict[str, float] = {}
         self.created = 0  # batches created (tests assert a restart did not resubmit)
         self.uploads = 0
+        self.create_calls = 0  # creates asked for, refused ones (create_fail) included
 
     def routes(self) -> list[Route]:
         return [
@@ -158,6 +164,12 @@ class BatchAPI:
             return _error(InvalidRequestError("We could not parse the JSON body of your request."))
         except ThriftyError as exc:
             return _error(exc)
+        self.create_calls += 1
+        if self.create_calls <= settings.create_fail:
+            deadline = time.monotonic() + 30
+            while settings.create_stall and time.monotonic() < deadline and not await request.is_disconnected():
+                await asyncio.sleep(0.05)
+            return _json_response(wire.error_body(503, "The batch service is temporarily unavailable."), 503)
         self.created += 1
         now = int(time.time())
         batch_id = f"batch_{self.mock._id_prefix}{self.created:06x}"
@@ -225,7 +237,7 @@ class BatchAPI:
     def _finish(self, batch: dict[str, Any]) -> None:
         settings, number = self._settings[batch["id"]]
         affected = settings.affect_batches is None or number <= settings.affect_batches
-        now = int(time.time())
+        now = int(settings.answered_at or time.time())
         try:
             lines = self._lines(batch)
         except ValueError:
@@ -241,7 +253,7 @@ class BatchAPI:
                 continue
             fail = affected and settings.line_fail_rate > 0 and digest.unit(
                 digest.sub_key(b"batch", number), f"fail{line.get('custom_id')}") < settings.line_fail_rate
-            row = self._answer(line, fail)
+            row = self._answer(line, fail, now)
             (outputs if row["response"] and row["response"]["status_code"] == 200 else errors).append(row)
         batch["request_counts"].update(completed=len(outputs), failed=len(errors))
         batch["output_file_id"] = self._write(outputs, batch["id"], "output") if outputs else None
@@ -251,7 +263,7 @@ class BatchAPI:
         else:
             batch.update(status="completed", finalizing_at=now, completed_at=now)
 
-    def _answer(self, line: dict[str, Any], fail: bool) -> dict[str, Any]:
+    def _answer(self, line: dict[str, Any], fail: bool, now: int) -> dict[str, Any]:
         row_id = f"batch_req_{digest.sub_key(b'r', str(line.get('custom_id'))).hex()[:16]}"
         base = {"id": row_id, "custom_id": line.get("custom_id"), "error": None}
         body = line.get("body")
@@ -269,6 +281,6 @@ class BatchAPI:
         usage = build_usage(behaviour, plan.prompt_tokens, plan.completion_tokens, plan.reasoning_tokens, 0)
         if "cost" in usage:
             usage["cost"] = round(usage["cost"] * 0.5, 10)  # batch price: half
-        completion = wire.completion(plan, f"chatcmpl-{row_id[10:]}", int(time.time()), usage,
+        completion = wire.completion(plan, f"chatcmpl-{row_id[10:]}", now, usage,
                                      behaviour.system_fingerprint)
         return {**base, "response": {"status_code": 200, "request_id": row_id, "body": completion}}

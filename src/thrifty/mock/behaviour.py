@@ -184,6 +184,17 @@ class BatchSettings(_Frozen):
     affect_batches: int | None = Field(
         default=None, ge=0, description="Failures and expiry hit only the first N batches (None: all)."
     )
+    create_fail: int = Field(
+        default=0, ge=0, description="The first N batch creations are answered 503 (nothing is created)."
+    )
+    create_stall: bool = Field(
+        default=False, description="Those creations first wait until the client is gone (at most 30 s): a "
+                                   "process killed while creating its batch."
+    )
+    answered_at: float | None = Field(
+        default=None, gt=0, description="Unix time the answers and the batch's end carry (None: now), to test "
+                                        "prices that vary with the hour."
+    )
 
 
 class MockConfig(_Frozen):

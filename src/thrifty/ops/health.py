@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from thrifty.ledger.store import SQLStore
+from thrifty.ops.outage import Outage
 from thrifty.redact import mask_credentials
 
 log = logging.getLogger("thrifty.server")
@@ -71,10 +72,10 @@ def redis_probe(url: str) -> Probe:
 class Readiness:
     def __init__(self, probes: dict[str, Probe]) -> None:
         self.probes = probes
-        # Why each service last failed (absent while it answers). A load balancer asks every few
-        # seconds: an outage is logged when it starts, when its reason changes and when it ends,
-        # not on every check (thousands of identical lines per instance in an hour's outage).
-        self._failing: dict[str, str] = {}
+        # A load balancer asks every few seconds: an outage is logged when it starts, when it
+        # fails for a new reason and when it ends, not on every check (thousands of identical
+        # lines per instance in an hour's outage).
+        self._outages: dict[str, Outage] = {}
 
     async def check(self) -> dict[str, str]:
         """``{service: "ok" | "unavailable"}`` for every probe, run concurrently."""
@@ -83,17 +84,17 @@ class Readiness:
         return dict(zip(names, results, strict=True))
 
     async def _one(self, name: str) -> str:
+        if name not in self._outages:
+            self._outages[name] = Outage(log, "readiness: %s answers again", name)
+        outage = self._outages[name]
         try:
             await asyncio.wait_for(self.probes[name](), PROBE_TIMEOUT_S + 1)
         except Exception as exc:
             detail = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
             detail = mask_credentials(" ".join(detail.split()))
-            if self._failing.get(name) != detail:
-                log.warning("readiness: %s unavailable: %s", name, detail)
-            self._failing[name] = detail
+            outage.failed("readiness: %s unavailable: %s", name, detail, about=detail)
             return "unavailable"
-        if self._failing.pop(name, None) is not None:
-            log.warning("readiness: %s answers again", name)
+        outage.answered()
         return "ok"
 
     def route(self) -> Route:

@@ -30,17 +30,20 @@ import math
 import secrets
 import threading
 import time
+import unicodedata
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple, TypeVar
 
 from thrifty.errors import InvalidRequestError, NotFoundError, ServiceUnavailableError, StorageError
 from thrifty.ledger.store import SQLStore, in_thread
+from thrifty.ops.outage import Outage
 
 KEY_PREFIX = "thr-"
 # Largest rpm/tpm accepted: far above any real limit, and within a 64-bit SQL INTEGER column
 # (a larger Python int fails the INSERT).
 MAX_LIMIT = 10**15
+MAX_NAME_CHARS = 200  # a key name labels a key in listings; past this it is a payload, not a label
 PERIODS = ("day", "month")
 _CACHE_MAX = 10_000
 _COLUMNS = "key_id, name, key_prefix, budget_usd, period, rpm, tpm, routes, created_at, revoked_at"
@@ -100,6 +103,13 @@ def validate_limits(
 ) -> None:
     if not name or not name.strip():
         raise InvalidRequestError("a key needs a non-empty name", param="name")
+    # Every key listing (admin API, dashboard, `keys list`) returns every name: an unbounded one
+    # made each listing megabytes, and control characters (NUL, escapes) corrupt terminals and logs.
+    if len(name) > MAX_NAME_CHARS:
+        raise InvalidRequestError(f"name must be at most {MAX_NAME_CHARS} characters, got {len(name)}", param="name")
+    if any(unicodedata.category(c) == "Cc" for c in name):
+        raise InvalidRequestError("name must not contain control characters (newlines, tabs, NUL, escapes)",
+                                  param="name")
     if period not in PERIODS:
         raise InvalidRequestError(f"period must be day or month, got {period!r}", param="period")
     # inf passes "> 0" but cannot be written back as JSON: the listing would fail for every key.
@@ -133,10 +143,10 @@ class KeyStore:
         self._by_hash: dict[str, _Cached] = {}
         self._by_id: dict[str, _Cached] = {}
         self._reads = _BoundedCalls(DB_WAIT_S)
-        # While the database does not answer: what was logged of this outage (key ids served
-        # from their records, "-" for a key that could not be checked). Each is logged once per
-        # outage, not on every request or every TTL (per key, per instance, for its whole length).
-        self._outage: set[str] | None = None
+        # While the database does not answer, each key id served from its record ("-" for a key
+        # that could not be checked) is logged once per outage, not on every request or every TTL
+        # (per key, per instance, for its whole length).
+        self._outage = Outage(log, "key database answers again")
 
     def salt(self) -> str:
         if self._salt is None:
@@ -219,7 +229,8 @@ class KeyStore:
             try:
                 await self._reads.run(self.salt)
             except StorageError as exc:
-                self._log_outage("-", "key database unavailable: cannot read the key salt: %s", exc.message)
+                self._outage.failed("key database unavailable: cannot read the key salt: %s", exc.message,
+                                    about="-")
                 raise ServiceUnavailableError(KEY_DB_DOWN) from None
         h = hash_key(secret, self.salt())
         if len(self._by_hash) > _CACHE_MAX:  # random wrong keys must not grow memory forever
@@ -254,27 +265,20 @@ class KeyStore:
             now = time.monotonic()
             if hit is None or hit.key is None or now - hit.read_at > self.stale_s:
                 # Never seen, seen as unknown, or known too long ago: nothing trustworthy to serve.
-                self._log_outage("-", "key database unavailable, cannot check %s (503 until it answers): %s",
-                                 what, exc.message)
+                self._outage.failed("key database unavailable, cannot check %s (503 until it answers): %s",
+                                    what, exc.message, about="-")
                 raise ServiceUnavailableError(KEY_DB_DOWN) from None
-            self._log_outage(hit.key.key_id, "key database unavailable, serving key %s from its record of %.0f s ago "
-                             "until it answers: %s", hit.key.key_id, now - hit.read_at, exc.message)
+            self._outage.failed("key database unavailable, serving key %s from its record of %.0f s ago "
+                                "until it answers: %s", hit.key.key_id, now - hit.read_at, exc.message,
+                                about=hit.key.key_id)
             # Ask the database again after another TTL, not on every request of the outage.
             cache[name] = hit._replace(fresh_until=now + self.cache_ttl_s)
             return hit.key
-        if self._outage is not None:
-            self._outage = None
-            log.warning("key database answers again")
+        self._outage.answered()
         now = time.monotonic()
         cache[name] = _Cached(now + self.cache_ttl_s, now, key)
         return key
 
-    def _log_outage(self, what: str, msg: str, *args: object) -> None:
-        """A warning the first time ``what`` meets this outage; later ones at debug level."""
-        seen = self._outage if self._outage is not None else set()
-        self._outage = seen
-        log.log(logging.DEBUG if what in seen else logging.WARNING, msg, *args)
-        seen.add(what)
 
 
 class _BoundedCalls:

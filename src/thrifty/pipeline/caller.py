@@ -122,8 +122,8 @@ class ModelCaller:
                 return request(info)
             return request or ctx.request
 
-        async def once(provider: Provider, info: ModelInfo, attempt: Attempt, t0: float) -> dict[str, Any]:
-            req = request_for(info)
+        async def once(provider: Provider, info: ModelInfo, req: ChatRequest, attempt: Attempt,
+                       t0: float) -> dict[str, Any]:
             response = await provider.complete(req.to_body(info.upstream_model, stream=False))
             attempt.latency_ms = (time.perf_counter() - t0) * 1000
             self._price(attempt, info, req, response, batch)
@@ -135,10 +135,10 @@ class ModelCaller:
         self, ctx: RequestContext, model_name: str, request: ChatRequest | None = None
     ) -> tuple[AsyncIterator[dict[str, Any]], Attempt]:
         """Open a stream from ``model_name`` (or its fallbacks): retried until its first chunk."""
-        req = request or ctx.request
+        asked = request or ctx.request
 
         async def once(
-            provider: Provider, info: ModelInfo, attempt: Attempt, t0: float
+            provider: Provider, info: ModelInfo, req: ChatRequest, attempt: Attempt, t0: float
         ) -> AsyncIterator[dict[str, Any]]:
             it = provider.stream(req.to_body(info.upstream_model, stream=True)).__aiter__()
             try:
@@ -147,19 +147,21 @@ class ModelCaller:
                 first = None
             return self._priced_stream(attempt, info, req, first, it, t0)
 
-        return await self._with_retries(ctx, model_name, once, lambda _: req)
+        return await self._with_retries(ctx, model_name, once, lambda _: asked)
 
     async def _with_retries(
         self,
         ctx: RequestContext,
         model_name: str,
-        once: Callable[[Provider, ModelInfo, Attempt, float], Awaitable[T]],
+        once: Callable[[Provider, ModelInfo, ChatRequest, Attempt, float], Awaitable[T]],
         request_for: Callable[[ModelInfo], ChatRequest],
         *,
         purpose: str = "answer",
         batch: bool = False,
     ) -> tuple[T, Attempt]:
-        """Run ``once`` on ``model_name``, retrying and then falling back; every try is an Attempt."""
+        """Run ``once`` on ``model_name``, retrying and then falling back; every try is an Attempt,
+        sent the request ``request_for`` builds for its model (once per try: a failure's price is
+        read off the very request that was sent)."""
         failures: list[str] = []
         last: UpstreamError | None = None
         # Read off the client's request (ctx.request), not ``req``: the judge, classifier and
@@ -171,9 +173,10 @@ class ModelCaller:
             for i in range(policy.max_retries + 1):
                 attempt = Attempt(model=info.name, provider=info.provider, started=time.time(), tier=info.tier,
                                   purpose=purpose, batch=batch)
+                req = request_for(info)
                 t0 = time.perf_counter()
                 try:
-                    result = await once(provider, info, attempt, t0)
+                    result = await once(provider, info, req, attempt, t0)
                 except UpstreamError as exc:
                     attempt.latency_ms = (time.perf_counter() - t0) * 1000
                     attempt.status, attempt.error = "error", exc.message
@@ -191,7 +194,7 @@ class ModelCaller:
                     # prompt and may bill it. Recorded as failed at its prompt, estimated, a lower
                     # bound rather than $0 (the exception's text is not kept: it may hold a key).
                     attempt.latency_ms = (time.perf_counter() - t0) * 1000
-                    self._price(attempt, info, request_for(info), {}, batch)
+                    self._price(attempt, info, req, {}, batch)
                     attempt.status = "error"
                     attempt.error = ("cancelled in flight (deadline or client gone)"
                                      if isinstance(exc, asyncio.CancelledError)

@@ -16,8 +16,8 @@ import aiohttp
 from thrifty.config import ProviderConfig
 from thrifty.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeoutError
 from thrifty.loops import LoopSessions
-from thrifty.providers.openai_compat import OpenAICompatProvider
-from thrifty.redact import Redactor
+from thrifty.providers.openai_compat import OpenAICompatProvider, is_redirect, join_url
+from thrifty.redact import Redactor, provider_secrets
 
 
 @runtime_checkable
@@ -49,8 +49,8 @@ class OpenAIBatchAPI:
         self.name = name
         self.config = config
         self._redact = redactor or Redactor()
-        self._redact.add(config.api_key)
-        self._base = config.base_url
+        for secret in provider_secrets(config.base_url, config.api_key, config.headers):
+            self._redact.add(secret)
         headers = dict(config.headers)
         if config.api_key:
             headers["authorization"] = f"Bearer {config.api_key}"
@@ -69,7 +69,10 @@ class OpenAIBatchAPI:
 
     async def _request(self, method: str, path: str, *, json_body: Any = None, data: Any = None) -> bytes:
         try:
-            async with self._get_session().request(method, self._base + path, json=json_body, data=data) as resp:
+            async with self._get_session().request(method, join_url(self.config.base_url, path), json=json_body,
+                                                   data=data, allow_redirects=False) as resp:
+                if is_redirect(resp.status):  # not followed: see is_redirect
+                    raise self._errors._redirect_error(resp)
                 raw = await resp.read()
                 if resp.status >= 400:
                     raise self._errors._status_error(resp.status, raw, resp.headers.get("retry-after"))

@@ -19,8 +19,9 @@ reduce the length of the mess"), and without the ``param``. The shapes read here
 once the model started: "any error occurred while the LLM is producing the output will be
 emitted in the response body"), which otherwise read as a malformed chat answer with no reason,
 and on the passthrough endpoints as a success the SDK filled with None.
-``upstream_error`` turns either into the thrifty error the client gets; ``not_a_stream`` does
-for a JSON body answering a request for a stream (where the reason was lost too).
+``upstream_error`` turns either into the thrifty error the client gets (``answer_error`` both
+steps, for a 200 body); ``not_a_stream`` does for a JSON body answering a request for a stream
+(where the reason was lost too); ``stream_failure`` reads an error event of a relayed stream.
 """
 
 from __future__ import annotations
@@ -97,8 +98,10 @@ def error_in(body: Any) -> ErrorDetail | None:
     return ErrorDetail(detail) if detail else None
 
 
-def read_error(raw: bytes) -> ErrorDetail:
-    """What an error response's body says (an empty message when it is empty)."""
+def read_error(raw: bytes, redact: Callable[[str], str] | None = None) -> ErrorDetail:
+    """What an error response's body says (an empty message when it is empty). ``redact`` masks
+    a body in no known shape before it is cut: cut first, a key echoed across the cut no longer
+    matched the configured secret and its first characters reached the client."""
     try:
         parsed = json.loads(raw) if raw.strip() else None
     except ValueError:
@@ -106,7 +109,10 @@ def read_error(raw: bytes) -> ErrorDetail:
     found = error_in(parsed)
     if found is not None and found.message:
         return found
-    text = raw[:_RAW_CHARS].decode("utf-8", "replace").strip()
+    # Masked before the cut, over a bounded prefix (a proxy's page may be megabytes): a secret
+    # straddling this prefix's end lies far past what is shown anyway.
+    text = raw[:_RAW_CHARS * 20].decode("utf-8", "replace")
+    text = (redact(text) if redact is not None else text)[:_RAW_CHARS].strip()
     return ErrorDetail(text, found.param if found else None, found.code if found else None,
                        found.status if found else None)
 
@@ -139,6 +145,24 @@ def upstream_error(provider: str, status: int, detail: ErrorDetail, redact: Call
     return err
 
 
+def answer_error(provider: str, body: dict[str, Any], redact: Callable[[str], str],
+                 answer: str = "choices") -> UpstreamError | None:
+    """The error for an error reported in a 200 ``body`` in place of the answer (the status it
+    claims, else 502), or None when it reports none."""
+    reported = embedded_error(body, answer)
+    if reported is None:
+        return None
+    return upstream_error(provider, reported.status or 502, reported, redact, embedded=True)
+
+
+def stream_failure(event: dict[str, Any], answer: str = "choices") -> str | None:
+    """What an event of a relayed stream reports in place of a chunk (``stream error: ...``), or
+    None. Read like a 200 body: an error as a text (TGI) or in vLLM's top-level shape said
+    "unknown error", or passed for an empty chunk."""
+    reported = embedded_error(event, answer)
+    return None if reported is None else f"stream error: {reported.message}"
+
+
 def not_a_stream(provider: str, raw: bytes, redact: Callable[[str], str]) -> UpstreamError | None:
     """The error for a JSON body where a stream was asked for: the error it reports (a server
     that answers errors with a 200 and JSON, whatever was asked), else a server ignoring
@@ -148,7 +172,7 @@ def not_a_stream(provider: str, raw: bytes, redact: Callable[[str], str]) -> Ups
         parsed = json.loads(raw)
     except ValueError:
         return None
-    reported = embedded_error(parsed) if isinstance(parsed, dict) else None
+    reported = answer_error(provider, parsed, redact) if isinstance(parsed, dict) else None
     if reported is not None:
-        return upstream_error(provider, reported.status or 502, reported, redact, embedded=True)
+        return reported
     return UpstreamProtocolError(f"{provider}: asked for a stream, got a JSON body", retryable=False)

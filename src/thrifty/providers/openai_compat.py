@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
@@ -28,8 +29,15 @@ from thrifty.errors import (
 )
 from thrifty.loops import LoopSessions
 from thrifty.providers.compat import adapt
-from thrifty.providers.error_body import ErrorDetail, embedded_error, not_a_stream, read_error, upstream_error
-from thrifty.redact import Redactor
+from thrifty.providers.error_body import (
+    ErrorDetail,
+    answer_error,
+    embedded_error,
+    not_a_stream,
+    read_error,
+    upstream_error,
+)
+from thrifty.redact import Redactor, provider_secrets
 
 log = logging.getLogger("thrifty.providers")
 
@@ -51,9 +59,10 @@ class OpenAICompatProvider:
         self.name = name
         self.config = config
         self._redact = redactor or Redactor()
-        self._redact.add(config.api_key)
+        for secret in provider_secrets(config.base_url, config.api_key, config.headers):
+            self._redact.add(secret)
         self._sessions = LoopSessions(self._new_session)
-        self._url = f"{config.base_url}/chat/completions"
+        self._url = self.url("chat/completions")
         headers = {"content-type": "application/json", **config.headers}
         if config.api_key:
             headers["authorization"] = f"Bearer {config.api_key}"
@@ -63,6 +72,10 @@ class OpenAICompatProvider:
         self._stream_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=config.connect_timeout_s, sock_read=config.timeout_s
         )
+
+    def url(self, path: str) -> str:
+        """``path`` under the provider's base_url (``join_url``)."""
+        return join_url(self.config.base_url, path)
 
     def _new_session(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=self.config.max_connections, ttl_dns_cache=300)
@@ -79,16 +92,16 @@ class OpenAICompatProvider:
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         data = await self._post(self._url, adapt(body, self.config.compat))
         if not isinstance(data.get("choices"), list):
-            reported = embedded_error(data)
+            reported = answer_error(self.name, data, self._redact)
             if reported is not None:  # an error in a 200 body (OpenRouter, once the model started)
-                raise upstream_error(self.name, reported.status or 502, reported, self._redact, embedded=True)
+                raise reported
             raise UpstreamProtocolError(f"{self.name}: response has no 'choices' array", retryable=True)
         return data
 
     async def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST ``body`` to ``base_url + path`` (e.g. ``/embeddings``): the JSON object answered,
         with the same error mapping as ``complete`` (no retries here: the caller owns them)."""
-        return await self._post(f"{self.config.base_url}/{path.lstrip('/')}", body)
+        return await self._post(self.url(path), body)
 
     async def request_json(self, method: str, url: str) -> dict[str, Any]:
         """A body-less call (``GET``/``DELETE``/``POST`` of a stored response's endpoints) to ``url``:
@@ -102,7 +115,10 @@ class OpenAICompatProvider:
         timeout = self._timeout
         data = None if body is None else fastjson.dumps(body)
         try:
-            async with self._get_session().request(method, url, data=data, timeout=timeout) as resp:
+            async with self._get_session().request(method, url, data=data, timeout=timeout,
+                                                   allow_redirects=False) as resp:
+                if is_redirect(resp.status):
+                    raise self._redirect_error(resp)
                 raw = await resp.read()
                 if resp.status >= 400:
                     raise self._status_error(resp.status, raw, resp.headers.get("retry-after"))
@@ -132,7 +148,10 @@ class OpenAICompatProvider:
         started = False
         try:
             data = fastjson.dumps(adapt(body, self.config.compat))
-            async with self._get_session().post(self._url, data=data, timeout=timeout) as resp:
+            async with self._get_session().post(self._url, data=data, timeout=timeout,
+                                                allow_redirects=False) as resp:
+                if is_redirect(resp.status):
+                    raise self._redirect_error(resp)
                 if resp.status >= 400:
                     raise self._status_error(resp.status, await resp.read(), resp.headers.get("retry-after"))
                 lines: AsyncIterator[bytes] = resp.content.__aiter__()
@@ -177,8 +196,15 @@ class OpenAICompatProvider:
             raise UpstreamProtocolError(f"{self.name}: stream ended before [DONE] (truncated)", retryable=not started)
 
     def _status_error(self, status: int, raw: bytes, retry_after: str | None) -> UpstreamError:
-        return upstream_error(self.name, status, read_error(raw), self._redact,
+        return upstream_error(self.name, status, read_error(raw, self._redact), self._redact,
                               retry_after=parse_retry_after(retry_after))
+
+    def _redirect_error(self, resp: aiohttp.ClientResponse) -> UpstreamError:
+        """A 3xx answer: not followed (see ``is_redirect``), so a plain error naming it."""
+        where = self._redact(resp.headers.get("location", "")).strip()
+        return UpstreamError(self._redact(
+            f"{self.name}: upstream returned HTTP {resp.status} (a redirect{' to ' + where if where else ''}); "
+            "thrifty does not follow provider redirects: set the provider's base_url to the final address"))
 
     def _stream_error(self, detail: ErrorDetail, started: bool) -> UpstreamError:
         """An error event in place of a chunk. Before the first chunk it fails like the status it
@@ -209,6 +235,22 @@ class OpenAICompatProvider:
             what = "talking to the provider: the connection was lost"
         # Mid-stream failures are not retried: part of the answer may already be with the client.
         return UpstreamError(f"{self.name}: connection failed {what}", retryable=not mid_stream)
+
+
+def is_redirect(status: int) -> bool:
+    """A 3xx status. Provider calls never follow redirects: aiohttp would send the session's
+    headers (``api-key``, custom ones: it drops only Authorization across origins) and, on a
+    307/308, the prompt again to whatever host the Location names."""
+    return 300 <= status < 400
+
+
+def join_url(base_url: str, path: str) -> str:
+    """``path`` appended to ``base_url``'s path, its query kept after it (Azure's
+    ``?api-version=``): appended to the whole string, the path landed inside the query."""
+    parts = urlsplit(base_url)
+    path, _, extra = path.partition("?")  # a path with its own query (``?stream=true``): both kept
+    query = "&".join(q for q in (parts.query, extra) if q)
+    return urlunsplit((parts.scheme, parts.netloc, f"{parts.path.rstrip('/')}/{path.lstrip('/')}", query, ""))
 
 
 async def _replay(lines: list[bytes]) -> AsyncIterator[bytes]:

@@ -25,7 +25,7 @@ import aiohttp
 from thrifty import fastjson
 from thrifty.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeoutError
 from thrifty.providers.error_body import not_a_stream
-from thrifty.providers.openai_compat import OpenAICompatProvider
+from thrifty.providers.openai_compat import OpenAICompatProvider, is_redirect
 
 
 @dataclass
@@ -76,10 +76,13 @@ async def open_events(provider: OpenAICompatProvider, path: str, body: dict[str,
                       ) -> AsyncGenerator[SSEEvent, None]:
     """POST ``body`` to ``base_url + path`` and yield its events until the provider closes the stream."""
     started = False
-    url = f"{provider.config.base_url}/{path.lstrip('/')}"
+    url = provider.url(path)
     try:
         session = provider._get_session()
-        async with session.post(url, data=fastjson.dumps(body), timeout=provider._stream_timeout) as resp:
+        async with session.post(url, data=fastjson.dumps(body), timeout=provider._stream_timeout,
+                                allow_redirects=False) as resp:
+            if is_redirect(resp.status):
+                raise provider._redirect_error(resp)
             if resp.status >= 400:
                 raise provider._status_error(resp.status, await resp.read(), resp.headers.get("retry-after"))
             if resp.content_type == "application/json":
@@ -113,7 +116,10 @@ async def relay_bytes(provider: OpenAICompatProvider, url: str) -> AsyncGenerato
     """A streamed retrieve: yields ``b""`` once the provider accepted it, then its bytes as sent."""
     started = False
     try:
-        async with provider._get_session().get(url, timeout=provider._stream_timeout) as resp:
+        async with provider._get_session().get(url, timeout=provider._stream_timeout,
+                                               allow_redirects=False) as resp:
+            if is_redirect(resp.status):
+                raise provider._redirect_error(resp)
             if resp.status >= 400:
                 raise provider._status_error(resp.status, await resp.read(), resp.headers.get("retry-after"))
             yield b""

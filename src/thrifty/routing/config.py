@@ -177,14 +177,22 @@ class FitConfig(_Strict):
     budget_margin: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     lams: list[float] | None = Field(default=None, min_length=1)
     by_task: bool | None = None
+    mix: bool | None = None
 
     def options(self) -> dict[str, Any]:
         """The options that are set (the fitter fills in its defaults for the rest)."""
         return self.model_dump(exclude_none=True)
 
 
+class SplitConfig(_Strict):
+    """``share`` of the route's requests (by a hash of the prompt: routing/split.py) take ``route``."""
+
+    share: float = Field(gt=0, lt=1)
+    route: str
+
+
 class RouteConfig(_Strict):
-    """Exactly one of: model, tiers, agreement, state_table, learned."""
+    """Exactly one of: model, tiers, agreement, state_table, learned; optionally a ``split``."""
 
     model: str | None = None
     tiers: list[TierConfig] | None = None
@@ -193,6 +201,7 @@ class RouteConfig(_Strict):
     state_table: StateTableConfig | None = None
     learned: LearnedConfig | None = None
     max_cost_usd: float | None = Field(default=None, gt=0)
+    split: SplitConfig | None = None
     description: str | None = None
 
     @model_validator(mode="after")
@@ -247,6 +256,18 @@ class RoutingConfig(_Strict):
         for task, route in self.tasks.items():
             if route not in self.routes:
                 problems.append((f"tasks.{task}", f"unknown route {route!r}"))
+        for name, r in self.routes.items():
+            if r.split is None:
+                continue
+            target = self.routes.get(r.split.route)
+            if target is None:
+                problems.append((f"routes.{name}.split.route", f"unknown route {r.split.route!r}"))
+            elif r.split.route == name:
+                problems.append((f"routes.{name}.split.route", "a route cannot split to itself"))
+            elif target.split is not None:
+                # One hop only: a chain (or a cycle) would make a share's meaning depend on the order.
+                problems.append((f"routes.{name}.split.route",
+                                 f"route {r.split.route!r} has a split of its own (splits do not chain)"))
         if self.routes and self.default_route is None:
             problems.append(("default_route", "required when routes are configured"))
         if self.classify.llm is not None:

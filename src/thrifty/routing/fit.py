@@ -15,7 +15,7 @@ kinds of candidates compete:
 
 The per-family Pareto sets of these estimates are combined into a frontier of whole policies and
 the budget picks the most accurate one whose estimated cost is within ``max_cost_share`` times
-the baseline's. A chosen learned recipe is re-fitted on all of the family's training rows.
+the baseline's, or (``mix``) the frontier's convex hull at exactly that cost (routing/frontier.py). A chosen learned recipe is re-fitted on all of the family's training rows.
 ``spec["fit"]`` tunes it:
 
     fit:
@@ -25,13 +25,16 @@ the baseline's. A chosen learned recipe is re-fitted on all of the family's trai
       top_k: 5                 # per family, orders are drawn from its k most accurate cheap models
       inner_folds: 5           # folds valuing learned tables (0: in-sample, optimistic)
       fixed: true              # also consider the fixed-structure cascades
-      budget_margin: 1.0       # use at most this share of the budget (estimates are noisy)
+      budget_margin: 0.97      # use at most this share of the budget: held-out cost came out 0.8%
+                               # above the estimate under CV (selection favours low estimates)
       raw_letters: []          # families whose table keys keep option letters (position bias);
                                # off by default: it learns benchmark-specific biases, no CV gain
       max_cost_share: 0.25     # budget when none is given
       max_cheap: 8             # at most this many cheap models (the cheapest) are considered at all
       min_family_prompts: 30   # smaller families are sent to the baseline (too little to learn from)
       by_task: true            # also a policy per task label with at least min_family_prompts prompts
+      mix: true                # spend the whole budget: split a group between the two hull policies
+                               # either side of it (routing/frontier.py); false: the best policy within it
       lams: [0, 1, ..., 3000]  # prices of accuracy tried for learned tables (default: 0 and 40 log-spaced)
 
 Unknown keys and bad values are refused (``ConfigError`` naming ``routing.fit.<key>``;
@@ -44,7 +47,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -54,30 +56,13 @@ from thrifty.evaluation.dataset import Item, OutcomeSet
 from thrifty.routing.candidates import FIXED_TABLES
 from thrifty.routing.config import parse_fit
 from thrifty.routing.formats import FAMILIES, detect_family, extract_answer
+from thrifty.routing.frontier import STRONG_ROUTE, Candidate, Frontier, combine, pareto_points
 from thrifty.routing.tables import FamilyData, OrderModel
 
 DEFAULT_LAMS = [0.0, *np.geomspace(1.0, 3000.0, 40).tolist()]
 DEFAULTS: dict[str, Any] = {"depth": 3, "shrink": 5.0, "cheap_max_cost_ratio": 0.3, "raw_letters": [],
                             "max_cost_share": 0.25, "max_cheap": 8, "top_k": 5, "min_family_prompts": 30,
-                            "inner_folds": 5, "fixed": True, "budget_margin": 1.0, "by_task": True}
-STRONG_ROUTE = "strong"
-
-
-@dataclass
-class Candidate:
-    """One family's policy: ``correct``/``cost`` are the honest estimates used for selection,
-    ``train_correct``/``train_cost`` what it does on the training rows."""
-
-    family: str
-    correct: float
-    cost: float
-    lam: float
-    order: list[str]
-    table: dict[str, str]
-    raw: bool
-    kind: str = "learned"
-    train_correct: float = 0.0
-    train_cost: float = 0.0
+                            "inner_folds": 5, "fixed": True, "budget_margin": 0.97, "by_task": True, "mix": True}
 
 
 def fit_options(spec: dict[str, Any] | None) -> dict[str, Any]:
@@ -182,98 +167,6 @@ def family_candidates(data: FamilyData, family: str, baseline: str, cheap: list[
     return out
 
 
-def pareto_points(points: list[tuple[float, float, Any]]) -> list[tuple[float, float, Any]]:
-    """Points not beaten by a cheaper one that is at least as accurate, cheapest first."""
-    out: list[tuple[float, float, Any]] = []
-    best = -np.inf
-    for p in sorted(points, key=lambda p: (p[1], -p[0])):
-        if p[0] > best + 1e-9:
-            out.append(p)
-            best = p[0]
-    return out
-
-
-def combine(per_family: dict[str, list[Candidate]]) -> list[list[Candidate]]:
-    """Pareto frontier of whole policies (one candidate per family), cheapest first."""
-    combos: list[tuple[float, float, list[Candidate]]] = [(0.0, 0.0, [])]
-    for fam in sorted(per_family):
-        grown = [(corr + c.correct, cost + c.cost, [*chosen, c])
-                 for corr, cost, chosen in combos for c in per_family[fam]]
-        combos = pareto_points(grown)
-    return [chosen for _, _, chosen in combos]
-
-
-@dataclass
-class Frontier:
-    """Every Pareto-optimal policy found on a training set, cheapest first."""
-
-    policies: list[list[Candidate]]
-    baseline: str
-    base_cost: float
-    prompts: int
-    cheap: list[str]
-    spec: dict[str, Any]
-    # Per task label (fit_frontier): whole policies over the labels' groups and the prompts left
-    # in their format's group, and label -> route name. Empty: no label had enough prompts.
-    by_task: list[list[Candidate]] = field(default_factory=list)
-    task_routes: dict[str, str] = field(default_factory=dict)
-
-    def select(self, share: float, policies: list[list[Candidate]] | None = None) -> list[Candidate]:
-        """The most accurate policy (of ``policies``, default the per-format ones) whose
-        estimated cost is within ``share`` x the baseline's (times the spec's ``budget_margin``)."""
-        pool = self.policies if policies is None else policies
-        margin = float(fit_options(self.spec)["budget_margin"])
-        limit = margin * share * self.base_cost + 1e-12
-        within = [c for c in pool if sum(x.cost for x in c) <= limit]
-        return max(within, key=lambda c: sum(x.correct for x in c)) if within else pool[0]
-
-    def section(self, share: float) -> dict[str, Any]:
-        """The fitted ``routing:`` section for budget ``share``: a route per format family (for
-        requests without a known task label) and, when the data had labels, one per label, which
-        a request carrying that label (``metadata.task``, ``x-thrifty-task``) takes."""
-        chosen = self.select(share)
-        routes: dict[str, Any] = {STRONG_ROUTE: {"model": self.baseline, "description": "the baseline model"}}
-        for c in chosen:
-            if c.order:  # else this family goes to the baseline: the default route
-                routes[c.family] = self._route(c)
-        tasks: dict[str, str] = {}
-        if self.by_task:
-            # The training prompts are labelled, so the per-task choice is what they are judged by.
-            chosen = self.select(share, self.by_task)
-            names = set(self.task_routes.values())
-            for c in chosen:
-                if c.family in names:
-                    routes[c.family] = self._route(c) if c.order else {"model": self.baseline,
-                                                                       "description": "the baseline model"}
-            tasks = dict(self.task_routes)
-        n = max(self.prompts, 1)
-        section: dict[str, Any] = {
-            # A family never (or hardly) seen in training, e.g. free-form questions, goes to the baseline.
-            "default_route": STRONG_ROUTE,
-            "classify": {"formats": True},
-            **({"tasks": tasks} if tasks else {}),
-            "routes": routes,
-            "max_cost_share": share,
-            "fitted": {"policy": "state_table", "prompts": self.prompts, "baseline": self.baseline,
-                       # in-sample (optimistic for learned tables) and the honest estimates selection used
-                       "train_accuracy": round(sum(c.train_correct for c in chosen) / n, 4),
-                       "train_cost_share": round(sum(c.train_cost for c in chosen) / self.base_cost, 4),
-                       "estimated_accuracy": round(sum(c.correct for c in chosen) / n, 4),
-                       "estimated_cost_share": round(sum(c.cost for c in chosen) / self.base_cost, 4),
-                       "cheap_models": self.cheap,
-                       "families": {c.family: c.kind if c.kind != "learned" else f"learned, lam={c.lam:.4g}"
-                                    for c in chosen}},
-        }
-        if self.spec.get("fit"):
-            section["fit"] = dict(self.spec["fit"])
-        return section
-
-    def _route(self, c: Candidate) -> dict[str, Any]:
-        what = f"learned agreement cascade (lam={c.lam:.4g})" if c.kind == "learned" else f"fixed cascade: {c.kind}"
-        return {"state_table": {"order": c.order, "table": c.table, "strong": self.baseline, "raw_letters": c.raw},
-                "description": what}
-
-
 def fit_frontier(train: OutcomeSet, *, baseline: str, spec: dict[str, Any] | None = None) -> Frontier:
     if baseline not in train.models:
         raise DataError(f"baseline {baseline!r} is not in the training data (models: {', '.join(train.models)})")
@@ -299,7 +192,7 @@ def fit_frontier(train: OutcomeSet, *, baseline: str, spec: dict[str, Any] | Non
     families = dict(sorted(families.items()))
     per_family = {f: candidates(f, items) for f, items in families.items()}
     base_cost = sum(i.cost(baseline) for i in train) or 1.0
-    front = Frontier(combine(per_family), baseline, base_cost, len(train), cheap, dict(spec or {}))
+    front = Frontier(combine(per_family), baseline, base_cost, len(train), cheap, dict(spec or {}), opts)
     # Per task label: a task's prompts may share a format with other tasks and still want other
     # models (a cheap model good at support questions, bad at invoices), so each label with
     # enough prompts gets a policy of its own; the rest of the prompts stay in their format's group.

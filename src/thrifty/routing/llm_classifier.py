@@ -70,7 +70,7 @@ class _ClassifyThenRoute:
         except UpstreamError as exc:
             why += f"; llm classifier failed ({exc.message[:60]})"
         ctx.route = route
-        plan = self.router.route_plan(route, ctx, why)
+        plan = self.router.split_plan(route, ctx, why)
         ctx.plan = plan
         if plan.policy is not None:
             result: tuple[dict[str, Any], Attempt] = await plan.policy.run(ctx, caller)

@@ -24,6 +24,7 @@ from thrifty.routing.classify import TaskClassifier, TaskGuess
 from thrifty.routing.config import RouteConfig, RoutingConfig, ScorerConfig
 from thrifty.routing.policies import BudgetGuard, StateTableCascade, TierCascade, vote_table
 from thrifty.routing.reach import reachable_models
+from thrifty.routing.split import resolve_split
 from thrifty.types import ChatRequest
 
 ROUTE_PREFIX = "route:"
@@ -113,7 +114,9 @@ class TaskRouter:
         return self.cfg.route_for_task(task)
 
     def decide(self, request: ChatRequest, headers: dict[str, str] | None = None) -> Decision:
-        """The route for a request and why (no model is called)."""
+        """The route for a request and why (no model is called). A route's ``split`` is applied
+        by ``plan``: the request stays on its route (reports, cache and compression overrides by
+        route name) and the split only picks the models that serve it."""
         asked = request.model
         if asked.startswith(ROUTE_PREFIX):
             name = asked[len(ROUTE_PREFIX):]
@@ -165,7 +168,7 @@ class TaskRouter:
         if decision.source == "default" and self.llm is not None:
             plan = self.llm.plan(self, decision)
         else:
-            plan = self.route_plan(decision.route, ctx, decision.reason)
+            plan = self.split_plan(decision.route, ctx, decision.reason)
         ctx.task = self._recorded_task(ctx, decision)
         ctx.route = decision.route
         return plan
@@ -179,6 +182,12 @@ class TaskRouter:
         if self.cfg.classify.client_labels:
             return ctx.task or decision.task
         return decision.task or ctx.task
+
+    def split_plan(self, name: str, ctx: RequestContext, reason: str) -> Plan:
+        """``route_plan`` of the route that serves this request: ``name``, or its split's target
+        for the share of prompts the split sends there (``Plan.route`` names the one used)."""
+        served, why = resolve_split(self.cfg.routes, name, ctx.request.last_user_text())
+        return self.route_plan(served, ctx, f"{reason}; {why}" if why else reason)
 
     def route_plan(self, name: str, ctx: RequestContext, reason: str) -> Plan:
         r: RouteConfig = self.cfg.routes[name]

@@ -14,6 +14,8 @@ from thrifty.errors import ConfigError
 from thrifty.evaluation.dataset import Item, OutcomeSet
 from thrifty.routing.config import RoutingConfig, parse_routing
 from thrifty.routing.formats import agreement_pattern, detect_family, extract_answer
+from thrifty.routing.split import resolve_split
+from thrifty.tokens import last_user_text
 
 
 @dataclass
@@ -39,6 +41,7 @@ def decide(cfg: RoutingConfig, item: Item) -> tuple[str, list[str]]:
     route_name = ((cfg.route_for_task(item.task) if item.task else None) or cfg.route_for_task(family)
                   or cfg.default_route)
     assert route_name is not None
+    route_name, _ = resolve_split(cfg.routes, route_name, last_user_text(item.messages))
     route = cfg.routes[route_name]
     if route.model:
         return route.model, [route.model]

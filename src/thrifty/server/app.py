@@ -26,16 +26,12 @@ from starlette.routing import Route
 
 from thrifty import fastjson
 from thrifty.cost import usd_header
-from thrifty.errors import (
-    InvalidRequestError,
-    NotFoundError,
-    PayloadTooLargeError,
-    ThriftyError,
-)
+from thrifty.errors import AuthenticationError, NotFoundError, ThriftyError
 from thrifty.fastjson import FastJSONResponse
 from thrifty.pipeline.context import new_request_id
+from thrifty.server.body import BodyDeadline, read_json_body
 from thrifty.server.completions_legacy import CompletionsEndpoint
-from thrifty.server.credentials import client_key
+from thrifty.server.credentials import client_key, tenant_credential
 from thrifty.server.embeddings import embeddings_routes
 from thrifty.server.http_errors import (
     error_response,
@@ -73,39 +69,45 @@ def forwarded_headers(request: Request) -> dict[str, str]:
     return out
 
 
-async def read_json_body(request: Request, limit: int) -> Any:
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        # Otherwise the compressed bytes reach the JSON parser and the client reads about UTF-8.
-        raise InvalidRequestError(f"Content-Encoding {encoding!r} is not supported; send the JSON body uncompressed.")
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"Request body is {declared} bytes; the limit is {limit} bytes.")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():  # counted as it arrives: chunked uploads declare no length
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"Request body exceeds the limit of {limit} bytes.")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
-    if not raw.strip():
-        raise InvalidRequestError("Request body is empty; expected a JSON object.")
-    try:
-        # Any Content-Type is read as JSON (`curl -d` sends form-urlencoded); only when the body
-        # is not JSON does the error name a declared type that explains why (a form, a multipart upload).
-        return fastjson.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        hint = f" (Content-Type is {ctype!r}; send application/json)" if ctype and "json" not in ctype else ""
-        raise InvalidRequestError(f"Request body is not valid JSON{hint}: {exc}") from None
-
-
 def tenant_of(request: Request) -> str:
-    """Without virtual keys, the client's key (hashed, never stored) scopes its cache, in whichever
-    header it came (``credentials.client_key``: the same key gives the same tenant)."""
-    token = client_key(request.headers)
+    """Without virtual keys, the client's credential (hashed, never stored) scopes its cache, in
+    whichever header it came (``credentials.tenant_credential``: the same key gives the same
+    tenant; any other Authorization scheme, e.g. Basic behind an auth proxy, its own tenant)."""
+    token = tenant_credential(request.headers)
     return "anon-" + hashlib.sha256(token.encode()).hexdigest()[:16] if token else "default"
+
+
+async def authenticate_key(gateway: Gateway, request: Request) -> None:
+    """Refuses a missing, unknown or revoked virtual key from the headers alone, before the body
+    is read: a client without a key must not hold a connection while it trickles a body. Which
+    models the key may call is checked once the body names one (``gateway.authenticate``).
+
+    Only for the built-in authenticator (it exposes its key store); a custom hook is asked once,
+    with the parsed request."""
+    auth = getattr(gateway, "authenticate", None)
+    keys = getattr(auth, "keys", None)
+    if auth is None or keys is None:
+        return
+    token = client_key(request.headers)
+    key = await keys.afind(token) if token else None
+    if key is not None and key.active:
+        return
+    # The authenticator refuses it with its own message and refusal metric.
+    await auth(request, ChatRequest(model="auto", messages=[{"role": "user", "content": ""}]))
+    raise AuthenticationError("Invalid API key.")  # it accepted a key the store just refused
+
+
+async def key_refusal(gateway: Gateway, request: Request, request_id: str) -> Response | None:
+    """The refusal (its connection closed) of a request whose headers carry no valid key, else
+    None: checked before the body is read (``authenticate_key``)."""
+    try:
+        await authenticate_key(gateway, request)
+    except ThriftyError as exc:
+        refused = handler_error(exc, request_id, gateway.redactor)
+        # Its body is unread: closing stops the client trickling it in to keep the connection.
+        refused.headers["connection"] = "close"
+        return refused
+    return None
 
 
 def create_app(gateway: Gateway) -> Starlette:
@@ -118,6 +120,9 @@ def create_app(gateway: Gateway) -> Starlette:
     async def chat_completions(request: Request) -> Response:
         request_id = new_request_id()
         t0 = time.perf_counter()
+        refused = await key_refusal(gateway, request, request_id)
+        if refused is not None:
+            return refused
         try:
             body = await read_json_body(request, limit)
             chat = ChatRequest.from_body(body)
@@ -230,8 +235,10 @@ def create_app(gateway: Gateway) -> Starlette:
         await asyncio.to_thread(gateway.flush, shutting_down=True)
 
     handlers = {404: not_found, 405: not_found, Exception: internal_error}
-    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan,
-                    middleware=cors_middleware(gateway.config.server.cors_origins))
+    # The body deadline wraps every route, admin's included (server/body.py).
+    middleware = [*cors_middleware(gateway.config.server.cors_origins),
+                  Middleware(BodyDeadline, timeout_s=gateway.config.server.body_timeout_s)]
+    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan, middleware=middleware)
     app.state.gateway = gateway
     return app
 

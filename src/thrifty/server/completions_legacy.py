@@ -14,6 +14,7 @@ from typing import Any
 from thrifty import fastjson
 from thrifty.errors import InvalidRequestError, ThriftyError
 from thrifty.providers.compat import CompatConfig
+from thrifty.providers.error_body import stream_failure
 from thrifty.providers.raw_http import SSEEvent
 from thrifty.server.embeddings import valid_input
 from thrifty.server.passthrough import Endpoint, StreamState, checked_stream, is_int
@@ -72,9 +73,9 @@ class CompletionsEndpoint(Endpoint):
         data = event.data
         if not isinstance(data, dict):
             return
-        if "error" in data and "choices" not in data:
-            err = data["error"] if isinstance(data["error"], dict) else {}
-            state.final, state.failure = True, f"stream error: {err.get('message') or 'unknown error'}"
+        failure = stream_failure(data, self.answer)
+        if failure is not None:
+            state.final, state.failure = True, failure
             return
         if data.get("usage"):
             state.usage = data["usage"]

@@ -39,6 +39,10 @@ STRATEGIES = ("routing", "cascade", "cache", "compression", "batching", "passthr
 # What the page calls them, where the ledger's name alone would mislead: `passthrough` is chat
 # answered by the model the client named (no routing), not the other passthrough endpoints.
 STRATEGY_LABELS = {"passthrough": "chat, model as asked", "responses": "responses API", "completions": "legacy completions"}
+# Ledger strategies the page shows under another name: both ways of batching (the config's
+# `batching:` section), provider Batch API answers (`batch`) and packed runs (`packing`, many
+# items per call) are its `batching` bar (`thrifty report --by strategy` keeps them apart).
+SHOWN_AS = {"batch": "batching", "packing": "batching"}
 _ASSETS = {"dashboard.js": "text/javascript", "dashboard.css": "text/css", "favicon.svg": "image/svg+xml"}
 # A row's saving is the report's (ledger/report.py SAVED_SQL: a failed request's spend is a loss,
 # an unpriced request claims nothing). The strategy chart takes compression's share out of each
@@ -104,7 +108,7 @@ def dashboard_data(store: SQLStore, period: str = "7d", now: float | None = None
     by_strategy = {s: strategy(s) for s in STRATEGIES}
     for s, r, sp, sv in q(f"""SELECT strategy, COUNT(*), COALESCE(SUM(cost_usd), 0), COALESCE(SUM({CALL_SAVED_SQL}), 0)
                               FROM requests WHERE ts >= ? GROUP BY strategy ORDER BY strategy""", [since]):
-        name = "batching" if s == "batch" else str(s)
+        name = SHOWN_AS.get(str(s), str(s))
         entry = by_strategy.setdefault(name, strategy(name))
         entry["requests"] += int(r)
         entry["spend_usd"] += float(sp)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -49,7 +49,7 @@ from thrifty.pipeline.context import Attempt, Handler, RequestContext, new_reque
 from thrifty.pipeline.deadline import DeadlineStage
 from thrifty.pipeline.ledger_stage import LedgerStage
 from thrifty.providers.compat import CompatConfig
-from thrifty.providers.error_body import ErrorDetail, embedded_error, upstream_error
+from thrifty.providers.error_body import answer_error
 from thrifty.providers.raw_http import SSEEvent, open_events, streams
 from thrifty.server.http_errors import handler_error, request_id_headers
 from thrifty.types import ChatRequest
@@ -139,11 +139,12 @@ class Endpoint:
         attempt.usage, cost = priced_usage(raw_usage, request, response, info.price, model=info.upstream_model)
         attempt.cost_usd, attempt.cost_source = cost.usd, cost.source
 
-    def reported_error(self, response: dict[str, Any]) -> ErrorDetail | None:
-        """An error the provider put in a 200 body in place of the answer (OpenRouter does once
-        the model started), or None. Relayed as it was, the SDK returned an object full of None
-        and the ledger a success."""
-        return embedded_error(response, self.answer) if self.answer else None
+    def reported_error(self, provider: str, response: dict[str, Any],
+                       redact: Callable[[str], str]) -> UpstreamError | None:
+        """The error for one the provider put in a 200 body in place of the answer (OpenRouter
+        does once the model started), or None. Relayed as it was, the SDK returned an object
+        full of None and the ledger a success."""
+        return answer_error(provider, response, redact, self.answer) if self.answer else None
 
     def answer_text(self, response: dict[str, Any]) -> str:
         """Everything in a response that bills as output (counted when usage is missing)."""
@@ -230,10 +231,9 @@ class PassthroughCall:
             t0 = time.perf_counter()
             try:
                 response = await poster.post_json(self.endpoint.path, body)
-                reported = self.endpoint.reported_error(response)
+                reported = self.endpoint.reported_error(info.provider, response, self.gateway.redactor)
                 if reported is not None:
-                    raise upstream_error(info.provider, reported.status or 502, reported, self.gateway.redactor,
-                                         embedded=True)
+                    raise reported
             except UpstreamError as exc:
                 await self._failed(attempt, exc, t0, i, policy)
                 continue
@@ -354,6 +354,7 @@ def passthrough_handler(gateway: Gateway, endpoint: Endpoint) -> Any:
     """The Starlette endpoint serving ``endpoint``."""
     from thrifty.server.app import (  # app.py imports this module
         _unless_disconnected,
+        key_refusal,
         read_json_body,
         tenant_of,
     )
@@ -372,6 +373,9 @@ def passthrough_handler(gateway: Gateway, endpoint: Endpoint) -> Any:
     async def handler(request: Request) -> Response:
         request_id = new_request_id()
         t0 = time.perf_counter()
+        refused = await key_refusal(gateway, request, request_id)
+        if refused is not None:
+            return refused
         try:
             gateway.check_open()  # a closed gateway has no ledger: it must not spend unrecorded
             body = await read_json_body(request, limit)

@@ -141,9 +141,9 @@ class ResponseResources:
         and the provider's retry policy: one place, so the reconciler asks exactly as a client's
         retrieve does."""
         provider = self._provider(entry)
-        url = f"{provider.config.base_url}/responses/{quote(entry.response_id, safe='')}{suffix}"
-        if query:
-            url += "?" + query
+        # provider.url keeps a base_url query (Azure's ?api-version=) after the path.
+        path = f"responses/{quote(entry.response_id, safe='')}{suffix}"
+        url = provider.url(f"{path}?{query}" if query else path)
         return provider, url, self.gateway.caller.retry_policies.get(entry.provider, RetryPolicy())
 
     async def fetch(self, entry: StoredResponse) -> Any:

@@ -23,13 +23,14 @@ relays it finished with its usage and the rows are amended (server/response_reso
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from thrifty import fastjson
-from thrifty.errors import InvalidRequestError, NotFoundError, ThriftyError
+from thrifty.errors import InvalidRequestError, NotFoundError, ThriftyError, UpstreamError
 from thrifty.pipeline.context import Attempt, RequestContext
 from thrifty.providers.compat import CompatConfig
-from thrifty.providers.error_body import ErrorDetail
+from thrifty.providers.error_body import stream_failure
 from thrifty.providers.raw_http import SSEEvent
 from thrifty.server.passthrough import Endpoint, StreamState, checked_stream, is_int, request_body
 from thrifty.server.stored_responses import ResponseIndex, StoredResponse
@@ -90,10 +91,13 @@ class ResponsesEndpoint(Endpoint):
             out["input"] = [{**i, "role": "system"} if i.get("role") == "developer" else i for i in items]
         return out
 
-    def reported_error(self, response: dict[str, Any]) -> ErrorDetail | None:
+    def reported_error(self, provider: str, response: dict[str, Any],
+                       redact: Callable[[str], str]) -> UpstreamError | None:
         # A response object is an answer even when it failed (its `error` is the run's, and a
         # background create's rows are settled from it later).
-        return None if response.get("object") == "response" else super().reported_error(response)
+        if response.get("object") == "response":
+            return None
+        return super().reported_error(provider, response, redact)
 
     def answer_text(self, response: dict[str, Any]) -> str:
         parts: list[str] = []
@@ -143,10 +147,10 @@ class ResponsesEndpoint(Endpoint):
             state.usage = response.get("usage")
             if kind == "response.failed":
                 state.failure = f"response failed: {_obj(response.get('error')).get('message') or 'no reason given'}"
-        elif kind == "error" or (kind is None and "error" in data):
-            state.final = True
-            err = _obj(data.get("error")) or data
-            state.failure = f"stream error: {err.get('message') or 'unknown error'}"
+        elif kind in ("error", None) and (failure := stream_failure(data, "output")) is not None:
+            state.final, state.failure = True, failure
+        elif kind == "error":  # an error event that says nothing of it
+            state.final, state.failure = True, "stream error: no message"
 
     def error_event(self, exc: ThriftyError) -> bytes:
         # The Responses API's error event, with OpenAI's error object too: the SDK raises on it.

@@ -33,6 +33,7 @@ import numpy as np
 from thrifty.cache.backends.base import EntryMeta, VectorRow, vec_bytes, vec_from
 from thrifty.errors import ConfigError, StorageError
 from thrifty.loops import LoopRedis
+from thrifty.ops.outage import Outage
 from thrifty.redact import redact
 
 try:
@@ -111,7 +112,7 @@ class RedisBackend:
         self._unreachable: tuple[type[BaseException], ...] = (aioredis.ConnectionError, aioredis.TimeoutError,
                                                                OSError, TimeoutError)
         self._paused_until = 0.0
-        self._down = False  # since a failure said "unreachable", until a call succeeds again
+        self._outage = Outage(log, "cache: Redis answers again")
 
     def _paused(self) -> bool:
         return time.monotonic() < self._paused_until
@@ -119,17 +120,13 @@ class RedisBackend:
     def _failed(self, exc: BaseException) -> None:
         """Note a failed call: one that says Redis is unreachable pauses the cache's use of it."""
         if isinstance(exc, self._unreachable):
-            if not self._down:
-                log.warning("cache: Redis is not answering (%s): cache calls skip it for %.0f s at a time "
-                            "until it answers again (reads miss, writes are dropped)", type(exc).__name__, PAUSE_S)
-            self._down = True
+            self._outage.failed("cache: Redis is not answering (%s): cache calls skip it for %.0f s at a time "
+                                "until it answers again (reads miss, writes are dropped)", type(exc).__name__, PAUSE_S)
             self._paused_until = time.monotonic() + PAUSE_S
 
     def _answered(self) -> None:
         """Note a call that succeeded: the end of an outage is logged once."""
-        if self._down:
-            self._down = False
-            log.warning("cache: Redis answers again")
+        self._outage.answered()
 
     @property
     def _redis(self) -> Any:

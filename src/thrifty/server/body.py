@@ -1,0 +1,108 @@
+"""Reading a request body: bounded in size (``server.max_body_bytes``) and in time
+(``server.body_timeout_s``), and a client that hangs up mid-body is a disconnect, not a crash.
+
+Why a deadline: uvicorn has no request-body timeout, so a client trickling one byte every few
+seconds held its connection and a request task for as long as it liked (1,100 at once, without a
+key). ``BodyDeadline`` wraps the ASGI ``receive`` of every request, so every route's body read
+(chat, embeddings, responses, completions, admin) is bounded the same way; it ends as a 408 in
+the OpenAI error format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from thrifty import fastjson
+from thrifty.errors import InvalidRequestError, PayloadTooLargeError, RequestError
+
+
+class BodyTimeoutError(RequestError):
+    """408: the client did not send its whole body within ``server.body_timeout_s``."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+    def headers(self) -> dict[str, str]:
+        # The rest of the body may still be on its way: the connection cannot carry another request.
+        return {"connection": "close"}
+
+
+class ClientGoneError(RequestError):
+    """The client closed the connection before its body was complete. Nobody reads the answer;
+    raised so handlers log one INFO line (``handler_error``) instead of an internal-error traceback."""
+
+    status = 499
+    type = "invalid_request_error"
+    code = "client_disconnected"
+
+
+class BodyDeadline:
+    """ASGI middleware: the request body must arrive within ``timeout_s`` of the request's start.
+
+    Only ``http.request`` messages are bounded: once the last body chunk has arrived, ``receive``
+    waits as long as it likes (handlers and streaming responses use it to watch for a disconnect)."""
+
+    def __init__(self, app: ASGIApp, timeout_s: float) -> None:
+        self.app = app
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deadline = time.monotonic() + self.timeout_s
+        complete = False
+
+        async def bounded_receive() -> Message:
+            nonlocal complete
+            if complete:
+                return await receive()
+            remaining = deadline - time.monotonic()
+            try:
+                async with asyncio.timeout(max(remaining, 0.0)):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTimeoutError(
+                    f"The request body did not arrive within {self.timeout_s:g} s (server.body_timeout_s).") from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                complete = True
+            return message
+
+        await self.app(scope, bounded_receive, send)
+
+
+async def read_json_body(request: Request, limit: int) -> Any:
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        # Otherwise the compressed bytes reach the JSON parser and the client reads about UTF-8.
+        raise InvalidRequestError(f"Content-Encoding {encoding!r} is not supported; send the JSON body uncompressed.")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"Request body is {declared} bytes; the limit is {limit} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():  # counted as it arrives: chunked uploads declare no length
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLargeError(f"Request body exceeds the limit of {limit} bytes.")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientGoneError(f"The client disconnected after {size} bytes of the request body.") from None
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise InvalidRequestError("Request body is empty; expected a JSON object.")
+    try:
+        # Any Content-Type is read as JSON (`curl -d` sends form-urlencoded); only when the body
+        # is not JSON does the error name a declared type that explains why (a form, a multipart upload).
+        return fastjson.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        hint = f" (Content-Type is {ctype!r}; send application/json)" if ctype and "json" not in ctype else ""
+        raise InvalidRequestError(f"Request body is not valid JSON{hint}: {exc}") from None
