@@ -102,7 +102,8 @@ _SECRET_KEY_RE = re.compile(r"(api_key|dsn|redis_url|secret|password|token|admin
 _SECRET_LEAF_RE = re.compile(r"(api_key|admin_key|secret|password|token|salt)$", re.I)
 # A provider's headers carry its credential as often as api_key does (Azure's ``api-key``,
 # ``x-api-key``), under any name and in any shape (``headers: "api-key: PLAINKEY"``): a value
-# there is hidden whole, as the gateway masks every header value it sends (redact.provider_secrets).
+# there is hidden whole here (a config error may quote any of them; the gateway itself masks the
+# values of credential-named headers and scheme tokens: redact.provider_secrets).
 _HEADERS_RE = re.compile(r"(^|\.)headers(\.|$)")
 
 

@@ -7,7 +7,8 @@ Rules (the part of gateways most often wrong):
   model has no cache discount) + cache writes * cache-write price (input price when unknown)
   + completion * output price.
 - Batch calls use the batch prices, or half the normal prices when only those are known
-  (OpenAI's and Anthropic's Batch APIs both discount 50%).
+  (OpenAI's and Anthropic's Batch APIs both discount 50%): for a ``genai_ref`` price, half of
+  genai-prices' price at the call's time.
 - A price tiered by prompt size or varying in time (``ModelPrice.genai_ref``, from genai-prices:
   DeepSeek's peak and off-peak hours, a price change on a date) is asked of genai-prices with the
   call's real token counts at the time it is priced (the call's end; ``priced_at`` for a call
@@ -65,10 +66,14 @@ def _priced(usage: Usage, price: ModelPrice | None, batch: bool) -> tuple[float 
     guessed = bool((audio_in and price.input_audio is None)
                    or (usage.cached_audio_tokens and price.cached_audio_input is None and price.input_audio is None)
                    or (usage.audio_completion_tokens and price.output_audio is None))
-    if price.genai_ref is not None and not batch:
+    # A batch call with batch rates of its own (configured) pays them; without, the Batch API
+    # discount of the genai-prices price at the call's time (a job started at DeepSeek's peak
+    # hour and answered off-peak pays the off-peak rate, not the start-up figure's).
+    own_batch_rates = batch and (price.batch_input is not None or price.batch_output is not None)
+    if price.genai_ref is not None and not own_batch_rates:
         tiered = _genai_price(usage, *price.genai_ref)
         if tiered is not None:
-            return tiered, guessed
+            return (tiered * BATCH_DISCOUNT if batch else tiered), guessed
     in_p, out_p = price.input, price.output
     cached_p = price.cached_input if price.cached_input is not None else in_p
     write_p = price.cache_write if price.cache_write is not None else in_p

@@ -16,8 +16,10 @@ import asyncio
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -42,7 +44,7 @@ from thrifty.pipeline.normalize import NormalizeStage
 from thrifty.pipeline.route import RouteStage
 from thrifty.providers.base import Provider
 from thrifty.providers.registry import build_providers
-from thrifty.redact import Redactor, provider_secrets
+from thrifty.redact import Redactor
 from thrifty.types import ChatRequest
 
 if TYPE_CHECKING:
@@ -57,6 +59,8 @@ log = logging.getLogger("thrifty.gateway")
 CLOSE_TIMEOUT_S = 60.0
 # How long close() waits for requests already running to finish (and be recorded) first.
 DRAIN_TIMEOUT_S = 30.0
+# How often aclose() looks whether they have (close() is woken when the last one ends).
+_DRAIN_POLL_S = 0.02
 
 # The optional extra that provides each importable top-level module (pyproject.toml).
 _EXTRA_OF_MODULE = {"redis": "redis", "psycopg": "postgres", "lightgbm": "gbm", "faiss": "ann",
@@ -78,10 +82,9 @@ class Gateway:
         self._closed = False
         # Requests inside run(), on any loop or thread: close() lets them finish before it closes
         # their connections and the ledger. The lock makes "refuse or count" one step against close();
-        # the condition wakes a close waiting for them when the last one ends (or the wait is given up).
+        # the condition wakes a close() waiting for them when the last one ends.
         self._running = 0
         self._idle = threading.Condition()
-        self._drain_abandoned = False
         self._loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
         self.ledger: LedgerWriter | None = None
         try:
@@ -97,10 +100,10 @@ class Gateway:
 
     def _build(self, config: Config, providers: dict[str, Provider] | None) -> None:
         self.config = config
-        # Every credential a provider sends (api_key, header values, base_url password, its Basic
-        # token, secret query values): an upstream error may echo any of them.
-        self.redactor = Redactor([s for p in config.providers.values()
-                                  for s in provider_secrets(p.base_url, p.api_key, p.headers)])
+        # Every credential a provider sends (api_key, secret header values, base_url password, its
+        # Basic token, secret query values): an upstream error may echo any of them. Each provider
+        # build_providers makes (one per configured provider, overridden or not) adds its own.
+        self.redactor = Redactor()
         self.catalog = config.build_catalog()
         self.providers = build_providers(config, self.redactor, providers)
         self.caller = ModelCaller(
@@ -322,15 +325,11 @@ class Gateway:
 
     async def _release(self) -> None:
         """``aclose()`` once the gateway is marked closed."""
-        if self._running:  # in a thread: the requests may run on this very loop
-            try:
-                await asyncio.to_thread(self._drain)
-            except asyncio.CancelledError:
-                # The waiting thread must not outlive the cancelled close (asyncio.run joins it).
-                with self._idle:
-                    self._drain_abandoned = True
-                    self._idle.notify_all()
-                raise
+        # Polled, not waited for on the condition: the requests may run on this very loop.
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while self._running and time.monotonic() < deadline:
+            await asyncio.sleep(_DRAIN_POLL_S)
+        self._warn_undrained()
         errors: list[Exception] = []
         try:
             await self._close_parts(errors)
@@ -410,9 +409,13 @@ class Gateway:
         """Block until the requests already running have finished, at most ``DRAIN_TIMEOUT_S``
         (after ``_mark_closed``: none can start meanwhile)."""
         with self._idle:
-            if not self._idle.wait_for(lambda: not self._running or self._drain_abandoned, DRAIN_TIMEOUT_S):
-                log.warning("closing the gateway with %d request(s) still running after %gs; they fail and may go "
-                            "unrecorded", self._running, DRAIN_TIMEOUT_S)
+            self._idle.wait_for(lambda: not self._running, DRAIN_TIMEOUT_S)
+            self._warn_undrained()
+
+    def _warn_undrained(self) -> None:
+        if self._running:
+            log.warning("closing the gateway with %d request(s) still running after %gs; they fail and may go "
+                        "unrecorded", self._running, DRAIN_TIMEOUT_S)
 
     async def __aenter__(self) -> Gateway:
         return self
@@ -443,20 +446,10 @@ class Gateway:
                 _closing.add(task := loop.create_task(self._release(), name="thrifty: close the gateway"))
                 task.add_done_callback(_closed)
             return
-        # Otherwise the close runs on a private thread, with no loop, while this one waits for it.
-        failure: list[BaseException] = []
-
-        def closing() -> None:
-            try:
-                self.close()
-            except BaseException as err:  # raised below, in the caller's thread
-                failure.append(err)
-
-        thread = threading.Thread(target=closing, name="thrifty-close")
-        thread.start()
-        thread.join()
-        if failure:
-            raise failure[0]
+        # Otherwise the close runs on a private thread, with no loop, while this one waits for it
+        # (its failure is raised here, in the caller's thread).
+        with ThreadPoolExecutor(1, thread_name_prefix="thrifty-close") as closer:
+            closer.submit(self.close).result()
 
 
 def _deferrable(ctx: RequestContext) -> bool:

@@ -42,7 +42,6 @@ Client requests never come here: what a client sends goes upstream as it wrote i
 
 from __future__ import annotations
 
-import copy
 import re
 import weakref
 from collections.abc import Callable
@@ -128,7 +127,8 @@ class Hybrid:
 
     name: str
     pattern: re.Pattern[str]  # matched at the start of the normalised name, as a Family's
-    switch: tuple[str, Any]  # (parameter, value) that turns thinking off for one request
+    switch: tuple[str, Any]  # (parameter, value) that turns thinking off for one request; a flat
+    # value (a scalar, or a dict of scalars): Shape.params sends each request a shallow copy
     exclude: re.Pattern[str] | None = None
 
 
@@ -172,8 +172,11 @@ def family_of(upstream_model: str) -> Family | None:
 
 def hybrid_of(upstream_model: str) -> Hybrid | None:
     """The hybrid family ``upstream_model`` belongs to by name (and no reasoning one), or None."""
-    if family_of(upstream_model) is not None:
-        return None
+    return None if family_of(upstream_model) is not None else _hybrid_match(upstream_model)
+
+
+def _hybrid_match(upstream_model: str) -> Hybrid | None:
+    """The hybrid family whose name ``upstream_model`` has, reasoning family or not."""
     name = _normalise(upstream_model)
     for hyb in HYBRIDS:
         if hyb.pattern.match(name) and not (hyb.exclude and hyb.exclude.match(name)):
@@ -200,7 +203,8 @@ class Shape:
             if temperature is not None:
                 out["temperature"] = temperature
             if self.switch is not None:  # a copy: a request's params are its own to change
-                out[self.switch[0]] = copy.deepcopy(self.switch[1])
+                value = self.switch[1]  # flat (HYBRIDS): a shallow copy is a whole one
+                out[self.switch[0]] = dict(value) if isinstance(value, dict) else value
             return out
         # No temperature: OpenAI's reasoning models refuse any but the default, DeepSeek's ignores it.
         if max_tokens is not None:
@@ -221,7 +225,7 @@ def configured_shape(info: ModelInfo) -> Shape:
         return Shape(False)
     fam = family_of(info.upstream_model)
     if fam is None and info.reasoning is not True:
-        hybrid = hybrid_of(info.upstream_model)
+        hybrid = _hybrid_match(info.upstream_model)  # no reasoning family: hybrid_of without its family_of
         return Shape(False, switch=hybrid.switch if hybrid else None)
     fam = fam or GENERIC
     effort = fam.effort if info.reasoning_effort == "auto" else info.reasoning_effort

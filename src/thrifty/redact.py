@@ -92,29 +92,33 @@ def url_passwords(*urls: str | None) -> list[str]:
     return [pw for pw in dict.fromkeys(out) if pw]
 
 
-# Query parameters of a provider's base_url whose values are credentials (``?token=``, ``?key=``
-# for Gemini, ``?sig=`` for Azure SAS, ``?api_key=``); ``api-version`` and the like are not.
-_SECRET_PARAM = re.compile(r"token|key|sig|secret|passw|pwd|auth|credential", re.I)
-# Headers that are documented metadata, never credentials: masking their values (OpenRouter's
-# ``X-Title: myapp``) would blank that word in every log line and error of the gateway.
-_PUBLIC_HEADERS = frozenset({"content-type", "accept", "user-agent", "http-referer", "referer", "x-title",
-                             "api-version", "anthropic-version", "openai-beta"})
+# Query parameters of a provider's base_url (``?token=``, ``?key=`` for Gemini, ``?sig=`` for
+# Azure SAS, ``?api_key=``) and headers it sends (Azure's ``api-key``, ``x-api-key``,
+# ``Helicone-Auth``, ``x-portkey-api-key``, ``Cookie``) whose names say their values are
+# credentials. Others (``api-version``, ``x-portkey-provider: openai``, ``x-model: gpt-4o-mini``,
+# OpenRouter's ``X-Title: myapp``) are not: masking them would blank that word in every log line
+# and error of the gateway.
+_SECRET_WORDS = r"token|key|sig|secret|passw|pwd|auth|credential|cookie"
+_SECRET_PARAM = re.compile(_SECRET_WORDS, re.I)
+# A header name is read word by word, each word starting with one of those (``apikey`` too):
+# inside a word, "portkey" (``x-portkey-provider``) would name a credential.
+_SECRET_HEADER_WORD = re.compile(rf"(?:api|access|x)?(?:{_SECRET_WORDS})", re.I)
 # A header value naming its auth scheme: an upstream may echo the credential without the scheme.
 _SCHEME_VALUE = re.compile(r"^\s*(?:Bearer|Basic|Token|Digest|ApiKey|Key)\s+(\S+)\s*$", re.I)
 
 
 def provider_secrets(base_url: str, api_key: str | None, headers: Mapping[str, str]) -> list[str]:
     """Every credential a provider's configuration sends upstream, as an upstream may echo it:
-    ``api_key``; each configured header value (``api-key`` for Azure, ``x-api-key``, any custom
-    one: thrifty cannot tell which are secret, so all but ``_PUBLIC_HEADERS`` are masked) and the credential after an
-    auth scheme; the base_url's password, percent-decoded too, and the ``Basic`` token aiohttp
-    derives from ``user:password@`` (an upstream echoing the Authorization header shows only
-    that); the values of secret-named query parameters of the base_url."""
+    ``api_key``; the value of each configured header whose name says it is a credential
+    (``_SECRET_HEADER_WORD``: ``api-key`` for Azure, ``x-api-key``, ``Helicone-Auth``...) and, in any
+    header, the credential after an auth scheme (``Bearer X``, ``Basic X``); the base_url's
+    password, percent-decoded too, and the ``Basic`` token aiohttp derives from
+    ``user:password@`` (an upstream echoing the Authorization header shows only that); the
+    values of secret-named query parameters of the base_url."""
     found: list[str] = [api_key] if api_key else []
     for name, value in headers.items():
-        if name.lower() in _PUBLIC_HEADERS:
-            continue
-        found.append(value.strip())
+        if any(_SECRET_HEADER_WORD.match(word) for word in re.split(r"[^A-Za-z0-9]+", name)):
+            found.append(value.strip())
         scheme = _SCHEME_VALUE.match(value)
         if scheme:
             found.append(scheme.group(1))

@@ -129,10 +129,11 @@ def truncate_text(text: str, max_tokens: int, *, model: str | None = None) -> st
     return text if len(ids) <= max_tokens else _decoder(model).decode(ids[:max_tokens])
 
 
-def last_user_text(messages: list[dict[str, Any]]) -> str:
-    """The text of the last user message (what the request asks now), "" when there is none."""
+def last_user_text(messages: list[Any]) -> str:
+    """The text of the last user message (what the request asks now), "" when there is none
+    (entries that are not objects are skipped: the mock upstream reads unvalidated bodies)."""
     for msg in reversed(messages):
-        if msg.get("role") == "user":
+        if isinstance(msg, dict) and msg.get("role") == "user":
             return content_text(msg.get("content"))
     return ""
 

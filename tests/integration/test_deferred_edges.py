@@ -6,6 +6,7 @@ and checked against the ledger's own rows."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import subprocess
@@ -15,16 +16,22 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 import yaml
 
 from fixtures.processes import thrifty_cmd
+from thrifty.batching.collector import GATEWAY_TASK, Collector
 from thrifty.batching.deferred import DeferredRunner, run_deferred
+from thrifty.batching.items import Item
 from thrifty.batching.jobs import JobStore
 from thrifty.catalog import lookup_genai_price
 from thrifty.cost import BATCH_DISCOUNT, call_cost, priced_at
 from thrifty.errors import UpstreamError
 from thrifty.gateway import Gateway
+from thrifty.ledger.postgres import PostgresStore
+from thrifty.ledger.report import batch_savings
+from thrifty.ledger.store import SQLStore
 from thrifty.mock.app import create_app as create_mock
 from thrifty.mock.batches import BatchAPI
 from thrifty.mock.behaviour import MockConfig
@@ -59,18 +66,33 @@ def config(mock: RunningServer, tmp: Path, max_resubmits: int = 2, **model: Any)
     }
 
 
-def job_items(tmp: Path) -> list[tuple[int, str, int, int, int, float | None]]:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def ledger_dsn(request: pytest.FixtureRequest) -> str | None:
+    """The ledger's database: SQLite (None), or a fresh PostgreSQL database (its DSN)."""
+    return None if request.param == "sqlite" else str(request.getfixturevalue("pg_dsn"))
+
+
+def select(tmp: Path, sql: str, dsn: str | None = None) -> list[tuple[Any, ...]]:
+    """``sql``'s rows from the ledger database (``dsn``'s, else the SQLite file in ``tmp``)."""
+    if dsn:
+        store = PostgresStore(dsn)
+        try:
+            return store.query(sql)
+        finally:
+            store.close()
+    with sqlite3.connect(tmp / "ledger.db") as db:
+        return db.execute(sql).fetchall()
+
+
+def job_items(tmp: Path, dsn: str | None = None) -> list[tuple[int, str, int, int, int, float | None]]:
     """``(seq, status, tries, prompt_tokens, completion_tokens, cost_usd)`` as the job keeps them."""
-    with sqlite3.connect(tmp / "ledger.db") as db:
-        return db.execute("SELECT seq, status, tries, prompt_tokens, completion_tokens, cost_usd"
-                          " FROM batch_job_items ORDER BY seq").fetchall()
+    return select(tmp, "SELECT seq, status, tries, prompt_tokens, completion_tokens, cost_usd"
+                       " FROM batch_job_items ORDER BY seq", dsn)  # type: ignore[return-value]
 
 
-def ledger_by_item(tmp: Path) -> dict[int, tuple[int, int, int, float]]:
+def ledger_by_item(tmp: Path, dsn: str | None = None) -> dict[int, tuple[int, int, int, float]]:
     """Per item seq: ``(answers, prompt_tokens, completion_tokens, cost_usd)`` in the ledger."""
-    with sqlite3.connect(tmp / "ledger.db") as db:
-        rows = db.execute("SELECT request_id, prompt_tokens, completion_tokens, cost_usd FROM requests"
-                          " WHERE batch").fetchall()
+    rows = select(tmp, "SELECT request_id, prompt_tokens, completion_tokens, cost_usd FROM requests WHERE batch", dsn)
     out: dict[int, tuple[int, int, int, float]] = {}
     for request_id, pt, ct, cost in rows:
         seq = int(str(request_id).rsplit("-", 2)[1])  # bj_<hash>-<seq>-r<round>
@@ -175,14 +197,25 @@ class Crash(Exception):
     """Stands for the process dying at the step it is raised at."""
 
 
-async def test_a_crash_mid_collection_counts_an_invalid_answer_once(tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+async def run_until_crash(cfg: dict[str, Any]) -> None:
+    """One ``--deferred`` run that the patched step crashes (``Crash``), its gateway closed."""
+    gw = Gateway.from_config(cfg)
+    try:
+        with pytest.raises(Crash):
+            await run_deferred(gw, ITEMS, task=TASK, model="good", labels=LABELS, interval=0.05)
+    finally:
+        await gw.aclose()
+
+
+async def test_a_crash_mid_collection_counts_an_invalid_answer_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     ledger_dsn: str | None) -> None:
     """The process dies right after recording an invalid answer (the item stays pending for a
     resubmission), before the job moves to its next round: the next run collects the same batch
     again. The ledger keeps that answer once (its request id); the job's own token and cost
     totals added it a second time."""
     with start(answers=HALF_INVALID) as mock:
         cfg = config(mock, tmp_path, max_resubmits=1)
+        cfg["ledger"]["dsn"] = ledger_dsn
         real_update_item = JobStore.update_item
         crashed: list[int] = []
 
@@ -193,12 +226,7 @@ async def test_a_crash_mid_collection_counts_an_invalid_answer_once(tmp_path: Pa
                 raise Crash
 
         monkeypatch.setattr(JobStore, "update_item", update_item)
-        gw = Gateway.from_config(cfg)
-        try:
-            with pytest.raises(Crash):
-                await run_deferred(gw, ITEMS, task=TASK, model="good", labels=LABELS, interval=0.05)
-        finally:
-            await gw.aclose()
+        await run_until_crash(cfg)
         assert crashed and batches(mock).created == 1
 
         gw = Gateway.from_config(cfg)  # the restart: collects the first batch again
@@ -209,9 +237,9 @@ async def test_a_crash_mid_collection_counts_an_invalid_answer_once(tmp_path: Pa
     assert job.status == "finished" and job.round == 2
     invalid = [r for r in results if r.status == "failed"]
     assert len(invalid) == 3 and all(r.error == "invalid answer" and r.calls == 2 for r in invalid)
-    ledger = ledger_by_item(tmp_path)
+    ledger = ledger_by_item(tmp_path, ledger_dsn)
     assert ledger[crashed[0]][0] == 2  # one answer per round, the re-collected one not again
-    for seq, _, _, prompt, completion, cost in job_items(tmp_path):
+    for seq, _, _, prompt, completion, cost in job_items(tmp_path, ledger_dsn):
         _, ledger_prompt, ledger_completion, ledger_cost = ledger[seq]
         assert (prompt, completion) == (ledger_prompt, ledger_completion)
         assert cost == pytest.approx(ledger_cost)
@@ -259,3 +287,132 @@ async def test_batch_answers_are_priced_at_the_hour_they_were_answered(tmp_path:
         assert cost == pytest.approx(normal * BATCH_DISCOUNT)
         assert ts == pytest.approx(answered.timestamp())  # the report reads the normal price at this hour
     assert sum(r.cost_usd or 0.0 for r in results) == pytest.approx(sum(r[2] for r in rows))
+
+
+async def test_a_crash_between_the_ledger_row_and_the_item_counts_the_answer_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ledger_dsn: str | None) -> None:
+    """The process dies right after an answer's ledger row is written, before the job's item
+    records it: the next run collects it again, finds its row already there and still counts it,
+    once, in the job's own totals (only a new row's answer is added to the stored totals)."""
+    with start() as mock:
+        cfg = config(mock, tmp_path)
+        cfg["ledger"]["dsn"] = ledger_dsn
+        real_write = SQLStore.write
+        crashed: list[str] = []
+
+        def write(self: SQLStore, requests: Any, attempts: Any) -> int:
+            new = real_write(self, requests, attempts)
+            if not crashed and any(str(r.request_id).startswith("bj_") for r in requests):
+                crashed.append(str(requests[0].request_id))
+                raise Crash
+            return new
+
+        monkeypatch.setattr(SQLStore, "write", write)
+        await run_until_crash(cfg)
+        assert crashed and {r[3] for r in job_items(tmp_path, ledger_dsn)} == {0}  # no item recorded its answer
+
+        gw = Gateway.from_config(cfg)
+        try:
+            job, results = await run_deferred(gw, ITEMS, task=TASK, model="good", labels=LABELS, interval=0.05)
+        finally:
+            await gw.aclose()
+        assert batches(mock).created == 1
+    assert job.status == "finished" and all(r.status == "ok" for r in results)
+    ledger = ledger_by_item(tmp_path, ledger_dsn)
+    for seq, _, _, prompt, completion, cost in job_items(tmp_path, ledger_dsn):
+        answers, ledger_prompt, ledger_completion, ledger_cost = ledger[seq]
+        assert answers == 1 and (prompt, completion) == (ledger_prompt, ledger_completion) and prompt > 0
+        assert cost == pytest.approx(ledger_cost)
+
+
+async def test_an_adopted_jobs_answers_are_dated_and_priced_when_they_were_answered(tmp_path: Path) -> None:
+    """A gateway dies after sending its deferrable requests' batch; restarted, it adopts the job
+    and ledgers the answers nobody waits for. They were dated at the job's creation and settled
+    at the time of adoption, so the report re-priced their normal price (the saving) and the
+    baseline at another hour than the one they were answered and billed at. Now an adopted
+    answer is dated and priced at its answer's time, as the runner's (the test above)."""
+    price = lookup_genai_price("deepseek-flash", "deepseek")
+    assert price is not None and price.genai_ref is not None
+    yesterday = datetime.now(UTC) - timedelta(days=1)
+    million = Usage(prompt_tokens=1_000_000, completion_tokens=1_000_000)
+    prices = {}
+    for hour in (2, 14):
+        with priced_at(_hour(yesterday, hour)):
+            prices[hour] = call_cost(million, price).usd
+    assert prices[2] is not None and prices[14] is not None and prices[14] < prices[2]  # the premise
+    answered = _hour(yesterday, 14)  # off-peak
+
+    with start({"answered_at": answered.timestamp()}, model="deepseek-flash") as mock:
+        cfg = config(mock, tmp_path)
+        cfg["providers"]["mock"]["price_provider"] = "deepseek"
+        cfg["models"] = {"good": {"provider": "mock", "upstream_model": "deepseek-flash"}}
+        request = {"model": "deepseek-flash", "messages": [{"role": "user", "content": "I love it"}]}
+        gw = Gateway.from_config(cfg)
+        try:  # the first gateway sends the batch, then dies
+            first = Collector(gw, gw.config.batching.deferred)
+            await asyncio.to_thread(first.jobs.create, "bj_adopted", "good", "mock", GATEWAY_TASK, None,
+                                    [Item("req-adopted", json.dumps(request))])
+            assert (await first.runner.poll("bj_adopted")).status == "submitted"
+            first.jobs.store.execute("UPDATE batch_jobs SET updated = 0 WHERE job_id = 'bj_adopted'")
+            for api in first.runner.take_apis():
+                await api.aclose()
+        finally:
+            await gw.aclose()
+
+        gw = Gateway.from_config(cfg)
+        try:
+            restarted = Collector(gw, gw.config.batching.deferred)
+            assert await restarted.adopt_orphans() == ["bj_adopted"]
+            deadline = time.monotonic() + 30
+            while restarted._active and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert not restarted._active, "the adopted job never finished"
+            gw.flush()
+            savings = batch_savings(gw.ledger.store, gw.catalog) if gw.ledger is not None else None
+        finally:
+            await gw.aclose()
+    with sqlite3.connect(tmp_path / "ledger.db") as db:
+        (prompt, completion, cost, ts), = db.execute(
+            "SELECT prompt_tokens, completion_tokens, cost_usd, ts FROM attempts WHERE request_id = 'req-adopted'")
+        (baseline,), = db.execute("SELECT baseline_cost_usd FROM requests WHERE request_id = 'req-adopted'")
+    with priced_at(answered):
+        normal = call_cost(Usage(prompt_tokens=prompt, completion_tokens=completion), price).usd
+    assert normal is not None and prompt > 0
+    assert cost == pytest.approx(normal * BATCH_DISCOUNT)  # as the runner's answers
+    assert ts == pytest.approx(answered.timestamp())  # was the job's creation: today, not yesterday 14:30
+    assert baseline == pytest.approx(normal)  # the baseline (this model) read at the same hour
+    assert savings is not None and savings.requests == 1
+    assert savings.full_price_usd == pytest.approx(normal) and savings.saved_usd == pytest.approx(normal - cost)
+
+
+def test_a_waiting_clients_batch_answer_is_dated_and_priced_when_it_was_answered(tmp_path: Path) -> None:
+    """A deferrable request whose client waits for its batch answer (pipeline/deferred_stage.py)
+    is dated and priced at the answer's time too, not at the request's start."""
+    price = lookup_genai_price("deepseek-flash", "deepseek")
+    assert price is not None and price.genai_ref is not None
+    answered = _hour(datetime.now(UTC) - timedelta(days=1), 14)
+    with start({"answered_at": answered.timestamp()}, model="deepseek-flash") as mock:
+        cfg = config(mock, tmp_path)
+        cfg["providers"]["mock"]["price_provider"] = "deepseek"
+        cfg["models"] = {"good": {"provider": "mock", "upstream_model": "deepseek-flash"}}
+        cfg["batching"]["deferred"].update({"enabled": True, "window_s": 0.2})
+        gw = Gateway.from_config(cfg)
+        try:
+            with run_in_thread(gw.app()) as server:
+                client = openai.OpenAI(base_url=server.url + "/v1", api_key="sk-client", max_retries=0, timeout=30)
+                raw = client.chat.completions.with_raw_response.create(
+                    model="good", messages=[{"role": "user", "content": "I love it"}],
+                    extra_body={"thrifty": {"deferrable": True}})
+                assert raw.headers["x-thrifty-batch"] == "batch"
+                request_id = raw.headers["x-thrifty-request-id"]
+            gw.flush()
+        finally:
+            gw.close()
+    with sqlite3.connect(tmp_path / "ledger.db") as db:
+        (prompt, completion, cost, ts), = db.execute(
+            "SELECT prompt_tokens, completion_tokens, cost_usd, ts FROM attempts WHERE request_id = ?", (request_id,))
+    with priced_at(answered):
+        normal = call_cost(Usage(prompt_tokens=prompt, completion_tokens=completion), price).usd
+    assert normal is not None and prompt > 0
+    assert ts == pytest.approx(answered.timestamp())  # was the request's start: today
+    assert cost == pytest.approx(normal * BATCH_DISCOUNT)

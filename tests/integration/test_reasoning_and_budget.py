@@ -24,9 +24,10 @@ import asyncio
 import hashlib
 import secrets
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import openai
@@ -34,12 +35,16 @@ import pytest
 
 from fixtures.served import reset, sent, serving
 from fixtures.tcp_proxy import TcpProxy
+from thrifty.config import Config
 from thrifty.gateway import Gateway
 from thrifty.internal_calls import family_of, hybrid_of
 from thrifty.mock.app import create_app as create_mock
 from thrifty.mock.behaviour import MockConfig
 from thrifty.mock.server import RunningServer, run_in_thread
 from thrifty.ops import redis_limits
+from thrifty.ops.budgets import BudgetStage
+from thrifty.ops.keys import VirtualKey
+from thrifty.ops.ratelimit import MemoryLimiter, Ticket
 
 MC = "Which option is a mammal?\nA) shark\nB) whale\nC) trout\nD) eel"
 GRADE = {"pattern": r"Grade \(0-10\)", "answer": "9"}
@@ -363,3 +368,72 @@ def test_a_counter_seeded_after_the_amendment_does_not_count_the_correction_agai
             assert usage["reserved_usd"] == pytest.approx(0.0, abs=1e-12)
     finally:
         second.close()
+
+
+class _Keys:
+    """The one key the budget stage reads (``aget``), running ``during`` the first time it is read:
+    inside the correction, after it began."""
+
+    def __init__(self, key: VirtualKey, during: Callable[[], Awaitable[None]]) -> None:
+        self.key = key
+        self.during: Callable[[], Awaitable[None]] | None = during
+
+    async def aget(self, key_id: str) -> VirtualKey:
+        during, self.during = self.during, None
+        if during is not None:
+            await during()
+        return self.key
+
+
+@pytest.mark.parametrize("backend", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def test_two_first_requests_seeding_around_a_correction_keep_the_first_seeds_time(
+        backend: str, request: pytest.FixtureRequest) -> None:
+    """Two first requests of a key seed its counter at once, the correction beginning between
+    their seeds: the first read the ledger before the amendment, the second after. The counter
+    holds the first seed's spend (the first to land), so the correction is owed to it. Before, the
+    process remembered only the latest seed's time (the second's, after the correction began) and
+    skipped the correction: the counter kept the estimate, under the real spend."""
+    ledger = [1.0]  # the key's spend: the background response at its estimate, until amended
+    started: list[asyncio.Event] = [asyncio.Event(), asyncio.Event()]
+    release: list[asyncio.Event] = [asyncio.Event(), asyncio.Event()]
+
+    async def seed(key_id: str, since: float) -> float:
+        n = sum(e.is_set() for e in started)
+        spent = ledger[0]  # what the ledger holds as the read begins
+        started[n].set()
+        await release[n].wait()
+        return spent
+
+    limiter: Any
+    if backend == "redis":
+        limiter = redis_limits.RedisLimiter(request.getfixturevalue("redis_url"), seed,
+                                            prefix=f"race-{secrets.token_hex(4)}")
+    else:
+        limiter = MemoryLimiter(seed)
+    key = VirtualKey("k-race", "race", "sk-race", 10.0, "month", None, None, (), 0.0)
+    now = time.time()
+    first = asyncio.create_task(limiter.admit(key, 0.5, 10, now))
+    await started[0].wait()
+    await asyncio.sleep(0.01)
+    ledger[0] = 3.0  # the amendment: the real cost is in the ledger, the correction follows
+    second: list[asyncio.Task[Ticket]] = []
+
+    async def during() -> None:  # the correction has begun
+        await asyncio.sleep(0.01)
+        second.append(asyncio.create_task(limiter.admit(key, 0.5, 10, now)))
+        await started[1].wait()
+        release[0].set()
+        await first  # the first seed lands: its counter holds the spend before the amendment
+
+    catalog = Config.model_validate({"models": {"m": {"provider": "p"}},
+                                     "providers": {"p": {"base_url": "http://x"}}}).build_catalog()
+    stage = BudgetStage(cast(Any, _Keys(key, during)), limiter, catalog)
+    try:
+        await stage.correct(key.key_id, now, 2.0)
+        release[1].set()
+        await second[0]
+        usage = await limiter.usage(key, now)
+        assert usage.spent_usd == pytest.approx(3.0)  # the first seed's 1.0 and the correction
+        assert usage.reserved_usd == pytest.approx(1.0)  # both requests' estimates
+    finally:
+        await limiter.aclose()

@@ -192,6 +192,32 @@ def test_provider_secrets_and_longest_first_masking() -> None:
     assert Redactor(nested)(f"key {HEX_KEY}.") == "key [REDACTED]."
 
 
+# Headers of a gateway in front of another (Portkey, Helicone): credentials by name or by scheme,
+# the rest routing metadata that must stay readable.
+GATEWAY_HEADERS = {"x-portkey-provider": "openai", "x-model": "gpt-4o-mini",
+                   "api-key": "azk-HEADERSECRET-1111", "x-api-key": "xak-HEADERSECRET-2222",
+                   "Helicone-Auth": "Bearer hel-HEADERSECRET-3333", "x-portkey-api-key": "pk9HEADERSECRET4444",
+                   "X-Upstream": "Basic dXNlcjpIRUFERVJTRUNSRVQ1NTU1"}
+
+
+def test_only_credential_headers_are_masked(upstreams: Upstreams, tmp_path: Path) -> None:
+    """Every non-public header value used to be a secret: ``x-portkey-provider: openai`` masked
+    the word "openai" (and ``x-model`` the model's name) in every log line and client error."""
+    cfg = {"providers": {"portkey": {"base_url": upstreams.echo.url + "/v1", "headers": GATEWAY_HEADERS,
+                                     "max_retries": 0}},
+           "models": {"pk": {"provider": "portkey", "upstream_model": "echo401",
+                             "price": {"input": 1.0, "output": 1.0}}},
+           "default_model": "pk", "ledger": {"path": str(tmp_path / "ledger.db")}}
+    with serving(cfg) as (_gw, client):
+        err = _ask(client, "pk")
+    shown = f"{err} {err.body}"
+    assert "'x-portkey-provider': 'openai'" in shown and "'x-model': 'gpt-4o-mini'" in shown, shown
+    assert "HEADERSECRET" not in shown and "dXNlcjpIRUFERVJTRUNSRVQ1NTU1" not in shown, shown
+    found = provider_secrets("https://h/v1", None, GATEWAY_HEADERS)
+    assert "openai" not in found and "gpt-4o-mini" not in found
+    assert {"hel-HEADERSECRET-3333", "dXNlcjpIRUFERVJTRUNSRVQ1NTU1", "pk9HEADERSECRET4444"} <= set(found)
+
+
 def test_config_check_hides_a_header_written_as_a_string(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     cfg = tmp_path / "bad.yaml"
     cfg.write_text('providers:\n  mock: {base_url: "http://127.0.0.1:9/v1", headers: "api-key: PLAINSECRETVALUEqq2"}\n'
@@ -212,16 +238,18 @@ def test_a_bad_redis_url_is_a_one_line_config_error(capsys: pytest.CaptureFixtur
         load_config(str(cfg))
 
 
-def test_config_check_reports_a_redis_url_redis_py_refuses_in_one_line() -> None:
-    """The URL redis-py parses in ``reach_services`` (one set after load, unvalidated): its
-    ValueError was raised outside the try and printed as a traceback."""
+@pytest.mark.parametrize("key", ["redis_url", "cache.redis_url"])
+def test_config_check_reports_a_redis_url_redis_py_refuses_in_one_line(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, key: str) -> None:
+    """A URL only redis-py refuses (a bad ``?socket_timeout=``): redis-py parses it when
+    ``reach_services`` makes its client, where its ValueError printed a traceback; the config
+    is refused at load instead, in one line, so ``config check`` never reaches that call."""
     pytest.importorskip("redis")
-    from thrifty.cli.config_cmd import reach_services
-    from thrifty.config import Config
-
-    cfg = Config.model_validate({"providers": {"m": {"base_url": "http://127.0.0.1:9/v1"}},
-                                 "models": {"x": {"provider": "m"}}})
-    cfg.redis_url = "redis://:rdSECRETpw1@127.0.0.1:notaport/0"
-    with pytest.raises(ConfigError) as info:
-        reach_services(cfg)
-    assert "rdSECRETpw1" not in info.value.message and "\n" not in info.value.message
+    url = "redis://:rdSECRETpw1@127.0.0.1:6379/0?socket_timeout=abc"
+    setting = f"redis_url: {url!r}" if key == "redis_url" else f"cache: {{backend: redis, redis_url: {url!r}}}"
+    cfg = tmp_path / "redis.yaml"
+    cfg.write_text('providers:\n  mock: {base_url: "http://127.0.0.1:9/v1"}\nmodels: {cheap: {provider: mock}}\n'
+                   + setting + "\n")
+    code, out, err = run_main(capsys, "config", "check", str(cfg))
+    assert_one_line(code, err, key, "socket_timeout")
+    assert "rdSECRETpw1" not in out + err

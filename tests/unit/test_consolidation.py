@@ -154,8 +154,8 @@ class Stuck:
 
 
 def test_a_cancelled_close_does_not_leave_its_drain_waiting(tmp_path: Path) -> None:
-    """The drain waits on a condition in a worker thread: a cancelled ``aclose`` must release it,
-    or ``asyncio.run`` (which joins its worker threads) would wait out the whole drain timeout."""
+    """A cancelled ``aclose`` stops waiting for the running requests at once: nothing of it (a
+    worker thread, which ``asyncio.run`` joins) may wait out the whole drain timeout."""
     stuck = Stuck()
     gw = Gateway.from_config(config(tmp_path, "http://127.0.0.1:9"), providers={"main": stuck})
 

@@ -35,15 +35,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from thrifty.batching.config import DeferredConfig
-from thrifty.batching.deferred import DeferredRunner, price_answer, row_error
+from thrifty.batching.deferred import DeferredRunner, answered_at, price_answer, row_error, settle_answer
 from thrifty.batching.items import Item
 from thrifty.batching.jobs import Job, JobItem, JobStore
 from thrifty.catalog import ModelInfo
 from thrifty.cost import Cost
 from thrifty.errors import ConfigError, UpstreamError
 from thrifty.ledger.records import rows_from_context
-from thrifty.pipeline.accounting import settle
-from thrifty.pipeline.context import Attempt, RequestContext
+from thrifty.pipeline.context import RequestContext
 from thrifty.providers.batch_api import BatchProvider
 from thrifty.types import ChatRequest, Usage
 
@@ -222,7 +221,7 @@ class Collector:
             elif isinstance(outcome, BatchAnswer):
                 # Nobody waits any more (client gone, or a job adopted after a restart): the
                 # provider billed it all the same, so it goes to the ledger here.
-                self._ledger_orphan(job, it, outcome, info)
+                self._ledger_orphan(job, it, outcome)
 
     @staticmethod
     def _outcome(job: Job, it: JobItem, info: ModelInfo | None) -> BatchAnswer | BatchItemError:
@@ -237,18 +236,17 @@ class Collector:
             return BatchItemError(f"batch {job.batch_id}: the stored answer is not a chat completion")
         return BatchItemError(f"batch {job.batch_id}: {it.error or 'no answer'} ({job.provider_status or job.status})")
 
-    def _ledger_orphan(self, job: Job, it: JobItem, answer: BatchAnswer, info: ModelInfo | None) -> None:
+    def _ledger_orphan(self, job: Job, it: JobItem, answer: BatchAnswer) -> None:
+        """An answer nobody waits for, to the ledger: dated and priced when it was answered, as
+        the runner's (``settle_answer``). Dated at the job's creation and settled at the time of
+        adoption, the report re-priced its normal price (its saving) at the hour the job was sent."""
         if self.gw.ledger is None:
             return
         body = json.loads(it.input)
         ctx = RequestContext(request=ChatRequest(model=job.model, messages=body.get("messages") or []),
                              request_id=it.item_id)
-        ctx.batch, ctx.strategy = True, "batch"
-        attempt = Attempt(model=job.model, provider=job.provider, started=job.created, usage=answer.usage,
-                          cost_usd=answer.cost.usd, cost_source=answer.cost.source,
-                          tier=info.tier if info else None, batch=True, accepted=True)
-        ctx.attempts.append(attempt)
-        settle(ctx, self.gw.catalog, attempt)
+        settle_answer(ctx, self.gw.catalog, job.model, job.provider, answer.usage, answer.cost,
+                      answered_at(answer.response))
         self.gw.ledger.submit(*rows_from_context(ctx))
 
     def _abandon(self, job_id: str, reason: str) -> None:

@@ -10,9 +10,10 @@ line, ``custom_id`` = ``r<round>-<seq>``), the file is uploaded, the batch is cr
 polled. When it ends (completed, expired, failed or cancelled) the output file gives the
 answers, priced at the model's batch price as of the time each was answered (a price that varies
 in time, DeepSeek's off-peak hours, is read at that hour) and written to the ledger as batch
-requests, from which the job's own token and cost totals are then read back; items
-in the error file, missing, or with an invalid answer go into the next round, up to
-``max_resubmits`` times, after which they are reported failed with the reason, never dropped.
+requests (an answer collected again after a crash is counted once, in the ledger and in the
+job's own token and cost totals); items in the error file, missing, or with an invalid answer
+go into the next round, up to ``max_resubmits`` times, after which they are reported failed
+with the reason, never dropped.
 Every step is persisted first (jobs.py), so ``poll`` after a restart continues the same job.
 """
 
@@ -32,8 +33,8 @@ from thrifty.batching import packing
 from thrifty.batching.items import Item, coerce_items
 from thrifty.batching.jobs import Job, JobItem, JobStore
 from thrifty.batching.runner import ItemResult, resolve_target
-from thrifty.catalog import ModelInfo
-from thrifty.cost import BATCH_DISCOUNT, Cost, call_cost, priced_at
+from thrifty.catalog import Catalog, ModelInfo
+from thrifty.cost import Cost, call_cost, priced_at
 from thrifty.errors import (
     ConfigError,
     InvalidRequestError,
@@ -114,22 +115,26 @@ def price_answer(request: ChatRequest | None, body: dict[str, Any], info: ModelI
     offline from ``request`` and the answer and marked ``estimated``, so a billed answer never
     reaches the ledger as a silent $0. Without the request, what was reported is priced."""
     price = info.price if info else None
-    # A genai-prices price that varies in time or with the prompt's size (``genai_ref``) is only
-    # asked of genai-prices, at the call's time, for non-batch calls (cost.py): a batch call
-    # got the per-million figures read at start-up, so a job started at DeepSeek's peak hour
-    # priced answers produced off-peak at the peak rate. Such a price without batch rates of
-    # its own is read as a normal call at that time, then given the Batch API discount.
-    dated = price is not None and price.genai_ref is not None and price.batch_input is None \
-        and price.batch_output is None
     with priced_at(when or answered_at(body)):
         if request is None:
             usage = Usage.from_openai(body.get("usage"))
-            cost = call_cost(usage, price, batch=not dated)
-        else:
-            usage, cost = priced_usage(body.get("usage"), request, body, price, batch=not dated)
-    if dated and cost.usd is not None and cost.source != "provider":  # the provider's figure is what it billed
-        cost = Cost(cost.usd * BATCH_DISCOUNT, cost.source)
-    return usage, cost
+            return usage, call_cost(usage, price, batch=True)
+        return priced_usage(body.get("usage"), request, body, price, batch=True)
+
+
+def settle_answer(ctx: RequestContext, catalog: Catalog, model: str, provider: str, usage: Usage, cost: Cost,
+                  when: datetime) -> None:
+    """Add a Batch API answer to ``ctx`` as its served attempt and settle it, dated and priced
+    at ``when``, the time it was answered (``answered_at``): the report re-prices a batch call
+    at its attempt's time (its normal price, so its saving), and the baseline is read at that
+    hour too. One helper for the runner's answers and the collector's adopted jobs alike."""
+    info = catalog.get(model)
+    attempt = Attempt(model=model, provider=provider, started=when.timestamp(), usage=usage, cost_usd=cost.usd,
+                      cost_source=cost.source, tier=info.tier if info else None, batch=True, accepted=True)
+    ctx.attempts.append(attempt)
+    ctx.batch, ctx.strategy = True, "batch"
+    with priced_at(when):
+        settle(ctx, catalog, attempt)
 
 
 class DeferredRunner:
@@ -335,8 +340,12 @@ class DeferredRunner:
         item = Item(it.item_id, it.input)
         cut = packing.cut_short(body)
         output = None if cut else packing.valid_output(response_text(body), item, job.labels, None)
-        self._ledger(job, it, usage, cost.usd, cost.source, when)
-        prompt, completion, spent = self._totals(job, it, usage, cost.usd)
+        if self._ledger(job, it, usage, cost, when):
+            prompt = it.prompt_tokens + usage.prompt_tokens
+            completion = it.completion_tokens + usage.completion_tokens
+            spent = None if cost.usd is None or it.cost_usd is None else it.cost_usd + cost.usd
+        else:
+            prompt, completion, spent = self._ledger_totals(job, it)
         self.jobs.update_item(
             job.job_id, it.seq, prompt_tokens=prompt, completion_tokens=completion, cost_usd=spent,
             **({"status": "ok", "output": output, "error": None} if output is not None else {}),
@@ -349,15 +358,13 @@ class DeferredRunner:
         """The ledger request id of item ``seq``'s answer in round ``round_no`` (one row each)."""
         return f"{job.job_id}-{seq}-r{round_no}"
 
-    def _totals(self, job: Job, it: JobItem, usage: Usage, cost: float | None) -> tuple[int, int, float | None]:
+    def _ledger_totals(self, job: Job, it: JobItem) -> tuple[int, int, float | None]:
         """The item's tokens and cost over every round so far, read back from its ledger rows
-        (one per answer: a re-collection writes none). Adding this answer to the stored totals
-        counted it twice when a crash came after the item was updated but before the job moved
-        on (an invalid answer stays pending, so the next poll collects it again), while the
-        ledger, keyed by request id, kept one row. Without a ledger, the stored totals plus it."""
-        if self._ledger_store is None:
-            spent = None if cost is None or it.cost_usd is None else it.cost_usd + cost
-            return it.prompt_tokens + usage.prompt_tokens, it.completion_tokens + usage.completion_tokens, spent
+        (one per answer), for an answer collected again (its row was already there). Adding it
+        to the stored totals counted it twice when a crash came after the item was updated but
+        before the job moved on (an invalid answer stays pending, so the next poll collects it
+        again); not adding it lost it when the crash came between the row and the update."""
+        assert self._ledger_store is not None
         ids = [self._request_id(job, it.seq, r) for r in range(1, job.round + 1)]
         rows = self._ledger_store.query(
             "SELECT COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(cost_usd), 0),"
@@ -365,32 +372,23 @@ class DeferredRunner:
         prompt, completion, spent, unknown = rows[0]
         return int(prompt), int(completion), None if int(unknown) else float(spent)
 
-    def _ledger(self, job: Job, it: JobItem, usage: Usage, cost: float | None, source: str,
-                when: datetime | None = None) -> None:
+    def _ledger(self, job: Job, it: JobItem, usage: Usage, cost: Cost, when: datetime) -> bool:
         """Write the answer's row, durably, before the caller marks the item answered. Through
         the gateway's queued writer, an interruption during a collection (Ctrl-C closes the
         gateway while the collecting thread runs on) marked items ok whose rows were then
         dropped: their spend was never in the ledger, and no later run would record it. Now a
         crash between the two leaves the item pending; the next poll collects it again under
         the same request id, which the ledger keeps once (never two rows for one answer). A
-        database error stops the collection the same way (the job stays as stored)."""
+        database error stops the collection the same way (the job stays as stored). True when
+        the row is new (or there is no ledger): False for an answer collected again."""
         if self._ledger_store is None:
-            return
-        info = self.gw.catalog.get(job.model)
+            return True
         ctx = RequestContext(request=ChatRequest(model=job.model, messages=[{"role": "user", "content": ""}]),
                              request_id=self._request_id(job, it.seq, job.round))
-        ctx.task, ctx.batch, ctx.strategy = "batch", True, "batch"
-        # The attempt's time is when it was answered: the report prices a batch call's normal
-        # price (its saving) at that time, and the baseline here is read at it too.
-        ran = when.timestamp() if when is not None else time.time()
-        attempt = Attempt(model=job.model, provider=job.provider, started=ran, usage=usage,
-                          cost_usd=cost, cost_source=source, tier=info.tier if info else None, batch=True,
-                          accepted=True)
-        ctx.attempts.append(attempt)
-        with priced_at(datetime.fromtimestamp(ran, UTC)):
-            settle(ctx, self.gw.catalog, attempt)
+        ctx.task = "batch"
+        settle_answer(ctx, self.gw.catalog, job.model, job.provider, usage, cost, when)
         req, attempts = rows_from_context(ctx)
-        self._ledger_store.write([req], attempts)
+        return self._ledger_store.write([req], attempts) > 0
 
     def _finish(self, job: Job, status: str, error: str | None) -> None:
         if status == "cancelled":

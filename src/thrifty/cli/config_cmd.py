@@ -68,7 +68,7 @@ def reach_services(cfg: Config) -> None:
             store.query("SELECT 1")
         except StorageError as exc:
             # libpq's message spans lines (a hint follows the error): one line for the CLI.
-            raise ConfigError(f"ledger.dsn: {mask_credentials(' '.join(exc.message.split()))}") from None
+            raise ConfigError(f"ledger.dsn: {scrub(exc.message, cfg.ledger.dsn)}") from None
         finally:
             store.close()
     urls = {"redis_url": cfg.redis_url}
@@ -79,18 +79,15 @@ def reach_services(cfg: Config) -> None:
             continue
         import redis
 
-        client = None
+        # The URL parses: load_config checked it (config.redis_url_problem).
+        client = redis.Redis.from_url(url, socket_connect_timeout=3.0, socket_timeout=3.0)
         try:
-            # Inside the try: redis-py parses the URL here (a bad port is a ValueError), and a
-            # traceback was printed instead of this one line.
-            client = redis.Redis.from_url(url, socket_connect_timeout=3.0, socket_timeout=3.0)
             client.ping()
         except (redis.RedisError, OSError, ValueError) as exc:
             raise ConfigError(f"{key}: cannot reach Redis at {mask_credentials(url)}: "
                               f"{scrub(str(exc), url)}") from None
         finally:
-            if client is not None:
-                client.close()
+            client.close()
 
 
 def _optional_secret(path: tuple[str, ...]) -> bool:

@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         """Spend report: requests, spend, what the baseline would have cost, and savings."""
         from thrifty.cli.ledger_cmd import load_ledger_config
         from thrifty.cli.report_render import render
-        from thrifty.ledger.report import batch_savings, spend_report
+        from thrifty.ledger.report import BatchSavings, spend_report
         from thrifty.ledger.store import open_store
 
         if format not in ("table", "json", "csv"):
@@ -55,9 +55,11 @@ def register(app: typer.Typer) -> None:
             # A grouped table ends with the whole window's line, as people read a table; JSON
             # and CSV keep one schema of groups (a script sums them, or runs without --by).
             total = spend_report(store, None, start, end) if by and format == "table" and len(rows) > 1 else []
-            batch = batch_savings(store, catalog, start, end) if format == "table" else None
         finally:
             store.close()
+        # The table's line: the rows' own figures summed (the groups add up to the window's).
+        batch = BatchSavings(sum(r.provider_batch_calls for r in rows), sum(r.provider_batch_spend_usd for r in rows),
+                             sum(r.provider_batch_normal_usd for r in rows)) if format == "table" else None
         text = render(rows, format, by or "scope", total=total[0] if total else None)
         typer.echo(text, nl=not text.endswith("\n"))  # a CSV ends with its own newline: no blank line
         if batch is not None and batch.requests:

@@ -32,7 +32,7 @@ from thrifty.ledger.records import ERROR_CHARS
 from thrifty.pipeline.context import RequestContext, new_request_id
 from thrifty.routing.formats import detect_family, extract_answer
 from thrifty.scoring.judge import JudgeScorer, parse_grade
-from thrifty.tokens import content_text, count_messages, count_text
+from thrifty.tokens import count_messages, count_text, last_user_text
 from thrifty.types import ChatRequest, Usage, response_text
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ class Prompt:
     digest: str  # hash of the messages: the resume key of a line without id
 
     def question(self) -> str:
-        return next((content_text(m.get("content")) for m in reversed(self.messages) if m.get("role") == "user"), "")
+        return last_user_text(self.messages)
 
     def grader(self, choice: str) -> str:
         """``exact`` or ``judge`` for this prompt under ``--grader choice``."""

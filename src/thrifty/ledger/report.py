@@ -235,7 +235,8 @@ def batch_savings_by(
         groups += " WHERE " + " AND ".join(window)
     rows = store.query(
         "SELECT r.g, a.model, a.prompt_tokens, a.cached_tokens, a.completion_tokens, a.cost_usd, a.ts "
-        f"FROM attempts a JOIN ({groups}) r ON a.request_id = r.request_id WHERE a.batch AND a.status = 'ok'",
+        f"FROM attempts a JOIN ({groups}) r ON a.request_id = r.request_id"
+        " WHERE a.batch AND a.status = 'ok' AND a.cost_usd IS NOT NULL",  # an unknown cost is not summed
         params,
     )
     out: dict[str, BatchSavings] = {}
@@ -247,7 +248,7 @@ def batch_savings_by(
         with priced_at(datetime.fromtimestamp(float(ts), UTC)):
             normal = price_tokens(Usage(prompt_tokens=int(pt), completion_tokens=int(ct), cached_tokens=int(cached)),
                                   info.price if info else None)
-        if cost is None or normal is None:
+        if normal is None:
             continue
         b = out.setdefault(_day_label(by, g), BatchSavings(0, 0.0, 0.0))
         b.spend_usd += float(cost)

@@ -87,8 +87,9 @@ class SQLStore:
             applied.append(name)
         return applied
 
-    def write(self, requests: Sequence[RequestRow], attempts: Sequence[AttemptRow]) -> None:
-        """Insert rows in one transaction (all or nothing: no half-written request)."""
+    def write(self, requests: Sequence[RequestRow], attempts: Sequence[AttemptRow]) -> int:
+        """Insert rows in one transaction (all or nothing: no half-written request); how many of
+        ``requests`` were new (a request id already in the ledger is kept as it was)."""
         p = self.placeholder
         req_sql = (
             f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) VALUES ({', '.join([p] * len(REQUEST_COLUMNS))})"
@@ -102,12 +103,17 @@ class SQLStore:
             conn = self.conn
             try:
                 cur = conn.cursor()
+                new = 0
                 if requests:
+                    # executemany's rowcount is the sum over the rows (sqlite3; psycopg 3.1+),
+                    # and ON CONFLICT DO NOTHING counts a kept row as 0.
                     cur.executemany(req_sql, [as_tuple(r) for r in requests])
+                    new = max(0, cur.rowcount)
                 if attempts:
                     cur.executemany(att_sql, [as_tuple(a) for a in attempts])
                 cur.close()  # inside the lock: see cache/backends/sqlite.py _write
                 conn.commit()
+                return new
             except Exception as exc:
                 try:
                     conn.rollback()

@@ -44,14 +44,6 @@ _FILLER = (  # noqa: SIM905 - a sentence reads better than a list of 42 strings
 ).split()
 
 
-def last_user_text(messages: list[Any]) -> str:
-    """Text of the last user message ('' when there is none)."""
-    for message in reversed(messages):
-        if isinstance(message, dict) and message.get("role") == "user":
-            return content_text(message.get("content"))
-    return ""
-
-
 def fixed_answer(req: AnswerRequest, behaviour: ModelBehaviour) -> str | None:
     """The model's fixed ``answer`` text, when configured."""
     return behaviour.answer

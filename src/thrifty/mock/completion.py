@@ -17,12 +17,12 @@ from typing import Any
 
 from thrifty.errors import InvalidRequestError
 from thrifty.mock import digest
-from thrifty.mock.answers import AnswerRequest, answer_text, last_user_text
+from thrifty.mock.answers import AnswerRequest, answer_text
 from thrifty.mock.behaviour import ModelBehaviour
 from thrifty.mock.logprobs import token_logprobs
 from thrifty.mock.packed import is_packed
 from thrifty.mock.tools import choose_tool, example_from_schema, tool_call
-from thrifty.tokens import count_messages, count_text, truncate_text
+from thrifty.tokens import count_messages, count_text, last_user_text, truncate_text
 
 
 @dataclass(slots=True)

@@ -11,69 +11,32 @@ A request settled at an estimate whose real cost comes later (a background respo
 corrected once the ledger holds that cost (``correct``): only on a counter seeded before the
 correction began. A counter seeded since (the first request of the key on a restarted instance,
 or after Redis lost the counter) read the amended ledger: adding the difference again counted
-it twice. ``SeedLog`` remembers when this process began each seed; the Redis counter keeps its
-own (``seeded_at``), which covers the seeds of every instance.
+it twice. So each counter keeps when its seed began: ``seeded_at`` in the Redis hash (which
+covers the seeds of every instance), beside the counter in memory (ratelimit.py).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Protocol, runtime_checkable
 
 from thrifty.catalog import Catalog
 from thrifty.cost import estimate_cost
 from thrifty.ops.keys import KeyStore
-from thrifty.ops.ratelimit import Limiter, Seed, Ticket, period_of
+from thrifty.ops.ratelimit import Limiter, Ticket, period_of
 from thrifty.pipeline.context import Handler, RequestContext
 from thrifty.tokens import count_messages
 from thrifty.types import ChatRequest
 
 log = logging.getLogger("thrifty.ops")
-# Seeds older than this are forgotten once SeedLog holds many: a correction follows the
-# amendment it corrects within moments, so only a seed that began since then matters.
-SEED_MEMORY_S = 3600.0
-
-
-@runtime_checkable
-class Corrector(Protocol):
-    """A limiter whose counters remember when they were seeded (the Redis one)."""
-
-    async def correct(self, key_id: str, period_id: str, delta_usd: float, begun: float) -> None: ...
-
-
-class SeedLog:
-    """When this process last began reading each (key, period start)'s spend from the ledger."""
-
-    def __init__(self) -> None:
-        self._began: dict[tuple[str, float], float] = {}
-
-    def wrap(self, seed: Seed) -> Seed:
-        """``seed``, noting when each read begins (before it: what the ledger held then is in it)."""
-
-        async def noted(key_id: str, since: float) -> float:
-            now = time.time()
-            if len(self._began) >= 4096:
-                self._began = {k: t for k, t in self._began.items() if t > now - SEED_MEMORY_S}
-            self._began[(key_id, since)] = now
-            return await seed(key_id, since)
-
-        return noted
-
-    def began_since(self, key_id: str, since: float, moment: float) -> bool:
-        """Whether a seed of ``key_id``'s period starting at ``since`` began at ``moment`` or later."""
-        began = self._began.get((key_id, since))
-        return began is not None and began >= moment
 
 
 class BudgetStage:
-    def __init__(self, keys: KeyStore, limiter: Limiter, catalog: Catalog, default_completion_tokens: int = 512,
-                 seeds: SeedLog | None = None) -> None:
+    def __init__(self, keys: KeyStore, limiter: Limiter, catalog: Catalog, default_completion_tokens: int = 512) -> None:
         self.keys = keys
         self.limiter = limiter
         self.catalog = catalog
         self.default_completion_tokens = default_completion_tokens
-        self.seeds = seeds or SeedLog()  # the one wrapping the limiter's seed (ops/wiring.py)
 
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> None:
         key = await self.keys.aget(ctx.key_id) if ctx.key_id else None
@@ -117,11 +80,4 @@ class BudgetStage:
         key = await self.keys.aget(key_id)
         if key is None or key.budget_usd is None or not delta_usd:
             return
-        period = period_of(key.period, created)
-        if isinstance(self.limiter, Corrector):
-            await self.limiter.correct(key_id, period.id, delta_usd, begun)
-            return
-        if self.seeds.began_since(key_id, period.start, begun):
-            return
-        # A ticket that reserved nothing: settling it adds the difference and frees nothing.
-        await self.limiter.settle(Ticket(key_id, period.id, 0, 0.0, 0, True, False), delta_usd, 0)
+        await self.limiter.correct(key_id, period_of(key.period, created).id, delta_usd, begun)

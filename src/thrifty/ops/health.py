@@ -75,7 +75,7 @@ class Readiness:
         # A load balancer asks every few seconds: an outage is logged when it starts, when it
         # fails for a new reason and when it ends, not on every check (thousands of identical
         # lines per instance in an hour's outage).
-        self._outages: dict[str, Outage] = {}
+        self._outages = {name: Outage(log, "readiness: %s answers again", name) for name in probes}
 
     async def check(self) -> dict[str, str]:
         """``{service: "ok" | "unavailable"}`` for every probe, run concurrently."""
@@ -84,8 +84,6 @@ class Readiness:
         return dict(zip(names, results, strict=True))
 
     async def _one(self, name: str) -> str:
-        if name not in self._outages:
-            self._outages[name] = Outage(log, "readiness: %s answers again", name)
         outage = self._outages[name]
         try:
             await asyncio.wait_for(self.probes[name](), PROBE_TIMEOUT_S + 1)

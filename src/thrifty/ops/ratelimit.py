@@ -97,6 +97,14 @@ class Limiter(Protocol):
 
     async def usage(self, key: VirtualKey, now: float) -> Usage: ...
 
+    async def correct(self, key_id: str, period_id: str, delta_usd: float, begun: float) -> None:
+        """Add ``delta_usd`` to what ``key_id`` spent in ``period_id`` (a cost known after its
+        request was settled), a correction that began at ``begun`` (unix seconds), after the
+        ledger was amended: only to a counter seeded before then. A counter seeded since read the
+        amended ledger and holds the real cost already; a period without a counter is seeded
+        later, from the ledger, alike."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -146,13 +154,16 @@ class MemoryLimiter:
     """One instance: counters in this process, checked and updated under one lock.
 
     A key's spend for the current period is read from the ledger the first time the key is
-    seen in that period, so a restart does not reset budgets.
+    seen in that period, so a restart does not reset budgets. The counter keeps when that read
+    began (as the Redis one keeps ``seeded_at``), for ``correct``.
     """
 
     def __init__(self, seed: Seed) -> None:
         self._seed = seed
         self._lock = threading.Lock()
-        self._budget: dict[tuple[str, str], list[float]] = {}  # (key, period) -> [spent, reserved]
+        # (key, period) -> [spent, reserved, seeded_at]: when the seed's ledger read began (of the
+        # first seed to land, whose spend the counter holds, when two requests seed at once).
+        self._budget: dict[tuple[str, str], list[float]] = {}
         self._requests: dict[tuple[str, int], int] = {}
         self._tokens: dict[tuple[str, int], int] = {}
 
@@ -160,15 +171,16 @@ class MemoryLimiter:
         period = period_of(key.period, now)
         bkey = (key.key_id, period.id)
         if key.budget_usd is not None and bkey not in self._budget:
+            began = time.time()  # before the read: what the ledger held by then is in it
             spent = await self._seed(key.key_id, period.start)
             with self._lock:
-                self._budget.setdefault(bkey, [spent, 0.0])
+                self._budget.setdefault(bkey, [spent, 0.0, began])
         window = window_of(now)
         wkey = (key.key_id, window)
         with self._lock:
             self._forget_old(window)
             self._forget_old_periods(now)
-            state = self._budget.get(bkey, [0.0, 0.0])
+            state = self._budget.get(bkey, [0.0, 0.0, 0.0])
             verdict = decide(key, est_cost, est_tokens, state[0], state[1], self._requests.get(wkey, 0),
                              self._tokens.get(wkey, 0))
             if verdict is not None:
@@ -195,15 +207,23 @@ class MemoryLimiter:
             if ticket.has_tpm and wkey in self._tokens:
                 self._tokens[wkey] = max(0, self._tokens[wkey] + tokens - ticket.est_tokens)
 
+    async def correct(self, key_id: str, period_id: str, delta_usd: float, begun: float) -> None:
+        """``Limiter.correct``: onto a counter seeded before ``begun`` only."""
+        with self._lock:
+            state = self._budget.get((key_id, period_id))
+            if state is not None and state[2] < begun:
+                state[0] += delta_usd
+
     async def usage(self, key: VirtualKey, now: float) -> Usage:
         period = period_of(key.period, now)
         if (key.key_id, period.id) not in self._budget:
+            began = time.time()
             spent = await self._seed(key.key_id, period.start)
             with self._lock:
-                self._budget.setdefault((key.key_id, period.id), [spent, 0.0])
+                self._budget.setdefault((key.key_id, period.id), [spent, 0.0, began])
         wkey = (key.key_id, window_of(now))
         with self._lock:
-            spent, reserved = self._budget[(key.key_id, period.id)]
+            spent, reserved, _ = self._budget[(key.key_id, period.id)]
             return Usage(period.id, spent, reserved,
                          *counters(key, self._requests.get(wkey, 0), self._tokens.get(wkey, 0)))
 

@@ -15,7 +15,7 @@ from thrifty.ledger.store import SQLStore, open_store
 from thrifty.logs import register_secrets, request_logger
 from thrifty.ops.admin import admin_routes
 from thrifty.ops.auth import Authenticator, LabelRoute
-from thrifty.ops.budgets import BudgetStage, SeedLog
+from thrifty.ops.budgets import BudgetStage
 from thrifty.ops.config import AuthConfig
 from thrifty.ops.health import Probe, Readiness, ledger_probe, redis_probe
 from thrifty.ops.key_routes import request_names
@@ -83,11 +83,8 @@ class Ops:
         if auth.enabled:
             if self.keys is None:
                 raise ConfigError("auth.enabled: virtual keys live in the ledger database; enable the ledger")
-            # One SeedLog for the limiter's seeds and the stage's corrections (BudgetStage.correct).
-            seeds = SeedLog()
-            self.limiter = build_limiter(auth, config.redis_url, self.keys, seeds)
-            self.budget_stage = BudgetStage(self.keys, self.limiter, gateway.catalog, auth.default_completion_tokens,
-                                            seeds)
+            self.limiter = build_limiter(auth, config.redis_url, self.keys)
+            self.budget_stage = BudgetStage(self.keys, self.limiter, gateway.catalog, auth.default_completion_tokens)
             gateway.authenticate = Authenticator(self.keys, self.metrics.auth_failed, _label_route(gateway))
         if self.keys is not None and auth.admin_key:
             limiter = self.limiter or MemoryLimiter(_seeder(self.keys))
@@ -159,8 +156,7 @@ def _seeder(keys: KeyStore) -> Seed:
     return seed
 
 
-def build_limiter(auth: AuthConfig, redis_url: str | None, keys: KeyStore, seeds: SeedLog | None = None) -> Limiter:
-    seed = _seeder(keys) if seeds is None else seeds.wrap(_seeder(keys))
+def build_limiter(auth: AuthConfig, redis_url: str | None, keys: KeyStore) -> Limiter:
     backend = auth.backend
     if backend == "auto":
         backend = "redis" if redis_url else "memory"
@@ -169,5 +165,5 @@ def build_limiter(auth: AuthConfig, redis_url: str | None, keys: KeyStore, seeds
             raise ConfigError("auth.backend: redis needs redis_url to be set")
         from thrifty.ops.redis_limits import RedisLimiter
 
-        return RedisLimiter(redis_url, seed, prefix=auth.redis_prefix)
-    return MemoryLimiter(seed)
+        return RedisLimiter(redis_url, _seeder(keys), prefix=auth.redis_prefix)
+    return MemoryLimiter(_seeder(keys))

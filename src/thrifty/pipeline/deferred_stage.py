@@ -20,9 +20,9 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from thrifty.batching.deferred import answered_at, settle_answer
 from thrifty.catalog import Catalog
 from thrifty.errors import InvalidRequestError, StorageError, UpstreamError
-from thrifty.pipeline.accounting import settle
 from thrifty.pipeline.context import Attempt, Handler, RequestContext
 from thrifty.routing.policies import BudgetGuard
 
@@ -81,13 +81,11 @@ class DeferredStage:
             ctx.response_headers[RESULT_HEADER] = "fallback"
             await call_next(ctx)  # a normal call at the normal price: never dropped
             return
-        attempt = Attempt(model=info.name, provider=info.provider, started=started,
-                          latency_ms=(time.perf_counter() - t0) * 1000, usage=answer.usage,
-                          cost_usd=answer.cost.usd, cost_source=answer.cost.source, tier=info.tier,
-                          batch=True, accepted=True)
-        ctx.attempts.append(attempt)
-        ctx.batch, ctx.strategy = True, "batch"
-        settle(ctx, self.catalog, attempt)
+        # Dated and priced when the provider answered, as the runner's and adopted jobs' answers
+        # are: the report re-prices a batch call's normal price (its saving) at its attempt's time.
+        settle_answer(ctx, self.catalog, info.name, info.provider, answer.usage, answer.cost,
+                      answered_at(answer.response))
+        ctx.attempts[-1].latency_ms = (time.perf_counter() - t0) * 1000
         ctx.response = answer.response
         ctx.response_headers[RESULT_HEADER] = "batch"
         if answer.batch_id:

@@ -16,8 +16,8 @@ import aiohttp
 from thrifty.config import ProviderConfig
 from thrifty.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeoutError
 from thrifty.loops import LoopSessions
-from thrifty.providers.openai_compat import OpenAICompatProvider, is_redirect, join_url
-from thrifty.redact import Redactor, provider_secrets
+from thrifty.providers.openai_compat import OpenAICompatProvider, join_url
+from thrifty.redact import Redactor
 
 
 @runtime_checkable
@@ -49,14 +49,13 @@ class OpenAIBatchAPI:
         self.name = name
         self.config = config
         self._redact = redactor or Redactor()
-        for secret in provider_secrets(config.base_url, config.api_key, config.headers):
-            self._redact.add(secret)
         headers = dict(config.headers)
         if config.api_key:
             headers["authorization"] = f"Bearer {config.api_key}"
         self._headers = headers
         self._sessions = LoopSessions(self._new_session, what="a batch API connection pool")
-        # Reuse the chat provider's mapping of HTTP errors to the thrifty error tree.
+        # Reuse the chat provider's mapping of HTTP errors to the thrifty error tree (it also adds
+        # the provider's secrets to the shared redactor).
         self._errors = OpenAICompatProvider(name, config, self._redact)
 
     def _new_session(self) -> aiohttp.ClientSession:
@@ -71,12 +70,8 @@ class OpenAIBatchAPI:
         try:
             async with self._get_session().request(method, join_url(self.config.base_url, path), json=json_body,
                                                    data=data, allow_redirects=False) as resp:
-                if is_redirect(resp.status):  # not followed: see is_redirect
-                    raise self._errors._redirect_error(resp)
-                raw = await resp.read()
-                if resp.status >= 400:
-                    raise self._errors._status_error(resp.status, raw, resp.headers.get("retry-after"))
-                return raw
+                await self._errors.check_status(resp)  # redirects are not followed: see check_status
+                return await resp.read()
         except UpstreamError:
             raise
         except TimeoutError:

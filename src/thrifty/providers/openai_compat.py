@@ -117,11 +117,8 @@ class OpenAICompatProvider:
         try:
             async with self._get_session().request(method, url, data=data, timeout=timeout,
                                                    allow_redirects=False) as resp:
-                if is_redirect(resp.status):
-                    raise self._redirect_error(resp)
+                await self.check_status(resp)
                 raw = await resp.read()
-                if resp.status >= 400:
-                    raise self._status_error(resp.status, raw, resp.headers.get("retry-after"))
                 if body is None and not raw.strip():
                     return {}  # DELETE / cancel answers may be empty
                 try:
@@ -150,10 +147,7 @@ class OpenAICompatProvider:
             data = fastjson.dumps(adapt(body, self.config.compat))
             async with self._get_session().post(self._url, data=data, timeout=timeout,
                                                 allow_redirects=False) as resp:
-                if is_redirect(resp.status):
-                    raise self._redirect_error(resp)
-                if resp.status >= 400:
-                    raise self._status_error(resp.status, await resp.read(), resp.headers.get("retry-after"))
+                await self.check_status(resp)
                 lines: AsyncIterator[bytes] = resp.content.__aiter__()
                 if resp.content_type == "application/json":
                     # An error (or an answer ignoring `stream`) as one JSON object: read as SSE
@@ -199,9 +193,20 @@ class OpenAICompatProvider:
         return upstream_error(self.name, status, read_error(raw, self._redact), self._redact,
                               retry_after=parse_retry_after(retry_after))
 
+    async def check_status(self, resp: aiohttp.ClientResponse) -> None:
+        """Raises for an answer that is not a success: a 3xx, or a status of 400 and above (its
+        body read for the provider's reason). Provider calls never follow redirects (every call
+        passes ``allow_redirects=False``): aiohttp would send the session's headers (``api-key``,
+        custom ones: it drops only Authorization across origins) and, on a 307/308, the prompt
+        again to whatever host the Location names."""
+        if 300 <= resp.status < 400:
+            raise self._redirect_error(resp)
+        if resp.status >= 400:
+            raise self._status_error(resp.status, await resp.read(), resp.headers.get("retry-after"))
+
     def _redirect_error(self, resp: aiohttp.ClientResponse) -> UpstreamError:
-        """A 3xx answer: not followed (see ``is_redirect``), so a plain error naming it."""
-        where = self._redact(resp.headers.get("location", "")).strip()
+        """A 3xx answer: not followed (``check_status``), so a plain error naming it."""
+        where = resp.headers.get("location", "").strip()
         return UpstreamError(self._redact(
             f"{self.name}: upstream returned HTTP {resp.status} (a redirect{' to ' + where if where else ''}); "
             "thrifty does not follow provider redirects: set the provider's base_url to the final address"))
@@ -235,13 +240,6 @@ class OpenAICompatProvider:
             what = "talking to the provider: the connection was lost"
         # Mid-stream failures are not retried: part of the answer may already be with the client.
         return UpstreamError(f"{self.name}: connection failed {what}", retryable=not mid_stream)
-
-
-def is_redirect(status: int) -> bool:
-    """A 3xx status. Provider calls never follow redirects: aiohttp would send the session's
-    headers (``api-key``, custom ones: it drops only Authorization across origins) and, on a
-    307/308, the prompt again to whatever host the Location names."""
-    return 300 <= status < 400
 
 
 def join_url(base_url: str, path: str) -> str:

@@ -25,7 +25,7 @@ import aiohttp
 from thrifty import fastjson
 from thrifty.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeoutError
 from thrifty.providers.error_body import not_a_stream
-from thrifty.providers.openai_compat import OpenAICompatProvider, is_redirect
+from thrifty.providers.openai_compat import OpenAICompatProvider
 
 
 @dataclass
@@ -81,10 +81,7 @@ async def open_events(provider: OpenAICompatProvider, path: str, body: dict[str,
         session = provider._get_session()
         async with session.post(url, data=fastjson.dumps(body), timeout=provider._stream_timeout,
                                 allow_redirects=False) as resp:
-            if is_redirect(resp.status):
-                raise provider._redirect_error(resp)
-            if resp.status >= 400:
-                raise provider._status_error(resp.status, await resp.read(), resp.headers.get("retry-after"))
+            await provider.check_status(resp)
             if resp.content_type == "application/json":
                 # A server that ignores `stream`, or reports an error, answers one JSON object.
                 raise (not_a_stream(provider.name, await resp.read(), provider._redact)
@@ -118,10 +115,7 @@ async def relay_bytes(provider: OpenAICompatProvider, url: str) -> AsyncGenerato
     try:
         async with provider._get_session().get(url, timeout=provider._stream_timeout,
                                                allow_redirects=False) as resp:
-            if is_redirect(resp.status):
-                raise provider._redirect_error(resp)
-            if resp.status >= 400:
-                raise provider._status_error(resp.status, await resp.read(), resp.headers.get("retry-after"))
+            await provider.check_status(resp)
             yield b""
             started = True
             async for chunk in resp.content.iter_any():

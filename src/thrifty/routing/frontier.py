@@ -98,25 +98,24 @@ class Mix:
 
 
 def choose(policies: list[list[Candidate]], limit: float, mix: bool) -> Mix:
-    """The most accurate policy (or, with ``mix``, hull mix) whose estimated cost is within ``limit``."""
-    within = [c for c in policies if _totals(c)[0] <= limit]
-    if not within:
-        return Mix(policies[0])
-    best = max(within, key=lambda c: _totals(c)[1])
+    """The most accurate policy (or, with ``mix``, hull mix) whose estimated cost is within ``limit``;
+    the cheapest policy when none is. ``policies`` is a Pareto frontier, cheapest first."""
     if not mix:
-        return Mix(best)
+        within = [p for p in policies if _totals(p)[0] <= limit]
+        return Mix(max(within, key=lambda p: _totals(p)[1]) if within else policies[0])
     hull = upper_hull(policies)
-    dearer = [i for i, p in enumerate(hull) if _totals(p)[0] > limit]
-    if not dearer or dearer[0] == 0:
-        return Mix(best)
-    low, high = hull[dearer[0] - 1], hull[dearer[0]]
-    (c0, _), (c1, _) = _totals(low), _totals(high)
+    costs = [_totals(p)[0] for p in hull]
+    dearer = next((i for i, c in enumerate(costs) if c > limit), len(hull))
+    if dearer == len(hull):  # the budget affords the most accurate policy
+        return Mix(hull[-1])
+    if dearer == 0:
+        return Mix(hull[0])
+    c0, c1 = costs[dearer - 1], costs[dearer]
     p = round((limit - c0) / (c1 - c0), 4)
     if p < MIN_SPLIT:
-        return Mix(low)
-    if p > 1 - MIN_SPLIT:  # rounding: the budget just reaches the dearer policy
-        return Mix(high) if c1 <= limit else Mix(low, high, 1 - MIN_SPLIT)
-    return Mix(low, high, p)
+        return Mix(hull[dearer - 1])
+    # Rounding may reach 1 while the dearer policy is still over the budget: stay just under it.
+    return Mix(hull[dearer - 1], hull[dearer], min(p, 1 - MIN_SPLIT))
 
 
 @dataclass

@@ -26,12 +26,12 @@ from starlette.routing import Route
 
 from thrifty import fastjson
 from thrifty.cost import usd_header
-from thrifty.errors import AuthenticationError, NotFoundError, ThriftyError
+from thrifty.errors import NotFoundError, ThriftyError
 from thrifty.fastjson import FastJSONResponse
 from thrifty.pipeline.context import new_request_id
 from thrifty.server.body import BodyDeadline, read_json_body
 from thrifty.server.completions_legacy import CompletionsEndpoint
-from thrifty.server.credentials import client_key, tenant_credential
+from thrifty.server.credentials import tenant_credential
 from thrifty.server.embeddings import embeddings_routes
 from thrifty.server.http_errors import (
     error_response,
@@ -40,7 +40,7 @@ from thrifty.server.http_errors import (
     not_found,
     request_id_headers,
 )
-from thrifty.server.model_access import filter_models
+from thrifty.server.model_access import filter_models, key_refusal
 from thrifty.server.passthrough import passthrough_routes
 from thrifty.server.reconcile import Reconciler
 from thrifty.server.response_resources import ResponseResources, response_resource_routes
@@ -75,39 +75,6 @@ def tenant_of(request: Request) -> str:
     tenant; any other Authorization scheme, e.g. Basic behind an auth proxy, its own tenant)."""
     token = tenant_credential(request.headers)
     return "anon-" + hashlib.sha256(token.encode()).hexdigest()[:16] if token else "default"
-
-
-async def authenticate_key(gateway: Gateway, request: Request) -> None:
-    """Refuses a missing, unknown or revoked virtual key from the headers alone, before the body
-    is read: a client without a key must not hold a connection while it trickles a body. Which
-    models the key may call is checked once the body names one (``gateway.authenticate``).
-
-    Only for the built-in authenticator (it exposes its key store); a custom hook is asked once,
-    with the parsed request."""
-    auth = getattr(gateway, "authenticate", None)
-    keys = getattr(auth, "keys", None)
-    if auth is None or keys is None:
-        return
-    token = client_key(request.headers)
-    key = await keys.afind(token) if token else None
-    if key is not None and key.active:
-        return
-    # The authenticator refuses it with its own message and refusal metric.
-    await auth(request, ChatRequest(model="auto", messages=[{"role": "user", "content": ""}]))
-    raise AuthenticationError("Invalid API key.")  # it accepted a key the store just refused
-
-
-async def key_refusal(gateway: Gateway, request: Request, request_id: str) -> Response | None:
-    """The refusal (its connection closed) of a request whose headers carry no valid key, else
-    None: checked before the body is read (``authenticate_key``)."""
-    try:
-        await authenticate_key(gateway, request)
-    except ThriftyError as exc:
-        refused = handler_error(exc, request_id, gateway.redactor)
-        # Its body is unread: closing stops the client trickling it in to keep the connection.
-        refused.headers["connection"] = "close"
-        return refused
-    return None
 
 
 def create_app(gateway: Gateway) -> Starlette:

@@ -51,7 +51,9 @@ from thrifty.pipeline.ledger_stage import LedgerStage
 from thrifty.providers.compat import CompatConfig
 from thrifty.providers.error_body import answer_error
 from thrifty.providers.raw_http import SSEEvent, open_events, streams
+from thrifty.server.body import read_json_body
 from thrifty.server.http_errors import handler_error, request_id_headers
+from thrifty.server.model_access import key_refusal
 from thrifty.types import ChatRequest
 
 if TYPE_CHECKING:
@@ -352,12 +354,7 @@ class PassthroughCall:
 
 def passthrough_handler(gateway: Gateway, endpoint: Endpoint) -> Any:
     """The Starlette endpoint serving ``endpoint``."""
-    from thrifty.server.app import (  # app.py imports this module
-        _unless_disconnected,
-        key_refusal,
-        read_json_body,
-        tenant_of,
-    )
+    from thrifty.server.app import _unless_disconnected, tenant_of  # app.py imports this module
 
     limit = gateway.config.server.max_body_bytes
     budget = gateway.ops.budget_stage  # a key's budget and rate limits, when virtual keys are on

@@ -147,7 +147,7 @@ class ResponsesEndpoint(Endpoint):
             state.usage = response.get("usage")
             if kind == "response.failed":
                 state.failure = f"response failed: {_obj(response.get('error')).get('message') or 'no reason given'}"
-        elif kind in ("error", None) and (failure := stream_failure(data, "output")) is not None:
+        elif kind in ("error", None) and (failure := stream_failure(data, self.answer)) is not None:
             state.final, state.failure = True, failure
         elif kind == "error":  # an error event that says nothing of it
             state.final, state.failure = True, "stream error: no message"
