@@ -8,7 +8,8 @@ Rules (the part of gateways most often wrong):
   + completion * output price.
 - Batch calls use the batch prices, or half the normal prices when only those are known
   (OpenAI's and Anthropic's Batch APIs both discount 50%): for a ``genai_ref`` price, half of
-  genai-prices' price at the call's time.
+  genai-prices' price at the call's time. Cache reads and writes get the input's batch discount
+  too (a write still costs more than an uncached input token).
 - A price tiered by prompt size or varying in time (``ModelPrice.genai_ref``, from genai-prices:
   DeepSeek's peak and off-peak hours, a price change on a date) is asked of genai-prices with the
   call's real token counts at the time it is priced (the call's end; ``priced_at`` for a call
@@ -82,10 +83,19 @@ def _priced(usage: Usage, price: ModelPrice | None, batch: bool) -> tuple[float 
         price.input_audio if price.input_audio is not None else cached_p)
     audio_out_p = price.output_audio if price.output_audio is not None else out_p
     if batch:
+        normal_in = in_p
         in_p = price.batch_input if price.batch_input is not None else in_p * BATCH_DISCOUNT
         out_p = price.batch_output if price.batch_output is not None else out_p * BATCH_DISCOUNT
-        cached_p = min(cached_p, in_p)
-        write_p = min(write_p, in_p)
+        # The batch discount applies to cache reads and writes too: Anthropic's Message Batches
+        # charge "50% of the standard price on all usage: input, output, cache writes and cache
+        # reads" (https://dev.to/neverpaytwice/claude-batch-api-half-price-if-you-can-wait-ecg),
+        # and OpenAI's batch and cache discounts stack (cached input / 2,
+        # https://aipromptshub.co/calc/openai-api-cost); so each gets the input's own batch ratio.
+        # Capped at the batch input price instead, reads paid their full price (0.3 for 0.15 at
+        # $3/M input) and writes, which cost more than input, less than theirs (1.5 for 1.875).
+        ratio = in_p / normal_in if normal_in else BATCH_DISCOUNT
+        cached_p = min(cached_p * ratio, in_p)
+        write_p = write_p * ratio
         # No provider publishes batch audio rates: the Batch APIs' 50% off, as for text.
         audio_in_p, audio_out_p = audio_in_p * BATCH_DISCOUNT, audio_out_p * BATCH_DISCOUNT
         audio_cached_p = min(audio_cached_p * BATCH_DISCOUNT, audio_in_p)

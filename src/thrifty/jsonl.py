@@ -25,7 +25,8 @@ def text_lines(text: str) -> list[str]:
 def iter_jsonl(path: str | Path, what: str = "file") -> Iterator[tuple[int, Any]]:
     """``(line number, parsed value)`` for each non-blank line; ``DataError`` on unreadable input."""
     try:
-        lines = text_lines(Path(path).read_text(encoding="utf-8"))
+        # utf-8-sig: a byte-order mark (Windows editors, Excel exports) is not part of line 1.
+        lines = text_lines(Path(path).read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         raise DataError(f"cannot read {what} {path}: {reason}") from None

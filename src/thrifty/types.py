@@ -274,6 +274,8 @@ class Usage:
         - xAI and some Gemini bridges report reasoning OUTSIDE completion_tokens (total_tokens =
           prompt + completion + reasoning, or more): then it is added, so reasoning is never
           billed as free. A reasoning count larger than completion_tokens can only mean the same.
+          Gemini's own OpenAI-compatible endpoint does not name its thoughts at all: whatever
+          total_tokens counts beyond prompt and completion is taken as reasoning output.
         - Audio: ``prompt_tokens_details.audio_tokens`` and ``completion_tokens_details.audio_tokens``
           (chat completions), ``input_token_details`` / ``output_token_details`` (realtime, with
           ``cached_tokens_details.audio_tokens``); all inside the totals. Chat completions do not
@@ -305,9 +307,18 @@ class Usage:
         cdetails = (raw.get("completion_tokens_details") or raw.get("output_tokens_details")
                     or raw.get("output_token_details"))
         reasoning = _int_getter(cdetails)("reasoning_tokens") if isinstance(cdetails, dict) else 0
-        total = g("total_tokens")
-        if reasoning and (reasoning > completion or (total and total >= prompt + completion + reasoning)):
+        # What total_tokens counts beyond prompt and completion is output the provider left out of
+        # completion_tokens: its reasoning (xAI), or thoughts it does not name at all (Gemini's
+        # OpenAI-compatible endpoint answers {"prompt_tokens": 9, "completion_tokens": 1,
+        # "total_tokens": 103} for a thinking model, https://discuss.ai.google.dev/t/127400).
+        # Read as nothing, they were priced as free.
+        unreported = g("total_tokens") - prompt - completion
+        if reasoning and (reasoning > completion or unreported >= reasoning):
             completion += reasoning
+            unreported -= reasoning
+        if unreported > 0:
+            completion += unreported
+            reasoning += unreported
         cost = _number(raw.get("cost"))
         if cost is not None and raw.get("is_byok") is True:
             # OpenRouter with the user's own provider key: ``cost`` is only OpenRouter's fee; the

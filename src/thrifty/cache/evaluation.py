@@ -16,6 +16,7 @@ them were a cached question identical to text_b (QQP repeats questions across pa
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -78,10 +79,14 @@ def rates(pairs: list[Pair], lookups: list[Lookup], threshold: float) -> dict[st
             "non_duplicate_served_any_rate_excluding_identical": mean(served[neg & ~same])}
 
 
-def decision_rows(pairs: list[Pair], lookups: list[Lookup], threshold: float) -> list[dict[str, Any]]:
-    """One ``--decisions`` line per pair (see ``decisions``)."""
+def decision_rows(pairs: list[Pair], lookups: list[Lookup], threshold: float,
+                  positions: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """One ``--decisions`` line per pair (see ``decisions``). ``index`` is the pair's 0-based
+    position in the --pairs file (``positions``, when pairs were left out of ``pairs``), so a
+    judge holding the file's labels scores each line against its own pair."""
     hit, served = decisions(pairs, lookups, threshold)
-    return [{"index": i, "hit": bool(h), "served": bool(s)} for i, (h, s) in enumerate(zip(hit, served, strict=True))]
+    where = range(len(pairs)) if positions is None else positions
+    return [{"index": i, "hit": bool(h), "served": bool(s)} for i, h, s in zip(where, hit, served, strict=True)]
 
 
 def report(pairs: list[Pair], lookups: list[Lookup], latency: dict[str, float], verifier: HitVerifier,
@@ -136,13 +141,21 @@ def drop_calibration_overlap(judged: list[Pair], calibration: list[Pair]) -> tup
     the verifier's difference-word model, IDF and threshold were fitted on those questions, so
     such a pair would be judged in-sample (QQP repeats questions across pairs). ``DataError``
     when every judged pair shares one."""
-    return drop_overlap(
-        judged, calibration, judged_keys=_questions, fitted_keys=_questions,
+    kept, _, warning = keep_out_of_sample(judged, calibration)
+    return kept, warning
+
+
+def keep_out_of_sample(judged: list[Pair], calibration: list[Pair]) -> tuple[list[Pair], list[int], str | None]:
+    """``drop_calibration_overlap`` plus the kept pairs' 0-based positions in ``judged``: the
+    ``--decisions`` file indexes the --pairs file, not the shorter judged list."""
+    kept, warning = drop_overlap(
+        list(enumerate(judged)), calibration, judged_keys=lambda item: _questions(item[1]), fitted_keys=_questions,
         warning="{dropped} of the {total} --pairs share a question with the --calibrate-on pairs and were left "
                 "out: judged on the other {kept}",
         refusal="every one of the {total} --pairs shares a question with the --calibrate-on pairs: the verifier "
                 "would be judged on the questions it was fitted on; judge on other pairs (`thrifty cache "
                 "calibrate` reports cross-validated figures)")
+    return [pair for _, pair in kept], [i for i, _ in kept], warning
 
 
 def _questions(pair: Pair) -> tuple[str, str]:

@@ -7,9 +7,12 @@ similarity only. Labels are read by the scoring code after all lookups, never be
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,12 +34,34 @@ class Pair:
     label: int | None
 
 
+def _records(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(record number, record): JSON Lines, or one JSON array (GPTCache's paraphrase files)."""
+    try:
+        head = Path(path).read_text(encoding="utf-8-sig")[:4096].lstrip()
+    except (OSError, UnicodeDecodeError):
+        head = ""  # iter_jsonl says why it cannot be read
+    if not head.startswith("["):
+        yield from iter_jsonl(path, "pairs file")
+        return
+    try:
+        rows = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except ValueError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    yield from enumerate(rows if isinstance(rows, list) else [rows], 1)
+
+
 def read_pairs(path: str | Path) -> list[Pair]:
-    """Read a pairs file; ``DataError`` naming the line for anything malformed."""
+    """Read a pairs file; ``DataError`` naming the record for anything malformed. Records are
+    ``{"text_a", "text_b", "label"?}``, or GPTCache's ``{"origin", "similar"}`` (a paraphrase:
+    label 1), one a line or in one JSON array."""
     out = []
-    for n, row in iter_jsonl(path, "pairs file"):
+    for n, row in _records(path):
+        if isinstance(row, dict) and "text_a" not in row and isinstance(row.get("origin"), str) \
+                and isinstance(row.get("similar"), str):
+            row = {"text_a": row["origin"], "text_b": row["similar"], "label": 1}
         if not isinstance(row, dict) or not isinstance(row.get("text_a"), str) or not isinstance(row.get("text_b"), str):
-            raise DataError(f"{path}:{n}: expected an object with string text_a and text_b")
+            raise DataError(f"{path}:{n}: expected an object with string text_a and text_b "
+                            "(or GPTCache's origin and similar)")
         label = row.get("label")
         if label is not None and label not in (0, 1):
             raise DataError(f"{path}:{n}: label must be 0 or 1, got {label!r}")

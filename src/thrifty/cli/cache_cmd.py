@@ -165,7 +165,7 @@ def register(app: typer.Typer) -> None:
         from thrifty.cache.evaluation import (
             decide_all,
             decision_rows,
-            drop_calibration_overlap,
+            keep_out_of_sample,
             render_text,
             report,
         )
@@ -192,10 +192,11 @@ def register(app: typer.Typer) -> None:
         emb = _embedder(embedder, cfg, loaded)
         judged = read_pairs(pairs)
         fitted: dict[str, Any] = {}
+        positions: list[int] | None = None  # of the judged pairs in --pairs, once some are left out
         ver: HitVerifier
         if calibrate_on is not None:
             calibration = read_pairs(calibrate_on)
-            judged, overlap = drop_calibration_overlap(judged, calibration)
+            judged, positions, overlap = keep_out_of_sample(judged, calibration)
             if overlap:
                 _say(f"warning: {overlap}")
             cal = calibrate(calibration, emb, max_false_hit_rate=max_false_hit_rate, model=model,
@@ -211,7 +212,7 @@ def register(app: typer.Typer) -> None:
             rep["calibration"] = fitted
         if decisions is not None:
             with decisions.open("w", encoding="utf-8") as fh:
-                for row in decision_rows(judged, lookups, ver.threshold):
+                for row in decision_rows(judged, lookups, ver.threshold, positions):
                     fh.write(json.dumps(row) + "\n")
         # A rate over no pairs is NaN: strict JSON (null) for jq and JSON.parse, "n/a" in the table.
         typer.echo(dumps(rep, indent=2) if as_json else render_text(rep))

@@ -81,6 +81,11 @@ class RouteCompression(_Strict):
 class CompressionConfig(_Strict):
     enabled: bool = True
     model: str | None = None  # needed for system_prompt and summarize_history
+    # The longest a request waits for a compression (its A/B check included) or a history summary;
+    # past it the request is sent uncompressed (or unsummarised) and a later request tries again.
+    # Also at most half of server.request_timeout_s: a hanging cheap model used to cost the request
+    # its whole deadline (a 504), for a saving that is optional.
+    timeout_s: float = Field(default=60.0, gt=0, allow_inf_nan=False)
     store: StoreConfig = Field(default_factory=StoreConfig)
     system_prompt: SystemPromptConfig = Field(default_factory=SystemPromptConfig)
     dictionary: dict[str, str] = Field(default_factory=dict)

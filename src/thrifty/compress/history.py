@@ -63,8 +63,10 @@ def message_tokens(message: Message) -> int:
     return count_message(message) + _image_tokens(message)
 
 
-def messages_tokens(messages: list[Message]) -> int:
-    return count_messages(messages) + sum(_image_tokens(m) for m in messages)
+def messages_tokens(messages: list[Message], schemas: list[Any] | None = None) -> int:
+    """Prompt tokens of ``messages`` for trimming, with the tool/function ``schemas`` sent beside
+    them (they are prompt tokens on every call, so they take their share of the budget)."""
+    return count_messages(messages, schemas) + sum(_image_tokens(m) for m in messages)
 
 
 def transcript(messages: list[Message]) -> str:
@@ -103,8 +105,10 @@ def split_head(messages: list[Message]) -> tuple[list[Message], list[Message]]:
     return messages[:i], messages[i:]
 
 
-def prefix_key(dropped: list[Message], model: str) -> str:
-    blob = json.dumps([model, dropped], sort_keys=True, ensure_ascii=False, default=str)
+def prefix_key(dropped: list[Message], model: str, max_tokens: int) -> str:
+    """The cache key of the summary of ``dropped``: made by ``model`` within ``max_tokens`` (a route
+    with a 300-token summary was served another route's 20-token one for the same dropped turns)."""
+    blob = json.dumps([model, max_tokens, dropped], sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
@@ -129,10 +133,12 @@ def _turn_start(units: list[list[Message]], start: int, current: int) -> int:
 
 
 async def trim(messages: list[Message], budget: int, summarise: Summariser | None = None,
-               summary_reserve: int = 0) -> Trimmed:
+               summary_reserve: int = 0, schemas: list[Any] | None = None) -> Trimmed:
     """``messages`` cut to ``budget`` prompt tokens (see the module docstring). With
-    ``summarise``, ``summary_reserve`` tokens are kept free for the summary, which is cut to fit."""
-    total = messages_tokens(messages)
+    ``summarise``, ``summary_reserve`` tokens are kept free for the summary, which is cut to fit.
+    ``schemas``: the request's tool (or legacy function) definitions, counted in the budget like
+    the head: a chat app's tools of 1,000 tokens left a budget of N sending N + 1,000."""
+    total = messages_tokens(messages, schemas)
     if total <= budget:
         return Trimmed(messages, 0, 0)
     head, rest = split_head(messages)
@@ -144,7 +150,7 @@ async def trim(messages: list[Message], budget: int, summarise: Summariser | Non
         return Trimmed(messages, 0, 0)
     summary_role = head[-1].get("role") if head else "system"  # a client that says developer gets developer
     overhead = message_tokens({"role": summary_role, "content": SUMMARY_PREFIX})
-    room = budget - messages_tokens(head) - (summary_reserve + overhead if summarise else 0)
+    room = budget - messages_tokens(head, schemas) - (summary_reserve + overhead if summarise else 0)
     room -= sum(message_tokens(m) for u in units[current:] for m in u)
     start = current
     while start > 0:
@@ -167,4 +173,4 @@ async def trim(messages: list[Message], budget: int, summarise: Summariser | Non
         if summary:
             middle = [{"role": summary_role, "content": SUMMARY_PREFIX + summary}]
     out = head + middle + tail
-    return Trimmed(out, len(dropped), max(0, total - messages_tokens(out)))
+    return Trimmed(out, len(dropped), max(0, total - messages_tokens(out, schemas)))

@@ -5,7 +5,8 @@ from __future__ import annotations
 COMPRESS_SYSTEM = (
     "You compress system prompts for language models. Rewrite the prompt the user sends so it "
     "keeps every rule, fact, name and number but uses as few tokens as possible. Copy these "
-    "verbatim: sentences containing {markers}, and these items: {must_keep}. Answer with the "
+    "verbatim: sentences containing {markers}, these items: {must_keep}, fenced code blocks, and "
+    "template placeholders such as {{{{name}}}}, {{name}} or ${{name}}. Answer with the "
     "compressed prompt only, at most {target} tokens, no preamble."
 )
 

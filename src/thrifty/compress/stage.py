@@ -55,13 +55,22 @@ def _texts(content: Any) -> list[tuple[int | None, str]]:
             if isinstance(p, dict) and p.get("type") in TEXT_PARTS and isinstance(p.get("text"), str)]
 
 
+def _schemas(params: dict[str, Any]) -> list[Any]:
+    """The tool and legacy function definitions of a request: prompt tokens on every call, so
+    history trimming counts them in its budget."""
+    return [s for key in ("tools", "functions") if isinstance(params.get(key), list) for s in params[key]]
+
+
 class CompressStage:
-    def __init__(self, config: CompressionConfig, caller: ModelCaller, catalog: Catalog, store: DocStore) -> None:
+    def __init__(self, config: CompressionConfig, caller: ModelCaller, catalog: Catalog, store: DocStore,
+                 request_timeout_s: float | None = None) -> None:
         self.config = config
         self.caller = caller
         self.catalog = catalog
         self.store = store
-        self.prompts = SystemPromptCompressor(config, store, caller, config.store.memo_ttl_s)
+        # A compression or summary call may take half the request's deadline, the answer the rest.
+        self.timeout_s = min(config.timeout_s, request_timeout_s / 2) if request_timeout_s else config.timeout_s
+        self.prompts = SystemPromptCompressor(config, store, caller, config.store.memo_ttl_s, self.timeout_s)
 
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> None:
         rc = self.config.for_request(ctx.route, ctx.request.model)
@@ -99,7 +108,8 @@ class CompressStage:
                 messages[i] = {**m, "content": parts}
         if rc.history_max_tokens is not None:
             summarise = self._summariser(ctx, rc) if rc.summarize_history else None
-            trimmed = await history.trim(messages, rc.history_max_tokens, summarise, rc.summary_max_tokens)
+            trimmed = await history.trim(messages, rc.history_max_tokens, summarise, rc.summary_max_tokens,
+                                         _schemas(ctx.request.params))
             messages = trimmed.messages
             saved += trimmed.saved_tokens
         if saved > 0:
@@ -145,7 +155,7 @@ class CompressStage:
         assert model is not None
 
         async def summarise(dropped: list[dict[str, Any]]) -> str | None:
-            key = history.prefix_key(dropped, model)
+            key = history.prefix_key(dropped, model, rc.summary_max_tokens)
             try:
                 doc = await asyncio.to_thread(self.store.get, "summary", key)
             except StorageError as exc:  # summarise without the cache rather than fail the request
@@ -156,11 +166,18 @@ class CompressStage:
             transcript = history.transcript(dropped)
             messages = [{"role": "system", "content": prompts.SUMMARY_SYSTEM.format(target=rc.summary_max_tokens)},
                         {"role": "user", "content": transcript}]
+            limit = asyncio.timeout(self.timeout_s)  # a hanging cheap model must not cost the answer
             try:  # shaped for the model (internal_calls): a reasoning one gets room to reason
-                resp, _ = await complete_internal(self.caller, ctx, model, messages,
-                                                  max_tokens=rc.summary_max_tokens, purpose="summarize")
+                async with limit:
+                    resp, _ = await complete_internal(self.caller, ctx, model, messages,
+                                                      max_tokens=rc.summary_max_tokens, purpose="summarize")
             except UpstreamError as exc:
                 log.warning("history summary failed upstream, dropping the middle unsummarised: %s", exc.message)
+                return None
+            except TimeoutError:
+                if not limit.expired():
+                    raise  # not ours (the request's own deadline is a cancellation, not this)
+                log.warning("history summary took over %gs, dropping the middle unsummarised", self.timeout_s)
                 return None
             text = response_text(resp).strip()
             if text:
@@ -184,7 +201,7 @@ def build_compress_stage(config: Config, caller: ModelCaller, catalog: Catalog) 
     if cfg.model is not None and catalog.get(cfg.model) is None:
         raise ConfigError(f"compression.model: unknown model {cfg.model!r}")
     store = open_doc_store(cfg.store, config.redis_url, config.resolve_path)
-    return CompressStage(cfg, caller, catalog, store)
+    return CompressStage(cfg, caller, catalog, store, config.server.request_timeout_s)
 
 
 def compression_config(config: Config) -> CompressionConfig:

@@ -24,7 +24,7 @@ from typing import Any
 from thrifty.compress import prompts, versions
 from thrifty.compress.config import CompressionConfig
 from thrifty.compress.store import DocStore
-from thrifty.compress.validate import check
+from thrifty.compress.validate import Verdict, check
 from thrifty.errors import UpstreamError
 from thrifty.internal_calls import complete_internal
 from thrifty.pipeline.caller import ModelCaller
@@ -43,8 +43,9 @@ class SystemPromptCompressor:
     memo_max = 10_000
 
     def __init__(self, config: CompressionConfig, store: DocStore, caller: ModelCaller,
-                 memo_ttl_s: float = 5.0) -> None:
+                 memo_ttl_s: float = 5.0, timeout_s: float | None = None) -> None:
         self.config = config
+        self.timeout_s = config.timeout_s if timeout_s is None else timeout_s
         self.cfg = config.system_prompt
         self.store = store
         self.caller = caller
@@ -76,9 +77,27 @@ class SystemPromptCompressor:
             if doc is None:  # failed upstream, or another instance holds the claim
                 return None
         version = versions.active(doc, self.cfg.require_approval)
+        if version is not None and version["status"] == "validated" and not await self._still_valid(h, doc, version):
+            version = None
         use = version["text"] if version else None
         self._remember(h, use)
         return use
+
+    async def _still_valid(self, h: str, doc: dict[str, Any], version: dict[str, Any]) -> bool:
+        """Whether a stored validated version passes today's checks. The record's key holds the
+        settings, not the checks: a version validated by an older release that dropped
+        ``{{user_name}}`` or a JSON schema (it had no such check) kept being sent after the upgrade.
+        One that fails is marked failed, with the reason, for `thrifty compress show`; an approved
+        version is a person's decision and is not second-guessed."""
+        verdict = check(doc["original"], version["text"], self.cfg.must_keep, self.cfg.instruction_markers,
+                        keep_facts=self.cfg.keep_facts, min_vocabulary=self.cfg.min_vocabulary)
+        if verdict.ok:
+            return True
+        log.warning("stored compression %s v%s fails the current checks: %s", h[:12], version["version"],
+                    verdict.reason)
+        version["status"], version["reason"] = "failed", f"fails the current checks: {verdict.reason}"
+        await asyncio.to_thread(self.store.put, KIND, h, doc)
+        return False
 
     def _remember(self, h: str, use: str | None) -> None:
         self._memo.pop(h, None)
@@ -97,18 +116,28 @@ class SystemPromptCompressor:
             original_tokens = count_text(text)
             target = self.cfg.target_tokens or max(16, int(original_tokens * self.cfg.target_ratio))
             try:
-                compressed, cost = await self._call_model(ctx, text, target)
-                verdict = check(text, compressed, self.cfg.must_keep, self.cfg.instruction_markers,
-                                keep_facts=self.cfg.keep_facts, min_vocabulary=self.cfg.min_vocabulary)
-                reason = verdict.reason
-                if verdict.ok and self.cfg.ab_check is not None:
-                    ok, reason = await self._ab_check(ctx, text, compressed)
-                    verdict.ok = ok
-            except UpstreamError as exc:
+                # Bounded: this task runs shielded from the waiting requests' deadlines, so a cheap
+                # model that never answers (retried up to its provider's timeout each time) held
+                # every one of them until server.request_timeout_s failed it with a 504.
+                async with asyncio.timeout(self.timeout_s):
+                    compressed, cost, cut = await self._call_model(ctx, text, target)
+                    verdict = check(text, compressed, self.cfg.must_keep, self.cfg.instruction_markers,
+                                    keep_facts=self.cfg.keep_facts, min_vocabulary=self.cfg.min_vocabulary)
+                    if cut and verdict.ok:
+                        # The answer stopped at max_output_tokens: the prompt's tail is missing, and
+                        # a tail of plain prose (no fact, no marker) passed every other check.
+                        verdict = Verdict(False, [], "compression cut at system_prompt.max_output_tokens "
+                                                     f"({self.cfg.max_output_tokens}): the end of the prompt is lost")
+                    reason = verdict.reason
+                    if verdict.ok and self.cfg.ab_check is not None:
+                        ok, reason = await self._ab_check(ctx, text, compressed)
+                        verdict.ok = ok
+            except (UpstreamError, TimeoutError) as exc:
                 # The compression or its A/B check could not be made: the request (and every one
                 # waiting for this compression) is served with the original, and a later request
                 # tries again. Never a failed request because an optional saving failed.
-                log.warning("compression of prompt %s failed upstream: %s", h[:12], exc.message)
+                why = exc.message if isinstance(exc, UpstreamError) else f"no answer within {self.timeout_s:g}s"
+                log.warning("compression of prompt %s failed upstream: %s", h[:12], why)
                 self._remember(h, None)
                 return None
             doc = versions.new_record(h, text, original_tokens)
@@ -122,7 +151,8 @@ class SystemPromptCompressor:
         finally:
             await asyncio.to_thread(self.store.release, KIND, h)
 
-    async def _call_model(self, ctx: RequestContext, text: str, target: int) -> tuple[str, float | None]:
+    async def _call_model(self, ctx: RequestContext, text: str, target: int) -> tuple[str, float | None, bool]:
+        """The compressed text, the call's cost, and whether the answer was cut at the limit."""
         assert self.config.model is not None
         system = prompts.COMPRESS_SYSTEM.format(
             markers=", ".join(self.cfg.instruction_markers) or "(none)",
@@ -132,7 +162,7 @@ class SystemPromptCompressor:
         messages = [{"role": "system", "content": system}, {"role": "user", "content": text}]
         response, attempt = await complete_internal(self.caller, ctx, self.config.model, messages,
                                                     max_tokens=self.cfg.max_output_tokens, purpose="compress")
-        return response_text(response).strip(), attempt.cost_usd
+        return response_text(response).strip(), attempt.cost_usd, _finish_reason(response) == "length"
 
     async def _ab_check(self, ctx: RequestContext, original: str, compressed: str) -> tuple[bool, str]:
         """Answer sample questions with both prompts; a cheap judge says whether they agree."""
@@ -157,3 +187,11 @@ class SystemPromptCompressor:
         if rate < ab.min_agreement:
             return False, f"A/B check: answers agreed on {rate:.0%} of questions (< {ab.min_agreement:.0%})"
         return True, f"A/B check: answers agreed on {rate:.0%} of questions"
+
+
+def _finish_reason(response: dict[str, Any]) -> str | None:
+    try:
+        reason = response["choices"][0].get("finish_reason")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None
+    return reason if isinstance(reason, str) else None

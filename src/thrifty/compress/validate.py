@@ -5,8 +5,11 @@
   ``instruction_markers``, e.g. IMPORTANT / MUST / NEVER) appears in it too;
 - with ``keep_facts`` (the default), every fact the original states in a form a model could
   not restore is still there: numbers (30, 4.99, 2024-05-01, 15%), URLs, e-mail addresses,
-  `code spans` and "quoted text". Without this, a prompt with no ``must_keep`` list and no
-  marked sentences accepted any shorter text ("Sure! I can help with that.");
+  names (a capitalised word inside a sentence: Zentrix, Maria Lopez), `code spans`, "quoted
+  text", fenced code blocks (a JSON schema, an output example) and template placeholders
+  (``{{user_name}}``, ``{% if %}``, ``{agent}``, ``${id}``: the app fills them in later). Without
+  this, a prompt with no ``must_keep`` list and no marked sentences accepted any shorter text
+  ("Sure! I can help with that."), and one that dropped its placeholders or JSON schema too;
 - the compressed text keeps at least ``min_vocabulary`` of the original's distinct content
   words (4+ letters, a plural's "s" ignored): a compression may drop repetition and filler, not
   most of what the prompt talks about. Distinct words, so a prompt that repeats itself can still
@@ -50,14 +53,39 @@ _EMAIL = re.compile(r"\b[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){1,8}\b")
 _NUMBER = re.compile(r"(?<![\w.])\d{1,20}(?:[.,:/-]\d{1,20}){0,6}")
 _CODE = re.compile(r"`([^`\n]{1,80})`")
 _QUOTED = re.compile(r"\"([^\"\n]{1,80})\"|\u201c([^\u201d\n]{1,80})\u201d")
+# Template placeholders the application fills in after thrifty has sent the prompt on: Jinja or
+# Mustache ``{{user_name}}`` / ``{% if vip %}``, Python ``{agent}``, shell/JS ``${order_id}``. A
+# compression that drops one leaves the app's value with nowhere to go, and no model restores it.
+_PLACEHOLDER = re.compile(r"\{\{[^{}\n]{1,80}\}\}|\{%[^{}\n]{1,80}%\}|\$?\{[A-Za-z_][\w.]{0,60}\}")
+# A fenced code block's body (a JSON schema, an example output, code the model must reproduce):
+# compaction leaves it byte for byte, so the compression must keep it too (spacing folded).
+# Linear: ``*?`` stops at the next fence, and only the last fence of a text can be unclosed.
+_FENCED = re.compile(r"```[^`\n]{0,40}\n(.*?)```", re.S)
+# Names: a capitalised word that does not open its clause (Zentrix, Maria Lopez, HelpBot). The
+# first word of a sentence, line or "Label:" is capitalised by grammar, not because it names
+# something, so it is skipped; all-caps words (IMPORTANT, JSON) are markers or acronyms.
+_CLAUSE = re.compile(r"(?<=[.!?:;])\s+|\n+")
+_BULLET = re.compile(r"^[\s\-*\u2022>#\d.)]{1,20}")  # "- ", "1. ", "> ": the word after opens the line
+_CAPITALISED = re.compile(r"(?<![\w'\u2019\"\u201c-])[A-Z][a-z][A-Za-z]{0,40}")
+
+
+def _names(text: str) -> list[str]:
+    found = []
+    for clause in _CLAUSE.split(_FENCED.sub("\n", text)):
+        words = _BULLET.sub("", clause).split(None, 1)
+        if len(words) == 2:  # the clause's first word is skipped
+            found += _CAPITALISED.findall(words[1])
+    return found
 
 
 def facts(text: str) -> list[str]:
-    """Numbers, URLs, e-mail addresses, code spans and quoted text of ``text``, in order, once each."""
+    """Numbers, URLs, e-mail addresses, fenced code, placeholders, code spans and quoted text of
+    ``text``, in order, once each."""
     urls = [u.rstrip(".,;:!?") for u in _URL.findall(text)]
     emails = _EMAIL.findall(text)
     rest = _EMAIL.sub(" ", _URL.sub(" ", text))  # numbers inside a URL or address are part of it
     found = urls + emails + [n.rstrip(".,:/-") for n in _NUMBER.findall(rest)]
+    found += [block.strip() for block in _FENCED.findall(text)] + _PLACEHOLDER.findall(_FENCED.sub(" ", text))
     found += _CODE.findall(text) + [a or b for a, b in _QUOTED.findall(text)]
     return list(dict.fromkeys(f for f in found if f.strip()))
 
@@ -100,12 +128,17 @@ def check(original: str, compressed: str, must_keep: list[str], markers: list[st
         numbers, ranges = _numbers(folded), _ranges(folded)
         missing += [f for f in facts(original) if not _has_fact(folded, f, numbers, ranges) and f not in missing]
     if missing:
-        shown = "; ".join(m[:60] for m in missing[:3])
+        shown = "; ".join(" ".join(m.split())[:60] for m in missing[:3])  # a code block on one line
         return Verdict(False, missing, f"lost {len(missing)} must-keep item(s): {shown}")
     if not compressed.strip():
         return Verdict(False, [], "empty compression")
     if len(compressed) >= len(original):
         return Verdict(False, [], "compression is not shorter than the original")
+    # After the facts, as the vocabulary: a name is a word a model cannot guess back (the company
+    # the bot speaks for, the person to escalate to), and no other check noticed it gone.
+    lost = [n for n in dict.fromkeys(_names(original)) if _fold(n) not in folded] if keep_facts else []
+    if lost:
+        return Verdict(False, lost, f"lost {len(lost)} name(s): {', '.join(lost[:5])}")
     kept = vocabulary_kept(original, compressed)
     if kept < min_vocabulary:
         return Verdict(False, [], f"compression kept {kept:.0%} of the original's distinct words "

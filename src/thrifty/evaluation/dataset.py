@@ -155,6 +155,12 @@ def load_routerbench_csv(path: Path) -> OutcomeSet:
     models = [h.split("|")[0] for h in header if h.endswith("|total_cost")]
     if not models:
         raise DataError(f"{path}: no '<model>|total_cost' columns")
+    unscored = [m for m in models if m not in header]
+    if unscored:
+        # An empty score cell is a missing score (read as wrong); a missing score column would make
+        # every answer of that model read as wrong, and the policy serving them look worse.
+        raise DataError(f"{path}: no score column for {', '.join(repr(m) for m in unscored)} (it has a "
+                        f"'|total_cost' column): add the column, or remove that model's columns")
     items = []
     for index, (line, r) in enumerate(rows):
         outcomes = {}
@@ -166,6 +172,11 @@ def load_routerbench_csv(path: Path) -> OutcomeSet:
             have = len(r) - (1 if None in r else 0) - sum(v is None for v in r.values())
             raise DataError(f"{where}: {have + len(r.get(None) or [])} cells where the header has "
                             f"{len(header)} (is the file cut short?)")
+        if all(not str(v).strip() for v in r.values()):
+            # A row of empty cells (",,,,": what a spreadsheet saves for a blank line) is no prompt;
+            # judged, it would read as one every model got wrong and dilute every accuracy. It
+            # keeps its row number, as pandas counts it, so later rows keep theirs.
+            continue
         for m in models:
             cost = _csv_number(r.get(f"{m}|total_cost"), where, f"{m}|total_cost", None)
             outcomes[m] = Outcome(_literal_text(r.get(f"{m}|model_response", "")), cost)
@@ -218,7 +229,10 @@ def load_outcomes(path: str | Path) -> OutcomeSet:
     """One outcome file (.csv or .jsonl), or every such file in a folder (sorted by name)."""
     p = Path(path)
     if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.suffix in (".csv", ".jsonl"))
+        # The extension in any case (a Windows export writes ARC_TEST.CSV); hidden files are no
+        # data (macOS leaves a binary "._name.csv" beside each file it copies or zips).
+        files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in (".csv", ".jsonl")
+                       and not f.name.startswith("."))
         if not files:
             raise DataError(f"{p}: no .csv or .jsonl outcome files in this folder")
         result: OutcomeSet | None = None
@@ -229,8 +243,8 @@ def load_outcomes(path: str | Path) -> OutcomeSet:
         return result
     if not p.exists():
         raise DataError(f"{p}: no such file or folder")
-    if p.suffix == ".csv":
+    if p.suffix.lower() == ".csv":
         return load_routerbench_csv(p)
-    if p.suffix == ".jsonl":
+    if p.suffix.lower() == ".jsonl":
         return load_jsonl(p)
     raise DataError(f"{p}: expected a .csv (RouterBench) or .jsonl (thrifty outcomes) file")

@@ -29,6 +29,7 @@ from thrifty.evaluation.hygiene import (
     drop_train_overlap,
     fill_missing_costs,
     missing_models_note,
+    unseen_tasks_note,
 )
 from thrifty.evaluation.metrics import Decision, Row, aggregate, score_decisions
 from thrifty.evaluation.policy import (
@@ -119,12 +120,15 @@ class Evaluator:
         # One line each, for people (EvalResult.warnings).
         self.notes: list[str] = []
         self.missing_models = False  # models the policy was fitted to call are absent from --data
+        self.unseen_tasks = False  # task labels of --data that --train never had
         if train is not None and self.fit_fn is not None:
             check_baseline(train, options.baseline)
             data, overlap = drop_train_overlap(data, train)
             gaps = missing_models_note(data, train)
-            self.notes += [n for n in (overlap, gaps) if n]
+            unseen = unseen_tasks_note(data, train)
+            self.notes += [n for n in (overlap, gaps, unseen) if n]
             self.missing_models = gaps is not None
+            self.unseen_tasks = unseen is not None
         self.data, self.train, self.policy, self.options = data, train, policy, options
         self.factory = gateway_factory
         models = data.models + [m for m in (train.models if train else []) if m not in data.models]
@@ -213,9 +217,13 @@ class Evaluator:
         for s, ds in zip(sweep, swept, strict=True):
             rows.append(aggregate(f"thrifty ≤{s:g}x", "sweep", score_decisions(ds, self.data), base,
                                   f"max_cost_share={s:g}"))
-        # Calls to models --data lacks fall back to the baseline: that, not the fit, overspends.
-        cause = ("models of --train are missing from --data (warned above): where the policy calls one it falls "
-                 "back to the baseline") if self.missing_models else None
+        # Calls to models --data lacks fall back to the baseline, and tasks --train lacks were never
+        # fitted: that, not the fit's cost estimates, is what overspends.
+        causes = [("models of --train are missing from --data (warned above): where the policy calls one it falls "
+                   "back to the baseline") if self.missing_models else "",
+                  ("tasks of --data have no --train prompt (warned above): the fit never saw them, nor what they "
+                   "cost") if self.unseen_tasks else ""]
+        cause = "; ".join(c for c in causes if c) or None
         warning = budget_warning(self.policy_sections, rows[0], cause)
         rows.extend(reference_rows(self.data, opts.baseline))
         return EvalResult(opts.baseline, len(self.data), self.fitting, rows, decisions,

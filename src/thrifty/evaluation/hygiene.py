@@ -103,3 +103,21 @@ def missing_models_note(data: OutcomeSet, train: OutcomeSet) -> str | None:
     shown = ", ".join(f"{m} ({n})" for m, n in sorted(gaps.items()))
     return (f"models of --train have no outcome on some --data prompts: {shown}; where the fitted policy calls "
             "one, the call fails and the policy falls back (the cost of its other calls is still counted)")
+
+
+def unseen_tasks_note(data: OutcomeSet, train: OutcomeSet) -> str | None:
+    """A warning naming the task labels of ``data`` that no ``train`` prompt has (None if none):
+    held-out data may bring task families the fit never saw, and what the policy does with them
+    (often the baseline) is why a held-out cost share can exceed the budget; without this line
+    the budget warning would blame the cost estimates instead."""
+    known = set(train.tasks())
+    counts: dict[str, int] = {}
+    for item in data.items:
+        task = item.task or "(none)"
+        if task not in known:
+            counts[task] = counts.get(task, 0) + 1
+    if not counts:
+        return None
+    shown = ", ".join(f"{t} ({n} prompts)" for t, n in sorted(counts.items()))
+    return (f"tasks of --data with no --train prompt: {shown}; the policy was fitted without them, so its "
+            "budget and training figures say nothing about them")
