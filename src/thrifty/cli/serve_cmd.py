@@ -54,7 +54,8 @@ def register(app: typer.Typer) -> None:
         # and requests/s rose from ~62% to ~78% of the floor's.
         gc.collect()
         gc.freeze()
-        # The ledger writer thread gives up and retakes the GIL around every SQLite row; with
+        # The ledger writer thread gives up and retakes the GIL around every SQLite statement
+        # (one per up to 128 rows since ledger/store.py inserts many rows at once); with
         # CPython's default 5 ms switch interval each retake stalls behind the event loop
         # (a convoy). 1 ms measured 86% of the floor's requests/s at concurrency 64, vs 67%.
         sys.setswitchinterval(0.001)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import sqlite3
 import threading
@@ -21,6 +22,23 @@ from thrifty.ledger.migrations import MIGRATIONS
 from thrifty.ledger.records import ATTEMPT_COLUMNS, REQUEST_COLUMNS, AttemptRow, RequestRow, as_tuple
 
 T = TypeVar("T")
+
+# Most rows in one INSERT statement (a batch under load is ~100); fewer when the database's
+# limit on bound parameters (SQLStore.max_params) says so.
+ROWS_PER_INSERT = 128
+# A statement's row count is rounded up to a multiple of this, so a table has a few statement
+# shapes (SQLite keeps each prepared in its statement cache: one shape per batch size grew it
+# by ~35 MB).
+ROWS_ROUNDING = 16
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_sql(table: str, columns: tuple[str, ...], key: str, rows: int, placeholder: str) -> str:
+    """``INSERT INTO table (columns) VALUES (...), (...) ...`` for ``rows`` rows, a conflict on
+    ``key`` keeping the row already there."""
+    one = f"({', '.join([placeholder] * len(columns))})"
+    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([one] * rows)}"
+            f" ON CONFLICT ({key}) DO NOTHING")
 
 
 async def in_thread(call: Callable[[], T], wait_s: float, what: str) -> T:
@@ -40,6 +58,8 @@ class SQLStore:
     """Shared logic; subclasses provide ``_connect`` and ``placeholder``."""
 
     placeholder = "?"
+    # Bound parameters one statement may take: 999 is SQLite's limit before 3.32, and safe anywhere.
+    max_params = 999
     # Whole UTC days since the epoch. CAST truncates on SQLite but rounds on PostgreSQL,
     # so each dialect says how to floor.
     day_sql = "CAST(ts / 86400 AS INTEGER)"
@@ -90,27 +110,13 @@ class SQLStore:
     def write(self, requests: Sequence[RequestRow], attempts: Sequence[AttemptRow]) -> int:
         """Insert rows in one transaction (all or nothing: no half-written request); how many of
         ``requests`` were new (a request id already in the ledger is kept as it was)."""
-        p = self.placeholder
-        req_sql = (
-            f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) VALUES ({', '.join([p] * len(REQUEST_COLUMNS))})"
-            " ON CONFLICT (request_id) DO NOTHING"
-        )
-        att_sql = (
-            f"INSERT INTO attempts ({', '.join(ATTEMPT_COLUMNS)}) VALUES ({', '.join([p] * len(ATTEMPT_COLUMNS))})"
-            " ON CONFLICT (request_id, seq) DO NOTHING"
-        )
         with self._lock:
             conn = self.conn
             try:
                 cur = conn.cursor()
-                new = 0
-                if requests:
-                    # executemany's rowcount is the sum over the rows (sqlite3; psycopg 3.1+),
-                    # and ON CONFLICT DO NOTHING counts a kept row as 0.
-                    cur.executemany(req_sql, [as_tuple(r) for r in requests])
-                    new = max(0, cur.rowcount)
-                if attempts:
-                    cur.executemany(att_sql, [as_tuple(a) for a in attempts])
+                # ON CONFLICT DO NOTHING counts a kept row as 0 in rowcount (sqlite3, psycopg).
+                new = self._insert(cur, "requests", REQUEST_COLUMNS, "request_id", requests)
+                self._insert(cur, "attempts", ATTEMPT_COLUMNS, "request_id, seq", attempts)
                 cur.close()  # inside the lock: see cache/backends/sqlite.py _write
                 conn.commit()
                 return new
@@ -120,6 +126,29 @@ class SQLStore:
                 except Exception:
                     self._conn = None  # broken connection: reconnect on the next try
                 raise StorageError(f"ledger write failed: {type(exc).__name__}: {exc}") from None
+
+    def _insert(self, cur: Any, table: str, columns: list[str], key: str,
+                rows: Sequence[RequestRow] | Sequence[AttemptRow]) -> int:
+        """``rows`` inserted many to a statement (``ROWS_PER_INSERT``, fewer if ``max_params``
+        says so); how many were new. A chunk is padded to ``ROWS_ROUNDING`` rows with copies of
+        its last row, which the conflict clause skips (a row inserted once, counted once).
+
+        Why not ``executemany``: sqlite3 gives up the GIL around each statement step and takes it
+        back from the event loop, which holds it nearly all the time under load. One statement per
+        row made every row a GIL hand-off, a forced switch of the event loop thread. Measured at
+        concurrency 64: the ledger cost a served gateway 88 us of CPU per request with one
+        statement per row, 58 us with these, and the event loop's context switches per request
+        fell from 0.29 to 0.12 (0.06 with the ledger off)."""
+        new = 0
+        step = min(ROWS_PER_INSERT, self.max_params // len(columns))
+        for start in range(0, len(rows), step):
+            values = [as_tuple(row) for row in rows[start:start + step]]
+            shape = min(step, -(-len(values) // ROWS_ROUNDING) * ROWS_ROUNDING)
+            values += [values[-1]] * (shape - len(values))
+            cur.execute(_insert_sql(table, tuple(columns), key, shape, self.placeholder),
+                        [value for row in values for value in row])
+            new += max(0, cur.rowcount)
+        return new
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read query written with ``?`` placeholders."""
@@ -208,6 +237,7 @@ class SQLStore:
 
 class SQLiteStore(SQLStore):
     placeholder = "?"
+    max_params = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
 
     def __init__(self, path: str) -> None:
         super().__init__()
