@@ -44,9 +44,9 @@ from __future__ import annotations
 
 import re
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from thrifty.catalog import Catalog, ModelInfo
 from thrifty.errors import UpstreamError
@@ -161,13 +161,19 @@ def _normalise(upstream_model: str) -> str:
     return upstream_model.lower().rsplit("/", 1)[-1].split(":", 1)[0]
 
 
+_Named = TypeVar("_Named", "Family", "Hybrid")
+
+
+def _named(entries: Sequence[_Named], upstream_model: str) -> _Named | None:
+    """The first of ``entries`` whose pattern matches ``upstream_model``'s name and whose
+    exclusion does not."""
+    name = _normalise(upstream_model)
+    return next((e for e in entries if e.pattern.match(name) and not (e.exclude and e.exclude.match(name))), None)
+
+
 def family_of(upstream_model: str) -> Family | None:
     """The reasoning family ``upstream_model`` belongs to by name, or None."""
-    name = _normalise(upstream_model)
-    for fam in FAMILIES:
-        if fam.pattern.match(name) and not (fam.exclude and fam.exclude.match(name)):
-            return fam
-    return None
+    return _named(FAMILIES, upstream_model)
 
 
 def hybrid_of(upstream_model: str) -> Hybrid | None:
@@ -177,11 +183,7 @@ def hybrid_of(upstream_model: str) -> Hybrid | None:
 
 def _hybrid_match(upstream_model: str) -> Hybrid | None:
     """The hybrid family whose name ``upstream_model`` has, reasoning family or not."""
-    name = _normalise(upstream_model)
-    for hyb in HYBRIDS:
-        if hyb.pattern.match(name) and not (hyb.exclude and hyb.exclude.match(name)):
-            return hyb
-    return None
+    return _named(HYBRIDS, upstream_model)
 
 
 @dataclass(frozen=True)

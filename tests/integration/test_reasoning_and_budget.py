@@ -33,6 +33,7 @@ import httpx
 import openai
 import pytest
 
+from fixtures.judge_config import judge_cascade_config
 from fixtures.served import reset, sent, serving
 from fixtures.tcp_proxy import TcpProxy
 from thrifty.config import Config
@@ -81,15 +82,7 @@ def upstream() -> Iterator[RunningServer]:
 
 
 def judged_by(tmp: Path, upstream: RunningServer, judge: str) -> dict[str, Any]:
-    models: dict[str, Any] = {m: {"provider": "mock", "price": {"input": 0.1, "output": 0.4}}
-                              for m in ("cheap", judge)}
-    models["premium"] = {"provider": "mock", "price": {"input": 10.0, "output": 40.0}}
-    return {"providers": {"mock": {"base_url": upstream.url + "/v1", "max_retries": 0}},
-            "models": models, "baseline": "premium", "default_model": "cheap",
-            "ledger": {"path": str(tmp / "ledger.db")},
-            "routing": {"default_route": "general", "routes": {"general": {
-                "tiers": [{"model": "cheap", "threshold": 0.7}, {"model": "premium"}],
-                "scorer": {"kind": "judge", "judge_model": judge}}}}}
+    return judge_cascade_config(tmp, upstream, judge)
 
 
 def judge_bodies(upstream: RunningServer, tmp: Path, judge: str) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from fixtures.cli_run import run_main
+from fixtures.judge_config import judge_cascade_config
 from fixtures.served import attempt_rows, reset, sent, serving
 from thrifty.gateway import Gateway
 from thrifty.internal_calls import shape_for
@@ -44,16 +45,8 @@ def upstream() -> Iterator[RunningServer]:
 
 
 def config(tmp: Path, upstream: RunningServer, judge: str, **judge_settings: Any) -> dict[str, Any]:
-    models: dict[str, Any] = {m: {"provider": "mock", "price": {"input": 0.1, "output": 0.4}}
-                              for m in ("cheap", "down-judge", "house-judge", "slow-thinker")}
-    models["premium"] = {"provider": "mock", "price": {"input": 10.0, "output": 40.0}}
-    models[judge].update(judge_settings)
-    return {"providers": {"mock": {"base_url": upstream.url + "/v1", "max_retries": 0}},
-            "models": models, "baseline": "premium", "default_model": "cheap",
-            "ledger": {"path": str(tmp / "ledger.db")},
-            "routing": {"default_route": "general", "routes": {"general": {
-                "tiers": [{"model": "cheap", "threshold": 0.7}, {"model": "premium"}],
-                "scorer": {"kind": "judge", "judge_model": judge}}}}}
+    return judge_cascade_config(tmp, upstream, judge, ("down-judge", "house-judge", "slow-thinker"),
+                                **judge_settings)
 
 
 

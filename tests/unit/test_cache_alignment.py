@@ -8,44 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fixtures.cache_verifiers import gateway_repeat, random_verifier
+from fixtures.cache_verifiers import WordTokens, gateway_repeat, random_verifier
 from thrifty.cache.alignment import ALIGN_NAMES, alignment_features, piece_idf
 from thrifty.cache.features import FEATURE_NAMES
 from thrifty.cache.verifier import LearnedVerifier
 from thrifty.embeddings import build_embedder
-from thrifty.embeddings.base import TokenEmbedder, TokenVectors, normalize_rows
+from thrifty.embeddings.base import TokenEmbedder, TokenVectors
 from thrifty.errors import ConfigError
-
-
-class WordTokens:
-    """A test embedder with token vectors: the lexical embedder, and each word's lexical vector as
-    its token vector. Counts the texts it was asked to tokenise."""
-
-    def __init__(self) -> None:
-        self.inner = build_embedder("lexical")
-        self.tokenised: list[str] = []
-        self.embedded: list[str] = []  # texts sent to embed (sentence vectors only)
-
-    @property
-    def dim(self) -> int:
-        return int(self.inner.dim)
-
-    @property
-    def name(self) -> str:
-        return "lexical-words-test"
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        self.embedded += texts
-        return self.inner.embed(texts)
-
-    def embed_tokens(self, texts: list[str]) -> tuple[np.ndarray, list[TokenVectors]]:
-        self.tokenised += texts
-        out = []
-        for t in texts:
-            words = t.lower().replace("?", "").split()
-            vecs = normalize_rows(self.inner.embed(words)) if words else np.zeros((0, self.dim), np.float32)
-            out.append(TokenVectors(tuple(words), vecs.astype(np.float16)))
-        return self.inner.embed(texts), out
 
 
 def tv(emb: WordTokens, text: str) -> TokenVectors:

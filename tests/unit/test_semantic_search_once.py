@@ -21,7 +21,7 @@ import openai
 import pytest
 import yaml
 
-from fixtures.cache_verifiers import random_verifier
+from fixtures.cache_verifiers import WordTokens, random_verifier
 from fixtures.cli_run import run_main
 from thrifty.cache import vetoes as vetoes_module
 from thrifty.cache.alignment import ALIGN_NAMES
@@ -29,8 +29,6 @@ from thrifty.cache.backends.base import EntryMeta
 from thrifty.cache.backends.memory import MemoryBackend
 from thrifty.cache.index import VectorIndex
 from thrifty.cache.semantic import SemanticCache
-from thrifty.embeddings import build_embedder
-from thrifty.embeddings.base import TokenVectors, normalize_rows
 from thrifty.gateway import Gateway
 from thrifty.mock.app import create_app as create_mock
 from thrifty.mock.behaviour import MockConfig
@@ -130,33 +128,6 @@ def test_each_candidate_is_vetted_once_and_near_misses_still_miss(mock: RunningS
         assert counts["vetoes"] == 2
         assert ask(c, "How do I enable dark mode in 2024?") == ("miss", None)  # 2023 is not 2024
     gw.close()
-
-
-class WordTokens:
-    """The lexical embedder with each word's lexical vector as its token vector (a stand-in for
-    the sentence model, whose token vectors feed a verifier with alignment features)."""
-
-    def __init__(self) -> None:
-        self.inner = build_embedder("lexical")
-
-    @property
-    def dim(self) -> int:
-        return int(self.inner.dim)
-
-    @property
-    def name(self) -> str:
-        return "lexical-words-test"
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        return self.inner.embed(texts)
-
-    def embed_tokens(self, texts: list[str]) -> tuple[np.ndarray, list[TokenVectors]]:
-        out = []
-        for t in texts:
-            words = t.lower().replace("?", "").split()
-            vecs = normalize_rows(self.inner.embed(words)) if words else np.zeros((0, self.dim), np.float32)
-            out.append(TokenVectors(tuple(words), vecs.astype(np.float16)))
-        return self.inner.embed(texts), out
 
 
 async def test_a_token_verifier_lookup_vets_each_candidate_once(tmp_path: Path, counts: dict[str, int]) -> None:
