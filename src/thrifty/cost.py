@@ -29,6 +29,7 @@ Rules (the part of gateways most often wrong):
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -173,7 +174,7 @@ def usd_header(v: float) -> str:
     to 12 places with trailing zeros dropped. Fixed at 8 places, a call under $0.000000005 (a
     small model, a short prompt) read as "0.00000000", as if it had cost nothing."""
     text = f"{v + 0.0:.12f}".rstrip("0").rstrip(".")
-    return text or "0"
+    return "0" if text == "-0" else text  # a tiny negative correction rounds to zero
 
 
 def usd_text(v: float, places: int = 6) -> str:
@@ -181,7 +182,7 @@ def usd_text(v: float, places: int = 6) -> str:
     never reads as zero: one that would round to 0 gets two significant digits (``3.2e-07``).
     A call to a cheap model costs well under a millionth of a dollar, and ``0.000000`` spend,
     saving or budget read as "nothing" (a budget refusal said "$0.000000 of $0.000000")."""
-    if v != v or v in (float("inf"), float("-inf")):  # a sum of finite figures can still overflow
+    if not math.isfinite(v):  # a sum of finite figures can still overflow
         return "overflow"
     text = f"{v + 0.0:.{places}f}"  # + 0.0: -0.0 (a failed request's loss of nothing) is 0
     return f"{v:.1e}" if v != 0 and float(text) == 0 else text

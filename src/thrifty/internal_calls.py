@@ -161,7 +161,7 @@ def _normalise(upstream_model: str) -> str:
     return upstream_model.lower().rsplit("/", 1)[-1].split(":", 1)[0]
 
 
-_Named = TypeVar("_Named", "Family", "Hybrid")
+_Named = TypeVar("_Named", Family, Hybrid)
 
 
 def _named(entries: Sequence[_Named], upstream_model: str) -> _Named | None:
@@ -178,12 +178,7 @@ def family_of(upstream_model: str) -> Family | None:
 
 def hybrid_of(upstream_model: str) -> Hybrid | None:
     """The hybrid family ``upstream_model`` belongs to by name (and no reasoning one), or None."""
-    return None if family_of(upstream_model) is not None else _hybrid_match(upstream_model)
-
-
-def _hybrid_match(upstream_model: str) -> Hybrid | None:
-    """The hybrid family whose name ``upstream_model`` has, reasoning family or not."""
-    return _named(HYBRIDS, upstream_model)
+    return None if family_of(upstream_model) is not None else _named(HYBRIDS, upstream_model)
 
 
 @dataclass(frozen=True)
@@ -227,7 +222,7 @@ def configured_shape(info: ModelInfo) -> Shape:
         return Shape(False)
     fam = family_of(info.upstream_model)
     if fam is None and info.reasoning is not True:
-        hybrid = _hybrid_match(info.upstream_model)  # no reasoning family: hybrid_of without its family_of
+        hybrid = _named(HYBRIDS, info.upstream_model)  # no reasoning family here: skip hybrid_of's check
         return Shape(False, switch=hybrid.switch if hybrid else None)
     fam = fam or GENERIC
     effort = fam.effort if info.reasoning_effort == "auto" else info.reasoning_effort

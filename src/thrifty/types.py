@@ -59,9 +59,9 @@ class ChatRequest:
             if not isinstance(raw_opts, dict):
                 raise InvalidRequestError("'thrifty' must be an object of thrifty options.", param="thrifty")
             options.update(raw_opts)
-        if "cache" in body:
+        if body.get("cache") is not None:  # null is "not set", as for every thrifty option
             # Shorthand `"cache": false` documented for clients that cannot send headers.
-            if "cache" in options and options["cache"] != body["cache"]:
+            if options.get("cache") is not None and options["cache"] != body["cache"]:
                 # Which one wins would be a guess, and a wrong guess serves a cached answer to a
                 # client that said not to.
                 raise InvalidRequestError("'cache' and 'thrifty.cache' disagree; send one of them.", param="cache")

@@ -37,7 +37,8 @@ class Pair:
 def _records(path: str | Path) -> Iterator[tuple[int, Any]]:
     """(record number, record): JSON Lines, or one JSON array (GPTCache's paraphrase files)."""
     try:
-        head = Path(path).read_text(encoding="utf-8-sig")[:4096].lstrip()
+        with open(path, encoding="utf-8-sig") as fh:
+            head = fh.read(4096).lstrip()
     except (OSError, UnicodeDecodeError):
         head = ""  # iter_jsonl says why it cannot be read
     if not head.startswith("["):

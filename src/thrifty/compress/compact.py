@@ -137,7 +137,11 @@ def apply_dictionary(text: str, dictionary: dict[str, str]) -> str:
 
 
 def compact(text: str, dictionary: dict[str, str] | None = None) -> str:
-    """All steps; returns ``text`` unchanged when compaction would not make it shorter."""
+    """All steps; returns ``text`` unchanged when compaction would not make it shorter, or when it
+    holds a NUL: both hiding steps mark code with NULs, so one in the text would be read as a
+    placeholder (an IndexError, a 500, or another span put back). The saving is optional."""
+    if "\x00" in text:
+        return text
     out = normalise(text)
     if dictionary:
         out = apply_dictionary(out, dictionary)

@@ -51,6 +51,8 @@ class SystemPromptCompressor:
         self.caller = caller
         self.memo_ttl_s = memo_ttl_s
         self._memo: dict[str, tuple[float, str | None]] = {}
+        # Stored versions that passed today's checks in this process (``_still_valid``).
+        self._checked: set[tuple[str, Any, str]] = set()
         self._inflight: dict[str, asyncio.Task[dict[str, Any] | None]] = {}
         # Everything that decides what a compressed version looks like or whether it passes
         # (not require_approval: that only decides whether a version is used).
@@ -89,9 +91,15 @@ class SystemPromptCompressor:
         ``{{user_name}}`` or a JSON schema (it had no such check) kept being sent after the upgrade.
         One that fails is marked failed, with the reason, for `thrifty compress show`; an approved
         version is a person's decision and is not second-guessed."""
+        # Once per version and process: the memo expires every memo_ttl_s, and a full check of a
+        # 25 kB prompt is ~6.5 ms of event-loop CPU each time.
+        seen = (h, version["version"], version["text"])
+        if seen in self._checked:
+            return True
         verdict = check(doc["original"], version["text"], self.cfg.must_keep, self.cfg.instruction_markers,
                         keep_facts=self.cfg.keep_facts, min_vocabulary=self.cfg.min_vocabulary)
         if verdict.ok:
+            self._checked.add(seen)
             return True
         log.warning("stored compression %s v%s fails the current checks: %s", h[:12], version["version"],
                     verdict.reason)

@@ -141,7 +141,7 @@ def _csv_number(raw: str | None, where: str, field_name: str, high: float | None
 def load_routerbench_csv(path: Path) -> OutcomeSet:
     rows: list[tuple[int, dict[str | None, Any]]] = []
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
+        with path.open(newline="", encoding="utf-8-sig") as fh:  # an Excel export starts with a BOM
             reader = csv.DictReader(fh)
             header = reader.fieldnames or []
             end = reader.line_num  # lines read so far: a record starts on the next one

@@ -17,6 +17,7 @@ _TCP_DEFAULTS = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 
 
 
 class PostgresStore(SQLStore):
+    max_params = 65535  # the protocol's limit on bound parameters (a batch is one statement per table)
     placeholder = "%s"
     day_sql = "CAST(FLOOR(ts / 86400) AS BIGINT)"
 

@@ -170,11 +170,8 @@ class MemoryLimiter:
     async def admit(self, key: VirtualKey, est_cost: float, est_tokens: int, now: float) -> Ticket:
         period = period_of(key.period, now)
         bkey = (key.key_id, period.id)
-        if key.budget_usd is not None and bkey not in self._budget:
-            began = time.time()  # before the read: what the ledger held by then is in it
-            spent = await self._seed(key.key_id, period.start)
-            with self._lock:
-                self._budget.setdefault(bkey, [spent, 0.0, began])
+        if key.budget_usd is not None:
+            await self._ensure_counter(key.key_id, period)
         window = window_of(now)
         wkey = (key.key_id, window)
         with self._lock:
@@ -207,6 +204,15 @@ class MemoryLimiter:
             if ticket.has_tpm and wkey in self._tokens:
                 self._tokens[wkey] = max(0, self._tokens[wkey] + tokens - ticket.est_tokens)
 
+    async def _ensure_counter(self, key_id: str, period: Period) -> None:
+        """Seed the key's budget counter for ``period`` from the ledger when it has none yet."""
+        if (key_id, period.id) in self._budget:
+            return
+        began = time.time()  # before the read: what the ledger held by then is in it
+        spent = await self._seed(key_id, period.start)
+        with self._lock:
+            self._budget.setdefault((key_id, period.id), [spent, 0.0, began])
+
     async def correct(self, key_id: str, period_id: str, delta_usd: float, begun: float) -> None:
         """``Limiter.correct``: onto a counter seeded before ``begun`` only."""
         with self._lock:
@@ -216,11 +222,7 @@ class MemoryLimiter:
 
     async def usage(self, key: VirtualKey, now: float) -> Usage:
         period = period_of(key.period, now)
-        if (key.key_id, period.id) not in self._budget:
-            began = time.time()
-            spent = await self._seed(key.key_id, period.start)
-            with self._lock:
-                self._budget.setdefault((key.key_id, period.id), [spent, 0.0, began])
+        await self._ensure_counter(key.key_id, period)
         wkey = (key.key_id, window_of(now))
         with self._lock:
             spent, reserved, _ = self._budget[(key.key_id, period.id)]

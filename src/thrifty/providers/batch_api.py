@@ -16,7 +16,7 @@ import aiohttp
 from thrifty.config import ProviderConfig
 from thrifty.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeoutError
 from thrifty.loops import LoopSessions
-from thrifty.providers.openai_compat import OpenAICompatProvider, join_url
+from thrifty.providers.openai_compat import OpenAICompatProvider
 from thrifty.redact import Redactor
 
 
@@ -68,7 +68,7 @@ class OpenAIBatchAPI:
 
     async def _request(self, method: str, path: str, *, json_body: Any = None, data: Any = None) -> bytes:
         try:
-            async with self._get_session().request(method, join_url(self.config.base_url, path), json=json_body,
+            async with self._get_session().request(method, self._errors.url(path), json=json_body,
                                                    data=data, allow_redirects=False) as resp:
                 await self._errors.check_status(resp)  # redirects are not followed: see check_status
                 return await resp.read()
