@@ -36,7 +36,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"
 
 from mdreport import write_section  # noqa: E402
 from thrifty.cache.calibrate import MODELS, calibrate  # noqa: E402
-from thrifty.cache.evaluation import decide_all, drop_calibration_overlap, report  # noqa: E402
+from thrifty.cache.evaluation import decide_all, keep_out_of_sample, report  # noqa: E402
 from thrifty.cache.folds import grouped_folds  # noqa: E402
 from thrifty.cache.pairs import Pair, read_pairs  # noqa: E402
 from thrifty.embeddings import build_embedder  # noqa: E402
@@ -153,7 +153,7 @@ def run(embedder_spec: str, pairs: list[Pair], k: int, seed: int, model: str) ->
         train = [p for p, m in zip(pairs, mask, strict=True) if m]
         test = [pairs[i] for i in test_idx]
         # The CLI's own overlap rule: with question-grouped folds it must leave nothing out.
-        if drop_calibration_overlap(test, train)[1] is not None:
+        if keep_out_of_sample(test, train)[2] is not None:
             raise RuntimeError(f"fold {f} shares a question with its calibration folds")
         cal = calibrate(train, emb, max_false_hit_rate=0.005, model=model)
         lookups, latency = decide_all(test, emb, cal.verifier)

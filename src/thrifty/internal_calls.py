@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from thrifty.catalog import Catalog, ModelInfo
 from thrifty.errors import UpstreamError
-from thrifty.types import ChatRequest, Usage
+from thrifty.types import ChatRequest, Usage, cut_at_limit
 
 if TYPE_CHECKING:
     from thrifty.pipeline.caller import ModelCaller
@@ -305,10 +305,9 @@ def learn_from_error(catalog: Catalog, model: str, sent: dict[str, Any], message
 
 def reasoned_out(response: dict[str, Any]) -> bool:
     """An answer with no text, cut off at the limit, after reasoning: the budget went on thinking."""
-    choices = response.get("choices") or []
-    if not choices or not isinstance(choices[0], dict) or choices[0].get("finish_reason") != "length":
+    if not cut_at_limit(response):
         return False
-    message = choices[0].get("message")
+    message = response["choices"][0].get("message")
     if not isinstance(message, dict):
         return False  # a provider's nonsense is no evidence (and must not raise out of the judge)
     content = message.get("content")

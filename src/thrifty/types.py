@@ -292,8 +292,9 @@ class Usage:
             if "cache_read_input_tokens" in raw or written:
                 cached = g("cache_read_input_tokens")
                 prompt = g("input_tokens") + cached + written
-            else:
+            else:  # Responses-style: both inside input_tokens (OpenRouter names the writes here too)
                 cached, prompt = idetails("cached_tokens"), g("input_tokens")
+                written = idetails("cache_write_tokens")
             completion = g("output_tokens")
         else:
             prompt = g("prompt_tokens")
@@ -371,3 +372,18 @@ def response_text(response: dict[str, Any], index: int = 0) -> str:
     except (KeyError, IndexError, TypeError, AttributeError):
         return ""
     return content if isinstance(content, str) else ""
+
+
+def finish_reason(response: dict[str, Any], index: int = 0) -> str | None:
+    """The ``finish_reason`` of choice ``index`` (None when absent or not a string)."""
+    try:
+        reason = response["choices"][index].get("finish_reason")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None
+    return reason if isinstance(reason, str) else None
+
+
+def cut_at_limit(response: dict[str, Any]) -> bool:
+    """True when the first choice stopped at ``max_tokens`` (``finish_reason: "length"``): a cut
+    answer is not a whole answer, even when its first words would pass a check."""
+    return finish_reason(response) == "length"

@@ -9,7 +9,7 @@ import pytest
 
 from fixtures.bench_module import load_bench
 from thrifty.cache.calibrate import calibrate
-from thrifty.cache.evaluation import drop_calibration_overlap
+from thrifty.cache.evaluation import keep_out_of_sample
 from thrifty.cache.folds import group_split, grouped_folds, question_groups, question_key
 from thrifty.cache.pairs import Pair
 from thrifty.cache.wordmodel import oof_word_scores
@@ -103,13 +103,13 @@ def test_calibration_overlap_drops_pairs_sharing_either_question() -> None:
     judged = [Pair("How old is the sun?", "is the sun hot?", 1), Pair("a b", "c d", 0),
               Pair("what is x?", "WHAT  is y?", 0), Pair("e f", "g h", 1)]
     calibration = [Pair("how old is the  sun?", "what is the age of the sun?", 1), Pair("what is y?", "z", 0)]
-    kept, warning = drop_calibration_overlap(judged, calibration)
+    kept, _, warning = keep_out_of_sample(judged, calibration)
     assert kept == [judged[1], judged[3]]
     assert warning == ("2 of the 4 --pairs share a question with the --calibrate-on pairs and were left out: "
                        "judged on the other 2")
     with pytest.raises(DataError, match="every one of the 1 --pairs shares a question"):
-        drop_calibration_overlap([judged[0]], calibration)
-    assert drop_calibration_overlap([judged[1]], calibration) == ([judged[1]], None)
+        keep_out_of_sample([judged[0]], calibration)
+    assert keep_out_of_sample([judged[1]], calibration) == ([judged[1]], [0], None)
 
 
 def test_drop_overlap_reads_every_key_of_both_sides() -> None:

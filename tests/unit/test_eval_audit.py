@@ -127,13 +127,13 @@ def _pairs_file(path: Path, pairs: list[tuple[str, str, int]]) -> Path:
 
 
 def test_cache_eval_leaves_out_calibration_pairs_in_either_text_order() -> None:
-    from thrifty.cache.evaluation import drop_calibration_overlap
+    from thrifty.cache.evaluation import keep_out_of_sample
     from thrifty.cache.pairs import Pair
 
     judged = [Pair("how old is the sun?", "what is the age of the sun?", 1), Pair("a b", "c d", 0),
               Pair("x  y", "z", 0)]
     calibration = [Pair("what is the age of the sun?", "how old is the sun?", 1), Pair("x y", "z", 1)]
-    kept, warning = drop_calibration_overlap(judged, calibration)
+    kept, _, warning = keep_out_of_sample(judged, calibration)
     assert kept == [judged[1]]
     assert warning is not None and "2 of the 3 --pairs" in warning
 

@@ -32,6 +32,7 @@ import time
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from thrifty.batching.config import DeferredConfig
@@ -65,6 +66,9 @@ class BatchAnswer:
     usage: Usage
     cost: Cost
     batch_id: str | None
+    # When the provider answered (``answered_at``), read once: the answer is priced and dated at
+    # this one time (with no ``created`` it is "now", which two reads would make two times).
+    answered: datetime
 
 
 @dataclass
@@ -100,7 +104,7 @@ class GatewayJobRunner(DeferredRunner):
             return None, error
         body = row["response"]["body"]
         info = self.gw.catalog.get(job.model)
-        usage, cost = _priced(it.input, body, info)
+        usage, cost = _priced(it.input, body, info, answered_at(body))
         output = json.dumps(body, ensure_ascii=False)
         # The ledger row is written by whoever delivers the answer (the waiting request's
         # ledger stage, or the collector for an orphan), not here.
@@ -231,8 +235,9 @@ class Collector:
             except ValueError:
                 body = None
             if isinstance(body, dict) and body.get("choices"):
-                usage, cost = _priced(it.input, body, info)
-                return BatchAnswer(body, usage, cost, job.batch_id)
+                when = answered_at(body)
+                usage, cost = _priced(it.input, body, info, when)
+                return BatchAnswer(body, usage, cost, job.batch_id, when)
             return BatchItemError(f"batch {job.batch_id}: the stored answer is not a chat completion")
         return BatchItemError(f"batch {job.batch_id}: {it.error or 'no answer'} ({job.provider_status or job.status})")
 
@@ -245,8 +250,7 @@ class Collector:
         body = json.loads(it.input)
         ctx = RequestContext(request=ChatRequest(model=job.model, messages=body.get("messages") or []),
                              request_id=it.item_id)
-        settle_answer(ctx, self.gw.catalog, job.model, job.provider, answer.usage, answer.cost,
-                      answered_at(answer.response))
+        settle_answer(ctx, self.gw.catalog, job.model, job.provider, answer.usage, answer.cost, answer.answered)
         self.gw.ledger.submit(*rows_from_context(ctx))
 
     def _abandon(self, job_id: str, reason: str) -> None:
@@ -299,11 +303,11 @@ class Collector:
             await self._close_if_idle()
 
 
-def _priced(request_json: str, body: dict[str, Any], info: ModelInfo | None) -> tuple[Usage, Cost]:
-    """A batch answer's usage and cost at the batch price (``price_answer``), for the request
-    stored as the item's input."""
+def _priced(request_json: str, body: dict[str, Any], info: ModelInfo | None, when: datetime) -> tuple[Usage, Cost]:
+    """A batch answer's usage and cost at the batch price as of ``when`` (``price_answer``), for
+    the request stored as the item's input."""
     try:
         request: ChatRequest | None = ChatRequest.from_body(json.loads(request_json))
     except Exception:  # the stored request is ours; if it cannot be read, price what was reported
         request = None
-    return price_answer(request, body, info)
+    return price_answer(request, body, info, when)

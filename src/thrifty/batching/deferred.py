@@ -49,7 +49,7 @@ from thrifty.pipeline.accounting import priced_usage, settle
 from thrifty.pipeline.context import Attempt, RequestContext
 from thrifty.providers.batch_api import BatchProvider, OpenAIBatchAPI
 from thrifty.providers.compat import adapt
-from thrifty.types import ChatRequest, Usage, response_text
+from thrifty.types import ChatRequest, Usage, cut_at_limit, response_text
 
 if TYPE_CHECKING:
     from thrifty.gateway import Gateway
@@ -338,7 +338,7 @@ class DeferredRunner:
         when = answered_at(body)
         usage, cost = price_answer(self._request(job, it), body, self.gw.catalog.get(job.model), when)
         item = Item(it.item_id, it.input)
-        cut = packing.cut_short(body)
+        cut = cut_at_limit(body)
         output = None if cut else packing.valid_output(response_text(body), item, job.labels, None)
         if self._ledger(job, it, usage, cost, when):
             prompt = it.prompt_tokens + usage.prompt_tokens

@@ -106,14 +106,6 @@ def valid_output(value: Any, item: Item, labels: list[str] | None, validate: Val
     return text
 
 
-def cut_short(response: dict[str, Any]) -> bool:
-    """True when the answer stopped at ``max_tokens`` (finish_reason ``length``): a cut answer is
-    not an answer, even when its first words would pass the checks."""
-    choices = response.get("choices") or []
-    first = choices[0] if choices and isinstance(choices[0], dict) else {}
-    return first.get("finish_reason") == "length"
-
-
 @dataclass
 class PackOutcome:
     accepted: dict[str, str] = field(default_factory=dict)  # item id -> output

@@ -28,7 +28,7 @@ from thrifty.batching.items import Item, coerce_items
 from thrifty.batching.progress import Progress
 from thrifty.errors import ConfigError, InvalidRequestError, ThriftyError, UsageError
 from thrifty.pipeline.context import RequestContext, new_request_id
-from thrifty.types import ChatRequest, response_text
+from thrifty.types import ChatRequest, cut_at_limit, response_text
 
 if TYPE_CHECKING:
     from thrifty.batching.checkpoint import Checkpoint
@@ -197,7 +197,7 @@ class _Run:
     def _judge(self, ctx: RequestContext, items: list[Item], params: dict[str, Any],
                judge: Judge) -> packing.PackOutcome:
         response = ctx.response or {}
-        if packing.cut_short(response):
+        if cut_at_limit(response):
             why = f"answer cut at max_tokens ({params.get('max_tokens')}; see batching.max_output_tokens_per_item)"
             return packing.PackOutcome(failed={it.id: why for it in items})
         return judge(response_text(response))

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from thrifty.cache.alignment import ALIGN_NAMES, alignment_features, piece_idf
-from thrifty.cache.config import DEFAULT_CONFIDENCE, DEFAULT_TOP_K
+from thrifty.cache.config import DEFAULT_CONFIDENCE, DEFAULT_MAX_FALSE_HIT_RATE, DEFAULT_TOP_K
 from thrifty.cache.density import DENSITY_NAMES
 from thrifty.cache.features import FEATURE_NAMES, build_idf, pair_features
 from thrifty.cache.folds import group_split, question_groups
@@ -241,7 +241,7 @@ def _best(fitted: _Fitted, r: _Replay, idx: np.ndarray) -> tuple[np.ndarray, np.
     return scores[rows, j], own, r.cand[idx, j, -1]
 
 
-def calibrate(pairs: list[Pair], embedder: Embedder, *, max_false_hit_rate: float = 0.005, model: str = "auto",
+def calibrate(pairs: list[Pair], embedder: Embedder, *, max_false_hit_rate: float = DEFAULT_MAX_FALSE_HIT_RATE, model: str = "auto",
               folds: int = 5, margin: float = 1.0, top_k: int = DEFAULT_TOP_K, seed: int = 0,
               confidence: float | None = DEFAULT_CONFIDENCE,
               progress: Callable[[str], None] | None = None) -> Calibration:

@@ -16,6 +16,9 @@ DEFAULT_TOP_K = 10
 # How sure `cache calibrate` is that the false-hit rate meets its target (None or 0: matched on
 # average; cache/verifier.allowed_false_hits).
 DEFAULT_CONFIDENCE = 0.9
+# The false-hit rate `cache calibrate` and `cache eval --calibrate-on` aim at unless told: 0.5% of
+# non-duplicates served another question's answer.
+DEFAULT_MAX_FALSE_HIT_RATE = 0.005
 
 
 class _Strict(BaseModel):

@@ -135,19 +135,13 @@ def render_text(rep: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def drop_calibration_overlap(judged: list[Pair], calibration: list[Pair]) -> tuple[list[Pair], str | None]:
-    """``judged`` without the pairs that share a question (either text, compared by
-    folds.question_key) with a ``calibration`` pair, and a warning saying how many were left out:
-    the verifier's difference-word model, IDF and threshold were fitted on those questions, so
-    such a pair would be judged in-sample (QQP repeats questions across pairs). ``DataError``
-    when every judged pair shares one."""
-    kept, _, warning = keep_out_of_sample(judged, calibration)
-    return kept, warning
-
-
 def keep_out_of_sample(judged: list[Pair], calibration: list[Pair]) -> tuple[list[Pair], list[int], str | None]:
-    """``drop_calibration_overlap`` plus the kept pairs' 0-based positions in ``judged``: the
-    ``--decisions`` file indexes the --pairs file, not the shorter judged list."""
+    """``judged`` without the pairs that share a question (either text, compared by
+    folds.question_key) with a ``calibration`` pair, their 0-based positions in ``judged`` (the
+    ``--decisions`` file indexes the --pairs file, not the shorter judged list), and a warning
+    saying how many were left out: the verifier's difference-word model, IDF and threshold were
+    fitted on those questions, so such a pair would be judged in-sample (QQP repeats questions
+    across pairs). ``DataError`` when every judged pair shares one."""
     kept, warning = drop_overlap(
         list(enumerate(judged)), calibration, judged_keys=lambda item: _questions(item[1]), fitted_keys=_questions,
         warning="{dropped} of the {total} --pairs share a question with the --calibrate-on pairs and were left "

@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from thrifty.cache.config import DEFAULT_CONFIDENCE, DEFAULT_TOP_K
+from thrifty.cache.config import DEFAULT_CONFIDENCE, DEFAULT_MAX_FALSE_HIT_RATE, DEFAULT_TOP_K
 from thrifty.cli.checks import dumps, finite_float, int_at_least, writable_output
 from thrifty.cli.report_cmd import parse_when
 from thrifty.errors import ConfigError, InvalidRequestError, UsageError
@@ -151,7 +151,7 @@ def register(app: typer.Typer) -> None:
         embedder: str | None = typer.Option(None, help=EMBEDDER_HELP),
         # None when not given: these three fit the --calibrate-on verifier and are refused without it.
         max_false_hit_rate: float | None = typer.Option(
-            None, "--max-false-hit-rate", help="--calibrate-on: the calibration target (default 0.005)."),
+            None, "--max-false-hit-rate", help=f"--calibrate-on: the calibration target (default {DEFAULT_MAX_FALSE_HIT_RATE:g})."),
         model: str | None = typer.Option(None, help="--calibrate-on: the verifier model, auto (default), "
                                          "lgbm+density, lgbm, logreg+density, logreg or cosine (see `cache calibrate`)."),
         top_k: int = typer.Option(DEFAULT_TOP_K, "--top-k", help="Candidates the verifier sees per lookup."),
@@ -176,7 +176,7 @@ def register(app: typer.Typer) -> None:
         writable_output(decisions, "--decisions")
         _calibration_flags(calibrate_on, {"--max-false-hit-rate": max_false_hit_rate, "--model": model,
                                           "--confidence": confidence})
-        max_false_hit_rate = _rate(0.005 if max_false_hit_rate is None else max_false_hit_rate,
+        max_false_hit_rate = _rate(DEFAULT_MAX_FALSE_HIT_RATE if max_false_hit_rate is None else max_false_hit_rate,
                                    "--max-false-hit-rate")
         int_at_least(top_k, "--top-k", 1)
         confidence = DEFAULT_CONFIDENCE if confidence is None else confidence
@@ -220,7 +220,7 @@ def register(app: typer.Typer) -> None:
     @group.command("calibrate")
     def calibrate_(
         pairs: Path = typer.Option(..., "--pairs", help="Labelled pairs JSONL: text_a, text_b, label."),
-        max_false_hit_rate: float = typer.Option(0.005, "--max-false-hit-rate",
+        max_false_hit_rate: float = typer.Option(DEFAULT_MAX_FALSE_HIT_RATE, "--max-false-hit-rate",
                                                  help="Largest share of non-duplicates that may be served."),
         out: Path = typer.Option(Path("cache-verifier.json"), "--out", "-o", help="Where to write the verifier."),
         embedder: str | None = typer.Option(None, help=EMBEDDER_HELP),

@@ -90,6 +90,7 @@ _CELLS: list[tuple[str, Callable[[ReportRow], str], tuple[str, ...]]] = [
     ("compressed tok", lambda r: str(r.compression_saved_tokens), ("compression_saved_tokens",)),
     ("compress $", lambda r: _usd(r.compression_saved_usd), ("compression_saved_tokens",)),
     ("batch reqs", lambda r: str(r.batch_requests), ("batch_requests",)),
+    ("cache write tok", lambda r: str(r.cache_write_tokens), ("cache_write_tokens",)),
     ("unpriced", lambda r: str(r.unpriced_requests), ("unpriced_requests",)),
     ("estimated", lambda r: str(r.estimated_requests), ("estimated_requests",)),
 ]

@@ -138,7 +138,10 @@ async def trim(messages: list[Message], budget: int, summarise: Summariser | Non
     ``summarise``, ``summary_reserve`` tokens are kept free for the summary, which is cut to fit.
     ``schemas``: the request's tool (or legacy function) definitions, counted in the budget like
     the head: a chat app's tools of 1,000 tokens left a budget of N sending N + 1,000."""
-    total = messages_tokens(messages, schemas)
+    # The schemas are counted once: they are sent whole whatever is trimmed (and dumping and
+    # tokenising a large tool list three times cost more than the trimming itself).
+    schema_cost = messages_tokens([], schemas) - messages_tokens([])
+    total = messages_tokens(messages) + schema_cost
     if total <= budget:
         return Trimmed(messages, 0, 0)
     head, rest = split_head(messages)
@@ -150,7 +153,7 @@ async def trim(messages: list[Message], budget: int, summarise: Summariser | Non
         return Trimmed(messages, 0, 0)
     summary_role = head[-1].get("role") if head else "system"  # a client that says developer gets developer
     overhead = message_tokens({"role": summary_role, "content": SUMMARY_PREFIX})
-    room = budget - messages_tokens(head, schemas) - (summary_reserve + overhead if summarise else 0)
+    room = budget - messages_tokens(head) - schema_cost - (summary_reserve + overhead if summarise else 0)
     room -= sum(message_tokens(m) for u in units[current:] for m in u)
     start = current
     while start > 0:
@@ -173,4 +176,4 @@ async def trim(messages: list[Message], budget: int, summarise: Summariser | Non
         if summary:
             middle = [{"role": summary_role, "content": SUMMARY_PREFIX + summary}]
     out = head + middle + tail
-    return Trimmed(out, len(dropped), max(0, total - messages_tokens(out, schemas)))
+    return Trimmed(out, len(dropped), max(0, total - schema_cost - messages_tokens(out)))

@@ -30,7 +30,7 @@ from thrifty.internal_calls import complete_internal
 from thrifty.pipeline.caller import ModelCaller
 from thrifty.pipeline.context import RequestContext
 from thrifty.tokens import count_text
-from thrifty.types import response_text
+from thrifty.types import cut_at_limit, response_text
 
 log = logging.getLogger("thrifty.compress")
 
@@ -170,7 +170,7 @@ class SystemPromptCompressor:
         messages = [{"role": "system", "content": system}, {"role": "user", "content": text}]
         response, attempt = await complete_internal(self.caller, ctx, self.config.model, messages,
                                                     max_tokens=self.cfg.max_output_tokens, purpose="compress")
-        return response_text(response).strip(), attempt.cost_usd, _finish_reason(response) == "length"
+        return response_text(response).strip(), attempt.cost_usd, cut_at_limit(response)
 
     async def _ab_check(self, ctx: RequestContext, original: str, compressed: str) -> tuple[bool, str]:
         """Answer sample questions with both prompts; a cheap judge says whether they agree."""
@@ -195,11 +195,3 @@ class SystemPromptCompressor:
         if rate < ab.min_agreement:
             return False, f"A/B check: answers agreed on {rate:.0%} of questions (< {ab.min_agreement:.0%})"
         return True, f"A/B check: answers agreed on {rate:.0%} of questions"
-
-
-def _finish_reason(response: dict[str, Any]) -> str | None:
-    try:
-        reason = response["choices"][0].get("finish_reason")
-    except (KeyError, IndexError, TypeError, AttributeError):
-        return None
-    return reason if isinstance(reason, str) else None

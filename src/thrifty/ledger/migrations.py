@@ -174,4 +174,13 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         "007_background_poll_lease",
         ["ALTER TABLE stored_responses ADD COLUMN poll_after DOUBLE PRECISION NOT NULL DEFAULT 0"],
     ),
+    (
+        # Prompt tokens written to the provider's prompt cache (Anthropic's cache_creation_input_tokens,
+        # OpenRouter's cache_write_tokens), part of prompt_tokens but billed at the cache-write price:
+        # without them the report re-priced a batch call's writes as plain input. Rows written before
+        # are 0: their usage is gone, and their cost_usd (already priced with the writes) is unchanged.
+        "008_cache_write_tokens",
+        ["ALTER TABLE requests ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0",
+         "ALTER TABLE attempts ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0"],
+    ),
 ]

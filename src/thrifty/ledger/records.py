@@ -43,6 +43,10 @@ class RequestRow:
     error: str | None
     stream: bool
     batch: bool
+    # Prompt tokens written to the provider's prompt cache (inside prompt_tokens, billed at the
+    # cache-write price). Last and defaulted: a row built or spilled before the column existed
+    # (migration 008) means none.
+    cache_write_tokens: int = 0
 
 
 @dataclass
@@ -67,6 +71,7 @@ class AttemptRow:
     score_reason: str | None
     accepted: bool | None
     batch: bool
+    cache_write_tokens: int = 0  # as RequestRow's
 
 
 REQUEST_COLUMNS = [f.name for f in fields(RequestRow)]
@@ -106,6 +111,7 @@ def rows_from_context(ctx: RequestContext) -> tuple[RequestRow, list[AttemptRow]
         error=redact(ctx.error)[:ERROR_CHARS] if ctx.error else None,
         stream=ctx.request.stream,
         batch=ctx.batch,
+        cache_write_tokens=ctx.usage.cache_write_tokens,
     )
     attempts = [
         AttemptRow(
@@ -129,6 +135,7 @@ def rows_from_context(ctx: RequestContext) -> tuple[RequestRow, list[AttemptRow]
             score_reason=a.score_reason,
             accepted=a.accepted,
             batch=a.batch,
+            cache_write_tokens=a.usage.cache_write_tokens,
         )
         for i, a in enumerate(ctx.attempts)
     ]

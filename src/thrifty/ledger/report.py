@@ -100,6 +100,9 @@ class ReportRow:
     provider_batch_spend_usd: float = 0.0
     provider_batch_normal_usd: float = 0.0
     provider_batch_saved_usd: float = 0.0
+    # Prompt tokens written to the provider's prompt cache (inside ``prompt_tokens``, billed at
+    # the cache-write price, not the input one). Last, so the CSV's earlier columns keep their places.
+    cache_write_tokens: int = 0
 
 
 def parse_since(value: str | None, now: float | None = None, *, flag: str = "--since") -> float | None:
@@ -170,13 +173,14 @@ def spend_report(
                COALESCE(SUM(cache_saved_usd), 0),
                COALESCE(SUM({SAVED_SQL}), 0),
                COALESCE(SUM({UNPRICED_SQL}), 0),
-               COALESCE(SUM({ESTIMATED_SQL}), 0)
+               COALESCE(SUM({ESTIMATED_SQL}), 0),
+               COALESCE(SUM(cache_write_tokens), 0)
         FROM requests {where}
         GROUP BY g ORDER BY g
     """
     rows = store.query(sql, params)
     out = []
-    for g, n, errors, spend, base, hits, esc, pt, ct, cst, csu, nb, cmiss, csaved, saved_sum, unpriced, est in rows:
+    for g, n, errors, spend, base, hits, esc, pt, ct, cst, csu, nb, cmiss, csaved, saved_sum, unpriced, est, cwt in rows:
         label = _day_label(by, g)
         saved = float(saved_sum)
         out.append(
@@ -184,7 +188,7 @@ def spend_report(
                       100.0 * saved / float(base) if base else 0.0, int(hits), int(esc), int(pt), int(ct),
                       int(cst), float(csu), int(nb or 0), int(cmiss or 0),
                       int(hits) / (int(hits) + int(cmiss or 0)) if int(hits) + int(cmiss or 0) else 0.0,
-                      float(csaved), int(unpriced), int(est))
+                      float(csaved), int(unpriced), int(est), cache_write_tokens=int(cwt))
         )
     if catalog is not None:
         batches = batch_savings_by(store, catalog, by, since, until)
@@ -234,20 +238,24 @@ def batch_savings_by(
     if window:
         groups += " WHERE " + " AND ".join(window)
     rows = store.query(
-        "SELECT r.g, a.model, a.prompt_tokens, a.cached_tokens, a.completion_tokens, a.cost_usd, a.ts "
+        "SELECT r.g, a.model, a.prompt_tokens, a.cached_tokens, a.cache_write_tokens, a.completion_tokens,"
+        " a.cost_usd, a.ts "
         f"FROM attempts a JOIN ({groups}) r ON a.request_id = r.request_id"
         " WHERE a.batch AND a.status = 'ok' AND a.cost_usd IS NOT NULL",  # an unknown cost is not summed
         params,
     )
     out: dict[str, BatchSavings] = {}
-    for g, model, pt, cached, ct, cost, ts in rows:
+    for g, model, pt, cached, written, ct, cost, ts in rows:
         info = catalog.get(str(model))
         # At the hour the call ran: a price that varies in time (DeepSeek's off-peak hours are half
         # price) read at the report's own time made the same past calls' normal price, and so
         # the saving, depend on when the report was run (the batch's cost itself is stored).
         with priced_at(datetime.fromtimestamp(float(ts), UTC)):
-            normal = price_tokens(Usage(prompt_tokens=int(pt), completion_tokens=int(ct), cached_tokens=int(cached)),
-                                  info.price if info else None)
+            # The writes at the cache-write price: left out, they were priced as plain input
+            # (cheaper), so the normal price, and the batch saving, came out too low.
+            usage = Usage(prompt_tokens=int(pt), completion_tokens=int(ct), cached_tokens=int(cached),
+                          cache_write_tokens=int(written))
+            normal = price_tokens(usage, info.price if info else None)
         if normal is None:
             continue
         b = out.setdefault(_day_label(by, g), BatchSavings(0, 0.0, 0.0))

@@ -21,7 +21,7 @@ import json
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import IO, TYPE_CHECKING, Any
 
 from thrifty.errors import DataError
@@ -71,6 +71,10 @@ def append_spill(path: str, batch: Batch) -> None:
 
 _REQUEST_FIELDS = {f.name for f in fields(RequestRow)}
 _ATTEMPT_FIELDS = {f.name for f in fields(AttemptRow)}
+# The fields a spilled row must have: those added later have defaults (cache_write_tokens), so a
+# file spilled by the previous version still imports after an upgrade.
+_REQUEST_NEEDED = {f.name for f in fields(RequestRow) if f.default is MISSING}
+_ATTEMPT_NEEDED = {f.name for f in fields(AttemptRow) if f.default is MISSING}
 
 
 def _row(obj: Any, where: str) -> tuple[RequestRow, list[AttemptRow]]:
@@ -78,12 +82,12 @@ def _row(obj: Any, where: str) -> tuple[RequestRow, list[AttemptRow]]:
             or not isinstance(obj.get("attempts", []), list):
         raise DataError(f"{where}: expected {{\"request\": {{...}}, \"attempts\": [...]}}")
     req = obj["request"]
-    if set(req) != _REQUEST_FIELDS:
+    if not _REQUEST_NEEDED <= set(req) <= _REQUEST_FIELDS:
         raise DataError(f"{where}: the request row's fields differ from this version's ledger "
-                        f"(missing {sorted(_REQUEST_FIELDS - set(req))}, unknown {sorted(set(req) - _REQUEST_FIELDS)})")
+                        f"(missing {sorted(_REQUEST_NEEDED - set(req))}, unknown {sorted(set(req) - _REQUEST_FIELDS)})")
     attempts = []
     for a in obj.get("attempts", []):
-        if not isinstance(a, dict) or set(a) != _ATTEMPT_FIELDS:
+        if not isinstance(a, dict) or not _ATTEMPT_NEEDED <= set(a) <= _ATTEMPT_FIELDS:
             raise DataError(f"{where}: an attempt row's fields differ from this version's ledger")
         attempts.append(AttemptRow(**a))
     return RequestRow(**req), attempts

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from thrifty.config import yaml_problem
 from thrifty.errors import ConfigError
 
-UsageConvention = Literal["openai", "deepseek", "none"]
+UsageConvention = Literal["openai", "deepseek", "openrouter", "none"]
 ToolCallMode = Literal["auto", "always", "never"]
 
 

@@ -6,6 +6,10 @@ Conventions (``ModelBehaviour.usage_convention``):
     reported again in ``completion_tokens_details.reasoning_tokens``.
   * "deepseek": the OpenAI fields plus ``prompt_cache_hit_tokens`` and
     ``prompt_cache_miss_tokens`` (hit + miss == prompt_tokens).
+  * "openrouter": the OpenAI fields plus ``prompt_tokens_details.cache_write_tokens`` (inside
+    ``prompt_tokens``), as OpenRouter reports Anthropic's prompt-cache writes: with
+    ``prompt_cache``, the prompt's cacheable part (whole blocks, from ``MIN_CACHED`` tokens) not
+    read from the cache is reported written to it.
 With ``price`` set, ``usage.cost`` (USD, as OpenRouter reports it) is added to either.
 
 Simulated prompt cache (``prompt_cache: true``), OpenAI's documented rule: prompts are cached
@@ -99,6 +103,9 @@ def build_usage(
     if behaviour.usage_convention == "deepseek":
         usage["prompt_cache_hit_tokens"] = cached_tokens
         usage["prompt_cache_miss_tokens"] = prompt_tokens - cached_tokens
+    if behaviour.usage_convention == "openrouter":
+        # ``usage.cost`` (with ``price``) bills writes as input: Price has no write premium.
+        usage["prompt_tokens_details"]["cache_write_tokens"] = cache_writes(behaviour, prompt_tokens, cached_tokens)
     price = behaviour.price
     if price is not None:
         cached_price = price.input if price.cached_input is None else price.cached_input
@@ -109,3 +116,12 @@ def build_usage(
         ) / 1_000_000
         usage["cost"] = round(cost, 10)
     return usage
+
+
+def cache_writes(behaviour: ModelBehaviour, prompt_tokens: int, cached_tokens: int) -> int:
+    """The prompt tokens an ``openrouter`` convention reports written to the prompt cache: its
+    cacheable whole blocks beyond the part read (0 for other conventions, or without a cache)."""
+    if behaviour.usage_convention != "openrouter" or not behaviour.prompt_cache:
+        return 0
+    cacheable = prompt_tokens // BLOCK * BLOCK
+    return max(0, cacheable - cached_tokens) if cacheable >= MIN_CACHED else 0

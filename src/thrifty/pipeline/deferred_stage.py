@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from thrifty.batching.deferred import answered_at, settle_answer
+from thrifty.batching.deferred import settle_answer
 from thrifty.catalog import Catalog
 from thrifty.errors import InvalidRequestError, StorageError, UpstreamError
 from thrifty.pipeline.context import Attempt, Handler, RequestContext
@@ -83,8 +83,7 @@ class DeferredStage:
             return
         # Dated and priced when the provider answered, as the runner's and adopted jobs' answers
         # are: the report re-prices a batch call's normal price (its saving) at its attempt's time.
-        settle_answer(ctx, self.catalog, info.name, info.provider, answer.usage, answer.cost,
-                      answered_at(answer.response))
+        settle_answer(ctx, self.catalog, info.name, info.provider, answer.usage, answer.cost, answer.answered)
         ctx.attempts[-1].latency_ms = (time.perf_counter() - t0) * 1000
         ctx.response = answer.response
         ctx.response_headers[RESULT_HEADER] = "batch"

@@ -176,3 +176,21 @@ def not_a_stream(provider: str, raw: bytes, redact: Callable[[str], str]) -> Ups
     if reported is not None:
         return reported
     return UpstreamProtocolError(f"{provider}: asked for a stream, got a JSON body", retryable=False)
+
+
+def whole_answer(raw: bytes) -> dict[str, Any] | None:
+    """A complete chat completion sent in one JSON body where a stream was asked for (a server
+    or proxy that ignores ``stream``), or None: the answer is good, only its form is not, so it
+    is streamed from here (``streaming.response_to_chunks``) rather than refused."""
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(parsed, dict) or embedded_error(parsed, "choices") is not None:
+        return None
+    choices = parsed.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return None
+    if not all(isinstance(c, dict) and isinstance(c.get("message"), dict) for c in choices):
+        return None
+    return parsed

@@ -36,8 +36,10 @@ from thrifty.providers.error_body import (
     not_a_stream,
     read_error,
     upstream_error,
+    whole_answer,
 )
 from thrifty.redact import Redactor, provider_secrets
+from thrifty.streaming import response_to_chunks
 
 log = logging.getLogger("thrifty.providers")
 
@@ -150,9 +152,15 @@ class OpenAICompatProvider:
                 await self.check_status(resp)
                 lines: AsyncIterator[bytes] = resp.content.__aiter__()
                 if resp.content_type == "application/json":
-                    # An error (or an answer ignoring `stream`) as one JSON object: read as SSE
-                    # lines, its reason was lost and it passed for a truncated stream.
+                    # One JSON object: an error (read as SSE lines, its reason was lost and it
+                    # passed for a truncated stream), or a whole answer from a server that ignores
+                    # `stream`, streamed from here as the chunks it would have sent.
                     raw = await resp.read()
+                    whole = whole_answer(raw)
+                    if whole is not None:
+                        for chunk in response_to_chunks(whole):
+                            yield chunk
+                        return
                     error = not_a_stream(self.name, raw, self._redact)
                     if error is not None:
                         raise error

@@ -29,7 +29,7 @@ from thrifty.routing.formats import (
 from thrifty.scoring.base import Score
 from thrifty.scoring.jsonschema import schema_problems
 from thrifty.scoring.tools import tool_call_problems, tool_calls, tool_choice_problems
-from thrifty.types import ChatRequest, response_text
+from thrifty.types import ChatRequest, finish_reason, response_text
 
 _REFUSAL_RE = re.compile(
     r"\b(i(?:'m| am) (?:sorry|unable|not able)|i can(?:no|')t (?:help|assist|answer|provide|do that)|"
@@ -91,11 +91,11 @@ class HeuristicScorer:
     async def score(self, request: ChatRequest, response: dict[str, Any]) -> Score:
         calls = tool_calls(response)
         if calls:
-            return self.score_tool_calls(request, calls, _finish_reason(response))
+            return self.score_tool_calls(request, calls, finish_reason(response))
         problems = tool_choice_problems(request, [])
         if problems:  # text where tool_choice forces a call: the client was promised a call
             return Score(0.05, "unusable answer: " + problems[0])
-        return self.score_text(request, response_text(response), _finish_reason(response))
+        return self.score_text(request, response_text(response), finish_reason(response))
 
     @staticmethod
     def score_tool_calls(request: ChatRequest, calls: list[dict[str, Any]], finish_reason: str | None = None) -> Score:
@@ -162,8 +162,3 @@ def _label_key(text: str) -> str:
     """A label as compared: case, surrounding spaces, quotes and end punctuation ignored
     ("Billing." is the label billing)."""
     return text.strip().strip("\"'`*").rstrip(".!").strip().lower()
-
-
-def _finish_reason(response: dict[str, Any]) -> str | None:
-    choices = response.get("choices") or []
-    return choices[0].get("finish_reason") if choices and isinstance(choices[0], dict) else None
