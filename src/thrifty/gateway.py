@@ -36,7 +36,7 @@ from thrifty.ops.wiring import Ops
 from thrifty.pipeline.build import Stage, compose, describe
 from thrifty.pipeline.caller import ModelCaller, RetryPolicy
 from thrifty.pipeline.cascade import CascadeStage
-from thrifty.pipeline.context import RequestContext, new_request_id
+from thrifty.pipeline.context import Handler, RequestContext, new_request_id
 from thrifty.pipeline.deadline import DeadlineStage
 from thrifty.pipeline.deferred_stage import build_deferred_stage, is_deferrable
 from thrifty.pipeline.ledger_stage import LedgerStage
@@ -45,6 +45,7 @@ from thrifty.pipeline.route import RouteStage
 from thrifty.providers.base import Provider
 from thrifty.providers.registry import build_providers
 from thrifty.redact import Redactor
+from thrifty.streaming import HeldStream
 from thrifty.types import ChatRequest
 
 if TYPE_CHECKING:
@@ -213,18 +214,36 @@ class Gateway:
         records a failed call's cost)."""
         # A deferrable request waits for a provider batch (up to a day) and its spend is written
         # by the batch's collector whenever the batch ends: close() does not wait for it.
-        counted = 0 if self._defers and _deferrable(ctx) else 1
+        await self.admit(ctx, self._handler, counted=not (self._defers and _deferrable(ctx)))
+
+    async def admit(self, ctx: RequestContext, handler: Handler, *, counted: bool = True) -> None:
+        """Run ``handler`` (a pipeline) on ``ctx`` as one of this gateway's requests: refused once
+        it is closed (``GatewayStateError``) and, when ``counted``, waited for by ``close()``
+        until it has ended, its stream included (``ctx.chunks``: until read to the end, broken,
+        closed or dropped). The chat pipeline (``run``) and the passthrough endpoints
+        (server/passthrough.py) both come through here: one count for ``close()`` to wait on."""
         with self._idle:
             self.check_open()
             self._running += counted
         self._loops.add(asyncio.get_running_loop())  # where its connection pools are (``__exit__``)
         try:
-            await self._handler(ctx)
-        finally:
-            with self._idle:
-                self._running -= counted
-                if not self._running:
-                    self._idle.notify_all()
+            await handler(ctx)
+        except BaseException:
+            self._ended(counted)
+            raise
+        if counted and ctx.chunks is not None:
+            # The handler has returned, but the stream's reader still needs its provider
+            # connection and, at its end, the ledger: the request ends with the stream.
+            ctx.chunks = HeldStream(ctx.chunks, self._ended)
+        else:
+            self._ended(counted)
+
+    def _ended(self, counted: bool = True) -> None:
+        """One admitted request has ended: wake a close() waiting for the last one."""
+        with self._idle:
+            self._running -= counted
+            if not self._running:
+                self._idle.notify_all()
 
     async def chat(self, **body: Any) -> dict[str, Any]:
         """An OpenAI-shaped chat completion (non-streaming) for the given request fields."""

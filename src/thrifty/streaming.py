@@ -6,12 +6,19 @@ Every message field survives: content and tool calls by OpenAI's own delta rules
 delta of its own, and each choice's ``logprobs`` on its finishing chunk, so that an SDK
 accumulating the stream rebuilds the same message a non-streaming call returns. Before, a
 streamed cascade answer that was a refusal or a legacy function call arrived empty.
+
+``HeldStream``: a request's stream that keeps its request running (for ``Gateway.close()``)
+until it ends.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
 from typing import Any
+
+log = logging.getLogger("thrifty.gateway")
 
 # Message keys streamed by their own rules below; every other key is its own delta.
 _OWN = frozenset(("role", "content", "tool_calls"))
@@ -58,3 +65,70 @@ def response_to_chunks(response: dict[str, Any], *, chunk_chars: int = 64) -> li
 async def iterate(chunks: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
     for chunk in chunks:
         yield chunk
+
+
+class HeldStream:
+    """``chunks``, a request's stream, as part of that request: ``release`` is called once, when
+    the stream has ended (read to the end, broken, closed, or dropped by a reader that stopped),
+    after ``chunks`` itself is closed, so the ledger row it writes as it closes comes first.
+
+    Why: ``Gateway.close()`` waits for the requests it admitted; a stream outlives the handler
+    that returned it, and closed under its reader it broke and its cost went unrecorded. A class,
+    not an async generator: a generator dropped before its first chunk (its client left between
+    the handler and the response) never runs its ``finally``, and would hold the close until its
+    timeout.
+    """
+
+    def __init__(self, chunks: AsyncIterator[dict[str, Any]], release: Callable[[], None]) -> None:
+        self._chunks = chunks
+        self._release: Callable[[], None] | None = release
+        self._loop = asyncio.get_running_loop()  # where the stream's connection and close run
+
+    def __aiter__(self) -> HeldStream:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        try:
+            return await self._chunks.__anext__()
+        except BaseException:  # its end, a break, or its reader cancelled (a client that left)
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            await _close(self._chunks, release)
+
+    def __del__(self) -> None:
+        # Dropped unfinished: a server stops reading (without closing) a stream whose client left
+        # while a chunk was being sent, or before the first one. Closed on its own loop.
+        release, self._release = self._release, None
+        if release is None:
+            return
+        try:
+            if self._loop.is_closed():
+                raise RuntimeError("its loop is closed")
+            self._loop.call_soon_threadsafe(_close_soon, self._chunks, release)
+        except RuntimeError:  # nothing left to close it on: it no longer holds anything
+            release()
+
+
+# Dropped streams being closed (the loop keeps only weak references to its tasks).
+_closing: set[asyncio.Task[None]] = set()
+
+
+def _close_soon(chunks: AsyncIterator[dict[str, Any]], release: Callable[[], None]) -> None:
+    task = asyncio.get_running_loop().create_task(_close(chunks, release), name="thrifty: close a dropped stream")
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+
+
+async def _close(chunks: AsyncIterator[dict[str, Any]], release: Callable[[], None]) -> None:
+    try:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    except Exception:  # the stream is over either way; the close must not lose the release
+        log.exception("closing a stream failed")
+    finally:
+        release()

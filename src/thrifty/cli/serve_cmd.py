@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ def register(app: typer.Typer) -> None:
         """Serve POST /v1/chat/completions, GET /v1/models and GET /health."""
         import uvicorn
 
+        from thrifty import gateway as gateway_module
         from thrifty.cli.config_cmd import unset_env_warnings
         from thrifty.config import load_config, read_raw
         from thrifty.gateway import Gateway
@@ -63,5 +65,9 @@ def register(app: typer.Typer) -> None:
         # access log: the thrifty.request line per request already says more. An idle keep-alive
         # connection is closed after 5 s (uvicorn's default, spelled out: docs/operations.md);
         # limit_concurrency answers 503 past server.max_connections instead of exhausting descriptors.
+        # On SIGTERM uvicorn lets the requests in flight finish, streams included, but without a
+        # bound one stalled stream kept the process up forever: past the gateway's own drain
+        # bound they are cancelled (and recorded as such) before the connections and ledger close.
         uvicorn.run(app, host=h, port=p, log_level=level, access_log=False, log_config=None,
-                    timeout_keep_alive=5, limit_concurrency=cfg.server.max_connections)
+                    timeout_keep_alive=5, limit_concurrency=cfg.server.max_connections,
+                    timeout_graceful_shutdown=math.ceil(gateway_module.DRAIN_TIMEOUT_S))

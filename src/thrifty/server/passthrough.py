@@ -364,7 +364,9 @@ def passthrough_handler(gateway: Gateway, endpoint: Endpoint) -> Any:
                         *([budget] if budget else []), PassthroughCall(gateway, endpoint)])
 
     async def run(ctx: RequestContext) -> RequestContext:
-        await pipeline(ctx)
+        # Admitted by the gateway like a chat request, so close() waits for it (its stream too)
+        # before it closes the provider connection and the ledger under it.
+        await gateway.admit(ctx, pipeline)
         return ctx
 
     async def handler(request: Request) -> Response:
