@@ -22,6 +22,7 @@ import time
 
 from thrifty.catalog import Catalog
 from thrifty.cost import estimate_cost
+from thrifty.errors import ServiceUnavailableError
 from thrifty.ops.keys import KeyStore
 from thrifty.ops.ratelimit import Limiter, Ticket, period_of
 from thrifty.pipeline.context import Handler, RequestContext
@@ -68,7 +69,15 @@ class BudgetStage:
         if cost is None:
             cost = ticket.est_cost  # an unknown price: count what we reserved rather than nothing
         tokens = sum(a.usage.prompt_tokens + a.usage.completion_tokens for a in ctx.attempts)
-        await self.limiter.settle(ticket, cost, tokens)
+        try:
+            await self.limiter.settle(ticket, cost, tokens)
+        except ServiceUnavailableError:
+            # The budget store went away while the request ran (its outage is logged once, by
+            # the limiter). Not the request's failure, nor a bug: one line, no traceback per
+            # request in flight. Its reservation stays until the period ends (conservative, like
+            # a crashed process's); its cost is in the ledger, which reseeds a lost counter.
+            log.info("request %s: its budget reservation was not settled: the budget store is unavailable",
+                     ctx.request_id)
 
     async def correct(self, key_id: str, created: float, delta_usd: float) -> None:
         """Move ``delta_usd`` onto what key ``key_id`` spent in the period of ``created``: a

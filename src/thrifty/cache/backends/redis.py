@@ -101,10 +101,19 @@ class RedisBackend:
     def __init__(self, url: str, prefix: str = "thrifty", max_entries: int = 100_000) -> None:
         try:
             import redis.asyncio as aioredis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
         except ImportError:
             raise ConfigError("the redis cache backend needs the optional extra: pip install 'thrifty[redis]'") from None
-        self._clients = LoopRedis(lambda: aioredis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0),
-                                  what="the Redis cache's connection pool")
+        # A pooled connection that Redis closed (a restart, its `timeout`, CLIENT KILL) fails its
+        # next command with a ConnectionError although Redis answers: without a retry that paused
+        # the cache for PAUSE_S after every Redis restart (misses, dropped writes, "not answering"
+        # logged). So a connection error is retried once on a new connection; a timeout is not
+        # (a frozen Redis would cost each call twice the wait), nor is a second refusal.
+        self._clients = LoopRedis(lambda: aioredis.from_url(
+            url, socket_timeout=2.0, socket_connect_timeout=2.0,
+            retry=Retry(NoBackoff(), 1, supported_errors=(aioredis.ConnectionError,))),
+            what="the Redis cache's connection pool")
         self.prefix = f"{prefix}:cache"
         self.max_entries = max_entries
         self._tokens: dict[str, str] = {}
