@@ -104,3 +104,21 @@ def test_responses_style_usage_reads_cache_writes_in_its_details() -> None:
                                "input_tokens_details": {"cached_tokens": 1000, "cache_write_tokens": 1500}})
     assert (usage.prompt_tokens, usage.cached_tokens, usage.cache_write_tokens) == (3000, 1000, 1500)
     assert usage.uncached_prompt_tokens == 500
+
+
+@pytest.mark.parametrize(("value", "expected"), [(1e3, 1000), (100.0, 100), (7, 7), ("12", 12)])
+def test_admin_limits_in_exponent_form_are_whole_numbers(value: Any, expected: int) -> None:
+    from thrifty.ops.admin import _whole
+
+    assert _whole({"tpm": value}, "tpm") == expected
+
+
+@pytest.mark.parametrize(("value", "says"), [(1.5, "must be a whole number"), (1e20, "is too large"),
+                                             (True, "must be a whole number")])
+def test_admin_limits_that_are_no_whole_number_or_too_large_say_so(value: Any, says: str) -> None:
+    from thrifty.errors import InvalidRequestError
+    from thrifty.ops.admin import _whole
+
+    with pytest.raises(InvalidRequestError) as err:
+        _whole({"tpm": value}, "tpm")
+    assert says in err.value.message

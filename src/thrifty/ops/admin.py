@@ -113,6 +113,13 @@ def _whole(body: dict[str, Any], name: str) -> int | None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
         return value
+    if isinstance(value, float) and value.is_integer():
+        # 1e6 or 100.0 in JSON is a whole number (a client that writes big limits in exponent
+        # form): read as one, so one too large is told "at most ..." (validate_limits), not
+        # "must be a whole number".
+        if abs(value) >= 2**63:
+            raise InvalidRequestError(f"{name} is too large, got {value!r}", param=name)
+        return int(value)
     if isinstance(value, str) and value.strip().lstrip("-").isdigit() and len(value) < 30:
         return int(value)  # the length cap keeps int() within its digit limit (validate_limits bounds it)
     raise InvalidRequestError(f"{name} must be a whole number, got {value!r}", param=name)
