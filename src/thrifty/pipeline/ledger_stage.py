@@ -1,7 +1,8 @@
 """Stage: record every finished request (and all its attempts) in the ledger.
 
 It wraps the rest of the pipeline, so it sees successes, failures and streams alike: a stream
-is recorded when its last chunk has gone (or when it breaks, as failed). Finalizers registered
+is recorded when its last chunk has gone (or when it breaks, as failed; or when its reader leaves,
+before its first chunk included, as ClientDisconnected at what it cost so far). Finalizers registered
 by other stages run first, so the row reflects everything they settled.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from thrifty.errors import ThriftyError
@@ -30,8 +31,15 @@ class LedgerStage:
         self.observers = observers if observers is not None else []
 
     async def __call__(self, ctx: RequestContext, call_next: Handler) -> None:
+        first: dict[str, Any] | None = None
         try:
             await call_next(ctx)
+            if ctx.chunks is not None:
+                # Read now, so every stage's stream under this one has started: a generator that
+                # never started runs no cleanup however it ends (closed, or collected with a client
+                # that left), and the provider call it priced went unpriced. The chunk is in hand
+                # already (the caller fetches it before it returns the stream): nothing waits here.
+                first = await anext(ctx.chunks, None)
         except ThriftyError as exc:
             ctx.status, ctx.error_type, ctx.error = "error", type(exc).__name__, exc.message
             await self._record(ctx)
@@ -47,22 +55,8 @@ class LedgerStage:
             await self._record(ctx)
             raise
         if ctx.chunks is not None:
-            ctx.chunks = self._record_after(ctx, ctx.chunks)
+            ctx.chunks = RecordedStream(ctx, ctx.chunks, self._record, first)
         else:
-            await self._record(ctx)
-
-    async def _record_after(self, ctx: RequestContext, chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
-        completed = False
-        try:
-            async for chunk in chunks:
-                yield chunk
-            completed = True
-        except ThriftyError as exc:
-            ctx.status, ctx.error_type, ctx.error = "error", type(exc).__name__, exc.message
-            raise
-        finally:
-            if not completed and ctx.status == "ok":
-                ctx.status, ctx.error_type, ctx.error = "error", "ClientDisconnected", "stream not completed"
             await self._record(ctx)
 
     async def _record(self, ctx: RequestContext) -> None:
@@ -82,6 +76,97 @@ class LedgerStage:
         for obs in self.observers:
             with contextlib.suppress(Exception):
                 obs(ctx)
+
+
+class RecordedStream:
+    """A request's stream, recorded once when it ends: read to the end, broken, or closed by its
+    reader, before its first chunk included.
+
+    Why a class, not an async generator: a generator closed before its first chunk never runs
+    its ``finally``, and a stream its client left before reading (between the handler's return
+    and the response) went unrecorded, although its provider call was made and paid: the
+    pipeline fetches the first chunk before it returns the stream (ModelCaller.stream and the
+    passthrough endpoints retry until then). ``first``: that chunk, read by LedgerStage already.
+    """
+
+    def __init__(self, ctx: RequestContext, chunks: AsyncIterator[dict[str, Any]],
+                 record: Callable[[RequestContext], Awaitable[None]], first: dict[str, Any] | None = None) -> None:
+        self._ctx = ctx
+        self._chunks = chunks
+        self._record: Callable[[RequestContext], Awaitable[None]] | None = record
+        self._first = first  # read from ``chunks`` already (LedgerStage), not yet passed on
+
+    def __aiter__(self) -> RecordedStream:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        if self._record is None:  # closed: nothing more comes, as from a closed generator
+            raise StopAsyncIteration
+        if self._first is not None:
+            chunk, self._first = self._first, None
+            return chunk
+        try:
+            return await self._chunks.__anext__()
+        except StopAsyncIteration:
+            await self._end(completed=True)
+            raise
+        except ThriftyError as exc:
+            self._ctx.status, self._ctx.error_type, self._ctx.error = "error", type(exc).__name__, exc.message
+            await self._end()
+            raise
+        except BaseException:  # its reader cancelled (a client that left), or a fault: the stages below ended
+            await self._end()
+            raise
+
+    async def aclose(self) -> None:
+        """Its reader stopped early (or never started): the stream below is ended, then recorded."""
+        if self._record is not None:
+            await self._end(unwind=True)
+
+    async def _end(self, *, completed: bool = False, unwind: bool = False) -> None:
+        record, self._record = self._record, None
+        if record is None:  # recorded already: exactly one row per request
+            return
+        try:
+            if unwind:
+                await _unwind(self._chunks)
+        finally:
+            if not completed and self._ctx.status == "ok":
+                self._ctx.status, self._ctx.error_type, self._ctx.error = (
+                    "error", "ClientDisconnected", "stream not completed")
+            await record(self._ctx)
+
+
+async def _unwind(chunks: AsyncIterator[dict[str, Any]]) -> None:
+    """End ``chunks`` and the streams under it before the row is written, as a reader that left
+    mid-read does: a read is started and cancelled where it waits for the provider, so every
+    stage's stream unwinds from the provider call up (the call priced at what it had sent, the
+    answer settled, a cache lock released) in order.
+
+    Why not only ``aclose()``: each stage's stream closes only itself, so the provider call's
+    stream under them was priced later, when collected, after the row was written with "cost
+    unknown". One read only: a read that does not wait (its chunk was in hand) is not repeated,
+    for reading on could complete the stream its client left (and the cache store it); the
+    stream is then closed, and the streams under it end as they are collected."""
+    reader = asyncio.ensure_future(_read_one(chunks))
+    await asyncio.sleep(0)  # the read runs until it waits for the provider, or has its chunk
+    reader.cancel()  # nothing, when it has its chunk
+    try:
+        await reader
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():  # this close itself is cancelled, not only its read
+            raise
+    except Exception:  # the stream broke or ended as it was read: it is over; the row is written all the same
+        log.debug("a stream failed while it was closed", exc_info=True)
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()
+
+
+async def _read_one(chunks: AsyncIterator[dict[str, Any]]) -> None:
+    await chunks.__anext__()  # its client left: the chunk goes nowhere (its tokens are priced)
 
 
 def _usage_of_the_answer_in_progress(ctx: RequestContext) -> None:

@@ -14,7 +14,9 @@ unchanged; retries follow the provider's policy (these calls are idempotent).
 Not recorded in the ledger: they are not billed (no tokens), and a ``requests`` row each would
 inflate the request counts, error rates and latencies that reports and the dashboard compute
 over billable calls. For the same reason they do not count against a key's budget or rate
-limits. Each is logged (one line, request id, method, provider, status).
+limits. Each is logged (one line, request id, method, provider, status). Each is still one of the
+gateway's requests (``Gateway.admit``): ``close()`` waits for it, a replay until it ends, before it
+closes the provider connection and the ledger an amendment (below) writes to.
 
 One exception amends the ledger rather than adding to it: a ``background: true`` response is
 created queued, without usage, so its create's rows hold an offline estimate. The first
@@ -58,7 +60,7 @@ from thrifty.errors import (
 from thrifty.fastjson import FastJSONResponse
 from thrifty.ledger.records import ERROR_CHARS
 from thrifty.pipeline.caller import RetryPolicy
-from thrifty.pipeline.context import Attempt, new_request_id
+from thrifty.pipeline.context import Attempt, RequestContext, new_request_id
 from thrifty.providers.openai_compat import OpenAICompatProvider
 from thrifty.providers.raw_http import parse_event, relay_bytes
 from thrifty.server.http_errors import error_response, handler_error, request_id_headers, unserved_message
@@ -79,6 +81,10 @@ _UNRUN = frozenset({"failed", "cancelled"})
 _PRICER = ResponsesEndpoint()
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
 _LAST_TYPES = tuple(f'"{t}"'.encode() for t in LAST_EVENTS)  # as the JSON of their `type` has them
+# A call here names no model and sends no chat: its RequestContext (for ``Gateway.admit``) carries
+# this stand-in, and the Starlette request, the answer and the provider in ``scratch``.
+_STAND_IN = ChatRequest(model="", messages=[{"role": "user", "content": ""}])
+_REQUEST, _BODY, _PROVIDER = "resource_request", "resource_body", "resource_provider"
 
 
 def unknown(response_id: str) -> NotFoundError:
@@ -157,32 +163,48 @@ class ResponseResources:
     def handler(self, method: str, suffix: str) -> Any:
         """The Starlette endpoint for ``method`` on ``/responses/{id}<suffix>``."""
 
+        async def serve(ctx: RequestContext) -> None:
+            """The call itself: its answer in ``ctx.scratch[_BODY]``, or a replay in ``ctx.chunks``."""
+            request: Request = ctx.scratch[_REQUEST]
+            response_id = request.path_params["response_id"]
+            entry = await self._caller(request, response_id)
+            provider, url, policy = self._upstream(entry, suffix, request.url.query)
+            ctx.served_model, ctx.response_headers["x-thrifty-model"] = entry.model, entry.model
+            ctx.scratch[_PROVIDER] = entry.provider
+            if method == "GET" and not suffix and request.query_params.get("stream") == "true":
+                ctx.chunks = await self._stream(provider, url, policy, entry, ctx.request_id)
+                return
+            body = await _with_retries(policy, lambda: provider.request_json(method, url))
+            if (method, suffix) in (("GET", ""), ("POST", "/cancel")):
+                await self.settle(entry, body, ctx.request_id)
+            if method == "DELETE":
+                await self.index.forget(response_id)
+                body = body or {"id": response_id, "object": "response", "deleted": True}
+            ctx.scratch[_BODY] = body
+
         async def endpoint(request: Request) -> Response:
             request_id = new_request_id()
             t0 = time.perf_counter()
             response_id = request.path_params["response_id"]
+            ctx = RequestContext(request=_STAND_IN, request_id=request_id, scratch={_REQUEST: request})
             try:
-                self.gateway.check_open()
-                entry = await self._caller(request, response_id)
-                provider, url, policy = self._upstream(entry, suffix, request.url.query)
-                headers = {**request_id_headers(request_id), "x-thrifty-model": entry.model}
-                if method == "GET" and not suffix and request.query_params.get("stream") == "true":
-                    return await self._stream(provider, url, policy, entry, headers, request_id)
-                body = await _with_retries(policy, lambda: provider.request_json(method, url))
-                if (method, suffix) in (("GET", ""), ("POST", "/cancel")):
-                    await self.settle(entry, body, request_id)
-                if method == "DELETE":
-                    await self.index.forget(response_id)
-                    body = body or {"id": response_id, "object": "response", "deleted": True}
+                # Admitted like every request, so close() waits for it (a replay until it ends)
+                # before it closes the provider connection and the ledger an amendment writes to.
+                await self.gateway.admit(ctx, serve)
             except UpstreamStatusError as exc:
                 if exc.upstream_status == 404:  # deleted or expired at the provider
                     return error_response(unknown(response_id), request_id)
                 return handler_error(exc, request_id, self.gateway.redactor)
             except Exception as exc:
                 return handler_error(exc, request_id, self.gateway.redactor)
+            headers = {**request_id_headers(request_id), **ctx.response_headers}
+            if ctx.chunks is not None:
+                log.info("request %s: GET /responses/{id}?stream=true via %s", request_id, ctx.scratch[_PROVIDER])
+                return StreamingResponse(_sse(ctx.chunks), media_type="text/event-stream",
+                                         headers={**headers, "cache-control": "no-cache"})
             headers["x-thrifty-latency-ms"] = f"{(time.perf_counter() - t0) * 1000:.1f}"
-            log.info("request %s: %s /responses/{id}%s via %s", request_id, method, suffix, entry.provider)
-            return FastJSONResponse(body, headers=headers)
+            log.info("request %s: %s /responses/{id}%s via %s", request_id, method, suffix, ctx.scratch[_PROVIDER])
+            return FastJSONResponse(ctx.scratch[_BODY], headers=headers)
 
         return endpoint
 
@@ -261,7 +283,8 @@ class ResponseResources:
         return self.gateway.redactor(printable(text))[:ERROR_CHARS]
 
     async def _stream(self, provider: OpenAICompatProvider, url: str, policy: RetryPolicy, entry: StoredResponse,
-                      headers: dict[str, str], request_id: str) -> Response:
+                      request_id: str) -> AsyncIterator[dict[str, Any]]:
+        """The replay's events as ``{"sse": bytes}`` (a request's chunks, for ``Gateway.admit``)."""
         async def opened() -> AsyncGenerator[bytes, None]:
             events = relay_bytes(provider, url)
             try:
@@ -273,24 +296,23 @@ class ResponseResources:
 
         events: AsyncGenerator[bytes, None] = await _with_retries(policy, opened)
 
-        async def relay() -> AsyncIterator[bytes]:
+        async def relay() -> AsyncIterator[dict[str, Any]]:
             final = _FinalEvent()
             try:
                 async for chunk in events:
                     if entry.pending:
                         final.feed(chunk)
-                    yield chunk
+                    yield {"sse": chunk}
                 if final.response is not None:
                     await self.settle(entry, final.response, request_id)
             except UpstreamError as exc:  # the client has part of it: end with the error event SDKs raise on
                 log.info("stream %s broke: %s", request_id, self.gateway.redactor(exc.message))
                 err = exc.to_openai()["error"]
-                yield b"event: error\ndata: " + fastjson.dumps({"type": "error", **err, "error": err}) + b"\n\n"
+                yield {"sse": b"event: error\ndata: " + fastjson.dumps({"type": "error", **err, "error": err}) + b"\n\n"}
             finally:
                 await events.aclose()  # a client that left: the upstream connection goes back now
 
-        log.info("request %s: GET /responses/{id}?stream=true via %s", request_id, entry.provider)
-        return StreamingResponse(relay(), media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
+        return relay()
 
 
 class _FinalEvent:
@@ -312,6 +334,12 @@ class _FinalEvent:
                 continue
             if isinstance(data, dict) and data.get("type") in LAST_EVENTS and isinstance(data.get("response"), dict):
                 self.response = data["response"]
+
+
+async def _sse(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    """The replay's bytes as relayed; the request ends with ``chunks`` (read, broken or dropped)."""
+    async for chunk in chunks:
+        yield chunk["sse"]
 
 
 async def _unserved(request: Request) -> Response:
