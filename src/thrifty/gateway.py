@@ -331,6 +331,19 @@ class Gateway:
             else:
                 self.ledger.flush()
 
+    @property
+    def running(self) -> int:
+        """Requests admitted and not yet ended (streams included): what ``close()`` waits for."""
+        return self._running
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no admitted request is running, at most ``timeout_s``: True when none is.
+        Polled, not waited for on the condition: the requests may run on this very loop."""
+        deadline = time.monotonic() + timeout_s
+        while self._running and time.monotonic() < deadline:
+            await asyncio.sleep(_DRAIN_POLL_S)
+        return not self._running
+
     async def aclose(self) -> None:
         """Release everything: operations, cache, compression, provider connections (of every
         event loop the gateway was used from), the sync clients' loop thread, then the ledger
@@ -344,10 +357,7 @@ class Gateway:
 
     async def _release(self) -> None:
         """``aclose()`` once the gateway is marked closed."""
-        # Polled, not waited for on the condition: the requests may run on this very loop.
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while self._running and time.monotonic() < deadline:
-            await asyncio.sleep(_DRAIN_POLL_S)
+        await self.wait_idle(DRAIN_TIMEOUT_S)
         self._warn_undrained()
         errors: list[Exception] = []
         try:

@@ -7,6 +7,7 @@ gateway built in the process (``register_secrets``), which may look like any wor
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -36,23 +37,43 @@ class JsonFormatter(logging.Formatter):
         self._redactors.add(redactor)
 
     def redact(self, text: str) -> str:
-        for r in list(self._redactors):
-            text = r(text)
-        return redact(text)
+        return self._masker()(text)
+
+    def _masker(self) -> Callable[[str], str]:
+        """What masks one line's strings: the gateways' redactors in turn, each of which ends with
+        the key shapes (``Redactor.__call__``), else the key shapes alone.
+
+        Why once per line: with every field of the request line (written per request at INFO,
+        serve's default) copying the weak set and applying the key shapes a second time,
+        formatting it took ~17 us instead of ~11. Applying them again after a redactor changes
+        nothing: what they mask is replaced by ``[REDACTED]``, which they do not match."""
+        redactors = list(self._redactors)
+        if not redactors:
+            return redact
+        if len(redactors) == 1:
+            return redactors[0]
+
+        def each(text: str) -> str:
+            for r in redactors:
+                text = r(text)
+            return text
+
+        return each
 
     def format(self, record: logging.LogRecord) -> str:
+        mask = self._masker()
         entry = {
             "ts": round(time.time(), 3),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": self.redact(record.getMessage()),
+            "msg": mask(record.getMessage()),
         }
         for key in _FIELDS:
             if hasattr(record, key):
                 value = getattr(record, key)
-                entry[key] = self.redact(value) if isinstance(value, str) else value
+                entry[key] = mask(value) if isinstance(value, str) else value
         if record.exc_info:
-            entry["exc"] = self.redact(self.formatException(record.exc_info))
+            entry["exc"] = mask(self.formatException(record.exc_info))
         return json.dumps(entry)
 
 
@@ -68,6 +89,21 @@ class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
         super().emit(record)
 
 
+class _CancelledRequest(logging.Filter):
+    """uvicorn's "Exception in ASGI application" for a request it cancelled itself (the server
+    stopping with the request still running past its graceful-shutdown bound) as one WARNING line
+    instead of an ERROR with a traceback: no bug, and the request is recorded in the ledger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, asyncio.CancelledError) and str(record.msg).startswith("Exception in ASGI application"):
+            record.msg, record.args = ("a request still running when the server stopped was cancelled at the "
+                                       "shutdown bound; it is recorded in the ledger"), ()
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 # uvicorn's level names (uvicorn.config.LOG_LEVELS); "trace" is its own, below debug.
 _LEVELS = {"critical": 50, "error": 40, "warning": 30, "info": 20, "debug": 10, "trace": 5}
 
@@ -78,6 +114,7 @@ def setup_logging(level: str = "info", loggers: tuple[str, ...] = ("thrifty", "u
     ``log_config=None`` so it keeps these handlers instead of installing its plain-text ones."""
     handler = _Stderr()
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(_CancelledRequest())
     for name in loggers:
         log = logging.getLogger(name)
         log.handlers[:] = [handler]

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from starlette.requests import Request
 
 from thrifty.errors import AuthenticationError, PermissionDeniedError
-from thrifty.ops.keys import KeyStore
+from thrifty.ops.keys import KeyStore, VirtualKey
 from thrifty.server.app import forwarded_headers
 from thrifty.server.credentials import client_key
 from thrifty.types import ChatRequest
@@ -20,6 +20,8 @@ from thrifty.types import ChatRequest
 # The route an ``auto`` request's client label (x-thrifty-task, thrifty.task, metadata.task)
 # names, given the request and the headers the pipeline sees; None when the label names none.
 LabelRoute = Callable[[ChatRequest, Mapping[str, str]], "str | None"]
+# Where a request's checked key is kept for the rest of the request (``Authenticator.key_of``).
+_SCOPE_KEY = "thrifty.virtual_key"
 
 
 def bearer_token(request: Request) -> str:
@@ -34,8 +36,17 @@ class Authenticator:
         self.on_failure = on_failure  # metrics: count refusals by reason
         self.label_route = label_route
 
-    async def __call__(self, request: Request, chat: ChatRequest) -> tuple[str, str]:
-        """(key_id, tenant) for the request; the key id is also its cache scope."""
+    async def key_of(self, request: Request) -> VirtualKey:
+        """The request's active key; ``AuthenticationError`` (and a refusal metric) for a missing,
+        unknown or revoked one.
+
+        Looked up once per request and kept in its ASGI scope: the check before the body is read
+        (server/model_access.py) and the model check once the body names one (``__call__``) each
+        made an HMAC and a key-cache read, and a second database read whenever the cache entry
+        expired in between. The scope is the request's own, so nothing outlives it."""
+        known = request.scope.get(_SCOPE_KEY)
+        if isinstance(known, VirtualKey):
+            return known
         token = bearer_token(request)
         if not token:
             self._failed("missing")
@@ -48,6 +59,12 @@ class Authenticator:
         if not key.active:
             self._failed("revoked")
             raise AuthenticationError(f"API key {key.key_id} has been revoked.", code="key_revoked")
+        request.scope[_SCOPE_KEY] = key
+        return key
+
+    async def __call__(self, request: Request, chat: ChatRequest) -> tuple[str, str]:
+        """(key_id, tenant) for the request; the key id is also its cache scope."""
+        key = await self.key_of(request)
         wanted = [chat.model]
         route = request.headers.get("x-thrifty-route")
         if route:

@@ -42,7 +42,22 @@ class Period:
 
 
 def period_of(kind: str, now: float) -> Period:
-    """The UTC day or month containing ``now``."""
+    """The UTC day or month containing ``now``.
+
+    The last one of each kind is kept: every admitted request of a key with a budget or limits
+    asks, and working it out (gmtime, timegm, strftime) cost ~2.5 us where a range check does."""
+    last = _last_period.get(kind)
+    if last is not None and last.start <= now < last.end:
+        return last
+    period = _period_of(kind, now)
+    _last_period[kind] = period  # a frozen value: a thread reading the old one meanwhile is still right
+    return period
+
+
+_last_period: dict[str, Period] = {}
+
+
+def _period_of(kind: str, now: float) -> Period:
     t = time.gmtime(now)
     if kind == "day":
         start = calendar.timegm((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0))

@@ -70,6 +70,11 @@ class RetryPolicy:
         return self.delay(attempt, exc.retry_after)
 
 
+# For a provider the caller was given no policy of (a caller built in code): made once, not
+# as the default argument of every call's lookup.
+_DEFAULT_RETRY = RetryPolicy()
+
+
 class ModelCaller:
     """Turns "call model M with this request" into provider calls, with every attempt priced."""
 
@@ -83,6 +88,10 @@ class ModelCaller:
         self.providers = providers
         self.retry_policies = retry_policies or {}
         self._chains: dict[str, list[ModelInfo]] = {}
+
+    def retry_policy(self, provider: str) -> RetryPolicy:
+        """``provider``'s retry policy (the default for one the caller was given none of)."""
+        return self.retry_policies.get(provider, _DEFAULT_RETRY)
 
     def model(self, name: str) -> ModelInfo:
         info = self.catalog.get(name)
@@ -169,7 +178,7 @@ class ModelCaller:
         chain = self._chain(model_name) if fallbacks_allowed(ctx.request) else self._chain(model_name)[:1]
         for info in chain:
             provider = self.providers[info.provider]
-            policy = self.retry_policies.get(info.provider, RetryPolicy())
+            policy = self.retry_policy(info.provider)
             for i in range(policy.max_retries + 1):
                 attempt = Attempt(model=info.name, provider=info.provider, started=time.time(), tier=info.tier,
                                   purpose=purpose, batch=batch)

@@ -14,6 +14,8 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import anyio
+
 from thrifty.errors import ThriftyError
 from thrifty.ledger.records import AttemptRow, RequestRow, rows_from_context
 from thrifty.pipeline.context import Handler, RequestContext
@@ -127,14 +129,19 @@ class RecordedStream:
         record, self._record = self._record, None
         if record is None:  # recorded already: exactly one row per request
             return
-        try:
-            if unwind:
-                await _unwind(self._chunks)
-        finally:
-            if not completed and self._ctx.status == "ok":
-                self._ctx.status, self._ctx.error_type, self._ctx.error = (
-                    "error", "ClientDisconnected", "stream not completed")
-            await record(self._ctx)
+        # Shielded: a stream served by Starlette runs in an anyio task group, and anyio re-delivers
+        # a cancellation at every await inside a cancelled scope (uvicorn cancelling the requests
+        # left at its shutdown bound, a client that left). The finalizers' awaits (a budget settle
+        # on Redis) were cancelled in turn, and the row was never written though the call was paid.
+        with anyio.CancelScope(shield=True):
+            try:
+                if unwind:
+                    await _unwind(self._chunks)
+            finally:
+                if not completed and self._ctx.status == "ok":
+                    self._ctx.status, self._ctx.error_type, self._ctx.error = (
+                        "error", "ClientDisconnected", "stream not completed")
+                await record(self._ctx)
 
 
 async def _unwind(chunks: AsyncIterator[dict[str, Any]]) -> None:

@@ -55,6 +55,9 @@ log = logging.getLogger("thrifty.server")
 T = TypeVar("T")
 
 # Incoming headers the pipeline may read (others are not copied into the context).
+# How long the shutdown waits for requests uvicorn cancelled at its graceful-shutdown bound to
+# unwind and be recorded: they only have to run their cleanup (no provider waits), so seconds.
+SHUTDOWN_UNWIND_S = 5.0
 _FORWARDED_HEADERS = frozenset(("x-thrifty-task", "x-thrifty-cache", "x-thrifty-route", "cache-control",
                                 "x-thrifty-deferrable", "pragma"))
 
@@ -193,6 +196,12 @@ def create_app(gateway: Gateway) -> Starlette:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        # Past its graceful-shutdown bound uvicorn cancels the requests still running and comes
+        # straight here: let them unwind (their stream's provider call priced, the budget settled,
+        # the row handed to the ledger) before their connections and the ledger close under them.
+        if not await gateway.wait_idle(SHUTDOWN_UNWIND_S):
+            log.warning("shutting down with %d request(s) still unwinding after %gs: they may go unrecorded",
+                        gateway.running, SHUTDOWN_UNWIND_S)
         # Pooled upstream connections belong to the server's loop: close them on that loop.
         for provider in gateway.providers.values():
             await provider.aclose()

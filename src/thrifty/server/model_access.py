@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from thrifty.errors import AuthenticationError, PermissionDeniedError, ThriftyError
-from thrifty.server.credentials import client_key
+from thrifty.errors import PermissionDeniedError, ThriftyError
 from thrifty.server.http_errors import handler_error
 from thrifty.types import ChatRequest
 
@@ -31,19 +30,17 @@ def _asking_for(name: str) -> ChatRequest:
 
 async def checked_key(gateway: Gateway, request: Request) -> VirtualKey | None:
     """The caller's virtual key, from the headers alone: None without the built-in authenticator
-    (only it exposes its key store; a custom hook is asked with the parsed request), the key when
-    it is active, else the authenticator's ``AuthenticationError`` for a missing, unknown or
-    revoked key (its own message and refusal metric)."""
-    auth = getattr(gateway, "authenticate", None)
-    keys = getattr(auth, "keys", None)  # ops/auth.py's Authenticator reads keys from this store
-    if auth is None or keys is None:
+    (only it reads keys from headers alone; a custom hook is asked with the parsed request), the
+    key when it is active, else the authenticator's ``AuthenticationError`` for a missing, unknown
+    or revoked key (its own message and refusal metric).
+
+    Asked of the authenticator itself (``key_of``), which keeps the key for the rest of the
+    request: its model check once the body is read does not look the key up a second time."""
+    key_of = getattr(getattr(gateway, "authenticate", None), "key_of", None)  # ops/auth.py's Authenticator
+    if key_of is None:
         return None
-    token = client_key(request.headers)
-    key = await keys.afind(token) if token else None
-    if key is not None and key.active:
-        return key
-    await auth(request, _asking_for("auto"))
-    raise AuthenticationError("Invalid API key.")  # it accepted a key the store just refused (revoked)
+    key: VirtualKey = await key_of(request)
+    return key
 
 
 async def key_refusal(gateway: Gateway, request: Request, request_id: str) -> Response | None:

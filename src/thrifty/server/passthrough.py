@@ -190,7 +190,7 @@ class PassthroughCall:
         provider = self.gateway.providers[info.provider]
         cfg = self.gateway.config.providers.get(info.provider)
         upstream = self.endpoint.upstream_body(body, info.upstream_model, cfg.compat if cfg else None)
-        policy = self.gateway.caller.retry_policies.get(info.provider, RetryPolicy())
+        policy = self.gateway.caller.retry_policy(info.provider)
         if ctx.request.stream:
             if not streams(provider):
                 raise self._unsupported(info, "streamed ")

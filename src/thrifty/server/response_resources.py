@@ -150,7 +150,7 @@ class ResponseResources:
         # provider.url keeps a base_url query (Azure's ?api-version=) after the path.
         path = f"responses/{quote(entry.response_id, safe='')}{suffix}"
         url = provider.url(f"{path}?{query}" if query else path)
-        return provider, url, self.gateway.caller.retry_policies.get(entry.provider, RetryPolicy())
+        return provider, url, self.gateway.caller.retry_policy(entry.provider)
 
     async def fetch(self, entry: StoredResponse) -> Any:
         """``GET /responses/{id}`` at the provider holding ``entry``, with its retries (what a
