@@ -113,6 +113,22 @@ class HeldStream:
             release()
 
 
+async def close_below(chunks: AsyncIterator[Any]) -> None:
+    """Close the stream a stage's stream reads from, from that stage's ``finally``, before the
+    stage's own cleanup. Why: an async generator closed (its reader left) closes only itself, so
+    the streams under it ended later, when collected: the provider call was priced after the
+    cascade settled and the ledger row was written ("cost unknown"), its connection held until
+    then. Closed this way every stage ends in order, from the provider call up. A stream that ended
+    already (read to the end, broken, cancelled) is left as it is."""
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is None:
+        return
+    try:
+        await aclose()
+    except Exception:  # the stream is over either way; the stage's cleanup must still run
+        log.debug("closing a stream failed", exc_info=True)
+
+
 # Dropped streams being closed (the loop keeps only weak references to its tasks).
 _closing: set[asyncio.Task[None]] = set()
 

@@ -39,7 +39,7 @@ from thrifty.catalog import Catalog
 from thrifty.errors import StorageError, ThriftyError
 from thrifty.pipeline.accounting import baseline_cost
 from thrifty.pipeline.context import Handler, RequestContext
-from thrifty.streaming import iterate
+from thrifty.streaming import close_below, iterate
 from thrifty.types import Usage
 
 log = logging.getLogger("thrifty.cache")
@@ -258,6 +258,7 @@ class CacheStage:
                 yield chunk
             completed = True
         finally:
+            await close_below(chunks)  # the answer under it priced and settled first
             stored = False
             if completed and ctx.status == "ok":
                 stored = await self._store(ctx, assemble(seen), key, d, qvec)

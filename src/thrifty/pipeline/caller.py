@@ -27,6 +27,7 @@ from thrifty.errors import InvalidRequestError, NotFoundError, UpstreamError
 from thrifty.pipeline.accounting import call_texts, priced_usage
 from thrifty.pipeline.context import Attempt, RequestContext
 from thrifty.providers.base import Provider
+from thrifty.streaming import close_below
 from thrifty.types import ChatRequest
 
 T = TypeVar("T")
@@ -256,6 +257,7 @@ class ModelCaller:
             attempt.status, attempt.error = "error", exc.message
             raise
         finally:
+            await close_below(it)  # the provider's connection goes back now, not when collected
             attempt.latency_ms = (time.perf_counter() - t0) * 1000
             fake = {"usage": usage_raw, "choices": [{"message": {"content": "".join(text_parts)}}]}
             self._price(attempt, info, req, fake, False)

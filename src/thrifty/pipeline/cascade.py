@@ -21,7 +21,7 @@ from thrifty.pipeline.accounting import settle
 from thrifty.pipeline.caller import ModelCaller
 from thrifty.pipeline.context import Attempt, Handler, Plan, RequestContext
 from thrifty.routing.policies import BudgetGuard, TierCascade
-from thrifty.streaming import iterate, response_to_chunks
+from thrifty.streaming import close_below, iterate, response_to_chunks
 
 
 class Policy(Protocol):
@@ -87,4 +87,5 @@ class CascadeStage:
             async for chunk in chunks:
                 yield chunk
         finally:
+            await close_below(chunks)  # the call under it priced first (its reader may have left)
             settle(ctx, self.catalog, attempt)

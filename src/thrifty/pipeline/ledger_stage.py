@@ -19,6 +19,7 @@ import anyio
 from thrifty.errors import ThriftyError
 from thrifty.ledger.records import AttemptRow, RequestRow, rows_from_context
 from thrifty.pipeline.context import Handler, RequestContext
+from thrifty.streaming import close_below
 
 log = logging.getLogger("thrifty.pipeline")
 
@@ -135,45 +136,13 @@ class RecordedStream:
         # on Redis) were cancelled in turn, and the row was never written though the call was paid.
         with anyio.CancelScope(shield=True):
             try:
-                if unwind:
-                    await _unwind(self._chunks)
+                if unwind:  # every stage under it ends in order, the provider call priced first
+                    await close_below(self._chunks)
             finally:
                 if not completed and self._ctx.status == "ok":
                     self._ctx.status, self._ctx.error_type, self._ctx.error = (
                         "error", "ClientDisconnected", "stream not completed")
                 await record(self._ctx)
-
-
-async def _unwind(chunks: AsyncIterator[dict[str, Any]]) -> None:
-    """End ``chunks`` and the streams under it before the row is written, as a reader that left
-    mid-read does: a read is started and cancelled where it waits for the provider, so every
-    stage's stream unwinds from the provider call up (the call priced at what it had sent, the
-    answer settled, a cache lock released) in order.
-
-    Why not only ``aclose()``: each stage's stream closes only itself, so the provider call's
-    stream under them was priced later, when collected, after the row was written with "cost
-    unknown". One read only: a read that does not wait (its chunk was in hand) is not repeated,
-    for reading on could complete the stream its client left (and the cache store it); the
-    stream is then closed, and the streams under it end as they are collected."""
-    reader = asyncio.ensure_future(_read_one(chunks))
-    await asyncio.sleep(0)  # the read runs until it waits for the provider, or has its chunk
-    reader.cancel()  # nothing, when it has its chunk
-    try:
-        await reader
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():  # this close itself is cancelled, not only its read
-            raise
-    except Exception:  # the stream broke or ended as it was read: it is over; the row is written all the same
-        log.debug("a stream failed while it was closed", exc_info=True)
-    aclose = getattr(chunks, "aclose", None)
-    if aclose is not None:
-        with contextlib.suppress(Exception):
-            await aclose()
-
-
-async def _read_one(chunks: AsyncIterator[dict[str, Any]]) -> None:
-    await chunks.__anext__()  # its client left: the chunk goes nowhere (its tokens are priced)
 
 
 def _usage_of_the_answer_in_progress(ctx: RequestContext) -> None:
