@@ -141,10 +141,6 @@ def _close_soon(chunks: AsyncIterator[dict[str, Any]], release: Callable[[], Non
 
 async def _close(chunks: AsyncIterator[dict[str, Any]], release: Callable[[], None]) -> None:
     try:
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
-    except Exception:  # the stream is over either way; the close must not lose the release
-        log.exception("closing a stream failed")
+        await close_below(chunks)
     finally:
-        release()
+        release()  # the close must not lose the release, whatever it raised

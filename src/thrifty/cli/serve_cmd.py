@@ -22,10 +22,9 @@ def register(app: typer.Typer) -> None:
         """Serve POST /v1/chat/completions, GET /v1/models and GET /health."""
         import uvicorn
 
-        from thrifty import gateway as gateway_module
         from thrifty.cli.config_cmd import unset_env_warnings
         from thrifty.config import load_config, read_raw
-        from thrifty.gateway import Gateway
+        from thrifty.gateway import DRAIN_TIMEOUT_S, Gateway
         from thrifty.logs import setup_logging
         from thrifty.server import listen
 
@@ -70,4 +69,4 @@ def register(app: typer.Typer) -> None:
         # bound they are cancelled (and recorded as such) before the connections and ledger close.
         uvicorn.run(app, host=h, port=p, log_level=level, access_log=False, log_config=None,
                     timeout_keep_alive=5, limit_concurrency=cfg.server.max_connections,
-                    timeout_graceful_shutdown=math.ceil(gateway_module.DRAIN_TIMEOUT_S))
+                    timeout_graceful_shutdown=math.ceil(DRAIN_TIMEOUT_S))

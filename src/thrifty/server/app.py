@@ -54,10 +54,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("thrifty.server")
 T = TypeVar("T")
 
-# Incoming headers the pipeline may read (others are not copied into the context).
 # How long the shutdown waits for requests uvicorn cancelled at its graceful-shutdown bound to
 # unwind and be recorded: they only have to run their cleanup (no provider waits), so seconds.
 SHUTDOWN_UNWIND_S = 5.0
+# Incoming headers the pipeline may read (others are not copied into the context).
 _FORWARDED_HEADERS = frozenset(("x-thrifty-task", "x-thrifty-cache", "x-thrifty-route", "cache-control",
                                 "x-thrifty-deferrable", "pragma"))
 
