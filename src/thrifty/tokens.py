@@ -166,7 +166,9 @@ def count_message(message: dict[str, Any], *, model: str | None = None) -> int:
 def count_messages(messages: list[dict[str, Any]], tools: list[Any] | None = None, *,
                    model: str | None = None) -> int:
     """Prompt tokens of a whole chat request (messages, plus tool schemas when given)."""
-    n = sum(count_message(m, model=model) for m in messages) + _REPLY_PRIMER
-    if tools:
-        n += count_text(json.dumps(tools, sort_keys=True), model=model)
-    return n
+    return sum(count_message(m, model=model) for m in messages) + _REPLY_PRIMER + count_tools(tools, model=model)
+
+
+def count_tools(tools: list[Any] | None, *, model: str | None = None) -> int:
+    """Prompt tokens of a request's tool (or legacy function) schemas, sent beside the messages."""
+    return count_text(json.dumps(tools, sort_keys=True), model=model) if tools else 0

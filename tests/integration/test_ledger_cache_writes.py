@@ -233,3 +233,20 @@ def test_rows_spilled_before_the_column_still_import(tmp_path: Path) -> None:
         assert store.query("SELECT request_id, cache_write_tokens FROM requests") == [("r1", 0)]
     finally:
         store.close()
+
+
+def test_a_gateway_cache_hit_records_no_cache_writes(mock: RunningServer, tmp_path: Path) -> None:
+    # Found by review: a hit carries the stored answer's usage, its writes included, so every hit
+    # added writes to the report that no provider was paid for.
+    cfg = {**_config(mock, tmp_path), "cache": {"enabled": True}}
+    gw = Gateway.from_config(cfg)
+    with run_in_thread(gw.app()) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="sk-client-0000", max_retries=0)
+        for _ in range(2):
+            client.chat.completions.create(model="claude", temperature=0, messages=[{"role": "user", "content": LONG}])
+    gw.flush()
+    gw.close()
+    with sqlite3.connect(tmp_path / "ledger.db") as db:
+        rows = db.execute("SELECT cache_status, cache_write_tokens FROM requests ORDER BY ts").fetchall()
+    assert [status for status, _ in rows] == ["miss", "hit"]
+    assert rows[0][1] > 1000 and rows[1][1] == 0

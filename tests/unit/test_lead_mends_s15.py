@@ -30,14 +30,14 @@ def test_trimming_tokenises_the_tool_schemas_once(monkeypatch: pytest.MonkeyPatc
     from thrifty.compress import history
 
     calls: list[int] = []
-    real = history.count_messages
+    real = history.count_tools
 
-    def counting(messages: list[dict[str, Any]], tools: list[Any] | None = None, **kw: Any) -> int:
+    def counting(tools: list[Any] | None, **kw: Any) -> int:
         if tools:
             calls.append(1)
-        return real(messages, tools, **kw)
+        return real(tools, **kw)
 
-    monkeypatch.setattr(history, "count_messages", counting)
+    monkeypatch.setattr(history, "count_tools", counting)
     tools = [{"type": "function", "function": {"name": f"tool_{i}", "description": "word " * 40,
                                                "parameters": {"type": "object", "properties": {}}}} for i in range(5)]
     messages = [{"role": "system", "content": "be brief"}]

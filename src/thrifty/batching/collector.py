@@ -103,6 +103,9 @@ class GatewayJobRunner(DeferredRunner):
         if error is not None:
             return None, error
         body = row["response"]["body"]
+        # Dated now if the provider did not date it: the stored answer is priced and dated again
+        # when delivered (``_outcome``), at this same time, not at a second "now".
+        body.setdefault("created", int(time.time()))
         info = self.gw.catalog.get(job.model)
         usage, cost = _priced(it.input, body, info, answered_at(body))
         output = json.dumps(body, ensure_ascii=False)

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from thrifty.tokens import content_text, count_message, count_messages, count_text, truncate_text
+from thrifty.tokens import content_text, count_message, count_messages, count_text, count_tools, truncate_text
 
 Message = dict[str, Any]
 Summariser = Callable[[list[Message]], Awaitable[str | None]]
@@ -140,7 +140,7 @@ async def trim(messages: list[Message], budget: int, summarise: Summariser | Non
     the head: a chat app's tools of 1,000 tokens left a budget of N sending N + 1,000."""
     # The schemas are counted once: they are sent whole whatever is trimmed (and dumping and
     # tokenising a large tool list three times cost more than the trimming itself).
-    schema_cost = messages_tokens([], schemas) - messages_tokens([])
+    schema_cost = count_tools(schemas)
     total = messages_tokens(messages) + schema_cost
     if total <= budget:
         return Trimmed(messages, 0, 0)

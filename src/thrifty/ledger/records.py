@@ -111,7 +111,9 @@ def rows_from_context(ctx: RequestContext) -> tuple[RequestRow, list[AttemptRow]
         error=redact(ctx.error)[:ERROR_CHARS] if ctx.error else None,
         stream=ctx.request.stream,
         batch=ctx.batch,
-        cache_write_tokens=ctx.usage.cache_write_tokens,
+        # A cache hit carries the stored answer's usage, but nothing was written to the
+        # provider's cache this time (its other token columns say what the answer holds).
+        cache_write_tokens=0 if ctx.cache_status == "hit" else ctx.usage.cache_write_tokens,
     )
     attempts = [
         AttemptRow(

@@ -120,8 +120,8 @@ def build_usage(
 
 def cache_writes(behaviour: ModelBehaviour, prompt_tokens: int, cached_tokens: int) -> int:
     """The prompt tokens an ``openrouter`` convention reports written to the prompt cache: its
-    cacheable whole blocks beyond the part read (0 for other conventions, or without a cache)."""
-    if behaviour.usage_convention != "openrouter" or not behaviour.prompt_cache:
+    cacheable whole blocks beyond the part read (0 without a cache)."""
+    if not behaviour.prompt_cache:
         return 0
     cacheable = prompt_tokens // BLOCK * BLOCK
     return max(0, cacheable - cached_tokens) if cacheable >= MIN_CACHED else 0

@@ -186,7 +186,7 @@ def whole_answer(raw: bytes) -> dict[str, Any] | None:
         parsed = json.loads(raw)
     except ValueError:
         return None
-    if not isinstance(parsed, dict) or embedded_error(parsed, "choices") is not None:
+    if not isinstance(parsed, dict):
         return None
     choices = parsed.get("choices")
     if not isinstance(choices, list) or not choices:

@@ -112,7 +112,8 @@ class RedisBackend:
         # (a frozen Redis would cost each call twice the wait), nor is a second refusal.
         self._clients = LoopRedis(lambda: aioredis.from_url(
             url, socket_timeout=2.0, socket_connect_timeout=2.0,
-            retry=Retry(NoBackoff(), 1, supported_errors=(aioredis.ConnectionError,))),
+            retry=Retry(NoBackoff(), 1, supported_errors=(aioredis.ConnectionError,)),
+            retry_on_error=[aioredis.ConnectionError]),  # redis-py 5.x retries only the errors listed here
             what="the Redis cache's connection pool")
         self.prefix = f"{prefix}:cache"
         self.max_entries = max_entries
