@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # (name, arguments after the interpreter, slow): the commands recorded in docs/benchmarks.md.
 BENCHES: list[tuple[str, list[str], bool]] = [
     ("tokenizers", ["bench/token_counting.py", "--prompts", "300", "--write"], False),
-    ("overhead", ["bench/overhead.py", "--requests", "3000", "--rounds", "15", "--write"], False),
+    ("overhead", ["bench/overhead.py", "--requests", "3000", "--rounds", "25", "--write"], False),
     ("ledger_ids", ["bench/ledger_ids.py", "--rows", "30000", "--preload", "300000", "--rounds", "3",
                     "--write"], False),
     ("router-predict", ["bench/router_predict.py", "--write"], False),
