@@ -14,8 +14,6 @@ import asyncio
 import gc
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,8 +25,7 @@ import openai
 import pytest
 import yaml
 
-from fixtures.processes import wait_healthy
-from fixtures.services import free_port
+from fixtures.processes import serve_with_drain
 from thrifty.gateway import Gateway
 from thrifty.mock.app import create_app as create_mock
 from thrifty.mock.behaviour import MockConfig
@@ -150,11 +147,6 @@ async def test_streams_closed_early_or_never_read_do_not_hold_aclose(mock: Runni
     assert time.monotonic() - started < 5
 
 
-# `thrifty serve` with a drain bound a test can wait for (the process's own, patched before it starts).
-SERVE_WITH_SHORT_DRAIN = ("import sys; import thrifty.gateway as g; g.DRAIN_TIMEOUT_S = 2.0; "
-                          "from thrifty.cli.main import main; main(sys.argv[1:])")
-
-
 def test_serve_stops_within_the_drain_bound_on_a_stalled_stream_and_records_it(tmp_path: Path) -> None:
     """Found by the same review: on SIGTERM uvicorn waited, without a bound, for every response
     in flight, so one stream whose upstream stalled kept `thrifty serve` up until it ended."""
@@ -163,22 +155,14 @@ def test_serve_stops_within_the_drain_bound_on_a_stalled_stream_and_records_it(t
         config = tmp_path / "thrifty.yaml"
         config.write_text(yaml.safe_dump({**_config(tmp_path, upstream.url),
                                           "models": {"stall": {"provider": "m", "price": {"input": 1, "output": 2}}}}))
-        port = free_port()
-        proc = subprocess.Popen([sys.executable, "-c", SERVE_WITH_SHORT_DRAIN, "serve", "--config", str(config),
-                                 "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            wait_healthy(f"http://127.0.0.1:{port}", proc)
+        with serve_with_drain(config) as (base, proc):
             body = {"model": "stall", "messages": MSGS, "stream": True}
-            with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=30) as r:
+            with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=30) as r:
                 lines = r.iter_lines()
                 assert next(lines).startswith("data: {")  # the first chunk; the next one is a minute away
                 proc.send_signal(signal.SIGTERM)
                 started = time.monotonic()
                 proc.wait(20)
             assert time.monotonic() - started < 10
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
     (row,) = _rows(tmp_path)
     assert row[:2] == ("stall", "error") and row[3] > 0  # cancelled at the bound, its prompt paid and recorded

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -16,53 +15,16 @@ import httpx
 import openai
 import psycopg
 import pytest
-import redis
 import yaml
 
 from fixtures.cli_run import assert_one_line, run_main
+from fixtures.own_redis import OwnRedis
 from fixtures.processes import thrifty_cmd, wait_healthy
-from fixtures.services import free_port, unavailable
+from fixtures.services import free_port
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
 ADMIN = "fleet-admin-key-1"
-
-
-class OwnRedis:
-    """A redis-server of this test's own, so the test can stop and restart it (a shared one cannot be)."""
-
-    def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            unavailable("redis-server not found on PATH")
-        self.binary = str(binary)
-        self.port = free_port()
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        # No persistence: a restart loses every key, the worst case for budgets and caches.
-        self.proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--dir", str(self.workdir)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if redis.Redis.from_url(self.url, socket_timeout=0.5).ping():
-                    return
-            except redis.RedisError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-            self.proc = None
 
 
 @pytest.fixture

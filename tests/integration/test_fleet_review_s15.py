@@ -6,65 +6,25 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import sqlite3
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-import redis
 import yaml
 
+from fixtures.own_redis import OwnRedis
 from fixtures.processes import thrifty_cmd
 from fixtures.served import serving
-from fixtures.services import free_port, unavailable
 from thrifty.mock.app import create_app as create_mock
 from thrifty.mock.behaviour import MockConfig
 from thrifty.mock.server import RunningServer, run_in_thread
 
 pytestmark = pytest.mark.redis
-
-
-class OwnRedis:
-    """A redis-server of this test's own on a free loopback port, which the test may restart."""
-
-    def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            unavailable("redis-server not found on PATH")
-        self.binary = str(binary)
-        self.port = free_port()
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        # No persistence: a restart loses every key (the worst case for the caches).
-        self.proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--dir", str(self.workdir)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if redis.Redis.from_url(self.url, socket_timeout=0.5).ping():
-                    return
-            except redis.RedisError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-            self.proc = None
 
 
 @pytest.fixture

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -21,15 +19,11 @@ from pathlib import Path
 import httpx
 import yaml
 
-from fixtures.processes import wait_healthy
-from fixtures.services import free_port
+from fixtures.processes import serve_with_drain
 from thrifty.mock.app import create_app as create_mock
 from thrifty.mock.behaviour import MockConfig
 from thrifty.mock.server import run_in_thread
 
-# `thrifty serve` with a drain bound a test can wait for (the process's own, patched before it starts).
-SERVE_WITH_SHORT_DRAIN = ("import sys; import thrifty.gateway as g; g.DRAIN_TIMEOUT_S = 2.0; "
-                          "from thrifty.cli.main import main; main(sys.argv[1:])")
 ADMIN = "admin-shutdown-0000"
 
 
@@ -47,12 +41,7 @@ def test_a_stream_cancelled_at_the_shutdown_bound_is_recorded_with_a_redis_budge
             "auth": {"enabled": True, "admin_key": ADMIN, "backend": "redis",
                      "redis_prefix": f"shutdown-{uuid.uuid4().hex[:8]}"},
         }))
-        port = free_port()
-        proc = subprocess.Popen([sys.executable, "-c", SERVE_WITH_SHORT_DRAIN, "serve", "--config", str(config),
-                                 "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            wait_healthy(base, proc)
+        with serve_with_drain(config) as (base, proc):
             made = httpx.post(f"{base}/admin/keys", headers={"authorization": f"Bearer {ADMIN}"},
                               json={"name": "app", "budget_usd": 5})
             assert made.status_code == 201, made.text
@@ -71,10 +60,6 @@ def test_a_stream_cancelled_at_the_shutdown_bound_is_recorded_with_a_redis_budge
             started = time.monotonic()
             proc.wait(20)
             assert time.monotonic() - started < 15
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
         log = proc.stderr.read() if proc.stderr else ""
     with sqlite3.connect(tmp_path / "ledger.db") as db:
         rows = db.execute("SELECT requested_model, status, error_type, cost_usd FROM requests").fetchall()
