@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from fixtures.served import leave_stream
 from thrifty.gateway import Gateway
 from thrifty.mock.app import create_app as create_mock
 from thrifty.mock.behaviour import MockConfig
@@ -70,13 +71,7 @@ def test_stream_without_include_usage_is_priced_from_upstream_usage(
 
 def test_abandoned_stream_records_what_it_spent(served: tuple[Gateway, RunningServer, RunningServer]) -> None:
     gw, server, _ = served
-    body = {"model": "slow", "messages": MSGS, "stream": True}
-    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=10) as r:
-        seen = 0
-        for line in r.iter_lines():
-            seen += line.startswith("data: {")
-            if seen >= 3:
-                break  # the client leaves mid-answer
+    leave_stream(server.url, {"model": "slow", "messages": MSGS, "stream": True}, after=3, timeout=10)
     rows = _rows(gw, "SELECT r.status, r.error_type, r.cost_usd, a.cost_source, a.prompt_tokens, a.completion_tokens, "
                      "r.prompt_tokens, r.completion_tokens "
                      "FROM requests r JOIN attempts a USING (request_id) WHERE r.requested_model = 'slow'")

@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from fixtures.processes import serve_with_drain
+from fixtures.served import leave_stream
 from thrifty.gateway import Gateway
 from thrifty.mock.app import create_app as create_mock
 from thrifty.mock.behaviour import MockConfig
@@ -117,13 +118,8 @@ def test_passthrough_requests_in_flight_during_close_complete(mock: RunningServe
 def test_a_stream_its_client_left_does_not_hold_the_close(mock: RunningServer, tmp_path: Path) -> None:
     gw = Gateway.from_config(_config(tmp_path, mock.url))
     with run_in_thread(gw.app()) as server:
-        body = {"model": "long", "messages": MSGS, "stream": True}
-        with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=20) as r:
-            seen = 0
-            for line in r.iter_lines():
-                seen += line.startswith("data: {")
-                if seen >= 2:
-                    break  # the client leaves mid-answer; the upstream has ~30 s to go
+        # The client leaves mid-answer; the upstream has ~30 s to go.
+        leave_stream(server.url, {"model": "long", "messages": MSGS, "stream": True}, after=2)
         started = time.monotonic()
         gw.close()
         assert time.monotonic() - started < 5

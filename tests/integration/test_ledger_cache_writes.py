@@ -116,33 +116,26 @@ def _check_ledger_and_report(store: SQLStore, capsys: pytest.CaptureFixture[str]
     assert "cache write tok" in table and str(sum(writes)) in table
 
 
-def test_sqlite_ledger_records_cache_writes_and_the_report_prices_them(
-        mock: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def dsn(request: pytest.FixtureRequest) -> str | None:
+    """The ledger each test runs on: None for the SQLite file in tmp_path, else PostgreSQL's DSN."""
+    return request.getfixturevalue("pg_dsn") if request.param == "postgres" else None
+
+
+def _store(tmp_path: Path, dsn: str | None) -> SQLStore:
+    return open_store(None if dsn else str(tmp_path / "ledger.db"), dsn, check=dsn is None)
+
+
+def test_the_ledger_records_cache_writes_and_the_report_prices_them(
+        mock: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], dsn: str | None) -> None:
     import asyncio
 
-    cfg = _config(mock, tmp_path)
+    cfg = _config(mock, tmp_path, dsn)
     cfg_path = tmp_path / "thrifty.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     _serve_calls(cfg)
     asyncio.run(_batch(cfg))
-    store = open_store(str(tmp_path / "ledger.db"))
-    try:
-        _check_ledger_and_report(store, capsys, cfg_path)
-    finally:
-        store.close()
-
-
-@pytest.mark.postgres
-def test_postgres_ledger_records_cache_writes_and_the_report_prices_them(
-        mock: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], pg_dsn: str) -> None:
-    import asyncio
-
-    cfg = _config(mock, tmp_path, pg_dsn)
-    cfg_path = tmp_path / "thrifty.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg))
-    _serve_calls(cfg)
-    asyncio.run(_batch(cfg))
-    store = open_store(None, pg_dsn)
+    store = _store(tmp_path, dsn)
     try:
         _check_ledger_and_report(store, capsys, cfg_path)
     finally:
@@ -182,30 +175,20 @@ def _check_upgraded(store: SQLStore, capsys: pytest.CaptureFixture[str], cfg_pat
     assert (data["requests"], data["spend_usd"], data["baseline_usd"], data["cache_write_tokens"]) == (1, 0.5, 1.5, 0)
 
 
-def test_an_old_sqlite_ledger_is_upgraded_in_place_and_keeps_its_rows(
-        mock: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with sqlite3.connect(tmp_path / "ledger.db") as conn:
-        _old_schema(conn, "?")
-    conn.close()
+def test_an_old_ledger_is_upgraded_in_place_and_keeps_its_rows(
+        mock: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], dsn: str | None) -> None:
+    if dsn is None:
+        with sqlite3.connect(tmp_path / "ledger.db") as conn:
+            _old_schema(conn, "?")
+        conn.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(dsn) as pg:
+            _old_schema(pg, "%s")
     cfg_path = tmp_path / "thrifty.yaml"
-    cfg_path.write_text(yaml.safe_dump(_config(mock, tmp_path)))
-    store = open_store(str(tmp_path / "ledger.db"), check=True)
-    try:
-        _check_upgraded(store, capsys, cfg_path)
-    finally:
-        store.close()
-
-
-@pytest.mark.postgres
-def test_an_old_postgres_ledger_is_upgraded_in_place_and_keeps_its_rows(
-        mock: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], pg_dsn: str) -> None:
-    import psycopg
-
-    with psycopg.connect(pg_dsn) as conn:
-        _old_schema(conn, "%s")
-    cfg_path = tmp_path / "thrifty.yaml"
-    cfg_path.write_text(yaml.safe_dump(_config(mock, tmp_path, pg_dsn)))
-    store = open_store(None, pg_dsn)
+    cfg_path.write_text(yaml.safe_dump(_config(mock, tmp_path, dsn)))
+    store = _store(tmp_path, dsn)
     try:
         _check_upgraded(store, capsys, cfg_path)
     finally:
