@@ -32,6 +32,7 @@ from thrifty.errors import ConfigError, GatewayStateError, InvalidRequestError, 
 from thrifty.ledger.spill import spill_path
 from thrifty.ledger.store import open_store
 from thrifty.ledger.writer import LedgerWriter
+from thrifty.loops import keep
 from thrifty.ops.wiring import Ops
 from thrifty.pipeline.build import Stage, compose, describe
 from thrifty.pipeline.caller import ModelCaller, RetryPolicy
@@ -472,8 +473,8 @@ class Gateway:
             # only by it, so the close is its next task (done once the cell's code yields). New
             # requests are refused from now on.
             if self._mark_closed():
-                _closing.add(task := loop.create_task(self._release(), name="thrifty: close the gateway"))
-                task.add_done_callback(_closed)
+                # Its failures are logged by _attempt; ``keep`` holds the task until it is done.
+                keep(loop.create_task(self._release(), name="thrifty: close the gateway"))
             return
         # Otherwise the close runs on a private thread, with no loop, while this one waits for it
         # (its failure is raised here, in the caller's thread).
@@ -529,16 +530,6 @@ def _missing_extra_message(exc: ImportError) -> str:
 def default_config_path() -> str | None:
     path = os.environ.get("THRIFTY_CONFIG")
     return path if path else None
-
-
-# Gateways closing in a task of their loop (``__exit__``): the loop keeps only weak references.
-_closing: set[asyncio.Task[None]] = set()
-
-
-def _closed(task: asyncio.Task[None]) -> None:
-    _closing.discard(task)
-    if not task.cancelled():
-        task.exception()  # logged by _attempt already; retrieved, so asyncio does not report it again
 
 
 async def _attempt(errors: list[Exception], what: str, close: Callable[[], Awaitable[object]]) -> None:

@@ -36,9 +36,6 @@ class JsonFormatter(logging.Formatter):
     def add_redactor(self, redactor: Redactor) -> None:
         self._redactors.add(redactor)
 
-    def redact(self, text: str) -> str:
-        return self._masker()(text)
-
     def _masker(self) -> Callable[[str], str]:
         """What masks one line's strings: the gateways' redactors in turn, each of which ends with
         the key shapes (``Redactor.__call__``), else the key shapes alone.

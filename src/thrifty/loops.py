@@ -87,7 +87,7 @@ class PerLoop(Generic[T]):
                 self._drop(self._items.pop(old))
                 watcher = self._watchers.pop(old, None)
                 if watcher is not None:  # its loop closed without ending it: it will never run
-                    _parked.discard(watcher[0])
+                    _kept.discard(watcher[0])
             item = self._factory()  # in the running loop, which it binds to
             self._items[loop] = item
             self._watch(loop, item)
@@ -114,8 +114,7 @@ class PerLoop(Generic[T]):
         # cell run again, a helper that builds one and returns) took this task, and the session,
         # with it into garbage collection ("Unclosed client session" on stderr). Held here, the
         # resource stays open until its loop ends or interpreter exit closes it.
-        _parked.add(task)
-        task.add_done_callback(_parked.discard)
+        keep(task)
         self._watchers[loop] = (task, released)
 
     async def _close_at_loop_end(self, item: T, released: asyncio.Future[None]) -> None:
@@ -160,7 +159,7 @@ class PerLoop(Generic[T]):
             self._watchers.clear()
         for loop, (task, released) in watchers:  # the caller closes them; a closed loop runs nothing
             if loop.is_closed():
-                _parked.discard(task)
+                _kept.discard(task)
                 continue
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_release, released)
@@ -192,8 +191,24 @@ def _release(released: asyncio.Future[None]) -> None:
         released.set_result(None)
 
 
-# The watcher tasks of every PerLoop, until they finish (see ``PerLoop._watch``).
-_parked: set[asyncio.Task[None]] = set()
+# Tasks nothing else holds, until they finish (``keep``): PerLoop's watchers, gateways closing in
+# a task of their loop, dropped streams being closed.
+_kept: set[asyncio.Task[Any]] = set()
+
+
+def keep(task: asyncio.Task[Any]) -> asyncio.Task[Any]:
+    """Hold ``task`` until it is done: the loop keeps only a weak reference to its tasks, so one
+    nothing else holds can be collected half-way. Its exception, if any, is retrieved when it
+    ends (whoever runs it logs its own failures), so asyncio does not report it a second time."""
+    _kept.add(task)
+    task.add_done_callback(_let_go)
+    return task
+
+
+def _let_go(task: asyncio.Task[Any]) -> None:
+    _kept.discard(task)
+    if not task.cancelled():
+        task.exception()
 
 
 _unreleased: weakref.WeakSet[PerLoop[Any]] = weakref.WeakSet()

@@ -18,6 +18,8 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from thrifty.loops import keep
+
 log = logging.getLogger("thrifty.gateway")
 
 # Message keys streamed by their own rules below; every other key is its own delta.
@@ -129,14 +131,8 @@ async def close_below(chunks: AsyncIterator[Any]) -> None:
         log.debug("closing a stream failed", exc_info=True)
 
 
-# Dropped streams being closed (the loop keeps only weak references to its tasks).
-_closing: set[asyncio.Task[None]] = set()
-
-
 def _close_soon(chunks: AsyncIterator[dict[str, Any]], release: Callable[[], None]) -> None:
-    task = asyncio.get_running_loop().create_task(_close(chunks, release), name="thrifty: close a dropped stream")
-    _closing.add(task)
-    task.add_done_callback(_closing.discard)
+    keep(asyncio.get_running_loop().create_task(_close(chunks, release), name="thrifty: close a dropped stream"))
 
 
 async def _close(chunks: AsyncIterator[dict[str, Any]], release: Callable[[], None]) -> None:

@@ -189,6 +189,38 @@ def test_a_stored_compression_an_older_release_validated_is_checked_again(
     assert "{{user_name}}" in stored["versions"][0]["reason"]
 
 
+def test_marking_a_stale_version_failed_keeps_an_approval_made_meanwhile(
+        upstream: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the final review: the re-check wrote back the whole record it had read before
+    checking, so a version approved meanwhile (`thrifty compress approve`) was undone."""
+    from thrifty.compress import system_prompt
+
+    reset(upstream)
+    cfg = _config(tmp_path, upstream, {"model": "cheap", "system_prompt": {"min_tokens": 100},
+                                       "routes": {"big": {"system_prompt": True}}})
+    real_check = system_prompt.check
+    with serving(cfg) as (gw, client):
+        stage = gw.compress_stage
+        assert stage is not None
+        h = versions.prompt_hash(PLACEHOLDERS, stage.prompts.settings)
+        doc = versions.new_record(h, PLACEHOLDERS, 600)
+        versions.add_version(doc, f"You are HelpBot. {SHORT} Greet the user and sign.", 20, "validated", "", "cheap")
+        stage.store.put("prompt", h, doc)
+
+        def approved_meanwhile(*args: Any, **kwargs: Any) -> Any:
+            fresh = stage.store.get("prompt", h)
+            versions.add_version(fresh, PLACEHOLDERS, 600, "approved", "by a person")
+            stage.store.put("prompt", h, fresh)
+            return real_check(*args, **kwargs)
+
+        monkeypatch.setattr(system_prompt, "check", approved_meanwhile)
+        client.chat.completions.create(model="big", messages=[{"role": "system", "content": PLACEHOLDERS},
+                                                              {"role": "user", "content": "hi"}])
+        stored = stage.store.get("prompt", h)
+    assert stored is not None
+    assert [v["status"] for v in stored["versions"]] == ["failed", "approved"]
+
+
 def test_a_hanging_summariser_still_serves_the_trimmed_request(upstream: RunningServer, tmp_path: Path) -> None:
     """The history summary has the same bound: its cheap model not answering cost the request a
     504; now the middle is dropped unsummarised and the conversation answered."""

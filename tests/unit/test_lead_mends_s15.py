@@ -45,13 +45,13 @@ def test_trimming_tokenises_the_tool_schemas_once(monkeypatch: pytest.MonkeyPatc
         messages += [{"role": "user", "content": f"question {i} " + "filler " * 30},
                      {"role": "assistant", "content": f"answer {i} " + "filler " * 30}]
     messages.append({"role": "user", "content": "the last question"})
-    with_tools = history.messages_tokens(messages, tools)
+    with_tools = history.messages_tokens(messages) + history.count_tools(tools)
     calls.clear()
     out = asyncio.run(history.trim(messages, with_tools // 3, schemas=tools))
     assert calls == [1]
     # The budget still holds the schemas: what is sent, schemas included, fits.
     assert out.dropped > 0
-    assert history.messages_tokens(out.messages, tools) <= with_tools // 3
+    assert history.messages_tokens(out.messages) + history.count_tools(tools) <= with_tools // 3
     assert out.saved_tokens == history.messages_tokens(messages) - history.messages_tokens(out.messages)
 
 

@@ -108,14 +108,14 @@ def answered_at(body: dict[str, Any]) -> datetime:
 
 
 def price_answer(request: ChatRequest | None, body: dict[str, Any], info: ModelInfo | None,
-                 when: datetime | None = None) -> tuple[Usage, Cost]:
-    """A Batch API answer's usage and cost at the batch price as of ``when`` (default: when it
-    was answered, ``answered_at``), through the one pricing path of every call
+                 when: datetime) -> tuple[Usage, Cost]:
+    """A Batch API answer's usage and cost at the batch price as of ``when`` (when it was
+    answered, ``answered_at``), through the one pricing path of every call
     (``priced_usage``): what the answer's ``usage`` leaves out (or all of it) is counted
     offline from ``request`` and the answer and marked ``estimated``, so a billed answer never
     reaches the ledger as a silent $0. Without the request, what was reported is priced."""
     price = info.price if info else None
-    with priced_at(when or answered_at(body)):
+    with priced_at(when):
         if request is None:
             usage = Usage.from_openai(body.get("usage"))
             return usage, call_cost(usage, price, batch=True)
@@ -123,14 +123,14 @@ def price_answer(request: ChatRequest | None, body: dict[str, Any], info: ModelI
 
 
 def settle_answer(ctx: RequestContext, catalog: Catalog, model: str, provider: str, usage: Usage, cost: Cost,
-                  when: datetime) -> None:
+                  when: datetime, latency_ms: float = 0.0) -> None:
     """Add a Batch API answer to ``ctx`` as its served attempt and settle it, dated and priced
     at ``when``, the time it was answered (``answered_at``): the report re-prices a batch call
     at its attempt's time (its normal price, so its saving), and the baseline is read at that
     hour too. One helper for the runner's answers and the collector's adopted jobs alike."""
     info = catalog.get(model)
-    attempt = Attempt(model=model, provider=provider, started=when.timestamp(), usage=usage, cost_usd=cost.usd,
-                      cost_source=cost.source, tier=info.tier if info else None, batch=True, accepted=True)
+    attempt = Attempt(model=model, provider=provider, started=when.timestamp(), latency_ms=latency_ms, usage=usage,
+                      cost_usd=cost.usd, cost_source=cost.source, tier=info.tier if info else None, batch=True, accepted=True)
     ctx.attempts.append(attempt)
     ctx.batch, ctx.strategy = True, "batch"
     with priced_at(when):
@@ -279,8 +279,8 @@ class DeferredRunner:
         # The try is counted with the batch it is, in one transaction (JobStore.submitted).
         if not await asyncio.to_thread(self.jobs.submitted, job.job_id, job.round, str(batch["id"]),
                                        str(batch.get("status"))):
-            log.warning("batch job %s: round %d was submitted by another process meanwhile; batch %s is not "
-                        "used and is cancelled", job.job_id, job.round, batch["id"])
+            log.warning("batch job %s: round %d was submitted or cancelled by another process meanwhile; "
+                        "batch %s is not used and is cancelled", job.job_id, job.round, batch["id"])
             with contextlib.suppress(UpstreamError):
                 await api.cancel_batch(str(batch["id"]))
 

@@ -155,26 +155,25 @@ class SemanticCache:
         """Vectors in all indexes kept in memory."""
         return self._vectors
 
-    async def lookup(self, scope: str, query: str, verifier: HitVerifier, threshold: float,
-                     qvec: np.ndarray | None = None) -> tuple[SemanticMatch | None, np.ndarray]:
+    async def lookup(self, scope: str, query: str, verifier: HitVerifier,
+                     threshold: float) -> tuple[SemanticMatch | None, np.ndarray]:
         """The verified best candidate for ``query`` (or None) and the query's vector."""
-        found, qvec = await self.matches(scope, query, verifier, threshold, qvec)
+        found, qvec = await self.matches(scope, query, verifier, threshold)
         return (found[0] if found else None), qvec
 
-    async def matches(self, scope: str, query: str, verifier: HitVerifier, threshold: float,
-                      qvec: np.ndarray | None = None) -> tuple[list[SemanticMatch], np.ndarray]:
+    async def matches(self, scope: str, query: str, verifier: HitVerifier,
+                      threshold: float) -> tuple[list[SemanticMatch], np.ndarray]:
         """Every verified candidate for ``query``, best first, and the query's vector: one search
         and one verification of the live top-k. The caller serves the first whose entry it can
         still read; an entry deleted by `cache clear`, evicted or older than the request's max-age
         keeps its vector in memory until its TTL, and searching again for the next one cost a
         whole search and verification per unservable candidate (up to top_k of them)."""
-        if qvec is None:
-            if verifier.uses_tokens and isinstance(self.embedder, TokenEmbedder):
-                # One forward pass gives the query's vector and its token vectors; memoised, they
-                # also serve when this query is cached and later comes back as a candidate.
-                qvec = await self.embed_with_tokens(query)
-            else:
-                qvec = await self.embed(query)
+        if verifier.uses_tokens and isinstance(self.embedder, TokenEmbedder):
+            # One forward pass gives the query's vector and its token vectors; memoised, they
+            # also serve when this query is cached and later comes back as a candidate.
+            qvec = await self.embed_with_tokens(query)
+        else:
+            qvec = await self.embed(query)
         slot = await self.slot(scope)
         found = self.neighbours(slot.index, qvec)
         ok = allowed(query, found[1])

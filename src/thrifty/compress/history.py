@@ -63,10 +63,10 @@ def message_tokens(message: Message) -> int:
     return count_message(message) + _image_tokens(message)
 
 
-def messages_tokens(messages: list[Message], schemas: list[Any] | None = None) -> int:
-    """Prompt tokens of ``messages`` for trimming, with the tool/function ``schemas`` sent beside
-    them (they are prompt tokens on every call, so they take their share of the budget)."""
-    return count_messages(messages, schemas) + sum(_image_tokens(m) for m in messages)
+def messages_tokens(messages: list[Message]) -> int:
+    """Prompt tokens of ``messages`` for trimming (the request's tool schemas are counted apart,
+    once: ``trim``'s ``schema_cost``)."""
+    return count_messages(messages) + sum(_image_tokens(m) for m in messages)
 
 
 def transcript(messages: list[Message]) -> str:

@@ -51,8 +51,9 @@ class SystemPromptCompressor:
         self.caller = caller
         self.memo_ttl_s = memo_ttl_s
         self._memo: dict[str, tuple[float, str | None]] = {}
-        # Stored versions that passed today's checks in this process (``_still_valid``).
-        self._checked: set[tuple[str, Any, str]] = set()
+        # Stored versions (prompt hash, version number) that passed today's checks in this
+        # process (``_still_valid``), oldest first, bounded like the memo.
+        self._checked: dict[tuple[str, Any], None] = {}
         self._inflight: dict[str, asyncio.Task[dict[str, Any] | None]] = {}
         # Everything that decides what a compressed version looks like or whether it passes
         # (not require_approval: that only decides whether a version is used).
@@ -93,19 +94,32 @@ class SystemPromptCompressor:
         version is a person's decision and is not second-guessed."""
         # Once per version and process: the memo expires every memo_ttl_s, and a full check of a
         # 25 kB prompt is ~6.5 ms of event-loop CPU each time.
-        seen = (h, version["version"], version["text"])
-        if seen in self._checked:
+        if (h, version["version"]) in self._checked:  # a stored version's text never changes
             return True
         verdict = check(doc["original"], version["text"], self.cfg.must_keep, self.cfg.instruction_markers,
                         keep_facts=self.cfg.keep_facts, min_vocabulary=self.cfg.min_vocabulary)
         if verdict.ok:
-            self._checked.add(seen)
+            self._passed(h, version["version"])
             return True
         log.warning("stored compression %s v%s fails the current checks: %s", h[:12], version["version"],
                     verdict.reason)
-        version["status"], version["reason"] = "failed", f"fails the current checks: {verdict.reason}"
-        await asyncio.to_thread(self.store.put, KIND, h, doc)
+        await asyncio.to_thread(self._mark_failed, h, version["version"], f"fails the current checks: {verdict.reason}")
         return False
+
+    def _mark_failed(self, h: str, number: Any, reason: str) -> None:
+        """Mark version ``number`` failed in a fresh read of the record, only if it is still
+        "validated": the record read for the request may be stale by now, and writing it back
+        whole would undo a version added or approved (`thrifty compress approve`) meanwhile."""
+        doc = self.store.get(KIND, h)
+        found = [v for v in (doc or {}).get("versions", []) if v["version"] == number and v["status"] == "validated"]
+        if doc is not None and found:
+            found[0]["status"], found[0]["reason"] = "failed", reason
+            self.store.put(KIND, h, doc)
+
+    def _passed(self, h: str, number: Any) -> None:
+        self._checked[(h, number)] = None
+        while len(self._checked) > self.memo_max:
+            self._checked.pop(next(iter(self._checked)))
 
     def _remember(self, h: str, use: str | None) -> None:
         self._memo.pop(h, None)
@@ -152,7 +166,9 @@ class SystemPromptCompressor:
             status = "validated" if verdict.ok else "failed"
             versions.add_version(doc, compressed, count_text(compressed), status, reason,
                                  self.config.model, cost)
-            if not verdict.ok:
+            if verdict.ok:
+                self._passed(h, doc["versions"][-1]["version"])  # just checked: not again on first use
+            else:
                 log.warning("compressed prompt %s rejected by validation: %s", h[:12], reason)
             await asyncio.to_thread(self.store.put, KIND, h, doc)
             return doc

@@ -280,7 +280,6 @@ class KeyStore:
         return key
 
 
-
 class _BoundedCalls:
     """Key database calls (reads; the admin API's writes too) in worker threads, each awaited at
     most ``wait_s``.

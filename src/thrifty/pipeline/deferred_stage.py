@@ -83,8 +83,8 @@ class DeferredStage:
             return
         # Dated and priced when the provider answered, as the runner's and adopted jobs' answers
         # are: the report re-prices a batch call's normal price (its saving) at its attempt's time.
-        settle_answer(ctx, self.catalog, info.name, info.provider, answer.usage, answer.cost, answer.answered)
-        ctx.attempts[-1].latency_ms = (time.perf_counter() - t0) * 1000
+        settle_answer(ctx, self.catalog, info.name, info.provider, answer.usage, answer.cost, answer.answered,
+                      latency_ms=(time.perf_counter() - t0) * 1000)
         ctx.response = answer.response
         ctx.response_headers[RESULT_HEADER] = "batch"
         if answer.batch_id:

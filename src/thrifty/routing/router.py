@@ -186,6 +186,8 @@ class TaskRouter:
     def split_plan(self, name: str, ctx: RequestContext, reason: str) -> Plan:
         """``route_plan`` of the route that serves this request: ``name``, or its split's target
         for the share of prompts the split sends there (``Plan.route`` names the one used)."""
+        if self.cfg.routes[name].split is None:  # most routes: no prompt text to hash per request
+            return self.route_plan(name, ctx, reason)
         served, why = resolve_split(self.cfg.routes, name, ctx.request.last_user_text())
         return self.route_plan(served, ctx, f"{reason}; {why}" if why else reason)
 

@@ -376,7 +376,7 @@ def passthrough_handler(gateway: Gateway, endpoint: Endpoint) -> Any:
         if refused is not None:
             return refused
         try:
-            gateway.check_open()  # a closed gateway has no ledger: it must not spend unrecorded
+            gateway.check_open()  # refused before the body is read; admit() is what guarantees it
             body = await read_json_body(request, limit)
             stand_in = endpoint.parse(body)
             auth = getattr(gateway, "authenticate", None)
