@@ -26,6 +26,8 @@ from typing import Any, Protocol, cast
 import tiktoken
 from tiktoken.model import encoding_name_for_model
 
+from thrifty.media_tokens import content_media_tokens
+
 log = logging.getLogger("thrifty.tokens")
 
 # Per-message framing overhead of the chat format (role markers), as OpenAI documents for
@@ -154,8 +156,12 @@ def content_text(content: Any) -> str:
 
 
 def count_message(message: dict[str, Any], *, model: str | None = None) -> int:
-    """Tokens one chat message costs, framing included."""
-    n = _TOKENS_PER_MESSAGE + count_text(content_text(message.get("content")), model=model)
+    """Tokens one chat message costs, framing included, with its images, audio and files at
+    ``media_tokens``' estimates (counted as text only, a screenshot or a PDF cost nothing in a
+    budget reservation, a route's cost estimate or the usage of a provider that reports none)."""
+    content = message.get("content")
+    n = _TOKENS_PER_MESSAGE + count_text(content_text(content), model=model)
+    n += content_media_tokens(content, model)
     if message.get("name"):
         n += 1
     if message.get("tool_calls"):

@@ -287,13 +287,24 @@ class Collector:
             if not await asyncio.to_thread(self.jobs.claim, job_id, updated, time.time()):
                 continue  # another instance got there first
             adopted.append(job_id)
-            if status == "created":
+            if status == "created" and not await self._recovered(job_id):
                 await asyncio.to_thread(self._abandon, job_id, "the gateway stopped before this batch was sent")
             else:
                 log.info("batch job %s: resuming polling after a restart", job_id)
                 self._active.add(job_id)
                 self._spawn(self._watch_orphan(job_id))
         return adopted
+
+    async def _recovered(self, job_id: str) -> bool:
+        """A ``created`` job's batch was found at the provider after all: the gateway stopped
+        between creating it and recording it. That batch runs and is billed, so it is polled like
+        any submitted orphan and its answers reach the ledger, instead of the job being abandoned."""
+        try:
+            job = await self.runner.recover_unrecorded(await asyncio.to_thread(self.jobs.get, job_id))
+        except Exception as exc:  # housekeeping: a provider or store problem abandons, as before
+            log.warning("batch job %s: could not look for its batch at the provider: %s", job_id, exc)
+            return False
+        return job.status == "submitted"
 
     async def _watch_orphan(self, job_id: str) -> None:
         try:

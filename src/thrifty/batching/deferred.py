@@ -14,7 +14,9 @@ requests (an answer collected again after a crash is counted once, in the ledger
 job's own token and cost totals); items in the error file, missing, or with an invalid answer
 go into the next round, up to ``max_resubmits`` times, after which they are reported failed
 with the reason, never dropped.
-Every step is persisted first (jobs.py), so ``poll`` after a restart continues the same job.
+Every step is persisted first (jobs.py), so ``poll`` after a restart continues the same job; a
+batch created just before a crash, its id never stored, is found again by its input file and
+metadata and adopted (``_created_earlier``), not created and paid a second time.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from thrifty.ledger.records import rows_from_context
 from thrifty.ledger.store import SQLStore, open_store
 from thrifty.pipeline.accounting import priced_usage, settle
 from thrifty.pipeline.context import Attempt, RequestContext
-from thrifty.providers.batch_api import BatchProvider, OpenAIBatchAPI
+from thrifty.providers.batch_api import BatchProvider, OpenAIBatchAPI, find_batches
 from thrifty.providers.compat import adapt
 from thrifty.types import ChatRequest, Usage, cut_at_limit, response_text
 
@@ -57,6 +59,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("thrifty.batching")
 
 RUNNING = ("validating", "in_progress", "finalizing", "cancelling")
+ENDED = ("completed", "expired", "failed", "cancelled")
+# How far before a job's creation the search for a batch of it looks (``_created_earlier``):
+# the provider's clock may differ from ours.
+CLOCK_SKEW_S = 3600.0
 
 
 def job_id_for(model: str, task: str, labels: list[str] | None, items: list[Item]) -> str:
@@ -222,8 +228,12 @@ class DeferredRunner:
             return job
         if job.status == "cancelling":
             return await self.poll(job_id)
+        # A run interrupted between creating this round's batch and recording it left the batch
+        # running (billed): found, it is recorded, then cancelled and collected below.
+        job = await self.recover_unrecorded(job)
         if job.status == "submitted" and job.batch_id:
-            await self.api(job.provider).cancel_batch(job.batch_id)
+            if job.provider_status not in ENDED:  # an adopted batch may have ended: nothing to stop
+                await self.api(job.provider).cancel_batch(job.batch_id)
             await asyncio.to_thread(self.jobs.update, job.job_id, status="cancelling")
             # Collect what the batch finished before the cancel; the rest is reported, not retried.
             job = await asyncio.to_thread(self.jobs.get, job_id)
@@ -231,6 +241,19 @@ class DeferredRunner:
         else:
             await asyncio.to_thread(self._finish, job, "cancelled", "cancelled before it was sent")
         return await asyncio.to_thread(self.jobs.get, job_id)
+
+    async def recover_unrecorded(self, job: Job) -> Job:
+        """``job`` with the batch an interrupted run created for its current round and did not
+        record (``_created_earlier``) recorded, when there is one; ``job`` as it was otherwise.
+        Only a ``created`` job whose input file was uploaded can have one."""
+        if job.status != "created" or job.input_file_id is None:
+            return job
+        found = await self._created_earlier(self.api(job.provider), job, job.input_file_id)
+        if found is None:
+            return job
+        await asyncio.to_thread(self.jobs.submitted, job.job_id, job.round, str(found["id"]),
+                                str(found.get("status")))
+        return await asyncio.to_thread(self.jobs.get, job.job_id)
 
     def results(self, job_id: str) -> list[ItemResult]:
         job = self.jobs.get(job_id)
@@ -270,19 +293,56 @@ class DeferredRunner:
             return
         api = self.api(job.provider)
         file_id = job.input_file_id
+        batch = None
         if file_id is None:
             data = "".join(json.dumps(self._line(job, it), ensure_ascii=False) + "\n" for it in pending)
             file_id = await api.upload_file(data.encode("utf-8"), f"{job.job_id}-r{job.round}.jsonl")
             await asyncio.to_thread(self.jobs.update, job.job_id, input_file_id=file_id)
-        batch = await api.create_batch(file_id, self.cfg.endpoint, self.cfg.completion_window,
-                                       {"thrifty_job": job.job_id, "round": str(job.round)})
+        else:
+            # The file was uploaded by an earlier run: one that died after the provider created
+            # the batch but before its id was stored left that batch running, and billed. Created
+            # again, the lines were paid twice and the first batch's answers never collected.
+            batch = await self._created_earlier(api, job, file_id)
+        if batch is None:
+            batch = await api.create_batch(file_id, self.cfg.endpoint, self.cfg.completion_window,
+                                           self._metadata(job))
         # The try is counted with the batch it is, in one transaction (JobStore.submitted).
         if not await asyncio.to_thread(self.jobs.submitted, job.job_id, job.round, str(batch["id"]),
                                        str(batch.get("status"))):
+            now = await asyncio.to_thread(self.jobs.get, job.job_id)
+            if now.batch_id == str(batch["id"]):
+                return  # another process adopted the same batch: it is recorded once
             log.warning("batch job %s: round %d was submitted or cancelled by another process meanwhile; "
                         "batch %s is not used and is cancelled", job.job_id, job.round, batch["id"])
             with contextlib.suppress(UpstreamError):
                 await api.cancel_batch(str(batch["id"]))
+
+    @staticmethod
+    def _metadata(job: Job) -> dict[str, str]:
+        """What a round's batch carries, so that ``_created_earlier`` can tell it apart."""
+        return {"thrifty_job": job.job_id, "round": str(job.round)}
+
+    async def _created_earlier(self, api: BatchProvider, job: Job, file_id: str) -> dict[str, Any] | None:
+        """The batch an earlier run created for this round from ``file_id`` (newest first) and
+        did not record, if the provider lists one to adopt: any status but ``failed`` (a failed
+        batch answered and billed nothing, like a refused create: a new one is created). An
+        expired or cancelled one holds answers that were billed: they are collected, as for a
+        batch that ended so while this job polled it. Looked for only on this rare path (a round
+        sent again with its file kept), so the normal path makes no extra call. A provider that
+        cannot list its batches, or a list that fails: one line logged, and None (a batch is
+        created as before, never worse than without the search)."""
+        try:
+            found = await find_batches(api, file_id, self._metadata(job), job.created - CLOCK_SKEW_S)
+        except UpstreamError as exc:
+            log.warning("batch job %s: could not list %s's batches to look for one an interrupted run created for "
+                        "round %d (%s); going on without it", job.job_id, job.provider, job.round, exc.message)
+            return None
+        usable = [b for b in found if b.get("status") != "failed" and isinstance(b.get("id"), str)]
+        if usable:
+            log.info("batch job %s: round %d's batch %s (%s), created by a run interrupted before recording it, "
+                     "is adopted", job.job_id, job.round, usable[0]["id"], usable[0].get("status"))
+            return usable[0]
+        return None
 
     async def _check(self, job: Job, cancelled: bool = False) -> None:
         assert job.batch_id is not None

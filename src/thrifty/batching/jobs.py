@@ -199,6 +199,8 @@ class JobStore:
         item, in one transaction: a crash leaves both done or neither. The tries used to be
         counted before the create: a process killed in between, or a create the provider refused,
         left a try counted for a batch that never ran, and the next run counted the round again.
+        A batch an interrupted run created but never recorded, found again by the next run
+        (``DeferredRunner._created_earlier``), is recorded here too: its try counted once.
         False when the job had already left ``created`` for this round (another process submitted
         or cancelled it): nothing changed."""
         return self.store.execute_all([

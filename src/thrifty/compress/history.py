@@ -7,8 +7,9 @@ current turn (the last user message and every message after it) is always kept, 
 budget; earlier units are kept newest first while they fit, and the kept part starts with a
 user message (Anthropic and Gemini refuse a conversation whose first turn is the assistant's).
 A system/developer message later in the conversation (retrieved context, a framework's note) is
-history like the turns around it: kept while it fits, dropped with the older turns. Images count
-``IMAGE_TOKENS`` each (see there). With a summariser, the dropped middle becomes one message
+history like the turns around it: kept while it fits, dropped with the older turns. Images,
+audio and files count what ``thrifty.media_tokens`` estimates (through ``count_message``, the same
+numbers as budgets and accounting). With a summariser, the dropped middle becomes one message
 ``Summary of the earlier conversation: ...`` (in the role of the leading messages: ``developer``
 for a client that uses it, else ``system``), cut to the summary's reserve and cached per
 conversation prefix (the same dropped messages give the same summary, without a new call).
@@ -22,18 +23,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from thrifty.media_tokens import image_tokens
 from thrifty.tokens import content_text, count_message, count_messages, count_text, count_tools, truncate_text
 
 Message = dict[str, Any]
 Summariser = Callable[[list[Message]], Awaitable[str | None]]
 
 SUMMARY_PREFIX = "Summary of the earlier conversation: "
-# What an image costs is decided by its size and detail, which are not known offline: each image
-# part counts as the most one high-detail image costs on gpt-4o (85 + 6 tiles x 170 tokens), or
-# 85 tokens with detail "low". Counting images as no tokens (text only) kept every screenshot of
-# a long conversation and sent far more than the budget; counting high drops a turn too many.
-IMAGE_TOKENS = 1105
-IMAGE_TOKENS_LOW = 85
+# What trimming counts for an image whose size cannot be read (a URL), and for one with detail
+# "low": ``thrifty.media_tokens`` estimates every image (from its size when a data URL gives it),
+# for trimming as for budgets and accounting; these names are kept for callers that read them.
+IMAGE_TOKENS = image_tokens(None, None)
+IMAGE_TOKENS_LOW = image_tokens(None, None, "low")
 _IMAGE_PARTS = ("image_url", "input_image")
 INSTRUCTION_ROLES = ("system", "developer")
 
@@ -45,28 +46,15 @@ class Trimmed:
     saved_tokens: int
 
 
-def _image_tokens(message: Message) -> int:
-    content = message.get("content")
-    if not isinstance(content, list):
-        return 0
-    n = 0
-    for part in content:
-        if isinstance(part, dict) and part.get("type") in _IMAGE_PARTS:
-            image = part.get("image_url")
-            detail = image.get("detail") if isinstance(image, dict) else part.get("detail")
-            n += IMAGE_TOKENS_LOW if detail == "low" else IMAGE_TOKENS
-    return n
-
-
 def message_tokens(message: Message) -> int:
-    """Tokens ``message`` costs for trimming: text and framing, plus the image estimate."""
-    return count_message(message) + _image_tokens(message)
+    """Tokens ``message`` costs for trimming: text and framing, images, audio and files."""
+    return count_message(message)
 
 
 def messages_tokens(messages: list[Message]) -> int:
     """Prompt tokens of ``messages`` for trimming (the request's tool schemas are counted apart,
     once: ``trim``'s ``schema_cost``)."""
-    return count_messages(messages) + sum(_image_tokens(m) for m in messages)
+    return count_messages(messages)
 
 
 def transcript(messages: list[Message]) -> str:

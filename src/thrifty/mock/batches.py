@@ -3,6 +3,7 @@
     POST /v1/files                    multipart upload (purpose=batch), JSONL of requests
     GET  /v1/files/{id}/content       a file's bytes (inputs, outputs, errors)
     POST /v1/batches                  {input_file_id, endpoint, completion_window, metadata}
+    GET  /v1/batches?limit=&after=    the batches, newest first, in OpenAI's list shape
     GET  /v1/batches/{id}             status; finished batches carry output/error file ids
     POST /v1/batches/{id}/cancel      cancelled at once; unprocessed lines go to the error file
 
@@ -101,6 +102,7 @@ class BatchAPI:
         self.created = 0  # batches created (tests assert a restart did not resubmit)
         self.uploads = 0
         self.create_calls = 0  # creates asked for, refused ones (create_fail) included
+        self.lists = 0  # pages of the batch list served (a run that searched for a batch)
 
     def routes(self) -> list[Route]:
         return [
@@ -108,6 +110,7 @@ class BatchAPI:
             Route("/v1/files/{file_id}", self.file_info, methods=["GET"]),
             Route("/v1/files/{file_id}/content", self.file_content, methods=["GET"]),
             Route("/v1/batches", self.create, methods=["POST"]),
+            Route("/v1/batches", self.list_batches, methods=["GET"]),
             Route("/v1/batches/{batch_id}", self.get, methods=["GET"]),
             Route("/v1/batches/{batch_id}/cancel", self.cancel, methods=["POST"]),
         ]
@@ -193,11 +196,37 @@ class BatchAPI:
         batch = self.batches.get(request.path_params["batch_id"])
         if batch is None:
             return _error(NotFoundError("No such batch.", code="not_found"))
+        return _json_response(self._current(batch))
+
+    async def list_batches(self, request: Request) -> Response:
+        """OpenAI's list: newest first, ``limit`` (1-100, default 20) from after the ``after`` id."""
+        query = request.query_params
+        self.mock.recorder.add(request.method, request.scope["path"], request.scope["headers"], dict(query))
+        try:
+            self._auth(request)
+            raw = query.get("limit", "20")
+            if not raw.isdigit() or not 1 <= int(raw) <= 100:
+                raise InvalidRequestError("limit must be an integer between 1 and 100", param="limit")
+            newest = list(reversed(self.batches))
+            after = query.get("after")
+            if after is not None and after not in self.batches:
+                raise InvalidRequestError("after: no such batch", param="after")
+        except ThriftyError as exc:
+            return _error(exc)
+        self.lists += 1
+        start = newest.index(after) + 1 if after is not None else 0
+        ids = newest[start:start + int(raw)]
+        data = [self._current(self.batches[i]) for i in ids]
+        return _json_response({"object": "list", "data": data, "first_id": ids[0] if ids else None,
+                               "last_id": ids[-1] if ids else None, "has_more": start + len(ids) < len(newest)})
+
+    def _current(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """``batch`` as it is now: one past its ``completion_s`` is finished when first read."""
         if batch["status"] == "in_progress":
             settings, _ = self._settings[batch["id"]]
             if time.monotonic() - self._started[batch["id"]] >= settings.completion_s:
                 self._finish(batch)
-        return _json_response(batch)
+        return batch
 
     async def cancel(self, request: Request) -> Response:
         batch = self.batches.get(request.path_params["batch_id"])

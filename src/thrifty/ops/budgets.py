@@ -58,9 +58,11 @@ class BudgetStage:
 
     def estimate(self, request: ChatRequest) -> tuple[int, float]:
         """(tokens, USD) to reserve for ``request`` before it runs."""
-        prompt = count_messages(request.messages, request.params.get("tools"))
-        completion = (request.output_limit() or self.default_completion_tokens) * request.choices()
         info = self.catalog.get(request.model) or self.catalog.baseline
+        # The model's own tokenizer and image rule (gpt-4o-mini counts an image's tokens 33x).
+        prompt = count_messages(request.messages, request.params.get("tools"),
+                                model=info.upstream_model if info else None)
+        completion = (request.output_limit() or self.default_completion_tokens) * request.choices()
         cost = estimate_cost(prompt, completion, info.price if info else None)
         return prompt + completion, cost or 0.0
 

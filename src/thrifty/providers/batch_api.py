@@ -9,7 +9,9 @@ aiohttp session per event loop (a session is bound to the loop that made it).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
+from urllib.parse import urlencode
 
 import aiohttp
 
@@ -34,6 +36,11 @@ class BatchProvider(Protocol):
         ...
 
     async def get_batch(self, batch_id: str) -> dict[str, Any]: ...
+
+    async def list_batches(self, limit: int, after: str | None = None) -> dict[str, Any]:
+        """One page of the account's batches, newest first (OpenAI's list: ``data``,
+        ``has_more``, ``last_id``); ``after`` is the previous page's ``last_id``."""
+        ...
 
     async def cancel_batch(self, batch_id: str) -> dict[str, Any]: ...
 
@@ -109,6 +116,13 @@ class OpenAIBatchAPI:
     async def get_batch(self, batch_id: str) -> dict[str, Any]:
         return await self._json("GET", f"/batches/{batch_id}")
 
+    async def list_batches(self, limit: int, after: str | None = None) -> dict[str, Any]:
+        query = urlencode({"limit": limit, **({"after": after} if after else {})})
+        page = await self._json("GET", f"/batches?{query}")
+        if not isinstance(page.get("data"), list):
+            raise UpstreamProtocolError(f"{self.name}: /batches answered a list without 'data'")
+        return page
+
     async def cancel_batch(self, batch_id: str) -> dict[str, Any]:
         return await self._json("POST", f"/batches/{batch_id}/cancel")
 
@@ -118,3 +132,39 @@ class OpenAIBatchAPI:
     async def aclose(self) -> None:
         """Close the sessions of every event loop this client was used from."""
         await self._sessions.aclose()
+
+
+LIST_PAGE = 100  # OpenAI's largest page of batches
+LIST_PAGES = 10  # at most 1,000 batches looked at: an account's whole history is never listed
+
+
+def _created_from(batch: Mapping[str, Any], input_file_id: str, metadata: Mapping[str, str]) -> bool:
+    """``batch`` was created from ``input_file_id`` with ``metadata``. The file id decides (a
+    round's file is uploaded for that round alone); metadata, when the provider keeps any, must
+    agree too: a provider that drops it (some OpenAI-compatible ones) still finds the batch."""
+    if batch.get("input_file_id") != input_file_id:
+        return False
+    kept = batch.get("metadata")
+    if not isinstance(kept, Mapping) or not kept:
+        return True
+    return all(kept.get(k) == v for k, v in metadata.items())
+
+
+async def find_batches(api: BatchProvider, input_file_id: str, metadata: Mapping[str, str],
+                       since: float, max_pages: int = LIST_PAGES) -> list[dict[str, Any]]:
+    """The batches created from ``input_file_id`` with ``metadata`` (``_created_from``), newest
+    first. The list (newest first) is read page by page until a page reaches a batch created
+    before ``since`` (Unix time: none of interest can be older), the last page, or ``max_pages``.
+    Raises ``UpstreamError`` when a page cannot be read (no list endpoint: a 404 or 405)."""
+    found: list[dict[str, Any]] = []
+    after: str | None = None
+    for _ in range(max_pages):
+        page = await api.list_batches(LIST_PAGE, after)
+        data = [b for b in page.get("data") or [] if isinstance(b, dict)]
+        found += [b for b in data if _created_from(b, input_file_id, metadata)]
+        created = [b["created_at"] for b in data if isinstance(b.get("created_at"), int | float)]
+        last = page.get("last_id") or (data[-1].get("id") if data else None)
+        if not page.get("has_more") or not isinstance(last, str) or (created and min(created) < since):
+            break
+        after = last
+    return found

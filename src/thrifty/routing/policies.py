@@ -57,10 +57,10 @@ class BudgetGuard:
     route: str | None = None
     batch: bool = False  # priced as a Batch API call (deferrable requests)
 
-    def tokens(self, ctx: RequestContext) -> tuple[int, int]:
-        """(prompt, completion) tokens the next call is estimated at."""
+    def tokens(self, ctx: RequestContext, model: str | None = None) -> tuple[int, int]:
+        """(prompt, completion) tokens the next call, to upstream ``model``, is estimated at."""
         req = ctx.request
-        prompt = count_messages(req.messages, req.params.get("tools"))
+        prompt = count_messages(req.messages, req.params.get("tools"), model=model)
         completion = max((a.usage.completion_tokens for a in ctx.attempts if a.purpose == "answer"
                           and a.status == "ok"), default=0)
         if completion <= 0:
@@ -71,7 +71,7 @@ class BudgetGuard:
         info = self.catalog.get(model)
         if info is None or info.price is None:
             return None
-        prompt, completion = self.tokens(ctx)
+        prompt, completion = self.tokens(ctx, info.upstream_model)
         return price_tokens(Usage(prompt_tokens=prompt, completion_tokens=completion), info.price, batch=self.batch)
 
     def allows(self, ctx: RequestContext, model: str) -> bool:
@@ -83,7 +83,8 @@ class BudgetGuard:
     def why_not(self, ctx: RequestContext, model: str) -> str:
         """Why ``allows`` said no, for reasons and error messages."""
         est = self.estimate(ctx, model) or 0.0
-        prompt, completion = self.tokens(ctx)
+        info = self.catalog.get(model)
+        prompt, completion = self.tokens(ctx, info.upstream_model if info else None)
         spent = ctx.spent_usd() or 0.0
         already = f" on top of ${spent:.6g} already spent" if spent else ""
         where = f" of route {self.route!r}" if self.route else ""

@@ -65,7 +65,9 @@ async def test_list_part_messages_are_counted_and_images_are_not_free() -> None:
         msgs.append({"role": "user", "content": [{"type": "text", "text": f"screen {i}: what is wrong?"}, image]})
         msgs.append({"role": "assistant", "content": [{"type": "text", "text": f"answer {i} {WORDS}"}]})
     msgs.append({"role": "user", "content": [{"type": "text", "text": "and this one?"}, low]})
-    assert messages_tokens(msgs) == count_messages(msgs) + 6 * IMAGE_TOKENS + IMAGE_TOKENS_LOW
+    text_only = [{**m, "content": [p for p in m["content"] if p["type"] == "text"]} for m in msgs]
+    assert messages_tokens(msgs) == count_messages(msgs)  # one estimate of images, shared with budgets
+    assert count_messages(msgs) == count_messages(text_only) + 6 * IMAGE_TOKENS + IMAGE_TOKENS_LOW
     out = await trim(msgs, 2 * IMAGE_TOKENS + 400)
     kept_images = sum(1 for m in out.messages if isinstance(m["content"], list) and image in m["content"])
     assert 1 <= kept_images <= 2  # text-only counting kept all six (about 600 tokens of text)
