@@ -154,6 +154,9 @@ class UpstreamError(ThriftyError):
     type = "upstream_error"
     # Seconds the provider asked us to wait (Retry-After), when it said.
     retry_after: float | None = None
+    # The provider accepted the call (a 200) and failed only in sending its answer back (a body
+    # cut short, not JSON): it ran the model, so it bills the call. Priced at its prompt.
+    billed: bool = False
 
     def __init__(
         self,

@@ -24,6 +24,33 @@ def _merge(into: dict[str, Any], key: str, value: Any) -> None:
         into[key] = list(value) if isinstance(value, list) else value
 
 
+def _merge_call(call: dict[str, Any], delta: dict[str, Any]) -> None:
+    """Add one tool-call delta to the call being rebuilt, whatever its type: a function call's
+    name and arguments, and a custom tool's (GPT-5's free-form tools) input, come in pieces and
+    are concatenated; ``id`` and ``type`` come once. Read as a function call whatever its type, a
+    custom call was stored as a function call with no name and lost its input."""
+    for key, value in delta.items():
+        if key == "index":
+            continue
+        if key in ("id", "type"):
+            if value:
+                call[key] = value
+        else:
+            _merge(call, key, value)
+
+
+def _finish_call(call: dict[str, Any]) -> dict[str, Any]:
+    """A rebuilt call as a non-streaming answer carries it: a function call (the type providers
+    may leave out of the deltas) always has a name and arguments, empty or not."""
+    if call.get("type") is None and not any(k not in ("id", "function") for k in call):
+        call["type"] = "function"
+    if call.get("type") == "function":
+        given = call.get("function")
+        fn: dict[str, Any] = given if isinstance(given, dict) else {}
+        call["function"] = {**fn, "name": fn.get("name") or "", "arguments": fn.get("arguments") or ""}
+    return call
+
+
 def assemble(chunks: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The chat.completion the chunks add up to; None unless every choice finished. Every delta
     field is kept (content, tool calls, reasoning_content, refusal, annotations...), so a later
@@ -47,13 +74,7 @@ def assemble(chunks: list[dict[str, Any]]) -> dict[str, Any] | None:
             for key, value in delta.items():
                 if key == "tool_calls":
                     for tc in value or []:
-                        t = slot["tools"].setdefault(int(tc.get("index", 0)), {
-                            "id": None, "type": "function", "function": {"name": "", "arguments": ""}})
-                        if tc.get("id"):
-                            t["id"] = tc["id"]
-                        fn = tc.get("function") or {}
-                        t["function"]["name"] += fn.get("name") or ""
-                        t["function"]["arguments"] += fn.get("arguments") or ""
+                        _merge_call(slot["tools"].setdefault(int(tc.get("index", 0)), {"id": None}), tc)
                 elif key != "role":
                     _merge(slot["msg"], key, value)
             if ch.get("finish_reason"):
@@ -69,7 +90,7 @@ def assemble(chunks: list[dict[str, Any]]) -> dict[str, Any] | None:
             content = ""
         msg: dict[str, Any] = {"role": "assistant", "content": content, **fields}
         if s["tools"]:
-            msg["tool_calls"] = [s["tools"][i] for i in sorted(s["tools"])]
+            msg["tool_calls"] = [_finish_call(s["tools"][i]) for i in sorted(s["tools"])]
         out_choices.append({"index": idx, "message": msg, "finish_reason": s["finish"]})
     response: dict[str, Any] = {"id": first.get("id", "chatcmpl-thrifty"), "object": "chat.completion",
                                 "created": first.get("created", 0), "model": first.get("model", ""),

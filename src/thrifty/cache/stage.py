@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from importlib.util import find_spec
 from typing import Any
 
+import anyio
 import numpy as np
 
 from thrifty.cache.assemble import assemble, storable
@@ -239,7 +240,8 @@ class CacheStage:
         try:
             await call_next(ctx)
         except BaseException:
-            await self._release(key, flight, stored=False)
+            with anyio.CancelScope(shield=True):  # cancelled (client gone): still unlock, as above
+                await self._release(key, flight, stored=False)
             raise
         if ctx.chunks is not None:
             ctx.chunks = self._store_after_stream(ctx, ctx.chunks, key, d, flight, qvec)
@@ -258,11 +260,15 @@ class CacheStage:
                 yield chunk
             completed = True
         finally:
-            await close_below(chunks)  # the answer under it priced and settled first
-            stored = False
-            if completed and ctx.status == "ok":
-                stored = await self._store(ctx, assemble(seen), key, d, qvec)
-            await self._release(key, flight, stored)
+            # Shielded: a reader that leaves while this waits on the provider cancels the request,
+            # and anyio cancels every await inside it again, so the release never ran: the flight
+            # and the store's lock stayed taken and the same question waited lock_timeout_s.
+            with anyio.CancelScope(shield=True):
+                await close_below(chunks)  # the answer under it priced and settled first
+                stored = False
+                if completed and ctx.status == "ok":
+                    stored = await self._store(ctx, assemble(seen), key, d, qvec)
+                await self._release(key, flight, stored)
 
     async def _store(self, ctx: RequestContext, response: dict[str, Any] | None, key: CacheKey, d: Decision,
                      qvec: np.ndarray | None) -> bool:

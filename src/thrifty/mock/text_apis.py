@@ -5,7 +5,8 @@ Each request is read as the chat request it amounts to (the Responses ``instruct
 so answers, token counts, reasoning tokens, the simulated prompt cache, auth, the allow-list and
 faults (status, fail_first, latency, hang, ``truncate_after``, ``chunk_delay_ms``,
 ``x-mock-behaviour``) behave as on chat completions. Only the wire shapes differ (text_wire.py).
-Answers are text only: tools in a Responses request are not called.
+Answers are text only: tools in a Responses request are not called; a ``text.format`` JSON
+schema (or JSON mode) shapes the text as ``response_format`` does on chat.
 
 A response is stored (in memory, the last ``STORED_LIMIT``) unless its request says ``store:
 false``, and served by ``GET /v1/responses/{id}`` (``?stream=true`` replays its events),
@@ -90,6 +91,21 @@ def responses_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     return messages
 
 
+def responses_format(body: dict[str, Any]) -> dict[str, Any] | None:
+    """A Responses request's ``text.format`` as the chat ``response_format`` it amounts to, so a
+    structured-output request (the openai SDK's ``responses.parse(text_format=...)``) gets the
+    JSON its schema asks for, as from OpenAI; None for plain text."""
+    text = body.get("text")
+    fmt = text.get("format") if isinstance(text, dict) else None
+    if not isinstance(fmt, dict):
+        return None
+    if fmt.get("type") == "json_object":
+        return {"type": "json_object"}
+    if fmt.get("type") == "json_schema":  # the chat shape nests name, schema and strict one level down
+        return {"type": "json_schema", "json_schema": {k: v for k, v in fmt.items() if k != "type"}}
+    return None
+
+
 def completion_prompts(body: dict[str, Any]) -> list[str]:
     """A legacy completion's ``prompt`` as texts (token ids as their numbers)."""
     prompt = body.get("prompt")
@@ -172,6 +188,9 @@ class TextAPIs:
         chat: dict[str, Any] = {"model": model, "messages": messages}
         if limit is not None:
             chat["max_completion_tokens"] = limit
+        fmt = responses_format(body)
+        if fmt is not None:
+            chat["response_format"] = fmt
         plan = build_plan(self.mock.config.seed, chat, model, behaviour)
         usage = text_wire.responses_usage(self._usage(behaviour, model, messages, [plan], plan.prompt_tokens))
         response = text_wire.response_object(self._id("resp"), self._id("msg"), int(time.time()), body, plan, usage)

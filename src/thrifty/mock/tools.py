@@ -31,6 +31,8 @@ def choose_tool(
         if isinstance(t, dict) and isinstance(t.get("function"), dict)
     ]
     choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        tools, choice = _allowed(tools, choice.get("allowed_tools"))
     if not tools or choice == "none" or behaviour.tool_calls == "never":
         return None
     if isinstance(choice, dict):
@@ -51,6 +53,15 @@ def choose_tool(
     return tools[digest.pick(key, "tool", 0, len(tools) - 1)]
 
 
+def _allowed(tools: list[dict[str, Any]], allowed: Any) -> tuple[list[dict[str, Any]], str]:
+    """``tool_choice: {"type": "allowed_tools"}``: only the listed functions may be called, with
+    ``mode`` "auto" (maybe, as without a tool_choice) or "required" (one of them, surely). Read as
+    a named function without a name, it forced a call to the first tool even in "auto" mode."""
+    spec = allowed if isinstance(allowed, dict) else {}
+    names = {str((t.get("function") or {}).get("name")) for t in spec.get("tools") or [] if isinstance(t, dict)}
+    return [t for t in tools if t.get("name") in names], "required" if spec.get("mode") == "required" else "auto"
+
+
 def tool_call(tool: dict[str, Any], key: bytes, text: str) -> dict[str, Any]:
     """One OpenAI ``tool_calls`` entry calling ``tool`` with schema-shaped arguments."""
     args = example_from_schema(tool.get("parameters") or {"type": "object"}, key, text)
@@ -61,26 +72,45 @@ def tool_call(tool: dict[str, Any], key: bytes, text: str) -> dict[str, Any]:
     }
 
 
-def example_from_schema(schema: Any, key: bytes, text: str, path: str = "$") -> Any:
-    """A value matching (the common subset of) JSON ``schema``; strings take words of ``text``."""
+# How many ``$ref`` hops one value may take: a recursive model (a node with child nodes) would
+# otherwise be expanded forever; past it the value is null (its optional branch, usually).
+_MAX_REF_DEPTH = 8
+
+
+def example_from_schema(schema: Any, key: bytes, text: str, path: str = "$",
+                        root: dict[str, Any] | None = None, depth: int = 0) -> Any:
+    """A value matching (the common subset of) JSON ``schema``; strings take words of ``text``.
+
+    ``$ref`` to ``#/$defs/...`` (or ``#/definitions/...``) of the ``root`` schema is followed:
+    pydantic writes every nested model that way (what the openai SDK's ``.parse`` and
+    ``pydantic_function_tool`` send), and a provider honouring the schema fills them in."""
     if not isinstance(schema, dict):
         return None
+    root = schema if root is None else root
+    ref = schema.get("$ref")
+    if isinstance(ref, str):
+        target = _resolve(root, ref)
+        if target is None or depth >= _MAX_REF_DEPTH:
+            return None
+        return example_from_schema(target, key, text, path, root, depth + 1)
     if "const" in schema:
         return schema["const"]
     if isinstance(schema.get("enum"), list) and schema["enum"]:
         return schema["enum"][digest.pick(key, path, 0, len(schema["enum"]) - 1)]
     for combo in ("anyOf", "oneOf", "allOf"):
         if isinstance(schema.get(combo), list) and schema[combo]:
-            return example_from_schema(schema[combo][0], key, text, path)
+            return example_from_schema(schema[combo][0], key, text, path, root, depth)
     kind = schema.get("type", "object" if "properties" in schema else "string")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
     if kind == "object":
         props = schema.get("properties") or {}
-        return {name: example_from_schema(sub, key, text, f"{path}.{name}") for name, sub in props.items()}
+        return {name: example_from_schema(sub, key, text, f"{path}.{name}", root, depth)
+                for name, sub in props.items()}
     if kind == "array":
         count = max(1, int(schema.get("minItems", 1)))
-        return [example_from_schema(schema.get("items", {}), key, text, f"{path}[{i}]") for i in range(count)]
+        return [example_from_schema(schema.get("items", {}), key, text, f"{path}[{i}]", root, depth)
+                for i in range(count)]
     if kind == "integer":
         return digest.pick(key, path, int(schema.get("minimum", 0)), int(schema.get("maximum", 100)))
     if kind == "number":
@@ -95,3 +125,16 @@ def example_from_schema(schema: Any, key: bytes, text: str, path: str = "$") -> 
         return "value"
     start = digest.pick(key, path, 0, max(0, len(words) - 3))
     return " ".join(words[start : start + 3])
+
+
+def _resolve(root: dict[str, Any], ref: str) -> dict[str, Any] | None:
+    """The sub-schema a local JSON pointer (``#/$defs/City``) names in ``root``; None for any other."""
+    if not ref.startswith("#"):
+        return None
+    node: Any = root
+    for part in [p for p in ref[1:].split("/") if p]:
+        part = part.replace("~1", "/").replace("~0", "~")
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node if isinstance(node, dict) else None

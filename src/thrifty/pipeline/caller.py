@@ -189,6 +189,8 @@ class ModelCaller:
                     result = await once(provider, info, req, attempt, t0)
                 except UpstreamError as exc:
                     attempt.latency_ms = (time.perf_counter() - t0) * 1000
+                    if exc.billed:  # accepted, then its answer lost on the way back: billed all the same
+                        self._price(attempt, info, req, {}, batch)
                     attempt.status, attempt.error = "error", exc.message
                     ctx.attempts.append(attempt)
                     failures.append(exc.message)

@@ -116,10 +116,12 @@ class OpenAICompatProvider:
     async def _request(self, method: str, url: str, body: dict[str, Any] | None) -> dict[str, Any]:
         timeout = self._timeout
         data = None if body is None else fastjson.dumps(body)
+        answered = False  # the provider accepted the call: what fails after this, it billed
         try:
             async with self._get_session().request(method, url, data=data, timeout=timeout,
                                                    allow_redirects=False) as resp:
                 await self.check_status(resp)
+                answered = True
                 raw = await resp.read()
                 if body is None and not raw.strip():
                     return {}  # DELETE / cancel answers may be empty
@@ -130,14 +132,18 @@ class OpenAICompatProvider:
                 if not isinstance(data, dict):
                     raise UpstreamProtocolError(f"{self.name}: response is not a JSON object", retryable=True)
                 return data
-        except UpstreamError:
+        except UpstreamError as exc:
+            exc.billed = exc.billed or answered
             raise
         except TimeoutError:
-            raise UpstreamTimeoutError(
-                f"{self.name}: no response within {self.config.timeout_s:g}s", retryable=False
-            ) from None
+            timed_out = UpstreamTimeoutError(f"{self.name}: no response within {self.config.timeout_s:g}s",
+                                             retryable=False)
+            timed_out.billed = answered
+            raise timed_out from None
         except aiohttp.ClientError as exc:
-            raise self._connection_error(exc) from None
+            dropped = self._connection_error(exc)
+            dropped.billed = answered
+            raise dropped from None
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Chunks of a streaming completion. Failures before the first chunk are retryable like
@@ -145,10 +151,12 @@ class OpenAICompatProvider:
         timeout = self._stream_timeout
         done = False
         started = False
+        session = self._get_session()
+        protocol = None
         try:
             data = fastjson.dumps(adapt(body, self.config.compat))
-            async with self._get_session().post(self._url, data=data, timeout=timeout,
-                                                allow_redirects=False) as resp:
+            async with session.post(self._url, data=data, timeout=timeout, allow_redirects=False) as resp:
+                protocol = resp.connection.protocol if resp.connection is not None else None
                 await self.check_status(resp)
                 lines: AsyncIterator[bytes] = resp.content.__aiter__()
                 if resp.content_type == "application/json":
@@ -194,6 +202,8 @@ class OpenAICompatProvider:
             ) from None
         except aiohttp.ClientError as exc:
             raise self._connection_error(exc, mid_stream=started) from None
+        finally:
+            disarm_idle_read_timer(session, protocol)
         if not done:
             raise UpstreamProtocolError(f"{self.name}: stream ended before [DONE] (truncated)", retryable=not started)
 
@@ -248,6 +258,24 @@ class OpenAICompatProvider:
             what = "talking to the provider: the connection was lost"
         # Mid-stream failures are not retried: part of the answer may already be with the client.
         return UpstreamError(f"{self.name}: connection failed {what}", retryable=not mid_stream)
+
+
+def disarm_idle_read_timer(session: aiohttp.ClientSession, protocol: object | None) -> None:
+    """Cancel the read timer of a stream's connection once the stream is read, if the connection
+    is idle in the pool by then.
+
+    Why: aiohttp 3.14 (3.14.5 included; aio-libs/aiohttp#12953 fixed only part of it) re-arms
+    ``sock_read`` as a stream's buffer drains after the body ended while reading was paused for
+    backpressure (a client slower than the provider, a long answer): the connection is back in the
+    pool then, the timer fires there and marks it timed out, and the next call that takes it fails
+    at once with "no response within Ns". A connection another call has taken since keeps its
+    timer (the timer is that call's). Private attributes, read defensively: without them, nothing."""
+    acquired = getattr(session.connector, "_acquired", None)
+    if protocol is None or acquired is None or protocol in acquired:
+        return
+    drop = getattr(protocol, "_drop_timeout", None)
+    if callable(drop):
+        drop()
 
 
 def join_url(base_url: str, path: str) -> str:
