@@ -29,7 +29,11 @@ _PER_CHUNK = ("system_fingerprint", "service_tier")
 
 
 def response_to_chunks(response: dict[str, Any], *, chunk_chars: int = 64) -> list[dict[str, Any]]:
-    """The chunks a provider would have streamed for ``response``, usage chunk last."""
+    """The chunks a provider would have streamed for ``response``, usage chunk last: a cascade's
+    buffered answer, a cache hit, an in-process provider's or replayed answer, a provider that
+    ignored ``stream``. Every message field is kept (``reasoning_content``, ``refusal``,
+    ``annotations``...): text fields in pieces like the content (reasoning first, as providers
+    send it), other fields whole in one delta; cache/assemble.py rebuilds the same message."""
     base: dict[str, Any] = {
         "id": response.get("id", "chatcmpl-thrifty"),
         "object": "chat.completion.chunk",
@@ -42,17 +46,24 @@ def response_to_chunks(response: dict[str, Any], *, chunk_chars: int = 64) -> li
     def emit(idx: int, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> None:
         chunks.append({**base, "choices": [{"index": idx, "delta": delta, "finish_reason": finish, **extra}]})
 
+    def emit_text(idx: int, key: str, text: str) -> None:
+        for start in range(0, len(text), chunk_chars):
+            emit(idx, {key: text[start : start + chunk_chars]})
+
     for choice in response.get("choices") or []:
         idx = choice.get("index", 0)
         msg = choice.get("message") or {}
-        emit(idx, {"role": msg.get("role") or "assistant", "content": ""})
+        content = msg.get("content")
+        # A null content (a refusal, a tool call) stays null: "" made the SDK's refusal an empty text.
+        emit(idx, {"role": msg.get("role") or "assistant", "content": "" if isinstance(content, str) else None})
         for key, value in msg.items():
             if key not in _OWN and value is not None:
-                emit(idx, {key: value})
-        content = msg.get("content")
+                if isinstance(value, str):
+                    emit_text(idx, key, value)
+                else:
+                    emit(idx, {key: value})
         if isinstance(content, str):
-            for start in range(0, len(content), chunk_chars):
-                emit(idx, {"content": content[start : start + chunk_chars]})
+            emit_text(idx, "content", content)
         elif content is not None:  # content parts: one delta, as they came
             emit(idx, {"content": content})
         if msg.get("tool_calls"):

@@ -102,6 +102,25 @@ def test_stream_assembly_matches_the_response_and_needs_every_finish() -> None:
     assert not storable(filtered, tool_calls=False) and not storable({"error": {"message": "x"}}, tool_calls=True)
 
 
+def test_a_streamed_refusal_keeps_its_null_content_and_every_field() -> None:
+    """One replay for cascades, cache hits, in-process providers and providers that ignored
+    ``stream``: a refusal's null content stays null (the first delta's "" made the SDK's message
+    an empty text beside the refusal), and reasoning, refusal and logprobs all arrive."""
+    resp = {"id": "c1", "object": "chat.completion", "created": 1, "model": "m", "service_tier": "default",
+            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": {"content": []},
+                         "message": {"role": "assistant", "content": None, "refusal": "I can't help with that.",
+                                     "reasoning_content": "thinking " * 20}}]}
+    chunks = response_to_chunks(resp, chunk_chars=16)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": None}
+    assert all(c["service_tier"] == "default" for c in chunks)
+    assert chunks[-1]["choices"][0]["logprobs"] == {"content": []}
+    rebuilt = assemble(chunks)
+    assert rebuilt is not None
+    msg = rebuilt["choices"][0]["message"]
+    assert msg["content"] is None and msg["refusal"] == "I can't help with that."
+    assert msg["reasoning_content"] == "thinking " * 20
+
+
 @pytest.fixture(params=["sqlite", "memory"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     return SQLiteBackend(str(tmp_path / "c.db"), max_entries=1000) if request.param == "sqlite" else MemoryBackend()

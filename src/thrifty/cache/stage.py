@@ -34,13 +34,12 @@ from thrifty.cache.flight import Flight, SingleFlight, wait
 from thrifty.cache.keys import CacheKey, make_key
 from thrifty.cache.policy import Decision, decide
 from thrifty.cache.semantic import SemanticCache, SemanticMatch
-from thrifty.cache.streaming import replay_chunks
 from thrifty.cache.verifier import HitVerifier, LearnedVerifier, RuleVerifier
 from thrifty.catalog import Catalog
 from thrifty.errors import StorageError, ThriftyError
 from thrifty.pipeline.accounting import baseline_cost
 from thrifty.pipeline.context import Handler, RequestContext
-from thrifty.streaming import close_below, iterate
+from thrifty.streaming import close_below, iterate, response_to_chunks
 from thrifty.types import Usage
 
 log = logging.getLogger("thrifty.cache")
@@ -175,7 +174,7 @@ class CacheStage:
         if sem is not None:
             ctx.response_headers["x-thrifty-cache-similarity"] = f"{sem.similarity:.4f}"
         if ctx.request.stream:
-            ctx.chunks = iterate(replay_chunks(response))
+            ctx.chunks = iterate(response_to_chunks(response))
         else:
             ctx.response = response
 
