@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-pytest_plugins = ["fixtures.services", "fixtures.shopbot"]
+pytest_plugins = ["fixtures.services", "fixtures.shopbot", "fixtures.batch_jobs"]
 
 # Settings of the developer's shell the product or its clients read on their own (the openai
 # SDK reads OPENAI_*, httpx the proxy variables): a test that needs one sets it itself.

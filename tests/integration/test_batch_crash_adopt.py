@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -25,20 +24,24 @@ import openai
 import pytest
 import yaml
 
+from fixtures.batch_jobs import (
+    ITEMS,
+    KEY,
+    LABELS,
+    RULES,
+    TASK,
+    Crash,
+    adopt_after_restart,
+    batches,
+    config,
+    select,
+)
 from thrifty.batching.deferred import DeferredRunner, run_deferred
 from thrifty.batching.jobs import JobStore
 from thrifty.gateway import Gateway
-from thrifty.ledger.postgres import PostgresStore
 from thrifty.mock.app import create_app as create_mock
-from thrifty.mock.batches import BatchAPI
 from thrifty.mock.behaviour import MockConfig
 from thrifty.mock.server import RunningServer, run_in_thread
-
-RULES = [{"pattern": "love", "answer": "positive"}, {"pattern": ".", "answer": "negative"}]
-LABELS = ["positive", "negative"]
-TASK = "Classify the sentiment."
-ITEMS = [{"id": f"r{i}", "input": ("I love it" if i % 2 else "it broke") + f" #{i}"} for i in range(6)]
-KEY = "sk-test-upstream-1234"
 
 
 def start(batch: dict[str, Any] | None = None, list_endpoint: bool = True) -> RunningServer:
@@ -51,37 +54,6 @@ def start(batch: dict[str, Any] | None = None, list_endpoint: bool = True) -> Ru
     return run_in_thread(app)
 
 
-def batches(mock: RunningServer) -> BatchAPI:
-    app: Any = mock.server.config.app
-    return app.state.batches  # type: ignore[no-any-return]
-
-
-def config(mock: RunningServer, tmp: Path, max_resubmits: int = 2, dsn: str | None = None) -> dict[str, Any]:
-    return {
-        "providers": {"mock": {"base_url": mock.url + "/v1", "api_key": KEY, "max_retries": 0}},
-        "models": {"good": {"provider": "mock", "price": {"input": 1.0, "output": 4.0}}},
-        "ledger": {"path": str(tmp / "ledger.db"), "dsn": dsn},
-        "batching": {"deferred": {"poll_interval_s": 0.05, "max_resubmits": max_resubmits}},
-    }
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def ledger_dsn(request: pytest.FixtureRequest) -> str | None:
-    """The ledger's database: SQLite (None), or a fresh PostgreSQL database (its DSN)."""
-    return None if request.param == "sqlite" else str(request.getfixturevalue("pg_dsn"))
-
-
-def select(tmp: Path, sql: str, dsn: str | None = None) -> list[tuple[Any, ...]]:
-    if dsn:
-        store = PostgresStore(dsn)
-        try:
-            return store.query(sql)
-        finally:
-            store.close()
-    with sqlite3.connect(tmp / "ledger.db") as db:
-        return db.execute(sql).fetchall()
-
-
 def ledger_ids(tmp: Path, dsn: str | None = None) -> list[str]:
     """The ledger's batch request ids (``bj_<hash>-<seq>-r<round>``), one per answer billed."""
     return sorted(str(r[0]) for r in select(tmp, "SELECT request_id FROM requests WHERE batch", dsn))
@@ -92,10 +64,6 @@ def job_row(tmp: Path, dsn: str | None = None) -> tuple[Any, ...]:
     rows = select(tmp, "SELECT status, round, input_file_id, batch_id FROM batch_jobs", dsn)
     assert len(rows) == 1
     return tuple(rows[0])
-
-
-class Crash(Exception):
-    """Stands for the process dying at the step it is raised at."""
 
 
 async def crash_after_create(cfg: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -364,17 +332,7 @@ async def test_a_gateway_job_whose_batch_was_created_before_a_stop_is_polled_not
         assert batches(mock).created == 1
         assert job_row(tmp_path)[0] == "created"
 
-        gw = Gateway.from_config(cfg)
-        try:
-            restarted = Collector(gw, gw.config.batching.deferred)
-            assert await restarted.adopt_orphans() == ["bj_stopped"]
-            deadline = time.monotonic() + 30
-            while restarted._active and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            assert not restarted._active, "the recovered job never finished"
-            gw.flush()
-        finally:
-            await gw.aclose()
+        await adopt_after_restart(cfg, "bj_stopped")
         assert batches(mock).created == 1  # nothing created again
     status, _, _, batch_id = job_row(tmp_path)
     assert status == "finished" and batch_id is not None

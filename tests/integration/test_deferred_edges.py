@@ -20,6 +20,17 @@ import openai
 import pytest
 import yaml
 
+from fixtures.batch_jobs import (
+    ITEMS,
+    LABELS,
+    RULES,
+    TASK,
+    Crash,
+    adopt_after_restart,
+    batches,
+    config,
+    select,
+)
 from fixtures.processes import thrifty_cmd
 from thrifty.batching.collector import GATEWAY_TASK, Collector
 from thrifty.batching.deferred import DeferredRunner, run_deferred
@@ -29,59 +40,21 @@ from thrifty.catalog import lookup_genai_price
 from thrifty.cost import BATCH_DISCOUNT, call_cost, priced_at
 from thrifty.errors import UpstreamError
 from thrifty.gateway import Gateway
-from thrifty.ledger.postgres import PostgresStore
 from thrifty.ledger.report import batch_savings
 from thrifty.ledger.store import SQLStore
 from thrifty.mock.app import create_app as create_mock
-from thrifty.mock.batches import BatchAPI
 from thrifty.mock.behaviour import MockConfig
 from thrifty.mock.server import RunningServer, run_in_thread
 from thrifty.types import Usage
 
-RULES = [{"pattern": "love", "answer": "positive"}, {"pattern": ".", "answer": "negative"}]
 # Items without "love" get an answer outside the labels: an invalid answer, billed all the same.
 HALF_INVALID = [{"pattern": "love", "answer": "positive"}, {"pattern": ".", "answer": "banana"}]
-LABELS = ["positive", "negative"]
-TASK = "Classify the sentiment."
-ITEMS = [{"id": f"r{i}", "input": ("I love it" if i % 2 else "it broke") + f" #{i}"} for i in range(6)]
 
 
 def start(batch: dict[str, Any] | None = None, answers: list[dict[str, str]] | None = None,
           model: str = "good") -> RunningServer:
     cfg = {"batch": batch or {}, "models": {model: {"answers": answers or RULES}}}
     return run_in_thread(create_mock(MockConfig.from_dict(cfg)))
-
-
-def batches(mock: RunningServer) -> BatchAPI:
-    app: Any = mock.server.config.app
-    return app.state.batches  # type: ignore[no-any-return]
-
-
-def config(mock: RunningServer, tmp: Path, max_resubmits: int = 2, **model: Any) -> dict[str, Any]:
-    return {
-        "providers": {"mock": {"base_url": mock.url + "/v1", "api_key": "sk-test-upstream-1234", "max_retries": 0}},
-        "models": {"good": {"provider": "mock", "price": {"input": 1.0, "output": 4.0}, **model}},
-        "ledger": {"path": str(tmp / "ledger.db")},
-        "batching": {"deferred": {"poll_interval_s": 0.05, "max_resubmits": max_resubmits}},
-    }
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def ledger_dsn(request: pytest.FixtureRequest) -> str | None:
-    """The ledger's database: SQLite (None), or a fresh PostgreSQL database (its DSN)."""
-    return None if request.param == "sqlite" else str(request.getfixturevalue("pg_dsn"))
-
-
-def select(tmp: Path, sql: str, dsn: str | None = None) -> list[tuple[Any, ...]]:
-    """``sql``'s rows from the ledger database (``dsn``'s, else the SQLite file in ``tmp``)."""
-    if dsn:
-        store = PostgresStore(dsn)
-        try:
-            return store.query(sql)
-        finally:
-            store.close()
-    with sqlite3.connect(tmp / "ledger.db") as db:
-        return db.execute(sql).fetchall()
 
 
 def job_items(tmp: Path, dsn: str | None = None) -> list[tuple[int, str, int, int, int, float | None]]:
@@ -191,10 +164,6 @@ def test_a_run_killed_while_creating_its_batch_keeps_every_try(stalled_mock: Run
     assert [x["status"] for x in lines] == ["ok"] * len(ITEMS)
     assert {r[2] for r in job_items(tmp_path)} == {2}  # the failed batch and its resubmission
     assert api.created == 2 and api.uploads == 2
-
-
-class Crash(Exception):
-    """Stands for the process dying at the step it is raised at."""
 
 
 async def run_until_crash(cfg: dict[str, Any]) -> None:
@@ -359,18 +328,8 @@ async def test_an_adopted_jobs_answers_are_dated_and_priced_when_they_were_answe
         finally:
             await gw.aclose()
 
-        gw = Gateway.from_config(cfg)
-        try:
-            restarted = Collector(gw, gw.config.batching.deferred)
-            assert await restarted.adopt_orphans() == ["bj_adopted"]
-            deadline = time.monotonic() + 30
-            while restarted._active and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            assert not restarted._active, "the adopted job never finished"
-            gw.flush()
-            savings = batch_savings(gw.ledger.store, gw.catalog) if gw.ledger is not None else None
-        finally:
-            await gw.aclose()
+        savings = await adopt_after_restart(
+            cfg, "bj_adopted", lambda gw: batch_savings(gw.ledger.store, gw.catalog) if gw.ledger is not None else None)
     with sqlite3.connect(tmp_path / "ledger.db") as db:
         (prompt, completion, cost, ts), = db.execute(
             "SELECT prompt_tokens, completion_tokens, cost_usd, ts FROM attempts WHERE request_id = 'req-adopted'")
