@@ -149,10 +149,14 @@ def _data_start(url: str) -> int | None:
     return comma + 1 if comma > 0 and url[:comma].endswith(";base64") else None
 
 
+_MISS = object()
+
+
 def _cached(kind: str, payload: str, read: Callable[[], Any]) -> Any:
     key = (kind, len(payload), hash(payload[:_HEAD_CHARS]), payload[-64:])
-    if key in _cache:
-        return _cache[key]
+    value = _cache.get(key, _MISS)  # one lookup: another thread may clear the dict between two
+    if value is not _MISS:
+        return value
     try:
         value = read()
     except (struct.error, ValueError, IndexError):  # a header that lies about its own lengths

@@ -338,3 +338,41 @@ async def test_a_gateway_job_whose_batch_was_created_before_a_stop_is_polled_not
     assert status == "finished" and batch_id is not None
     rows = select(tmp_path, "SELECT request_id FROM requests WHERE request_id = 'req-stopped'")
     assert len(rows) == 1  # the billed answer reached the ledger, once
+
+
+async def test_a_list_that_fails_for_a_moment_creates_no_second_batch(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The provider's batch list answers 503 (or times out) just when the rerun looks for the
+    crashed run's batch: creating one then could pay the lines twice, so the run fails this poll
+    (``wait`` polls again), and the next run adopts the batch. The gateway's collector leaves such
+    a job for a later pass instead of abandoning it with its batch running."""
+    from thrifty.batching.collector import GATEWAY_TASK, Collector
+    from thrifty.batching.items import Item
+    from thrifty.errors import UpstreamError
+    from thrifty.providers.batch_api import OpenAIBatchAPI
+
+    async def unavailable(self: OpenAIBatchAPI, limit: int, after: str | None = None) -> dict[str, Any]:
+        raise UpstreamError("mock: upstream returned HTTP 503", status=503, retryable=True)
+
+    with start() as mock:
+        cfg = config(mock, tmp_path)
+        await crash_after_create(cfg, monkeypatch)
+        with monkeypatch.context() as patch:
+            patch.setattr(OpenAIBatchAPI, "list_batches", unavailable)
+            gw = Gateway.from_config(cfg)
+            try:
+                with pytest.raises(UpstreamError):
+                    await run_deferred(gw, ITEMS, task=TASK, model="good", labels=LABELS, interval=0.05)
+                collector = Collector(gw, gw.config.batching.deferred)
+                await asyncio.to_thread(collector.jobs.create, "bj_gw", "good", "mock", GATEWAY_TASK, None,
+                                        [Item("req-gw", json.dumps({"model": "good", "messages": []}))])
+                collector.jobs.store.execute("UPDATE batch_jobs SET updated = 0, input_file_id = 'file-gone' "
+                                             "WHERE job_id = 'bj_gw'")
+                assert await collector.adopt_orphans() == []  # not abandoned: left for a later pass
+                assert collector.jobs.get("bj_gw").status == "created"
+            finally:
+                await gw.aclose()
+        assert batches(mock).created == 1
+        job, results = await rerun(cfg)
+        assert batches(mock).created == 1
+    assert job.status == "finished" and [r.status for r in results] == ["ok"] * len(ITEMS)

@@ -26,6 +26,7 @@ MOCK: dict[str, Any] = {"models": {
     "huge": {"output_tokens": [40_000, 40_000]},
     "strong": {"answer": "B"},
     "cut": {"faults": {"truncate_after": 3}},
+    "cut0": {"faults": {"truncate_after": 0}},  # a stream accepted, then dropped before its first chunk
     "malformed": {"faults": {"malformed": True}},
     "down": {"faults": {"status": 503}},
     "stall": {"faults": {"chunk_delay_ms": 1500}},
@@ -135,3 +136,18 @@ def test_a_200_whose_body_is_cut_or_not_json_is_priced_at_its_prompt(tmp_path: P
     assert costs["malformed"] > 0
     rows = requests_rows(gw)
     assert [r["cost_usd"] for r in rows if r["requested_model"] == "down"] in ([0.0], [None])
+
+
+def test_an_accepted_stream_that_fails_before_its_first_chunk_is_priced_at_its_prompt(tmp_path: Path) -> None:
+    """A stream the provider accepted (200, event-stream headers) and then stalled or cut before
+    its first chunk: the provider had the prompt and ran the model. Each try is a failed attempt
+    priced at its prompt, `estimated`, as for a non-streamed call whose answer was lost."""
+    with chaos_gateway(tmp_path) as (gw, _, client):
+        with contextlib.suppress(openai.APIError):
+            list(client.chat.completions.create(model="cut0", messages=HI, stream=True))
+        gw.flush()
+        assert gw.config.ledger.path
+        with contextlib.closing(sqlite3.connect(gw.config.ledger.path)) as db:
+            attempts = db.execute("SELECT status, cost_source, cost_usd, prompt_tokens FROM attempts").fetchall()
+    assert len(attempts) == 2 and all(status == "error" and cost and cost > 0 and prompt > 0
+                            for status, _, cost, prompt in attempts), attempts

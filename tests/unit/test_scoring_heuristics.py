@@ -43,7 +43,11 @@ async def test_json_and_schema() -> None:
     schema = {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}
     fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
     assert (await score('{"name": "a"}', req("give json", response_format=fmt)))[0] == 0.9
-    assert (await score('```json\n{"name": "a"}\n```', req("give json", response_format={"type": "json_object"})))[0] == 0.9
+    # A fence is allowed when the scorer's config expects JSON, not under a JSON response_format
+    # (the client json.loads the content: tests/integration/test_cascade_structured.py).
+    assert (await score('```json\n{"name": "a"}\n```', req("give json"), expect="json"))[0] == 0.9
+    value, reason = await score('```json\n{"name": "a"}\n```', req("give json", response_format={"type": "json_object"}))
+    assert value == 0.05 and "not bare JSON" in reason
     value, reason = await score('{"nom": 1}', req("give json", response_format=fmt))
     assert value == 0.2 and "missing 'name'" in reason
     assert (await score("{not json", req("x"), expect="json"))[0] == 0.05

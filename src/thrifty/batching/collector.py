@@ -286,8 +286,11 @@ class Collector:
                 continue
             if not await asyncio.to_thread(self.jobs.claim, job_id, updated, time.time()):
                 continue  # another instance got there first
+            recovered = await self._recovered(job_id) if status == "created" else True
+            if recovered is None:
+                continue  # the provider could not be asked now: left for a later pass (claimed, so not soon)
             adopted.append(job_id)
-            if status == "created" and not await self._recovered(job_id):
+            if not recovered:
                 await asyncio.to_thread(self._abandon, job_id, "the gateway stopped before this batch was sent")
             else:
                 log.info("batch job %s: resuming polling after a restart", job_id)
@@ -295,14 +298,20 @@ class Collector:
                 self._spawn(self._watch_orphan(job_id))
         return adopted
 
-    async def _recovered(self, job_id: str) -> bool:
-        """A ``created`` job's batch was found at the provider after all: the gateway stopped
-        between creating it and recording it. That batch runs and is billed, so it is polled like
-        any submitted orphan and its answers reach the ledger, instead of the job being abandoned."""
+    async def _recovered(self, job_id: str) -> bool | None:
+        """Whether a ``created`` job's batch was found at the provider after all: the gateway
+        stopped between creating it and recording it. That batch runs and is billed, so it is
+        polled like any submitted orphan and its answers reach the ledger, instead of the job being
+        abandoned. None when the provider could not be asked now (down, rate limited): abandoned,
+        a running batch would be billed and never collected."""
         try:
             job = await self.runner.recover_unrecorded(await asyncio.to_thread(self.jobs.get, job_id))
-        except Exception as exc:  # housekeeping: a provider or store problem abandons, as before
-            log.warning("batch job %s: could not look for its batch at the provider: %s", job_id, exc)
+        except UpstreamError as exc:  # only passing failures reach here (recover_unrecorded)
+            log.warning("batch job %s: could not look for its batch at the provider, will try again: %s",
+                        job_id, exc.message)
+            return None
+        except Exception as exc:  # housekeeping: a store problem abandons, as before
+            log.warning("batch job %s: could not look for its batch: %s", job_id, exc)
             return False
         return job.status == "submitted"
 

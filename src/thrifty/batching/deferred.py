@@ -293,25 +293,19 @@ class DeferredRunner:
             return
         api = self.api(job.provider)
         file_id = job.input_file_id
-        batch = None
         if file_id is None:
             data = "".join(json.dumps(self._line(job, it), ensure_ascii=False) + "\n" for it in pending)
             file_id = await api.upload_file(data.encode("utf-8"), f"{job.job_id}-r{job.round}.jsonl")
             await asyncio.to_thread(self.jobs.update, job.job_id, input_file_id=file_id)
-        else:
+        elif (await self.recover_unrecorded(job)).status != "created":
             # The file was uploaded by an earlier run: one that died after the provider created
             # the batch but before its id was stored left that batch running, and billed. Created
             # again, the lines were paid twice and the first batch's answers never collected.
-            batch = await self._created_earlier(api, job, file_id)
-        if batch is None:
-            batch = await api.create_batch(file_id, self.cfg.endpoint, self.cfg.completion_window,
-                                           self._metadata(job))
+            return
+        batch = await api.create_batch(file_id, self.cfg.endpoint, self.cfg.completion_window, self._metadata(job))
         # The try is counted with the batch it is, in one transaction (JobStore.submitted).
         if not await asyncio.to_thread(self.jobs.submitted, job.job_id, job.round, str(batch["id"]),
                                        str(batch.get("status"))):
-            now = await asyncio.to_thread(self.jobs.get, job.job_id)
-            if now.batch_id == str(batch["id"]):
-                return  # another process adopted the same batch: it is recorded once
             log.warning("batch job %s: round %d was submitted or cancelled by another process meanwhile; "
                         "batch %s is not used and is cancelled", job.job_id, job.round, batch["id"])
             with contextlib.suppress(UpstreamError):
@@ -334,6 +328,12 @@ class DeferredRunner:
         try:
             found = await find_batches(api, file_id, self._metadata(job), job.created - CLOCK_SKEW_S)
         except UpstreamError as exc:
+            if exc.retryable or isinstance(exc, UpstreamTimeoutError):
+                # Down for a moment (5xx, 429, a timeout, a dropped connection): creating now could
+                # pay the lines twice. Raised: ``wait`` polls again later, the collector leaves the
+                # job for its next pass. No list endpoint (404/405), a key not allowed to list, a
+                # list of another shape: those will not heal, so a batch is created as before.
+                raise
             log.warning("batch job %s: could not list %s's batches to look for one an interrupted run created for "
                         "round %d (%s); going on without it", job.job_id, job.provider, job.round, exc.message)
             return None

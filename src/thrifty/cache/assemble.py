@@ -42,8 +42,8 @@ def _merge_call(call: dict[str, Any], delta: dict[str, Any]) -> None:
 def _finish_call(call: dict[str, Any]) -> dict[str, Any]:
     """A rebuilt call as a non-streaming answer carries it: a function call (the type providers
     may leave out of the deltas) always has a name and arguments, empty or not."""
-    if call.get("type") is None and not any(k not in ("id", "function") for k in call):
-        call["type"] = "function"
+    if call.get("type") is None:  # providers may send it in no delta (a function call then)
+        call["type"] = "custom" if "custom" in call else "function"
     if call.get("type") == "function":
         given = call.get("function")
         fn: dict[str, Any] = given if isinstance(given, dict) else {}

@@ -13,6 +13,7 @@ so the provider keeps one session per loop (``thrifty.loops.LoopSessions``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -136,14 +137,10 @@ class OpenAICompatProvider:
             exc.billed = exc.billed or answered
             raise
         except TimeoutError:
-            timed_out = UpstreamTimeoutError(f"{self.name}: no response within {self.config.timeout_s:g}s",
-                                             retryable=False)
-            timed_out.billed = answered
-            raise timed_out from None
+            raise _billed(UpstreamTimeoutError(f"{self.name}: no response within {self.config.timeout_s:g}s",
+                                               retryable=False), answered) from None
         except aiohttp.ClientError as exc:
-            dropped = self._connection_error(exc)
-            dropped.billed = answered
-            raise dropped from None
+            raise _billed(self._connection_error(exc), answered) from None
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Chunks of a streaming completion. Failures before the first chunk are retryable like
@@ -151,13 +148,12 @@ class OpenAICompatProvider:
         timeout = self._stream_timeout
         done = False
         started = False
-        session = self._get_session()
-        protocol = None
+        accepted = False  # a 200: what fails before the first chunk, the provider ran and bills
         try:
             data = fastjson.dumps(adapt(body, self.config.compat))
-            async with session.post(self._url, data=data, timeout=timeout, allow_redirects=False) as resp:
-                protocol = resp.connection.protocol if resp.connection is not None else None
+            async with open_stream(self._get_session(), "POST", self._url, data=data, timeout=timeout) as resp:
                 await self.check_status(resp)
+                accepted = True
                 lines: AsyncIterator[bytes] = resp.content.__aiter__()
                 if resp.content_type == "application/json":
                     # One JSON object: an error (read as SSE lines, its reason was lost and it
@@ -184,9 +180,9 @@ class OpenAICompatProvider:
                     try:
                         chunk = fastjson.loads(payload)
                     except ValueError:
-                        raise UpstreamProtocolError(
+                        raise _billed(UpstreamProtocolError(
                             f"{self.name}: stream chunk is not valid JSON", retryable=not started
-                        ) from None
+                        ), not started) from None
                     reported = embedded_error(chunk) if isinstance(chunk, dict) else None
                     if reported is not None:
                         raise self._stream_error(reported, started)
@@ -196,16 +192,17 @@ class OpenAICompatProvider:
             raise
         except TimeoutError:
             if not started:
-                raise UpstreamTimeoutError(f"{self.name}: no response within {self.config.timeout_s:g}s") from None
+                raise _billed(UpstreamTimeoutError(f"{self.name}: no response within {self.config.timeout_s:g}s"),
+                              accepted) from None
             raise UpstreamTimeoutError(
                 f"{self.name}: stream stalled for more than {self.config.timeout_s:g}s"
             ) from None
         except aiohttp.ClientError as exc:
-            raise self._connection_error(exc, mid_stream=started) from None
-        finally:
-            disarm_idle_read_timer(session, protocol)
+            raise _billed(self._connection_error(exc, mid_stream=started), accepted and not started) from None
         if not done:
-            raise UpstreamProtocolError(f"{self.name}: stream ended before [DONE] (truncated)", retryable=not started)
+            # (After the first chunk the caller prices what was streamed; before it, the prompt.)
+            raise _billed(UpstreamProtocolError(f"{self.name}: stream ended before [DONE] (truncated)",
+                                                retryable=not started), not started)
 
     def _status_error(self, status: int, raw: bytes, retry_after: str | None) -> UpstreamError:
         return upstream_error(self.name, status, read_error(raw, self._redact), self._redact,
@@ -258,6 +255,27 @@ class OpenAICompatProvider:
             what = "talking to the provider: the connection was lost"
         # Mid-stream failures are not retried: part of the answer may already be with the client.
         return UpstreamError(f"{self.name}: connection failed {what}", retryable=not mid_stream)
+
+
+def _billed(exc: UpstreamError, billed: bool) -> UpstreamError:
+    """``exc``, marked billed when the provider had accepted the call (``UpstreamError.billed``)."""
+    exc.billed = exc.billed or billed
+    return exc
+
+
+@contextlib.asynccontextmanager
+async def open_stream(session: aiohttp.ClientSession, method: str, url: str,
+                      **kw: Any) -> AsyncIterator[aiohttp.ClientResponse]:
+    """``session.request`` for a response read as a stream (redirects never followed, see
+    ``check_status``), its connection's idle read timer disarmed once it is read
+    (``disarm_idle_read_timer``): every streamed provider call goes through here."""
+    protocol = None
+    try:
+        async with session.request(method, url, allow_redirects=False, **kw) as resp:
+            protocol = resp.connection.protocol if resp.connection is not None else None
+            yield resp
+    finally:
+        disarm_idle_read_timer(session, protocol)
 
 
 def disarm_idle_read_timer(session: aiohttp.ClientSession, protocol: object | None) -> None:

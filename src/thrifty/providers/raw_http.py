@@ -25,7 +25,7 @@ import aiohttp
 from thrifty import fastjson
 from thrifty.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeoutError
 from thrifty.providers.error_body import not_a_stream
-from thrifty.providers.openai_compat import OpenAICompatProvider, disarm_idle_read_timer
+from thrifty.providers.openai_compat import OpenAICompatProvider, open_stream
 
 
 @dataclass
@@ -77,12 +77,9 @@ async def open_events(provider: OpenAICompatProvider, path: str, body: dict[str,
     """POST ``body`` to ``base_url + path`` and yield its events until the provider closes the stream."""
     started = False
     url = provider.url(path)
-    session = provider._get_session()
-    protocol = None
     try:
-        async with session.post(url, data=fastjson.dumps(body), timeout=provider._stream_timeout,
-                                allow_redirects=False) as resp:
-            protocol = resp.connection.protocol if resp.connection is not None else None
+        async with open_stream(provider._get_session(), "POST", url, data=fastjson.dumps(body),
+                               timeout=provider._stream_timeout) as resp:
             await provider.check_status(resp)
             if resp.content_type == "application/json":
                 # A server that ignores `stream`, or reports an error, answers one JSON object.
@@ -109,16 +106,13 @@ async def open_events(provider: OpenAICompatProvider, path: str, body: dict[str,
         raise UpstreamTimeoutError(f"{provider.name}: {what} {seconds:g}s") from None  # as chat streams: not retried
     except aiohttp.ClientError as exc:
         raise provider._connection_error(exc, mid_stream=started) from None
-    finally:
-        disarm_idle_read_timer(session, protocol)  # as chat streams: an aiohttp 3.14 bug
 
 
 async def relay_bytes(provider: OpenAICompatProvider, url: str) -> AsyncGenerator[bytes, None]:
     """A streamed retrieve: yields ``b""`` once the provider accepted it, then its bytes as sent."""
     started = False
     try:
-        async with provider._get_session().get(url, timeout=provider._stream_timeout,
-                                               allow_redirects=False) as resp:
+        async with open_stream(provider._get_session(), "GET", url, timeout=provider._stream_timeout) as resp:
             await provider.check_status(resp)
             yield b""
             started = True

@@ -118,10 +118,12 @@ _JSON_FENCE_RE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```\s*$", re.S)
 _PUNCT_RE = re.compile(r"[^a-z0-9 .]+|(?<!\d)\.|\.(?!\d)")
 
 
-def parse_json_answer(text: str) -> Any:
-    """The JSON value in an answer (a ```json fence is allowed); raises ValueError if none."""
+def parse_json_answer(text: str, *, bare: bool = False) -> Any:
+    """The JSON value in an answer (a ```json fence is allowed); raises ValueError if none.
+    ``bare``: the answer must be JSON and nothing else (whitespace aside), as a client that asked
+    for a ``response_format`` reads it (``json.loads(message.content)``, ``.parse``)."""
     t = text.strip()
-    m = _JSON_FENCE_RE.match(t)
+    m = None if bare else _JSON_FENCE_RE.match(t)
     return json.loads(m.group(1) if m else t)
 
 

@@ -22,13 +22,12 @@ from thrifty.routing.formats import (
     detect_family,
     extract_option,
     last_block,
-    parse_json_answer,
     parse_python,
     python_blocks,
 )
 from thrifty.scoring.base import Score
-from thrifty.scoring.jsonschema import schema_problems
-from thrifty.scoring.tools import tool_call_problems, tool_calls, tool_choice_problems
+from thrifty.scoring.structured import json_problem, request_schema
+from thrifty.scoring.tools import call_name, tool_call_problems, tool_calls, tool_choice_problems
 from thrifty.types import ChatRequest, finish_reason, response_text
 
 _REFUSAL_RE = re.compile(
@@ -68,15 +67,6 @@ def expected_form(request: ChatRequest) -> str:
     return {"mc_multi": "option", "mc_binary": "option", "code": "code"}.get(family, "text")
 
 
-def request_schema(request: ChatRequest) -> dict[str, Any] | None:
-    fmt = request.params.get("response_format")
-    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
-        js = fmt.get("json_schema")
-        if isinstance(js, dict) and isinstance(js.get("schema"), dict):
-            return js["schema"]
-    return None
-
-
 class HeuristicScorer:
     """Scores 0.0 (empty / refusal / wrong form) to 0.9 (well-formed answer); never 1.0, because
     form says nothing certain about correctness."""
@@ -104,7 +94,7 @@ class HeuristicScorer:
         problems = tool_call_problems(request, calls)
         if problems:
             return Score(0.05, "unusable tool call: " + problems[0])
-        names = ", ".join(str(c["function"]["name"]) for c in calls)
+        names = ", ".join(str(call_name(c)) for c in calls)
         value, reason = 0.85, f"tool call {names} with valid arguments"
         if finish_reason == "length":
             value, reason = value * 0.6, reason + "; cut off (finish_reason=length)"
@@ -138,17 +128,12 @@ class HeuristicScorer:
                 return 0.2, "no option letter found"
             return (0.9, f"option {letter}") if len(t) < 200 else (0.7, f"option {letter} in a long answer")
         if form == "json":
-            try:
-                value = parse_json_answer(t)
-            except ValueError:
-                return 0.05, "invalid JSON"
+            # With a JSON response_format only bare JSON passes (scoring/structured.py says why).
             schema = self.json_schema or request_schema(request)
-            if schema is not None:
-                problems = schema_problems(value, schema)
-                if problems:
-                    return 0.2, "JSON does not match the schema: " + problems[0]
-                return 0.9, "valid JSON matching the schema"
-            return 0.9, "valid JSON"
+            problem = json_problem(request, t, schema)
+            if problem is not None:
+                return (0.05 if problem[0] == "invalid" else 0.2), problem[1]
+            return (0.9, "valid JSON matching the schema") if schema is not None else (0.9, "valid JSON")
         if form == "code":
             for block in python_blocks(t):
                 tree = parse_python(block)

@@ -1,8 +1,8 @@
 """Tool-call answers: a model that answers with ``tool_calls`` (and no text) has answered.
 
 A tool call is usable when every call names a function the request offered (``tools``) and
-its ``arguments`` are a JSON object matching that function's parameter schema (the subset
-``scoring/jsonschema.py`` checks). Scorers read such an answer as a well-formed one; agreement
+its ``arguments`` are a JSON object matching that function's parameter schema (checked by
+``scoring/jsonschema.py``). Scorers read such an answer as a well-formed one; agreement
 cascades compare calls by function name and canonical arguments (keys sorted, no spacing), so
 two models calling ``get_weather({"city": "Paris"})`` agree however they format the JSON.
 Scorers that read text (the LLM judge, the learned scorer) read a tool-call answer as
@@ -15,6 +15,11 @@ that breaks them (``tool_choice_problems``) is unusable too, text answers includ
 
 The legacy form (``functions`` / ``function_call`` in the request, a ``function_call`` in the
 answer; deprecated, still served) is read as one tool call, so it is scored the same way.
+
+Custom tools (``{"type": "custom", "custom": {"name": ...}}``, GPT-5's free-form tools) are called
+with ``{"type": "custom", "custom": {"name", "input"}}``: usable when the name is a custom tool
+the request declared and the input is a string. A grammar-format tool's grammar (Lark, regex) is
+not checked: thrifty has no parser for it, so such an input is taken as the model gave it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import json
 from typing import Any
 
 from thrifty.scoring.jsonschema import schema_problems
+from thrifty.scoring.structured import asks_for_json, json_problem
 from thrifty.types import ChatRequest
 
 
@@ -54,8 +60,26 @@ def offered_functions(request: ChatRequest) -> dict[str, dict[str, Any]]:
     return out
 
 
+def offered_custom(request: ChatRequest) -> set[str]:
+    """Names of the custom (free-form input) tools the request offered in ``tools``."""
+    return {t["custom"]["name"] for t in request.params.get("tools") or []
+            if isinstance(t, dict) and t.get("type") == "custom" and isinstance(t.get("custom"), dict)
+            and isinstance(t["custom"].get("name"), str)}
+
+
+def _is_custom(call: dict[str, Any]) -> bool:
+    return call.get("type") == "custom"
+
+
 def _parsed(call: dict[str, Any]) -> tuple[str | None, Any, str | None]:
-    """(function name, parsed arguments, problem) of one call."""
+    """(tool name, parsed arguments or a custom call's input, problem) of one call."""
+    if _is_custom(call):
+        custom = call.get("custom")
+        if not isinstance(custom, dict) or not isinstance(custom.get("name"), str) or not custom["name"]:
+            return None, None, "a custom tool call without a name"
+        if not isinstance(custom.get("input"), str):
+            return custom["name"], None, f"{custom['name']}: input is not a string"
+        return custom["name"], custom["input"], None
     fn = call.get("function")
     if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
         return None, None, "a tool call without a function name"
@@ -69,6 +93,11 @@ def _parsed(call: dict[str, Any]) -> tuple[str | None, Any, str | None]:
     return fn["name"], args, None
 
 
+def call_name(call: dict[str, Any]) -> str | None:
+    """The tool a call names (a function's or a custom tool's), None without one."""
+    return _parsed(call)[0]
+
+
 def _choice_names(choice: Any) -> tuple[str, set[str] | None]:
     """(mode, the function names ``tool_choice`` allows or None for any) of a ``tool_choice``:
     mode ``none`` | ``auto`` | ``required``; a named function and ``allowed_tools`` with mode
@@ -80,13 +109,15 @@ def _choice_names(choice: Any) -> tuple[str, set[str] | None]:
         return "auto", None
     if "type" not in choice and isinstance(choice.get("name"), str):
         return "required", {choice["name"]}  # legacy function_call
-    if choice.get("type") == "function":
-        name = (choice.get("function") or {}).get("name") if isinstance(choice.get("function"), dict) else None
+    if choice.get("type") in ("function", "custom"):
+        spec = choice.get(choice["type"])
+        name = spec.get("name") if isinstance(spec, dict) else None
         return ("required", {name}) if isinstance(name, str) else ("auto", None)
     allowed = choice.get("allowed_tools")
     if choice.get("type") == "allowed_tools" and isinstance(allowed, dict) and isinstance(allowed.get("tools"), list):
-        names = {str(t["function"]["name"]) for t in allowed["tools"] if isinstance(t, dict)
-                 and isinstance(t.get("function"), dict) and isinstance(t["function"].get("name"), str)}
+        names = {str(t[t["type"]]["name"]) for t in allowed["tools"] if isinstance(t, dict)
+                 and t.get("type") in ("function", "custom") and isinstance(t.get(t["type"]), dict)
+                 and isinstance(t[t["type"]].get("name"), str)}
         return ("required" if allowed.get("mode") == "required" else "auto"), names
     return "auto", None
 
@@ -118,11 +149,15 @@ def tool_choice_problems(request: ChatRequest, calls: list[dict[str, Any]]) -> l
 def tool_call_problems(request: ChatRequest, calls: list[dict[str, Any]]) -> list[str]:
     """Why ``calls`` are not a usable answer to ``request`` (empty when they are)."""
     offered = offered_functions(request)
+    custom = offered_custom(request)
     problems: list[str] = tool_choice_problems(request, calls)
     for call in calls:
         name, args, problem = _parsed(call)
         if problem is not None:
             problems.append(problem)
+        elif _is_custom(call):
+            if name not in custom:  # a free-form input to a tool the client does not have
+                problems.append(f"{name}: not a custom tool the request offered")
         elif name not in offered:
             problems.append(f"{name}: not a function the request offered")
         else:
@@ -138,7 +173,7 @@ def tool_answer(request: ChatRequest, response: dict[str, Any]) -> str | None:
         return None
     parts = []
     for call in calls:
-        name, args, _ = _parsed(call)
+        name, args, _ = _parsed(call)  # a custom call's input: a JSON string, so agreement compares it exactly
         parts.append(f"{name}({json.dumps(args, sort_keys=True, separators=(',', ':'), ensure_ascii=False)})")
     return "; ".join(parts)
 
@@ -152,7 +187,11 @@ def graded_answer(request: ChatRequest, response: dict[str, Any], text: str) -> 
     if not calls:
         # A text answer where tool_choice forces a call is as unusable as a bad call.
         problems = tool_choice_problems(request, [])
-        return (text, None) if not problems else ("", f"unusable answer: {problems[0]}")
+        if problems:
+            return "", f"unusable answer: {problems[0]}"
+        # A JSON response_format: the client json.loads the text, a judge's grade cannot fix that.
+        bad = json_problem(request, text) if asks_for_json(request) and text.strip() else None
+        return (text, None) if bad is None else ("", f"unusable answer: {bad[1]}")
     # Checked before the text: the client gets the calls whatever the text beside them says
     # ("Let me check." and a call under tool_choice "none", or to another function than the one
     # named), so such an answer is unusable, as the heuristic scorer and the agreement cascades have it.
