@@ -17,6 +17,10 @@ Audio tokens (OpenAI audio and realtime models) have their own rates, ``input_au
 ``output_audio`` and ``cached_audio_input``, read from genai-prices when it lists them or set in
 config; without one, cost.py prices the audio at the text rate and marks the cost estimated.
 
+OpenAI's ``service_tier`` rates: ``priority_input`` / ``priority_output`` from config or from
+genai-prices' priority price variant (base tier, read at start-up), ``flex_input`` /
+``flex_output`` from config only (flex otherwise pays the batch price, cost.py).
+
 A partial ``price`` block (say only ``cached_input``) overrides those fields of the price found
 in 2 or 3; for a model neither knows it must give both ``input`` and ``output``, else the price
 stays unknown (warned at start-up, like 4). A block of ``input: 0`` and ``output: 0`` (a free
@@ -55,6 +59,15 @@ class ModelPrice:
     input_audio: float | None = None
     output_audio: float | None = None
     cached_audio_input: float | None = None
+    # OpenAI's ``service_tier`` rates (cost.py ``call_cost``): flex without its own rates pays the
+    # batch price; priority without one is unknown (priced at the standard rate, as a floor).
+    flex_input: float | None = None
+    flex_output: float | None = None
+    priority_input: float | None = None
+    priority_output: float | None = None
+    # Whether the provider bills the ``service_tier`` a request asks for when its response does
+    # not say which one served it (OpenAI does; most OpenAI-compatible servers ignore the field).
+    honours_service_tier: bool = False
     source: str = "config"
     # (model_ref, provider_id) in genai-prices when the price there depends on the prompt's size.
     genai_ref: tuple[str, str | None] | None = None
@@ -168,11 +181,39 @@ def lookup_genai_price(model_ref: str, provider_id: str | None = None) -> ModelP
         # rate, so such a price is asked of genai-prices per call, at the call's time, as a tiered one.
         tiered = tiered or _varies_in_time(model_ref, provider_id)
         audio = _genai_audio_prices(model_ref, provider_id, per_million)
+        service_tiers = _genai_service_tier_prices(model_ref, provider_id)
     except Exception as exc:  # LookupError for unknown models; anything else is a library fault
         log.debug("genai-prices has no price for %s: %s", model_ref, exc)
         return None
-    return ModelPrice(input=input_p, output=output_p, cached_input=cached_p, cache_write=write_p, **audio,
+    return ModelPrice(input=input_p, output=output_p, cached_input=cached_p, cache_write=write_p,
+                      input_audio=audio.get("input_audio"), output_audio=audio.get("output_audio"),
+                      cached_audio_input=audio.get("cached_audio_input"),
+                      priority_input=service_tiers.get("priority_input"),
+                      priority_output=service_tiers.get("priority_output"),
                       source="genai-prices", genai_ref=(model_ref, provider_id) if tiered else None)
+
+
+def _genai_service_tier_prices(model_ref: str, provider_id: str | None) -> dict[str, float]:
+    """The priority rates genai-prices lists for the model (OpenAI's ``service_tier`` price
+    variants), as ``priority_input`` and ``priority_output`` (none when it lists none). Pricing
+    with a ``service_tier`` it does not list silently gives the standard price, so which tiers
+    exist is read from the model's price record, as for audio. Flex is not read: it pays the
+    batch price (cost.py), which is what OpenAI documents it at and genai-prices lists too."""
+    try:
+        from genai_prices import Usage, calc_price
+        from genai_prices.data_snapshot import get_snapshot
+
+        _, model = get_snapshot().find_provider_model(model_ref, None, provider_id, None)
+        listed = {v.when.get("service_tier") for v in model.price_variants or () if v.prices.input_mtok is not None}
+        out: dict[str, float] = {}
+        if "priority" in listed:
+            for kind, tokens in (("input", Usage(input_tokens=1000)), ("output", Usage(output_tokens=1000))):
+                calc = calc_price(tokens, model_ref=model_ref, provider_id=provider_id,
+                                  price_context={"service_tier": "priority"})
+                out[f"priority_{kind}"] = float(calc.total_price) * 1000.0
+    except Exception:  # an internal API of the library: without it, no tier rate is known
+        return {}
+    return out
 
 
 def _varies_in_time(model_ref: str, provider_id: str | None) -> bool:
@@ -230,6 +271,20 @@ def resolve_price(
     # deepseek-r1:7b is DeepSeek's R1 in genai-prices) may survive to charge its cached,
     # cache-write, batch or audio tokens; any of those the block gives still applies. So nothing
     # is looked up for it (genai-prices look-ups cost milliseconds at start-up).
+    price = _resolved_price(name, upstream_model, configured, provider_hint)
+    if price is None or provider_hint not in SERVICE_TIER_PROVIDERS:
+        return price
+    return replace(price, honours_service_tier=True)
+
+
+# genai-prices provider ids whose API bills the ``service_tier`` a request asks for (OpenAI's flex,
+# priority), so a response that does not say which tier served it is priced at the requested one.
+SERVICE_TIER_PROVIDERS = frozenset({"openai"})
+
+
+def _resolved_price(
+    name: str, upstream_model: str, configured: dict[str, Any] | None, provider_hint: str | None
+) -> ModelPrice | None:
     free = configured is not None and configured.get("input") == 0 and configured.get("output") == 0
     base = None if free else (
         (lookup_genai_price(upstream_model, provider_hint) if provider_hint else None)

@@ -174,6 +174,12 @@ class PriceConfig(_Strict):
     input_audio: float | None = Field(default=None, ge=0)
     output_audio: float | None = Field(default=None, ge=0)
     cached_audio_input: float | None = Field(default=None, ge=0)
+    # OpenAI ``service_tier`` rates; default: flex pays the batch price, priority genai-prices'
+    # (else the standard price, recorded as an estimate: a floor).
+    flex_input: float | None = Field(default=None, ge=0)
+    flex_output: float | None = Field(default=None, ge=0)
+    priority_input: float | None = Field(default=None, ge=0)
+    priority_output: float | None = Field(default=None, ge=0)
 
 
 class ModelConfig(_Strict):

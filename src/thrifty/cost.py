@@ -22,6 +22,14 @@ Rules (the part of gateways most often wrong):
   is too low (audio rates in genai-prices are 2x to 50x+ the text ones, OpenAI's 4x-17x), so
   such a cost is ``estimated``, not ``computed``: a figure flagged as a floor rather than none
   (budgets and reports still count it; ``unknown`` would drop the text part too).
+- OpenAI's ``service_tier`` (``call_cost``'s ``service_tier``: the tier that served the call,
+  pipeline/accounting.py ``served_service_tier``): "flex" pays the model's ``flex_input`` /
+  ``flex_output`` when configured, else its batch price (OpenAI bills flex at Batch API rates);
+  "priority" pays ``priority_input`` / ``priority_output`` (config, else genai-prices' priority
+  variant). Cache reads and writes and audio keep their ratio to the input (output) price, as
+  for batches. A tier whose price is unknown (priority for a model with no priority rate,
+  "scale" or any other value) is priced at the standard rate and marked ``estimated``: a floor
+  for priority, flagged as a guess for the rest. "default" / "auto" / none: the standard price.
 - A provider-reported ``usage.cost`` wins over any computation.
 - Pricing never fails a request: an unknown price gives ``None`` (recorded as unknown).
 """
@@ -32,7 +40,7 @@ import contextlib
 import math
 from collections.abc import Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from thrifty.catalog import ModelPrice
@@ -45,10 +53,12 @@ _M = 1_000_000.0
 @dataclass(frozen=True)
 class Cost:
     """A call's cost and where the figure came from (``provider``, ``computed``, ``estimated``
-    (some tokens counted offline or priced at a guessed rate) or ``unknown``)."""
+    (some tokens counted offline or priced at a guessed rate) or ``unknown``), and the
+    ``service_tier`` it was priced at (None: standard, none reported)."""
 
     usd: float | None
     source: str
+    service_tier: str | None = None
 
     @property
     def known(self) -> bool:
@@ -154,14 +164,61 @@ def _genai_price(usage: Usage, model_ref: str, provider_id: str | None) -> float
         return None
 
 
-def call_cost(usage: Usage, price: ModelPrice | None, *, batch: bool = False) -> Cost:
-    """The cost of one upstream call: the provider's own figure when reported, else computed."""
+def call_cost(usage: Usage, price: ModelPrice | None, *, batch: bool = False,
+              service_tier: str | None = None) -> Cost:
+    """The cost of one upstream call: the provider's own figure when reported, else computed at
+    the price of the ``service_tier`` that served it (see the module doc)."""
     if usage.cost is not None:
-        return Cost(usage.cost, "provider")
+        return Cost(usage.cost, "provider", service_tier)
+    floor = False
+    if price is not None and not batch:
+        price, batch, floor = _tier_price(price, service_tier)
     usd, guessed = _priced(usage, price, batch)
     if usd is None:
-        return Cost(None, "unknown")
-    return Cost(usd, "estimated" if guessed else "computed")
+        return Cost(None, "unknown", service_tier)
+    return Cost(usd, "estimated" if guessed or floor else "computed", service_tier)
+
+
+# Tiers billed at the standard price ("auto" only when a response echoes the request's value).
+_STANDARD_TIERS = frozenset({"default", "standard", "auto"})
+
+
+def _tier_price(price: ModelPrice, service_tier: str | None) -> tuple[ModelPrice, bool, bool]:
+    """The price a call served at ``service_tier`` pays, whether that is ``price``'s batch price,
+    and whether a rate of the tier was unknown (the standard one stands in: an estimate)."""
+    if service_tier is None or service_tier in _STANDARD_TIERS:
+        return price, False, False
+    if service_tier == "flex":
+        if price.flex_input is None and price.flex_output is None:
+            return price, True, False  # the batch price, computed as for a Batch API call
+        # A half-configured flex price: the other side pays the batch rate.
+        batch_in = price.batch_input if price.batch_input is not None else price.input * BATCH_DISCOUNT
+        batch_out = price.batch_output if price.batch_output is not None else price.output * BATCH_DISCOUNT
+        return _rescaled(price, price.flex_input if price.flex_input is not None else batch_in,
+                         price.flex_output if price.flex_output is not None else batch_out), False, False
+    if service_tier == "priority" and (price.priority_input is not None or price.priority_output is not None):
+        # A half-configured priority price: the other side at the standard rate, a floor.
+        priority_in = price.priority_input if price.priority_input is not None else price.input
+        priority_out = price.priority_output if price.priority_output is not None else price.output
+        floor = price.priority_input is None or price.priority_output is None
+        return _rescaled(price, priority_in, priority_out), False, floor
+    return price, False, True
+
+
+def _rescaled(price: ModelPrice, input_p: float, output_p: float) -> ModelPrice:
+    """``price`` with new input and output rates, its cached, cache-write and audio rates moved
+    by the same ratio (OpenAI's tier tables keep cached input at the standard table's share of
+    input), flat (a genai-prices per-call look-up would price the standard tier)."""
+    in_ratio = input_p / price.input if price.input else 1.0
+    out_ratio = output_p / price.output if price.output else 1.0
+
+    def scaled(rate: float | None, ratio: float) -> float | None:
+        return None if rate is None else rate * ratio
+
+    return replace(price, input=input_p, output=output_p, cached_input=scaled(price.cached_input, in_ratio),
+                   cache_write=scaled(price.cache_write, in_ratio), input_audio=scaled(price.input_audio, in_ratio),
+                   cached_audio_input=scaled(price.cached_audio_input, in_ratio),
+                   output_audio=scaled(price.output_audio, out_ratio), genai_ref=None)
 
 
 def estimate_cost(prompt_tokens: int, completion_tokens: int, price: ModelPrice | None) -> float | None:

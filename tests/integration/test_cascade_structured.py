@@ -46,6 +46,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
             "providers": {"mock": {"base_url": upstream.url + "/v1", "max_retries": 0},
                           "fn": {"base_url": "http://127.0.0.1:1/v1", "max_retries": 0}},
             "models": {"cheap": {"provider": "fn", "price": {"input": 0.1, "output": 0.1}},
+                       "cheap2": {"provider": "fn", "price": {"input": 0.1, "output": 0.1}},
                        "grader": {"provider": "fn", "price": {"input": 0.1, "output": 0.1}},
                        "strong": {"provider": "mock", "price": {"input": 1.0, "output": 1.0}}},
             "baseline": "strong",
@@ -53,6 +54,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
             "routing": {"default_route": "main", "routes": {
                 "main": {"tiers": tiers, "scorer": {"kind": "heuristic"}},
                 "judged": {"tiers": tiers, "scorer": {"kind": "judge", "judge_model": "grader"}},
+                # two cheap models that give the same answer: agreeing on fenced JSON is no better
+                "agree": {"agreement": {"models": ["cheap", "cheap2"], "fallback": "strong"}},
             }},
         }, providers={"fn": FunctionProvider(cheap)})
         with run_in_thread(gw.app()) as srv:
@@ -149,7 +152,7 @@ NOT_BARE = ['```json\n{"city": "Paris"}\n```', 'Here is the JSON: {"city": "Pari
     {"type": "json_schema", "json_schema": {"name": "place", "schema": {
         "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
 ])
-@pytest.mark.parametrize("route", ["main", "judged"])
+@pytest.mark.parametrize("route", ["main", "judged", "agree"])
 def test_json_in_a_fence_or_prose_escalates_under_a_response_format(
         server: RunningServer, fmt: dict[str, Any], route: str) -> None:
     for answer in NOT_BARE:

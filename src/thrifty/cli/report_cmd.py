@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
         config: Path = typer.Option(..., "--config", "-c", envvar="THRIFTY_CONFIG", help="Config file naming the ledger to read."),
         since: str | None = typer.Option(None, help="Only requests since: 7d, 24h, 30m or an ISO date."),
         until: str | None = typer.Option(None, help="Only requests before: an ISO date (or 7d: seven days ago)."),
-        by: str | None = typer.Option(None, help="Group by model, task, tier, key, day, strategy or route."),
+        by: str | None = typer.Option(None, help="Group by model, task, tier, key, day, strategy, route or service_tier."),
         format: str = typer.Option("table", "--format", "-f", help="table, json or csv."),
     ) -> None:
         """Spend report: requests, spend, what the baseline would have cost, and savings."""

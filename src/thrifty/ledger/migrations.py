@@ -183,4 +183,12 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         ["ALTER TABLE requests ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0",
          "ALTER TABLE attempts ADD COLUMN cache_write_tokens INTEGER NOT NULL DEFAULT 0"],
     ),
+    (
+        # The ``service_tier`` each call was billed at (OpenAI's flex at the batch price, priority
+        # above the standard one; pipeline/accounting.py served_service_tier), and on requests the
+        # served answer's. Rows written before are NULL: priced at the standard price, as they were.
+        "009_service_tier",
+        ["ALTER TABLE requests ADD COLUMN service_tier TEXT",
+         "ALTER TABLE attempts ADD COLUMN service_tier TEXT"],
+    ),
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from thrifty.pipeline.accounting import escalations
+from thrifty.pipeline.accounting import escalations, service_tier
 from thrifty.pipeline.context import RequestContext
 from thrifty.redact import redact
 
@@ -47,6 +47,8 @@ class RequestRow:
     # cache-write price). Last and defaulted: a row built or spilled before the column existed
     # (migration 008) means none.
     cache_write_tokens: int = 0
+    # The ``service_tier`` the served answer was billed at (None: standard; migration 009).
+    service_tier: str | None = None
 
 
 @dataclass
@@ -72,6 +74,7 @@ class AttemptRow:
     accepted: bool | None
     batch: bool
     cache_write_tokens: int = 0  # as RequestRow's
+    service_tier: str | None = None  # the tier this call was billed at
 
 
 REQUEST_COLUMNS = [f.name for f in fields(RequestRow)]
@@ -114,6 +117,8 @@ def rows_from_context(ctx: RequestContext) -> tuple[RequestRow, list[AttemptRow]
         # A cache hit carries the stored answer's usage, but nothing was written to the
         # provider's cache this time (its other token columns say what the answer holds).
         cache_write_tokens=0 if ctx.cache_status == "hit" else ctx.usage.cache_write_tokens,
+        # A cache hit was served by no provider tier this time.
+        service_tier=None if ctx.cache_status == "hit" else service_tier(ctx),
     )
     attempts = [
         AttemptRow(
@@ -138,6 +143,7 @@ def rows_from_context(ctx: RequestContext) -> tuple[RequestRow, list[AttemptRow]
             accepted=a.accepted,
             batch=a.batch,
             cache_write_tokens=a.usage.cache_write_tokens,
+            service_tier=a.service_tier,
         )
         for i, a in enumerate(ctx.attempts)
     ]

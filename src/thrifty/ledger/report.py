@@ -19,6 +19,8 @@ GROUPS = {
     "key": "COALESCE(key_id, '(none)')",
     "strategy": "strategy",
     "route": "COALESCE(route, '(none)')",
+    # The service tier the served answer was billed at (OpenAI's flex, priority); NULL: standard.
+    "service_tier": "COALESCE(service_tier, '(none)')",
     "day": "{day}",  # filled with the store's dialect-specific floor (SQLStore.day_sql)
 }
 

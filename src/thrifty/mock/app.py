@@ -174,9 +174,11 @@ class MockUpstream:
             options = body.get("stream_options")
             include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
             return self._stream(
-                plan, response_id, created, usage if include_usage else None, behaviour, faults
+                plan, response_id, created, usage if include_usage else None, behaviour, faults,
+                behaviour.served_tier(body),
             )
-        data = fastjson.dumps(wire.completion(plan, response_id, created, usage, behaviour.system_fingerprint))
+        data = fastjson.dumps(wire.completion(plan, response_id, created, usage, behaviour.system_fingerprint,
+                                              behaviour.served_tier(body)))
         if faults.malformed:
             data = data[: len(data) // 2]
         if faults.truncate_after is not None:
@@ -211,9 +213,11 @@ class MockUpstream:
         usage: dict[str, Any] | None,
         behaviour: Any,
         faults: Faults,
+        service_tier: str | None = None,
     ) -> Response:
         events = wire.chunks(
-            plan, response_id, created, usage, behaviour.system_fingerprint, behaviour.stream_chunk_words
+            plan, response_id, created, usage, behaviour.system_fingerprint, behaviour.stream_chunk_words,
+            service_tier,
         )
         parts: Iterator[bytes] = (b"data: " + fastjson.dumps(event) + b"\n\n" for event in events)
         if faults.malformed:

@@ -104,6 +104,10 @@ class Price(_Frozen):
     cached_input: float | None = Field(default=None, ge=0)
 
 
+# What OpenAI's responses report for each requested service_tier (a priority-enabled project).
+_OPENAI_TIERS: dict[str, str | None] = {"auto": "default", "default": "default", "flex": "flex", "priority": "priority"}
+
+
 class ModelBehaviour(_Frozen):
     """How one model answers. Unset fields inherit from ``MockConfig.default``."""
 
@@ -140,7 +144,20 @@ class ModelBehaviour(_Frozen):
     )
     stream_chunk_words: int = Field(default=2, ge=1, description="Words per streamed content chunk.")
     system_fingerprint: str | None = "fp_thrifty_mock"
+    # The ``service_tier`` a response reports for the one requested (absent: "auto"), as OpenAI:
+    # flex and priority honoured, "auto" served at "default". A tier missing here is served at
+    # "default"; a null value leaves the field out (a provider or proxy that does not report it).
+    service_tiers: dict[str, str | None] = Field(
+        default_factory=lambda: dict(_OPENAI_TIERS),
+        description="Requested service_tier -> the one the response reports (null: not reported).",
+    )
     faults: Faults = Faults()
+
+    def served_tier(self, body: dict[str, Any]) -> str | None:
+        """The ``service_tier`` to report for a request ``body`` (None: leave it out)."""
+        requested = body.get("service_tier")
+        key = requested if isinstance(requested, str) else "auto"
+        return self.service_tiers.get(key, "default")
 
     @field_validator("output_tokens", "reasoning_tokens", mode="before")
     @classmethod

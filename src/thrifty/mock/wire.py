@@ -53,14 +53,16 @@ def _message(choice: ChoicePlan) -> dict[str, Any]:
 
 
 def completion(
-    plan: Plan, response_id: str, created: int, usage: dict[str, Any], fingerprint: str | None
+    plan: Plan, response_id: str, created: int, usage: dict[str, Any], fingerprint: str | None,
+    service_tier: str | None = None,
 ) -> dict[str, Any]:
-    """The non-streaming ``chat.completion`` object."""
+    """The non-streaming ``chat.completion`` object (``service_tier`` None: the field left out)."""
     return {
         "id": response_id,
         "object": "chat.completion",
         "created": created,
         "model": plan.model,
+        **({"service_tier": service_tier} if service_tier is not None else {}),
         "system_fingerprint": fingerprint,
         "choices": [
             {
@@ -82,6 +84,7 @@ def chunks(
     usage: dict[str, Any] | None,
     fingerprint: str | None,
     words_per_chunk: int,
+    service_tier: str | None = None,
 ) -> Iterator[dict[str, Any]]:
     """``chat.completion.chunk`` objects in order; a final usage chunk when ``usage`` is given.
 
@@ -94,6 +97,7 @@ def chunks(
         "object": "chat.completion.chunk",
         "created": created,
         "model": plan.model,
+        **({"service_tier": service_tier} if service_tier is not None else {}),  # on every chunk, as OpenAI
         "system_fingerprint": fingerprint,
     }
     if usage is not None:

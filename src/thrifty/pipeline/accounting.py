@@ -25,6 +25,9 @@ from thrifty.types import ChatRequest, Usage
 
 # Where policies record the escalation level on the request context.
 _ESCALATIONS = "cascade.escalations"
+# Where ``settle`` records the service tier the served answer was billed at (the ledger's
+# requests.service_tier; each attempt keeps its own).
+_SERVICE_TIER = "accounting.service_tier"
 
 
 def set_escalations(ctx: RequestContext, levels: int) -> None:
@@ -35,6 +38,12 @@ def set_escalations(ctx: RequestContext, levels: int) -> None:
 def escalations(ctx: RequestContext) -> int:
     """The levels the request moved past before the one that served it (0 without a cascade)."""
     return int(ctx.scratch.get(_ESCALATIONS, 0))
+
+
+def service_tier(ctx: RequestContext) -> str | None:
+    """The ``service_tier`` the served answer was billed at (None: standard, or no answer)."""
+    tier = ctx.scratch.get(_SERVICE_TIER)
+    return tier if isinstance(tier, str) else None
 
 
 def observed_usage(raw: Any, request: ChatRequest, response: dict[str, Any], *,
@@ -66,14 +75,35 @@ def observed_usage(raw: Any, request: ChatRequest, response: dict[str, Any], *,
 
 def priced_usage(raw: Any, request: ChatRequest, response: dict[str, Any], price: ModelPrice | None, *,
                  batch: bool = False, model: str | None = None) -> tuple[Usage, Cost]:
-    """A call's usage (``observed_usage``, counted for ``model``) and its cost at ``price``; a
+    """A call's usage (``observed_usage``, counted for ``model``) and its cost at ``price``, at
+    the ``service_tier`` that served it (``served_service_tier``; a Batch API answer: none); a
     computed cost that rests on counted tokens is marked ``estimated``. Normal calls, streams
     and Batch API answers all price through here."""
     usage, estimated = observed_usage(raw, request, response, model=model)
-    cost = call_cost(usage, price, batch=batch)
+    tier = None if batch else served_service_tier(request, response, price)
+    cost = call_cost(usage, price, batch=batch, service_tier=tier)
     if estimated and cost.source == "computed":
         cost = Cost(cost.usd, "estimated")
     return usage, cost
+
+
+# Longest ``service_tier`` kept: the value is the provider's, and lands in the ledger.
+_TIER_CHARS = 32
+
+
+def served_service_tier(request: ChatRequest, response: dict[str, Any], price: ModelPrice | None) -> str | None:
+    """The ``service_tier`` a call is billed at: the one its response reports (OpenAI says which
+    tier actually served it: a flex request may be served at "default", "auto" may become
+    "priority"); without one, the request's, when the provider bills what is asked
+    (``ModelPrice.honours_service_tier``: OpenAI) and it names a tier ("auto" names none); else
+    None, the standard price. Lower-cased and cut short: it is the provider's text."""
+    reported = response.get("service_tier")
+    if not isinstance(reported, str) or not reported.strip():
+        asked = request.params.get("service_tier")
+        if price is None or not price.honours_service_tier or not isinstance(asked, str) or asked == "auto":
+            return None
+        reported = asked
+    return reported.strip().lower()[:_TIER_CHARS] or None
 
 
 def _response_model(response: dict[str, Any]) -> str | None:
@@ -120,6 +150,7 @@ def settle(ctx: RequestContext, catalog: Catalog, served: Attempt | None) -> Non
         ctx.served_model = served.model
         ctx.served_tier = served.tier
         ctx.usage = served.usage
+        ctx.scratch[_SERVICE_TIER] = served.service_tier
     ctx.cost_usd = ctx.spent_usd()
     baseline = catalog.baseline
     if ctx.baseline_cost_usd is None and baseline is not None and served is not None:

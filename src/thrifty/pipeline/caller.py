@@ -233,11 +233,14 @@ class ModelCaller:
         """Pass chunks through; price the attempt from the final usage chunk when the stream ends."""
         usage_raw: Any = None
         text_parts: list[str] = []
+        service_tier: Any = None  # on every chunk (OpenAI): the tier the stream is billed at
         try:
             chunk = first
             while chunk is not None:
                 if chunk.get("usage"):
                     usage_raw = chunk["usage"]
+                if chunk.get("service_tier"):
+                    service_tier = chunk["service_tier"]
                 for choice in chunk.get("choices") or []:
                     if choice.get("usage"):  # Moonshot puts the stream's usage in its last choice
                         usage_raw = choice["usage"]
@@ -261,7 +264,8 @@ class ModelCaller:
         finally:
             await close_below(it)  # the provider's connection goes back now, not when collected
             attempt.latency_ms = (time.perf_counter() - t0) * 1000
-            fake = {"usage": usage_raw, "choices": [{"message": {"content": "".join(text_parts)}}]}
+            fake = {"usage": usage_raw, "service_tier": service_tier,
+                    "choices": [{"message": {"content": "".join(text_parts)}}]}
             self._price(attempt, info, req, fake, False)
 
     @staticmethod
@@ -270,3 +274,4 @@ class ModelCaller:
         attempt.usage, cost = priced_usage(response.get("usage"), req, response, info.price, batch=batch,
                                            model=info.upstream_model)
         attempt.cost_usd, attempt.cost_source = cost.usd, cost.source
+        attempt.service_tier = cost.service_tier

@@ -47,6 +47,8 @@ class Attempt:
     score_reason: str | None = None
     accepted: bool | None = None
     batch: bool = False
+    # The ``service_tier`` the call was billed at (pipeline/accounting.py served_service_tier).
+    service_tier: str | None = None
 
 
 @dataclass

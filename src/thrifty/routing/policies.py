@@ -34,6 +34,7 @@ from thrifty.pipeline.context import Attempt, RequestContext
 from thrifty.routing.formats import agreement_pattern, detect_family, extract_answer
 from thrifty.scoring.base import score_choices
 from thrifty.scoring.logprob import strip_logprobs
+from thrifty.scoring.structured import asks_for_json, json_problem
 from thrifty.scoring.tools import tool_answer, tool_calls, tool_choice_problems
 from thrifty.tokens import count_messages
 from thrifty.types import Usage, response_text
@@ -240,7 +241,10 @@ class StateTableCascade:
             return tool_answer(ctx.request, response)
         if tool_choice_problems(ctx.request, []):
             return None  # text where tool_choice forces a call: unusable, like a bad call
-        return extract_answer(family, response_text(response))
+        text = response_text(response)
+        if asks_for_json(ctx.request) and json_problem(ctx.request, text) is not None:
+            return None  # not JSON the client can read (fenced, off-schema): unusable, however many agree
+        return extract_answer(family, text)
 
     def _keep(self, ctx: RequestContext, called: list[tuple[dict[str, Any], Attempt]], answers: list[str | None],
               model: str, last_error: UpstreamError | None) -> tuple[dict[str, Any], Attempt]:

@@ -140,6 +140,7 @@ class Endpoint:
         response = {"choices": [{"message": {"content": text}}]} if text else {}
         attempt.usage, cost = priced_usage(raw_usage, request, response, info.price, model=info.upstream_model)
         attempt.cost_usd, attempt.cost_source = cost.usd, cost.source
+        attempt.service_tier = cost.service_tier  # the ledger says which tier it was priced at
 
     def reported_error(self, provider: str, response: dict[str, Any],
                        redact: Callable[[str], str]) -> UpstreamError | None:
