@@ -187,3 +187,25 @@ def test_a_bad_tier_price_is_a_one_line_config_error(tmp_path: Path, capsys: pyt
     path.write_text(yaml.safe_dump(cfg))
     code, _, err = run_main(capsys, "report", "-c", str(path))
     assert code != 0 and "flex_input" in err and "Traceback" not in err
+
+
+def test_a_responses_api_call_is_priced_at_the_tier_its_response_names(mock: RunningServer, tmp_path: Path) -> None:
+    """The Responses API (passed through, streamed or not): the tier comes in the response object
+    (or the stream's last event) and prices the call, as for chat; a provider that is not OpenAI
+    (no tier honoured when silent) is still priced at the tier its answer names."""
+    gw = Gateway.from_config(_config(mock, tmp_path, None))
+    with run_in_thread(gw.app()) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="sk-client-0000", max_retries=0)
+        assert client.responses.create(model="plain", input="Say hello.", service_tier="flex").service_tier == "flex"
+        with client.responses.stream(model="plain", input="Say hello.", service_tier="flex") as events:
+            assert events.get_final_response().service_tier == "flex"
+        client.responses.create(model="plain", input="Say hello.")
+    gw.flush()
+    gw.close()
+    with sqlite3.connect(tmp_path / "ledger.db") as db:
+        rows = db.execute("SELECT prompt_tokens, completion_tokens, cost_usd, service_tier FROM attempts "
+                          "ORDER BY ts, seq").fetchall()
+    assert [r[3] for r in rows] == ["flex", "flex", "default"]
+    for (p, c, cost, tier) in rows:
+        half = 0.5 if tier == "flex" else 1.0  # "plain" has no flex price: the batch price
+        assert cost == pytest.approx((p * STANDARD["input"] + c * STANDARD["output"]) * half / M)

@@ -194,6 +194,9 @@ class TextAPIs:
         plan = build_plan(self.mock.config.seed, chat, model, behaviour)
         usage = text_wire.responses_usage(self._usage(behaviour, model, messages, [plan], plan.prompt_tokens))
         response = text_wire.response_object(self._id("resp"), self._id("msg"), int(time.time()), body, plan, usage)
+        tier = behaviour.served_tier(body)  # as OpenAI's Responses API reports it, like chat's
+        if tier is not None:
+            response["service_tier"] = tier
         background = bool(body.get("background")) and not body.get("stream")
         if body.get("store") is not False:
             final = text_wire.failed(response) if background and faults.background_fail else response

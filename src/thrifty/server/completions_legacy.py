@@ -79,6 +79,8 @@ class CompletionsEndpoint(Endpoint):
             return
         if data.get("usage"):
             state.usage = data["usage"]
+        if data.get("service_tier"):
+            state.service_tier = data["service_tier"]
         state.texts.append(self.answer_text(data))
 
     def client_bytes(self, event: SSEEvent, wants_usage: bool) -> bytes | None:

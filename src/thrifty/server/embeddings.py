@@ -92,7 +92,7 @@ class EmbeddingsEndpoint(Endpoint):
         return {**body, "model": upstream_model}
 
     def price(self, attempt: Attempt, info: ModelInfo, request: ChatRequest, body: dict[str, Any],
-              raw_usage: Any, text: str) -> None:
+              raw_usage: Any, text: str, service_tier: Any = None) -> None:
         usage = Usage.from_openai(raw_usage)
         reported = (isinstance(raw_usage, dict) and isinstance(raw_usage.get("prompt_tokens"), int)
                     and raw_usage["prompt_tokens"] > 0)

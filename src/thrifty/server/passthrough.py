@@ -96,6 +96,7 @@ class StreamState:
     came, and the failure it reported (a ``response.failed`` or an error event)."""
 
     usage: Any = None
+    service_tier: Any = None  # the tier the provider says served the stream (priced at it)
     texts: list[str] = field(default_factory=list)
     final: bool = False
     failure: str | None = None
@@ -129,15 +130,17 @@ class Endpoint:
         return True
 
     def price(self, attempt: Attempt, info: ModelInfo, request: ChatRequest, body: dict[str, Any],
-              raw_usage: Any, text: str) -> None:
+              raw_usage: Any, text: str, service_tier: Any = None) -> None:
         """Price ``attempt`` from the provider's usage (None: it sent none) and the answer text.
 
         The chat path's pricing (priced_usage): the provider's usage as it is (Usage.from_openai
         reads the Responses API's input_tokens / output_tokens and their details too); what it
         left out is counted offline, the prompt from the request read as chat messages and the
         answer from its text, handed over in a chat completion's shape, with the tokenizer of the
-        model that answered."""
-        response = {"choices": [{"message": {"content": text}}]} if text else {}
+        model that answered. ``service_tier``: the tier the provider's answer names (priced at it)."""
+        response: dict[str, Any] = {"choices": [{"message": {"content": text}}]} if text else {}
+        if service_tier is not None:
+            response["service_tier"] = service_tier
         attempt.usage, cost = priced_usage(raw_usage, request, response, info.price, model=info.upstream_model)
         attempt.cost_usd, attempt.cost_source = cost.usd, cost.source
         attempt.service_tier = cost.service_tier  # the ledger says which tier it was priced at
@@ -244,7 +247,8 @@ class PassthroughCall:
                 self._in_flight(ctx, attempt, info, t0)
                 raise
             attempt.latency_ms = (time.perf_counter() - t0) * 1000
-            self._price(ctx, attempt, info, response.get("usage"), self.endpoint.answer_text(response))
+            self._price(ctx, attempt, info, response.get("usage"), self.endpoint.answer_text(response),
+                        response.get("service_tier"))
             return response
         raise AssertionError("unreachable: the last try returns or raises")  # pragma: no cover
 
@@ -335,7 +339,7 @@ class PassthroughCall:
             return
         state.settled = True
         attempt.latency_ms = (time.perf_counter() - t0) * 1000
-        self._price(ctx, attempt, info, state.usage, "".join(state.texts))
+        self._price(ctx, attempt, info, state.usage, "".join(state.texts), state.service_tier)
         if state.failure is not None and attempt.status == "ok":
             # The provider ended the stream with a failure the client has seen as an event.
             attempt.status, attempt.error = "error", state.failure
@@ -343,8 +347,9 @@ class PassthroughCall:
         self._settle(ctx, attempt)
         await events.aclose()
 
-    def _price(self, ctx: RequestContext, attempt: Attempt, info: ModelInfo, raw_usage: Any, text: str) -> None:
-        self.endpoint.price(attempt, info, ctx.request, ctx.scratch[_BODY], raw_usage, text)
+    def _price(self, ctx: RequestContext, attempt: Attempt, info: ModelInfo, raw_usage: Any, text: str,
+               service_tier: Any = None) -> None:
+        self.endpoint.price(attempt, info, ctx.request, ctx.scratch[_BODY], raw_usage, text, service_tier)
 
     @staticmethod
     def _settle(ctx: RequestContext, served: Attempt) -> None:

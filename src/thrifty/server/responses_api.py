@@ -144,7 +144,7 @@ class ResponsesEndpoint(Endpoint):
         elif kind in LAST_EVENTS:
             state.final = True
             response = _obj(data.get("response"))
-            state.usage = response.get("usage")
+            state.usage, state.service_tier = response.get("usage"), response.get("service_tier")
             if kind == "response.failed":
                 state.failure = f"response failed: {_obj(response.get('error')).get('message') or 'no reason given'}"
         elif kind in ("error", None) and (failure := stream_failure(data, self.answer)) is not None:
