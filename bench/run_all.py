@@ -33,6 +33,7 @@ BENCHES: list[tuple[str, list[str], bool]] = [
     ("eval-frontier", ["bench/eval_frontier.py"], False),
     ("routing-cv", ["bench/routing_cv.py"], False),
     ("routing-mix", ["bench/routing_mix.py", "--write"], False),
+    ("trim-cache", ["bench/trim_cache.py", "--write"], False),
     ("cache-lookup", ["bench/cache_lookup.py", "--entries", "100000", "--lookups", "2000",
                       "--ann-compare", "20000", "--write"], False),
     ("cache-lookup-minilm", ["bench/cache_lookup.py", "--embedder", "minilm", "--entries", "20000",

@@ -13,6 +13,9 @@ numbers as budgets and accounting). With a summariser, the dropped middle become
 ``Summary of the earlier conversation: ...`` (in the role of the leading messages: ``developer``
 for a client that uses it, else ``system``), cut to the summary's reserve and cached per
 conversation prefix (the same dropped messages give the same summary, without a new call).
+With a step (``history_trim_step_tokens``), the cut falls on a grid of cumulative history tokens
+instead of exactly at the budget, so the kept turns (and the summary of the dropped ones) stay the
+same across turns and the provider's prompt cache keeps matching them (``_cut``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ IMAGE_TOKENS = image_tokens(None, None)
 IMAGE_TOKENS_LOW = image_tokens(None, None, "low")
 _IMAGE_PARTS = ("image_url", "input_image")
 INSTRUCTION_ROLES = ("system", "developer")
+# The trimming grid's step is at most this fraction (1/n) of the budget left for the turns:
+# the cut keeps up to a step fewer tokens than fit, so at most a quarter of the history budget.
+STEP_SHARE = 4
 
 
 @dataclass
@@ -120,12 +126,41 @@ def _turn_start(units: list[list[Message]], start: int, current: int) -> int:
     return start
 
 
+def _cut(costs: list[int], room: int, step: int) -> int:
+    """The first history unit kept, given each unit's tokens (oldest first) and the ``room`` the
+    kept ones may fill. ``step`` 0: the newest units while they fit. ``step`` B > 0: the oldest
+    units are dropped up to the first multiple of B tokens of cumulative history at or past what
+    must go. The cumulative counts of a conversation never change as it grows, and what must go
+    only grows (each turn's messages become history), so the cut stays on one grid line for about
+    B tokens of new conversation: the kept prefix is byte-identical from turn to turn and the
+    provider's prompt cache (an exact-prefix match) keeps serving it at the cached-input price."""
+    if step <= 0:
+        start = len(costs)
+        while start > 0 and costs[start - 1] <= room:
+            start -= 1
+            room -= costs[start]
+        return start
+    excess = sum(costs) - room
+    if excess <= 0:
+        return 0
+    line = -(-excess // step) * step  # the first grid line at or past the excess
+    dropped = 0
+    for k, cost in enumerate(costs):
+        if dropped >= line:
+            return k
+        dropped += cost
+    return len(costs)
+
+
 async def trim(messages: list[Message], budget: int, summarise: Summariser | None = None,
-               summary_reserve: int = 0, schemas: list[Any] | None = None) -> Trimmed:
+               summary_reserve: int = 0, schemas: list[Any] | None = None, step: int = 0) -> Trimmed:
     """``messages`` cut to ``budget`` prompt tokens (see the module docstring). With
     ``summarise``, ``summary_reserve`` tokens are kept free for the summary, which is cut to fit.
     ``schemas``: the request's tool (or legacy function) definitions, counted in the budget like
-    the head: a chat app's tools of 1,000 tokens left a budget of N sending N + 1,000."""
+    the head: a chat app's tools of 1,000 tokens left a budget of N sending N + 1,000.
+    ``step``: cut on a grid of that many tokens of history (``_cut``), at most 1/``STEP_SHARE``
+    of what the turns may fill, so a large step cannot leave a small budget with no history;
+    0 cuts exactly to the budget."""
     # The schemas are counted once: they are sent whole whatever is trimmed (and dumping and
     # tokenising a large tool list three times cost more than the trimming itself).
     schema_cost = count_tools(schemas)
@@ -141,15 +176,12 @@ async def trim(messages: list[Message], budget: int, summarise: Summariser | Non
         return Trimmed(messages, 0, 0)
     summary_role = head[-1].get("role") if head else "system"  # a client that says developer gets developer
     overhead = message_tokens({"role": summary_role, "content": SUMMARY_PREFIX})
-    room = budget - messages_tokens(head) - schema_cost - (summary_reserve + overhead if summarise else 0)
-    room -= sum(message_tokens(m) for u in units[current:] for m in u)
-    start = current
-    while start > 0:
-        cost = sum(message_tokens(m) for m in units[start - 1])
-        if cost > room:
-            break
-        start -= 1
-        room -= cost
+    # What the conversation's turns may fill: the same on every turn of one conversation, so the
+    # step it caps is too (a step of 1,024 in a budget with 400 left after the tools kept no turns).
+    turns_room = budget - messages_tokens(head) - schema_cost - (summary_reserve + overhead if summarise else 0)
+    room = turns_room - sum(message_tokens(m) for u in units[current:] for m in u)
+    step = min(step, max(turns_room, 0) // STEP_SHARE)
+    start = _cut([sum(message_tokens(m) for m in u) for u in units[:current]], room, step)
     if start == 0:
         return Trimmed(messages, 0, 0)
     start = _turn_start(units, start, current)

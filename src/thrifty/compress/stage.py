@@ -109,7 +109,7 @@ class CompressStage:
         if rc.history_max_tokens is not None:
             summarise = self._summariser(ctx, rc) if rc.summarize_history else None
             trimmed = await history.trim(messages, rc.history_max_tokens, summarise, rc.summary_max_tokens,
-                                         _schemas(ctx.request.params))
+                                         _schemas(ctx.request.params), rc.history_trim_step_tokens)
             messages = trimmed.messages
             saved += trimmed.saved_tokens
         if saved > 0:
