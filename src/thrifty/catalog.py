@@ -68,6 +68,11 @@ class ModelPrice:
     # Whether the provider bills the ``service_tier`` a request asks for when its response does
     # not say which one served it (OpenAI does; most OpenAI-compatible servers ignore the field).
     honours_service_tier: bool = False
+    # A provider known to bill its own tiers otherwise (Groq reports "flex" and "on_demand" and bills
+    # flex at the on-demand price): a tier its answer names is recorded but priced at the standard
+    # rate, unless this model's flex_*/priority_* rates are configured. Unknown providers (a custom
+    # base_url, an OpenAI-compatible proxy) are read as OpenAI's wire protocol says.
+    foreign_tiers: bool = False
     source: str = "config"
     # (model_ref, provider_id) in genai-prices when the price there depends on the prompt's size.
     genai_ref: tuple[str, str | None] | None = None
@@ -272,9 +277,11 @@ def resolve_price(
     # cache-write, batch or audio tokens; any of those the block gives still applies. So nothing
     # is looked up for it (genai-prices look-ups cost milliseconds at start-up).
     price = _resolved_price(name, upstream_model, configured, provider_hint)
-    if price is None or provider_hint not in SERVICE_TIER_PROVIDERS:
+    if price is None or provider_hint is None:
         return price
-    return replace(price, honours_service_tier=True)
+    if provider_hint in SERVICE_TIER_PROVIDERS:
+        return replace(price, honours_service_tier=True)
+    return replace(price, foreign_tiers=True)
 
 
 # genai-prices provider ids whose API bills the ``service_tier`` a request asks for (OpenAI's flex,

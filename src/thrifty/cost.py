@@ -188,6 +188,9 @@ def _tier_price(price: ModelPrice, service_tier: str | None) -> tuple[ModelPrice
     and whether a rate of the tier was unknown (the standard one stands in: an estimate)."""
     if service_tier is None or service_tier in _STANDARD_TIERS:
         return price, False, False
+    if price.foreign_tiers and all(rate is None for rate in (price.flex_input, price.flex_output,
+                                                              price.priority_input, price.priority_output)):
+        return price, False, False  # a provider whose tiers are not OpenAI's (catalog.ModelPrice)
     if service_tier == "flex":
         if price.flex_input is None and price.flex_output is None:
             return price, True, False  # the batch price, computed as for a Batch API call

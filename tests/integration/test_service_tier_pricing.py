@@ -209,3 +209,31 @@ def test_a_responses_api_call_is_priced_at_the_tier_its_response_names(mock: Run
     for (p, c, cost, tier) in rows:
         half = 0.5 if tier == "flex" else 1.0  # "plain" has no flex price: the batch price
         assert cost == pytest.approx((p * STANDARD["input"] + c * STANDARD["output"]) * half / M)
+
+
+def test_a_provider_with_tiers_of_its_own_is_priced_at_its_standard_rate() -> None:
+    """Groq reports `service_tier` too ("on_demand", "flex") but bills flex at its on-demand
+    price: a tier named by a known provider other than OpenAI is kept but priced at the standard
+    rate (not OpenAI's batch price, not flagged estimated), unless the model's tier rates are
+    configured. An estimated call keeps the tier it was priced at."""
+    from thrifty.catalog import resolve_price
+    from thrifty.cost import call_cost
+    from thrifty.pipeline.accounting import priced_usage
+    from thrifty.types import ChatRequest, Usage
+
+    usage = Usage(prompt_tokens=1000, completion_tokens=1000)
+    groq = resolve_price("groq-model", "groq-model", STANDARD, "groq")
+    assert groq is not None and groq.foreign_tiers and not groq.honours_service_tier
+    standard = call_cost(usage, groq)
+    for tier in ("flex", "on_demand", "performance"):
+        cost = call_cost(usage, groq, service_tier=tier)
+        assert (cost.usd, cost.source, cost.service_tier) == (standard.usd, "computed", tier)
+    configured = resolve_price("groq-model", "groq-model", TIERED, "groq")
+    assert configured is not None
+    assert call_cost(usage, configured, service_tier="flex").usd == pytest.approx((1000 * 0.5 + 1000 * 3.0) / M)
+
+    openai_price = resolve_price("g", "g", STANDARD, "openai")
+    request = ChatRequest.from_body({"model": "g", "messages": HI, "service_tier": "flex"})
+    _, cost = priced_usage(None, request, {"service_tier": "flex", "choices": [{"message": {"content": "hi"}}]},
+                           openai_price, model="g")
+    assert (cost.source, cost.service_tier) == ("estimated", "flex")  # counted offline, still flex

@@ -73,6 +73,32 @@ def test_schema_problems() -> None:
     assert schema_problems(True, {"type": "integer"}) == ["$: expected integer"]
 
 
+def test_a_clients_catastrophic_pattern_cannot_stall_the_check() -> None:
+    """A schema's pattern is the client's, run against a model's answer on the event loop: one
+    that backtracks forever (`^(a|a)*$` on 30 a's and a "!": seconds, doubling per character)
+    is cut at the answer's budget and reported, so the cascade escalates instead of stalling."""
+    import time
+
+    from thrifty.scoring.jsonschema import PATTERN_BUDGET_S
+
+    schema = {"type": "array", "items": {"type": "string", "pattern": "^(a|a)*$"}}
+    started = time.monotonic()
+    problems = schema_problems(["a" * 30 + "!"] * 20, schema)
+    assert time.monotonic() - started < PATTERN_BUDGET_S + 0.5  # one budget for the whole answer
+    assert problems and "too costly to check" in problems[0]
+    names = {"type": "object", "patternProperties": {"^(a|aa)+$": {"type": "integer"}}}
+    assert "too costly" in schema_problems({"a" * 40 + "!": 1}, names)[0]
+    assert schema_problems({"aa": 1}, names) == [] and schema_problems({"aa": "x"}, names) == ["$.aa: expected integer"]
+    assert schema_problems("abc", {"type": "string", "pattern": "^a"}) == []
+    assert schema_problems("xbc", {"type": "string", "pattern": "^a"}) == ["$: does not match (pattern '^a')"]
+
+
+def test_a_schema_with_big_integers_still_checks_and_problems_are_bounded() -> None:
+    assert schema_problems(5, {"type": "integer", "maximum": 10**20}) == []
+    assert schema_problems(10**21, {"type": "integer", "maximum": 10**20})[0].startswith("$: above")
+    assert len(schema_problems(["x"] * 1000, {"type": "array", "items": {"type": "integer"}})) == 3
+
+
 async def test_logprob_scorer() -> None:
     resp = chat_response("m", "B")
     assert (await LogprobScorer().score(req("x"), resp)).value == 0.5

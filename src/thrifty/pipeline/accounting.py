@@ -83,7 +83,7 @@ def priced_usage(raw: Any, request: ChatRequest, response: dict[str, Any], price
     tier = None if batch else served_service_tier(request, response, price)
     cost = call_cost(usage, price, batch=batch, service_tier=tier)
     if estimated and cost.source == "computed":
-        cost = Cost(cost.usd, "estimated")
+        cost = replace(cost, source="estimated")  # the tier it was priced at stays
     return usage, cost
 
 

@@ -26,7 +26,7 @@ from thrifty.routing.formats import (
     python_blocks,
 )
 from thrifty.scoring.base import Score
-from thrifty.scoring.structured import json_problem, request_schema
+from thrifty.scoring.structured import asks_for_json, json_problem, request_schema
 from thrifty.scoring.tools import call_name, tool_call_problems, tool_calls, tool_choice_problems
 from thrifty.types import ChatRequest, finish_reason, response_text
 
@@ -57,8 +57,7 @@ def inline_options(text: str) -> int:
 
 def expected_form(request: ChatRequest) -> str:
     """``json`` | ``option`` | ``code`` | ``text`` for this request."""
-    fmt = request.params.get("response_format")
-    if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
+    if asks_for_json(request):
         return "json"
     text = request.last_user_text()
     family = detect_family(text)
