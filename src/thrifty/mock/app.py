@@ -170,7 +170,7 @@ class MockUpstream:
         self._served += 1
         response_id = f"chatcmpl-{self._id_prefix}{self._served:08x}"
         created = int(time.time())
-        if body.get("stream"):
+        if body.get("stream") and not faults.ignore_stream:
             options = body.get("stream_options")
             include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
             return self._stream(

@@ -66,6 +66,10 @@ class Faults(_Frozen):
         default=None, ge=0, description="Close a stream after N chunks, no [DONE]."
     )
     malformed: bool = Field(default=False, description="Answer 200 with a body that is not valid JSON.")
+    ignore_stream: bool = Field(
+        default=False, description="Answer a stream request with the whole JSON answer, as servers that ignore "
+        "`stream` do (chat, Responses API, legacy completions)."
+    )
     background_fail: bool = Field(
         default=False, description="A background Responses API run ends failed, without usage."
     )

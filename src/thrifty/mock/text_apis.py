@@ -4,7 +4,7 @@ Each request is read as the chat request it amounts to (the Responses ``instruct
 ``input`` items, or the completion ``prompt``, as messages) and answered by the chat planner,
 so answers, token counts, reasoning tokens, the simulated prompt cache, auth, the allow-list and
 faults (status, fail_first, latency, hang, ``truncate_after``, ``chunk_delay_ms``,
-``x-mock-behaviour``) behave as on chat completions. Only the wire shapes differ (text_wire.py).
+``ignore_stream``, ``x-mock-behaviour``) behave as on chat completions. Only the wire shapes differ (text_wire.py).
 Answers are text only: tools in a Responses request are not called; a ``text.format`` JSON
 schema (or JSON mode) shapes the text as ``response_format`` does on chat.
 
@@ -36,6 +36,7 @@ from thrifty.mock.completion import Plan, build_plan
 from thrifty.mock.embeddings import admitted_model
 from thrifty.mock.faults import HEADER, parse_header
 from thrifty.mock.usage import build_usage
+from thrifty.responses_events import response_events
 from thrifty.tokens import content_text
 
 if TYPE_CHECKING:
@@ -202,8 +203,8 @@ class TextAPIs:
             final = text_wire.failed(response) if background and faults.background_fail else response
             self._store(Stored(text_wire.queued(response) if background else response, final,
                                text_wire.input_items(body, self._id), background))
-        if body.get("stream"):
-            return self._send(text_wire.response_events(response, behaviour.stream_chunk_words), faults)
+        if body.get("stream") and not faults.ignore_stream:
+            return self._send(response_events(response, behaviour.stream_chunk_words), faults)
         return Response(fastjson.dumps(text_wire.queued(response) if background else response), media_type=_JSON)
 
     def _store(self, entry: Stored) -> None:
@@ -229,7 +230,7 @@ class TextAPIs:
         if entry.response["status"] == "queued":
             entry.response = entry.final  # a background response has run by the time anyone looks
         if request.query_params.get("stream") == "true":
-            return self._send(text_wire.response_events(entry.response, 3), Faults())
+            return self._send(response_events(entry.response, 3), Faults())
         return Response(fastjson.dumps(entry.response), media_type=_JSON)
 
     async def delete(self, request: Request) -> Response:
@@ -292,7 +293,7 @@ class TextAPIs:
         usage = self._usage(behaviour, model, messages, plans, prompt_tokens)
         usage = {k: v for k, v in usage.items() if k != "completion_tokens_details"} if usage else usage
         completion_id, created = self._id("cmpl"), int(time.time())
-        if body.get("stream"):
+        if body.get("stream") and not faults.ignore_stream:
             options = body.get("stream_options")
             with_usage = isinstance(options, dict) and bool(options.get("include_usage"))
             chunks = text_wire.completion_chunks(completion_id, created, model, plans, usage if with_usage else None,

@@ -1,20 +1,18 @@
 """Wire shapes of the Responses API and of legacy text completions (the mock's text_apis.py).
 
-Only this module knows their JSON field names and event names, so a test comparing against the
-OpenAI API reference has one place to look (chat's are in wire.py).
+Only this module knows their JSON field names, so a test comparing against the OpenAI API
+reference has one place to look (chat's are in wire.py); the Responses stream's events are
+built from a response object by thrifty/responses_events.py, which the gateway uses too.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from typing import Any
 
-from thrifty import fastjson
 from thrifty.mock.completion import Plan
+from thrifty.responses_events import text_pieces
 from thrifty.tokens import count_text
-
-_WORDS = re.compile(r"\S+\s*|\s+")
 
 
 def prompt_tokens(prompt: str) -> int:
@@ -60,36 +58,6 @@ def response_object(response_id: str, message_id: str, created: int, body: dict[
     }
 
 
-def response_events(response: dict[str, Any], words_per_chunk: int) -> Iterator[bytes]:
-    """The Responses stream of ``response``: ``event: NAME`` / ``data: {...}`` pairs, no [DONE]."""
-    seq = 0
-
-    def event(kind: str, **fields: Any) -> bytes:
-        nonlocal seq
-        data = {"type": kind, "sequence_number": seq, **fields}
-        seq += 1
-        return b"event: " + kind.encode() + b"\ndata: " + fastjson.dumps(data) + b"\n\n"
-
-    pending = {**response, "status": "in_progress", "output": [], "usage": None, "incomplete_details": None}
-    yield event("response.created", response=pending)
-    yield event("response.in_progress", response=pending)
-    item = response["output"][0]
-    text = item["content"][0]["text"]
-    ids = {"item_id": item["id"], "output_index": 0}
-    yield event("response.output_item.added", output_index=0, item={**item, "status": "in_progress", "content": []})
-    yield event("response.content_part.added", **ids, content_index=0,
-                part={"type": "output_text", "text": "", "annotations": []})
-    words = _WORDS.findall(text)
-    for i in range(0, len(words), words_per_chunk):
-        yield event("response.output_text.delta", **ids, content_index=0, delta="".join(words[i:i + words_per_chunk]),
-                    logprobs=[])
-    yield event("response.output_text.done", **ids, content_index=0, text=text, logprobs=[])
-    yield event("response.content_part.done", **ids, content_index=0, part=item["content"][0])
-    yield event("response.output_item.done", output_index=0, item=item)
-    last = "response.incomplete" if response["status"] == "incomplete" else "response.completed"
-    yield event(last, response=response)
-
-
 def _choices(plans: list[Plan]) -> Iterator[tuple[int, Any]]:
     """(index, choice) over every prompt's choices: prompt-major, as OpenAI numbers them."""
     index = 0
@@ -123,9 +91,8 @@ def completion_chunks(completion_id: str, created: int, model: str, plans: list[
         return {**head, "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": finish}]}
 
     for index, choice in _choices(plans):
-        words = _WORDS.findall(choice.content or "")
-        for i in range(0, len(words), words_per_chunk):
-            yield chunk(index, "".join(words[i:i + words_per_chunk]))
+        for piece in text_pieces(choice.content or "", words_per_chunk):
+            yield chunk(index, piece)
         yield chunk(index, "", choice.finish_reason)
     if usage is not None:
         yield {**head, "choices": [], "usage": usage}

@@ -16,7 +16,7 @@ provider's would be; after it, never (the client has part of the answer).
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,9 +72,24 @@ def parse_event(lines: list[bytes], provider_name: str, started: bool) -> SSEEve
     return SSEEvent(raw, name, data)
 
 
-async def open_events(provider: OpenAICompatProvider, path: str, body: dict[str, Any]
-                      ) -> AsyncGenerator[SSEEvent, None]:
-    """POST ``body`` to ``base_url + path`` and yield its events until the provider closes the stream."""
+# The events a stream would have carried for a whole JSON answer of its endpoint, or None when
+# the body is not one (Endpoint.whole_stream).
+WholeStream = Callable[[Any], Iterable[bytes] | None]
+
+
+def _split(raw: bytes) -> list[bytes]:
+    """One built event's lines (each with its line ending), without the blank line ending it."""
+    return [line + b"\n" for line in raw.rstrip(b"\n").split(b"\n")]
+
+
+async def open_events(provider: OpenAICompatProvider, path: str, body: dict[str, Any],
+                      whole: WholeStream | None = None) -> AsyncGenerator[SSEEvent, None]:
+    """POST ``body`` to ``base_url + path`` and yield its events until the provider closes the stream.
+
+    A provider that ignores ``stream`` answers one JSON body: when ``whole`` makes the events of
+    its endpoint from it, they are yielded as though the provider had sent them (the answer was
+    given and billed; only its form is wrong), so the client gets the stream it asked for and the
+    call is priced once from the answer's usage. Any other JSON body is its error, else a 502."""
     started = False
     url = provider.url(path)
     try:
@@ -83,9 +98,17 @@ async def open_events(provider: OpenAICompatProvider, path: str, body: dict[str,
             await provider.check_status(resp)
             if resp.content_type == "application/json":
                 # A server that ignores `stream`, or reports an error, answers one JSON object.
-                raise (not_a_stream(provider.name, await resp.read(), provider._redact)
-                       or UpstreamProtocolError(f"{provider.name}: asked for a stream, got a JSON body",
-                                                retryable=False))
+                raw = await resp.read()
+                built = _built_events(raw, whole)
+                if built is None:
+                    raise (not_a_stream(provider.name, raw, provider._redact)
+                           or UpstreamProtocolError(f"{provider.name}: asked for a stream, got a JSON body",
+                                                    retryable=False))
+                for part in built:
+                    event = parse_event(_split(part), provider.name, started)
+                    started = True
+                    yield event
+                return
             lines: list[bytes] = []
             async for line in resp.content:
                 if line.strip():
@@ -106,6 +129,17 @@ async def open_events(provider: OpenAICompatProvider, path: str, body: dict[str,
         raise UpstreamTimeoutError(f"{provider.name}: {what} {seconds:g}s") from None  # as chat streams: not retried
     except aiohttp.ClientError as exc:
         raise provider._connection_error(exc, mid_stream=started) from None
+
+
+def _built_events(raw: bytes, whole: WholeStream | None) -> Iterable[bytes] | None:
+    """The events ``whole`` builds from the JSON body ``raw``, or None (no builder, not JSON, not an answer)."""
+    if whole is None:
+        return None
+    try:
+        parsed = fastjson.loads(raw)
+    except ValueError:
+        return None
+    return whole(parsed)
 
 
 async def relay_bytes(provider: OpenAICompatProvider, url: str) -> AsyncGenerator[bytes, None]:

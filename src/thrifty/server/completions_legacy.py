@@ -4,11 +4,13 @@ thrifty reads ``model``, ``prompt`` (a string, an array of strings, an array of 
 array of token-id arrays), ``max_tokens``, ``n``, ``stream`` and ``stream_options``; every other
 field (``suffix``, ``echo``, ``logprobs``, ``best_of``...) is the provider's to judge. A stream
 is priced from its usage chunk: thrifty asks for it (``stream_options.include_usage``) whether
-or not the client did, and when the client did not, drops it again, as on chat completions.
+or not the client did, and when the client did not, drops it again, as on chat completions. A
+provider that ignores ``stream`` and answers one whole completion has it sent as those chunks.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from thrifty import fastjson
@@ -16,8 +18,9 @@ from thrifty.errors import InvalidRequestError, ThriftyError
 from thrifty.providers.compat import CompatConfig
 from thrifty.providers.error_body import stream_failure
 from thrifty.providers.raw_http import SSEEvent
+from thrifty.responses_events import text_pieces
 from thrifty.server.embeddings import valid_input
-from thrifty.server.passthrough import Endpoint, StreamState, checked_stream, is_int
+from thrifty.server.passthrough import WHOLE_WORDS, Endpoint, StreamState, checked_stream, is_int
 from thrifty.types import ChatRequest, body_model
 
 
@@ -92,8 +95,42 @@ class CompletionsEndpoint(Endpoint):
         rest = {k: v for k, v in data.items() if k != "usage"}
         return b"data: " + fastjson.dumps(rest) + b"\n\n"
 
+    def whole_stream(self, body: Any) -> Iterable[bytes] | None:
+        if not isinstance(body, dict):
+            return None
+        choices = body.get("choices")
+        if not isinstance(choices, list) or not choices:
+            return None
+        if not all(isinstance(c, dict) and isinstance(c.get("text"), str) for c in choices):
+            return None  # a chat completion's `message` choices, or no answer: not this endpoint's
+        return [*(b"data: " + fastjson.dumps(c) + b"\n\n" for c in _chunks(body)), b"data: [DONE]\n\n"]
+
     def error_event(self, exc: ThriftyError) -> bytes:
         return b"data: " + fastjson.dumps(exc.to_openai()) + b"\n\n"
+
+
+def _chunks(completion: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A whole text completion as the chunks a stream carries: each choice's text in pieces, its
+    ``finish_reason`` in its last chunk, then the usage chunk (``choices: []``, dropped again by
+    ``client_bytes`` when the client did not ask)."""
+    kept = ("id", "created", "model", "system_fingerprint", "service_tier")
+    head: dict[str, Any] = {"object": "text_completion", **{k: completion[k] for k in kept if k in completion}}
+
+    def chunk(choice: dict[str, Any], text: str, finish: Any, logprobs: Any) -> dict[str, Any]:
+        return {**head, "choices": [{"index": choice.get("index", 0), "text": text, "logprobs": logprobs,
+                                     "finish_reason": finish}]}
+
+    choices: list[dict[str, Any]] = completion["choices"]
+    for choice in sorted(choices, key=lambda c: c["index"] if is_int(c.get("index")) else 0):
+        if choice.get("logprobs") is not None:
+            # Token logprobs do not split along words: the text comes whole with them.
+            yield chunk(choice, choice["text"], choice.get("finish_reason"), choice["logprobs"])
+            continue
+        for piece in text_pieces(choice["text"], WHOLE_WORDS):
+            yield chunk(choice, piece, None, None)
+        yield chunk(choice, "", choice.get("finish_reason"), None)
+    if completion.get("usage") is not None:
+        yield {**head, "choices": [], "usage": completion["usage"]}
 
 
 def _texts(prompt: Any) -> list[str]:

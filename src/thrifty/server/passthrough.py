@@ -6,9 +6,11 @@ server/completions_legacy.py) are served as embeddings are (server/embeddings.py
 thrifty serves them rather than making them keep a second client. Nothing is routed, cached or
 compressed: the request goes to the catalog model asked for (aliases resolve; ``auto`` and
 routes pick chat models, so they are unknown here) under its upstream name, and the provider's
-answer comes back unchanged, a stream event by event. No fallbacks (another model would answer
-a request written for this one, and a Responses conversation lives at one provider); retries
-follow the provider's policy, for a stream until its first event as on chat.
+answer comes back unchanged, a stream event by event (a whole JSON answer from a provider that
+ignored ``stream`` is turned into the events it would have sent: ``Endpoint.whole_stream``).
+No fallbacks (another model would answer a request written for this one, and a Responses
+conversation lives at one provider); retries follow the provider's policy, for a stream until
+its first event as on chat.
 
 Each endpoint is an ``Endpoint``: how to check a body and read it as a chat request (what key
 checks, budgets and the request log read), the upstream body, how to read usage and answer
@@ -25,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -63,6 +65,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("thrifty.server")
 
 _BODY = "passthrough.body"
+# Words per delta when a whole answer is streamed from here (Endpoint.whole_stream): a stream's
+# pace, about the 64 characters chat cuts such an answer at (streaming.response_to_chunks).
+WHOLE_WORDS = 10
 
 
 @runtime_checkable
@@ -163,6 +168,12 @@ class Endpoint:
     def client_bytes(self, event: SSEEvent, wants_usage: bool) -> bytes | None:
         """What the client gets for ``event`` (None: nothing): the event unchanged by default."""
         return event.raw
+
+    def whole_stream(self, body: Any) -> Iterable[bytes] | None:
+        """The events a stream of this endpoint carries for ``body``, a whole answer sent as one
+        JSON object by a provider that ignored ``stream``; None when ``body`` is no such answer
+        (it is then read as an error). Relayed and priced like the provider's own events."""
+        return None
 
     def error_event(self, exc: ThriftyError) -> bytes:
         """The event that ends a stream broken after it started, so SDKs raise."""
@@ -274,7 +285,7 @@ class PassthroughCall:
         for i in range(policy.max_retries + 1):
             attempt = self._attempt(ctx, info)
             t0 = time.perf_counter()
-            events = open_events(provider, self.endpoint.path, body)
+            events = open_events(provider, self.endpoint.path, body, self.endpoint.whole_stream)
             try:
                 first: SSEEvent | None = await events.__anext__()
             except StopAsyncIteration:

@@ -6,7 +6,9 @@ thrifty reads only what it needs: ``model``, ``input`` (a string or an array of 
 Usage is the Responses API's (``input_tokens`` with ``input_tokens_details.cached_tokens``,
 ``output_tokens`` with ``output_tokens_details.reasoning_tokens``), read by ``Usage.from_openai``;
 a stream's is in its last event (``response.completed``, or ``response.incomplete`` /
-``response.failed``, which are billed too). These streams have no ``data: [DONE]``.
+``response.failed``, which are billed too). These streams have no ``data: [DONE]``. A provider
+that ignores ``stream`` and answers a finished response object has it sent as those events
+(thrifty/responses_events.py, which the mock upstream streams with too).
 
 A response the provider stores (its ``store`` is not false) is remembered in the
 ``ResponseIndex`` (server/stored_responses.py) under the caller's key and tenant, before the
@@ -23,7 +25,7 @@ relays it finished with its usage and the rows are amended (server/response_reso
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from thrifty import fastjson
@@ -32,7 +34,15 @@ from thrifty.pipeline.context import Attempt, RequestContext
 from thrifty.providers.compat import CompatConfig
 from thrifty.providers.error_body import stream_failure
 from thrifty.providers.raw_http import SSEEvent
-from thrifty.server.passthrough import Endpoint, StreamState, checked_stream, is_int, request_body
+from thrifty.responses_events import finished_response, response_events
+from thrifty.server.passthrough import (
+    WHOLE_WORDS,
+    Endpoint,
+    StreamState,
+    checked_stream,
+    is_int,
+    request_body,
+)
 from thrifty.server.stored_responses import ResponseIndex, StoredResponse
 from thrifty.tokens import content_text
 from thrifty.types import ChatRequest, body_model
@@ -151,6 +161,10 @@ class ResponsesEndpoint(Endpoint):
             state.final, state.failure = True, failure
         elif kind == "error":  # an error event that says nothing of it
             state.final, state.failure = True, "stream error: no message"
+
+    def whole_stream(self, body: Any) -> Iterable[bytes] | None:
+        # A finished response object (a failed one too: its stream ends in response.failed).
+        return response_events(body, WHOLE_WORDS) if finished_response(body) else None
 
     def error_event(self, exc: ThriftyError) -> bytes:
         # The Responses API's error event, with OpenAI's error object too: the SDK raises on it.
