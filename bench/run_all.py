@@ -36,6 +36,8 @@ BENCHES: list[tuple[str, list[str], bool]] = [
     ("trim-cache", ["bench/trim_cache.py", "--write"], False),
     ("cache-lookup", ["bench/cache_lookup.py", "--entries", "100000", "--lookups", "2000",
                       "--ann-compare", "20000", "--write"], False),
+    # Minutes the first time (it fits a verifier on the QQP pairs, then kept in .thrifty-cache/bench).
+    ("cache-adversarial", ["bench/cache_adversarial.py", "--write"], False),
     ("cache-lookup-minilm", ["bench/cache_lookup.py", "--embedder", "minilm", "--entries", "20000",
                              "--lookups", "1000", "--write"], True),
     ("cache-eval-lexical", ["bench/cache_eval.py", "--embedders", "lexical", "--folds", "5", "--write"], True),

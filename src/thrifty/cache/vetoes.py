@@ -36,7 +36,8 @@ Two questions may share an answer only if they have:
   answered semantically, only by the exact cache;
 - ``negation``: the same negation parity ("is allergic" / "is not allergic"; a separate "non",
   as in "non-profit", counts);
-- ``opposite``: no opposite words swapped (enable / disable, buy / sell, first / last, he / she...);
+- ``opposite``: no opposite words swapped (enable / disable, buy / sell, first / last, he / she, too
+  little / too much, but / because...);
 - ``negated``: no word that is the other's word with a negating prefix (safe / unsafe, legal /
   illegal, like / dislike, profitable / nonprofitable);
 - ``ordinals`` and ``number_words``: the same ordinal words (a lone "first" or "last" aside:
@@ -45,7 +46,13 @@ Two questions may share an answer only if they have:
   "...of Germany?": each name absent from the other question);
 - ``order``: the same order of their shared words around a relation word ("python better than
   java" / "java better than python", "USD to EUR" / "EUR to USD"; relation words: than, vs,
-  versus, against, to, from, into, over, before, after, between, beat).
+  versus, against, to, from, into, over, before, after, between, beat, not: "a crook and not a
+  law-abiding citizen" / "law-abiding and not a crook");
+- ``referent``: not the same sentence pointing at another of the things it names: word for word
+  the same but for content words each replaced by a word the sentence uses elsewhere ("...either
+  the plain bathroom or the colorful bedroom, but the _ was already plain." / "...already
+  colorful."). The two have the same words, so every other check (and a bag-of-words similarity)
+  sees them as one question; a mere reordering of the same words is left to ``order``.
 
 What they cannot see: a word swapped for another word of the same kind in lower case
 ("ibuprofen" / "paracetamol", "french" / "spanish") is left to the verifier, which is
@@ -110,7 +117,9 @@ _CODE = re.compile("|".join([
 NEGATING_PREFIXES = ("non", "dis", "un", "in", "im", "il", "ir")
 _NEGATED = re.compile(r"(?:" + "|".join(NEGATING_PREFIXES) + r")(\w{3,})")
 _SYMBOL_AT = re.compile(r"[-+*/=<>!^%&|~#@$\\_\[\]{}]")
-RELATIONS = frozenset(_split("than vs versus against to from into over before after between beat beats"))
+# "not" too: "a crook and not a law-abiding citizen like Joseph" / "law-abiding and not a crook like
+# Joseph" say opposite things of Adam with the same words.
+RELATIONS = frozenset(_split("than vs versus against to from into over before after between beat beats not"))
 # Opposites beyond the pair features' list (features.OPPOSITES, which calibrated verifiers were
 # fitted on and so stays as it is): word forms and pairs whose swap changes the answer.
 _MORE_OPPOSITES = [
@@ -125,6 +134,11 @@ _MORE_OPPOSITES = [
     ("longer", "shorter"), ("older", "younger"), ("oldest", "youngest"), ("fastest", "slowest"),
     ("strongest", "weakest"), ("heavier", "lighter"), ("better", "worse"), ("pro", "con"),
     ("import", "export"), ("inbound", "outbound"), ("min", "max"), ("true", "false"), ("yes", "no"),
+    # Amounts: "the _ was too little" / "...too much" point at opposite things.
+    ("little", "much"), ("few", "many"), ("fewer", "more"),
+    # Contrast and cause: "used posters instead of flyers, but the cost for the _ was cheaper" /
+    # "..., because the cost for the _ was cheaper" (the flyers / the posters).
+    ("but", "because"), ("although", "because"), ("though", "because"),
     # Who does what to whom: "when the boy loves her" / "when the girl loves him".
     ("he", "she"), ("him", "her"), ("his", "her"), ("himself", "herself"), ("boyfriend", "girlfriend"),
     ("brother", "sister"), ("father", "mother"), ("son", "daughter"),
@@ -366,6 +380,16 @@ def _reordered(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
     return False
 
 
+def _repointed(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """``b`` is ``a`` with content words each replaced by another word both use elsewhere (and so
+    not a permutation of it): the sentence names two things and points at the other one."""
+    if len(a) != len(b) or sorted(a) == sorted(b):
+        return False
+    sa, sb = set(a), set(b)
+    diff = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
+    return all(x not in STOP and y not in STOP and x in sb and y in sa for x, y in diff)
+
+
 def _unquoted(spans: tuple[str, ...], other: str) -> bool:
     return any(s not in other for s in spans)
 
@@ -401,6 +425,8 @@ def vetoes(a: str, b: str) -> list[str]:
         out.append("entities")
     if _reordered(sa.words, sb.words):
         out.append("order")
+    if _repointed(sa.words, sb.words):
+        out.append("referent")
     return out
 
 
