@@ -195,3 +195,13 @@ def test_the_twin_is_not_served_over_http(mock: RunningServer, tmp_path: Path) -
             assert len(after) - len(before) == 2 * len(SERVED_TWINS)
     finally:
         gw.close()
+
+
+def test_a_contrast_and_a_cause_are_opposite_only_in_the_same_sentence() -> None:
+    """"but" / "because" veto a twin (the same sentence but for that word), never a paraphrase that
+    says the same with the clauses turned around."""
+    from thrifty.cache.vetoes import vetoes
+
+    assert "opposite" in vetoes(POSTERS, POSTERS.replace(", but the", ", because the"))
+    assert vetoes("I have a job interview tomorrow but I'm nervous. What should I do?",
+                  "I'm nervous because I have a job interview tomorrow. What should I do?") == []

@@ -136,13 +136,15 @@ _MORE_OPPOSITES = [
     ("import", "export"), ("inbound", "outbound"), ("min", "max"), ("true", "false"), ("yes", "no"),
     # Amounts: "the _ was too little" / "...too much" point at opposite things.
     ("little", "much"), ("few", "many"), ("fewer", "more"),
-    # Contrast and cause: "used posters instead of flyers, but the cost for the _ was cheaper" /
-    # "..., because the cost for the _ was cheaper" (the flyers / the posters).
-    ("but", "because"), ("although", "because"), ("though", "because"),
     # Who does what to whom: "when the boy loves her" / "when the girl loves him".
     ("he", "she"), ("him", "her"), ("his", "her"), ("himself", "herself"), ("boyfriend", "girlfriend"),
     ("brother", "sister"), ("father", "mother"), ("son", "daughter"),
 ]
+# Contrast and cause: "used posters instead of flyers, but the cost for the _ was cheaper" /
+# "..., because the cost for the _ was cheaper" (the flyers / the posters). Opposite only when
+# they are the one word the two questions differ by: "a job interview tomorrow but I'm nervous" /
+# "nervous because I have a job interview tomorrow" ask the same.
+CONNECTIVES = frozenset({("but", "because"), ("although", "because"), ("though", "because")})
 OPPOSITE_WORDS: dict[str, set[str]] = {w: set(v) for w, v in OPPOSITES.items()}
 for _x, _y in _MORE_OPPOSITES:
     OPPOSITE_WORDS.setdefault(_x, set()).add(_y)
@@ -380,6 +382,15 @@ def _reordered(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
     return False
 
 
+def _swapped_connective(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """``b`` is ``a`` word for word but for one word, a contrast swapped for a cause
+    (``CONNECTIVES``); the same words rearranged around it ask the same question."""
+    if len(a) != len(b):
+        return False
+    diff = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
+    return len(diff) == 1 and (diff[0] in CONNECTIVES or diff[0][::-1] in CONNECTIVES)
+
+
 def _repointed(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
     """``b`` is ``a`` with content words each replaced by another word both use elsewhere (and so
     not a permutation of it): the sentence names two things and points at the other one."""
@@ -417,7 +428,7 @@ def vetoes(a: str, b: str) -> list[str]:
         out.append("negation")
     wa, wb = set(sa.words), set(sb.words)
     only_a, only_b = wa - wb, wb - wa
-    if any(OPPOSITE_WORDS.get(w, set()) & only_b for w in only_a):
+    if any(OPPOSITE_WORDS.get(w, set()) & only_b for w in only_a) or _swapped_connective(sa.words, sb.words):
         out.append("opposite")
     if _negated(only_a, only_b):
         out.append("negated")
