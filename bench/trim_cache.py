@@ -7,11 +7,12 @@ and an answer of ~80-900 tokens, lognormal) grow turn by turn; every turn's requ
 the real ``thrifty.compress.history.trim`` at N = ``--budgets`` and step B = ``--steps``, with and
 without a summary of the dropped turns (a stand-in summariser: the same dropped turns give the
 same summary, as the gateway's summary store does). Each request is then priced as a provider with
-OpenAI's prompt cache would bill it: cached input is the longest token prefix it shares with the
-previous request of the chat, in whole 128-token blocks and only from 1,024 tokens
+OpenAI's prompt cache would bill it: cached input is the longest token prefix it shares with any
+earlier request of the chat, in whole 128-token blocks and only from 1,024 tokens
 (https://platform.openai.com/docs/guides/prompt-caching: "Cache hits are only possible for exact
-prefix matches", prompts of 1,024 tokens or more, hits "in increments of 128 tokens"; the mock
-upstream's ``prompt_cache`` follows the same rule). Input cost = uncached + rate x cached for cached
+prefix matches", prompts of 1,024 tokens or more, hits "in increments of 128 tokens"), as the mock
+upstream's ``prompt_cache`` answers it: one ``thrifty.mock.usage.PromptCache`` per chat, so the
+bench and the mock cannot disagree on the rule. Input cost = uncached + rate x cached for cached
 rates of 10% (Anthropic, DeepSeek), 25% and 50% (older OpenAI models) of the input price, summed
 over every turn of every chat, as a ratio against B = 0 (today's exact cut) in the same run; the
 history kept (tokens of turns between the system prompt and the current turn) likewise.
@@ -29,10 +30,10 @@ from typing import Any
 
 from mdreport import write_section
 from thrifty.compress import history
+from thrifty.mock.usage import BLOCK, MIN_CACHED, PromptCache
 from thrifty.tokens import content_text, encoding
 
 Message = dict[str, Any]
-BLOCK, MIN_CACHED = 128, 1024
 RATES = (0.10, 0.25, 0.50)
 _WORDS = ("the order was shipped to our warehouse in march and the customer asked about a refund for two "
          "damaged items because the box arrived late please check invoice number status delivery date "
@@ -63,8 +64,8 @@ def chat(seed: int, turns: int) -> list[tuple[str, str]]:
 
 
 class Ids:
-    """Token ids of a request as the provider sees it (role tag and text per message), memoised
-    per message: the prefix match is on these, the prompt size is their count."""
+    """Token ids of a request as the provider sees it (role tag and text per message, as the
+    mock's ``PromptCache`` tokenises it), memoised per message: the prompt size is their count."""
 
     def __init__(self) -> None:
         self._memo: dict[tuple[str, str], list[int]] = {}
@@ -79,17 +80,6 @@ class Ids:
         return out
 
 
-def cached_tokens(ids: list[int], previous: list[int]) -> int:
-    """OpenAI's rule: the common prefix with the previous request, whole 128-token blocks, >= 1,024."""
-    n = 0
-    for a, b in zip(ids, previous, strict=False):
-        if a != b:
-            break
-        n += 1
-    n = n // BLOCK * BLOCK
-    return n if n >= MIN_CACHED else 0
-
-
 async def summarise(dropped: list[Message]) -> str:
     # Stands in for the cheap model behind the gateway's summary store: one summary per dropped prefix.
     rng = random.Random(history.prefix_key(dropped, "cheap", 200))
@@ -99,13 +89,15 @@ async def summarise(dropped: list[Message]) -> str:
 async def run_chat(turns: list[tuple[str, str]], system: str, budget: int, step: int, summary: bool,
                    ids: Ids, tally: Tally) -> None:
     msgs: list[Message] = [{"role": "system", "content": system}]
-    previous: list[int] = []
+    # A provider remembers every earlier prefix of the chat, not only the previous request's: a
+    # cut that comes back to an earlier kept prefix is a hit.
+    cache = PromptCache()
     first: Message | None = None
     for question, answer in turns:
         msgs.append({"role": "user", "content": question})
         out = (await history.trim(msgs, budget, summarise if summary else None, 200, None, step)).messages
         request = ids.of(out)
-        hit = cached_tokens(request, previous)
+        hit = cache.lookup_and_store("bench", out, None)
         kept = out[1:-1]  # between the system prompt and the current turn
         tally.history += sum(history.message_tokens(m) for m in kept
                              if not str(m.get("content", "")).startswith(history.SUMMARY_PREFIX))
@@ -116,7 +108,6 @@ async def run_chat(turns: list[tuple[str, str]], system: str, budget: int, step:
         first = kept[0] if kept else None
         for rate in RATES:
             tally.cost[rate] = tally.cost.get(rate, 0.0) + len(request) - hit + rate * hit
-        previous = request
         msgs.append({"role": "assistant", "content": answer})
 
 
@@ -159,7 +150,8 @@ def main() -> None:
     body = (f"{args.chats} simulated chats of {args.turns} turns (about {full:.0f} tokens of turns each, a "
             f"~500-token system prompt) through `history.trim` at each N and step B "
             f"(`history_trim_step_tokens`, capped at a quarter of what the turns may fill); OpenAI's prompt-cache "
-            f"rule (longest common prefix with the previous request, whole 128-token blocks, from 1,024 tokens). "
+            f"rule (longest prefix shared with any earlier request of the chat, whole {BLOCK}-token blocks, from "
+            f"{MIN_CACHED:,} tokens: the mock upstream's `PromptCache`). "
             f"Input cost and history kept are ratios against B = 0 (today's exact cut) in the same run, summed over "
             f"every turn; the cached share and the turns whose first kept message changed are absolute. "
             f"{took:.0f} s.\n\n" + "\n".join(lines) + "\n")

@@ -74,10 +74,12 @@ class RouteCompression(_Strict):
     system_prompt: bool = False
     compaction: bool = True
     history_max_tokens: int | None = Field(default=None, ge=64)
-    # Trimming cuts on a grid of this many tokens of history (at most half of history_max_tokens),
-    # so the kept turns stay byte-identical for that long and the provider's prompt cache keeps
-    # serving them at the cached-input price; 0 cuts exactly to the budget on every turn, which
-    # changes the message after the system prompt each turn (docs/compression-and-batching.md).
+    # Trimming cuts on a grid of this many tokens of history (capped at a quarter of what the turns
+    # may fill: history_max_tokens less the system prompt, the tools and a summary's reserve;
+    # history.STEP_SHARE), so the kept turns stay byte-identical for that long and the provider's
+    # prompt cache keeps serving them at the cached-input price; 0 cuts exactly to the budget on
+    # every turn, which changes the message after the system prompt each turn
+    # (docs/compression-and-batching.md).
     history_trim_step_tokens: int = Field(default=2048, ge=0)
     summarize_history: bool = False
     summary_max_tokens: int = Field(default=200, ge=16)

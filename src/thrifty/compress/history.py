@@ -164,11 +164,20 @@ async def trim(messages: list[Message], budget: int, summarise: Summariser | Non
     # The schemas are counted once: they are sent whole whatever is trimmed (and dumping and
     # tokenising a large tool list three times cost more than the trimming itself).
     schema_cost = count_tools(schemas)
-    total = messages_tokens(messages) + schema_cost
+    # Each message is tokenised once: the total, the head, the units and the saving are sums of
+    # these (counting the conversation, then each unit, then the output took twice as long).
+    costs = [message_tokens(m) for m in messages]
+    primer = messages_tokens([])  # what a request costs beyond its messages (the reply primer)
+    total = sum(costs) + primer + schema_cost
     if total <= budget:
         return Trimmed(messages, 0, 0)
     head, rest = split_head(messages)
     units = _units(rest)
+    unit_costs: list[int] = []
+    at = len(head)
+    for u in units:
+        unit_costs.append(sum(costs[at : at + len(u)]))
+        at += len(u)
     # The current turn (the last user message and everything after it: tool calls and their
     # results) is kept whatever the budget; without it the model would answer something else.
     current = max((i for i, u in enumerate(units) if _role(u) == "user"), default=len(units) - 1)
@@ -178,10 +187,11 @@ async def trim(messages: list[Message], budget: int, summarise: Summariser | Non
     overhead = message_tokens({"role": summary_role, "content": SUMMARY_PREFIX})
     # What the conversation's turns may fill: the same on every turn of one conversation, so the
     # step it caps is too (a step of 1,024 in a budget with 400 left after the tools kept no turns).
-    turns_room = budget - messages_tokens(head) - schema_cost - (summary_reserve + overhead if summarise else 0)
-    room = turns_room - sum(message_tokens(m) for u in units[current:] for m in u)
+    head_cost = sum(costs[: len(head)]) + primer
+    turns_room = budget - head_cost - schema_cost - (summary_reserve + overhead if summarise else 0)
+    room = turns_room - sum(unit_costs[current:])
     step = min(step, max(turns_room, 0) // STEP_SHARE)
-    start = _cut([sum(message_tokens(m) for m in u) for u in units[:current]], room, step)
+    start = _cut(unit_costs[:current], room, step)
     if start == 0:
         return Trimmed(messages, 0, 0)
     start = _turn_start(units, start, current)
@@ -195,5 +205,5 @@ async def trim(messages: list[Message], budget: int, summarise: Summariser | Non
             summary = truncate_text(summary, summary_reserve)
         if summary:
             middle = [{"role": summary_role, "content": SUMMARY_PREFIX + summary}]
-    out = head + middle + tail
-    return Trimmed(out, len(dropped), max(0, total - schema_cost - messages_tokens(out)))
+    saved = sum(unit_costs[:start]) - sum(message_tokens(m) for m in middle)
+    return Trimmed(head + middle + tail, len(dropped), max(0, saved))

@@ -15,6 +15,8 @@ import pytest
 from test_compress_history_clients import conv, first_after_instructions
 
 from fixtures.served import attempt_rows, serving
+from thrifty import tokens
+from thrifty.compress import history
 from thrifty.compress.config import RouteCompression
 from thrifty.compress.history import (
     SUMMARY_PREFIX,
@@ -182,6 +184,32 @@ async def test_the_summary_of_the_dropped_turns_is_stable_between_grid_moves() -
     assert len(summaries) > 25 and len(distinct) <= len(summaries) // 2
     # Between moves the summariser is asked about the very same dropped messages (the store's key).
     assert len({repr(d) for d in asked}) == len(distinct)
+
+
+@pytest.mark.parametrize("step", [0, 1024])
+async def test_a_trim_tokenises_each_message_once(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    """The grid's trim counted every message three times (the conversation, each unit for the cut,
+    then the output for the saving): twice the time of one count on a long chat."""
+    counted: dict[int, int] = {}
+    real = tokens.count_message
+
+    def counting(message: Message, **kw: Any) -> int:
+        counted[id(message)] = counted.get(id(message), 0) + 1
+        return real(message, **kw)
+
+    monkeypatch.setattr(tokens, "count_message", counting)  # what count_messages calls
+    monkeypatch.setattr(history, "count_message", counting)
+
+    async def summarise(dropped: list[Message]) -> str:
+        return "orders were discussed"
+
+    msgs = [m for m in growing(chat(40))][-1]
+    expected = await trim(msgs, 6000, summarise, 100, step=step)
+    counted.clear()
+    result = await trim(msgs, 6000, summarise, 100, step=step)
+    assert result == expected and result.dropped > 0
+    assert max(counted[id(m)] for m in msgs) == 1 and all(id(m) in counted for m in msgs)
+    assert result.saved_tokens == messages_tokens(msgs) - messages_tokens(result.messages)
 
 
 def test_the_route_setting_defaults_to_a_grid_and_zero_is_allowed() -> None:
