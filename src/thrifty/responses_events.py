@@ -30,6 +30,26 @@ LAST_EVENT = {"completed": "response.completed", "incomplete": "response.incompl
 Emit = Callable[..., bytes]
 
 
+class BuiltEvent(bytes):
+    """A built event's bytes (``event: NAME`` / ``data: ...`` and the blank line), carrying the
+    name and data it was made from: the gateway relays built events as a provider's
+    (providers/raw_http.py) and reads them from these rather than decoding what was just encoded
+    (the last Responses event holds the whole response). Bytes, so the mock sends them as they are."""
+
+    name: str | None = None
+    data: Any = None
+    done: bool = False  # ``data: [DONE]``
+
+
+def sse(name: str | None, data: Any) -> BuiltEvent:
+    """The event named ``name`` (None: no ``event:`` line) carrying ``data`` as JSON, or
+    ``[DONE]`` when ``data`` is None."""
+    head = b"event: " + name.encode() + b"\n" if name else b""
+    out = BuiltEvent(head + b"data: " + (b"[DONE]" if data is None else fastjson.dumps(data)) + b"\n\n")
+    out.name, out.data, out.done = name, data, data is None
+    return out
+
+
 def text_pieces(text: str, words_per_chunk: int) -> list[str]:
     """``text`` cut every ``words_per_chunk`` words (spaces kept), as a stream would deliver it."""
     words = _WORDS.findall(text)
@@ -57,7 +77,7 @@ def response_events(response: dict[str, Any], words_per_chunk: int) -> Iterator[
         nonlocal seq
         data = {"type": kind, "sequence_number": seq, **fields}
         seq += 1
-        return b"event: " + kind.encode() + b"\ndata: " + fastjson.dumps(data) + b"\n\n"
+        return sse(kind, data)
 
     pending = {**response, "status": "in_progress", "output": [], "usage": None, "incomplete_details": None,
                "error": None}

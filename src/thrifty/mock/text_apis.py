@@ -29,6 +29,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from thrifty import fastjson
+from thrifty.completion_events import completion_chunks
 from thrifty.errors import AuthenticationError, InvalidRequestError, ThriftyError
 from thrifty.mock import text_wire, wire
 from thrifty.mock.behaviour import Faults, ModelBehaviour, merge_faults
@@ -36,7 +37,7 @@ from thrifty.mock.completion import Plan, build_plan
 from thrifty.mock.embeddings import admitted_model
 from thrifty.mock.faults import HEADER, parse_header
 from thrifty.mock.usage import build_usage
-from thrifty.responses_events import response_events
+from thrifty.responses_events import response_events, sse
 from thrifty.tokens import content_text
 
 if TYPE_CHECKING:
@@ -292,18 +293,16 @@ class TextAPIs:
         prompt_tokens = sum(text_wire.prompt_tokens(p) for p in prompts)
         usage = self._usage(behaviour, model, messages, plans, prompt_tokens)
         usage = {k: v for k, v in usage.items() if k != "completion_tokens_details"} if usage else usage
-        completion_id, created = self._id("cmpl"), int(time.time())
+        whole = text_wire.completion_object(self._id("cmpl"), int(time.time()), model, plans, usage)
         if body.get("stream") and not faults.ignore_stream:
             options = body.get("stream_options")
             with_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-            chunks = text_wire.completion_chunks(completion_id, created, model, plans, usage if with_usage else None,
-                                                 behaviour.stream_chunk_words)
-            parts: Iterator[bytes] = (b"data: " + fastjson.dumps(c) + b"\n\n" for c in chunks)
+            chunks = completion_chunks(whole, behaviour.stream_chunk_words, with_usage=with_usage)
+            parts: Iterator[bytes] = (sse(None, c) for c in chunks)
             if faults.truncate_after is None:
                 parts = _then_done(parts)
             return self._send(parts, faults)
-        return Response(fastjson.dumps(text_wire.completion_object(completion_id, created, model, plans, usage)),
-                        media_type=_JSON)
+        return Response(fastjson.dumps(whole), media_type=_JSON)
 
 
 def _then_done(parts: Iterator[bytes]) -> Iterator[bytes]:

@@ -2,7 +2,8 @@
 
 Only this module knows their JSON field names, so a test comparing against the OpenAI API
 reference has one place to look (chat's are in wire.py); the Responses stream's events are
-built from a response object by thrifty/responses_events.py, which the gateway uses too.
+built from a response object by thrifty/responses_events.py, a completion's chunks from its
+object by thrifty/completion_events.py, both of which the gateway uses too.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from thrifty.mock.completion import Plan
-from thrifty.responses_events import text_pieces
 from thrifty.tokens import count_text
 
 
@@ -77,25 +77,6 @@ def completion_object(completion_id: str, created: int, model: str, plans: list[
                     for i, c in _choices(plans)],
         "usage": usage,
     }
-
-
-def completion_chunks(completion_id: str, created: int, model: str, plans: list[Plan],
-                      usage: dict[str, Any] | None, words_per_chunk: int) -> Iterator[dict[str, Any]]:
-    """Stream chunks (``object: text_completion``); a last ``choices: []`` chunk with ``usage``
-    when it is given (``stream_options.include_usage``), whose earlier chunks carry ``usage: null``."""
-    head: dict[str, Any] = {"id": completion_id, "object": "text_completion", "created": created, "model": model}
-    if usage is not None:
-        head["usage"] = None
-
-    def chunk(index: int, text: str, finish: str | None = None) -> dict[str, Any]:
-        return {**head, "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": finish}]}
-
-    for index, choice in _choices(plans):
-        for piece in text_pieces(choice.content or "", words_per_chunk):
-            yield chunk(index, piece)
-        yield chunk(index, "", choice.finish_reason)
-    if usage is not None:
-        yield {**head, "choices": [], "usage": usage}
 
 
 # --- stored responses (GET / DELETE /v1/responses/{id}, /cancel, /input_items) ---------------

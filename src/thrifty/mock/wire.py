@@ -6,14 +6,12 @@ OpenAI API reference has one place to look.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from typing import Any
 
 from thrifty.mock.completion import ChoicePlan, Plan
 from thrifty.mock.logprobs import token_logprobs
-
-_WORDS = re.compile(r"\S+\s*|\s+")
+from thrifty.responses_events import text_pieces
 
 # OpenAI's error type/code/message per status, used by injected failures.
 _ERRORS: dict[int, tuple[str, str | None, str]] = {
@@ -121,10 +119,8 @@ def chunks(
                 yield chunk(index, {"tool_calls": [start]})
                 yield chunk(index, {"tool_calls": [{"index": t, "function": {"arguments": fn["arguments"]}}]})
         elif choice.content:
-            words = _WORDS.findall(choice.content)
             offset = 0
-            for i in range(0, len(words), words_per_chunk):
-                piece = "".join(words[i : i + words_per_chunk])
+            for piece in text_pieces(choice.content, words_per_chunk):
                 lp = None
                 if plan.logprobs:
                     entries = token_logprobs(piece, choice.key, plan.top_logprobs, offset)

@@ -172,6 +172,12 @@ def not_a_stream(provider: str, raw: bytes, redact: Callable[[str], str]) -> Ups
         parsed = json.loads(raw)
     except ValueError:
         return None
+    return stream_refused(provider, parsed, redact)
+
+
+def stream_refused(provider: str, parsed: Any, redact: Callable[[str], str]) -> UpstreamError:
+    """``not_a_stream`` for a body already decoded (the passthroughs decode it once to see
+    whether it is an answer they can stream, providers/raw_http.py)."""
     reported = answer_error(provider, parsed, redact) if isinstance(parsed, dict) else None
     if reported is not None:
         return reported

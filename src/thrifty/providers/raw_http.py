@@ -24,8 +24,9 @@ import aiohttp
 
 from thrifty import fastjson
 from thrifty.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeoutError
-from thrifty.providers.error_body import not_a_stream
+from thrifty.providers.error_body import not_a_stream, stream_refused
 from thrifty.providers.openai_compat import OpenAICompatProvider, open_stream
+from thrifty.responses_events import BuiltEvent
 
 
 @dataclass
@@ -99,13 +100,19 @@ async def open_events(provider: OpenAICompatProvider, path: str, body: dict[str,
             if resp.content_type == "application/json":
                 # A server that ignores `stream`, or reports an error, answers one JSON object.
                 raw = await resp.read()
-                built = _built_events(raw, whole)
-                if built is None:
+                try:
+                    parsed = fastjson.loads(raw)
+                except ValueError:
+                    # Not JSON to orjson: the standard library may still read it (NaN, a huge
+                    # integer) and find the error it reports.
                     raise (not_a_stream(provider.name, raw, provider._redact)
                            or UpstreamProtocolError(f"{provider.name}: asked for a stream, got a JSON body",
-                                                    retryable=False))
+                                                    retryable=False)) from None
+                built = whole(parsed) if whole is not None else None
+                if built is None:
+                    raise stream_refused(provider.name, parsed, provider._redact)
                 for part in built:
-                    event = parse_event(_split(part), provider.name, started)
+                    event = _built_event(part, provider.name, started)
                     started = True
                     yield event
                 return
@@ -131,15 +138,12 @@ async def open_events(provider: OpenAICompatProvider, path: str, body: dict[str,
         raise provider._connection_error(exc, mid_stream=started) from None
 
 
-def _built_events(raw: bytes, whole: WholeStream | None) -> Iterable[bytes] | None:
-    """The events ``whole`` builds from the JSON body ``raw``, or None (no builder, not JSON, not an answer)."""
-    if whole is None:
-        return None
-    try:
-        parsed = fastjson.loads(raw)
-    except ValueError:
-        return None
-    return whole(parsed)
+def _built_event(part: bytes, provider_name: str, started: bool) -> SSEEvent:
+    """A built event as though the provider had sent it: from the name and data it was built
+    with (not decoded again: the last Responses event holds the whole response), else parsed."""
+    if isinstance(part, BuiltEvent):
+        return SSEEvent(part, part.name, part.data, part.done)
+    return parse_event(_split(part), provider_name, started)
 
 
 async def relay_bytes(provider: OpenAICompatProvider, url: str) -> AsyncGenerator[bytes, None]:

@@ -10,15 +10,16 @@ provider that ignores ``stream`` and answers one whole completion has it sent as
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 from thrifty import fastjson
+from thrifty.completion_events import completion_chunks
 from thrifty.errors import InvalidRequestError, ThriftyError
 from thrifty.providers.compat import CompatConfig
 from thrifty.providers.error_body import stream_failure
 from thrifty.providers.raw_http import SSEEvent
-from thrifty.responses_events import text_pieces
+from thrifty.responses_events import sse
 from thrifty.server.embeddings import valid_input
 from thrifty.server.passthrough import WHOLE_WORDS, Endpoint, StreamState, checked_stream, is_int
 from thrifty.types import ChatRequest, body_model
@@ -103,34 +104,11 @@ class CompletionsEndpoint(Endpoint):
             return None
         if not all(isinstance(c, dict) and isinstance(c.get("text"), str) for c in choices):
             return None  # a chat completion's `message` choices, or no answer: not this endpoint's
-        return [*(b"data: " + fastjson.dumps(c) + b"\n\n" for c in _chunks(body)), b"data: [DONE]\n\n"]
+        # The usage chunk is always built: thrifty prices from it; client_bytes drops it unasked.
+        return [*(sse(None, c) for c in completion_chunks(body, WHOLE_WORDS)), sse(None, None)]
 
     def error_event(self, exc: ThriftyError) -> bytes:
         return b"data: " + fastjson.dumps(exc.to_openai()) + b"\n\n"
-
-
-def _chunks(completion: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """A whole text completion as the chunks a stream carries: each choice's text in pieces, its
-    ``finish_reason`` in its last chunk, then the usage chunk (``choices: []``, dropped again by
-    ``client_bytes`` when the client did not ask)."""
-    kept = ("id", "created", "model", "system_fingerprint", "service_tier")
-    head: dict[str, Any] = {"object": "text_completion", **{k: completion[k] for k in kept if k in completion}}
-
-    def chunk(choice: dict[str, Any], text: str, finish: Any, logprobs: Any) -> dict[str, Any]:
-        return {**head, "choices": [{"index": choice.get("index", 0), "text": text, "logprobs": logprobs,
-                                     "finish_reason": finish}]}
-
-    choices: list[dict[str, Any]] = completion["choices"]
-    for choice in sorted(choices, key=lambda c: c["index"] if is_int(c.get("index")) else 0):
-        if choice.get("logprobs") is not None:
-            # Token logprobs do not split along words: the text comes whole with them.
-            yield chunk(choice, choice["text"], choice.get("finish_reason"), choice["logprobs"])
-            continue
-        for piece in text_pieces(choice["text"], WHOLE_WORDS):
-            yield chunk(choice, piece, None, None)
-        yield chunk(choice, "", choice.get("finish_reason"), None)
-    if completion.get("usage") is not None:
-        yield {**head, "choices": [], "usage": completion["usage"]}
 
 
 def _texts(prompt: Any) -> list[str]:
