@@ -151,3 +151,57 @@ def test_an_accepted_stream_that_fails_before_its_first_chunk_is_priced_at_its_p
             attempts = db.execute("SELECT status, cost_source, cost_usd, prompt_tokens FROM attempts").fetchall()
     assert len(attempts) == 2 and all(status == "error" and cost and cost > 0 and prompt > 0
                             for status, _, cost, prompt in attempts), attempts
+
+
+def test_a_passed_through_call_whose_answer_is_lost_is_priced_at_its_prompt(tmp_path: Path) -> None:
+    """The Responses API and the other passthrough endpoints follow chat's rule: a provider that
+    accepted the call (200) and lost its answer on the way back (a body cut short, a stream that
+    stalls before its first event) billed it, so each try is priced at its prompt, `estimated`."""
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Lossy(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length") or 0))
+            self.send_response(200)
+            if b'"stream": true' in body or b'"stream":true' in body:
+                self.send_header("content-type", "text/event-stream")
+                self.end_headers()
+                self.wfile.flush()
+                time.sleep(TIMEOUT_S * 2)  # accepted, then nothing before the timeout
+                return
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", "500")
+            self.end_headers()
+            self.wfile.write(b'{"id": "resp_1", "object": "response", "output": [')  # then the line drops
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Lossy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cfg = {"providers": {"lossy": {"base_url": f"http://127.0.0.1:{server.server_port}/v1", "max_retries": 1,
+                                       "backoff_base_s": 0.01, "timeout_s": TIMEOUT_S}},
+               "models": {"m": {"provider": "lossy", "price": {"input": 1.0, "output": 2.0}}},
+               "ledger": {"path": str(tmp_path / "ledger.db")}}
+        gw = Gateway.from_config(cfg)
+        with run_in_thread(gw.app()) as srv:
+            client = openai.OpenAI(base_url=srv.url + "/v1", api_key="sk-client-0000", max_retries=0, timeout=30)
+            for stream in (False, True):
+                with contextlib.suppress(openai.APIError):
+                    reply = client.responses.create(model="m", input="Which option? A or B", stream=stream)
+                    if stream:
+                        list(reply)  # type: ignore[arg-type]
+        gw.flush()
+        with contextlib.closing(sqlite3.connect(tmp_path / "ledger.db")) as db:
+            attempts = db.execute("SELECT status, cost_source, cost_usd, prompt_tokens FROM attempts").fetchall()
+        gw.close()
+    finally:
+        server.shutdown()
+    assert len(attempts) == 3, attempts  # the cut body tried twice; a stalled stream is not retried (as chat's)
+    assert all(status == "error" and source == "estimated" and cost and cost > 0 and prompt > 0
+               for status, source, cost, prompt in attempts), attempts

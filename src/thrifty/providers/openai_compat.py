@@ -137,10 +137,10 @@ class OpenAICompatProvider:
             exc.billed = exc.billed or answered
             raise
         except TimeoutError:
-            raise _billed(UpstreamTimeoutError(f"{self.name}: no response within {self.config.timeout_s:g}s",
+            raise billed_if(UpstreamTimeoutError(f"{self.name}: no response within {self.config.timeout_s:g}s",
                                                retryable=False), answered) from None
         except aiohttp.ClientError as exc:
-            raise _billed(self._connection_error(exc), answered) from None
+            raise billed_if(self._connection_error(exc), answered) from None
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Chunks of a streaming completion. Failures before the first chunk are retryable like
@@ -180,7 +180,7 @@ class OpenAICompatProvider:
                     try:
                         chunk = fastjson.loads(payload)
                     except ValueError:
-                        raise _billed(UpstreamProtocolError(
+                        raise billed_if(UpstreamProtocolError(
                             f"{self.name}: stream chunk is not valid JSON", retryable=not started
                         ), not started) from None
                     reported = embedded_error(chunk) if isinstance(chunk, dict) else None
@@ -192,16 +192,16 @@ class OpenAICompatProvider:
             raise
         except TimeoutError:
             if not started:
-                raise _billed(UpstreamTimeoutError(f"{self.name}: no response within {self.config.timeout_s:g}s"),
+                raise billed_if(UpstreamTimeoutError(f"{self.name}: no response within {self.config.timeout_s:g}s"),
                               accepted) from None
             raise UpstreamTimeoutError(
                 f"{self.name}: stream stalled for more than {self.config.timeout_s:g}s"
             ) from None
         except aiohttp.ClientError as exc:
-            raise _billed(self._connection_error(exc, mid_stream=started), accepted and not started) from None
+            raise billed_if(self._connection_error(exc, mid_stream=started), accepted and not started) from None
         if not done:
             # (After the first chunk the caller prices what was streamed; before it, the prompt.)
-            raise _billed(UpstreamProtocolError(f"{self.name}: stream ended before [DONE] (truncated)",
+            raise billed_if(UpstreamProtocolError(f"{self.name}: stream ended before [DONE] (truncated)",
                                                 retryable=not started), not started)
 
     def _status_error(self, status: int, raw: bytes, retry_after: str | None) -> UpstreamError:
@@ -257,7 +257,7 @@ class OpenAICompatProvider:
         return UpstreamError(f"{self.name}: connection failed {what}", retryable=not mid_stream)
 
 
-def _billed(exc: UpstreamError, billed: bool) -> UpstreamError:
+def billed_if(exc: UpstreamError, billed: bool) -> UpstreamError:
     """``exc``, marked billed when the provider had accepted the call (``UpstreamError.billed``)."""
     exc.billed = exc.billed or billed
     return exc

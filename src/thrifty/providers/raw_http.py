@@ -25,7 +25,7 @@ import aiohttp
 from thrifty import fastjson
 from thrifty.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeoutError
 from thrifty.providers.error_body import not_a_stream, stream_refused
-from thrifty.providers.openai_compat import OpenAICompatProvider, open_stream
+from thrifty.providers.openai_compat import OpenAICompatProvider, billed_if, open_stream
 from thrifty.responses_events import BuiltEvent
 
 
@@ -92,11 +92,13 @@ async def open_events(provider: OpenAICompatProvider, path: str, body: dict[str,
     given and billed; only its form is wrong), so the client gets the stream it asked for and the
     call is priced once from the answer's usage. Any other JSON body is its error, else a 502."""
     started = False
+    accepted = False  # a 200: what fails before the first event, the provider ran and bills
     url = provider.url(path)
     try:
         async with open_stream(provider._get_session(), "POST", url, data=fastjson.dumps(body),
                                timeout=provider._stream_timeout) as resp:
             await provider.check_status(resp)
+            accepted = True
             if resp.content_type == "application/json":
                 # A server that ignores `stream`, or reports an error, answers one JSON object.
                 raw = await resp.read()
@@ -133,9 +135,10 @@ async def open_events(provider: OpenAICompatProvider, path: str, body: dict[str,
     except TimeoutError:
         seconds = provider.config.timeout_s
         what = "stream stalled for more than" if started else "no response within"
-        raise UpstreamTimeoutError(f"{provider.name}: {what} {seconds:g}s") from None  # as chat streams: not retried
+        raise billed_if(UpstreamTimeoutError(f"{provider.name}: {what} {seconds:g}s"),  # as chat streams: not retried
+                        accepted and not started) from None
     except aiohttp.ClientError as exc:
-        raise provider._connection_error(exc, mid_stream=started) from None
+        raise billed_if(provider._connection_error(exc, mid_stream=started), accepted and not started) from None
 
 
 def _built_event(part: bytes, provider_name: str, started: bool) -> SSEEvent:

@@ -252,7 +252,7 @@ class PassthroughCall:
                 if reported is not None:
                     raise reported
             except UpstreamError as exc:
-                await self._failed(attempt, exc, t0, i, policy)
+                await self._failed(ctx, attempt, info, exc, t0, i, policy)
                 continue
             except (asyncio.CancelledError, Exception):
                 self._in_flight(ctx, attempt, info, t0)
@@ -263,9 +263,14 @@ class PassthroughCall:
             return response
         raise AssertionError("unreachable: the last try returns or raises")  # pragma: no cover
 
-    async def _failed(self, attempt: Attempt, exc: UpstreamError, t0: float, i: int, policy: RetryPolicy) -> None:
-        """Record a failed try; wait before the next one, or re-raise when there is none."""
+    async def _failed(self, ctx: RequestContext, attempt: Attempt, info: ModelInfo, exc: UpstreamError, t0: float,
+                      i: int, policy: RetryPolicy) -> None:
+        """Record a failed try; wait before the next one, or re-raise when there is none. A try
+        the provider accepted and then lost on the way back (``UpstreamError.billed``) is priced
+        at its prompt, as chat's are: the provider ran it and bills it."""
         attempt.latency_ms = (time.perf_counter() - t0) * 1000
+        if exc.billed:
+            self._price(ctx, attempt, info, None, "")
         attempt.status, attempt.error = "error", exc.message
         wait = policy.wait_after(i, exc)
         if wait is None:
@@ -292,7 +297,7 @@ class PassthroughCall:
                 first = None
             except UpstreamError as exc:
                 await events.aclose()
-                await self._failed(attempt, exc, t0, i, policy)
+                await self._failed(ctx, attempt, info, exc, t0, i, policy)
                 continue
             except (asyncio.CancelledError, Exception):
                 await events.aclose()
