@@ -8,11 +8,13 @@ import json
 import pytest
 
 from thrifty.errors import InvalidRequestError, UpstreamProtocolError, UpstreamStatusError
+from thrifty.media_tokens import image_tokens
 from thrifty.providers.compat import CompatConfig
 from thrifty.providers.raw_http import SSEEvent, parse_event
 from thrifty.server.completions_legacy import CompletionsEndpoint
 from thrifty.server.passthrough import StreamState
 from thrifty.server.responses_api import ResponsesEndpoint
+from thrifty.tokens import content_text, count_messages
 
 
 def event(data: object, name: str | None = None) -> SSEEvent:
@@ -87,7 +89,12 @@ def test_stand_in_chat_request_carries_what_budgets_read() -> None:
                                       "input": [{"role": "user", "content": [{"type": "input_text", "text": "hi"}]},
                                                 {"type": "function_call_output", "call_id": "c1", "output": "42"}]})
     assert chat.output_limit() == 64 and chat.messages[0] == {"role": "system", "content": "Be brief."}
-    assert chat.messages[1] == {"role": "user", "content": "hi"} and "42" in chat.messages[2]["content"]
+    # Content parts kept as they are: their text reads as chat's, an image counts (media_tokens).
+    assert chat.messages[1] == {"role": "user", "content": [{"type": "input_text", "text": "hi"}]}
+    assert content_text(chat.messages[1]["content"]) == "hi" and "42" in chat.messages[2]["content"]
+    image = {"type": "input_image", "image_url": "https://example.com/cat.png"}  # size unknown: the maximum
+    seen = ResponsesEndpoint().parse({"model": "m", "input": [{"role": "user", "content": [image]}]})
+    assert count_messages(seen.messages) - count_messages([{"role": "user", "content": ""}]) == image_tokens(None, None)
     assert ResponsesEndpoint().parse({"model": "m", "previous_response_id": "resp_1"}).model == "m"
     legacy = CompletionsEndpoint().parse({"model": "m", "prompt": [[1, 2, 3]], "max_tokens": 5, "n": 2})
     assert legacy.output_limit() == 5 and legacy.choices() == 2 and len(legacy.messages) == 1

@@ -189,14 +189,17 @@ def _obj(value: Any) -> dict[str, Any]:
 
 
 def _messages(value: Any) -> list[dict[str, Any]]:
-    """``input`` as chat messages: its text, for key checks, budget estimates and offline counts."""
+    """``input`` as chat messages, for key checks, budget estimates and offline counts: a message's
+    content parts are kept as they are (their text is read as chat's, and ``input_image`` /
+    ``input_file`` parts count by the same media estimate: read as text only, they counted 0)."""
     if isinstance(value, str):
         return [{"role": "user", "content": value}]
     out: list[dict[str, Any]] = []
     for item in value or []:
         role = item.get("role")
         if isinstance(role, str):
-            out.append({"role": role, "content": content_text(item.get("content"))})
+            content = item.get("content")
+            out.append({"role": role, "content": content if isinstance(content, list) else content_text(content)})
         else:  # a function call, its output, a reasoning item: its JSON is what the model reads, roughly
             out.append({"role": "user", "content": json.dumps(item, sort_keys=True)})
     return out
