@@ -21,9 +21,9 @@ import pytest
 import yaml
 
 from fixtures.cli_run import run_main
+from fixtures.rows import old_ledger
 from thrifty.batching.deferred import run_deferred
 from thrifty.gateway import Gateway
-from thrifty.ledger.migrations import MIGRATIONS
 from thrifty.ledger.spill import append_spill, import_spill
 from thrifty.ledger.store import SQLStore, open_store
 from thrifty.mock.app import create_app as create_mock
@@ -36,7 +36,6 @@ PRICE = {"input": 3.0, "output": 15.0, "cached_input": 0.3, "cache_write": 3.75}
 LONG = "The quarterly ledger of the shop lists every sale and every refund. " * 110
 MOCK = {"models": {"claude": {"answers": [{"pattern": ".", "answer": "positive"}],
                               "usage_convention": "openrouter", "prompt_cache": True}}}
-OLD = [m for m in MIGRATIONS if m[0] < "008"]
 
 
 @pytest.fixture
@@ -154,19 +153,6 @@ _OLD_ATTEMPT = ("INSERT INTO attempts (request_id, seq, ts, model, provider, tie
                 " 'answer', 100, 0, 10, 0, 0.5, 'computed', 5.0, 'ok', NULL, NULL, NULL, NULL, FALSE)")
 
 
-def _old_schema(conn: Any, placeholder: str) -> None:
-    """A ledger as the previous version left it: migrations up to 007 and one request."""
-    cur = conn.cursor()
-    cur.execute("CREATE TABLE _thrifty_migrations (name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION)")
-    for name, statements in OLD:
-        for sql in statements:
-            cur.execute(sql)
-        cur.execute(f"INSERT INTO _thrifty_migrations VALUES ({placeholder}, 0)", (name,))
-    cur.execute(_OLD_REQUEST)
-    cur.execute(_OLD_ATTEMPT)
-    conn.commit()
-
-
 def _check_upgraded(store: SQLStore, capsys: pytest.CaptureFixture[str], cfg_path: Path) -> None:
     assert store.query("SELECT request_id, prompt_tokens, cache_write_tokens FROM requests") == [("old-1", 100, 0)]
     assert store.query("SELECT request_id, cache_write_tokens FROM attempts") == [("old-1", 0)]
@@ -177,15 +163,7 @@ def _check_upgraded(store: SQLStore, capsys: pytest.CaptureFixture[str], cfg_pat
 
 def test_an_old_ledger_is_upgraded_in_place_and_keeps_its_rows(
         mock: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], dsn: str | None) -> None:
-    if dsn is None:
-        with sqlite3.connect(tmp_path / "ledger.db") as conn:
-            _old_schema(conn, "?")
-        conn.close()
-    else:
-        import psycopg
-
-        with psycopg.connect(dsn) as pg:
-            _old_schema(pg, "%s")
+    old_ledger(tmp_path / "ledger.db", dsn, "008", _OLD_REQUEST, _OLD_ATTEMPT)
     cfg_path = tmp_path / "thrifty.yaml"
     cfg_path.write_text(yaml.safe_dump(_config(mock, tmp_path, dsn)))
     store = _store(tmp_path, dsn)

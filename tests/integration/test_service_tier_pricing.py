@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from fixtures.cli_run import run_main
+from fixtures.rows import old_ledger
 from thrifty.gateway import Gateway
-from thrifty.ledger.migrations import MIGRATIONS
 from thrifty.ledger.store import SQLStore, open_store
 from thrifty.mock.app import create_app as create_mock
 from thrifty.mock.behaviour import MockConfig
@@ -143,9 +143,6 @@ def test_each_call_is_priced_at_the_tier_that_served_it(
         store.close()
 
 
-_OLD = [m for m in MIGRATIONS if m[0] < "009"]
-
-
 def test_an_old_ledger_gains_the_column_and_keeps_its_rows(tmp_path: Path, dsn: str | None) -> None:
     """A ledger migrated up to 008 (the previous version) gets ``service_tier`` in place; its rows
     read NULL (standard, as they were priced)."""
@@ -154,23 +151,7 @@ def test_an_old_ledger_gains_the_column_and_keeps_its_rows(tmp_path: Path, dsn: 
               " compression_saved_tokens, compression_saved_usd, n_attempts, escalations, latency_ms, status,"
               " stream, batch) VALUES ('old-1', 1000.0, 'default', 'plain', 'routing', 10, 0, 5, 0, 0.1, 0, 0, 0,"
               " 1, 0, 5.0, 'ok', FALSE, FALSE)")
-    if dsn is None:
-        conn: Any = sqlite3.connect(tmp_path / "ledger.db")
-        placeholder = "?"
-    else:
-        import psycopg
-
-        conn, placeholder = psycopg.connect(dsn), "%s"
-    with conn:
-        cur = conn.cursor()
-        cur.execute("CREATE TABLE _thrifty_migrations (name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION)")
-        for name, statements in _OLD:
-            for sql in statements:
-                cur.execute(sql)
-            cur.execute(f"INSERT INTO _thrifty_migrations VALUES ({placeholder}, 0)", (name,))
-        cur.execute(insert)
-        conn.commit()
-    conn.close()
+    old_ledger(tmp_path / "ledger.db", dsn, "009", insert)
     store = _store(tmp_path, dsn)
     try:
         assert store.query("SELECT request_id, service_tier FROM requests") == [("old-1", None)]
