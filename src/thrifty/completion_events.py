@@ -36,7 +36,7 @@ def completion_chunks(completion: dict[str, Any], words_per_chunk: int, *,
         head["usage"] = None
 
     def chunk(choice: dict[str, Any], text: str, finish: Any, logprobs: Any) -> dict[str, Any]:
-        return {**head, "choices": [{"text": text, "index": choice.get("index", 0), "logprobs": logprobs,
+        return {**head, "choices": [{"text": text, "index": _index(choice), "logprobs": logprobs,
                                      "finish_reason": finish}]}
 
     for choice in sorted(completion["choices"], key=_index):

@@ -27,7 +27,7 @@ _WORDS = re.compile(r"\S+\s*|\s+")
 # The statuses of a response that has finished, and the event that ends its stream.
 LAST_EVENT = {"completed": "response.completed", "incomplete": "response.incomplete", "failed": "response.failed"}
 
-Emit = Callable[..., bytes]
+Emit = Callable[..., "BuiltEvent"]  # (defined below)
 
 
 class BuiltEvent(bytes):
@@ -69,11 +69,11 @@ def finished_response(body: Any) -> bool:
     return body.get("status") is None or body.get("status") in LAST_EVENT
 
 
-def response_events(response: dict[str, Any], words_per_chunk: int) -> Iterator[bytes]:
+def response_events(response: dict[str, Any], words_per_chunk: int) -> Iterator[BuiltEvent]:
     """The Responses stream of a finished ``response``: ``event: NAME`` / ``data: {...}`` pairs."""
     seq = 0
 
-    def event(kind: str, **fields: Any) -> bytes:
+    def event(kind: str, **fields: Any) -> BuiltEvent:
         nonlocal seq
         data = {"type": kind, "sequence_number": seq, **fields}
         seq += 1
@@ -88,7 +88,7 @@ def response_events(response: dict[str, Any], words_per_chunk: int) -> Iterator[
     yield event(LAST_EVENT.get(response.get("status") or "completed", "response.completed"), response=response)
 
 
-def _item_events(event: Emit, index: int, item: dict[str, Any], words: int) -> Iterator[bytes]:
+def _item_events(event: Emit, index: int, item: dict[str, Any], words: int) -> Iterator[BuiltEvent]:
     """One output item's events, from ``output_item.added`` to ``output_item.done``."""
     kind = item.get("type")
     ids = {"item_id": item.get("id"), "output_index": index}
@@ -114,7 +114,7 @@ def _item_events(event: Emit, index: int, item: dict[str, Any], words: int) -> I
     yield event("response.output_item.done", output_index=index, item=item)
 
 
-def _part_events(event: Emit, ids: dict[str, Any], ci: int, part: Any, words: int) -> Iterator[bytes]:
+def _part_events(event: Emit, ids: dict[str, Any], ci: int, part: Any, words: int) -> Iterator[BuiltEvent]:
     """A message content part: added empty, its text as deltas, done."""
     if not isinstance(part, dict):
         return
@@ -141,7 +141,7 @@ def _part_events(event: Emit, ids: dict[str, Any], ci: int, part: Any, words: in
     yield event("response.content_part.done", **ids, content_index=ci, part=part)
 
 
-def _reasoning_events(event: Emit, ids: dict[str, Any], item: dict[str, Any], words: int) -> Iterator[bytes]:
+def _reasoning_events(event: Emit, ids: dict[str, Any], item: dict[str, Any], words: int) -> Iterator[BuiltEvent]:
     """A reasoning item's summary parts and ``reasoning_text`` content as deltas."""
     for si, part in enumerate(item.get("summary") or []):
         text = part.get("text") if isinstance(part, dict) else None

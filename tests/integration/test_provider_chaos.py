@@ -156,7 +156,8 @@ def test_an_accepted_stream_that_fails_before_its_first_chunk_is_priced_at_its_p
 def test_a_passed_through_call_whose_answer_is_lost_is_priced_at_its_prompt(tmp_path: Path) -> None:
     """The Responses API and the other passthrough endpoints follow chat's rule: a provider that
     accepted the call (200) and lost its answer on the way back (a body cut short, a stream that
-    stalls before its first event) billed it, so each try is priced at its prompt, `estimated`."""
+    stalls before its first event, a first event that is not JSON) billed it, so each try is
+    priced at its prompt, `estimated`."""
     import socket
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -165,6 +166,12 @@ def test_a_passed_through_call_whose_answer_is_lost_is_priced_at_its_prompt(tmp_
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length") or 0))
             self.send_response(200)
+            if b'"bad"' in body:  # a stream whose first event is not JSON
+                self.send_header("content-type", "text/event-stream")
+                self.end_headers()
+                self.wfile.write(b"data: {bad\n\n")
+                self.wfile.flush()
+                return
             if b'"stream": true' in body or b'"stream":true' in body:
                 self.send_header("content-type", "text/event-stream")
                 self.end_headers()
@@ -186,14 +193,15 @@ def test_a_passed_through_call_whose_answer_is_lost_is_priced_at_its_prompt(tmp_
     try:
         cfg = {"providers": {"lossy": {"base_url": f"http://127.0.0.1:{server.server_port}/v1", "max_retries": 1,
                                        "backoff_base_s": 0.01, "timeout_s": TIMEOUT_S}},
-               "models": {"m": {"provider": "lossy", "price": {"input": 1.0, "output": 2.0}}},
+               "models": {"m": {"provider": "lossy", "price": {"input": 1.0, "output": 2.0}},
+                          "bad": {"provider": "lossy", "price": {"input": 1.0, "output": 2.0}}},
                "ledger": {"path": str(tmp_path / "ledger.db")}}
         gw = Gateway.from_config(cfg)
         with run_in_thread(gw.app()) as srv:
             client = openai.OpenAI(base_url=srv.url + "/v1", api_key="sk-client-0000", max_retries=0, timeout=30)
-            for stream in (False, True):
+            for model, stream in (("m", False), ("m", True), ("bad", True)):
                 with contextlib.suppress(openai.APIError):
-                    reply = client.responses.create(model="m", input="Which option? A or B", stream=stream)
+                    reply = client.responses.create(model=model, input="Which option? A or B", stream=stream)
                     if stream:
                         list(reply)  # type: ignore[arg-type]
         gw.flush()
@@ -202,6 +210,7 @@ def test_a_passed_through_call_whose_answer_is_lost_is_priced_at_its_prompt(tmp_
         gw.close()
     finally:
         server.shutdown()
-    assert len(attempts) == 3, attempts  # the cut body tried twice; a stalled stream is not retried (as chat's)
+    # The cut body and the bad first event tried twice each; a stalled stream is not retried (as chat's).
+    assert len(attempts) == 5, attempts
     assert all(status == "error" and source == "estimated" and cost and cost > 0 and prompt > 0
                for status, source, cost, prompt in attempts), attempts

@@ -382,22 +382,25 @@ def _reordered(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
     return False
 
 
-def _swapped_connective(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
-    """``b`` is ``a`` word for word but for one word, a contrast swapped for a cause
-    (``CONNECTIVES``); the same words rearranged around it ask the same question."""
+def _word_diff(a: tuple[str, ...], b: tuple[str, ...]) -> list[tuple[str, str]] | None:
+    """The positions where ``a`` and ``b`` differ, word for word (None when their lengths do)."""
     if len(a) != len(b):
-        return False
-    diff = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
-    return len(diff) == 1 and (diff[0] in CONNECTIVES or diff[0][::-1] in CONNECTIVES)
+        return None
+    return [(x, y) for x, y in zip(a, b, strict=True) if x != y]
 
 
-def _repointed(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+def _swapped_connective(diff: list[tuple[str, str]] | None) -> bool:
+    """The same sentence but for one word, a contrast swapped for a cause (``CONNECTIVES``); the
+    same words rearranged around it ask the same question."""
+    return diff is not None and len(diff) == 1 and (diff[0] in CONNECTIVES or diff[0][::-1] in CONNECTIVES)
+
+
+def _repointed(a: tuple[str, ...], b: tuple[str, ...], diff: list[tuple[str, str]] | None) -> bool:
     """``b`` is ``a`` with content words each replaced by another word both use elsewhere (and so
     not a permutation of it): the sentence names two things and points at the other one."""
-    if len(a) != len(b) or sorted(a) == sorted(b):
+    if diff is None or sorted(a) == sorted(b):
         return False
     sa, sb = set(a), set(b)
-    diff = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
     return all(x not in STOP and y not in STOP and x in sb and y in sa for x, y in diff)
 
 
@@ -428,7 +431,8 @@ def vetoes(a: str, b: str) -> list[str]:
         out.append("negation")
     wa, wb = set(sa.words), set(sb.words)
     only_a, only_b = wa - wb, wb - wa
-    if any(OPPOSITE_WORDS.get(w, set()) & only_b for w in only_a) or _swapped_connective(sa.words, sb.words):
+    diff = _word_diff(sa.words, sb.words)
+    if any(OPPOSITE_WORDS.get(w, set()) & only_b for w in only_a) or _swapped_connective(diff):
         out.append("opposite")
     if _negated(only_a, only_b):
         out.append("negated")
@@ -436,7 +440,7 @@ def vetoes(a: str, b: str) -> list[str]:
         out.append("entities")
     if _reordered(sa.words, sb.words):
         out.append("order")
-    if _repointed(sa.words, sb.words):
+    if _repointed(sa.words, sb.words, diff):
         out.append("referent")
     return out
 

@@ -134,7 +134,7 @@ class OpenAICompatProvider:
                     raise UpstreamProtocolError(f"{self.name}: response is not a JSON object", retryable=True)
                 return data
         except UpstreamError as exc:
-            exc.billed = exc.billed or answered
+            billed_if(exc, answered)
             raise
         except TimeoutError:
             raise billed_if(UpstreamTimeoutError(f"{self.name}: no response within {self.config.timeout_s:g}s",

@@ -68,19 +68,15 @@ def parse_event(lines: list[bytes], provider_name: str, started: bool) -> SSEEve
     try:
         data = fastjson.loads(payload)
     except ValueError:
-        raise UpstreamProtocolError(f"{provider_name}: stream event is not valid JSON",
-                                    retryable=not started) from None
+        # Read after the 200 (check_status): a first event that is not JSON was still billed.
+        raise billed_if(UpstreamProtocolError(f"{provider_name}: stream event is not valid JSON",
+                                              retryable=not started), not started) from None
     return SSEEvent(raw, name, data)
 
 
 # The events a stream would have carried for a whole JSON answer of its endpoint, or None when
 # the body is not one (Endpoint.whole_stream).
-WholeStream = Callable[[Any], Iterable[bytes] | None]
-
-
-def _split(raw: bytes) -> list[bytes]:
-    """One built event's lines (each with its line ending), without the blank line ending it."""
-    return [line + b"\n" for line in raw.rstrip(b"\n").split(b"\n")]
+WholeStream = Callable[[Any], Iterable[BuiltEvent] | None]
 
 
 async def open_events(provider: OpenAICompatProvider, path: str, body: dict[str, Any],
@@ -114,7 +110,7 @@ async def open_events(provider: OpenAICompatProvider, path: str, body: dict[str,
                 if built is None:
                     raise stream_refused(provider.name, parsed, provider._redact)
                 for part in built:
-                    event = _built_event(part, provider.name, started)
+                    event = _built_event(part)
                     started = True
                     yield event
                 return
@@ -141,12 +137,10 @@ async def open_events(provider: OpenAICompatProvider, path: str, body: dict[str,
         raise billed_if(provider._connection_error(exc, mid_stream=started), accepted and not started) from None
 
 
-def _built_event(part: bytes, provider_name: str, started: bool) -> SSEEvent:
-    """A built event as though the provider had sent it: from the name and data it was built
-    with (not decoded again: the last Responses event holds the whole response), else parsed."""
-    if isinstance(part, BuiltEvent):
-        return SSEEvent(part, part.name, part.data, part.done)
-    return parse_event(_split(part), provider_name, started)
+def _built_event(part: BuiltEvent) -> SSEEvent:
+    """A built event as though the provider had sent it, from the name and data it was built
+    with (not decoded again: the last Responses event holds the whole response)."""
+    return SSEEvent(part, part.name, part.data, part.done)
 
 
 async def relay_bytes(provider: OpenAICompatProvider, url: str) -> AsyncGenerator[bytes, None]:

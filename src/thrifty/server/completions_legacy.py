@@ -19,7 +19,7 @@ from thrifty.errors import InvalidRequestError, ThriftyError
 from thrifty.providers.compat import CompatConfig
 from thrifty.providers.error_body import stream_failure
 from thrifty.providers.raw_http import SSEEvent
-from thrifty.responses_events import sse
+from thrifty.responses_events import BuiltEvent, sse
 from thrifty.server.embeddings import valid_input
 from thrifty.server.passthrough import WHOLE_WORDS, Endpoint, StreamState, checked_stream, is_int
 from thrifty.types import ChatRequest, body_model
@@ -96,7 +96,7 @@ class CompletionsEndpoint(Endpoint):
         rest = {k: v for k, v in data.items() if k != "usage"}
         return b"data: " + fastjson.dumps(rest) + b"\n\n"
 
-    def whole_stream(self, body: Any) -> Iterable[bytes] | None:
+    def whole_stream(self, body: Any) -> Iterable[BuiltEvent] | None:
         if not isinstance(body, dict):
             return None
         choices = body.get("choices")

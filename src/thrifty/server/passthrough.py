@@ -53,6 +53,7 @@ from thrifty.pipeline.ledger_stage import LedgerStage
 from thrifty.providers.compat import CompatConfig
 from thrifty.providers.error_body import answer_error
 from thrifty.providers.raw_http import SSEEvent, open_events, streams
+from thrifty.responses_events import BuiltEvent
 from thrifty.server.body import read_json_body
 from thrifty.server.http_errors import handler_error, request_id_headers
 from thrifty.server.model_access import key_refusal
@@ -169,7 +170,7 @@ class Endpoint:
         """What the client gets for ``event`` (None: nothing): the event unchanged by default."""
         return event.raw
 
-    def whole_stream(self, body: Any) -> Iterable[bytes] | None:
+    def whole_stream(self, body: Any) -> Iterable[BuiltEvent] | None:
         """The events a stream of this endpoint carries for ``body``, a whole answer sent as one
         JSON object by a provider that ignored ``stream``; None when ``body`` is no such answer
         (it is then read as an error). Relayed and priced like the provider's own events."""

@@ -34,7 +34,7 @@ from thrifty.pipeline.context import Attempt, RequestContext
 from thrifty.providers.compat import CompatConfig
 from thrifty.providers.error_body import stream_failure
 from thrifty.providers.raw_http import SSEEvent
-from thrifty.responses_events import finished_response, response_events
+from thrifty.responses_events import BuiltEvent, finished_response, response_events
 from thrifty.server.passthrough import (
     WHOLE_WORDS,
     Endpoint,
@@ -162,7 +162,7 @@ class ResponsesEndpoint(Endpoint):
         elif kind == "error":  # an error event that says nothing of it
             state.final, state.failure = True, "stream error: no message"
 
-    def whole_stream(self, body: Any) -> Iterable[bytes] | None:
+    def whole_stream(self, body: Any) -> Iterable[BuiltEvent] | None:
         # A finished response object (a failed one too: its stream ends in response.failed).
         return response_events(body, WHOLE_WORDS) if finished_response(body) else None
 
