@@ -100,3 +100,15 @@ def test_stand_in_chat_request_carries_what_budgets_read() -> None:
     assert legacy.output_limit() == 5 and legacy.choices() == 2 and len(legacy.messages) == 1
     with pytest.raises(InvalidRequestError):
         CompletionsEndpoint().parse({"model": "m", "prompt": "x", "n": 0})
+
+
+def test_a_whole_completions_chunks_carry_the_index_they_were_ordered_by() -> None:
+    """A provider's choice without an integer index (null, a string) is streamed as choice 0, the
+    index it was sorted by; the client never sees a null or a string index."""
+    from thrifty.completion_events import completion_chunks
+
+    whole = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "m",
+             "choices": [{"index": 1, "text": "b", "finish_reason": "stop"},
+                         {"index": None, "text": "a", "finish_reason": "stop"}]}
+    indexes = [c["choices"][0]["index"] for c in completion_chunks(whole, 5) if c["choices"]]
+    assert indexes and set(indexes) == {0, 1} and indexes == sorted(indexes)
