@@ -192,11 +192,13 @@ def whole_answer(raw: bytes) -> dict[str, Any] | None:
         parsed = json.loads(raw)
     except ValueError:
         return None
-    if not isinstance(parsed, dict):
-        return None
-    choices = parsed.get("choices")
-    if not isinstance(choices, list) or not choices:
-        return None
-    if not all(isinstance(c, dict) and isinstance(c.get("message"), dict) for c in choices):
-        return None
-    return parsed
+    return parsed if whole_choices(parsed, "message", dict) else None
+
+
+def whole_choices(body: Any, field: str, kind: type) -> bool:
+    """``body`` is an answer of ``choices``, each with ``field`` of type ``kind``: a chat
+    completion's ``message`` (dict), a text completion's ``text`` (str). Whole answers sent where
+    a stream was asked for are recognised by it, each endpoint by its own field."""
+    choices = body.get("choices") if isinstance(body, dict) else None
+    return (isinstance(choices, list) and bool(choices)
+            and all(isinstance(c, dict) and isinstance(c.get(field), kind) for c in choices))

@@ -17,7 +17,7 @@ from thrifty import fastjson
 from thrifty.completion_events import completion_chunks
 from thrifty.errors import InvalidRequestError, ThriftyError
 from thrifty.providers.compat import CompatConfig
-from thrifty.providers.error_body import stream_failure
+from thrifty.providers.error_body import stream_failure, whole_choices
 from thrifty.providers.raw_http import SSEEvent
 from thrifty.responses_events import BuiltEvent, sse
 from thrifty.server.embeddings import valid_input
@@ -97,12 +97,7 @@ class CompletionsEndpoint(Endpoint):
         return b"data: " + fastjson.dumps(rest) + b"\n\n"
 
     def whole_stream(self, body: Any) -> Iterable[BuiltEvent] | None:
-        if not isinstance(body, dict):
-            return None
-        choices = body.get("choices")
-        if not isinstance(choices, list) or not choices:
-            return None
-        if not all(isinstance(c, dict) and isinstance(c.get("text"), str) for c in choices):
+        if not whole_choices(body, "text", str):
             return None  # a chat completion's `message` choices, or no answer: not this endpoint's
         # The usage chunk is always built: thrifty prices from it; client_bytes drops it unasked.
         return [*(sse(None, c) for c in completion_chunks(body, WHOLE_WORDS)), sse(None, None)]
