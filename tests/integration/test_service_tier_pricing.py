@@ -181,13 +181,18 @@ def test_a_responses_api_call_is_priced_at_the_tier_its_response_names(mock: Run
         with client.responses.stream(model="plain", input="Say hello.", service_tier="flex") as events:
             assert events.get_final_response().service_tier == "flex"
         client.responses.create(model="plain", input="Say hello.")
+        # A background run: priced, and its rows' tier set, when it is retrieved finished.
+        queued = client.responses.create(model="plain", input="Say hello.", service_tier="flex", background=True)
+        assert client.responses.retrieve(queued.id).status == "completed"
     gw.flush()
     gw.close()
     with sqlite3.connect(tmp_path / "ledger.db") as db:
-        rows = db.execute("SELECT prompt_tokens, completion_tokens, cost_usd, service_tier FROM attempts "
-                          "ORDER BY ts, seq").fetchall()
-    assert [r[3] for r in rows] == ["flex", "flex", "default"]
-    for (p, c, cost, tier) in rows:
+        rows = db.execute("SELECT a.prompt_tokens, a.completion_tokens, a.cost_usd, a.service_tier, r.service_tier "
+                          "FROM attempts a JOIN requests r ON a.request_id = r.request_id "
+                          "WHERE a.purpose = 'responses' ORDER BY a.ts, a.seq").fetchall()
+    assert [r[3] for r in rows] == ["flex", "flex", "default", "flex"]
+    assert [r[4] for r in rows] == ["flex", "flex", "default", "flex"]  # the request rows say so too
+    for (p, c, cost, tier, _) in rows:
         half = 0.5 if tier == "flex" else 1.0  # "plain" has no flex price: the batch price
         assert cost == pytest.approx((p * STANDARD["input"] + c * STANDARD["output"]) * half / M)
 

@@ -40,6 +40,11 @@ def escalations(ctx: RequestContext) -> int:
     return int(ctx.scratch.get(_ESCALATIONS, 0))
 
 
+def set_service_tier(ctx: RequestContext, served: Attempt) -> None:
+    """Record that the request's answer was billed at ``served``'s tier (its ledger row's)."""
+    ctx.scratch[_SERVICE_TIER] = served.service_tier
+
+
 def service_tier(ctx: RequestContext) -> str | None:
     """The ``service_tier`` the served answer was billed at (None: standard, or no answer)."""
     tier = ctx.scratch.get(_SERVICE_TIER)
@@ -85,6 +90,14 @@ def priced_usage(raw: Any, request: ChatRequest, response: dict[str, Any], price
     if estimated and cost.source == "computed":
         cost = replace(cost, source="estimated")  # the tier it was priced at stays
     return usage, cost
+
+
+def price_attempt(attempt: Attempt, raw: Any, request: ChatRequest, response: dict[str, Any],
+                  price: ModelPrice | None, *, batch: bool = False, model: str | None = None) -> None:
+    """Price ``attempt`` (``priced_usage``): its usage, cost, cost source and the tier it was
+    billed at, for chat calls and passed-through endpoints alike."""
+    attempt.usage, cost = priced_usage(raw, request, response, price, batch=batch, model=model)
+    attempt.cost_usd, attempt.cost_source, attempt.service_tier = cost.usd, cost.source, cost.service_tier
 
 
 # Longest ``service_tier`` kept: the value is the provider's, and lands in the ledger.
@@ -150,7 +163,7 @@ def settle(ctx: RequestContext, catalog: Catalog, served: Attempt | None) -> Non
         ctx.served_model = served.model
         ctx.served_tier = served.tier
         ctx.usage = served.usage
-        ctx.scratch[_SERVICE_TIER] = served.service_tier
+        set_service_tier(ctx, served)
     ctx.cost_usd = ctx.spent_usd()
     baseline = catalog.baseline
     if ctx.baseline_cost_usd is None and baseline is not None and served is not None:

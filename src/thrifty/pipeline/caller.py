@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from thrifty.catalog import Catalog, ModelInfo
 from thrifty.config import ProviderConfig
 from thrifty.errors import InvalidRequestError, NotFoundError, UpstreamError
-from thrifty.pipeline.accounting import call_texts, priced_usage
+from thrifty.pipeline.accounting import call_texts, price_attempt
 from thrifty.pipeline.context import Attempt, RequestContext
 from thrifty.providers.base import Provider
 from thrifty.streaming import close_below
@@ -271,7 +271,5 @@ class ModelCaller:
     @staticmethod
     def _price(attempt: Attempt, info: ModelInfo, req: ChatRequest, response: dict[str, Any], batch: bool) -> None:
         # What the provider left out of its usage (or all of it) is counted offline: never a silent $0.
-        attempt.usage, cost = priced_usage(response.get("usage"), req, response, info.price, batch=batch,
-                                           model=info.upstream_model)
-        attempt.cost_usd, attempt.cost_source = cost.usd, cost.source
-        attempt.service_tier = cost.service_tier
+        price_attempt(attempt, response.get("usage"), req, response, info.price, batch=batch,
+                      model=info.upstream_model)

@@ -44,7 +44,7 @@ from thrifty.errors import (
     UpstreamProtocolError,
 )
 from thrifty.fastjson import FastJSONResponse
-from thrifty.pipeline.accounting import priced_usage
+from thrifty.pipeline.accounting import price_attempt, set_service_tier
 from thrifty.pipeline.build import compose
 from thrifty.pipeline.caller import RetryPolicy
 from thrifty.pipeline.context import Attempt, Handler, RequestContext, new_request_id
@@ -147,9 +147,7 @@ class Endpoint:
         response: dict[str, Any] = {"choices": [{"message": {"content": text}}]} if text else {}
         if service_tier is not None:
             response["service_tier"] = service_tier
-        attempt.usage, cost = priced_usage(raw_usage, request, response, info.price, model=info.upstream_model)
-        attempt.cost_usd, attempt.cost_source = cost.usd, cost.source
-        attempt.service_tier = cost.service_tier  # the ledger says which tier it was priced at
+        price_attempt(attempt, raw_usage, request, response, info.price, model=info.upstream_model)
 
     def reported_error(self, provider: str, response: dict[str, Any],
                        redact: Callable[[str], str]) -> UpstreamError | None:
@@ -371,6 +369,7 @@ class PassthroughCall:
     @staticmethod
     def _settle(ctx: RequestContext, served: Attempt) -> None:
         ctx.usage = served.usage
+        set_service_tier(ctx, served)  # the request row's tier, as chat's settle records it
         ctx.cost_usd = ctx.spent_usd()
         ctx.baseline_cost_usd = served.cost_usd  # a passthrough: the baseline is the same call
 

@@ -272,7 +272,7 @@ class ResponseResources:
         stand_in = ChatRequest(model=info.name, messages=[{"role": "user", "content": ""}])  # the usage has the prompt
         with priced_at(_ran_at(response, entry)):  # an hourly price at the run's hour, not the settling one
             _PRICER.price(attempt, info, stand_in, {}, usage, _PRICER.answer_text(response), response.get("service_tier"))
-        return Outcome(attempt.usage, attempt.cost_usd, attempt.cost_source, failure)
+        return Outcome(attempt.usage, attempt.cost_usd, attempt.cost_source, failure, attempt.service_tier)
 
     def _failure(self, response: dict[str, Any]) -> str:
         """The ledger's error text for a failed run: the provider's code and message, redacted."""

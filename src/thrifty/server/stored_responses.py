@@ -66,10 +66,11 @@ FLUSH_WAIT_S = 10.0
 # the request's baseline is its own cost; its cost is every attempt's, as ``spent_usd`` sums.
 _CLAIM = "UPDATE stored_responses SET pending = 0 WHERE response_id = ? AND pending = 1"
 _ATTEMPT = ("UPDATE attempts SET prompt_tokens = ?, cached_tokens = ?, completion_tokens = ?, reasoning_tokens = ?,"
-            " cache_write_tokens = ?, cost_usd = ?, cost_source = ? WHERE request_id = ?"
+            " cache_write_tokens = ?, service_tier = ?, cost_usd = ?, cost_source = ? WHERE request_id = ?"
             " AND seq = (SELECT MAX(seq) FROM attempts WHERE request_id = ?)")
 _REQUEST = ("UPDATE requests SET prompt_tokens = ?, cached_tokens = ?, completion_tokens = ?, reasoning_tokens = ?,"
-            " cache_write_tokens = ?, cost_usd = {cost}, baseline_cost_usd = ?{status} WHERE request_id = ?")
+            " cache_write_tokens = ?, service_tier = ?, cost_usd = {cost}, baseline_cost_usd = ?{status}"
+            " WHERE request_id = ?")
 _FAILED = ", status = ?, error_type = ?, error = ?"
 # The ledger's error type for a background response whose run failed at the provider.
 FAILED_TYPE = "BackgroundResponseFailed"
@@ -84,6 +85,7 @@ class Outcome:
     cost_usd: float | None
     cost_source: str
     error: str | None = None  # the run failed at the provider: its message (already redacted)
+    service_tier: str | None = None  # the tier the finished run was billed at (the queued one may differ)
 
 
 @dataclass(frozen=True)
@@ -323,7 +325,7 @@ def _amendment(request_id: str, response_id: str, outcome: Outcome) -> list[tupl
     """The claim and the two ledger updates ``amend`` runs in one transaction."""
     usage, cost_usd = outcome.usage, outcome.cost_usd
     tokens = (usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens, usage.reasoning_tokens,
-              usage.cache_write_tokens)
+              usage.cache_write_tokens, outcome.service_tier)
     # A run that failed at the provider is a failed request, whatever its create answered.
     status = ("error", FAILED_TYPE, outcome.error) if outcome.error is not None else None
     sets = _FAILED if status else ""
