@@ -130,3 +130,13 @@ async def test_learned_scorer_round_trip(tmp_path: Any) -> None:
     hi = await loaded.score(req(MC), chat_response("good", "B"))
     lo = await loaded.score(req(MC), chat_response("bad", "I'm sorry, no idea"))
     assert hi.value > 0.7 > 0.3 > lo.value
+
+
+async def test_json_mode_wants_an_object_not_any_json_value() -> None:
+    """`response_format: json_object` always answers an object and clients index into it: a
+    bare number or string is valid JSON but not a usable answer, so it escalates."""
+    mode = req("How many legs does a spider have? Reply in JSON.", response_format={"type": "json_object"})
+    for bare in ("8", '"eight"', "[8]"):
+        value, reason = await score(bare, mode)
+        assert value < 0.5 and "not a JSON object" in reason, bare
+    assert (await score('{"legs": 8}', mode))[0] >= 0.9

@@ -74,9 +74,12 @@ def transcript(messages: list[Message]) -> str:
             images = sum(1 for p in content if isinstance(p, dict) and p.get("type") in _IMAGE_PARTS)
             text = " ".join(t for t in ([f"[{images} image(s)]"] if images else []) + [text] if t)
         for call in m.get("tool_calls") or []:
-            fn = call.get("function") if isinstance(call, dict) else None
-            if isinstance(fn, dict):
-                text += f" [calls {fn.get('name')}({fn.get('arguments', '')})]"
+            if not isinstance(call, dict):
+                continue
+            # A custom (free-form) tool's call carries its input where a function's has arguments.
+            spec = call.get("custom") if call.get("type") == "custom" else call.get("function")
+            if isinstance(spec, dict):
+                text += f" [calls {spec.get('name')}({spec.get('input', spec.get('arguments', ''))})]"
         lines.append(f"{m.get('role')}: {text.strip()}")
     return "\n".join(lines)
 

@@ -20,7 +20,7 @@ once the model started: "any error occurred while the LLM is producing the outpu
 emitted in the response body"), which otherwise read as a malformed chat answer with no reason,
 and on the passthrough endpoints as a success the SDK filled with None.
 ``upstream_error`` turns either into the thrifty error the client gets (``answer_error`` both
-steps, for a 200 body); ``not_a_stream`` does for a JSON body answering a request for a stream
+steps, for a 200 body); ``not_a_stream`` (``stream_refused`` once decoded) does for a JSON body answering a request for a stream
 (where the reason was lost too); ``stream_failure`` reads an error event of a relayed stream.
 """
 
@@ -182,17 +182,6 @@ def stream_refused(provider: str, parsed: Any, redact: Callable[[str], str]) -> 
     if reported is not None:
         return reported
     return UpstreamProtocolError(f"{provider}: asked for a stream, got a JSON body", retryable=False)
-
-
-def whole_answer(raw: bytes) -> dict[str, Any] | None:
-    """A complete chat completion sent in one JSON body where a stream was asked for (a server
-    or proxy that ignores ``stream``), or None: the answer is good, only its form is not, so it
-    is streamed from here (``streaming.response_to_chunks``) rather than refused."""
-    try:
-        parsed = json.loads(raw)
-    except ValueError:
-        return None
-    return parsed if whole_choices(parsed, "message", dict) else None
 
 
 def whole_choices(body: Any, field: str, kind: type) -> bool:

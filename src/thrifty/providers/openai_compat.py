@@ -14,6 +14,7 @@ so the provider keeps one session per loop (``thrifty.loops.LoopSessions``).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -34,10 +35,10 @@ from thrifty.providers.error_body import (
     ErrorDetail,
     answer_error,
     embedded_error,
-    not_a_stream,
     read_error,
+    stream_refused,
     upstream_error,
-    whole_answer,
+    whole_choices,
 )
 from thrifty.redact import Redactor, provider_secrets
 from thrifty.streaming import response_to_chunks
@@ -160,15 +161,17 @@ class OpenAICompatProvider:
                     # passed for a truncated stream), or a whole answer from a server that ignores
                     # `stream`, streamed from here as the chunks it would have sent.
                     raw = await resp.read()
-                    whole = whole_answer(raw)
-                    if whole is not None:
-                        for chunk in response_to_chunks(whole):
+                    try:
+                        # The standard library's reader: NaN or a huge integer still parse.
+                        parsed = json.loads(raw)
+                    except ValueError:  # events under the wrong content type
+                        lines = _replay(raw.splitlines())
+                    else:
+                        if not whole_choices(parsed, "message", dict):
+                            raise stream_refused(self.name, parsed, self._redact)
+                        for chunk in response_to_chunks(parsed):
                             yield chunk
                         return
-                    error = not_a_stream(self.name, raw, self._redact)
-                    if error is not None:
-                        raise error
-                    lines = _replay(raw.splitlines())  # events under the wrong content type
                 async for line in lines:
                     text = line.decode("utf-8", "replace").strip()
                     if not text.startswith("data:"):

@@ -43,6 +43,9 @@ def json_problem(request: ChatRequest, text: str, schema: dict[str, Any] | None 
         if bare and _fenced_json(text):
             return "invalid", "not bare JSON (a fence or text around it): the client's json.loads would fail"
         return "invalid", "invalid JSON"
+    if bare and request.params["response_format"].get("type") == "json_object" and not isinstance(value, dict):
+        # JSON mode always answers an object, and clients index into it (json.loads(...)["x"]).
+        return "invalid", "not a JSON object: JSON mode answers an object"
     schema = schema if schema is not None else request_schema(request)
     if schema is not None:
         problems = schema_problems(value, schema)

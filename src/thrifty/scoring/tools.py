@@ -94,8 +94,11 @@ def _parsed(call: dict[str, Any]) -> tuple[str | None, Any, str | None]:
 
 
 def call_name(call: dict[str, Any]) -> str | None:
-    """The tool a call names (a function's or a custom tool's), None without one."""
-    return _parsed(call)[0]
+    """The tool a call names (a function's or a custom tool's), None without one; its arguments
+    are not parsed (they may be tens of kB, and ``tool_call_problems`` parses them once)."""
+    spec = call.get("custom") if _is_custom(call) else call.get("function")
+    name = spec.get("name") if isinstance(spec, dict) else None
+    return name if isinstance(name, str) and name else None
 
 
 def _choice_names(choice: Any) -> tuple[str, set[str] | None]:
@@ -138,7 +141,7 @@ def tool_choice_problems(request: ChatRequest, calls: list[dict[str, Any]]) -> l
         problems.append(f"tool_choice requires {wanted} but the answer calls no tool")
     if names is not None:
         for call in calls:
-            name = _parsed(call)[0]
+            name = call_name(call)
             if name is not None and name not in names:
                 problems.append(f"{name}: tool_choice allows only {', '.join(sorted(names))}")
     if request.params.get("parallel_tool_calls") is False and len(calls) > 1:

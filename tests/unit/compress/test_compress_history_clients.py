@@ -109,3 +109,14 @@ def test_the_summariser_reads_images_and_tool_calls_not_empty_lines() -> None:
     assert text.splitlines() == ["user: [1 image(s)] what is this?",
                                  'assistant: [calls ocr({"page": 2})]',
                                  "tool: INVOICE 2231"]
+
+
+def test_the_summariser_reads_a_custom_tool_call() -> None:
+    """A custom (free-form) tool's call carries `custom.input`, not `function.arguments`: read
+    only as a function call, a GPT-5 agent's patch was summarised as an empty turn."""
+    text = transcript([
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "custom", "custom": {"name": "apply_patch", "input": "*** Begin Patch"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+    ])
+    assert text.splitlines() == ["assistant: [calls apply_patch(*** Begin Patch)]", "tool: ok"]
