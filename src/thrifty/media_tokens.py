@@ -19,19 +19,42 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-# Images, OpenAI's documented rule (platform.openai.com/docs/guides/vision, "Calculating costs"):
-# detail "low" costs a fixed 85 tokens; "high" (and "auto", counted as high) scales the image to
-# fit a 2048 x 2048 square, then so its shortest side is 768px, counts the 512px tiles that cover
-# it, and costs 170 per tile plus 85. Both scalings only shrink: a 128 x 64 image is billed one
-# tile (85 + 170), as OpenAI's usage for small images shows.
+# Images, OpenAI's documented rules (platform.openai.com/docs/guides/images-vision, "Calculating
+# costs"), which differ by model family.
+# The tile rule: detail "low" costs a fixed base; "high" (and "auto", counted as high) scales the
+# image to fit a 2048 x 2048 square, then so its shortest side is 768px, counts the 512px tiles
+# that cover it, and costs a price per tile plus the base. Both scalings only shrink: a 128 x 64
+# image is billed one tile (85 + 170 on gpt-4o), as OpenAI's usage for small images shows.
 IMAGE_BASE = 85
 IMAGE_TILE = 170
-# gpt-4o-mini bills images at the same dollar price as gpt-4o with a 33x lower token price, so
-# its token counts are 33x higher: base 2833, tile 5667 (the model table of the same guide).
-_MINI_BASE = 2833
-_MINI_TILE = 5667
-# An image whose size cannot be read (an http(s) URL, an unknown format, bad base64): the most
-# one image can cost under the rule, 768 x 2048 after scaling = 2 x 4 tiles (85 + 8 x 170).
+# (base, tile) by model-name prefix, longest prefix first; gpt-4o, gpt-4.1, gpt-4.5 and any model
+# not listed use (85, 170), the dearest rate per token of pixels among the tile models but
+# gpt-4o-mini's, so an unknown model's image is not under-counted. gpt-4o-mini bills images at
+# gpt-4o's dollar price with a 33x lower token price, so its counts are 33x higher.
+_TILE_RATES: tuple[tuple[str, tuple[int, int]], ...] = (
+    ("gpt-4o-mini", (2833, 5667)),
+    ("computer-use-preview", (65, 129)),
+    ("o1", (75, 150)),
+    ("o3", (75, 150)),
+)
+# gpt-5 (and its chat and pro variants) bills 70 + 140 per tile; not gpt-5-mini/nano (patch rule)
+# nor later gpt-5.x releases, whose rates the table has not been checked against.
+_GPT5_TILE = (70, 140)
+# The patch rule (gpt-4.1-mini/nano, gpt-5-mini/nano, o4-mini): the image is covered by 32px
+# patches; past 1,536 patches it is scaled down (keeping its aspect ratio) until whole patches
+# fit within 1,536; the patch count times a per-model multiplier is the token count. "detail"
+# does not change it. An unreadable size counts the cap.
+_PATCH_PX = 32
+_PATCH_CAP = 1536
+_PATCH_MULTIPLIERS: tuple[tuple[str, float], ...] = (
+    ("gpt-4.1-mini", 1.62),
+    ("gpt-4.1-nano", 2.46),
+    ("gpt-5-mini", 1.62),
+    ("gpt-5-nano", 2.46),
+    ("o4-mini", 1.72),
+)
+# An image whose size cannot be read (an http(s) URL, an unknown format, bad base64), tile rule:
+# the most one image can cost, 768 x 2048 after scaling = 2 x 4 tiles (85 + 8 x 170 on gpt-4o).
 IMAGE_TILES_MAX = 8
 
 # Audio: Gemini documents 32 tokens per second of audio (ai.google.dev/gemini-api/docs/audio);
@@ -64,8 +87,13 @@ _cache: dict[tuple[str, int, int, str], Any] = {}
 
 def image_tokens(width: int | None, height: int | None, detail: str | None = None,
                  model: str | None = None) -> int:
-    """What one image costs under OpenAI's rule (see ``IMAGE_BASE``); unknown size: the maximum."""
-    base, tile = (_MINI_BASE, _MINI_TILE) if _is_mini(model) else (IMAGE_BASE, IMAGE_TILE)
+    """What one image costs under OpenAI's rule for ``model`` (see ``IMAGE_BASE``); unknown size:
+    the maximum."""
+    name = _model_name(model)
+    multiplier = _patch_multiplier(name)
+    if multiplier is not None:
+        return math.ceil(_patches(width, height) * multiplier)
+    base, tile = _tile_rate(name)
     if detail == "low":
         return base
     if not width or not height or width <= 0 or height <= 0:
@@ -76,6 +104,43 @@ def image_tokens(width: int | None, height: int | None, detail: str | None = Non
     if min(w, h) > 768:
         w, h = w * 768 / min(w, h), h * 768 / min(w, h)
     return base + tile * math.ceil(w / 512) * math.ceil(h / 512)
+
+
+def _patches(width: int | None, height: int | None) -> int:
+    """32px patches covering a ``width`` x ``height`` image under the patch rule's 1,536 cap."""
+    if not width or not height or width <= 0 or height <= 0:
+        return _PATCH_CAP
+    w, h = float(width), float(height)
+    n = math.ceil(w / _PATCH_PX) * math.ceil(h / _PATCH_PX)
+    if n <= _PATCH_CAP:
+        return n
+    # Scale to the cap's area, then a little further so each side is a whole number of patches.
+    shrink = math.sqrt(_PATCH_PX * _PATCH_PX * _PATCH_CAP / (w * h))
+    w_p, h_p = w * shrink / _PATCH_PX, h * shrink / _PATCH_PX
+    shrink *= min(math.floor(w_p) / w_p if w_p >= 1 else 1.0, math.floor(h_p) / h_p if h_p >= 1 else 1.0)
+    w, h = max(1, int(w * shrink)), max(1, int(h * shrink))
+    return min(_PATCH_CAP, math.ceil(w / _PATCH_PX) * math.ceil(h / _PATCH_PX))
+
+
+def _model_name(model: str | None) -> str:
+    """``model`` lower-cased without a provider prefix (``openai/gpt-4o`` -> ``gpt-4o``)."""
+    return str(model or "").strip().lower().rsplit("/", 1)[-1]
+
+
+def _patch_multiplier(name: str) -> float | None:
+    for prefix, multiplier in _PATCH_MULTIPLIERS:
+        if name.startswith(prefix):
+            return multiplier
+    return None
+
+
+def _tile_rate(name: str) -> tuple[int, int]:
+    for prefix, rate in _TILE_RATES:
+        if name == prefix or name.startswith(prefix + "-"):
+            return rate
+    if name == "gpt-5" or (name.startswith("gpt-5-") and not name.startswith(("gpt-5-mini", "gpt-5-nano"))):
+        return _GPT5_TILE
+    return IMAGE_BASE, IMAGE_TILE
 
 
 def content_media_tokens(content: Any, model: str | None = None) -> int:
@@ -134,10 +199,6 @@ def file_tokens(file_data: str) -> int:
     start = _data_start(file_data) or 0
     tokens = _cached("file", file_data, lambda: _file_tokens(_B64(file_data, start)))
     return PDF_PAGE_TOKENS if tokens is None else int(tokens)
-
-
-def _is_mini(model: str | None) -> bool:
-    return bool(model) and str(model).strip().lower().rsplit("/", 1)[-1].startswith("gpt-4o-mini")
 
 
 def _data_start(url: str) -> int | None:

@@ -98,3 +98,7 @@ def register(app: typer.Typer) -> None:
         for what, path in (("decisions", decisions), ("plot", plot)):
             if path is not None:
                 typer.echo(f"{what} written to {path}")
+
+    # `thrifty evaluate`: the same command under the name the product brief and some scripts use;
+    # hidden from --help so the command list shows it once.
+    app.command("evaluate", hidden=True, help="Same as `thrifty eval`.")(eval_)

@@ -52,15 +52,16 @@ class Trimmed:
     saved_tokens: int
 
 
-def message_tokens(message: Message) -> int:
-    """Tokens ``message`` costs for trimming: text and framing, images, audio and files."""
-    return count_message(message)
+def message_tokens(message: Message, model: str | None = None) -> int:
+    """Tokens ``message`` costs for trimming: text and framing, images, audio and files, counted
+    for ``model`` (its tokenizer and image rule; cl100k and gpt-4o's rule when None)."""
+    return count_message(message, model=model)
 
 
-def messages_tokens(messages: list[Message]) -> int:
+def messages_tokens(messages: list[Message], model: str | None = None) -> int:
     """Prompt tokens of ``messages`` for trimming (the request's tool schemas are counted apart,
     once: ``trim``'s ``schema_cost``)."""
-    return count_messages(messages)
+    return count_messages(messages, model=model)
 
 
 def transcript(messages: list[Message]) -> str:
@@ -156,21 +157,23 @@ def _cut(costs: list[int], room: int, step: int) -> int:
 
 
 async def trim(messages: list[Message], budget: int, summarise: Summariser | None = None,
-               summary_reserve: int = 0, schemas: list[Any] | None = None, step: int = 0) -> Trimmed:
+               summary_reserve: int = 0, schemas: list[Any] | None = None, step: int = 0,
+               model: str | None = None) -> Trimmed:
     """``messages`` cut to ``budget`` prompt tokens (see the module docstring). With
     ``summarise``, ``summary_reserve`` tokens are kept free for the summary, which is cut to fit.
     ``schemas``: the request's tool (or legacy function) definitions, counted in the budget like
     the head: a chat app's tools of 1,000 tokens left a budget of N sending N + 1,000.
     ``step``: cut on a grid of that many tokens of history (``_cut``), at most 1/``STEP_SHARE``
     of what the turns may fill, so a large step cannot leave a small budget with no history;
-    0 cuts exactly to the budget."""
+    0 cuts exactly to the budget. ``model``: the model the request names, whose tokenizer and image
+    rule count the budget (a route name such as ``auto`` counts as cl100k and gpt-4o's rule)."""
     # The schemas are counted once: they are sent whole whatever is trimmed (and dumping and
     # tokenising a large tool list three times cost more than the trimming itself).
-    schema_cost = count_tools(schemas)
+    schema_cost = count_tools(schemas, model=model)
     # Each message is tokenised once: the total, the head, the units and the saving are sums of
     # these (counting the conversation, then each unit, then the output took twice as long).
-    costs = [message_tokens(m) for m in messages]
-    primer = messages_tokens([])  # what a request costs beyond its messages (the reply primer)
+    costs = [message_tokens(m, model) for m in messages]
+    primer = messages_tokens([], model)  # what a request costs beyond its messages (the reply primer)
     total = sum(costs) + primer + schema_cost
     if total <= budget:
         return Trimmed(messages, 0, 0)
@@ -187,7 +190,7 @@ async def trim(messages: list[Message], budget: int, summarise: Summariser | Non
     if current <= 0:
         return Trimmed(messages, 0, 0)
     summary_role = head[-1].get("role") if head else "system"  # a client that says developer gets developer
-    overhead = message_tokens({"role": summary_role, "content": SUMMARY_PREFIX})
+    overhead = message_tokens({"role": summary_role, "content": SUMMARY_PREFIX}, model)
     # What the conversation's turns may fill: the same on every turn of one conversation, so the
     # step it caps is too (a step of 1,024 in a budget with 400 left after the tools kept no turns).
     head_cost = sum(costs[: len(head)]) + primer
@@ -203,10 +206,10 @@ async def trim(messages: list[Message], budget: int, summarise: Summariser | Non
     middle: list[Message] = []
     if summarise is not None:
         summary = await summarise(dropped)
-        if summary and summary_reserve > 0 and count_text(summary) > summary_reserve:
+        if summary and summary_reserve > 0 and count_text(summary, model=model) > summary_reserve:
             # The model's max_tokens counts in its own tokenizer: cut in ours, so the budget holds.
-            summary = truncate_text(summary, summary_reserve)
+            summary = truncate_text(summary, summary_reserve, model=model)
         if summary:
             middle = [{"role": summary_role, "content": SUMMARY_PREFIX + summary}]
-    saved = sum(unit_costs[:start]) - sum(message_tokens(m) for m in middle)
+    saved = sum(unit_costs[:start]) - sum(message_tokens(m, model) for m in middle)
     return Trimmed(head + middle + tail, len(dropped), max(0, saved))

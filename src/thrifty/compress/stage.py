@@ -93,12 +93,16 @@ class CompressStage:
                 return await self._shrink(ctx, rc, text)
 
         shrunk = await asyncio.gather(*(shrink(text) for _, _, text in slots))
+        # Counted with the named model's tokenizer and image rule (as budgets count): a route name
+        # ("auto") has neither and counts as cl100k and gpt-4o's rule.
+        info = self.catalog.get(ctx.request.model)
+        counted = info.upstream_model if info else None
         messages = list(original)
         saved = 0
         for (i, j, text), new in zip(slots, shrunk, strict=True):
             if new == text:
                 continue
-            saved += count_text(text) - count_text(new)
+            saved += count_text(text, model=counted) - count_text(new, model=counted)
             m = messages[i]
             if j is None:
                 messages[i] = {**m, "content": new}
@@ -109,7 +113,8 @@ class CompressStage:
         if rc.history_max_tokens is not None:
             summarise = self._summariser(ctx, rc) if rc.summarize_history else None
             trimmed = await history.trim(messages, rc.history_max_tokens, summarise, rc.summary_max_tokens,
-                                         _schemas(ctx.request.params), rc.history_trim_step_tokens)
+                                         _schemas(ctx.request.params), rc.history_trim_step_tokens,
+                                         counted)
             messages = trimmed.messages
             saved += trimmed.saved_tokens
         if saved > 0:
