@@ -185,6 +185,8 @@ class MockUpstream:
             # Promise the whole body, send half, then drop the connection.
             half = iter([data[: len(data) // 2]])
             return _ScriptedResponse(half, _JSON, abort_after=1, content_length=len(data))
+        if faults.keep_alive:  # DeepSeek writes blank lines while a non-streamed answer is pending
+            data = b"\n\n\n" + data
         return Response(data, media_type=_JSON)
 
     def _admit(self, request: Request, body: Any) -> tuple[str, Any, Faults]:
@@ -219,10 +221,14 @@ class MockUpstream:
             plan, response_id, created, usage, behaviour.system_fingerprint, behaviour.stream_chunk_words,
             service_tier,
         )
+        if faults.stream_error_after is not None:
+            events = _error_after(events, faults.stream_error_after, faults.error_message)
         parts: Iterator[bytes] = (b"data: " + fastjson.dumps(event) + b"\n\n" for event in events)
+        if faults.keep_alive:
+            parts = _with_keep_alives(parts)
         if faults.malformed:
             parts = iter([b'data: {"id": "chatcmpl-broken", "choices": [\n\n'])
-        if faults.truncate_after is None:
+        if faults.truncate_after is None and not faults.omit_done:
             parts = _then_done(parts)
         return _ScriptedResponse(
             parts,
@@ -268,6 +274,33 @@ class MockUpstream:
                 "requests": self.recorder.total,
             }
         )
+
+
+def _error_after(events: Iterable[dict[str, Any]], count: int, message: str | None) -> Iterator[dict[str, Any]]:
+    """``count`` of ``events``, then the chunk OpenRouter sends when the model fails mid-answer
+    (openrouter.ai/docs/api/reference/errors-and-debugging, "Handling errors during streaming"):
+    the status is already 200, so the error rides in a chunk that still has a choice, whose
+    finish_reason is "error". The stream then ends normally (the caller adds [DONE])."""
+    last: dict[str, Any] = {}
+    for sent, event in enumerate(events):
+        if sent >= count:
+            break
+        last = event
+        yield event
+    yield {"id": last.get("id", "chatcmpl-mock"), "object": "chat.completion.chunk", "created": last.get("created", 0),
+           "model": last.get("model", ""), "provider": "mock",
+           "error": {"code": "server_error", "message": message or "Provider disconnected unexpectedly"},
+           "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}]}
+
+
+def _with_keep_alives(parts: Iterator[bytes]) -> Iterator[bytes]:
+    """``parts`` with the SSE comments busy providers send: OpenRouter's ``: OPENROUTER
+    PROCESSING`` before the first chunk (openrouter.ai/docs/api/reference/streaming), DeepSeek's
+    ``: keep-alive`` between chunks (api-docs.deepseek.com/quick_start/rate_limit)."""
+    yield b": OPENROUTER PROCESSING\n\n"
+    for part in parts:
+        yield part
+        yield b": keep-alive\n\n"
 
 
 def _then_done(parts: Iterator[bytes]) -> Iterator[bytes]:

@@ -33,6 +33,7 @@ from thrifty.errors import ConfigError
 
 UsageConvention = Literal["openai", "deepseek", "openrouter", "none"]
 ToolCallMode = Literal["auto", "always", "never"]
+RetryAfterForm = Literal["both", "seconds", "ms", "http_date", "ratelimit_reset"]
 
 
 class _Frozen(BaseModel):
@@ -64,6 +65,22 @@ class Faults(_Frozen):
     hang: bool = Field(default=False, description="Never answer; wait until the client gives up.")
     truncate_after: int | None = Field(
         default=None, ge=0, description="Close a stream after N chunks, no [DONE]."
+    )
+    keep_alive: bool = Field(
+        default=False, description="Keep-alive filler, as DeepSeek and OpenRouter send while busy: SSE comment "
+        "lines (`: OPENROUTER PROCESSING`, `: keep-alive`) around a stream's chunks, blank lines before a JSON body."
+    )
+    omit_done: bool = Field(
+        default=False, description="End a whole chat stream without `data: [DONE]` (older TGI, llama-box builds)."
+    )
+    stream_error_after: int | None = Field(
+        default=None, ge=0, description="After N stream chunks, an error chunk in OpenRouter's mid-stream shape "
+        "(a top-level `error` beside a choice with finish_reason \"error\"), then [DONE]."
+    )
+    retry_after_form: RetryAfterForm = Field(
+        default="both", description="How an injected error says when to come back: `both` (Retry-After seconds "
+        "and retry-after-ms), `seconds`, `ms` (retry-after-ms only), `http_date` (Retry-After as a date), "
+        "`ratelimit_reset` (only OpenAI's x-ratelimit-reset-requests/-tokens durations, e.g. 6m0s)."
     )
     malformed: bool = Field(default=False, description="Answer 200 with a body that is not valid JSON.")
     ignore_stream: bool = Field(
@@ -145,6 +162,10 @@ class ModelBehaviour(_Frozen):
     )
     reject_params: tuple[str, ...] = Field(
         default=(), description="Request parameters refused with OpenAI's 400 for an unknown argument."
+    )
+    response_formats: tuple[str, ...] | None = Field(
+        default=None, description="The response_format types accepted (None: all); others get DeepSeek's 400 "
+        "\"This response_format type is unavailable now\" (e.g. [text, json_object])."
     )
     stream_chunk_words: int = Field(default=2, ge=1, description="Words per streamed content chunk.")
     system_fingerprint: str | None = "fp_thrifty_mock"

@@ -112,6 +112,12 @@ def refuse_unsupported(body: dict[str, Any], behaviour: ModelBehaviour) -> None:
     for name in behaviour.reject_params:
         if name in body:
             raise InvalidRequestError(f"Unrecognized request argument supplied: {name}", param=name)
+    fmt = body.get("response_format")
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if behaviour.response_formats is not None and kind is not None and kind not in behaviour.response_formats:
+        # DeepSeek's words for a json_schema (https://api-docs.deepseek.com/api/create-chat-completion
+        # lists only text and json_object), param and code as it sends them.
+        raise InvalidRequestError("This response_format type is unavailable now", code="invalid_request_error")
     if not behaviour.reasoning_model:
         return
     if "max_tokens" in body:

@@ -16,6 +16,8 @@ for that one request. An unknown key or bad value is a 400, so a typo never pass
 from __future__ import annotations
 
 import math
+import time
+from email.utils import formatdate
 from functools import lru_cache
 from typing import Any
 
@@ -23,7 +25,7 @@ from pydantic import ValidationError
 
 from thrifty.errors import InvalidRequestError
 from thrifty.mock import digest
-from thrifty.mock.behaviour import Faults
+from thrifty.mock.behaviour import Faults, RetryAfterForm
 
 HEADER = "x-mock-behaviour"
 
@@ -51,20 +53,45 @@ def parse_header(value: str) -> Faults:
 class InjectedError(Exception):
     """An injected HTTP error: status, optional Retry-After and message."""
 
-    def __init__(self, status: int, retry_after: float | None, message: str | None) -> None:
+    def __init__(self, status: int, retry_after: float | None, message: str | None,
+                 form: RetryAfterForm = "both") -> None:
         super().__init__(f"injected {status}")
         self.status = status
         self.retry_after = retry_after
         self.message = message
+        self.form = form
 
     def headers(self) -> dict[str, str]:
-        """Retry-After (whole seconds) and retry-after-ms, which the openai SDK prefers."""
+        """When to come back, in the ``form`` a provider uses: Retry-After (whole seconds) and
+        retry-after-ms, which the openai SDK prefers (OpenAI, Azure); only one of them; Retry-After
+        as an HTTP date (RFC 9110 allows it); or only OpenAI's ``x-ratelimit-reset-*`` durations."""
         if self.retry_after is None:
             return {}
-        return {
-            "retry-after": str(max(0, math.ceil(self.retry_after))),
-            "retry-after-ms": str(int(self.retry_after * 1000)),
-        }
+        seconds = str(max(0, math.ceil(self.retry_after)))
+        millis = str(int(self.retry_after * 1000))
+        if self.form == "seconds":
+            return {"retry-after": seconds}
+        if self.form == "ms":
+            return {"retry-after-ms": millis}
+        if self.form == "http_date":
+            return {"retry-after": formatdate(time.time() + math.ceil(self.retry_after), usegmt=True)}
+        if self.form == "ratelimit_reset":
+            # The requests limit is spent (remaining 0), the tokens limit is not: its reset is not a wait.
+            return {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": go_duration(self.retry_after),
+                    "x-ratelimit-remaining-tokens": "1000", "x-ratelimit-reset-tokens": "1h0m0s"}
+        return {"retry-after": seconds, "retry-after-ms": millis}
+
+
+def go_duration(seconds: float) -> str:
+    """``seconds`` as OpenAI's rate-limit headers write a duration (Go's format: ``20ms``, ``1.5s``, ``6m0s``)."""
+    if seconds < 1:
+        return f"{int(seconds * 1000)}ms"
+    minutes, rest = divmod(seconds, 60)
+    hours, minutes = divmod(int(minutes), 60)
+    text = f"{rest:g}s"
+    if minutes or hours:
+        text = f"{minutes}m{text}"
+    return f"{hours}h{text}" if hours else text
 
 
 class FaultState:
@@ -111,4 +138,4 @@ class FaultState:
         retry_after = faults.retry_after
         if retry_after is None and status == 429:
             retry_after = 1.0  # OpenAI always tells a rate-limited client when to come back
-        return InjectedError(status, retry_after, faults.error_message)
+        return InjectedError(status, retry_after, faults.error_message, faults.retry_after_form)

@@ -120,9 +120,16 @@ def read_error(raw: bytes, redact: Callable[[str], str] | None = None) -> ErrorD
 def embedded_error(body: dict[str, Any], answer: str = "choices") -> ErrorDetail | None:
     """An error reported in place of an answer (an HTTP 200 body, or a stream chunk, without the
     ``answer`` array, e.g. a chat completion's ``choices`` or an embeddings list's ``data``, but
-    with an error), or None."""
+    with an error), or None. An ``error`` beside the answer array counts too: OpenRouter reports a
+    failure after the model started as a chunk with a top-level ``error`` and a choice whose
+    finish_reason is "error" (openrouter.ai/docs/api/reference/errors-and-debugging), and the
+    openai SDK raises on any event with an ``error``; read as an answer, the cut answer passed
+    for a success (ledger ``ok``, a cascade tier's answer)."""
     if isinstance(body.get(answer), list):
-        return None
+        err = body.get("error")
+        if not ((isinstance(err, dict) and err) or _text(err)):
+            return None
+        body = {"error": err}
     found = error_in(body)
     if found is None:
         return None

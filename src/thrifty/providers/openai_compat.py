@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -27,6 +27,7 @@ from thrifty.config import ProviderConfig
 from thrifty.errors import (
     UpstreamError,
     UpstreamProtocolError,
+    UpstreamStatusError,
     UpstreamTimeoutError,
 )
 from thrifty.loops import LoopSessions
@@ -40,20 +41,11 @@ from thrifty.providers.error_body import (
     upstream_error,
     whole_choices,
 )
+from thrifty.providers.retry_after import retry_after
 from thrifty.redact import Redactor, provider_secrets
 from thrifty.streaming import response_to_chunks
 
 log = logging.getLogger("thrifty.providers")
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds form; HTTP dates are rare from LLM APIs)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
 
 
 class OpenAICompatProvider:
@@ -76,6 +68,9 @@ class OpenAICompatProvider:
         self._stream_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=config.connect_timeout_s, sock_read=config.timeout_s
         )
+        # Learned from a 400 (``stream``): the models this server refuses ``stream_options`` for
+        # (per model: a proxy may route each model to a different server).
+        self._refuses_stream_options: set[str] = set()
 
     def url(self, path: str) -> str:
         """``path`` under the provider's base_url (``join_url``)."""
@@ -145,10 +140,42 @@ class OpenAICompatProvider:
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Chunks of a streaming completion. Failures before the first chunk are retryable like
-        complete()'s (the client has nothing yet); after it they are not (it has part of the answer)."""
+        complete()'s (the client has nothing yet); after it they are not (it has part of the answer).
+
+        The gateway asks every stream for ``stream_options.include_usage`` (to price it); a server
+        that refuses the field with a 400 (many OpenAI-compatible ones: "Unknown parameter:
+        'stream_options'") is asked again without it, and not sent it again for that model:
+        otherwise every stream failed over a field the client may never have sent. Its tokens are
+        then counted offline unless it reports usage anyway."""
+        model = str(body.get("model"))
+        if model in self._refuses_stream_options:
+            body = {k: v for k, v in body.items() if k != "stream_options"}
+        yielded = False
+        try:
+            async with contextlib.aclosing(self._stream_once(body)) as chunks:
+                async for chunk in chunks:
+                    yielded = True  # from here a failure is the stream's, never asked again
+                    yield chunk
+            return
+        except UpstreamStatusError as exc:
+            if yielded or "stream_options" not in body or not refuses_stream_options(exc):
+                raise
+            refusal = exc.message
+        if len(self._refuses_stream_options) < 10_000:  # model names come from requests: bounded
+            self._refuses_stream_options.add(model)
+        log.warning("%s refused stream_options for %s (%s); streaming without it from now on",
+                    self.name, self._redact(model), refusal)
+        async with contextlib.aclosing(self._stream_once(
+                {k: v for k, v in body.items() if k != "stream_options"})) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    async def _stream_once(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
+        """One streamed call (``stream``)."""
         timeout = self._stream_timeout
         done = False
         started = False
+        finished: dict[int, bool] = {}  # choice index -> its finish_reason came
         accepted = False  # a 200: what fails before the first chunk, the provider ran and bills
         try:
             data = fastjson.dumps(adapt(body, self.config.compat))
@@ -190,6 +217,7 @@ class OpenAICompatProvider:
                     if reported is not None:
                         raise self._stream_error(reported, started)
                     started = True
+                    note_finishes(chunk, finished)
                     yield chunk
         except UpstreamError:
             raise
@@ -202,14 +230,16 @@ class OpenAICompatProvider:
             ) from None
         except aiohttp.ClientError as exc:
             raise billed_if(self._connection_error(exc, mid_stream=started), accepted and not started) from None
-        if not done:
-            # (After the first chunk the caller prices what was streamed; before it, the prompt.)
+        if not done and not (finished and all(finished.values())):
+            # A stream that ended cleanly once every choice had its finish_reason is whole: some
+            # servers never send [DONE] (TGI before 2.1.1, llama-box, ik_llama.cpp). Without a
+            # finish_reason the end is a cut. (After the first chunk the caller prices what was
+            # streamed; before it, the prompt.)
             raise billed_if(UpstreamProtocolError(f"{self.name}: stream ended before [DONE] (truncated)",
                                                 retryable=not started), not started)
 
-    def _status_error(self, status: int, raw: bytes, retry_after: str | None) -> UpstreamError:
-        return upstream_error(self.name, status, read_error(raw, self._redact), self._redact,
-                              retry_after=parse_retry_after(retry_after))
+    def _status_error(self, status: int, raw: bytes, wait_s: float | None) -> UpstreamError:
+        return upstream_error(self.name, status, read_error(raw, self._redact), self._redact, retry_after=wait_s)
 
     async def check_status(self, resp: aiohttp.ClientResponse) -> None:
         """Raises for an answer that is not a success: a 3xx, or a status of 400 and above (its
@@ -220,7 +250,7 @@ class OpenAICompatProvider:
         if 300 <= resp.status < 400:
             raise self._redirect_error(resp)
         if resp.status >= 400:
-            raise self._status_error(resp.status, await resp.read(), resp.headers.get("retry-after"))
+            raise self._status_error(resp.status, await resp.read(), retry_after(resp.headers, resp.status))
 
     def _redirect_error(self, resp: aiohttp.ClientResponse) -> UpstreamError:
         """A 3xx answer: not followed (``check_status``), so a plain error naming it."""
@@ -306,6 +336,27 @@ def join_url(base_url: str, path: str) -> str:
     path, _, extra = path.partition("?")  # a path with its own query (``?stream=true``): both kept
     query = "&".join(q for q in (parts.query, extra) if q)
     return urlunsplit((parts.scheme, parts.netloc, f"{parts.path.rstrip('/')}/{path.lstrip('/')}", query, ""))
+
+
+def refuses_stream_options(exc: UpstreamStatusError) -> bool:
+    """Whether a provider's error refuses the ``stream_options`` field (a 400, or FastAPI's 422
+    naming ``body.stream_options``), whatever its words ("Unknown parameter", "Unrecognized
+    request argument", "Extra inputs are not permitted")."""
+    if exc.upstream_status not in (400, 422):
+        return False
+    err = (exc.body or {}).get("error") if isinstance(exc.body, dict) else None
+    said = " ".join(str(err.get(k) or "") for k in ("param", "message")) if isinstance(err, dict) else ""
+    return "stream_options" in f"{said} {exc.message}"
+
+
+def note_finishes(chunk: Any, finished: dict[int, bool]) -> None:
+    """Record in ``finished`` each choice of ``chunk`` (by index) and whether it has finished."""
+    choices = chunk.get("choices") if isinstance(chunk, dict) else None
+    for choice in choices if isinstance(choices, list) else ():
+        if isinstance(choice, dict):
+            index = choice.get("index", 0)
+            key = index if isinstance(index, int) else 0
+            finished[key] = finished.get(key, False) or bool(choice.get("finish_reason"))
 
 
 async def _replay(lines: list[bytes]) -> AsyncIterator[bytes]:
