@@ -3,7 +3,8 @@
 Request: the task and the answer format in the system message (with the ``thrifty-pack``
 marker), the items as ``{"items": [{"id": "1", "input": ...}, ...]}`` in the user message with
 pack-local ids "1".."K" (short ids cost fewer tokens and cannot collide), and a
-``response_format`` JSON schema when the model supports JSON mode. Answer:
+``response_format`` JSON schema when the model supports JSON mode (json_object, then none, for a
+provider that refuses it: ``FORMATS``). Answer:
 ``{"results": [{"id": "1", "output": ...}, ...]}``. An item is accepted when its id appears
 exactly once with a valid output (a non-empty string; one of the labels when labels are given;
 and whatever the caller's ``validate`` says). Everything else is returned as failed, for the
@@ -13,13 +14,15 @@ runner to retry in a smaller pack, then alone.
 from __future__ import annotations
 
 import json
+import re
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from thrifty.batching.items import Item
-from thrifty.catalog import ModelInfo
+from thrifty.catalog import Catalog, ModelInfo
 from thrifty.cost import price_tokens
 from thrifty.tokens import count_messages, count_text
 from thrifty.types import Usage
@@ -59,14 +62,50 @@ def packed_messages(task: str, items: list[Item], labels: list[str] | None) -> l
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
-def packed_params(labels: list[str] | None, json_mode: bool, max_tokens: int) -> dict[str, Any]:
+def packed_params(labels: list[str] | None, json_mode: bool, max_tokens: int,
+                  fmt: str = "json_schema") -> dict[str, Any]:
+    """A pack's parameters; ``fmt`` (one of ``FORMATS``) the response_format when ``json_mode``."""
     params: dict[str, Any] = {"temperature": 0, "max_tokens": max_tokens}
-    if json_mode:
+    if json_mode and fmt == "json_schema":
         params["response_format"] = {
             "type": "json_schema",
             "json_schema": {"name": SCHEMA_NAME, "strict": True, "schema": pack_schema(labels)},
         }
+    elif json_mode and fmt == "json_object":
+        params["response_format"] = {"type": "json_object"}
     return params
+
+
+# The response_format a pack is sent with, strongest first. A provider may refuse json_schema
+# (DeepSeek: 400 "This response_format type is unavailable now") or json_object too; the pack is
+# then sent with the next one. The prompt asks for the JSON either way (DeepSeek's json_object
+# wants the word "json" in it), and parse_packed checks every item's answer whatever was sent.
+FORMATS = ("json_schema", "json_object", "none")
+_FORMAT_REFUSAL_RE = re.compile(r"response_format|json_schema|json schema|json_object", re.I)
+# What this process learned per target (a model or route name) per catalog: weak, so a closed
+# gateway's lessons go with it and two gateways in one process (tests) never share them.
+_FORMAT_LEARNED: weakref.WeakKeyDictionary[Catalog, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
+def format_refused(message: str, status: int | None, param: str | None = None) -> bool:
+    """Whether a 400/422 ``message`` (``status`` None: unknown) refuses the response_format sent."""
+    if status is not None and status not in (400, 422):
+        return False
+    return param == "response_format" or bool(_FORMAT_REFUSAL_RE.search(message))
+
+
+def known_format(catalog: Catalog, target: str) -> str:
+    """The response_format packs to ``target`` are sent with now (``FORMATS``)."""
+    return _FORMAT_LEARNED.get(catalog, {}).get(target, FORMATS[0])
+
+
+def weaker_format(catalog: Catalog, target: str, refused: str) -> str:
+    """The format after ``refused`` (or the one a concurrent pack learned, when weaker), learned
+    for ``target`` for the rest of the process."""
+    nxt = FORMATS[min(FORMATS.index(refused) + 1, len(FORMATS) - 1)]
+    new = max(nxt, known_format(catalog, target), key=FORMATS.index)
+    _FORMAT_LEARNED.setdefault(catalog, {})[target] = new
+    return new
 
 
 def single_messages(task: str, item: Item, labels: list[str] | None) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from thrifty.batching import packing
 from thrifty.batching.items import Item, coerce_items
 from thrifty.batching.progress import Progress
-from thrifty.errors import ConfigError, InvalidRequestError, ThriftyError, UsageError
+from thrifty.errors import ConfigError, InvalidRequestError, ThriftyError, UpstreamError, UsageError
 from thrifty.pipeline.context import RequestContext, new_request_id
 from thrifty.types import ChatRequest, cut_at_limit, response_text
 
@@ -157,9 +157,10 @@ class _Run:
         return self.results[item.id]
 
     async def _call(self, items: list[Item], messages: list[dict[str, Any]], params: dict[str, Any],
-                    judge: Judge) -> packing.PackOutcome:
+                    judge: Judge, errors: list[ThriftyError] | None = None) -> packing.PackOutcome:
         """Send one request for ``items`` and judge its answer; its cost is shared among them. An
-        answer cut at ``max_tokens`` answers none of them (it was paid for, but is no answer)."""
+        answer cut at ``max_tokens`` answers none of them (it was paid for, but is no answer). The
+        call's error, if any, is added to ``errors``."""
         req = ChatRequest(model=self.target, messages=messages, params=params,
                           options={"task": self.task_name})
         ctx = RequestContext(request=req, request_id=new_request_id())
@@ -187,6 +188,8 @@ class _Run:
             await self.gw.run(ctx)
         except ThriftyError as exc:
             error = exc.message
+            if errors is not None:
+                errors.append(exc)
         self._share(items, ctx)
         if raised:
             raise raised[0]
@@ -240,10 +243,7 @@ class _Run:
             for it in items:
                 await self.single(it)
             return
-        messages = packing.packed_messages(self.task, items, self.labels)
-        params = packing.packed_params(self.labels, self.json_mode, self.max_per_item * len(items) + 50)
-        outcome = await self._call(items, messages, params,
-                                   lambda text: packing.parse_packed(text, items, self.labels, self.validate))
+        outcome = await self._packed_call(items)
         produced = "packed" if level == 0 else "repacked"
         for it in items:
             if it.id in outcome.accepted:
@@ -262,6 +262,26 @@ class _Run:
         else:
             for i in range(0, len(retry), size):
                 await self.pack(retry[i : i + size], level + 1)
+
+    async def _packed_call(self, items: list[Item]) -> packing.PackOutcome:
+        """One pack's call, sent again with the next weaker response_format (packing.FORMATS)
+        while the provider refuses the one sent: learned for the target, so the run's (and the
+        process's) later packs are not refused again. Each refused call is in the ledger, and
+        counted in its items' calls, like any other."""
+        messages = packing.packed_messages(self.task, items, self.labels)
+        catalog = self.gw.catalog
+        while True:
+            fmt = packing.known_format(catalog, self.target)
+            params = packing.packed_params(self.labels, self.json_mode, self.max_per_item * len(items) + 50, fmt)
+            errors: list[ThriftyError] = []
+            outcome = await self._call(items, messages, params,
+                                       lambda text: packing.parse_packed(text, items, self.labels, self.validate),
+                                       errors)
+            refused = next((e for e in errors if isinstance(e, UpstreamError)), None)
+            if refused is None or "response_format" not in params or \
+                    not packing.format_refused(refused.message, refused.status, refused.param):
+                return outcome
+            packing.weaker_format(catalog, self.target, fmt)  # strictly weaker: the loop ends at "none"
 
     async def single(self, item: Item) -> None:
         params: dict[str, Any] = {"temperature": 0, "max_tokens": self.max_per_item}

@@ -167,6 +167,11 @@ class ModelBehaviour(_Frozen):
         default=None, description="The response_format types accepted (None: all); others get DeepSeek's 400 "
         "\"This response_format type is unavailable now\" (e.g. [text, json_object])."
     )
+    finish_reason: str | None = Field(
+        default=None, description="The finish_reason a whole text answer reports instead of \"stop\" (a cut one "
+        "still says \"length\"), as providers name an answer cut or blocked: DeepSeek's "
+        "insufficient_system_resource, content_filter, OpenRouter's error, vLLM's abort."
+    )
     stream_chunk_words: int = Field(default=2, ge=1, description="Words per streamed content chunk.")
     system_fingerprint: str | None = "fp_thrifty_mock"
     # The ``service_tier`` a response reports for the one requested (absent: "auto"), as OpenAI:

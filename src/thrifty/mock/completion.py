@@ -189,7 +189,7 @@ def _choice(req: AnswerRequest, behaviour: ModelBehaviour, limit: int | None, pl
         return ChoicePlan(None, [call], "tool_calls", tokens + reasoning, reasoning, key=req.key)
 
     text = _shape(answer_text(req, behaviour), req)
-    finish = "stop"
+    finish = behaviour.finish_reason or "stop"
     stop = req.body.get("stop")
     for marker in [stop] if isinstance(stop, str) else stop or []:
         cut = text.find(marker) if marker else -1

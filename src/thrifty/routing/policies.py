@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from thrifty.catalog import Catalog
+from thrifty.catalog import Catalog, ModelInfo
 from thrifty.cost import price_tokens
 from thrifty.errors import InvalidRequestError, ThriftyError, UpstreamError
 from thrifty.pipeline.accounting import set_escalations
@@ -33,11 +33,11 @@ from thrifty.pipeline.caller import ModelCaller
 from thrifty.pipeline.context import Attempt, RequestContext
 from thrifty.routing.formats import agreement_pattern, detect_family, extract_answer
 from thrifty.scoring.base import score_choices
-from thrifty.scoring.logprob import strip_logprobs
+from thrifty.scoring.logprob import learn_logprobs_refusal, refuses_logprobs, strip_logprobs
 from thrifty.scoring.structured import asks_for_json, json_problem
 from thrifty.scoring.tools import tool_answer, tool_calls, tool_choice_problems
 from thrifty.tokens import count_messages
-from thrifty.types import Usage, response_text
+from thrifty.types import ChatRequest, Usage, response_text
 
 # Completion tokens assumed for a request's first call (later calls assume the longest answer
 # so far), capped by the request's max_tokens / max_completion_tokens.
@@ -135,6 +135,32 @@ class TierCascade:
     guard: BudgetGuard
     extra_params: dict[str, Any] = field(default_factory=dict)  # e.g. logprobs for a logprob scorer
 
+    async def _tier_call(self, ctx: RequestContext, caller: ModelCaller, model: str,
+                         scored_request: ChatRequest | None) -> tuple[dict[str, Any], Attempt]:
+        """One tier's call. The logprobs the scorer asked for (the client did not) are left out for
+        a model known to refuse them (DeepSeek's reasoner, OpenAI's reasoning models: a 400), and
+        such a refusal sends the call again without them, learned for the model that refused: the
+        scorer then reads no logprobs, as from a provider that returns none. A client that asked
+        for logprobs itself is sent them, and a refusal is its answer."""
+        if scored_request is None or "logprobs" not in self.extra_params or ctx.request.params.get("logprobs"):
+            return await caller.complete(ctx, model, scored_request)
+        catalog = self.guard.catalog
+        plain = scored_request.copy_with(params={k: v for k, v in scored_request.params.items() if k != "logprobs"})
+        tried: list[tuple[str, bool]] = []  # (model, sent logprobs) per model of the fallback chain
+
+        def request_for(info: ModelInfo) -> ChatRequest:
+            asked = not refuses_logprobs(catalog, info.name)
+            tried.append((info.name, asked))
+            return scored_request if asked else plain
+
+        try:
+            return await caller.complete(ctx, model, request_for)
+        except UpstreamError as exc:
+            last, asked = tried[-1] if tried else (model, False)
+            if not (asked and learn_logprobs_refusal(catalog, last, exc.message, exc.status, exc.param)):
+                raise
+        return await caller.complete(ctx, model, request_for)
+
     def _scored(self, i: int) -> bool:
         """The last tier and a tier without threshold are accepted without scoring."""
         return i < len(self.tiers) - 1 and self.tiers[i][1] is not None and self.scorer is not None
@@ -156,7 +182,7 @@ class TierCascade:
             set_escalations(ctx, i)
             scored = self._scored(i)
             try:
-                response, attempt = await caller.complete(ctx, model, scored_request if scored else None)
+                response, attempt = await self._tier_call(ctx, caller, model, scored_request if scored else None)
             except UpstreamError as exc:
                 last_error = exc
                 if is_last and best is None:

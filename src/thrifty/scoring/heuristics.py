@@ -36,6 +36,24 @@ _REFUSAL_RE = re.compile(
     r"not enough information)\b",
     re.I,
 )
+# Finish reasons of a whole answer: OpenAI's (stop, tool_calls, function_call), Anthropic's
+# (end_turn, stop_sequence, tool_use), TGI's and others' (eos, eos_token). Every other one means
+# the answer was cut or blocked, whatever a provider calls it: "length" (OpenAI), "max_tokens"
+# (Anthropic), "insufficient_system_resource" (DeepSeek), "content_filter", "error" (OpenRouter),
+# "abort" (vLLM)... An unknown name is taken as a cut too: escalating costs a dearer call, while
+# accepting a cut answer serves it. No finish_reason at all is no evidence either way.
+WHOLE_FINISH_REASONS = frozenset({"stop", "tool_calls", "function_call", "end_turn", "stop_sequence", "tool_use",
+                                  "eos", "eos_token"})
+CUT_PENALTY = 0.6
+
+
+def cut_penalty(value: float, reason: str, finish: str | None) -> tuple[float, str]:
+    """``value`` and ``reason`` after the penalty for an answer cut or blocked (``finish``)."""
+    if finish is None or finish.lower() in WHOLE_FINISH_REASONS:
+        return value, reason
+    return value * CUT_PENALTY, f"{reason}; cut off (finish_reason={finish})"
+
+
 # An option label inside a line: "A)" or "(A)" after a space (a line-start label is
 # detect_family's). Only ")" counts: "A." / "A:" inline are too often ordinary prose.
 _INLINE_OPT_RE = re.compile(r"(?:^|(?<=\s))\(?([A-Ha-h])\)\s+\S")
@@ -94,9 +112,7 @@ class HeuristicScorer:
         if problems:
             return Score(0.05, "unusable tool call: " + problems[0])
         names = ", ".join(str(call_name(c)) for c in calls)
-        value, reason = 0.85, f"tool call {names} with valid arguments"
-        if finish_reason == "length":
-            value, reason = value * 0.6, reason + "; cut off (finish_reason=length)"
+        value, reason = cut_penalty(0.85, f"tool call {names} with valid arguments", finish_reason)
         return Score(round(value, 4), reason)
 
     def score_text(self, request: ChatRequest, text: str, finish_reason: str | None = None) -> Score:
@@ -111,8 +127,7 @@ class HeuristicScorer:
         value, reason = self._form(request, form, t)
         if _REFUSAL_RE.search(t[:400]) and value > 0.2:
             value, reason = 0.15, "refusal or failure phrase"
-        if finish_reason == "length":
-            value, reason = value * 0.6, reason + "; cut off (finish_reason=length)"
+        value, reason = cut_penalty(value, reason, finish_reason)
         return Score(round(value, 4), reason)
 
     def _form(self, request: ChatRequest, form: str, t: str) -> tuple[float, str]:
