@@ -194,9 +194,9 @@ async def test_packs_to_a_server_without_json_schema(tmp_path: Path) -> None:
     ``json_schema`` with a 400 "This response_format type is unavailable now"
     (https://api-docs.deepseek.com/api/create-chat-completion; reported in
     https://github.com/llm-exe/llm-exe/issues/662 and https://github.com/ItzCrazyKns/Vane/issues/969).
-    Packs send ``json_schema`` when the model ``supports_json_mode`` (the default): every pack is
-    refused and each item falls back to its own call (26 calls for 20 items, not fixed here, see
-    docs/configuration.md). With ``supports_json_mode: false``, as documented, packing works."""
+    With ``supports_json_mode: false`` packs never send a response_format and packing works in
+    two calls; without it, packs fall back from ``json_schema`` by themselves
+    (tests/integration/test_provider_quirks_2.py)."""
     from thrifty.batching import run_batch
 
     items = [{"id": str(i), "input": f"Review {i}: a great product"} for i in range(20)]
