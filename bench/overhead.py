@@ -9,25 +9,33 @@ what the ledger costs). A load generator sends the same chat request at
 concurrency 1 and 64 to the mock directly, to the floor and to thrifty, and reports p50/p99
 latency and requests/s. Targets (issue 2): at concurrency 64 thrifty reaches >= 70% of the
 floor's requests/s; at concurrency 1 it adds <= 2 ms p50 over a direct call.
+
+It also reports each server process's CPU seconds (user + system, all its threads: the ledger
+writer's included) per 1,000 requests at concurrency 64, and thrifty's as a multiple of the
+floor's: on 2 shared cores requests/s swings with whatever else runs, CPU time much less.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
+import os
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 sys.path.insert(0, str(ROOT / "bench"))
 
 BODY = {
@@ -92,9 +100,32 @@ def start(cmd: list[str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far, all its threads (Linux /proc; None elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # The fields after the command name, which is in parentheses and may hold spaces.
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_1k(pid: int, n: int, run: Callable[[], T]) -> tuple[T, float | None]:
+    """``run()``'s result, and the CPU seconds process ``pid`` spent per 1,000 of its ``n`` requests."""
+    before = cpu_seconds(pid)
+    result = run()
+    after = cpu_seconds(pid)
+    return result, None if before is None or after is None else (after - before) / n * 1000
+
+
 # ---------------------------------------------------------------- load
 def show(name: str, conc: int, r: dict[str, float]) -> None:
     print(f"c={conc:<3} {name:<8} p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  {r['rps']:8.1f} req/s")
+
+
+def run_load(url: str, n: int, concurrency: int) -> dict[str, float]:
+    return asyncio.run(load(url, n, concurrency))
 
 
 async def load(url: str, n: int, concurrency: int) -> dict[str, float]:
@@ -162,6 +193,7 @@ def main() -> None:
                             "--log-level", "warning"]))
         procs.append(start([thrifty, "serve", "--config", str(configs["thrifty-noledger"]), "--port", str(nl_port),
                             "--log-level", "warning"]))
+        pids = dict(zip(("direct", "floor", "thrifty", "thrifty-noledger"), (p.pid for p in procs), strict=True))
         targets = {
             "direct": f"{upstream}/chat/completions",
             "floor": f"http://127.0.0.1:{floor_port}/v1/chat/completions",
@@ -181,10 +213,14 @@ def main() -> None:
         # the targets are interleaved over several rounds, and each figure is the median of its
         # rounds, each share the median of the per-round shares.
         rounds: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+        cpu: dict[str, list[float | None]] = {name: [] for name in targets}  # CPU s per 1,000 requests, per round
         for _ in range(max(1, args.rounds)):
             for name, url in targets.items():
                 asyncio.run(load(url, 100, 64))
-                rounds[name].append(asyncio.run(load(url, args.requests, 64)))
+                result, spent = cpu_per_1k(pids[name], args.requests,
+                                           functools.partial(run_load, url, args.requests, 64))
+                rounds[name].append(result)
+                cpu[name].append(spent)
         for name, runs in rounds.items():
             results[(name, 64)] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
             show(name, 64, results[(name, 64)])
@@ -215,6 +251,7 @@ def main() -> None:
         f"- p50 added by thrifty over a direct call at concurrency 1: **{added_p50:.2f} ms** (target <= 2 ms); "
         f"the floor adds {f1['p50_ms'] - d1['p50_ms']:.2f} ms",
         f"- p99 added at concurrency 64 over the floor: {t64['p99_ms'] - f64['p99_ms']:.2f} ms",
+        cpu_line(cpu),
         "",
         "All the servers, the mock upstream and the load generator share this machine's 2 cores, so "
         "absolute figures are noisy; the ratios come from one run of the same command. Concurrency 64 "
@@ -227,6 +264,20 @@ def main() -> None:
         write_section("overhead", "Gateway overhead (issue 2)",
                       f"python bench/overhead.py --requests {args.requests} --rounds {args.rounds} --write",
                       "\n".join(lines + summary))
+
+
+def cpu_line(cpu: dict[str, list[float | None]]) -> str:
+    """The summary line on CPU per request at concurrency 64: medians over the rounds, the ratio
+    the median of the per-round ratios (as the requests/s share)."""
+    runs = {name: [v for v in cpu[name] if v is not None] for name in ("floor", "thrifty", "thrifty-noledger")}
+    if any(len(v) != len(cpu[name]) or not all(v) for name, v in runs.items()):
+        return "- CPU per request: not measured (no /proc on this system, or a round too short to register)"
+    med = {name: statistics.median(v) for name, v in runs.items()}
+    ratios = sorted(t / f for t, f in zip(runs["thrifty"], runs["floor"], strict=True))
+    return (f"- CPU seconds per 1,000 requests at concurrency 64 (the server process, all threads): thrifty "
+            f"{med['thrifty']:.3f}, the floor {med['floor']:.3f}, thrifty with the ledger off "
+            f"{med['thrifty-noledger']:.3f}: thrifty uses **{statistics.median(ratios):.2f}x** the floor's CPU "
+            f"per request (median of {len(ratios)} rounds, range {ratios[0]:.2f}-{ratios[-1]:.2f}x)")
 
 
 if __name__ == "__main__":
