@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from thrifty.catalog import Catalog, ModelInfo
 from thrifty.errors import UpstreamError
+from thrifty.model_names import base_model
 from thrifty.types import ChatRequest, Usage, cut_at_limit
 
 if TYPE_CHECKING:
@@ -157,8 +158,8 @@ HYBRIDS: tuple[Hybrid, ...] = (
 
 def _normalise(upstream_model: str) -> str:
     """``openai/gpt-6-luna`` -> ``gpt-6-luna``; ``deepseek/deepseek-r1:free`` -> ``deepseek-r1``:
-    routers prefix the vendor and suffix a variant, the family is in between."""
-    return upstream_model.lower().rsplit("/", 1)[-1].split(":", 1)[0]
+    routers prefix the vendor and suffix a variant, the family is in between (``base_model``)."""
+    return base_model(upstream_model)
 
 
 _Named = TypeVar("_Named", Family, Hybrid)

@@ -19,6 +19,8 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from thrifty.model_names import base_model
+
 # Images, OpenAI's documented rules (platform.openai.com/docs/guides/images-vision, "Calculating
 # costs"), which differ by model family.
 # The tile rule: detail "low" costs a fixed base; "high" (and "auto", counted as high) scales the
@@ -89,7 +91,7 @@ def image_tokens(width: int | None, height: int | None, detail: str | None = Non
                  model: str | None = None) -> int:
     """What one image costs under OpenAI's rule for ``model`` (see ``IMAGE_BASE``); unknown size:
     the maximum."""
-    name = _model_name(model)
+    name = base_model(model)
     multiplier = _patch_multiplier(name)
     if multiplier is not None:
         return math.ceil(_patches(width, height) * multiplier)
@@ -120,11 +122,6 @@ def _patches(width: int | None, height: int | None) -> int:
     shrink *= min(math.floor(w_p) / w_p if w_p >= 1 else 1.0, math.floor(h_p) / h_p if h_p >= 1 else 1.0)
     w, h = max(1, int(w * shrink)), max(1, int(h * shrink))
     return min(_PATCH_CAP, math.ceil(w / _PATCH_PX) * math.ceil(h / _PATCH_PX))
-
-
-def _model_name(model: str | None) -> str:
-    """``model`` lower-cased without a provider prefix (``openai/gpt-4o`` -> ``gpt-4o``)."""
-    return str(model or "").strip().lower().rsplit("/", 1)[-1]
 
 
 def _patch_multiplier(name: str) -> float | None:
@@ -162,8 +159,10 @@ def part_tokens(part: dict[str, Any], model: str | None = None) -> int:
         image = part.get("image_url")
         url = image.get("url") if isinstance(image, dict) else image
         detail = (image.get("detail") if isinstance(image, dict) else None) or part.get("detail")
-        # a low-detail image costs the same at any size: its header is not read
-        size = image_size(url) if isinstance(url, str) and detail != "low" else None
+        # a low-detail image costs the same at any size under the tile rule: its header is not
+        # read (the patch rule ignores the detail: a small image there costs little)
+        flat = detail == "low" and _patch_multiplier(base_model(model)) is None
+        size = image_size(url) if isinstance(url, str) and not flat else None
         width, height = size or (None, None)
         return image_tokens(width, height, detail, model)
     if kind == "input_audio":

@@ -27,6 +27,7 @@ import tiktoken
 from tiktoken.model import encoding_name_for_model
 
 from thrifty.media_tokens import content_media_tokens
+from thrifty.model_names import base_model
 
 log = logging.getLogger("thrifty.tokens")
 
@@ -72,15 +73,14 @@ def _quick(name: str) -> Any | None:
 def encoding_name(model: str | None = None) -> str:
     """The encoding thrifty counts ``model``'s tokens with: ``o200k_base`` or ``cl100k_base``.
 
-    The model may carry a provider prefix (``openai/gpt-4o``) or a date suffix. Encodings other
+    The model may carry a provider prefix (``openai/gpt-4o``), a variant (``:nitro``), a fine-tune
+    wrapper (``ft:gpt-4o-mini-...:org::id``) or a date suffix (``base_model``). Encodings other
     than these two (gpt-oss's o200k_harmony only adds special tokens, which are counted as text
     here anyway) map to the nearer one; unknown models keep cl100k.
     """
     if not model:
         return CL100K
-    name = model.strip().lower()
-    if not name.startswith("ft:"):
-        name = name.rsplit("/", 1)[-1]
+    name = base_model(model)
     if name.startswith(_EXTRA_O200K_PREFIXES):
         return O200K
     try:

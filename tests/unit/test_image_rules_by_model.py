@@ -20,9 +20,10 @@ from PIL import Image
 
 from thrifty.compress.history import messages_tokens, trim
 from thrifty.gateway import Gateway
-from thrifty.media_tokens import _patches, image_tokens
+from thrifty.media_tokens import _patches, image_tokens, part_tokens
+from thrifty.model_names import base_model
 from thrifty.providers.function import FunctionProvider, chat_response
-from thrifty.tokens import count_messages, count_text
+from thrifty.tokens import count_messages, count_text, encoding_name
 from thrifty.types import ChatRequest
 
 
@@ -127,3 +128,28 @@ async def test_the_gateway_trims_with_the_catalogs_upstream_model(tmp_path: Path
                                                 - messages_tokens(kept, "gpt-4.1-nano"))
     finally:
         await gw.aclose()
+
+
+def test_a_low_detail_image_on_a_patch_model_is_counted_from_its_size() -> None:
+    # the tile rule's "low" is a flat base, so its header is not read; the patch rule ignores the
+    # detail, and an unread size would count the 1,536-patch cap (2,642 tokens for 64 x 64)
+    part = {"type": "image_url", "image_url": {"url": data_url(64, 64), "detail": "low"}}
+    assert part_tokens(part, "o4-mini") == math.ceil(4 * 1.72)
+    assert part_tokens(part, "gpt-4o") == 85
+
+
+@pytest.mark.parametrize("model,expected", [
+    ("openai/gpt-4o-mini:nitro", 2833 + 4 * 5667),  # OpenRouter variants
+    ("ft:gpt-4o-mini-2024-07-18:acme::abc123", 2833 + 4 * 5667),  # an OpenAI fine-tune
+    ("gpt-5:online", 70 + 4 * 140),
+    ("openrouter/openai/gpt-4.1-nano:floor", math.ceil(1024 * 2.46)),
+])
+def test_wrapped_model_ids_get_their_base_models_rule(model: str, expected: int) -> None:
+    assert image_tokens(1024, 1024, model=model) == expected
+    assert base_model(model) in ("gpt-4o-mini", "gpt-4o-mini-2024-07-18", "gpt-5", "gpt-4.1-nano")
+
+
+def test_wrapped_model_ids_count_with_their_base_models_tokenizer() -> None:
+    assert encoding_name("openai/gpt-4o:nitro") == encoding_name("gpt-4o") == "o200k_base"
+    assert encoding_name("ft:gpt-4o-mini-2024-07-18:acme::abc123") == "o200k_base"
+    assert encoding_name("gpt-4:extended") == "cl100k_base"
