@@ -124,15 +124,18 @@ def embedded_error(body: dict[str, Any], answer: str = "choices") -> ErrorDetail
     failure after the model started as a chunk with a top-level ``error`` and a choice whose
     finish_reason is "error" (openrouter.ai/docs/api/reference/errors-and-debugging), and the
     openai SDK raises on any event with an ``error``; read as an answer, the cut answer passed
-    for a success (ledger ``ok``, a cascade tier's answer)."""
+    for a success (ledger ``ok``, a cascade tier's answer). Beside an answer only an error that
+    says something counts: some proxies always write the field, null-filled when nothing failed."""
+    found: ErrorDetail | None
     if isinstance(body.get(answer), list):
         err = body.get("error")
-        if not ((isinstance(err, dict) and err) or _text(err)):
+        found = _fields(err) if isinstance(err, dict) else ErrorDetail(_text(err))
+        if not (found.message or found.code or found.status):
             return None
-        body = {"error": err}
-    found = error_in(body)
-    if found is None:
-        return None
+    else:
+        found = error_in(body)
+        if found is None:
+            return None
     return found if found.message else ErrorDetail("no message", found.param, found.code, found.status)
 
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
+import re
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -46,6 +47,7 @@ from thrifty.redact import Redactor, provider_secrets
 from thrifty.streaming import response_to_chunks
 
 log = logging.getLogger("thrifty.providers")
+T = TypeVar("T")  # what a streamed call yields: chat chunks, or raw SSE events (raw_http.py)
 
 
 class OpenAICompatProvider:
@@ -90,10 +92,12 @@ class OpenAICompatProvider:
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         data = await self._post(self._url, adapt(body, self.config.compat))
+        # An error in a 200 body, in place of the choices or beside them (OpenRouter, once the
+        # model started): checked first, as a cut answer beside an error is no answer.
+        reported = answer_error(self.name, data, self._redact)
+        if reported is not None:
+            raise reported
         if not isinstance(data.get("choices"), list):
-            reported = answer_error(self.name, data, self._redact)
-            if reported is not None:  # an error in a 200 body (OpenRouter, once the model started)
-                raise reported
             raise UpstreamProtocolError(f"{self.name}: response has no 'choices' array", retryable=True)
         return data
 
@@ -141,34 +145,51 @@ class OpenAICompatProvider:
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Chunks of a streaming completion. Failures before the first chunk are retryable like
         complete()'s (the client has nothing yet); after it they are not (it has part of the answer).
+        A server refusing ``stream_options`` is asked again without it (``without_refused_options``)."""
+        async with contextlib.aclosing(self.without_refused_options(body, self._stream_once)) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
-        The gateway asks every stream for ``stream_options.include_usage`` (to price it); a server
-        that refuses the field with a 400 (many OpenAI-compatible ones: "Unknown parameter:
-        'stream_options'") is asked again without it, and not sent it again for that model:
-        otherwise every stream failed over a field the client may never have sent. Its tokens are
-        then counted offline unless it reports usage anyway."""
+    async def without_refused_options(self, body: dict[str, Any],
+                                      once: Callable[[dict[str, Any]], AsyncGenerator[T, None]]
+                                      ) -> AsyncGenerator[T, None]:
+        """The items of ``once(body)``, a streamed call, for a server that may refuse ``stream_options``.
+
+        The gateway asks every stream (chat, legacy completions) for ``stream_options.include_usage``
+        (to price it); a server that refuses the field with a 400 (many OpenAI-compatible ones:
+        "Unknown parameter: 'stream_options'") is asked again once without it, and once that retry
+        streams, not sent it again for that model (per model: a proxy may route each model to a
+        different server): otherwise every stream failed over a field the client may never have
+        sent. Its tokens are then counted offline unless it reports usage anyway. Learned only
+        when the retry streams: a retry that fails too proves nothing about the field."""
         model = str(body.get("model"))
-        if model in self._refuses_stream_options:
-            body = {k: v for k, v in body.items() if k != "stream_options"}
+        if "stream_options" in body and model in self._refuses_stream_options:
+            body = _without_stream_options(body)
         yielded = False
         try:
-            async with contextlib.aclosing(self._stream_once(body)) as chunks:
-                async for chunk in chunks:
+            async with contextlib.aclosing(once(body)) as items:
+                async for item in items:
                     yielded = True  # from here a failure is the stream's, never asked again
-                    yield chunk
+                    yield item
             return
         except UpstreamStatusError as exc:
             if yielded or "stream_options" not in body or not refuses_stream_options(exc):
                 raise
             refusal = exc.message
+        learned = False
+        async with contextlib.aclosing(once(_without_stream_options(body))) as items:
+            async for item in items:
+                if not learned:
+                    learned = True
+                    self._learn_refusal(model, refusal)
+                yield item
+
+    def _learn_refusal(self, model: str, refusal: str) -> None:
+        """Stop sending ``stream_options`` for ``model`` (its retry without it streamed)."""
         if len(self._refuses_stream_options) < 10_000:  # model names come from requests: bounded
             self._refuses_stream_options.add(model)
         log.warning("%s refused stream_options for %s (%s); streaming without it from now on",
                     self.name, self._redact(model), refusal)
-        async with contextlib.aclosing(self._stream_once(
-                {k: v for k, v in body.items() if k != "stream_options"})) as chunks:
-            async for chunk in chunks:
-                yield chunk
 
     async def _stream_once(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
         """One streamed call (``stream``)."""
@@ -216,6 +237,10 @@ class OpenAICompatProvider:
                     reported = embedded_error(chunk) if isinstance(chunk, dict) else None
                     if reported is not None:
                         raise self._stream_error(reported, started)
+                    if isinstance(chunk, dict):
+                        # An error that says nothing (null-filled, beside the answer): relayed, the
+                        # openai SDK raises on any event whose `error` is not empty.
+                        chunk.pop("error", None)
                     started = True
                     note_finishes(chunk, finished)
                     yield chunk
@@ -230,11 +255,12 @@ class OpenAICompatProvider:
             ) from None
         except aiohttp.ClientError as exc:
             raise billed_if(self._connection_error(exc, mid_stream=started), accepted and not started) from None
-        if not done and not (finished and all(finished.values())):
+        if not done and not (len(finished) >= asked_choices(body) and all(finished.values())):
             # A stream that ended cleanly once every choice had its finish_reason is whole: some
             # servers never send [DONE] (TGI before 2.1.1, llama-box, ik_llama.cpp). Without a
-            # finish_reason the end is a cut. (After the first chunk the caller prices what was
-            # streamed; before it, the prompt.)
+            # finish_reason, or with fewer choices than asked for (``n``: a choice never seen),
+            # the end is a cut. (After the first chunk the caller prices what was streamed;
+            # before it, the prompt.)
             raise billed_if(UpstreamProtocolError(f"{self.name}: stream ended before [DONE] (truncated)",
                                                 retryable=not started), not started)
 
@@ -338,15 +364,32 @@ def join_url(base_url: str, path: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"{parts.path.rstrip('/')}/{path.lstrip('/')}", query, ""))
 
 
+def _without_stream_options(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k != "stream_options"}
+
+
+# A refusal names the field next to its reason: "Unknown parameter: 'stream_options'",
+# "Unrecognized request argument supplied: stream_options", FastAPI's "body.stream_options: Extra
+# inputs are not permitted". A bare mention is not one: vLLM's validation 400s quote the whole
+# request body, ``stream_options`` included, whatever they are about.
+_REFUSAL = re.compile(
+    r"(unknown|unrecognized|unrecognised|unsupported|unexpected|extra)\b[^.\n]{0,40}?\bstream_options\b"
+    r"|\bstream_options\b[^.\n]{0,40}?(extra inputs|not permitted|not supported|unsupported|not allowed"
+    r"|unknown|unrecognized|unrecognised)", re.IGNORECASE)
+
+
 def refuses_stream_options(exc: UpstreamStatusError) -> bool:
-    """Whether a provider's error refuses the ``stream_options`` field (a 400, or FastAPI's 422
-    naming ``body.stream_options``), whatever its words ("Unknown parameter", "Unrecognized
-    request argument", "Extra inputs are not permitted")."""
+    """Whether a provider's error (a 400, or FastAPI's 422) refuses the ``stream_options`` field:
+    it names it as its ``param``, or its message names it beside a refusal (``_REFUSAL``)."""
     if exc.upstream_status not in (400, 422):
         return False
-    err = (exc.body or {}).get("error") if isinstance(exc.body, dict) else None
-    said = " ".join(str(err.get(k) or "") for k in ("param", "message")) if isinstance(err, dict) else ""
-    return "stream_options" in f"{said} {exc.message}"
+    return exc.param == "stream_options" or _REFUSAL.search(exc.message) is not None
+
+
+def asked_choices(body: dict[str, Any]) -> int:
+    """How many choices ``body`` asks for (its ``n``, default 1)."""
+    n = body.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
 
 
 def note_finishes(chunk: Any, finished: dict[int, bool]) -> None:

@@ -79,8 +79,16 @@ def parse_event(lines: list[bytes], provider_name: str, started: bool) -> SSEEve
 WholeStream = Callable[[Any], Iterable[BuiltEvent] | None]
 
 
-async def open_events(provider: OpenAICompatProvider, path: str, body: dict[str, Any],
-                      whole: WholeStream | None = None) -> AsyncGenerator[SSEEvent, None]:
+def open_events(provider: OpenAICompatProvider, path: str, body: dict[str, Any],
+                whole: WholeStream | None = None) -> AsyncGenerator[SSEEvent, None]:
+    """``_events_once``, asked again without ``stream_options`` when the server refuses the field
+    (the legacy completions endpoint adds it to price the stream), as chat streams are: the same
+    retry and the same models learned (``OpenAICompatProvider.without_refused_options``)."""
+    return provider.without_refused_options(body, lambda sent: _events_once(provider, path, sent, whole))
+
+
+async def _events_once(provider: OpenAICompatProvider, path: str, body: dict[str, Any],
+                       whole: WholeStream | None) -> AsyncGenerator[SSEEvent, None]:
     """POST ``body`` to ``base_url + path`` and yield its events until the provider closes the stream.
 
     A provider that ignores ``stream`` answers one JSON body: when ``whole`` makes the events of

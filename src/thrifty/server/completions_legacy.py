@@ -4,7 +4,8 @@ thrifty reads ``model``, ``prompt`` (a string, an array of strings, an array of 
 array of token-id arrays), ``max_tokens``, ``n``, ``stream`` and ``stream_options``; every other
 field (``suffix``, ``echo``, ``logprobs``, ``best_of``...) is the provider's to judge. A stream
 is priced from its usage chunk: thrifty asks for it (``stream_options.include_usage``) whether
-or not the client did, and when the client did not, drops it again, as on chat completions. A
+or not the client did, and when the client did not, drops it again, as on chat completions; a
+server that refuses the field is asked again without it, as chat streams are (``open_events``). A
 provider that ignores ``stream`` and answers one whole completion has it sent as those chunks.
 """
 
