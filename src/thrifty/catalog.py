@@ -347,6 +347,10 @@ class Catalog:
             priced = [m for m in models if m.price is not None]
             baseline = max(priced, key=lambda m: m.price.output if m.price else 0).name if priced else None
         self.baseline_name = baseline
+        # What this process learned of its providers' refusals (providers/refusals.py): lesson
+        # ("refuses:logprobs", ...) -> the model or route names it holds for. In memory only and
+        # per catalog, so a reloaded config or a second gateway in one process starts afresh.
+        self.lessons: dict[str, set[str]] = {}
 
     def __contains__(self, name: str) -> bool:
         return name in self._models or name in self._aliases

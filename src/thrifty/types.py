@@ -383,6 +383,27 @@ def finish_reason(response: dict[str, Any], index: int = 0) -> str | None:
     return reason if isinstance(reason, str) else None
 
 
+# Finish reasons of a whole answer: OpenAI's (stop, tool_calls, function_call), Anthropic's
+# (end_turn, stop_sequence, tool_use), TGI's and others' (eos, eos_token). Every other one means
+# the answer was cut or blocked, whatever a provider calls it: "length" (OpenAI), "max_tokens"
+# (Anthropic), "insufficient_system_resource" (DeepSeek), "content_filter", "error" (OpenRouter),
+# "abort" (vLLM)... An unknown name is taken as a cut too: escalating or retrying costs a call,
+# while accepting a cut answer serves it. No finish_reason at all is no evidence either way.
+WHOLE_FINISH_REASONS = frozenset({"stop", "tool_calls", "function_call", "end_turn", "stop_sequence", "tool_use",
+                                  "eos", "eos_token"})
+
+
+def cut_or_blocked(reason: str | None) -> bool:
+    """Whether a ``finish_reason`` says the answer was cut or blocked (``WHOLE_FINISH_REASONS``)."""
+    return reason is not None and reason.lower() not in WHOLE_FINISH_REASONS
+
+
+def cut_short(response: dict[str, Any], index: int = 0) -> str | None:
+    """The finish_reason of choice ``index`` when it says the answer was cut or blocked, else None."""
+    reason = finish_reason(response, index)
+    return reason if cut_or_blocked(reason) else None
+
+
 def cut_at_limit(response: dict[str, Any]) -> bool:
     """True when the first choice stopped at ``max_tokens`` (``finish_reason: "length"``): a cut
     answer is not a whole answer, even when its first words would pass a check."""

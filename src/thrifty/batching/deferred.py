@@ -51,7 +51,7 @@ from thrifty.pipeline.accounting import priced_usage, settle
 from thrifty.pipeline.context import Attempt, RequestContext
 from thrifty.providers.batch_api import BatchProvider, OpenAIBatchAPI, find_batches
 from thrifty.providers.compat import adapt
-from thrifty.types import ChatRequest, Usage, cut_at_limit, response_text
+from thrifty.types import ChatRequest, Usage, cut_short, response_text
 
 if TYPE_CHECKING:
     from thrifty.gateway import Gateway
@@ -398,7 +398,7 @@ class DeferredRunner:
         when = answered_at(body)
         usage, cost = price_answer(self._request(job, it), body, self.gw.catalog.get(job.model), when)
         item = Item(it.item_id, it.input)
-        cut = cut_at_limit(body)
+        cut = cut_short(body)
         output = None if cut else packing.valid_output(response_text(body), item, job.labels, None)
         if self._ledger(job, it, usage, cost, when):
             prompt = it.prompt_tokens + usage.prompt_tokens
@@ -412,7 +412,7 @@ class DeferredRunner:
         )
         if output is not None:
             return output, ""
-        return None, "answer cut at max_tokens (batching.max_output_tokens_per_item)" if cut else "invalid answer"
+        return None, packing.cut_why(cut) if cut else "invalid answer"
 
     def _request_id(self, job: Job, seq: int, round_no: int) -> str:
         """The ledger request id of item ``seq``'s answer in round ``round_no`` (one row each)."""

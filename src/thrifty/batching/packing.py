@@ -14,8 +14,6 @@ runner to retry in a smaller pack, then alone.
 from __future__ import annotations
 
 import json
-import re
-import weakref
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +22,7 @@ from typing import Any
 from thrifty.batching.items import Item
 from thrifty.catalog import Catalog, ModelInfo
 from thrifty.cost import price_tokens
+from thrifty.providers.refusals import learn, learned, refuses_param
 from thrifty.tokens import count_messages, count_text
 from thrifty.types import Usage
 
@@ -81,31 +80,41 @@ def packed_params(labels: list[str] | None, json_mode: bool, max_tokens: int,
 # then sent with the next one. The prompt asks for the JSON either way (DeepSeek's json_object
 # wants the word "json" in it), and parse_packed checks every item's answer whatever was sent.
 FORMATS = ("json_schema", "json_object", "none")
-_FORMAT_REFUSAL_RE = re.compile(r"response_format|json_schema|json schema|json_object", re.I)
-# What this process learned per target (a model or route name) per catalog: weak, so a closed
-# gateway's lessons go with it and two gateways in one process (tests) never share them.
-_FORMAT_LEARNED: weakref.WeakKeyDictionary[Catalog, dict[str, str]] = weakref.WeakKeyDictionary()
+# What a refusal of the response_format names (DeepSeek's message names the parameter only).
+FORMAT_NAMES = ("response_format", "json_schema", "json schema", "json_object")
 
 
-def format_refused(message: str, status: int | None, param: str | None = None) -> bool:
-    """Whether a 400/422 ``message`` (``status`` None: unknown) refuses the response_format sent."""
-    if status is not None and status not in (400, 422):
-        return False
-    return param == "response_format" or bool(_FORMAT_REFUSAL_RE.search(message))
+def format_refused(status: int | None, param: str | None, message: str) -> bool:
+    """Whether an error (``status`` None: an attempt's message, status unknown) refuses the
+    response_format sent."""
+    return refuses_param(status, param, message, FORMAT_NAMES)
+
+
+def _lesson(fmt: str) -> str:
+    """The catalog lesson (providers/refusals.py) of a target refusing ``fmt``."""
+    return f"refuses:response_format={fmt}"
 
 
 def known_format(catalog: Catalog, target: str) -> str:
-    """The response_format packs to ``target`` are sent with now (``FORMATS``)."""
-    return _FORMAT_LEARNED.get(catalog, {}).get(target, FORMATS[0])
+    """The response_format packs to ``target`` (a model or route name) are sent with now: the
+    strongest of ``FORMATS`` it has not refused in this process."""
+    return next(f for f in FORMATS if f == FORMATS[-1] or not learned(catalog, _lesson(f), target))
 
 
 def weaker_format(catalog: Catalog, target: str, refused: str) -> str:
-    """The format after ``refused`` (or the one a concurrent pack learned, when weaker), learned
-    for ``target`` for the rest of the process."""
-    nxt = FORMATS[min(FORMATS.index(refused) + 1, len(FORMATS) - 1)]
-    new = max(nxt, known_format(catalog, target), key=FORMATS.index)
-    _FORMAT_LEARNED.setdefault(catalog, {})[target] = new
-    return new
+    """Learn that ``target`` refuses ``refused``; the format its packs are sent with from now (the
+    next one, or a weaker one a concurrent pack learned)."""
+    if refused != FORMATS[-1]:
+        learn(catalog, _lesson(refused), target)
+    return known_format(catalog, target)
+
+
+def cut_why(finish: str, max_tokens: Any = None) -> str:
+    """Why an answer cut or blocked (``types.cut_short``'s ``finish``) answers none of its items."""
+    if finish == "length":
+        limit = f"{max_tokens}; " if max_tokens is not None else ""
+        return f"answer cut at max_tokens ({limit}see batching.max_output_tokens_per_item)"
+    return f"answer cut or blocked by the provider (finish_reason={finish})"
 
 
 def single_messages(task: str, item: Item, labels: list[str] | None) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from thrifty.batching import packing
@@ -28,7 +28,7 @@ from thrifty.batching.items import Item, coerce_items
 from thrifty.batching.progress import Progress
 from thrifty.errors import ConfigError, InvalidRequestError, ThriftyError, UpstreamError, UsageError
 from thrifty.pipeline.context import RequestContext, new_request_id
-from thrifty.types import ChatRequest, cut_at_limit, response_text
+from thrifty.types import ChatRequest, cut_short, response_text
 
 if TYPE_CHECKING:
     from thrifty.batching.checkpoint import Checkpoint
@@ -46,6 +46,17 @@ STRATEGY = "packing"
 # What a call's answer settled: item id -> output for the items it answered, item id -> why for
 # the rest. Judged once, when the ledger row is written, so the row's baseline and the run agree.
 Judge = Callable[[str], packing.PackOutcome]
+
+
+@dataclass
+class _Sent:
+    """One call's judged answer (``answered``: the call itself succeeded), with what its failed
+    tries said: a route's cheap tier refusing a parameter fails a try, not the call."""
+
+    outcome: packing.PackOutcome
+    answered: bool
+    error: ThriftyError | None = None  # the call's own error
+    failed: list[str] = field(default_factory=list)  # the messages of its failed answer attempts
 
 
 @dataclass
@@ -157,10 +168,10 @@ class _Run:
         return self.results[item.id]
 
     async def _call(self, items: list[Item], messages: list[dict[str, Any]], params: dict[str, Any],
-                    judge: Judge, errors: list[ThriftyError] | None = None) -> packing.PackOutcome:
+                    judge: Judge) -> _Sent:
         """Send one request for ``items`` and judge its answer; its cost is shared among them. An
-        answer cut at ``max_tokens`` answers none of them (it was paid for, but is no answer). The
-        call's error, if any, is added to ``errors``."""
+        answer cut or blocked (``max_tokens``, a provider's filter or failure) answers none of
+        them (it was paid for, but is no answer)."""
         req = ChatRequest(model=self.target, messages=messages, params=params,
                           options={"task": self.task_name})
         ctx = RequestContext(request=req, request_id=new_request_id())
@@ -183,25 +194,26 @@ class _Run:
             done.baseline_cost_usd = self._baseline(items, outcome, done.baseline_cost_usd)
 
         ctx.finalizers.append(account)
-        error: str | None = None
+        error: ThriftyError | None = None
         try:
             await self.gw.run(ctx)
         except ThriftyError as exc:
-            error = exc.message
-            if errors is not None:
-                errors.append(exc)
+            error = exc
         self._share(items, ctx)
         if raised:
             raise raised[0]
+        failed = [a.error or "" for a in ctx.attempts if a.status == "error" and a.purpose == "answer"]
         if found:
-            return found[0]
-        return packing.PackOutcome(failed={it.id: error or "no answer" for it in items})
+            return _Sent(found[0], True, error, failed)
+        why = error.message if error is not None else "no answer"
+        return _Sent(packing.PackOutcome(failed={it.id: why for it in items}), False, error, failed)
 
     def _judge(self, ctx: RequestContext, items: list[Item], params: dict[str, Any],
                judge: Judge) -> packing.PackOutcome:
         response = ctx.response or {}
-        if cut_at_limit(response):
-            why = f"answer cut at max_tokens ({params.get('max_tokens')}; see batching.max_output_tokens_per_item)"
+        cut = cut_short(response)
+        if cut is not None:
+            why = packing.cut_why(cut, params.get("max_tokens"))
             return packing.PackOutcome(failed={it.id: why for it in items})
         return judge(response_text(response))
 
@@ -267,26 +279,25 @@ class _Run:
         """One pack's call, sent again with the next weaker response_format (packing.FORMATS)
         while the provider refuses the one sent: learned for the target, so the run's (and the
         process's) later packs are not refused again. Each refused call is in the ledger, and
-        counted in its items' calls, like any other."""
+        counted in its items' calls, like any other. A refusal the call survived (a route whose
+        cheap tier refused, its next tier answered) is learned too, and the answer kept."""
         messages = packing.packed_messages(self.task, items, self.labels)
         catalog = self.gw.catalog
         while True:
             fmt = packing.known_format(catalog, self.target)
             params = packing.packed_params(self.labels, self.json_mode, self.max_per_item * len(items) + 50, fmt)
-            errors: list[ThriftyError] = []
-            outcome = await self._call(items, messages, params,
-                                       lambda text: packing.parse_packed(text, items, self.labels, self.validate),
-                                       errors)
-            refused = next((e for e in errors if isinstance(e, UpstreamError)), None)
-            if refused is None or "response_format" not in params or \
-                    not packing.format_refused(refused.message, refused.status, refused.param):
-                return outcome
+            sent = await self._call(items, messages, params,
+                                    lambda text: packing.parse_packed(text, items, self.labels, self.validate))
+            if "response_format" not in params or not _format_refused(sent):
+                return sent.outcome
             packing.weaker_format(catalog, self.target, fmt)  # strictly weaker: the loop ends at "none"
+            if sent.answered:
+                return sent.outcome
 
     async def single(self, item: Item) -> None:
         params: dict[str, Any] = {"temperature": 0, "max_tokens": self.max_per_item}
-        outcome = await self._call([item], packing.single_messages(self.task, item, self.labels), params,
-                                   lambda text: self._alone(item, text))
+        outcome = (await self._call([item], packing.single_messages(self.task, item, self.labels), params,
+                                    lambda text: self._alone(item, text))).outcome
         r = self._result(item)
         if item.id in outcome.accepted:
             r.output, r.status, r.produced, r.error = outcome.accepted[item.id], "ok", "single", None
@@ -319,6 +330,15 @@ class _Run:
             await asyncio.to_thread(cp.sync, self.gw.flush)
         finally:
             self._saving = False
+
+
+def _format_refused(sent: _Sent) -> bool:
+    """Whether the call, or one of its tries, was refused for its response_format: the call's own
+    error by its status and param, a try by its message (an attempt keeps no status)."""
+    err = sent.error
+    if isinstance(err, UpstreamError) and packing.format_refused(err.status, err.param, err.message):
+        return True
+    return any(packing.format_refused(None, None, message) for message in sent.failed)
 
 
 async def run_batch(

@@ -139,7 +139,7 @@ class TierCascade:
                          scored_request: ChatRequest | None) -> tuple[dict[str, Any], Attempt]:
         """One tier's call. The logprobs the scorer asked for (the client did not) are left out for
         a model known to refuse them (DeepSeek's reasoner, OpenAI's reasoning models: a 400), and
-        such a refusal sends the call again without them, learned for the model that refused: the
+        such a refusal sends the call again without them to the model that refused, learned for it: the
         scorer then reads no logprobs, as from a provider that returns none. A client that asked
         for logprobs itself is sent them, and a refusal is its answer."""
         if scored_request is None or "logprobs" not in self.extra_params or ctx.request.params.get("logprobs"):
@@ -157,9 +157,12 @@ class TierCascade:
             return await caller.complete(ctx, model, request_for)
         except UpstreamError as exc:
             last, asked = tried[-1] if tried else (model, False)
-            if not (asked and learn_logprobs_refusal(catalog, last, exc.message, exc.status, exc.param)):
+            if not (asked and learn_logprobs_refusal(catalog, last, exc.status, exc.param, exc.message)):
                 raise
-        return await caller.complete(ctx, model, request_for)
+        # Sent again to the model that refused, not to the tier's: when a fallback refused (the
+        # tier's model failed first, a 5xx), the whole chain again would retry the failing model,
+        # with all its retries and back-off, each another attempt in the ledger.
+        return await caller.complete(ctx, last, request_for)
 
     def _scored(self, i: int) -> bool:
         """The last tier and a tier without threshold are accepted without scoring."""

@@ -28,7 +28,7 @@ from thrifty.routing.formats import (
 from thrifty.scoring.base import Score
 from thrifty.scoring.structured import asks_for_json, json_problem, request_schema
 from thrifty.scoring.tools import call_name, tool_call_problems, tool_calls, tool_choice_problems
-from thrifty.types import ChatRequest, finish_reason, response_text
+from thrifty.types import ChatRequest, cut_or_blocked, finish_reason, response_text
 
 _REFUSAL_RE = re.compile(
     r"\b(i(?:'m| am) (?:sorry|unable|not able)|i can(?:no|')t (?:help|assist|answer|provide|do that)|"
@@ -36,20 +36,12 @@ _REFUSAL_RE = re.compile(
     r"not enough information)\b",
     re.I,
 )
-# Finish reasons of a whole answer: OpenAI's (stop, tool_calls, function_call), Anthropic's
-# (end_turn, stop_sequence, tool_use), TGI's and others' (eos, eos_token). Every other one means
-# the answer was cut or blocked, whatever a provider calls it: "length" (OpenAI), "max_tokens"
-# (Anthropic), "insufficient_system_resource" (DeepSeek), "content_filter", "error" (OpenRouter),
-# "abort" (vLLM)... An unknown name is taken as a cut too: escalating costs a dearer call, while
-# accepting a cut answer serves it. No finish_reason at all is no evidence either way.
-WHOLE_FINISH_REASONS = frozenset({"stop", "tool_calls", "function_call", "end_turn", "stop_sequence", "tool_use",
-                                  "eos", "eos_token"})
 CUT_PENALTY = 0.6
 
 
 def cut_penalty(value: float, reason: str, finish: str | None) -> tuple[float, str]:
     """``value`` and ``reason`` after the penalty for an answer cut or blocked (``finish``)."""
-    if finish is None or finish.lower() in WHOLE_FINISH_REASONS:
+    if not cut_or_blocked(finish):  # types.WHOLE_FINISH_REASONS: the one list of whole answers
         return value, reason
     return value * CUT_PENALTY, f"{reason}; cut off (finish_reason={finish})"
 

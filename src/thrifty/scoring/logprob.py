@@ -11,19 +11,17 @@ them by the cascade (routing/policies.py), which then scores it that neutral way
 from __future__ import annotations
 
 import math
-import re
-import weakref
 from typing import Any
 
 from thrifty.catalog import Catalog
+from thrifty.providers.refusals import learn, learned, refuses_param
 from thrifty.scoring.base import Score
 from thrifty.types import ChatRequest
 
-# Models (catalog names) whose provider refused ``logprobs`` (DeepSeek's reasoner, OpenAI's
-# o-series and gpt-5 answer a 400), per catalog and in memory only: weak, so a closed gateway's
-# lessons go with it and two gateways in one process (tests) never share them.
-_REFUSING: weakref.WeakKeyDictionary[Catalog, set[str]] = weakref.WeakKeyDictionary()
-_LOGPROBS_RE = re.compile(r"(?<![\w])(top_)?logprobs(?![\w])", re.I)
+# The catalog lesson (providers/refusals.py) of the models (catalog names) whose provider refused
+# ``logprobs``: DeepSeek's reasoner, OpenAI's o-series and gpt-5 answer a 400.
+LESSON = "refuses:logprobs"
+_NAMES = ("logprobs", "top_logprobs")
 
 
 def mean_logprob(response: dict[str, Any]) -> float | None:
@@ -55,16 +53,13 @@ def strip_logprobs(response: dict[str, Any]) -> None:
 
 def refuses_logprobs(catalog: Catalog, model: str) -> bool:
     """Whether ``model``'s provider refused ``logprobs`` earlier in this process."""
-    return model in _REFUSING.get(catalog, ())
+    return learned(catalog, LESSON, model)
 
 
-def learn_logprobs_refusal(catalog: Catalog, model: str, message: str, status: int | None,
-                           param: str | None = None) -> bool:
-    """Whether a 400/422 (``status`` None: unknown) answered to a request with ``logprobs`` refuses
-    them (``param`` or ``message`` names them); then it is remembered for ``model``."""
-    if status is not None and status not in (400, 422):
+def learn_logprobs_refusal(catalog: Catalog, model: str, status: int, param: str | None, message: str) -> bool:
+    """Whether an error answered to a request with ``logprobs`` refuses them (a 400/422 naming
+    them); then it is remembered for ``model``."""
+    if not refuses_param(status, param, message, _NAMES):
         return False
-    if param not in ("logprobs", "top_logprobs") and not _LOGPROBS_RE.search(message):
-        return False
-    _REFUSING.setdefault(catalog, set()).add(model)
+    learn(catalog, LESSON, model)
     return True
