@@ -351,6 +351,9 @@ class Catalog:
         # ("refuses:logprobs", ...) -> the model or route names it holds for. In memory only and
         # per catalog, so a reloaded config or a second gateway in one process starts afresh.
         self.lessons: dict[str, set[str]] = {}
+        # How internal calls to each model are sent, as learned from its answers
+        # (internal_calls.Shape by model name); the same lifetime as ``lessons``.
+        self.learned_shapes: dict[str, Any] = {}
 
     def __contains__(self, name: str) -> bool:
         return name in self._models or name in self._aliases

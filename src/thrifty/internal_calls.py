@@ -43,7 +43,6 @@ Client requests never come here: what a client sends goes upstream as it wrote i
 from __future__ import annotations
 
 import re
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -212,11 +211,6 @@ class Shape:
         return out
 
 
-# What this process learned per model, per catalog (one gateway's models): weak, so a closed
-# gateway's lessons go with it and two gateways in one process (tests) never share them.
-_LEARNED: weakref.WeakKeyDictionary[Catalog, dict[str, Shape]] = weakref.WeakKeyDictionary()
-
-
 def configured_shape(info: ModelInfo) -> Shape:
     """The shape the config and the name give, before anything is learned."""
     if info.reasoning is False:
@@ -235,7 +229,9 @@ def shape_for(catalog: Catalog, model: str) -> Shape:
     info = catalog.get(model)
     if info is None:  # the caller raises its own "unknown model" error on the call
         return Shape(False)
-    learned = _LEARNED.get(catalog, {}).get(info.name)
+    # What this process learned per model is kept on the catalog (one gateway's models), so a
+    # closed gateway's lessons go with it and two gateways in one process never share them.
+    learned: Shape | None = catalog.learned_shapes.get(info.name)
     return learned if learned is not None else configured_shape(info)
 
 
@@ -243,7 +239,7 @@ def _remember(catalog: Catalog, model: str, old: Shape, new: Shape) -> bool:
     info = catalog.get(model)
     if info is None or info.reasoning is False or new == old:
         return False
-    _LEARNED.setdefault(catalog, {})[info.name] = new
+    catalog.learned_shapes[info.name] = new
     return True
 
 
