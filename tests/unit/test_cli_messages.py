@@ -21,7 +21,7 @@ from thrifty.ledger.store import SQLiteStore
     (["estimate", "-n", "abc", "--output-tokens", "100"], ["'--requests-per-month' / '-n'", "'thrifty estimate --help'"]),
     (["estimate", "--bogus"], ["No such option: --bogus"]),
     (["serve"], ["Missing option '--config'", "'thrifty serve --help'"]),
-    (["evaluate"], ["No such command 'evaluate'", "'thrifty --help'"]),
+    (["evalute"], ["No such command 'evalute'", "'thrifty --help'"]),
     (["mock-upstream", "--allow-model", "a", "b"], ["unexpected extra argument", "(b)"]),
     (["route", "explain"], ["Missing argument 'prompt'", "'thrifty route explain --help'"]),
 ])
