@@ -7,6 +7,7 @@ from typing import Any
 
 from thrifty.cache.backends.base import CacheBackend
 from thrifty.cache.config import CacheConfig
+from thrifty.cache.embeddings import EmbeddingsCache
 from thrifty.cache.fingerprint import Fingerprints
 from thrifty.cache.semantic import SemanticCache
 from thrifty.cache.stage import CacheStage
@@ -66,6 +67,16 @@ def build_cache_stage(config: Config, catalog: Catalog, caller: Any = None) -> C
                               "calibrate` with the same embedder")
         stage._verifiers[path] = verifier
     return stage
+
+
+def build_embeddings_cache(config: Config, stage: CacheStage | None) -> EmbeddingsCache | None:
+    """The per-input embeddings cache (``cache.embeddings``), on the very backend object of the
+    chat cache ``stage`` (one store: its namespace, eviction, clear and stats cover both); None
+    when the cache, or its embeddings part, is off."""
+    cfg = config.cache
+    if stage is None or cfg is None or not cfg.embeddings.enabled:
+        return None
+    return EmbeddingsCache(cfg, stage.backend)
 
 
 def load_verifiers(config: Config, cfg: CacheConfig) -> dict[str, Any]:

@@ -81,6 +81,15 @@ class RouteCacheConfig(_Strict):
     threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
 
 
+class EmbeddingsCacheConfig(_Strict):
+    """The exact cache of ``POST /v1/embeddings``, per input (cache/embeddings.py). Off unless
+    turned on: a provider that updates a model under the same name would otherwise mix vectors
+    of two spaces in one index, with nothing to tell them apart."""
+
+    enabled: bool = False
+    ttl_s: float = Field(default=30 * 86_400.0, gt=0)  # a re-indexed corpus mostly comes back within a month
+
+
 class CacheConfig(_Strict):
     enabled: bool = True
     backend: Literal["sqlite", "redis"] = "sqlite"
@@ -99,4 +108,5 @@ class CacheConfig(_Strict):
     # Followers of an in-flight identical request wait at most this long for its answer.
     lock_timeout_s: float = Field(default=30.0, gt=0)
     semantic: SemanticConfig = Field(default_factory=SemanticConfig)
+    embeddings: EmbeddingsCacheConfig = Field(default_factory=EmbeddingsCacheConfig)
     routes: dict[str, RouteCacheConfig] = Field(default_factory=dict)

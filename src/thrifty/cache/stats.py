@@ -24,8 +24,11 @@ class CacheStatsRow:
     hits: int
     misses: int
     bypasses: int
-    hit_rate: float  # hits / (hits + misses): bypassed requests could not have hit
-    saved_usd: float
+    hit_rate: float  # hits / (hits + misses): bypassed requests could not have hit (as `report`)
+    saved_usd: float  # partials' included: what their cached inputs would have cost
+    # Embeddings requests with some of their inputs cached (cache/embeddings.py), apart from
+    # hits (answered whole) and misses (nothing cached).
+    partials: int = 0
 
 
 def ledger_stats(store: Any, by: str | None = None, since: float | None = None) -> list[CacheStatsRow]:
@@ -38,15 +41,16 @@ def ledger_stats(store: Any, by: str | None = None, since: float | None = None) 
                    SUM(CASE WHEN cache_status = 'hit' THEN 1 ELSE 0 END),
                    SUM(CASE WHEN cache_status = 'miss' THEN 1 ELSE 0 END),
                    SUM(CASE WHEN cache_status = 'bypass' THEN 1 ELSE 0 END),
-                   COALESCE(SUM(cache_saved_usd), 0)
+                   COALESCE(SUM(cache_saved_usd), 0),
+                   SUM(CASE WHEN cache_status = 'partial' THEN 1 ELSE 0 END)
             FROM requests {where} GROUP BY g ORDER BY g""",
         [since] if since is not None else [],
     )
     out = []
-    for g, hits, misses, bypasses, saved in rows:
+    for g, hits, misses, bypasses, saved, partials in rows:
         label = time.strftime("%Y-%m-%d", time.gmtime(int(g) * 86400)) if by == "day" else str(g)
-        h, m = int(hits or 0), int(misses or 0)
-        out.append(CacheStatsRow(label, h, m, int(bypasses or 0), h / (h + m) if h + m else 0.0, float(saved)))
+        h, m, p = int(hits or 0), int(misses or 0), int(partials or 0)
+        out.append(CacheStatsRow(label, h, m, int(bypasses or 0), h / (h + m) if h + m else 0.0, float(saved), p))
     return out
 
 

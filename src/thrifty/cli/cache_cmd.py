@@ -98,11 +98,13 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(dumps({"requests": as_dicts(rows), "store": held}, indent=2))
             return
-        typer.echo(f"{'scope' if by is None else by:<24} {'hits':>8} {'misses':>8} {'bypass':>8} {'hit rate':>9} "
-                   f"{'saved $':>12}")
+        # The partial column (embeddings requests with some inputs cached) only where there are some.
+        partial = any(r.partials for r in rows)
+        typer.echo(f"{'scope' if by is None else by:<24} {'hits':>8} {'misses':>8} {'bypass':>8} "
+                   + (f"{'partial':>8} " if partial else "") + f"{'hit rate':>9} {'saved $':>12}")
         for r in rows:
-            typer.echo(f"{r.group:<24} {r.hits:>8} {r.misses:>8} {r.bypasses:>8} {r.hit_rate:>9.1%} "
-                       f"{r.saved_usd:>12.6f}")
+            typer.echo(f"{r.group:<24} {r.hits:>8} {r.misses:>8} {r.bypasses:>8} "
+                       + (f"{r.partials:>8} " if partial else "") + f"{r.hit_rate:>9.1%} {r.saved_usd:>12.6f}")
         if not rows:
             typer.echo("(no cached-route requests in the ledger yet)")
         typer.echo(f"store ({cfg.cache.backend}): {held['entries']} entries, {held['vectors']} vectors"

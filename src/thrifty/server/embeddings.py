@@ -1,21 +1,22 @@
 """``POST /v1/embeddings``: a passthrough to the model's provider, authenticated and recorded.
 
 RAG apps call ``client.embeddings.create`` on the same client (the same base_url) as chat, so
-thrifty serves it rather than making them keep a second client. Nothing is routed, cached or
-compressed: the request goes to the catalog model asked for (aliases resolve; ``auto`` and
-routes pick chat models, so they are unknown here), with its upstream name, and the provider's
-JSON comes back unchanged (its ``model`` field is the upstream name; ``x-thrifty-model`` names
-the catalog model). No fallbacks: another model's vectors live in another space, and mixing
-them into one index would break retrieval silently. Retries follow the provider's policy.
+thrifty serves it rather than making them keep a second client. Nothing is routed or
+compressed, and nothing is cached unless ``cache.embeddings`` is on (then per input:
+``EmbeddingsCacheStage`` below, cache/embeddings.py): the request goes to the catalog model asked
+for (aliases resolve; ``auto`` and routes pick chat models, so they are unknown here), with its
+upstream name, and the provider's JSON comes back unchanged (its ``model`` field is the upstream
+name; ``x-thrifty-model`` names the catalog model). No fallbacks: another model's vectors live
+in another space, and mixing them into one index would break retrieval silently. Retries follow the provider's policy.
 
 It is one ``Endpoint`` of the passthrough machinery (server/passthrough.py), like the Responses
 and legacy completions APIs: the chat pipeline's ledger, deadline and key-budget stages around
 one call stage, so each request that gets past authentication leaves exactly one ``requests``
 row (strategy ``embeddings``; its cost is the prompt tokens at the model's input price, and its
-baseline the same cost: no saving is claimed) plus one ``attempts`` row per upstream call,
-failures included, and observers (metrics, request log) see it like any other request. What is
-its own: the body check, and pricing (no output tokens, an offline count of the inputs when the
-provider reports none).
+baseline the same cost plus, with the cache, the cached inputs at that price) plus one
+``attempts`` row per upstream call (none on a full cache hit), failures included, and observers
+(metrics, request log) see it like any other request. What is its own: the body check, and
+pricing (no output tokens, an offline count of the inputs when the provider reports none).
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.routing import Route
 
+from thrifty.cache.embeddings import EmbeddingsCache, Stored, answer_items, decide, input_key, items_of
+from thrifty.cache.stage import HEADER
 from thrifty.cost import call_cost
-from thrifty.errors import InvalidRequestError, ThriftyError
-from thrifty.pipeline.context import Attempt
-from thrifty.server.passthrough import Endpoint, StreamState, passthrough_routes
+from thrifty.errors import InvalidRequestError, ThriftyError, UpstreamProtocolError
+from thrifty.pipeline.context import Attempt, Handler, RequestContext
+from thrifty.server.passthrough import _BODY, Endpoint, StreamState, passthrough_routes, request_body
 from thrifty.tokens import count_text
-from thrifty.types import ChatRequest, Usage, body_model
+from thrifty.types import THRIFTY_BODY_KEYS, ChatRequest, Usage, body_model
 
 if TYPE_CHECKING:
     from thrifty.catalog import ModelInfo
@@ -63,6 +66,14 @@ def valid_input(value: Any) -> bool:
             or all(tokens(v) for v in value))
 
 
+def thrifty_options(body: dict[str, Any]) -> dict[str, Any]:
+    """thrifty's options of the body (``thrifty: {...}`` and the ``cache`` shorthand), read and
+    refused exactly as on chat: chat's own parsing, given a body holding only those keys."""
+    probe: dict[str, Any] = {"model": "-", "messages": [{"role": "user", "content": "-"}]}
+    probe.update({k: body[k] for k in THRIFTY_BODY_KEYS if k in body})
+    return ChatRequest.from_body(probe).options
+
+
 def count_input(value: Any) -> int:
     """Offline token count of a validated ``input`` (for a provider that sends no usage)."""
     if isinstance(value, str):
@@ -85,11 +96,19 @@ class EmbeddingsEndpoint(Endpoint):
         # stream, whatever the body says: the endpoint has none.
         texts = [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)]
         return ChatRequest(model=model, messages=[{"role": "user", "content": t} for t in texts],
-                           params={"max_tokens": 1})  # no output tokens; the estimate needs >= 1
+                           params={"max_tokens": 1},  # no output tokens; the estimate needs >= 1
+                           options=thrifty_options(body))
 
     def upstream_body(self, body: dict[str, Any], upstream_model: str, compat: Any) -> dict[str, Any]:
-        # Provider compat rewrites chat parameters; an embeddings body goes as sent.
-        return {**body, "model": upstream_model}
+        # Provider compat rewrites chat parameters; an embeddings body goes as sent, but for
+        # thrifty's own keys (``cache``, ``thrifty``), which no provider knows.
+        return {**{k: v for k, v in body.items() if k not in THRIFTY_BODY_KEYS}, "model": upstream_model}
+
+    def stages(self, gateway: Gateway) -> list[Any]:
+        from thrifty.cache.build import build_embeddings_cache
+
+        cache = build_embeddings_cache(gateway.config, gateway.cache_stage)
+        return [EmbeddingsCacheStage(gateway, cache)] if cache is not None else []
 
     def price(self, attempt: Attempt, info: ModelInfo, request: ChatRequest, body: dict[str, Any],
               raw_usage: Any, text: str, service_tier: Any = None) -> None:
@@ -111,6 +130,106 @@ class EmbeddingsEndpoint(Endpoint):
 
     def error_event(self, exc: ThriftyError) -> bytes:  # pragma: no cover - never streamed
         raise AssertionError("embeddings are never streamed")
+
+
+class EmbeddingsCacheStage:
+    """Per-input exact cache around the upstream call (cache/embeddings.py): every input is
+    looked up; all found: answered here with no call; some: one call with only the missing ones
+    (in order), merged back so ``data[i].index`` and order are the client's. ``usage`` is what
+    the call reported (0 on a full hit); the row's cost is the call's and its baseline adds the
+    cached inputs at the model's input price (an offline count), which is also its
+    ``cache_saved_usd``. A failed call stores nothing and fails the request as without the cache."""
+
+    def __init__(self, gateway: Gateway, cache: EmbeddingsCache) -> None:
+        self.gateway = gateway
+        self.cache = cache
+
+    async def __call__(self, ctx: RequestContext, call_next: Handler) -> None:
+        info = self.gateway.catalog.get(ctx.request.model)
+        decision = decide(ctx)
+        if info is None or decision.bypass:
+            if info is not None:
+                self._status(ctx, "bypass")
+            await call_next(ctx)  # an unknown model is refused by the call stage, as without a cache
+            return
+        body = request_body(ctx)
+        items = items_of(body["input"])
+        provider = self.gateway.config.providers.get(info.provider)
+        keys = [input_key(namespace=self.cache.namespace, tenant=ctx.tenant, info=info,
+                          base_url=getattr(provider, "base_url", None), body=body, item=item) for item in items]
+        found: list[Stored | None] = [None] * len(items)
+        if decision.read:
+            found = await self.cache.lookup(keys, ctx.tenant, decision.max_age_s)
+        missing = [i for i, hit in enumerate(found) if hit is None]
+        cached_usd = self._cached_usd(info, [item for item, hit in zip(items, found, strict=True) if hit is not None])
+        if not missing:
+            self._serve(ctx, info, found, cached_usd)
+            return
+        if len(missing) < len(items):
+            # Only the missing inputs go upstream (their count and price too: the call stage
+            # prices this body), in the client's order.
+            ctx.scratch[_BODY] = {**body, "input": [items[i] for i in missing]}
+        self._status(ctx, "miss" if len(missing) == len(items) else "partial")
+        try:
+            await call_next(ctx)
+        finally:
+            ctx.scratch[_BODY] = body
+        if ctx.status != "ok":
+            return
+        elements = answer_items(ctx.response, len(missing))
+        if elements is None:
+            if len(missing) < len(items):
+                raise UpstreamProtocolError(f"{info.provider}: the embeddings answer does not hold one vector per "
+                                            "input, so it cannot be merged with the cached ones")
+            return  # a whole miss passes through as the provider sent it, and is not stored
+        if len(missing) < len(items):
+            assert isinstance(ctx.response, dict)
+            merged = [e.item if e is not None else None for e in found]
+            for i, element in zip(missing, elements, strict=True):
+                merged[i] = element
+            ctx.response = {**ctx.response, "data": _indexed(merged)}
+            if ctx.baseline_cost_usd is not None:
+                ctx.baseline_cost_usd = ctx.baseline_cost_usd + cached_usd if cached_usd is not None else None
+            ctx.cache_saved_usd = cached_usd or 0.0
+        answer_model = ctx.response.get("model") if isinstance(ctx.response, dict) else None
+        await self.cache.store(ctx.tenant, info.name,
+                               answer_model if isinstance(answer_model, str) else info.upstream_model,
+                               [(keys[i], e) for i, e in zip(missing, elements, strict=True)])
+
+    @staticmethod
+    def _status(ctx: RequestContext, status: str) -> None:
+        ctx.cache_status = status
+        ctx.response_headers[HEADER] = status
+
+    @staticmethod
+    def _cached_usd(info: ModelInfo, cached: list[Any]) -> float | None:
+        """The cached inputs at the model's input price, counted offline (None: no price)."""
+        if not cached:
+            return 0.0
+        return call_cost(Usage(prompt_tokens=sum(count_input(item) for item in cached)), info.price).usd
+
+    def _serve(self, ctx: RequestContext, info: ModelInfo, found: list[Stored | None], cached_usd: float | None) -> None:
+        """A full hit: the answer from the cache, no upstream call, cost 0."""
+        entries = [e for e in found if e is not None]
+        ctx.response = {"object": "list", "data": _indexed([e.item for e in entries]), "model": entries[0].model,
+                        "usage": {"prompt_tokens": 0, "total_tokens": 0}}
+        ctx.usage = Usage()
+        ctx.cost_usd = 0.0
+        ctx.baseline_cost_usd = cached_usd
+        ctx.cache_saved_usd = cached_usd or 0.0
+        ctx.served_model, ctx.served_tier = info.name, info.tier
+        self._status(ctx, "hit")
+
+
+def _indexed(items: list[dict[str, Any] | None]) -> list[dict[str, Any]]:
+    """``data`` elements numbered by their place in the client's input (``index`` after ``object``,
+    as providers write it)."""
+    out = []
+    for i, item in enumerate(items):
+        assert item is not None
+        out.append({"object": item.get("object", "embedding"), "index": i,
+                    **{k: v for k, v in item.items() if k != "object"}})
+    return out
 
 
 def embeddings_routes(gateway: Gateway) -> list[Route]:

@@ -181,6 +181,11 @@ class Endpoint:
     async def check(self, ctx: RequestContext, body: dict[str, Any]) -> None:
         """Checks that need the caller (``ctx.tenant``), made before the upstream call."""
 
+    def stages(self, gateway: Gateway) -> list[Any]:
+        """Stages of this endpoint's own, run inside the ledger, deadline and budget stages and
+        around the upstream call (the embeddings cache: server/embeddings.py); none by default."""
+        return []
+
     def stored_id(self, response: dict[str, Any]) -> str | None:
         """The id the provider keeps ``response`` under for later calls (None: it keeps nothing)."""
         return None
@@ -376,14 +381,16 @@ class PassthroughCall:
 
 def passthrough_handler(gateway: Gateway, endpoint: Endpoint) -> Any:
     """The Starlette endpoint serving ``endpoint``."""
-    from thrifty.server.app import _unless_disconnected, tenant_of  # app.py imports this module
+    # Imported here: app.py imports this module.
+    from thrifty.server.app import _unless_disconnected, forwarded_headers, tenant_of
 
     limit = gateway.config.server.max_body_bytes
     budget = gateway.ops.budget_stage  # a key's budget and rate limits, when virtual keys are on
     # The chat pipeline's ledger and deadline stages, bound like the gateway's own (gateway.py).
     pipeline = compose([LedgerStage(gateway.ledger.submit if gateway.ledger else None, gateway.observers),
                         DeadlineStage(gateway.config.server.request_timeout_s),
-                        *([budget] if budget else []), PassthroughCall(gateway, endpoint)])
+                        *([budget] if budget else []), *endpoint.stages(gateway),
+                        PassthroughCall(gateway, endpoint)])
 
     async def run(ctx: RequestContext) -> RequestContext:
         # Admitted by the gateway like a chat request, so close() waits for it (its stream too)
@@ -404,7 +411,8 @@ def passthrough_handler(gateway: Gateway, endpoint: Endpoint) -> Any:
             auth = getattr(gateway, "authenticate", None)
             key_id, tenant = (await auth(request, stand_in)) if auth else (None, tenant_of(request))
             ctx = RequestContext(request=stand_in, key_id=key_id, tenant=tenant, request_id=request_id,
-                                 task=request.headers.get("x-thrifty-task"), strategy=endpoint.name)
+                                 task=request.headers.get("x-thrifty-task"), strategy=endpoint.name,
+                                 headers=forwarded_headers(request))  # cache controls (embeddings)
             ctx.scratch[_BODY] = body
             done = await run(ctx) if not stand_in.stream else await _unless_disconnected(request, run(ctx))
             if done is None:  # the client left before the first byte; the ledger has its row
@@ -412,7 +420,8 @@ def passthrough_handler(gateway: Gateway, endpoint: Endpoint) -> Any:
                 return Response(status_code=499)
         except Exception as exc:
             return handler_error(exc, request_id, gateway.redactor)
-        headers = {**request_id_headers(request_id), "x-thrifty-model": ctx.served_model or stand_in.model}
+        headers = {**request_id_headers(request_id), **ctx.response_headers,
+                   "x-thrifty-model": ctx.served_model or stand_in.model}
         if ctx.chunks is not None:
             return StreamingResponse(_sse(ctx.chunks, endpoint, gateway, request_id), media_type="text/event-stream",
                                      headers={**headers, "cache-control": "no-cache"})

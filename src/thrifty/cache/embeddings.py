@@ -1,0 +1,194 @@
+"""The exact cache of ``POST /v1/embeddings``, one entry per input.
+
+A RAG corpus re-indexed every night is mostly unchanged, and its users repeat queries: a batch of
+100 chunks of which 95 were embedded before costs 5 inputs. One model's embeddings are
+deterministic, so an exact match is safe; the cache is still off unless ``cache.embeddings``
+turns it on (a provider that updates a model under the same name would put two vector spaces in
+one index, and nothing in a vector says which one it came from).
+
+The key of one input (``input_key``): the deployment namespace, the tenant (the same rule as
+chat's: docs/caching.md "What is in the key"), what embeds it (the catalog model's provider, its
+base URL and upstream model id: two names of one model share entries, a model pointed elsewhere
+misses), every body parameter but ``model``, ``input``, ``user`` and thrifty's own (so
+``dimensions`` and ``encoding_format`` keep float and base64 vectors apart, as returned, and a
+parameter thrifty does not know can only cause misses) and the input item itself: a string or a
+token-id array. Only its hash is stored, never the text, nor any key.
+
+Entries live in the backend chat's cache uses (same namespace, eviction, ``thrifty cache clear``
+and ``stats``), under their own format (``TE1:``, a checksum, JSON with ``"kind": "embedding"``):
+a truncated, foreign or corrupt value, another tenant's or an expired one reads as a miss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from thrifty.cache.backends.base import CacheBackend, EntryMeta
+from thrifty.cache.keys import canonical, canonical_numbers
+from thrifty.cache.policy import _directives, _option
+from thrifty.errors import ThriftyError
+from thrifty.pipeline.context import RequestContext
+from thrifty.types import THRIFTY_BODY_KEYS
+
+if TYPE_CHECKING:
+    from thrifty.cache.config import CacheConfig
+    from thrifty.catalog import ModelInfo
+
+log = logging.getLogger("thrifty.cache")
+
+MAGIC = b"TE1:"
+KIND = "embedding"
+KEY_VERSION = "te1"
+# Body fields that are not part of what an input embeds to: the model and inputs are keyed on
+# their own, ``user`` only identifies the caller.
+_NOT_PARAMS = frozenset({"model", "input", "user"}) | THRIFTY_BODY_KEYS
+
+
+@dataclass(frozen=True)
+class EmbeddingsDecision:
+    """What one request may do with the cache (``decide``)."""
+
+    read: bool
+    write: bool
+    max_age_s: float | None
+    reason: str
+
+    @property
+    def bypass(self) -> bool:
+        return not self.read and not self.write
+
+
+def decide(ctx: RequestContext) -> EmbeddingsDecision:
+    """Chat's per-request controls (cache/policy.py), parsed by the same functions so an unknown
+    value is refused the same way: body ``cache: false`` / ``thrifty.cache: false``, ``no-store``
+    and ``pragma: no-cache`` bypass; ``no-cache`` and ``max-age=0`` refresh; ``max-age=N`` limits
+    the age of what is served. Embeddings have no temperature, so determinism is not asked for."""
+    opt = _option(ctx)
+    words, max_age = _directives(ctx)
+    if opt is False:
+        return EmbeddingsDecision(False, False, None, "request option cache: false")
+    if "no-store" in words:
+        return EmbeddingsDecision(False, False, None, "no-store")
+    if "pragma" in words:
+        return EmbeddingsDecision(False, False, None, "pragma: no-cache")
+    return EmbeddingsDecision("no-cache" not in words and max_age != 0, True, max_age, "cacheable")
+
+
+def items_of(value: Any) -> list[Any]:
+    """The inputs of a validated ``input``: a string or one token-id array is a single input."""
+    if isinstance(value, str) or all(isinstance(v, int) for v in value):
+        return [value]
+    return list(value)
+
+
+def input_key(*, namespace: str, tenant: str, info: ModelInfo, base_url: str | None,
+              body: dict[str, Any], item: Any) -> str:
+    """The key of one input (see the module doc); the API key is never part of it."""
+    params = {k: canonical_numbers(v) for k, v in body.items() if k not in _NOT_PARAMS}
+    parts = {"v": KEY_VERSION, "kind": KIND, "ns": namespace, "tenant": tenant, "provider": info.provider,
+             "base_url": base_url, "upstream": info.upstream_model, "params": params,
+             "item": hashlib.sha256(canonical(item)).hexdigest()}
+    return hashlib.sha256(canonical(parts)).hexdigest()
+
+
+def encode(key: str, tenant: str, model: str, item: dict[str, Any], created: float, expires: float) -> bytes:
+    """``item``: one ``data`` element as the provider sent it, without its ``index``; ``model``:
+    the model name the provider's answer carried (a full hit answers with it)."""
+    payload = json.dumps({"kind": KIND, "key": key, "tenant": tenant, "model": model, "item": item,
+                          "created": created, "expires": expires},
+                         separators=(",", ":"), ensure_ascii=False).encode()
+    return MAGIC + hashlib.sha256(payload).hexdigest()[:32].encode() + b"\n" + payload
+
+
+@dataclass(frozen=True)
+class Stored:
+    item: dict[str, Any]
+    model: str
+    created: float
+
+
+def decode(raw: bytes | None, *, key: str, tenant: str, now: float) -> Stored | None:
+    """The entry under ``key`` for ``tenant``; None if absent, expired, corrupt or foreign."""
+    if not raw or not raw.startswith(MAGIC):
+        return None
+    head, sep, payload = raw[len(MAGIC):].partition(b"\n")
+    if not sep or hashlib.sha256(payload).hexdigest()[:32].encode() != head:
+        return None
+    try:
+        data = json.loads(payload)
+        if data.get("kind") != KIND or data.get("key") != key or data.get("tenant") != tenant:
+            return None
+        item, model = data["item"], data["model"]
+        created, expires = float(data["created"]), float(data["expires"])
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    if expires <= now or not isinstance(item, dict) or not isinstance(model, str) \
+            or not isinstance(item.get("embedding"), list | str):
+        return None
+    return Stored(item, model, created)
+
+
+class EmbeddingsCache:
+    """Reads and writes per-input entries in the cache backend chat's cache uses."""
+
+    def __init__(self, cfg: CacheConfig, backend: CacheBackend) -> None:
+        self.cfg = cfg
+        self.backend = backend
+
+    @property
+    def namespace(self) -> str:
+        return self.cfg.namespace
+
+    async def lookup(self, keys: list[str], tenant: str, max_age_s: float | None) -> list[Stored | None]:
+        return list(await asyncio.gather(*(self._get(k, tenant, max_age_s) for k in keys)))
+
+    async def _get(self, key: str, tenant: str, max_age_s: float | None) -> Stored | None:
+        try:
+            raw = await self.backend.get(key)
+        except Exception:  # a broken store is a miss, never a failed request
+            log.warning("embeddings cache read failed", exc_info=True)
+            return None
+        now = time.time()
+        entry = decode(raw, key=key, tenant=tenant, now=now)
+        if entry is not None and max_age_s is not None and now - entry.created > max_age_s:
+            return None
+        return entry
+
+    async def store(self, tenant: str, model_name: str, answer_model: str,
+                    items: list[tuple[str, dict[str, Any]]]) -> int:
+        """Store ``(key, data element)`` pairs under ``model_name`` (the catalog model, what
+        ``cache clear --model`` matches); returns how many were stored. A failing store is logged."""
+        now = time.time()
+        expires = now + self.cfg.embeddings.ttl_s
+        stored = 0
+        for key, item in items:
+            meta = EntryMeta(key, tenant, model_name, now, expires)
+            try:
+                await self.backend.put(meta, encode(key, tenant, answer_model, item, now, expires))
+            except ThriftyError as exc:
+                log.warning("embeddings cache store failed: %s", exc.message)
+                break
+            stored += 1
+        return stored
+
+
+def answer_items(response: Any, sent: int) -> list[dict[str, Any]] | None:
+    """The provider's ``data`` elements in input order, without ``index``; None when the answer
+    does not hold exactly one vector for each of the ``sent`` inputs (it cannot be merged or stored)."""
+    data = response.get("data") if isinstance(response, dict) else None
+    if not isinstance(data, list) or len(data) != sent:
+        return None
+    out: list[dict[str, Any] | None] = [None] * sent
+    for element in data:
+        index = element.get("index") if isinstance(element, dict) else None
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < sent or out[index] is not None \
+                or not isinstance(element.get("embedding"), list | str):
+            return None
+        out[index] = {k: v for k, v in element.items() if k != "index"}
+    return [e for e in out if e is not None]
