@@ -57,7 +57,7 @@ from thrifty.responses_events import BuiltEvent
 from thrifty.server.body import read_json_body
 from thrifty.server.http_errors import handler_error, request_id_headers
 from thrifty.server.model_access import key_refusal
-from thrifty.types import ChatRequest
+from thrifty.types import THRIFTY_BODY_KEYS, ChatRequest
 
 if TYPE_CHECKING:
     from thrifty.catalog import ModelInfo
@@ -126,7 +126,9 @@ class Endpoint:
         raise NotImplementedError
 
     def upstream_body(self, body: dict[str, Any], upstream_model: str, compat: CompatConfig | None) -> dict[str, Any]:
-        out = {**body, "model": upstream_model}
+        # thrifty's own body keys (``thrifty``, ``cache``) are for the gateway: a provider refuses
+        # a parameter it does not know (OpenAI: 400 "Unrecognized request argument").
+        out = {**{k: v for k, v in body.items() if k not in THRIFTY_BODY_KEYS}, "model": upstream_model}
         if compat is not None:
             out = {k: v for k, v in out.items() if k in self.essential or k not in compat.drop_params}
         return out
