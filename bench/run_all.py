@@ -29,7 +29,7 @@ BENCHES: list[tuple[str, list[str], bool]] = [
                     "--write"], False),
     ("router-predict", ["bench/router_predict.py", "--write"], False),
     ("batching", ["bench/batching.py", "--items", "200", "--write"], False),
-    ("routing-stream-latency", ["bench/routing_stream_latency.py"], False),
+    ("routing-stream-latency", ["bench/routing_stream_latency.py", "--write"], False),
     ("eval-frontier", ["bench/eval_frontier.py"], False),
     ("routing-cv", ["bench/routing_cv.py"], False),
     ("routing-mix", ["bench/routing_mix.py", "--write"], False),

@@ -343,7 +343,9 @@ def test_agreeing_text_answers_do_not_stand_for_a_required_call(served: tuple[Ga
     raw = client(server).chat.completions.with_raw_response.create(
         model="route:agree-text", messages=ASK, tools=TOOLS, tool_choice="required")
     assert raw.headers["x-thrifty-model"] == "strong" and raw.parse().choices[0].message.tool_calls
-    assert [r[0] for r in attempts(gw, raw.headers["x-request-id"])] == ["texter", "strong"]  # unusable: no vote
+    # Unusable: no vote. texter2 was asked at the same time (docs/routing.md "Cheap models asked
+    # at once"), its answer left out.
+    assert [r[0] for r in attempts(gw, raw.headers["x-request-id"])] == ["texter", "texter2", "strong"]
 
 
 def test_a_legacy_function_call_is_an_answer_too(served: tuple[Gateway, RunningServer]) -> None:

@@ -116,6 +116,9 @@ class AgreementConfig(_Strict):
     models: list[str] = Field(min_length=2)
     fallback: str
     min_agree: int = Field(default=2, ge=2)
+    # Ask the models every answer pattern calls (the first min_agree) at once: same calls, same
+    # cost, one cheap latency instead of several (false: one after another, as before).
+    parallel: bool = True
 
     @model_validator(mode="after")
     def _reachable(self) -> AgreementConfig:
@@ -134,6 +137,7 @@ class StateTableConfig(_Strict):
     table: dict[str, str] = Field(default_factory=dict)
     strong: str
     raw_letters: bool = False
+    parallel: bool = True  # as AgreementConfig.parallel: the prefix the table always calls, at once
 
     @model_validator(mode="after")
     def _actions(self) -> StateTableConfig:

@@ -9,7 +9,9 @@
   ``"0,1"`` = they differ, ``"0,x"`` = the second gave nothing usable) in a table that says
   ``next`` (call the next model), ``stop:i`` (serve the i-th answer) or ``strong`` (ask the
   strong model and serve it). A plain agreement cascade ("serve when two cheap models agree,
-  else GPT-4") is one such table; ``fit_policy`` learns tables from outcome data.
+  else GPT-4") is one such table; ``fit_policy`` learns tables from outcome data. The models the
+  table calls whatever they answer are asked at once (same calls and cost, one wait), their
+  answers then read in order as if asked in turn.
 - ``BudgetGuard``: a route's ``max_cost_usd``, checked before every call (the first included).
 
 Every call goes through ``caller.complete`` (priced, in the ledger); each attempt carries its
@@ -20,9 +22,11 @@ that served it: tiers for a tier cascade; the cheap vote, then the strong model,
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import itertools
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from thrifty.catalog import Catalog, ModelInfo
@@ -223,6 +227,12 @@ class StateTableCascade:
     guard: BudgetGuard
     raw_letters: bool = False
     family: str | None = None  # None: detect from the prompt
+    # Ask the models the table always calls (``always_called``) at once rather than in turn.
+    parallel: bool = True
+
+    def always_called(self) -> int:
+        """How many models at the head of ``order`` are called whatever they answer."""
+        return called_at_once(len(self.order), frozenset(self.table.items()), self.raw_letters)
 
     async def run(self, ctx: RequestContext, caller: ModelCaller) -> tuple[dict[str, Any], Attempt]:
         family = self.family or detect_family(ctx.request.last_user_text())
@@ -230,6 +240,25 @@ class StateTableCascade:
         answers: list[str | None] = []
         last_error: UpstreamError | None = None
         reason = "strong model"
+        at_once = self.order[:self.always_called()] if self.parallel else []
+        if len(at_once) > 1 and self._fit_together(ctx, at_once):
+            start = len(ctx.attempts)
+            results, counts = await self._ask_at_once(ctx, caller, at_once)
+            for k, (model, done) in enumerate(zip(at_once, results, strict=True)):
+                # Replayed as the sequential path decides before each call: the table on the
+                # answers so far, then the guard on what the earlier calls actually cost and
+                # answered. Either stops a call here only after a failed or unusable answer, or
+                # one longer than estimated; the calls from there on were made all the same (paid,
+                # in the ledger), and are left out of the decision.
+                state = agreement_pattern(answers, raw=self.raw_letters)
+                before = replace(ctx, attempts=ctx.attempts[:start + sum(counts[:k])])
+                if self.table.get(state, "strong") != "next" or not self.guard.allows(before, model):
+                    for skipped in results[k:]:
+                        self._unused(skipped)
+                    if self.table.get(state, "strong") == "next":
+                        return self._keep(ctx, called, answers, model, last_error, as_of=before)
+                    break
+                last_error = self._take(ctx, family, model, done, called, answers) or last_error
         while True:
             state = agreement_pattern(answers, raw=self.raw_letters)
             action = self.table.get(state, "strong")  # a state never seen in training: be safe
@@ -237,18 +266,12 @@ class StateTableCascade:
                 model = self.order[len(called)]
                 if not self.guard.allows(ctx, model):
                     return self._keep(ctx, called, answers, model, last_error)
+                result: tuple[dict[str, Any], Attempt] | UpstreamError
                 try:
-                    response, attempt = await caller.complete(ctx, model)
+                    result = await caller.complete(ctx, model)
                 except UpstreamError as exc:
-                    last_error = exc
-                    answers.append(None)  # a failed cheap call counts as a useless answer
-                    called.append(({}, Attempt(model=model, provider="", started=0.0, status="error")))
-                    continue
-                answer = self.answer(ctx, family, response)
-                attempt.score_reason = f"answer {answer!r}" if answer is not None else "no usable answer"
-                attempt.accepted = False
-                called.append((response, attempt))
-                answers.append(answer)
+                    result = exc
+                last_error = self._take(ctx, family, model, result, called, answers) or last_error
                 continue
             if action.startswith("stop:"):
                 i = int(action[5:])
@@ -275,15 +298,75 @@ class StateTableCascade:
             return None  # not JSON the client can read (fenced, off-schema): unusable, however many agree
         return extract_answer(family, text)
 
+    def _take(self, ctx: RequestContext, family: str, model: str,
+              result: tuple[dict[str, Any], Attempt] | UpstreamError,
+              called: list[tuple[dict[str, Any], Attempt]], answers: list[str | None]) -> UpstreamError | None:
+        """Add one cheap call's outcome to ``called`` / ``answers``; its error, if it failed."""
+        if isinstance(result, UpstreamError):
+            answers.append(None)  # a failed cheap call counts as a useless answer
+            called.append(({}, Attempt(model=model, provider="", started=0.0, status="error")))
+            return result
+        response, attempt = result
+        answer = self.answer(ctx, family, response)
+        attempt.score_reason = f"answer {answer!r}" if answer is not None else "no usable answer"
+        attempt.accepted = False
+        called.append((response, attempt))
+        answers.append(answer)
+        return None
+
+    @staticmethod
+    def _unused(result: tuple[dict[str, Any], Attempt] | UpstreamError) -> None:
+        """Mark a call asked at once that the sequential path would not have made (in the ledger)."""
+        if not isinstance(result, UpstreamError):
+            result[1].accepted = False
+            result[1].score_reason = "asked at once; not used (in turn it would not have been called)"
+
+    def _fit_together(self, ctx: RequestContext, models: list[str]) -> bool:
+        """Whether the guard allows all of ``models`` at once: what the request spent plus each
+        call's estimate (``BudgetGuard.allows`` for one call; a model without a price adds 0)."""
+        if self.guard.max_cost_usd is None:
+            return True
+        total = (ctx.spent_usd() or 0.0) + sum(self.guard.estimate(ctx, m) or 0.0 for m in models)
+        return total <= self.guard.max_cost_usd
+
+    async def _ask_at_once(self, ctx: RequestContext, caller: ModelCaller, models: list[str],
+                           ) -> tuple[list[tuple[dict[str, Any], Attempt] | UpstreamError], list[int]]:
+        """Call ``models`` concurrently: each call's outcome (its error, if it failed) and how many
+        attempts it made. Each call records its attempts (retries, fallbacks) in a context of its
+        own, added to the request's in model order when all are done or cancelled (client gone,
+        deadline: the TaskGroup cancels every call), so the ledger reads as the sequential path."""
+        own = [replace(ctx, attempts=[]) for _ in models]
+
+        async def one(sub: RequestContext, model: str) -> tuple[dict[str, Any], Attempt] | UpstreamError:
+            try:
+                return await caller.complete(sub, model)
+            except UpstreamError as exc:
+                return exc
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(one(sub, m)) for sub, m in zip(own, models, strict=True)]
+        except BaseExceptionGroup as failed:
+            # Only a bug gets here (a provider's untranslated exception; the siblings were
+            # cancelled): raised bare, as the sequential path raises it.
+            raise failed.exceptions[0] from None
+        finally:
+            for sub in own:
+                ctx.attempts.extend(sub.attempts)
+        return [t.result() for t in tasks], [len(sub.attempts) for sub in own]
+
     def _keep(self, ctx: RequestContext, called: list[tuple[dict[str, Any], Attempt]], answers: list[str | None],
-              model: str, last_error: UpstreamError | None) -> tuple[dict[str, Any], Attempt]:
+              model: str, last_error: UpstreamError | None,
+              as_of: RequestContext | None = None) -> tuple[dict[str, Any], Attempt]:
         """The budget guard stopped the call to ``model``: serve the usable answer most others
-        agree with (the earliest on a tie), or fail when there is none."""
+        agree with (the earliest on a tie), or fail when there is none. ``as_of``: the request
+        as the guard saw it (calls asked at once: before the ones after ``model``'s turn)."""
+        seen = as_of or ctx
         usable = [i for i, a in enumerate(answers) if a is not None and called[i][0]]
         if not usable:
-            raise self.guard.refusal(ctx, model, last_error)
+            raise self.guard.refusal(seen, model, last_error)
         i = max(usable, key=lambda j: (sum(1 for a in answers if a == answers[j]), -j))
-        return self._serve(ctx, called, answers, i, f"budget guard: {self.guard.why_not(ctx, model)}")
+        return self._serve(ctx, called, answers, i, f"budget guard: {self.guard.why_not(seen, model)}")
 
     @staticmethod
     def _serve(ctx: RequestContext, called: list[tuple[dict[str, Any], Attempt]], answers: list[str | None], i: int,
@@ -295,6 +378,28 @@ class StateTableCascade:
         attempt.accepted = True
         attempt.score_reason = f"{attempt.score_reason}; {reason}"
         return _served(ctx, response, attempt, 0)
+
+
+@functools.lru_cache(maxsize=256)
+def called_at_once(n: int, table: frozenset[tuple[str, str]], raw: bool) -> int:
+    """The length m of the prefix of an ``n``-model order that a table calls whatever the
+    answers: every pattern of fewer than m usable answers maps to ``next``. (Cached per table:
+    routes build their cascade per request.) Patterns with an ``x`` (a failed call or an unusable
+    answer) are left out: they are the exception, and then a call asked at once may be one the
+    table would have skipped (paid for, left out of the decision).
+    A raw-letter table keys on the letters themselves and sends an unseen one to the strong
+    model, so past the first call nothing is certain."""
+    actions = dict(table)
+    m = 0
+    while m < n and (m == 0 or not raw) and all(actions.get(p, "strong") == "next" for p in _patterns(m)):
+        m += 1
+    return m
+
+
+@functools.lru_cache(maxsize=16)
+def _patterns(depth: int) -> frozenset[str]:
+    """Every canonical agreement pattern ``depth`` usable answers make (``"0,0"``, ``"0,1"``)."""
+    return frozenset(agreement_pattern([str(c) for c in combo]) for combo in itertools.product(range(depth), repeat=depth))
 
 
 def vote_table(n: int, k: int) -> dict[str, str]:

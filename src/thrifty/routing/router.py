@@ -22,7 +22,7 @@ from thrifty.errors import ConfigError, NotFoundError
 from thrifty.pipeline.context import Plan, RequestContext, Tier
 from thrifty.routing.classify import TaskClassifier, TaskGuess
 from thrifty.routing.config import RouteConfig, RoutingConfig, ScorerConfig
-from thrifty.routing.policies import BudgetGuard, StateTableCascade, TierCascade, vote_table
+from thrifty.routing.policies import BudgetGuard, StateTableCascade, TierCascade, called_at_once, vote_table
 from thrifty.routing.reach import reachable_models
 from thrifty.routing.split import resolve_split
 from thrifty.types import ChatRequest
@@ -205,12 +205,14 @@ class TaskRouter:
                         max_cost_usd=r.max_cost_usd, policy=TierCascade(tiers, scorer, guard, extra))
         if r.agreement:
             a = r.agreement
-            agree = StateTableCascade(list(a.models), vote_table(len(a.models), a.min_agree), a.fallback, guard)
+            agree = StateTableCascade(list(a.models), vote_table(len(a.models), a.min_agree), a.fallback, guard,
+                                      parallel=a.parallel)
             return Plan([*(Tier(m) for m in a.models), Tier(a.fallback)], route=name, reason=reason,
                         max_cost_usd=r.max_cost_usd, policy=agree)
         if r.state_table:
             st = r.state_table
-            policy = StateTableCascade(list(st.order), dict(st.table), st.strong, guard, st.raw_letters)
+            policy = StateTableCascade(list(st.order), dict(st.table), st.strong, guard, st.raw_letters,
+                                       parallel=st.parallel)
             return Plan([*(Tier(m) for m in st.order), Tier(st.strong)], route=name, reason=reason,
                         max_cost_usd=r.max_cost_usd, policy=policy)
         assert r.learned is not None
@@ -244,12 +246,14 @@ class TaskRouter:
                     "models": [t.model for t in r.tiers], "thresholds": [t.threshold for t in r.tiers]}
         elif r.agreement:
             a = r.agreement
+            agree = _at_once(list(a.models), vote_table(len(a.models), a.min_agree), False, a.parallel)
             out |= {"kind": "agreement", "how": f"serve an answer {a.min_agree} of the cheap models give, "
-                                                "else the fallback", "models": [*a.models, a.fallback]}
+                                                f"else the fallback{agree}", "models": [*a.models, a.fallback]}
         elif r.state_table:
             st = r.state_table
+            table = _at_once(list(st.order), st.table, st.raw_letters, st.parallel)
             out |= {"kind": "state table", "how": "the agreement pattern of the cheap answers decides: another "
-                                                  "model, serve one of them, or the strong model",
+                                                  f"model, serve one of them, or the strong model{table}",
                     "models": reachable_models(st)}
         else:
             assert r.learned is not None
@@ -265,6 +269,15 @@ class TaskRouter:
             return {}
         assert self.cfg.default_route is not None
         return {t: self.route_for_task(t) or self.cfg.default_route for t in self.llm.cfg.tasks}
+
+
+def _at_once(order: list[str], table: dict[str, str], raw: bool, parallel: bool) -> str:
+    """For ``route explain``: the cheap models asked at once, and why that costs nothing more."""
+    n = called_at_once(len(order), frozenset(table.items()), raw) if parallel else 0
+    if n < 2:
+        return ""
+    return (f"; {', '.join(order[:n])} are asked at once: every answer pattern calls them, so the same calls "
+            f"and cost, one wait instead of {n}")
 
 
 def build_router(config: Any, catalog: Catalog) -> TaskRouter | None:
