@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import socket
 import time
@@ -27,6 +28,8 @@ from thrifty.errors import UpstreamStatusError
 from thrifty.gateway import Gateway
 from thrifty.mock.server import run_in_thread
 from thrifty.providers.function import FunctionProvider, chat_response
+from thrifty.routing.formats import agreement_pattern
+from thrifty.routing.policies import called_at_once, vote_table
 
 MC = "Which is a mammal?\nA) shark\nB) whale\nC) trout\nD) eel"
 CHEAP_S = 0.3  # how long a cheap call takes: long enough for the other call to start meanwhile
@@ -225,3 +228,55 @@ def test_a_provider_bug_fails_the_request_as_in_turn(tmp_path: Path) -> None:
         kinds = {r["route"]: r["error_type"] for r in attempt_rows(gw, "r.route, r.error_type", "a.seq = 0")}
     assert kinds == {"agree": "RuntimeError", "agree_seq": "RuntimeError"}
     assert [(r[0], r[1]) for r in rows] == [("yi", "error"), ("mixtral", "error")]
+
+
+def test_unused_cheap_call_does_not_count_against_the_strong_model(tmp_path: Path) -> None:
+    """Yi fails, so in turn the table goes to GPT-4 without asking Mixtral. Asked at once,
+    Mixtral's long answer was made (paid, in the ledger) but left out of the decision: the guard
+    must price GPT-4 as in turn, not on Mixtral's cost and length, and serve it too."""
+    with gateway(tmp_path, max_cost_usd=0.03) as (gw, rec, url):
+        rec.answers = {"yi": None, "mixtral": "B", "strong": "B"}
+        rec.lengths = {"mixtral": 2000}
+        sequential = ask(url, "agree_seq")
+        parallel = ask(url, "agree")
+        assert parallel == sequential == ("B", "strong")
+        par, seq = ledger(gw, "agree"), ledger(gw, "agree_seq")
+    assert [r[0] for r in par] == ["yi", "mixtral", "strong"] and [r[0] for r in seq] == ["yi", "strong"]
+    assert [par[0], par[2]] == seq
+    assert par[1][2] == "0" and "not used" in par[1][4]
+
+
+def _brute_force_at_once(n: int, table: dict[str, str]) -> int:
+    """The prefix by the old definition: every pattern of every m**m answer combination."""
+    m = 0
+    while m < n and all(table.get(agreement_pattern([str(c) for c in combo]), "strong") == "next"
+                        for combo in itertools.product(range(m), repeat=m)):
+        m += 1
+    return m
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5])
+def test_at_once_prefix_walks_the_patterns_as_brute_force(n: int) -> None:
+    """The frontier walk over canonical patterns (Bell(m) of them, not m**m) gives the same prefix."""
+    for k in range(2, n + 1):
+        table = vote_table(n, k)
+        assert called_at_once(n, table, False) == _brute_force_at_once(n, table), (n, k)
+    assert called_at_once(4, vote_table(4, 4), False) == 2  # not min_agree: "0,1" already fails 4 of 4
+    assert called_at_once(3, {"": "next", "A": "next", "A,A": "stop:0"}, True) == 1  # raw letters: the first only
+
+
+def test_tables_and_at_once_prefix_built_once_per_route(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """vote_table takes up to 180 ms (6 models) and the prefix walk more: both are worked out when
+    the router is built, never per request."""
+    import thrifty.routing.router as router_module
+
+    def per_request(*_: Any) -> Any:
+        raise AssertionError("rebuilt per request")
+
+    with gateway(tmp_path) as (gw, rec, url):
+        monkeypatch.setattr(router_module, "vote_table", per_request)
+        monkeypatch.setattr(router_module, "called_at_once", per_request)
+        assert ask(url, "agree") == ("B", "yi")
+        assert concurrent(rec, "yi", "mixtral")
+        assert gw.router is not None
+        assert "unless a cheap answer fails or is unusable" in gw.router.describe("agree")["how"]

@@ -116,8 +116,10 @@ class AgreementConfig(_Strict):
     models: list[str] = Field(min_length=2)
     fallback: str
     min_agree: int = Field(default=2, ge=2)
-    # Ask the models every answer pattern calls (the first min_agree) at once: same calls, same
-    # cost, one cheap latency instead of several (false: one after another, as before).
+    # Ask the models every answer pattern calls at once (the first min(min_agree, len(models) -
+    # min_agree + 2): 2 for 4 of 4, where two differing answers already rule agreement out): the
+    # same calls and cost unless a cheap answer fails or is unusable (the next call, made anyway,
+    # is paid and unused), one cheap latency instead of several (false: one after another).
     parallel: bool = True
 
     @model_validator(mode="after")

@@ -9,9 +9,10 @@
   ``"0,1"`` = they differ, ``"0,x"`` = the second gave nothing usable) in a table that says
   ``next`` (call the next model), ``stop:i`` (serve the i-th answer) or ``strong`` (ask the
   strong model and serve it). A plain agreement cascade ("serve when two cheap models agree,
-  else GPT-4") is one such table; ``fit_policy`` learns tables from outcome data. The models the
-  table calls whatever they answer are asked at once (same calls and cost, one wait), their
-  answers then read in order as if asked in turn.
+  else GPT-4") is one such table; ``fit_policy`` learns tables from outcome data. The models every
+  answer pattern calls are asked at once (one wait; the same calls and cost unless a cheap answer
+  fails or is unusable, when a call made anyway is paid and unused), their answers then read in
+  order as if asked in turn.
 - ``BudgetGuard``: a route's ``max_cost_usd``, checked before every call (the first included).
 
 Every call goes through ``caller.complete`` (priced, in the ledger); each attempt carries its
@@ -23,7 +24,6 @@ that served it: tiers for a tier cascade; the cheap vote, then the strong model,
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -36,6 +36,7 @@ from thrifty.pipeline.accounting import set_escalations
 from thrifty.pipeline.caller import ModelCaller
 from thrifty.pipeline.context import Attempt, RequestContext
 from thrifty.routing.formats import agreement_pattern, detect_family, extract_answer
+from thrifty.routing.reach import _children
 from thrifty.scoring.base import score_choices
 from thrifty.scoring.logprob import learn_logprobs_refusal, refuses_logprobs, strip_logprobs
 from thrifty.scoring.structured import asks_for_json, json_problem
@@ -79,11 +80,13 @@ class BudgetGuard:
         prompt, completion = self.tokens(ctx, info.upstream_model)
         return price_tokens(Usage(prompt_tokens=prompt, completion_tokens=completion), info.price, batch=self.batch)
 
-    def allows(self, ctx: RequestContext, model: str) -> bool:
+    def allows(self, ctx: RequestContext, *models: str) -> bool:
+        """Whether calls to ``models`` (one, or several asked at once) fit: what the request
+        spent plus each call's estimate; a model without a price adds nothing."""
         if self.max_cost_usd is None:
             return True
-        est = self.estimate(ctx, model)
-        return est is None or (ctx.spent_usd() or 0.0) + est <= self.max_cost_usd
+        known = [est for est in (self.estimate(ctx, m) for m in models) if est is not None]
+        return not known or (ctx.spent_usd() or 0.0) + sum(known) <= self.max_cost_usd
 
     def why_not(self, ctx: RequestContext, model: str) -> str:
         """Why ``allows`` said no, for reasons and error messages."""
@@ -227,12 +230,10 @@ class StateTableCascade:
     guard: BudgetGuard
     raw_letters: bool = False
     family: str | None = None  # None: detect from the prompt
-    # Ask the models the table always calls (``always_called``) at once rather than in turn.
-    parallel: bool = True
-
-    def always_called(self) -> int:
-        """How many models at the head of ``order`` are called whatever they answer."""
-        return called_at_once(len(self.order), frozenset(self.table.items()), self.raw_letters)
+    # The head of ``order`` asked at once rather than in turn: the models every answer pattern
+    # calls (``called_at_once``), worked out once when the route is built, not per request;
+    # empty (``parallel: false``) or one model: in turn.
+    at_once: list[str] = field(default_factory=list)
 
     async def run(self, ctx: RequestContext, caller: ModelCaller) -> tuple[dict[str, Any], Attempt]:
         family = self.family or detect_family(ctx.request.last_user_text())
@@ -240,23 +241,27 @@ class StateTableCascade:
         answers: list[str | None] = []
         last_error: UpstreamError | None = None
         reason = "strong model"
-        at_once = self.order[:self.always_called()] if self.parallel else []
-        if len(at_once) > 1 and self._fit_together(ctx, at_once):
+        # The request as the guard sees it: after a stop in the replay below, without the calls
+        # asked at once and left unused (their cost and length are no call the sequential path made).
+        seen = ctx
+        if len(self.at_once) > 1 and self.guard.allows(ctx, *self.at_once):
             start = len(ctx.attempts)
-            results, counts = await self._ask_at_once(ctx, caller, at_once)
-            for k, (model, done) in enumerate(zip(at_once, results, strict=True)):
+            results, counts = await self._ask_at_once(ctx, caller, self.at_once)
+            for k, (model, done) in enumerate(zip(self.at_once, results, strict=True)):
                 # Replayed as the sequential path decides before each call: the table on the
                 # answers so far, then the guard on what the earlier calls actually cost and
                 # answered. Either stops a call here only after a failed or unusable answer, or
                 # one longer than estimated; the calls from there on were made all the same (paid,
                 # in the ledger), and are left out of the decision.
-                state = agreement_pattern(answers, raw=self.raw_letters)
-                before = replace(ctx, attempts=ctx.attempts[:start + sum(counts[:k])])
-                if self.table.get(state, "strong") != "next" or not self.guard.allows(before, model):
+                action = self.table.get(agreement_pattern(answers, raw=self.raw_letters), "strong")
+                before = ctx if self.guard.max_cost_usd is None else \
+                    replace(ctx, attempts=ctx.attempts[:start + sum(counts[:k])])
+                if action != "next" or not self.guard.allows(before, model):
                     for skipped in results[k:]:
                         self._unused(skipped)
-                    if self.table.get(state, "strong") == "next":
+                    if action == "next":
                         return self._keep(ctx, called, answers, model, last_error, as_of=before)
+                    seen = before
                     break
                 last_error = self._take(ctx, family, model, done, called, answers) or last_error
         while True:
@@ -279,8 +284,8 @@ class StateTableCascade:
                     return self._serve(ctx, called, answers, i, f"agreement pattern {state!r} -> serve answer {i + 1}")
             reason = f"agreement pattern {state!r} -> strong model" if called else "table: strong model first"
             break
-        if not self.guard.allows(ctx, self.strong):
-            return self._keep(ctx, called, answers, self.strong, last_error)
+        if not self.guard.allows(seen, self.strong):
+            return self._keep(ctx, called, answers, self.strong, last_error, as_of=seen)
         set_escalations(ctx, 1 if called else 0)
         response, attempt = await caller.complete(ctx, self.strong)
         attempt.accepted, attempt.score_reason = True, reason
@@ -320,14 +325,6 @@ class StateTableCascade:
         if not isinstance(result, UpstreamError):
             result[1].accepted = False
             result[1].score_reason = "asked at once; not used (in turn it would not have been called)"
-
-    def _fit_together(self, ctx: RequestContext, models: list[str]) -> bool:
-        """Whether the guard allows all of ``models`` at once: what the request spent plus each
-        call's estimate (``BudgetGuard.allows`` for one call; a model without a price adds 0)."""
-        if self.guard.max_cost_usd is None:
-            return True
-        total = (ctx.spent_usd() or 0.0) + sum(self.guard.estimate(ctx, m) or 0.0 for m in models)
-        return total <= self.guard.max_cost_usd
 
     async def _ask_at_once(self, ctx: RequestContext, caller: ModelCaller, models: list[str],
                            ) -> tuple[list[tuple[dict[str, Any], Attempt] | UpstreamError], list[int]]:
@@ -380,26 +377,20 @@ class StateTableCascade:
         return _served(ctx, response, attempt, 0)
 
 
-@functools.lru_cache(maxsize=256)
-def called_at_once(n: int, table: frozenset[tuple[str, str]], raw: bool) -> int:
+def called_at_once(n: int, table: dict[str, str], raw: bool) -> int:
     """The length m of the prefix of an ``n``-model order that a table calls whatever the
-    answers: every pattern of fewer than m usable answers maps to ``next``. (Cached per table:
-    routes build their cascade per request.) Patterns with an ``x`` (a failed call or an unusable
-    answer) are left out: they are the exception, and then a call asked at once may be one the
-    table would have skipped (paid for, left out of the decision).
+    answers: every pattern of fewer than m usable answers maps to ``next`` (the router works it
+    out once per route). Patterns with an ``x`` (a failed call or an unusable answer) are left
+    out: they are the exception, and then a call asked at once may be one the table would have
+    skipped (paid for, left out of the decision).
     A raw-letter table keys on the letters themselves and sends an unseen one to the strong
     model, so past the first call nothing is certain."""
-    actions = dict(table)
     m = 0
-    while m < n and (m == 0 or not raw) and all(actions.get(p, "strong") == "next" for p in _patterns(m)):
+    frontier = [""]  # every canonical pattern of m usable answers (Bell(m) of them, not m**m)
+    while m < n and (m == 0 or not raw) and all(table.get(p, "strong") == "next" for p in frontier):
         m += 1
+        frontier = [kid for p in frontier for kid in _children(p, table, raw)[0] if not kid.endswith("x")]
     return m
-
-
-@functools.lru_cache(maxsize=16)
-def _patterns(depth: int) -> frozenset[str]:
-    """Every canonical agreement pattern ``depth`` usable answers make (``"0,0"``, ``"0,1"``)."""
-    return frozenset(agreement_pattern([str(c) for c in combo]) for combo in itertools.product(range(depth), repeat=depth))
 
 
 def vote_table(n: int, k: int) -> dict[str, str]:

@@ -101,6 +101,17 @@ class TaskRouter:
                     key = "learned.models" if r.learned.models else "learned"
                     raise ConfigError(f"routing.routes.{name}.{key}: model(s) not in the catalog: {unknown}"
                                       + ("" if r.learned.models else " (list the ones to use in learned.models)"))
+        # Each agreement / state-table route's table and the models it asks at once, worked out
+        # here once: vote_table takes up to 180 ms (n=6), too slow to rebuild per request.
+        self.tables: dict[str, tuple[dict[str, str], list[str]]] = {}
+        for name, r in cfg.routes.items():
+            if r.agreement:
+                a = r.agreement
+                self.tables[name] = _with_at_once(list(a.models), vote_table(len(a.models), a.min_agree), False,
+                                                  a.parallel)
+            elif r.state_table:
+                st = r.state_table
+                self.tables[name] = _with_at_once(list(st.order), dict(st.table), st.raw_letters, st.parallel)
         self.llm = None
         if cfg.classify.llm:
             from thrifty.routing.llm_classifier import LLMClassifier
@@ -205,14 +216,14 @@ class TaskRouter:
                         max_cost_usd=r.max_cost_usd, policy=TierCascade(tiers, scorer, guard, extra))
         if r.agreement:
             a = r.agreement
-            agree = StateTableCascade(list(a.models), vote_table(len(a.models), a.min_agree), a.fallback, guard,
-                                      parallel=a.parallel)
+            table, at_once = self.tables[name]
+            agree = StateTableCascade(list(a.models), table, a.fallback, guard, at_once=at_once)
             return Plan([*(Tier(m) for m in a.models), Tier(a.fallback)], route=name, reason=reason,
                         max_cost_usd=r.max_cost_usd, policy=agree)
         if r.state_table:
             st = r.state_table
-            policy = StateTableCascade(list(st.order), dict(st.table), st.strong, guard, st.raw_letters,
-                                       parallel=st.parallel)
+            table, at_once = self.tables[name]
+            policy = StateTableCascade(list(st.order), table, st.strong, guard, st.raw_letters, at_once=at_once)
             return Plan([*(Tier(m) for m in st.order), Tier(st.strong)], route=name, reason=reason,
                         max_cost_usd=r.max_cost_usd, policy=policy)
         assert r.learned is not None
@@ -246,12 +257,12 @@ class TaskRouter:
                     "models": [t.model for t in r.tiers], "thresholds": [t.threshold for t in r.tiers]}
         elif r.agreement:
             a = r.agreement
-            agree = _at_once(list(a.models), vote_table(len(a.models), a.min_agree), False, a.parallel)
+            agree = _at_once(self.tables[name][1])
             out |= {"kind": "agreement", "how": f"serve an answer {a.min_agree} of the cheap models give, "
                                                 f"else the fallback{agree}", "models": [*a.models, a.fallback]}
         elif r.state_table:
             st = r.state_table
-            table = _at_once(list(st.order), st.table, st.raw_letters, st.parallel)
+            table = _at_once(self.tables[name][1])
             out |= {"kind": "state table", "how": "the agreement pattern of the cheap answers decides: another "
                                                   f"model, serve one of them, or the strong model{table}",
                     "models": reachable_models(st)}
@@ -271,13 +282,19 @@ class TaskRouter:
         return {t: self.route_for_task(t) or self.cfg.default_route for t in self.llm.cfg.tasks}
 
 
-def _at_once(order: list[str], table: dict[str, str], raw: bool, parallel: bool) -> str:
-    """For ``route explain``: the cheap models asked at once, and why that costs nothing more."""
-    n = called_at_once(len(order), frozenset(table.items()), raw) if parallel else 0
-    if n < 2:
+def _with_at_once(order: list[str], table: dict[str, str], raw: bool,
+                  parallel: bool) -> tuple[dict[str, str], list[str]]:
+    """A route's table and the head of ``order`` its cascade asks at once (none: in turn)."""
+    n = called_at_once(len(order), table, raw) if parallel else 0
+    return table, order[:n] if n > 1 else []
+
+
+def _at_once(models: list[str]) -> str:
+    """For ``route explain``: the cheap models asked at once, and what that costs."""
+    if len(models) < 2:
         return ""
-    return (f"; {', '.join(order[:n])} are asked at once: every answer pattern calls them, so the same calls "
-            f"and cost, one wait instead of {n}")
+    return (f"; {', '.join(models)} are asked at once (the models every answer pattern calls): the same calls "
+            f"and cost unless a cheap answer fails or is unusable, one wait instead of {len(models)}")
 
 
 def build_router(config: Any, catalog: Catalog) -> TaskRouter | None:
