@@ -30,6 +30,25 @@ def body_model(body: Any) -> str:
     return model
 
 
+def body_options(body: dict[str, Any]) -> dict[str, Any]:
+    """thrifty's per-request options of a body (chat or embeddings): ``thrifty: {...}`` and the
+    ``cache`` shorthand; ``InvalidRequestError`` naming the bad field."""
+    options: dict[str, Any] = {}
+    raw_opts = body.get("thrifty")
+    if raw_opts is not None:
+        if not isinstance(raw_opts, dict):
+            raise InvalidRequestError("'thrifty' must be an object of thrifty options.", param="thrifty")
+        options.update(raw_opts)
+    if body.get("cache") is not None:  # null is "not set", as for every thrifty option
+        # Shorthand `"cache": false` documented for clients that cannot send headers.
+        if options.get("cache") is not None and options["cache"] != body["cache"]:
+            # Which one wins would be a guess, and a wrong guess serves a cached answer to a
+            # client that said not to.
+            raise InvalidRequestError("'cache' and 'thrifty.cache' disagree; send one of them.", param="cache")
+        options["cache"] = body["cache"]
+    return options
+
+
 @dataclass
 class ChatRequest:
     """One chat-completions request: the model asked for, messages, and every other parameter."""
@@ -53,19 +72,7 @@ class ChatRequest:
         stream = body.get("stream", False)
         if stream is not None and not isinstance(stream, bool):
             raise InvalidRequestError("'stream' must be a boolean.", param="stream")
-        options: dict[str, Any] = {}
-        raw_opts = body.get("thrifty")
-        if raw_opts is not None:
-            if not isinstance(raw_opts, dict):
-                raise InvalidRequestError("'thrifty' must be an object of thrifty options.", param="thrifty")
-            options.update(raw_opts)
-        if body.get("cache") is not None:  # null is "not set", as for every thrifty option
-            # Shorthand `"cache": false` documented for clients that cannot send headers.
-            if options.get("cache") is not None and options["cache"] != body["cache"]:
-                # Which one wins would be a guess, and a wrong guess serves a cached answer to a
-                # client that said not to.
-                raise InvalidRequestError("'cache' and 'thrifty.cache' disagree; send one of them.", param="cache")
-            options["cache"] = body["cache"]
+        options = body_options(body)
         _check_param_types(body)
         params = {
             k: v for k, v in body.items() if k not in ("model", "messages", "stream") and k not in THRIFTY_BODY_KEYS

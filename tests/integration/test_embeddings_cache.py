@@ -6,8 +6,10 @@ controls apply as on chat, and the ledger and ``thrifty cache stats`` show what 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from thrifty.cache.backends.base import EntryMeta
+from thrifty.cache.backends.memory import MemoryBackend
+from thrifty.cache.backends.redis import RedisBackend
+from thrifty.cache.backends.sqlite import SQLiteBackend
 from thrifty.cli.main import build_app
 from thrifty.gateway import Gateway
 from thrifty.mock.app import create_app as create_mock
@@ -277,3 +283,71 @@ def test_redis_backend(mock: Mock, tmp_path: Path, redis_url: str) -> None:
         raw, again = embed(c, ["r1", "r0", "r3", "r2"], encoding_format="float")
         assert raw.headers["x-thrifty-cache"] == "partial" and last_input(mock) == ["r3"]
         assert [again.data[i].embedding for i in (1, 0, 3)] == [d.embedding for d in out.data]
+
+
+def test_an_input_repeated_in_one_request_is_sent_and_paid_once(served: Served, mock: Mock) -> None:
+    # RAG corpora repeat boilerplate chunks (headers, disclaimers): each distinct missing input
+    # goes upstream once, its vector answers every place it appears in the request.
+    c = served.client()
+    embed(c, ["repeated b"], encoding_format="float")
+    before = upstream_calls(mock)
+    raw, out = embed(c, ["repeated a", "repeated b", "repeated a"], encoding_format="float")
+    assert raw.headers["x-thrifty-cache"] == "partial" and upstream_calls(mock) == before + 1
+    assert last_input(mock) == ["repeated a"] and out.usage.prompt_tokens == count_text("repeated a")
+    assert [d.index for d in out.data] == [0, 1, 2] and out.data[0].embedding == out.data[2].embedding
+    assert out.data[0].embedding == pytest.approx(vector(SEED, UPSTREAM, "repeated a", DEFAULT_DIMENSIONS), abs=1e-12)
+    row = served.row(raw.headers["x-thrifty-request-id"])
+    assert row["cost_usd"] == pytest.approx(usd(["repeated a"]))
+    # Saved: the cached input and the repeat that was not sent; the baseline pays all three.
+    assert row["cache_saved_usd"] == pytest.approx(usd(["repeated b", "repeated a"]))
+    assert row["baseline_cost_usd"] == pytest.approx(usd(["repeated a", "repeated b", "repeated a"]))
+    # A whole miss with repeats: one upstream input per distinct text, the answer in the client's shape.
+    raw, out = embed(c, ["fresh x", "fresh x"], encoding_format="float")
+    assert raw.headers["x-thrifty-cache"] == "miss" and last_input(mock) == ["fresh x"]
+    assert [d.index for d in out.data] == [0, 1] and out.data[0].embedding == out.data[1].embedding
+    assert embed(c, ["fresh x"], encoding_format="float")[0].headers["x-thrifty-cache"] == "hit"
+
+
+@pytest.mark.redis
+def test_redis_batch_larger_than_the_connection_pool_hits_whole(mock: Mock, tmp_path: Path, redis_url: str) -> None:
+    # One read per input, all at once, took more connections than the pool holds: input 101
+    # onward failed, and the failure paused the whole cache (chat too) as if Redis were down.
+    cache = {"backend": "redis", "redis_url": redis_url, "namespace": f"embcache-big-{tmp_path.name}",
+             "embeddings": {"enabled": True}}
+    corpus = [f"big batch chunk {i}" for i in range(300)]
+    for s in serve(tmp_path, mock, cache):
+        c = s.client()
+        assert embed(c, corpus)[0].headers["x-thrifty-cache"] == "miss"
+        before = upstream_calls(mock)
+        raw, out = embed(c, corpus)
+        assert raw.headers["x-thrifty-cache"] == "hit" and upstream_calls(mock) == before and len(out.data) == 300
+        assert embed(c, ["one more after the batch"])[0].headers["x-thrifty-cache"] == "miss"
+        assert embed(c, ["one more after the batch"])[0].headers["x-thrifty-cache"] == "hit"  # not paused
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def test_backend_batch_reads_and_writes_keep_single_entry_semantics(kind: str, tmp_path: Path,
+                                                                    request: pytest.FixtureRequest) -> None:
+    # get_many/put_many are what one lookup/store per request use: the same answers as get/put,
+    # past SQLite's IN-list chunk and Redis's connection pool, expired entries missing.
+    async def run() -> None:
+        backend: Any
+        if kind == "memory":
+            backend = MemoryBackend()
+        elif kind == "sqlite":
+            backend = SQLiteBackend(str(tmp_path / "c.db"))
+        else:
+            backend = RedisBackend(request.getfixturevalue("redis_url"), prefix=f"embbatch-{tmp_path.name}")
+        now = time.time()
+        await backend.put_many([(EntryMeta(f"k{i}", "t", "m", now, now + 600), f"v{i}".encode()) for i in range(1200)])
+        if kind == "sqlite":  # expiry is the store's rule on SQLite (Redis and memory: the entry's)
+            await backend.put(EntryMeta("old", "t", "m", now - 20, now - 10), b"gone")
+        keys = ["absent", *[f"k{i}" for i in range(1200)], "old", "k7"]
+        got = await backend.get_many(keys)
+        assert got[0] is None and got[1:1201] == [f"v{i}".encode() for i in range(1200)] and got[-1] == b"v7"
+        assert got[1201] is None
+        assert got == [await backend.get(k) for k in keys]
+        assert await backend.get_many([]) == []
+        await backend.aclose()
+
+    asyncio.run(run())

@@ -21,14 +21,13 @@ a truncated, foreign or corrupt value, another tenant's or an expired one reads 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from thrifty import fastjson
 from thrifty.cache.backends.base import CacheBackend, EntryMeta
 from thrifty.cache.keys import canonical, canonical_numbers
 from thrifty.cache.policy import _directives, _option
@@ -44,7 +43,8 @@ log = logging.getLogger("thrifty.cache")
 
 MAGIC = b"TE1:"
 KIND = "embedding"
-KEY_VERSION = "te1"
+# te2: the scope is hashed once per request, then each input's raw bytes with it (``input_key``).
+KEY_VERSION = "te2"
 # Body fields that are not part of what an input embeds to: the model and inputs are keyed on
 # their own, ``user`` only identifies the caller.
 _NOT_PARAMS = frozenset({"model", "input", "user"}) | THRIFTY_BODY_KEYS
@@ -87,22 +87,32 @@ def items_of(value: Any) -> list[Any]:
     return list(value)
 
 
-def input_key(*, namespace: str, tenant: str, info: ModelInfo, base_url: str | None,
-              body: dict[str, Any], item: Any) -> str:
-    """The key of one input (see the module doc); the API key is never part of it."""
+def key_scope(*, namespace: str, tenant: str, info: ModelInfo, base_url: str | None, body: dict[str, Any]) -> bytes:
+    """Everything of the key (see the module doc) but the input, hashed once per request (a batch
+    of 2,048 inputs shares it); the API key is never part of it."""
     params = {k: canonical_numbers(v) for k, v in body.items() if k not in _NOT_PARAMS}
     parts = {"v": KEY_VERSION, "kind": KIND, "ns": namespace, "tenant": tenant, "provider": info.provider,
-             "base_url": base_url, "upstream": info.upstream_model, "params": params,
-             "item": hashlib.sha256(canonical(item)).hexdigest()}
-    return hashlib.sha256(canonical(parts)).hexdigest()
+             "base_url": base_url, "upstream": info.upstream_model, "params": params}
+    return hashlib.sha256(canonical(parts)).digest()
 
 
-def encode(key: str, tenant: str, model: str, item: dict[str, Any], created: float, expires: float) -> bytes:
+def input_key(scope: bytes, item: Any) -> str:
+    """The key of one input under ``scope`` (``key_scope``): its UTF-8 bytes for a string, its
+    canonical JSON for a token-id array, after a tag byte so the two kinds never collide (the
+    scope digest has a fixed length, so nothing else can be ambiguous)."""
+    h = hashlib.sha256(scope)
+    # surrogatepass: a lone surrogate a JSON body may carry must key, not fail the request.
+    h.update(b"s" + item.encode("utf-8", "surrogatepass") if isinstance(item, str) else b"t" + canonical(item))
+    return h.hexdigest()
+
+
+def encode(key: str, tenant: str, model: str, item: dict[str, Any], tokens: int, created: float,
+           expires: float) -> bytes:
     """``item``: one ``data`` element as the provider sent it, without its ``index``; ``model``:
-    the model name the provider's answer carried (a full hit answers with it)."""
-    payload = json.dumps({"kind": KIND, "key": key, "tenant": tenant, "model": model, "item": item,
-                          "created": created, "expires": expires},
-                         separators=(",", ":"), ensure_ascii=False).encode()
+    the model name the provider's answer carried (a full hit answers with it); ``tokens``: the
+    input's offline token count (a hit prices it without tokenising again)."""
+    payload = fastjson.dumps({"kind": KIND, "key": key, "tenant": tenant, "model": model, "item": item,
+                              "tokens": tokens, "created": created, "expires": expires})
     return MAGIC + hashlib.sha256(payload).hexdigest()[:32].encode() + b"\n" + payload
 
 
@@ -111,6 +121,7 @@ class Stored:
     item: dict[str, Any]
     model: str
     created: float
+    tokens: int
 
 
 def decode(raw: bytes | None, *, key: str, tenant: str, now: float) -> Stored | None:
@@ -121,17 +132,18 @@ def decode(raw: bytes | None, *, key: str, tenant: str, now: float) -> Stored | 
     if not sep or hashlib.sha256(payload).hexdigest()[:32].encode() != head:
         return None
     try:
-        data = json.loads(payload)
+        data = fastjson.loads(payload)
         if data.get("kind") != KIND or data.get("key") != key or data.get("tenant") != tenant:
             return None
-        item, model = data["item"], data["model"]
+        item, model, tokens = data["item"], data["model"], data["tokens"]
         created, expires = float(data["created"]), float(data["expires"])
     except (ValueError, TypeError, KeyError, AttributeError):
         return None
     if expires <= now or not isinstance(item, dict) or not isinstance(model, str) \
-            or not isinstance(item.get("embedding"), list | str):
+            or not isinstance(item.get("embedding"), list | str) or not isinstance(tokens, int) \
+            or isinstance(tokens, bool) or tokens < 0:
         return None
-    return Stored(item, model, created)
+    return Stored(item, model, created, tokens)
 
 
 class EmbeddingsCache:
@@ -146,36 +158,38 @@ class EmbeddingsCache:
         return self.cfg.namespace
 
     async def lookup(self, keys: list[str], tenant: str, max_age_s: float | None) -> list[Stored | None]:
-        return list(await asyncio.gather(*(self._get(k, tenant, max_age_s) for k in keys)))
-
-    async def _get(self, key: str, tenant: str, max_age_s: float | None) -> Stored | None:
+        """The entry of each key, in order, read in one backend call (one read per key at once
+        took a Redis connection each: past the pool's size they failed and paused the cache)."""
+        unique = list(dict.fromkeys(keys))  # a chunk repeated in the batch is read once
         try:
-            raw = await self.backend.get(key)
+            raws = dict(zip(unique, await self.backend.get_many(unique), strict=True))
         except Exception:  # a broken store is a miss, never a failed request
             log.warning("embeddings cache read failed", exc_info=True)
-            return None
+            return [None] * len(keys)
         now = time.time()
-        entry = decode(raw, key=key, tenant=tenant, now=now)
-        if entry is not None and max_age_s is not None and now - entry.created > max_age_s:
-            return None
-        return entry
+        entries = {k: decode(raws[k], key=k, tenant=tenant, now=now) for k in unique}
+        return [e if e is not None and (max_age_s is None or now - e.created <= max_age_s) else None
+                for e in (entries[k] for k in keys)]
 
     async def store(self, tenant: str, model_name: str, answer_model: str,
-                    items: list[tuple[str, dict[str, Any]]]) -> int:
-        """Store ``(key, data element)`` pairs under ``model_name`` (the catalog model, what
-        ``cache clear --model`` matches); returns how many were stored. A failing store is logged."""
+                    items: list[tuple[str, dict[str, Any], int]]) -> int:
+        """Store ``(key, data element, token count)`` triples under ``model_name`` (the catalog
+        model, what ``cache clear --model`` matches) in one backend write; returns how many were
+        stored. A failing store is logged."""
         now = time.time()
         expires = now + self.cfg.embeddings.ttl_s
-        stored = 0
-        for key, item in items:
-            meta = EntryMeta(key, tenant, model_name, now, expires)
-            try:
-                await self.backend.put(meta, encode(key, tenant, answer_model, item, now, expires))
-            except ThriftyError as exc:
-                log.warning("embeddings cache store failed: %s", exc.message)
-                break
-            stored += 1
-        return stored
+        try:
+            batch = [(EntryMeta(key, tenant, model_name, now, expires),
+                      encode(key, tenant, answer_model, item, tokens, now, expires)) for key, item, tokens in items]
+        except TypeError as exc:  # orjson refuses what JSON cannot hold (an integer past 64 bits)
+            log.warning("embeddings cache store failed: the answer cannot be stored (%s)", exc)
+            return 0
+        try:
+            await self.backend.put_many(batch)
+        except ThriftyError as exc:
+            log.warning("embeddings cache store failed: %s", exc.message)
+            return 0
+        return len(batch)
 
 
 def answer_items(response: Any, sent: int) -> list[dict[str, Any]] | None:

@@ -25,14 +25,22 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.routing import Route
 
-from thrifty.cache.embeddings import EmbeddingsCache, Stored, answer_items, decide, input_key, items_of
+from thrifty.cache.embeddings import (
+    EmbeddingsCache,
+    Stored,
+    answer_items,
+    decide,
+    input_key,
+    items_of,
+    key_scope,
+)
 from thrifty.cache.stage import HEADER
 from thrifty.cost import call_cost
 from thrifty.errors import InvalidRequestError, ThriftyError, UpstreamProtocolError
 from thrifty.pipeline.context import Attempt, Handler, RequestContext
 from thrifty.server.passthrough import _BODY, Endpoint, StreamState, passthrough_routes, request_body
 from thrifty.tokens import count_text
-from thrifty.types import THRIFTY_BODY_KEYS, ChatRequest, Usage, body_model
+from thrifty.types import ChatRequest, Usage, body_model, body_options
 
 if TYPE_CHECKING:
     from thrifty.catalog import ModelInfo
@@ -66,14 +74,6 @@ def valid_input(value: Any) -> bool:
             or all(tokens(v) for v in value))
 
 
-def thrifty_options(body: dict[str, Any]) -> dict[str, Any]:
-    """thrifty's options of the body (``thrifty: {...}`` and the ``cache`` shorthand), read and
-    refused exactly as on chat: chat's own parsing, given a body holding only those keys."""
-    probe: dict[str, Any] = {"model": "-", "messages": [{"role": "user", "content": "-"}]}
-    probe.update({k: body[k] for k in THRIFTY_BODY_KEYS if k in body})
-    return ChatRequest.from_body(probe).options
-
-
 def count_input(value: Any) -> int:
     """Offline token count of a validated ``input`` (for a provider that sends no usage)."""
     if isinstance(value, str):
@@ -97,12 +97,12 @@ class EmbeddingsEndpoint(Endpoint):
         texts = [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)]
         return ChatRequest(model=model, messages=[{"role": "user", "content": t} for t in texts],
                            params={"max_tokens": 1},  # no output tokens; the estimate needs >= 1
-                           options=thrifty_options(body))
+                           options=body_options(body))
 
     def upstream_body(self, body: dict[str, Any], upstream_model: str, compat: Any) -> dict[str, Any]:
         # Provider compat rewrites chat parameters; an embeddings body goes as sent, but for
         # thrifty's own keys (``cache``, ``thrifty``), which no provider knows.
-        return {**{k: v for k, v in body.items() if k not in THRIFTY_BODY_KEYS}, "model": upstream_model}
+        return super().upstream_body(body, upstream_model, None)
 
     def stages(self, gateway: Gateway) -> list[Any]:
         from thrifty.cache.build import build_embeddings_cache
@@ -155,46 +155,53 @@ class EmbeddingsCacheStage:
         body = request_body(ctx)
         items = items_of(body["input"])
         provider = self.gateway.config.providers.get(info.provider)
-        keys = [input_key(namespace=self.cache.namespace, tenant=ctx.tenant, info=info,
-                          base_url=getattr(provider, "base_url", None), body=body, item=item) for item in items]
+        scope = key_scope(namespace=self.cache.namespace, tenant=ctx.tenant, info=info,
+                          base_url=getattr(provider, "base_url", None), body=body)
+        keys = [input_key(scope, item) for item in items]
         found: list[Stored | None] = [None] * len(items)
         if decision.read:
             found = await self.cache.lookup(keys, ctx.tenant, decision.max_age_s)
-        missing = [i for i, hit in enumerate(found) if hit is None]
-        cached_usd = self._cached_usd(info, [item for item, hit in zip(items, found, strict=True) if hit is not None])
-        if not missing:
+        # Each missing input goes upstream once, however often the batch repeats it (RAG chunks
+        # share boilerplate): its vector answers every place it appears, and is stored once.
+        todo = {keys[i]: items[i] for i, hit in enumerate(found) if hit is None}
+        cached_usd = self._cached_usd(info, sum(e.tokens for e in found if e is not None))
+        if not todo:
             self._serve(ctx, info, found, cached_usd)
             return
-        if len(missing) < len(items):
+        whole = len(todo) == len(items)  # nothing cached, nothing repeated: the body goes as sent
+        if not whole:
             # Only the missing inputs go upstream (their count and price too: the call stage
             # prices this body), in the client's order.
-            ctx.scratch[_BODY] = {**body, "input": [items[i] for i in missing]}
-        self._status(ctx, "miss" if len(missing) == len(items) else "partial")
+            ctx.scratch[_BODY] = {**body, "input": list(todo.values())}
+        self._status(ctx, "miss" if all(hit is None for hit in found) else "partial")
         try:
             await call_next(ctx)
         finally:
             ctx.scratch[_BODY] = body
         if ctx.status != "ok":
             return
-        elements = answer_items(ctx.response, len(missing))
+        elements = answer_items(ctx.response, len(todo))
         if elements is None:
-            if len(missing) < len(items):
+            if not whole:
                 raise UpstreamProtocolError(f"{info.provider}: the embeddings answer does not hold one vector per "
                                             "input, so it cannot be merged with the cached ones")
             return  # a whole miss passes through as the provider sent it, and is not stored
-        if len(missing) < len(items):
+        tokens = {key: count_input(item) for key, item in todo.items()}
+        if not whole:
             assert isinstance(ctx.response, dict)
-            merged = [e.item if e is not None else None for e in found]
-            for i, element in zip(missing, elements, strict=True):
-                merged[i] = element
-            ctx.response = {**ctx.response, "data": _indexed(merged)}
+            answered = dict(zip(todo, elements, strict=True))
+            ctx.response = {**ctx.response, "data": _indexed(
+                [hit.item if hit is not None else answered[key] for key, hit in zip(keys, found, strict=True)])}
+            # Saved: the cached inputs, and the repeats of the sent ones (each would have been paid).
+            repeats = sum(tokens[key] for key, hit in zip(keys, found, strict=True) if hit is None) - sum(tokens.values())
+            saved_usd = self._cached_usd(info, sum(e.tokens for e in found if e is not None) + repeats)
             if ctx.baseline_cost_usd is not None:
-                ctx.baseline_cost_usd = ctx.baseline_cost_usd + cached_usd if cached_usd is not None else None
-            ctx.cache_saved_usd = cached_usd or 0.0
+                ctx.baseline_cost_usd = ctx.baseline_cost_usd + saved_usd if saved_usd is not None else None
+            ctx.cache_saved_usd = saved_usd or 0.0
         answer_model = ctx.response.get("model") if isinstance(ctx.response, dict) else None
         await self.cache.store(ctx.tenant, info.name,
                                answer_model if isinstance(answer_model, str) else info.upstream_model,
-                               [(keys[i], e) for i, e in zip(missing, elements, strict=True)])
+                               [(key, e, tokens[key]) for key, e in zip(todo, elements, strict=True)])
 
     @staticmethod
     def _status(ctx: RequestContext, status: str) -> None:
@@ -202,11 +209,12 @@ class EmbeddingsCacheStage:
         ctx.response_headers[HEADER] = status
 
     @staticmethod
-    def _cached_usd(info: ModelInfo, cached: list[Any]) -> float | None:
-        """The cached inputs at the model's input price, counted offline (None: no price)."""
-        if not cached:
+    def _cached_usd(info: ModelInfo, tokens: int) -> float | None:
+        """``tokens`` input tokens not sent upstream at the model's input price (None: no price);
+        the token counts were made offline when the entries were stored."""
+        if not tokens:
             return 0.0
-        return call_cost(Usage(prompt_tokens=sum(count_input(item) for item in cached)), info.price).usd
+        return call_cost(Usage(prompt_tokens=tokens), info.price).usd
 
     def _serve(self, ctx: RequestContext, info: ModelInfo, found: list[Stored | None], cached_usd: float | None) -> None:
         """A full hit: the answer from the cache, no upstream call, cost 0."""

@@ -33,7 +33,17 @@ class CacheBackend(Protocol):
 
     async def get(self, key: str) -> bytes | None: ...
 
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        """``get`` of each key, in order, in one round trip (a batch of embeddings inputs): one
+        call per key at once took a pooled connection each, more than Redis's pool holds."""
+        ...
+
     async def put(self, meta: EntryMeta, value: bytes) -> None: ...
+
+    async def put_many(self, items: list[tuple[EntryMeta, bytes]]) -> None:
+        """``put`` of each entry in one write (one transaction, one pipeline); the size limit is
+        checked once. Raises StorageError as ``put`` does."""
+        ...
 
     async def add_vector(self, index_ns: str, meta: EntryMeta, text: str, vec: np.ndarray) -> None: ...
 

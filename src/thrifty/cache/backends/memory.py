@@ -22,6 +22,13 @@ class MemoryBackend:
         item = self._entries.get(key)
         return item[1] if item else None
 
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        return [item[1] if (item := self._entries.get(k)) else None for k in keys]
+
+    async def put_many(self, items: list[tuple[EntryMeta, bytes]]) -> None:
+        for meta, value in items:
+            await self.put(meta, value)
+
     async def put(self, meta: EntryMeta, value: bytes) -> None:
         self._entries.pop(meta.key, None)
         self._entries[meta.key] = (meta, value)

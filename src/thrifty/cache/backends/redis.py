@@ -157,16 +157,36 @@ class RedisBackend:
         self._answered()
         return bytes(value) if value is not None else None
 
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        """``get`` of each key through one connection: one pipeline, not one call per key (a
+        batch larger than the pool failed with MaxConnectionsError and paused the cache)."""
+        if self._paused() or not keys:
+            return [None] * len(keys)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hget(self._k("e", key), "value")
+                values = await pipe.execute()
+        except Exception as exc:
+            self._failed(exc)
+            return [None] * len(keys)
+        self._answered()
+        return [bytes(v) if v is not None else None for v in values]
+
     async def put(self, meta: EntryMeta, value: bytes) -> None:
-        if self._paused():
+        await self.put_many([(meta, value)])
+
+    async def put_many(self, items: list[tuple[EntryMeta, bytes]]) -> None:
+        if self._paused() or not items:
             return  # dropped: the pause was logged when it began
-        ttl_ms = max(1, int((meta.expires - time.time()) * 1000))
+        now = time.time()
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(self._k("e", meta.key), mapping={"value": value, "tenant": meta.tenant,
-                                                            "model": meta.model, "created": meta.created})
-                pipe.pexpire(self._k("e", meta.key), ttl_ms)
-                pipe.zadd(self._k("z"), {meta.key: meta.created})
+                for meta, value in items:
+                    pipe.hset(self._k("e", meta.key), mapping={"value": value, "tenant": meta.tenant,
+                                                                "model": meta.model, "created": meta.created})
+                    pipe.pexpire(self._k("e", meta.key), max(1, int((meta.expires - now) * 1000)))
+                    pipe.zadd(self._k("z"), {meta.key: meta.created})
                 pipe.zcard(self._k("z"))
                 *_, count = await pipe.execute()
             self._answered()

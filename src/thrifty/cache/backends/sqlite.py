@@ -38,6 +38,8 @@ _SCHEMA = [
 
 # Check the size limit every this many writes (a COUNT(*) per write would cost more than it saves).
 _EVICT_EVERY = 256
+# Keys per ``IN (...)`` of ``get_many`` (SQLite's parameter limit is 999 on older builds).
+_IN_CHUNK = 500
 
 
 class SQLiteBackend:
@@ -80,6 +82,26 @@ class SQLiteBackend:
         if row is None or row[1] <= time.time():
             return None
         return bytes(row[0]) if row[0] is not None else None
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        return self.get_many_sync(keys)
+
+    def get_many_sync(self, keys: list[str]) -> list[bytes | None]:
+        """``get_sync`` of each key (the same expiry rule), by ``IN`` lists of ``_IN_CHUNK`` keys
+        (SQLite caps a statement's parameters)."""
+        found: dict[str, bytes] = {}
+        now = time.time()
+        try:
+            with self._rlock:
+                for start in range(0, len(keys), _IN_CHUNK):
+                    chunk = keys[start:start + _IN_CHUNK]
+                    rows = self._r.execute(
+                        f"SELECT key, value, expires FROM cache_entries WHERE key IN ({','.join('?' * len(chunk))})",
+                        chunk).fetchall()
+                    found.update((k, bytes(v)) for k, v, expires in rows if v is not None and expires > now)
+        except sqlite3.Error:
+            return [None] * len(keys)  # an unreadable store is a miss, never a failed request
+        return [found.get(k) for k in keys]
 
     async def vectors_since(self, index_ns: str, cursor: int) -> tuple[list[VectorRow], int]:
         try:
@@ -159,13 +181,25 @@ class SQLiteBackend:
             [(index_ns, m.key, m.tenant, m.model, m.created, m.expires, t, vec_bytes(v)) for m, t, v in rows],
         ))
 
+    async def put_many(self, items: list[tuple[EntryMeta, bytes]]) -> None:
+        await asyncio.to_thread(self.put_many_sync, items)
+
     def put_many_sync(self, items: list[tuple[EntryMeta, bytes]]) -> None:
-        """Bulk insert (benchmarks, imports) in one transaction."""
-        self._write(lambda: self._w.executemany(
+        """Bulk insert (an embeddings batch, benchmarks, imports) in one transaction; the size
+        limit is checked at most once, when the batch passes a multiple of ``_EVICT_EVERY``
+        writes, as that many single ``put``s would have checked it."""
+        self._write(self._put_many, items)
+
+    def _put_many(self, items: list[tuple[EntryMeta, bytes]]) -> None:
+        self._w.executemany(
             "INSERT OR REPLACE INTO cache_entries (key, tenant, model, created, expires, size, value)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             [(m.key, m.tenant, m.model, m.created, m.expires, len(v), v) for m, v in items],
-        ))
+        ).close()
+        before, self._writes = self._writes, self._writes + len(items)
+        # put() evicts at writes 1, 1 + _EVICT_EVERY, ...: was one of them in (before, after]?
+        if items and (self._writes - 1) // _EVICT_EVERY > (before - 1) // _EVICT_EVERY:
+            self._evict()
 
     async def try_lock(self, key: str, ttl_s: float) -> bool:
         return bool(await asyncio.to_thread(self._write, self._try_lock, key, ttl_s))
