@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from thrifty import fastjson
 from thrifty.cache.backends.base import CacheBackend, EntryMeta
+from thrifty.cache.entry import frame, unframe
 from thrifty.cache.keys import canonical, canonical_numbers
 from thrifty.cache.policy import _directives, _option
 from thrifty.errors import ThriftyError
@@ -113,7 +114,7 @@ def encode(key: str, tenant: str, model: str, item: dict[str, Any], tokens: int,
     input's offline token count (a hit prices it without tokenising again)."""
     payload = fastjson.dumps({"kind": KIND, "key": key, "tenant": tenant, "model": model, "item": item,
                               "tokens": tokens, "created": created, "expires": expires})
-    return MAGIC + hashlib.sha256(payload).hexdigest()[:32].encode() + b"\n" + payload
+    return frame(MAGIC, payload)
 
 
 @dataclass(frozen=True)
@@ -126,10 +127,8 @@ class Stored:
 
 def decode(raw: bytes | None, *, key: str, tenant: str, now: float) -> Stored | None:
     """The entry under ``key`` for ``tenant``; None if absent, expired, corrupt or foreign."""
-    if not raw or not raw.startswith(MAGIC):
-        return None
-    head, sep, payload = raw[len(MAGIC):].partition(b"\n")
-    if not sep or hashlib.sha256(payload).hexdigest()[:32].encode() != head:
+    payload = unframe(MAGIC, raw)
+    if payload is None:
         return None
     try:
         data = fastjson.loads(payload)

@@ -31,16 +31,29 @@ class CacheEntry:
     query: str | None = None  # the question text, for semantic candidates
 
     def encode(self) -> bytes:
-        payload = json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False).encode()
-        return MAGIC + hashlib.sha256(payload).hexdigest()[:32].encode() + b"\n" + payload
+        return frame(MAGIC, json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def frame(magic: bytes, payload: bytes) -> bytes:
+    """``payload`` as stored: ``magic``, a checksum of the payload, a newline, the payload. The
+    checksum turns a torn or corrupted value into a miss instead of a wrong answer."""
+    return magic + hashlib.sha256(payload).hexdigest()[:32].encode() + b"\n" + payload
+
+
+def unframe(magic: bytes, raw: bytes | None) -> bytes | None:
+    """The payload ``frame`` stored in ``raw``; None when absent, of another kind or corrupt."""
+    if not raw or not raw.startswith(magic):
+        return None
+    head, sep, payload = raw[len(magic):].partition(b"\n")
+    if not sep or hashlib.sha256(payload).hexdigest()[:32].encode() != head:
+        return None
+    return payload
 
 
 def decode_entry(raw: bytes | None, *, key: str, tenant: str, now: float) -> CacheEntry | None:
     """The entry stored under ``key`` for ``tenant``, or None if absent, expired, corrupt or foreign."""
-    if not raw or not raw.startswith(MAGIC):
-        return None
-    head, sep, payload = raw[len(MAGIC):].partition(b"\n")
-    if not sep or hashlib.sha256(payload).hexdigest()[:32].encode() != head:
+    payload = unframe(MAGIC, raw)
+    if payload is None:
         return None
     try:
         data = json.loads(payload)
