@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Generator
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
@@ -69,18 +70,53 @@ class BodyDeadline:
             nonlocal complete
             if complete:
                 return await receive()
-            remaining = deadline - time.monotonic()
+            # Most bodies are in hand when they are read (they came with the headers): a receive
+            # that answers without waiting needs no timer, which cost ~6% of a served request's
+            # main-thread CPU (armed, then cancelled). One that waits is bounded from where it
+            # parked: only a wait can overrun the deadline.
+            steps = receive().__await__()  # any awaitable's steps, a coroutine's included
             try:
-                async with asyncio.timeout(max(remaining, 0.0)):
-                    message = await receive()
-            except TimeoutError:
-                raise BodyTimeoutError(
-                    f"The request body did not arrive within {self.timeout_s:g} s (server.body_timeout_s).") from None
+                parked = steps.send(None)
+            except StopIteration as answered:
+                message = answered.value
+            else:
+                try:
+                    async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                        message = await _Resumed(steps, parked)
+                except TimeoutError:
+                    raise BodyTimeoutError(f"The request body did not arrive within {self.timeout_s:g} s "
+                                           "(server.body_timeout_s).") from None
             if message["type"] != "http.request" or not message.get("more_body", False):
                 complete = True
             return message
 
         await self.app(scope, bounded_receive, send)
+
+
+class _Resumed:
+    """Awaits the rest of an awaitable already stepped by hand and parked on ``parked`` (what its
+    first step yielded to the event loop): what the task sends or throws in (a cancellation: the
+    deadline) is passed on to it, as ``await`` would have."""
+
+    def __init__(self, steps: Generator[Any, Any, Message], parked: Any) -> None:
+        self._steps = steps
+        self._parked = parked
+
+    def __await__(self) -> Generator[Any, Any, Message]:
+        parked = self._parked
+        while True:
+            try:
+                sent = yield parked
+            except BaseException as exc:  # every exception goes on to it, as with await
+                try:
+                    parked = self._steps.throw(exc)
+                except StopIteration as done:
+                    return done.value  # type: ignore[no-any-return]
+            else:
+                try:
+                    parked = self._steps.send(sent)
+                except StopIteration as done:
+                    return done.value  # type: ignore[no-any-return]
 
 
 async def read_json_body(request: Request, limit: int) -> Any:

@@ -8,6 +8,7 @@ several gateways in one process (tests, embedding apps) do not mix their numbers
 from __future__ import annotations
 
 import hmac
+import threading
 from collections.abc import Callable, Container
 from typing import Any
 
@@ -35,6 +36,8 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 
 
 UNKNOWN = "(unknown)"
+# Pending histogram observations that make ``observe`` flush by itself (~500 requests' worth).
+_MAX_PENDING = 1000
 
 
 class Metrics:
@@ -50,6 +53,17 @@ class Metrics:
         self._key: str | None = None  # the key /metrics needs (require_key); None: open, for scrapers
         r = self.registry = CollectorRegistry()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        # Per request, only plain numbers are kept (a prometheus_client inc/observe takes a lock
+        # each: a dozen a request were ~10% of a served request's CPU); ``flush`` hands them on
+        # before anything reads the metrics. One lock for the lot: ``amended`` runs on the
+        # event loop, a test or an embedding app may collect from another thread.
+        self._lock = threading.Lock()
+        self._pending_inc: dict[Any, float] = {}  # child -> increments not yet applied
+        self._pending_obs: list[tuple[Any, float]] = []  # (histogram child, value), in order
+        self._series: dict[tuple[str, str, str, str], _Series] = {}  # (model, route, strategy, status)
+        # Registered first, so collected first: every collect (GET /metrics, get_sample_value)
+        # applies what is pending before the metrics are read.
+        r.register(_Flusher(self.flush))
         req_labels = ["model", "route", "strategy", "status"]
         self.requests = Counter("thrifty_requests", "Finished client requests.", req_labels, registry=r)
         self.errors = Counter("thrifty_errors", "Failed client requests, by error type.",
@@ -88,26 +102,58 @@ class Metrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
+    def _inc(self, metric: Any, labels: tuple[str, ...], amount: float = 1.0) -> None:
+        """``_child(metric, *labels).inc(amount)``, deferred to ``flush``; the caller holds ``_lock``."""
+        _add(self._pending_inc, self._child(metric, *labels), amount)  # the child made now, as before
+
+    def flush(self) -> None:
+        """Apply the pending increments and observations to the prometheus metrics. Under the
+        lock throughout: a collect running alongside another's flush still sees every request."""
+        with self._lock:
+            pending, self._pending_inc = self._pending_inc, {}
+            observations, self._pending_obs = self._pending_obs, []
+            for child, amount in pending.items():
+                child.inc(amount)
+            for child, value in observations:
+                child.observe(value)
+
     def observe(self, ctx: RequestContext) -> None:
         """A gateway observer: count one finished request."""
+        with self._lock:
+            self._observe(ctx)
+            # Bounded: a gateway nobody scrapes would keep every latency observation forever.
+            flush = len(self._pending_obs) >= _MAX_PENDING
+        if flush:
+            self.flush()
+
+    def _observe(self, ctx: RequestContext) -> None:
+        inc, obs, pending = self._inc, self._pending_obs.append, self._pending_inc
         model = ctx.served_model or _bounded(ctx.request.model, self.known_models)
         route = _bounded(ctx.route, self.known_routes) if ctx.route else "-"
-        self._child(self.requests, model, route, ctx.strategy, ctx.status).inc()
+        labels = (model, route, ctx.strategy, ctx.status)
+        # The children a request's labels lead to, looked up once (the ``_child`` call per
+        # counter, not the counting, was most of this method's cost).
+        series = self._series.get(labels)
+        if series is None:
+            series = self._series[labels] = _Series(self, labels)
+        children = series.children
+        child = children[_REQUESTS] or series.make(_REQUESTS)
+        pending[child] = pending.get(child, 0.0) + 1.0
         if ctx.status != "ok":
-            self._child(self.errors, model, route, ctx.error_type or "unknown").inc()
-        self._child(self.latency, model, route).observe(ctx.elapsed_ms / 1000.0)
+            inc(self.errors, (model, route, ctx.error_type or "unknown"))
+        obs((children[_LATENCY] or series.make(_LATENCY), ctx.elapsed_ms / 1000.0))
         for a in ctx.attempts:
-            self._child(self.upstream_latency, a.model, a.purpose, a.status).observe(a.latency_ms / 1000.0)
+            obs((self._child(self.upstream_latency, a.model, a.purpose, a.status), a.latency_ms / 1000.0))
         u = ctx.usage
-        for kind, n in (("prompt", u.prompt_tokens), ("completion", u.completion_tokens), ("cached", u.cached_tokens)):
+        for slot, n in ((_PROMPT, u.prompt_tokens), (_COMPLETION, u.completion_tokens), (_CACHED, u.cached_tokens)):
             if n:
-                self._child(self.tokens, model, route, kind).inc(n)
+                _add(pending, children[slot] or series.make(slot), n)
         if ctx.cost_usd is not None:
             # 0.0 too: a free (local) model's requests still get their cost series, at 0.
-            self._child(self.cost, model, route).inc(ctx.cost_usd)
+            _add(pending, children[_COST] or series.make(_COST), ctx.cost_usd)
         if ctx.status == "ok" and ctx.baseline_cost_usd is not None and ctx.cost_usd is not None:
             # As the report's BASELINE_SQL: an unpriced request is out of the cost counter, so out of this one.
-            self._child(self.baseline, model, route).inc(ctx.baseline_cost_usd)
+            _add(pending, children[_BASELINE] or series.make(_BASELINE), ctx.baseline_cost_usd)
         if ctx.status == "ok":
             # The report's rule (docs/operations.md, "Accounting"), failures apart: an unpriced
             # request claims nothing (not its whole baseline), a hit without a baseline counts
@@ -115,14 +161,14 @@ class Metrics:
             saved = request_saved_usd(ctx.status, ctx.cost_usd, ctx.baseline_cost_usd, ctx.cache_status,
                                       ctx.cache_saved_usd)
             if saved > 0:
-                self._child(self.savings, route, ctx.strategy).inc(saved)
+                _add(pending, children[_SAVINGS] or series.make(_SAVINGS), saved)
         if ctx.cache_status:
-            self._child(self.cache, route, ctx.cache_status).inc()
+            inc(self.cache, (route, ctx.cache_status))
             if ctx.cache_status == "hit":
-                self._child(self.cache_hits, route).inc()
+                inc(self.cache_hits, (route,))
         levels = escalations(ctx)  # the ledger's definition (pipeline/accounting.py)
         if levels:
-            self._child(self.escalations, route).inc(levels)
+            inc(self.escalations, (route,), levels)
 
     def amended(self, model: str, before_usd: float | None, before: Usage, after_usd: float | None,
                 after: Usage, *, failed: bool) -> None:
@@ -133,15 +179,16 @@ class Metrics:
         that came out below its estimate (cancelled, failed) keeps the estimate here, and the
         request stays counted under the status its create had."""
         model, route = _bounded(model, self.known_models), "-"  # the passthrough endpoints have no route
-        for kind, n in (("prompt", after.prompt_tokens - before.prompt_tokens),
-                        ("completion", after.completion_tokens - before.completion_tokens),
-                        ("cached", after.cached_tokens - before.cached_tokens)):
-            if n > 0:
-                self._child(self.tokens, model, route, kind).inc(n)
-        if before_usd is not None and after_usd is not None and after_usd > before_usd:
-            self._child(self.cost, model, route).inc(after_usd - before_usd)
-            if not failed:  # a passthrough's baseline is its own cost; a failed request has none
-                self._child(self.baseline, model, route).inc(after_usd - before_usd)
+        with self._lock:
+            for kind, n in (("prompt", after.prompt_tokens - before.prompt_tokens),
+                            ("completion", after.completion_tokens - before.completion_tokens),
+                            ("cached", after.cached_tokens - before.cached_tokens)):
+                if n > 0:
+                    self._inc(self.tokens, (model, route, kind), n)
+            if before_usd is not None and after_usd is not None and after_usd > before_usd:
+                self._inc(self.cost, (model, route), after_usd - before_usd)
+                if not failed:  # a passthrough's baseline is its own cost; a failed request has none
+                    self._inc(self.baseline, (model, route), after_usd - before_usd)
 
     def auth_failed(self, reason: str) -> None:
         self.auth_failures.labels(reason).inc()
@@ -163,6 +210,49 @@ class Metrics:
             return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
         return Route("/metrics", metrics, methods=["GET"])
+
+
+# The slots of a _Series: which metric, under which of its label set's labels.
+_REQUESTS, _LATENCY, _PROMPT, _COMPLETION, _CACHED, _COST, _BASELINE, _SAVINGS = range(8)
+
+
+class _Series:
+    """The children one (model, route, strategy, status) label set counts a request in, each
+    made on its first use (as ``_child`` did: a series appears with its first request)."""
+
+    def __init__(self, metrics: Metrics, labels: tuple[str, str, str, str]) -> None:
+        model, route, strategy, _status = labels
+        m = metrics
+        self._metrics = metrics
+        self._specs: tuple[tuple[Any, tuple[str, ...]], ...] = (
+            (m.requests, labels), (m.latency, (model, route)), (m.tokens, (model, route, "prompt")),
+            (m.tokens, (model, route, "completion")), (m.tokens, (model, route, "cached")),
+            (m.cost, (model, route)), (m.baseline, (model, route)), (m.savings, (route, strategy)))
+        self.children: list[Any] = [None] * len(self._specs)
+
+    def make(self, slot: int) -> Any:
+        metric, labels = self._specs[slot]
+        child = self.children[slot] = self._metrics._child(metric, *labels)
+        return child
+
+
+def _add(pending: dict[Any, float], child: Any, amount: float) -> None:
+    """A counter's increment, pending; refused now if negative, as ``inc`` would (later it would
+    break the scrape)."""
+    if amount < 0:
+        raise ValueError("Counters can only be incremented by non-negative amounts.")
+    pending[child] = pending.get(child, 0.0) + amount
+
+
+class _Flusher:
+    """A collector of no metrics: collecting it applies ``Metrics``' pending numbers."""
+
+    def __init__(self, flush: Callable[[], None]) -> None:
+        self._flush = flush
+
+    def collect(self) -> list[Any]:
+        self._flush()
+        return []
 
 
 def _bounded(value: str, known: Container[str] | None) -> str:
