@@ -36,8 +36,6 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 
 
 UNKNOWN = "(unknown)"
-# Pending histogram observations that make ``observe`` flush by itself (~500 requests' worth).
-_MAX_PENDING = 1000
 
 
 class Metrics:
@@ -53,13 +51,15 @@ class Metrics:
         self._key: str | None = None  # the key /metrics needs (require_key); None: open, for scrapers
         r = self.registry = CollectorRegistry()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        # Per request, only plain numbers are kept (a prometheus_client inc/observe takes a lock
-        # each: a dozen a request were ~10% of a served request's CPU); ``flush`` hands them on
-        # before anything reads the metrics. One lock for the lot: ``amended`` runs on the
-        # event loop, a test or an embedding app may collect from another thread.
+        # Per request, counter increments are only summed as plain numbers (a prometheus_client
+        # inc is a Python call and a lock: a dozen a request were most of this observer's cost);
+        # ``flush`` applies them before anything reads the metrics. The pending sums are keyed by
+        # series, so they stay bounded however long nobody scrapes. Histogram observations are
+        # made at once: deferring them saves nothing (each is still one observe later). One lock
+        # for the lot: ``amended`` runs on the event loop, a test or an embedding app may collect
+        # from another thread, and a collect must see each request whole.
         self._lock = threading.Lock()
         self._pending_inc: dict[Any, float] = {}  # child -> increments not yet applied
-        self._pending_obs: list[tuple[Any, float]] = []  # (histogram child, value), in order
         self._series: dict[tuple[str, str, str, str], _Series] = {}  # (model, route, strategy, status)
         # Registered first, so collected first: every collect (GET /metrics, get_sample_value)
         # applies what is pending before the metrics are read.
@@ -107,27 +107,22 @@ class Metrics:
         _add(self._pending_inc, self._child(metric, *labels), amount)  # the child made now, as before
 
     def flush(self) -> None:
-        """Apply the pending increments and observations to the prometheus metrics. Under the
-        lock throughout: a collect running alongside another's flush still sees every request."""
+        """Apply the pending increments to the prometheus counters. Every ``registry.collect()``
+        runs it first (``_Flusher``); call it before reading the registry any other way (a
+        restricted registry, a metric's value directly). Under the lock throughout: a collect
+        running alongside another's flush still sees every request."""
         with self._lock:
             pending, self._pending_inc = self._pending_inc, {}
-            observations, self._pending_obs = self._pending_obs, []
             for child, amount in pending.items():
                 child.inc(amount)
-            for child, value in observations:
-                child.observe(value)
 
     def observe(self, ctx: RequestContext) -> None:
         """A gateway observer: count one finished request."""
         with self._lock:
             self._observe(ctx)
-            # Bounded: a gateway nobody scrapes would keep every latency observation forever.
-            flush = len(self._pending_obs) >= _MAX_PENDING
-        if flush:
-            self.flush()
 
     def _observe(self, ctx: RequestContext) -> None:
-        inc, obs, pending = self._inc, self._pending_obs.append, self._pending_inc
+        inc, pending = self._inc, self._pending_inc
         model = ctx.served_model or _bounded(ctx.request.model, self.known_models)
         route = _bounded(ctx.route, self.known_routes) if ctx.route else "-"
         labels = (model, route, ctx.strategy, ctx.status)
@@ -141,9 +136,9 @@ class Metrics:
         pending[child] = pending.get(child, 0.0) + 1.0
         if ctx.status != "ok":
             inc(self.errors, (model, route, ctx.error_type or "unknown"))
-        obs((children[_LATENCY] or series.make(_LATENCY), ctx.elapsed_ms / 1000.0))
+        (children[_LATENCY] or series.make(_LATENCY)).observe(ctx.elapsed_ms / 1000.0)
         for a in ctx.attempts:
-            obs((self._child(self.upstream_latency, a.model, a.purpose, a.status), a.latency_ms / 1000.0))
+            self._child(self.upstream_latency, a.model, a.purpose, a.status).observe(a.latency_ms / 1000.0)
         u = ctx.usage
         for slot, n in ((_PROMPT, u.prompt_tokens), (_COMPLETION, u.completion_tokens), (_CACHED, u.cached_tokens)):
             if n:
