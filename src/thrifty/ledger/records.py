@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from thrifty.pipeline.accounting import escalations, service_tier
+from thrifty.pipeline.accounting import escalations
 from thrifty.pipeline.context import RequestContext
 from thrifty.redact import redact
 
@@ -118,7 +118,7 @@ def rows_from_context(ctx: RequestContext) -> tuple[RequestRow, list[AttemptRow]
         # provider's cache this time (its other token columns say what the answer holds).
         cache_write_tokens=0 if ctx.cache_status == "hit" else ctx.usage.cache_write_tokens,
         # A cache hit was served by no provider tier this time.
-        service_tier=None if ctx.cache_status == "hit" else service_tier(ctx),
+        service_tier=None if ctx.cache_status == "hit" else ctx.served_service_tier,
     )
     attempts = [
         AttemptRow(

@@ -25,9 +25,6 @@ from thrifty.types import ChatRequest, Usage
 
 # Where policies record the escalation level on the request context.
 _ESCALATIONS = "cascade.escalations"
-# Where ``settle`` records the service tier the served answer was billed at (the ledger's
-# requests.service_tier; each attempt keeps its own).
-_SERVICE_TIER = "accounting.service_tier"
 
 
 def set_escalations(ctx: RequestContext, levels: int) -> None:
@@ -38,17 +35,6 @@ def set_escalations(ctx: RequestContext, levels: int) -> None:
 def escalations(ctx: RequestContext) -> int:
     """The levels the request moved past before the one that served it (0 without a cascade)."""
     return int(ctx.scratch.get(_ESCALATIONS, 0))
-
-
-def set_service_tier(ctx: RequestContext, served: Attempt) -> None:
-    """Record that the request's answer was billed at ``served``'s tier (its ledger row's)."""
-    ctx.scratch[_SERVICE_TIER] = served.service_tier
-
-
-def service_tier(ctx: RequestContext) -> str | None:
-    """The ``service_tier`` the served answer was billed at (None: standard, or no answer)."""
-    tier = ctx.scratch.get(_SERVICE_TIER)
-    return tier if isinstance(tier, str) else None
 
 
 def observed_usage(raw: Any, request: ChatRequest, response: dict[str, Any], *,
@@ -163,7 +149,7 @@ def settle(ctx: RequestContext, catalog: Catalog, served: Attempt | None) -> Non
         ctx.served_model = served.model
         ctx.served_tier = served.tier
         ctx.usage = served.usage
-        set_service_tier(ctx, served)
+        ctx.served_service_tier = served.service_tier
     ctx.cost_usd = ctx.spent_usd()
     baseline = catalog.baseline
     if ctx.baseline_cost_usd is None and baseline is not None and served is not None:

@@ -96,6 +96,9 @@ class RequestContext:
     chunks: AsyncIterator[dict[str, Any]] | None = None
     served_model: str | None = None
     served_tier: str | None = None
+    # The ``service_tier`` the served answer was billed at (None: standard, or no answer): the
+    # ledger's requests.service_tier; each attempt keeps its own.
+    served_service_tier: str | None = None
     usage: Usage = field(default_factory=Usage)  # the served answer's usage
     cost_usd: float | None = None  # everything this request spent (all attempts)
     baseline_cost_usd: float | None = None

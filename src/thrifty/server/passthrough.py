@@ -44,7 +44,7 @@ from thrifty.errors import (
     UpstreamProtocolError,
 )
 from thrifty.fastjson import FastJSONResponse
-from thrifty.pipeline.accounting import price_attempt, set_service_tier
+from thrifty.pipeline.accounting import price_attempt
 from thrifty.pipeline.build import compose
 from thrifty.pipeline.caller import RetryPolicy
 from thrifty.pipeline.context import Attempt, Handler, RequestContext, new_request_id
@@ -376,7 +376,7 @@ class PassthroughCall:
     @staticmethod
     def _settle(ctx: RequestContext, served: Attempt) -> None:
         ctx.usage = served.usage
-        set_service_tier(ctx, served)  # the request row's tier, as chat's settle records it
+        ctx.served_service_tier = served.service_tier  # the request row's tier, as chat's settle records it
         ctx.cost_usd = ctx.spent_usd()
         ctx.baseline_cost_usd = served.cost_usd  # a passthrough: the baseline is the same call
 
