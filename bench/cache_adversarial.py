@@ -50,7 +50,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"
 
 from mdreport import write_section  # noqa: E402
 from thrifty.cache.config import DEFAULT_CONFIDENCE, DEFAULT_MAX_FALSE_HIT_RATE, DEFAULT_TOP_K  # noqa: E402
-from thrifty.cache.evaluation import decide_all  # noqa: E402
+from thrifty.cache.evaluation import decide_all, decisions  # noqa: E402
 from thrifty.cache.pairs import Pair  # noqa: E402
 from thrifty.cache.verifier import HitVerifier, LearnedVerifier, RuleVerifier  # noqa: E402
 from thrifty.cache.vetoes import vetoes  # noqa: E402
@@ -227,8 +227,7 @@ def evaluate(name: str, pairs: list[Pair], embedder: Embedder, verifier: HitVeri
     pair's hit = text_b answered with text_a's answer at the verifier's own threshold."""
     t0 = time.perf_counter()
     lookups, _ = decide_all(pairs, embedder, verifier)
-    hit = [lk.score_of(p.text_a) >= verifier.threshold for lk, p in zip(lookups, pairs, strict=True)]
-    served = [lk.score >= verifier.threshold for lk in lookups]
+    hit, served = decisions(pairs, lookups, verifier.threshold)
     neg = [i for i, p in enumerate(pairs) if p.label == 0]
     pos = [i for i, p in enumerate(pairs) if p.label == 1]
     false_hits = [i for i in neg if hit[i]]
@@ -236,8 +235,8 @@ def evaluate(name: str, pairs: list[Pair], embedder: Embedder, verifier: HitVeri
         "setting": name, "embedder": embedder.name, "verifier": verifier.name,
         "threshold": float(verifier.threshold), "twins": len(neg), "duplicates": len(pos),
         "false_hits": len(false_hits), "false_hit_upper95": wilson_upper(len(false_hits), len(neg)),
-        "twins_served_any": sum(served[i] for i in neg),
-        "duplicates_served": sum(hit[i] for i in pos),
+        "twins_served_any": int(served[neg].sum()),
+        "duplicates_served": int(hit[pos].sum()),
         "false_hit_examples": [{"text_a": pairs[i].text_a, "text_b": pairs[i].text_b,
                                 "score": lookups[i].score_of(pairs[i].text_a)} for i in false_hits[:5]],
         "seconds": time.perf_counter() - t0,

@@ -70,6 +70,13 @@ def price_tokens(usage: Usage, price: ModelPrice | None, *, batch: bool = False)
     return _priced(usage, price, batch)[0]
 
 
+def _batch_rates(price: ModelPrice) -> tuple[float, float]:
+    """(input, output) per-token rates of a Batch API call: the configured ones, else the
+    standard ones at ``BATCH_DISCOUNT``."""
+    return (price.batch_input if price.batch_input is not None else price.input * BATCH_DISCOUNT,
+            price.batch_output if price.batch_output is not None else price.output * BATCH_DISCOUNT)
+
+
 def _priced(usage: Usage, price: ModelPrice | None, batch: bool) -> tuple[float | None, bool]:
     """``usage``'s cost at ``price``, and whether part of it used a stand-in rate (audio as text)."""
     if price is None:
@@ -95,8 +102,7 @@ def _priced(usage: Usage, price: ModelPrice | None, batch: bool) -> tuple[float 
     audio_out_p = price.output_audio if price.output_audio is not None else out_p
     if batch:
         normal_in = in_p
-        in_p = price.batch_input if price.batch_input is not None else in_p * BATCH_DISCOUNT
-        out_p = price.batch_output if price.batch_output is not None else out_p * BATCH_DISCOUNT
+        in_p, out_p = _batch_rates(price)
         # The batch discount applies to cache reads and writes too: Anthropic's Message Batches
         # charge "50% of the standard price on all usage: input, output, cache writes and cache
         # reads" (https://dev.to/neverpaytwice/claude-batch-api-half-price-if-you-can-wait-ecg),
@@ -195,8 +201,7 @@ def _tier_price(price: ModelPrice, service_tier: str | None) -> tuple[ModelPrice
         if price.flex_input is None and price.flex_output is None:
             return price, True, False  # the batch price, computed as for a Batch API call
         # A half-configured flex price: the other side pays the batch rate.
-        batch_in = price.batch_input if price.batch_input is not None else price.input * BATCH_DISCOUNT
-        batch_out = price.batch_output if price.batch_output is not None else price.output * BATCH_DISCOUNT
+        batch_in, batch_out = _batch_rates(price)
         return _rescaled(price, price.flex_input if price.flex_input is not None else batch_in,
                          price.flex_output if price.flex_output is not None else batch_out), False, False
     if service_tier == "priority" and (price.priority_input is not None or price.priority_output is not None):

@@ -69,7 +69,9 @@ def response_to_chunks(response: dict[str, Any], *, chunk_chars: int = 64) -> li
         if msg.get("tool_calls"):
             emit(idx, {"tool_calls": [{"index": i, **tc} for i, tc in enumerate(msg["tool_calls"])]})
         logprobs = {"logprobs": choice["logprobs"]} if choice.get("logprobs") is not None else {}
-        emit(idx, {}, choice.get("finish_reason") or "stop", **logprobs)
+        # A missing finish_reason stays missing (None), as the unstreamed answer has it: a made-up
+        # "stop" passed a provider's answer that ignored `stream` for a whole one (and cached it).
+        emit(idx, {}, choice.get("finish_reason"), **logprobs)
     if response.get("usage"):
         chunks.append({**base, "choices": [], "usage": response["usage"]})
     return chunks

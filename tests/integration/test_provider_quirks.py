@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from tests.fixtures.one_model import one_model_config
 from tests.fixtures.served import attempt_rows, sent
 
 from thrifty.gateway import Gateway
@@ -202,10 +203,7 @@ async def test_packs_to_a_server_without_json_schema(tmp_path: Path) -> None:
     items = [{"id": str(i), "input": f"Review {i}: a great product"} for i in range(20)]
     mock_cfg = MockConfig.from_dict({"models": {"ds": {"response_formats": ["text", "json_object"]}}})
     with run_in_thread(create_mock(mock_cfg)) as mock:
-        gw = Gateway.from_config({
-            "providers": {"p": {"base_url": mock.url + "/v1", "max_retries": 0}},
-            "models": {"ds": {"provider": "p", "price": PRICE, "supports_json_mode": False}},
-            "cache": {"enabled": False}, "ledger": {"path": str(tmp_path / "ledger.db")}})
+        gw = Gateway.from_config(one_model_config(mock.url, tmp_path, supports_json_mode=False))
         try:
             results = await run_batch(gw, items, task="Summarise the review.", model="ds", pack=10)
         finally:

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from tests.fixtures.one_model import one_model_config
 from tests.fixtures.served import attempt_rows, reset, sent, serving
 
 from thrifty.gateway import Gateway
@@ -55,10 +56,7 @@ async def test_packs_fall_back_from_json_schema(tmp_path: Path, accepted: list[s
     from thrifty.batching import run_batch
 
     with run_in_thread(create_mock(MockConfig.from_dict({"models": {"ds": {"response_formats": accepted}}}))) as mock:
-        gw = Gateway.from_config({
-            "providers": {"p": {"base_url": mock.url + "/v1", "max_retries": 0}},
-            "models": {"ds": {"provider": "p", "price": PRICE}},
-            "cache": {"enabled": False}, "ledger": {"path": str(tmp_path / "ledger.db")}})
+        gw = Gateway.from_config(one_model_config(mock.url, tmp_path))
         try:
             results = await run_batch(gw, ITEMS, task="Summarise the review.", model="ds", pack=10, concurrency=1)
             assert all(r.status == "ok" and r.produced == "packed" for r in results), results
@@ -84,10 +82,7 @@ async def test_packs_still_validated_after_the_fallback(tmp_path: Path) -> None:
 
     mock_cfg = {"models": {"ds": {"response_formats": ["text", "json_object"], "faults": {"pack_drop": 2}}}}
     with run_in_thread(create_mock(MockConfig.from_dict(mock_cfg))) as mock:
-        gw = Gateway.from_config({
-            "providers": {"p": {"base_url": mock.url + "/v1", "max_retries": 0}},
-            "models": {"ds": {"provider": "p", "price": PRICE}},
-            "cache": {"enabled": False}, "ledger": {"path": str(tmp_path / "ledger.db")}})
+        gw = Gateway.from_config(one_model_config(mock.url, tmp_path))
         try:
             results = await run_batch(gw, ITEMS[:10], task="Summarise the review.", model="ds", pack=10)
         finally:
@@ -119,12 +114,11 @@ def test_heuristic_penalises_every_cut_finish_reason(reason: str | None) -> None
 
 def _cascade(mock: RunningServer, scorer: str, threshold: float, tmp: Path) -> dict[str, Any]:
     return {
-        "providers": {"p": {"base_url": mock.url + "/v1", "max_retries": 0}},
+        **one_model_config(mock.url, tmp),
         "models": {m: {"provider": "p", "price": PRICE} for m in ("cheap", "strong")},
         "routing": {"default_route": "r", "routes": {"r": {
             "tiers": [{"model": "cheap", "threshold": threshold}, {"model": "strong"}],
             "scorer": {"kind": scorer}}}},
-        "cache": {"enabled": False}, "ledger": {"path": str(tmp / "ledger.db")},
     }
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.fixtures.one_model import one_model_config
 from tests.fixtures.served import attempt_rows, sent, serving
 
 from thrifty.batching import run_batch
@@ -45,12 +46,11 @@ def _route(mock: RunningServer, tmp: Path, scorer: str = "heuristic", threshold:
     models: dict[str, Any] = {m: {"provider": "p", "price": PRICE} for m in ("cheap", "cheap2", "strong")}
     models["cheap"].update(cheap)
     return {
-        "providers": {"p": {"base_url": mock.url + "/v1", "max_retries": 0}},
+        **one_model_config(mock.url, tmp),
         "models": models,
         "routing": {"default_route": "r", "routes": {"r": {
             "tiers": [{"model": "cheap", "threshold": threshold}, {"model": "strong"}],
             "scorer": {"kind": scorer}}}},
-        "cache": {"enabled": False}, "ledger": {"path": str(tmp / "ledger.db")},
     }
 
 
@@ -79,10 +79,7 @@ async def test_a_single_answer_cut_or_blocked_is_failed(tmp_path: Path, reason: 
     it calls the cut (it was accepted as ok, unless it said ``length``)."""
     mock_cfg = {"models": {"ds": {"finish_reason": reason}}}
     with run_in_thread(create_mock(MockConfig.from_dict(mock_cfg))) as mock:
-        gw = Gateway.from_config({
-            "providers": {"p": {"base_url": mock.url + "/v1", "max_retries": 0}},
-            "models": {"ds": {"provider": "p", "price": PRICE}},
-            "cache": {"enabled": False}, "ledger": {"path": str(tmp_path / "ledger.db")}})
+        gw = Gateway.from_config(one_model_config(mock.url, tmp_path))
         try:
             (result,) = await run_batch(gw, ITEMS[:1], task="Summarise the review.", model="ds", pack=1)
         finally:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from tests.fixtures.one_model import one_model_config
 from tests.fixtures.served import attempt_rows, serving
 
 from thrifty import media_tokens
@@ -190,9 +191,7 @@ def test_the_ledger_estimates_an_image_when_the_provider_reports_no_usage(tmp_pa
     """Through the real gateway, from the real client, to a mock upstream that sends no usage."""
     mock_cfg = MockConfig.from_dict({"models": {"quiet": {"usage_convention": "none", "output_tokens": [5, 5]}}})
     with run_in_thread(create_mock(mock_cfg)) as mock:
-        cfg = {"providers": {"m": {"base_url": mock.url + "/v1", "api_key": "sk-test-0000", "max_retries": 0}},
-               "models": {"quiet": {"provider": "m", "price": {"input": 1.0, "output": 1.0}}},
-               "cache": {"enabled": False}, "ledger": {"path": str(tmp_path / "ledger.db")}}
+        cfg = one_model_config(mock.url, tmp_path, "quiet", {"input": 1.0, "output": 1.0})
         with serving(cfg) as (gw, client):
             for content in (ask(), ask(image_part(data_url(1024, 1024)))):
                 reply = client.chat.completions.create(model="quiet", messages=content[0:1])  # type: ignore[arg-type]

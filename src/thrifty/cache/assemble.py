@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from thrifty.types import cut_or_blocked
+
 
 def _merge(into: dict[str, Any], key: str, value: Any) -> None:
     """Add one delta field to a message being rebuilt: text is streamed in pieces (concatenated),
@@ -102,11 +104,9 @@ def assemble(chunks: list[dict[str, Any]]) -> dict[str, Any] | None:
     return response
 
 
-_STORABLE_FINISH = frozenset({"stop", "length"})
-
-
 def storable(response: dict[str, Any] | None, *, tool_calls: bool) -> bool:
-    """Whether an answer may be stored: complete (finish_reason ``stop``, or ``length``: the same
+    """Whether an answer may be stored: complete (a whole answer's finish_reason, ``stop``,
+    ``end_turn``, ``eos``... as ``types.cut_or_blocked`` reads them, or ``length``: the same
     max_tokens, which is part of the key, gets the same cut answer), not an error, not filtered,
     some text or a refusal (not an empty answer), tool calls only if allowed."""
     if not isinstance(response, dict) or response.get("error"):
@@ -122,7 +122,7 @@ def storable(response: dict[str, Any] | None, *, tool_calls: bool) -> bool:
         if msg.get("tool_calls") or msg.get("function_call") or finish in ("tool_calls", "function_call"):
             if not tool_calls:
                 return False
-        elif finish not in _STORABLE_FINISH:
+        elif finish != "length" and (not isinstance(finish, str) or cut_or_blocked(finish)):
             return False
         elif not _said(msg.get("content")) and not _said(msg.get("refusal")):
             # Neither an answer nor a refusal: an empty answer (a provider's glitch under load, a

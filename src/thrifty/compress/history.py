@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from thrifty.media_tokens import image_tokens
+from thrifty.scoring.tools import call_spec
 from thrifty.tokens import content_text, count_message, count_messages, count_text, count_tools, truncate_text
 
 Message = dict[str, Any]
@@ -78,8 +79,8 @@ def transcript(messages: list[Message]) -> str:
             if not isinstance(call, dict):
                 continue
             # A custom (free-form) tool's call carries its input where a function's has arguments.
-            spec = call.get("custom") if call.get("type") == "custom" else call.get("function")
-            if isinstance(spec, dict):
+            spec = call_spec(call)
+            if spec is not None:
                 text += f" [calls {spec.get('name')}({spec.get('input', spec.get('arguments', ''))})]"
         lines.append(f"{m.get('role')}: {text.strip()}")
     return "\n".join(lines)

@@ -296,11 +296,13 @@ def _error_after(events: Iterable[dict[str, Any]], count: int, message: str | No
 def _with_keep_alives(parts: Iterator[bytes]) -> Iterator[bytes]:
     """``parts`` with the SSE comments busy providers send: OpenRouter's ``: OPENROUTER
     PROCESSING`` before the first chunk (openrouter.ai/docs/api/reference/streaming), DeepSeek's
-    ``: keep-alive`` between chunks (api-docs.deepseek.com/quick_start/rate_limit)."""
-    yield b": OPENROUTER PROCESSING\n\n"
+    ``: keep-alive`` between chunks (api-docs.deepseek.com/quick_start/rate_limit).
+    Each comment is joined to the part it precedes, not sent as a part of its own, so
+    ``truncate_after`` still counts data chunks and ``chunk_delay_ms`` still paces them."""
+    comment = b": OPENROUTER PROCESSING\n\n"
     for part in parts:
-        yield part
-        yield b": keep-alive\n\n"
+        yield comment + part
+        comment = b": keep-alive\n\n"
 
 
 def _then_done(parts: Iterator[bytes]) -> Iterator[bytes]:

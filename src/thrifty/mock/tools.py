@@ -19,6 +19,7 @@ from typing import Any
 
 from thrifty.mock import digest
 from thrifty.mock.behaviour import ModelBehaviour
+from thrifty.scoring.tools import choice_names
 
 
 def choose_tool(
@@ -32,7 +33,10 @@ def choose_tool(
     ]
     choice = body.get("tool_choice")
     if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
-        tools, choice = _allowed(tools, choice.get("allowed_tools"))
+        # Read as the gateway's scorer reads it, so the mock and the scorer agree on what is
+        # allowed; only the mode stays ("auto": maybe, "required": one of them, surely).
+        choice, names = choice_names(choice)
+        tools = [t for t in tools if names is None or t.get("name") in names]
     if not tools or choice == "none" or behaviour.tool_calls == "never":
         return None
     if isinstance(choice, dict):
@@ -51,15 +55,6 @@ def choose_tool(
                     return tool
             return None
     return tools[digest.pick(key, "tool", 0, len(tools) - 1)]
-
-
-def _allowed(tools: list[dict[str, Any]], allowed: Any) -> tuple[list[dict[str, Any]], str]:
-    """``tool_choice: {"type": "allowed_tools"}``: only the listed functions may be called, with
-    ``mode`` "auto" (maybe, as without a tool_choice) or "required" (one of them, surely). Read as
-    a named function without a name, it forced a call to the first tool even in "auto" mode."""
-    spec = allowed if isinstance(allowed, dict) else {}
-    names = {str((t.get("function") or {}).get("name")) for t in spec.get("tools") or [] if isinstance(t, dict)}
-    return [t for t in tools if t.get("name") in names], "required" if spec.get("mode") == "required" else "auto"
 
 
 def tool_call(tool: dict[str, Any], key: bytes, text: str) -> dict[str, Any]:

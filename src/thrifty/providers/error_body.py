@@ -129,6 +129,8 @@ def embedded_error(body: dict[str, Any], answer: str = "choices") -> ErrorDetail
     found: ErrorDetail | None
     if isinstance(body.get(answer), list):
         err = body.get("error")
+        if not err:  # an ordinary chunk (the hot path: every chunk of every stream comes here)
+            return None
         found = _fields(err) if isinstance(err, dict) else ErrorDetail(_text(err))
         if not (found.message or found.code or found.status):
             return None

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -42,6 +41,7 @@ from thrifty.providers.error_body import (
     upstream_error,
     whole_choices,
 )
+from thrifty.providers.refusals import MAX_NAMES, refuses_param
 from thrifty.providers.retry_after import retry_after
 from thrifty.redact import Redactor, provider_secrets
 from thrifty.streaming import response_to_chunks
@@ -142,13 +142,11 @@ class OpenAICompatProvider:
         except aiohttp.ClientError as exc:
             raise billed_if(self._connection_error(exc), answered) from None
 
-    async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Chunks of a streaming completion. Failures before the first chunk are retryable like
         complete()'s (the client has nothing yet); after it they are not (it has part of the answer).
         A server refusing ``stream_options`` is asked again without it (``without_refused_options``)."""
-        async with contextlib.aclosing(self.without_refused_options(body, self._stream_once)) as chunks:
-            async for chunk in chunks:
-                yield chunk
+        return self.without_refused_options(body, self._stream_once)
 
     async def without_refused_options(self, body: dict[str, Any],
                                       once: Callable[[dict[str, Any]], AsyncGenerator[T, None]]
@@ -186,7 +184,7 @@ class OpenAICompatProvider:
 
     def _learn_refusal(self, model: str, refusal: str) -> None:
         """Stop sending ``stream_options`` for ``model`` (its retry without it streamed)."""
-        if len(self._refuses_stream_options) < 10_000:  # model names come from requests: bounded
+        if len(self._refuses_stream_options) < MAX_NAMES:  # model names come from requests: bounded
             self._refuses_stream_options.add(model)
         log.warning("%s refused stream_options for %s (%s); streaming without it from now on",
                     self.name, self._redact(model), refusal)
@@ -237,7 +235,7 @@ class OpenAICompatProvider:
                     reported = embedded_error(chunk) if isinstance(chunk, dict) else None
                     if reported is not None:
                         raise self._stream_error(reported, started)
-                    if isinstance(chunk, dict):
+                    if isinstance(chunk, dict) and "error" in chunk:
                         # An error that says nothing (null-filled, beside the answer): relayed, the
                         # openai SDK raises on any event whose `error` is not empty.
                         chunk.pop("error", None)
@@ -368,22 +366,10 @@ def _without_stream_options(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k != "stream_options"}
 
 
-# A refusal names the field next to its reason: "Unknown parameter: 'stream_options'",
-# "Unrecognized request argument supplied: stream_options", FastAPI's "body.stream_options: Extra
-# inputs are not permitted". A bare mention is not one: vLLM's validation 400s quote the whole
-# request body, ``stream_options`` included, whatever they are about.
-_REFUSAL = re.compile(
-    r"(unknown|unrecognized|unrecognised|unsupported|unexpected|extra)\b[^.\n]{0,40}?\bstream_options\b"
-    r"|\bstream_options\b[^.\n]{0,40}?(extra inputs|not permitted|not supported|unsupported|not allowed"
-    r"|unknown|unrecognized|unrecognised)", re.IGNORECASE)
-
-
 def refuses_stream_options(exc: UpstreamStatusError) -> bool:
-    """Whether a provider's error (a 400, or FastAPI's 422) refuses the ``stream_options`` field:
-    it names it as its ``param``, or its message names it beside a refusal (``_REFUSAL``)."""
-    if exc.upstream_status not in (400, 422):
-        return False
-    return exc.param == "stream_options" or _REFUSAL.search(exc.message) is not None
+    """Whether a provider's error (a 400, or FastAPI's 422) refuses the ``stream_options`` field
+    (``refuses_param``: a bare mention is not one, vLLM's 400s quote the whole request body)."""
+    return refuses_param(exc.upstream_status, exc.param, exc.message, ("stream_options",))
 
 
 def asked_choices(body: dict[str, Any]) -> int:

@@ -22,19 +22,31 @@ if TYPE_CHECKING:
 MAX_NAMES = 10_000
 
 
+# A refusal names the parameter next to its reason: "Unknown parameter: 'stream_options'",
+# "Unrecognized request argument supplied: logprobs", "This response_format type is unavailable
+# now", FastAPI's "body.stream_options: Extra inputs are not permitted". A bare mention is not
+# one: vLLM's validation 400s quote the whole request body (``'logprobs': True``, the
+# response_format...) whatever they are about, and such a lesson lasts the process.
+_REASON = (r"(?:unknown|unrecogni[sz]ed|unsupported|not supported|does not support|unexpected|extra inputs"
+           r"|not permitted|not allowed|unavailable|not available)")
+
+
 @lru_cache(maxsize=64)
-def _mention(names: tuple[str, ...]) -> re.Pattern[str]:
-    """Any of ``names`` as a whole word (``logprobs`` is not found in ``top_logprobs_x``)."""
-    return re.compile("|".join(rf"(?<![\w]){re.escape(n)}(?![\w])" for n in names), re.I)
+def _refusal(names: tuple[str, ...]) -> re.Pattern[str]:
+    """Any of ``names`` as a whole word (``logprobs`` is not found in ``top_logprobs_x``) within
+    40 characters of a refusal word (``_REASON``), before or after it, in the same sentence."""
+    name = "(?:" + "|".join(rf"(?<![\w]){re.escape(n)}(?![\w])" for n in names) + ")"
+    return re.compile(rf"\b{_REASON}\b[^.\n]{{0,40}}?{name}|{name}[^.\n]{{0,40}}?\b{_REASON}\b", re.I)
 
 
 def refuses_param(status: int | None, param: str | None, message: str, names: Collection[str]) -> bool:
     """Whether an error refuses one of ``names``: a 400/422 whose ``param`` is one of them or whose
-    ``message`` names one. ``status`` None: an earlier attempt's message, whose status was not kept
-    (a cascade tier's failure, read back off ``ctx.attempts``): the message alone decides."""
+    ``message`` names one beside a refusal word (``_refusal``). ``status`` None: an earlier
+    attempt's message, whose status was not kept (a cascade tier's failure, read back off
+    ``ctx.attempts``): the message alone decides."""
     if status is not None and status not in (400, 422):
         return False
-    return param in names or _mention(tuple(sorted(names))).search(message) is not None
+    return param in names or _refusal(tuple(sorted(names))).search(message) is not None
 
 
 def learned(catalog: Catalog, lesson: str, name: str) -> bool:

@@ -93,15 +93,22 @@ def _parsed(call: dict[str, Any]) -> tuple[str | None, Any, str | None]:
     return fn["name"], args, None
 
 
+def call_spec(call: dict[str, Any]) -> dict[str, Any] | None:
+    """A tool call's ``function`` (its name and arguments), or a custom (free-form) tool's
+    ``custom`` (its name and input); None when it has none."""
+    spec = call.get("custom") if _is_custom(call) else call.get("function")
+    return spec if isinstance(spec, dict) else None
+
+
 def call_name(call: dict[str, Any]) -> str | None:
     """The tool a call names (a function's or a custom tool's), None without one; its arguments
     are not parsed (they may be tens of kB, and ``tool_call_problems`` parses them once)."""
-    spec = call.get("custom") if _is_custom(call) else call.get("function")
-    name = spec.get("name") if isinstance(spec, dict) else None
+    spec = call_spec(call)
+    name = spec.get("name") if spec is not None else None
     return name if isinstance(name, str) and name else None
 
 
-def _choice_names(choice: Any) -> tuple[str, set[str] | None]:
+def choice_names(choice: Any) -> tuple[str, set[str] | None]:
     """(mode, the function names ``tool_choice`` allows or None for any) of a ``tool_choice``:
     mode ``none`` | ``auto`` | ``required``; a named function and ``allowed_tools`` with mode
     ``required`` force a call among their names, as does a legacy ``function_call: {"name": ...}``.
@@ -132,7 +139,7 @@ def tool_choice_problems(request: ChatRequest, calls: list[dict[str, Any]]) -> l
     params = request.params
     if not params.get("tools") and not params.get("functions"):
         return []
-    mode, names = _choice_names(params["tool_choice"] if "tool_choice" in params else params.get("function_call"))
+    mode, names = choice_names(params["tool_choice"] if "tool_choice" in params else params.get("function_call"))
     problems: list[str] = []
     if mode == "none" and calls:
         problems.append("tool_choice is 'none' but the answer calls a tool")
