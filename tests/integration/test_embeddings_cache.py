@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +20,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from thrifty.cache import embeddings as embeddings_cache
 from thrifty.cache.backends.base import EntryMeta
 from thrifty.cache.backends.memory import MemoryBackend
 from thrifty.cache.backends.redis import RedisBackend
 from thrifty.cache.backends.sqlite import SQLiteBackend
+from thrifty.cache.config import CacheConfig
+from thrifty.cache.embeddings import INLINE_MAX
 from thrifty.cli.main import build_app
 from thrifty.gateway import Gateway
 from thrifty.mock.app import create_app as create_mock
@@ -348,6 +352,41 @@ def test_backend_batch_reads_and_writes_keep_single_entry_semantics(kind: str, t
         assert got[1201] is None
         assert got == [await backend.get(k) for k in keys]
         assert await backend.get_many([]) == []
+        await backend.aclose()
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize(("n", "off_loop"), [(INLINE_MAX + 1, True), (3, False)])
+def test_a_large_batch_is_decoded_and_encoded_off_the_event_loop(n: int, off_loop: bool, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # Checksumming and parsing 2,048 vectors of 1,536 floats took ~0.3 s (encoding ~0.16 s) on
+    # the loop, freezing every other request; a small batch stays inline (a thread hop costs more).
+    threads: dict[str, set[int]] = {"encode": set(), "decode": set()}
+    real_encode, real_decode = embeddings_cache.encode, embeddings_cache.decode
+
+    def spy_encode(*args: Any, **kw: Any) -> bytes:
+        threads["encode"].add(threading.get_ident())
+        return real_encode(*args, **kw)
+
+    def spy_decode(*args: Any, **kw: Any) -> Any:
+        threads["decode"].add(threading.get_ident())
+        return real_decode(*args, **kw)
+
+    monkeypatch.setattr(embeddings_cache, "encode", spy_encode)
+    monkeypatch.setattr(embeddings_cache, "decode", spy_decode)
+
+    async def run() -> None:
+        backend = SQLiteBackend(str(tmp_path / "c.db"))
+        cache = embeddings_cache.EmbeddingsCache(CacheConfig.model_validate({"embeddings": {"enabled": True}}), backend)
+        items = [(f"key{i}", {"object": "embedding", "embedding": [0.5, float(i)]}, 3) for i in range(n)]
+        assert await cache.store("t", "embed", UPSTREAM, items) == n
+        found = await cache.lookup([k for k, _, _ in items], "t", None)
+        assert [e.item if e is not None else None for e in found] == [item for _, item, _ in items]
+        loop_thread = threading.get_ident()
+        for stage in ("encode", "decode"):
+            assert threads[stage], stage
+            assert (loop_thread not in threads[stage]) is off_loop, stage
         await backend.aclose()
 
     asyncio.run(run())

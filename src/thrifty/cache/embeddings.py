@@ -21,6 +21,7 @@ a truncated, foreign or corrupt value, another tenant's or an expired one reads 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -46,6 +47,10 @@ MAGIC = b"TE1:"
 KIND = "embedding"
 # te2: the scope is hashed once per request, then each input's raw bytes with it (``input_key``).
 KEY_VERSION = "te2"
+# Past this many inputs a batch is decoded (lookup) and encoded (store) on a worker thread: a
+# 2,048-vector batch takes ~0.3 s to checksum and parse, during which the loop would serve no
+# other request; below it the thread hop costs more than the work.
+INLINE_MAX = 64
 # Body fields that are not part of what an input embeds to: the model and inputs are keyed on
 # their own, ``user`` only identifies the caller.
 _NOT_PARAMS = frozenset({"model", "input", "user"}) | THRIFTY_BODY_KEYS
@@ -166,7 +171,10 @@ class EmbeddingsCache:
             log.warning("embeddings cache read failed", exc_info=True)
             return [None] * len(keys)
         now = time.time()
-        entries = {k: decode(raws[k], key=k, tenant=tenant, now=now) for k in unique}
+        if len(unique) > INLINE_MAX:
+            entries = await asyncio.to_thread(_decode_all, raws, tenant, now)
+        else:
+            entries = _decode_all(raws, tenant, now)
         return [e if e is not None and (max_age_s is None or now - e.created <= max_age_s) else None
                 for e in (entries[k] for k in keys)]
 
@@ -178,8 +186,10 @@ class EmbeddingsCache:
         now = time.time()
         expires = now + self.cfg.embeddings.ttl_s
         try:
-            batch = [(EntryMeta(key, tenant, model_name, now, expires),
-                      encode(key, tenant, answer_model, item, tokens, now, expires)) for key, item, tokens in items]
+            if len(items) > INLINE_MAX:
+                batch = await asyncio.to_thread(_encode_all, items, tenant, model_name, answer_model, now, expires)
+            else:
+                batch = _encode_all(items, tenant, model_name, answer_model, now, expires)
         except TypeError as exc:  # orjson refuses what JSON cannot hold (an integer past 64 bits)
             log.warning("embeddings cache store failed: the answer cannot be stored (%s)", exc)
             return 0
@@ -189,6 +199,18 @@ class EmbeddingsCache:
             log.warning("embeddings cache store failed: %s", exc.message)
             return 0
         return len(batch)
+
+
+def _decode_all(raws: dict[str, bytes | None], tenant: str, now: float) -> dict[str, Stored | None]:
+    """``decode`` of each key's value (one call, so a large batch takes one thread hop)."""
+    return {k: decode(raw, key=k, tenant=tenant, now=now) for k, raw in raws.items()}
+
+
+def _encode_all(items: list[tuple[str, dict[str, Any], int]], tenant: str, model_name: str, answer_model: str,
+                now: float, expires: float) -> list[tuple[EntryMeta, bytes]]:
+    """The backend rows of ``EmbeddingsCache.store``'s triples (one call, as ``_decode_all``)."""
+    return [(EntryMeta(key, tenant, model_name, now, expires),
+             encode(key, tenant, answer_model, item, tokens, now, expires)) for key, item, tokens in items]
 
 
 def answer_items(response: Any, sent: int) -> list[dict[str, Any]] | None:

@@ -76,11 +76,12 @@ def valid_input(value: Any) -> bool:
 
 def count_input(value: Any) -> int:
     """Offline token count of a validated ``input`` (for a provider that sends no usage)."""
-    if isinstance(value, str):
-        return count_text(value)
-    if all(isinstance(v, int) for v in value):
-        return len(value)
-    return sum(count_text(v) if isinstance(v, str) else len(v) for v in value)
+    return sum(count_one(item) for item in items_of(value))
+
+
+def count_one(item: str | list[int]) -> int:
+    """Offline token count of one input: a string's tokens, or a token-id array's length."""
+    return count_text(item) if isinstance(item, str) else len(item)
 
 
 class EmbeddingsEndpoint(Endpoint):
@@ -186,7 +187,7 @@ class EmbeddingsCacheStage:
                 raise UpstreamProtocolError(f"{info.provider}: the embeddings answer does not hold one vector per "
                                             "input, so it cannot be merged with the cached ones")
             return  # a whole miss passes through as the provider sent it, and is not stored
-        tokens = {key: count_input(item) for key, item in todo.items()}
+        tokens = {key: count_one(item) for key, item in todo.items()}
         if not whole:
             assert isinstance(ctx.response, dict)
             answered = dict(zip(todo, elements, strict=True))

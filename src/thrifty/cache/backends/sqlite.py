@@ -74,21 +74,14 @@ class SQLiteBackend:
         return self.get_sync(key)
 
     def get_sync(self, key: str) -> bytes | None:
-        try:
-            with self._rlock:
-                row = self._r.execute("SELECT value, expires FROM cache_entries WHERE key = ?", (key,)).fetchone()
-        except sqlite3.Error:
-            return None  # an unreadable store is a miss, never a failed request
-        if row is None or row[1] <= time.time():
-            return None
-        return bytes(row[0]) if row[0] is not None else None
+        return self.get_many_sync([key])[0]
 
     async def get_many(self, keys: list[str]) -> list[bytes | None]:
         return self.get_many_sync(keys)
 
     def get_many_sync(self, keys: list[str]) -> list[bytes | None]:
-        """``get_sync`` of each key (the same expiry rule), by ``IN`` lists of ``_IN_CHUNK`` keys
-        (SQLite caps a statement's parameters)."""
+        """The live value of each key (an expired one is a miss, whatever eviction has not yet
+        dropped), by ``IN`` lists of ``_IN_CHUNK`` keys (SQLite caps a statement's parameters)."""
         found: dict[str, bytes] = {}
         now = time.time()
         try:
@@ -146,14 +139,7 @@ class SQLiteBackend:
         self._write(self._put, meta, value)
 
     def _put(self, meta: EntryMeta, value: bytes) -> None:
-        self._w.execute(
-            "INSERT OR REPLACE INTO cache_entries (key, tenant, model, created, expires, size, value)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (meta.key, meta.tenant, meta.model, meta.created, meta.expires, len(value), value),
-        )
-        self._writes += 1
-        if self._writes % _EVICT_EVERY == 1:
-            self._evict()
+        self._put_many([(meta, value)])
 
     def _evict(self) -> None:
         """Drop expired entries, then the oldest ones beyond ``max_entries`` (with their vectors)."""
@@ -197,7 +183,8 @@ class SQLiteBackend:
             [(m.key, m.tenant, m.model, m.created, m.expires, len(v), v) for m, v in items],
         ).close()
         before, self._writes = self._writes, self._writes + len(items)
-        # put() evicts at writes 1, 1 + _EVICT_EVERY, ...: was one of them in (before, after]?
+        # Evict at writes 1, 1 + _EVICT_EVERY, ... (as often as one put at a time would): was one
+        # of them in (before, after]?
         if items and (self._writes - 1) // _EVICT_EVERY > (before - 1) // _EVICT_EVERY:
             self._evict()
 
