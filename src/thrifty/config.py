@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from thrifty.batching.config import BatchingConfig
 from thrifty.cache.config import CacheConfig
+from thrifty.capture.config import CaptureConfig
 from thrifty.catalog import (
     DEFAULT_REASONING_BUDGET,
     Catalog,
@@ -262,6 +263,9 @@ class Config(_Strict):
     # Absent (or null in a dict built in Python): no cache stage. Present, even empty (`cache:`
     # or `cache: {}`): the cache with its defaults; `cache.enabled: false` turns it off. docs/caching.md.
     cache: CacheConfig | None = None
+    # Absent: nothing captured. Present, even empty: a sample of traffic written as `thrifty outcomes
+    # collect` prompts (capture/, docs/configuration.md). Opt-in: prompts are stored in plain text.
+    capture: CaptureConfig | None = None
     compression: CompressionConfig = Field(default_factory=CompressionConfig)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
@@ -284,6 +288,8 @@ class Config(_Strict):
         # may be null by type, but an empty `cache:` still means its defaults, not "off".
         if "cache" in data and data["cache"] is None:
             data["cache"] = {}
+        if "capture" in data and data["capture"] is None:  # as `cache:` above
+            data["capture"] = {}
         for section, key in _OPTIONAL_SECRETS:
             if not section:
                 data = _unset_blank(data, key)

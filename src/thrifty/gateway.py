@@ -96,6 +96,10 @@ class Gateway:
             ledger, self.ledger = self.ledger, None
             if ledger is not None:
                 ledger.close()
+            # So is the capture writer (and it holds its file locked): the stages built after Ops may fail.
+            ops = getattr(self, "ops", None)
+            if ops is not None and ops.capture is not None:
+                ops.capture.close()
             if isinstance(exc, ImportError) and not isinstance(exc, ThriftyError):
                 raise ConfigError(_missing_extra_message(exc)) from exc
             raise
@@ -166,6 +170,8 @@ class Gateway:
                                  exempt=is_deferrable if deferred else None)
         return [
             LedgerStage(sink, self.observers),
+            # Notes the client's messages and a streamed answer's text for `capture:` (when on).
+            *([self.ops.capture.stage] if self.ops.capture else []),
             deadline,
             *([self.ops.budget_stage] if self.ops.budget_stage else []),
             NormalizeStage(self.router),
@@ -331,6 +337,8 @@ class Gateway:
                 self.ledger.drain()
             else:
                 self.ledger.flush()
+        if self.ops.capture is not None:  # the capture file's lines too (`thrifty serve` exits after this)
+            self.ops.capture.flush()
 
     @property
     def running(self) -> int:

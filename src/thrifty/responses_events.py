@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from thrifty import fastjson
+from thrifty.errors import ThriftyError
 
 _WORDS = re.compile(r"\S+\s*|\s+")
 # The statuses of a response that has finished, and the event that ends its stream.
@@ -48,6 +49,15 @@ def sse(name: str | None, data: Any) -> BuiltEvent:
     out = BuiltEvent(head + b"data: " + (b"[DONE]" if data is None else fastjson.dumps(data)) + b"\n\n")
     out.name, out.data, out.done = name, data, data is None
     return out
+
+
+def error_event_data(exc: ThriftyError, seq: int) -> dict[str, Any]:
+    """The ``error`` event that ends a broken Responses stream, as its ``seq``-th event: the
+    fields the SDK's ``ResponseErrorEvent`` requires (``sequence_number`` among them) and
+    OpenAI's error object beside them, on which the SDK raises."""
+    err = exc.to_openai()["error"]
+    return {"type": "error", "sequence_number": seq, "code": err["code"], "message": err["message"],
+            "param": err["param"], "error": err}
 
 
 def text_pieces(text: str, words_per_chunk: int) -> list[str]:

@@ -134,7 +134,7 @@ def test_parameters_pass_through(gateway: tuple[Gateway, RunningServer], mock: R
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
     reply = client(server).chat.completions.create(
         model="cheap", messages=MSG, tools=tools, tool_choice="auto", temperature=0, seed=7, stop=["\n\n"],
-        user="u-1", max_completion_tokens=50, logprobs=True, top_logprobs=2, metadata={"team": "a"},
+        user="u-1", max_completion_tokens=50, logprobs=True, top_logprobs=2, metadata={"team": "a"}, store=True,
         response_format={"type": "json_object"}, n=2,
     )
     assert len(reply.choices) == 2

@@ -37,7 +37,7 @@ def test_bad_requests_name_the_field(bad: object, param: str | None) -> None:
 
 def test_every_parameter_passes_through_and_thrifty_keys_do_not() -> None:
     b = body(tools=[{"type": "function", "function": {"name": "f"}}], tool_choice="auto", seed=7, logprobs=True,
-             response_format={"type": "json_object"}, user="u1", metadata={"task": "faq"},
+             response_format={"type": "json_object"}, user="u1", metadata={"task": "faq"}, store=True,
              thrifty={"task": "faq"}, cache=False, stream=True, stream_options={"include_usage": False})
     req = ChatRequest.from_body(b)
     sent = req.to_body("upstream-name")

@@ -35,8 +35,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from thrifty.batching import uploads
 from thrifty.batching.config import DeferredConfig
-from thrifty.batching.deferred import DeferredRunner, answered_at, price_answer, row_error, settle_answer
+from thrifty.batching.deferred import (
+    CLOCK_SKEW_S,
+    DeferredRunner,
+    answered_at,
+    price_answer,
+    row_error,
+    settle_answer,
+)
 from thrifty.batching.items import Item
 from thrifty.batching.jobs import Job, JobItem, JobStore
 from thrifty.catalog import ModelInfo
@@ -205,6 +213,10 @@ class Collector:
             message = exc.message if isinstance(exc, UpstreamError) else f"{type(exc).__name__}: {exc}"
             log.warning("batch job %s failed, its requests are served by normal calls: %s", job_id, message)
             if job is None or job.status == "created":
+                # An upload the provider took but whose answer never came (a timeout, a dropped
+                # connection): an abandoned job is never looked at again, so it is deleted now.
+                with contextlib.suppress(Exception):
+                    await self.runner.drop_unrecorded_upload(await asyncio.to_thread(self.jobs.get, job_id))
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(self._abandon, job_id, f"not sent: {message}")
             for w in waiting:
@@ -280,32 +292,53 @@ class Collector:
         except Exception as exc:  # never let housekeeping fail a request
             log.warning("cannot look for unfinished batch jobs: %s", exc)
             return []
-        adopted = []
+        claimed: list[tuple[str, str]] = []
         for job_id, status, updated in rows:
             if job_id in self._active:
                 continue
-            if not await asyncio.to_thread(self.jobs.claim, job_id, updated, time.time()):
-                continue  # another instance got there first
-            recovered = await self._recovered(job_id) if status == "created" else True
+            if await asyncio.to_thread(self.jobs.claim, job_id, updated, time.time()):
+                claimed.append((job_id, status))  # else another instance got there first
+        try:
+            unsent = {j: await asyncio.to_thread(self.jobs.get, j) for j, status in claimed if status == "created"}
+        except Exception as exc:  # claimed, so left for a later pass
+            log.warning("cannot read unfinished batch jobs: %s", exc)
+            return []
+        # The provider's batches are read once for all of them, not once a job: N stale jobs
+        # read the same pages N times.
+        listings = await uploads.read_listings(self.runner.api, list(unsent.values()), CLOCK_SKEW_S)
+        adopted, dropped = [], []
+        for job_id, status in claimed:
+            recovered = await self._recovered(unsent[job_id], listings) if status == "created" else True
             if recovered is None:
                 continue  # the provider could not be asked now: left for a later pass (claimed, so not soon)
             adopted.append(job_id)
             if not recovered:
-                await asyncio.to_thread(self._abandon, job_id, "the gateway stopped before this batch was sent")
+                dropped.append(job_id)
             else:
                 log.info("batch job %s: resuming polling after a restart", job_id)
                 self._active.add(job_id)
                 self._spawn(self._watch_orphan(job_id))
+        if dropped:
+            # Their files first (an abandoned job is never looked at again): the uploads no
+            # batch will use, recorded or not, stay at the provider otherwise.
+            await uploads.discard(self.runner.api, [unsent[j] for j in dropped if j in unsent], listings,
+                                  CLOCK_SKEW_S)
+        for job_id in dropped:
+            await asyncio.to_thread(self._abandon, job_id, "the gateway stopped before this batch was sent")
         return adopted
 
-    async def _recovered(self, job_id: str) -> bool | None:
+    async def _recovered(self, job: Job, listings: uploads.Listings) -> bool | None:
         """Whether a ``created`` job's batch was found at the provider after all: the gateway
         stopped between creating it and recording it. That batch runs and is billed, so it is
         polled like any submitted orphan and its answers reach the ledger, instead of the job being
         abandoned. None when the provider could not be asked now (down, rate limited): abandoned,
         a running batch would be billed and never collected."""
+        job_id = job.job_id
         try:
-            job = await self.runner.recover_unrecorded(await asyncio.to_thread(self.jobs.get, job_id))
+            if job.input_file_id is not None and job.provider in listings.later:
+                log.warning("batch job %s: could not look for its batch at the provider, will try again", job_id)
+                return None
+            job = await self.runner.recover_unrecorded(job, listings.batches.get(job.provider, []))
         except UpstreamError as exc:  # only passing failures reach here (recover_unrecorded)
             log.warning("batch job %s: could not look for its batch at the provider, will try again: %s",
                         job_id, exc.message)

@@ -16,7 +16,9 @@ go into the next round, up to ``max_resubmits`` times, after which they are repo
 with the reason, never dropped.
 Every step is persisted first (jobs.py), so ``poll`` after a restart continues the same job; a
 batch created just before a crash, its id never stored, is found again by its input file and
-metadata and adopted (``_created_earlier``), not created and paid a second time.
+metadata and adopted (``_created_earlier``), not created and paid a second time; a file uploaded
+just before a crash, its id never stored, is found again by its name and deleted
+(``drop_unrecorded_upload``, batching/uploads.py).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from thrifty.batching import packing
+from thrifty.batching import packing, uploads
 from thrifty.batching.items import Item, coerce_items
 from thrifty.batching.jobs import Job, JobItem, JobStore
 from thrifty.batching.runner import ItemResult, resolve_target
@@ -49,7 +51,7 @@ from thrifty.ledger.records import rows_from_context
 from thrifty.ledger.store import SQLStore, open_store
 from thrifty.pipeline.accounting import priced_usage, settle
 from thrifty.pipeline.context import Attempt, RequestContext
-from thrifty.providers.batch_api import BatchProvider, OpenAIBatchAPI, find_batches
+from thrifty.providers.batch_api import BatchProvider, OpenAIBatchAPI
 from thrifty.providers.compat import adapt
 from thrifty.types import ChatRequest, Usage, cut_short, response_text
 
@@ -150,6 +152,7 @@ class DeferredRunner:
         self.jobs = jobs or open_job_store(gateway)
         self._apis: dict[str, BatchProvider] = dict(apis or {})
         self.cfg = gateway.config.batching.deferred
+        self._left_alone: set[str] = set()  # markers of other runs' uploads already logged as left alone
         # The ledger's database, written directly (see _ledger). Kept from the start: a gateway
         # being closed (Ctrl-C) drops its ``ledger`` while a collection may still be running.
         self._ledger_store: SQLStore | None = gateway.ledger.store if gateway.ledger is not None else None
@@ -239,16 +242,24 @@ class DeferredRunner:
             job = await asyncio.to_thread(self.jobs.get, job_id)
             await self._check(job, cancelled=True)
         else:
+            # An upload an interrupted run never recorded: a cancelled job is never sent, so the
+            # file would stay at the provider for good. Not deleted now (provider down): logged.
+            try:
+                await self.drop_unrecorded_upload(job)
+            except UpstreamError as exc:
+                log.warning("batch job %s: could not look for an unrecorded upload to delete: %s", job_id, exc.message)
             await asyncio.to_thread(self._finish, job, "cancelled", "cancelled before it was sent")
         return await asyncio.to_thread(self.jobs.get, job_id)
 
-    async def recover_unrecorded(self, job: Job) -> Job:
+    async def recover_unrecorded(self, job: Job, listing: list[dict[str, Any]] | None = None) -> Job:
         """``job`` with the batch an interrupted run created for its current round and did not
         record (``_created_earlier``) recorded, when there is one; ``job`` as it was otherwise.
-        Only a ``created`` job whose input file was uploaded can have one."""
+        Only a ``created`` job whose input file was uploaded can have one. ``listing``: the
+        provider's batches already read (``uploads.list_batches_since``), searched instead of
+        listing them again (the collector reads them once for every job a stop left)."""
         if job.status != "created" or job.input_file_id is None:
             return job
-        found = await self._created_earlier(self.api(job.provider), job, job.input_file_id)
+        found = await self._created_earlier(self.api(job.provider), job, job.input_file_id, listing)
         if found is None:
             return job
         await asyncio.to_thread(self.jobs.submitted, job.job_id, job.round, str(found["id"]),
@@ -294,9 +305,9 @@ class DeferredRunner:
         api = self.api(job.provider)
         file_id = job.input_file_id
         if file_id is None:
-            data = "".join(json.dumps(self._line(job, it), ensure_ascii=False) + "\n" for it in pending)
-            file_id = await api.upload_file(data.encode("utf-8"), f"{job.job_id}-r{job.round}.jsonl")
-            await asyncio.to_thread(self.jobs.update, job.job_id, input_file_id=file_id)
+            file_id = await self._upload(job, api, pending)
+            if file_id is None:
+                return  # another run is uploading this round, or took it over: its round
         elif (await self.recover_unrecorded(job)).status != "created":
             # The file was uploaded by an earlier run: one that died after the provider created
             # the batch but before its id was stored left that batch running, and billed. Created
@@ -311,12 +322,67 @@ class DeferredRunner:
             with contextlib.suppress(UpstreamError):
                 await api.cancel_batch(str(batch["id"]))
 
+    async def _upload(self, job: Job, api: BatchProvider, pending: list[JobItem]) -> str | None:
+        """Upload round ``job.round``'s file; its id, recorded. None, with nothing uploaded or our
+        upload deleted, when another run owns the round: its upload may be under way (a second
+        run of the command, a `batch status` poll elsewhere), or it took the round over from ours."""
+        pcfg = self.gw.config.providers.get(job.provider)
+        if uploads.under_way(job, pcfg.timeout_s if pcfg is not None else 120.0, time.time()):
+            if job.provider_status not in self._left_alone:
+                self._left_alone.add(str(job.provider_status))
+                log.info("batch job %s: round %d is being uploaded by another run (%s); left to it",
+                         job.job_id, job.round, job.provider_status)
+            return None
+        await self.drop_unrecorded_upload(job)
+        data = "".join(json.dumps(self._line(job, it), ensure_ascii=False) + "\n" for it in pending)
+        # The upload's name is stored before it starts and its id right after: a process
+        # killed in between left a file at the provider no run knew of (storage against
+        # the account's quota, holding the items' data); the next run finds it by the name.
+        # Both writes are conditional, so of two runs racing for the round one uploads.
+        name = uploads.upload_name(job)
+        if not await asyncio.to_thread(self.jobs.update, job.job_id, where=uploads.unchanged(job),
+                                       provider_status=uploads.marker(name)):
+            return None
+        try:
+            file_id = await api.upload_file(data.encode("utf-8"), name)
+            ours = await asyncio.to_thread(self.jobs.update, job.job_id, where=uploads.own(name), input_file_id=file_id,
+                                           provider_status=None)
+        except BaseException:
+            # Our upload is over, its id unrecorded: marked so, the next run (or poll) deletes the
+            # file at once instead of waiting for it as for an upload still under way. Written
+            # in place (not in a thread): a Ctrl-C's cancellation must not skip it.
+            with contextlib.suppress(Exception):
+                self.jobs.update(job.job_id, where=uploads.own(name), provider_status=uploads.interrupted(name))
+            raise
+        if not ours:
+            log.warning("batch job %s: round %d was taken over by another run while uploading; %s is deleted",
+                        job.job_id, job.round, file_id)
+            await uploads.delete_files(api, [file_id])
+            return None
+        return file_id
+
+    async def drop_unrecorded_upload(self, job: Job) -> list[str]:
+        """Delete the file an interrupted run uploaded for ``job``'s round and never recorded
+        (``uploads.marked_name``); the ids deleted. A provider that cannot list its files: the
+        file is left (logged). A passing failure is raised, the name kept for the next try."""
+        name = uploads.marked_name(job)
+        if name is None:
+            return []
+        api = self.api(job.provider)
+        found = await uploads.files_named(api, {name}, job.created - CLOCK_SKEW_S)
+        gone = await uploads.delete_files(api, found or [])
+        if gone:
+            log.info("batch job %s: deleted %s, uploaded by a run interrupted before recording it",
+                     job.job_id, ", ".join(gone))
+        return gone
+
     @staticmethod
     def _metadata(job: Job) -> dict[str, str]:
         """What a round's batch carries, so that ``_created_earlier`` can tell it apart."""
         return {"thrifty_job": job.job_id, "round": str(job.round)}
 
-    async def _created_earlier(self, api: BatchProvider, job: Job, file_id: str) -> dict[str, Any] | None:
+    async def _created_earlier(self, api: BatchProvider, job: Job, file_id: str,
+                               listing: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
         """The batch an earlier run created for this round from ``file_id`` (newest first) and
         did not record, if the provider lists one to adopt: any status but ``failed`` (a failed
         batch answered and billed nothing, like a refused create: a new one is created). An
@@ -326,9 +392,11 @@ class DeferredRunner:
         cannot list its batches, or a list that fails: one line logged, and None (a batch is
         created as before, never worse than without the search)."""
         try:
-            found = await find_batches(api, file_id, self._metadata(job), job.created - CLOCK_SKEW_S)
+            if listing is None:
+                listing = await uploads.list_batches_since(api, job.created - CLOCK_SKEW_S)
+            found = uploads.matching(listing, file_id, self._metadata(job))
         except UpstreamError as exc:
-            if exc.retryable or isinstance(exc, UpstreamTimeoutError):
+            if uploads.passing(exc):
                 # Down for a moment (5xx, 429, a timeout, a dropped connection): creating now could
                 # pay the lines twice. Raised: ``wait`` polls again later, the collector leaves the
                 # job for its next pass. No list endpoint (404/405), a key not allowed to list, a

@@ -6,7 +6,9 @@ reads where it was and resumes polling instead of submitting again.
 
 Job status: ``created`` (items waiting for a batch of round ``round``), ``submitted`` (a
 provider batch is running: ``batch_id``), ``cancelling`` (cancel asked, the provider has not
-stopped the batch yet), ``finished``, ``cancelled``. Item status:
+stopped the batch yet), ``finished``, ``cancelled``. While a ``created`` job's upload may be at the
+provider with its id not stored yet, ``provider_status`` holds ``uploading <file name>``
+(batching/uploads.py). Item status:
 ``pending`` (waiting or in flight), ``ok``, ``failed`` (after every resubmission).
 
 An item's ``cost_usd`` is what its answers cost so far: $0 until one is recorded (a line that
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,10 +156,16 @@ class JobStore:
         rows = self.store.query("SELECT job_id FROM batch_jobs ORDER BY created")
         return [self.get(str(r[0])) for r in rows]
 
-    def update(self, job_id: str, **fields: Any) -> None:
+    def update(self, job_id: str, where: Mapping[str, Any] | None = None, **fields: Any) -> bool:
+        """Set ``fields``; with ``where`` (column -> value, None for NULL) only while the row still
+        holds those values, so two processes racing for one step cannot both take it. True when
+        the row changed."""
         fields["updated"] = time.time()
         sets = ", ".join(f"{k} = ?" for k in fields)
-        self.store.execute(f"UPDATE batch_jobs SET {sets} WHERE job_id = ?", (*fields.values(), job_id))
+        conds = "".join(f" AND {k} IS NULL" if v is None else f" AND {k} = ?" for k, v in (where or {}).items())
+        args = [v for v in (where or {}).values() if v is not None]
+        return self.store.execute(f"UPDATE batch_jobs SET {sets} WHERE job_id = ?{conds}",
+                                  (*fields.values(), job_id, *args)) == 1
 
     def stale(self, task: str, cutoff: float) -> list[tuple[str, str, float]]:
         """``(job_id, status, updated)`` of the unfinished jobs of ``task`` untouched since ``cutoff``."""

@@ -17,6 +17,9 @@ token-id array. Only its hash is stored, never the text, nor any key.
 Entries live in the backend chat's cache uses (same namespace, eviction, ``thrifty cache clear``
 and ``stats``), under their own format (``TE1:``, a checksum, JSON with ``"kind": "embedding"``):
 a truncated, foreign or corrupt value, another tenant's or an expired one reads as a miss.
+
+Concurrent requests missing the same input send it once, per key (``EmbeddingsCache.join``, on
+chat's ``SingleFlight``): the key carries the tenant, so tenants never wait on one another.
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from thrifty import fastjson
 from thrifty.cache.backends.base import CacheBackend, EntryMeta
 from thrifty.cache.entry import frame, unframe
+from thrifty.cache.flight import Flight, SingleFlight, wait_all
 from thrifty.cache.keys import canonical, canonical_numbers
 from thrifty.cache.policy import _directives, _option
 from thrifty.errors import ThriftyError
@@ -156,10 +161,42 @@ class EmbeddingsCache:
     def __init__(self, cfg: CacheConfig, backend: CacheBackend) -> None:
         self.cfg = cfg
         self.backend = backend
+        self.flights = SingleFlight()  # per input key, as chat's per request (``join``)
 
     @property
     def namespace(self) -> str:
         return self.cfg.namespace
+
+    async def join(self, todo: Iterable[str], tenant: str, max_age_s: float | None,
+                   read: bool) -> tuple[dict[str, Stored], Flight]:
+        """Single flight per input: of the missing keys ``todo``, the ones another request in this
+        process is computing are waited for and read from the store once it has written them; the
+        rest are led by the flight returned (registered at once, so later requests wait on it
+        rather than send them too). Returns the entries the leaders stored, and that flight, now
+        leading every key of ``todo`` not among them: the caller sends those in one call, then
+        ends the flight (``flights.finish_many``). A leader that failed, was cancelled or stored
+        nothing releases its waiters at once, who then lead (and send) its keys themselves, as
+        chat's followers do. A request that does not read the cache (``no-cache``) waits for
+        nobody, as on chat."""
+        todo = list(todo)
+        leaders = {k: f for k in todo if (f := self.flights.current(k)) is not None} if read else {}
+        flight = self.flights.lead_many([k for k in todo if k not in leaders])
+        if not leaders:
+            return {}, flight
+        try:
+            distinct = {id(f): f for f in leaders.values()}  # a leader of several keys is waited once
+            stored = await wait_all(distinct.values(), self.cfg.lock_timeout_s)
+            done = {fid for fid, ok in zip(distinct, stored, strict=True) if ok}
+            ready = [k for k, f in leaders.items() if id(f) in done]
+            entries = await self.lookup(ready, tenant, max_age_s) if ready else []
+            served = {k: e for k, e in zip(ready, entries, strict=True) if e is not None}
+            self.flights.lead_many([k for k in leaders if k not in served], flight)
+        except BaseException:
+            # Cancelled while waiting (the deadline): the keys this request leads must not keep
+            # their waiters until lock_timeout_s.
+            self.flights.finish_many(todo, flight, stored=False)
+            raise
+        return served, flight
 
     async def lookup(self, keys: list[str], tenant: str, max_age_s: float | None) -> list[Stored | None]:
         """The entry of each key, in order, read in one backend call (one read per key at once

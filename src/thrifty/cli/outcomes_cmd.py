@@ -182,7 +182,9 @@ same command again to resume, and to ask the calls that failed again."""
                 raise UsageError(f"--max-usd: the estimated spend {_money(est.total)} is over {_money(max_usd)}; "
                                  "nothing was called (fewer prompts or models, a lower --max-tokens, or a higher "
                                  "--max-usd)")
-        gw = Gateway.from_config(cfg)
+        # Capture off: collect's calls are no traffic of the team's, and the capture file may be the
+        # one a live gateway holds (and appends to) or the very prompts file read here.
+        gw = Gateway.from_config(cfg.model_copy(update={"capture": None}))
         bar = Progress(len(todo) + len(redos), enabled=progress, desc="collect", unit="prompt")
         terminated: list[int] = []
         collector = Collector(gw, opts, None, on_done=lambda cost: bar.update(1, cost))

@@ -9,6 +9,8 @@ is appended to the output, whole, once all its calls are done, so an interrupted
 from the lines already there (by ``id``, else by a hash of the messages). A call that failed is
 asked again by the next run: only that model, its line then replaced in a new copy of the output
 renamed over it, so the output is never half written (the output file's side: collect_file.py).
+A line captured by the gateway (``capture:``) may carry the answer it was served, ``reference``:
+when its model is the run's reference, that answer is the reference's (no call is paid for it).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +59,15 @@ JUDGE_RUBRIC = (
 
 
 @dataclass(frozen=True)
+class Served:
+    """The answer a line captured by the gateway was served (its ``reference``)."""
+
+    model: str
+    answer: str
+    cost_usd: float | None
+
+
+@dataclass(frozen=True)
 class Prompt:
     """One line of the prompts file."""
 
@@ -66,6 +78,7 @@ class Prompt:
     answer: str | None
     id: str | int | None
     digest: str  # hash of the messages: the resume key of a line without id
+    served: Served | None = None  # the line's ``reference`` (a captured answer), if any
 
     def question(self) -> str:
         return last_user_text(self.messages)
@@ -121,10 +134,33 @@ def load_prompts(path: Path) -> list[Prompt]:
             if key in seen:
                 raise DataError(f"{at}: id {pid!r} is also the id of line {seen[key]}")
             seen[key] = n
-        prompts.append(Prompt(n, messages, text, task or None, answer, pid, messages_digest(messages)))
+        # A string is an outcomes line's own ``reference`` (the name of the model graded 1.0): such
+        # a file was accepted as prompts before, its extra keys unread, and still is.
+        ref = obj.get("reference")
+        served = None if ref is None or isinstance(ref, str) else _served(ref, at)
+        prompts.append(Prompt(n, messages, text, task or None, answer, pid, messages_digest(messages), served))
     if not prompts:
         raise DataError(f"{path}: no prompts")
     return prompts
+
+
+def _served(ref: Any, at: str) -> Served:
+    """A line's ``reference``: ``{"model", "answer", "cost_usd"}`` as the gateway captures it."""
+    if not isinstance(ref, dict):
+        raise DataError(f"{at}: 'reference' must be an object with 'model', 'answer' and 'cost_usd'")
+    unknown = sorted(set(ref) - {"model", "answer", "cost_usd"})
+    if unknown:
+        raise DataError(f"{at}: 'reference' has unknown keys {', '.join(map(repr, unknown))} "
+                        "(expected 'model', 'answer', 'cost_usd')")
+    model, answer, cost = ref.get("model"), ref.get("answer"), ref.get("cost_usd")
+    if not isinstance(model, str) or not model.strip():
+        raise DataError(f"{at}: 'reference.model' must be a model name")
+    if not isinstance(answer, str) or not answer.strip():
+        raise DataError(f"{at}: 'reference.answer' must be a non-empty string")
+    if cost is not None and (isinstance(cost, bool) or not isinstance(cost, int | float)
+                             or not math.isfinite(cost) or cost < 0):
+        raise DataError(f"{at}: 'reference.cost_usd' must be a number of dollars, 0 or more, or null")
+    return Served(model, answer, float(cost) if cost is not None else None)
 
 
 @dataclass(frozen=True)
@@ -170,8 +206,8 @@ def estimate(prompts: list[Prompt], opts: Options, catalog: Catalog, redos: Sequ
     usd = judge_usd = 0.0
     calls = judge_calls = 0
     # (prompt, models asked, how many of them a judge grades, grader)
-    jobs = [(p, opts.models, len(opts.models) - (0 if p.answer is not None else 1), p.grader(opts.grader))
-            for p in prompts]
+    jobs = [(p, [m for m in opts.models if not (m == opts.reference and served_reference(p, opts, catalog))],
+             len(opts.models) - (0 if p.answer is not None else 1), p.grader(opts.grader)) for p in prompts]
     jobs += [(r.prompt, r.models, len(r.models), r.how) for r in redos]
     for p, models, graded, how in jobs:
         tokens = count_messages(p.messages)
@@ -182,6 +218,17 @@ def estimate(prompts: list[Prompt], opts: Options, catalog: Catalog, redos: Sequ
             judged = Usage(prompt_tokens=rubric + count_text(p.question()) + 2 * out_tokens + 30, completion_tokens=4)
             judge_usd += graded * price(opts.judge_model, judged)
     return Estimate(calls, judge_calls, usd, judge_usd, unpriced)
+
+
+def served_reference(p: Prompt, opts: Options, catalog: Catalog) -> bool:
+    """Whether ``p`` carries the answer the run's reference model was served (captured by the
+    gateway): the same name, or a name of the same catalog model."""
+    if p.served is None:
+        return False
+    if p.served.model == opts.reference:
+        return True
+    mine = catalog.get(opts.reference)
+    return mine is not None and catalog.get(p.served.model) == mine
 
 
 @dataclass
@@ -224,6 +271,8 @@ class Collector:
         return ctx, error
 
     async def answer(self, p: Prompt, model: str) -> dict[str, Any]:
+        if model == self.opts.reference and p.served is not None and served_reference(p, self.opts, self.gw.catalog):
+            return self._served(p, p.served)
         params = {"max_tokens": self.opts.max_tokens} if self.opts.max_tokens else {}
         req = ChatRequest(model=model, messages=p.messages, params=params,
                           options={**RAW_OPTIONS, **({"task": p.task} if p.task else {})})
@@ -238,6 +287,24 @@ class Collector:
         elif ctx.response is not None:
             found["response"] = response_text(ctx.response)
         if found["cost"] is None:
+            del found["cost"]  # unknown price: `thrifty eval` estimates it from the usage
+        return found
+
+    def _served(self, p: Prompt, served: Served) -> dict[str, Any]:
+        """The outcome of the reference model on ``p`` from the answer the gateway served it
+        (captured): no call, its cost as captured, else (a Batch API or flex answer, captured
+        without its discounted cost) its usage counted offline at the catalog's list price, as
+        the candidates are priced; no cost when that price is unknown too."""
+        usage = Usage(prompt_tokens=count_messages(p.messages), completion_tokens=count_text(served.answer))
+        cost = served.cost_usd
+        if cost is None:
+            info = self.gw.catalog.get(served.model)
+            cost = price_tokens(usage, info.price) if info is not None else None
+        found: dict[str, Any] = {"score": 0.0, "response": served.answer, "cost": cost,
+                                 "usage": {"prompt_tokens": usage.prompt_tokens,
+                                           "completion_tokens": usage.completion_tokens},
+                                 "captured": True}
+        if cost is None:
             del found["cost"]  # unknown price: `thrifty eval` estimates it from the usage
         return found
 
@@ -356,8 +423,8 @@ class Collector:
         self.sink.write(json.dumps(line, ensure_ascii=False) + "\n")
         self.sink.flush()
         self.summary.written += 1
-        if self.on_done:
-            self.on_done(sum(o.get("cost") or 0.0 for o in outcomes.values()))
+        if self.on_done:  # what this run paid: a captured answer was paid by the gateway's traffic
+            self.on_done(sum(o.get("cost") or 0.0 for o in outcomes.values() if not o.get("captured")))
 
     def _not_written(self, p: Prompt, why: str) -> None:
         self.summary.failed.append(f"line {p.line}: {why}")

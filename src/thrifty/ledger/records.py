@@ -83,67 +83,71 @@ ATTEMPT_COLUMNS = [f.name for f in fields(AttemptRow)]
 
 def rows_from_context(ctx: RequestContext) -> tuple[RequestRow, list[AttemptRow]]:
     """The rows for a finished request. Error texts are redacted: no key reaches the ledger."""
+    # Positional, in field order (the column order): matching 30 keyword arguments one by one
+    # cost about 1 µs per row, and 4.6% of the gateway's CPU per request for both kinds of row.
+    # A comment names each field its value does not; tests/unit/test_hot_path_cpu2.py checks
+    # that every field gets its own value.
     req = RequestRow(
-        request_id=ctx.request_id,
-        ts=ctx.wall_started,
-        key_id=ctx.key_id,
-        tenant=ctx.tenant,
-        task=ctx.task,
-        route=ctx.route,
-        requested_model=ctx.request.model,
-        served_model=ctx.served_model,
-        tier=ctx.served_tier,
-        strategy=ctx.strategy,
-        prompt_tokens=ctx.usage.prompt_tokens,
-        cached_tokens=ctx.usage.cached_tokens,
-        completion_tokens=ctx.usage.completion_tokens,
-        reasoning_tokens=ctx.usage.reasoning_tokens,
-        cost_usd=ctx.cost_usd,
-        baseline_cost_usd=ctx.baseline_cost_usd,
-        cache_status=ctx.cache_status,
-        cache_saved_usd=ctx.cache_saved_usd,
-        compression_saved_tokens=ctx.compression_saved_tokens,
-        compression_saved_usd=ctx.compression_saved_usd,
-        n_attempts=len(ctx.attempts),
+        ctx.request_id,
+        ctx.wall_started,  # ts
+        ctx.key_id,
+        ctx.tenant,
+        ctx.task,
+        ctx.route,
+        ctx.request.model,  # requested_model
+        ctx.served_model,
+        ctx.served_tier,  # tier
+        ctx.strategy,
+        ctx.usage.prompt_tokens,
+        ctx.usage.cached_tokens,
+        ctx.usage.completion_tokens,
+        ctx.usage.reasoning_tokens,
+        ctx.cost_usd,
+        ctx.baseline_cost_usd,
+        ctx.cache_status,
+        ctx.cache_saved_usd,
+        ctx.compression_saved_tokens,
+        ctx.compression_saved_usd,
+        len(ctx.attempts),  # n_attempts
         # Levels moved past before the served one (pipeline/accounting.py), not a count of
         # answers: an agreement cascade asks several cheap models without escalating.
-        escalations=escalations(ctx),
-        latency_ms=ctx.elapsed_ms,
-        status=ctx.status,
-        error_type=ctx.error_type,
-        error=redact(ctx.error)[:ERROR_CHARS] if ctx.error else None,
-        stream=ctx.request.stream,
-        batch=ctx.batch,
+        escalations(ctx),
+        ctx.elapsed_ms,  # latency_ms
+        ctx.status,
+        ctx.error_type,
+        redact(ctx.error)[:ERROR_CHARS] if ctx.error else None,  # error
+        ctx.request.stream,
+        ctx.batch,
         # A cache hit carries the stored answer's usage, but nothing was written to the
         # provider's cache this time (its other token columns say what the answer holds).
-        cache_write_tokens=0 if ctx.cache_status == "hit" else ctx.usage.cache_write_tokens,
+        0 if ctx.cache_status == "hit" else ctx.usage.cache_write_tokens,
         # A cache hit was served by no provider tier this time.
-        service_tier=None if ctx.cache_status == "hit" else ctx.served_service_tier,
+        None if ctx.cache_status == "hit" else ctx.served_service_tier,  # service_tier
     )
     attempts = [
-        AttemptRow(
-            request_id=ctx.request_id,
-            seq=i,
-            ts=a.started,
-            model=a.model,
-            provider=a.provider,
-            tier=a.tier,
-            purpose=a.purpose,
-            prompt_tokens=a.usage.prompt_tokens,
-            cached_tokens=a.usage.cached_tokens,
-            completion_tokens=a.usage.completion_tokens,
-            reasoning_tokens=a.usage.reasoning_tokens,
-            cost_usd=a.cost_usd,
-            cost_source=a.cost_source,
-            latency_ms=a.latency_ms,
-            status=a.status,
-            error=redact(a.error)[:ERROR_CHARS] if a.error else None,
-            score=a.score,
-            score_reason=a.score_reason,
-            accepted=a.accepted,
-            batch=a.batch,
-            cache_write_tokens=a.usage.cache_write_tokens,
-            service_tier=a.service_tier,
+        AttemptRow(  # positional too (see above)
+            ctx.request_id,
+            i,  # seq
+            a.started,  # ts
+            a.model,
+            a.provider,
+            a.tier,
+            a.purpose,
+            a.usage.prompt_tokens,
+            a.usage.cached_tokens,
+            a.usage.completion_tokens,
+            a.usage.reasoning_tokens,
+            a.cost_usd,
+            a.cost_source,
+            a.latency_ms,
+            a.status,
+            redact(a.error)[:ERROR_CHARS] if a.error else None,  # error
+            a.score,
+            a.score_reason,
+            a.accepted,
+            a.batch,
+            a.usage.cache_write_tokens,
+            a.service_tier,
         )
         for i, a in enumerate(ctx.attempts)
     ]

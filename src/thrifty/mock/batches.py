@@ -1,6 +1,8 @@
 """OpenAI's files and batches endpoints, so the Batch API flow is tested end to end over HTTP.
 
     POST /v1/files                    multipart upload (purpose=batch), JSONL of requests
+    GET  /v1/files?purpose=&limit=&after=&order=   the files, newest first by default (OpenAI's list)
+    DELETE /v1/files/{id}             the file removed (a batch made from it keeps its lines)
     GET  /v1/files/{id}/content       a file's bytes (inputs, outputs, errors)
     POST /v1/batches                  {input_file_id, endpoint, completion_window, metadata}
     GET  /v1/batches?limit=&after=    the batches, newest first, in OpenAI's list shape
@@ -98,16 +100,25 @@ class BatchAPI:
         self.files: dict[str, dict[str, Any]] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self._settings: dict[str, tuple[BatchSettings, int]] = {}
+        self._inputs: dict[str, bytes] = {}  # each batch's input lines, kept if its file is deleted
+        self._file_count = 0
         self._started: dict[str, float] = {}
         self.created = 0  # batches created (tests assert a restart did not resubmit)
         self.uploads = 0
         self.create_calls = 0  # creates asked for, refused ones (create_fail) included
         self.lists = 0  # pages of the batch list served (a run that searched for a batch)
+        self.file_lists = 0  # pages of the file list served
+        self.deleted: list[str] = []  # ids of the files deleted, in order
+        # "asc" or "desc": the file list's order whatever ``order`` asks (an OpenAI-compatible
+        # provider that ignores the parameter); None obeys it.
+        self.file_order: str | None = None
 
     def routes(self) -> list[Route]:
         return [
             Route("/v1/files", self.upload, methods=["POST"]),
+            Route("/v1/files", self.list_files, methods=["GET"]),
             Route("/v1/files/{file_id}", self.file_info, methods=["GET"]),
+            Route("/v1/files/{file_id}", self.delete_file, methods=["DELETE"]),
             Route("/v1/files/{file_id}/content", self.file_content, methods=["GET"]),
             Route("/v1/batches", self.create, methods=["POST"]),
             Route("/v1/batches", self.list_batches, methods=["GET"]),
@@ -116,7 +127,8 @@ class BatchAPI:
         ]
 
     def _new_file(self, data: bytes, filename: str, purpose: str) -> dict[str, Any]:
-        file_id = f"file-{self.mock._id_prefix}{len(self.files) + 1:06x}"
+        self._file_count += 1  # not len(files): a deleted file's id is never given again
+        file_id = f"file-{self.mock._id_prefix}{self._file_count:06x}"
         info = {"id": file_id, "object": "file", "bytes": len(data), "created_at": int(time.time()),
                 "filename": filename, "purpose": purpose}
         self.files[file_id] = {"info": info, "data": data}
@@ -142,6 +154,46 @@ class BatchAPI:
         if found is None:
             return _error(NotFoundError("No such file.", code="not_found"))
         return _json_response(found["info"])
+
+    async def list_files(self, request: Request) -> Response:
+        """OpenAI's file list: ``purpose`` filters, ``limit`` (1-10000, default 10000), ``order``
+        (``desc``, the default, newest first), from after the ``after`` id."""
+        query = request.query_params
+        self.mock.recorder.add(request.method, request.scope["path"], request.scope["headers"], dict(query))
+        try:
+            self._auth(request)
+            raw = query.get("limit", "10000")
+            if not raw.isdigit() or not 1 <= int(raw) <= 10000:
+                raise InvalidRequestError("limit must be an integer between 1 and 10000", param="limit")
+            order = query.get("order", "desc")
+            if order not in ("asc", "desc"):
+                raise InvalidRequestError("order must be 'asc' or 'desc'", param="order")
+            purpose = query.get("purpose")
+            ids = [i for i, f in self.files.items() if purpose is None or f["info"]["purpose"] == purpose]
+            ids = ids[::-1] if (self.file_order or order) == "desc" else ids
+            after = query.get("after")
+            if after is not None and after not in ids:
+                raise InvalidRequestError("after: no such file", param="after")
+        except ThriftyError as exc:
+            return _error(exc)
+        self.file_lists += 1
+        start = ids.index(after) + 1 if after is not None else 0
+        page = ids[start:start + int(raw)]
+        return _json_response({"object": "list", "data": [self.files[i]["info"] for i in page],
+                               "first_id": page[0] if page else None, "last_id": page[-1] if page else None,
+                               "has_more": start + len(page) < len(ids)})
+
+    async def delete_file(self, request: Request) -> Response:
+        self.mock.recorder.add(request.method, request.scope["path"], request.scope["headers"], {})
+        try:
+            self._auth(request)
+        except ThriftyError as exc:
+            return _error(exc)
+        file_id = request.path_params["file_id"]
+        if self.files.pop(file_id, None) is None:
+            return _error(NotFoundError("No such file.", code="not_found"))
+        self.deleted.append(file_id)
+        return _json_response({"id": file_id, "object": "file", "deleted": True})
 
     async def file_content(self, request: Request) -> Response:
         found = self.files.get(request.path_params["file_id"])
@@ -190,6 +242,7 @@ class BatchAPI:
         self.batches[batch_id] = batch
         self._settings[batch_id] = (settings, self.created)
         self._started[batch_id] = time.monotonic()
+        self._inputs[batch_id] = self.files[file_id]["data"]
         return _json_response(batch)
 
     async def get(self, request: Request) -> Response:
@@ -249,7 +302,7 @@ class BatchAPI:
 
     def _lines(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
         out = []
-        for text in text_lines(self.files[batch["input_file_id"]]["data"].decode("utf-8", "replace")):
+        for text in text_lines(self._inputs[batch["id"]].decode("utf-8", "replace")):
             if text.strip():
                 out.append(json.loads(text))
         return out

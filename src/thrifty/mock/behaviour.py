@@ -160,6 +160,10 @@ class ModelBehaviour(_Frozen):
         description="Refuse max_tokens and a temperature other than 1 with OpenAI's 400s, as its "
         "reasoning models do (reasoning_tokens still spend max_completion_tokens first).",
     )
+    metadata_needs_store: bool = Field(
+        default=False, description="Refuse a chat completion's `metadata` without `store: true` with OpenAI's 400 "
+        "\"The 'metadata' parameter is only allowed when 'store' is enabled.\""
+    )
     reject_params: tuple[str, ...] = Field(
         default=(), description="Request parameters refused with OpenAI's 400 for an unknown argument."
     )

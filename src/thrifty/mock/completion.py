@@ -112,6 +112,10 @@ def refuse_unsupported(body: dict[str, Any], behaviour: ModelBehaviour) -> None:
     for name in behaviour.reject_params:
         if name in body:
             raise InvalidRequestError(f"Unrecognized request argument supplied: {name}", param=name)
+    if behaviour.metadata_needs_store and body.get("metadata") is not None and body.get("store") is not True:
+        # OpenAI's chat completions since 2025 (public reports: spiceai/spiceai#5231, BerriAI/litellm#23108).
+        raise InvalidRequestError("The 'metadata' parameter is only allowed when 'store' is enabled.",
+                                  param="metadata")
     fmt = body.get("response_format")
     kind = fmt.get("type") if isinstance(fmt, dict) else None
     if behaviour.response_formats is not None and kind is not None and kind not in behaviour.response_formats:

@@ -24,9 +24,12 @@ def responses_usage(usage: dict[str, Any]) -> dict[str, Any] | None:
     """Chat ``usage`` (mock/usage.py) in the Responses API's names; None for convention ``none``."""
     if not usage:
         return None
+    details = usage["prompt_tokens_details"]
     out: dict[str, Any] = {
         "input_tokens": usage["prompt_tokens"],
-        "input_tokens_details": {"cached_tokens": usage["prompt_tokens_details"]["cached_tokens"]},
+        # cache_write_tokens is required by the SDK's InputTokensDetails (OpenAI sends it, 0 or more).
+        "input_tokens_details": {"cached_tokens": details["cached_tokens"],
+                                 "cache_write_tokens": details.get("cache_write_tokens", 0)},
         "output_tokens": usage["completion_tokens"],
         "output_tokens_details": {"reasoning_tokens": usage["completion_tokens_details"]["reasoning_tokens"]},
         "total_tokens": usage["total_tokens"],

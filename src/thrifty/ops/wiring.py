@@ -10,6 +10,7 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from thrifty.capture import build_capture
 from thrifty.errors import ConfigError, ServiceUnavailableError, StorageError
 from thrifty.ledger.store import SQLStore, open_store
 from thrifty.logs import register_secrets, request_logger
@@ -89,6 +90,11 @@ class Ops:
         if self.keys is not None and auth.admin_key:
             limiter = self.limiter or MemoryLimiter(_seeder(self.keys))
             gateway.extra_routes.extend(admin_routes(self.keys, limiter, auth.admin_key, request_names(config)))
+        # A sample of traffic as `outcomes collect` prompts (`capture:`); None, and no observer, when off.
+        # Last: its writer thread is not left running by a part above that failed.
+        self.capture = build_capture(config, gateway.redactor)
+        if self.capture is not None:
+            gateway.observers.append(self.capture.observe)
 
     async def correct_spend(self, key_id: str, created: float, delta_usd: float) -> None:
         """A key's spend corrected after the fact (``BudgetStage.correct``); without budgets,
@@ -103,6 +109,8 @@ class Ops:
                         exc.message)
 
     async def aclose(self) -> None:
+        if self.capture is not None:
+            await asyncio.to_thread(self.capture.close)
         if self.limiter is not None:
             await self.limiter.aclose()
         if self.store is not None:

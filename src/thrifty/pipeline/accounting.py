@@ -162,4 +162,6 @@ def baseline_cost(ctx: RequestContext, usage: Usage, price: ModelPrice | None) -
     removed. Without them, a compressed request's baseline priced the shorter prompt and its
     saving (baseline minus cost, plus compression's) could pass 100% of its baseline."""
     removed = max(0, ctx.compression_saved_tokens)
-    return price_tokens(replace(usage, prompt_tokens=usage.prompt_tokens + removed), price)
+    if removed:  # a copy only then: dataclasses.replace is slow, and most requests are not compressed
+        usage = replace(usage, prompt_tokens=usage.prompt_tokens + removed)
+    return price_tokens(usage, price)

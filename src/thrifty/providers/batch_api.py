@@ -8,6 +8,7 @@ aiohttp session per event loop (a session is bound to the loop that made it).
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
@@ -129,6 +130,17 @@ class OpenAIBatchAPI:
     async def file_content(self, file_id: str) -> bytes:
         return await self._request("GET", f"/files/{file_id}/content")
 
+    async def list_files(self, limit: int, after: str | None = None) -> dict[str, Any]:
+        """One page of the batch files, newest first (what a crashed run's cleanup searches)."""
+        query = urlencode({"purpose": "batch", "limit": limit, "order": "desc", **({"after": after} if after else {})})
+        page = await self._json("GET", f"/files?{query}")
+        if not isinstance(page.get("data"), list):
+            raise UpstreamProtocolError(f"{self.name}: /files answered a list without 'data'")
+        return page
+
+    async def delete_file(self, file_id: str) -> None:
+        await self._json("DELETE", f"/files/{file_id}")
+
     async def aclose(self) -> None:
         """Close the sessions of every event loop this client was used from."""
         await self._sessions.aclose()
@@ -138,7 +150,7 @@ LIST_PAGE = 100  # OpenAI's largest page of batches
 LIST_PAGES = 10  # at most 1,000 batches looked at: an account's whole history is never listed
 
 
-def _created_from(batch: Mapping[str, Any], input_file_id: str, metadata: Mapping[str, str]) -> bool:
+def created_from(batch: Mapping[str, Any], input_file_id: str, metadata: Mapping[str, str]) -> bool:
     """``batch`` was created from ``input_file_id`` with ``metadata``. The file id decides (a
     round's file is uploaded for that round alone); metadata, when the provider keeps any, must
     agree too: a provider that drops it (some OpenAI-compatible ones) still finds the batch."""
@@ -150,21 +162,27 @@ def _created_from(batch: Mapping[str, Any], input_file_id: str, metadata: Mappin
     return all(kept.get(k) == v for k, v in metadata.items())
 
 
-async def find_batches(api: BatchProvider, input_file_id: str, metadata: Mapping[str, str],
-                       since: float, max_pages: int = LIST_PAGES) -> list[dict[str, Any]]:
-    """The batches created from ``input_file_id`` with ``metadata`` (``_created_from``), newest
-    first. The list (newest first) is read page by page until a page reaches a batch created
-    before ``since`` (Unix time: none of interest can be older), the last page, or ``max_pages``.
-    Raises ``UpstreamError`` when a page cannot be read (no list endpoint: a 404 or 405)."""
-    found: list[dict[str, Any]] = []
+async def read_pages(fetch: Any, page_size: int, max_pages: int, since: float) -> list[dict[str, Any]]:
+    """Every row of a cursor list (``fetch(limit, after)``: batches, files) down to the first
+    newest-first page reaching a row created before ``since`` (Unix time: none of interest can
+    be older), the last page, or ``max_pages``. Raises ``UpstreamError`` when a page cannot be
+    read (no list endpoint: a 404 or 405)."""
+    rows: list[dict[str, Any]] = []
     after: str | None = None
     for _ in range(max_pages):
-        page = await api.list_batches(LIST_PAGE, after)
-        data = [b for b in page.get("data") or [] if isinstance(b, dict)]
-        found += [b for b in data if _created_from(b, input_file_id, metadata)]
-        created = [b["created_at"] for b in data if isinstance(b.get("created_at"), int | float)]
+        page = await fetch(page_size, after)
+        data = [r for r in page.get("data") or [] if isinstance(r, dict)]
+        rows += data
+        created = [r["created_at"] for r in data if isinstance(r.get("created_at"), int | float)]
         last = page.get("last_id") or (data[-1].get("id") if data else None)
-        if not page.get("has_more") or not isinstance(last, str) or (created and min(created) < since):
+        if not page.get("has_more") or not isinstance(last, str) or (newest_first(created) and min(created) < since):
             break
         after = last
-    return found
+    return rows
+
+
+def newest_first(created: list[float]) -> bool:
+    """``created`` (a page's ``created_at`` values, in order) never increases: a page known to be
+    newest first, so an old row ends the search. A provider that ignores ``order`` and lists
+    oldest first starts with old rows: stopping there would never reach this hour's."""
+    return bool(created) and all(a >= b for a, b in itertools.pairwise(created))

@@ -28,7 +28,7 @@ from thrifty import fastjson
 from thrifty.cost import usd_header
 from thrifty.errors import NotFoundError, ThriftyError
 from thrifty.fastjson import FastJSONResponse
-from thrifty.pipeline.context import new_request_id
+from thrifty.pipeline.context import RequestContext, new_request_id
 from thrifty.server.body import BodyDeadline, read_json_body
 from thrifty.server.completions_legacy import CompletionsEndpoint
 from thrifty.server.credentials import tenant_credential
@@ -80,6 +80,37 @@ def tenant_of(request: Request) -> str:
     return "anon-" + hashlib.sha256(token.encode()).hexdigest()[:16] if token else "default"
 
 
+async def run_chat(gateway: Gateway, request: Request, chat: ChatRequest, request_id: str) -> RequestContext | None:
+    """``chat`` run by the gateway for ``request``'s caller (its virtual key or tenant, its thrifty
+    headers), as POST /v1/chat/completions and a routed POST /v1/responses both run one; None
+    when a stream's client left before the first byte (the ledger has its row: answer 499).
+    Raises what the pipeline raises, for the handler to answer as an OpenAI error."""
+    auth = getattr(gateway, "authenticate", None)
+    key_id, tenant = (await auth(request, chat)) if auth else (None, tenant_of(request))
+    work = gateway.handle(chat, headers=forwarded_headers(request), key_id=key_id, tenant=tenant,
+                          request_id=request_id)
+    ctx = await work if not chat.stream else await _unless_disconnected(request, work)
+    if ctx is None:
+        log.info("request %s: client disconnected before the response started", request_id)
+    return ctx
+
+
+def chat_headers(ctx: RequestContext, t0: float, streamed: bool) -> dict[str, str]:
+    """The headers of ``ctx``'s answer: the request id, the pipeline's (``x-thrifty-cache``...),
+    the model that served it; a whole answer's cost and latency (``t0``: perf_counter at
+    arrival), which a stream does not know when its headers go."""
+    headers = {**request_id_headers(ctx.request_id), **ctx.response_headers}
+    if ctx.served_model:
+        headers["x-thrifty-model"] = ctx.served_model
+    if streamed:
+        headers["cache-control"] = "no-cache"
+        return headers
+    if ctx.cost_usd is not None:
+        headers["x-thrifty-cost-usd"] = usd_header(ctx.cost_usd)
+    headers["x-thrifty-latency-ms"] = f"{(time.perf_counter() - t0) * 1000:.1f}"
+    return headers
+
+
 def create_app(gateway: Gateway) -> Starlette:
     limit = gateway.config.server.max_body_bytes
     # Which provider holds each stored response, and whose it is (ops/wiring.py: the ledger
@@ -96,29 +127,15 @@ def create_app(gateway: Gateway) -> Starlette:
         try:
             body = await read_json_body(request, limit)
             chat = ChatRequest.from_body(body)
-            auth = getattr(gateway, "authenticate", None)
-            key_id, tenant = (await auth(request, chat)) if auth else (None, tenant_of(request))
-            headers = forwarded_headers(request)
-            work = gateway.handle(chat, headers=headers, key_id=key_id, tenant=tenant, request_id=request_id)
-            ctx = await work if not chat.stream else await _unless_disconnected(request, work)
-            if ctx is None:  # the client left before the first byte; the ledger has its row
-                log.info("request %s: client disconnected before the response started", request_id)
+            ctx = await run_chat(gateway, request, chat, request_id)
+            if ctx is None:
                 return Response(status_code=499)
         except Exception as exc:
             return handler_error(exc, request_id, gateway.redactor)
-        out_headers = {**request_id_headers(ctx.request_id), **ctx.response_headers}
-        if ctx.served_model:
-            out_headers["x-thrifty-model"] = ctx.served_model
         if ctx.chunks is not None:
-            return StreamingResponse(
-                _sse(ctx.chunks, chat.include_usage, gateway, ctx.request_id),
-                media_type="text/event-stream",
-                headers={**out_headers, "cache-control": "no-cache"},
-            )
-        if ctx.cost_usd is not None:
-            out_headers["x-thrifty-cost-usd"] = usd_header(ctx.cost_usd)
-        out_headers["x-thrifty-latency-ms"] = f"{(time.perf_counter() - t0) * 1000:.1f}"
-        return FastJSONResponse(ctx.response, headers=out_headers)
+            return StreamingResponse(_sse(ctx.chunks, chat.include_usage, gateway, ctx.request_id),
+                                     media_type="text/event-stream", headers=chat_headers(ctx, t0, streamed=True))
+        return FastJSONResponse(ctx.response, headers=chat_headers(ctx, t0, streamed=False))
 
     def model_objects() -> list[dict[str, Any]]:
         """What a client may put in ``model``: models, their aliases and routes."""

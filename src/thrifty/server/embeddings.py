@@ -139,7 +139,9 @@ class EmbeddingsCacheStage:
     (in order), merged back so ``data[i].index`` and order are the client's. ``usage`` is what
     the call reported (0 on a full hit); the row's cost is the call's and its baseline adds the
     cached inputs at the model's input price (an offline count), which is also its
-    ``cache_saved_usd``. A failed call stores nothing and fails the request as without the cache."""
+    ``cache_saved_usd``. A failed call stores nothing and fails the request as without the cache.
+    A missing input that another request of this process is sending is waited for instead
+    (``EmbeddingsCache.join``): served from its store, it counts as cached, as it would later."""
 
     def __init__(self, gateway: Gateway, cache: EmbeddingsCache) -> None:
         self.gateway = gateway
@@ -165,10 +167,27 @@ class EmbeddingsCacheStage:
         # Each missing input goes upstream once, however often the batch repeats it (RAG chunks
         # share boilerplate): its vector answers every place it appears, and is stored once.
         todo = {keys[i]: items[i] for i, hit in enumerate(found) if hit is None}
+        # An input another request of this process is sending now is waited for and read from
+        # the store, not sent again (an indexing job's workers send the same chunks at once).
+        served, flight = await self.cache.join(todo, ctx.tenant, decision.max_age_s, decision.read)
+        found = [hit if hit is not None else served.get(key) for key, hit in zip(keys, found, strict=True)]
+        todo = {key: item for key, item in todo.items() if key not in served}
+        stored = False
+        try:
+            stored = await self._answer(ctx, call_next, info, body, items, keys, found, todo)
+        finally:
+            # Whatever happened (a failure, a cancelled call), the requests waiting on these
+            # inputs are released at once: they read the store, or send the inputs themselves.
+            self.cache.flights.finish_many(todo, flight, stored)
+
+    async def _answer(self, ctx: RequestContext, call_next: Handler, info: ModelInfo, body: dict[str, Any],
+                      items: list[Any], keys: list[str], found: list[Stored | None], todo: dict[str, Any]) -> bool:
+        """Serve the cached inputs and send ``todo`` (the missing ones) in one call; True once the
+        new vectors are stored."""
         cached_usd = self._cached_usd(info, sum(e.tokens for e in found if e is not None))
         if not todo:
             self._serve(ctx, info, found, cached_usd)
-            return
+            return False
         whole = len(todo) == len(items)  # nothing cached, nothing repeated: the body goes as sent
         if not whole:
             # Only the missing inputs go upstream (their count and price too: the call stage
@@ -180,13 +199,13 @@ class EmbeddingsCacheStage:
         finally:
             ctx.scratch[_BODY] = body
         if ctx.status != "ok":
-            return
+            return False
         elements = answer_items(ctx.response, len(todo))
         if elements is None:
             if not whole:
                 raise UpstreamProtocolError(f"{info.provider}: the embeddings answer does not hold one vector per "
                                             "input, so it cannot be merged with the cached ones")
-            return  # a whole miss passes through as the provider sent it, and is not stored
+            return False  # a whole miss passes through as the provider sent it, and is not stored
         tokens = {key: count_one(item) for key, item in todo.items()}
         if not whole:
             assert isinstance(ctx.response, dict)
@@ -200,9 +219,9 @@ class EmbeddingsCacheStage:
                 ctx.baseline_cost_usd = ctx.baseline_cost_usd + saved_usd if saved_usd is not None else None
             ctx.cache_saved_usd = saved_usd or 0.0
         answer_model = ctx.response.get("model") if isinstance(ctx.response, dict) else None
-        await self.cache.store(ctx.tenant, info.name,
-                               answer_model if isinstance(answer_model, str) else info.upstream_model,
-                               [(key, e, tokens[key]) for key, e in zip(todo, elements, strict=True)])
+        return await self.cache.store(ctx.tenant, info.name,
+                                      answer_model if isinstance(answer_model, str) else info.upstream_model,
+                                      [(key, e, tokens[key]) for key, e in zip(todo, elements, strict=True)]) > 0
 
     @staticmethod
     def _status(ctx: RequestContext, status: str) -> None:

@@ -8,7 +8,9 @@ several gateways in one process (tests, embedding apps) do not mix their numbers
 from __future__ import annotations
 
 import hmac
+import math
 import threading
+from bisect import bisect_left
 from collections.abc import Callable, Container
 from typing import Any
 
@@ -33,6 +35,8 @@ from thrifty.server.http_errors import error_response
 from thrifty.types import Usage
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+# The histograms' bucket bounds as prometheus_client keeps them (``_upper_bounds``: floats, +Inf last).
+_BOUNDS = [*map(float, _LATENCY_BUCKETS), math.inf]
 
 
 UNKNOWN = "(unknown)"
@@ -54,12 +58,14 @@ class Metrics:
         # Per request, counter increments are only summed as plain numbers (a prometheus_client
         # inc is a Python call and a lock: a dozen a request were most of this observer's cost);
         # ``flush`` applies them before anything reads the metrics. The pending sums are keyed by
-        # series, so they stay bounded however long nobody scrapes. Histogram observations are
-        # made at once: deferring them saves nothing (each is still one observe later). One lock
-        # for the lot: ``amended`` runs on the event loop, a test or an embedding app may collect
-        # from another thread, and a collect must see each request whole.
+        # series, so they stay bounded however long nobody scrapes. Histogram observations too,
+        # as a sum and a count per bucket (a list of plain numbers per child, as bounded): an
+        # observe was five Python calls and two locks, twice a request, the largest part of this
+        # observer's cost. One lock for the lot: ``amended`` runs on the event loop, a test or
+        # an embedding app may collect from another thread, and a collect must see each request whole.
         self._lock = threading.Lock()
         self._pending_inc: dict[Any, float] = {}  # child -> increments not yet applied
+        self._pending_obs: dict[Any, list[float]] = {}  # histogram child -> [sum, count per bucket]
         self._series: dict[tuple[str, str, str, str], _Series] = {}  # (model, route, strategy, status)
         # Registered first, so collected first: every collect (GET /metrics, get_sample_value)
         # applies what is pending before the metrics are read.
@@ -107,14 +113,23 @@ class Metrics:
         _add(self._pending_inc, self._child(metric, *labels), amount)  # the child made now, as before
 
     def flush(self) -> None:
-        """Apply the pending increments to the prometheus counters. Every ``registry.collect()``
-        runs it first (``_Flusher``); call it before reading the registry any other way (a
-        restricted registry, a metric's value directly). Under the lock throughout: a collect
-        running alongside another's flush still sees every request."""
+        """Apply the pending increments and observations to the prometheus metrics. Every
+        ``registry.collect()`` runs it first (``_Flusher``); call it before reading the registry
+        any other way (a restricted registry, a metric's value directly). Under the lock
+        throughout: a collect running alongside another's flush still sees every request."""
         with self._lock:
             pending, self._pending_inc = self._pending_inc, {}
             for child, amount in pending.items():
                 child.inc(amount)
+            observed, self._pending_obs = self._pending_obs, {}
+            for child, sums in observed.items():
+                # What ``observe`` does, one call per bucket instead of per observation: no public
+                # API adds n observations at once (tests/unit/test_hot_path_cpu3.py pins the result
+                # to observe's, bucket by bucket).
+                child._sum.inc(sums[0])
+                for bucket, n in zip(child._buckets, sums[1:], strict=True):
+                    if n:
+                        bucket.inc(n)
 
     def observe(self, ctx: RequestContext) -> None:
         """A gateway observer: count one finished request."""
@@ -122,7 +137,7 @@ class Metrics:
             self._observe(ctx)
 
     def _observe(self, ctx: RequestContext) -> None:
-        inc, pending = self._inc, self._pending_inc
+        inc, pending, observed = self._inc, self._pending_inc, self._pending_obs
         model = ctx.served_model or _bounded(ctx.request.model, self.known_models)
         route = _bounded(ctx.route, self.known_routes) if ctx.route else "-"
         labels = (model, route, ctx.strategy, ctx.status)
@@ -136,9 +151,10 @@ class Metrics:
         pending[child] = pending.get(child, 0.0) + 1.0
         if ctx.status != "ok":
             inc(self.errors, (model, route, ctx.error_type or "unknown"))
-        (children[_LATENCY] or series.make(_LATENCY)).observe(ctx.elapsed_ms / 1000.0)
+        _observation(observed, children[_LATENCY] or series.make(_LATENCY), ctx.elapsed_ms / 1000.0)
         for a in ctx.attempts:
-            self._child(self.upstream_latency, a.model, a.purpose, a.status).observe(a.latency_ms / 1000.0)
+            _observation(observed, self._child(self.upstream_latency, a.model, a.purpose, a.status),
+                         a.latency_ms / 1000.0)
         u = ctx.usage
         for slot, n in ((_PROMPT, u.prompt_tokens), (_COMPLETION, u.completion_tokens), (_CACHED, u.cached_tokens)):
             if n:
@@ -237,6 +253,17 @@ def _add(pending: dict[Any, float], child: Any, amount: float) -> None:
     if amount < 0:
         raise ValueError("Counters can only be incremented by non-negative amounts.")
     pending[child] = pending.get(child, 0.0) + amount
+
+
+def _observation(observed: dict[Any, list[float]], child: Any, amount: float) -> None:
+    """A histogram child's ``observe(amount)``, pending: added to its sum and to the count of the
+    first bucket whose bound is at or above it (observe's scan; a NaN is in no bucket)."""
+    sums = observed.get(child)
+    if sums is None:
+        sums = observed[child] = [0.0] * (len(_BOUNDS) + 1)
+    sums[0] += amount
+    if amount == amount:  # not a NaN
+        sums[bisect_left(_BOUNDS, amount) + 1] += 1
 
 
 class _Flusher:

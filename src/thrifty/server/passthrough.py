@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -180,6 +180,11 @@ class Endpoint:
         """The event that ends a stream broken after it started, so SDKs raise."""
         raise NotImplementedError
 
+    def stream_error(self, exc: ThriftyError, sent: int) -> bytes:
+        """The event that ends a stream broken after ``sent`` events: ``error_event``, unless
+        the API numbers its events (the Responses API's ``sequence_number``)."""
+        return self.error_event(exc)
+
     async def check(self, ctx: RequestContext, body: dict[str, Any]) -> None:
         """Checks that need the caller (``ctx.tenant``), made before the upstream call."""
 
@@ -195,6 +200,12 @@ class Endpoint:
     async def remember(self, ctx: RequestContext, attempt: Attempt, stored_id: str) -> None:
         """The provider keeps the answer of ``attempt`` under ``stored_id``; awaited before the
         client sees the id."""
+
+    def routed(self, gateway: Gateway) -> Callable[[Request, Any, str, float], Awaitable[Response | None]] | None:
+        """Serves the bodies this endpoint runs through the chat pipeline instead of passing them
+        through (the Responses API's ``auto`` and routes: server/responses_routed.py), answering
+        None for the others; None: every body is passed through."""
+        return None
 
 
 class PassthroughCall:
@@ -387,6 +398,7 @@ def passthrough_handler(gateway: Gateway, endpoint: Endpoint) -> Any:
     from thrifty.server.app import _unless_disconnected, forwarded_headers, tenant_of
 
     limit = gateway.config.server.max_body_bytes
+    routed = endpoint.routed(gateway)
     budget = gateway.ops.budget_stage  # a key's budget and rate limits, when virtual keys are on
     # The chat pipeline's ledger and deadline stages, bound like the gateway's own (gateway.py).
     pipeline = compose([LedgerStage(gateway.ledger.submit if gateway.ledger else None, gateway.observers),
@@ -409,6 +421,8 @@ def passthrough_handler(gateway: Gateway, endpoint: Endpoint) -> Any:
         try:
             gateway.check_open()  # refused before the body is read; admit() is what guarantees it
             body = await read_json_body(request, limit)
+            if routed is not None and (answer := await routed(request, body, request_id, t0)) is not None:
+                return answer
             stand_in = endpoint.parse(body)
             auth = getattr(gateway, "authenticate", None)
             key_id, tenant = (await auth(request, stand_in)) if auth else (None, tenant_of(request))
@@ -425,8 +439,10 @@ def passthrough_handler(gateway: Gateway, endpoint: Endpoint) -> Any:
         headers = {**request_id_headers(request_id), **ctx.response_headers,
                    "x-thrifty-model": ctx.served_model or stand_in.model}
         if ctx.chunks is not None:
-            return StreamingResponse(_sse(ctx.chunks, endpoint, gateway, request_id), media_type="text/event-stream",
-                                     headers={**headers, "cache-control": "no-cache"})
+            # The provider's events as sent ([DONE] included when it sent one).
+            relayed = (chunk["sse"] async for chunk in ctx.chunks)
+            return StreamingResponse(guarded(relayed, request_id, gateway.redactor, endpoint.stream_error),
+                                     media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
         if ctx.cost_usd is not None:
             headers["x-thrifty-cost-usd"] = usd_header(ctx.cost_usd)
         headers["x-thrifty-latency-ms"] = f"{(time.perf_counter() - t0) * 1000:.1f}"
@@ -435,19 +451,23 @@ def passthrough_handler(gateway: Gateway, endpoint: Endpoint) -> Any:
     return handler
 
 
-async def _sse(chunks: AsyncIterator[dict[str, Any]], endpoint: Endpoint, gateway: Gateway,
-               request_id: str) -> AsyncIterator[bytes]:
-    """The provider's events as sent (``[DONE]`` included when it sent one); a stream that breaks
-    ends with the endpoint's error event instead, so SDKs raise rather than return half an answer."""
+async def guarded(events: AsyncIterator[bytes], request_id: str, redact: Callable[[str], str],
+                  broke: Callable[[ThriftyError, int], bytes]) -> AsyncIterator[bytes]:
+    """``events`` as they come; a stream that breaks ends with ``broke(error, sent)`` instead
+    (``sent``: the events before it), so SDKs raise rather than return half an answer. The
+    cause is logged (redacted); an unexpected exception, traceback and all, only there: the
+    client gets an error naming the request id."""
+    sent = 0
     try:
-        async for chunk in chunks:
-            yield chunk["sse"]
+        async for event in events:
+            yield event
+            sent += 1
     except ThriftyError as exc:
-        log.info("stream %s broke: %s", request_id, gateway.redactor(exc.message))
-        yield endpoint.error_event(exc)
+        log.info("stream %s broke: %s", request_id, redact(exc.message))
+        yield broke(exc, sent)
     except Exception:
         log.exception("stream %s: internal error", request_id)
-        yield endpoint.error_event(ThriftyError(f"Internal error during the stream (request id {request_id})."))
+        yield broke(ThriftyError(f"Internal error during the stream (request id {request_id})."), sent)
 
 
 def passthrough_routes(gateway: Gateway, endpoint: Endpoint) -> list[Route]:

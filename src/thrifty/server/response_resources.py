@@ -65,6 +65,7 @@ from thrifty.providers.openai_compat import OpenAICompatProvider
 from thrifty.providers.raw_http import parse_event, relay_bytes
 from thrifty.server.http_errors import error_response, handler_error, request_id_headers, unserved_message
 from thrifty.server.responses_api import LAST_EVENTS, ResponsesEndpoint
+from thrifty.server.responses_chat import ROUTED_PREFIX
 from thrifty.server.stored_responses import Outcome, ResponseIndex, StoredResponse
 from thrifty.types import ChatRequest, Usage
 
@@ -88,8 +89,14 @@ _REQUEST, _BODY, _PROVIDER = "resource_request", "resource_body", "resource_prov
 
 
 def unknown(response_id: str) -> NotFoundError:
-    """OpenAI's 404 for an id it does not hold (the same for another tenant's)."""
-    return NotFoundError(f"Response with id '{response_id}' not found.", code="response_not_found")
+    """OpenAI's 404 for an id it does not hold (the same for another tenant's). An id of a
+    response served through ``auto`` or a route (``resp_`` + thrifty's request id:
+    server/responses_chat.py) says why: no provider keeps such a response."""
+    why = ""
+    if response_id.startswith(ROUTED_PREFIX):
+        why = (" Responses served through model 'auto' or a route are not stored (a chat model answered them); "
+               "name a catalog model to store a response.")
+    return NotFoundError(f"Response with id '{response_id}' not found.{why}", code="response_not_found")
 
 
 async def _with_retries(policy: RetryPolicy, call: Any) -> Any:

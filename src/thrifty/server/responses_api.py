@@ -26,15 +26,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from thrifty import fastjson
 from thrifty.errors import InvalidRequestError, NotFoundError, ThriftyError, UpstreamError
 from thrifty.pipeline.context import Attempt, RequestContext
 from thrifty.providers.compat import CompatConfig
 from thrifty.providers.error_body import stream_failure
 from thrifty.providers.raw_http import SSEEvent
-from thrifty.responses_events import BuiltEvent, finished_response, response_events
+from thrifty.responses_events import BuiltEvent, error_event_data, finished_response, response_events, sse
 from thrifty.server.passthrough import (
     WHOLE_WORDS,
     Endpoint,
@@ -43,9 +42,14 @@ from thrifty.server.passthrough import (
     is_int,
     request_body,
 )
+from thrifty.server.responses_chat import obj
+from thrifty.server.responses_routed import RoutedServe, routed_handler
 from thrifty.server.stored_responses import ResponseIndex, StoredResponse
 from thrifty.tokens import content_text
 from thrifty.types import ChatRequest, body_model
+
+if TYPE_CHECKING:
+    from thrifty.gateway import Gateway
 
 # The events that end a Responses stream; the three response.* ones carry the final usage.
 LAST_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
@@ -153,24 +157,29 @@ class ResponsesEndpoint(Endpoint):
             state.texts.append(data["delta"])
         elif kind in LAST_EVENTS:
             state.final = True
-            response = _obj(data.get("response"))
+            response = obj(data.get("response"))
             state.usage, state.service_tier = response.get("usage"), response.get("service_tier")
             if kind == "response.failed":
-                state.failure = f"response failed: {_obj(response.get('error')).get('message') or 'no reason given'}"
+                state.failure = f"response failed: {obj(response.get('error')).get('message') or 'no reason given'}"
         elif kind in ("error", None) and (failure := stream_failure(data, self.answer)) is not None:
             state.final, state.failure = True, failure
         elif kind == "error":  # an error event that says nothing of it
             state.final, state.failure = True, "stream error: no message"
+
+    def routed(self, gateway: Gateway) -> RoutedServe:
+        # `auto` and routes: translated to a chat completion and served by the chat pipeline.
+        return routed_handler(gateway)
 
     def whole_stream(self, body: Any) -> Iterable[BuiltEvent] | None:
         # A finished response object (a failed one too: its stream ends in response.failed).
         return response_events(body, WHOLE_WORDS) if finished_response(body) else None
 
     def error_event(self, exc: ThriftyError) -> bytes:
-        # The Responses API's error event, with OpenAI's error object too: the SDK raises on it.
-        err = exc.to_openai()["error"]
-        data = {"type": "error", "code": err["code"], "message": err["message"], "param": err["param"], "error": err}
-        return b"event: error\ndata: " + fastjson.dumps(data) + b"\n\n"
+        return self.stream_error(exc, 0)
+
+    def stream_error(self, exc: ThriftyError, sent: int) -> bytes:
+        # The Responses API's error event, numbered after the provider's events it follows.
+        return sse("error", error_event_data(exc, sent))
 
 
 def _unfinished(ctx: RequestContext) -> bool:
@@ -180,12 +189,8 @@ def _unfinished(ctx: RequestContext) -> bool:
     or by the full ones when the client left the stream early."""
     if request_body(ctx).get("background") is not True:
         return False
-    status = "queued" if ctx.request.stream else _obj(ctx.response).get("status")
+    status = "queued" if ctx.request.stream else obj(ctx.response).get("status")
     return status in _RUNNING
-
-
-def _obj(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
 def _messages(value: Any) -> list[dict[str, Any]]:
