@@ -37,7 +37,9 @@ while a concurrent call learned the lesson. Each model of a ``fallbacks`` chain 
 shape, and what a fallback's answer teaches is learned for it, never for the model asked.
 ``reasoning: false`` turns all of this off.
 
-Client requests never come here: what a client sends goes upstream as it wrote it.
+Client requests are not shaped here: one sent to a model thrifty chose (``auto``, a route, a
+cascade tier, a fallback) is fitted to that model from these same families
+(pipeline/routed_params.py); one naming its model goes upstream as the client wrote it.
 """
 
 from __future__ import annotations
@@ -75,10 +77,29 @@ class Family:
     limit_field: str  # the output limit's parameter: "max_completion_tokens" or "max_tokens"
     effort: str | None  # the reasoning_effort sent, None: the API takes none
     exclude: re.Pattern[str] | None = None
+    # For a client's request to a model thrifty chose (pipeline/routed_params.py), not read here:
+    # the sampling parameters the API refuses, the reasoning_effort values it takes (None: not
+    # known, sent as asked) and whether it takes ``verbosity``.
+    refuses: frozenset[str] = frozenset()
+    efforts: tuple[str, ...] | None = None
+    verbosity: bool = False
 
 
-def _family(name: str, pattern: str, limit_field: str, effort: str | None, exclude: str | None = None) -> Family:
-    return Family(name, re.compile(pattern), limit_field, effort, re.compile(exclude) if exclude else None)
+def _family(name: str, pattern: str, limit_field: str, effort: str | None, exclude: str | None = None, *,
+            refuses: frozenset[str] = frozenset(), efforts: tuple[str, ...] | None = None,
+            verbosity: bool = False) -> Family:
+    return Family(name, re.compile(pattern), limit_field, effort, re.compile(exclude) if exclude else None,
+                  refuses, efforts, verbosity)
+
+
+# OpenAI's reasoning models refuse these with a 400 (any value but the default: "Unsupported
+# value"/"Unsupported parameter"): https://platform.openai.com/docs/guides/reasoning. Not logprobs:
+# a client that asks for them reads them (a refusal is its answer, routing/policies.py).
+_OPENAI_REFUSES = frozenset({"temperature", "top_p", "presence_penalty", "frequency_penalty", "logit_bias"})
+# xAI: "presencePenalty, frequencyPenalty and stop ... not supported by reasoning models. Adding
+# them in the request would result in an error" (https://docs.x.ai/docs/guides/reasoning).
+_XAI_REFUSES = frozenset({"presence_penalty", "frequency_penalty"})
+_LOW_MEDIUM_HIGH = ("low", "medium", "high")
 
 
 # THE list of reasoning families (documented in docs/configuration.md, "Reasoning models"). First
@@ -88,12 +109,14 @@ def _family(name: str, pattern: str, limit_field: str, effort: str | None, exclu
 # (max_tokens counts the chain of thought; temperature accepted but ignored; no reasoning_effort);
 # Qwen's QwQ and thinking models, Mistral's Magistral: reasoning always on, max_tokens.
 FAMILIES: tuple[Family, ...] = (
-    _family("openai-o1-early", r"o1-(mini|preview)", "max_completion_tokens", None),
-    _family("openai-o-series", r"o[1-9]\d*(-|$)", "max_completion_tokens", "low"),
+    _family("openai-o1-early", r"o1-(mini|preview)", "max_completion_tokens", None, refuses=_OPENAI_REFUSES),
+    _family("openai-o-series", r"o[1-9]\d*(-|$)", "max_completion_tokens", "low", refuses=_OPENAI_REFUSES,
+            efforts=_LOW_MEDIUM_HIGH),
     # gpt-5, gpt-5-mini, gpt-5.1, gpt-6-luna... but not the non-reasoning gpt-5-chat(-latest).
+    # Their efforts differ by version (gpt-5 minimal..high, gpt-5.1 none..high): sent as asked.
     _family("openai-gpt-5+", r"gpt-([5-9]|[1-9]\d+)(\.\d+)?(-|$)", "max_completion_tokens", "low",
-            exclude=r".*-chat(-|$)"),
-    _family("gpt-oss", r"gpt-oss", "max_completion_tokens", "low"),
+            exclude=r".*-chat(-|$)", refuses=_OPENAI_REFUSES, verbosity=True),
+    _family("gpt-oss", r"gpt-oss", "max_completion_tokens", "low", efforts=_LOW_MEDIUM_HIGH),
     _family("deepseek-reasoner", r"(deepseek-reasoner|deepseek-r1|r1(-|$))", "max_tokens", None),
     _family("qwq", r"qwq", "max_tokens", None),
     _family("magistral", r"magistral", "max_tokens", None),
@@ -111,14 +134,17 @@ FAMILIES: tuple[Family, ...] = (
     # to reasoning_effort; grok-4.3 takes none/low/medium/high
     # (https://docs.x.ai/developers/model-capabilities/text/reasoning). Not grok-3 (no reasoning)
     # nor the *-non-reasoning variants.
-    _family("grok-3-mini", r"grok-3-mini", "max_completion_tokens", "low"),
-    _family("grok-4.3", r"grok-4\.3(-|$)", "max_completion_tokens", "low"),
-    _family("grok-4", r"grok-4", "max_completion_tokens", None, exclude=r".*non-reasoning"),
+    _family("grok-3-mini", r"grok-3-mini", "max_completion_tokens", "low", refuses=_XAI_REFUSES,
+            efforts=("low", "high")),
+    _family("grok-4.3", r"grok-4\.3(-|$)", "max_completion_tokens", "low", refuses=_XAI_REFUSES,
+            efforts=("none", "low", "medium", "high")),
+    _family("grok-4", r"grok-4", "max_completion_tokens", None, exclude=r".*non-reasoning", refuses=_XAI_REFUSES),
     _family("thinking", r".*thinking", "max_tokens", None),
 )
 # ``reasoning: true`` on a name no family knows: OpenAI's way, the one most APIs now take;
 # a provider that refuses a part of it is learned from (see the module docstring).
-GENERIC = Family("reasoning", re.compile(r"$^"), "max_completion_tokens", "low")
+GENERIC = Family("reasoning", re.compile(r"$^"), "max_completion_tokens", "low", refuses=_OPENAI_REFUSES,
+                 verbosity=True)
 
 
 @dataclass(frozen=True)

@@ -189,13 +189,24 @@ def test_collect_takes_the_captured_answer_as_the_reference(
     assert all(o["outcomes"]["cheap"]["score"] == 1.0 for o in got)  # "B" is option B
     assert captured.read_text() == before
 
-    # Another reference than the captured model: it is asked as before.
+    # The captured model as a candidate, another reference: the reference is asked, the
+    # candidate's captured answer is its outcome (graded against the reference's), not asked again.
     httpx.post(mock.url + "/mock/reset").raise_for_status()
     code, _, err = run_main(capsys, "outcomes", "collect", "--config", str(config), "--prompts", str(captured),
                             "--models", "strong", "--reference", "cheap", "--out", str(tmp_path / "o2.jsonl"),
                             "--no-progress")
     assert code == 0, err
-    assert sorted(b["model"] for b in mock_calls(mock)) == ["cheap"] * 4 + ["strong"] * 4
+    assert [b["model"] for b in mock_calls(mock)] == ["cheap"] * 4
+    got = lines(tmp_path / "o2.jsonl")
+    assert all(o["outcomes"]["strong"].get("captured") and o["outcomes"]["strong"]["score"] == 1.0 for o in got)
+
+    # A model the line did not capture is asked as before.
+    httpx.post(mock.url + "/mock/reset").raise_for_status()
+    code, _, err = run_main(capsys, "outcomes", "collect", "--config", str(config), "--prompts", str(captured),
+                            "--models", "cheap", "--reference", "cheap", "--out", str(tmp_path / "o3.jsonl"),
+                            "--no-progress")
+    assert code == 0, err
+    assert [b["model"] for b in mock_calls(mock)] == ["cheap"] * 4
 
 
 @pytest.mark.parametrize(("capture", "needle"), [

@@ -85,7 +85,9 @@ def test_ollama_writes_the_models_its_server_lists_free(ollama: RunningServer, t
     data, err = init(capsys, out, "--provider", "ollama", "--upstream-url", ollama.url + "/v1")
     assert "warning" not in err
     # Ollama takes no key: no api_key line (a commented one says how to add one).
-    assert data["providers"] == {"ollama": {"base_url": ollama.url + "/v1", "timeout_s": 120, "max_retries": 2}}
+    # compat: Ollama builds before v0.13.3 have no /v1/responses (test_responses_chat_providers.py).
+    assert data["providers"] == {"ollama": {"base_url": ollama.url + "/v1", "timeout_s": 120, "max_retries": 2,
+                                            "compat": {"responses": "chat"}}}
     assert {n: m["tier"] for n, m in data["models"].items()} == CHAT
     assert all(m["price"] == FREE and m["provider"] == "ollama" for m in data["models"].values())
     assert "reasoning" not in out.read_text()  # internal_calls' auto detection knows deepseek-r1

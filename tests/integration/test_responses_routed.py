@@ -18,7 +18,7 @@ import pytest
 from openai.types.responses import Response, ResponseErrorEvent, ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from fixtures.served import attempt_rows, reset
+from fixtures.served import attempt_rows, received, reset
 from thrifty.gateway import Gateway
 from thrifty.mock.app import create_app as create_mock
 from thrifty.mock.behaviour import MockConfig
@@ -65,12 +65,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, 
 
 def client(server: RunningServer) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.url + "/v1", api_key="sk-client-routed-0000", max_retries=0, timeout=20)
-
-
-def received(upstream: RunningServer) -> list[dict[str, Any]]:
-    """What the mock upstream was sent (path and body), oldest first."""
-    data = httpx.get(upstream.url + "/mock/requests?limit=200").json()["data"]
-    return [{"path": r["path"], "body": r["body"]} for r in data]
 
 
 def test_auto_answers_text_through_the_chat_pipeline(served: tuple[Gateway, RunningServer, RunningServer]) -> None:

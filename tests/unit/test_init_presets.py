@@ -14,7 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from thrifty.catalog import SEED_MODELS, lookup_genai_price
-from thrifty.cli.init_presets import Preset, presets, render, usd
+from thrifty.cli.init_presets import RESPONSES_MODE, Preset, presets, render, usd
 from thrifty.cli.main import build_app, main
 from thrifty.config import load_config
 
@@ -73,8 +73,10 @@ def test_a_preset_writes_its_provider_and_models_all_priced(name: str, tmp_path:
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     preset = presets()[name]
     out, data = init(tmp_path, "--provider", name)
+    # A provider without a usable /responses gets it served as chat (test_responses_chat_providers.py).
+    chat_only = {"compat": {"responses": "chat"}} if RESPONSES_MODE[name] == "chat" else {}
     assert data["providers"] == {name: {"base_url": preset.base_url, "api_key": f"${{{preset.api_key_env}}}",
-                                        "timeout_s": 120, "max_retries": 2}}
+                                        "timeout_s": 120, "max_retries": 2, **chat_only}}
     assert sorted(data["models"]) == sorted(m for m, _ in preset.models)
     assert {m["provider"] for m in data["models"].values()} == {name}
     assert {n: m["tier"] for n, m in data["models"].items()} == dict(preset.models)

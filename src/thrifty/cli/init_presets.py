@@ -34,6 +34,22 @@ import yaml
 from thrifty.catalog import SEED_MODELS, ModelPrice
 from thrifty.config import load_config, url_has_credentials
 
+# How each preset's provider serves POST /v1/responses: `chat` is written as `compat: {responses:
+# chat}` (the gateway translates such a request to a chat completion), for a provider whose API has
+# no /responses, or has it for only some models or builds: chat works wherever chat does. What the
+# providers' own documentation said (late 2026):
+RESPONSES_MODE: dict[str, str] = {
+    "openai": "native",  # the Responses API's own home
+    "deepseek": "chat",  # deepseek-v4-flash only, since 2026-07 (api-docs.deepseek.com guides/responses_api)
+    "openrouter": "native",  # POST /api/v1/responses, stateless (openrouter.ai/docs, SDK `responses.send`)
+    "together": "chat",  # beta, listed models only (docs.together.ai/docs/inference/responses-api)
+    "groq": "native",  # "fully compatible", beta, stateless (console.groq.com/docs/responses-api)
+    "mistral": "chat",  # none: chat/completions, embeddings, agents, conversations (docs.mistral.ai/api)
+    "ollama": "chat",  # only from v0.13.3, stateless (docs.ollama.com/openai): older builds 404
+    "vllm": "chat",  # /v1/responses since v0.10 (docs.vllm.ai serving_responses), not every build/model
+    "local": "chat",  # llama.cpp's llama-server has none (ggml-org/llama.cpp#19138, open)
+}
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -192,6 +208,10 @@ def render(groups: list[tuple[str, Preset | None]], urls: dict[str, str], key_en
         prov_lines += [
                        "    timeout_s: 120                   # a call (or a stream's gap between chunks) that takes longer fails",
                        "    max_retries: 2                   # retries on connection errors, 429 and 5xx (honours Retry-After)"]
+        # A preset not in the table is one nobody checked: chat, the choice that works everywhere.
+        if p is not None and RESPONSES_MODE.get(p.name, "chat") == "chat":
+            prov_lines.append("    compat: {responses: chat}".ljust(37)
+                              + "# Responses API served as chat: its /responses is missing or partial")
         if price_providers[key]:
             prov_lines.append(f"    price_provider: {price_providers[key]}".ljust(37)
                               + f"# priced as {price_providers[key]}'s models: base_url is not its API")

@@ -102,7 +102,9 @@ def register(app: typer.Typer) -> None:
     @group.command("collect")
     def collect(
         prompts_file: Path = typer.Option(..., "--prompts", help='PROMPTS.jsonl: {"prompt"} or {"messages"} per line, '
-                                          'optional "task", "answer", "id".'),
+                                          'optional "task", "answer", "id", "reference" (a capture '
+                                          "file's served answer: its model's outcome when that model is "
+                                          "--reference or in --models)."),
         models: str = typer.Option(..., "--models", help="Comma-separated models to collect answers of."),
         out: Path = typer.Option(..., "--out", help="OUT.jsonl (thrifty outcome JSONL); appended to, resumable."),
         reference: str | None = typer.Option(None, "--reference",

@@ -10,7 +10,8 @@ from the lines already there (by ``id``, else by a hash of the messages). A call
 asked again by the next run: only that model, its line then replaced in a new copy of the output
 renamed over it, so the output is never half written (the output file's side: collect_file.py).
 A line captured by the gateway (``capture:``) may carry the answer it was served, ``reference``:
-when its model is the run's reference, that answer is the reference's (no call is paid for it).
+when its model is the run's reference or one of its candidates, that answer is that model's
+outcome (no call is paid for it).
 """
 
 from __future__ import annotations
@@ -206,7 +207,7 @@ def estimate(prompts: list[Prompt], opts: Options, catalog: Catalog, redos: Sequ
     usd = judge_usd = 0.0
     calls = judge_calls = 0
     # (prompt, models asked, how many of them a judge grades, grader)
-    jobs = [(p, [m for m in opts.models if not (m == opts.reference and served_reference(p, opts, catalog))],
+    jobs = [(p, [m for m in opts.models if not served_as(p, m, catalog)],
              len(opts.models) - (0 if p.answer is not None else 1), p.grader(opts.grader)) for p in prompts]
     jobs += [(r.prompt, r.models, len(r.models), r.how) for r in redos]
     for p, models, graded, how in jobs:
@@ -220,14 +221,15 @@ def estimate(prompts: list[Prompt], opts: Options, catalog: Catalog, redos: Sequ
     return Estimate(calls, judge_calls, usd, judge_usd, unpriced)
 
 
-def served_reference(p: Prompt, opts: Options, catalog: Catalog) -> bool:
-    """Whether ``p`` carries the answer the run's reference model was served (captured by the
-    gateway): the same name, or a name of the same catalog model."""
+def served_as(p: Prompt, model: str, catalog: Catalog) -> bool:
+    """Whether ``p`` carries the answer ``model`` (the reference or a candidate) was served,
+    captured by the gateway: the same name, or a name of the same catalog model. That answer is
+    the model's outcome: asking again would pay for an answer the traffic already paid for."""
     if p.served is None:
         return False
-    if p.served.model == opts.reference:
+    if p.served.model == model:
         return True
-    mine = catalog.get(opts.reference)
+    mine = catalog.get(model)
     return mine is not None and catalog.get(p.served.model) == mine
 
 
@@ -271,7 +273,7 @@ class Collector:
         return ctx, error
 
     async def answer(self, p: Prompt, model: str) -> dict[str, Any]:
-        if model == self.opts.reference and p.served is not None and served_reference(p, self.opts, self.gw.catalog):
+        if p.served is not None and served_as(p, model, self.gw.catalog):
             return self._served(p, p.served)
         params = {"max_tokens": self.opts.max_tokens} if self.opts.max_tokens else {}
         req = ChatRequest(model=model, messages=p.messages, params=params,
@@ -291,7 +293,7 @@ class Collector:
         return found
 
     def _served(self, p: Prompt, served: Served) -> dict[str, Any]:
-        """The outcome of the reference model on ``p`` from the answer the gateway served it
+        """The outcome of the model ``served`` names on ``p`` from the answer the gateway served it
         (captured): no call, its cost as captured, else (a Batch API or flex answer, captured
         without its discounted cost) its usage counted offline at the catalog's list price, as
         the candidates are priced; no cost when that price is unknown too."""

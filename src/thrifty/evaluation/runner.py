@@ -37,7 +37,10 @@ def request_body(item: Item) -> dict[str, Any]:
     metadata: dict[str, Any] = {EVAL_ID_KEY: eval_id(item)}
     if item.task:
         metadata["task"] = item.task
-    return {"model": "auto", "messages": item.messages, "metadata": metadata}
+    # ``store``: ``metadata`` goes upstream only with it (OpenAI refuses metadata without it:
+    # types.ChatRequest.to_body), and the replay upstream reads ``eval_id`` there to tell apart
+    # rows sharing a prompt. The replay stores nothing.
+    return {"model": "auto", "messages": item.messages, "metadata": metadata, "store": True}
 
 
 def decision_from_context(item: Item, ctx: RequestContext) -> Decision:

@@ -258,6 +258,10 @@ class MockConfig(_Frozen):
         default=None, description="When set, other models get 404 model_not_found."
     )
     api_key: str | None = Field(default=None, description="When set, requests must send this bearer key.")
+    responses_api: bool = Field(
+        default=True, description="False: POST /v1/responses is a 404, as on a server without the Responses API "
+                                  "(DeepSeek, Mistral, llama.cpp...): a chat-only provider."
+    )
     record_limit: int = Field(default=200, ge=0, description="How many requests /mock/requests keeps.")
     batch: BatchSettings = BatchSettings()
 

@@ -178,6 +178,9 @@ class TextAPIs:
 
     async def responses(self, request: Request) -> Response:
         body = await self._read(request)
+        if not self.mock.config.responses_api:
+            # What a FastAPI-based server (vLLM, many proxies) answers for a route it does not have.
+            return Response(fastjson.dumps({"detail": "Not Found"}), status_code=404, media_type=_JSON)
         try:
             model, behaviour, faults = _admit(self.mock, request, body)
             messages = responses_messages(body)

@@ -26,6 +26,7 @@ from thrifty.config import ProviderConfig
 from thrifty.errors import InvalidRequestError, NotFoundError, UpstreamError
 from thrifty.pipeline.accounting import call_texts, price_attempt
 from thrifty.pipeline.context import Attempt, RequestContext
+from thrifty.pipeline.routed_params import adapted, chosen, learn_refusal
 from thrifty.providers.base import Provider
 from thrifty.streaming import close_below
 from thrifty.types import ChatRequest
@@ -125,12 +126,13 @@ class ModelCaller:
     ) -> tuple[dict[str, Any], Attempt]:
         """A non-streaming completion from ``model_name`` (or its fallbacks). ``request`` may be
         built per model tried: thrifty's own calls are shaped for the model that gets them
-        (internal_calls), and a fallback may refuse what the model asked takes."""
+        (internal_calls), and a fallback may refuse what the model asked takes. A client's request
+        is fitted to a model thrifty chose (``routed_params``)."""
+        tried: list[tuple[ModelInfo, ChatRequest]] = []
 
         def request_for(info: ModelInfo) -> ChatRequest:
-            if callable(request):
-                return request(info)
-            return request or ctx.request
+            req = request(info) if callable(request) else (request or ctx.request)
+            return self._fitted(info, req, tried)
 
         async def once(provider: Provider, info: ModelInfo, req: ChatRequest, attempt: Attempt,
                        t0: float) -> dict[str, Any]:
@@ -139,13 +141,17 @@ class ModelCaller:
             self._price(attempt, info, req, response, batch)
             return response
 
-        return await self._with_retries(ctx, model_name, once, request_for, purpose=purpose, batch=batch)
+        async def run(name: str) -> tuple[dict[str, Any], Attempt]:
+            return await self._with_retries(ctx, name, once, request_for, purpose=purpose, batch=batch)
+
+        return await self._learning(model_name, run, tried)
 
     async def stream(
         self, ctx: RequestContext, model_name: str, request: ChatRequest | None = None
     ) -> tuple[AsyncIterator[dict[str, Any]], Attempt]:
         """Open a stream from ``model_name`` (or its fallbacks): retried until its first chunk."""
         asked = request or ctx.request
+        tried: list[tuple[ModelInfo, ChatRequest]] = []
 
         async def once(
             provider: Provider, info: ModelInfo, req: ChatRequest, attempt: Attempt, t0: float
@@ -157,7 +163,33 @@ class ModelCaller:
                 first = None
             return self._priced_stream(attempt, info, req, first, it, t0)
 
-        return await self._with_retries(ctx, model_name, once, lambda _: asked)
+        async def run(name: str) -> tuple[AsyncIterator[dict[str, Any]], Attempt]:
+            return await self._with_retries(ctx, name, once, lambda info: self._fitted(info, asked, tried))
+
+        return await self._learning(model_name, run, tried)
+
+    def _fitted(self, info: ModelInfo, req: ChatRequest, tried: list[tuple[ModelInfo, ChatRequest]]) -> ChatRequest:
+        """``req`` as ``info`` takes it when thrifty chose ``info`` (``routed_params``; thrifty's own
+        calls name the model they are sent to, so they pass unchanged), noted in ``tried``."""
+        fitted = adapted(self.catalog, req, info)
+        tried.append((info, fitted))
+        return fitted
+
+    async def _learning(self, model_name: str, run: Callable[[str], Awaitable[tuple[T, Attempt]]],
+                        tried: list[tuple[ModelInfo, ChatRequest]]) -> tuple[T, Attempt]:
+        """``run`` on ``model_name``; when a model thrifty chose refused a parameter the call can do
+        without (a 400 naming it), learned for that model, ``run`` once more on it without."""
+        try:
+            return await run(model_name)
+        except UpstreamError as exc:
+            if not tried:
+                raise
+            info, sent = tried[-1]  # a 4xx ends the chain: the last model tried refused
+            if not chosen(self.catalog, sent, info) or learn_refusal(self.catalog, info.name, sent, exc) is None:
+                raise
+        # Sent to the model that refused, not the chain again: when a fallback refused, the models
+        # before it failed already, each retry another attempt in the ledger.
+        return await run(info.name)
 
     async def _with_retries(
         self,

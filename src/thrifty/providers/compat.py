@@ -11,6 +11,11 @@ one client could not reach every provider through the gateway. A provider's ``co
   that name whichever the client used;
 - ``drop_params: [store, metadata, ...]``: these top-level fields are removed.
 
+``responses: chat`` is about another endpoint: the provider has no ``/responses`` (DeepSeek,
+Mistral, llama.cpp...), so a Responses API request naming one of its models is translated to a
+chat completion and served by the chat pipeline, as ``auto`` is (server/responses_routed.py),
+rather than passed through to a 404; ``native`` (the default) passes it through.
+
 The default changes nothing. The body the client sent is never modified (a copy is made).
 """
 
@@ -33,6 +38,9 @@ class CompatConfig(BaseModel):
     developer_role: Literal["developer", "system"] = "developer"
     max_tokens_field: Literal["as_sent", "max_tokens", "max_completion_tokens"] = "as_sent"
     drop_params: list[str] = Field(default_factory=list)
+    # How POST /v1/responses reaches this provider's models (not a change to the chat body, so
+    # `changes_nothing` does not read it).
+    responses: Literal["native", "chat"] = "native"
 
     @field_validator("drop_params")
     @classmethod

@@ -158,6 +158,9 @@ class Endpoint:
         full of None and the ledger a success."""
         return answer_error(provider, response, redact, self.answer) if self.answer else None
 
+    def explain(self, exc: UpstreamError, info: ModelInfo) -> None:
+        """Add to ``exc``'s message what the gateway's operator can do about it (nothing by default)."""
+
     def answer_text(self, response: dict[str, Any]) -> str:
         """Everything in a response that bills as output (counted when usage is missing)."""
         raise NotImplementedError
@@ -203,8 +206,9 @@ class Endpoint:
 
     def routed(self, gateway: Gateway) -> Callable[[Request, Any, str, float], Awaitable[Response | None]] | None:
         """Serves the bodies this endpoint runs through the chat pipeline instead of passing them
-        through (the Responses API's ``auto`` and routes: server/responses_routed.py), answering
-        None for the others; None: every body is passed through."""
+        through (the Responses API's ``auto``, routes and the models of a provider with
+        ``compat.responses: chat``: server/responses_routed.py), answering None for the others;
+        None: every body is passed through."""
         return None
 
 
@@ -286,6 +290,7 @@ class PassthroughCall:
         the provider accepted and then lost on the way back (``UpstreamError.billed``) is priced
         at its prompt, as chat's are: the provider ran it and bills it."""
         attempt.latency_ms = (time.perf_counter() - t0) * 1000
+        self.endpoint.explain(exc, info)
         if exc.billed:
             self._price(ctx, attempt, info, None, "")
         attempt.status, attempt.error = "error", exc.message

@@ -1,5 +1,10 @@
 """``POST /v1/responses`` (OpenAI's Responses API), passed through (server/passthrough.py).
 
+Only for a catalog model of a ``native`` provider (the default): ``auto``, routes and the models
+of a provider with ``compat.responses: chat`` are served by the chat pipeline
+(server/responses_routed.py). A ``native`` provider's 404 is relayed with the sentence naming
+that setting (``explain``): most cheap providers have no /responses at all.
+
 thrifty reads only what it needs: ``model``, ``input`` (a string or an array of items),
 ``instructions``, ``max_output_tokens`` and ``stream``; every other field (``tools``,
 ``reasoning``, ``text``, ``previous_response_id``, ``store``...) is the provider's to judge.
@@ -28,7 +33,13 @@ import json
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from thrifty.errors import InvalidRequestError, NotFoundError, ThriftyError, UpstreamError
+from thrifty.errors import (
+    InvalidRequestError,
+    NotFoundError,
+    ThriftyError,
+    UpstreamError,
+    UpstreamStatusError,
+)
 from thrifty.pipeline.context import Attempt, RequestContext
 from thrifty.providers.compat import CompatConfig
 from thrifty.providers.error_body import stream_failure
@@ -49,6 +60,7 @@ from thrifty.tokens import content_text
 from thrifty.types import ChatRequest, body_model
 
 if TYPE_CHECKING:
+    from thrifty.catalog import ModelInfo
     from thrifty.gateway import Gateway
 
 # The events that end a Responses stream; the three response.* ones carry the final usage.
@@ -60,6 +72,8 @@ _DELTAS = frozenset({"response.output_text.delta", "response.refusal.delta", "re
 _RUNNING = frozenset({"queued", "in_progress"})
 # A request may continue a stored response or a conversation, or use a stored prompt, instead of `input`.
 _INPUT_SOURCES = ("previous_response_id", "conversation", "prompt")
+# A provider's 404 codes that say the endpoint exists (the model or a stored response does not).
+_NOT_THE_ENDPOINT = frozenset({"model_not_found", "previous_response_not_found"})
 
 
 class ResponsesEndpoint(Endpoint):
@@ -112,6 +126,20 @@ class ResponsesEndpoint(Endpoint):
         if response.get("object") == "response":
             return None
         return super().reported_error(provider, response, redact)
+
+    def explain(self, exc: UpstreamError, info: ModelInfo) -> None:
+        # Most cheap providers have no Responses API (a 404 for the path): the setting that serves
+        # their models is named, not guessed at. A 404 about the model or a stored id is not that:
+        # its code says so, or (OpenRouter's "No endpoints found for X.") its message names the model.
+        if not isinstance(exc, UpstreamStatusError) or exc.upstream_status != 404:
+            return
+        error = obj(obj(exc.body).get("error"))
+        if error.get("code") in _NOT_THE_ENDPOINT or info.upstream_model in str(error.get("message") or ""):
+            return
+        provider = info.provider
+        exc.message += (f" If provider '{provider}' has no /responses endpoint, set "
+                        f"providers.{provider}.compat.responses: chat in the gateway configuration to "
+                        "serve its models' Responses API requests as chat completions.")
 
     def answer_text(self, response: dict[str, Any]) -> str:
         parts: list[str] = []
@@ -167,7 +195,8 @@ class ResponsesEndpoint(Endpoint):
             state.final, state.failure = True, "stream error: no message"
 
     def routed(self, gateway: Gateway) -> RoutedServe:
-        # `auto` and routes: translated to a chat completion and served by the chat pipeline.
+        # `auto`, routes and the models of a provider with `compat.responses: chat` (it has no
+        # /responses): translated to a chat completion and served by the chat pipeline.
         return routed_handler(gateway)
 
     def whole_stream(self, body: Any) -> Iterable[BuiltEvent] | None:

@@ -29,22 +29,35 @@ _STATEFUL = {
 }
 # Fields copied to the chat request as they are (the same name and meaning in both APIs).
 _SAME = ("temperature", "top_p", "user", "metadata", "store", "service_tier", "parallel_tool_calls",
-         "safety_identifier", "prompt_cache_key")
+         "safety_identifier", "prompt_cache_key", "prompt_cache_retention")
 # Top-level fields read elsewhere, or accepted and ignored (documented in docs/http-api.md).
 _HANDLED = frozenset({"model", "input", "instructions", "tools", "tool_choice", "text", "max_output_tokens",
                       "reasoning", "stream", "store", "background", "include", "truncation", "stream_options",
+                      "top_logprobs",
                       *_SAME, *_STATEFUL, *THRIFTY_BODY_KEYS})
 # Message roles a Responses input message may have, all of which chat knows too.
 _ROLES = frozenset({"user", "assistant", "system", "developer"})
+# The ``include`` value asking for the output text's logprobs.
+LOGPROBS_INCLUDE = "message.output_text.logprobs"
 # A chat finish_reason that cut the answer, and the Responses ``incomplete_details.reason`` for it.
 _CUT = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 
-def refused(param: str, why: str) -> InvalidRequestError:
-    """The 400 for what a routed request cannot carry: why, and what to do instead."""
-    return InvalidRequestError(f"'{param}' is not supported with model 'auto' or a route: {why}. Name a catalog "
-                               "model to use it (the request is then passed through to that model's provider).",
-                               param=param, code="unsupported_parameter")
+class Unsupported(InvalidRequestError):
+    """What a Responses request served as a chat completion cannot carry. The message tells a
+    client of ``auto`` or a route what to do; ``why`` is kept for other wordings (a named model
+    whose provider has no /responses: responses_routed.py)."""
+
+    def __init__(self, param: str, why: str) -> None:
+        super().__init__(f"'{param}' is not supported with model 'auto' or a route: {why}. Name a catalog model "
+                         "to use it (the request is then passed through to that model's provider).",
+                         param=param, code="unsupported_parameter")
+        self.why = why
+
+
+def refused(param: str, why: str) -> Unsupported:
+    """The 400 for what a Responses request served as a chat completion cannot carry."""
+    return Unsupported(param, why)
 
 
 def chat_body(body: dict[str, Any]) -> dict[str, Any]:
@@ -77,6 +90,7 @@ def chat_body(body: dict[str, Any]) -> dict[str, Any]:
             raise InvalidRequestError("'max_output_tokens' must be a positive integer.", param="max_output_tokens")
         out["max_completion_tokens"] = limit
     out.update(_text(body.get("text")))
+    out.update(_logprobs(body))
     reasoning = body.get("reasoning")
     if isinstance(reasoning, dict) and reasoning.get("effort") is not None:
         out["reasoning_effort"] = reasoning["effort"]
@@ -107,7 +121,15 @@ def _add_item(messages: list[dict[str, Any]], item: dict[str, Any], where: str) 
     before them, as chat carries a turn's text and its tool calls in one message."""
     kind = item.get("type", "message")
     if kind == "message":
-        messages.append(_message(item, where))
+        message = _message(item, where)
+        last = messages[-1] if messages else None
+        if message["role"] == "assistant" and last is not None and last["role"] == "assistant" and last.get("tool_calls"):
+            # The Responses API may give a turn's text after its function calls (OpenAI's streams
+            # do; the Agents SDK replays them in that order). Chat refuses an assistant message
+            # with tool_calls not followed by their tool messages, so the text joins that message.
+            last["content"] = "\n".join(t for t in (last["content"], message["content"]) if t)
+        else:
+            messages.append(message)
     elif kind == "function_call":
         call = {"id": _text_field(item, "call_id", where), "type": "function",
                 "function": {"name": _text_field(item, "name", where), "arguments": _text_field(item, "arguments", where)}}
@@ -248,6 +270,21 @@ def _text(text: Any) -> dict[str, Any]:
     return out
 
 
+def _logprobs(body: dict[str, Any]) -> dict[str, Any]:
+    """Chat's ``logprobs`` / ``top_logprobs`` when the request includes the output text's logprobs
+    (the Agents SDK asks so for ``ModelSettings(top_logprobs=N)``); the Responses API returns them
+    only then, whatever ``top_logprobs`` says, and chat refuses ``top_logprobs`` without ``logprobs``."""
+    include = body.get("include")
+    if not isinstance(include, list) or LOGPROBS_INCLUDE not in include:
+        return {}
+    top = body.get("top_logprobs")
+    if top is None:
+        return {"logprobs": True}
+    if not is_int(top) or not 0 <= top <= 20:
+        raise InvalidRequestError("'top_logprobs' must be an integer from 0 to 20.", param="top_logprobs")
+    return {"logprobs": True, "top_logprobs": top}
+
+
 def unknown_fields(body: dict[str, Any]) -> list[str]:
     """Top-level fields this translation neither reads nor knows to ignore (logged, not refused)."""
     return sorted(k for k in body if k not in _HANDLED)
@@ -285,6 +322,7 @@ def shell(body: dict[str, Any], request_id: str, created_at: int, model: str) ->
         "reasoning": body.get("reasoning") or {"effort": None, "summary": None},
         "service_tier": body.get("service_tier"), "store": False, "temperature": body.get("temperature"),
         "text": body.get("text") or {"format": {"type": "text"}}, "tool_choice": body.get("tool_choice", "auto"),
+        "top_logprobs": body.get("top_logprobs"),
         "tools": body.get("tools") or [], "top_p": body.get("top_p"), "truncation": body.get("truncation", "disabled"),
         "usage": None, "user": body.get("user"), "metadata": body.get("metadata") or {},
     }
@@ -310,8 +348,26 @@ def is_cut(finish_reason: Any) -> bool:
     return isinstance(finish_reason, str) and finish_reason in _CUT
 
 
-def text_part(text: str) -> dict[str, Any]:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+def text_part(text: str, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}
+
+
+def _token_logprob(entry: dict[str, Any]) -> dict[str, Any]:
+    token = str(entry.get("token") or "")
+    raw_bytes = entry.get("bytes")
+    # The SDK's Logprob requires ``bytes``; chat may send null (a token that is not valid UTF-8 alone).
+    return {"token": token, "logprob": entry.get("logprob", 0.0),
+            "bytes": raw_bytes if isinstance(raw_bytes, list) else list(token.encode())}
+
+
+def text_logprobs(raw: Any) -> list[dict[str, Any]]:
+    """A chat choice's ``logprobs`` (its ``content`` tokens) as an ``output_text`` part's logprobs."""
+    out: list[dict[str, Any]] = []
+    for entry in obj(raw).get("content") or []:
+        if isinstance(entry, dict):
+            top = [_token_logprob(t) for t in entry.get("top_logprobs") or [] if isinstance(t, dict)]
+            out.append({**_token_logprob(entry), "top_logprobs": top})
+    return out
 
 
 def refusal_part(text: str) -> dict[str, Any]:
@@ -340,7 +396,7 @@ def response_object(chat: dict[str, Any], base: dict[str, Any], request_id: str)
     if isinstance(message.get("refusal"), str) and message["refusal"]:
         content.append(refusal_part(message["refusal"]))
     if isinstance(message.get("content"), str) and message["content"]:
-        content.append(text_part(message["content"]))
+        content.append(text_part(message["content"], text_logprobs(choice.get("logprobs"))))
     calls = [c for c in message.get("tool_calls") or [] if isinstance(c, dict) and isinstance(c.get("function"), dict)]
     count = (1 if content else 0) + len(calls)
     output: list[dict[str, Any]] = []

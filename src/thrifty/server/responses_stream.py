@@ -68,8 +68,14 @@ class StreamTranslator:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue  # the Responses API has one answer (no ``n``)
             delta = rc.obj(choice.get("delta"))
+            logprobs = rc.text_logprobs(choice.get("logprobs")) if choice.get("logprobs") else []
             if isinstance(delta.get("content"), str) and delta["content"]:
-                out += self._text("output_text", delta["content"])
+                out += self._text("output_text", delta["content"], logprobs)
+            elif logprobs and self.open is not None and self.open.parts and self.open.parts[-1]["type"] == "output_text":
+                # A whole answer replayed as a stream (a cascade's, a provider that ignored
+                # ``stream``) carries every logprob on its finishing chunk, with no text: they
+                # belong to the text already sent (its .done and the completed response hold them).
+                self.open.parts[-1]["logprobs"] += logprobs
             if isinstance(delta.get("refusal"), str) and delta["refusal"]:
                 out += self._text("refusal", delta["refusal"])
             for call in delta.get("tool_calls") or []:
@@ -82,7 +88,7 @@ class StreamTranslator:
     def _ids(self, item: _Item) -> dict[str, Any]:
         return {"item_id": item.item_id, "output_index": item.index}
 
-    def _text(self, kind: str, piece: str) -> list[BuiltEvent]:
+    def _text(self, kind: str, piece: str, logprobs: list[dict[str, Any]] | None = None) -> list[BuiltEvent]:
         out: list[BuiltEvent] = []
         item = self.open
         if item is None or item.kind != "message":
@@ -104,7 +110,9 @@ class StreamTranslator:
         key = "text" if kind == "output_text" else "refusal"
         item.parts[-1][key] += piece
         if kind == "output_text":
-            out.append(self._event("response.output_text.delta", **ids, content_index=ci, delta=piece, logprobs=[]))
+            item.parts[-1]["logprobs"] += logprobs or []
+            out.append(self._event("response.output_text.delta", **ids, content_index=ci, delta=piece,
+                                   logprobs=logprobs or []))
         else:
             out.append(self._event("response.refusal.delta", **ids, content_index=ci, delta=piece))
         return out
@@ -112,7 +120,8 @@ class StreamTranslator:
     def _close_part(self, item: _Item) -> list[BuiltEvent]:
         ids, ci, part = self._ids(item), len(item.parts) - 1, item.parts[-1]
         if part["type"] == "output_text":
-            done = self._event("response.output_text.done", **ids, content_index=ci, text=part["text"], logprobs=[])
+            done = self._event("response.output_text.done", **ids, content_index=ci, text=part["text"],
+                               logprobs=part["logprobs"])
         else:
             done = self._event("response.refusal.done", **ids, content_index=ci, refusal=part["refusal"])
         return [done, self._event("response.content_part.done", **ids, content_index=ci, part=part)]
