@@ -354,6 +354,8 @@ class Catalog:
         # How internal calls to each model are sent, as learned from its answers
         # (internal_calls.Shape by model name); the same lifetime as ``lessons``.
         self.learned_shapes: dict[str, Any] = {}
+        # The shape config and name give each model (internal_calls.configured_shape), memoised.
+        self.configured_shapes: dict[str, Any] = {}
 
     def __contains__(self, name: str) -> bool:
         return name in self._models or name in self._aliases

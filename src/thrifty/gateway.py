@@ -330,14 +330,16 @@ class Gateway:
 
         ``shutting_down``: the process is about to end, so a write that fails is spilled to the
         spill file after one more try rather than retried for half a minute
-        (``LedgerWriter.drain``).
+        (``LedgerWriter.drain``), and the capture file's queued lines are written too.
         """
         if self.ledger:
             if shutting_down:
                 self.ledger.drain()
             else:
                 self.ledger.flush()
-        if self.ops.capture is not None:  # the capture file's lines too (`thrifty serve` exits after this)
+        # Only then: a batch checkpoint's flush (ledger rows before progress) must not wait on the
+        # capture writer, whose lines nothing reads back before the process ends.
+        if shutting_down and self.ops.capture is not None:
             self.ops.capture.flush()
 
     @property

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from thrifty.catalog import Catalog, ModelInfo
@@ -216,6 +216,9 @@ class Shape:
     effort: str | None = None
     budget: int = 0
     switch: tuple[str, Any] | None = None  # a hybrid's thinking-off parameter, sent the plain way
+    # The reasoning family the name matched (None: none, GENERIC's way), carried so a routed call
+    # need not match the name again (routed_params); not compared: it follows from the name.
+    family: Family | None = field(default=None, compare=False)
 
     def params(self, max_tokens: int | None, temperature: float | None) -> dict[str, Any]:
         """The request parameters of an internal call wanting ``max_tokens`` answer tokens."""
@@ -244,10 +247,14 @@ def configured_shape(info: ModelInfo) -> Shape:
     fam = family_of(info.upstream_model)
     if fam is None and info.reasoning is not True:
         hybrid = _named(HYBRIDS, info.upstream_model)  # no reasoning family here: skip hybrid_of's check
-        return Shape(False, switch=hybrid.switch if hybrid else None)
+        if hybrid is None:
+            return Shape(False)
+        # A hybrid's budget: the room a client's routed request gets (it thinks by default); the
+        # internal calls, sent with the switch, do not read it.
+        return Shape(False, budget=info.reasoning_budget, switch=hybrid.switch)
     fam = fam or GENERIC
     effort = fam.effort if info.reasoning_effort == "auto" else info.reasoning_effort
-    return Shape(True, fam.limit_field, effort, info.reasoning_budget)
+    return Shape(True, fam.limit_field, effort, info.reasoning_budget, family=fam)
 
 
 def shape_for(catalog: Catalog, model: str) -> Shape:
@@ -258,7 +265,13 @@ def shape_for(catalog: Catalog, model: str) -> Shape:
     # What this process learned per model is kept on the catalog (one gateway's models), so a
     # closed gateway's lessons go with it and two gateways in one process never share them.
     learned: Shape | None = catalog.learned_shapes.get(info.name)
-    return learned if learned is not None else configured_shape(info)
+    if learned is not None:
+        return learned
+    # Memoised: the config and the name do not change, and every routed call asks (routed_params).
+    configured: Shape | None = catalog.configured_shapes.get(info.name)
+    if configured is None:
+        configured = catalog.configured_shapes[info.name] = configured_shape(info)
+    return configured
 
 
 def _remember(catalog: Catalog, model: str, old: Shape, new: Shape) -> bool:

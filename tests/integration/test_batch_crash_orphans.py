@@ -30,7 +30,7 @@ from thrifty.batching.collector import GATEWAY_TASK, BatchItemError, Collector
 from thrifty.batching.deferred import DeferredRunner, run_deferred
 from thrifty.batching.items import Item
 from thrifty.batching.jobs import JobStore
-from thrifty.errors import UpstreamTimeoutError
+from thrifty.errors import UpstreamStatusError, UpstreamTimeoutError
 from thrifty.gateway import Gateway
 from thrifty.mock.app import create_app as create_mock
 from thrifty.mock.batches import BatchAPI
@@ -375,3 +375,64 @@ async def test_a_poll_while_a_run_uploads_never_deletes_its_file(
         job, results = await asyncio.wait_for(run, 60)
         assert api.created == 1 and input_files(api) == used_files(api)
     assert job.status == "finished" and [r.status for r in results] == ["ok"] * len(ITEMS)
+
+
+# --- final review mends ----------------------------------------------------------------------------
+
+
+async def test_an_id_write_whose_commit_landed_but_reported_no_row_keeps_its_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL: the connection drops during the commit of the file id's conditional write, the
+    commit landed, and the store's retry of the statement matches no row (the marker is gone). The
+    run must not take that for another run's takeover: it deleted the file it had just recorded and
+    the job kept a dead input_file_id. Here the store applies the write, then reports 0 rows."""
+    real = JobStore.update
+
+    def update(self: JobStore, job_id: str, **fields: Any) -> bool:
+        done = real(self, job_id, **fields)
+        return False if fields.get("input_file_id") else done
+
+    with start() as mock:
+        monkeypatch.setattr(JobStore, "update", update)
+        job, results = await deferred_run(config(mock, tmp_path))
+        api = batches(mock)
+        assert api.uploads == 1 and not api.deleted and api.created == 1
+        assert input_files(api) == used_files(api)
+    assert job.status == "finished" and [r.status for r in results] == ["ok"] * len(ITEMS)
+
+
+@pytest.mark.parametrize("listing", ["read", "refused"])
+async def test_cancel_of_a_job_killed_before_its_create_deletes_its_recorded_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listing: str) -> None:
+    """`thrifty batch cancel` of a job whose run died after recording its input file's id, before
+    the provider created the batch: the job is never sent again, so the file is deleted, as the
+    collector's discard deletes an abandoned job's. Only when the provider's batches could be
+    read: a provider that refuses the listing may hold a batch using it, so the file is kept."""
+    with start() as mock:
+        cfg = config(mock, tmp_path)
+        with monkeypatch.context() as patch:
+            async def create(*a: Any, **k: Any) -> dict[str, Any]:
+                raise Crash
+            patch.setattr(OpenAIBatchAPI, "create_batch", create)
+            with pytest.raises(Crash):
+                await deferred_run(cfg)
+        api = batches(mock)
+        recorded = {str(r[0]) for r in select(tmp_path, "SELECT input_file_id FROM batch_jobs")}
+        assert api.uploads == 1 and recorded == input_files(api)
+        if listing == "refused":
+            async def refuse(*a: Any, **k: Any) -> dict[str, Any]:
+                raise UpstreamStatusError("mock: no batch list here", status=404)
+            monkeypatch.setattr(OpenAIBatchAPI, "list_batches", refuse)
+        gw = Gateway.from_config(cfg)
+        runner = DeferredRunner(gw)
+        try:
+            job = await runner.cancel(str(select(tmp_path, "SELECT job_id FROM batch_jobs")[0][0]))
+        finally:
+            await runner.aclose()
+            await gw.aclose()
+        if listing == "read":
+            assert api.deleted == sorted(recorded) and not input_files(api)
+        else:
+            assert not api.deleted and input_files(api) == recorded
+        assert api.created == 0
+    assert job.status == "cancelled"

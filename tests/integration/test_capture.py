@@ -394,3 +394,45 @@ def test_a_discounted_answer_is_captured_without_its_cost_and_collect_prices_it_
     list_usd = (usage["prompt_tokens"] + usage["completion_tokens"]) * 10.0 / 1e6  # strong: $10/M both ways
     assert flex["cost"] == pytest.approx(list_usd)
     assert listed["cost"] == rows[1]["reference"]["cost_usd"]
+
+
+# --- final review mends ----------------------------------------------------------------------------
+
+
+def test_cli_tools_on_the_config_leave_the_capture_file_alone(
+        mock: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`config check`, `batch ...` and `ledger reconcile` on a config with capture on build a
+    gateway of it: none opens the capture file. With a server holding it they were refused
+    ("in use by another process"); without one, `config check` left an empty file behind and a
+    `batch run` wrote its own items into it as traffic."""
+    config = write_config(tmp_path, mock, {"path": "live.jsonl"})
+    live = tmp_path / "live.jsonl"
+    code, _, err = run_main(capsys, "config", "check", str(config))
+    assert code == 0, err
+    assert not live.exists()
+    items = tmp_path / "items.jsonl"
+    items.write_text(json.dumps({"id": 1, "input": mc(70)}) + "\n")
+    code, _, err = run_main(capsys, "batch", "run", str(items), "--task", "Answer.", "--model", "strong",
+                            "--pack", "1", "--config", str(config), "--no-progress")
+    assert "in use" not in err and not live.exists(), err
+    serving = Gateway.from_config(config)  # `thrifty serve` on the same config holds the file
+    try:
+        for args in (["config", "check", str(config)], ["batch", "status", "--config", str(config)],
+                     ["ledger", "reconcile", "--config", str(config)]):
+            code, _, err = run_main(capsys, *args)
+            assert code == 0 and "in use" not in err, (args, err)
+    finally:
+        serving.close()
+    assert live.read_text() == ""
+
+
+def test_a_whole_last_line_without_its_newline_is_kept(mock: RunningServer, tmp_path: Path) -> None:
+    """A prompts file edited by hand (no newline after its last line) given as capture.path: that
+    line is whole, so it is ended and counted, not cut as an interrupted write's tail."""
+    out = tmp_path / "hand.jsonl"
+    hand = json.dumps({"id": "hand", "messages": [{"role": "user", "content": "hi"}]})
+    out.write_text(json.dumps({"id": "first", "messages": [{"role": "user", "content": "yo"}]}) + "\n" + hand)
+    config = write_config(tmp_path, mock, {"path": "hand.jsonl", "max_prompts": 3})
+    served(config, [user(mc(71)), user(mc(72))])
+    assert [r["id"] for r in lines(out)][:2] == ["first", "hand"]
+    assert len(lines(out)) == 3  # both counted: room for one more

@@ -232,8 +232,14 @@ class DeferredRunner:
         if job.status == "cancelling":
             return await self.poll(job_id)
         # A run interrupted between creating this round's batch and recording it left the batch
-        # running (billed): found, it is recorded, then cancelled and collected below.
-        job = await self.recover_unrecorded(job)
+        # running (billed): found, it is recorded, then cancelled and collected below. The
+        # provider's batches are read as the collector reads them for the jobs a stop left.
+        listings = await uploads.read_listings(self.api, [job], CLOCK_SKEW_S)
+        if job.provider in listings.later:
+            # Down for a moment: cancelling now could leave that batch running, billed, uncollected.
+            raise UpstreamError(f"batch job {job_id}: could not look for its batch at {job.provider} (see the log); "
+                                "try the cancel again", retryable=True)
+        job = await self.recover_unrecorded(job, listings.batches.get(job.provider, []))
         if job.status == "submitted" and job.batch_id:
             if job.provider_status not in ENDED:  # an adopted batch may have ended: nothing to stop
                 await self.api(job.provider).cancel_batch(job.batch_id)
@@ -242,12 +248,10 @@ class DeferredRunner:
             job = await asyncio.to_thread(self.jobs.get, job_id)
             await self._check(job, cancelled=True)
         else:
-            # An upload an interrupted run never recorded: a cancelled job is never sent, so the
-            # file would stay at the provider for good. Not deleted now (provider down): logged.
-            try:
-                await self.drop_unrecorded_upload(job)
-            except UpstreamError as exc:
-                log.warning("batch job %s: could not look for an unrecorded upload to delete: %s", job_id, exc.message)
+            # A cancelled job is never sent: its upload, recorded (no batch was found using it) or
+            # not (an interrupted run's), would stay at the provider for good. The collector's
+            # cleanup of an abandoned job; a file not deleted now (provider down) is logged.
+            await uploads.discard(self.api, [job], listings, CLOCK_SKEW_S)
             await asyncio.to_thread(self._finish, job, "cancelled", "cancelled before it was sent")
         return await asyncio.to_thread(self.jobs.get, job_id)
 
@@ -354,6 +358,10 @@ class DeferredRunner:
             with contextlib.suppress(Exception):
                 self.jobs.update(job.job_id, where=uploads.own(name), provider_status=uploads.interrupted(name))
             raise
+        if not ours and (await asyncio.to_thread(self.jobs.get, job.job_id)).input_file_id == file_id:
+            # No row matched, yet the id is ours: the write was committed and a dropped connection
+            # had the store run it again (PostgreSQL, SQLStore._run), when the marker was gone.
+            ours = True
         if not ours:
             log.warning("batch job %s: round %d was taken over by another run while uploading; %s is deleted",
                         job.job_id, job.round, file_id)

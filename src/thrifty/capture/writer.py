@@ -86,9 +86,22 @@ def _cut_partial_tail(fd: int, path: str) -> int:
             last_newline = offset + at
         offset += len(block)
     if offset and last_newline != offset - 1:
+        if _whole_line(os.pread(fd, offset - last_newline - 1, last_newline + 1)):
+            # A prompts file edited by hand, its last line left without a newline: ended, kept.
+            os.write(fd, b"\n")  # O_APPEND: at the end
+            return lines + 1
         log.warning("%s: its last line was cut short (an interrupted write): removed", path)
         os.ftruncate(fd, last_newline + 1)
     return lines
+
+
+def _whole_line(tail: bytes) -> bool:
+    """Whether ``tail`` (what follows the file's last newline) is a whole JSON object: an
+    interrupted write's half line never is (the writer's lines end with their newline)."""
+    try:
+        return isinstance(json.loads(tail), dict)
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError alike
+        return False
 
 
 def _lock(fd: int, path: str) -> None:

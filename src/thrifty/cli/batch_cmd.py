@@ -32,11 +32,12 @@ ConfigOpt = typer.Option(None, "--config", "-c", help="Config file (default: $TH
 def _gateway(config: Path | None) -> Gateway:
     """The gateway of ``config``. Batch runs and jobs live in its ledger database, so the config is
     loaded as ``report`` and ``keys`` load it: a ``${VAR}`` ledger DSN left empty is refused rather
-    than a local SQLite ledger used, where `batch status` on the gateways would never find a job."""
+    than a local SQLite ledger used, where `batch status` on the gateways would never find a job.
+    Capture off (``tool_gateway``): a run's items are no traffic, and `serve` may hold the file."""
+    from thrifty.cli.config_cmd import tool_gateway
     from thrifty.cli.ledger_cmd import load_ledger_config
-    from thrifty.gateway import Gateway
 
-    return Gateway.from_config(load_ledger_config(config_path(config)))
+    return tool_gateway(load_ledger_config(config_path(config)))
 
 
 def _write(results: list[ItemResult], out: Path | None, ids: list[str | int]) -> None:

@@ -7,12 +7,15 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from thrifty.catalog import Catalog
 from thrifty.config import _OPTIONAL_SECRETS, Config, interpolate_env, load_config, missing_env_vars, read_raw
+
+if TYPE_CHECKING:
+    from thrifty.gateway import Gateway
 
 # Files SQLite makes beside a database it opens.
 _SQLITE_SIDECARS = ("", "-wal", "-shm", "-journal")
@@ -28,16 +31,43 @@ def _local_stores(cfg: Config) -> list[str]:
     return [p + s for p in paths if p != ":memory:" for s in _SQLITE_SIDECARS]
 
 
+def tool_gateway(cfg: Config) -> Gateway:
+    """A gateway of ``cfg`` for a CLI tool (``config check``, ``batch``, ``ledger reconcile``,
+    ``outcomes collect``): everything but capture, which only ``thrifty serve`` opens. The tool's
+    calls are no traffic of the team's, and the capture file is held (locked) by the server on
+    the same config: opening it refused the tool ("in use by another process")."""
+    from thrifty.gateway import Gateway
+
+    return Gateway.from_config(cfg.model_copy(update={"capture": None}))
+
+
+def check_capture_path(cfg: Config) -> None:
+    """``capture.path`` can be created or appended to (``build_like_serve`` does not open it: the
+    file is held by a server running on the config, and a check leaves no empty file behind)."""
+    if cfg.capture is None:
+        return
+    from thrifty.errors import ConfigError
+
+    path = Path(cfg.resolve_path(cfg.capture.path))
+    folder = path.parent  # the writer creates missing folders: the nearest existing one must take them
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    why = ("it is a folder" if path.is_dir() else f"{folder} is not a folder" if not folder.is_dir()
+           else None if os.access(path if path.exists() else folder, os.W_OK) else "permission denied")
+    if why:
+        raise ConfigError(f"capture.path: cannot write {path} ({why})")
+
+
 def build_like_serve(cfg: Config) -> Catalog:
     """Build the gateway exactly as `thrifty serve` does at start-up, without listening, then
     close it: a route naming an unknown model, a bad regex, an unreadable verifier, router or
     examples file... are only found there, and `config check` must refuse what serve refuses.
+    Capture is left off (``tool_gateway``); its path is checked on its own (``check_capture_path``).
     Returns the gateway's catalog (building another would log each unpriced model again)."""
-    from thrifty.gateway import Gateway
-
+    check_capture_path(cfg)
     before = {p for p in _local_stores(cfg) if os.path.exists(p)}
     try:
-        gw = Gateway.from_config(cfg)
+        gw = tool_gateway(cfg)
         try:
             gw.app()
             return gw.catalog

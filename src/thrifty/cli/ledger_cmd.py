@@ -117,12 +117,12 @@ async def _reconcile(cfg: Config, min_age_s: float) -> Tally:
     nothing: its providers, retry policies, prices, ledger writer, budgets and /metrics code are
     what a retrieve would use (the metrics of this process go nowhere; the ledger and a shared
     budget store are what count). Closed on the loop its connections were opened on."""
+    from thrifty.cli.config_cmd import tool_gateway
     from thrifty.errors import StorageError
-    from thrifty.gateway import Gateway
     from thrifty.server.reconcile import Reconciler
     from thrifty.server.response_resources import ResponseResources
 
-    gateway = Gateway(cfg)
+    gateway = tool_gateway(cfg)  # capture off: a server on this config holds the file
     try:
         reconciler = Reconciler(ResponseResources(gateway, gateway.ops.responses), min_age_s=min_age_s)
         tally = await reconciler.run_once()

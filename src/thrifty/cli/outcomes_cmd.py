@@ -129,11 +129,11 @@ def register(app: typer.Typer) -> None:
 same command again to resume, and to ask the calls that failed again."""
         # (The backslash joins the paragraph's lines: typer's help keeps a docstring's line breaks.)
         from thrifty.batching.progress import Progress
+        from thrifty.cli.config_cmd import tool_gateway
         from thrifty.cli.ledger_cmd import load_ledger_config
         from thrifty.cli.signals import cancel_on_sigterm
         from thrifty.evaluation.collect import GRADERS, Collector, Options, estimate, load_prompts
         from thrifty.evaluation.collect_file import failed_lines, open_sink, pending, read_done, rewrite
-        from thrifty.gateway import Gateway
 
         # Everything is checked before the first call.
         if grader not in GRADERS:
@@ -186,7 +186,7 @@ same command again to resume, and to ask the calls that failed again."""
                                  "--max-usd)")
         # Capture off: collect's calls are no traffic of the team's, and the capture file may be the
         # one a live gateway holds (and appends to) or the very prompts file read here.
-        gw = Gateway.from_config(cfg.model_copy(update={"capture": None}))
+        gw = tool_gateway(cfg)
         bar = Progress(len(todo) + len(redos), enabled=progress, desc="collect", unit="prompt")
         terminated: list[int] = []
         collector = Collector(gw, opts, None, on_done=lambda cost: bar.update(1, cost))

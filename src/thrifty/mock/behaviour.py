@@ -167,6 +167,10 @@ class ModelBehaviour(_Frozen):
     reject_params: tuple[str, ...] = Field(
         default=(), description="Request parameters refused with OpenAI's 400 for an unknown argument."
     )
+    reject_values: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict, description="Request parameter -> values refused with OpenAI's 400 \"Unsupported "
+        "value: 'NAME' does not support 'VALUE' with this model.\" (gpt-5.1 and reasoning_effort: minimal)."
+    )
     response_formats: tuple[str, ...] | None = Field(
         default=None, description="The response_format types accepted (None: all); others get DeepSeek's 400 "
         "\"This response_format type is unavailable now\" (e.g. [text, json_object])."

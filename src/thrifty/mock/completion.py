@@ -112,6 +112,10 @@ def refuse_unsupported(body: dict[str, Any], behaviour: ModelBehaviour) -> None:
     for name in behaviour.reject_params:
         if name in body:
             raise InvalidRequestError(f"Unrecognized request argument supplied: {name}", param=name)
+    for name, values in behaviour.reject_values.items():
+        if body.get(name) in values:
+            raise InvalidRequestError(f"Unsupported value: '{name}' does not support '{body[name]}' with this "
+                                      "model.", param=name, code="unsupported_value")
     if behaviour.metadata_needs_store and body.get("metadata") is not None and body.get("store") is not True:
         # OpenAI's chat completions since 2025 (public reports: spiceai/spiceai#5231, BerriAI/litellm#23108).
         raise InvalidRequestError("The 'metadata' parameter is only allowed when 'store' is enabled.",

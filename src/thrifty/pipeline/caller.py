@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from thrifty.catalog import Catalog, ModelInfo
 from thrifty.config import ProviderConfig
 from thrifty.errors import InvalidRequestError, NotFoundError, UpstreamError
+from thrifty.internal_calls import MAX_LESSONS
 from thrifty.pipeline.accounting import call_texts, price_attempt
 from thrifty.pipeline.context import Attempt, RequestContext
 from thrifty.pipeline.routed_params import adapted, chosen, learn_refusal
@@ -178,18 +179,22 @@ class ModelCaller:
     async def _learning(self, model_name: str, run: Callable[[str], Awaitable[tuple[T, Attempt]]],
                         tried: list[tuple[ModelInfo, ChatRequest]]) -> tuple[T, Attempt]:
         """``run`` on ``model_name``; when a model thrifty chose refused a parameter the call can do
-        without (a 400 naming it), learned for that model, ``run`` once more on it without."""
-        try:
-            return await run(model_name)
-        except UpstreamError as exc:
-            if not tried:
-                raise
-            info, sent = tried[-1]  # a 4xx ends the chain: the last model tried refused
-            if not chosen(self.catalog, sent, info) or learn_refusal(self.catalog, info.name, sent, exc) is None:
-                raise
-        # Sent to the model that refused, not the chain again: when a fallback refused, the models
-        # before it failed already, each retry another attempt in the ledger.
-        return await run(info.name)
+        without (a 400 naming it), learned for that model, ``run`` once more on it without: up to
+        ``MAX_LESSONS`` times, as OpenAI names one refused parameter per 400."""
+        name = model_name
+        for lesson in range(MAX_LESSONS + 1):
+            try:
+                return await run(name)
+            except UpstreamError as exc:
+                if lesson == MAX_LESSONS or not tried:
+                    raise
+                info, sent = tried[-1]  # a 4xx ends the chain: the last model tried refused
+                if not chosen(self.catalog, sent, info) or learn_refusal(self.catalog, info.name, sent, exc) is None:
+                    raise
+            # Sent to the model that refused, not the chain again: when a fallback refused, the
+            # models before it failed already, each retry another attempt in the ledger.
+            name = info.name
+        raise AssertionError("unreachable: the last lesson returns or raises")
 
     async def _with_retries(
         self,

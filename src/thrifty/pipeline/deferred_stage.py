@@ -24,6 +24,7 @@ from thrifty.batching.deferred import settle_answer
 from thrifty.catalog import Catalog
 from thrifty.errors import InvalidRequestError, StorageError, UpstreamError
 from thrifty.pipeline.context import Attempt, Handler, RequestContext
+from thrifty.pipeline.routed_params import adapted
 from thrifty.routing.policies import BudgetGuard
 
 if TYPE_CHECKING:
@@ -72,8 +73,9 @@ class DeferredStage:
         BudgetGuard(self.catalog, plan.max_cost_usd, plan.route, batch=True).require(ctx, info.name)
         started, t0 = time.time(), time.perf_counter()
         try:
-            answer = await self.collector.submit(ctx.request_id, info, ctx.request.to_body(info.upstream_model,
-                                                                                           stream=False))
+            # Fitted as a direct call is (routed_params): an ``auto`` request's model is thrifty's choice.
+            body = adapted(self.catalog, ctx.request, info).to_body(info.upstream_model, stream=False)
+            answer = await self.collector.submit(ctx.request_id, info, body)
         except (UpstreamError, StorageError) as exc:
             ctx.attempts.append(Attempt(model=info.name, provider=info.provider, started=started,
                                         latency_ms=(time.perf_counter() - t0) * 1000, status="error",

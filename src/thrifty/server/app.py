@@ -85,11 +85,24 @@ async def run_chat(gateway: Gateway, request: Request, chat: ChatRequest, reques
     headers), as POST /v1/chat/completions and a routed POST /v1/responses both run one; None
     when a stream's client left before the first byte (the ledger has its row: answer 499).
     Raises what the pipeline raises, for the handler to answer as an OpenAI error."""
-    auth = getattr(gateway, "authenticate", None)
-    key_id, tenant = (await auth(request, chat)) if auth else (None, tenant_of(request))
+    key_id, tenant = await caller_of(gateway, request, chat)
     work = gateway.handle(chat, headers=forwarded_headers(request), key_id=key_id, tenant=tenant,
                           request_id=request_id)
-    ctx = await work if not chat.stream else await _unless_disconnected(request, work)
+    return await started(request, work, chat.stream, request_id)
+
+
+async def caller_of(gateway: Gateway, request: Request, chat: ChatRequest) -> tuple[str | None, str]:
+    """The virtual key id and tenant ``chat`` runs for (``authenticate`` refuses a key that may
+    not use its model); without virtual keys, no key and the credential's tenant."""
+    auth = getattr(gateway, "authenticate", None)
+    return (await auth(request, chat)) if auth else (None, tenant_of(request))
+
+
+async def started(request: Request, work: Coroutine[Any, Any, RequestContext], stream: bool,
+                  request_id: str) -> RequestContext | None:
+    """``work``'s context; for a stream, None (logged) when its client left before the first
+    byte (``_unless_disconnected``): the handler answers 499, the ledger has the row."""
+    ctx = await work if not stream else await _unless_disconnected(request, work)
     if ctx is None:
         log.info("request %s: client disconnected before the response started", request_id)
     return ctx

@@ -35,7 +35,6 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from thrifty.cost import usd_header
 from thrifty.errors import (
     InvalidRequestError,
     NotFoundError,
@@ -55,7 +54,7 @@ from thrifty.providers.error_body import answer_error
 from thrifty.providers.raw_http import SSEEvent, open_events, streams
 from thrifty.responses_events import BuiltEvent
 from thrifty.server.body import read_json_body
-from thrifty.server.http_errors import handler_error, request_id_headers
+from thrifty.server.http_errors import handler_error
 from thrifty.server.model_access import key_refusal
 from thrifty.types import THRIFTY_BODY_KEYS, ChatRequest
 
@@ -400,7 +399,7 @@ class PassthroughCall:
 def passthrough_handler(gateway: Gateway, endpoint: Endpoint) -> Any:
     """The Starlette endpoint serving ``endpoint``."""
     # Imported here: app.py imports this module.
-    from thrifty.server.app import _unless_disconnected, forwarded_headers, tenant_of
+    from thrifty.server.app import caller_of, chat_headers, forwarded_headers, started
 
     limit = gateway.config.server.max_body_bytes
     routed = endpoint.routed(gateway)
@@ -429,28 +428,22 @@ def passthrough_handler(gateway: Gateway, endpoint: Endpoint) -> Any:
             if routed is not None and (answer := await routed(request, body, request_id, t0)) is not None:
                 return answer
             stand_in = endpoint.parse(body)
-            auth = getattr(gateway, "authenticate", None)
-            key_id, tenant = (await auth(request, stand_in)) if auth else (None, tenant_of(request))
+            key_id, tenant = await caller_of(gateway, request, stand_in)
             ctx = RequestContext(request=stand_in, key_id=key_id, tenant=tenant, request_id=request_id,
                                  task=request.headers.get("x-thrifty-task"), strategy=endpoint.name,
                                  headers=forwarded_headers(request))  # cache controls (embeddings)
             ctx.scratch[_BODY] = body
-            done = await run(ctx) if not stand_in.stream else await _unless_disconnected(request, run(ctx))
-            if done is None:  # the client left before the first byte; the ledger has its row
-                log.info("request %s: client disconnected before the response started", request_id)
-                return Response(status_code=499)
+            if await started(request, run(ctx), stand_in.stream, request_id) is None:
+                return Response(status_code=499)  # the client left before the first byte
         except Exception as exc:
             return handler_error(exc, request_id, gateway.redactor)
-        headers = {**request_id_headers(request_id), **ctx.response_headers,
-                   "x-thrifty-model": ctx.served_model or stand_in.model}
+        headers = chat_headers(ctx, t0, streamed=ctx.chunks is not None)
+        headers.setdefault("x-thrifty-model", stand_in.model)  # the model asked, when none is recorded as served
         if ctx.chunks is not None:
             # The provider's events as sent ([DONE] included when it sent one).
             relayed = (chunk["sse"] async for chunk in ctx.chunks)
             return StreamingResponse(guarded(relayed, request_id, gateway.redactor, endpoint.stream_error),
-                                     media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
-        if ctx.cost_usd is not None:
-            headers["x-thrifty-cost-usd"] = usd_header(ctx.cost_usd)
-        headers["x-thrifty-latency-ms"] = f"{(time.perf_counter() - t0) * 1000:.1f}"
+                                     media_type="text/event-stream", headers=headers)
         return FastJSONResponse(ctx.response, headers=headers)
 
     return handler
