@@ -29,7 +29,7 @@ from fixtures.batch_jobs import ITEMS, KEY, LABELS, RULES, TASK, Crash, batches,
 from thrifty.batching.collector import GATEWAY_TASK, BatchItemError, Collector
 from thrifty.batching.deferred import DeferredRunner, run_deferred
 from thrifty.batching.items import Item
-from thrifty.batching.jobs import JobStore
+from thrifty.batching.jobs import Job, JobStore
 from thrifty.errors import UpstreamStatusError, UpstreamTimeoutError
 from thrifty.gateway import Gateway
 from thrifty.mock.app import create_app as create_mock
@@ -74,6 +74,17 @@ async def deferred_run(cfg: dict[str, Any]) -> tuple[Any, list[Any]]:
     try:
         return await run_deferred(gw, ITEMS, task=TASK, model="good", labels=LABELS, interval=0.05)
     finally:
+        await gw.aclose()
+
+
+async def cancel_the_job(cfg: dict[str, Any], tmp_path: Path) -> Job:
+    """`thrifty batch cancel` of the ledger's one job, from a fresh gateway (a new process)."""
+    gw = Gateway.from_config(cfg)
+    runner = DeferredRunner(gw)
+    try:
+        return await runner.cancel(str(select(tmp_path, "SELECT job_id FROM batch_jobs")[0][0]))
+    finally:
+        await runner.aclose()
         await gw.aclose()
 
 
@@ -250,13 +261,7 @@ async def test_cancel_of_a_job_killed_after_its_upload_deletes_that_file(
             seen = crash_when_file_id_stored(patch)
             with pytest.raises(Crash):
                 await deferred_run(cfg)
-        gw = Gateway.from_config(cfg)
-        runner = DeferredRunner(gw)
-        try:
-            job = await runner.cancel(str(select(tmp_path, "SELECT job_id FROM batch_jobs")[0][0]))
-        finally:
-            await runner.aclose()
-            await gw.aclose()
+        job = await cancel_the_job(cfg, tmp_path)
         api = batches(mock)
         assert api.deleted == seen and not input_files(api) and api.created == 0
     assert job.status == "cancelled"
@@ -423,13 +428,7 @@ async def test_cancel_of_a_job_killed_before_its_create_deletes_its_recorded_fil
             async def refuse(*a: Any, **k: Any) -> dict[str, Any]:
                 raise UpstreamStatusError("mock: no batch list here", status=404)
             monkeypatch.setattr(OpenAIBatchAPI, "list_batches", refuse)
-        gw = Gateway.from_config(cfg)
-        runner = DeferredRunner(gw)
-        try:
-            job = await runner.cancel(str(select(tmp_path, "SELECT job_id FROM batch_jobs")[0][0]))
-        finally:
-            await runner.aclose()
-            await gw.aclose()
+        job = await cancel_the_job(cfg, tmp_path)
         if listing == "read":
             assert api.deleted == sorted(recorded) and not input_files(api)
         else:
