@@ -25,7 +25,8 @@ import openai
 import pytest
 import yaml
 
-from fixtures.batch_jobs import ITEMS, KEY, LABELS, RULES, TASK, Crash, batches, config, select
+from fixtures.batch_jobs import ITEMS, KEY, LABELS, RULES, TASK, Crash, batches, select
+from fixtures.batch_jobs import config as job_config
 from thrifty.batching.collector import GATEWAY_TASK, BatchItemError, Collector
 from thrifty.batching.deferred import DeferredRunner, run_deferred
 from thrifty.batching.items import Item
@@ -42,6 +43,14 @@ from thrifty.providers.batch_api import OpenAIBatchAPI
 def start(batch: dict[str, Any] | None = None) -> RunningServer:
     app = create_mock(MockConfig.from_dict({"batch": batch or {}, "models": {"good": {"answers": RULES}}}))
     return run_in_thread(app)
+
+
+def config(mock: RunningServer, tmp: Path, **kw: Any) -> dict[str, Any]:
+    """``job_config`` keeping a finished round's own files at the provider (``delete_files``):
+    these tests compare the files a crash left with the ones the batches use."""
+    cfg = job_config(mock, tmp, **kw)
+    cfg["batching"]["deferred"]["delete_files"] = False
+    return cfg
 
 
 def input_files(api: BatchAPI) -> set[str]:

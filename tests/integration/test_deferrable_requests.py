@@ -195,6 +195,7 @@ def test_a_deferred_line_is_adapted_to_its_providers_compat(tmp_path: Path) -> N
     with start_mock({"completion_s": 0.1}) as mock:
         cfg = gateway_config(mock, tmp_path)
         cfg["providers"]["mock"]["compat"] = {"developer_role": "system", "drop_params": ["store"]}
+        cfg["batching"]["deferred"]["delete_files"] = False  # the uploaded lines are read below
         gw = Gateway.from_config(cfg)
         with run_in_thread(gw.app()) as server:
             reply = client(server).chat.completions.create(

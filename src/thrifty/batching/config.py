@@ -12,6 +12,7 @@
         enabled: false             # gateway requests marked deferrable go to the Batch API
         window_s: 2                # ...gathered per (provider, model) for this long
         max_items: 1000            # ...or until this many are waiting
+        delete_files: true         # a round's input/output/error files deleted at the provider once recorded
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ class DeferredConfig(_Strict):
     window_s: float = Field(default=2.0, gt=0)
     # OpenAI accepts at most 50,000 requests in one batch.
     max_items: int = Field(default=1000, ge=1, le=50_000)
+    # Once a round's answers are recorded, its input file and the batch's output and error files
+    # are deleted at the provider: OpenAI keeps files (the prompts and answers) until deleted,
+    # against the account's storage limits. Off: they are left there, for the provider's console.
+    delete_files: bool = True
 
 
 class BatchingConfig(_Strict):

@@ -431,7 +431,17 @@ class DeferredRunner:
         answered: dict[str, dict[str, Any]] = {}
         for key in ("output_file_id", "error_file_id"):
             if batch.get(key):
-                raw = await api.file_content(str(batch[key]))
+                try:
+                    raw = await api.file_content(str(batch[key]))
+                except UpstreamError as exc:
+                    # Another run polling the same job (a `batch status` elsewhere) collected this
+                    # round and deleted its files meanwhile (``delete_files``): nothing left to do.
+                    if getattr(exc, "upstream_status", None) != 404:
+                        raise
+                    now = await asyncio.to_thread(self.jobs.get, job.job_id)
+                    if (now.status, now.round, now.batch_id) != (job.status, job.round, job.batch_id):
+                        return
+                    raise
                 for line in text_lines(raw.decode("utf-8", "replace")):
                     if line.strip():
                         row = _json_line(line)
@@ -446,6 +456,20 @@ class DeferredRunner:
             errs = (batch.get("errors") or {}).get("data") or []
             problem = "batch failed: " + "; ".join(str(e.get("message")) for e in errs[:3] if isinstance(e, dict))
         await asyncio.to_thread(self._collect, job, answered, stop, problem)
+        if self.cfg.delete_files:
+            await self._delete_round_files(api, job, batch)
+
+    async def _delete_round_files(self, api: BatchProvider, job: Job, batch: dict[str, Any]) -> None:
+        """Delete the round's input file and its batch's output and error files at the provider,
+        once ``_collect`` has recorded the answers (ledger rows, items, the job moved on): OpenAI
+        keeps files, the prompts and answers, until deleted. Only after the record: a crash
+        before it must find the output file again. Only this job's own files: the input it
+        recorded, and the files of the batch it recorded. A failure is logged, never raised."""
+        ids = [str(f) for f in (job.input_file_id, batch.get("output_file_id"), batch.get("error_file_id")) if f]
+        gone = await uploads.delete_files(api, ids, f"of batch job {job.job_id}'s finished round {job.round}")
+        if gone:
+            log.info("batch job %s: round %d's files deleted at %s: %s", job.job_id, job.round, job.provider,
+                     ", ".join(gone))
 
     def _collect(self, job: Job, answered: dict[str, dict[str, Any]], stop: bool, problem: str | None) -> None:
         """Record answers; retry or fail the rest; move the job to its next round or finish it."""

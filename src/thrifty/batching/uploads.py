@@ -128,21 +128,23 @@ async def files_named(api: BatchProvider, names: set[str], since: float) -> list
     return [str(r["id"]) for r in rows if r.get("filename") in names and isinstance(r.get("id"), str)]
 
 
-async def delete_files(api: BatchProvider, file_ids: Iterable[str]) -> list[str]:
-    """Delete ``file_ids`` (each one thrifty uploaded); the ids deleted or already gone. A file
-    that cannot be deleted now is logged and left: storage, never a double payment."""
+async def delete_files(api: BatchProvider, file_ids: Iterable[str],
+                       whose: str = "left by an interrupted run") -> list[str]:
+    """Delete ``file_ids`` (each one thrifty uploaded, or its batch's output); the ids deleted or
+    already gone. A file that cannot be deleted now is logged (``whose`` says what it is) and
+    left: storage, never a double payment, never a failed job."""
     gone: list[str] = []
     if not isinstance(api, FileCleanup):
         return gone
     for file_id in file_ids:
         try:
             await api.delete_file(file_id)
-        except UpstreamError as exc:
+        except Exception as exc:
             if getattr(exc, "upstream_status", None) == 404:  # gone already (an earlier pass, an expiry)
                 gone.append(file_id)
                 continue
-            log.warning("could not delete %s's file %s, left by an interrupted run: %s",
-                        getattr(api, "name", "the provider"), file_id, exc.message)
+            log.warning("could not delete %s's file %s, %s: %s", getattr(api, "name", "the provider"), file_id,
+                        whose, exc.message if isinstance(exc, UpstreamError) else f"{type(exc).__name__}: {exc}")
             continue
         gone.append(file_id)
     return gone
