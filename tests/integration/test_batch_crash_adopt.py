@@ -12,17 +12,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-import yaml
 
 from fixtures.batch_jobs import (
     ITEMS,
@@ -34,6 +30,8 @@ from fixtures.batch_jobs import (
     adopt_after_restart,
     batches,
     config,
+    deferred_cli,
+    run_cli,
     select,
 )
 from thrifty.batching.deferred import DeferredRunner, run_deferred
@@ -123,28 +121,18 @@ def test_a_real_sigkill_after_the_create_then_the_same_command(tmp_path: Path) -
     the provider created its batch, before the batch id was stored; the same command again
     reports every item answered, from that one batch."""
     with start() as mock:
-        cfg = tmp_path / "thrifty.yaml"
-        cfg.write_text(yaml.safe_dump(config(mock, tmp_path)))
-        items = tmp_path / "items.jsonl"
-        items.write_text("".join(json.dumps(it) + "\n" for it in ITEMS))
-        args = ["batch", "run", str(items), "--task", TASK, "--model", "good", "--labels", ",".join(LABELS),
-                "--deferred", "--config", str(cfg), "--no-progress", "--poll-interval", "0.05"]
+        args = deferred_cli(config(mock, tmp_path), tmp_path)
         # The process kills itself where a crash hurts: the batch exists, its id is not stored.
-        killer = ("import os, signal, sys\n"
+        killer = ("import os, signal\n"
                   "from thrifty.batching.jobs import JobStore\n"
-                  "JobStore.submitted = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
-                  "from thrifty.cli.main import main\n"
-                  "main(sys.argv[1:])\n")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("THRIFTY_")}
-        first = subprocess.run([sys.executable, "-c", killer, *args, "--out", str(tmp_path / "first.jsonl")],
-                               capture_output=True, text=True, timeout=120, env=env)
+                  "JobStore.submitted = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n")
+        first = run_cli(args, tmp_path / "first.jsonl", killer)
         assert first.returncode == -signal.SIGKILL, first.stderr
         api = batches(mock)
         assert api.created == 1
 
         out = tmp_path / "out.jsonl"
-        again = subprocess.run([sys.executable, "-m", "thrifty.cli.main", *args, "--out", str(out)],
-                               capture_output=True, text=True, timeout=120, env=env)
+        again = run_cli(args, out)
         assert again.returncode == 0, again.stderr
         assert api.created == 1 and api.uploads == 1
     lines = [json.loads(x) for x in out.read_text().splitlines()]

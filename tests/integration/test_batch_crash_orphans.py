@@ -12,20 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-import yaml
 
-from fixtures.batch_jobs import ITEMS, KEY, LABELS, RULES, TASK, Crash, batches, select
+from fixtures.batch_jobs import ITEMS, KEY, LABELS, RULES, TASK, Crash, batches, deferred_cli, run_cli, select
 from fixtures.batch_jobs import config as job_config
 from thrifty.batching.collector import GATEWAY_TASK, BatchItemError, Collector
 from thrifty.batching.deferred import DeferredRunner, run_deferred
@@ -78,6 +74,15 @@ def crash_when_file_id_stored(patch: pytest.MonkeyPatch) -> list[str]:
     return seen
 
 
+async def crashed_after_upload(cfg: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """A deferred run that dies after its upload, before the file's id is stored: the ids uploaded."""
+    with monkeypatch.context() as patch:
+        seen = crash_when_file_id_stored(patch)
+        with pytest.raises(Crash):
+            await deferred_run(cfg)
+    return seen
+
+
 async def deferred_run(cfg: dict[str, Any]) -> tuple[Any, list[Any]]:
     gw = Gateway.from_config(cfg)
     try:
@@ -104,10 +109,7 @@ async def test_an_upload_whose_id_was_never_stored_is_deleted_by_the_next_run(
     the same job's name that this job never recorded (another ledger's, a user's) is left."""
     with start() as mock:
         cfg = config(mock, tmp_path)
-        with monkeypatch.context() as patch:
-            seen = crash_when_file_id_stored(patch)
-            with pytest.raises(Crash):
-                await deferred_run(cfg)
+        seen = await crashed_after_upload(cfg, monkeypatch)
         api = batches(mock)
         assert api.uploads == 1 and api.created == 0 and len(seen) == 1
         orphan = seen[0]
@@ -130,10 +132,7 @@ async def test_a_crash_after_the_create_is_adopted_and_the_earlier_orphan_delete
     first run's file is gone; the only files left are the batch's own."""
     with start() as mock:
         cfg = config(mock, tmp_path)
-        with monkeypatch.context() as patch:
-            seen = crash_when_file_id_stored(patch)
-            with pytest.raises(Crash):
-                await deferred_run(cfg)
+        seen = await crashed_after_upload(cfg, monkeypatch)
         with monkeypatch.context() as patch:
             patch.setattr(JobStore, "submitted", lambda *a, **k: (_ for _ in ()).throw(Crash()))
             with pytest.raises(Crash):
@@ -151,25 +150,16 @@ def test_a_real_sigkill_after_the_upload_then_the_same_command(tmp_path: Path) -
     its file, before the id was stored; the same command again answers every item and the
     provider keeps no file nobody will use."""
     with start() as mock:
-        cfg = tmp_path / "thrifty.yaml"
-        cfg.write_text(yaml.safe_dump(config(mock, tmp_path)))
-        items = tmp_path / "items.jsonl"
-        items.write_text("".join(json.dumps(it) + "\n" for it in ITEMS))
-        args = ["batch", "run", str(items), "--task", TASK, "--model", "good", "--labels", ",".join(LABELS),
-                "--deferred", "--config", str(cfg), "--no-progress", "--poll-interval", "0.05"]
-        killer = ("import os, signal, sys\n"
+        args = deferred_cli(config(mock, tmp_path), tmp_path)
+        killer = ("import os, signal\n"
                   "from thrifty.batching.jobs import JobStore\n"
                   "real = JobStore.update\n"
                   "def update(self, job_id, **fields):\n"
                   "    if fields.get('input_file_id'):\n"
                   "        os.kill(os.getpid(), signal.SIGKILL)\n"
                   "    return real(self, job_id, **fields)\n"
-                  "JobStore.update = update\n"
-                  "from thrifty.cli.main import main\n"
-                  "main(sys.argv[1:])\n")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("THRIFTY_")}
-        first = subprocess.run([sys.executable, "-c", killer, *args, "--out", str(tmp_path / "first.jsonl")],
-                               capture_output=True, text=True, timeout=120, env=env)
+                  "JobStore.update = update\n")
+        first = run_cli(args, tmp_path / "first.jsonl", killer)
         assert first.returncode == -signal.SIGKILL, first.stderr
         api = batches(mock)
         assert api.uploads == 1 and api.created == 0
@@ -181,8 +171,7 @@ def test_a_real_sigkill_after_the_upload_then_the_same_command(tmp_path: Path) -
         db.close()
 
         out = tmp_path / "out.jsonl"
-        again = subprocess.run([sys.executable, "-m", "thrifty.cli.main", *args, "--out", str(out)],
-                               capture_output=True, text=True, timeout=120, env=env)
+        again = run_cli(args, out)
         assert again.returncode == 0, again.stderr
         assert api.uploads == 2 and api.created == 1 and len(api.deleted) == 1
         assert input_files(api) == used_files(api)
@@ -266,10 +255,7 @@ async def test_cancel_of_a_job_killed_after_its_upload_deletes_that_file(
     sent again, so that file is deleted now (nothing else would ever find it)."""
     with start() as mock:
         cfg = config(mock, tmp_path)
-        with monkeypatch.context() as patch:
-            seen = crash_when_file_id_stored(patch)
-            with pytest.raises(Crash):
-                await deferred_run(cfg)
+        seen = await crashed_after_upload(cfg, monkeypatch)
         job = await cancel_the_job(cfg, tmp_path)
         api = batches(mock)
         assert api.deleted == seen and not input_files(api) and api.created == 0
@@ -317,10 +303,7 @@ async def test_an_orphan_behind_a_page_of_older_files_listed_oldest_first_is_fou
         for i in range(1000):
             api._new_file(b"{}\n", f"old-{i}.jsonl", "batch")["created_at"] = yesterday + i
         cfg = config(mock, tmp_path)
-        with monkeypatch.context() as patch:
-            seen = crash_when_file_id_stored(patch)
-            with pytest.raises(Crash):
-                await deferred_run(cfg)
+        seen = await crashed_after_upload(cfg, monkeypatch)
         job, results = await deferred_run(cfg)
         assert api.deleted == seen and len(seen) == 1
         assert len(input_files(api) - used_files(api)) == 1000  # only the account's own files are left
